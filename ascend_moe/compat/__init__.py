@@ -1,0 +1,1 @@
+"""Drop-in torch_npu / MindSpeed spellings for CPU CI."""

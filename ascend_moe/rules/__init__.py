@@ -1,0 +1,467 @@
+"""The constraint engine: rules as data, checked before any backend runs.
+
+Each op module in this package registers an :class:`OpSpec` (its signature, the products it
+exists on) and its :class:`Rule` objects.  A rule is data: an id, the argument it constrains, the
+products and CANN version range it holds for, a predicate, the doc page or code path it comes
+from, a fix hint, and the aclnn status the device would return.  :func:`check` returns every
+:class:`Violation` of a call at once; :func:`enforce` raises them together as a
+:class:`ConstraintError`.
+
+Predicates see a :class:`Call`: the bound arguments, plus accessors that work the same for NumPy
+arrays, torch tensors (real, meta or fake) and :class:`TensorSpec` placeholders (for checking a
+model config without allocating its weights).  Value-dependent rules (e.g. "group_list is
+non-decreasing") read :meth:`Call.values`, which is None when the values are not concrete (meta
+or fake tensors, device tensors); such rules then pass and the device-side behaviour applies.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..formats import get_format
+from ..products import PRODUCTS, CannVersion, Target, resolve_target
+from ..sim.numerics import dtype_name
+
+ACLNN_STATUS_NAMES = {
+    161001: "ACLNN_ERR_PARAM_NULLPTR",
+    161002: "ACLNN_ERR_PARAM_INVALID",
+    361001: "ACLNN_ERR_RUNTIME_ERROR",
+    561001: "ACLNN_ERR_INNER",
+    561103: "ACLNN_ERR_INNER_NULLPTR",
+}
+
+
+def status_name(status: Optional[int]) -> str:
+    if status is None:
+        return ""
+    if status in ACLNN_STATUS_NAMES:
+        return ACLNN_STATUS_NAMES[status]
+    if 561000 <= status < 562000:
+        return "ACLNN_ERR_INNER_*"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# tensors as the rules see them
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor described by metadata only: enough for the checker, nothing allocated.
+
+    ``values`` may hold small concrete contents (e.g. a group_list) for value rules.
+    """
+    shape: Tuple[int, ...]
+    dtype: str
+    format: str = "ND"
+    values: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What the checker knows about one tensor argument."""
+    shape: Tuple[int, ...]
+    dtype: str
+    format: str
+    strides: Optional[Tuple[int, ...]]
+    device: str
+    values: Optional[np.ndarray]  # None when not concrete
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    def is_transposed_last_two(self) -> bool:
+        """The device's transposition test: last two dims swapped in memory
+        (``stride[-2] == 1 and stride[-1] == size[-2]``, host ``IsTransposeLastTwoDims``)."""
+        if self.strides is None or self.ndim < 2:
+            return False
+        if self.shape[-1] == 1 or self.shape[-2] == 1:
+            return False
+        return self.strides[-2] == 1 and self.strides[-1] == self.shape[-2]
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "untyped_storage")
+
+
+def tensor_meta(x: Any) -> Optional[TensorMeta]:
+    """TensorMeta of a NumPy array, torch tensor or TensorSpec; None for anything else."""
+    if isinstance(x, TensorMeta):
+        return x
+    if isinstance(x, TensorSpec):
+        return TensorMeta(x.shape, x.dtype, x.format, None, "spec", x.values)
+    if isinstance(x, np.ndarray):
+        strides = tuple(s // x.itemsize for s in x.strides) if x.itemsize else None
+        return TensorMeta(tuple(x.shape), dtype_name(x), get_format(x), strides, "cpu", x)
+    if _is_torch_tensor(x):
+        device = x.device.type
+        values = None
+        concrete = device == "cpu" and not _is_fake(x)
+        if concrete and x.numel() <= 1 << 20 and x.dtype.is_floating_point is False and x.dtype.is_complex is False:
+            # Only small integer tensors are read (group lists, token counts, indices): cheap.
+            values = x.detach().cpu().numpy()
+        return TensorMeta(tuple(int(s) for s in x.shape), dtype_name(x.dtype), get_format(x),
+                          tuple(int(s) for s in x.stride()), device, values)
+    return None
+
+
+def _is_fake(x: Any) -> bool:
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+        return bool(is_fake(x))
+    except Exception:  # pragma: no cover - torch without fake tensors
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# calls, rules, violations
+# --------------------------------------------------------------------------------------------
+
+
+class Call:
+    """One op call as the rules see it: bound arguments (defaults applied) and the target."""
+
+    def __init__(self, op: str, args: Dict[str, Any], target: Target):
+        self.op = op
+        self.args = args
+        self.target = target
+        self._metas: Dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        return self.args[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.args.get(name, default)
+
+    def given(self, name: str) -> bool:
+        """True when the argument is present (not None and not an empty list)."""
+        v = self.args.get(name)
+        return v is not None and not (isinstance(v, (list, tuple)) and len(v) == 0)
+
+    def meta(self, name: str) -> Optional[TensorMeta]:
+        """TensorMeta of a tensor argument (first element of a one-element list), or None."""
+        if name not in self._metas:
+            v = self.args.get(name)
+            if isinstance(v, (list, tuple)) and len(v) == 1 and tensor_meta(v[0]) is not None:
+                v = v[0]
+            self._metas[name] = tensor_meta(v)
+        return self._metas[name]
+
+    def metas(self, name: str) -> List[TensorMeta]:
+        """TensorMetas of a tensor-list argument (a single tensor counts as a list of one)."""
+        v = self.args.get(name)
+        if v is None:
+            return []
+        items = v if isinstance(v, (list, tuple)) else [v]
+        return [m for m in (tensor_meta(i) for i in items) if m is not None]
+
+    def shape(self, name: str) -> Optional[Tuple[int, ...]]:
+        m = self.meta(name)
+        return m.shape if m is not None else None
+
+    def dtype(self, name: str) -> Optional[str]:
+        m = self.meta(name)
+        return m.dtype if m is not None else None
+
+    def values(self, name: str) -> Optional[np.ndarray]:
+        """Concrete values of an argument (tensor contents or a list of ints), or None."""
+        v = self.args.get(name)
+        if isinstance(v, (list, tuple)) and all(isinstance(i, (int, np.integer)) for i in v):
+            return np.asarray(v, dtype=np.int64)
+        m = self.meta(name)
+        return m.values if m is not None else None
+
+    @property
+    def product(self) -> str:
+        return self.target.product
+
+    @property
+    def cann(self) -> CannVersion:
+        return self.target.cann
+
+
+Predicate = Callable[[Call], Union[None, str, Sequence[str]]]
+
+
+@dataclass
+class Rule:
+    """One constraint.  ``check(call)`` returns None when the call satisfies it, else the message
+    (naming the argument and its actual value) or a list of messages."""
+    id: str
+    op: str
+    argument: str
+    summary: str
+    check: Predicate
+    products: Optional[FrozenSet[str]] = None     # None: every product the op exists on
+    since: Optional[CannVersion] = None            # inclusive
+    until: Optional[CannVersion] = None            # exclusive
+    source: str = ""
+    fix: str = ""
+    status: Optional[int] = 161002
+    severity: str = "error"                        # "error", or "warning" (doc-only rules)
+
+    def applies(self, target: Target) -> bool:
+        if self.products is not None and target.product not in self.products:
+            return False
+        if self.since is not None and target.cann < self.since:
+            return False
+        if self.until is not None and not target.cann < self.until:
+            return False
+        return True
+
+    def version_range(self) -> str:
+        if self.since and self.until:
+            return f"CANN {self.since} to before {self.until}"
+        if self.since:
+            return f"CANN >= {self.since}"
+        if self.until:
+            return f"CANN < {self.until}"
+        return "all CANN versions"
+
+    def products_text(self) -> str:
+        return ", ".join(sorted(self.products)) if self.products is not None else "all"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A rule a call breaks, as data."""
+    rule_id: str
+    op: str
+    argument: str
+    message: str
+    product: str
+    cann: str
+    version_range: str
+    source: str
+    fix: str
+    status: Optional[int]
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        status = ""
+        if self.status is not None:
+            name = status_name(self.status)
+            status = f"; the device would return aclnn status {self.status}" + (f" ({name})" if name else "")
+        lines = [f"[{self.rule_id}] {self.op}: argument '{self.argument}': {self.message} "
+                 f"(on {self.product}, CANN {self.cann}; rule holds for {self.version_range}{status})"]
+        if self.fix:
+            lines.append(f"    fix: {self.fix}")
+        if self.source:
+            lines.append(f"    source: {self.source}")
+        return "\n".join(lines)
+
+
+class ConstraintError(ValueError):
+    """A call breaks one or more product rules; ``.violations`` lists every one of them."""
+
+    def __init__(self, op: str, violations: Sequence[Violation], target: Optional[Target] = None):
+        self.op = op
+        self.violations = list(violations)
+        self.target = target
+        where = f" on {target}" if target else ""
+        head = f"{op}: {len(self.violations)} constraint violation(s){where}:"
+        super().__init__("\n".join([head] + [str(v) for v in self.violations]))
+
+
+class ConstraintWarning(UserWarning):
+    """A rule stated only in the docs (the host code does not enforce it) is broken."""
+
+
+@dataclass
+class OpSpec:
+    """What the checker knows of one op: its signature and the products it exists on."""
+    name: str
+    signature: inspect.Signature
+    products: FrozenSet[str]
+    source: str = ""
+    rules: List[Rule] = field(default_factory=list)
+
+    def rule(self, id: str, argument: str, summary: str, *, products: Optional[Iterable[str]] = None,
+             since: Optional[str] = None, until: Optional[str] = None, source: str = "", fix: str = "",
+             status: Optional[int] = 161002, severity: str = "error") -> Callable[[Predicate], Predicate]:
+        """Decorator registering a predicate as a rule of this op."""
+        def deco(fn: Predicate) -> Predicate:
+            self.add_rule(Rule(id=id, op=self.name, argument=argument, summary=summary, check=fn,
+                               products=frozenset(products) if products is not None else None,
+                               since=CannVersion(since) if since else None,
+                               until=CannVersion(until) if until else None,
+                               source=source or self.source, fix=fix, status=status, severity=severity))
+            return fn
+        return deco
+
+    def add_rule(self, rule: Rule) -> Rule:
+        if any(r.id == rule.id for r in self.rules):
+            raise ValueError(f"duplicate rule id {rule.id!r} for {self.name}")
+        if rule.products is not None:
+            unknown = set(rule.products) - set(PRODUCTS)
+            if unknown:
+                raise ValueError(f"rule {rule.id}: unknown products {sorted(unknown)}")
+        self.rules.append(rule)
+        return rule
+
+
+# Which rule module declares each op.  Modules are imported on first use, so importing
+# ascend_moe stays cheap.
+OP_MODULES: Dict[str, str] = {
+    "npu_gmm": "gmm",
+    "npu_gmm_v2": "gmm",
+    "npu_grouped_matmul": "gmm",
+    "npu_moe_gating_top_k": "gating",
+    "npu_ffn": "ffn",
+    "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
+    "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
+    "npu_grouped_matmul_finalize_routing": "finalize_routing",
+}
+
+_REGISTRY: Dict[str, OpSpec] = {}
+
+
+def register_op(name: str, signature: Callable[..., Any], products: Iterable[str], source: str = "") -> OpSpec:
+    """Declare an op: ``signature`` is any function with the op's parameter list (its sim twin)."""
+    if name in _REGISTRY:
+        raise ValueError(f"op {name!r} registered twice")
+    prods = frozenset(products)
+    unknown = prods - set(PRODUCTS)
+    if unknown:
+        raise ValueError(f"op {name}: unknown products {sorted(unknown)}")
+    sig = inspect.signature(signature)
+    sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "undefined"])
+    spec = OpSpec(name, sig, prods, source)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def get_op(name: str) -> OpSpec:
+    """The OpSpec of ``name``, importing its rule module on first use."""
+    if name not in _REGISTRY:
+        module = OP_MODULES.get(name)
+        if module is None:
+            raise KeyError(f"unknown op {name!r}; known ops: {sorted(OP_MODULES)}")
+        importlib.import_module(f"{__name__}.{module}")
+        if name not in _REGISTRY:
+            raise KeyError(f"rule module {module} did not register {name}")
+    return _REGISTRY[name]
+
+
+def all_ops() -> List[OpSpec]:
+    return [get_op(n) for n in OP_MODULES]
+
+
+def bind(op: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Bind a call's arguments to the op's signature (defaults applied); TypeError names the problem."""
+    spec = get_op(op)
+    try:
+        bound = spec.signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{op}{spec.signature}: {e}") from None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _product_violation(spec: OpSpec, target: Target) -> Violation:
+    return Violation(
+        rule_id=f"{spec.name}.product", op=spec.name, argument="(product)",
+        message=f"{spec.name} is not supported on {target.product} ({PRODUCTS[target.product].name})",
+        product=target.product, cann=str(target.cann), version_range="all CANN versions",
+        source=spec.source, fix=f"run it on one of: {', '.join(sorted(spec.products))}", status=161002)
+
+
+def check_call(op: str, args: Dict[str, Any], target: Target) -> List[Violation]:
+    """Every violation of a call whose arguments are already bound (see :func:`bind`)."""
+    spec = get_op(op)
+    if target.product not in spec.products:
+        return [_product_violation(spec, target)]
+    call = Call(op, args, target)
+    found: List[Violation] = []
+    crashed: List[Tuple[Rule, BaseException]] = []
+    for rule in spec.rules:
+        if not rule.applies(target):
+            continue
+        try:
+            result = rule.check(call)
+        except Exception as e:  # a rule whose precondition another rule already rejects
+            crashed.append((rule, e))
+            continue
+        if not result:
+            continue
+        for msg in [result] if isinstance(result, str) else list(result):
+            found.append(Violation(rule.id, op, rule.argument, msg, target.product, str(target.cann),
+                                   rule.version_range(), rule.source, rule.fix, rule.status, rule.severity))
+    if crashed and not any(v.severity == "error" for v in found):
+        rule, e = crashed[0]
+        raise RuntimeError(f"internal error: rule {rule.id} of {op} failed on a call no other rule "
+                           f"rejects: {type(e).__name__}: {e}") from e
+    return found
+
+
+def check(op_name: str, *args: Any, product: Optional[str] = None, cann: Optional[str] = None,
+          **kwargs: Any) -> List[Violation]:
+    """All violations of ``op_name(*args, **kwargs)`` on ``product`` / ``cann`` (see
+    :func:`ascend_moe.products.resolve_target` for the defaults).  Nothing is computed."""
+    target = resolve_target(product, cann)
+    return check_call(op_name, bind(op_name, args, kwargs), target)
+
+
+def strict_docs() -> bool:
+    """Doc-only rules (severity "warning") become errors when ``ASCEND_MOE_STRICT_DOCS=1``."""
+    return os.environ.get("ASCEND_MOE_STRICT_DOCS", "0") not in ("", "0", "false", "False")
+
+
+def enforce_call(op: str, args: Dict[str, Any], target: Optional[Target] = None) -> Target:
+    """Raise :class:`ConstraintError` with every error of the call; warn for doc-only rules."""
+    target = target or resolve_target()
+    violations = check_call(op, args, target)
+    strict = strict_docs()
+    errors = [v for v in violations if v.severity == "error" or strict]
+    for v in violations:
+        if v not in errors:
+            warnings.warn(str(v), ConstraintWarning, stacklevel=3)
+    if errors:
+        raise ConstraintError(op, errors, target)
+    return target
+
+
+def enforce(op_name: str, *args: Any, product: Optional[str] = None, cann: Optional[str] = None,
+            **kwargs: Any) -> Target:
+    """Like :func:`check` but raises :class:`ConstraintError` listing every violation."""
+    return enforce_call(op_name, bind(op_name, args, kwargs), resolve_target(product, cann))
+
+
+def rule_table(product: Optional[str] = None, op: Optional[str] = None) -> List[Rule]:
+    """The declared rules, optionally only those of one op and/or one product."""
+    from ..products import normalize_product
+    prod = normalize_product(product) if product else None
+    rows = []
+    for spec in all_ops():
+        if op and spec.name != op:
+            continue
+        if prod and prod not in spec.products:
+            continue
+        for r in spec.rules:
+            if prod and r.products is not None and prod not in r.products:
+                continue
+            rows.append(r)
+    return rows

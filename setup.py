@@ -1,0 +1,47 @@
+"""Build ascend-moe.
+
+The C++ extension ``ascend_moe._C`` needs only a C++ compiler and pybind11: CANN is
+loaded at run time with dlopen, so no CANN header or library is used at build time,
+and nothing links against torch.  The NumPy simulator in ``sim/`` is installed as
+``ascend_moe.sim``.
+"""
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+ext_modules = [
+    Pybind11Extension(
+        "ascend_moe._C",
+        sorted(glob("csrc/*.cpp")),
+        include_dirs=["csrc"],
+        cxx_std=17,
+        libraries=["dl"],
+        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    )
+]
+
+setup(
+    name="ascend-moe",
+    version="0.1.0",
+    description="Ascend MoE operators: aclnn hardware path, bit-faithful NumPy simulator, "
+    "per-product constraint checker",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=[
+        "ascend_moe",
+        "ascend_moe.rules",
+        "ascend_moe.ops",
+        "ascend_moe.backends",
+        "ascend_moe.compat",
+        "ascend_moe.sim",
+    ],
+    package_dir={"ascend_moe.sim": "sim"},
+    package_data={"ascend_moe": ["presets/*.json"]},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+    install_requires=["numpy>=1.24", "ml_dtypes>=0.4", "torch>=2.4"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    zip_safe=False,
+)

@@ -1,0 +1,11 @@
+"""ascend_moe.sim: the bit-faithful NumPy simulator of the Ascend MoE operators.
+
+Importable without torch.  Each op family has one module; the numerics shared by all of them
+(dtypes, rounding casts, int4 packing, FRACTAL_NZ, undefined regions) live in
+:mod:`ascend_moe.sim.numerics`.
+"""
+from .numerics import (  # noqa: F401
+    cast, decode_int64_scale, dtype_name, encode_int64_scale, fill_undefined, float_to_int,
+    get_undefined_policy, nd_to_nz, np_dtype, nz_storage_shape, nz_to_nd, pack_int4, round_to,
+    set_undefined_policy, undefined_policy, unpack_int4,
+)
