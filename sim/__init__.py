@@ -9,3 +9,8 @@ from .numerics import (  # noqa: F401
     get_undefined_policy, nd_to_nz, np_dtype, nz_storage_shape, nz_to_nd, pack_int4, round_to,
     set_undefined_policy, undefined_policy, unpack_int4,
 )
+from .gmm import *  # noqa: F401,F403,E402
+from .gating import *  # noqa: F401,F403,E402
+from .ffn import *  # noqa: F401,F403,E402
+from .swiglu_quant import *  # noqa: F401,F403,E402
+from .finalize_routing import *  # noqa: F401,F403,E402

@@ -69,3 +69,17 @@ def checked_backend(op: str, args: Dict[str, Any], tensors: Iterable[Any],
 def check_only(op: str, args: Dict[str, Any]) -> Target:
     """The check run by fake (meta) kernels: rules only, values are not concrete there."""
     return enforce_call(op, args)
+
+
+# Shape rules of the ops, by op name: ``fn(args) -> [(shape, torch.dtype), ...]`` for each output,
+# from the bound arguments (metadata only).  Used by the fake kernels and by the aclnn backend to
+# allocate outputs; each op module registers its own.
+SHAPE_RULES: Dict[str, Any] = {}
+
+
+def shape_rule(op: str):
+    """Decorator registering an op's shape rule in :data:`SHAPE_RULES`."""
+    def deco(fn):
+        SHAPE_RULES[op] = fn
+        return fn
+    return deco

@@ -1,0 +1,1 @@
+"""Placeholder: this op family's rules are being written."""
