@@ -5,3 +5,4 @@ from .gating import *  # noqa: F401,F403,E402
 from .ffn import *  # noqa: F401,F403,E402
 from .swiglu_quant import *  # noqa: F401,F403,E402
 from .finalize_routing import *  # noqa: F401,F403,E402
+from .format_cast import *  # noqa: F401,F403,E402

@@ -1,0 +1,1 @@
+"""Placeholder: shared quantised grouped-GEMM arithmetic is being written."""
