@@ -103,7 +103,8 @@ def cast(x: np.ndarray, dtype: str) -> np.ndarray:
     target = np_dtype(dtype)
     x = np.asarray(x)
     if is_float(dtype) or not is_float(dtype_name(x)):
-        return x.astype(target)
+        with np.errstate(over="ignore"):  # overflow to +-inf is the IEEE (and device) result
+            return x.astype(target)
     return float_to_int(x, dtype)
 
 
