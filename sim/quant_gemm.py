@@ -1,1 +1,254 @@
-"""Placeholder: shared quantised grouped-GEMM arithmetic is being written."""
+"""Exact arithmetic shared by the quantised grouped-GEMM simulators (GMM-SwiGLU-Quant, GMM-FinalizeRouting).
+
+What the device computes on its cube unit for the int8 / int4 paths, and how this module
+reproduces it bit for bit (spec grouped-matmul-family 2.3, 2.4, 3.4):
+
+* **A8W8**: ``acc[m, n] = sum_k x[m, k] * w[e, k, n]`` in int32 for the rows of group ``e``.  Exact.
+  :func:`exact_int_matmul` computes it with float32 BLAS on K chunks small enough that every partial
+  sum is an integer of magnitude <= 2**24 (so every float32 add and FMA is exact whatever the BLAS
+  summation order), and sums the chunks in int32.  Never an inexact path.
+* **A8W4 (MSD)**: the int8 activation is split into two int4-valued halves
+  (:func:`msd_split_int8`: ``hi = x >> 4`` (floor(x/16)), ``lo = (x & 0xF) - 8``, so
+  ``x = 16*hi + lo + 8``); each half is multiplied by the int4 weight on the cube (int32 exact) and the
+  fixpipe dequantises the int32 result with the (int64-encoded) weight scale straight to **fp16**
+  (:func:`fixpipe_dequant_fp16`).  With per-group scales (dequant_mode 1) every K group's fp16
+  partial is accumulated into the fp16 output tile (GetTensorC with atomic add, ``fp16(acc + part)``,
+  group order 0..G-1).  The vector unit then forms ``fp32(Chi) * 16 + fp32(Clo)`` (:func:`msd_combine`);
+  the ``+ 8 * sum_k w * s`` term for the ``+8`` offset comes precomputed as weight_assist_matrix.
+* Group rows: ``group_list`` as cumsum (type 0) or counts (type 1) -> row ranges (:func:`group_bounds`).
+  Rows outside every group are not computed (the callers mark them undefined).
+
+Named assumptions ([I] in the spec, each switchable or documented here):
+
+* int64/uint64 scales are decoded by :func:`ascend_moe.sim.numerics.decode_int64_scale`, with the
+  FP19 truncation (``bits & 0xFFFFE000``) on by default (``fp19=True``).
+* fixpipe int32 x scale -> fp16 rounds the **exact** product once, to nearest even
+  (:func:`fixpipe_dequant_fp16`).  The public goldens compute ``fp16(fp32(acc) * s)``; the two can
+  differ in the last fp16 bit only when the fp32 product lands exactly on an fp16 midpoint.
+* fp16 overflow of a partial gives +-inf (IEEE), no saturation (the fixpipe's overflow mode is not public).
+
+Everything is NumPy only.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .numerics import decode_int64_scale
+
+__all__ = [
+    "group_bounds", "covered_rows", "exact_int_matmul", "grouped_int8_matmul", "msd_split_int8",
+    "fixpipe_dequant_fp16", "decode_weight_scale", "grouped_msd_partials", "msd_combine",
+]
+
+Bounds = List[Tuple[int, int]]
+
+# Every partial sum of a float32 GEMM chunk must stay an integer of magnitude <= 2**24 to be exact.
+_F32_EXACT = 1 << 24
+
+
+# --------------------------------------------------------------------------------------------
+# groups
+# --------------------------------------------------------------------------------------------
+
+def group_bounds(group_list: Sequence[int], group_list_type: int = 0,
+                 num_rows: Optional[int] = None) -> Bounds:
+    """Row range ``(start, end)`` of each group, in group order.
+
+    ``group_list_type`` 0: ``group_list`` holds cumulative ends (cumsum), 1: per-group counts.
+    ``num_rows`` (M of x) clips the ranges: rows past M do not exist, so a total above M computes only
+    up to M (the rules reject such calls before the simulator runs; clipping keeps this helper safe).
+    Raises ValueError for a non-1-D list, negative entries, a decreasing cumsum or an unknown type.
+    Empty groups give ``(s, s)``.
+    """
+    gl = np.asarray(group_list)
+    if gl.ndim != 1:
+        raise ValueError(f"group_list must be 1-D, got shape {gl.shape}")
+    if gl.size and not np.issubdtype(gl.dtype, np.integer):
+        raise ValueError(f"group_list must hold integers, got dtype {gl.dtype}")
+    gl = gl.astype(np.int64)
+    if gl.size and gl.min() < 0:
+        raise ValueError(f"group_list entries must be >= 0, got {gl.tolist()}")
+    if group_list_type == 0:
+        if gl.size > 1 and np.any(np.diff(gl) < 0):
+            raise ValueError(f"cumsum group_list must be non-decreasing, got {gl.tolist()}")
+        ends = gl
+    elif group_list_type == 1:
+        ends = np.cumsum(gl)
+    else:
+        raise ValueError(f"group_list_type must be 0 (cumsum) or 1 (count), got {group_list_type}")
+    starts = np.concatenate([[0], ends[:-1]]) if ends.size else ends
+    out = []
+    for s, t in zip(starts.tolist(), ends.tolist()):
+        if num_rows is not None:
+            s, t = min(s, num_rows), min(t, num_rows)
+        out.append((int(s), int(t)))
+    return out
+
+
+def covered_rows(bounds: Bounds, num_rows: int) -> np.ndarray:
+    """Boolean mask [num_rows]: True for rows inside some group (the rows the device writes)."""
+    mask = np.zeros(num_rows, dtype=bool)
+    for s, t in bounds:
+        mask[s:t] = True
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# exact integer GEMM
+# --------------------------------------------------------------------------------------------
+
+def _max_abs(a: np.ndarray) -> int:
+    if a.size == 0:
+        return 0
+    return int(max(abs(int(a.min())), abs(int(a.max()))))
+
+
+def exact_int_matmul(a: np.ndarray, b: np.ndarray, *, a_f32: Optional[np.ndarray] = None,
+                     b_f32: Optional[np.ndarray] = None, max_abs_a: Optional[int] = None,
+                     max_abs_b: Optional[int] = None) -> np.ndarray:
+    """Exact ``a @ b`` of small integer matrices ([m, K] x [K, n]) as int32 (wrapping like int32).
+
+    Uses float32 BLAS on K chunks of ``floor(2**24 / (max|a| * max|b|))`` columns: every partial sum
+    of a chunk is an integer <= 2**24 in magnitude, hence exact in float32 in any summation order;
+    the chunk results are converted to int32 and summed in int32.  ``a_f32`` / ``b_f32`` may pass
+    float32 copies already made (avoids re-converting); ``max_abs_*`` may pass known bounds
+    (e.g. 128 for int8, 8 for int4).
+    """
+    m, k = a.shape
+    k2, n = b.shape
+    if k != k2:
+        raise ValueError(f"inner dims differ: {a.shape} @ {b.shape}")
+    acc = np.zeros((m, n), dtype=np.int32)
+    if m == 0 or n == 0 or k == 0:
+        return acc
+    ma = _max_abs(a) if max_abs_a is None else max_abs_a
+    mb = _max_abs(b) if max_abs_b is None else max_abs_b
+    if ma == 0 or mb == 0:
+        return acc
+    chunk = max(1, _F32_EXACT // (ma * mb))
+    af = a.astype(np.float32) if a_f32 is None else a_f32
+    bf = b.astype(np.float32) if b_f32 is None else b_f32
+    if chunk >= k:
+        return np.matmul(af, bf).astype(np.int32)
+    part = np.empty((m, n), dtype=np.float32)
+    for k0 in range(0, k, chunk):
+        np.matmul(af[:, k0:k0 + chunk], bf[k0:k0 + chunk], out=part)
+        acc += part.astype(np.int32)
+    return acc
+
+
+def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
+                        out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Exact grouped integer GEMM: ``acc[s:t] = x[s:t] @ w[e]`` (int32) for each group ``e = (s, t)``.
+
+    ``x`` [M, K] and ``w`` [E, K, N] hold integers (int8, or int4 values in an int8 array); ``bounds``
+    comes from :func:`group_bounds` (len <= E).  Rows outside every group are left 0 (use
+    :func:`covered_rows` for the mask).  Returns int32 [M, N] (``out`` if given, zero-filled first).
+    """
+    M, K = x.shape
+    E, K2, N = w.shape
+    if K != K2:
+        raise ValueError(f"x has K={K} but weight has K={K2}")
+    if len(bounds) > E:
+        raise ValueError(f"{len(bounds)} groups but only {E} experts in weight")
+    if out is None:
+        out = np.zeros((M, N), dtype=np.int32)
+    else:
+        out[...] = 0
+    rows = [(e, s, t) for e, (s, t) in enumerate(bounds) if t > s]
+    if not rows:
+        return out
+    mx = _max_abs(x)
+    xf = x.astype(np.float32)
+    for e, s, t in rows:
+        we = w[e]
+        out[s:t] = exact_int_matmul(x[s:t], we, a_f32=xf[s:t], max_abs_a=mx)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# A8W4 (MSD)
+# --------------------------------------------------------------------------------------------
+
+def msd_split_int8(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Split int8 values into the two int4-valued halves the MSD pre-kernel feeds to the cube.
+
+    ``hi = floor(x / 16)`` (arithmetic shift; the kernel does Muls(1/16) then CAST_FLOOR in fp16, exact),
+    ``lo = (x & 0x0F) - 8``; both lie in [-8, 7] and ``x == 16 * hi + lo + 8``.  Returns int8 arrays.
+    """
+    xi = np.asarray(x).astype(np.int16)
+    hi = (xi >> 4).astype(np.int8)
+    lo = ((xi & 0x0F) - 8).astype(np.int8)
+    return hi, lo
+
+
+def decode_weight_scale(scale: np.ndarray, fp19: bool = True) -> np.ndarray:
+    """float32 weight scale for the fixpipe: int64/uint64 encoded scales via
+    :func:`~ascend_moe.sim.numerics.decode_int64_scale` (FP19 truncation when ``fp19``); float
+    scales are cast to float32 (RNE) and also pass through the FP19 truncation when ``fp19`` - the
+    fixpipe quant vector is the same register either way [I]."""
+    s = np.asarray(scale)
+    if s.dtype in (np.int64, np.uint64):
+        return decode_int64_scale(s, fp19=fp19)
+    return decode_int64_scale(s.astype(np.float32), fp19=fp19)
+
+
+def fixpipe_dequant_fp16(acc: np.ndarray, scale_f32: np.ndarray) -> np.ndarray:
+    """fp16 result of the fixpipe dequant ``acc * scale``: the exact product rounded once (RNE) [I].
+
+    ``acc`` int32, ``scale_f32`` float32 broadcastable to it.  The float64 product is exact whenever
+    ``|acc| < 2**29`` (29 + 24 significant bits <= 53); MSD accumulators are < 2**24, so always here.
+    NumPy's float64 -> float16 conversion rounds directly (no double rounding).
+    """
+    prod = acc.astype(np.float64) * np.asarray(scale_f32, dtype=np.float32).astype(np.float64)
+    return prod.astype(np.float16)
+
+
+def grouped_msd_partials(x: np.ndarray, w_int4: np.ndarray, w_scale_f32: np.ndarray,
+                         bounds: Bounds) -> Tuple[np.ndarray, np.ndarray]:
+    """fp16 dequantised MSD partials ``(Chi, Clo)``, each [M, N], for the rows of each group.
+
+    ``x`` int8 [M, K]; ``w_int4`` int4 values (int8 array, [-8, 7]) [E, K, N]; ``w_scale_f32``
+    decoded float32 scale [E, N] (per-channel) or [E, G, N] (per-group: K split into G equal groups,
+    G must divide K).  For per-group scales each group's partial is rounded to fp16 and accumulated
+    into the fp16 tile in group order: ``acc = fp16(acc + fp16(part_g))`` (an fp32 add then RNE to fp16
+    equals the correctly rounded fp16 sum, since 24 >= 2*11 + 2).  Rows outside every group stay 0.
+    """
+    M, K = x.shape
+    E, K2, N = w_int4.shape
+    if K != K2:
+        raise ValueError(f"x has K={K} but weight has K={K2}")
+    s = np.asarray(w_scale_f32, dtype=np.float32)
+    if s.ndim == 2:
+        s = s[:, None, :]
+    G = s.shape[1]
+    if K % G:
+        raise ValueError(f"K={K} is not divisible by the number of scale groups {G}")
+    gk = K // G
+    chi = np.zeros((M, N), dtype=np.float16)
+    clo = np.zeros((M, N), dtype=np.float16)
+    hi, lo = msd_split_int8(x)
+    for e, (st, en) in enumerate(bounds):
+        m = en - st
+        if m <= 0:
+            continue
+        # hi and lo rows go through the cube together (the kernel interleaves them: 2 rows per token).
+        both = np.concatenate([hi[st:en], lo[st:en]], axis=0)
+        both_f = both.astype(np.float32)
+        acc16 = None
+        for g in range(G):
+            k0, k1 = g * gk, (g + 1) * gk
+            part = exact_int_matmul(both[:, k0:k1], w_int4[e, k0:k1], a_f32=both_f[:, k0:k1],
+                                    max_abs_a=8, max_abs_b=8)
+            p16 = fixpipe_dequant_fp16(part, s[e, g][None, :])
+            acc16 = p16 if acc16 is None else (acc16.astype(np.float32) + p16.astype(np.float32)).astype(np.float16)
+        chi[st:en] = acc16[:m]
+        clo[st:en] = acc16[m:]
+    return chi, clo
+
+
+def msd_combine(chi: np.ndarray, clo: np.ndarray) -> np.ndarray:
+    """``fp32(Chi) * 16 + fp32(Clo)`` in float32 (the post-kernel's Cast, Muls(16), Add)."""
+    return (chi.astype(np.float32) * np.float32(16.0) + clo.astype(np.float32)).astype(np.float32)
