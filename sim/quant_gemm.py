@@ -31,15 +31,18 @@ Everything is NumPy only.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import contextlib
+import contextvars
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .numerics import decode_int64_scale
+from .numerics import decode_int64_scale, dtype_name, nd_to_nz, nz_to_nd, pack_int4, unpack_int4
 
 __all__ = [
     "group_bounds", "covered_rows", "exact_int_matmul", "grouped_int8_matmul", "msd_split_int8",
     "fixpipe_dequant_fp16", "decode_weight_scale", "grouped_msd_partials", "msd_combine",
+    "fp19_scales", "fp19_enabled", "weight_values", "weight_logical_dims", "weight_to_nz_storage",
 ]
 
 Bounds = List[Tuple[int, int]]
@@ -252,3 +255,101 @@ def grouped_msd_partials(x: np.ndarray, w_int4: np.ndarray, w_scale_f32: np.ndar
 def msd_combine(chi: np.ndarray, clo: np.ndarray) -> np.ndarray:
     """``fp32(Chi) * 16 + fp32(Clo)`` in float32 (the post-kernel's Cast, Muls(16), Add)."""
     return (chi.astype(np.float32) * np.float32(16.0) + clo.astype(np.float32)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# the FP19 switch (spec 3.4, inferred device behaviour; default on)
+# --------------------------------------------------------------------------------------------
+
+_fp19: contextvars.ContextVar[bool] = contextvars.ContextVar("ascend_moe_fp19_scale", default=True)
+
+
+@contextlib.contextmanager
+def fp19_scales(enabled: bool) -> Iterator[None]:
+    """Context manager switching the FP19 truncation of fixpipe (int64/uint64) scales on or off.
+
+    On (the default) the simulators decode scales as ``bits & 0xFFFFE000`` (10 mantissa bits), the
+    inferred fixpipe precision; off uses the full fp32 value.
+    """
+    token = _fp19.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _fp19.reset(token)
+
+
+def fp19_enabled() -> bool:
+    """Whether the FP19 scale truncation is in effect (see :func:`fp19_scales`)."""
+    return _fp19.get()
+
+
+# --------------------------------------------------------------------------------------------
+# weight forms: logical ND arrays, int4 packed in int32, FRACTAL_NZ 5-D storage
+# --------------------------------------------------------------------------------------------
+
+def weight_logical_dims(shape: Sequence[int], dtype: str) -> Optional[Tuple[int, int, int, str, bool]]:
+    """``(E, K, N, kind, is_storage)`` of a grouped weight from its shape and dtype, or None when the
+    shape is none of the accepted forms.  ``kind`` is ``"int8"`` or ``"int4"``.
+
+    Accepted forms (spec 2.2, 2.6): int8 ``[E, K, N]`` or NZ storage ``[E, N/32, K/16, 16, 32]``;
+    int4 values ``[E, K, N]`` or ``[E, N/64, K/16, 16, 64]``; int4 packed 8 per int32
+    ``[E, K, N/8]`` or ``[E, N/64, K/16, 16, 8]``.  Only the rank and the dtype decide the form; the
+    inner NZ dims (16, C0) are checked by the rules.
+    """
+    shape = tuple(int(d) for d in shape)
+    if dtype == "int8":
+        kind, per = "int8", 1
+    elif dtype == "int4":
+        kind, per = "int4", 1
+    elif dtype in ("int32", "uint32"):
+        kind, per = "int4", 8
+    else:
+        return None
+    c0 = 32 if kind == "int8" else 64
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2] * per, kind, False
+    if len(shape) == 5:
+        return shape[0], shape[2] * 16, shape[1] * c0, kind, True
+    return None
+
+
+def weight_values(w: np.ndarray) -> Tuple[np.ndarray, str]:
+    """Logical integer values ``[E, K, N]`` (int8 array) and kind (``"int8"``/``"int4"``) of a weight
+    in any form :func:`weight_logical_dims` accepts (NZ storage is converted back, int4 unpacked)."""
+    w = np.asarray(w)
+    dt = dtype_name(w)
+    dims = weight_logical_dims(w.shape, dt)
+    if dims is None:
+        raise ValueError(f"weight of shape {w.shape} and dtype {dt} is not a grouped int8/int4 weight")
+    E, K, N, kind, storage = dims
+    if dt in ("int32", "uint32"):
+        vals = unpack_int4(w.view(np.int32))
+    elif dt == "int4":
+        vals = w.astype(np.int8)
+    else:
+        vals = w
+    if storage:
+        vals = nz_to_nd(vals, (E, K, N))
+    return vals, kind
+
+
+def weight_to_nz_storage(w: np.ndarray) -> np.ndarray:
+    """The 5-D FRACTAL_NZ storage array of a logical grouped weight (the aclnn docs' form).
+
+    int8 ``[E, K, N]`` -> ``[E, ceil(N/32), ceil(K/16), 16, 32]``; int4 values -> ``[..., 64]`` int4 values
+    (same container dtype as given); int32-packed int4 ``[E, K, N/8]`` -> ``[E, ceil(N/64), ceil(K/16), 16, 8]``
+    int32 (the vllm-ascend form: NZ of the byte-packed weight viewed as int32).  Zero padded.
+    """
+    w = np.asarray(w)
+    dt = dtype_name(w)
+    if w.ndim != 3:
+        raise ValueError(f"weight_to_nz_storage needs a logical [E, K, N] weight, got shape {w.shape}")
+    if dt in ("int32", "uint32"):
+        vals = unpack_int4(w.view(np.int32))
+        nz = nd_to_nz(vals, dtype="int4")
+        return pack_int4(nz, "int32").view(w.dtype)
+    if dt == "int4":
+        return nd_to_nz(w, dtype="int4")
+    if dt == "int8":
+        return nd_to_nz(w)
+    raise ValueError(f"weight_to_nz_storage supports int8, int4 and int32-packed int4 weights, got {dt}")
