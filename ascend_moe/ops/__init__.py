@@ -6,3 +6,4 @@ from .ffn import *  # noqa: F401,F403,E402
 from .swiglu_quant import *  # noqa: F401,F403,E402
 from .finalize_routing import *  # noqa: F401,F403,E402
 from .format_cast import *  # noqa: F401,F403,E402
+from . import _npu_kernels  # noqa: F401,E402  (PrivateUse1 kernels of every op above; keep last)

@@ -1,0 +1,105 @@
+"""A CPU drop-in for the parts of ``torch_npu`` that ascend-moe implements.
+
+After :func:`ascend_moe.compat.install` (or under ``pytest -p ascend_moe.pytest_plugin``), on a
+machine where the real ``torch_npu`` cannot be imported, ``import torch_npu`` gives this module:
+
+* the MoE operators with torch_npu's names, argument names and defaults, computed by the
+  bit-faithful simulator after the constraint checker has run for the selected product / CANN
+  version: ``npu_grouped_matmul``, ``npu_moe_gating_top_k``, ``npu_ffn``,
+  ``npu_grouped_matmul_swiglu_quant``, ``npu_grouped_matmul_swiglu_quant_v2``,
+  ``npu_grouped_matmul_finalize_routing``;
+* ``npu_format_cast(tensor, acl_format)`` (records FRACTAL_NZ on the CPU tensor, so the NZ rules
+  and the NZ entry points apply) and ``get_npu_format(tensor)``;
+* torch_npu's extra dtype codes as the Python ints torch_npu uses: ``hifloat8`` (290),
+  ``float4_e2m1fn_x2`` (296), ``float8_e8m0fnu`` (293);
+* ``torch_npu.npu.is_available()`` -> False and ``torch_npu.npu.device_count()`` -> 0: the truth on a
+  CPU machine.  No NPU device is faked: ``torch.npu`` is not created, ``.npu()`` does not exist,
+  streams/events/memory calls are not provided.
+
+Every other public name raises ``NotImplementedError`` naming it (see ``_shim``): a test that
+reaches an operator we do not compute fails loudly instead of getting a ``MagicMock``.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any, Dict
+
+from .. import formats as _formats
+from ._shim import missing_attribute
+
+# torch_npu name -> (ascend_moe.ops module, function name)
+OPS: Dict[str, str] = {
+    "npu_grouped_matmul": "gmm",
+    "npu_moe_gating_top_k": "gating",
+    "npu_ffn": "ffn",
+    "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
+    "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
+    "npu_grouped_matmul_finalize_routing": "finalize_routing",
+    "npu_format_cast": "format_cast",
+}
+
+# torch_npu's custom dtypes are Python ints (spec aclnn-abi-and-torch.md 1.2) [C].
+hifloat8 = 290
+float4_e2m1fn_x2 = 296
+float8_e8m0fnu = 293
+
+# Marks the module as the ascend-moe drop-in (``getattr(torch_npu, "__ascend_moe_shim__", False)``).
+__ascend_moe_shim__ = True
+
+
+def _bind_ops(namespace: Dict[str, Any]) -> None:
+    import importlib
+    for name, module in OPS.items():
+        try:
+            mod = importlib.import_module(f"ascend_moe.ops.{module}")
+        except ImportError:  # the op family is missing from this build: the name stays unimplemented
+            continue
+        fn = getattr(mod, name, None)
+        if fn is not None:
+            namespace[name] = fn
+
+
+_bind_ops(globals())
+
+_CODE_OF_FORMAT = {name: code for code, name in _formats.FORMAT_NAMES.items()}
+
+
+def get_npu_format(tensor: Any) -> int:
+    """The ACL format code of ``tensor`` (2 = ND, 29 = FRACTAL_NZ), as ``torch_npu.get_npu_format``."""
+    return _CODE_OF_FORMAT.get(_formats.get_format(tensor), _formats.ACL_FORMAT_ND)
+
+
+# ---- torch_npu.npu: only the truthful answers of a machine without an NPU -------------------------
+npu = types.ModuleType(__name__ + ".npu", "ascend-moe CPU drop-in for torch_npu.npu: no NPU here.")
+
+
+def _is_available() -> bool:
+    """False: the drop-in runs where no NPU is usable (it is installed only without torch_npu)."""
+    return False
+
+
+def _device_count() -> int:
+    """0: the drop-in runs where no NPU is usable."""
+    return 0
+
+
+npu.is_available = _is_available
+npu.device_count = _device_count
+npu.__ascend_moe_shim__ = True
+
+
+def _npu_getattr(name: str) -> Any:
+    raise missing_attribute(npu.__name__, "torch_npu.npu", name, ["is_available", "device_count"])
+
+
+npu.__getattr__ = _npu_getattr  # PEP 562: consulted for names the module lacks
+sys.modules.setdefault(npu.__name__, npu)
+
+IMPLEMENTED = tuple(sorted([*[n for n in OPS if n in globals()], "get_npu_format", "hifloat8",
+                            "float4_e2m1fn_x2", "float8_e8m0fnu", "npu"]))
+__all__ = list(IMPLEMENTED)
+
+
+def __getattr__(name: str) -> Any:
+    raise missing_attribute(__name__, "torch_npu", name, IMPLEMENTED)
