@@ -1,2 +1,288 @@
-"""Placeholder: this op family is being written."""
-__all__ = []
+"""Grouped matmul, non-quantised: MindSpeed ``npu_gmm`` / ``npu_gmm_v2`` and torch_npu
+``npu_grouped_matmul`` (aclnnGroupedMatmul V1..V5), spec grouped-matmul-family.md section 1.
+
+Formula (spec 1.6), per group ``e``:
+
+* group_type 0 (M split): ``y[s_e:t_e] = x[s_e:t_e] @ w[e] (+ bias[e])``, rows ``[s_e, t_e)`` from
+  the group list (type 0 cumsum: ``t_e = group_list[e]``; type 1 counts: ``t_e = cumsum[e]``);
+* group_type 2 (K split): ``y[e] = x[:, s_e:t_e] @ w[s_e:t_e, :]`` -> ``[E, M, N]``;
+* group_type -1: ``y_i = x_i @ w_i`` for parallel lists.
+
+Faithfulness contract:
+
+* **fp32-accumulate**: every group's product is one fp32 GEMM (``np.matmul`` on float32 operands,
+  i.e. BLAS sgemm; fp16/bf16 inputs are widened exactly), the bias is added in fp32 to the fp32
+  accumulator [I: spec 1.6 "cube accumulates in fp32 then casts"], and the result is cast ONCE to
+  the output dtype with IEEE round-to-nearest-even [I].  The device's accumulation order over K is
+  tiling-dependent and not public, so results may differ from the device in the last bits of the
+  fp32 accumulator (and hence by one output ulp where that flips a rounding).
+* **no copies of x or weight per group**: groups are views; fp32 inputs go to BLAS as views (a
+  transposed weight view is handed to BLAS as a transposed operand); fp16/bf16 groups are widened
+  to fp32 one group at a time (each element is widened exactly once per call, peak memory stays at
+  one group's operands).
+* **undefined regions**: for M split with a single output, rows at or past the group-list total
+  are never written by the device (outputs are ``at::empty``); they are filled by the
+  undefined-region policy (:func:`ascend_moe.sim.numerics.fill_undefined`, ``poison`` = NaN by
+  default).  K split is fully defined: a group with ``k_e == 0`` is zero (kernel
+  ``EmptyTensorCompute``).
+* **float64** is not a device dtype.  Inside :func:`float64_reference` the simulator accepts
+  float64 operands and computes in float64 (no fp32 rounding): this exists only so that
+  ``torch.autograd.gradcheck`` can run through the registered ops and their backward formulas.
+* group lists: a Python ``list`` of ints models the int-array path (MindSpeed ``npu_gmm`` with
+  ``List[int]``, aclnnGroupedMatmul V1/V2, whose host checks ``last == rows``); a NumPy array
+  models the Tensor path (V3/V4/V5, values never validated on the device; the checker enforces
+  ``total <= rows`` and the rows past it are undefined).  See :mod:`ascend_moe.rules.gmm`.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .numerics import cast, dtype_name, fill_undefined
+
+__all__ = ["npu_gmm", "npu_gmm_v2", "npu_grouped_matmul", "grouped_matmul_add_fp32"]
+
+GroupList = Union[None, Sequence[int], np.ndarray]
+
+# ---------------------------------------------------------------------------------------------
+# float64 gradient-check mode (not a device feature)
+# ---------------------------------------------------------------------------------------------
+
+_FLOAT64 = contextvars.ContextVar("ascend_moe_gmm_float64", default=False)
+
+
+@contextlib.contextmanager
+def float64_reference() -> Iterator[None]:
+    """Accept float64 operands (computed in float64) for the calls inside: for gradcheck only."""
+    token = _FLOAT64.set(True)
+    try:
+        yield
+    finally:
+        _FLOAT64.reset(token)
+
+
+def float64_enabled() -> bool:
+    return _FLOAT64.get()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def group_bounds(group_list: GroupList, group_list_type: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of every group along the grouped axis (spec 1.3)."""
+    gl = np.asarray(group_list, dtype=np.int64).reshape(-1)
+    ends = gl if group_list_type == 0 else np.cumsum(gl)
+    starts = np.concatenate([np.zeros(1, np.int64), ends[:-1]])
+    return starts, ends
+
+
+def resolve_group_type(group_type: Optional[int], group_list: GroupList) -> int:
+    """npu_grouped_matmul's ``group_type=None`` (allowed only with an int-array group list, which
+    goes to aclnnGroupedMatmul V1 = M split only): 0 with a group list, else -1 [I]."""
+    if group_type is not None:
+        return int(group_type)
+    return 0 if group_list is not None else -1
+
+
+def _acc_dtype(*arrays: np.ndarray) -> type:
+    return np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32
+
+
+def _gemm_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray]) -> None:
+    """out[...] = round_once(a @ b + bias) with an fp32 (fp64 in gradcheck mode) accumulator."""
+    acc_dt = _acc_dtype(a, b)
+    acc = np.matmul(a.astype(acc_dt, copy=False), b.astype(acc_dt, copy=False))
+    if bias_row is not None:
+        acc += bias_row.astype(acc_dt, copy=False)  # fp32 add before the one rounding [I]
+    out[...] = cast(acc, dtype_name(out))
+
+
+def _as_list(v) -> List[np.ndarray]:
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        return [np.asarray(i) for i in v]
+    return [np.asarray(v)]
+
+
+def _weight_of_group(ws: List[np.ndarray], e: int) -> np.ndarray:
+    return ws[0][e] if (len(ws) == 1 and ws[0].ndim == 3) else ws[e]
+
+
+def _bias_of_group(bs: List[np.ndarray], e: int) -> Optional[np.ndarray]:
+    if not bs:
+        return None
+    return bs[0][e] if (len(bs) == 1 and bs[0].ndim == 2) else bs[e]
+
+
+def _num_groups(ws: List[np.ndarray]) -> int:
+    return ws[0].shape[0] if (len(ws) == 1 and ws[0].ndim == 3) else len(ws)
+
+
+# ---------------------------------------------------------------------------------------------
+# unchecked compute (called by the public twins after the checker, and by the torch kernels)
+# ---------------------------------------------------------------------------------------------
+
+
+def gmm_m_split(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence[np.ndarray],
+                group_list: GroupList, group_list_type: int, undefined: Optional[str] = None) -> np.ndarray:
+    """Single x [M, K], weight [E, K, N] (or a list of E [K, N]) -> y [M, N]; rows past the
+    group-list total are undefined."""
+    ws, bs = _as_list(weight), _as_list(bias)
+    n = ws[0].shape[-1]
+    y = np.empty((x.shape[0], n), dtype=x.dtype)
+    starts, ends = group_bounds(group_list, group_list_type)
+    for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
+        if t > s:
+            _gemm_into(y[s:t], x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e))
+    total = int(ends[-1]) if ends.size else 0
+    if total < x.shape[0]:
+        fill_undefined(y, slice(max(total, 0), None), undefined)
+    return y
+
+
+def gmm_m_split_list(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence[np.ndarray],
+                     group_list: GroupList, group_list_type: int) -> List[np.ndarray]:
+    """Single x split by the group list, one output per group (split_item 1)."""
+    ws, bs = _as_list(weight), _as_list(bias)
+    n = ws[0].shape[-1]
+    starts, ends = group_bounds(group_list, group_list_type)
+    out = []
+    for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
+        y = np.empty((max(t - s, 0), n), dtype=x.dtype)
+        if t > s:
+            _gemm_into(y, x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e))
+        out.append(y)
+    return out
+
+
+def gmm_k_split(x: np.ndarray, weight: np.ndarray, group_list: GroupList, group_list_type: int) -> np.ndarray:
+    """x [M, K] (a transposed view), weight [K, N] -> y [E, M, N]; groups with k_e == 0 are zero."""
+    starts, ends = group_bounds(group_list, group_list_type)
+    y = np.empty((starts.size, x.shape[0], weight.shape[-1]), dtype=x.dtype)
+    for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
+        if t > s:
+            _gemm_into(y[e], x[:, s:t], weight[s:t], None)
+        else:
+            y[e] = 0  # EmptyTensorCompute writes zeros
+    return y
+
+
+def gmm_no_split(xs: Sequence[np.ndarray], ws: Sequence[np.ndarray], bs: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """group_type -1: y_i = x_i @ w_i (x_i may be 2-6-D; batch dims flattened)."""
+    out = []
+    for i, xi in enumerate(xs):
+        w = _weight_of_group(list(ws), i)
+        y = np.empty((*xi.shape[:-1], w.shape[-1]), dtype=xi.dtype)
+        _gemm_into(y.reshape(-1, w.shape[-1]), xi.reshape(-1, xi.shape[-1]), w, _bias_of_group(list(bs), i))
+        out.append(y)
+    return out
+
+
+def grouped_matmul_compute(x, weight, bias, group_list: GroupList, split_item: int, group_type: int,
+                           group_list_type: int, undefined: Optional[str] = None) -> List[np.ndarray]:
+    """npu_grouped_matmul on already-checked arguments; returns the list of outputs."""
+    xs, ws, bs = _as_list(x), _as_list(weight), _as_list(bias)
+    single_y = split_item in (2, 3)
+    if group_type == 2:
+        # K split: x [M, K] transposed view, weight [K, N] single, group list partitions K.
+        y = gmm_k_split(xs[0], ws[0], group_list, group_list_type)
+        return [y] if single_y else [y[e] for e in range(y.shape[0])]
+    if group_type == 0 and len(xs) == 1 and group_list is not None:
+        if single_y:
+            return [gmm_m_split(xs[0], ws, bs, group_list, group_list_type, undefined)]
+        return gmm_m_split_list(xs[0], ws, bs, group_list, group_list_type)
+    if group_type == 0 and len(xs) == 1 and _num_groups(ws) == 1:
+        ys = gmm_no_split(xs, ws, bs)
+        return ys
+    # A list of x (one per group) or group_type -1: parallel products.
+    ys = gmm_no_split(xs, ws, bs)
+    if single_y:
+        n = ys[0].shape[-1]
+        return [np.concatenate([y.reshape(-1, n) for y in ys], axis=0)]
+    return ys
+
+
+def grouped_matmul_add_fp32(x: np.ndarray, grad_y: np.ndarray, group_list: GroupList,
+                            main_grad: np.ndarray) -> np.ndarray:
+    """MindSpeed ``npu_groupmatmul_add_fp32`` (ATB GroupedMatmulInplaceAdd, transposeA=True):
+    ``main_grad.view(E, K, N)[e] += x[rows_e]^T @ grad_y[rows_e]`` in fp32, in place (spec 1.8).
+
+    ``group_list`` is a cumsum.  The product is one fp32-accumulated GEMM per group added once to
+    the fp32 buffer [I: ATB accumulates in L0C then adds]; groups without rows add nothing.
+    """
+    if main_grad.dtype != np.float32 and not (float64_enabled() and main_grad.dtype == np.float64):
+        raise TypeError(f"main_grad must be float32, got {main_grad.dtype}")
+    k, n = x.shape[1], grad_y.shape[1]
+    starts, ends = group_bounds(group_list, 0)
+    view = main_grad.reshape(starts.size, k, n)  # raises if main_grad cannot be viewed so
+    if not np.shares_memory(view, main_grad):
+        raise ValueError("main_grad must be contiguous so it can be viewed as [E, K, N]")
+    acc_dt = _acc_dtype(x, grad_y, main_grad)
+    for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
+        if t > s:
+            view[e] += np.matmul(x[s:t].astype(acc_dt, copy=False).T, grad_y[s:t].astype(acc_dt, copy=False))
+    return main_grad
+
+
+# ---------------------------------------------------------------------------------------------
+# public twins (checked)
+# ---------------------------------------------------------------------------------------------
+
+
+def npu_gmm(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] = None,
+            group_list: GroupList = None, group_type: int = 0, gemm_fusion: bool = False,
+            original_weight: Optional[np.ndarray] = None, undefined: Optional[str] = None) -> np.ndarray:
+    """MindSpeed ``npu_gmm`` forward: group_list is a cumsum (``list`` = int-array path, array =
+    Tensor path).  ``gemm_fusion`` / ``original_weight`` only matter for the backward."""
+    from ..rules import enforce
+    enforce("npu_gmm", x, weight, bias=bias, group_list=group_list, group_type=group_type,
+            gemm_fusion=gemm_fusion, original_weight=original_weight)
+    return _gmm_forward(x, weight, bias, group_list, group_type, 0, undefined)
+
+
+def npu_gmm_v2(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] = None,
+               group_list: Optional[np.ndarray] = None, group_type: int = 0, gemm_fusion: bool = False,
+               original_weight: Optional[np.ndarray] = None, undefined: Optional[str] = None) -> np.ndarray:
+    """MindSpeed ``npu_gmm_v2`` forward: group_list holds per-group counts (array only)."""
+    from ..rules import enforce
+    enforce("npu_gmm_v2", x, weight, bias=bias, group_list=group_list, group_type=group_type,
+            gemm_fusion=gemm_fusion, original_weight=original_weight)
+    return _gmm_forward(x, weight, bias, group_list, group_type, 1, undefined)
+
+
+def _gmm_forward(x, weight, bias, group_list, group_type, group_list_type, undefined):
+    x, weight = np.asarray(x), np.asarray(weight)
+    if group_type == 2:
+        return gmm_k_split(x, weight, group_list, group_list_type)
+    return gmm_m_split(x, [weight], [] if bias is None else [np.asarray(bias)], group_list,
+                       group_list_type, undefined)
+
+
+def npu_grouped_matmul(x: Sequence[np.ndarray], weight: Sequence[np.ndarray], *,
+                       bias: Optional[Sequence[np.ndarray]] = None, scale=None, offset=None,
+                       antiquant_scale=None, antiquant_offset=None, per_token_scale=None,
+                       group_list: GroupList = None, activation_input=None, activation_quant_scale=None,
+                       activation_quant_offset=None, split_item: int = 0, group_type: Optional[int] = None,
+                       group_list_type: int = 0, act_type: int = 0, tuning_config: Optional[Sequence[int]] = None,
+                       output_dtype: Optional[int] = None, x_dtype: Optional[int] = None,
+                       weight_dtype: Optional[int] = None, scale_dtype: Optional[int] = None,
+                       per_token_scale_dtype: Optional[int] = None,
+                       undefined: Optional[str] = None) -> List[np.ndarray]:
+    """torch_npu ``npu_grouped_matmul`` (non-quantised).  ``group_list`` as a Python list is the
+    ``.List`` overload (int-array path), as an array the Tensor overload."""
+    from ..rules import enforce
+    enforce("npu_grouped_matmul", x, weight, bias=bias, scale=scale, offset=offset,
+            antiquant_scale=antiquant_scale, antiquant_offset=antiquant_offset,
+            per_token_scale=per_token_scale, group_list=group_list, activation_input=activation_input,
+            activation_quant_scale=activation_quant_scale, activation_quant_offset=activation_quant_offset,
+            split_item=split_item, group_type=group_type, group_list_type=group_list_type, act_type=act_type,
+            tuning_config=tuning_config, output_dtype=output_dtype, x_dtype=x_dtype, weight_dtype=weight_dtype,
+            scale_dtype=scale_dtype, per_token_scale_dtype=per_token_scale_dtype)
+    return grouped_matmul_compute(x, weight, bias, group_list, split_item,
+                                  resolve_group_type(group_type, group_list), group_list_type, undefined)

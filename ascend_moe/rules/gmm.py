@@ -1,1 +1,747 @@
-"""Placeholder: this op family's rules are being written."""
+"""Rules of the non-quantised grouped matmul: MindSpeed ``npu_gmm`` / ``npu_gmm_v2`` and torch_npu
+``npu_grouped_matmul`` (spec grouped-matmul-family.md 1.1-1.9).
+
+The three ops share one set of predicates over a normalised view of the call (:class:`_GmmCall`):
+x / weight / bias as lists of TensorMeta, the group list (its values, whether it is an int array
+(``List[int]``) or a Tensor), split_item, group_type, group_list_type.
+
+Group-list total vs rows (spec 1.3, 4.1): the device treats the two group-list paths differently,
+and so does the checker:
+
+* int-array path (``List[int]``: MindSpeed ``npu_gmm`` -> aclnnGroupedMatmulV2, torch_npu
+  ``npu_grouped_matmul.List`` -> V1): the host checks ``group_list[-1] == x.shape[0]`` (M split)
+  or ``== x.shape[1]`` (K split) [C: ``CheckGroupListSplitM/SplitK``] -> rule ``gmm.total_list``.
+* Tensor path (V3/V4/V5): the host never reads the values.  The aclnn V4/V5 docs say ``<=``, the
+  torch_npu / MindSpeed docs say ``==``.  The checker (and therefore the simulator) enforces
+  ``total <= rows`` as an error (a larger total would read past x: undefined) [I], and for MindSpeed
+  ``npu_gmm``/``npu_gmm_v2`` reports ``total < rows`` as a doc-only warning (MindSpeed doc "相等");
+  rows past the total are undefined output (rule ``gmm.total_tensor`` / ``gmm.total_tensor_doc``).
+
+Scope: the quantised paths (int8 / int4 weights, scale, offset, per_token_scale, antiquant_*,
+activation_*, group_list_type 2, x_dtype & co.) are rejected with a message naming the ascend_moe
+op that models them; they are not device rules (status None).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+
+from . import register_op
+from ..products import A2_A3
+from ..sim import gmm as _sim
+
+P310 = "atlas-inference"
+GMM_PRODUCTS = A2_A3 | {P310, "ascend-950"}
+
+SRC_HOST = "ops-transformer gmm/grouped_matmul/op_host/op_api/aclnn_grouped_matmul.cpp"
+SRC_MINDSPEED = "MindSpeed mindspeed/ops/gmm.py, csrc/cann/gmm.cpp"
+SRC_DOC_V4 = "aclnnGroupedMatmulV4/V5 docs (gmm/grouped_matmul/docs)"
+SRC_TORCH_DOC = "op-plugin docs/zh/custom_APIs/torch_npu/torch_npu-npu_grouped_matmul.md"
+SCOPE = "ascend-moe scope: issue 3 covers the non-quantised grouped matmul"
+QUANT_FIX = ("for quantised grouped matmul use ascend_moe.npu_grouped_matmul_swiglu_quant (A8W8/A8W4 + SwiGLU "
+             "+ per-token quant) or ascend_moe.npu_grouped_matmul_finalize_routing (A8W8/A8W4 + MoE combine)")
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32")
+QUANT_DTYPES = ("int8", "int4", "int32", "uint8", "float8_e4m3fn", "float8_e5m2")
+BIAS_DTYPE = {"float16": "float16", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
+INT32_MAX = 2 ** 31 - 1
+MAX_INNER_AXIS = 65535
+MAX_LIST_LEN_ARRAY = 128
+MAX_LIST_LEN_TENSOR = 1024
+# torch_npu output_dtype int codes (TORCH_DTYPE_ENUM_VALUE_TO_SCALAR_TYPE_MAP)
+OUTPUT_DTYPE_CODES = {5: "float16", 15: "bfloat16", 6: "float32", 3: "int32"}
+
+npu_gmm_spec = register_op("npu_gmm", _sim.npu_gmm, products=GMM_PRODUCTS, source=SRC_MINDSPEED)
+npu_gmm_v2_spec = register_op("npu_gmm_v2", _sim.npu_gmm_v2, products=GMM_PRODUCTS, source=SRC_MINDSPEED)
+npu_grouped_matmul_spec = register_op("npu_grouped_matmul", _sim.npu_grouped_matmul, products=GMM_PRODUCTS,
+                                      source="op-plugin op_plugin/ops/opapi/GroupedMatmulKernelNpuOpApi.cpp")
+ALL = (npu_gmm_spec, npu_gmm_v2_spec, npu_grouped_matmul_spec)
+MINDSPEED = (npu_gmm_spec, npu_gmm_v2_spec)
+TORCH_NPU = (npu_grouped_matmul_spec,)
+
+
+class _GmmCall:
+    """A normalised view of any of the three ops' calls."""
+
+    def __init__(self, call):
+        self.call = call
+        self.op = call.op
+        self.xs = call.metas("x")
+        self.ws = call.metas("weight")
+        self.bs = call.metas("bias")
+        gl = call.get("group_list")
+        self.gl_given = gl is not None
+        self.gl_is_list = isinstance(gl, (list, tuple))
+        self.gl_meta = None if (gl is None or self.gl_is_list) else call.meta("group_list")
+        self.gl_values = call.values("group_list") if self.gl_given else None
+        if self.gl_values is not None:
+            self.gl_values = np.asarray(self.gl_values).reshape(-1) if np.asarray(self.gl_values).ndim <= 1 \
+                else np.asarray(self.gl_values)
+        if call.op == "npu_grouped_matmul":
+            self.split_item = call.get("split_item")
+            self.split_item = 0 if self.split_item is None else self.split_item
+            self.raw_group_type = call.get("group_type")
+            self.group_type = _sim.resolve_group_type(self.raw_group_type, gl) if (
+                self.raw_group_type is not None or self.gl_is_list or gl is None) else None
+            glt = call.get("group_list_type")
+            self.group_list_type = 0 if glt is None else glt
+        else:
+            self.split_item = 3
+            self.raw_group_type = call.get("group_type")
+            self.group_type = self.raw_group_type
+            self.group_list_type = 0 if call.op == "npu_gmm" else 1
+
+    @property
+    def gl_len(self) -> Optional[int]:
+        if self.gl_is_list:
+            return len(self.call["group_list"])
+        if self.gl_meta is not None and self.gl_meta.ndim >= 1:
+            return self.gl_meta.shape[0]
+        return None
+
+    @property
+    def single_x(self) -> bool:
+        return len(self.xs) == 1
+
+    @property
+    def single_w3(self) -> bool:
+        return len(self.ws) == 1 and self.ws[0].ndim == 3
+
+    @property
+    def num_groups(self) -> Optional[int]:
+        """E as the weight defines it (None for K split, where the group list defines it)."""
+        if self.group_type == 2:
+            return None
+        if self.single_w3:
+            return self.ws[0].shape[0]
+        return len(self.ws)
+
+    def ends(self) -> Optional[np.ndarray]:
+        """Group ends (cumsum) when the values are concrete and 1-D."""
+        v = self.gl_values
+        if v is None or v.ndim != 1:
+            return None
+        return v if self.group_list_type == 0 else np.cumsum(v)
+
+
+def _v(call) -> _GmmCall:
+    if not hasattr(call, "_gmm_view"):
+        call._gmm_view = _GmmCall(call)
+    return call._gmm_view
+
+
+def rule(specs, id, argument, summary, **kw):
+    """Register one predicate on several op specs."""
+    def deco(fn):
+        for s in specs:
+            s.rule(id, argument, summary, **kw)(fn)
+        return fn
+    return deco
+
+
+def _storage_last_dim(m) -> int:
+    return m.shape[-2] if m.is_transposed_last_two() else m.shape[-1]
+
+
+def _x_rows(v: _GmmCall) -> Optional[int]:
+    """Rows the group list partitions: x.shape[0] for M split, x.shape[1] for K split."""
+    if not v.xs or v.xs[0].ndim < 2:
+        return None
+    return v.xs[0].shape[1] if v.group_type == 2 else v.xs[0].shape[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# scope: quantised paths
+# ----------------------------------------------------------------------------------------------
+
+_QUANT_ARGS = ("scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale", "activation_input",
+               "activation_quant_scale", "activation_quant_offset")
+
+
+def _quant_arg_rule(arg: str, id: str, what: str):
+    @rule(TORCH_NPU, id, arg, f"{arg} must be None: {what}", source=SCOPE, fix=QUANT_FIX, status=None)
+    def _(call):
+        if call.given(arg):
+            v = call[arg]
+            if isinstance(v, (list, tuple)):
+                desc = f"a list of {len(v)} tensor(s)"
+            elif hasattr(v, "shape"):
+                desc = f"a tensor of shape {list(v.shape)}"
+            else:
+                desc = f"{arg}={v!r}"
+            return (f"{arg} is given ({desc}): it selects a quantised path ({what}), which "
+                    f"npu_grouped_matmul does not simulate")
+
+
+for _arg in _QUANT_ARGS:
+    _quant_arg_rule(_arg, f"gmm.quant_arg.{_arg}", "quantised / anti-quantised grouped matmul")
+for _arg in ("x_dtype", "weight_dtype", "scale_dtype", "per_token_scale_dtype"):
+    _quant_arg_rule(_arg, f"gmm.quant_arg.{_arg}", "950 MX/fp8/int4 quantised grouped matmul")
+
+
+@rule(ALL, "gmm.quant_dtype", "weight", "int8/int4/int32/fp8 x or weight are quantised paths",
+      source=SCOPE + "; MindSpeed gmm.py 'Only support non quant case'", fix=QUANT_FIX, status=None)
+def _(call):
+    v = _v(call)
+    out = []
+    for name, metas in (("x", v.xs), ("weight", v.ws)):
+        for i, m in enumerate(metas):
+            if m.dtype in QUANT_DTYPES:
+                out.append(f"{name}[{i}] has dtype {m.dtype}: the quantised grouped matmul is not handled by "
+                           f"{call.op} (only float16/bfloat16/float32)")
+    return out
+
+
+@rule(TORCH_NPU, "gmm.group_list_type", "group_list_type",
+      "group_list_type is 0 (cumsum) or 1 (counts); 2 (sparse [E,2]) is A8W8-only", source=SRC_DOC_V4,
+      fix="pass group_list_type=0 for a cumsum or 1 for counts")
+def _(call):
+    t = _v(call).group_list_type
+    if t not in (0, 1):
+        extra = " (type 2 = sparse [[expert, count]] exists only for the A8W8 quantised path)" if t == 2 else ""
+        return f"group_list_type must be 0 or 1, got group_list_type={t!r}{extra}"
+
+
+@rule(TORCH_NPU, "gmm.act_type", "act_type", "act_type must be 0 for the non-quantised grouped matmul",
+      source=SRC_DOC_V4 + "; torch_npu doc (310P: act_type 0 only)", fix="pass act_type=0")
+def _(call):
+    a = call.get("act_type")
+    if a not in (None, 0):
+        return f"act_type must be 0 (no fused activation), got act_type={a!r}"
+
+
+@rule(TORCH_NPU, "gmm.output_dtype", "output_dtype", "output_dtype is None or the x dtype (non-quantised)",
+      source="op-plugin _meta_registrations.py npu_grouped_matmul_meta; " + SRC_DOC_V4,
+      fix="omit output_dtype (the output has x's dtype)")
+def _(call):
+    od = call.get("output_dtype")
+    v = _v(call)
+    if od is None or not v.xs:
+        return None
+    name = OUTPUT_DTYPE_CODES.get(od) if isinstance(od, (int, np.integer)) else None
+    if name is None:
+        try:
+            from ..sim.numerics import dtype_name
+            name = dtype_name(od)
+        except Exception:
+            return f"output_dtype must be None or one of the codes {sorted(OUTPUT_DTYPE_CODES)}, got output_dtype={od!r}"
+    if name != v.xs[0].dtype:
+        return (f"output_dtype={od!r} ({name}) differs from x dtype {v.xs[0].dtype}: the non-quantised grouped "
+                f"matmul outputs x's dtype")
+
+
+# ----------------------------------------------------------------------------------------------
+# group_type / split_item
+# ----------------------------------------------------------------------------------------------
+
+
+@rule(TORCH_NPU, "gmm.group_type", "group_type", "group_type in {-1, 0, 2}; required with a Tensor group_list",
+      source="op-plugin GroupedMatmulKernelNpuOpApi.cpp; " + SRC_HOST + " CHECK_COND(groupType == SPLIT_M||SPLIT_K||NO_SPLIT)",
+      fix="pass group_type=0 (M split), 2 (K split) or -1 (no split)")
+def _(call):
+    v = _v(call)
+    if v.raw_group_type is None and v.gl_given and not v.gl_is_list:
+        return "group_type=None with a Tensor group_list: torch_npu requires manual passing group_type"
+    if v.group_type not in (-1, 0, 2):
+        note = " (1 = N split is not supported)" if v.group_type == 1 else ""
+        return f"group_type must be -1, 0 or 2, got group_type={v.group_type!r}{note}"
+
+
+@rule(MINDSPEED, "gmm.group_type_mindspeed", "group_type", "npu_gmm / npu_gmm_v2: group_type is 0 or 2",
+      source=SRC_MINDSPEED + "; MindSpeed docs/zh/ops/gmm.md group_type table",
+      fix="pass group_type=0 (M split) or group_type=2 (K split)")
+def _(call):
+    g = call.get("group_type")
+    if g not in (0, 2):
+        note = " (1 = N split is not supported)" if g == 1 else ""
+        return f"group_type must be 0 or 2, got group_type={g!r}{note}"
+
+
+@rule(TORCH_NPU, "gmm.split_item", "split_item", "split_item in {0, 1, 2, 3}", source=SRC_TORCH_DOC,
+      fix="pass split_item 0/1 (a list of outputs) or 2/3 (one output)")
+def _(call):
+    s = _v(call).split_item
+    if s not in (0, 1, 2, 3):
+        return f"split_item must be 0, 1, 2 or 3, got split_item={s!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# dtypes
+# ----------------------------------------------------------------------------------------------
+
+
+@rule(ALL, "gmm.x_dtype", "x", "x is float16, bfloat16 or float32", source=SRC_DOC_V4,
+      fix="cast x to float16, bfloat16 or float32")
+def _(call):
+    out = []
+    for i, m in enumerate(_v(call).xs):
+        if m.dtype in QUANT_DTYPES:
+            continue  # reported by gmm.quant_dtype
+        if m.dtype == "float64" and _sim.float64_enabled():
+            continue  # gradcheck mode of the simulator, not a device dtype
+        if m.dtype not in FLOAT_DTYPES:
+            out.append(f"x[{i}] dtype must be float16, bfloat16 or float32, got {m.dtype}")
+    return out
+
+
+@rule(ALL, "gmm.weight_dtype", "weight", "weight dtype equals x dtype (non-quantised)", source=SRC_DOC_V4,
+      fix="cast weight to x's dtype")
+def _(call):
+    v = _v(call)
+    if not v.xs:
+        return None
+    xd = v.xs[0].dtype
+    out = [f"x[{i}] has dtype {m.dtype}, x[0] has {xd}: all x must share one dtype"
+           for i, m in enumerate(v.xs) if m.dtype != xd]
+    out += [f"weight[{i}] has dtype {m.dtype} but x has {xd}: non-quantised weight must match x"
+            for i, m in enumerate(v.ws) if m.dtype != xd and m.dtype not in QUANT_DTYPES and xd not in QUANT_DTYPES]
+    return out
+
+
+@rule(ALL, "gmm.bias_dtype", "bias", "bias dtype: float16 x -> float16, bfloat16 x -> float32, float32 -> float32",
+      source=SRC_DOC_V4 + " dtype table", fix="cast bias to the dtype the table gives for x's dtype")
+def _(call):
+    v = _v(call)
+    if not v.xs or not v.bs:
+        return None
+    want = BIAS_DTYPE.get(v.xs[0].dtype)
+    if want is None:
+        return None
+    return [f"bias[{i}] has dtype {m.dtype}, but with x {v.xs[0].dtype} the bias must be {want}"
+            for i, m in enumerate(v.bs) if m.dtype != want]
+
+
+@rule(TORCH_NPU, "gmm.fp32_single", "x", "float32 only with single x, single weight and single y (split_item 2/3)",
+      products=A2_A3 | {"ascend-950"}, source=SRC_DOC_V4 + " (fp32 '仅支持单tensor')",
+      fix="use one x tensor, one weight tensor and split_item 2 or 3 for float32, or cast to bfloat16")
+def _(call):
+    v = _v(call)
+    if v.xs and v.xs[0].dtype == "float32" and not (len(v.xs) == 1 and len(v.ws) == 1 and v.split_item in (2, 3)):
+        return (f"x dtype float32 needs single tensors: got len(x)={len(v.xs)}, len(weight)={len(v.ws)}, "
+                f"split_item={v.split_item}")
+
+
+@rule(ALL, "gmm.group_list_dtype", "group_list", "a Tensor group_list is int64", source=SRC_HOST,
+      fix="pass group_list as an int64 tensor (torch.int64)")
+def _(call):
+    m = _v(call).gl_meta
+    if m is not None and m.dtype != "int64":
+        return f"group_list must be int64, got dtype {m.dtype}"
+
+
+@rule((npu_gmm_v2_spec,), "gmm.v2_tensor_only", "group_list", "npu_gmm_v2 takes a Tensor group_list only",
+      source=SRC_MINDSPEED + " npu_gmm_param_verification", fix="pass the counts as an int64 tensor")
+def _(call):
+    if _v(call).gl_is_list:
+        return f"npu_gmm_v2 group_list must be a torch.Tensor, got a list {list(call['group_list'])[:8]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# group list: presence, rank, length, values
+# ----------------------------------------------------------------------------------------------
+
+
+@rule(ALL, "gmm.group_list_required", "group_list",
+      "group_list is required for M split with a single x and for K split",
+      source=SRC_MINDSPEED + " doc ('必须传group_list'); " + SRC_HOST,
+      fix="pass the group list (cumsum for npu_gmm, counts for npu_gmm_v2)")
+def _(call):
+    v = _v(call)
+    if v.gl_given or v.group_type not in (0, 2):
+        return None
+    if v.group_type == 2 or (v.single_x and (v.num_groups or 0) > 1):
+        return f"group_list=None but group_type={v.group_type} with a single x needs it"
+
+
+@rule(ALL, "gmm.group_list_rank", "group_list", "group_list is 1-D", source=SRC_HOST + "; " + SRC_MINDSPEED,
+      fix="pass a 1-D group list of length E")
+def _(call):
+    m = _v(call).gl_meta
+    if m is not None and m.ndim != 1:
+        return f"group_list must be 1-D, got shape {list(m.shape)}"
+
+
+@rule(ALL, "gmm.group_list_len", "group_list", "len(group_list) == E (number of weight groups)",
+      source=SRC_HOST + " CheckGroupListCommon*", fix="pass one group-list entry per expert (weight.shape[0])")
+def _(call):
+    v = _v(call)
+    n, e = v.gl_len, v.num_groups
+    if n is None or e is None or v.group_type != 0 or not v.single_x:
+        return None
+    if n != e and e != 1:
+        return f"group_list has {n} entries but weight has E={e} groups"
+
+
+@rule(ALL, "gmm.group_list_max_len", "group_list",
+      "len(group_list) <= 128 for a List[int], <= 1024 for a Tensor",
+      source=SRC_HOST + " MAX_GROUP_LIST_SIZE_ARRAY=128 / MAX_GROUP_LIST_SIZE_TENSOR=1024",
+      fix="use a Tensor group list (up to 1024 groups) or fewer groups")
+def _(call):
+    v = _v(call)
+    n = v.gl_len
+    if n is None:
+        return None
+    limit = MAX_LIST_LEN_ARRAY if v.gl_is_list else MAX_LIST_LEN_TENSOR
+    if n > limit:
+        kind = "List[int]" if v.gl_is_list else "Tensor"
+        return f"group_list ({kind}) has {n} entries, at most {limit} allowed"
+
+
+@rule(ALL, "gmm.group_list_len_one_doc", "group_list", "docs: group_list length cannot be 1",
+      source="torch_npu / MindSpeed docs ('长度不能为1'); host allows it when E == 1 (spec 4 item 4)",
+      fix="ignore on the device (host accepts it), or use more than one group", severity="warning", status=None)
+def _(call):
+    v = _v(call)
+    if v.gl_is_list and v.gl_len == 1:
+        return "group_list has length 1 (list [%d]); the docs say the length cannot be 1" % call["group_list"][0]
+
+
+@rule(ALL, "gmm.group_list_values_list", "group_list",
+      "int-array group list: cumsum non-negative and non-decreasing / counts non-negative",
+      source=SRC_HOST + " CheckGroupListCommonIntArray",
+      fix="pass a non-negative, non-decreasing cumsum (npu_gmm) or non-negative counts")
+def _(call):
+    v = _v(call)
+    if v.gl_is_list:
+        return _values_problem(v)
+
+
+@rule(ALL, "gmm.group_list_values_tensor", "group_list",
+      "Tensor group list: cumsum non-negative and non-decreasing / counts non-negative",
+      source=SRC_DOC_V4 + " [D: device does not check; kernel offsets go wrong, undefined -> rejected, inferred]",
+      fix="pass a non-negative, non-decreasing cumsum or non-negative counts")
+def _(call):
+    v = _v(call)
+    if not v.gl_is_list:
+        return _values_problem(v)
+
+
+def _values_problem(v: _GmmCall) -> Optional[str]:
+    vals = v.gl_values
+    if vals is None or vals.ndim != 1 or vals.size == 0:
+        return None
+    if (vals < 0).any():
+        i = int(np.argmax(vals < 0))
+        return f"group_list[{i}]={int(vals[i])} is negative (group_list={_short(vals)})"
+    if v.group_list_type == 0 and (np.diff(vals) < 0).any():
+        i = int(np.argmax(np.diff(vals) < 0)) + 1
+        return (f"group_list (cumsum) decreases at index {i}: {int(vals[i - 1])} -> {int(vals[i])} "
+                f"(group_list={_short(vals)})")
+    return None
+
+
+def _short(vals) -> str:
+    vals = [int(x) for x in vals]
+    return str(vals) if len(vals) <= 16 else str(vals[:16])[:-1] + ", ...]"
+
+
+@rule(ALL, "gmm.total_list", "group_list",
+      "int-array group list: last cumsum == x.shape[0] (M split) / x.shape[1] (K split)",
+      source=SRC_HOST + " CheckGroupListSplitM / CheckGroupListSplitK",
+      fix="make the group list cover exactly the rows of x (or use a Tensor group list, where fewer rows are allowed)")
+def _(call):
+    v = _v(call)
+    ends, rows = v.ends(), _x_rows(v)
+    if not v.gl_is_list or ends is None or ends.size == 0 or rows is None or not v.single_x:
+        return None
+    if int(ends[-1]) != rows:
+        axis = "x.shape[1] (K)" if v.group_type == 2 else "x.shape[0] (M)"
+        return f"group_list total is {int(ends[-1])} but {axis} is {rows}; the int-array path requires equality"
+
+
+@rule(ALL, "gmm.total_tensor", "group_list",
+      "Tensor group list: total <= x rows (rows past it are left unwritten)",
+      source=SRC_DOC_V4 + " ('应小于等于'); device does not check, a larger total reads past x [I]",
+      fix="make the group-list total at most the rows of x")
+def _(call):
+    v = _v(call)
+    ends, rows = v.ends(), _x_rows(v)
+    if v.gl_is_list or ends is None or ends.size == 0 or rows is None or not v.single_x:
+        return None
+    if int(ends[-1]) > rows:
+        axis = "x.shape[1] (K)" if v.group_type == 2 else "x.shape[0] (M)"
+        return f"group_list total is {int(ends[-1])} but {axis} is only {rows}"
+
+
+@rule(MINDSPEED, "gmm.total_tensor_doc", "group_list",
+      "MindSpeed doc: the group-list total equals x.shape[0]", severity="warning", status=None,
+      source="MindSpeed docs/zh/ops/gmm.md ('最后一个值与x中tensor的第一维相等'); host does not check the Tensor path",
+      fix="ignore if intended: rows past the total are left undefined by the device")
+def _(call):
+    v = _v(call)
+    ends, rows = v.ends(), _x_rows(v)
+    if v.gl_is_list or ends is None or ends.size == 0 or rows is None:
+        return None
+    if int(ends[-1]) < rows:
+        return f"group_list total is {int(ends[-1])} < {rows} rows of x; rows {int(ends[-1])}.. are left undefined"
+
+
+@rule(TORCH_NPU, "gmm.group_list_multi_x", "group_list",
+      "with a list of x (one per group) the group list, if given, matches the x rows",
+      source=SRC_TORCH_DOC + " [I: group list describes the same split the list already gives]",
+      fix="omit group_list with a list of x, or pass the cumsum of the x_i rows")
+def _(call):
+    v = _v(call)
+    ends = v.ends()
+    if v.single_x or ends is None or v.group_type != 0 or any(m.ndim < 1 for m in v.xs):
+        return None
+    rows = np.cumsum([m.shape[0] for m in v.xs])
+    if ends.shape != rows.shape or (ends != rows).any():
+        return f"group_list (as cumsum {_short(ends)}) does not match the x list rows (cumsum {_short(rows)})"
+
+
+# ----------------------------------------------------------------------------------------------
+# shapes
+# ----------------------------------------------------------------------------------------------
+
+
+@rule(ALL, "gmm.ranks", "weight", "ranks: M split x 2-D, weight 3-D [E,K,N] or list of 2-D; K split x and weight "
+      "2-D; no split x 2-6-D, weight 2-D", source=SRC_DOC_V4 + " group_type tables; " + SRC_MINDSPEED,
+      fix="reshape to the ranks the group_type table gives")
+def _(call):
+    v = _v(call)
+    out = []
+    if not v.xs or not v.ws:
+        return f"x and weight must be non-empty, got len(x)={len(v.xs)}, len(weight)={len(v.ws)}"
+    if v.group_type == 2:
+        if len(v.xs) != 1 or v.xs[0].ndim != 2:
+            out.append(f"group_type=2 needs one 2-D x, got {len(v.xs)} tensor(s), x[0] shape {list(v.xs[0].shape)}")
+        if len(v.ws) != 1 or v.ws[0].ndim != 2:
+            out.append(f"group_type=2 needs one 2-D weight [K, N], got {len(v.ws)} tensor(s), "
+                       f"weight[0] shape {list(v.ws[0].shape)}")
+    elif v.group_type == 0:
+        for i, m in enumerate(v.xs):
+            if m.ndim != 2:
+                out.append(f"group_type=0 needs 2-D x, got x[{i}] shape {list(m.shape)}")
+        if len(v.ws) == 1:
+            if v.ws[0].ndim not in ((2, 3) if call.op == "npu_grouped_matmul" else (3,)):
+                out.append(f"group_type=0 needs weight [E, K, N], got shape {list(v.ws[0].shape)}")
+        else:
+            out += [f"a weight list needs 2-D entries, got weight[{i}] shape {list(m.shape)}"
+                    for i, m in enumerate(v.ws) if m.ndim != 2]
+    elif v.group_type == -1:
+        out += [f"group_type=-1 needs 2-6-D x, got x[{i}] shape {list(m.shape)}"
+                for i, m in enumerate(v.xs) if not 2 <= m.ndim <= 6]
+        out += [f"group_type=-1 needs 2-D weights, got weight[{i}] shape {list(m.shape)}"
+                for i, m in enumerate(v.ws) if m.ndim != 2]
+        if len(v.ws) != len(v.xs) and not (len(v.ws) == 1 and v.ws[0].ndim == 3 and v.ws[0].shape[0] == len(v.xs)):
+            out.append(f"group_type=-1 pairs x and weight: len(x)={len(v.xs)} != len(weight)={len(v.ws)}")
+    return out
+
+
+@rule(ALL, "gmm.k_match", "weight", "x's K equals weight's K for every group", source=SRC_HOST,
+      fix="make x.shape[-1] equal weight.shape[-2]")
+def _(call):
+    v = _v(call)
+    out = []
+    if v.group_type == 2:
+        if v.xs[0].ndim == 2 and v.ws[0].ndim == 2 and v.xs[0].shape[1] != v.ws[0].shape[0]:
+            out.append(f"x is [M, K]=[{v.xs[0].shape[0]}, {v.xs[0].shape[1]}] but weight has K={v.ws[0].shape[0]}")
+        return out
+    for i, xm in enumerate(v.xs):
+        wm = v.ws[0] if v.single_w3 else (v.ws[i] if i < len(v.ws) else v.ws[0])
+        if xm.ndim >= 1 and wm.ndim >= 2 and xm.shape[-1] != wm.shape[-2]:
+            out.append(f"x[{i}] has K={xm.shape[-1]} but weight has K={wm.shape[-2]} (weight shape {list(wm.shape)})")
+    return out
+
+
+@rule(ALL, "gmm.bias_shape", "bias", "bias is [E, N] for a 3-D weight, [N_i] per weight in a list",
+      source=SRC_DOC_V4, fix="pass bias of shape [E, N] (or one [N] per weight)")
+def _(call):
+    v = _v(call)
+    if not v.bs or v.group_type == 2:
+        return None
+    if v.single_w3:
+        want = (v.ws[0].shape[0], v.ws[0].shape[2])
+        if len(v.bs) != 1 or v.bs[0].shape != want:
+            return f"bias must be one tensor of shape {list(want)}, got shapes {[list(m.shape) for m in v.bs]}"
+        return None
+    out = []
+    if len(v.bs) != len(v.ws):
+        return f"bias list has {len(v.bs)} entries but weight has {len(v.ws)}"
+    for i, (b, w) in enumerate(zip(v.bs, v.ws)):
+        if w.ndim >= 1 and b.shape != (w.shape[-1],):
+            out.append(f"bias[{i}] must be [{w.shape[-1]}], got {list(b.shape)}")
+    return out
+
+
+@rule(ALL, "gmm.bias_k_split", "bias", "bias must be None for group_type 2 (K split)", source=SRC_HOST,
+      fix="drop the bias for K split (add it after the sum over groups if needed)")
+def _(call):
+    v = _v(call)
+    if v.group_type == 2 and v.bs:
+        return f"bias is given (shape {list(v.bs[0].shape)}) with group_type=2; K split takes no bias"
+
+
+@rule(ALL, "gmm.k_zero", "x", "K == 0 only when M or N is 0", source=SRC_HOST + " CheckEmptyTensor",
+      fix="do not call the grouped matmul with K == 0 (the result would be all zeros)")
+def _(call):
+    v = _v(call)
+    if v.group_type == 2 or not v.xs or not v.ws:
+        return None
+    out = []
+    for i, xm in enumerate(v.xs):
+        wm = v.ws[0] if v.single_w3 else (v.ws[i] if i < len(v.ws) else v.ws[0])
+        if xm.ndim < 2 or wm.ndim < 2:
+            continue
+        m, k, n = int(np.prod(xm.shape[:-1])), xm.shape[-1], wm.shape[-1]
+        if k == 0 and m > 0 and n > 0:
+            out.append(f"x[{i}] has K=0 with M={m}, N={n}: the device does not support K == 0 unless M or N is 0")
+    return out
+
+
+@rule(ALL, "gmm.inner_dim", "x", "every x_i / weight_i storage last dim <= 65535",
+      products=A2_A3 | {P310}, source=SRC_HOST + " MAX_INNER_AXIS=65535 (skipped on 950)",
+      fix="split the call so the contiguous (last) dimension stays below 65536")
+def _(call):
+    v = _v(call)
+    out = []
+    for name, metas in (("x", v.xs), ("weight", v.ws)):
+        for i, m in enumerate(metas):
+            if m.ndim >= 2 and _storage_last_dim(m) > MAX_INNER_AXIS:
+                out.append(f"{name}[{i}] storage last dim is {_storage_last_dim(m)} (shape {list(m.shape)}), "
+                           f"above {MAX_INNER_AXIS}")
+    return out
+
+
+@rule(ALL, "gmm.int32_range", "x", "M, N, K rounded up to 32 bytes stay within int32",
+      source="ops-transformer gmm/grouped_matmul/op_host GMMTiling::CheckMKN",
+      fix="split the call into smaller pieces")
+def _(call):
+    v = _v(call)
+    out = []
+    for name, metas in (("x", v.xs), ("weight", v.ws)):
+        for i, m in enumerate(metas):
+            try:
+                from ..sim.numerics import ELEMENT_BITS
+                per32 = max(1, 256 // ELEMENT_BITS[m.dtype])
+            except Exception:
+                continue
+            limit = (INT32_MAX // per32) * per32
+            for d, size in enumerate(m.shape):
+                if size > limit:
+                    out.append(f"{name}[{i}] dim {d} is {size}, above the 32-byte-aligned int32 limit {limit}")
+    return out
+
+
+@rule(ALL, "gmm.x_transpose", "x", "x must not be transposed for group_type 0/-1 and must be for group_type 2",
+      source=SRC_DOC_V4 + " ('x必须转置' for K split); " + SRC_HOST,
+      fix="pass x contiguous for M split; for K split pass x as x_storage.t() of a [K, M] tensor")
+def _(call):
+    v = _v(call)
+    out = []
+    for i, m in enumerate(v.xs):
+        if m.strides is None or m.ndim != 2:
+            continue
+        t = m.is_transposed_last_two()
+        if v.group_type == 2 and not t and m.shape[0] > 1 and m.shape[1] > 1:
+            out.append(f"x[{i}] (shape {list(m.shape)}, strides {list(m.strides)}) must be a transposed view for "
+                       f"group_type=2")
+        if v.group_type in (0, -1) and t:
+            out.append(f"x[{i}] is a transposed view (shape {list(m.shape)}, strides {list(m.strides)}); "
+                       f"group_type={v.group_type} does not accept a transposed x")
+    return out
+
+
+@rule(ALL, "gmm.weight_transpose", "weight", "weight transposed: allowed (uniformly) for group_type 0/-1, "
+      "not for group_type 2", source=SRC_DOC_V4 + "; " + SRC_HOST + " IsTransposeLastTwoDims",
+      fix="pass weight contiguous for K split; transpose all weights of a list the same way")
+def _(call):
+    v = _v(call)
+    flags = [m.is_transposed_last_two() for m in v.ws if m.strides is not None]
+    if v.group_type == 2 and any(flags):
+        return f"weight (shape {list(v.ws[0].shape)}, strides {list(v.ws[0].strides)}) is transposed; group_type=2 does not allow it"
+    if len(set(flags)) > 1:
+        return f"weight list mixes transposed and non-transposed tensors (transposed flags {flags})"
+
+
+@rule(ALL, "gmm.weight_layout", "weight", "weight is contiguous or a last-two-dims transposed view",
+      source=SRC_HOST + " (ND storage, IsTransposeLastTwoDims) [I]",
+      fix="call .contiguous() on the weight (or pass w.transpose(-1, -2) of a contiguous tensor)")
+def _(call):
+    v = _v(call)
+    out = []
+    for name, metas in (("x", v.xs), ("weight", v.ws)):
+        for i, m in enumerate(metas):
+            if m.strides is None or m.ndim < 2 or 0 in m.shape:
+                continue
+            shape = list(m.shape)
+            if m.is_transposed_last_two():
+                shape[-1], shape[-2] = shape[-2], shape[-1]
+                strides = list(m.strides)
+                strides[-1], strides[-2] = strides[-2], strides[-1]
+            else:
+                strides = list(m.strides)
+            want, acc = [], 1
+            for s in reversed(shape):
+                want.append(acc)
+                acc *= s
+            want = want[::-1]
+            if any(sz > 1 and st != w for sz, st, w in zip(shape, strides, want)):
+                out.append(f"{name}[{i}] (shape {list(m.shape)}, strides {list(m.strides)}) is neither contiguous "
+                           f"nor a transposed view of a contiguous tensor")
+    return out
+
+
+@rule(ALL, "gmm.nz_weight", "weight", "FRACTAL_NZ weights belong to the quantised (WeightNz) paths",
+      source=SCOPE, fix=QUANT_FIX + "; or pass an ND weight", status=None)
+def _(call):
+    v = _v(call)
+    return [f"weight[{i}] has format {m.format}; the non-quantised simulator takes ND weights"
+            for i, m in enumerate(v.ws) if m.format.startswith("FRACTAL_NZ")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Atlas inference series (310P)
+# ----------------------------------------------------------------------------------------------
+
+SRC_310P = "torch_npu doc 'Atlas 推理系列产品' table; MindSpeed doc (310: group_type 0, single tensors)"
+
+
+@rule(ALL, "gmm.310p_dtype", "x", "310P: float16 only", products={P310}, source=SRC_310P,
+      fix="cast x, weight (and bias) to float16")
+def _(call):
+    v = _v(call)
+    if v.xs and v.xs[0].dtype != "float16":
+        return f"x dtype must be float16 on the Atlas inference series, got {v.xs[0].dtype}"
+
+
+@rule(ALL, "gmm.310p_group_type", "group_type", "310P: group_type 0 only", products={P310}, source=SRC_310P,
+      fix="use group_type=0 (M split)")
+def _(call):
+    v = _v(call)
+    if v.group_type != 0:
+        return f"group_type must be 0 on the Atlas inference series, got group_type={v.group_type!r}"
+
+
+@rule(ALL, "gmm.310p_single", "split_item", "310P: single x / weight (3-D) / y, split_item 2 or 3",
+      products={P310}, source=SRC_310P, fix="pass one x [M, K], one weight [E, K, N] and split_item=3")
+def _(call):
+    v = _v(call)
+    if not (len(v.xs) == 1 and v.single_w3 and v.split_item in (2, 3)):
+        return (f"Atlas inference series needs single tensors: got len(x)={len(v.xs)}, len(weight)={len(v.ws)}, "
+                f"weight rank {v.ws[0].ndim if v.ws else None}, split_item={v.split_item}")
+
+
+@rule(ALL, "gmm.310p_n_align", "weight", "310P: N is a multiple of 16", products={P310}, source=SRC_310P,
+      fix="pad N to a multiple of 16")
+def _(call):
+    v = _v(call)
+    if v.ws and v.ws[0].ndim >= 2 and v.ws[0].shape[-1] % 16:
+        return f"weight N={v.ws[0].shape[-1]} must be a multiple of 16 on the Atlas inference series"
+
+
+@rule(ALL, "gmm.310p_max_groups", "group_list", "310P: at most 1024 groups", products={P310}, source=SRC_310P,
+      fix="use at most 1024 groups")
+def _(call):
+    e = _v(call).num_groups
+    if e is not None and e > MAX_LIST_LEN_TENSOR:
+        return f"weight has E={e} groups, at most {MAX_LIST_LEN_TENSOR} on the Atlas inference series"
+
+
+@rule(TORCH_NPU, "gmm.310p_tuning_config", "tuning_config", "310P: no tuning_config", products={P310},
+      source=SRC_310P, fix="omit tuning_config")
+def _(call):
+    if call.given("tuning_config"):
+        return f"tuning_config={list(call['tuning_config'])} is not supported on the Atlas inference series"
