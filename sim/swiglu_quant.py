@@ -1,2 +1,235 @@
-"""Placeholder: this op family is being written."""
-__all__ = []
+"""GMM + dequant + SwiGLU + per-token int8 quant: ``npu_grouped_matmul_swiglu_quant`` (v1) and ``_v2``.
+
+Formula (spec grouped-matmul-family 2.3/2.4), rows ``[s_e, t_e)`` of group ``e``::
+
+    C = dequant(x[s:t] @ W[e])                          # [m, N] fp32
+    S = silu(C[:, :N/2]) * C[:, N/2:]                   # SwiGLU: first half activated, second half linear
+    out_scale = max|S| / 127 ; out = round(S / out_scale) -> int8      # per token
+
+Faithfulness contract (each step is the kernel's, bit for bit, except the one named deviation):
+
+* **exact**: the int32 GEMM (:mod:`ascend_moe.sim.quant_gemm`); every fp32 step below is one IEEE
+  float32 operation with round-to-nearest-even, in the kernel's order.
+* **A8W8, v1 kernel** (torch v1 = aclnnGroupedMatmulSwigluQuantWeightNZ): ``c = fp32(acc)``;
+  ``c = c * x_scale[row]``; ``c = c * w_scale[e, col]``; SwiGLU; ``qs = amax / 127.0f``;
+  ``r = 1.0f / qs``; ``v = S * r``; ``q = int8_rint(fp16_rint(v))`` - **double rounding**
+  (e.g. v = 101.47 -> fp16 101.5 -> 102, where one rounding gives 101).
+* **A8W8, v2 fusion kernel**: ``c = w_scale[e, col] * fp32(acc)``; ``c = x_scale[row] * c``
+  (the other association); SwiGLU; ``qs = amax * 0.007874015718698502f`` (fp32(1/127), a multiply);
+  ``q = int8(rint(S / qs))`` - a **single** round-half-even of the quotient.
+* **A8W4 (MSD)**, v1 and v2: ``Chi``/``Clo`` = fp16 fixpipe dequant of the hi/lo int4 halves
+  (per-group scales accumulated in fp16), ``c = fp32(Chi) * 16 + fp32(Clo)``; ``c = c + assist[e]``;
+  ``c = c * x_scale[row]``; SwiGLU; the v1 quantisation (double rounding) - both kernels.
+  Scales: int64/uint64 (fp32 bits in the low word) decoded with the FP19 truncation by default
+  ([I], switch: :func:`ascend_moe.sim.quant_gemm.fp19_scales`); float32 scales go through the same
+  truncation (the fixpipe quant vector is the same register) [I].
+* **SwiGLU op order** (AscendC ``SwiGLU``, beta = 1): ``t = -a``; ``t = exp(t)``; ``t = t + 1``;
+  ``t = a / t``; ``S = g * t`` (``a`` = first N/2 columns, ``g`` = last N/2).
+* **the one deviation: exp.**  The hardware vector ``Exp`` is not specified publicly.  The simulator
+  uses :func:`exp_f32`: the float64 exponential rounded to float32 (correctly rounded in all but
+  astronomically rare cases and identical on every machine).  The device may differ by 1-2 ulp in
+  ``exp``, which can move ``S`` by an ulp and, rarely, a quantised value by one.
+* **undefined regions**: rows ``[total, M)`` of ``out`` and ``out_scale`` are never written by the
+  device; they follow the undefined-region policy (``poison``: int8 -128 / NaN, or ``zero``).  v1's
+  third output (``out_offset``, a 0-d fp32 placeholder the device never writes) too.
+* **all-zero rows** (amax == 0): the kernel has no guard.  ``out_scale`` is written as 0.0 (0/127 or
+  0*c); ``r = 1/0 = inf`` (v1) and ``0 * inf`` or ``0 / 0`` (v2) are NaN, whose int8 conversion
+  is not public, so those ``out`` elements follow the undefined-region policy [I].  Any other NaN
+  reaching the int8 conversion is treated the same way.
+* Saturation: ``|v|`` cannot exceed 127 by more than rounding noise; conversions saturate to
+  [-127, 127] anyway (fp16 127.0x -> 127).
+* A4W4 (int4 x, v2) is not simulated (NotImplementedError).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .numerics import dtype_name, fill_undefined, float_to_int
+from .quant_gemm import (
+    decode_weight_scale, fp19_enabled, group_bounds, grouped_int8_matmul, grouped_msd_partials,
+    msd_combine, weight_values,
+)
+
+__all__ = ["npu_grouped_matmul_swiglu_quant", "npu_grouped_matmul_swiglu_quant_v2"]
+
+F32 = np.float32
+# The v2 fusion kernel's constant 1.0/127.0 rounded to fp32.
+INV_127_F32 = np.float32(0.007874015718698502)
+
+
+# --------------------------------------------------------------------------------------------
+# elementwise steps
+# --------------------------------------------------------------------------------------------
+
+def exp_f32(x: np.ndarray) -> np.ndarray:
+    """float32 exp used for SwiGLU: float64 ``exp`` rounded (RNE) to float32 - the named deviation
+    from the hardware ``Exp`` (not public; may differ by 1-2 ulp)."""
+    with np.errstate(over="ignore"):
+        return np.exp(np.asarray(x, dtype=np.float64)).astype(np.float32)
+
+
+def swiglu_f32(c: np.ndarray) -> np.ndarray:
+    """SwiGLU of fp32 ``c`` [m, N] in the AscendC op order: ``g * (a / (1 + exp(-a)))``."""
+    h = c.shape[1] // 2
+    a = c[:, :h]
+    g = c[:, h:]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        t = np.negative(a)
+        t = exp_f32(t)
+        t = np.add(t, F32(1.0), dtype=np.float32)
+        t = np.divide(a, t, dtype=np.float32)
+        return np.multiply(g, t, dtype=np.float32)
+
+
+def quant_v1(s: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """v1 / A8W4 per-token quant: ``qs = amax/127``, ``r = 1/qs``, ``v = S*r``, fp32->fp16->int8 (RNE).
+
+    Returns ``(q int8, qs float32, nan_mask)``; ``nan_mask`` marks elements whose value is NaN at the
+    int8 conversion (all-zero rows), which the caller fills by the undefined-region policy.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        amax = np.max(np.abs(s), axis=1) if s.shape[1] else np.zeros(s.shape[0], F32)
+        qs = np.divide(amax, F32(127.0), dtype=np.float32)
+        r = np.divide(F32(1.0), qs, dtype=np.float32)
+        v = np.multiply(s, r[:, None], dtype=np.float32)
+        v16 = v.astype(np.float16)
+    nan = np.isnan(v16)
+    return float_to_int(v16, "int8", rounding="rint"), qs, nan
+
+
+def quant_v2(s: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """v2 fusion-kernel per-token quant: ``qs = amax * fp32(1/127)``, ``q = rint(S / qs)`` (single RNE)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        amax = np.max(np.abs(s), axis=1) if s.shape[1] else np.zeros(s.shape[0], F32)
+        qs = np.multiply(amax, INV_127_F32, dtype=np.float32)
+        v = np.divide(s, qs[:, None], dtype=np.float32)
+    nan = np.isnan(v)
+    return float_to_int(v, "int8", rounding="rint"), qs, nan
+
+
+# --------------------------------------------------------------------------------------------
+# the shared compute
+# --------------------------------------------------------------------------------------------
+
+def _rows_per_group(bounds) -> Tuple[int, np.ndarray]:
+    total = bounds[-1][1] if bounds else 0
+    counts = np.array([t - s for s, t in bounds], dtype=np.int64)
+    return total, np.repeat(np.arange(len(bounds)), counts)
+
+
+def compute(x: np.ndarray, weight: np.ndarray, weight_scale: np.ndarray, x_scale: np.ndarray,
+            group_list: np.ndarray, *, group_list_type: int = 0, assist: Optional[np.ndarray] = None,
+            kernel: str = "v1", undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Unchecked compute shared by both ops and the torch kernels.
+
+    ``weight`` in any form :func:`~ascend_moe.sim.quant_gemm.weight_values` accepts (int8 => A8W8,
+    int4/int32 => A8W4 MSD); ``weight_scale`` [E, N] (or [E, G, N] for A8W4 per-group);
+    ``assist`` the A8W4 weight_assist_matrix [E, N]; ``kernel`` ``"v1"`` or ``"v2"`` picks the A8W8
+    arithmetic (A8W4 is the same in both).  Returns ``(out int8 [M, N/2], out_scale fp32 [M])``.
+    """
+    x = np.asarray(x)
+    if dtype_name(x) != "int8":
+        raise NotImplementedError(f"only int8 x (A8W8 / A8W4) is simulated, got x dtype {dtype_name(x)} (A4W4)")
+    M = x.shape[0]
+    w_vals, kind = weight_values(weight)
+    N = w_vals.shape[2]
+    bounds = group_bounds(group_list, group_list_type, M)
+    total, row_e = _rows_per_group(bounds)
+    xs = np.asarray(x_scale).astype(np.float32)[:total, None]
+    out = np.empty((M, N // 2), dtype=np.int8)
+    out_scale = np.empty((M,), dtype=np.float32)
+
+    if kind == "int8":
+        ws = np.asarray(weight_scale).astype(np.float32)          # fp16/bf16 -> fp32 is exact
+        acc = grouped_int8_matmul(x, w_vals, bounds)
+        c = acc[:total].astype(np.float32)                        # int32 -> fp32, RNE
+        if kernel == "v1":
+            c *= xs
+            c *= ws[row_e]
+        else:
+            c = np.multiply(ws[row_e], c, dtype=np.float32)
+            c *= xs
+    else:
+        ws = decode_weight_scale(weight_scale, fp19=fp19_enabled())
+        chi, clo = grouped_msd_partials(x, w_vals, ws, bounds)
+        c = msd_combine(chi[:total], clo[:total])
+        if assist is not None:
+            c += np.asarray(assist, dtype=np.float32)[row_e]
+        c *= xs
+
+    s = swiglu_f32(c)
+    q, qs, nan = (quant_v2 if (kind == "int8" and kernel == "v2") else quant_v1)(s)
+    out[:total] = q
+    out_scale[:total] = qs
+    if nan.any():
+        fill_undefined(out[:total], nan, undefined)
+    fill_undefined(out, slice(total, None), undefined)
+    fill_undefined(out_scale, slice(total, None), undefined)
+    return out, out_scale
+
+
+def _first(v):
+    if isinstance(v, (list, tuple)):
+        return v[0] if len(v) else None
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# public twins
+# --------------------------------------------------------------------------------------------
+
+def npu_grouped_matmul_swiglu_quant(x: np.ndarray, weight: np.ndarray, group_list: np.ndarray,
+                                    weight_scale: np.ndarray, x_scale: np.ndarray, *,
+                                    bias: Optional[np.ndarray] = None, offset: Optional[np.ndarray] = None,
+                                    undefined: Optional[str] = None
+                                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NumPy twin of ``torch_npu.npu_grouped_matmul_swiglu_quant`` (v1; group_list is cumsum).
+
+    A8W8: int8 x [M, K], int8 FRACTAL_NZ weight (a ``[E, K, N]`` array tagged with
+    ``ascend_moe.formats.set_format(w, "FRACTAL_NZ")`` or the 5-D storage ``[E, N/32, K/16, 16, 32]``),
+    weight_scale fp32/fp16/bf16 [E, N], x_scale fp32 [M].  A8W4: int4 weight (int32-packed
+    ``[E, K, N/8]``, NZ ``[E, N/64, K/16, 16, 8]``, or ml_dtypes int4), int64/uint64 weight_scale
+    [E, N] / [E, G, N], and the weight_assist_matrix fp32 [E, N] passed as ``bias``.
+    Returns ``(out int8 [M, N/2], out_scale fp32 [M], out_offset fp32 [] (never written))``.
+    See the module docstring for the arithmetic and the faithfulness contract.
+    """
+    from ..rules import enforce
+    enforce("npu_grouped_matmul_swiglu_quant", x, weight, group_list, weight_scale, x_scale,
+            bias=bias, offset=offset)
+    out, out_scale = compute(x, weight, weight_scale, x_scale, np.asarray(group_list), group_list_type=0,
+                             assist=bias, kernel="v1", undefined=undefined)
+    out_offset = fill_undefined(np.zeros((), dtype=np.float32), (), undefined)
+    return out, out_scale, out_offset
+
+
+def npu_grouped_matmul_swiglu_quant_v2(x: np.ndarray, weight: Sequence[np.ndarray],
+                                       weight_scale: Sequence[np.ndarray], x_scale: np.ndarray,
+                                       group_list: np.ndarray, *, smooth_scale: Optional[np.ndarray] = None,
+                                       weight_assist_matrix: Optional[Sequence[np.ndarray]] = None,
+                                       bias: Optional[np.ndarray] = None, dequant_mode: int = 0,
+                                       dequant_dtype: int = 0, quant_mode: int = 0, quant_dtype: int = 1,
+                                       group_list_type: int = 0, tuning_config: Optional[List[int]] = None,
+                                       x_dtype: Optional[int] = None, weight_dtype: Optional[int] = None,
+                                       weight_scale_dtype: Optional[int] = None,
+                                       x_scale_dtype: Optional[int] = None,
+                                       undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of ``torch_npu.npu_grouped_matmul_swiglu_quant_v2`` (weight, weight_scale and
+    weight_assist_matrix are one-element lists on A2/A3).
+
+    A8W8 uses the v2 fusion kernel's arithmetic (single rounding); A8W4 (int4/int32 weight, ND or NZ,
+    dequant_mode 0 per-channel or 1 per-group [E, G, N] scales) the MSD kernel's (v1 quantisation).
+    ``group_list_type`` 0 cumsum, 1 count.  ``quant_dtype`` 0 and 1 both mean int8 (doc vs yaml).
+    Returns ``(out int8 [M, N/2], out_scale fp32 [M])``.
+    """
+    from ..rules import enforce
+    enforce("npu_grouped_matmul_swiglu_quant_v2", x, weight, weight_scale, x_scale, group_list,
+            smooth_scale=smooth_scale, weight_assist_matrix=weight_assist_matrix, bias=bias,
+            dequant_mode=dequant_mode, dequant_dtype=dequant_dtype, quant_mode=quant_mode,
+            quant_dtype=quant_dtype, group_list_type=group_list_type, tuning_config=tuning_config,
+            x_dtype=x_dtype, weight_dtype=weight_dtype, weight_scale_dtype=weight_scale_dtype,
+            x_scale_dtype=x_scale_dtype)
+    return compute(x, _first(weight), _first(weight_scale), x_scale, np.asarray(group_list),
+                   group_list_type=group_list_type, assist=_first(weight_assist_matrix), kernel="v2",
+                   undefined=undefined)
