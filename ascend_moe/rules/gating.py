@@ -218,7 +218,7 @@ def _(call):
 # ---------------------------------------------------------------- doc-only (warnings) ----------
 
 @spec.rule("docs.group_size_gt_2", argument="group_count", summary="docs: experts/group_count > 2",
-           since=LEGACY_UNTIL, severity="warning",
+           since=LEGACY_UNTIL, severity="warning", status=None,
            source="torch_npu >= 7.2.0 docs and OT init doc (\"> 2\"); the tiling only needs > group_select_mode [D]",
            fix="use at least 3 experts per group to stay within the documented range")
 def _(call):
@@ -229,7 +229,7 @@ def _(call):
 
 @spec.rule("docs.align32_bound_always", argument="group_count",
            summary="docs: group_count * align32(experts/group_count) <= 2048 in every mode", since=LEGACY_UNTIL,
-           severity="warning", source="aclnnMoeGatingTopK / torch_npu docs (unconditional); tiling checks it only "
+           severity="warning", status=None, source="aclnnMoeGatingTopK / torch_npu docs (unconditional); tiling checks it only "
            "in grouped mode [D]", fix="use fewer groups")
 def _(call):
     e, g = _experts(call), call["group_count"]
@@ -240,7 +240,7 @@ def _(call):
 
 
 @spec.rule("op.since", argument="(op)", summary="npu_moe_gating_top_k first documented with torch_npu 7.0.0 (CANN 8.1.RC1)",
-           until="8.1.RC1", severity="warning",
+           until="8.1.RC1", severity="warning", status=None,
            source="op-plugin op_plugin_functions.yaml: absent on branch 6.0.0, present from 7.0.0 [D for CANN]",
            fix="target CANN >= 8.1.RC1")
 def _(call):
@@ -387,7 +387,7 @@ def _(call):
 
 @spec.rule("hash.simplified_path_doc", argument="tid2eid",
            summary="docs: hash mode only without grouping; A2/A3 grouped kernels ignore the hash tables",
-           products=A2_A3, since=V2026, severity="warning",
+           products=A2_A3, since=V2026, severity="warning", status=None,
            source="aclnnMoeGatingTopKV2 doc [D]; A2/A3 tiling GetTilingKey sends grouped calls to kernels that never read "
            "input_ids/tid2eid (the twin then routes by top-k too)",
            fix="use k_group == group_count (or group_count 1) with hash routing")
@@ -408,7 +408,7 @@ def _(call):
 
 
 @spec.rule("hash.k_max_64_doc", argument="k", summary="docs: hash mode k <= 64", products=A2_A3, since=V2026,
-           severity="warning", source="aclnnMoeGatingTopKV2 doc [D] (the A2/A3 tiling does not check it)",
+           severity="warning", status=None, source="aclnnMoeGatingTopKV2 doc [D] (the A2/A3 tiling does not check it)",
            fix="use k <= 64 with hash routing")
 def _(call):
     if _hash(call) and _is_int(call["k"]) and call["k"] > 64:
