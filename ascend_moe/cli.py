@@ -1,4 +1,12 @@
-"""Command line: ``python -m ascend_moe info | rules``."""
+"""Command line: ``python -m ascend_moe info | check | rules``.
+
+* ``info``: environment, CANN, product, and per-op rules and entry points.
+* ``check --model <preset | config.json> --product <product> [--cann V] [--quant none|w8a8|w4a8]
+  [--tokens N] [--ep N] [--run]``: one MoE layer's op calls on a product, every rule checked
+  (exit status 0 only if every call passes); ``--run`` executes the layer through the simulator.
+* ``rules [--product P] [--op O] [--cann V] [--markdown | --matrix]``: the rule table, generated
+  from the declarations.
+"""
 from __future__ import annotations
 
 import argparse
@@ -46,12 +54,121 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
-    from .rules import rule_table
-    rows = rule_table(args.product, args.op)
-    for r in rows:
-        print(f"{r.id:<48} {r.op:<36} {r.argument:<20} {r.products_text():<28} {r.version_range():<28} {r.summary}")
-    print(f"{len(rows)} rules")
+    from .products import CannVersion, normalize_product
+    from .rules import OP_MODULES
+    if args.matrix:
+        return _print_matrix(args)
+    try:
+        prod = normalize_product(args.product) if args.product else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.op and args.op not in OP_MODULES:
+        print(f"error: unknown op {args.op!r}; known ops: {', '.join(OP_MODULES)}", file=sys.stderr)
+        return 2
+    rows = []
+    for spec in _loaded_ops(args.op):
+        if prod and prod not in spec.products:
+            continue
+        rows += [r for r in spec.rules if not prod or r.products is None or prod in r.products]
+    if args.cann:
+        try:
+            cann = CannVersion(args.cann)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        rows = [r for r in rows if (r.since is None or not cann < r.since)
+                and (r.until is None or cann < r.until)]
+    if args.markdown:
+        print("| rule | op | argument | products | CANN | severity | rule text |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| `{r.id}` | {r.op} | {r.argument} | {r.products_text()} | {r.version_range()} | "
+                  f"{r.severity} | {r.summary.replace('|', '/')} |")
+    else:
+        for r in rows:
+            sev = "" if r.severity == "error" else f" [{r.severity}]"
+            print(f"{r.id:<48} {r.op:<36} {r.argument:<20} {r.products_text():<28} {r.version_range():<28} "
+                  f"{r.summary}{sev}")
+    print(f"{len(rows)} rules" if not args.markdown else f"\n{len(rows)} rules")
     return 0
+
+
+def _loaded_ops(only: Optional[str] = None) -> list:
+    """The OpSpecs of every op (or of ``only``); an op whose rule module is not available in this
+    build is named on stderr and skipped, so the table shows what is there."""
+    from .rules import OP_MODULES, get_op
+    specs = []
+    for name in OP_MODULES:
+        if only and name != only:
+            continue
+        try:
+            specs.append(get_op(name))
+        except Exception as e:  # a rule module that failed to import or register
+            print(f"note: {name}: rules not available ({type(e).__name__}: {e})", file=sys.stderr)
+    return specs
+
+
+def _print_matrix(args: argparse.Namespace) -> int:
+    """Op x product support matrix (the README's table), from each op's declared products."""
+    from .products import PRODUCTS
+    prods = list(PRODUCTS)
+    ops = _loaded_ops(args.op)
+    if not ops:
+        return 2
+    if args.markdown:
+        print("| op | " + " | ".join(prods) + " | rules |")
+        print("|---|" + "---|" * len(prods) + "---|")
+        for o in ops:
+            cells = ["yes" if p in o.products else "-" for p in prods]
+            print(f"| {o.name} | " + " | ".join(cells) + f" | {len(o.rules)} |")
+    else:
+        w = max(len(o.name) for o in ops)
+        print(f"{'op':<{w}}  " + "  ".join(f"{p:<17}" for p in prods) + "  rules")
+        for o in ops:
+            print(f"{o.name:<{w}}  " + "  ".join(f"{('yes' if p in o.products else '-'):<17}" for p in prods)
+                  + f"  {len(o.rules)}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from . import model_check as mc
+    from .products import UnknownProductError
+    if args.list_presets:
+        for name, title in mc.list_presets().items():
+            print(f"{name:<22} {title}")
+        return 0
+    try:
+        rep = mc.check_model(args.model, args.product, args.cann, quant=args.quant, tokens=args.tokens,
+                             ep=args.ep, router_dtype=args.router_dtype, host_renorm=args.host_renorm)
+    except (mc.ModelConfigError, UnknownProductError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+        if args.run and rep.passed:
+            mc.run_report(rep, seed=args.seed)
+        print(json.dumps(mc.report_dict(rep), indent=2))
+        return 0 if rep.passed else 1
+    print(mc.format_report(rep))
+    if not rep.passed and any(v.argument == "renorm" for s in rep.stages for v in s.errors):
+        print("hint     --host-renorm passes renorm=0 and renormalises the top-k weights on the host "
+              "(what vllm-ascend does for softmax routers)")
+    if args.run:
+        if not rep.passed:
+            print("run      skipped: the simulator enforces the same rules, so a layer the checker "
+                  "rejects cannot run", file=sys.stderr)
+            return 1
+        print(f"\nrunning the layer through the simulator ({rep.dims.tokens} tokens, random weights; "
+              "all experts share one weight, see ascend_moe.model_check.run_layer)", file=sys.stderr)
+        result = mc.run_report(rep, seed=args.seed)
+        print()
+        print("time per stage (simulator, this machine)")
+        for s in rep.stages:
+            if s.seconds is not None:
+                print(f"  {s.name:<22} {(s.op or '-'):<38} {s.seconds * 1e3:10.1f} ms")
+        print(mc.summarize_output(result))
+    return 0 if rep.passed else 1
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -61,9 +178,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--product")
     p.add_argument("--cann")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("check", help="check one MoE layer of a model config on a product (exit 0 only "
+                                     "if every op call passes); --run executes it through the simulator")
+    p.add_argument("--model", default="deepseek-v3",
+                   help="a preset (see --list-presets; default deepseek-v3) or a path to a Hugging Face "
+                        "config.json (or its directory)")
+    p.add_argument("--product", default=None,
+                   help="Atlas product or SoC name (default: ASCEND_MOE_PRODUCT, detection, then atlas-a2)")
+    p.add_argument("--cann", default=None, help="CANN version whose rules apply, e.g. 8.2.RC1 (default: "
+                                                "ASCEND_MOE_CANN, detection, then 8.5.0)")
+    p.add_argument("--quant", choices=("none", "w8a8", "w4a8"), default="none",
+                   help="expert weights: bf16 (none), int8 (w8a8), int4 (w4a8)")
+    p.add_argument("--tokens", type=int, default=16, help="tokens in the step (default 16)")
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel degree: each device holds "
+                                                     "experts/ep experts (default 1)")
+    p.add_argument("--router-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
+                   help="dtype of the router logits and the score-correction bias (default bfloat16)")
+    p.add_argument("--host-renorm", action="store_true",
+                   help="softmax routers with norm_topk_prob: pass renorm=0 and renormalise on the host")
+    p.add_argument("--run", action="store_true",
+                   help="also execute the layer through the simulator on random weights")
+    p.add_argument("--seed", type=int, default=0, help="random seed for --run")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    p.set_defaults(func=_cmd_check)
     p = sub.add_parser("rules", help="the rule table, generated from the declarations")
     p.add_argument("--product")
     p.add_argument("--op")
+    p.add_argument("--cann", help="only the rules that hold at this CANN version")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--matrix", action="store_true", help="op x product support matrix instead")
     p.set_defaults(func=_cmd_rules)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,732 @@
+"""A model's MoE block -> the exact op calls a deployment makes on an Atlas product, checked.
+
+``python -m ascend_moe check --model deepseek-v3 --product atlas-a2`` reads a model config (a preset
+shipped in ``ascend_moe/presets/`` or a Hugging Face ``config.json``), derives the op calls one MoE
+layer makes for one forward step of ``tokens`` tokens, and runs every call through the constraint
+checker (:func:`ascend_moe.check`) with :class:`ascend_moe.TensorSpec` arguments, so nothing is
+allocated: a 671B model is checked in milliseconds.  With ``--run`` the same layer executes through
+the simulator on random weights (:func:`run_plan`).
+
+The deployment mapping (what the calls are, and why)
+----------------------------------------------------
+Notation: ``T`` tokens, ``E`` routed experts, ``E_l = E / ep`` experts local to one device (expert
+parallelism; ``ep = 1`` by default), ``k`` experts per token, ``M = T*k`` expanded rows (with EP this
+is the per-device average: ``T*k*ep`` rows leave the ranks and each rank receives ``T*k`` of them),
+``H`` hidden size, ``I`` expert intermediate size.
+
+1. **Gating**: ``npu_moe_gating_top_k(router_logits[T, E], k, bias=e_score_correction_bias[E],
+   k_group=topk_group, group_count=n_group, group_select_mode, renorm, norm_type,
+   routed_scaling_factor)``.
+
+   - ``scoring_func`` sigmoid -> ``norm_type=1``; softmax (the default of every HF MoE config that
+     has no ``scoring_func``) -> ``norm_type=0``.
+   - ``bias`` is passed when the model has an ``e_score_correction_bias`` (DeepSeek-V3 style
+     ``topk_method: noaux_tc``, and the model types listed in :data:`_BIAS_MODEL_TYPES`).
+   - ``group_select_mode``: 1 (group score = sum of the group's top 2) with the bias, as DeepSeek-V3
+     (HF ``DeepseekV3TopkRouter``: ``topk(2).sum``); 0 (group max) otherwise, as DeepSeek-V2's
+     ``group_limited_greedy``.
+   - ``renorm``: the op always renormalises sigmoid scores (spec gating A.3 step 6), so sigmoid
+     models pass ``renorm=0`` (what the older torch_npu rules demand) and a sigmoid model with
+     ``norm_topk_prob: false`` cannot be expressed: reported as the violation
+     ``model.sigmoid_without_renorm``.  Softmax models with ``norm_topk_prob`` (Qwen3-MoE; Mixtral,
+     where it is implied) pass ``renorm=1``; with ``host_renorm=True`` (CLI ``--host-renorm``) they
+     pass ``renorm=0`` and renormalise on the host instead, as vllm-ascend does.
+   - ``router_logits`` dtype: ``router_dtype`` (default bfloat16, the activation dtype of a bf16
+     deployment; the bias is cast to the same dtype because the op requires it).
+2. **Dispatch** (``torch_npu.npu_moe_init_routing_v2``): sorts the ``M`` expanded rows by expert and
+   returns per-expert counts.  Not an ascend-moe op: listed, not checked.  The checked calls get a
+   concrete ``group_list`` (a balanced split of ``M`` rows over ``E_l`` experts) so value rules run.
+3. **Experts, unquantised** (``quant="none"``): ``npu_grouped_matmul`` as vllm-ascend calls it -
+   ``x=[x_sorted[M, H]], weight=[w13[E_l, H, 2I]], group_list=counts[E_l], split_item=2,
+   group_type=0, group_list_type=1`` - then the SwiGLU (``torch_npu.npu_swiglu``: ``silu(first
+   half) * second half``; not an ascend-moe op), then ``npu_grouped_matmul`` with ``w2[E_l, I, H]``.
+   Why ``npu_grouped_matmul`` and not MindSpeed's ``npu_gmm``: this command checks an *inference
+   deployment*, and torch_npu's op is what vllm-ascend calls; ``npu_gmm`` is MindSpeed's training
+   wrapper (not a torch_npu op), and its ``List[int]`` group list is limited to 128 experts
+   (spec grouped-matmul-family 1.3), which would reject every model here for a reason a
+   deployment never meets.  Then the combine (``torch_npu.npu_moe_finalize_routing``: the routing
+   weights times the expert outputs summed per token, plus the shared expert): not checked.
+4. **Experts, W8A8** (``quant="w8a8"``): ``npu_dynamic_quant`` (not checked) gives int8 rows and a
+   per-token scale; ``npu_grouped_matmul_swiglu_quant(x int8[M, H], weight int8 NZ[E_l, H, 2I],
+   group_list cumsum[E_l], weight_scale fp32[E_l, 2I], x_scale fp32[M])`` (v1, as vllm-ascend's
+   W8A8 dynamic path) gives int8 ``[M, I]`` and its per-token scale; the shared expert runs as a
+   dense MLP (not checked) and enters ``npu_grouped_matmul_finalize_routing(x int8[M, I],
+   w int8 NZ[E_l, I, H], group_list counts[E_l], scale fp32[E_l, H], pertoken_scale fp32[M],
+   shared_input bf16[T, H], logit fp32[M], row_index int64[M], output_bs=T)``; without shared
+   experts ``shared_input`` is None.
+5. **Experts, W4A8** (``quant="w4a8"``): the A8W4 variants of the same two ops: int4 weights packed
+   eight to an int32 (ND ``[E_l, H, 2I/8]`` and ``[E_l, I, H/8]``), per-channel scales as int64
+   (fp32 bits in the low word, spec 3.4; ``[E_l, 2I]`` and ``[E_l, 1, H]``), and the offline
+   ``8 * sum_k W*scale`` term (swiglu-quant v1 takes it as ``bias``, finalize-routing as ``bias``).
+
+What is not checked: the ops above marked "not checked" (they have no ascend-moe rules), attention,
+communication (all-to-all / MC2), and the dense shared-expert matmuls.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .products import PRODUCTS, Target, resolve_target
+from .rules import TensorSpec, Violation, check, strict_docs
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+DEFAULT_PRESET = "deepseek-v3"
+QUANT_MODES = ("none", "w8a8", "w4a8")
+
+# Model types whose router carries an e_score_correction_bias even if the config does not say
+# ``topk_method: noaux_tc`` (HF DeepseekV3TopkRouter / Glm4MoeTopkRouter always create it).
+_BIAS_MODEL_TYPES = {"deepseek_v3", "kimi_k2", "glm4_moe"}
+# Model types that always renormalise the top-k softmax weights without a config field.
+_IMPLIED_RENORM_MODEL_TYPES = {"mixtral"}
+
+
+class ModelConfigError(ValueError):
+    """The model config cannot be read or has no MoE block this mapping understands."""
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """The fields of a model's MoE block the deployment mapping uses."""
+    name: str
+    hidden_size: int
+    moe_intermediate_size: int
+    num_experts: int
+    top_k: int
+    n_group: int = 1
+    topk_group: int = 1
+    scoring_func: str = "softmax"
+    has_bias: bool = False
+    norm_topk_prob: bool = False
+    routed_scaling_factor: float = 1.0
+    shared_intermediate_size: int = 0   # 0: no shared expert
+    hidden_act: str = "silu"
+    model_type: str = ""
+    source: str = ""
+
+    @property
+    def group_select_mode(self) -> int:
+        return 1 if self.has_bias else 0
+
+    @property
+    def norm_type(self) -> int:
+        return 1 if self.scoring_func == "sigmoid" else 0
+
+
+def _first(d: Dict[str, Any], *names: str, default: Any = None) -> Any:
+    for n in names:
+        if d.get(n) is not None:
+            return d[n]
+    return default
+
+
+def moe_config_from_hf(cfg: Dict[str, Any], name: str = "", source: str = "") -> MoEConfig:
+    """Read the MoE block of a Hugging Face ``config.json`` dict (DeepSeek-V2/V3, Kimi K2, Qwen2/3-MoE,
+    Mixtral, GLM-4-MoE and other configs using the same field names)."""
+    if "text_config" in cfg and not any(k in cfg for k in ("n_routed_experts", "num_experts",
+                                                           "num_local_experts")):
+        cfg = dict(cfg["text_config"], **{k: v for k, v in cfg.items() if k.startswith("_")})
+    model_type = str(cfg.get("model_type", ""))
+    experts = _first(cfg, "n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
+    if not experts:
+        raise ModelConfigError(
+            f"{name or 'config'}: no MoE block found (none of n_routed_experts / num_experts / "
+            "num_local_experts is set); this command checks MoE layers only")
+    top_k = _first(cfg, "num_experts_per_tok", "moe_topk", "num_selected_experts")
+    hidden = cfg.get("hidden_size")
+    inter = _first(cfg, "moe_intermediate_size", "intermediate_size")
+    missing = [n for n, v in (("num_experts_per_tok", top_k), ("hidden_size", hidden),
+                              ("moe_intermediate_size/intermediate_size", inter)) if not v]
+    if missing:
+        raise ModelConfigError(f"{name or 'config'}: missing field(s) {', '.join(missing)}")
+    scoring = str(cfg.get("scoring_func") or "softmax").lower()
+    if scoring not in ("softmax", "sigmoid"):
+        raise ModelConfigError(f"{name or 'config'}: scoring_func {scoring!r} has no "
+                               "npu_moe_gating_top_k norm_type on A2/A3 (softmax -> 0, sigmoid -> 1)")
+    has_bias = bool(cfg.get("e_score_correction_bias")) or cfg.get("topk_method") == "noaux_tc" \
+        or model_type in _BIAS_MODEL_TYPES
+    norm = cfg.get("norm_topk_prob")
+    if norm is None:
+        norm = model_type in _IMPLIED_RENORM_MODEL_TYPES
+    n_shared = int(cfg.get("n_shared_experts") or 0)
+    shared = int(cfg.get("shared_expert_intermediate_size") or 0) or n_shared * int(inter)
+    return MoEConfig(
+        name=name or str(cfg.get("_preset") or model_type or "model"),
+        hidden_size=int(hidden), moe_intermediate_size=int(inter), num_experts=int(experts),
+        top_k=int(top_k), n_group=int(cfg.get("n_group") or 1), topk_group=int(cfg.get("topk_group") or 1),
+        scoring_func=scoring, has_bias=has_bias, norm_topk_prob=bool(norm),
+        routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
+        shared_intermediate_size=shared, hidden_act=str(cfg.get("hidden_act") or "silu"),
+        model_type=model_type, source=source or str(cfg.get("_source", "")))
+
+
+def list_presets() -> Dict[str, str]:
+    """Preset name -> its display name, from ``ascend_moe/presets/*.json``."""
+    out = {}
+    for p in sorted(PRESET_DIR.glob("*.json")):
+        with open(p, encoding="utf-8") as f:
+            out[p.stem] = json.load(f).get("_name", p.stem)
+    return out
+
+
+def load_model(model: Union[str, os.PathLike, Dict[str, Any]]) -> MoEConfig:
+    """A preset name (``deepseek-v3``), a path to a Hugging Face ``config.json`` (or to the directory
+    holding it), or a config dict."""
+    if isinstance(model, dict):
+        return moe_config_from_hf(model)
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        try:
+            with open(path, encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelConfigError(f"cannot read {path}: {e}") from None
+        return moe_config_from_hf(cfg, name=str(cfg.get("_preset") or path.parent.name or path.stem),
+                                  source=str(cfg.get("_source") or path))
+    key = text.strip().lower().replace("_", "-")
+    preset = PRESET_DIR / f"{key}.json"
+    if preset.is_file():
+        with open(preset, encoding="utf-8") as f:
+            return moe_config_from_hf(json.load(f), name=key)
+    if text.endswith(".json") or os.sep in text:
+        raise ModelConfigError(f"no such file: {text}")
+    raise ModelConfigError(f"unknown model {text!r}: give a preset ({', '.join(list_presets())}) "
+                           "or a path to a Hugging Face config.json")
+
+
+# --------------------------------------------------------------------------------------------
+# the plan: one MoE layer's op calls
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One step of the layer: an ascend-moe op call (checked) or an external step (listed)."""
+    name: str
+    op: Optional[str]                  # ascend-moe op name, None for an external step
+    args: Tuple[Any, ...] = ()
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    external: str = ""                 # what the deployment calls for an external step
+    violations: List[Violation] = field(default_factory=list)
+    error: str = ""                    # the checker itself failed (e.g. op not available)
+    seconds: Optional[float] = None    # --run: wall time of this stage
+
+    @property
+    def checked(self) -> bool:
+        return self.op is not None
+
+    @property
+    def errors(self) -> List[Violation]:
+        strict = strict_docs()
+        return [v for v in self.violations if v.severity == "error" or strict]
+
+    @property
+    def warnings(self) -> List[Violation]:
+        return [v for v in self.violations if v not in self.errors]
+
+    @property
+    def passed(self) -> bool:
+        return not self.checked or (not self.error and not self.errors)
+
+    @property
+    def verdict(self) -> str:
+        if not self.checked:
+            return "not checked"
+        if self.error:
+            return "ERROR"
+        if self.errors:
+            return "FAIL"
+        return f"PASS ({len(self.warnings)} doc warning{'s' if len(self.warnings) != 1 else ''})" \
+            if self.warnings else "PASS"
+
+    def key_arguments(self) -> str:
+        if not self.checked:
+            return self.external
+        parts = [_fmt_value(a) for a in self.args]
+        parts += [f"{k}={_fmt_value(v)}" for k, v in self.kwargs.items() if v is not None]
+        return ", ".join(parts)
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, TensorSpec):
+        fmt = " NZ" if v.format.startswith("FRACTAL_NZ") else ""
+        return f"{v.dtype}{list(v.shape)}{fmt}".replace(" ", "")
+    if isinstance(v, (list, tuple)) and v and all(isinstance(i, TensorSpec) for i in v):
+        return "[" + ", ".join(_fmt_value(i) for i in v) + "]"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return repr(v)
+
+
+@dataclass
+class Dims:
+    tokens: int
+    experts: int
+    local_experts: int
+    top_k: int
+    hidden: int
+    inter: int
+    ep: int
+
+    @property
+    def rows(self) -> int:
+        return self.tokens * self.top_k
+
+
+def dims_of(cfg: MoEConfig, tokens: int, ep: int = 1) -> Dims:
+    if tokens < 1:
+        raise ValueError(f"tokens must be >= 1, got {tokens}")
+    if ep < 1 or cfg.num_experts % ep:
+        raise ValueError(f"--ep {ep} must divide the expert count {cfg.num_experts}")
+    return Dims(tokens, cfg.num_experts, cfg.num_experts // ep, cfg.top_k, cfg.hidden_size,
+                cfg.moe_intermediate_size, ep)
+
+
+def balanced_counts(rows: int, groups: int) -> np.ndarray:
+    """``rows`` split over ``groups`` as evenly as possible (the first ``rows % groups`` get one more)."""
+    counts = np.full(groups, rows // groups, dtype=np.int64)
+    counts[: rows % groups] += 1
+    return counts
+
+
+def _mapping_violation(cfg: MoEConfig, rule_id: str, argument: str, message: str, fix: str,
+                       target: Target) -> Violation:
+    return Violation(rule_id=rule_id, op="npu_moe_gating_top_k", argument=argument, message=message,
+                     product=target.product, cann=str(target.cann), version_range="all CANN versions",
+                     source="ascend_moe.model_check deployment mapping", fix=fix, status=None)
+
+
+def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 16, ep: int = 1,
+               router_dtype: str = "bfloat16", host_renorm: bool = False) -> List[Stage]:
+    """The stages of one MoE layer for ``tokens`` tokens (see the module docstring)."""
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant must be one of {QUANT_MODES}, got {quant!r}")
+    if cfg.hidden_act not in ("silu", "swish"):
+        raise ModelConfigError(f"{cfg.name}: hidden_act {cfg.hidden_act!r}; the expert paths mapped "
+                               "here are SwiGLU (silu) only")
+    d = dims_of(cfg, tokens, ep)
+    T, E, El, M, H, I = d.tokens, d.experts, d.local_experts, d.rows, d.hidden, d.inter
+    counts = balanced_counts(M, El)
+    cumsum = np.cumsum(counts)
+    row_index = np.arange(M, dtype=np.int64) // d.top_k  # expanded row -> its token (any order works)
+    gl_counts = TensorSpec((El,), "int64", values=counts)
+    gl_cumsum = TensorSpec((El,), "int64", values=cumsum)
+    stages: List[Stage] = []
+
+    softmax_renorm = cfg.norm_type == 0 and cfg.norm_topk_prob
+    stages.append(Stage(
+        "gating", "npu_moe_gating_top_k",
+        (TensorSpec((T, E), router_dtype), cfg.top_k),
+        dict(bias=TensorSpec((E,), router_dtype) if cfg.has_bias else None,
+             k_group=cfg.topk_group, group_count=cfg.n_group, group_select_mode=cfg.group_select_mode,
+             renorm=1 if softmax_renorm and not host_renorm else 0, norm_type=cfg.norm_type,
+             out_flag=False, routed_scaling_factor=cfg.routed_scaling_factor, eps=1e-20)))
+    if softmax_renorm and host_renorm:
+        stages.append(Stage("renormalise", None, external="y / y.sum(-1) on the host (vllm-ascend's "
+                                                           "softmax + norm_topk_prob path)"))
+    dispatch = f"torch_npu.npu_moe_init_routing_v2: sort the {M} expanded rows by expert"
+    if ep > 1:
+        dispatch += f"; all-to-all to {ep} ranks, {El} local experts each"
+    stages.append(Stage("dispatch", None, external=dispatch))
+    shared = cfg.shared_intermediate_size
+    shared_text = (f"dense SwiGLU MLP [{H} -> {2 * shared} -> {H}] (torch_npu matmuls)" if shared else "")
+
+    if quant == "none":
+        stages.append(Stage(
+            "up-projection", "npu_grouped_matmul",
+            ([TensorSpec((M, H), "bfloat16")], [TensorSpec((El, H, 2 * I), "bfloat16")]),
+            dict(group_list=gl_counts, split_item=2, group_type=0, group_list_type=1)))
+        stages.append(Stage("activation", None,
+                            external=f"torch_npu.npu_swiglu: silu(first {I} cols) * last {I} cols"))
+        stages.append(Stage(
+            "down-projection", "npu_grouped_matmul",
+            ([TensorSpec((M, I), "bfloat16")], [TensorSpec((El, I, H), "bfloat16")]),
+            dict(group_list=gl_counts, split_item=2, group_type=0, group_list_type=1)))
+        if shared:
+            stages.append(Stage("shared expert", None, external=shared_text))
+        stages.append(Stage("combine", None, external="torch_npu.npu_moe_finalize_routing: "
+                            "sum_j weight_j * expert_out_j per token" + (" + shared expert" if shared else "")))
+        return stages
+
+    stages.append(Stage("quantise x", None, external="torch_npu.npu_dynamic_quant: int8 rows + "
+                                                      "per-token fp32 scale"))
+    if quant == "w8a8":
+        w13 = TensorSpec((El, H, 2 * I), "int8", "FRACTAL_NZ")
+        w13_scale = TensorSpec((El, 2 * I), "float32")
+        sq_extra: Dict[str, Any] = {}
+        w2 = TensorSpec((El, I, H), "int8", "FRACTAL_NZ")
+        w2_scale = TensorSpec((El, H), "float32")
+        fr_bias = None
+    else:  # w4a8: int4 packed eight to an int32 along the last dim, int64 scales
+        for what, n in (("2*moe_intermediate_size", 2 * I), ("hidden_size", H)):
+            if n % 8:
+                raise ModelConfigError(f"{cfg.name}: w4a8 packs int4 eight to an int32 along N; "
+                                       f"{what} = {n} is not a multiple of 8")
+        w13 = TensorSpec((El, H, 2 * I // 8), "int32")
+        w13_scale = TensorSpec((El, 2 * I), "int64")
+        sq_extra = dict(bias=TensorSpec((El, 2 * I), "float32"))
+        w2 = TensorSpec((El, I, H // 8), "int32")
+        w2_scale = TensorSpec((El, 1, H), "int64")
+        fr_bias = TensorSpec((El, H), "float32")
+    stages.append(Stage(
+        "up + swiglu + quant", "npu_grouped_matmul_swiglu_quant",
+        (TensorSpec((M, H), "int8"), w13, gl_cumsum, w13_scale, TensorSpec((M,), "float32")),
+        sq_extra))
+    if shared:
+        stages.append(Stage("shared expert", None, external=shared_text))
+    stages.append(Stage(
+        "down + combine", "npu_grouped_matmul_finalize_routing",
+        (TensorSpec((M, I), "int8"), w2, gl_counts),
+        dict(scale=w2_scale, bias=fr_bias, pertoken_scale=TensorSpec((M,), "float32"),
+             shared_input=TensorSpec((T, H), "bfloat16") if shared else None,
+             logit=TensorSpec((M,), "float32"), row_index=TensorSpec((M,), "int64", values=row_index),
+             shared_input_weight=1.0, shared_input_offset=0, output_bs=T, group_list_type=1)))
+    return stages
+
+
+# --------------------------------------------------------------------------------------------
+# checking
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    config: MoEConfig
+    target: Target
+    quant: str
+    dims: Dims
+    stages: List[Stage]
+    router_dtype: str = "bfloat16"
+    host_renorm: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return all(s.passed for s in self.stages)
+
+    @property
+    def checked(self) -> List[Stage]:
+        return [s for s in self.stages if s.checked]
+
+
+def check_stages(stages: Sequence[Stage], cfg: MoEConfig, target: Target) -> None:
+    """Fill each checked stage's violations (every rule of every call, nothing computed)."""
+    for s in stages:
+        if not s.checked:
+            continue
+        try:
+            s.violations = check(s.op, *s.args, product=target.product, cann=str(target.cann), **s.kwargs)
+        except Exception as e:  # an op not available in this build, a signature mismatch
+            s.error = f"{type(e).__name__}: {e}"
+        if s.op == "npu_moe_gating_top_k" and cfg.norm_type == 1 and not cfg.norm_topk_prob:
+            s.violations.append(_mapping_violation(
+                cfg, "model.sigmoid_without_renorm", "norm_type",
+                f"{cfg.name} scores with sigmoid and norm_topk_prob=false, but npu_moe_gating_top_k "
+                "always renormalises sigmoid scores (the renorm argument is ignored for norm_type=1)",
+                "renormalisation cannot be switched off in the op: gate on the host, or accept "
+                "renormalised routing weights", target))
+
+
+def check_model(model: Union[str, MoEConfig], product: Optional[str] = None, cann: Optional[str] = None,
+                *, quant: str = "none", tokens: int = 16, ep: int = 1, router_dtype: str = "bfloat16",
+                host_renorm: bool = False) -> Report:
+    """Check one MoE layer of ``model`` on ``product`` / ``cann`` (defaults as :func:`ascend_moe.check`)."""
+    cfg = model if isinstance(model, MoEConfig) else load_model(model)
+    target = resolve_target(product, cann)
+    stages = plan_layer(cfg, quant=quant, tokens=tokens, ep=ep, router_dtype=router_dtype,
+                        host_renorm=host_renorm)
+    check_stages(stages, cfg, target)
+    return Report(cfg, target, quant, dims_of(cfg, tokens, ep), stages, router_dtype, host_renorm)
+
+
+def _wrap(text: str, width: int, indent: str) -> List[str]:
+    import textwrap
+    return textwrap.wrap(text, width=max(width, 30), initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False) or [indent]
+
+
+def format_report(rep: Report, width: int = 110) -> str:
+    """The human-readable table: one row per stage (op, verdict), its key arguments below it, then
+    each violation with its fix."""
+    c, t, d = rep.config, rep.target, rep.dims
+    lines = [f"model    {c.name}" + (f"  ({c.source.split()[0]})" if c.source else ""),
+             f"MoE      {d.experts} experts, top-{d.top_k}, groups {c.n_group} keep {c.topk_group}, "
+             f"{c.scoring_func}{' + bias' if c.has_bias else ''}, "
+             f"norm_topk_prob {str(c.norm_topk_prob).lower()}, routed scaling {c.routed_scaling_factor:g}, "
+             f"hidden {d.hidden}, expert intermediate {d.inter}, "
+             + (f"shared expert intermediate {c.shared_intermediate_size}" if c.shared_intermediate_size
+                else "no shared expert"),
+             f"target   {t.product} ({PRODUCTS[t.product].name}), CANN {t.cann}"
+             f"  [product: {t.product_source}; CANN: {t.cann_source}]",
+             f"layer    {d.tokens} tokens -> {d.rows} expanded rows, quant {rep.quant}, router "
+             f"{rep.router_dtype}" + (f", expert parallel {d.ep} ({d.local_experts} local experts)"
+                                      if d.ep > 1 else ""),
+             ""]
+    name_w = max(len(s.name) for s in rep.stages)
+    op_w = max(len(s.op or "-") for s in rep.stages)
+    lines.append(f"{'#':>2}  {'stage':<{name_w}}  {'op':<{op_w}}  verdict")
+    lines.append("-" * min(width, 2 + 2 + name_w + 2 + op_w + 2 + 24))
+    for i, s in enumerate(rep.stages, 1):
+        timing = f"   {s.seconds * 1e3:9.1f} ms" if s.seconds is not None else ""
+        lines.append(f"{i:>2}  {s.name:<{name_w}}  {(s.op or '-'):<{op_w}}  {s.verdict}{timing}")
+        lines += _wrap(s.key_arguments(), width, " " * 6)
+        if s.error:
+            lines += _wrap(f"checker error: {s.error}", width, " " * 6 + "! ")
+        for v in s.errors + s.warnings:
+            kind = "x" if v in s.errors else "~"
+            lines += _wrap(f"{kind} [{v.rule_id}] argument '{v.argument}': {v.message} "
+                           f"(rule holds for {v.version_range})", width, " " * 6)
+            if v.fix:
+                lines += _wrap(f"fix: {v.fix}", width, " " * 10)
+    n_checked = len(rep.checked)
+    n_failed = sum(not s.passed for s in rep.checked)
+    n_warn = sum(len(s.warnings) for s in rep.checked)
+    lines.append("")
+    verdict = "PASS" if rep.passed else "FAIL"
+    lines.append(f"verdict  {verdict}: {n_checked - n_failed} of {n_checked} op calls pass on {t.product}, "
+                 f"CANN {t.cann}" + (f"; {n_warn} doc-only warning(s) (ASCEND_MOE_STRICT_DOCS=1 makes them "
+                                     "errors)" if n_warn else "")
+                 + "; steps marked 'not checked' are not ascend-moe ops")
+    return "\n".join(lines)
+
+
+def report_dict(rep: Report) -> Dict[str, Any]:
+    """The report as JSON-ready data (``check --json``)."""
+    def jv(v: Any) -> Any:
+        if isinstance(v, TensorSpec):
+            return {"shape": list(v.shape), "dtype": v.dtype, "format": v.format}
+        if isinstance(v, (list, tuple)):
+            return [jv(i) for i in v]
+        if isinstance(v, (np.integer, np.floating)):
+            return v.item()
+        return v
+    return {
+        "model": rep.config.name, "source": rep.config.source, "product": rep.target.product,
+        "cann": str(rep.target.cann), "quant": rep.quant, "tokens": rep.dims.tokens, "ep": rep.dims.ep,
+        "passed": rep.passed,
+        "stages": [{
+            "name": s.name, "op": s.op, "external": s.external or None, "verdict": s.verdict,
+            "passed": s.passed, "error": s.error or None, "seconds": s.seconds,
+            "args": [jv(a) for a in s.args], "kwargs": {k: jv(v) for k, v in s.kwargs.items()},
+            "violations": [{"rule_id": v.rule_id, "argument": v.argument, "message": v.message,
+                            "severity": v.severity, "fix": v.fix, "source": v.source,
+                            "version_range": v.version_range, "status": v.status}
+                           for v in s.violations],
+        } for s in rep.stages],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# --run: the layer through the simulator
+# --------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A plain-text progress bar on stderr, one line per finished stage (no dependencies)."""
+
+    def __init__(self, total: int, stream=None, width: int = 24):
+        self.total, self.done, self.width = total, 0, width
+        self.stream = stream if stream is not None else sys.stderr
+
+    def step(self, label: str, seconds: float) -> None:
+        self.done += 1
+        filled = round(self.width * self.done / self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"[{bar}] {self.done}/{self.total} {label:<34} {seconds * 1e3:9.1f} ms\n")
+        self.stream.flush()
+
+
+def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None) -> Dict[str, Any]:
+    """Execute the planned layer through the simulator on random weights; fills each stage's
+    ``seconds`` and returns ``{"output": y[T, H] bf16, "expert_idx": ...}``.
+
+    Memory: full-size random weights do not fit (DeepSeek-V3: 256 experts x 44M parameters per
+    layer), so every expert **shares one random expert weight**: ``w[E_l, K, N]`` is a stride-0
+    ``expand`` view of one ``[K, N]`` tensor (the same for the scales).  Routing, grouping,
+    per-group work and every op call are those of the real layer; only the expert weights are
+    identical across experts.  For quantised paths the shared weight is tagged FRACTAL_NZ with
+    :func:`ascend_moe.formats.set_format` on the view (``npu_format_cast`` would materialise a copy).
+    With ``ep > 1`` the run is rank 0's share: the rows routed to experts ``[0, E_l)``.
+    """
+    import torch
+
+    import ascend_moe as am
+    from .formats import set_format
+    from .sim.numerics import encode_int64_scale, pack_int4
+
+    cfg, d, quant = rep.config, rep.dims, rep.quant
+    T, E, El, k, H, I = d.tokens, d.experts, d.local_experts, d.top_k, d.hidden, d.inter
+    S = cfg.shared_intermediate_size
+    gen = torch.Generator().manual_seed(seed)
+    rdt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[rep.router_dtype]
+
+    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * scale
+
+    timings: List[Tuple[str, float]] = []
+    target_kw = dict(product=rep.target.product, cann=str(rep.target.cann))
+
+    def stage(name: str):
+        class _T:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if exc[0] is None:
+                    dt = time.perf_counter() - self.t0
+                    for s in rep.stages:
+                        if s.name == name and s.seconds is None:
+                            s.seconds = dt
+                            break
+                    timings.append((name, dt))
+                    if progress:
+                        op = next((s.op for s in rep.stages if s.name == name), None)
+                        progress.step(f"{name}" + (f" ({op})" if op else ""), dt)
+        return _T()
+
+    # Inputs: hidden states ~ N(0, 1) in bf16; the router as a [H, E] linear.
+    with stage("setup"):
+        x = randn(T, H).to(torch.bfloat16)
+        w_gate = randn(H, E, scale=H ** -0.5)
+        bias = randn(E, scale=0.1).to(rdt) if cfg.has_bias else None
+        w13_one = randn(H, 2 * I, scale=H ** -0.5)          # one expert, fp32 master copy
+        w2_one = randn(I, H, scale=I ** -0.5)
+        if S:
+            ws13 = randn(H, 2 * S, scale=H ** -0.5).to(torch.bfloat16)
+            ws2 = randn(S, H, scale=S ** -0.5).to(torch.bfloat16)
+    gating = next(s for s in rep.stages if s.op == "npu_moe_gating_top_k")
+    with am.target(**target_kw):
+        with stage("gating"):
+            logits = (x.float() @ w_gate).to(rdt)
+            y, idx, _ = am.npu_moe_gating_top_k(logits, k, bias=bias, **{
+                kk: v for kk, v in gating.kwargs.items() if kk != "bias"})
+            weights = y.float()
+        if any(s.name == "renormalise" for s in rep.stages):
+            with stage("renormalise"):
+                weights = weights / weights.sum(-1, keepdim=True)
+        with stage("dispatch"):
+            flat = idx.reshape(-1).long()
+            order = torch.argsort(flat, stable=True)
+            order = order[flat[order] < El]                    # rank 0 keeps its local experts
+            rows_token = order // k                            # expanded row -> token
+            counts = torch.bincount(flat[order], minlength=El).to(torch.int64)
+            x_sorted = x[rows_token]
+            logit = weights.reshape(-1)[order].float()
+        shared_out = None
+
+        def run_shared() -> torch.Tensor:
+            h = x.float() @ ws13.float()
+            h = (torch.nn.functional.silu(h[:, :S]) * h[:, S:]).to(torch.bfloat16)
+            return (h.float() @ ws2.float()).to(torch.bfloat16)
+
+        if quant == "none":
+            w13 = w13_one.to(torch.bfloat16).expand(El, H, 2 * I)
+            w2 = w2_one.to(torch.bfloat16).expand(El, I, H)
+            with stage("up-projection"):
+                h = am.npu_grouped_matmul([x_sorted], [w13], group_list=counts, split_item=2,
+                                          group_type=0, group_list_type=1)[0]
+            with stage("activation"):
+                hf = h.float()
+                a = (torch.nn.functional.silu(hf[:, :I]) * hf[:, I:]).to(torch.bfloat16)
+            with stage("down-projection"):
+                o = am.npu_grouped_matmul([a], [w2], group_list=counts, split_item=2,
+                                          group_type=0, group_list_type=1)[0]
+            if S:
+                with stage("shared expert"):
+                    shared_out = run_shared()
+            with stage("combine"):
+                acc = torch.zeros(T, H)
+                acc.index_add_(0, rows_token, o.float() * logit[:, None])
+                if shared_out is not None:
+                    acc += shared_out.float()
+                out = acc.to(torch.bfloat16)
+        else:
+            with stage("quantise x"):
+                xq, xs = _dynamic_quant(x_sorted)
+            if quant == "w8a8":
+                q13, s13 = _quant_per_channel(w13_one, 127)
+                q2, s2 = _quant_per_channel(w2_one, 127)
+                w13 = q13.expand(El, H, 2 * I)
+                w2 = q2.expand(El, I, H)
+                set_format(w13, "FRACTAL_NZ")
+                set_format(w2, "FRACTAL_NZ")
+                w13_scale = s13.expand(El, 2 * I)
+                w2_scale = s2.expand(El, H)
+                sq_extra: Dict[str, Any] = {}
+                fr_bias = None
+            else:
+                q13, s13 = _quant_per_channel(w13_one, 7)
+                q2, s2 = _quant_per_channel(w2_one, 7)
+                w13 = torch.from_numpy(pack_int4(q13.numpy(), "int32")).expand(El, H, 2 * I // 8)
+                w2 = torch.from_numpy(pack_int4(q2.numpy(), "int32")).expand(El, I, H // 8)
+                w13_scale = torch.from_numpy(encode_int64_scale(s13.numpy())).expand(El, 2 * I)
+                w2_scale = torch.from_numpy(encode_int64_scale(s2.numpy())).reshape(1, 1, H).expand(El, 1, H)
+                # the offline "8 * sum_k W * scale" term of the MSD split (spec 2.4 / 3.3)
+                assist13 = (8 * q13.double().sum(0) * s13.double()).float().expand(El, 2 * I)
+                sq_extra = dict(bias=assist13)
+                fr_bias = (8 * q2.double().sum(0) * s2.double()).float().expand(El, H)
+            with stage("up + swiglu + quant"):
+                a, a_scale, _ = am.npu_grouped_matmul_swiglu_quant(
+                    xq, w13, torch.cumsum(counts, 0), w13_scale, xs, **sq_extra)
+            if S:
+                with stage("shared expert"):
+                    shared_out = run_shared()
+            with stage("down + combine"):
+                out32 = am.npu_grouped_matmul_finalize_routing(
+                    a, w2, counts, scale=w2_scale, bias=fr_bias, pertoken_scale=a_scale,
+                    shared_input=shared_out, logit=logit, row_index=rows_token.to(torch.int64),
+                    shared_input_weight=1.0, shared_input_offset=0, output_bs=T, group_list_type=1)
+                out = out32.to(torch.bfloat16)
+    return {"output": out, "expert_idx": idx, "routing_weights": weights, "timings": timings}
+
+
+def _dynamic_quant(x):
+    """Per-token symmetric int8 quantisation, as ``torch_npu.npu_dynamic_quant``: scale = max|x|/127,
+    q = round-half-even(x / scale)."""
+    import torch
+    xf = x.float()
+    scale = xf.abs().amax(-1).clamp_min(1e-12) / 127.0
+    q = torch.round(xf / scale[:, None]).clamp(-128, 127).to(torch.int8)
+    return q, scale
+
+
+def _quant_per_channel(w, qmax: int):
+    """Symmetric per-output-channel quantisation of one expert weight ``[K, N]`` -> (int8 [K, N],
+    fp32 scale [N])."""
+    import torch
+    scale = w.abs().amax(0).clamp_min(1e-12) / qmax
+    q = torch.round(w / scale).clamp(-qmax - 1, qmax).to(torch.int8)
+    return q, scale.float()
+
+
+def run_report(rep: Report, *, seed: int = 0, stream=None) -> Dict[str, Any]:
+    """:func:`run_layer` with the stderr progress bar; refuses a plan the checker rejects."""
+    if not rep.passed:
+        raise RuntimeError("--run needs every call to pass the checker (the simulator enforces the "
+                           "same rules); fix the violations above first")
+    prog = Progress(1 + len(rep.stages), stream)  # setup + every stage
+    return run_layer(rep, seed=seed, progress=prog)
+
+
+def summarize_output(result: Dict[str, Any]) -> str:
+    import torch
+    y = result["output"].float()
+    finite = torch.isfinite(y)
+    rms = float(y[finite].pow(2).mean().sqrt()) if finite.any() else math.nan
+    return (f"output   {list(y.shape)} bfloat16, rms {rms:.4g}, non-finite {int((~finite).sum())}; "
+            f"total {sum(t for _, t in result['timings']) * 1e3:.1f} ms")
