@@ -71,10 +71,16 @@ class _GmmCall:
         self.ws = call.metas("weight")
         self.bs = call.metas("bias")
         gl = call.get("group_list")
+        gl_name = "group_list"
+        if gl is None and call.get("group_list_ints") is not None:
+            # the torch schema's int-array twin of group_list (ascend_moe.ops.gmm), as bound by the
+            # generic NPU kernel
+            gl, gl_name = call.get("group_list_ints"), "group_list_ints"
+        self.gl = gl
         self.gl_given = gl is not None
         self.gl_is_list = isinstance(gl, (list, tuple))
-        self.gl_meta = None if (gl is None or self.gl_is_list) else call.meta("group_list")
-        self.gl_values = call.values("group_list") if self.gl_given else None
+        self.gl_meta = None if (gl is None or self.gl_is_list) else call.meta(gl_name)
+        self.gl_values = call.values(gl_name) if self.gl_given else None
         if self.gl_values is not None:
             self.gl_values = np.asarray(self.gl_values).reshape(-1) if np.asarray(self.gl_values).ndim <= 1 \
                 else np.asarray(self.gl_values)
@@ -95,7 +101,7 @@ class _GmmCall:
     @property
     def gl_len(self) -> Optional[int]:
         if self.gl_is_list:
-            return len(self.call["group_list"])
+            return len(self.gl)
         if self.gl_meta is not None and self.gl_meta.ndim >= 1:
             return self.gl_meta.shape[0]
         return None
@@ -334,7 +340,7 @@ def _(call):
       source=SRC_MINDSPEED + " npu_gmm_param_verification", fix="pass the counts as an int64 tensor")
 def _(call):
     if _v(call).gl_is_list:
-        return f"npu_gmm_v2 group_list must be a torch.Tensor, got a list {list(call['group_list'])[:8]}"
+        return f"npu_gmm_v2 group_list must be a torch.Tensor, got a list {list(_v(call).gl)[:8]}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,7 +400,7 @@ def _(call):
 def _(call):
     v = _v(call)
     if v.gl_is_list and v.gl_len == 1:
-        return "group_list has length 1 (list [%d]); the docs say the length cannot be 1" % call["group_list"][0]
+        return f"group_list has length 1 (list {list(v.gl)}); the docs say the length cannot be 1"
 
 
 @rule(ALL, "gmm.group_list_values_list", "group_list",
