@@ -71,6 +71,14 @@ def _k(call: Call) -> Optional[int]:
     return m.shape[1] if m is not None and m.ndim == 2 else None
 
 
+def _desc(call: Call, name: str) -> str:
+    """'a <dtype> tensor of shape [...]' (or the value's type) for messages about an unwanted argument."""
+    m = call.meta(name)
+    if m is None:
+        return f"{call[name]!r}"
+    return f"a {m.dtype} tensor of shape {list(m.shape)}"
+
+
 def _assist_name(call: Call) -> str:
     return "bias" if call.op == V1 else "weight_assist_matrix"
 
@@ -245,7 +253,7 @@ def _common_rules(spec, v2: bool) -> None:
         given = call.given(name)
         if kind == "int8":
             if given:
-                return f"{name} must be None for A8W8 (int8 weight), got a tensor"
+                return f"{name} must be None for A8W8 (int8 weight), got {_desc(call, name)}"
             return None
         if not given:
             return f"{name} (the weight_assist_matrix) is required for A8W4, got None"
@@ -277,7 +285,7 @@ _common_rules(spec_v2, v2=True)
               source="aclnnGroupedMatmulSwigluQuant doc (offset/outputOffset reserved)", fix="pass offset=None")
 def _(call):
     if call.given("offset"):
-        return "offset is reserved (not supported) and must be None, got a tensor"
+        return f"offset is reserved (not supported) and must be None, got {_desc(call, 'offset')}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +311,7 @@ def _(call):
               summary="bias and smooth_scale are reserved on A2/A3 (A8W8/A8W4) and must be None",
               source=V2_DOC + " (bias, smooth_scale: only the default None)", fix="pass bias=None, smooth_scale=None")
 def _(call):
-    return [f"{n} must be None on A2/A3, got a tensor" for n in ("bias", "smooth_scale") if call.given(n)]
+    return [f"{n} must be None on A2/A3, got {_desc(call, n)}" for n in ("bias", "smooth_scale") if call.given(n)]
 
 
 @spec_v2.rule("gmmsq_v2.mx_dtype_args", argument="x_dtype",
