@@ -1,5 +1,7 @@
 #include "dispatch.h"
 
+#include <pybind11/stl.h>
+
 #include <cstring>
 #include <functional>
 #include <map>

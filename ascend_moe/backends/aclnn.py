@@ -1,0 +1,411 @@
+"""The aclnn backend: run an op through CANN's two-phase aclnn API via the C++ dispatcher ``ascend_moe._C``.
+
+``call(op, args)`` takes the op's bound public arguments (torch_npu / MindSpeed names), allocates the
+outputs from the op's shape rule (``ascend_moe.ops._common.SHAPE_RULES``), chooses the aclnn entry point
+as op-plugin does, marshals every tensor into a plain descriptor and lets ``_C.run`` do phase 1,
+workspace, phase 2 and the cleanup.  Outputs come back in the public op's structure.
+
+Entry-point choice (op-plugin / MindSpeed, spec aclnn-abi-and-torch.md 2 and 4.3):
+
+* ``npu_grouped_matmul``: FRACTAL_NZ weight -> ``aclnnGroupedMatmulWeightNz``; else ``V5`` when it
+  resolves and x is not fp8 and no x_dtype/weight_dtype override is given, else ``V4``; a
+  ``List[int]`` group_list -> ``aclnnGroupedMatmulV2`` [I: op-plugin's ``.List`` overload calls the
+  older V1; we send V2, which carries group_type, and say so here].
+* ``npu_gmm`` / ``npu_gmm_v2`` (MindSpeed): ``List[int]`` -> ``V2`` (aclIntArray group list,
+  splitItem 3); Tensor -> ``V4`` (groupListType 0 cumsum for npu_gmm, 1 counts for npu_gmm_v2).
+* ``npu_moe_gating_top_k``: ``aclnnMoeGatingTopK``; with input_ids/tid2eid (hash mode) ``...V2``.
+* ``npu_ffn``: ``aclnnFFNV2`` (expert_tokens or expert_tokens_index as aclIntArray,
+  tokensIndexFlag = expert_tokens_index given, innerPrecise default 0).
+* ``npu_grouped_matmul_swiglu_quant``: ``aclnnGroupedMatmulSwigluQuantWeightNZ`` always.
+* ``npu_grouped_matmul_swiglu_quant_v2``: ``...WeightNzV2`` for an NZ (or 5-D) weight, else ``...V2``.
+* ``npu_grouped_matmul_finalize_routing``: ``V3`` then ``V2``; NZ weight: ``WeightNzV2`` then
+  ``WeightNz``; always dtype 0, transposes false, antiquant tensors nullptr.
+
+Marshalling (op-plugin ``ConvertType``): view dims, strides and storage offset of the torch view, the
+storage base pointer, the aclDataType of the torch dtype, format ND (2) or FRACTAL_NZ (29) with the NZ
+storage dims of torch_npu's ``InferShapeNDToNZ`` (``[..., ceil(c/c0), ceil(r/16), 16, c0]``,
+``c0 = 32 / min(itemsize, 2)``); ND storage dims ``[storage_nbytes / itemsize]``.  Absent optionals and
+empty tensor lists become nullptr; int lists become aclIntArray (an empty ``tuning_config`` is an empty
+aclIntArray, as op-plugin's ``value_or(IntArrayRef{})`` gives).
+
+Stream and workspace: for NPU tensors (a torch_npu process) the stream is
+``torch.npu.current_stream().npu_stream`` and the workspace a ``torch.uint8`` NPU tensor from the
+caching allocator (stream-ordered, released after phase 2 is enqueued); aclInit/aclrtSetDevice/
+aclFinalize are left to torch_npu.  For CPU tensors - accepted only by the fake CANN runtime of the
+tests, whose libascendcl exports ``ascend_moe_fake_runtime`` - the dispatcher runs standalone: aclInit
+(0 or 100002 accepted), aclrtSetDevice(0), stream :data:`CPU_STREAM`, workspace by aclrtMalloc, freed
+after aclrtSynchronizeStream.  ``CPU_STREAM`` and ``CPU_WORKSPACE_ALLOCATOR`` are test hooks.
+
+Errors: a failing status raises ``ascend_moe._C.AclnnError`` (a ``RuntimeError`` with ``entry_point``,
+``status``, ``status_name``; the message names the entry point, the status and its name and
+``aclGetRecentErrMsg()``); a path that cannot be taken at all (no CANN, missing entry point) raises
+:class:`~ascend_moe.backends.BackendError`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import BackendError, NPU_DEVICE_TYPES
+from ..formats import get_format
+
+# torch dtype -> aclDataType (torch_npu CalcuOpUtil.cpp; spec 1.2)
+ACL_DTYPE: Dict[torch.dtype, int] = {
+    torch.float32: 0, torch.float16: 1, torch.int8: 2, torch.int32: 3, torch.uint8: 4, torch.int16: 6,
+    torch.int64: 9, torch.float64: 11, torch.bool: 12, torch.bfloat16: 27, torch.complex64: 16,
+    torch.complex128: 17,
+}
+for _name, _code in (("uint16", 7), ("uint32", 8), ("uint64", 10), ("float8_e5m2", 35),
+                     ("float8_e4m3fn", 36), ("float8_e8m0fnu", 37), ("complex32", 33)):
+    if hasattr(torch, _name):
+        ACL_DTYPE[getattr(torch, _name)] = _code
+
+ACL_FORMAT_ND = 2
+ACL_FORMAT_FRACTAL_NZ = 29
+NZ_FORMATS = (29, 50, 51, 52, 53, 54)
+
+# Test hooks for the CPU (fake runtime) path: the stream handed to phase 2 and an optional workspace
+# allocator ``size -> (pointer, keepalive)`` used instead of aclrtMalloc (models torch_npu's allocator).
+CPU_STREAM: int = 0
+CPU_WORKSPACE_ALLOCATOR: Optional[Callable[[int], Tuple[int, Any]]] = None
+
+# What the last call did (entry point, workspace size and how it was allocated): for tests and debugging.
+last_call: Dict[str, Any] = {}
+
+
+def _C():
+    try:
+        from .. import _C as c  # noqa: WPS433
+    except ImportError as e:  # pragma: no cover - the extension is part of every build
+        raise BackendError(f"the C++ dispatcher ascend_moe._C cannot be imported: {e}") from e
+    return c
+
+
+# ------------------------------------------------------------------------------------------------
+# tensors -> descriptors
+# ------------------------------------------------------------------------------------------------
+
+def nz_storage_dims(shape: Sequence[int], itemsize: int) -> List[int]:
+    """torch_npu ``InferShapeNDToNZ``: ``[..., r, c]`` -> ``[..., ceil(c/c0), ceil(r/16), 16, c0]``
+    with ``c0 = 32 / min(itemsize, 2)`` (spec aclnn-abi-and-torch.md 3.7)."""
+    shape = list(shape)
+    if len(shape) < 2:
+        shape = [1] * (2 - len(shape)) + shape
+    *batch, r, c = shape
+    c0 = 32 // min(itemsize, 2)
+    return [*batch, -(-c // c0), -(-r // 16), 16, c0]
+
+
+def _acl_format(t: torch.Tensor) -> int:
+    if t.device.type in NPU_DEVICE_TYPES:
+        try:
+            import torch_npu  # noqa: F401
+            return int(torch_npu.get_npu_format(t))
+        except Exception:  # noqa: BLE001 - no torch_npu: the tag of ascend_moe.formats decides
+            pass
+    fmt = get_format(t)
+    return ACL_FORMAT_FRACTAL_NZ if fmt.startswith("FRACTAL_NZ") else ACL_FORMAT_ND
+
+
+def _is_nz(t: Optional[torch.Tensor]) -> bool:
+    return t is not None and _acl_format(t) in NZ_FORMATS
+
+
+def describe(t: torch.Tensor) -> tuple:
+    """The descriptor ``_C.run`` turns into an aclTensor: (storage base pointer, view dims, strides,
+    storage offset in elements, aclDataType, aclFormat, storage dims)."""
+    if t.dtype not in ACL_DTYPE:
+        raise BackendError(f"no aclDataType for torch dtype {t.dtype}")
+    storage = t.untyped_storage()
+    item = t.element_size()
+    fmt = _acl_format(t)
+    if fmt in NZ_FORMATS:
+        # a 5-D tensor tagged NZ is the physical storage itself (aclnn doc examples: view == storage)
+        storage_dims = list(t.shape) if t.dim() == 5 else nz_storage_dims(t.shape, item)
+    else:
+        storage_dims = [storage.nbytes() // item]
+    return (int(storage.data_ptr()), list(t.shape), list(t.stride()), int(t.storage_offset()), ACL_DTYPE[t.dtype],
+            int(fmt), storage_dims)
+
+
+def T(t: Optional[torch.Tensor]) -> tuple:
+    return ("T", None if t is None else describe(t))
+
+
+def L(ts: Optional[Sequence[torch.Tensor]]) -> tuple:
+    """A tensor list; None or empty -> nullptr (op-plugin converts an empty TensorList to nullptr)."""
+    if ts is None or len(ts) == 0:
+        return ("L", None)
+    return ("L", [describe(t) for t in ts])
+
+
+def IA(v: Optional[Sequence[int]]) -> tuple:
+    return ("I", None if v is None else [int(i) for i in v])
+
+
+def i64(v: Any) -> tuple:
+    return ("i", int(v))
+
+
+def f64(v: Any) -> tuple:
+    return ("d", float(v))
+
+
+def f32(v: Any) -> tuple:
+    return ("f", float(v))
+
+
+def b(v: Any) -> tuple:
+    return ("b", bool(v))
+
+
+def s(v: str) -> tuple:
+    return ("s", str(v))
+
+
+# ------------------------------------------------------------------------------------------------
+# entry-point choice
+# ------------------------------------------------------------------------------------------------
+
+def choose(family: str, op: str) -> str:
+    """The first resolvable entry point of ``family`` in op-plugin's order; BackendError if none."""
+    chosen, candidates = _C().choose(family)
+    if chosen is None:
+        why = "; ".join(f"{name}: {detail}" for name, _, detail in candidates)
+        raise BackendError(f"{op}: no aclnn entry point for this call is available ({why})")
+    return chosen
+
+
+def _first(v: Any) -> Any:
+    return v[0] if isinstance(v, (list, tuple)) and len(v) else v
+
+
+def _gmm_group_type(group_type: Optional[int], group_list: Any) -> int:
+    if group_type is not None:
+        return int(group_type)
+    return 0 if group_list is not None else -1
+
+
+def _int_list(v: Any) -> Optional[List[int]]:
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor):
+        return [int(i) for i in v.tolist()]
+    return [int(i) for i in v]
+
+
+# Each builder: (args, outs) -> (entry point, [argument descriptors]).
+
+def _build_grouped_matmul(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
+    op = "npu_grouped_matmul"
+    xs, ws, gl = list(a["x"]), list(a["weight"]), a.get("group_list")
+    split_item = int(a.get("split_item") or 0)
+    group_type = _gmm_group_type(a.get("group_type"), gl)
+    if isinstance(gl, (list, tuple)):
+        entry = choose("gmm_list", op)
+        return entry, [L(xs), L(ws), L(a.get("bias")), L(a.get("scale")), L(a.get("offset")),
+                       L(a.get("antiquant_scale")), L(a.get("antiquant_offset")), IA(gl), i64(split_item),
+                       i64(group_type), L(outs)]
+    common = [L(xs), L(ws), L(a.get("bias")), L(a.get("scale")), L(a.get("offset")), L(a.get("antiquant_scale")),
+              L(a.get("antiquant_offset")), L(a.get("per_token_scale")), T(gl), L(a.get("activation_input")),
+              L(a.get("activation_quant_scale")), L(a.get("activation_quant_offset")), i64(split_item),
+              i64(group_type), i64(a.get("group_list_type") or 0), i64(a.get("act_type") or 0)]
+    tail = [L(outs), L(None), L(None)]
+    tuning = IA(list(a.get("tuning_config") or []))
+    if _is_nz(ws[0]):
+        entry = choose("gmm_nz", op)
+        return entry, common + [tuning, i64(0)] + tail  # quantGroupSize 0, as op-plugin
+    fp8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+    v5_ok = xs[0].dtype not in fp8 and a.get("x_dtype") is None and a.get("weight_dtype") is None
+    entry = choose("gmm" if v5_ok else "gmm_v4", op)
+    if entry.endswith("V5"):
+        return entry, common + [tuning] + tail
+    return entry, common + tail
+
+
+def _build_gmm(group_list_type: int, op: str):
+    def build(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
+        bias = [a["bias"]] if a.get("bias") is not None else None
+        gl, gt = a.get("group_list"), int(a.get("group_type") if a.get("group_type") is not None else 0)
+        if isinstance(gl, (list, tuple)):  # MindSpeed List[int]: aclnnGroupedMatmulV2, splitItem 3
+            entry = choose("gmm_list", op)
+            return entry, [L([a["x"]]), L([a["weight"]]), L(bias), L(None), L(None), L(None), L(None), IA(gl),
+                           i64(3), i64(gt), L(outs)]
+        entry = choose("gmm_v4", op)
+        return entry, [L([a["x"]]), L([a["weight"]]), L(bias), L(None), L(None), L(None), L(None), L(None), T(gl),
+                       L(None), L(None), L(None), i64(3), i64(gt), i64(group_list_type), i64(0), L(outs), L(None),
+                       L(None)]
+    return build
+
+
+def _build_gating(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
+    op = "npu_moe_gating_top_k"
+    scalars = [i64(a["k"]), i64(a.get("k_group", 1)), i64(a.get("group_count", 1)),
+               i64(a.get("group_select_mode", 0)), i64(a.get("renorm", 0)), i64(a.get("norm_type", 0)),
+               b(a.get("out_flag", False)), f64(a.get("routed_scaling_factor", 1.0)), f64(a.get("eps", 1e-20))]
+    y, idx, norm = outs
+    if a.get("input_ids") is not None or a.get("tid2eid") is not None:
+        entry = choose("gating_hash", op)
+        return entry, [T(a["x"]), T(a.get("bias")), T(a.get("input_ids")), T(a.get("tid2eid"))] + scalars + \
+            [T(y), T(idx), T(norm)]
+    entry = choose("gating", op)
+    return entry, [T(a["x"]), T(a.get("bias"))] + scalars + [T(y), T(idx), T(norm)]
+
+
+def _build_ffn(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
+    entry = choose("ffn", "npu_ffn")
+    index = a.get("expert_tokens_index")
+    tokens = _int_list(index if index is not None else a.get("expert_tokens"))
+    # [I] neither given -> nullptr (op-plugin passes an optional IntArrayRef without value)
+    return entry, [T(a["x"]), T(a["weight1"]), T(a["weight2"]), IA(tokens), T(a.get("bias1")), T(a.get("bias2")),
+                   T(a.get("scale")), T(a.get("offset")), T(a.get("deq_scale1")), T(a.get("deq_scale2")),
+                   T(a.get("antiquant_scale1")), T(a.get("antiquant_scale2")), T(a.get("antiquant_offset1")),
+                   T(a.get("antiquant_offset2")), s(a["activation"]), i64(a.get("inner_precise") or 0),
+                   b(index is not None), T(outs[0])]
+
+
+def _build_swiglu_v1(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
+    entry = choose("swiglu_v1", "npu_grouped_matmul_swiglu_quant")
+    out, out_scale, out_offset = outs
+    return entry, [T(a["x"]), T(a["weight"]), T(a.get("bias")), T(a.get("offset")), T(a["weight_scale"]),
+                   T(a["x_scale"]), T(a["group_list"]), T(out), T(out_scale), T(out_offset)]
+
+
+# op-plugin maps npu_grouped_matmul_swiglu_quant_v2's dequant_dtype from torch's enum to GE's:
+# 6 (float32) -> 0, 5 (float16) -> 1, 15 (bfloat16) -> 27; other values pass unchanged [I].
+DEQUANT_DTYPE_TO_GE = {6: 0, 5: 1, 15: 27}
+
+
+def _build_swiglu_v2(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
+    op = "npu_grouped_matmul_swiglu_quant_v2"
+    w0 = _first(a["weight"])
+    nz = _is_nz(w0) or w0.dim() == 5
+    entry = choose("swiglu_v2_nz" if nz else "swiglu_v2", op)
+    out, out_scale = outs
+    dq = int(a.get("dequant_dtype") or 0)
+    return entry, [T(a["x"]), L(a["weight"]), L(a["weight_scale"]), L(a.get("weight_assist_matrix")),
+                   T(a.get("bias")), T(a["x_scale"]), T(a.get("smooth_scale")), T(a["group_list"]),
+                   i64(a.get("dequant_mode") or 0), i64(DEQUANT_DTYPE_TO_GE.get(dq, dq)),
+                   i64(a.get("quant_mode") or 0), i64(a.get("group_list_type") or 0),
+                   IA(list(a.get("tuning_config") or [])), T(out), T(out_scale)]
+
+
+def _build_finalize(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
+    op = "npu_grouped_matmul_finalize_routing"
+    nz = _is_nz(a["w"])
+    entry = choose("finalize_nz" if nz else "finalize", op)
+    glt = a.get("group_list_type")
+    glt = 1 if glt is None else int(glt)
+    siw = a.get("shared_input_weight")
+    siw = 1.0 if siw is None else float(siw)
+    sio = int(a.get("shared_input_offset") or 0)
+    if entry == "aclnnGroupedMatmulFinalizeRoutingWeightNz":
+        if a.get("offset") is not None:
+            raise BackendError(f"{op}: offset needs aclnnGroupedMatmulFinalizeRoutingWeightNzV2, which this CANN "
+                               "does not provide (only WeightNz resolved)")
+        return entry, [T(a["x"]), T(a["w"]), T(a.get("scale")), T(a.get("bias")), T(a.get("pertoken_scale")),
+                       T(a["group_list"]), T(a.get("shared_input")), T(a.get("logit")), T(a.get("row_index")),
+                       i64(0), f32(siw), i64(sio), b(False), b(False), i64(glt), T(outs[0])]
+    args = [T(a["x"]), T(a["w"]), T(a.get("scale")), T(a.get("bias")), T(a.get("offset")), T(None), T(None),
+            T(a.get("pertoken_scale")), T(a["group_list"]), T(a.get("shared_input")), T(a.get("logit")),
+            T(a.get("row_index")), i64(0), f32(siw), i64(sio), b(False), b(False), i64(glt)]
+    if entry.endswith("V3") or entry.endswith("WeightNzV2"):
+        args.append(IA(list(a.get("tuning_config") or [])))
+    return entry, args + [T(outs[0])]
+
+
+BUILDERS: Dict[str, Callable[[Dict[str, Any], List[torch.Tensor]], Tuple[str, list]]] = {
+    "npu_grouped_matmul": _build_grouped_matmul,
+    "npu_gmm": _build_gmm(0, "npu_gmm"),
+    "npu_gmm_v2": _build_gmm(1, "npu_gmm_v2"),
+    "npu_moe_gating_top_k": _build_gating,
+    "npu_ffn": _build_ffn,
+    "npu_grouped_matmul_swiglu_quant": _build_swiglu_v1,
+    "npu_grouped_matmul_swiglu_quant_v2": _build_swiglu_v2,
+    "npu_grouped_matmul_finalize_routing": _build_finalize,
+}
+
+# How each op returns its outputs: a list, a tuple, or the single tensor.
+_STRUCTURE = {
+    "npu_grouped_matmul": "list", "npu_gmm": "single", "npu_gmm_v2": "single", "npu_moe_gating_top_k": "tuple",
+    "npu_ffn": "single", "npu_grouped_matmul_swiglu_quant": "tuple", "npu_grouped_matmul_swiglu_quant_v2": "tuple",
+    "npu_grouped_matmul_finalize_routing": "single",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# the call
+# ------------------------------------------------------------------------------------------------
+
+def _tensors(args: Dict[str, Any]) -> List[torch.Tensor]:
+    found: List[torch.Tensor] = []
+    for v in args.values():
+        if isinstance(v, torch.Tensor):
+            found.append(v)
+        elif isinstance(v, (list, tuple)):
+            found.extend(t for t in v if isinstance(t, torch.Tensor))
+    return found
+
+
+def _device_of(args: Dict[str, Any]) -> torch.device:
+    devices = {t.device for t in _tensors(args)}
+    if len(devices) != 1:
+        raise BackendError(f"aclnn: all tensors must be on one device, got {sorted(str(d) for d in devices)}")
+    return devices.pop()
+
+
+def allocate_outputs(op: str, args: Dict[str, Any], device: torch.device) -> List[torch.Tensor]:
+    from ..ops._common import SHAPE_RULES
+    if op not in SHAPE_RULES:
+        import importlib
+        from ..rules import OP_MODULES
+        importlib.import_module(f"ascend_moe.ops.{OP_MODULES[op]}")
+    return [torch.empty(tuple(int(d) for d in shape), dtype=dtype, device=device)
+            for shape, dtype in SHAPE_RULES[op](args)]
+
+
+def _npu_context(device: torch.device):
+    """(stream, workspace allocator, device guard) inside a torch_npu process."""
+    import torch_npu  # noqa: F401 - NPU tensors exist only when torch_npu is loaded
+
+    def alloc(size: int):
+        ws = torch.empty(int(size), dtype=torch.uint8, device=device)
+        return ws.untyped_storage().data_ptr(), ws
+
+    guard = torch.npu.device(device.index) if device.index is not None else contextlib.nullcontext()
+    return guard, alloc
+
+
+def call(op: str, args: Dict[str, Any]) -> Any:
+    """Run ``op`` on aclnn with the bound public arguments; returns the outputs in the op's structure."""
+    if op not in BUILDERS:
+        raise BackendError(f"{op}: the aclnn dispatcher has no binding for this op")
+    c = _C()
+    report = c.loader_report()
+    if not report["ok"]:
+        raise BackendError(f"{op}: the aclnn hardware path is unavailable: {report['reason']}")
+    device = _device_of(args)
+    on_npu = device.type in NPU_DEVICE_TYPES
+    if not on_npu and not report["fake_runtime"]:
+        raise BackendError(f"{op}: aclnn computes NPU tensors only; CPU tensors are accepted by the fake test "
+                           "runtime alone")
+    outs = allocate_outputs(op, args, device)
+    entry, descs = BUILDERS[op](args, outs)
+    if on_npu:
+        guard, alloc = _npu_context(device)
+        with guard:
+            stream = int(torch.npu.current_stream().npu_stream)
+            info = c.run(entry, descs, stream, alloc, False, device.index or 0)
+    else:
+        info = c.run(entry, descs, int(CPU_STREAM), CPU_WORKSPACE_ALLOCATOR, True, 0)
+    info.pop("keepalive", None)  # the NPU workspace is released here, stream-ordered by the allocator
+    last_call.clear()
+    last_call.update(info, op=op)
+    kind = _STRUCTURE[op]
+    if kind == "single":
+        return outs[0]
+    if kind == "tuple":
+        return tuple(outs)
+    return outs

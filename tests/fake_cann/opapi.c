@@ -1,0 +1,476 @@
+/* Fake libopapi.so: every aclnn entry point the dispatcher uses, declared with the exact C prototypes of
+ * the CANN headers (so a wrongly typed argument - float for double, int for bool - arrives corrupted and
+ * the tests see it).  Phase 1 records each argument with its C type; phase 2 records workspace and stream
+ * and writes a deterministic pattern into the outputs.  Any symbol can be left out at build time with
+ * -DOMIT_<symbol> (to test the V5->V4, V3->V2 and WeightNzV2->WeightNz fallbacks). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fake_cann.h"
+
+typedef struct {
+  char buf[16384];
+  size_t off;
+  int nargs, nouts;
+  aclTensor *outs[FAKE_MAXOUT];
+} Call;
+
+
+#define APPEND(c, ...) ((c)->off += snprintf((c)->buf + (c)->off, sizeof((c)->buf) - (c)->off, __VA_ARGS__))
+
+static void begin(Call *c, const char *api) {
+  memset(c, 0, sizeof(*c));
+  APPEND(c, "{\"ev\":\"gws\",\"api\":\"%s\",\"args\":[", api);
+}
+static void sep(Call *c) {
+  if (c->nargs++) APPEND(c, ",");
+}
+static void add_out(Call *c, aclTensor *t) {
+  if (t && c->nouts < FAKE_MAXOUT) c->outs[c->nouts++] = t;
+}
+static void a_tensor(Call *c, const aclTensor *t, int out) {
+  sep(c);
+  if (!t) { APPEND(c, "{\"t\":\"aclTensor*\",\"null\":true}"); return; }
+  APPEND(c, "{\"t\":\"aclTensor*\",\"id\":%d}", t->id);
+  if (out) add_out(c, (aclTensor *)t);
+}
+static void a_list(Call *c, const aclTensorList *l, int out) {
+  sep(c);
+  if (!l) { APPEND(c, "{\"t\":\"aclTensorList*\",\"null\":true}"); return; }
+  APPEND(c, "{\"t\":\"aclTensorList*\",\"id\":%d,\"items\":[", l->id);
+  for (uint64_t i = 0; i < l->n; ++i) {
+    APPEND(c, "%s%d", i ? "," : "", l->items[i]->id);
+    if (out) add_out(c, l->items[i]);
+  }
+  APPEND(c, "]}");
+}
+static void a_array(Call *c, const aclIntArray *a) {
+  sep(c);
+  if (!a) { APPEND(c, "{\"t\":\"aclIntArray*\",\"null\":true}"); return; }
+  APPEND(c, "{\"t\":\"aclIntArray*\",\"id\":%d,\"values\":[", a->id);
+  for (uint64_t i = 0; i < a->n; ++i) APPEND(c, "%s%lld", i ? "," : "", (long long)a->v[i]);
+  APPEND(c, "]}");
+}
+static void a_i64(Call *c, int64_t v) { sep(c); APPEND(c, "{\"t\":\"int64_t\",\"v\":%lld}", (long long)v); }
+static void a_double(Call *c, double v) { sep(c); APPEND(c, "{\"t\":\"double\",\"v\":%.17g}", v); }
+static void a_float(Call *c, float v) { sep(c); APPEND(c, "{\"t\":\"float\",\"v\":%.9g}", (double)v); }
+static void a_bool(Call *c, bool v) {
+  /* a C++ bool is one byte 0/1: anything else means the caller passed the wrong type */
+  unsigned char raw;
+  memcpy(&raw, &v, 1);
+  sep(c);
+  APPEND(c, "{\"t\":\"bool\",\"v\":%s,\"raw\":%u}", raw ? "true" : "false", raw);
+}
+static void a_str(Call *c, const char *s) {
+  sep(c);
+  if (!s) { APPEND(c, "{\"t\":\"char*\",\"null\":true}"); return; }
+  APPEND(c, "{\"t\":\"char*\",\"v\":\"%s\"}", s);
+}
+
+static aclnnStatus finish(Call *c, const char *api, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  char sym[160];
+  snprintf(sym, sizeof sym, "%sGetWorkspaceSize", api);
+  int st = fake_check_fail(sym);
+  APPEND(c, "],\"status\":%d", st);
+  if (!workspaceSize || !executor) st = 161001;
+  if (st) {
+    APPEND(c, "}");
+    fake_emit(c->buf);
+    return st;
+  }
+  aclOpExecutor *ex = (aclOpExecutor *)calloc(1, sizeof(aclOpExecutor));
+  ex->id = fake_next_id();
+  strncpy(ex->api, api, sizeof ex->api - 1);
+  ex->nouts = c->nouts;
+  memcpy(ex->outs, c->outs, sizeof(c->outs));
+  *executor = ex;
+  *workspaceSize = fake_workspace_size();
+  fake_count(FK_EXEC_CREATE, 1);
+  APPEND(c, ",\"executor\":%d,\"workspace_size\":%llu}", ex->id, (unsigned long long)*workspaceSize);
+  fake_emit(c->buf);
+  return 0;
+}
+
+/* byte b of element e (row-major over the view) of output k */
+static unsigned char pattern(int k, long long e, int itemsize, int b) {
+  return (unsigned char)((k * 37 + (e * itemsize + b) * 7 + 1) & 0xff);
+}
+
+static void fill_output(int k, const aclTensor *t) {
+  int item = fake_itemsize(t->dtype);
+  long long n = 1;
+  for (uint64_t d = 0; d < t->ndim; ++d) n *= t->dims[d];
+  int64_t idx[FAKE_MAXDIM] = {0};
+  for (long long e = 0; e < n; ++e) {
+    long long off = t->offset;
+    for (uint64_t d = 0; d < t->ndim; ++d) off += idx[d] * t->strides[d];
+    unsigned char *p = (unsigned char *)t->data + off * item;
+    for (int b = 0; b < item; ++b) p[b] = pattern(k, e, item, b);
+    for (int d = (int)t->ndim - 1; d >= 0; --d) {
+      if (++idx[d] < t->dims[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+static aclnnStatus fake_run(const char *api, void *workspace, uint64_t workspaceSize, aclOpExecutor *ex,
+                            aclrtStream stream) {
+  char line[512];
+  int st = fake_check_fail(api);
+  if (!st && !ex) st = 161001;
+  if (!st && workspaceSize > 0 && !workspace) {
+    fake_set_recent("workspace is nullptr");
+    st = 161001;
+  }
+  snprintf(line, sizeof line,
+           "{\"ev\":\"run\",\"api\":\"%s\",\"workspace\":%llu,\"workspace_size\":%llu,\"executor\":%d,"
+           "\"executor_api\":\"%s\",\"stream\":%llu,\"status\":%d}",
+           api, (unsigned long long)(uintptr_t)workspace, (unsigned long long)workspaceSize, ex ? ex->id : -1,
+           ex ? ex->api : "", (unsigned long long)(uintptr_t)stream, st);
+  fake_emit(line);
+  if (!st) {
+    if (workspaceSize) memset(workspace, 0xAB, workspaceSize);  /* the workspace must be writable */
+    for (int k = 0; k < ex->nouts; ++k) fill_output(k, ex->outs[k]);
+  }
+  if (ex) { /* phase 2 releases its executor, whether it succeeds or not */
+    free(ex);
+    fake_count(FK_EXEC_DESTROY, 1);
+  }
+  return st;
+}
+
+#define PHASE2(NAME)                                                                                  \
+  FAKE_EXPORT aclnnStatus NAME(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,     \
+                               aclrtStream stream) {                                                  \
+    return fake_run(#NAME, workspace, workspaceSize, executor, stream);                               \
+  }
+
+/* ------------------------------------------------------------------ grouped matmul */
+#ifndef OMIT_aclnnGroupedMatmulV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulV2GetWorkspaceSize(
+    const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,
+    const aclTensorList *scaleOptional, const aclTensorList *offsetOptional,
+    const aclTensorList *antiquantScaleOptional, const aclTensorList *antiquantOffsetOptional,
+    const aclIntArray *groupListOptional, int64_t splitItem, int64_t groupType, const aclTensorList *y,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulV2");
+  a_list(&c, x, 0); a_list(&c, weight, 0); a_list(&c, biasOptional, 0); a_list(&c, scaleOptional, 0);
+  a_list(&c, offsetOptional, 0); a_list(&c, antiquantScaleOptional, 0); a_list(&c, antiquantOffsetOptional, 0);
+  a_array(&c, groupListOptional); a_i64(&c, splitItem); a_i64(&c, groupType); a_list(&c, y, 1);
+  return finish(&c, "aclnnGroupedMatmulV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulV2
+PHASE2(aclnnGroupedMatmulV2)
+#endif
+
+static void gmm_common(Call *c, const aclTensorList *x, const aclTensorList *weight, const aclTensorList *bias,
+                       const aclTensorList *scale, const aclTensorList *offset, const aclTensorList *aqs,
+                       const aclTensorList *aqo, const aclTensorList *pts, const aclTensor *groupList,
+                       const aclTensorList *ai, const aclTensorList *aqsc, const aclTensorList *aqof,
+                       int64_t splitItem, int64_t groupType, int64_t groupListType, int64_t actType) {
+  a_list(c, x, 0); a_list(c, weight, 0); a_list(c, bias, 0); a_list(c, scale, 0); a_list(c, offset, 0);
+  a_list(c, aqs, 0); a_list(c, aqo, 0); a_list(c, pts, 0); a_tensor(c, groupList, 0); a_list(c, ai, 0);
+  a_list(c, aqsc, 0); a_list(c, aqof, 0); a_i64(c, splitItem); a_i64(c, groupType); a_i64(c, groupListType);
+  a_i64(c, actType);
+}
+
+#ifndef OMIT_aclnnGroupedMatmulV4GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulV4GetWorkspaceSize(
+    const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,
+    const aclTensorList *scaleOptional, const aclTensorList *offsetOptional,
+    const aclTensorList *antiquantScaleOptional, const aclTensorList *antiquantOffsetOptional,
+    const aclTensorList *perTokenScaleOptional, const aclTensor *groupListOptional,
+    const aclTensorList *activationInputOptional, const aclTensorList *activationQuantScaleOptional,
+    const aclTensorList *activationQuantOffsetOptional, int64_t splitItem, int64_t groupType,
+    int64_t groupListType, int64_t actType, aclTensorList *out, aclTensorList *activationFeatureOutOptional,
+    aclTensorList *dynQuantScaleOutOptional, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulV4");
+  gmm_common(&c, x, weight, biasOptional, scaleOptional, offsetOptional, antiquantScaleOptional,
+             antiquantOffsetOptional, perTokenScaleOptional, groupListOptional, activationInputOptional,
+             activationQuantScaleOptional, activationQuantOffsetOptional, splitItem, groupType, groupListType,
+             actType);
+  a_list(&c, out, 1); a_list(&c, activationFeatureOutOptional, 1); a_list(&c, dynQuantScaleOutOptional, 1);
+  return finish(&c, "aclnnGroupedMatmulV4", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulV4
+PHASE2(aclnnGroupedMatmulV4)
+#endif
+
+#ifndef OMIT_aclnnGroupedMatmulV5GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulV5GetWorkspaceSize(
+    const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,
+    const aclTensorList *scaleOptional, const aclTensorList *offsetOptional,
+    const aclTensorList *antiquantScaleOptional, const aclTensorList *antiquantOffsetOptional,
+    const aclTensorList *perTokenScaleOptional, const aclTensor *groupListOptional,
+    const aclTensorList *activationInputOptional, const aclTensorList *activationQuantScaleOptional,
+    const aclTensorList *activationQuantOffsetOptional, int64_t splitItem, int64_t groupType,
+    int64_t groupListType, int64_t actType, aclIntArray *tuningConfigOptional, aclTensorList *out,
+    aclTensorList *activationFeatureOutOptional, aclTensorList *dynQuantScaleOutOptional,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulV5");
+  gmm_common(&c, x, weight, biasOptional, scaleOptional, offsetOptional, antiquantScaleOptional,
+             antiquantOffsetOptional, perTokenScaleOptional, groupListOptional, activationInputOptional,
+             activationQuantScaleOptional, activationQuantOffsetOptional, splitItem, groupType, groupListType,
+             actType);
+  a_array(&c, tuningConfigOptional);
+  a_list(&c, out, 1); a_list(&c, activationFeatureOutOptional, 1); a_list(&c, dynQuantScaleOutOptional, 1);
+  return finish(&c, "aclnnGroupedMatmulV5", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulV5
+PHASE2(aclnnGroupedMatmulV5)
+#endif
+
+#ifndef OMIT_aclnnGroupedMatmulWeightNzGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulWeightNzGetWorkspaceSize(
+    const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,
+    const aclTensorList *scaleOptional, const aclTensorList *offsetOptional,
+    const aclTensorList *antiquantScaleOptional, const aclTensorList *antiquantOffsetOptional,
+    const aclTensorList *perTokenScaleOptional, const aclTensor *groupListOptional,
+    const aclTensorList *activationInputOptional, const aclTensorList *activationQuantScaleOptional,
+    const aclTensorList *activationQuantOffsetOptional, int64_t splitItem, int64_t groupType,
+    int64_t groupListType, int64_t actType, aclIntArray *tuningConfigOptional, int64_t quantGroupSize,
+    aclTensorList *out, aclTensorList *activationFeatureOutOptional, aclTensorList *dynQuantScaleOutOptional,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulWeightNz");
+  gmm_common(&c, x, weight, biasOptional, scaleOptional, offsetOptional, antiquantScaleOptional,
+             antiquantOffsetOptional, perTokenScaleOptional, groupListOptional, activationInputOptional,
+             activationQuantScaleOptional, activationQuantOffsetOptional, splitItem, groupType, groupListType,
+             actType);
+  a_array(&c, tuningConfigOptional); a_i64(&c, quantGroupSize);
+  a_list(&c, out, 1); a_list(&c, activationFeatureOutOptional, 1); a_list(&c, dynQuantScaleOutOptional, 1);
+  return finish(&c, "aclnnGroupedMatmulWeightNz", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulWeightNz
+PHASE2(aclnnGroupedMatmulWeightNz)
+#endif
+
+/* ------------------------------------------------------------------ gating top-k */
+#ifndef OMIT_aclnnMoeGatingTopKGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeGatingTopKGetWorkspaceSize(
+    const aclTensor *x, const aclTensor *biasOptional, int64_t k, int64_t kGroup, int64_t groupCount,
+    int64_t groupSelectMode, int64_t renorm, int64_t normType, bool outFlag, double routedScalingFactor,
+    double eps, const aclTensor *yOut, const aclTensor *expertIdxOut, const aclTensor *outOut,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeGatingTopK");
+  a_tensor(&c, x, 0); a_tensor(&c, biasOptional, 0); a_i64(&c, k); a_i64(&c, kGroup); a_i64(&c, groupCount);
+  a_i64(&c, groupSelectMode); a_i64(&c, renorm); a_i64(&c, normType); a_bool(&c, outFlag);
+  a_double(&c, routedScalingFactor); a_double(&c, eps);
+  a_tensor(&c, yOut, 1); a_tensor(&c, expertIdxOut, 1); a_tensor(&c, outOut, 1);
+  return finish(&c, "aclnnMoeGatingTopK", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeGatingTopK
+PHASE2(aclnnMoeGatingTopK)
+#endif
+
+#ifndef OMIT_aclnnMoeGatingTopKV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeGatingTopKV2GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *biasOptional, const aclTensor *inputIdsOptional,
+    const aclTensor *tid2eidOptional, int64_t k, int64_t kGroup, int64_t groupCount, int64_t groupSelectMode,
+    int64_t renorm, int64_t normType, bool outFlag, double routedScalingFactor, double eps,
+    const aclTensor *yOut, const aclTensor *expertIdxOut, const aclTensor *outOut, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeGatingTopKV2");
+  a_tensor(&c, x, 0); a_tensor(&c, biasOptional, 0); a_tensor(&c, inputIdsOptional, 0);
+  a_tensor(&c, tid2eidOptional, 0); a_i64(&c, k); a_i64(&c, kGroup); a_i64(&c, groupCount);
+  a_i64(&c, groupSelectMode); a_i64(&c, renorm); a_i64(&c, normType); a_bool(&c, outFlag);
+  a_double(&c, routedScalingFactor); a_double(&c, eps);
+  a_tensor(&c, yOut, 1); a_tensor(&c, expertIdxOut, 1); a_tensor(&c, outOut, 1);
+  return finish(&c, "aclnnMoeGatingTopKV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeGatingTopKV2
+PHASE2(aclnnMoeGatingTopKV2)
+#endif
+
+/* ------------------------------------------------------------------ FFN */
+#ifndef OMIT_aclnnFFNV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnFFNV2GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *weight1, const aclTensor *weight2, const aclIntArray *expertTokens,
+    const aclTensor *bias1, const aclTensor *bias2, const aclTensor *scale, const aclTensor *offset,
+    const aclTensor *deqScale1, const aclTensor *deqScale2, const aclTensor *antiquantScale1,
+    const aclTensor *antiquantScale2, const aclTensor *antiquantOffset1, const aclTensor *antiquantOffset2,
+    const char *activation, int64_t innerPrecise, bool tokensIndexFlag, const aclTensor *y,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnFFNV2");
+  a_tensor(&c, x, 0); a_tensor(&c, weight1, 0); a_tensor(&c, weight2, 0); a_array(&c, expertTokens);
+  a_tensor(&c, bias1, 0); a_tensor(&c, bias2, 0); a_tensor(&c, scale, 0); a_tensor(&c, offset, 0);
+  a_tensor(&c, deqScale1, 0); a_tensor(&c, deqScale2, 0); a_tensor(&c, antiquantScale1, 0);
+  a_tensor(&c, antiquantScale2, 0); a_tensor(&c, antiquantOffset1, 0); a_tensor(&c, antiquantOffset2, 0);
+  a_str(&c, activation); a_i64(&c, innerPrecise); a_bool(&c, tokensIndexFlag); a_tensor(&c, y, 1);
+  return finish(&c, "aclnnFFNV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnFFNV2
+PHASE2(aclnnFFNV2)
+#endif
+
+/* ------------------------------------------------------------------ grouped matmul + swiglu + quant */
+#ifndef OMIT_aclnnGroupedMatmulSwigluQuantWeightNZGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulSwigluQuantWeightNZGetWorkspaceSize(
+    const aclTensor *x, const aclTensor *weight, const aclTensor *bias, const aclTensor *offset,
+    const aclTensor *weightScale, const aclTensor *xScale, const aclTensor *groupList, aclTensor *output,
+    aclTensor *outputScale, aclTensor *outputOffset, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulSwigluQuantWeightNZ");
+  a_tensor(&c, x, 0); a_tensor(&c, weight, 0); a_tensor(&c, bias, 0); a_tensor(&c, offset, 0);
+  a_tensor(&c, weightScale, 0); a_tensor(&c, xScale, 0); a_tensor(&c, groupList, 0);
+  a_tensor(&c, output, 1); a_tensor(&c, outputScale, 1); a_tensor(&c, outputOffset, 1);
+  return finish(&c, "aclnnGroupedMatmulSwigluQuantWeightNZ", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulSwigluQuantWeightNZ
+PHASE2(aclnnGroupedMatmulSwigluQuantWeightNZ)
+#endif
+
+static aclnnStatus swiglu_v2(const char *api, const aclTensor *x, const aclTensorList *weight,
+                             const aclTensorList *weightScale, const aclTensorList *weightAssistMatrix,
+                             const aclTensor *bias, const aclTensor *xScale, const aclTensor *smoothScale,
+                             const aclTensor *groupList, int64_t dequantMode, int64_t dequantDtype,
+                             int64_t quantMode, int64_t groupListType, const aclIntArray *tuningConfigOptional,
+                             aclTensor *output, aclTensor *outputScale, uint64_t *workspaceSize,
+                             aclOpExecutor **executor) {
+  Call c;
+  begin(&c, api);
+  a_tensor(&c, x, 0); a_list(&c, weight, 0); a_list(&c, weightScale, 0); a_list(&c, weightAssistMatrix, 0);
+  a_tensor(&c, bias, 0); a_tensor(&c, xScale, 0); a_tensor(&c, smoothScale, 0); a_tensor(&c, groupList, 0);
+  a_i64(&c, dequantMode); a_i64(&c, dequantDtype); a_i64(&c, quantMode); a_i64(&c, groupListType);
+  a_array(&c, tuningConfigOptional); a_tensor(&c, output, 1); a_tensor(&c, outputScale, 1);
+  return finish(&c, api, workspaceSize, executor);
+}
+
+#define SWIGLU_V2(NAME)                                                                                     \
+  FAKE_EXPORT aclnnStatus NAME##GetWorkspaceSize(                                                          \
+      const aclTensor *x, const aclTensorList *weight, const aclTensorList *weightScale,                   \
+      const aclTensorList *weightAssistMatrix, const aclTensor *bias, const aclTensor *xScale,             \
+      const aclTensor *smoothScale, const aclTensor *groupList, int64_t dequantMode, int64_t dequantDtype, \
+      int64_t quantMode, int64_t groupListType, const aclIntArray *tuningConfigOptional, aclTensor *output, \
+      aclTensor *outputScale, uint64_t *workspaceSize, aclOpExecutor **executor) {                         \
+    return swiglu_v2(#NAME, x, weight, weightScale, weightAssistMatrix, bias, xScale, smoothScale,         \
+                     groupList, dequantMode, dequantDtype, quantMode, groupListType, tuningConfigOptional, \
+                     output, outputScale, workspaceSize, executor);                                        \
+  }
+#ifndef OMIT_aclnnGroupedMatmulSwigluQuantV2GetWorkspaceSize
+SWIGLU_V2(aclnnGroupedMatmulSwigluQuantV2)
+#endif
+#ifndef OMIT_aclnnGroupedMatmulSwigluQuantV2
+PHASE2(aclnnGroupedMatmulSwigluQuantV2)
+#endif
+#ifndef OMIT_aclnnGroupedMatmulSwigluQuantWeightNzV2GetWorkspaceSize
+SWIGLU_V2(aclnnGroupedMatmulSwigluQuantWeightNzV2)
+#endif
+#ifndef OMIT_aclnnGroupedMatmulSwigluQuantWeightNzV2
+PHASE2(aclnnGroupedMatmulSwigluQuantWeightNzV2)
+#endif
+
+/* ------------------------------------------------------------------ grouped matmul + finalize routing */
+static void fr_common(Call *c, const aclTensor *x1, aclTensor *x2, const aclTensor *scale, const aclTensor *bias,
+                      const aclTensor *offset, const aclTensor *aqs, const aclTensor *aqo, const aclTensor *pts,
+                      const aclTensor *groupList, const aclTensor *sharedInput, const aclTensor *logit,
+                      const aclTensor *rowIndex, int64_t dtype, float sharedInputWeight, int64_t sharedInputOffset,
+                      bool transposeX1, bool transposeX2, int64_t groupListType) {
+  a_tensor(c, x1, 0); a_tensor(c, x2, 0); a_tensor(c, scale, 0); a_tensor(c, bias, 0); a_tensor(c, offset, 0);
+  a_tensor(c, aqs, 0); a_tensor(c, aqo, 0); a_tensor(c, pts, 0); a_tensor(c, groupList, 0);
+  a_tensor(c, sharedInput, 0); a_tensor(c, logit, 0); a_tensor(c, rowIndex, 0); a_i64(c, dtype);
+  a_float(c, sharedInputWeight); a_i64(c, sharedInputOffset); a_bool(c, transposeX1); a_bool(c, transposeX2);
+  a_i64(c, groupListType);
+}
+
+#ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulFinalizeRoutingV2GetWorkspaceSize(
+    const aclTensor *x1, aclTensor *x2, const aclTensor *scaleOptional, const aclTensor *biasOptional,
+    const aclTensor *offsetOptional, const aclTensor *antiquantScaleOptional,
+    const aclTensor *antiquantOffsetOptional, const aclTensor *pertokenScaleOptional,
+    const aclTensor *groupListOptional, const aclTensor *sharedInputOptional, const aclTensor *logitOptional,
+    const aclTensor *rowIndexOptional, int64_t dtype, float sharedInputWeight, int64_t sharedInputOffset,
+    bool transposeX1, bool transposeX2, int64_t groupListType, aclTensor *out, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulFinalizeRoutingV2");
+  fr_common(&c, x1, x2, scaleOptional, biasOptional, offsetOptional, antiquantScaleOptional,
+            antiquantOffsetOptional, pertokenScaleOptional, groupListOptional, sharedInputOptional, logitOptional,
+            rowIndexOptional, dtype, sharedInputWeight, sharedInputOffset, transposeX1, transposeX2, groupListType);
+  a_tensor(&c, out, 1);
+  return finish(&c, "aclnnGroupedMatmulFinalizeRoutingV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingV2
+PHASE2(aclnnGroupedMatmulFinalizeRoutingV2)
+#endif
+
+static aclnnStatus fr_v3(const char *api, const aclTensor *x1, aclTensor *x2, const aclTensor *scale,
+                         const aclTensor *bias, const aclTensor *offset, const aclTensor *aqs, const aclTensor *aqo,
+                         const aclTensor *pts, const aclTensor *groupList, const aclTensor *sharedInput,
+                         const aclTensor *logit, const aclTensor *rowIndex, int64_t dtype, float sharedInputWeight,
+                         int64_t sharedInputOffset, bool transposeX1, bool transposeX2, int64_t groupListType,
+                         const aclIntArray *tuning, aclTensor *out, uint64_t *workspaceSize,
+                         aclOpExecutor **executor) {
+  Call c;
+  begin(&c, api);
+  fr_common(&c, x1, x2, scale, bias, offset, aqs, aqo, pts, groupList, sharedInput, logit, rowIndex, dtype,
+            sharedInputWeight, sharedInputOffset, transposeX1, transposeX2, groupListType);
+  a_array(&c, tuning);
+  a_tensor(&c, out, 1);
+  return finish(&c, api, workspaceSize, executor);
+}
+
+#define FR_V3(NAME)                                                                                          \
+  FAKE_EXPORT aclnnStatus NAME##GetWorkspaceSize(                                                           \
+      const aclTensor *x1, aclTensor *x2, const aclTensor *scaleOptional, const aclTensor *biasOptional,    \
+      const aclTensor *offsetOptional, const aclTensor *antiquantScaleOptional,                             \
+      const aclTensor *antiquantOffsetOptional, const aclTensor *pertokenScaleOptional,                     \
+      const aclTensor *groupListOptional, const aclTensor *sharedInputOptional,                             \
+      const aclTensor *logitOptional, const aclTensor *rowIndexOptional, int64_t dtype,                     \
+      float sharedInputWeight, int64_t sharedInputOffset, bool transposeX1, bool transposeX2,               \
+      int64_t groupListType, const aclIntArray *tuningConfigOptional, aclTensor *out,                       \
+      uint64_t *workspaceSize, aclOpExecutor **executor) {                                                  \
+    return fr_v3(#NAME, x1, x2, scaleOptional, biasOptional, offsetOptional, antiquantScaleOptional,        \
+                 antiquantOffsetOptional, pertokenScaleOptional, groupListOptional, sharedInputOptional,    \
+                 logitOptional, rowIndexOptional, dtype, sharedInputWeight, sharedInputOffset, transposeX1, \
+                 transposeX2, groupListType, tuningConfigOptional, out, workspaceSize, executor);           \
+  }
+#ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingV3GetWorkspaceSize
+FR_V3(aclnnGroupedMatmulFinalizeRoutingV3)
+#endif
+#ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingV3
+PHASE2(aclnnGroupedMatmulFinalizeRoutingV3)
+#endif
+#ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingWeightNzV2GetWorkspaceSize
+FR_V3(aclnnGroupedMatmulFinalizeRoutingWeightNzV2)
+#endif
+#ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingWeightNzV2
+PHASE2(aclnnGroupedMatmulFinalizeRoutingWeightNzV2)
+#endif
+
+#ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingWeightNzGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulFinalizeRoutingWeightNzGetWorkspaceSize(
+    const aclTensor *x1, aclTensor *x2, const aclTensor *scale, const aclTensor *bias,
+    const aclTensor *pertokenScaleOptional, const aclTensor *groupList, const aclTensor *sharedInput,
+    const aclTensor *logit, const aclTensor *rowIndex, int64_t dtype, float sharedInputWeight,
+    int64_t sharedInputOffset, bool transposeX1, bool transposeX2, int64_t groupListType, aclTensor *out,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulFinalizeRoutingWeightNz");
+  a_tensor(&c, x1, 0); a_tensor(&c, x2, 0); a_tensor(&c, scale, 0); a_tensor(&c, bias, 0);
+  a_tensor(&c, pertokenScaleOptional, 0); a_tensor(&c, groupList, 0); a_tensor(&c, sharedInput, 0);
+  a_tensor(&c, logit, 0); a_tensor(&c, rowIndex, 0); a_i64(&c, dtype); a_float(&c, sharedInputWeight);
+  a_i64(&c, sharedInputOffset); a_bool(&c, transposeX1); a_bool(&c, transposeX2); a_i64(&c, groupListType);
+  a_tensor(&c, out, 1);
+  return finish(&c, "aclnnGroupedMatmulFinalizeRoutingWeightNz", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingWeightNz
+PHASE2(aclnnGroupedMatmulFinalizeRoutingWeightNz)
+#endif
