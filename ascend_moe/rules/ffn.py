@@ -114,10 +114,6 @@ def _dims(call, name):
     return s[-2], s[-1]
 
 
-def _fmt_dt(d) -> str:
-    return str(d)
-
-
 # ------------------------------------------------------------------------------------------------
 # products
 # ------------------------------------------------------------------------------------------------
@@ -194,20 +190,23 @@ def _(call):
         return f"weight2.dtype must equal weight1.dtype={d1}, got weight2.dtype={d2}"
 
 
-@spec.rule("ffn.weight_rank", argument="weight1",
-           summary="weights are 2-D [K, N] without experts, 3-D [E, K, N] with expert tokens",
-           source="aclnn_ffn.cpp CheckFmapWeightShape", fix="pass 2-D weights, or 3-D weights with expert_tokens")
-def _(call):
-    want = 3 if _has_experts(call) else 2
-    out = []
-    for name in ("weight1", "weight2"):
+def _weight_rank_rule(name: str):
+    @spec.rule(f"ffn.{name}_rank", argument=name,
+               summary=f"{name} is 2-D [K, N] without experts, 3-D [E, K, N] with expert tokens",
+               source="aclnn_ffn.cpp CheckFmapWeightShape",
+               fix="pass 2-D weights, or 3-D weights with expert_tokens")
+    def _(call):
+        want = 3 if _has_experts(call) else 2
         s = call.shape(name)
         if s is None:
-            out.append(f"{name} must be a tensor, got {name}={type(call.get(name)).__name__}")
-        elif len(s) != want:
+            return f"{name} must be a tensor, got {name}={type(call.get(name)).__name__}"
+        if len(s) != want:
             mode = "with expert tokens" if want == 3 else "without expert tokens"
-            out.append(f"{name} must be {want}-D {mode}, got {name}.shape={s}")
-    return out
+            return f"{name} must be {want}-D {mode}, got {name}.shape={s}"
+
+
+_weight_rank_rule("weight1")
+_weight_rank_rule("weight2")
 
 
 @spec.rule("ffn.k1_match", argument="weight1", summary="x.shape[-1] == weight1.shape[-2] (K1)",
@@ -235,8 +234,17 @@ def _(call):
         return f"K2 = weight2.shape[-2] must be < 65536, got K2={d[0]}"
 
 
+@spec.rule("ffn.glu_n1_even", argument="weight1",
+           summary="geglu/swiglu/reglu: N1 = weight1.shape[-1] is even (two halves)",
+           source="aclnn_ffn.cpp CheckGlu", fix="use an even N1 with a gated activation")
+def _(call):
+    d1 = _dims(call, "weight1")
+    if d1 and _glu(call) and d1[1] % 2:
+        return f"with activation={_act(call)} N1 = weight1.shape[-1] must be even, got N1={d1[1]}"
+
+
 @spec.rule("ffn.n1_k2", argument="weight2",
-           summary="K2 == N1 (fastgelu/gelu/relu/silu); N1 even and K2 == N1/2 (geglu/swiglu/reglu)",
+           summary="K2 == N1 (fastgelu/gelu/relu/silu); K2 == N1/2 (geglu/swiglu/reglu)",
            source="aclnn_ffn.cpp CheckFmapWeightShape / CheckGlu",
            fix="weight2.shape[-2] must be N1 (or N1/2 for the gated activations)")
 def _(call):
@@ -245,9 +253,7 @@ def _(call):
         return None
     n1, k2 = d1[1], d2[0]
     if _glu(call):
-        if n1 % 2:
-            return f"with activation={_act(call)} N1 = weight1.shape[-1] must be even, got N1={n1}"
-        if k2 != n1 // 2:
+        if n1 % 2 == 0 and k2 != n1 // 2:
             return (f"with activation={_act(call)} K2 = weight2.shape[-2] must be N1/2={n1 // 2}, "
                     f"got K2={k2}")
     elif k2 != n1:
@@ -276,16 +282,19 @@ def _(call):
         return f"M = prod(x.shape[:-1]) must be <= {(INT32_MAX // per) * per}, got M={m}"
 
 
-@spec.rule("ffn.format", argument="x", products=_A2A3,
-           summary="x, weight1, weight2 are ND (FRACTAL_NZ is rejected on A2/A3)",
-           source="aclnn_ffn.cpp (private formats rejected)", fix="pass ND tensors (npu_format_cast(t, 2))")
-def _(call):
-    out = []
-    for name in ("x", "weight1", "weight2"):
+def _format_rule(name: str):
+    @spec.rule(f"ffn.{name}_format", argument=name, products=_A2A3,
+               summary=f"{name} is ND (FRACTAL_NZ is rejected on A2/A3)",
+               source="aclnn_ffn.cpp (private formats rejected)",
+               fix=f"pass {name} in ND (npu_format_cast({name}, 2))")
+    def _(call):
         m = call.meta(name)
         if m is not None and m.format != "ND":
-            out.append(f"{name} must be ND, got {name} format={m.format}")
-    return out
+            return f"{name} must be ND, got {name} format={m.format}"
+
+
+for _n in ("x", "weight1", "weight2"):
+    _format_rule(_n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,20 +321,20 @@ def _(call):
         return f"{name} may list at most 256 experts, got len({name})={_tokens_len(call, name)}"
 
 
-@spec.rule("ffn.expert_weights", argument="weight1",
-           summary="weight1.shape[0] == weight2.shape[0] == number of experts",
-           source="aclnn_ffn.cpp CheckFmapWeightShape", fix="stack one [K, N] weight per expert")
-def _(call):
-    e = _num_experts(call)
-    if not e:
-        return None
-    out = []
-    for name in ("weight1", "weight2"):
+def _expert_weights_rule(name: str):
+    @spec.rule(f"ffn.{name}_experts", argument=name,
+               summary=f"{name}.shape[0] == number of experts (length of the expert tokens)",
+               source="aclnn_ffn.cpp CheckFmapWeightShape", fix="stack one [K, N] weight per expert")
+    def _(call):
+        e = _num_experts(call)
         s = call.shape(name)
-        if s is not None and len(s) == 3 and s[0] != e:
-            out.append(f"{name}.shape[0] must equal the number of experts len({_tokens_arg(call)})={e}, "
-                       f"got {name}.shape={s}")
-    return out
+        if e and s is not None and len(s) == 3 and s[0] != e:
+            return (f"{name}.shape[0] must equal the number of experts len({_tokens_arg(call)})={e}, "
+                    f"got {name}.shape={s}")
+
+
+_expert_weights_rule("weight1")
+_expert_weights_rule("weight2")
 
 
 @spec.rule("ffn.tokens_sum", argument="expert_tokens",
@@ -379,18 +388,18 @@ def _(call):
         return f"bfloat16 FFN supports only inner_precise=0, got inner_precise={_ip(call)!r}"
 
 
-@spec.rule("ffn.glu_dtype", argument="x",
-           summary="geglu/swiglu/reglu: x, weight1, weight2 float16",
-           source="aclnn_ffn.cpp CheckGlu", fix="use float16 x and weights with a gated activation")
-def _(call):
-    if not _glu(call):
-        return None
-    out = []
-    for name in ("x", "weight1", "weight2"):
+def _glu_dtype_rule(name: str):
+    @spec.rule(f"ffn.glu_{name}_dtype", argument=name,
+               summary=f"geglu/swiglu/reglu: {name} is float16",
+               source="aclnn_ffn.cpp CheckGlu", fix="use float16 x and weights with a gated activation")
+    def _(call):
         d = call.dtype(name)
-        if d is not None and d != "float16":
-            out.append(f"activation={_act(call)} needs float16 {name}, got {name}.dtype={d}")
-    return out
+        if _glu(call) and d is not None and d != "float16":
+            return f"activation={_act(call)} needs float16 {name}, got {name}.dtype={d}"
+
+
+for _n in ("x", "weight1", "weight2"):
+    _glu_dtype_rule(_n)
 
 
 @spec.rule("ffn.glu_inner_precise", argument="inner_precise",
@@ -568,13 +577,17 @@ def _(call):
         return f"deq_scale2.dtype must equal deq_scale1.dtype={d1}, got deq_scale2.dtype={d2}"
 
 
-@spec.rule("ffn.scale_offset_dtype", argument="scale", summary="scale and offset are float32",
-           source="aclnnFFNV2.md dtype table", fix="pass float32 scale and offset")
-def _(call):
-    if not _is_quant(call):
-        return None
-    return [f"{n} must be float32, got {n}.dtype={call.dtype(n)}" for n in ("scale", "offset")
-            if call.dtype(n) is not None and call.dtype(n) != "float32"]
+def _f32_rule(name: str):
+    @spec.rule(f"ffn.{name}_dtype", argument=name, summary=f"quantised mode: {name} is float32",
+               source="aclnnFFNV2.md dtype table; aclnn_ffn.cpp CheckOptionalParams", fix=f"pass float32 {name}")
+    def _(call):
+        d = call.dtype(name)
+        if _is_quant(call) and d is not None and d != "float32":
+            return f"{name} must be float32, got {name}.dtype={d}"
+
+
+_f32_rule("scale")
+_f32_rule("offset")
 
 
 def _per_channel_scale(call) -> bool:
@@ -585,26 +598,29 @@ def _per_channel_scale(call) -> bool:
 
 
 @spec.rule("ffn.scale_shape", argument="scale",
-           summary="scale: per-tensor [1] / [E], per-channel [N1] / [E, N1]; offset: [1] / [E]",
-           source="aclnn_ffn.cpp CheckOptionalParams (quant)", fix="shape scale [1] or [N1] (per expert [E] or "
-                                                                  "[E, N1]) and offset [1] (per expert [E])")
+           summary="scale: per-tensor [1] / [E], per-channel [N1] / [E, N1]",
+           source="aclnn_ffn.cpp CheckOptionalParams (quant)",
+           fix="shape scale [1] or [N1] (with experts [E] or [E, N1])")
 def _(call):
-    if not _is_quant(call):
+    d1, s = _dims(call, "weight1"), call.shape("scale")
+    if not _is_quant(call) or s is None or d1 is None:
         return None
-    d1 = _dims(call, "weight1")
     e = _num_experts(call)
-    out = []
-    s = call.shape("scale")
-    if s is not None and d1 is not None:
-        ok = [(e,), (e, d1[1])] if e else [(1,), (d1[1],)]
-        if tuple(s) not in ok:
-            out.append(f"scale must have shape {' or '.join(str(list(o)) for o in ok)}, got scale.shape={s}")
+    ok = [(e,), (e, d1[1])] if e else [(1,), (d1[1],)]
+    if tuple(s) not in ok:
+        return f"scale must have shape {' or '.join(str(list(o)) for o in ok)}, got scale.shape={s}"
+
+
+@spec.rule("ffn.offset_shape", argument="offset", summary="offset: [1] without experts, [E] with experts",
+           source="aclnn_ffn.cpp CheckOptionalParams (quant)", fix="shape offset [1] (with experts [E])")
+def _(call):
     o = call.shape("offset")
-    if o is not None:
-        want = (e,) if e else (1,)
-        if tuple(o) != want:
-            out.append(f"offset must have shape {list(want)}, got offset.shape={o}")
-    return out
+    if not _is_quant(call) or o is None:
+        return None
+    e = _num_experts(call)
+    want = (e,) if e else (1,)
+    if tuple(o) != want:
+        return f"offset must have shape {list(want)}, got offset.shape={o}"
 
 
 @spec.rule("ffn.per_channel_scale_deq", argument="scale",
@@ -616,84 +632,90 @@ def _(call):
         return f"a per-channel scale (scale.shape={call.shape('scale')}) cannot be used with float32 deq_scale1"
 
 
-@spec.rule("ffn.deq_scale_shape", argument="deq_scale1",
-           summary="deq_scale1 [N1] / [E, N1], deq_scale2 [N2] / [E, N2]",
-           source="aclnn_ffn.cpp CheckOptionalParams (quant)", fix="one deq scale per output channel (per expert)")
-def _(call):
-    if not _is_quant(call):
-        return None
-    e = _num_experts(call)
-    out = []
-    for i in (1, 2):
-        s, d = call.shape(f"deq_scale{i}"), _dims(call, f"weight{i}")
-        if s is None or d is None:
-            continue
+def _deq_shape_rule(i: int):
+    name = f"deq_scale{i}"
+
+    @spec.rule(f"ffn.{name}_shape", argument=name, summary=f"{name} is [N{i}] / [E, N{i}]",
+               source="aclnn_ffn.cpp CheckOptionalParams (quant)",
+               fix="one deq scale per output channel (per expert)")
+    def _(call):
+        s, d = call.shape(name), _dims(call, f"weight{i}")
+        if not _is_quant(call) or s is None or d is None:
+            return None
+        e = _num_experts(call)
         want = (e, d[1]) if e else (d[1],)
         if tuple(s) != want:
-            out.append(f"deq_scale{i} must have shape {list(want)}, got deq_scale{i}.shape={s}")
-    return out
+            return f"{name} must have shape {list(want)}, got {name}.shape={s}"
+
+
+_deq_shape_rule(1)
+_deq_shape_rule(2)
 
 
 # ------------------------------------------------------------------------------------------------
 # antiquant dtypes and shapes
 # ------------------------------------------------------------------------------------------------
 
-@spec.rule("ffn.antiquant_dtype", argument="antiquant_scale1",
-           summary="antiquant scales/offsets have x's dtype (float16 or bfloat16)",
-           source="aclnn_ffn.cpp CheckOptionalParams (antiquant)", fix="cast antiquant scale/offset to x.dtype")
-def _(call):
-    if not _is_antiquant(call):
-        return None
-    xd = _x_dtype(call)
-    return [f"{n} must have x's dtype {xd}, got {n}.dtype={call.dtype(n)}" for n in ANTIQUANT_ARGS
-            if call.dtype(n) is not None and call.dtype(n) != xd]
+def _antiquant_rules(name: str):
+    i = int(name[-1])
 
+    @spec.rule(f"ffn.{name}_dtype", argument=name,
+               summary=f"{name} has x's dtype (float16 or bfloat16)",
+               source="aclnn_ffn.cpp CheckOptionalParams (antiquant)", fix=f"cast {name} to x.dtype")
+    def _(call):
+        d, xd = call.dtype(name), _x_dtype(call)
+        if _is_antiquant(call) and d is not None and d != xd:
+            return f"{name} must have x's dtype {xd}, got {name}.dtype={d}"
 
-@spec.rule("ffn.antiquant_shape", argument="antiquant_scale1",
-           summary="antiquant scale/offset i: per-channel [Ni] / [E, Ni], scale and offset equal shapes; "
-                   "per-group [G, Ni] needs int4 weights (not taken by torch_npu's npu_ffn)",
-           source="aclnn_ffn.cpp CheckOptionalParams (antiquant: ranks, last dim N, first dim E, per-group "
-                  "requires INT4); torch_npu-npu_ffn.md (int8, per-channel only)",
-           fix="pass per-channel antiquant scale/offset of shape [N] (per expert [E, N])")
-def _(call):
-    if not _is_antiquant(call):
-        return None
-    e = _num_experts(call)
-    out = []
-    for i in (1, 2):
-        d = _dims(call, f"weight{i}")
-        if d is None:
-            continue
+    @spec.rule(f"ffn.{name}_shape", argument=name,
+               summary=f"{name}: per-channel [N{i}] / [E, N{i}] (per-group [G, N{i}] needs int4 weights, "
+                       "which torch_npu's npu_ffn does not take)",
+               source="aclnn_ffn.cpp CheckOptionalParams (antiquant: ranks, last dim N, first dim E, "
+                      "scale/offset shapes equal, per-group requires INT4); torch_npu-npu_ffn.md (int8, "
+                      "per-channel only)",
+               fix=f"pass a per-channel {name} of shape [N{i}] (with experts [E, N{i}])")
+    def _(call):
+        s, d = call.shape(name), _dims(call, f"weight{i}")
+        if not _is_antiquant(call) or s is None or d is None:
+            return None
+        e = _num_experts(call)
         want = (e, d[1]) if e else (d[1],)
-        for n in (f"antiquant_scale{i}", f"antiquant_offset{i}"):
-            s = call.shape(n)
-            if s is None or tuple(s) == want:
-                continue
-            if len(s) == len(want) + 1:
-                out.append(f"{n} looks per-group (shape {s}); per-group antiquant needs int4 weights, "
-                           f"weight{i}.dtype={call.dtype(f'weight{i}')}; expected shape {list(want)}")
-            else:
-                out.append(f"{n} must have shape {list(want)}, got {n}.shape={s}")
-    return out
+        if tuple(s) == want:
+            return None
+        if len(s) == len(want) + 1:
+            return (f"{name} looks per-group ({name}.shape={s}); per-group antiquant needs int4 weights, "
+                    f"got weight{i}.dtype={call.dtype(f'weight{i}')}; expected shape {list(want)}")
+        return f"{name} must have shape {list(want)}, got {name}.shape={s}"
+
+
+for _n in ANTIQUANT_ARGS:
+    _antiquant_rules(_n)
 
 
 # ------------------------------------------------------------------------------------------------
 # 310P (Atlas inference series, aclnnFFNV2/V3 only)
 # ------------------------------------------------------------------------------------------------
 
-@spec.rule("ffn.310p_x", argument="x", products=P310,
-           summary="310P: x is 2-D float16 and the weights float16",
-           source="aclnn_ffn.cpp CheckParam (310P)", fix="use 2-D float16 x and float16 weights on 310P")
+@spec.rule("ffn.310p_x_rank", argument="x", products=P310, summary="310P: x is 2-D",
+           source="aclnn_ffn.cpp CheckParam (310P)", fix="reshape x to [M, K1] on 310P")
 def _(call):
-    out = []
     s = call.shape("x")
     if s is not None and len(s) != 2:
-        out.append(f"on atlas-inference x must be 2-D, got x.shape={s}")
-    for n in ("x", "weight1", "weight2"):
-        d = call.dtype(n)
+        return f"on atlas-inference x must be 2-D, got x.shape={s}"
+
+
+def _p310_dtype_rule(name: str):
+    @spec.rule(f"ffn.310p_{name}_dtype", argument=name, products=P310, summary=f"310P: {name} is float16",
+               source="aclnn_ffn.cpp CheckParam (310P: fp16 high performance only)",
+               fix="use float16 x and weights on 310P")
+    def _(call):
+        d = call.dtype(name)
         if d is not None and d != "float16":
-            out.append(f"on atlas-inference {n} must be float16, got {n}.dtype={d}")
-    return out
+            return f"on atlas-inference {name} must be float16, got {name}.dtype={d}"
+
+
+for _n in ("x", "weight1", "weight2"):
+    _p310_dtype_rule(_n)
 
 
 @spec.rule("ffn.310p_inner_precise", argument="inner_precise", products=P310,
