@@ -196,6 +196,35 @@ def _top_indices(keys: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=-1)
 
 
+def _select_top(v: np.ndarray, k: int, excluded: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indices of the k largest v per row, largest first, ties -> lower index; ``excluded`` entries
+    are never chosen.  Fast path for small k: k passes of argmax (first maximum = lower index,
+    -0.0 == +0.0); rows with NaN or a -inf pick (where excluded / taken entries would look alike)
+    take the exact composite-key path."""
+    rows = v.shape[0]
+    if k > 16 or np.isnan(v).any():
+        keys = _rank_keys(v)
+        if excluded is not None:
+            keys = np.where(excluded, _EXCLUDED, keys)
+        return _top_indices(keys, k)
+    work = np.where(excluded, np.float32(-np.inf), v) if excluded is not None else v.copy()
+    row = np.arange(rows)
+    out = np.empty((rows, k), dtype=np.int64)
+    for i in range(k):
+        j = work.argmax(axis=-1)
+        out[:, i] = j
+        work[row, j] = -np.inf
+    ambiguous = np.isneginf(np.take_along_axis(v, out, axis=-1)).any(axis=-1)
+    if excluded is not None:
+        ambiguous |= np.take_along_axis(excluded, out, axis=-1).any(axis=-1)
+    if ambiguous.any():
+        keys = _rank_keys(v[ambiguous])
+        if excluded is not None:
+            keys = np.where(excluded[ambiguous], _EXCLUDED, keys)
+        out[ambiguous] = _top_indices(keys, k)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # compute
 # --------------------------------------------------------------------------------------------
@@ -237,7 +266,7 @@ def moe_gating_top_k_compute(
         ids = np.asarray(input_ids).astype(np.int64)
         idx = np.asarray(tid2eid)[ids].astype(np.int32)      # int64 table entries -> int32
     else:
-        keys = _rank_keys(v)
+        excluded = None
         if path != PATH_WITHOUT_GROUP:
             gv = v.reshape(rows, group_count, per_group)
             if path == PATH_DEEPSEEK or group_select_mode == 1:
@@ -246,11 +275,11 @@ def moe_gating_top_k_compute(
                 gscore = two[..., 0] + two[..., 1]
             else:
                 gscore = gv.max(axis=-1)
-            kept = _top_indices(_rank_keys(gscore), k_group)
+            kept = _select_top(gscore, k_group)
             keep_mask = np.zeros((rows, group_count), dtype=bool)
             np.put_along_axis(keep_mask, kept, True, axis=-1)
-            keys = np.where(np.repeat(keep_mask, per_group, axis=-1), keys, _EXCLUDED)
-        idx = _top_indices(keys, k).astype(np.int32)
+            excluded = ~np.repeat(keep_mask, per_group, axis=-1)
+        idx = _select_top(v, k, excluded).astype(np.int32)
 
     # 5.-8. gather the unbiased norm, renormalise, scale, round to x's dtype
     g = np.take_along_axis(s, idx.astype(np.int64), axis=-1)

@@ -400,3 +400,31 @@ def test_tensorspec_config_check():
         ascend_moe.enforce("npu_moe_gating_top_k", TensorSpec((16, 128), "bfloat16"), 8,
                            bias=TensorSpec((128,), "bfloat16"), k_group=4, group_count=8, group_select_mode=1,
                            norm_type=1, cann="8.2.RC1")
+
+
+# ------------------------------------------------------------------------ selection edge cases
+
+def test_large_k_against_reference():
+    x, b = _data(12, 64, "float32", 21)
+    y, idx, _ = _call(x, 24, b, 2, 4, 1, 0, 1, False, 1.0)
+    w, ridx, _, ok = ref_route(x, 24, b, 2, 4, 1, 0, 1)
+    assert ok.mean() > 0.5
+    np.testing.assert_array_equal(idx[ok], ridx[ok])
+    np.testing.assert_allclose(y[ok], w[ok], rtol=2e-6)
+
+
+def test_nan_ranks_first():   # inferred hardware order (AscendC TopK doc: NaN first)
+    x = np.arange(16, dtype=np.float32)[None, :] / 4
+    x[0, 5] = np.nan
+    _, idx, _ = _call(x, 3, None, 1, 1, 0, 0, 1, False, 1.0)
+    assert idx.tolist() == [[5, 15, 14]]
+
+
+def test_minus_inf_scores_inside_kept_groups_beat_excluded_groups():
+    # 4 groups of 4; only group 2 is kept (k_group 1); 3 of its experts have bias -inf
+    x = np.zeros((1, 16), np.float32)
+    bias = np.zeros(16, np.float32)
+    bias[8] = 1.0
+    bias[[9, 10, 11]] = -np.inf
+    _, idx, _ = _call(x, 3, bias, 1, 4, 0, 0, 1, False, 1.0)
+    assert idx.tolist() == [[8, 9, 10]]
