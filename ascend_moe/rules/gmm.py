@@ -529,6 +529,10 @@ def _(call):
     elif v.group_type == -1:
         out += [f"group_type=-1 needs 2-6-D x, got x[{i}] shape {list(m.shape)}"
                 for i, m in enumerate(v.xs) if not 2 <= m.ndim <= 6]
+        if v.split_item in (2, 3):
+            # one concatenated y: op-plugin sums x[i].shape[0], so batch dims would be lost [I]
+            out += [f"group_type=-1 with split_item={v.split_item} needs 2-D x, got x[{i}] shape {list(m.shape)}"
+                    for i, m in enumerate(v.xs) if m.ndim != 2]
         out += [f"group_type=-1 needs 2-D weights, got weight[{i}] shape {list(m.shape)}"
                 for i, m in enumerate(v.ws) if m.ndim != 2]
         if len(v.ws) != len(v.xs) and not (len(v.ws) == 1 and v.ws[0].ndim == 3 and v.ws[0].shape[0] == len(v.xs)):
