@@ -38,6 +38,8 @@ Faithfulness contract:
   ran, on the ``e_k_fullload`` kernel, which never reads ``group_select_mode`` and always scores a
   group by its top-2 sum - which is why the seed doc calls the default 0 "top-2 sum" [inferred from the
   kernel; documented and tested].
+* **Ascend 950** (regbase kernel ``moe_gating_top_k_regbase.h``, not modelled separately): the same
+  float32 data flow as the A2/A3 kernels of the target version is assumed [inferred].
 * **undefined region**: ``norm_out`` when ``out_flag`` is False (the device allocates it
   uninitialised and never writes it): filled by the undefined-region policy (NaN by default).
 * **hash mode** (``input_ids`` + ``tid2eid``, aclnnMoeGatingTopKV2): ``expert_idx = tid2eid[input_ids]``

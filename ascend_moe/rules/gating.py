@@ -15,6 +15,8 @@ Generations:
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..products import A2_A3
 from ..sim import gating as _sim
 from . import register_op
@@ -44,7 +46,7 @@ def _experts(call):
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _grouped(call) -> bool:
