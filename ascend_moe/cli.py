@@ -189,7 +189,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                 "ASCEND_MOE_CANN, detection, then 8.5.0)")
     p.add_argument("--quant", choices=("none", "w8a8", "w4a8"), default="none",
                    help="expert weights: bf16 (none), int8 (w8a8), int4 (w4a8)")
-    p.add_argument("--tokens", type=int, default=16, help="tokens in the step (default 16)")
+    p.add_argument("--tokens", type=int, default=4,
+                   help="tokens in the step (default 4: small, so --run on DeepSeek-V3 takes seconds)")
     p.add_argument("--ep", type=int, default=1, help="expert-parallel degree: each device holds "
                                                      "experts/ep experts (default 1)")
     p.add_argument("--router-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",

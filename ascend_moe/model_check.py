@@ -312,7 +312,7 @@ def _mapping_violation(cfg: MoEConfig, rule_id: str, argument: str, message: str
                      source="ascend_moe.model_check deployment mapping", fix=fix, status=None)
 
 
-def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 16, ep: int = 1,
+def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int = 1,
                router_dtype: str = "bfloat16", host_renorm: bool = False) -> List[Stage]:
     """The stages of one MoE layer for ``tokens`` tokens (see the module docstring)."""
     if quant not in QUANT_MODES:
@@ -443,7 +443,7 @@ def check_stages(stages: Sequence[Stage], cfg: MoEConfig, target: Target) -> Non
 
 
 def check_model(model: Union[str, MoEConfig], product: Optional[str] = None, cann: Optional[str] = None,
-                *, quant: str = "none", tokens: int = 16, ep: int = 1, router_dtype: str = "bfloat16",
+                *, quant: str = "none", tokens: int = 4, ep: int = 1, router_dtype: str = "bfloat16",
                 host_renorm: bool = False) -> Report:
     """Check one MoE layer of ``model`` on ``product`` / ``cann`` (defaults as :func:`ascend_moe.check`)."""
     cfg = model if isinstance(model, MoEConfig) else load_model(model)
@@ -551,167 +551,220 @@ class Progress:
         self.stream.flush()
 
 
-def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None) -> Dict[str, Any]:
-    """Execute the planned layer through the simulator on random weights; fills each stage's
-    ``seconds`` and returns ``{"output": y[T, H] bf16, "expert_idx": ...}``.
+def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None,
+              memory_budget: float = 4e9) -> Dict[str, Any]:
+    """Execute the planned layer through the simulator (the NumPy twins in :mod:`ascend_moe.sim`,
+    the code the CPU backend runs; each twin checks its call first) on random weights.  Fills each
+    stage's ``seconds``; returns ``{"output": y[T, H] bfloat16 ndarray, "expert_idx", "routing_weights",
+    "timings"}``.  NumPy only: no torch needed.
 
     Memory: full-size random weights do not fit (DeepSeek-V3: 256 experts x 44M parameters per
     layer), so every expert **shares one random expert weight**: ``w[E_l, K, N]`` is a stride-0
-    ``expand`` view of one ``[K, N]`` tensor (the same for the scales).  Routing, grouping,
-    per-group work and every op call are those of the real layer; only the expert weights are
-    identical across experts.  For quantised paths the shared weight is tagged FRACTAL_NZ with
-    :func:`ascend_moe.formats.set_format` on the view (``npu_format_cast`` would materialise a copy).
+    ``np.broadcast_to`` view of one ``[K, N]`` array.  Routing, grouping, per-group work and every op
+    call are those of the real layer; only the expert weights are identical across experts.  The
+    simulator works group by group on ``w[e]`` views, so only one expert's fp32 copy exists at a
+    time.  A device would reject a stride-0 weight (rule ``gmm.weight_layout``: weights must be
+    contiguous), and the sharing is a device of this run, not of the deployment; so each grouped
+    call is checked with the weight described as a contiguous :class:`TensorSpec` of the same shape,
+    dtype and format (every other argument as passed), and then runs the simulator's unchecked
+    compute function (the one the CPU kernel runs after the same check).
+
+    W4A8 exception: the A8W4 simulator converts the whole int4 weight at once
+    (``sim.quant_gemm.weight_values``), which would materialise all ``E_l`` experts, so the w4a8
+    run passes only the **experts this step touches** (renumbered ``0..n-1`` in expert order, with
+    their group counts; the checked call has those ``n`` groups too) and refuses, naming the size,
+    when even that exceeds ``memory_budget`` bytes.
+
     With ``ep > 1`` the run is rank 0's share: the rows routed to experts ``[0, E_l)``.
     """
-    import torch
+    import ml_dtypes
 
-    import ascend_moe as am
-    from .formats import set_format
-    from .sim.numerics import encode_int64_scale, pack_int4
+    from . import sim
+    from .rules import enforce
+    from .sim import finalize_routing as _fr
+    from .sim import gmm as _gmm
+    from .sim import swiglu_quant as _sq
+    from .sim.numerics import encode_int64_scale
 
+    bf16 = np.dtype(ml_dtypes.bfloat16)
     cfg, d, quant = rep.config, rep.dims, rep.quant
     T, E, El, k, H, I = d.tokens, d.experts, d.local_experts, d.top_k, d.hidden, d.inter
     S = cfg.shared_intermediate_size
-    gen = torch.Generator().manual_seed(seed)
-    rdt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[rep.router_dtype]
-
-    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen) * scale
-
+    rng = np.random.default_rng(seed)
+    rdt = {"bfloat16": bf16, "float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}[rep.router_dtype]
     timings: List[Tuple[str, float]] = []
-    target_kw = dict(product=rep.target.product, cann=str(rep.target.cann))
+    ops_of = {s.name: s.op for s in rep.stages}
 
-    def stage(name: str):
-        class _T:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
+    class stage:
+        def __init__(self, name: str):
+            self.name = name
 
-            def __exit__(self, *exc):
-                if exc[0] is None:
-                    dt = time.perf_counter() - self.t0
-                    for s in rep.stages:
-                        if s.name == name and s.seconds is None:
-                            s.seconds = dt
-                            break
-                    timings.append((name, dt))
-                    if progress:
-                        op = next((s.op for s in rep.stages if s.name == name), None)
-                        progress.step(f"{name}" + (f" ({op})" if op else ""), dt)
-        return _T()
+        def __enter__(self):
+            self.t0 = time.perf_counter()
 
-    # Inputs: hidden states ~ N(0, 1) in bf16; the router as a [H, E] linear.
+        def __exit__(self, *exc):
+            if exc[0] is not None:
+                return False
+            dt = time.perf_counter() - self.t0
+            for st in rep.stages:
+                if st.name == self.name and st.seconds is None:
+                    st.seconds = dt
+                    break
+            timings.append((self.name, dt))
+            if progress:
+                op = ops_of.get(self.name)
+                progress.step(self.name + (f" ({op})" if op else ""), dt)
+            return False
+
+    def randn(*shape: int, scale: float = 1.0) -> np.ndarray:
+        # uniform with unit variance (cheaper than normal draws for ~100M weights), times scale
+        u = rng.random(shape, dtype=np.float32)
+        return (u - np.float32(0.5)) * np.float32(scale * 12 ** 0.5)
+
+    def bf16_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(bf16)
+
+    def silu_mul(h: np.ndarray, n: int) -> np.ndarray:
+        hf = h.astype(np.float32)
+        g = hf[:, :n]
+        return (g / (1 + np.exp(-g)) * hf[:, n:]).astype(bf16)
+
     with stage("setup"):
-        x = randn(T, H).to(torch.bfloat16)
-        w_gate = randn(H, E, scale=H ** -0.5)
-        bias = randn(E, scale=0.1).to(rdt) if cfg.has_bias else None
-        w13_one = randn(H, 2 * I, scale=H ** -0.5)          # one expert, fp32 master copy
+        x = randn(T, H).astype(bf16)                               # hidden states ~ N(0, 1)
+        w_gate = randn(H, E, scale=H ** -0.5)                      # router [H, E]
+        bias = randn(E, scale=0.1).astype(rdt) if cfg.has_bias else None
+        w13_one = randn(H, 2 * I, scale=H ** -0.5)                 # one expert (fp32 master copy)
         w2_one = randn(I, H, scale=I ** -0.5)
         if S:
-            ws13 = randn(H, 2 * S, scale=H ** -0.5).to(torch.bfloat16)
-            ws2 = randn(S, H, scale=S ** -0.5).to(torch.bfloat16)
-    gating = next(s for s in rep.stages if s.op == "npu_moe_gating_top_k")
-    with am.target(**target_kw):
+            ws13 = randn(H, 2 * S, scale=H ** -0.5).astype(bf16)
+            ws2 = randn(S, H, scale=S ** -0.5).astype(bf16)
+    target_kw = dict(product=rep.target.product, cann=str(rep.target.cann))
+    from .products import target as _target
+    with _target(**target_kw):
+        gating = next(st for st in rep.stages if st.op == "npu_moe_gating_top_k")
         with stage("gating"):
-            logits = (x.float() @ w_gate).to(rdt)
-            y, idx, _ = am.npu_moe_gating_top_k(logits, k, bias=bias, **{
+            logits = (x.astype(np.float32) @ w_gate).astype(rdt)
+            y, idx, _ = sim.npu_moe_gating_top_k(logits, k, bias=bias, **{
                 kk: v for kk, v in gating.kwargs.items() if kk != "bias"})
-            weights = y.float()
-        if any(s.name == "renormalise" for s in rep.stages):
+            weights = y.astype(np.float32)
+        if "renormalise" in ops_of:
             with stage("renormalise"):
-                weights = weights / weights.sum(-1, keepdim=True)
+                weights = weights / weights.sum(-1, keepdims=True)
         with stage("dispatch"):
-            flat = idx.reshape(-1).long()
-            order = torch.argsort(flat, stable=True)
-            order = order[flat[order] < El]                    # rank 0 keeps its local experts
-            rows_token = order // k                            # expanded row -> token
-            counts = torch.bincount(flat[order], minlength=El).to(torch.int64)
+            flat = idx.reshape(-1).astype(np.int64)
+            order = np.argsort(flat, kind="stable")
+            order = order[flat[order] < El]                   # rank 0 keeps its local experts
+            rows_token = order // k                           # expanded row -> its token
+            counts = np.bincount(flat[order], minlength=El).astype(np.int64)
             x_sorted = x[rows_token]
-            logit = weights.reshape(-1)[order].float()
+            logit = weights.reshape(-1)[order].astype(np.float32)
         shared_out = None
 
-        def run_shared() -> torch.Tensor:
-            h = x.float() @ ws13.float()
-            h = (torch.nn.functional.silu(h[:, :S]) * h[:, S:]).to(torch.bfloat16)
-            return (h.float() @ ws2.float()).to(torch.bfloat16)
-
         if quant == "none":
-            w13 = w13_one.to(torch.bfloat16).expand(El, H, 2 * I)
-            w2 = w2_one.to(torch.bfloat16).expand(El, I, H)
+            w13 = np.broadcast_to(w13_one.astype(bf16), (El, H, 2 * I))
+            w2 = np.broadcast_to(w2_one.astype(bf16), (El, I, H))
+            gmm_kw = dict(group_list=counts, split_item=2, group_type=0, group_list_type=1)
             with stage("up-projection"):
-                h = am.npu_grouped_matmul([x_sorted], [w13], group_list=counts, split_item=2,
-                                          group_type=0, group_list_type=1)[0]
+                enforce("npu_grouped_matmul", [x_sorted], [_contiguous_spec(w13)], **gmm_kw)
+                h = _gmm.grouped_matmul_compute([x_sorted], [w13], None, counts, 2, 0, 1)[0]
             with stage("activation"):
-                hf = h.float()
-                a = (torch.nn.functional.silu(hf[:, :I]) * hf[:, I:]).to(torch.bfloat16)
+                a = silu_mul(h, I)
             with stage("down-projection"):
-                o = am.npu_grouped_matmul([a], [w2], group_list=counts, split_item=2,
-                                          group_type=0, group_list_type=1)[0]
+                enforce("npu_grouped_matmul", [a], [_contiguous_spec(w2)], **gmm_kw)
+                o = _gmm.grouped_matmul_compute([a], [w2], None, counts, 2, 0, 1)[0]
             if S:
                 with stage("shared expert"):
-                    shared_out = run_shared()
+                    shared_out = bf16_matmul(silu_mul(bf16_matmul(x, ws13), S), ws2)
             with stage("combine"):
-                acc = torch.zeros(T, H)
-                acc.index_add_(0, rows_token, o.float() * logit[:, None])
+                acc = np.zeros((T, H), dtype=np.float32)
+                np.add.at(acc, rows_token, o.astype(np.float32) * logit[:, None])
                 if shared_out is not None:
-                    acc += shared_out.float()
-                out = acc.to(torch.bfloat16)
+                    acc += shared_out.astype(np.float32)
+                out = acc.astype(bf16)
         else:
             with stage("quantise x"):
                 xq, xs = _dynamic_quant(x_sorted)
+            groups, g_counts = El, counts
+            if quant == "w4a8":
+                groups = int((counts > 0).sum())               # only the touched experts
+                g_counts = counts[counts > 0]
+                need = groups * (H * 2 * I + I * H) * 1.0      # one int8 copy of the touched experts
+                if need > memory_budget:
+                    raise MemoryError(
+                        f"--run --quant w4a8 would need about {need / 1e9:.1f} GB: the A8W4 simulator "
+                        f"materialises the int4 weights of all {groups} touched experts at once; use "
+                        f"fewer --tokens (budget {memory_budget / 1e9:.1f} GB)")
             if quant == "w8a8":
                 q13, s13 = _quant_per_channel(w13_one, 127)
                 q2, s2 = _quant_per_channel(w2_one, 127)
-                w13 = q13.expand(El, H, 2 * I)
-                w2 = q2.expand(El, I, H)
-                set_format(w13, "FRACTAL_NZ")
-                set_format(w2, "FRACTAL_NZ")
-                w13_scale = s13.expand(El, 2 * I)
-                w2_scale = s2.expand(El, H)
+                w13 = np.broadcast_to(q13, (groups, H, 2 * I))
+                w2 = np.broadcast_to(q2, (groups, I, H))
+                # A8W8 takes NZ weights only; the simulator computes from the logical values
+                w13_spec = _contiguous_spec(w13, "FRACTAL_NZ")
+                w2_spec = _contiguous_spec(w2, "FRACTAL_NZ")
+                w13_scale = np.ascontiguousarray(np.broadcast_to(s13, (groups, 2 * I)))
+                w2_scale = np.ascontiguousarray(np.broadcast_to(s2, (groups, H)))
                 sq_extra: Dict[str, Any] = {}
                 fr_bias = None
             else:
                 q13, s13 = _quant_per_channel(w13_one, 7)
                 q2, s2 = _quant_per_channel(w2_one, 7)
-                w13 = torch.from_numpy(pack_int4(q13.numpy(), "int32")).expand(El, H, 2 * I // 8)
-                w2 = torch.from_numpy(pack_int4(q2.numpy(), "int32")).expand(El, I, H // 8)
-                w13_scale = torch.from_numpy(encode_int64_scale(s13.numpy())).expand(El, 2 * I)
-                w2_scale = torch.from_numpy(encode_int64_scale(s2.numpy())).reshape(1, 1, H).expand(El, 1, H)
+                # Checked as deployed (int4 packed eight to an int32, ND); computed from an
+                # ml_dtypes int4 view of the same values, which the simulator reads without the
+                # 8x-wide unpacking transient (same logical values, so the same arithmetic).
+                w13 = np.broadcast_to(q13.astype(ml_dtypes.int4), (groups, H, 2 * I))
+                w2 = np.broadcast_to(q2.astype(ml_dtypes.int4), (groups, I, H))
+                w13_spec = TensorSpec((groups, H, 2 * I // 8), "int32")
+                w2_spec = TensorSpec((groups, I, H // 8), "int32")
+
+                def tile(a: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+                    return np.ascontiguousarray(np.broadcast_to(a, shape))
+                w13_scale = tile(encode_int64_scale(s13), (groups, 2 * I))
+                w2_scale = tile(encode_int64_scale(s2).reshape(1, 1, H), (groups, 1, H))
                 # the offline "8 * sum_k W * scale" term of the MSD split (spec 2.4 / 3.3)
-                assist13 = (8 * q13.double().sum(0) * s13.double()).float().expand(El, 2 * I)
-                sq_extra = dict(bias=assist13)
-                fr_bias = (8 * q2.double().sum(0) * s2.double()).float().expand(El, H)
+                sq_extra = dict(bias=tile((8 * q13.astype(np.float64).sum(0) * s13).astype(np.float32),
+                                          (groups, 2 * I)))
+                fr_bias = tile((8 * q2.astype(np.float64).sum(0) * s2).astype(np.float32), (groups, H))
+            cum = np.cumsum(g_counts)
             with stage("up + swiglu + quant"):
-                a, a_scale, _ = am.npu_grouped_matmul_swiglu_quant(
-                    xq, w13, torch.cumsum(counts, 0), w13_scale, xs, **sq_extra)
+                enforce("npu_grouped_matmul_swiglu_quant", xq, w13_spec, cum,
+                        w13_scale, xs, **sq_extra)
+                a, a_scale = _sq.compute(xq, w13, w13_scale, xs, cum, group_list_type=0,
+                                         assist=sq_extra.get("bias"), kernel="v1")
             if S:
                 with stage("shared expert"):
-                    shared_out = run_shared()
+                    shared_out = bf16_matmul(silu_mul(bf16_matmul(x, ws13), S), ws2)
             with stage("down + combine"):
-                out32 = am.npu_grouped_matmul_finalize_routing(
-                    a, w2, counts, scale=w2_scale, bias=fr_bias, pertoken_scale=a_scale,
-                    shared_input=shared_out, logit=logit, row_index=rows_token.to(torch.int64),
-                    shared_input_weight=1.0, shared_input_offset=0, output_bs=T, group_list_type=1)
-                out = out32.to(torch.bfloat16)
+                fr_kw = dict(scale=w2_scale, bias=fr_bias, pertoken_scale=a_scale, shared_input=shared_out,
+                             logit=logit, row_index=rows_token.astype(np.int64), shared_input_weight=1.0,
+                             shared_input_offset=0, output_bs=T, group_list_type=1)
+                enforce("npu_grouped_matmul_finalize_routing", a, w2_spec, g_counts, **fr_kw)
+                out32 = _fr.finalize_routing_compute(a, w2, g_counts, **fr_kw)
+                out = out32.astype(bf16)
     return {"output": out, "expert_idx": idx, "routing_weights": weights, "timings": timings}
 
 
-def _dynamic_quant(x):
+def _contiguous_spec(a: np.ndarray, fmt: str = "ND") -> TensorSpec:
+    """The checker's view of a shared (stride-0) weight: same shape, dtype and format, contiguous."""
+    from .sim.numerics import dtype_name
+    return TensorSpec(a.shape, dtype_name(a), fmt)
+
+
+def _dynamic_quant(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per-token symmetric int8 quantisation, as ``torch_npu.npu_dynamic_quant``: scale = max|x|/127,
     q = round-half-even(x / scale)."""
-    import torch
-    xf = x.float()
-    scale = xf.abs().amax(-1).clamp_min(1e-12) / 127.0
-    q = torch.round(xf / scale[:, None]).clamp(-128, 127).to(torch.int8)
-    return q, scale
+    xf = x.astype(np.float32)
+    scale = np.maximum(np.abs(xf).max(-1), np.float32(1e-12)) / np.float32(127.0)
+    q = np.clip(np.rint(xf / scale[:, None]), -128, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
 
 
-def _quant_per_channel(w, qmax: int):
+def _quant_per_channel(w: np.ndarray, qmax: int) -> Tuple[np.ndarray, np.ndarray]:
     """Symmetric per-output-channel quantisation of one expert weight ``[K, N]`` -> (int8 [K, N],
     fp32 scale [N])."""
-    import torch
-    scale = w.abs().amax(0).clamp_min(1e-12) / qmax
-    q = torch.round(w / scale).clamp(-qmax - 1, qmax).to(torch.int8)
-    return q, scale.float()
+    scale = (np.maximum(np.abs(w).max(0), np.float32(1e-12)) / np.float32(qmax)).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -qmax - 1, qmax).astype(np.int8)
+    return q, scale
 
 
 def run_report(rep: Report, *, seed: int = 0, stream=None) -> Dict[str, Any]:
@@ -724,9 +777,8 @@ def run_report(rep: Report, *, seed: int = 0, stream=None) -> Dict[str, Any]:
 
 
 def summarize_output(result: Dict[str, Any]) -> str:
-    import torch
-    y = result["output"].float()
-    finite = torch.isfinite(y)
-    rms = float(y[finite].pow(2).mean().sqrt()) if finite.any() else math.nan
+    y = np.asarray(result["output"]).astype(np.float32)
+    finite = np.isfinite(y)
+    rms = float(np.sqrt(np.mean(y[finite] ** 2))) if finite.any() else math.nan
     return (f"output   {list(y.shape)} bfloat16, rms {rms:.4g}, non-finite {int((~finite).sum())}; "
             f"total {sum(t for _, t in result['timings']) * 1e3:.1f} ms")
