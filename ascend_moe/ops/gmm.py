@@ -35,12 +35,14 @@ The backward calls the registered ops themselves, so it runs on whichever backen
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..backends import use_backend
+from ..rules import ConstraintWarning
 from ..sim import gmm as _sim
 from ..sim.numerics import get_undefined_policy
 from ._common import SHAPE_RULES, check_only, checked_backend, from_numpy, shape_rule, to_numpy
@@ -230,7 +232,18 @@ def _grouped_matmul_add_(x: Tensor, grad: Tensor, group_list_cumsum, main_grad: 
     _sim.grouped_matmul_add_fp32(to_numpy(x), to_numpy(grad), gl, to_numpy(main_grad))
 
 
+def _quiet_doc_warnings(fn):
+    """The backward re-runs the checker on its own gmm calls; a doc-only warning was already
+    reported by the forward call with the same group list, so it is not repeated."""
+    def wrapped(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConstraintWarning)
+            return fn(*args, **kwargs)
+    return wrapped
+
+
 def _make_gmm_backward(op_name: str, list_type: int):
+    @_quiet_doc_warnings
     def backward(ctx, grad):
         x, weight, group_list = ctx.saved_tensors
         ints = ctx.group_list_ints
@@ -435,6 +448,7 @@ def _gm_setup(ctx, inputs, output):
     ctx.group_list_type = kw.get("group_list_type") or 0
 
 
+@_quiet_doc_warnings
 def _gm_backward(ctx, grads):
     x, weight, group_list = ctx.saved_tensors
     ints = ctx.group_list_ints
