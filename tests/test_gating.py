@@ -66,10 +66,19 @@ def ref_route(x, k, bias=None, k_group=1, group_count=1, gsm=0, renorm=0, norm_t
     return g * rsf, idx, s, decidable
 
 
-def _data(rows, experts, dtype, seed, bias=True, scale=2.0):
+def _data(rows, experts, dtype, seed, bias=True, scale=2.0, ties=False):
+    """Random logits; with ``ties`` exact duplicates (x and bias) inside a group and across groups,
+    placed on the rows' largest values so they reach the top-k and the group scores."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((rows, experts)) * scale).astype(DTYPES[dtype])
     b = (rng.standard_normal(experts) * 0.1).astype(DTYPES[dtype]) if bias else None
+    if ties and experts >= 16:
+        half = experts // 2
+        x[:, 1] = x[:, 2] = x[:, half + 3] = np.abs(x).max(axis=1) + 1      # three-way tie at the top
+        x[:, 5] = x[:, half + 6] = x[:, 1] - 0.5                            # a cross-group pair
+        if b is not None:
+            b[[1, 2, half + 3]] = b[1]
+            b[[5, half + 6]] = b[5]
     return x, b
 
 
@@ -88,7 +97,7 @@ GROUPINGS = [  # (experts, group_count, k_group, k): grouped (generalized kernel
 def test_all_modes_against_float64_reference(dtype, grouping, norm_type, gsm, renorm, out_flag, with_bias):
     experts, groups, k_group, k = grouping
     seed = zlib.crc32(repr((dtype, grouping, norm_type, gsm, renorm, out_flag, with_bias)).encode())
-    x, b = _data(16, experts, dtype, seed, bias=with_bias)
+    x, b = _data(16, experts, dtype, seed, bias=with_bias, ties=True)
     rsf = 1.5
     y, idx, norm = _call(x, k, b, k_group, groups, gsm, renorm, norm_type, out_flag, rsf)
     w, ridx, s, ok = ref_route(x, k, b, k_group, groups, gsm, renorm, norm_type, rsf)
@@ -98,6 +107,8 @@ def test_all_modes_against_float64_reference(dtype, grouping, norm_type, gsm, re
     assert ok.mean() >= 0.75, "test data too tie-prone to be meaningful"
     np.testing.assert_array_equal(idx[ok], ridx[ok])
     np.testing.assert_allclose(y[ok].astype(np.float64), w[ok], rtol=RTOL[dtype], atol=1e-7)
+    if b is None:   # the crafted three-way tie leads every row, lower index first
+        assert (idx[:, :3] == [1, 2, experts // 2 + 3]).all()
     if out_flag:
         np.testing.assert_allclose(norm, s, rtol=2e-6, atol=1e-9)
     else:
