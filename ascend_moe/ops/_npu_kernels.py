@@ -1,33 +1,36 @@
 """The PrivateUse1 (NPU) kernel of every ``torch.ops.ascend_moe.*`` op: checker, then CANN's aclnn.
 
 Each op module registers its op once with ``torch.library.custom_op`` (schema, fake kernel, CPU
-kernel = simulator, autograd).  This module adds, for every op in the ``ascend_moe`` namespace, an
-explicit kernel for the ``PrivateUse1`` dispatch key - the key of tensors on ``device="npu"`` once
-torch_npu is imported - so that NPU tensors never reach a CPU code path:
+kernel = checker -> backend policy -> simulator or aclnn, autograd).  This module adds, for every op
+in the ``ascend_moe`` namespace, an explicit kernel for the ``PrivateUse1`` dispatch key - the key of
+tensors on ``device="npu"`` once torch_npu is imported - so that NPU tensors never reach a CPU code
+path:
 
-1. the call's arguments are bound by the op's schema names (the public torch_npu / MindSpeed names);
-2. the constraint checker runs for the selected product / CANN version (ops without rules, such as
-   ``npu_format_cast``, skip this step) and the backend policy is consulted: for NPU tensors it
-   answers ``aclnn`` or raises :class:`~ascend_moe.BackendError` (an explicit ``backend="sim"`` with
-   NPU tensors is refused, never served);
-3. ``ascend_moe.backends.aclnn.call(op, args)`` runs the op's aclnn two-phase API and returns
-   freshly allocated outputs in the op's structure.
+1. guard: the kernel runs only for calls the backend policy sends to aclnn - NPU tensors, or (the
+   tests' fake CANN runtime) CPU tensors with ``backend="aclnn"`` requested explicitly; anything else
+   raises :class:`~ascend_moe.BackendError`, it never runs the simulator;
+2. the op module's own kernel function then runs unchanged: it binds the public argument dict (the
+   same dict the CPU path builds, e.g. ``npu_gmm``'s ``group_list`` re-joined from the schema's
+   ``group_list`` / ``group_list_ints``), runs the constraint checker for the selected product / CANN
+   version, asks the backend policy (which answers ``aclnn`` for NPU tensors, or raises - an
+   explicit ``backend="sim"`` with NPU tensors is refused) and calls
+   ``ascend_moe.backends.aclnn.call(op, args)``, which returns freshly allocated outputs.
 
-The kernel refuses to compute anything itself: if the policy ever answered ``sim`` here (possible
-only when the kernel is invoked directly with CPU tensors, e.g. through ``OpOverload._op_dk``) it
-raises :class:`~ascend_moe.BackendError` instead of running the simulator.
+One path: the NPU kernel and the CPU kernel share the argument binding, the checker call and the
+aclnn call; only the guard differs.  Ops not defined with ``custom_op`` (none today) get a kernel that
+binds the arguments by their schema names and calls the checker and aclnn itself.
 
-Autograd needs nothing here: ``register_autograd`` of the gmm family registers the ``Autograd`` alias
-key, which covers ``AutogradPrivateUse1``.
+Autograd needs nothing here: ``register_autograd`` registers the ``Autograd`` alias key, which covers
+``AutogradPrivateUse1``.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..backends import BackendError, select_backend
+from ..backends import NPU_DEVICE_TYPES, BackendError, requested_backend, select_backend
 from ..rules import OP_MODULES
 from ._common import checked_backend
 
@@ -37,8 +40,10 @@ NAMESPACE = "ascend_moe"
 EXPECTED_OPS: Tuple[str, ...] = (
     "npu_gmm", "npu_gmm_v2", "npu_grouped_matmul", "npu_moe_gating_top_k", "npu_ffn",
     "npu_grouped_matmul_swiglu_quant", "npu_grouped_matmul_swiglu_quant_v2",
-    "npu_grouped_matmul_finalize_routing", "npu_format_cast",
+    "npu_grouped_matmul_finalize_routing",
 )
+# npu_format_cast is deliberately not a torch op: on the CPU it returns an alias of its input tagged
+# FRACTAL_NZ (ascend_moe.ops.format_cast), which a custom op may not return.
 
 # op name -> the function registered for PrivateUse1 by this module
 NPU_KERNELS: Dict[str, Callable[..., Any]] = {}
@@ -86,32 +91,55 @@ def _aclnn_call(op: str, args: Dict[str, Any]) -> Any:
     return aclnn.call(op, args)
 
 
-def make_npu_kernel(op: str) -> Callable[..., Any]:
-    """The PrivateUse1 kernel of ``torch.ops.ascend_moe.<op>`` (see the module docstring)."""
+def _op_function(op: str) -> Optional[Callable[..., Any]]:
+    """The op module's kernel function (what ``custom_op`` decorated), or None."""
+    try:
+        from torch._library.custom_ops import OPDEFS
+    except ImportError:  # pragma: no cover - torch without custom_op
+        return None
+    opdef = OPDEFS.get(f"{NAMESPACE}::{op}")
+    return None if opdef is None else getattr(opdef, "_init_fn", None)
+
+
+def _guard(op: str, tensors: List[Any]) -> None:
+    """Refuse calls the policy would not send to aclnn (never run the simulator here)."""
+    devices = sorted({t.device.type for t in tensors})
+    if set(devices) & set(NPU_DEVICE_TYPES):
+        return  # the op's kernel asks the policy, which answers aclnn or raises
+    if requested_backend() == "aclnn" and select_backend(op, tensors) == "aclnn":
+        return  # CPU tensors on the tests' fake CANN runtime, aclnn requested explicitly
+    raise BackendError(
+        f"{op}: the NPU (PrivateUse1) kernel was reached with tensors on {devices}; it only runs CANN's "
+        "aclnn and never the simulator. Call the op with CPU tensors for the simulator, or with NPU "
+        "tensors for aclnn.")
+
+
+def _generic_kernel(op: str) -> Callable[..., Any]:
     signature = schema_signature(op)
-    returns = _schema(op).returns
     has_rules = op in OP_MODULES
 
-    def npu_kernel(*args: Any, **kwargs: Any) -> Any:
+    def kernel(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         call_args = dict(bound.arguments)
         tensors = _tensors(call_args)
-        backend = (checked_backend(op, call_args, tensors) if has_rules
-                   else select_backend(op, tensors))
-        if backend != "aclnn":
-            devices = sorted({t.device.type for t in tensors})
-            raise BackendError(
-                f"{op}: the NPU (PrivateUse1) kernel was reached with tensors on {devices} and the "
-                f"backend policy chose {backend!r}; this kernel only runs CANN's aclnn and never the "
-                "simulator. Call the op with CPU tensors for the simulator.")
-        out = _aclnn_call(op, call_args)
-        if len(returns) > 1 and isinstance(out, list):
-            out = tuple(out)
-        return out
+        if has_rules:
+            checked_backend(op, call_args, tensors)
+        return _aclnn_call(op, call_args)
+    return kernel
+
+
+def make_npu_kernel(op: str) -> Callable[..., Any]:
+    """The PrivateUse1 kernel of ``torch.ops.ascend_moe.<op>`` (see the module docstring)."""
+    inner = _op_function(op) or _generic_kernel(op)
+
+    def npu_kernel(*args: Any, **kwargs: Any) -> Any:
+        _guard(op, _tensors(dict(enumerate(args), **kwargs)))
+        return inner(*args, **kwargs)
 
     npu_kernel.__name__ = f"{op}_npu_kernel"
     npu_kernel.__qualname__ = npu_kernel.__name__
+    npu_kernel.__wrapped__ = inner
     return npu_kernel
 
 

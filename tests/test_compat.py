@@ -1,0 +1,218 @@
+"""The torch_npu / MindSpeed drop-ins: names, signatures against torch_npu's schemas, the
+NotImplementedError contract, and install() never replacing a real package."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+import ascend_moe
+from ascend_moe import compat
+from ascend_moe.compat import mindspeed as ms_shim
+from ascend_moe.compat import torch_npu as npu_shim
+from ascend_moe.compat._shim import NotImplementedInShim
+
+# torch_npu's schemas (op_plugin_functions.yaml, spec aclnn-abi-and-torch.md 4.2), verbatim.
+TORCH_NPU_SCHEMAS = {
+    "npu_grouped_matmul": "Tensor[] x, Tensor[] weight, *, Tensor[]? bias=None, Tensor[]? scale=None, Tensor[]? offset=None, Tensor[]? antiquant_scale=None, Tensor[]? antiquant_offset=None, Tensor[]? per_token_scale=None, Tensor? group_list=None, Tensor[]? activation_input=None, Tensor[]? activation_quant_scale=None, Tensor[]? activation_quant_offset=None, int? split_item=0, int? group_type=None, int? group_list_type=0, int? act_type=0, int[]? tuning_config=None, int? output_dtype=None, int? x_dtype=None, int? weight_dtype=None, int? scale_dtype=None, int? per_token_scale_dtype=None",  # noqa: E501
+    "npu_moe_gating_top_k": "Tensor x, int k, *, Tensor? bias=None, Tensor? input_ids=None, Tensor? tid2eid=None, int k_group=1, int group_count=1, int group_select_mode=0, int renorm=0, int norm_type=0, bool out_flag=False, float routed_scaling_factor=1.0, float eps=1e-20",  # noqa: E501
+    "npu_ffn": "Tensor x, Tensor weight1, Tensor weight2, str activation, *, int[]? expert_tokens=None, int[]? expert_tokens_index=None, Tensor? bias1=None, Tensor? bias2=None, Tensor? scale=None, Tensor? offset=None, Tensor? deq_scale1=None, Tensor? deq_scale2=None, Tensor? antiquant_scale1=None, Tensor? antiquant_scale2=None, Tensor? antiquant_offset1=None, Tensor? antiquant_offset2=None, int? inner_precise=None, ScalarType? output_dtype=None",  # noqa: E501
+    "npu_grouped_matmul_swiglu_quant": "Tensor x, Tensor weight, Tensor group_list, Tensor weight_scale, Tensor x_scale, *, Tensor? bias=None, Tensor? offset=None",  # noqa: E501
+    "npu_grouped_matmul_swiglu_quant_v2": "Tensor x, Tensor[] weight, Tensor[] weight_scale, Tensor x_scale, Tensor group_list, *, Tensor? smooth_scale=None, Tensor[]? weight_assist_matrix=None, Tensor? bias=None, int? dequant_mode=0, int? dequant_dtype=0, int? quant_mode=0, int? quant_dtype=1, int? group_list_type=0, int[]? tuning_config=None, int? x_dtype=None, int? weight_dtype=None, int? weight_scale_dtype=None, int? x_scale_dtype=None",  # noqa: E501
+    "npu_grouped_matmul_finalize_routing": "Tensor x, Tensor w, Tensor group_list, *, Tensor? scale=None, Tensor? bias=None, Tensor? offset=None, Tensor? pertoken_scale=None, Tensor? shared_input=None, Tensor? logit=None, Tensor? row_index=None, ScalarType? dtype=None, float? shared_input_weight=1.0, int? shared_input_offset=0, int? output_bs=0, int? group_list_type=1, int[]? tuning_config=None, int? x_dtype=None, int? w_dtype=None, int? scale_dtype=None, int? pertoken_scale_dtype=None",  # noqa: E501
+    # torch_npu: npu_format_cast(Tensor self, int acl_format) -> Tensor
+    "npu_format_cast": "Tensor self, int acl_format",
+}
+# MindSpeed mindspeed/ops/gmm.py (spec grouped-matmul-family 1.1)
+MINDSPEED_SIGNATURES = {
+    "npu_gmm": "Tensor x, Tensor weight, *, Tensor? bias=None, Any group_list=None, int group_type=0, bool gemm_fusion=False, Any original_weight=None",  # noqa: E501
+    "npu_gmm_v2": "Tensor x, Tensor weight, *, Tensor? bias=None, Any group_list=None, int group_type=0, bool gemm_fusion=False, Any original_weight=None",  # noqa: E501
+}
+
+
+def _parse(schema: str):
+    """[(name, keyword_only, default or inspect.Parameter.empty)] of a schema argument list."""
+    out, kw_only = [], False
+    for part in (p.strip() for p in schema.split(",")):
+        if part == "*":
+            kw_only = True
+            continue
+        decl, _, default = part.partition("=")
+        name = decl.split()[-1]
+        value = inspect.Parameter.empty
+        if default:
+            value = {"None": None, "False": False, "True": True}.get(default)
+            if value is None and default != "None":
+                value = float(default) if re.search(r"[.e]", default) else int(default)
+        out.append((name, kw_only, value))
+    return out
+
+
+def _check_signature(fn, schema: str, where: str):
+    params = inspect.signature(fn).parameters
+    positional = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for i, (name, kw_only, default) in enumerate(_parse(schema)):
+        if name == "self" and name not in params:  # torch_npu's `self` is positional-only in practice
+            assert positional and i == 0, f"{where}: first positional argument missing"
+            continue
+        assert name in params, f"{where}: argument {name!r} of the real signature is missing"
+        p = params[name]
+        if not kw_only:
+            assert positional.index(name) == i, f"{where}: {name!r} must be positional argument {i}"
+        else:
+            assert p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD), f"{where}: {name!r} must accept a keyword"
+        if default is not inspect.Parameter.empty:
+            assert p.default == default, f"{where}: default of {name!r} is {p.default!r}, real one {default!r}"
+        else:
+            assert p.default is inspect.Parameter.empty, f"{where}: {name!r} is required in the real signature"
+    known = {a for a, _, _ in _parse(schema)} | ({positional[0]} if schema.startswith("Tensor self") else set())
+    extra = [n for n, p in params.items() if n not in known
+             and p.default is inspect.Parameter.empty and p.kind != p.VAR_KEYWORD]
+    assert not extra, f"{where}: required arguments the real signature lacks: {extra}"
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_NPU_SCHEMAS))
+def test_torch_npu_shim_has_the_op_with_torch_npus_signature(name):
+    fn = getattr(npu_shim, name)  # NotImplementedError here = the op module is missing
+    assert fn is getattr(ascend_moe, name), f"torch_npu.{name} must be ascend_moe.{name} (one path)"
+    _check_signature(fn, TORCH_NPU_SCHEMAS[name], f"torch_npu.{name}")
+
+
+@pytest.mark.parametrize("name", sorted(MINDSPEED_SIGNATURES))
+def test_mindspeed_shim_has_gmm_with_mindspeeds_signature(name):
+    fn = getattr(ms_shim.ops.gmm, name)
+    assert fn is getattr(ascend_moe, name)
+    _check_signature(fn, MINDSPEED_SIGNATURES[name], f"mindspeed.ops.gmm.{name}")
+
+
+def test_torch_npu_constants_and_format_helpers():
+    assert (npu_shim.hifloat8, npu_shim.float4_e2m1fn_x2, npu_shim.float8_e8m0fnu) == (290, 296, 293)
+    w = torch.zeros(2, 32, 64, dtype=torch.int8)
+    assert npu_shim.get_npu_format(w) == 2
+    assert npu_shim.get_npu_format(npu_shim.npu_format_cast(w, 29)) == 29
+    assert npu_shim.npu.is_available() is False and npu_shim.npu.device_count() == 0
+
+
+@pytest.mark.parametrize("module,real,name", [
+    (npu_shim, "torch_npu", "npu_moe_init_routing_v2"),
+    (npu_shim, "torch_npu", "npu_rotary_mul"),
+    (npu_shim.npu, "torch_npu.npu", "current_stream"),
+    (ms_shim, "mindspeed", "megatron_adaptor"),
+    (ms_shim.ops, "mindspeed.ops", "npu_rotary_position_embedding"),
+    (ms_shim.ops.gmm, "mindspeed.ops.gmm", "GMMFunction"),
+])
+def test_unimplemented_names_raise_not_implemented_naming_them(module, real, name):
+    with pytest.raises(NotImplementedError, match=rf"{re.escape(real)}\.{name} is not implemented"):
+        getattr(module, name)
+    # ... and are absent for feature probes, as on an older torch_npu (never a mock object)
+    assert not hasattr(module, name)
+    assert getattr(module, name, None) is None
+    assert issubclass(NotImplementedInShim, AttributeError)
+
+
+def test_dunder_probes_are_plain_attribute_errors():
+    for attr in ("__path__", "__wrapped__", "_private_thing"):
+        with pytest.raises(AttributeError) as info:
+            getattr(npu_shim, attr)
+        assert not isinstance(info.value, NotImplementedError)
+
+
+# --------------------------------------------------------------------------------------------------
+# install(): only where the real package cannot be imported
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def clean_modules(monkeypatch):
+    """sys.modules / sys.path / the install registry restored after the test."""
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("torch_npu", "mindspeed")}
+    for k in saved:
+        monkeypatch.delitem(sys.modules, k)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(compat, "_installed", {})
+    yield
+    for k in [k for k in sys.modules if k.split(".")[0] in ("torch_npu", "mindspeed")]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+    importlib.invalidate_caches()
+
+
+def test_install_without_real_packages(clean_modules):
+    assert importlib.util.find_spec("torch_npu") is None and importlib.util.find_spec("mindspeed") is None
+    status = compat.install()
+    assert status["torch_npu"].installed and status["mindspeed"].installed
+    import torch_npu
+    from mindspeed.ops import gmm
+    import torch_npu.npu as torch_npu_npu
+    assert torch_npu is npu_shim and gmm is ms_shim.ops.gmm and torch_npu_npu is npu_shim.npu
+    assert compat.install()["torch_npu"] == status["torch_npu"]  # idempotent
+    assert [s.name for s in compat.installed()] == ["torch_npu", "mindspeed"]
+    compat.uninstall()
+    assert "torch_npu" not in sys.modules and "mindspeed.ops.gmm" not in sys.modules
+    with pytest.raises(ImportError):
+        import torch_npu  # noqa: F401,F811
+
+
+def _package(root, name, body):
+    pkg = root / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent(body))
+    importlib.invalidate_caches()
+
+
+def test_install_never_replaces_an_importable_real_package(clean_modules, tmp_path):
+    _package(tmp_path, "torch_npu", "REAL = True\n")
+    _package(tmp_path, "mindspeed", "REAL = True\n")
+    sys.path.insert(0, str(tmp_path))
+    status = compat.install()
+    assert not status["torch_npu"].installed and "real torch_npu is importable" in status["torch_npu"].reason
+    assert not status["mindspeed"].installed
+    import torch_npu
+    import mindspeed
+    assert torch_npu.REAL and mindspeed.REAL and not compat.is_shim(torch_npu)
+    compat.uninstall()
+    assert sys.modules["torch_npu"] is torch_npu  # uninstall never removes a real module
+
+
+def test_install_never_replaces_an_already_imported_module(clean_modules):
+    import types
+    real = types.ModuleType("torch_npu")
+    sys.modules["torch_npu"] = real
+    assert not compat.install(mindspeed=False)["torch_npu"].installed
+    assert sys.modules["torch_npu"] is real
+
+
+def test_install_over_a_real_package_that_cannot_load(clean_modules, tmp_path):
+    """The CPU container with torch_npu installed but no CANN: the import fails, the drop-in stands in."""
+    _package(tmp_path, "torch_npu", """
+        import torch_npu._half_loaded  # a submodule that imports fine before the failure
+        raise ImportError("libhccl.so: cannot open shared object file: No such file or directory")
+    """)
+    (tmp_path / "torch_npu" / "_half_loaded.py").write_text("X = 1\n")
+    sys.path.insert(0, str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = compat.install(mindspeed=False)
+    assert status["torch_npu"].installed and "libhccl.so" in status["torch_npu"].reason
+    assert any(issubclass(w.category, compat.ShimWarning) and "libhccl.so" in str(w.message) for w in caught)
+    assert "torch_npu._half_loaded" not in sys.modules  # the partial import is dropped
+    import torch_npu
+    assert torch_npu is npu_shim
+
+
+def test_shim_calls_compute_and_check(clean_modules):
+    """Through the shim a call computes real numbers and is checked against the target product."""
+    compat.install(mindspeed=False)
+    import torch_npu
+    x = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    y, idx, _ = torch_npu.npu_moe_gating_top_k(x, 2, norm_type=0, out_flag=True)
+    assert idx.tolist() == [[1, 3]]
+    e = torch.exp(x - 3.0)
+    torch.testing.assert_close(y, (e / e.sum())[:, [1, 3]], rtol=1e-6, atol=0)
+    with ascend_moe.target("atlas-200i-500-a2"), pytest.raises(ascend_moe.ConstraintError, match="atlas-200i-500-a2"):
+        torch_npu.npu_moe_gating_top_k(x, 2, norm_type=0, out_flag=True)
