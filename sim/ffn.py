@@ -101,6 +101,11 @@ def cast_round(x: np.ndarray, dtype: str) -> np.ndarray:
     towards zero one step away from zero (decided exactly in float64).
     """
     x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is the IEEE result (device saturation: not public)
+        return _cast_round(x, dtype)
+
+
+def _cast_round(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         bits = x.view(np.uint32)
         rounded = ((bits + np.uint32(0x8000)) & np.uint32(0xFFFF0000)).view(np.float32)
@@ -336,7 +341,19 @@ def ffn_compute(x: np.ndarray, weight1: np.ndarray, weight2: np.ndarray, activat
                 antiquant_offset1: Optional[np.ndarray] = None, antiquant_offset2: Optional[np.ndarray] = None,
                 inner_precise: Optional[int] = None, output_dtype: Any = None,
                 undefined: Optional[str] = None) -> np.ndarray:
-    """Unchecked FFN computation on NumPy arrays (the torch CPU kernel calls this after the rules)."""
+    """Unchecked FFN computation on NumPy arrays (the torch CPU kernel calls this after the rules).
+
+    Overflow of a float conversion gives inf (IEEE); whether the device saturates instead is not public.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _ffn_compute(x, weight1, weight2, activation, expert_tokens, expert_tokens_index, bias1, bias2,
+                            scale, offset, deq_scale1, deq_scale2, antiquant_scale1, antiquant_scale2,
+                            antiquant_offset1, antiquant_offset2, inner_precise, output_dtype, undefined)
+
+
+def _ffn_compute(x, weight1, weight2, activation, expert_tokens, expert_tokens_index, bias1, bias2, scale,
+                 offset, deq_scale1, deq_scale2, antiquant_scale1, antiquant_scale2, antiquant_offset1,
+                 antiquant_offset2, inner_precise, output_dtype, undefined) -> np.ndarray:
     activation = _norm_activation(activation)
     inner_precise = 0 if inner_precise is None else int(inner_precise)
     x = np.asarray(x)
