@@ -398,3 +398,19 @@ def test_fake_kernel_shape_and_opcheck():
            targs["row_index"], None, 0.37, 5, 12)
     torch.library.opcheck(op, pos)
     assert bits_equal(op(*pos).numpy(), ref_a8w8(x, w, gl, args))
+
+
+def test_fake_kernel_assumes_nz_for_3d_int8_weight():
+    """Fake tensors lose the NZ tag; a 3-D int8 weight can only be NZ here, so the fake kernel assumes it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        out = torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(
+            torch.empty(24, 256, dtype=torch.int8), torch.empty(4, 256, 512, dtype=torch.int8),
+            torch.empty(4, dtype=torch.int64), torch.empty(4, 512), None, None, None, None,
+            torch.empty(24), torch.empty(24, dtype=torch.int64), None, 1.0, 0, 0)
+        assert tuple(out.shape) == (24, 512) and out.dtype == torch.float32
+        with pytest.raises(ascend_moe.ConstraintError, match="gmmfr.logit"):
+            torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(
+                torch.empty(24, 256, dtype=torch.int8), torch.empty(4, 256, 512, dtype=torch.int8),
+                torch.empty(4, dtype=torch.int64), torch.empty(4, 512), None, None, None, None,
+                torch.empty(24, dtype=torch.float16), torch.empty(24, dtype=torch.int64), None, 1.0, 0, 0)
