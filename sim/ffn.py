@@ -62,7 +62,8 @@ Faithfulness contract: integer GEMMs are **exact** (int64 math); float GEMMs are
 possible); every elementwise step follows the kernel's op order and rounding; the hardware ``exp``
 accuracy is not public (NumPy's exp, rounded to T, is used).  Not modelled: the antiquant "MSD" kernel
 (tiling key 15, int8 weights with N1 % 512 == 0, N1 > 1024, K1 % 512 == 0, K1 > 2048, M <= 512),
-whose int8 decomposition rounds differently: for those shapes this simulator is approximate.
+whose int8 decomposition rounds differently: for those shapes this simulator is approximate and says
+so with an :class:`ApproximateWarning`.
 
 Undefined regions: valid calls never leave rows unwritten (the host requires the expert tokens to
 cover exactly M rows).  :func:`ffn_compute` (unchecked) fills rows past the tokens' total, and the
@@ -71,6 +72,7 @@ zeros) into every covered row (kernel ``ProcessZeroN1``).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -253,6 +255,21 @@ def _antiquant_weight(w: np.ndarray, scale: np.ndarray, offset: np.ndarray, dt: 
 # scenario selection and the expert split
 # ------------------------------------------------------------------------------------------------
 
+class ApproximateWarning(UserWarning):
+    """The call selects a device kernel whose rounding this simulator does not model."""
+
+
+def uses_msd_kernel(x_dtype: str, w_dtype: str, m: int, k1: int, n1: int, num_experts: int) -> bool:
+    """True when the tiling would pick the antiquant MSD kernel (key 15, spec B.6, ``CheckMSD``): fp16/bf16
+    x, int8 weights, N1 % 512 == 0 and N1 > 1024, K1 % 512 == 0 and K1 > 2048, M <= 512 and mean tokens
+    per expert <= N1 / 2560 * 16."""
+    if x_dtype not in ("float16", "bfloat16") or w_dtype != "int8":
+        return False
+    e = max(num_experts, 1)
+    return (n1 % 512 == 0 and n1 > 1024 and k1 % 512 == 0 and k1 > 2048 and m <= 512
+            and m / e <= n1 / 2560 * 16)
+
+
 def scenario(x_dtype: str, w_dtype: str, activation: str, inner_precise: int, quant: bool) -> str:
     """The kernel template a valid call runs (spec B.5): one of ``glu``, ``fp16_high_performance``,
     ``fp16_high_precision``, ``bf16``, ``antiquant_fp16``, ``antiquant_bf16``, ``quant``."""
@@ -361,8 +378,8 @@ def _ffn_compute(x, weight1, weight2, activation, expert_tokens, expert_tokens_i
     xd, wd = nm.dtype_name(x), nm.dtype_name(weight1)
     k1 = x.shape[-1]
     n2 = weight2.shape[-1]
-    x2 = x.reshape(-1, k1)
-    m = x2.shape[0]
+    m = int(np.prod(x.shape[:-1], dtype=np.int64))
+    x2 = x.reshape(m, k1)
     quant = xd == "int8"
     ydt = y_dtype(xd, deq_scale1 is not None, output_dtype)
     y = np.empty((m, n2), dtype=nm.np_dtype(ydt))
@@ -374,6 +391,10 @@ def _ffn_compute(x, weight1, weight2, activation, expert_tokens, expert_tokens_i
     covered = np.zeros(m, dtype=bool)
     kind = scenario(xd, wd, activation, inner_precise, quant)
     n1 = weight1.shape[-1]
+    if kind.startswith("antiquant") and uses_msd_kernel(xd, wd, m, k1, n1, len(bounds) if has_experts else 1):
+        warnings.warn(f"npu_ffn: M={m}, K1={k1}, N1={n1} with int8 weights selects the device's antiquant MSD "
+                      "kernel (int8 decomposition); this simulator computes dequantise-then-matmul, so its "
+                      "result is approximate for this call", ApproximateWarning, stacklevel=3)
 
     for e, (s, t) in enumerate(bounds):
         if t <= s:

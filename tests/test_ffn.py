@@ -560,3 +560,28 @@ def test_activation_name_is_case_insensitive():
     rng = np.random.default_rng(2)
     x, w1, w2, b1, b2 = _rand_fp16_case(rng, m=4, k1=8, n1=8)
     np.testing.assert_array_equal(npu_ffn(x, w1, w2, "FastGelu"), npu_ffn(x, w1, w2, "fastgelu"))
+
+
+def test_msd_shapes_are_flagged_approximate():
+    assert simffn.uses_msd_kernel("float16", "int8", m=4, k1=2560, n1=1536, num_experts=1)
+    assert not simffn.uses_msd_kernel("float16", "int8", m=4, k1=2048, n1=1536, num_experts=1)  # K1 > 2048
+    assert not simffn.uses_msd_kernel("float16", "int8", m=64, k1=2560, n1=1536, num_experts=1)  # tokens
+    assert not simffn.uses_msd_kernel("float16", "float16", m=4, k1=2560, n1=1536, num_experts=1)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (4, 2560)).astype(F16)
+    w1 = rng.integers(-8, 8, (2560, 1536)).astype(np.int8)
+    w2 = rng.integers(-8, 8, (1536, 2560)).astype(np.int8)
+    aq = dict(antiquant_scale1=np.full(1536, 1e-3, F16), antiquant_offset1=np.zeros(1536, F16),
+              antiquant_scale2=np.full(2560, 1e-3, F16), antiquant_offset2=np.zeros(2560, F16))
+    with pytest.warns(simffn.ApproximateWarning, match="MSD"):
+        npu_ffn(x, w1, w2, "relu", **aq)
+
+
+def test_empty_rows_and_glu_without_k1():
+    x = np.zeros((0, 8), F16)
+    w1, w2 = np.ones((8, 8), F16), np.ones((8, 8), F16)
+    assert npu_ffn(x, w1, w2, "gelu").shape == (0, 8)
+    assert npu_ffn(x, w1[None].repeat(2, 0), w2[None].repeat(2, 0), "gelu", [0, 0]).shape == (0, 8)
+    # GLU with K1 == 0: block dim 0, nothing written although y has elements -> undefined policy
+    y = npu_ffn(np.zeros((3, 0), F16), np.zeros((0, 4), F16), np.ones((2, 5), F16), "swiglu", inner_precise=1)
+    assert y.shape == (3, 5) and np.isnan(y.astype(F64)).all()
