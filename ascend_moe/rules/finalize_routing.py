@@ -15,8 +15,9 @@ Severity policy (documented choice):
 
 Entry points: op-plugin calls ``WeightNzV2`` (fallback ``WeightNz``) for an NZ weight and ``V3``
 (fallback ``V2``) otherwise; it never calls V1.  Which one a CANN release offers is not stated in
-any public source: :func:`entry_point` assumes the V2-generation entry points from CANN 8.3.RC1
-(inferred, the first release whose docs we could date carrying them) and the fallbacks before.
+any public source: :func:`entry_point` assumes the V2-generation entry points (V3, WeightNzV2) from
+CANN 8.3.RC1 and the fallbacks (V2, WeightNz) before - inferred: the V3/WeightNzV2 docs are already in
+ops-transformer's first public commit (b122ed222, 2025-09-28), the period of the 8.3.RC1 release.
 :data:`REQUIRED_INPUTS` records the null checks of all five entry points, V1 included.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ REQUIRED_INPUTS = {
 }
 V2_GENERATION_SINCE = CannVersion("8.3.RC1")   # [I] release mapping of V3 / WeightNzV2
 CUMSUM_SINCE = "8.5.0"                         # [I] commit 50e9ae990 (2025-12-22) -> first later release
+# (products.KNOWN_RELEASES: 9.0.0 stands for 2026 master changes, so 8.5.0 is taken to carry late 2025)
 
 M_MAX = 16 * 1024 * 8
 E_MAX = 256
