@@ -14,7 +14,7 @@ tagged FRACTAL_NZ or its 5-D storage ``[E, N/32, K/16, 16, 32]``; int4 packed in
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
