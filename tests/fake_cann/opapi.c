@@ -54,7 +54,7 @@ static void a_array(Call *c, const aclIntArray *a) {
 }
 static void a_i64(Call *c, int64_t v) { sep(c); APPEND(c, "{\"t\":\"int64_t\",\"v\":%lld}", (long long)v); }
 static void a_double(Call *c, double v) { sep(c); APPEND(c, "{\"t\":\"double\",\"v\":%.17g}", v); }
-static void a_float(Call *c, float v) { sep(c); APPEND(c, "{\"t\":\"float\",\"v\":%.9g}", (double)v); }
+static void a_float(Call *c, float v) { sep(c); APPEND(c, "{\"t\":\"float\",\"v\":%.17g}", (double)v); }
 static void a_bool(Call *c, bool v) {
   /* a C++ bool is one byte 0/1: anything else means the caller passed the wrong type */
   unsigned char raw;
