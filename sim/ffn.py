@@ -51,8 +51,10 @@ Quantisation details:
   and the multiply in fp32 RNE [I].
 * bf16 ``deq_scale`` (y bf16): AscendDequant ``fp32(acc) * fp32(deq)`` in fp32; MM2 output rounded
   to bf16 with RNE [I].
-* AscendQuant: the activation, scale and offset are converted to fp16 (RNE); ``t = act * scale``
-  then ``t + offset`` in fp16; ``int8 = rint(t)`` (half to even), saturated to [-128, 127] [I].
+* AscendQuant (AscendC ``ascend_quant_pre_impl.h``, CANN 8.1.RC1, v220): the activation (fp32 ->
+  fp16 with CAST_NONE), scale and offset are converted to fp16 (RNE); ``t = act * scale`` (Muls / Mul)
+  then ``t + offset`` (Adds) in fp16; ``Cast<int8, half>(CAST_NONE)`` = half to even, saturated to
+  [-128, 127] (saturation [I]).
 * int32 biases are added to the int32 accumulator before dequantisation (cube bias table) [I].
 * antiquant weights: ``W_T = (T(W_int8) + offset) * scale`` with fp16 ops for fp16; for bf16 the add and
   multiply run in fp32 and the result is rounded once to bf16 (RNE) [I: "bf16 via fp32 temporaries"].
@@ -408,8 +410,16 @@ def _ffn_compute(x, weight1, weight2, activation, expert_tokens, expert_tokens_i
         if k1 == 0:
             covered[s:t] = False  # block dim 0: nothing is written (only reachable with N2 > 0 for GLU)
             continue
-        if n1 == 0:  # ProcessZeroN1: y = b2 broadcast, or zeros
-            y[s:t] = b2.astype(_F32).astype(y.dtype) if b2 is not None else 0
+        if n1 == 0:  # ProcessZeroN1: y = b2 broadcast (quant: AscendDequant(b2, deq2)), or zeros
+            if b2 is None:
+                y[s:t] = 0
+            elif kind == "quant":
+                d2 = _per_expert(np.asarray(deq_scale2), e, has_experts)
+                # vector AscendDequant: the deq value is used as fp32 (no fixpipe FP19 here) [I]
+                dv = nm.decode_int64_scale(d2, fp19=False) if d2.dtype.kind in "iu" else d2.astype(_F32)
+                y[s:t] = (b2.astype(_F32) * dv).astype(y.dtype)
+            else:
+                y[s:t] = b2.astype(_F32).astype(y.dtype)
             continue
         if kind == "glu":
             h = _mm_f32(xs, w1, b1).astype(_F16)

@@ -585,3 +585,15 @@ def test_empty_rows_and_glu_without_k1():
     # GLU with K1 == 0: block dim 0, nothing written although y has elements -> undefined policy
     y = npu_ffn(np.zeros((3, 0), F16), np.zeros((0, 4), F16), np.ones((2, 5), F16), "swiglu", inner_precise=1)
     assert y.shape == (3, 5) and np.isnan(y.astype(F64)).all()
+
+
+def test_zero_n1_quant_writes_dequantised_bias2():
+    x = np.ones((2, 3), np.int8)
+    w1, w2 = np.zeros((3, 0), np.int8), np.zeros((0, 3), np.int8)
+    b2 = np.array([4, -6, 10], np.int32)
+    kw = dict(scale=np.array([1.0], F32), offset=np.array([0.0], F32), bias1=np.zeros(0, np.int32), bias2=b2)
+    y = npu_ffn(x, w1, w2, "relu", deq_scale1=encode_i64(np.zeros(0)), deq_scale2=encode_i64([0.5, 0.25, 2.0]), **kw)
+    assert y.tolist() == [[2.0, -1.5, 20.0]] * 2
+    yb = npu_ffn(x, w1, w2, "relu", deq_scale1=np.zeros(0, BF16), deq_scale2=np.array([0.5, 0.25, 2.0], BF16),
+                 output_dtype="bfloat16", **kw)
+    assert yb.dtype == BF16 and yb.astype(F64).tolist() == [[2.0, -1.5, 20.0]] * 2
