@@ -8,7 +8,7 @@ the values are not concrete (meta / fake / device tensors), as the V3 device pat
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 from . import register_op
 from ..products import A2_A3
@@ -306,7 +306,8 @@ for _n in ("x", "weight1", "weight2"):
            source="FFNKernelNpuOpApi.cpp TORCH_CHECK", fix="pass either counts (expert_tokens) or "
                                                           "cumulative ends (expert_tokens_index)")
 def _(call):
-    if call.given("expert_tokens") and call.given("expert_tokens_index"):
+    # torch_npu checks has_value() of both optionals: an explicit empty list counts as given
+    if call.get("expert_tokens") is not None and call.get("expert_tokens_index") is not None:
         return ("expert_tokens and expert_tokens_index must not both be given, got "
                 f"expert_tokens (length {_tokens_len(call, 'expert_tokens')}) and expert_tokens_index "
                 f"(length {_tokens_len(call, 'expert_tokens_index')})")
