@@ -216,3 +216,46 @@ def test_shim_calls_compute_and_check(clean_modules):
     torch.testing.assert_close(y, (e / e.sum())[:, [1, 3]], rtol=1e-6, atol=0)
     with ascend_moe.target("atlas-200i-500-a2"), pytest.raises(ascend_moe.ConstraintError, match="atlas-200i-500-a2"):
         torch_npu.npu_moe_gating_top_k(x, 2, norm_type=0, out_flag=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the pytest plugin's configure step (the subprocess runs are in test_compat_downstream.py)
+# --------------------------------------------------------------------------------------------------
+
+class _Config:
+    def __init__(self, **options):
+        self.options = {"--ascend-product": None, "--ascend-cann": None, "--ascend-no-shims": False, **options}
+
+    def getoption(self, name):
+        return self.options[name]
+
+
+def test_plugin_sets_the_target_for_the_session(clean_modules):
+    from ascend_moe import products, pytest_plugin
+    config = _Config(**{"--ascend-product": "310P", "--ascend-cann": "8.2.RC1"})
+    pytest_plugin.pytest_configure(config)
+    try:
+        t = products.resolve_target()
+        assert (t.product, str(t.cann)) == ("atlas-inference", "8.2.RC1")
+        assert compat.is_shim(sys.modules["torch_npu"])
+        products.set_target(None, None)  # a conftest resetting the process target between tests ...
+        with pytest_plugin._selected_target():  # ... cannot drop the plugin's per-test context
+            assert products.resolve_target().product == "atlas-inference"
+            with ascend_moe.target("atlas-a3"):  # a test may still narrow it
+                assert products.resolve_target().product == "atlas-a3"
+        assert any("atlas-inference / CANN 8.2.RC1" in line for line in pytest_plugin.pytest_report_header(config))
+    finally:
+        pytest_plugin.pytest_unconfigure(config)
+    assert "torch_npu" not in sys.modules
+    assert products.resolve_target(detect=False).product == "atlas-a2"
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--ascend-product", "atlas-9000", "unknown Atlas product 'atlas-9000'"),
+    ("--ascend-cann", "eight", "not a CANN version"),
+])
+def test_plugin_rejects_a_misspelt_option(clean_modules, option, value, message):
+    from ascend_moe import pytest_plugin
+    with pytest.raises(pytest.UsageError, match=message):
+        pytest_plugin.pytest_configure(_Config(**{option: value}))
+    assert "torch_npu" not in sys.modules
