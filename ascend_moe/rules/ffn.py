@@ -130,6 +130,18 @@ def _(call):
             "is registered for ascend910_93 and torch_npu documents A3 support")
 
 
+@spec.rule("ffn.310p_docs", argument="(product)", products=P310, severity="warning",
+           summary="torch_npu's npu_ffn doc lists Atlas A2/A3 only; aclnnFFNV2/V3 (which torch_npu calls) "
+                   "support the Atlas inference series (310P) with restrictions",
+           source="torch_npu-npu_ffn.md 支持的型号 (A2, A3) vs aclnnFFNV2.md/aclnnFFNV3.md and ffn_def.cpp "
+                  "(ascend310p registered); aclnnFFN (V1) rejects 310P; spec B.7",
+           fix="nothing to do if your torch_npu build dispatches to aclnnFFNV2 on 310P; "
+               "ASCEND_MOE_STRICT_DOCS=1 turns this into an error")
+def _(call):
+    return ("npu_ffn on atlas-inference: torch_npu documents npu_ffn for Atlas A2/A3 only; aclnnFFNV2 "
+            "accepts 310P (fp16, 2-D x, inner_precise=1, no experts/quant)")
+
+
 # ------------------------------------------------------------------------------------------------
 # activation, x, weights
 # ------------------------------------------------------------------------------------------------
