@@ -556,7 +556,8 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
     """Execute the planned layer through the simulator (the NumPy twins in :mod:`ascend_moe.sim`,
     the code the CPU backend runs; each twin checks its call first) on random weights.  Fills each
     stage's ``seconds``; returns ``{"output": y[T, H] bfloat16 ndarray, "expert_idx", "routing_weights",
-    "timings"}``.  NumPy only: no torch needed.
+    "timings", "inputs"}`` (``inputs``: the random tensors, one expert's weights and, for quantised
+    paths, their integer values and scales, so a caller can recompute the layer).  NumPy only.
 
     Memory: full-size random weights do not fit (DeepSeek-V3: 256 experts x 44M parameters per
     layer), so every expert **shares one random expert weight**: ``w[E_l, K, N]`` is a stride-0
@@ -741,7 +742,13 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
                 enforce("npu_grouped_matmul_finalize_routing", a, w2_spec, g_counts, **fr_kw)
                 out32 = _fr.finalize_routing_compute(a, w2, g_counts, **fr_kw)
                 out = out32.astype(bf16)
-    return {"output": out, "expert_idx": idx, "routing_weights": weights, "timings": timings}
+    inputs = {"x": x, "w_gate": w_gate, "bias": bias, "w13": w13_one, "w2": w2_one}
+    if S:
+        inputs.update(shared_w13=ws13, shared_w2=ws2)
+    if quant != "none":
+        inputs.update(q13=q13, s13=s13, q2=q2, s2=s2)
+    return {"output": out, "expert_idx": idx, "routing_weights": weights, "timings": timings,
+            "inputs": inputs}
 
 
 def _contiguous_spec(a: np.ndarray, fmt: str = "ND") -> TensorSpec:
