@@ -157,6 +157,24 @@ def test_failed_load_is_retried_after_the_environment_changes_and_is_thread_safe
     assert out["threads_identical"] is True
 
 
+def test_standalone_init_failure_raises_and_is_retried(tmp_path, fake_root):
+    """aclInit failing with a real error (not 100002) raises AclnnError naming aclInit and the status;
+    nothing is created; the next call initialises again and succeeds; aclrtSetDevice likewise."""
+    out = probe(tmp_path, "fail:aclInit:500004:driver not installed", "run1", "counts1", "unfail",
+                "fail:aclrtSetDevice:200002:no such device", "run2", "unfail", "run3", "counts3",
+                ASCEND_HOME_PATH=fake_root)
+    r1 = out["run1"]
+    assert r1["type"] == "AclnnError" and r1["entry"] == "aclInit" and r1["status"] == 500004
+    assert "ACL_ERROR_DRV_FAILURE" in r1["message"] and "driver not installed" in r1["message"]
+    r2 = out["run2"]
+    assert r2["entry"] == "aclrtSetDevice" and r2["status"] == 200002 and "ACL_ERROR_INVALID_DEVICE" in r2["message"]
+    assert out["run3"] == "returned"
+    assert out["counts1"]["init"] == 1 and out["counts1"]["executor_create"] == 0
+    c = out["counts3"]  # after the reset before run3: one successful call, everything released
+    assert c["init"] == 0 and c["set_device"] == 1  # aclInit succeeded once (run2) and is never repeated
+    assert c["executor_create"] == c["executor_destroy"] == 1 and c["malloc"] == c["free"] == 1
+
+
 def test_python_status_without_cann():
     """In this process (no CANN expected): the status module answers cleanly and the policy refuses."""
     from ascend_moe.backends import BackendError, aclnn_status, select_backend

@@ -383,12 +383,11 @@ def call(op: str, args: Dict[str, Any]) -> Any:
     if op not in BUILDERS:
         raise BackendError(f"{op}: the aclnn dispatcher has no binding for this op")
     c = _C()
-    report = c.loader_report()
-    if not report["ok"]:
-        raise BackendError(f"{op}: the aclnn hardware path is unavailable: {report['reason']}")
+    if not c.runtime_ok():
+        raise BackendError(f"{op}: the aclnn hardware path is unavailable: {c.loader_report()['reason']}")
     device = _device_of(args)
     on_npu = device.type in NPU_DEVICE_TYPES
-    if not on_npu and not report["fake_runtime"]:
+    if not on_npu and not c.fake_runtime():
         raise BackendError(f"{op}: aclnn computes NPU tensors only; CPU tensors are accepted by the fake test "
                            "runtime alone")
     outs = allocate_outputs(op, args, device)

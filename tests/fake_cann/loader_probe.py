@@ -33,14 +33,27 @@ for action in sys.argv[2:]:
         for t in threads:
             t.join()
         out["threads_identical"] = len(set(results)) == 1 and len(results) == 8
-    elif action == "run":
+    elif action.startswith("run"):
         args = ([("T", None)] * 3 + [("I", None)] + [("T", None)] * 10 + [("s", "relu"), ("i", 0), ("b", False),
                                                                          ("T", None)])
         try:
             C.run("aclnnFFNV2", args)
-            out["run"] = "returned"
+            out[action] = "returned"
         except C.AclnnError as e:
-            out["run"] = {"type": "AclnnError", "message": str(e), "status": e.status, "entry": e.entry_point}
+            out[action] = {"type": "AclnnError", "message": str(e), "status": e.status, "entry": e.entry_point}
+    elif action.startswith("fail:"):  # fail:<symbol>:<status>:<message> in the fake runtime
+        import ctypes
+        symbol, status, message = action[len("fail:"):].split(":", 2)
+        fake = ctypes.CDLL(os.path.join(os.environ["ASCEND_HOME_PATH"], "lib64", "libascendcl.so"))
+        fake.fake_fail(symbol.encode(), int(status), message.encode())
+    elif action == "unfail":
+        import ctypes
+        ctypes.CDLL(os.path.join(os.environ["ASCEND_HOME_PATH"], "lib64", "libascendcl.so")).fake_reset()
+    elif action.startswith("counts"):
+        import ctypes
+        fake = ctypes.CDLL(os.path.join(os.environ["ASCEND_HOME_PATH"], "lib64", "libascendcl.so"))
+        fake.fake_counts.restype = ctypes.c_char_p
+        out[action] = json.loads(fake.fake_counts().decode())
     elif action.startswith("probe:"):
         found, detail = C.probe(action[len("probe:"):])
         out["probe"] = {"found": found, "detail": detail}
