@@ -24,6 +24,7 @@ quant, y bf16          int32 acc + b1, AscendDequant fp32-ops            fp32->f
 GLU (fp16, ip=1)       fp32 acc + b1 -> fp16        fp32 ops, ->fp16 RNE  (already fp16)          fp16
 =====================  ===========================  ===================  =======================  =====
 
+(The CAST_ROUND after an fp32 activation is ``Elewise1Compute`` in the kernels, e.g. ``ffn_antiquant.h``.)
 So for fp16 the two ``inner_precise`` flows differ in exactly these places: with 1 the MM1 result is
 rounded to fp16 (RNE) before the activation and every activation op (Muls, Exp, Adds, Div, ...) rounds
 to fp16; with 0 the MM1 result and the activation stay fp32 and the only rounding is the final
@@ -41,7 +42,9 @@ compute dtype T:
   gates the first half ``l`` (kernel ``ffn_glu``: two matmuls at W1 column offsets 0 and N1/2):
   ``swiglu: l * (r / (1 + exp(-r)))``, ``geglu: l * (r / (1 + exp(-0.0713548162726 * r * (r*r +
   22.363860002236))))``, ``reglu: l * max(r, 0)``, computed in fp32 from the fp16 halves, rounded to
-  fp16 with RNE (CAST_NONE).  (aclnnSwiGlu uses the opposite half: not the same convention.)
+  fp16 with RNE (CAST_NONE).  Sources: kernel ``ffn_glu`` MM1Compute (left = W1 columns [0, N1/2), right =
+  [N1/2, N1)) calls ``SwiGLU(out, left, right, BETA_)``; AscendC ``SwiGLUImpl<half>`` computes
+  ``Swish(src1) * src0`` in fp32.  (aclnnSwiGlu uses the opposite half: not the same convention.)
 
 Quantisation details:
 
@@ -56,8 +59,9 @@ Quantisation details:
   then ``t + offset`` (Adds) in fp16; ``Cast<int8, half>(CAST_NONE)`` = half to even, saturated to
   [-128, 127] (saturation [I]).
 * int32 biases are added to the int32 accumulator before dequantisation (cube bias table) [I].
-* antiquant weights: ``W_T = (T(W_int8) + offset) * scale`` with fp16 ops for fp16; for bf16 the add and
-  multiply run in fp32 and the result is rounded once to bf16 (RNE) [I: "bf16 via fp32 temporaries"].
+* antiquant weights (kernel ``ffn_antiquant.h`` CastWeightCompute -> AscendAntiQuant): ``W_T = (T(W_int8) +
+  offset) * scale`` with fp16 ops for fp16; for bf16 (AscendC ``ascend_antiquant_c220_impl.h``, CANN 8.1.RC1)
+  int8 -> fp16 -> fp32, ``+ fp32(offset)``, ``* fp32(scale)``, then ``Cast(bf16, CAST_RINT)``.
 
 Faithfulness contract: integer GEMMs are **exact** (int64 math); float GEMMs are **fp32-accumulate**
 (BLAS order, the cube's K-chunk order is not public: last-bit differences in the MM outputs are
