@@ -91,6 +91,16 @@ def main() -> None:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     repeats = args.repeats or (3 if args.quick else 1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats} (best of)")
+    # warm-up (BLAS / oneDNN thread pools, first-call dispatch) so single-repeat timings are fair
+    for name in args.dtypes.split(","):
+        dt = DTYPES[name]
+        xw, ww, gw = torch.randn(64, 32).to(dt), torch.randn(2, 32, 16).to(dt), torch.randn(64, 16).to(dt)
+        run_ours(xw, ww, torch.tensor([30, 64]), gw)
+        run_loop(xw, ww, [30, 34], gw)
+        try:
+            run_grouped_mm(xw, ww, torch.tensor([30, 64], dtype=torch.int32), gw)
+        except Exception:
+            pass
     print(f"{'shape (E,T,K,N)':<22}{'dtype':<6}{'impl':<14}{'fwd s':>9}{'bwd s':>9}{'fwd GF/s':>10}{'bwd GF/s':>10}"
           f"{'ref/ours fwd':>14}{'ref/ours bwd':>14}")
     for (e, t, k, n) in shapes:

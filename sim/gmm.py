@@ -41,7 +41,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .numerics import cast, dtype_name, fill_undefined
+from .numerics import fill_undefined
 
 __all__ = ["npu_gmm", "npu_gmm_v2", "npu_grouped_matmul", "grouped_matmul_add_fp32"]
 
@@ -96,10 +96,18 @@ def _acc_dtype(*arrays: np.ndarray) -> type:
 def _gemm_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray]) -> None:
     """out[...] = round_once(a @ b + bias) with an fp32 (fp64 in gradcheck mode) accumulator."""
     acc_dt = _acc_dtype(a, b)
-    acc = np.matmul(a.astype(acc_dt, copy=False), b.astype(acc_dt, copy=False))
+    a, b = a.astype(acc_dt, copy=False), b.astype(acc_dt, copy=False)
+    if out.dtype == acc_dt and out.flags.c_contiguous:
+        # fp32 output: the accumulator IS the output, no rounding step and no extra pass
+        np.matmul(a, b, out=out)
+        if bias_row is not None:
+            out += bias_row.astype(acc_dt, copy=False)
+        return
+    acc = np.matmul(a, b)
     if bias_row is not None:
         acc += bias_row.astype(acc_dt, copy=False)  # fp32 add before the one rounding [I]
-    out[...] = cast(acc, dtype_name(out))
+    # the one RNE cast to the output dtype (numerics.cast semantics), written in place
+    np.copyto(out, acc, casting="unsafe")
 
 
 def _as_list(v) -> List[np.ndarray]:
