@@ -63,7 +63,8 @@ Quantisation details:
   offset) * scale`` with fp16 ops for fp16; for bf16 (AscendC ``ascend_antiquant_c220_impl.h``, CANN 8.1.RC1)
   int8 -> fp16 -> fp32, ``+ fp32(offset)``, ``* fp32(scale)``, then ``Cast(bf16, CAST_RINT)``.
 
-Faithfulness contract: integer GEMMs are **exact** (int64 math); float GEMMs are **fp32-accumulate**
+Faithfulness contract: integer GEMMs are **exact** (float64 BLAS on int8 operands: every partial sum
+is an integer below 2**53, wrapped to int32 like the accumulator); float GEMMs are **fp32-accumulate**
 (BLAS order, the cube's K-chunk order is not public: last-bit differences in the MM outputs are
 possible); every elementwise step follows the kernel's op order and rounding; the hardware ``exp``
 accuracy is not public (NumPy's exp, rounded to T, is used).  Not modelled: the antiquant "MSD" kernel
