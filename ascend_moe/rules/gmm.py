@@ -375,7 +375,9 @@ def _(call):
     n, e = v.gl_len, v.num_groups
     if n is None or e is None or v.group_type != 0 or not v.single_x:
         return None
-    if n != e and e != 1:
+    # spec 1.3 says "len == E (or E == 1)"; a weight with one group cannot serve more group-list
+    # entries (the kernel would index past it), so equality is required here [I]
+    if n != e:
         return f"group_list has {n} entries but weight has E={e} groups"
 
 
