@@ -163,11 +163,13 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
     rows = [(e, s, t) for e, (s, t) in enumerate(bounds) if t > s]
     if not rows:
         return out
-    mx = _max_abs(x)
-    xf = x.astype(np.float32)
+    # convert only the rows some group covers (once, shared by all groups)
+    lo, hi = min(s for _, s, _ in rows), max(t for _, _, t in rows)
+    xs = x[lo:hi]
+    mx = _max_abs(xs)
+    xf = xs.astype(np.float32)
     for e, s, t in rows:
-        we = w[e]
-        out[s:t] = exact_int_matmul(x[s:t], we, a_f32=xf[s:t], max_abs_a=mx)
+        out[s:t] = exact_int_matmul(x[s:t], w[e], a_f32=xf[s - lo:t - lo], max_abs_a=mx)
     return out
 
 
