@@ -362,8 +362,14 @@ def allocate_outputs(op: str, args: Dict[str, Any], device: torch.device) -> Lis
         import importlib
         from ..rules import OP_MODULES
         importlib.import_module(f"ascend_moe.ops.{OP_MODULES[op]}")
+    shape_args = args
+    gl = args.get("group_list")
+    if isinstance(gl, torch.Tensor) and gl.device.type != "cpu":
+        # data-dependent output shapes (npu_grouped_matmul split_item 0/1) read the group sizes on the
+        # host, as op-plugin does with .item(); the device tensor itself is what aclnn receives
+        shape_args = dict(args, group_list=gl.cpu())
     return [torch.empty(tuple(int(d) for d in shape), dtype=dtype, device=device)
-            for shape, dtype in SHAPE_RULES[op](args)]
+            for shape, dtype in SHAPE_RULES[op](shape_args)]
 
 
 def _npu_context(device: torch.device):

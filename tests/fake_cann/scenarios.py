@@ -269,6 +269,25 @@ def grouped_matmul_multi_tensor_outputs_in_order(fake: Fake):
 
 
 @scenario
+def grouped_matmul_split_outputs_per_group(fake: Fake):
+    """single x, 3-D weight, split_item 1: one output per group sized by the group list (read on the host)."""
+    begin(fake)
+    x = torch.randn(7, 8, dtype=torch.float16)
+    w = torch.randn(3, 8, 5, dtype=torch.float16)
+    gl = torch.tensor([2, 2, 7])  # cumsum: groups of 2, 0 and 5 rows
+    ys = aclnn().call("npu_grouped_matmul", gm_args([x], [w], group_list=gl, split_item=1, group_type=0))
+    assert [list(y.shape) for y in ys] == [[2, 5], [0, 5], [5, 5]]
+    c = Call(fake, "aclnnGroupedMatmulV5")
+    assert c.value(12, "int64_t") == 1
+    items = c.items(17)
+    assert len(items) == 3
+    for k, (ev, y) in enumerate(zip(items, ys)):
+        nd_tensor(ev, y, FLOAT16)
+        out_bytes(y, k)
+    fake.assert_balanced()
+
+
+@scenario
 def grouped_matmul_nz_weight_uses_weight_nz(fake: Fake):
     from ascend_moe.formats import set_format
     begin(fake)
