@@ -14,8 +14,9 @@ Entry-point choice (op-plugin / MindSpeed, spec aclnn-abi-and-torch.md 2 and 4.3
 * ``npu_gmm`` / ``npu_gmm_v2`` (MindSpeed): ``List[int]`` -> ``V2`` (aclIntArray group list,
   splitItem 3); Tensor -> ``V4`` (groupListType 0 cumsum for npu_gmm, 1 counts for npu_gmm_v2).
 * ``npu_moe_gating_top_k``: ``aclnnMoeGatingTopK``; with input_ids/tid2eid (hash mode) ``...V2``.
-* ``npu_ffn``: ``aclnnFFNV2`` (expert_tokens or expert_tokens_index as aclIntArray,
-  tokensIndexFlag = expert_tokens_index given, innerPrecise default 0).
+* ``npu_ffn``: ``aclnnFFNV2`` (expert_tokens or expert_tokens_index as aclIntArray - an empty one when
+  neither is given, as op-plugin's ``IntArrayRef{}`` -, tokensIndexFlag = expert_tokens_index given,
+  innerPrecise default 0).
 * ``npu_grouped_matmul_swiglu_quant``: ``aclnnGroupedMatmulSwigluQuantWeightNZ`` always.
 * ``npu_grouped_matmul_swiglu_quant_v2``: ``...WeightNzV2`` for an NZ (or 5-D) weight, else ``...V2``.
 * ``npu_grouped_matmul_finalize_routing``: ``V3`` then ``V2``; NZ weight: ``WeightNzV2`` then
@@ -256,11 +257,15 @@ def _build_gating(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, lis
 
 def _build_ffn(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
     entry = choose("ffn", "npu_ffn")
-    index = a.get("expert_tokens_index")
-    tokens = _int_list(index if index is not None else a.get("expert_tokens"))
-    # [I] neither given -> nullptr (op-plugin passes an optional IntArrayRef without value)
-    return entry, [T(a["x"]), T(a["weight1"]), T(a["weight2"]), IA(tokens), T(a.get("bias1")), T(a.get("bias2")),
-                   T(a.get("scale")), T(a.get("offset")), T(a.get("deq_scale1")), T(a.get("deq_scale2")),
+    tokens, index = a.get("expert_tokens"), a.get("expert_tokens_index")
+    if tokens is not None and index is not None:
+        raise BackendError("npu_ffn: expert_tokens and expert_tokens_index should not have the value "
+                           "simultaneously (op-plugin's check)")
+    # op-plugin: an IntArrayRef that stays empty when neither is given -> an empty aclIntArray, not nullptr
+    token_values = _int_list(tokens if tokens is not None else index) or []
+    return entry, [T(a["x"]), T(a["weight1"]), T(a["weight2"]), IA(token_values), T(a.get("bias1")),
+                   T(a.get("bias2")), T(a.get("scale")), T(a.get("offset")), T(a.get("deq_scale1")),
+                   T(a.get("deq_scale2")),
                    T(a.get("antiquant_scale1")), T(a.get("antiquant_scale2")), T(a.get("antiquant_offset1")),
                    T(a.get("antiquant_offset2")), s(a["activation"]), i64(a.get("inner_precise") or 0),
                    b(index is not None), T(outs[0])]

@@ -397,7 +397,9 @@ def ffn_v2_expert_tokens_and_index(fake: Fake):
     x2 = torch.randn(3, 5, 16, dtype=torch.float16)
     y = aclnn().call("npu_ffn", ffn_args(x2, w1[0], w2[0], "relu"))
     c = Call(fake, "aclnnFFNV2")
-    assert c.null(3) and c.value(15, "int64_t") == 0 and c.value(16, "bool") is False
+    # neither expert_tokens nor expert_tokens_index: an empty aclIntArray (op-plugin's IntArrayRef{}), not nullptr
+    assert not c.null(3) and c.value(3, "aclIntArray*") == []
+    assert c.value(15, "int64_t") == 0 and c.value(16, "bool") is False
     assert list(y.shape) == [3, 5, 16]
     out_bytes(y, 0)
     fake.assert_balanced()
