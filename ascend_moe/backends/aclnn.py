@@ -20,7 +20,12 @@ Entry-point choice (op-plugin / MindSpeed, spec aclnn-abi-and-torch.md 2 and 4.3
 * ``npu_grouped_matmul_swiglu_quant``: ``aclnnGroupedMatmulSwigluQuantWeightNZ`` always.
 * ``npu_grouped_matmul_swiglu_quant_v2``: ``...WeightNzV2`` for an NZ (or 5-D) weight, else ``...V2``.
 * ``npu_grouped_matmul_finalize_routing``: ``V3`` then ``V2``; NZ weight: ``WeightNzV2`` then
-  ``WeightNz``; always dtype 0, transposes false, antiquant tensors nullptr.
+  ``WeightNz``; always dtype 0, transposes false, antiquant tensors nullptr.  Deviations from
+  op-plugin, both loud instead of silent: an ``offset`` that only ``WeightNz`` could receive (it has no
+  such parameter; op-plugin drops it) raises BackendError; a ``tuning_config`` the older entry point
+  cannot take is dropped with a RuntimeWarning (op-plugin warns once).
+* dtype overrides (``x_dtype``, ``weight_dtype``, ``w_dtype``, ``*_scale_dtype``: op-plugin's
+  TensorWrapper re-typing for hifloat8/fp4 carried in other torch dtypes) are refused with BackendError.
 
 Marshalling (op-plugin ``ConvertType``): view dims, strides and storage offset of the torch view, the
 storage base pointer, the aclDataType of the torch dtype, format ND (2) or FRACTAL_NZ (29) with the NZ
@@ -45,6 +50,7 @@ Errors: a failing status raises ``ascend_moe._C.AclnnError`` (a ``RuntimeError``
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -197,10 +203,21 @@ def _int_list(v: Any) -> Optional[List[int]]:
     return [int(i) for i in v]
 
 
+def _no_dtype_overrides(op: str, a: Dict[str, Any], names: Sequence[str]) -> None:
+    """op-plugin re-types tensors with x_dtype/weight_dtype/... (TensorWrapper) for dtypes torch lacks
+    (hifloat8, fp4); this dispatcher does not model those, so it refuses them rather than mis-type."""
+    given = [n for n in names if a.get(n) is not None]
+    if given:
+        raise BackendError(f"{op}: {', '.join(f'{n}={a[n]!r}' for n in given)}: dtype overrides (torch_npu "
+                           "TensorWrapper re-typing) are not supported by the aclnn dispatcher; pass tensors "
+                           "whose torch dtype is the element type")
+
+
 # Each builder: (args, outs) -> (entry point, [argument descriptors]).
 
 def _build_grouped_matmul(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
     op = "npu_grouped_matmul"
+    _no_dtype_overrides(op, a, ("x_dtype", "weight_dtype", "scale_dtype", "per_token_scale_dtype"))
     xs, ws, gl = list(a["x"]), list(a["weight"]), a.get("group_list")
     split_item = int(a.get("split_item") or 0)
     group_type = _gmm_group_type(a.get("group_type"), gl)
@@ -219,7 +236,7 @@ def _build_grouped_matmul(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[
         entry = choose("gmm_nz", op)
         return entry, common + [tuning, i64(0)] + tail  # quantGroupSize 0, as op-plugin
     fp8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
-    v5_ok = xs[0].dtype not in fp8 and a.get("x_dtype") is None and a.get("weight_dtype") is None
+    v5_ok = xs[0].dtype not in fp8  # op-plugin: V5 only for native dtypes (no fp8 x, no dtype overrides)
     entry = choose("gmm" if v5_ok else "gmm_v4", op)
     if entry.endswith("V5"):
         return entry, common + [tuning] + tail
@@ -285,6 +302,7 @@ DEQUANT_DTYPE_TO_GE = {6: 0, 5: 1, 15: 27}
 
 def _build_swiglu_v2(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
     op = "npu_grouped_matmul_swiglu_quant_v2"
+    _no_dtype_overrides(op, a, ("x_dtype", "weight_dtype", "weight_scale_dtype", "x_scale_dtype"))
     w0 = _first(a["weight"])
     nz = _is_nz(w0) or w0.dim() == 5
     entry = choose("swiglu_v2_nz" if nz else "swiglu_v2", op)
@@ -299,6 +317,7 @@ def _build_swiglu_v2(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, 
 
 def _build_finalize(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
     op = "npu_grouped_matmul_finalize_routing"
+    _no_dtype_overrides(op, a, ("x_dtype", "w_dtype", "scale_dtype", "pertoken_scale_dtype"))
     nz = _is_nz(a["w"])
     entry = choose("finalize_nz" if nz else "finalize", op)
     glt = a.get("group_list_type")
@@ -310,6 +329,9 @@ def _build_finalize(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, l
         if a.get("offset") is not None:
             raise BackendError(f"{op}: offset needs aclnnGroupedMatmulFinalizeRoutingWeightNzV2, which this CANN "
                                "does not provide (only WeightNz resolved)")
+        if a.get("tuning_config") is not None:
+            warnings.warn(f"{op}: {entry} takes no tuning_config; it is ignored (update CANN for WeightNzV2), as "
+                          "op-plugin does", RuntimeWarning, stacklevel=3)
         return entry, [T(a["x"]), T(a["w"]), T(a.get("scale")), T(a.get("bias")), T(a.get("pertoken_scale")),
                        T(a["group_list"]), T(a.get("shared_input")), T(a.get("logit")), T(a.get("row_index")),
                        i64(0), f32(siw), i64(sio), b(False), b(False), i64(glt), T(outs[0])]
@@ -318,6 +340,9 @@ def _build_finalize(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, l
             T(a.get("row_index")), i64(0), f32(siw), i64(sio), b(False), b(False), i64(glt)]
     if entry.endswith("V3") or entry.endswith("WeightNzV2"):
         args.append(IA(list(a.get("tuning_config") or [])))
+    elif a.get("tuning_config") is not None:
+        warnings.warn(f"{op}: {entry} takes no tuning_config; it is ignored (update CANN for V3), as op-plugin "
+                      "does", RuntimeWarning, stacklevel=3)
     return entry, args + [T(outs[0])]
 
 

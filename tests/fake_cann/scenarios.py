@@ -716,6 +716,20 @@ def public_ops_end_to_end(fake: Fake):
 
 
 @scenario
+def dtype_overrides_are_refused(fake: Fake):
+    from ascend_moe.backends import BackendError
+    begin(fake)
+    x, w, scale, pts, gl, shared, logit, rows = fr_inputs()
+    try:
+        aclnn().call("npu_grouped_matmul_finalize_routing", fr_args(x, w, gl, scale=scale, w_dtype=290))
+    except BackendError as e:
+        assert "w_dtype=290" in str(e)
+    else:
+        raise AssertionError("dtype overrides must be refused")
+    assert fake.counts()["tensor_create"] == 0
+
+
+@scenario
 def info_lists_entry_points(fake: Fake):
     import contextlib
     import io
@@ -782,6 +796,11 @@ def old_finalize_falls_back_v3_to_v2_and_nzv2_to_nz(fake: Fake):
     c = Call(fake, "aclnnGroupedMatmulFinalizeRoutingV2")
     assert c.kinds() == FR_V2_KINDS + ["aclTensor*"]
     assert c.value(13, "float") == 0.25
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aclnn().call("npu_grouped_matmul_finalize_routing", fr_args(x, w, gl, scale=scale, tuning_config=[4]))
+    assert any("tuning_config" in str(wm.message) for wm in caught)
     nd_tensor(c.tensor(18), y, FLOAT)
     out_bytes(y, 0)
     fake.assert_balanced()
