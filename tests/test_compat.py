@@ -259,3 +259,15 @@ def test_plugin_rejects_a_misspelt_option(clean_modules, option, value, message)
     with pytest.raises(pytest.UsageError, match=message):
         pytest_plugin.pytest_configure(_Config(**{option: value}))
     assert "torch_npu" not in sys.modules
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap, reported to the npu_format_cast / formats.py owner: the FRACTAL_NZ tag is keyed by the "
+    "Python tensor object, so vllm-ascend's weight post-processing idiom "
+    "`layer.w13_weight.data = torch_npu.npu_format_cast(layer.w13_weight.data, 29)` (and "
+    "nn.Parameter(npu_format_cast(w, 29))) leaves the parameter untagged (ND) and the A8W8 ops then "
+    "reject it; strict: this test starts passing - and must be un-marked - once the tag follows the storage"))
+def test_vllm_ascend_weight_postprocessing_keeps_nz():
+    w = torch.nn.Parameter(torch.randint(-8, 8, (2, 32, 64), dtype=torch.int8), requires_grad=False)
+    w.data = npu_shim.npu_format_cast(w.data, 29)
+    assert npu_shim.get_npu_format(w) == 29
