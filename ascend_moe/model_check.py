@@ -72,7 +72,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -551,7 +551,7 @@ class Progress:
         self.done += 1
         filled = round(self.width * self.done / self.total)
         bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"[{bar}] {self.done}/{self.total} {label:<34} {seconds * 1e3:9.1f} ms\n")
+        self.stream.write(f"[{bar}] {self.done}/{self.total} {label:<58} {seconds * 1e3:9.1f} ms\n")
         self.stream.flush()
 
 
