@@ -83,6 +83,13 @@ typedef aclnnStatus (*aclnnRun_t)(void *workspace, uint64_t workspaceSize, aclOp
                                   aclrtStream stream);
 
 // --- phase 1 prototypes (GetWorkspaceSize), verbatim parameter types from the ops-transformer headers ---
+// aclnnGroupedMatmul (V1: torch_npu npu_grouped_matmul.List, the int-array group list; M split only)
+typedef aclnnStatus (*aclnnGroupedMatmulGWS_t)(
+    const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,
+    const aclTensorList *scaleOptional, const aclTensorList *offsetOptional,
+    const aclTensorList *antiquantScaleOptional, const aclTensorList *antiquantOffsetOptional,
+    const aclIntArray *groupListOptional, int64_t splitItem, const aclTensorList *y, uint64_t *workspaceSize,
+    aclOpExecutor **executor);
 // aclnnGroupedMatmulV2 (MindSpeed npu_gmm with List[int] group_list)
 typedef aclnnStatus (*aclnnGroupedMatmulV2GWS_t)(
     const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,

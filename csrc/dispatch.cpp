@@ -117,6 +117,7 @@ Entry make_entry(aclnnStatus (*)(All...)) {
 
 const std::map<std::string, Entry> &entries() {
   static const std::map<std::string, Entry> table = {
+      ASCEND_MOE_ENTRY("aclnnGroupedMatmul", aclnnGroupedMatmulGWS_t),
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulV2", aclnnGroupedMatmulV2GWS_t),
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulV4", aclnnGroupedMatmulV4GWS_t),
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulV5", aclnnGroupedMatmulV5GWS_t),
@@ -250,6 +251,7 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> &families() 
       {"gmm_v4", {"aclnnGroupedMatmulV4"}},
       {"gmm_nz", {"aclnnGroupedMatmulWeightNz"}},
       {"gmm_list", {"aclnnGroupedMatmulV2"}},
+      {"gmm_list_v1", {"aclnnGroupedMatmul"}},
       {"gating", {"aclnnMoeGatingTopK"}},
       {"gating_hash", {"aclnnMoeGatingTopKV2"}},
       {"ffn", {"aclnnFFNV2"}},

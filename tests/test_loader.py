@@ -187,7 +187,7 @@ def test_python_status_without_cann():
     assert aclnn_status.aclnn_unavailable_reason("npu_ffn") == rep["reason"]
     eps = aclnn_status.entry_points("npu_grouped_matmul")
     assert [n for n, _, _ in eps] == ["aclnnGroupedMatmulV5", "aclnnGroupedMatmulV4", "aclnnGroupedMatmulWeightNz",
-                                      "aclnnGroupedMatmulV2"]
+                                      "aclnnGroupedMatmul"]
     assert not any(found for _, found, _ in eps)
     import torch
     with pytest.raises(BackendError, match="CPU simulator"):

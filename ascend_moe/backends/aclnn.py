@@ -8,9 +8,8 @@ workspace, phase 2 and the cleanup.  Outputs come back in the public op's struct
 Entry-point choice (op-plugin / MindSpeed, spec aclnn-abi-and-torch.md 2 and 4.3):
 
 * ``npu_grouped_matmul``: FRACTAL_NZ weight -> ``aclnnGroupedMatmulWeightNz``; else ``V5`` when it
-  resolves and x is not fp8 and no x_dtype/weight_dtype override is given, else ``V4``; a
-  ``List[int]`` group_list -> ``aclnnGroupedMatmulV2`` [I: op-plugin's ``.List`` overload calls the
-  older V1; we send V2, which carries group_type, and say so here].
+  resolves and x is not fp8, else ``V4``; a ``List[int]`` group_list (torch_npu's ``.List`` overload)
+  -> ``aclnnGroupedMatmul`` (V1: M split only; group_type 2 with a list is refused).
 * ``npu_gmm`` / ``npu_gmm_v2`` (MindSpeed): ``List[int]`` -> ``V2`` (aclIntArray group list,
   splitItem 3); Tensor -> ``V4`` (groupListType 0 cumsum for npu_gmm, 1 counts for npu_gmm_v2).
 * ``npu_moe_gating_top_k``: ``aclnnMoeGatingTopK``; with input_ids/tid2eid (hash mode) ``...V2``.
@@ -222,10 +221,13 @@ def _build_grouped_matmul(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[
     split_item = int(a.get("split_item") or 0)
     group_type = _gmm_group_type(a.get("group_type"), gl)
     if isinstance(gl, (list, tuple)):
-        entry = choose("gmm_list", op)
+        # torch_npu's npu_grouped_matmul.List overload: aclnnGroupedMatmul (V1), which has no group type
+        if group_type not in (-1, 0):
+            raise BackendError(f"{op}: group_type={group_type} with a List[int] group_list: the .List overload's "
+                               "aclnnGroupedMatmul (V1) splits M only; pass group_list as a Tensor")
+        entry = choose("gmm_list_v1", op)
         return entry, [L(xs), L(ws), L(a.get("bias")), L(a.get("scale")), L(a.get("offset")),
-                       L(a.get("antiquant_scale")), L(a.get("antiquant_offset")), IA(gl), i64(split_item),
-                       i64(group_type), L(outs)]
+                       L(a.get("antiquant_scale")), L(a.get("antiquant_offset")), IA(gl), i64(split_item), L(outs)]
     common = [L(xs), L(ws), L(a.get("bias")), L(a.get("scale")), L(a.get("offset")), L(a.get("antiquant_scale")),
               L(a.get("antiquant_offset")), L(a.get("per_token_scale")), T(gl), L(a.get("activation_input")),
               L(a.get("activation_quant_scale")), L(a.get("activation_quant_offset")), i64(split_item),

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 OP_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "npu_gmm": ("gmm_v4", "gmm_list"),
     "npu_gmm_v2": ("gmm_v4",),
-    "npu_grouped_matmul": ("gmm", "gmm_nz", "gmm_list"),
+    "npu_grouped_matmul": ("gmm", "gmm_nz", "gmm_list_v1"),
     "npu_moe_gating_top_k": ("gating", "gating_hash"),
     "npu_ffn": ("ffn",),
     "npu_grouped_matmul_swiglu_quant": ("swiglu_v1",),

@@ -147,6 +147,25 @@ static aclnnStatus fake_run(const char *api, void *workspace, uint64_t workspace
   }
 
 /* ------------------------------------------------------------------ grouped matmul */
+#ifndef OMIT_aclnnGroupedMatmulGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulGetWorkspaceSize(
+    const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,
+    const aclTensorList *scaleOptional, const aclTensorList *offsetOptional,
+    const aclTensorList *antiquantScaleOptional, const aclTensorList *antiquantOffsetOptional,
+    const aclIntArray *groupListOptional, int64_t splitItem, const aclTensorList *y, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmul");
+  a_list(&c, x, 0); a_list(&c, weight, 0); a_list(&c, biasOptional, 0); a_list(&c, scaleOptional, 0);
+  a_list(&c, offsetOptional, 0); a_list(&c, antiquantScaleOptional, 0); a_list(&c, antiquantOffsetOptional, 0);
+  a_array(&c, groupListOptional); a_i64(&c, splitItem); a_list(&c, y, 1);
+  return finish(&c, "aclnnGroupedMatmul", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmul
+PHASE2(aclnnGroupedMatmul)
+#endif
+
 #ifndef OMIT_aclnnGroupedMatmulV2GetWorkspaceSize
 FAKE_EXPORT aclnnStatus aclnnGroupedMatmulV2GetWorkspaceSize(
     const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,

@@ -308,18 +308,28 @@ def grouped_matmul_nz_weight_uses_weight_nz(fake: Fake):
 
 
 @scenario
-def grouped_matmul_int_list_uses_v2(fake: Fake):
+def grouped_matmul_int_list_uses_v1(fake: Fake):
+    from ascend_moe.backends import BackendError
     begin(fake)
     x = torch.randn(6, 8, dtype=torch.float16)
     w = torch.randn(2, 8, 4, dtype=torch.float16)
     (y,) = aclnn().call("npu_grouped_matmul", gm_args([x], [w], group_list=[2, 6], split_item=3, group_type=0))
-    c = Call(fake, "aclnnGroupedMatmulV2")
-    assert c.kinds() == ["aclTensorList*"] * 7 + ["aclIntArray*", "int64_t", "int64_t", "aclTensorList*"]
+    c = Call(fake, "aclnnGroupedMatmul")
+    assert c.kinds() == ["aclTensorList*"] * 7 + ["aclIntArray*", "int64_t", "aclTensorList*"]
     assert c.value(7, "aclIntArray*") == [2, 6]
-    assert c.value(8, "int64_t") == 3 and c.value(9, "int64_t") == 0
-    nd_tensor(c.items(10)[0], y, FLOAT16)
+    assert c.value(8, "int64_t") == 3
+    nd_tensor(c.items(9)[0], y, FLOAT16)
     out_bytes(y, 0)
     fake.assert_balanced()
+    begin(fake)
+    try:
+        aclnn().call("npu_grouped_matmul", gm_args([x.t()], [torch.randn(6, 4, dtype=torch.float16)],
+                                                   group_list=[4, 8], split_item=3, group_type=2))
+    except BackendError as e:
+        assert "group_type=2" in str(e)
+    else:
+        raise AssertionError("a K split with a List[int] group_list must be refused")
+    assert fake.counts()["tensor_create"] == 0
 
 
 def gmm_args(x, w, **kw):
