@@ -13,16 +13,17 @@ from ascend_moe.sim.numerics import pack_int4, unpack_int4
 from ascend_moe.sim.quant_gemm import weight_to_nz_storage, weight_values
 
 
-def test_cast_29_tags_alias_with_same_values():
+def test_cast_29_tags_a_copy_with_same_values():
     w = torch.randint(-128, 128, (2, 32, 64), dtype=torch.int8)
     nz = ascend_moe.npu_format_cast(w, 29)
     assert get_format(nz) == "FRACTAL_NZ" and get_format(w) == "ND"
-    assert nz.shape == w.shape and torch.equal(nz, w)
+    assert nz.shape == w.shape and torch.equal(nz, w) and nz.data_ptr() != w.data_ptr()
+    assert ascend_moe.npu_format_cast(nz, 29) is nz
     nd = ascend_moe.npu_format_cast(nz, 2)
     assert get_format(nd) == "ND" and torch.equal(nd, w)
     a = np.arange(64 * 32, dtype=np.float16).reshape(64, 32)
     a_nz = ascend_moe.npu_format_cast(a, 29)
-    assert get_format(a_nz) == "FRACTAL_NZ" and np.shares_memory(a, a_nz)
+    assert get_format(a_nz) == "FRACTAL_NZ" and np.array_equal(a, a_nz) and not np.shares_memory(a, a_nz)
 
 
 @pytest.mark.parametrize("dtype,c0", [(torch.int8, 32), (torch.float16, 16), (torch.float32, 8)])

@@ -3,15 +3,16 @@
 On an NPU, ``torch_npu.npu_format_cast(w, 29)`` re-lays a weight out as FRACTAL_NZ while its logical
 shape and values stay the same.  Here (CPU):
 
-* ``npu_format_cast(w, 29)`` returns a new tensor object aliasing ``w``'s memory (same logical shape
-  and values) whose format is recorded as FRACTAL_NZ (:func:`ascend_moe.formats.set_format`); ``w``
-  itself keeps its format.  The ops read the logical values; the tag decides which rules apply
+* ``npu_format_cast(w, 29)`` returns a new tensor (a copy with its own storage, as torch_npu's cast to
+  another format allocates one; same logical shape and values) whose format is recorded as FRACTAL_NZ
+  (:func:`ascend_moe.formats.set_format`); ``w`` itself keeps its format.  Casting to the format a
+  tensor already has returns it unchanged (torch_npu does the same).  The ops read the logical values; the tag decides which rules apply
   (A8W8 swiglu-quant needs NZ) and which aclnn entry point the device path takes.
 * ``npu_format_cast(w, 29, storage=True)`` returns instead the physical 5-D NZ storage the aclnn docs
   describe (``[..., ceil(N/C0), ceil(K/16), 16, C0]``, C0 = 32 bytes / element size, zero padded; an
   int32 tensor holding packed int4 gives ``[E, N/64, K/16, 16, 8]``, the same bytes as the int4 NZ
   layout), also tagged FRACTAL_NZ.  The ops accept that form too.
-* ``npu_format_cast(w, 2)`` gives ND: an alias tagged ND, or, for a 5-D NZ storage array, the logical
+* ``npu_format_cast(w, 2)`` gives ND: a copy tagged ND, or, for a 5-D NZ storage array, the logical
   matrix back (its padded shape ``[..., K1*16, N1*C0]``: the storage does not record the padding).
 * Tensors on an NPU go to ``torch_npu.npu_format_cast`` (never computed on the CPU).
 
@@ -79,8 +80,12 @@ def npu_format_cast(weight: Any, acl_format: int, customize_dtype: Optional[int]
         out = wrap(a if src_storage else nd_to_nz(a, dtype=dtype_name(a)), weight)
     elif acl_format == ACL_FORMAT_ND and src_storage:
         out = wrap(_from_storage(weight if is_np else _np(weight)), weight)
+    elif get_format(weight) == target:
+        return weight
     else:
-        out = weight.view() if is_np else weight.view(weight.shape)
+        # a copy, not an alias: the NZ tensor owns its storage, so a tag that follows the storage can
+        # never leak onto the ND original
+        out = weight.copy() if is_np else weight.clone()
     set_format(out, target)
     return out
 
