@@ -271,3 +271,14 @@ def test_vllm_ascend_weight_postprocessing_keeps_nz():
     w = torch.nn.Parameter(torch.randint(-8, 8, (2, 32, 64), dtype=torch.int8), requires_grad=False)
     w.data = npu_shim.npu_format_cast(w.data, 29)
     assert npu_shim.get_npu_format(w) == 29
+
+
+def test_mock_patch_of_an_implemented_name_still_works(clean_modules):
+    """Suites may keep a targeted mock.patch on top of the drop-in (restored afterwards)."""
+    from unittest import mock
+    compat.install(mindspeed=False)
+    import torch_npu
+    real = torch_npu.npu_grouped_matmul
+    with mock.patch("torch_npu.npu_grouped_matmul", return_value=["patched"]) as patched:
+        assert torch_npu.npu_grouped_matmul([], []) == ["patched"] and patched.called
+    assert torch_npu.npu_grouped_matmul is real

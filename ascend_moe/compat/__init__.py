@@ -18,6 +18,17 @@ Usage::
     import ascend_moe.compat
     ascend_moe.compat.install()      # before the code under test imports torch_npu
     import torch_npu                 # -> ascend_moe.compat.torch_npu on a CPU machine
+
+Notes for suites that mocked torch_npu before:
+
+* remove (or guard with ``ascend_moe.compat.is_shim``) a conftest block that puts a ``MagicMock``
+  module into ``sys.modules["torch_npu"]``: it would replace the drop-in;
+* where a broken torch_npu is installed, torch's device-backend autoload fails inside ``import torch``
+  before anything here runs: set ``TORCH_DEVICE_BACKEND_AUTOLOAD=0`` for the CPU job;
+* ``torch.ops.npu.<op>`` (torch_npu's op namespace) is not registered: call ``torch_npu.<op>`` or
+  ``torch.ops.ascend_moe.<op>``;
+* ``unittest.mock.patch("torch_npu.npu_grouped_matmul", ...)`` keeps working for the names the
+  drop-in implements (they are ordinary module attributes).
 """
 from __future__ import annotations
 
