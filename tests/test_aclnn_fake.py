@@ -2,7 +2,7 @@
 
 The fake (tests/fake_cann/*.c) is compiled by the system C compiler into ``lib64/`` of a temp dir used as
 ASCEND_HOME_PATH.  The loader runs once per process, so each fake build is driven by its own worker
-process (tests/fake_cann/worker.py) that runs the scenarios of tests/fake_cann/scenarios.py one by one;
+process (tests/fake_cann/worker.py) that runs the scenarios of tests/fake_cann/fakecann_scenarios.py one by one;
 this module turns each scenario into a test.  Two builds: the full one, and an "old CANN" one without
 GroupedMatmulV5, FinalizeRoutingV3/WeightNzV2 and GroupedMatmulWeightNzGetWorkspaceSize (fallbacks and
 missing symbols), whose aclInit answers 100002.
@@ -18,8 +18,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FAKE_DIR = os.path.join(HERE, "fake_cann")
 sys.path.insert(0, FAKE_DIR)
 
-import harness  # noqa: E402
-import scenarios  # noqa: E402
+import fakecann_harness as harness  # noqa: E402
+import fakecann_scenarios as scenarios  # noqa: E402
 
 pytestmark = pytest.mark.skipif(harness.compiler() is None, reason="no C compiler for the fake CANN runtime")
 

@@ -17,7 +17,7 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "fake_cann"))
-import harness  # noqa: E402
+import fakecann_harness as harness  # noqa: E402
 
 pytestmark = pytest.mark.skipif(harness.compiler() is None, reason="no C compiler")
 

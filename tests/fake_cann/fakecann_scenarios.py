@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from harness import Fake, expected_pattern
+from fakecann_harness import Fake, expected_pattern
 
 # aclDataType codes (spec aclnn-abi-and-torch.md 1.2), written out independently of aclnn.py
 FLOAT, FLOAT16, INT8, INT32, INT64, BF16 = 0, 1, 2, 3, 9, 27

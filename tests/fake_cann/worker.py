@@ -8,8 +8,8 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Fake  # noqa: E402
-import scenarios  # noqa: E402
+from fakecann_harness import Fake  # noqa: E402
+import fakecann_scenarios as scenarios  # noqa: E402
 
 
 def main() -> None:
