@@ -68,9 +68,14 @@ def _samples_gmm() -> List[Sample]:
     x = _rand(7, 16, dtype=torch.bfloat16, seed=1)
     w = _rand(3, 16, 8, dtype=torch.bfloat16, seed=2, scale=0.25)
     # the op's schema carries a List[int] group list as group_list_ints (the public function maps it)
+    # K split (group_type 2): x a transposed view [M, K] of a [K, M] tensor, weight [K, N], y [E, M, N]
+    xt = _rand(16, 5, dtype=torch.bfloat16, seed=35).t()
+    wk = _rand(16, 8, dtype=torch.bfloat16, seed=36, scale=0.25)
     return [Sample((x, w), dict(group_list_ints=[2, 2, 7], group_type=0), [((7, 8), torch.bfloat16)]),
             Sample((x.float(), w.float()), dict(group_list=torch.tensor([3, 5, 7]), group_type=0),
-                   [((7, 8), torch.float32)])]
+                   [((7, 8), torch.float32)]),
+            Sample((xt, wk), dict(group_list=torch.tensor([4, 4, 16]), group_type=2),
+                   [((3, 5, 8), torch.bfloat16)])]
 
 
 def _samples_gmm_v2() -> List[Sample]:
