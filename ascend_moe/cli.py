@@ -115,6 +115,7 @@ def _print_matrix(args: argparse.Namespace) -> int:
     prods = list(PRODUCTS)
     ops = _loaded_ops(args.op)
     if not ops:
+        print(f"error: no op rules available{f' for {args.op!r}' if args.op else ''}", file=sys.stderr)
         return 2
     if args.markdown:
         print("| op | " + " | ".join(prods) + " | rules |")
