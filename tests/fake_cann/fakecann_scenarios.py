@@ -666,6 +666,46 @@ def workspace_callback_and_stream_hooks(fake: Fake):
 
 
 @scenario
+def torch_npu_mode_plumbing(fake: Fake):
+    """The path NPU tensors take inside a torch_npu process, with torch_npu stood in for: the stream is
+    torch.npu.current_stream().npu_stream, the workspace comes from the allocator callback (no
+    aclrtMalloc, no synchronisation), and aclInit / aclrtSetDevice / aclFinalize are left to torch_npu."""
+    import contextlib
+    import types
+    mod = aclnn()
+    keep = []
+
+    def npu_context(device):
+        def alloc(size):
+            t = torch.empty(size, dtype=torch.uint8)
+            keep.append(t)
+            return t.untyped_storage().data_ptr(), t
+        return contextlib.nullcontext(), alloc
+
+    stream = types.SimpleNamespace(npu_stream=0x7700)
+    saved = mod.NPU_DEVICE_TYPES, mod._npu_context, torch.__dict__.get("npu")
+    mod.NPU_DEVICE_TYPES, mod._npu_context = ("cpu",), npu_context
+    torch.npu = types.SimpleNamespace(current_stream=lambda: stream)
+    begin(fake)
+    fake.set_workspace(512)
+    try:
+        y, idx, norm = mod.call("npu_moe_gating_top_k", gating_args(torch.randn(3, 8), 2))
+    finally:
+        mod.NPU_DEVICE_TYPES, mod._npu_context = saved[0], saved[1]
+        if saved[2] is None:
+            del torch.npu
+        else:
+            torch.npu = saved[2]
+    run = fake.runs()[0]
+    assert run["stream"] == 0x7700 and run["workspace"] == keep[0].data_ptr() and keep[0].numel() == 512
+    c = fake.counts()
+    assert c["init"] == 0 and c["set_device"] == 0 and c["malloc"] == 0 and c["sync"] == 0
+    assert not any(e["ev"] == "aclFinalize" for e in fake.events())
+    out_bytes(y, 0), out_bytes(idx, 1), out_bytes(norm, 2)
+    fake.assert_balanced()
+
+
+@scenario
 def init_and_device_once(fake: Fake):
     _gating_call()  # aclInit / aclrtSetDevice happen at the first standalone call of the process, at most
     begin(fake)
