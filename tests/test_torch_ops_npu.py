@@ -7,6 +7,7 @@ subprocess with ASCEND_HOME_PATH pointing at a fresh fake build.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,9 +18,18 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAKE_DIR = os.path.join(HERE, "fake_cann")
-sys.path.insert(0, FAKE_DIR)
 
-import harness  # noqa: E402
+
+def _load_harness():
+    """tests/fake_cann/fakecann_harness.py, loaded by path (independent of sys.path during collection)."""
+    spec = importlib.util.spec_from_file_location("_fake_cann_harness_for_npu_kernels",
+                                                  os.path.join(FAKE_DIR, "fakecann_harness.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _load_harness()
 
 pytestmark = pytest.mark.skipif(harness.compiler() is None, reason="no C compiler for the fake CANN runtime")
 
@@ -28,7 +38,7 @@ WORKER = textwrap.dedent(r'''
     import numpy as np
     import torch
     sys.path.insert(0, sys.argv[2])
-    from harness import Fake, expected_pattern
+    from fakecann_harness import Fake, expected_pattern
     import ascend_moe
     from ascend_moe.ops import _npu_kernels
 
