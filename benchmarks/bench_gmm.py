@@ -115,23 +115,23 @@ def main() -> None:
             g = torch.randn(t, n, generator=gen).to(dt)
             gl = torch.tensor(cum, dtype=torch.int64)
             offs = torch.tensor(cum, dtype=torch.int32)
-            rows = {}
-            rows["ours"] = bench(lambda: run_ours(x, w, gl, g), repeats)
-            try:
-                rows["_grouped_mm"] = bench(lambda: run_grouped_mm(x, w, offs, g), repeats)
-            except Exception as ex:  # report why the reference does not run
-                rows["_grouped_mm"] = f"not available on CPU for {name}: {type(ex).__name__}: {str(ex)[:80]}"
-            rows["per-expert"] = bench(lambda: run_loop(x, w, counts, g), repeats)
-            of, ob = rows["ours"]
-            for impl, r in rows.items():
-                label = f"{e},{t},{k},{n}"
-                if isinstance(r, str):
-                    print(f"{label:<22}{name:<6}{impl:<14}{r}")
+            label = f"{e},{t},{k},{n}"
+            ours = None
+            for impl, fn in (("ours", lambda: run_ours(x, w, gl, g)),
+                             ("_grouped_mm", lambda: run_grouped_mm(x, w, offs, g)),
+                             ("per-expert", lambda: run_loop(x, w, counts, g))):
+                try:
+                    f, b = bench(fn, repeats)
+                except Exception as ex:  # report why a reference does not run
+                    print(f"{label:<22}{name:<6}{impl:<14}not available on CPU for {name}: "
+                          f"{type(ex).__name__}: {str(ex)[:80]}", flush=True)
                     continue
-                f, b = r
-                ratio = "" if impl == "ours" else f"{f / of:>14.2f}{b / ob:>14.2f}"
+                if impl == "ours":
+                    ours = (f, b)
+                ratio = "" if ours is None or impl == "ours" else f"{f / ours[0]:>14.2f}{b / ours[1]:>14.2f}"
                 print(f"{label:<22}{name:<6}{impl:<14}{f:>9.3f}{b:>9.3f}{flops / f / 1e9:>10.1f}"
                       f"{2 * flops / b / 1e9:>10.1f}{ratio}", flush=True)
+            del x, w, g
 
 
 if __name__ == "__main__":
