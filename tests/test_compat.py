@@ -261,16 +261,13 @@ def test_plugin_rejects_a_misspelt_option(clean_modules, option, value, message)
     assert "torch_npu" not in sys.modules
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap, reported to the npu_format_cast / formats.py owner: the FRACTAL_NZ tag is keyed by the "
-    "Python tensor object, so vllm-ascend's weight post-processing idiom "
-    "`layer.w13_weight.data = torch_npu.npu_format_cast(layer.w13_weight.data, 29)` (and "
-    "nn.Parameter(npu_format_cast(w, 29))) leaves the parameter untagged (ND) and the A8W8 ops then "
-    "reject it; strict: this test starts passing - and must be un-marked - once the tag follows the storage"))
 def test_vllm_ascend_weight_postprocessing_keeps_nz():
+    """vllm-ascend's process_weights_after_loading idioms keep the NZ format the ops check."""
     w = torch.nn.Parameter(torch.randint(-8, 8, (2, 32, 64), dtype=torch.int8), requires_grad=False)
     w.data = npu_shim.npu_format_cast(w.data, 29)
     assert npu_shim.get_npu_format(w) == 29
+    p = torch.nn.Parameter(npu_shim.npu_format_cast(torch.zeros(2, 32, 64, dtype=torch.int8), 29), requires_grad=False)
+    assert npu_shim.get_npu_format(p) == 29
 
 
 def test_mock_patch_of_an_implemented_name_still_works(clean_modules):
