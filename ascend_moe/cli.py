@@ -47,8 +47,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"{'op':<38} {'rules':>5}  aclnn entry points")
     for name in OP_MODULES:
         op = get_op(name)
-        eps = aclnn_status.entry_points(name)
-        ep_text = ", ".join(f"{n}{'' if ok else ' (missing)'}" for n, ok, _ in eps) or "-"
+        # per call family: the entry point that would be used, or the preference order when none resolves
+        plan = aclnn_status.entry_point_plan(name)
+        ep_text = "; ".join(
+            f"{fam}: {chosen}" if chosen else f"{fam}: none of {' > '.join(n for n, _ in cands)}"
+            for fam, chosen, cands in plan) or "-"
         print(f"{name:<38} {len(op.rules):>5}  {ep_text}")
     return 0
 

@@ -94,3 +94,19 @@ def aclnn_unavailable_reason(op: str) -> Optional[str]:
     if any(found for _, found, _ in eps):
         return None
     return "no aclnn entry point of this op resolves: " + "; ".join(f"{n}: {d}" for n, _, d in eps)
+
+
+def entry_point_plan(op: str) -> List[Tuple[str, Optional[str], List[Tuple[str, bool]]]]:
+    """Per call family of ``op`` (e.g. ``gmm`` for ND weights, ``gmm_nz`` for NZ weights): the entry
+    point that would be used (the first that resolves, in op-plugin's order) or None, and the
+    candidates with whether each resolved."""
+    c, _ = _c()
+    if c is None:
+        return []
+    plan = []
+    for fam in OP_FAMILIES.get(op, ()):
+        _, candidates = c.choose(fam)
+        cands = [(name, bool(found)) for name, found, _ in candidates]
+        chosen = next((name for name, found in cands if found), None)
+        plan.append((fam, chosen, cands))
+    return plan

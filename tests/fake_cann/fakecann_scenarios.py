@@ -791,6 +791,10 @@ def info_lists_entry_points(fake: Fake):
     text = buf.getvalue()
     assert "CANN       found (fake test runtime)" in text, text
     assert "aclnnGroupedMatmulV5" in text and "aclnnFFNV2" in text
+    # per op and call family, the entry point that would be used (the newest that resolves)
+    assert "gmm: aclnnGroupedMatmulV5; gmm_nz: aclnnGroupedMatmulWeightNz" in text, text
+    assert "finalize: aclnnGroupedMatmulFinalizeRoutingV3; finalize_nz: " \
+           "aclnnGroupedMatmulFinalizeRoutingWeightNzV2" in text, text
     eps = aclnn_status.entry_points("npu_grouped_matmul_finalize_routing")
     assert [n for n, _, _ in eps] == ["aclnnGroupedMatmulFinalizeRoutingV3", "aclnnGroupedMatmulFinalizeRoutingV2",
                                       "aclnnGroupedMatmulFinalizeRoutingWeightNzV2",
@@ -833,6 +837,9 @@ def old_init_100002_tolerated_and_gmm_falls_back_to_v4(fake: Fake):
     assert eps["aclnnGroupedMatmulV5"][0] is False and "aclnnGroupedMatmulV5GetWorkspaceSize" in \
         eps["aclnnGroupedMatmulV5"][1]
     assert eps["aclnnGroupedMatmulV4"][0] is True
+    # info's "would use" column follows the same fallback
+    plan = {fam: chosen for fam, chosen, _ in aclnn_status.entry_point_plan("npu_grouped_matmul")}
+    assert plan["gmm"] == "aclnnGroupedMatmulV4" and plan["gmm_nz"] is None
 
 
 @old_cann
