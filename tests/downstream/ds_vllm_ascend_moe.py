@@ -124,8 +124,11 @@ def test_unquantized_moe_layer_bf16():
 
 
 def _nz_int8_weight(e, k, n, seed):
+    """An int8 expert weight as vllm-ascend's process_weights_after_loading leaves it (NZ parameter)."""
     w = torch.randint(-8, 8, (e, k, n), generator=_gen(seed), dtype=torch.int8)
-    return w, torch_npu.npu_format_cast(w, ACL_FORMAT_FRACTAL_NZ)
+    param = torch.nn.Parameter(w.clone(), requires_grad=False)
+    param.data = torch_npu.npu_format_cast(param.data, ACL_FORMAT_FRACTAL_NZ)
+    return w, param
 
 
 def _grouped_int_matmul(x, w, e_of):
