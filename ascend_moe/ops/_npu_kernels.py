@@ -42,8 +42,9 @@ EXPECTED_OPS: Tuple[str, ...] = (
     "npu_grouped_matmul_swiglu_quant", "npu_grouped_matmul_swiglu_quant_v2",
     "npu_grouped_matmul_finalize_routing",
 )
-# npu_format_cast is deliberately not a torch op: on the CPU it returns an alias of its input tagged
-# FRACTAL_NZ (ascend_moe.ops.format_cast), which a custom op may not return.
+# npu_format_cast is deliberately a plain function, not a torch op (ascend_moe.ops.format_cast): it
+# records FRACTAL_NZ on its CPU result (ascend_moe.formats) and returns its input itself when it is
+# already in the target format, which a custom op may not do; NPU tensors go to torch_npu's own op.
 
 # op name -> the function registered for PrivateUse1 by this module
 NPU_KERNELS: Dict[str, Callable[..., Any]] = {}
