@@ -47,6 +47,7 @@ def main() -> None:
                     help="rows per group timed with torch._int_mm (0 = all rows, the default; a positive "
                          "value scales the time by rows, which overstates _int_mm's cost when its per-call "
                          "weight packing dominates)")
+    ap.add_argument("--no-intmm", action="store_true", help="skip the (slow) torch._int_mm reference")
     args = ap.parse_args()
     m, k, n, e = args.m, args.k, args.n, args.experts
     if args.quick:
@@ -93,7 +94,10 @@ def main() -> None:
 
     # torch._int_mm reference --------------------------------------------------------------------
     t_intmm = None
+    note = "skipped (--no-intmm)"
     try:
+        if args.no_intmm:
+            raise RuntimeError("skipped (--no-intmm)")
         import torch
         torch.set_num_threads(max(1, torch.get_num_threads()))
         xt = torch.from_numpy(x)
@@ -114,8 +118,8 @@ def main() -> None:
         t_meas, _ = timed(intmm)
         t_intmm = t_meas * m / timed_rows
         note = "measured" if timed_rows >= m else f"extrapolated from {timed_rows} rows"
-    except Exception as exc:  # pragma: no cover - torch missing or no _int_mm
-        note = f"unavailable ({exc})"
+    except Exception as exc:  # torch missing, no _int_mm, or skipped
+        note = str(exc) if args.no_intmm else f"unavailable ({exc})"
 
     gop = 2 * m * k * n / 1e9
     print(f"A8W8 full op (sim)                : {t_op8:8.2f} s")

@@ -364,6 +364,10 @@ def test_torch_op_matches_reference_a8w8_and_a8w4():
     y = ascend_moe.npu_grouped_matmul_finalize_routing(torch.from_numpy(x), torch.from_numpy(w32),
                                                        torch.from_numpy(gl), backend="sim", **_torch_args(args))
     assert bits_equal(y.numpy(), ref_a8w4(x, wv, gl, args))
+    with fp19_scales(False):                              # the torch op follows the FP19 switch too
+        y = ascend_moe.npu_grouped_matmul_finalize_routing(torch.from_numpy(x), torch.from_numpy(w32),
+                                                           torch.from_numpy(gl), **_torch_args(args))
+    assert bits_equal(y.numpy(), ref_a8w4(x, wv, gl, args, fp19=False))
 
 
 def test_torch_op_rejects_bad_call():
