@@ -182,6 +182,7 @@ def test_install_never_replaces_an_importable_real_package(clean_modules, tmp_pa
 def test_install_never_replaces_an_already_imported_module(clean_modules):
     import types
     real = types.ModuleType("torch_npu")
+    real.__file__ = "/usr/local/lib/python3.11/site-packages/torch_npu/__init__.py"
     sys.modules["torch_npu"] = real
     assert not compat.install(mindspeed=False)["torch_npu"].installed
     assert sys.modules["torch_npu"] is real
@@ -279,3 +280,15 @@ def test_mock_patch_of_an_implemented_name_still_works(clean_modules):
     with mock.patch("torch_npu.npu_grouped_matmul", return_value=["patched"]) as patched:
         assert torch_npu.npu_grouped_matmul([], []) == ["patched"] and patched.called
     assert torch_npu.npu_grouped_matmul is real
+
+
+def test_install_warns_about_a_magicmock_stand_in(clean_modules):
+    """vllm-ascend's old conftest puts a fake module into sys.modules: left alone, but said loudly."""
+    import types
+    from unittest import mock
+    fake = types.ModuleType("torch_npu")
+    fake.npu_grouped_matmul = mock.MagicMock()
+    sys.modules["torch_npu"] = fake
+    with pytest.warns(compat.ShimWarning, match="stand-in without __file__"):
+        status = compat.install(mindspeed=False)
+    assert not status["torch_npu"].installed and sys.modules["torch_npu"] is fake

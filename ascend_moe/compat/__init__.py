@@ -83,7 +83,13 @@ def _real_status(name: str) -> Optional[str]:
     """None when a real ``name`` is importable (or already imported); otherwise why not."""
     present = sys.modules.get(name)
     if present is not None:
-        return "already installed by ascend-moe" if is_shim(present) else None
+        if is_shim(present):
+            return "already installed by ascend-moe"
+        if getattr(present, "__file__", None) is None:  # a types.ModuleType / MagicMock stand-in
+            warnings.warn(f"sys.modules[{name!r}] is a stand-in without __file__ (a MagicMock-style fake "
+                          f"module?); it is left in place, so `import {name}` does not give the ascend-moe "
+                          f"drop-in: remove the code that installs it", ShimWarning, stacklevel=3)
+        return None
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError) as e:
