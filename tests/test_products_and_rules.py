@@ -159,6 +159,8 @@ def test_version_and_product_scoping(toy_op):
     vs = ascend_moe.check("toy_op", x, 2, product="310p")
     assert [v.rule_id for v in vs] == ["toy_op.product"]
     assert "not supported on atlas-inference" in vs[0].message and "atlas-a2" in vs[0].fix
+    toy_op.product_notes["atlas-inference"] = "only its MX variants exist there"
+    assert ascend_moe.check("toy_op", x, 2, product="310p")[0].message.endswith(": only its MX variants exist there")
 
 
 def test_violation_format_names_argument_rule_product_fix_and_status(toy_op):

@@ -298,6 +298,9 @@ class OpSpec:
     products: FrozenSet[str]
     source: str = ""
     rules: List[Rule] = field(default_factory=list)
+    # why the op is rejected on a product it is not declared for, where "the device lacks it" is
+    # not the whole story (e.g. the 950 variants exist on the device but are not modelled here)
+    product_notes: Dict[str, str] = field(default_factory=dict)
 
     def rule(self, id: str, argument: str, summary: str, *, products: Optional[Iterable[str]] = None,
              since: Optional[str] = None, until: Optional[str] = None, source: str = "", fix: str = "",
@@ -339,8 +342,10 @@ OP_MODULES: Dict[str, str] = {
 _REGISTRY: Dict[str, OpSpec] = {}
 
 
-def register_op(name: str, signature: Callable[..., Any], products: Iterable[str], source: str = "") -> OpSpec:
-    """Declare an op: ``signature`` is any function with the op's parameter list (its sim twin)."""
+def register_op(name: str, signature: Callable[..., Any], products: Iterable[str], source: str = "",
+                product_notes: Optional[Dict[str, str]] = None) -> OpSpec:
+    """Declare an op: ``signature`` is any function with the op's parameter list (its sim twin);
+    ``product_notes`` explains, per product outside ``products``, why calls there are rejected."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
     prods = frozenset(products)
@@ -349,7 +354,11 @@ def register_op(name: str, signature: Callable[..., Any], products: Iterable[str
         raise ValueError(f"op {name}: unknown products {sorted(unknown)}")
     sig = inspect.signature(signature)
     sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "undefined"])
-    spec = OpSpec(name, sig, prods, source)
+    notes = dict(product_notes or {})
+    unknown = set(notes) - set(PRODUCTS)
+    if unknown:
+        raise ValueError(f"op {name}: product notes for unknown products {sorted(unknown)}")
+    spec = OpSpec(name, sig, prods, source, product_notes=notes)
     _REGISTRY[name] = spec
     return spec
 
@@ -382,9 +391,11 @@ def bind(op: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]
 
 
 def _product_violation(spec: OpSpec, target: Target) -> Violation:
+    note = spec.product_notes.get(target.product)
     return Violation(
         rule_id=f"{spec.name}.product", op=spec.name, argument="(product)",
-        message=f"{spec.name} is not supported on {target.product} ({PRODUCTS[target.product].name})",
+        message=f"{spec.name} is not supported on {target.product} ({PRODUCTS[target.product].name})"
+                + (f": {note}" if note else ""),
         product=target.product, cann=str(target.cann), version_range="all CANN versions",
         source=spec.source, fix=f"run it on one of: {', '.join(sorted(spec.products))}", status=161002)
 

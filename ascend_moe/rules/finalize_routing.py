@@ -37,7 +37,9 @@ MX_950 = ("the Ascend 950 variants (V3 MXFP8/MXFP4, WeightNzV2 fp8/hifloat8 per-
           "not available on Atlas A2/A3 and are not modelled by ascend-moe")
 
 spec = register_op(OP, _sim.npu_grouped_matmul_finalize_routing, products=A2_A3,
-                   source=f"{DOCS}; {HOST} (Atlas A2/A3 only; {MX_950})")
+                   source=f"{DOCS}; {HOST} (Atlas A2/A3 only; {MX_950})",
+                   product_notes={"ascend-950": "the device has this op, but only its MX/fp8 variants, which "
+                                                "ascend-moe does not model yet"})
 
 # Entry points and the inputs each one requires (host null checks) [C].
 REQUIRED_INPUTS = {
