@@ -122,8 +122,16 @@ def _samples_ffn() -> List[Sample]:
     w2 = _rand(32, 16, dtype=torch.float16, seed=15, scale=0.2)
     w13 = _rand(2, 16, 32, dtype=torch.float16, seed=16, scale=0.2)
     w23 = _rand(2, 32, 16, dtype=torch.float16, seed=17, scale=0.2)
+    # quantised: int8 x gives float16 unless output_dtype is bfloat16 (spec 4.3)
+    xq, w1q, w2q = _randint8(4, 32, seed=37), _randint8(32, 64, seed=38), _randint8(64, 32, seed=39)
+    quant = dict(scale=torch.tensor([0.05]), offset=torch.tensor([0.0]))
+    d1, d2 = _rand(64, seed=40, scale=0.01).abs(), _rand(32, seed=41, scale=0.01).abs()
     return [Sample((x, w1, w2, "relu"), {}, [((8, 16), torch.float16)]),
-            Sample((x, w13, w23, "gelu"), dict(expert_tokens=[3, 5]), [((8, 16), torch.float16)])]
+            Sample((x, w13, w23, "gelu"), dict(expert_tokens=[3, 5]), [((8, 16), torch.float16)]),
+            Sample((xq, w1q, w2q, "relu"), dict(quant, deq_scale1=d1, deq_scale2=d2), [((4, 32), torch.float16)]),
+            Sample((xq, w1q, w2q, "relu"), dict(quant, deq_scale1=d1.to(torch.bfloat16),
+                                                deq_scale2=d2.to(torch.bfloat16), output_dtype=torch.bfloat16),
+                   [((4, 32), torch.bfloat16)])]
 
 
 def _a8w8_weights(e: int, k: int, n: int, seed: int):
@@ -163,9 +171,10 @@ def _samples_finalize_routing() -> List[Sample]:
     pts = _rand(m, seed=29, scale=0.1).abs() + 1e-2
     logit = _rand(m, seed=30).abs()
     row_index = torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.int64)
-    return [Sample((x, w, torch.tensor([3, 3])), dict(scale=scale, pertoken_scale=pts, logit=logit,
-                                                      row_index=row_index, output_bs=bs, group_list_type=1),
-                   [((bs, n), torch.float32)])]
+    kw = dict(scale=scale, pertoken_scale=pts, logit=logit, row_index=row_index, group_list_type=1)
+    return [Sample((x, w, torch.tensor([3, 3])), dict(kw, output_bs=bs), [((bs, n), torch.float32)]),
+            # output_bs 0: M = x.shape[0]
+            Sample((x, w, torch.tensor([3, 3])), kw, [((m, n), torch.float32)])]
 
 
 SAMPLES: Dict[str, Callable[[], List[Sample]]] = {
