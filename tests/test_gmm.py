@@ -317,3 +317,19 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.ascend_moe.npu_grouped_matmul.default, ([x], [w]),
                           dict(group_list_ints=[2, 2, 10], split_item=3),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_grouped_matmul_k_split_list_outputs():
+    """K split with split_item 0/1 (V5 table): one [M, N] output per group, empty groups zero."""
+    rng = np.random.default_rng(9)
+    x = rand_t(rng, (20, 7), torch.bfloat16).t()  # [7, 20] view of a [20, 7] tensor: K=20 split
+    w = rand_t(rng, (20, 5), torch.bfloat16)
+    counts = [6, 0, 14]
+    ref, bound = ref_k_split(x, w, counts, 1)
+    ys = am.npu_grouped_matmul([x], [w], group_list=torch.tensor(counts), group_type=2, group_list_type=1,
+                               split_item=1)
+    assert len(ys) == 3 and all(tuple(y.shape) == (7, 5) for y in ys)
+    assert ys[0].data_ptr() != ys[2].data_ptr()
+    for e in range(3):
+        assert_fp32_accumulate(ys[e], ref[e], bound[e])
+    assert (ys[1] == 0).all()
