@@ -213,18 +213,27 @@ def pack_int4(values: np.ndarray, container: str = "int32") -> np.ndarray:
 
 
 def unpack_int4(packed: np.ndarray) -> np.ndarray:
-    """Unpack int32 (8 per element) or int8 (2 per element) containers into int8 values in [-8, 7]."""
+    """Unpack int32 (8 per element) or int8 (2 per element) containers into int8 values in [-8, 7].
+
+    Works on the little-endian bytes (byte b holds elements 2b and 2b+1, low nibble first), writing
+    straight into the int8 result: peak memory is the result plus one byte-sized temporary, so a
+    full DeepSeek-V3 int4 expert weight unpacks without a 4-bytes-per-value intermediate.
+    """
     p = np.asarray(packed)
-    if p.dtype == np.int32 or p.dtype == np.uint32:
-        per, u = 8, p.view(np.uint32)
-    elif p.dtype == np.int8 or p.dtype == np.uint8:
-        per, u = 2, p.view(np.uint8)
-    else:
+    if p.dtype not in (np.dtype(np.int32), np.dtype(np.uint32), np.dtype(np.int8), np.dtype(np.uint8)):
         raise ValueError(f"packed int4 must be int32 or int8, got {p.dtype}")
-    shifts = np.arange(per, dtype=np.uint32) * np.uint32(4)
-    nib = ((u[..., None].astype(np.uint32) >> shifts) & np.uint32(0xF)).astype(np.int8)
-    vals = np.where(nib > 7, nib - 16, nib).astype(np.int8)
-    return vals.reshape(*p.shape[:-1], p.shape[-1] * per)
+    per = 8 if p.itemsize == 4 else 2
+    b = np.ascontiguousarray(p).view(np.uint8)  # little-endian: byte order == nibble order
+    if p.itemsize == 4 and p.dtype.byteorder == ">":  # pragma: no cover - big-endian arrays
+        b = np.ascontiguousarray(p.astype(p.dtype.newbyteorder("<"))).view(np.uint8)
+    out = np.empty((*p.shape[:-1], p.shape[-1] * per), dtype=np.int8)
+    flat = out.reshape(*b.shape[:-1], b.shape[-1], 2)
+    # sign-extend a nibble v in [0, 15]: (v ^ 8) - 8
+    np.bitwise_and(b, 0xF, out=flat[..., 0].view(np.uint8))
+    np.right_shift(b, 4, out=flat[..., 1].view(np.uint8))
+    np.bitwise_xor(out, 8, out=out)
+    np.subtract(out, 8, out=out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
