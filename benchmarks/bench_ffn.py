@@ -10,20 +10,15 @@ rounding emulation.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from ascend_moe.sim import ffn as simffn
+from _timing import best_of
 
 
 def _best(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(fn, repeat)[0]
 
 
 def main() -> None:

@@ -17,23 +17,17 @@ Reports, measured in the same run:
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
 
 from ascend_moe.sim import finalize_routing as fr
 from ascend_moe.sim import numerics, quant_gemm
+from _timing import best_of
 
 
 def timed(fn, repeat=1):
-    best = float("inf")
-    out = None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+    return best_of(fn, repeat)
 
 
 def main() -> None:

@@ -10,13 +10,13 @@ in the same run; ratio = simulator time / torch time (lower is better for the si
 from __future__ import annotations
 
 import argparse
-import time
 
 import ml_dtypes
 import numpy as np
 import torch
 
 from ascend_moe.sim.gating import npu_moe_gating_top_k as sim_gating
+from _timing import best_of
 
 
 def torch_gate(x: torch.Tensor, bias, k, n_groups, topk_groups, sigmoid: bool, scale: float):
@@ -40,13 +40,7 @@ def torch_gate(x: torch.Tensor, bias, k, n_groups, topk_groups, sigmoid: bool, s
 
 
 def best_time(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(fn, repeats, warmup=True)[0]
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import ascend_moe as am
+from _timing import best_of
 
 FULL = [(8, 4096, 7168, 2048), (32, 512, 7168, 2048)]
 QUICK = [(8, 512, 1024, 512), (32, 256, 1024, 512)]
@@ -32,12 +33,7 @@ def balanced_counts(e: int, t: int, seed: int = 0) -> list:
 
 
 def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(fn, repeats)[0]
 
 
 def run_ours(x, w, gl, g):

@@ -18,7 +18,6 @@ Usage: ``python benchmarks/bench_swiglu_quant.py [--quick] [--ref-groups G]``
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -26,15 +25,11 @@ import torch
 from ascend_moe.formats import set_format
 from ascend_moe.sim import swiglu_quant as sq
 from ascend_moe.sim.quant_gemm import group_bounds, grouped_int8_matmul
+from _timing import best_of
 
 
 def best_time(fn, repeat):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+    return best_of(fn, repeat)
 
 
 def main() -> None:
