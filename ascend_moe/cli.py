@@ -30,7 +30,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     except ImportError:
         print("torch      not installed (the simulator and the checker still work)")
     spec = importlib.util.find_spec("torch_npu")
-    print(f"torch_npu  {'installed at ' + str(spec.origin) if spec else 'not installed'}")
+    print(f"torch_npu  {'installed at ' + str(spec.origin) if spec else 'not installed'}"
+          + ("" if spec else " (CPU drop-in for tests: ascend_moe.compat.install() or -p ascend_moe.pytest_plugin)"))
     report = aclnn_status.loader_report()
     if report.get("ok"):
         print("CANN       found" + (" (fake test runtime)" if report.get("fake_runtime") else ""))
