@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--dtypes", default="fp32,bf16,fp16")
     ap.add_argument("--shapes", default=None, help="e.g. 8x4096x7168x2048,32x512x7168x2048")
+    ap.add_argument("--impls", default="ours,_grouped_mm,per-expert",
+                    help="subset to time (the per-expert loop's backward is slow at large E)")
     args = ap.parse_args()
     shapes = QUICK if args.quick else FULL
     if args.shapes:
@@ -116,6 +118,8 @@ def main() -> None:
             for impl, fn in (("ours", lambda: run_ours(x, w, gl, g)),
                              ("_grouped_mm", lambda: run_grouped_mm(x, w, offs, g)),
                              ("per-expert", lambda: run_loop(x, w, counts, g))):
+                if impl not in args.impls.split(","):
+                    continue
                 try:
                     f, b = bench(fn, repeats)
                 except Exception as ex:  # report why a reference does not run

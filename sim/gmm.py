@@ -93,21 +93,76 @@ def _acc_dtype(*arrays: np.ndarray) -> type:
     return np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32
 
 
-def _gemm_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray]) -> None:
-    """out[...] = round_once(a @ b + bias) with an fp32 (fp64 in gradcheck mode) accumulator."""
+class _Workspace:
+    """fp32 scratch reused across the groups of one call: the widened fp16/bf16 operands and the
+    accumulator.  Fresh multi-MB arrays per group would each be new memory (first-touch page faults
+    on every group); reusing one buffer per role makes that cost once per call."""
+
+    def __init__(self) -> None:
+        self._bufs: dict = {}
+
+    def _flat(self, role: str, size: int, dtype) -> np.ndarray:
+        buf = self._bufs.get(role)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._bufs[role] = np.empty(size, dtype=dtype)
+        return buf[:size]
+
+    def like(self, role: str, a: np.ndarray, dtype) -> np.ndarray:
+        """An array of a's shape in ``dtype`` with the memory layout ``a.astype(dtype)`` would have
+        (C, or F for a transposed view), so the BLAS call (and its summation order) is unchanged."""
+        m, n = a.shape
+        flat = self._flat(role, m * n, dtype)
+        return flat.reshape((n, m)).T if abs(a.strides[0]) < abs(a.strides[1]) else flat.reshape((m, n))
+
+    def c_array(self, role: str, shape: Tuple[int, int], dtype) -> np.ndarray:
+        return self._flat(role, shape[0] * shape[1], dtype).reshape(shape)
+
+
+def _widened(ws: Optional[_Workspace], role: str, a: np.ndarray, acc_dt) -> np.ndarray:
+    if a.dtype == acc_dt:
+        return a
+    if ws is None or a.ndim != 2:
+        return a.astype(acc_dt)
+    dst = ws.like(role, a, acc_dt)
+    np.copyto(dst, a, casting="unsafe")  # exact widening
+    return dst
+
+
+def _gemm_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
+               ws: Optional[_Workspace] = None) -> None:
+    """out[...] = round_once(a @ b + bias) with an fp32 (fp64 in gradcheck mode) accumulator.
+    ``ws``: scratch reused across the calls of one grouped product (same results, fewer allocations)."""
     acc_dt = _acc_dtype(a, b)
-    a, b = a.astype(acc_dt, copy=False), b.astype(acc_dt, copy=False)
+    a, b = _widened(ws, "a", a, acc_dt), _widened(ws, "b", b, acc_dt)
     if out.dtype == acc_dt and out.flags.c_contiguous:
         # fp32 output: the accumulator IS the output, no rounding step and no extra pass
         np.matmul(a, b, out=out)
         if bias_row is not None:
             out += bias_row.astype(acc_dt, copy=False)
         return
-    acc = np.matmul(a, b)
+    if ws is None or a.ndim != 2 or b.ndim != 2:
+        acc = np.matmul(a, b)
+    else:
+        acc = np.matmul(a, b, out=ws.c_array("acc", (a.shape[0], b.shape[1]), acc_dt))
     if bias_row is not None:
         acc += bias_row.astype(acc_dt, copy=False)  # fp32 add before the one rounding [I]
     # the one RNE cast to the output dtype (numerics.cast semantics), written in place
     np.copyto(out, acc, casting="unsafe")
+
+
+def _output(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype) -> np.ndarray:
+    """The array an unchecked compute function writes: a fresh ``np.empty``, or the caller's ``out``
+    (C-contiguous, of exactly that shape and dtype; every element is written).  The torch kernels
+    pass a view of a ``torch.empty`` tensor: for GB-sized weight gradients, first-touch page faults
+    of fresh memory are most of the backward's time, and torch's allocator (ordinary pages) is what
+    the reference implementations pay too, whereas NumPy's transparent-huge-page allocations were
+    measured 0.2-4 s for the same 1.9 GB depending on the host's page state (see bench_gmm.py)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if tuple(out.shape) != tuple(shape) or out.dtype != np.dtype(dtype) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    return out
 
 
 def _as_list(v) -> List[np.ndarray]:
@@ -138,16 +193,18 @@ def _num_groups(ws: List[np.ndarray]) -> int:
 
 
 def gmm_m_split(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence[np.ndarray],
-                group_list: GroupList, group_list_type: int, undefined: Optional[str] = None) -> np.ndarray:
+                group_list: GroupList, group_list_type: int, undefined: Optional[str] = None,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
     """Single x [M, K], weight [E, K, N] (or a list of E [K, N]) -> y [M, N]; rows past the
-    group-list total are undefined."""
+    group-list total are undefined.  ``out``: optional destination (see :func:`_output`)."""
     ws, bs = _as_list(weight), _as_list(bias)
     n = ws[0].shape[-1]
-    y = np.empty((x.shape[0], n), dtype=x.dtype)
+    y = _output(out, (x.shape[0], n), x.dtype)
     starts, ends = group_bounds(group_list, group_list_type)
+    scratch = _Workspace()
     for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
         if t > s:
-            _gemm_into(y[s:t], x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e))
+            _gemm_into(y[s:t], x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e), scratch)
     total = int(ends[-1]) if ends.size else 0
     if total < x.shape[0]:
         fill_undefined(y, slice(max(total, 0), None), undefined)
@@ -169,13 +226,16 @@ def gmm_m_split_list(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence
     return out
 
 
-def gmm_k_split(x: np.ndarray, weight: np.ndarray, group_list: GroupList, group_list_type: int) -> np.ndarray:
-    """x [M, K] (a transposed view), weight [K, N] -> y [E, M, N]; groups with k_e == 0 are zero."""
+def gmm_k_split(x: np.ndarray, weight: np.ndarray, group_list: GroupList, group_list_type: int,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
+    """x [M, K] (a transposed view), weight [K, N] -> y [E, M, N]; groups with k_e == 0 are zero.
+    ``out``: optional destination (see :func:`_output`)."""
     starts, ends = group_bounds(group_list, group_list_type)
-    y = np.empty((starts.size, x.shape[0], weight.shape[-1]), dtype=x.dtype)
+    y = _output(out, (starts.size, x.shape[0], weight.shape[-1]), x.dtype)
+    scratch = _Workspace()
     for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
         if t > s:
-            _gemm_into(y[e], x[:, s:t], weight[s:t], None)
+            _gemm_into(y[e], x[:, s:t], weight[s:t], None, scratch)
         else:
             y[e] = 0  # EmptyTensorCompute writes zeros
     return y
@@ -264,12 +324,12 @@ def npu_gmm_v2(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] 
     return _gmm_forward(x, weight, bias, group_list, group_type, 1, undefined)
 
 
-def _gmm_forward(x, weight, bias, group_list, group_type, group_list_type, undefined):
+def _gmm_forward(x, weight, bias, group_list, group_type, group_list_type, undefined, out=None):
     x, weight = np.asarray(x), np.asarray(weight)
     if group_type == 2:
-        return gmm_k_split(x, weight, group_list, group_list_type)
+        return gmm_k_split(x, weight, group_list, group_list_type, out)
     return gmm_m_split(x, [weight], [] if bias is None else [np.asarray(bias)], group_list,
-                       group_list_type, undefined)
+                       group_list_type, undefined, out)
 
 
 def npu_grouped_matmul(x: Sequence[np.ndarray], weight: Sequence[np.ndarray], *,

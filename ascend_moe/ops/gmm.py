@@ -141,9 +141,14 @@ def _gmm_kernel(op: str, group_list_type: int, x, weight, bias, group_list, grou
     if be == "aclnn":
         from ..backends import aclnn
         return aclnn.call(op, args)
-    y = _sim._gmm_forward(to_numpy(x), to_numpy(weight), to_numpy(bias), _np_group_list(args["group_list"]),
-                          group_type, group_list_type, None)
-    return from_numpy(y)  # freshly allocated by the simulator
+    # The output is a fresh torch.empty the simulator writes in place: the weight gradient (K split)
+    # is GB-sized, and first-touch cost of torch's ordinary pages is steady where NumPy's huge-page
+    # allocations are not (see _sim._output).
+    (shape, dtype), = SHAPE_RULES[op](args)
+    y = torch.empty(shape, dtype=dtype)
+    _sim._gmm_forward(to_numpy(x), to_numpy(weight), to_numpy(bias), _np_group_list(args["group_list"]),
+                      group_type, group_list_type, None, out=to_numpy(y))
+    return y
 
 
 @torch.library.custom_op("ascend_moe::npu_gmm", mutates_args=())
