@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -93,13 +93,24 @@ def _acc_dtype(*arrays: np.ndarray) -> type:
     return np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32
 
 
+# copy_cast(dst, src): dst[...] = src converted to dst's dtype (exact widening, or the one RNE
+# narrowing).  The default is NumPy's cast; a caller may pass a faster one with identical results.
+CopyCast = Callable[[np.ndarray, np.ndarray], None]
+
+
+def numpy_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
+    np.copyto(dst, src, casting="unsafe")
+
+
 class _Workspace:
     """fp32 scratch reused across the groups of one call: the widened fp16/bf16 operands and the
     accumulator.  Fresh multi-MB arrays per group would each be new memory (first-touch page faults
-    on every group); reusing one buffer per role makes that cost once per call."""
+    on every group); reusing one buffer per role makes that cost once per call.  Also carries the
+    call's ``copy_cast``."""
 
-    def __init__(self) -> None:
+    def __init__(self, copy_cast: Optional[CopyCast] = None) -> None:
         self._bufs: dict = {}
+        self.copy_cast: CopyCast = copy_cast or numpy_copy_cast
 
     def _flat(self, role: str, size: int, dtype) -> np.ndarray:
         buf = self._bufs.get(role)
@@ -124,7 +135,7 @@ def _widened(ws: Optional[_Workspace], role: str, a: np.ndarray, acc_dt) -> np.n
     if ws is None or a.ndim != 2:
         return a.astype(acc_dt)
     dst = ws.like(role, a, acc_dt)
-    np.copyto(dst, a, casting="unsafe")  # exact widening
+    ws.copy_cast(dst, a)  # exact widening
     return dst
 
 
@@ -147,7 +158,7 @@ def _gemm_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional
     if bias_row is not None:
         acc += bias_row.astype(acc_dt, copy=False)  # fp32 add before the one rounding [I]
     # the one RNE cast to the output dtype (numerics.cast semantics), written in place
-    np.copyto(out, acc, casting="unsafe")
+    (ws.copy_cast if ws is not None else numpy_copy_cast)(out, acc)
 
 
 def _output(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype) -> np.ndarray:
@@ -194,14 +205,15 @@ def _num_groups(ws: List[np.ndarray]) -> int:
 
 def gmm_m_split(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence[np.ndarray],
                 group_list: GroupList, group_list_type: int, undefined: Optional[str] = None,
-                out: Optional[np.ndarray] = None) -> np.ndarray:
+                out: Optional[np.ndarray] = None, copy_cast: Optional[CopyCast] = None) -> np.ndarray:
     """Single x [M, K], weight [E, K, N] (or a list of E [K, N]) -> y [M, N]; rows past the
-    group-list total are undefined.  ``out``: optional destination (see :func:`_output`)."""
+    group-list total are undefined.  ``out``: optional destination (see :func:`_output`);
+    ``copy_cast``: optional faster conversion with NumPy's results (see :data:`CopyCast`)."""
     ws, bs = _as_list(weight), _as_list(bias)
     n = ws[0].shape[-1]
     y = _output(out, (x.shape[0], n), x.dtype)
     starts, ends = group_bounds(group_list, group_list_type)
-    scratch = _Workspace()
+    scratch = _Workspace(copy_cast)
     for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
         if t > s:
             _gemm_into(y[s:t], x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e), scratch)
@@ -227,12 +239,12 @@ def gmm_m_split_list(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence
 
 
 def gmm_k_split(x: np.ndarray, weight: np.ndarray, group_list: GroupList, group_list_type: int,
-                out: Optional[np.ndarray] = None) -> np.ndarray:
+                out: Optional[np.ndarray] = None, copy_cast: Optional[CopyCast] = None) -> np.ndarray:
     """x [M, K] (a transposed view), weight [K, N] -> y [E, M, N]; groups with k_e == 0 are zero.
-    ``out``: optional destination (see :func:`_output`)."""
+    ``out`` / ``copy_cast``: as :func:`gmm_m_split`."""
     starts, ends = group_bounds(group_list, group_list_type)
     y = _output(out, (starts.size, x.shape[0], weight.shape[-1]), x.dtype)
-    scratch = _Workspace()
+    scratch = _Workspace(copy_cast)
     for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
         if t > s:
             _gemm_into(y[e], x[:, s:t], weight[s:t], None, scratch)
@@ -324,12 +336,12 @@ def npu_gmm_v2(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] 
     return _gmm_forward(x, weight, bias, group_list, group_type, 1, undefined)
 
 
-def _gmm_forward(x, weight, bias, group_list, group_type, group_list_type, undefined, out=None):
+def _gmm_forward(x, weight, bias, group_list, group_type, group_list_type, undefined, out=None, copy_cast=None):
     x, weight = np.asarray(x), np.asarray(weight)
     if group_type == 2:
-        return gmm_k_split(x, weight, group_list, group_list_type, out)
+        return gmm_k_split(x, weight, group_list, group_list_type, out, copy_cast)
     return gmm_m_split(x, [weight], [] if bias is None else [np.asarray(bias)], group_list,
-                       group_list_type, undefined, out)
+                       group_list_type, undefined, out, copy_cast)
 
 
 def npu_grouped_matmul(x: Sequence[np.ndarray], weight: Sequence[np.ndarray], *,
