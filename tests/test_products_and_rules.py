@@ -257,6 +257,8 @@ def test_backend_request_precedence(monkeypatch):
     with use_backend("auto"):
         assert requested_backend() == "auto"
         assert requested_backend("aclnn") == "aclnn"
+        with use_backend(None):  # None keeps the current choice
+            assert requested_backend() == "auto"
     monkeypatch.setenv("ASCEND_MOE_BACKEND", "gpu")
     set_backend(None)
     with pytest.raises(ValueError, match="ASCEND_MOE_BACKEND must be one of"):

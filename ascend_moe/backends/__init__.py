@@ -42,8 +42,12 @@ def set_backend(name: Optional[str]) -> None:
 
 
 @contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Context manager selecting the backend for the calls inside it."""
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Context manager selecting the backend for the calls inside it; None keeps the current choice
+    (so the ops' ``backend=None`` argument needs no special case)."""
+    if name is None:
+        yield
+        return
     token = _context_backend.set(_valid(name, "backend"))
     try:
         yield

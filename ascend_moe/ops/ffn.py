@@ -120,7 +120,5 @@ def npu_ffn(x: Tensor, weight1: Tensor, weight2: Tensor, activation: str,
             _token_list(expert_tokens_index, "expert_tokens_index"), bias1, bias2, scale, offset,
             deq_scale1, deq_scale2, antiquant_scale1, antiquant_scale2, antiquant_offset1, antiquant_offset2,
             inner_precise, output_dtype)
-    if backend is None:
-        return torch.ops.ascend_moe.npu_ffn(*call)
     with use_backend(backend):
         return torch.ops.ascend_moe.npu_ffn(*call)

@@ -128,7 +128,5 @@ def npu_grouped_matmul_finalize_routing(
                   pertoken_scale_dtype=pertoken_scale_dtype)
     # the registered schema is positional (torch.library does not allow kwarg-only tensors)
     positional = (x, w, group_list, *kwargs.values())
-    if backend is not None:
-        with use_backend(backend):
-            return torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(*positional)
-    return torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(*positional)
+    with use_backend(backend):
+        return torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(*positional)

@@ -74,10 +74,7 @@ def npu_moe_gating_top_k(x: torch.Tensor, k: int, *, bias: Optional[torch.Tensor
     norm_out [rows,E] float32)``.  ``norm_out`` holds the unbiased softmax/sigmoid output only when
     ``out_flag`` is True; otherwise the device leaves it unwritten and the simulator fills it by the
     undefined-region policy (NaN by default).  Formula, order and tie rules: :mod:`ascend_moe.sim.gating`."""
-    call = lambda: torch.ops.ascend_moe.npu_moe_gating_top_k(  # noqa: E731
-        x, k, bias, input_ids, tid2eid, k_group, group_count, group_select_mode, renorm, norm_type,
-        out_flag, routed_scaling_factor, eps)
-    if backend is None:
-        return call()
     with use_backend(backend):
-        return call()
+        return torch.ops.ascend_moe.npu_moe_gating_top_k(
+            x, k, bias, input_ids, tid2eid, k_group, group_count, group_select_mode, renorm, norm_type,
+            out_flag, routed_scaling_factor, eps)

@@ -316,8 +316,6 @@ def npu_gmm(x: Tensor, weight: Tensor, *, bias: Optional[Tensor] = None, group_l
     gl, ints = _split_group_list(group_list, "npu_gmm")
     call = dict(bias=bias, group_list=gl, group_list_ints=ints, group_type=group_type, gemm_fusion=gemm_fusion,
                 original_weight=original_weight)
-    if backend is None:
-        return torch.ops.ascend_moe.npu_gmm(x, weight, **call)
     with use_backend(backend):
         return torch.ops.ascend_moe.npu_gmm(x, weight, **call)
 
@@ -330,8 +328,6 @@ def npu_gmm_v2(x: Tensor, weight: Tensor, *, bias: Optional[Tensor] = None, grou
     gl, ints = _split_group_list(group_list, "npu_gmm_v2")
     call = dict(bias=bias, group_list=gl, group_list_ints=ints, group_type=group_type, gemm_fusion=gemm_fusion,
                 original_weight=original_weight)
-    if backend is None:
-        return torch.ops.ascend_moe.npu_gmm_v2(x, weight, **call)
     with use_backend(backend):
         return torch.ops.ascend_moe.npu_gmm_v2(x, weight, **call)
 
@@ -526,7 +522,5 @@ def npu_grouped_matmul(x: Sequence[Tensor], weight: Sequence[Tensor], *, bias: O
                 group_list_type=group_list_type, act_type=act_type, tuning_config=lst(tuning_config),
                 output_dtype=output_dtype, x_dtype=x_dtype, weight_dtype=weight_dtype, scale_dtype=scale_dtype,
                 per_token_scale_dtype=per_token_scale_dtype)
-    if backend is None:
-        return torch.ops.ascend_moe.npu_grouped_matmul(list(x), list(weight), **call)
     with use_backend(backend):
         return torch.ops.ascend_moe.npu_grouped_matmul(list(x), list(weight), **call)

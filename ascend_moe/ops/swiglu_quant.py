@@ -11,7 +11,6 @@ cannot check the NZ-ness of a 3-D int8 weight: it assumes NZ there and the real 
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -28,10 +27,6 @@ __all__ = ["npu_grouped_matmul_swiglu_quant", "npu_grouped_matmul_swiglu_quant_v
 
 V1 = "npu_grouped_matmul_swiglu_quant"
 V2 = "npu_grouped_matmul_swiglu_quant_v2"
-
-
-def _backend_ctx(backend: Optional[str]):
-    return use_backend(backend) if backend is not None else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +112,7 @@ def npu_grouped_matmul_swiglu_quant(x: Tensor, weight: Tensor, group_list: Tenso
     out_scale float32 [M], out_offset float32 [])``; rows past the group total and out_offset are
     undefined (undefined-region policy).  Arithmetic: :mod:`ascend_moe.sim.swiglu_quant` (v1 kernel).
     """
-    with _backend_ctx(backend):
+    with use_backend(backend):
         return torch.ops.ascend_moe.npu_grouped_matmul_swiglu_quant(x, weight, group_list, weight_scale, x_scale,
                                                                     bias=bias, offset=offset)
 
@@ -190,7 +185,7 @@ def npu_grouped_matmul_swiglu_quant_v2(x: Tensor, weight: Sequence[Tensor], weig
     ``dequant_mode`` 1 = per-group [E, G, N] scales) the MSD kernel's.  ``group_list_type`` 0 cumsum,
     1 count.  Returns ``(out int8 [M, N/2], out_scale float32 [M])``.
     """
-    with _backend_ctx(backend):
+    with use_backend(backend):
         return torch.ops.ascend_moe.npu_grouped_matmul_swiglu_quant_v2(
             x, list(weight), list(weight_scale), x_scale, group_list, smooth_scale=smooth_scale,
             weight_assist_matrix=list(weight_assist_matrix) if weight_assist_matrix is not None else None,
