@@ -8,7 +8,7 @@ and nothing links against torch.  The NumPy simulator in ``sim/`` is installed a
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ext_modules = [
     Pybind11Extension(
@@ -29,14 +29,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[
-        "ascend_moe",
-        "ascend_moe.rules",
-        "ascend_moe.ops",
-        "ascend_moe.backends",
-        "ascend_moe.compat",
-        "ascend_moe.sim",
-    ],
+    # Discovered, not listed by hand: a subpackage missing from a hand list installs fine in editable
+    # mode and breaks only in a wheel.  The simulator lives at top-level sim/ and installs as ascend_moe.sim.
+    packages=(find_packages(include=["ascend_moe", "ascend_moe.*"])
+              + ["ascend_moe.sim"] + ["ascend_moe.sim." + p for p in find_packages("sim")]),
     package_dir={"ascend_moe.sim": "sim"},
     package_data={"ascend_moe": ["presets/*.json"]},
     ext_modules=ext_modules,
