@@ -298,6 +298,10 @@ class OpDecl:
     # public-only conversions ``{arg: fn(value) -> value}`` applied by the binder before type checks
     # (e.g. a torch dtype accepted where the schema says int)
     convert: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # keyword-only schema arguments that an older published spelling passed positionally, in that
+    # order, after the schema's positional ones (e.g. npu_ffn's seed signature); the public function
+    # accepts both spellings (an unambiguous superset)
+    legacy_positional: Tuple[str, ...] = ()
     # simulator-only keyword options of the NumPy twin, passed to ``sim(args, target, **options)``
     sim_options: Tuple[str, ...] = ()
     # what the fake kernel's checker sees, where fake tensors lack what real ones carry (e.g. a format)
@@ -348,11 +352,20 @@ class OpDecl:
     def signature(self) -> inspect.Signature:
         """The Python signature of the declared schema (keyword-only split and defaults as written)."""
         params = []
-        for a in self.args:
-            kind = inspect.Parameter.KEYWORD_ONLY if a.kwarg_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        for a in self.public_order():
+            kind = inspect.Parameter.KEYWORD_ONLY if a.kwarg_only and a.name not in self.legacy_positional \
+                else inspect.Parameter.POSITIONAL_OR_KEYWORD
             params.append(inspect.Parameter(a.name, kind, default=a.default,
                                             annotation=_PY_TYPE_TEXT.get(a.type, a.type)))
         return inspect.Signature(params)
+
+    def public_order(self) -> List[SchemaArg]:
+        """The schema's arguments in the public function's order: the positional ones, then
+        :attr:`legacy_positional`, then the other keyword-only ones in schema order."""
+        pos = [a for a in self.args if not a.kwarg_only]
+        legacy = [self.parsed.arg(n) for n in self.legacy_positional]
+        rest = [a for a in self.args if a.kwarg_only and a.name not in self.legacy_positional]
+        return pos + legacy + rest
 
     # -- binding -----------------------------------------------------------------------------------
 
@@ -366,7 +379,10 @@ class OpDecl:
         naming the argument, the expected type and the torch signature."""
         spec = self.args
         out: Dict[str, Any] = {}
-        positional = [a for a in spec if not a.kwarg_only or not keyword_split]
+        if keyword_split:
+            positional = [a for a in spec if not a.kwarg_only] + [self.parsed.arg(n) for n in self.legacy_positional]
+        else:
+            positional = list(spec)
         if len(args) > len(positional):
             raise self._error(f"takes {len(positional)} positional argument(s) but {len(args)} were given "
                               f"(arguments after the '*' are keyword-only)", where)
@@ -517,6 +533,9 @@ _DECLS: Dict[str, OpDecl] = {}
 DECL_MODULES: Dict[str, str] = {
     "npu_moe_gating_top_k": "gating",
     "npu_grouped_matmul_finalize_routing": "finalize_routing",
+    "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
+    "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
+    "npu_ffn": "ffn",
 }
 
 

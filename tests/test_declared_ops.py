@@ -82,10 +82,11 @@ def test_public_signature(name):
     d = DECLS[name]
     fn = getattr(ascend_moe, name)
     sig = inspect.signature(fn)
-    assert list(sig.parameters) == [a.name for a in d.args] + ["backend"]
+    assert list(sig.parameters) == [a.name for a in d.public_order()] + ["backend"]
+    assert sorted(a.name for a in d.args) == sorted(a.name for a in d.public_order())
     for a in d.args:
         p = sig.parameters[a.name]
-        assert (p.kind == inspect.Parameter.KEYWORD_ONLY) == a.kwarg_only
+        assert (p.kind == inspect.Parameter.KEYWORD_ONLY) == (a.kwarg_only and a.name not in d.legacy_positional)
         assert p.default == a.default or (p.default is inspect.Parameter.empty and a.default is p.empty)
     assert fn.__doc__ and d.schema in fn.__doc__
 
