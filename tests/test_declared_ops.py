@@ -195,3 +195,37 @@ def test_sim_imports_without_torch_or_rules():
             "bad = [m for m in sys.modules if m.startswith(('ascend_moe.rules', 'ascend_moe.products'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", [None, "auto", "sim"])
+def test_grouped_matmul_family_compiles_with_backend_argument(backend):
+    """The gmm family (not yet table-declared) sets no ambient state either: backend= compiles."""
+    torch._dynamo.reset()
+    x, w = torch.randn(6, 16), torch.randn(3, 16, 8)
+    calls = [lambda x, w: ascend_moe.npu_gmm(x, w, group_list=[2, 4, 6], backend=backend),
+             lambda x, w: ascend_moe.npu_gmm_v2(x, w, group_list=torch.tensor([2, 2, 2]), backend=backend),
+             lambda x, w: ascend_moe.npu_grouped_matmul([x], [w], group_list=torch.tensor([2, 4, 6]), split_item=3,
+                                                        group_type=0, backend=backend)[0]]
+    for fn in calls:
+        want = fn(x, w)
+        got = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, w)
+        assert torch.equal(want, got)
+
+
+def test_grouped_matmul_bare_tensor_is_one_type_error():
+    x, w = torch.randn(6, 16), torch.randn(3, 16, 8)
+    with pytest.raises(TypeError, match=r"argument 'x' must be a list of Tensors \(Tensor\[\]\), a bare Tensor"):
+        ascend_moe.npu_grouped_matmul(x, [w], group_list=torch.tensor([2, 4, 6]), split_item=3)
+    with pytest.raises(TypeError, match=r"argument 'weight' must be a list of Tensors"):
+        ascend_moe.npu_grouped_matmul([x], w, group_list=torch.tensor([2, 4, 6]), split_item=3)
+
+
+def test_finalize_routing_fake_kernel_w_none_is_type_error():
+    """Regression: w=None reached the fake kernel's shape rule (AttributeError)."""
+    with FakeTensorMode():
+        x = torch.empty(6, 32, dtype=torch.int8)
+        with pytest.raises(TypeError, match=r"argument 'w' must be a Tensor"):
+            torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(x, None, torch.empty(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"argument 'w' must be a Tensor"):
+        ascend_moe.npu_grouped_matmul_finalize_routing(torch.empty(6, 32, dtype=torch.int8), None,
+                                                       torch.tensor([3, 3]))
