@@ -42,7 +42,7 @@ Faithfulness contract (each step is the kernel's, bit for bit, except the one na
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 

@@ -229,3 +229,20 @@ def test_finalize_routing_fake_kernel_w_none_is_type_error():
     with pytest.raises(TypeError, match=r"argument 'w' must be a Tensor"):
         ascend_moe.npu_grouped_matmul_finalize_routing(torch.empty(6, 32, dtype=torch.int8), None,
                                                        torch.tensor([3, 3]))
+
+
+@pytest.mark.parametrize("name", [n for n, d in DECLS.items() if d.aclnn])
+def test_aclnn_table_matches_the_dispatcher(name):
+    """The declaration's entry points per family are the dispatcher's, in its (op-plugin's) order, and
+    each C parameter list has as many parameters as the entry point's kind in the C++ table."""
+    from ascend_moe import _C
+    from ascend_moe.backends.aclnn_status import OP_FAMILIES
+    d = DECLS[name]
+    families = _C.families()
+    for fam in dict.fromkeys(e.family for e in d.aclnn):
+        assert [e.name for e in d.entries(fam)] == list(families[fam]), fam
+    assert OP_FAMILIES[name] == tuple(dict.fromkeys(e.family for e in d.aclnn))
+    kind = {"T": "T", "O": "T", "L": "L", "OL": "L", "IA": "I", "i64": "i", "f32": "f", "f64": "d", "b": "b",
+            "s": "s"}
+    for e in d.aclnn:
+        assert "".join(kind[p.ctype] for p in e.c_params) == _C.entry_kinds(e.name), e.name

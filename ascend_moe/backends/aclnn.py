@@ -49,7 +49,6 @@ Errors: a failing status raises ``ascend_moe._C.AclnnError`` (a ``RuntimeError``
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

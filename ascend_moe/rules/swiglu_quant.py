@@ -20,7 +20,6 @@ import numpy as np
 
 from . import Call, register_op
 from ..products import A2_A3
-from ..sim import swiglu_quant as _sim
 from ..sim.quant_gemm import weight_logical_dims
 
 V1 = "npu_grouped_matmul_swiglu_quant"
