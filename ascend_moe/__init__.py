@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from .backends import BackendError, set_backend, use_backend  # noqa: F401
 from .products import CannVersion, Target, resolve_target, set_target, target  # noqa: F401
 from .rules import (  # noqa: F401
-    ConstraintError, ConstraintWarning, TensorSpec, Violation, check, enforce, rule_table,
+    ConstraintError, ConstraintWarning, NotSimulatedError, TensorSpec, Violation, check, enforce, rule_table,
 )
 from .sim.numerics import get_undefined_policy, set_undefined_policy, undefined_policy  # noqa: F401
 

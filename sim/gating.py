@@ -25,8 +25,8 @@ Faithfulness contract:
   32 with ``-inf`` (zeros after ``exp``), which changes the pairing of the sum, and it normalises by
   ``Muls(e, 1.0f/S)``; the without-group kernel normalises by ``Muls(e, 1.0f/S)`` before ops-transformer
   commit 5dbcb68ba (2026-06-27) and by ``Div(e, S)`` after it.  Which one applies follows the target
-  CANN version (``ascend_moe.products.resolve_target``): ``Div`` from 9.0.0 on (the release mapping of
-  that 2026 commit is inferred, see products.KNOWN_RELEASES).
+  CANN version (``ascend_moe.products.resolve_target``): ``Div`` from 9.1.0 on (the commit is after tag
+  v9.0.1, see products.KNOWN_RELEASES).
 * **ReduceSum order** [inferred]: pairwise (adjacent lanes) tree inside each 64-lane repeat of zero
   padded data, then the same tree over the repeat partials (asc-devkit dav_c220 ``ReduceSumSecondStep``
   runs a second ``vcadd`` over them).  ReduceMax is order-free.
@@ -63,7 +63,8 @@ OP = "npu_moe_gating_top_k"
 
 # Version boundaries (spec A.7 "Version history"):
 LEGACY_UNTIL = CannVersion("8.3.RC1")      # torch_npu 7.0/7.1 generation: DeepSeek-V3 kernel only
-DIV_SOFTMAX_SINCE = CannVersion("9.0.0")   # OT 5dbcb68ba (2026-06-27): softmax e/S instead of e*(1/S)
+# OT 5dbcb68ba (2026-06-27): softmax e/S instead of e*(1/S); after tag v9.0.1 (2026-06-23), so first in 9.1.0
+DIV_SOFTMAX_SINCE = CannVersion("9.1.0")
 
 MAX_EXPERTS = 2048
 SORT_ALIGN = 32        # Sort32 / per-group padding granule

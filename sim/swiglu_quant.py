@@ -176,6 +176,19 @@ def _first(v):
     return v
 
 
+def stack_experts(v):
+    """A v2 list argument as one array: a one-element list gives its tensor; a list of E per-expert
+    tensors (``{E x (K, N)}`` weights, ``{E x (N)}`` scales / assist rows, or their NZ storages) gives
+    them stacked on a new leading expert axis, the single-tensor form the kernels index."""
+    if isinstance(v, (list, tuple)):
+        if len(v) == 0:
+            return None
+        if len(v) == 1:
+            return v[0]
+        return np.stack([np.asarray(t) for t in v])
+    return v
+
+
 # --------------------------------------------------------------------------------------------
 # public twins
 # --------------------------------------------------------------------------------------------
@@ -216,7 +229,7 @@ def npu_grouped_matmul_swiglu_quant_v2(x: np.ndarray, weight: Sequence[np.ndarra
                                        x_scale_dtype: Optional[int] = None,
                                        undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """NumPy twin of ``torch_npu.npu_grouped_matmul_swiglu_quant_v2`` (weight, weight_scale and
-    weight_assist_matrix are one-element lists on A2/A3).
+    weight_assist_matrix are one-element lists, or lists of E per-expert tensors, on A2/A3).
 
     A8W8 uses the v2 fusion kernel's arithmetic (single rounding); A8W4 (int4/int32 weight, ND or NZ,
     dequant_mode 0 per-channel or 1 per-group [E, G, N] scales) the MSD kernel's (v1 quantisation).
@@ -230,6 +243,6 @@ def npu_grouped_matmul_swiglu_quant_v2(x: np.ndarray, weight: Sequence[np.ndarra
             quant_dtype=quant_dtype, group_list_type=group_list_type, tuning_config=tuning_config,
             x_dtype=x_dtype, weight_dtype=weight_dtype, weight_scale_dtype=weight_scale_dtype,
             x_scale_dtype=x_scale_dtype)
-    return compute(x, _first(weight), _first(weight_scale), x_scale, np.asarray(group_list),
-                   group_list_type=group_list_type, assist=_first(weight_assist_matrix), kernel="v2",
+    return compute(x, stack_experts(weight), stack_experts(weight_scale), x_scale, np.asarray(group_list),
+                   group_list_type=group_list_type, assist=stack_experts(weight_assist_matrix), kernel="v2",
                    undefined=undefined)
