@@ -464,11 +464,75 @@ def _product_violation(spec: OpSpec, target: Target) -> Violation:
         source=spec.source, fix=f"run it on one of: {', '.join(sorted(spec.products))}", status=161002)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer))
+
+
+def _is_tensor_like(v: Any) -> bool:
+    return isinstance(v, (np.ndarray, TensorSpec, TensorMeta)) or _is_torch_tensor(v)
+
+
+def _type_problem(name: str, ann: str, v: Any, target: Target) -> Optional[str]:
+    """Why ``v`` cannot be the argument ``name`` annotated ``ann`` (a string annotation of the op's
+    signature), or None.  Only what no rule could read is judged here: wrong Python types where a
+    scalar belongs, a tensor where a scalar belongs, and tensor dtypes no op knows (complex, ...)."""
+    ann = ann.replace(" ", "")
+    optional = ann.startswith("Optional[")
+    core = ann[len("Optional["):-1] if optional else ann
+    if v is None:
+        return None  # required tensors left None are reported by the rules that need them
+    got = (f"a tensor of shape {list(getattr(v, 'shape', []))}" if _is_tensor_like(v)
+           else f"{type(v).__name__} {v!r}")
+    if core == "int" and "dtype" not in name:
+        if not _is_int(v):
+            return f"argument '{name}' must be an int, got {got}"
+    elif core == "float":
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return f"argument '{name}' must be a number, got {got}"
+    elif core == "bool":
+        if not isinstance(v, (bool, np.bool_, int, np.integer)):
+            return f"argument '{name}' must be a bool, got {got}"
+    elif core == "str":
+        if not isinstance(v, str):
+            return f"argument '{name}' must be a string, got {got}"
+    elif core in ("Sequence[int]", "List[int]"):
+        if not isinstance(v, (list, tuple)) or not all(_is_int(i) for i in v):
+            return f"argument '{name}' must be a list of ints, got {got}"
+    # tensors (and lists of them): the dtype must be one the checker can name
+    items = v if isinstance(v, (list, tuple)) else [v]
+    for i, item in enumerate(items):
+        if isinstance(item, np.ndarray) or _is_torch_tensor(item):
+            try:
+                tensor_meta(item)
+            except (ValueError, TypeError, KeyError) as e:
+                where = f"{name}[{i}]" if isinstance(v, (list, tuple)) else name
+                dt = getattr(item, "dtype", "?")
+                return f"argument '{where}' has dtype {dt}, which no Ascend MoE op takes ({e})"
+    return None
+
+
+def _check_argument_types(spec: "OpSpec", args: Dict[str, Any], target: Target) -> None:
+    """TypeError naming the argument for values no rule can read (see :func:`_type_problem`)."""
+    problems = []
+    for pname, param in spec.signature.parameters.items():
+        ann = param.annotation
+        if pname not in args or not isinstance(ann, str):
+            continue
+        msg = _type_problem(pname, ann, args[pname], target)
+        if msg:
+            problems.append(msg)
+    if problems:
+        raise TypeError(f"{spec.name} on {target}: " + "; ".join(problems)
+                        + f" (signature: {spec.name}{spec.signature})")
+
+
 def check_call(op: str, args: Dict[str, Any], target: Target) -> List[Violation]:
-    """Every violation of a call whose arguments are already bound (see :func:`bind`)."""
+    """Every violation of a call whose arguments are already bound (see :func:`bind`).  Values no rule
+    can read (a float where an int belongs, a complex tensor, ...) raise TypeError naming the argument."""
     spec = get_op(op)
     if target.product not in spec.products:
         return [_product_violation(spec, target)]
+    _check_argument_types(spec, args, target)
     call = Call(op, args, target)
     if spec.prepare is not None:
         spec.prepare(call)
