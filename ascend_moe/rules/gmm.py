@@ -630,6 +630,19 @@ def _(call):
     return out
 
 
+@rule(TORCH_NPU, "gmm.m_split_y_list_tensor", "split_item",
+      "M split with one x, a weight list and a y list (split_item 0/1) needs the List[int] group list",
+      source=host("CheckCaseSplitM", tag="'When grouplist is tensor, split m, single x, separated weight, "
+                  "separated y cases do not support'"),
+      fix="pass the group list as a Python list of ints (the V1 path), or split_item=2/3 with weights of one N")
+def _(call):
+    v = _v(call)
+    if (v.group_type == 0 and v.single_x and len(v.ws) > 1 and v.split_item in (0, 1)
+            and v.gl_given and not v.gl_is_list):
+        return (f"one x, {len(v.ws)} weights and split_item={v.split_item} (one y per weight) with a Tensor group "
+                f"list: the host's V3/V4/V5 path rejects this form")
+
+
 @rule(ALL, "gmm.k_split_total", "weight",
       "K split with several weights: the weights' K add up to at most x's K",
       source="aclnnGroupedMatmulV4 doc group_type 2 scenario table; the host checks no shape of this form "
