@@ -92,6 +92,11 @@ def _desc(call: Call, name: str) -> str:
     return f"a {m.dtype} tensor of shape {list(m.shape)}"
 
 
+# ranks of one expert's entry in a per-expert list: weight [K, N] or its 4-D NZ storage; weight_scale [N]
+# (per-group A8W4: [G, N]); weight_assist_matrix [N]
+EXPERT_ENTRY_RANKS = {"weight": (2, 4), "weight_scale": (1, 2), "weight_assist_matrix": (1,)}
+
+
 def _stack_expert_lists(call: Call) -> None:
     """v2: a list of E equal per-expert tensors is seen by the rules as the stacked [E, ...] tensor."""
     for name in ("weight", "weight_scale", "weight_assist_matrix"):
@@ -101,6 +106,8 @@ def _stack_expert_lists(call: Call) -> None:
         metas = call.metas(name)
         if len(metas) != len(v) or len({(m.shape, m.dtype, m.format) for m in metas}) != 1:
             continue  # unequal entries: gmmsq_v2.expert_lists reports them
+        if metas[0].ndim not in EXPERT_ENTRY_RANKS[name]:
+            continue  # not a per-expert entry: gmmsq_v2.expert_lists reports it
         m = metas[0]
         call._metas[name] = TensorMeta((len(metas),) + tuple(m.shape), m.dtype, m.format, None, m.device, None)
 
@@ -364,6 +371,9 @@ def _(call):
         if len({(m.shape, m.dtype, m.format) for m in metas}) != 1:
             errs.append(f"{name} entries differ in shape/dtype/format: "
                         f"{sorted({(m.shape, m.dtype, m.format) for m in metas})[:3]}")
+        elif len(v) > 1 and metas[0].ndim not in EXPERT_ENTRY_RANKS[name]:
+            errs.append(f"{name} is a list of {len(v)} tensors of shape {list(metas[0].shape)}: a per-expert entry "
+                        f"has rank {' or '.join(map(str, EXPERT_ENTRY_RANKS[name]))}")
         lengths[name] = len(v)
     if len(set(n for n in lengths.values() if n > 1)) > 1 or (
             any(n > 1 for n in lengths.values()) and any(n == 1 for n in lengths.values())):
