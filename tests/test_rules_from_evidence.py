@@ -339,3 +339,22 @@ def test_not_simulated_is_not_a_device_rejection():
 def test_unreadable_values_raise_type_error_naming_the_argument(op, args, kwargs, argname):
     with pytest.raises(TypeError, match=rf"argument '{argname}'"):
         ascend_moe.check(op, *args, **A2, **kwargs)
+
+
+def test_swiglu_quant_v2_per_expert_lists_through_the_torch_op():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    E, M, K, N = 2, 9, 32, 64
+    x = rng.integers(-128, 128, (M, K)).astype(np.int8)
+    w = rng.integers(-128, 128, (E, K, N)).astype(np.int8)
+    ws = (rng.standard_normal((E, N)) * 1e-3).astype(np.float32)
+    xs = (rng.random(M) * 1e-2).astype(np.float32)
+    gl = np.array([4, 9], np.int64)
+    w_list = [ascend_moe.npu_format_cast(torch.from_numpy(np.array(w[e])), 29) for e in range(E)]
+    with ascend_moe.target(**A2):
+        out, scale = ascend_moe.npu_grouped_matmul_swiglu_quant_v2(
+            torch.from_numpy(x), w_list, [torch.from_numpy(np.array(ws[e])) for e in range(E)],
+            torch.from_numpy(xs), torch.from_numpy(gl))
+    want = _swiglu_a8w8_reference(x, w, ws, xs, gl)
+    np.testing.assert_array_equal(out.numpy(), want[0])
+    np.testing.assert_array_equal(scale.numpy().view(np.int32), want[1].view(np.int32))

@@ -135,10 +135,11 @@ def _v2_op(x: Tensor, weight: List[Tensor], weight_scale: List[Tensor], x_scale:
     if be == "aclnn":
         from ..backends import aclnn
         return tuple(aclnn.call(V2, args))
-    assist = _first(weight_assist_matrix) if weight_assist_matrix else None
-    out, out_scale = _sim.compute(to_numpy(x), to_numpy(weight[0]), to_numpy(weight_scale[0]), to_numpy(x_scale),
+    def stacked(v):  # one-element list, or one tensor per expert stacked [E, ...] (sim.stack_experts)
+        return _sim.stack_experts([to_numpy(t) for t in v]) if v else None
+    out, out_scale = _sim.compute(to_numpy(x), stacked(weight), stacked(weight_scale), to_numpy(x_scale),
                                   to_numpy(group_list), group_list_type=args["group_list_type"],
-                                  assist=to_numpy(assist), kernel="v2")
+                                  assist=stacked(weight_assist_matrix), kernel="v2")
     return from_numpy(out), from_numpy(out_scale)
 
 
