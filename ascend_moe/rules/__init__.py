@@ -7,6 +7,10 @@ from, a fix hint, and the aclnn status the device would return.  :func:`check` r
 :class:`Violation` of a call at once; :func:`enforce` raises them together as a
 :class:`ConstraintError`.
 
+Each rule has a kind (:data:`RULE_KINDS`): only ``host`` rules, whose source names the host file and
+function, claim an aclnn status; ``doc`` rules are warnings (:class:`ConstraintWarning`); ``sim`` rules
+mark forms the simulator does not model and raise :class:`NotSimulatedError`, which is no device verdict.
+
 Predicates see a :class:`Call`: the bound arguments, plus accessors that work the same for NumPy
 arrays, torch tensors (real, meta or fake) and :class:`TensorSpec` placeholders (for checking a
 model config without allocating its weights).  Value-dependent rules (e.g. "group_list is

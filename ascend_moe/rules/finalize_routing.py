@@ -50,8 +50,7 @@ REQUIRED_INPUTS = {
     "WeightNzV2": ("scale", "logit", "row_index"),   # + pertoken_scale for int4 weights
 }
 V2_GENERATION_SINCE = CannVersion("8.3.RC1")   # [I] release mapping of V3 / WeightNzV2
-CUMSUM_SINCE = "8.5.0"                         # [I] commit 50e9ae990 (2025-12-22) -> first later release
-# (products.KNOWN_RELEASES: 9.0.0 stands for 2026 master changes, so 8.5.0 is taken to carry late 2025)
+CUMSUM_SINCE = "8.5.0"                         # commit 50e9ae990 (2025-12-22), before tag v8.5.0 (2026-01-22)
 
 M_MAX = 16 * 1024 * 8
 E_MAX = 256
