@@ -175,7 +175,11 @@ def test_other_products_rejected(product):
     vs = violations(a8w8(), product=product)
     assert len(vs) == 1 and vs[0].rule_id == f"{OP}.product" and product in vs[0].message
     if product == "ascend-950":
+        # the device has the op (its MX/fp8 variants): not simulated, no claimed status, no "run it on"
         assert "950" in vs[0].source and "MX" in vs[0].source
+        assert vs[0].severity == "not-simulated" and vs[0].status is None and "run it on" not in vs[0].fix
+    else:
+        assert vs[0].severity == "error" and vs[0].status == 161002
 
 
 def test_cumsum_accepted_from_8_5_0():

@@ -460,6 +460,14 @@ def bind(op: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]
 
 def _product_violation(spec: OpSpec, target: Target) -> Violation:
     note = spec.product_notes.get(target.product)
+    if note:
+        # the device has the op there, ascend-moe does not model it: no device verdict
+        return Violation(
+            rule_id=f"{spec.name}.product", op=spec.name, argument="(product)",
+            message=f"{spec.name} on {target.product} ({PRODUCTS[target.product].name}) is not simulated: {note}",
+            product=target.product, cann=str(target.cann), version_range="all CANN versions",
+            source=spec.source, fix=f"ascend-moe simulates {spec.name} for: {', '.join(sorted(spec.products))}",
+            status=None, severity="not-simulated", kind="sim")
     return Violation(
         rule_id=f"{spec.name}.product", op=spec.name, argument="(product)",
         message=f"{spec.name} is not supported on {target.product} ({PRODUCTS[target.product].name})"

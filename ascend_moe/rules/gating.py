@@ -271,44 +271,44 @@ def _legacy(rule_id, argument, summary, fix):
 def _(call):
     e = _experts(call)
     if e is not None and e != 256:
-        return f"x.shape[1] (experts) must be 256 on CANN < 8.3.RC1, got {e}"
+        return f"the docs of CANN < 8.3.RC1 allow only 256 experts (x.shape[1]), got {e}"
 
 
 @_legacy("gating.legacy.k_max_32", "k", "1 <= k <= 32", "pass 1 <= k <= 32 or target CANN >= 8.3.RC1")
 def _(call):
     k = call["k"]
     if _is_int(k) and not 1 <= k <= 32:
-        return f"k must satisfy 1 <= k <= 32 on CANN < 8.3.RC1, got k={k}"
+        return f"the docs of CANN < 8.3.RC1 say k must satisfy 1 <= k <= 32, got k={k}"
 
 
 @_legacy("gating.legacy.k_group_4", "k_group", "k_group == 4", "pass k_group=4 or target CANN >= 8.3.RC1")
 def _(call):
     if call["k_group"] != 4:
-        return f"k_group must be 4 on CANN < 8.3.RC1, got k_group={call['k_group']!r}"
+        return f"the docs of CANN < 8.3.RC1 say k_group must be 4, got k_group={call['k_group']!r}"
 
 
 @_legacy("gating.legacy.group_count_8", "group_count", "group_count == 8", "pass group_count=8 or target CANN >= 8.3.RC1")
 def _(call):
     if call["group_count"] != 8:
-        return f"group_count must be 8 on CANN < 8.3.RC1, got group_count={call['group_count']!r}"
+        return f"the docs of CANN < 8.3.RC1 say group_count must be 8, got group_count={call['group_count']!r}"
 
 
 @_legacy("gating.legacy.bias_required", "bias", "bias must not be None", "pass the score-correction bias, or target CANN >= 8.3.RC1")
 def _(call):
     if not call.given("bias"):
-        return "bias must not be None on CANN < 8.3.RC1, got bias=None"
+        return "the docs of CANN < 8.3.RC1 say bias must not be None, got bias=None"
 
 
 @_legacy("gating.legacy.norm_type_sigmoid", "norm_type", "norm_type == 1 (sigmoid)", "pass norm_type=1 or target CANN >= 8.3.RC1")
 def _(call):
     if call["norm_type"] != 1:
-        return f"norm_type must be 1 (sigmoid) on CANN < 8.3.RC1, got norm_type={call['norm_type']!r}"
+        return f"the docs of CANN < 8.3.RC1 say norm_type must be 1 (sigmoid), got norm_type={call['norm_type']!r}"
 
 
 @_legacy("gating.legacy.out_flag_false", "out_flag", "out_flag must be False", "pass out_flag=False or target CANN >= 8.3.RC1")
 def _(call):
     if call["out_flag"]:
-        return f"out_flag must be False on CANN < 8.3.RC1, got out_flag={call['out_flag']!r}"
+        return f"the docs of CANN < 8.3.RC1 say out_flag must be False, got out_flag={call['out_flag']!r}"
 
 
 # ---------------------------------------------------------------- hash mode (V2) ---------------
