@@ -803,6 +803,10 @@ def run_report(rep: Report, *, seed: int = 0, stream=None) -> Dict[str, Any]:
     if not rep.passed:
         raise RuntimeError("--run needs every call to pass the checker (the simulator enforces the "
                            "same rules); fix the violations above first")
+    unsimulated = [s.name for s in rep.checked if s.unsimulated]
+    if unsimulated:
+        raise RuntimeError(f"--run cannot compute stage(s) {', '.join(unsimulated)}: ascend-moe does not simulate "
+                           "them (this is no verdict about the device)")
     prog = Progress(1 + len(rep.stages), stream)  # setup + every stage
     return run_layer(rep, seed=seed, progress=prog)
 

@@ -5,7 +5,8 @@ Formula (spec 1.6), per group ``e``:
 
 * group_type 0 (M split): ``y[s_e:t_e] = x[s_e:t_e] @ w[e] (+ bias[e])``, rows ``[s_e, t_e)`` from
   the group list (type 0 cumsum: ``t_e = group_list[e]``; type 1 counts: ``t_e = cumsum[e]``);
-* group_type 2 (K split): ``y[e] = x[:, s_e:t_e] @ w[s_e:t_e, :]`` -> ``[E, M, N]``;
+* group_type 2 (K split): ``y[e] = x[:, s_e:t_e] @ w[s_e:t_e, :]`` -> ``[E, M, N]``; with a weight
+  list {[K_i, N_i]} (split_item 0/1, no group list) ``y_i = x[:, o_i:o_i+K_i] @ w_i`` -> [M, N_i];
 * group_type -1: ``y_i = x_i @ w_i`` for parallel lists.
 
 Faithfulness contract:

@@ -17,9 +17,19 @@ and so does the checker:
   ``npu_gmm``/``npu_gmm_v2`` reports ``total < rows`` as a doc-only warning (MindSpeed doc "相等");
   rows past the total are undefined output (rule ``gmm.total_tensor`` / ``gmm.total_tensor_doc``).
 
+K split (group_type 2), as the host's ``CheckCaseSplitK`` accepts it: one transposed x and either one
+weight [K, N] with a group list (y [E, M, N], or E outputs with split_item 0/1), or a weight list
+{[K_i, N_i]} with split_item 0/1 and no group list - each weight's K is its group, taken from x's
+columns in order, and the weights' total K must not exceed x's K (nothing checks it; a larger total
+reads past x).  CANN's split-K case table uses the second form.
+
+float32: the host rejects it only on the V1 API (``CheckFunctionParams``: aclnnGroupedMatmul on
+Ascend910B / 910_93), which op-plugin calls for the ``List[int]`` group-list overload; the
+single-tensor sentence of the V3 and older V4 docs is a doc-level warning up to 9.0.1.
+
 Scope: the quantised paths (int8 / int4 weights, scale, offset, per_token_scale, antiquant_*,
-activation_*, group_list_type 2, x_dtype & co.) are rejected with a message naming the ascend_moe
-op that models them; they are not device rules (status None).
+activation_*, group_list_type 2, x_dtype & co.) are reported as not simulated (``NotSimulatedError``)
+with a message naming the ascend_moe op that models them; they are not device rules.
 """
 from __future__ import annotations
 
