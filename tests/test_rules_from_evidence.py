@@ -358,3 +358,15 @@ def test_swiglu_quant_v2_per_expert_lists_through_the_torch_op():
     want = _swiglu_a8w8_reference(x, w, ws, xs, gl)
     np.testing.assert_array_equal(out.numpy(), want[0])
     np.testing.assert_array_equal(scale.numpy().view(np.int32), want[1].view(np.int32))
+
+
+def test_check_model_reports_not_simulated_stages(capsys):
+    from ascend_moe import cli
+    import json
+    code = cli.main(["check", "--model", "deepseek-v3", "--product", "ascend-950", "--cann", "9.1.0", "--quant",
+                     "w8a8", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    fr = next(s for s in rep["stages"] if s["op"] == "npu_grouped_matmul_finalize_routing")
+    assert fr["verdict"] == "not simulated" and fr["passed"]
+    assert all(v["severity"] == "not-simulated" and v["status"] is None for v in fr["violations"])
+    assert code == (0 if rep["passed"] else 1)

@@ -41,7 +41,10 @@ V2_HOST = "op-plugin op_plugin/ops/opapi/GroupedMatmulSwigluQuantV2NpuOpapi.cpp 
 spec_v1 = register_op(V1, _sim.npu_grouped_matmul_swiglu_quant, products=A2_A3,
                       source="aclnnGroupedMatmulSwigluQuantWeightNZ (torch_npu v1 always calls it)")
 spec_v2 = register_op(V2, _sim.npu_grouped_matmul_swiglu_quant_v2, products=A2_A3,
-                      source="aclnnGroupedMatmulSwigluQuantV2 / WeightNzV2")
+                      source="aclnnGroupedMatmulSwigluQuantV2 / WeightNzV2; the 950 (DAV_3510) per-token and MX "
+                             "paths: grouped_matmul_swiglu_quant_v2 op_host op_api utils CheckAttrs / CheckMXShape",
+                      product_notes={"ascend-950": "the device has this op (its DAV_3510 per-token fp8/hifloat8 and MX "
+                                                   "paths), which ascend-moe does not model"})
 
 A8W8_SCALE_DTYPES = ("float32", "float16", "bfloat16")
 # dequant_dtype values naming float32 / float16 / bfloat16: the aclnn (ge) codes 0 / 1 / 27 that the host's
