@@ -20,8 +20,8 @@ _LAZY = {
     **dict.fromkeys(("BackendError", "set_backend", "use_backend", "privateuse1_is_simulated",
                      "set_privateuse1_simulated"), "backends"),
     **dict.fromkeys(("CannVersion", "Target", "resolve_target", "set_target", "target"), "products"),
-    **dict.fromkeys(("ConstraintError", "ConstraintWarning", "TensorSpec", "Violation", "check", "enforce",
-                     "rule_table"), "rules"),
+    **dict.fromkeys(("ConstraintError", "ConstraintWarning", "NotSimulatedError", "TensorSpec", "Violation",
+                     "check", "enforce", "rule_table"), "rules"),
     **dict.fromkeys(("get_undefined_policy", "set_undefined_policy", "undefined_policy"), "sim.numerics"),
 }
 

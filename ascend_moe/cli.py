@@ -5,7 +5,9 @@
   [--tokens N] [--ep N] [--run]``: one MoE layer's op calls on a product, every rule checked
   (exit status 0 only if every call passes); ``--run`` executes the layer through the simulator.
 * ``rules [--product P] [--op O] [--cann V] [--markdown | --matrix]``: the rule table, generated
-  from the declarations.
+  from the declarations: per rule its kind (host: the host code rejects it with the aclnn status shown;
+  wrapper: op-plugin / MindSpeed refuses it; kernel: accepted but undefined; doc: docs only, a warning;
+  sim: not simulated by ascend-moe) and its source (file and function, release tag where it changed).
 """
 from __future__ import annotations
 
@@ -81,19 +83,23 @@ def _cmd_rules(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        from .products import warn_if_unknown
+        warn_if_unknown(cann)
         rows = [r for r in rows if (r.since is None or not cann < r.since)
                 and (r.until is None or cann < r.until)]
     if args.markdown:
-        print("| rule | op | argument | products | CANN | severity | rule text |")
-        print("|---|---|---|---|---|---|---|")
+        print("| rule | op | argument | products | CANN | kind | severity | status | rule text | source |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| `{r.id}` | {r.op} | {r.argument} | {r.products_text()} | {r.version_range()} | "
-                  f"{r.severity} | {r.summary.replace('|', '/')} |")
+            print(f"| `{r.id}` | {r.op} | {r.argument} | {r.products_text()} | {r.version_range()} | {r.kind} | "
+                  f"{r.severity} | {r.status or '-'} | {r.summary.replace('|', '/')} | {r.source.replace('|', '/')} |")
     else:
         for r in rows:
             sev = "" if r.severity == "error" else f" [{r.severity}]"
+            status = f" -> aclnn {r.status}" if r.status is not None else ""
             print(f"{r.id:<48} {r.op:<36} {r.argument:<20} {r.products_text():<28} {r.version_range():<28} "
-                  f"{r.summary}{sev}")
+                  f"{r.kind:<8} {r.summary}{sev}{status}")
+            print(f"{'':<48} source: {r.source}")
     print(f"{len(rows)} rules" if not args.markdown else f"\n{len(rows)} rules")
     return 0
 

@@ -234,11 +234,16 @@ class Stage:
     @property
     def errors(self) -> List[Violation]:
         strict = strict_docs()
-        return [v for v in self.violations if v.severity == "error" or strict]
+        return [v for v in self.violations if v.severity == "error" or (strict and v.severity == "warning")]
+
+    @property
+    def unsimulated(self) -> List[Violation]:
+        """Forms ascend-moe's simulator does not model: no verdict about the device."""
+        return [v for v in self.violations if v.severity == "not-simulated"]
 
     @property
     def warnings(self) -> List[Violation]:
-        return [v for v in self.violations if v not in self.errors]
+        return [v for v in self.violations if v not in self.errors and v.severity == "warning"]
 
     @property
     def passed(self) -> bool:
@@ -252,6 +257,8 @@ class Stage:
             return "ERROR"
         if self.errors:
             return "FAIL"
+        if self.unsimulated:
+            return "not simulated"
         return f"PASS ({len(self.warnings)} doc warning{'s' if len(self.warnings) != 1 else ''})" \
             if self.warnings else "PASS"
 
@@ -487,8 +494,8 @@ def format_report(rep: Report, width: int = 110) -> str:
         lines += _wrap(s.key_arguments(), width, " " * 6)
         if s.error:
             lines += _wrap(f"checker error: {s.error}", width, " " * 6 + "! ")
-        for v in s.errors + s.warnings:
-            kind = "x" if v in s.errors else "~"
+        for v in s.errors + s.unsimulated + s.warnings:
+            kind = "x" if v in s.errors else ("?" if v in s.unsimulated else "~")
             lines += _wrap(f"{kind} [{v.rule_id}] argument '{v.argument}': {v.message} "
                            f"(rule holds for {v.version_range})", width, " " * 6)
             if v.fix:
@@ -497,13 +504,16 @@ def format_report(rep: Report, width: int = 110) -> str:
     n_failed = sum(not s.passed for s in rep.checked)
     n_warn = sum(len(s.warnings) for s in rep.checked)
     if any(s.violations for s in rep.stages):
-        lines.append("      (x = error: the device rejects the call; ~ = doc-only rule the host code does "
-                     "not enforce)")
+        lines.append("      (x = error: the device rejects the call or its result is undefined; ? = not simulated by "
+                     "ascend-moe, no verdict about the device; ~ = doc-only rule the host code does not enforce)")
     lines.append("")
     verdict = "PASS" if rep.passed else "FAIL"
+    n_unsim = sum(bool(s.unsimulated) and s.passed for s in rep.checked)
     lines.append(f"verdict  {verdict}: {n_checked - n_failed} of {n_checked} op calls pass on {t.product}, "
                  f"CANN {t.cann}" + (f"; {n_warn} doc-only warning(s) (ASCEND_MOE_STRICT_DOCS=1 makes them "
                                      "errors)" if n_warn else "")
+                 + (f"; {n_unsim} call(s) not simulated by ascend-moe (no verdict about the device; --run "
+                    "cannot compute them)" if n_unsim else "")
                  + "; steps marked 'not checked' are not ascend-moe ops")
     return "\n".join(lines)
 
@@ -527,7 +537,7 @@ def report_dict(rep: Report) -> Dict[str, Any]:
             "passed": s.passed, "error": s.error or None, "seconds": s.seconds,
             "args": [jv(a) for a in s.args], "kwargs": {k: jv(v) for k, v in s.kwargs.items()},
             "violations": [{"rule_id": v.rule_id, "argument": v.argument, "message": v.message,
-                            "severity": v.severity, "fix": v.fix, "source": v.source,
+                            "severity": v.severity, "kind": v.kind, "fix": v.fix, "source": v.source,
                             "version_range": v.version_range, "status": v.status}
                            for v in s.violations],
         } for s in rep.stages],
@@ -792,6 +802,10 @@ def run_report(rep: Report, *, seed: int = 0, stream=None) -> Dict[str, Any]:
     if not rep.passed:
         raise RuntimeError("--run needs every call to pass the checker (the simulator enforces the "
                            "same rules); fix the violations above first")
+    unsimulated = [s.name for s in rep.checked if s.unsimulated]
+    if unsimulated:
+        raise RuntimeError(f"--run cannot compute stage(s) {', '.join(unsimulated)}: ascend-moe does not simulate "
+                           "them (this is no verdict about the device)")
     prog = Progress(1 + len(rep.stages), stream)  # setup + every stage
     return run_layer(rep, seed=seed, progress=prog)
 

@@ -17,6 +17,7 @@ import functools
 import glob
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple, Union
 
@@ -133,11 +134,42 @@ class CannVersion:
         return self.text
 
 
-# Releases the rules speak of, oldest first.  torch_npu 7.0.0 / 7.1.0 / 7.2.0 pair with CANN
-# 8.1.RC1 / 8.2.RC1 / 8.3.RC1.  "9.0.0" stands for the first release carrying ops-transformer
-# master changes of 2026 that no published release note names yet (inferred).
+# The CANN releases the rules know, oldest first.  torch_npu 7.0.0 / 7.1.0 / 7.2.0 pair with CANN
+# 8.1.RC1 / 8.2.RC1 / 8.3.RC1.  From 8.5.0 on, the releases are the ops-transformer / ops-nn tags: v8.5.0
+# (2026-01-22), v9.0.0 (2026-04-27), v9.0.1 (2026-06-23) and the next one, named v9.1.0.pre in the sources.
+# Every versioned rule states the tag where its behaviour first appears.
 KNOWN_RELEASES = tuple(CannVersion(v) for v in (
-    "8.0.RC1", "8.0.RC2", "8.0.RC3", "8.0.0", "8.1.RC1", "8.2.RC1", "8.3.RC1", "8.5.0", "9.0.0"))
+    "8.0.RC1", "8.0.RC2", "8.0.RC3", "8.0.0", "8.1.RC1", "8.2.RC1", "8.3.RC1", "8.5.0", "9.0.0", "9.0.1",
+    "9.1.0"))
+LATEST_KNOWN = KNOWN_RELEASES[-1]
+
+
+class UnknownCannVersionWarning(UserWarning):
+    """A CANN version outside :data:`KNOWN_RELEASES`: the rules treat it as the named known release."""
+
+
+def known_release_for(version: "CannVersion") -> "CannVersion":
+    """The known release whose rules apply to ``version``: itself when known, else the newest known
+    release not newer than it (the oldest known one for versions before every known release)."""
+    older = [r for r in KNOWN_RELEASES if not version < r]
+    return older[-1] if older else KNOWN_RELEASES[0]
+
+
+def warn_if_unknown(version: "CannVersion", stacklevel: int = 3) -> None:
+    """Warn once per version that is not a known release, naming the release it is treated as."""
+    if version in KNOWN_RELEASES or version.text in _warned_versions:
+        return
+    _warned_versions.add(version.text)
+    as_release = known_release_for(version)
+    if LATEST_KNOWN < version:
+        why = f"newer than the latest release ascend-moe knows ({LATEST_KNOWN})"
+    else:
+        why = "not a release ascend-moe knows"
+    warnings.warn(f"CANN {version} is {why}; its rules are checked as CANN {as_release}. Known releases: "
+                  f"{', '.join(str(r) for r in KNOWN_RELEASES)}", UnknownCannVersionWarning, stacklevel=stacklevel)
+
+
+_warned_versions: set = set()
 DEFAULT_CANN = CannVersion("8.5.0")
 
 
@@ -249,4 +281,5 @@ def resolve_target(product: Optional[str] = None, cann: Optional[str] = None,
     else:
         found = detect_cann_version() if detect else None
         c, cs = (found[0], f"detected {found[1]}") if found else (DEFAULT_CANN, "default")
+    warn_if_unknown(c)
     return Target(p, c, ps, cs)

@@ -125,7 +125,9 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
         off = int(shared_input_offset)
         y[off:off + si.shape[0]] = si.astype(f32) * f32(shared_input_weight)
 
-    logit32 = _f32(logit).reshape(-1)
+    # logit None: the host's second scene (CheckSupportScene: logit and shared_input both null) - the
+    # rows are combined unweighted, i.e. with weight 1 [I: the kernel skips the logit multiply]
+    logit32 = np.ones(m, dtype=f32) if logit is None else _f32(logit).reshape(-1)
     pt32 = None if pertoken_scale is None else _f32(pertoken_scale).reshape(-1)
     rows = np.asarray(row_index).astype(np.int64).reshape(-1)
     bounds = group_bounds(np.asarray(group_list).reshape(-1), group_list_type, m)

@@ -25,8 +25,8 @@ Faithfulness contract:
   32 with ``-inf`` (zeros after ``exp``), which changes the pairing of the sum, and it normalises by
   ``Muls(e, 1.0f/S)``; the without-group kernel normalises by ``Muls(e, 1.0f/S)`` before ops-transformer
   commit 5dbcb68ba (2026-06-27) and by ``Div(e, S)`` after it.  Which one applies follows the target
-  CANN version (``ascend_moe.products.resolve_target``): ``Div`` from 9.0.0 on (the release mapping of
-  that 2026 commit is inferred, see products.KNOWN_RELEASES).
+  CANN version (``ascend_moe.products.resolve_target``): ``Div`` from 9.1.0 on (the commit is after tag
+  v9.0.1, see products.KNOWN_RELEASES).
 * **ReduceSum order** [inferred]: pairwise (adjacent lanes) tree inside each 64-lane repeat of zero
   padded data, then the same tree over the repeat partials (asc-devkit dav_c220 ``ReduceSumSecondStep``
   runs a second ``vcadd`` over them).  ReduceMax is order-free.

@@ -5,7 +5,8 @@ Formula (spec 1.6), per group ``e``:
 
 * group_type 0 (M split): ``y[s_e:t_e] = x[s_e:t_e] @ w[e] (+ bias[e])``, rows ``[s_e, t_e)`` from
   the group list (type 0 cumsum: ``t_e = group_list[e]``; type 1 counts: ``t_e = cumsum[e]``);
-* group_type 2 (K split): ``y[e] = x[:, s_e:t_e] @ w[s_e:t_e, :]`` -> ``[E, M, N]``;
+* group_type 2 (K split): ``y[e] = x[:, s_e:t_e] @ w[s_e:t_e, :]`` -> ``[E, M, N]``; with a weight
+  list {[K_i, N_i]} (split_item 0/1, no group list) ``y_i = x[:, o_i:o_i+K_i] @ w_i`` -> [M, N_i];
 * group_type -1: ``y_i = x_i @ w_i`` for parallel lists.
 
 Faithfulness contract:
@@ -226,11 +227,11 @@ def gmm_m_split_list(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence
                      group_list: GroupList, group_list_type: int) -> List[np.ndarray]:
     """Single x split by the group list, one output per group (split_item 1)."""
     ws, bs = _as_list(weight), _as_list(bias)
-    n = ws[0].shape[-1]
     starts, ends = group_bounds(group_list, group_list_type)
     out = []
     for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
-        y = np.empty((max(t - s, 0), n), dtype=x.dtype)
+        # each output has its own weight's N (a weight list may mix N, as op-plugin sizes each y_i)
+        y = np.empty((max(t - s, 0), _weight_of_group(ws, e).shape[-1]), dtype=x.dtype)
         if t > s:
             _gemm_into(y, x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e))
         out.append(y)
@@ -252,6 +253,23 @@ def gmm_k_split(x: np.ndarray, weight: np.ndarray, group_list: GroupList, group_
     return y
 
 
+def gmm_k_split_list(x: np.ndarray, weights: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """K split with one x [M, K] (a transposed view) and several weights [K_i, N_i]: the weights' K
+    partition x's columns in order, ``y_i = x[:, o_i:o_i + K_i] @ w_i`` -> [M, N_i]; columns past the
+    weights' total are not read.  A group with K_i == 0 is zero, as in :func:`gmm_k_split`."""
+    out, offset = [], 0
+    for w in weights:
+        k = w.shape[0]
+        y = np.empty((x.shape[0], w.shape[-1]), dtype=x.dtype)
+        if k > 0:
+            _gemm_into(y, x[:, offset:offset + k], w, None)
+        else:
+            y[...] = 0
+        out.append(y)
+        offset += k
+    return out
+
+
 def gmm_no_split(xs: Sequence[np.ndarray], ws: Sequence[np.ndarray], bs: Sequence[np.ndarray]) -> List[np.ndarray]:
     """group_type -1: y_i = x_i @ w_i (x_i may be 2-6-D; batch dims flattened)."""
     out = []
@@ -268,6 +286,9 @@ def grouped_matmul_compute(x, weight, bias, group_list: GroupList, split_item: i
     """npu_grouped_matmul on already-checked arguments; returns the list of outputs."""
     xs, ws, bs = _as_list(x), _as_list(weight), _as_list(bias)
     single_y = split_item in (2, 3)
+    if group_type == 2 and len(ws) > 1:
+        # K split with a weight list: each weight's K is its group (split_item 0/1, one y per weight)
+        return gmm_k_split_list(xs[0], ws)
     if group_type == 2:
         # K split: x [M, K] transposed view, weight [K, N] single, group list partitions K.
         y = gmm_k_split(xs[0], ws[0], group_list, group_list_type)

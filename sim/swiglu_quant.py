@@ -176,6 +176,19 @@ def _first(v):
     return v
 
 
+def stack_experts(v):
+    """A v2 list argument as one array: a one-element list gives its tensor; a list of E per-expert
+    tensors (``{E x (K, N)}`` weights, ``{E x (N)}`` scales / assist rows, or their NZ storages) gives
+    them stacked on a new leading expert axis, the single-tensor form the kernels index."""
+    if isinstance(v, (list, tuple)):
+        if len(v) == 0:
+            return None
+        if len(v) == 1:
+            return v[0]
+        return np.stack([np.asarray(t) for t in v])
+    return v
+
+
 # --------------------------------------------------------------------------------------------
 # public twins
 # --------------------------------------------------------------------------------------------

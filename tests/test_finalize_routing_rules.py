@@ -73,7 +73,9 @@ CASES = [
     ("gmmfr.w_format_a8w8", a8w8(w=TensorSpec((E, K, N), "int8")), None, None, "w", "ND format"),
     ("gmmfr.w_nz_storage", a8w8(w=TensorSpec((E, N // 16, K // 16, 16, 16), "int8")), None, None, "w",
      "w.shape=[4, 16, 16, 16, 16]"),
-    ("gmmfr.required_inputs", a8w8(logit=None), None, None, "(inputs)", "logit=None"),
+    # logit is optional on the NZ entry points only together with shared_input (CheckSupportScene's 2nd scene)
+    ("gmmfr.required_inputs", a8w8(logit=None, shared_input=TensorSpec((4, N), "bfloat16")), None, None, "(inputs)",
+     "logit=None"),
     ("gmmfr.required_inputs", a8w4(pertoken_scale=None), None, None, "(inputs)", "pertoken_scale=None"),
     ("gmmfr.required_inputs", a8w4(w=NZ5_INT4, pertoken_scale=None), None, None, "(inputs)",
      "pertoken_scale=None"),
@@ -173,7 +175,11 @@ def test_other_products_rejected(product):
     vs = violations(a8w8(), product=product)
     assert len(vs) == 1 and vs[0].rule_id == f"{OP}.product" and product in vs[0].message
     if product == "ascend-950":
+        # the device has the op (its MX/fp8 variants): not simulated, no claimed status, no "run it on"
         assert "950" in vs[0].source and "MX" in vs[0].source
+        assert vs[0].severity == "not-simulated" and vs[0].status is None and "run it on" not in vs[0].fix
+    else:
+        assert vs[0].severity == "error" and vs[0].status == 161002
 
 
 def test_cumsum_accepted_from_8_5_0():
@@ -190,7 +196,7 @@ def test_rows_past_total_are_not_range_checked():
 
 
 def test_all_violations_reported_at_once_and_error_lists_them():
-    call = a8w8(logit=None, output_bs=M + 5, group_list_type=7)
+    call = a8w8(logit=None, shared_input=TensorSpec((4, N), "bfloat16"), output_bs=M + 5, group_list_type=7)
     ids = {v.rule_id for v in violations(call)}
     assert {"gmmfr.required_inputs", "gmmfr.output_bs", "gmmfr.group_list_type"} <= ids
     x, w, gl = call.pop("x"), call.pop("w"), call.pop("group_list")

@@ -72,10 +72,10 @@ def test_fake_kernel_runs_the_rules():
 
 def test_constraint_error_on_cpu_names_argument_and_value():
     x, b = _inputs(torch.float16, experts=128)
-    with ascend_moe.target(cann="8.2.RC1"):
+    with ascend_moe.target(cann="8.5.0"):
         with pytest.raises(ascend_moe.ConstraintError) as err:
-            ascend_moe.npu_moe_gating_top_k(x, 8, bias=b, k_group=4, group_count=8, norm_type=1)
-    assert "x.shape[1] (experts) must be 256" in str(err.value) and "got 128" in str(err.value)
+            ascend_moe.npu_moe_gating_top_k(x, 8, bias=b.to(torch.float32), k_group=4, group_count=8, norm_type=1)
+    assert "gating.bias.dtype" in str(err.value) and "float32" in str(err.value) and "'bias'" in str(err.value)
 
 
 def test_backend_policy_is_strict():

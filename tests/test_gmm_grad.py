@@ -175,7 +175,7 @@ def test_bias_requiring_grad_raises_mindspeed_error():
     with pytest.raises(ValueError, match="Bias is not supported to compute gradient!"):
         am.npu_gmm(x, w, bias=b, group_list=[1, 4])
     with pytest.raises(ValueError, match="Bias is not supported to compute gradient!"):
-        am.npu_grouped_matmul([x], [w], bias=[b], group_list=[1, 4], split_item=3)
+        am.npu_grouped_matmul([x], [w], bias=[b], group_list=torch.tensor([1, 4]), group_type=0, split_item=3)
 
 
 def test_grouped_matmul_grad_unsupported_form_raises():

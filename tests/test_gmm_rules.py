@@ -50,8 +50,10 @@ CASES = [
      None, "output_dtype=6"),
     ("gmm.output_dtype", "npu_grouped_matmul", ([X], [W]), dict(group_list=gl(2, 5, 10), **GM, output_dtype=99),
      None, "output_dtype=99"),
-    ("gmm.group_type", "npu_grouped_matmul", ([X], [W]), dict(group_list=gl(2, 5, 10), split_item=3), None,
+    ("gmm.group_type_required", "npu_grouped_matmul", ([X], [W]), dict(group_list=gl(2, 5, 10), split_item=3), None,
      "group_type=None"),
+    ("gmm.group_type_required", "npu_grouped_matmul", ([X], [t(16, 8)]), dict(split_item=0), None,
+     "without a group list"),
     ("gmm.group_type", "npu_grouped_matmul", ([X], [W]), dict(group_list=gl(2, 5, 10), group_type=1, split_item=3),
      None, "group_type=1"),
     ("gmm.group_type_mindspeed", "npu_gmm", (X, W), dict(group_list=[2, 5, 10], group_type=1), None,
@@ -68,8 +70,10 @@ CASES = [
      "dtype bfloat16, but with x bfloat16 the bias must be float32"),
     ("gmm.bias_dtype", "npu_gmm", (t(10, 16, dtype=F16), t(3, 16, 8, dtype=F16)),
      dict(bias=t(3, 8, dtype=F32), group_list=[2, 5, 10]), None, "dtype float32, but with x float16"),
-    ("gmm.fp32_single", "npu_grouped_matmul", ([t(10, 16, dtype=F32)], [t(3, 16, 8, dtype=F32)]),
-     dict(group_list=gl(2, 5, 10), group_type=0, split_item=1), None, "split_item=1"),
+    ("gmm.fp32_single_doc", "npu_grouped_matmul", ([t(10, 16, dtype=F32)], [t(16, 8, dtype=F32)] * 3),
+     dict(group_list=gl(2, 5, 10), group_type=0, split_item=2), None, "len(weight)=3"),
+    ("gmm.fp32_v1", "npu_grouped_matmul", ([t(10, 16, dtype=F32)], [t(3, 16, 8, dtype=F32)]),
+     dict(group_list=[2, 5, 10], group_type=0, split_item=3), None, "List[int]"),
     ("gmm.group_list_dtype", "npu_gmm", (X, W), dict(group_list=torch.tensor([2, 5, 10], dtype=torch.int32)),
      None, "got dtype int32"),
     ("gmm.v2_tensor_only", "npu_gmm_v2", (X, W), dict(group_list=[2, 3, 5]), None, "got a list [2, 3, 5]"),
@@ -95,7 +99,15 @@ CASES = [
     ("gmm.total_tensor", "npu_gmm", (X, W), dict(group_list=gl(2, 5, 11)), None, "total is 11 but x.shape[0] (M) is only 10"),
     ("gmm.total_tensor", "npu_gmm_v2", (X, W), dict(group_list=gl(2, 5, 4)), None, "total is 11"),
     ("gmm.group_list_multi_x", "npu_grouped_matmul", ([t(2, 16), t(3, 16)], [t(16, 8), t(16, 8)]),
-     dict(group_list=gl(2, 4), group_type=0, split_item=0), None, "[2, 4]"),
+     dict(group_list=[2, 4], group_type=0, split_item=0), None, "[2, 4]"),
+    ("gmm.m_split_y_list_tensor", "npu_grouped_matmul", ([X], [t(16, 8), t(16, 4)]),
+     dict(group_list=gl(4, 10), group_type=0, split_item=1), None, "split_item=1"),
+    ("gmm.k_split_total", "npu_grouped_matmul", ([xt(10, 16)], [t(9, 8), t(8, 4)]), dict(group_type=2, split_item=0),
+     None, "add up to 17 but x has K=16"),
+    ("gmm.k_split_forms", "npu_grouped_matmul", ([xt(10, 16)], [t(9, 8), t(7, 4)]), dict(group_type=2, split_item=3),
+     None, "split_item=3"),
+    ("gmm.k_split_forms", "npu_grouped_matmul", ([xt(10, 16)], [t(9, 8), t(7, 4)]),
+     dict(group_type=2, split_item=0, group_list=gl(8, 16)), None, "[8, 16]"),
     ("gmm.ranks", "npu_gmm", (t(10, 16), t(16, 8)), dict(group_list=[2, 5, 10]), None, "weight [E, K, N], got shape [16, 8]"),
     ("gmm.ranks", "npu_gmm", (xt(10, 16), t(2, 16, 8)), dict(group_list=[5, 16], group_type=2), None,
      "weight[0] shape [2, 16, 8]"),
@@ -165,10 +177,17 @@ def _assert_rejects(rule_id, op, args, kwargs, product, value):
     return hits
 
 
+def _rule(rule_id):
+    return next(r for op in OPS for r in get_op(op).rules if r.id == rule_id)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_rule_rejects(case):
     hits = _assert_rejects(*case)
-    assert all(v.severity == "error" for v in hits)
+    rule = _rule(case[0])
+    assert all(v.severity == rule.severity and v.status == rule.status for v in hits)
+    if rule.severity != "error":   # not simulated / doc-level: never a claimed device status
+        assert all(v.status is None for v in hits)
 
 
 @pytest.mark.parametrize("case", WARN_CASES, ids=[c[0] for c in WARN_CASES])
@@ -215,8 +234,8 @@ def test_all_violations_reported_at_once():
     assert {"gmm.weight_dtype", "gmm.k_match", "gmm.bias_dtype", "gmm.group_list_values_list", "gmm.total_list"} <= ids
 
 
-def test_torch_op_raises_constraint_error_with_quant_pointer():
-    with pytest.raises(am.ConstraintError, match="npu_grouped_matmul_swiglu_quant"):
+def test_torch_op_raises_not_simulated_with_quant_pointer():
+    with pytest.raises(am.NotSimulatedError, match="npu_grouped_matmul_swiglu_quant"):
         am.npu_grouped_matmul([torch.zeros(4, 16, dtype=torch.int8)], [torch.zeros(2, 16, 8, dtype=torch.int8)],
                               group_list=torch.tensor([2, 4]), group_type=0, split_item=3,
                               scale=[torch.ones(2, 8)], per_token_scale=[torch.ones(4)])

@@ -21,7 +21,8 @@ OP = "npu_moe_gating_top_k"
 
 # Version boundaries (spec A.7 "Version history"):
 LEGACY_UNTIL = CannVersion("8.3.RC1")      # torch_npu 7.0/7.1 generation: DeepSeek-V3 kernel only
-DIV_SOFTMAX_SINCE = CannVersion("9.0.0")   # OT 5dbcb68ba (2026-06-27): softmax e/S instead of e*(1/S)
+# OT 5dbcb68ba (2026-06-27): softmax e/S instead of e*(1/S); after tag v9.0.1 (2026-06-23), so first in 9.1.0
+DIV_SOFTMAX_SINCE = CannVersion("9.1.0")
 
 
 def semantics(cann: Any):

@@ -106,10 +106,11 @@ def _v2_shape(a: Dict[str, Any]) -> List[Any]:
 
 
 def _v2_sim(a: Dict[str, Any], target: Any):
-    assist = _first(a["weight_assist_matrix"]) if a["weight_assist_matrix"] else None
-    return _sim.compute(a["x"], _first(a["weight"]), _first(a["weight_scale"]), a["x_scale"],
-                        np.asarray(a["group_list"]), group_list_type=a["group_list_type"], assist=assist,
-                        kernel="v2")
+    # one-element lists, or one tensor per expert stacked on a leading expert axis (sim.stack_experts)
+    stack = _sim.stack_experts
+    return _sim.compute(a["x"], stack(a["weight"]), stack(a["weight_scale"]), a["x_scale"],
+                        np.asarray(a["group_list"]), group_list_type=a["group_list_type"],
+                        assist=stack(a["weight_assist_matrix"]), kernel="v2")
 
 
 def _v2_trace(a: Dict[str, Any]) -> Dict[str, Any]:

@@ -7,6 +7,10 @@ from, a fix hint, and the aclnn status the device would return.  :func:`check` r
 :class:`Violation` of a call at once; :func:`enforce` raises them together as a
 :class:`ConstraintError`.
 
+Each rule has a kind (:data:`RULE_KINDS`): only ``host`` rules, whose source names the host file and
+function, claim an aclnn status; ``doc`` rules are warnings (:class:`ConstraintWarning`); ``sim`` rules
+mark forms the simulator does not model and raise :class:`NotSimulatedError`, which is no device verdict.
+
 Predicates see a :class:`Call`: the bound arguments, plus accessors that work the same for NumPy
 arrays, torch tensors (real, meta or fake) and :class:`TensorSpec` placeholders (for checking a
 model config without allocating its weights).  Value-dependent rules (e.g. "group_list is
@@ -205,6 +209,19 @@ class Call:
 
 Predicate = Callable[[Call], Union[None, str, Sequence[str]]]
 
+# What a rule's verdict rests on (``Rule.kind``):
+#   "host"    - host code (op_host / op_api / tiling) rejects the call with ``status``; the source names the
+#               file and function (and the release tag where that matters);
+#   "wrapper" - the framework wrapper (op-plugin / torch_npu / MindSpeed) refuses the call before aclnn runs:
+#               the call fails on the device, but with a Python/C++ error, not an aclnn status;
+#   "kernel"  - nothing rejects the call, but the kernel source shows the result is undefined (reads past a
+#               buffer, offsets go wrong): reported as an error, never with an aclnn status;
+#   "doc"     - only the docs state it: a ConstraintWarning (severity "warning");
+#   "sim"     - ascend-moe's simulator does not model this form; says nothing of the device
+#               (severity "not-simulated", raised as NotSimulatedError).
+RULE_KINDS = ("host", "wrapper", "kernel", "doc", "sim")
+SEVERITIES = ("error", "warning", "not-simulated")
+
 
 @dataclass
 class Rule:
@@ -221,7 +238,29 @@ class Rule:
     source: str = ""
     fix: str = ""
     status: Optional[int] = 161002
-    severity: str = "error"                        # "error", or "warning" (doc-only rules)
+    severity: str = "error"                        # "error", "warning" (doc-only) or "not-simulated"
+    kind: str = ""                                 # one of RULE_KINDS; derived when left empty
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            if self.severity == "warning":
+                self.kind = "doc"
+            elif self.severity == "not-simulated":
+                self.kind = "sim"
+            elif self.status is not None:
+                self.kind = "host"
+            else:
+                self.kind = "kernel"
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"rule {self.id}: kind must be one of {RULE_KINDS}, got {self.kind!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"rule {self.id}: severity must be one of {SEVERITIES}, got {self.severity!r}")
+        # only host code returns aclnn statuses; doc-only and not-simulated rules never claim one
+        if self.status is not None and self.kind != "host":
+            raise ValueError(f"rule {self.id}: a {self.kind} rule cannot claim aclnn status {self.status}")
+        if (self.kind == "doc") != (self.severity == "warning") or (self.kind == "sim") != (
+                self.severity == "not-simulated"):
+            raise ValueError(f"rule {self.id}: kind {self.kind!r} does not fit severity {self.severity!r}")
 
     def applies(self, target: Target) -> bool:
         if self.products is not None and target.product not in self.products:
@@ -259,10 +298,17 @@ class Violation:
     fix: str
     status: Optional[int]
     severity: str = "error"
+    kind: str = ""
 
     def __str__(self) -> str:
         status = ""
-        if self.status is not None:
+        if self.severity == "not-simulated":
+            status = "; ascend-moe does not simulate this form, which says nothing of the device"
+        elif self.kind == "kernel":
+            status = "; the device does not reject it, the kernel's result is undefined"
+        elif self.kind == "wrapper":
+            status = "; the framework wrapper refuses it before aclnn runs"
+        elif self.status is not None:
             name = status_name(self.status)
             status = f"; the device would return aclnn status {self.status}" + (f" ({name})" if name else "")
         lines = [f"[{self.rule_id}] {self.op}: argument '{self.argument}': {self.message} "
@@ -286,6 +332,19 @@ class ConstraintError(ValueError):
         super().__init__("\n".join([head] + [str(v) for v in self.violations]))
 
 
+class NotSimulatedError(NotImplementedError):
+    """The call uses a form ascend-moe's simulator does not model.  This is not a device verdict: the
+    device may well accept the call.  ``.violations`` lists the forms (severity "not-simulated")."""
+
+    def __init__(self, op: str, violations: Sequence[Violation], target: Optional[Target] = None):
+        self.op = op
+        self.violations = list(violations)
+        self.target = target
+        where = f" (checked for {target})" if target else ""
+        head = f"{op}: not simulated by ascend-moe{where}; the device is not known to reject this call:"
+        super().__init__("\n".join([head] + [str(v) for v in self.violations]))
+
+
 class ConstraintWarning(UserWarning):
     """A rule stated only in the docs (the host code does not enforce it) is broken."""
 
@@ -301,17 +360,26 @@ class OpSpec:
     # why the op is rejected on a product it is not declared for, where "the device lacks it" is
     # not the whole story (e.g. the 950 variants exist on the device but are not modelled here)
     product_notes: Dict[str, str] = field(default_factory=dict)
+    # optional: fills a Call's tensor views before the rules run (e.g. a list of per-expert tensors seen
+    # as one stacked tensor), so every rule reads the same normalised view
+    prepare: Optional[Callable[["Call"], None]] = None
 
     def rule(self, id: str, argument: str, summary: str, *, products: Optional[Iterable[str]] = None,
              since: Optional[str] = None, until: Optional[str] = None, source: str = "", fix: str = "",
-             status: Optional[int] = 161002, severity: str = "error") -> Callable[[Predicate], Predicate]:
-        """Decorator registering a predicate as a rule of this op."""
+             status: Any = "default", severity: str = "error",
+             kind: str = "") -> Callable[[Predicate], Predicate]:
+        """Decorator registering a predicate as a rule of this op.  ``status`` defaults to 161002 for
+        host rules and to None for every other kind (only host code returns aclnn statuses)."""
+        if status == "default":
+            status = 161002 if severity == "error" and kind in ("", "host") else None
+
         def deco(fn: Predicate) -> Predicate:
             self.add_rule(Rule(id=id, op=self.name, argument=argument, summary=summary, check=fn,
                                products=frozenset(products) if products is not None else None,
                                since=CannVersion(since) if since else None,
                                until=CannVersion(until) if until else None,
-                               source=source or self.source, fix=fix, status=status, severity=severity))
+                               source=source or self.source, fix=fix, status=status, severity=severity,
+                               kind=kind))
             return fn
         return deco
 
@@ -405,6 +473,14 @@ def bind(op: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]
 
 def _product_violation(spec: OpSpec, target: Target) -> Violation:
     note = spec.product_notes.get(target.product)
+    if note:
+        # the device has the op there, ascend-moe does not model it: no device verdict
+        return Violation(
+            rule_id=f"{spec.name}.product", op=spec.name, argument="(product)",
+            message=f"{spec.name} on {target.product} ({PRODUCTS[target.product].name}) is not simulated: {note}",
+            product=target.product, cann=str(target.cann), version_range="all CANN versions",
+            source=spec.source, fix=f"ascend-moe simulates {spec.name} for: {', '.join(sorted(spec.products))}",
+            status=None, severity="not-simulated", kind="sim")
     return Violation(
         rule_id=f"{spec.name}.product", op=spec.name, argument="(product)",
         message=f"{spec.name} is not supported on {target.product} ({PRODUCTS[target.product].name})"
@@ -413,12 +489,78 @@ def _product_violation(spec: OpSpec, target: Target) -> Violation:
         source=spec.source, fix=f"run it on one of: {', '.join(sorted(spec.products))}", status=161002)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer))
+
+
+def _is_tensor_like(v: Any) -> bool:
+    return isinstance(v, (np.ndarray, TensorSpec, TensorMeta)) or _is_torch_tensor(v)
+
+
+def _type_problem(name: str, ann: str, v: Any, target: Target) -> Optional[str]:
+    """Why ``v`` cannot be the argument ``name`` annotated ``ann`` (a string annotation of the op's
+    signature), or None.  Only what no rule could read is judged here: wrong Python types where a
+    scalar belongs, a tensor where a scalar belongs, and tensor dtypes no op knows (complex, ...)."""
+    ann = ann.replace(" ", "")
+    optional = ann.startswith("Optional[")
+    core = ann[len("Optional["):-1] if optional else ann
+    if v is None:
+        return None  # required tensors left None are reported by the rules that need them
+    got = (f"a tensor of shape {list(getattr(v, 'shape', []))}" if _is_tensor_like(v)
+           else f"{type(v).__name__} {v!r}")
+    if core == "int" and "dtype" not in name:
+        if not _is_int(v):
+            return f"argument '{name}' must be an int, got {got}"
+    elif core == "float":
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return f"argument '{name}' must be a number, got {got}"
+    elif core == "bool":
+        if not isinstance(v, (bool, np.bool_, int, np.integer)):
+            return f"argument '{name}' must be a bool, got {got}"
+    elif core == "str":
+        if not isinstance(v, str):
+            return f"argument '{name}' must be a string, got {got}"
+    elif core in ("Sequence[int]", "List[int]"):
+        if not isinstance(v, (list, tuple)) or not all(_is_int(i) for i in v):
+            return f"argument '{name}' must be a list of ints, got {got}"
+    # tensors (and lists of them): the dtype must be one the checker can name
+    items = v if isinstance(v, (list, tuple)) else [v]
+    for i, item in enumerate(items):
+        if isinstance(item, np.ndarray) or _is_torch_tensor(item):
+            try:
+                tensor_meta(item)
+            except (ValueError, TypeError, KeyError) as e:
+                where = f"{name}[{i}]" if isinstance(v, (list, tuple)) else name
+                dt = getattr(item, "dtype", "?")
+                return f"argument '{where}' has dtype {dt}, which no Ascend MoE op takes ({e})"
+    return None
+
+
+def _check_argument_types(spec: "OpSpec", args: Dict[str, Any], target: Target) -> None:
+    """TypeError naming the argument for values no rule can read (see :func:`_type_problem`)."""
+    problems = []
+    for pname, param in spec.signature.parameters.items():
+        ann = param.annotation
+        if pname not in args or not isinstance(ann, str):
+            continue
+        msg = _type_problem(pname, ann, args[pname], target)
+        if msg:
+            problems.append(msg)
+    if problems:
+        raise TypeError(f"{spec.name} on {target}: " + "; ".join(problems)
+                        + f" (signature: {spec.name}{spec.signature})")
+
+
 def check_call(op: str, args: Dict[str, Any], target: Target) -> List[Violation]:
-    """Every violation of a call whose arguments are already bound (see :func:`bind`)."""
+    """Every violation of a call whose arguments are already bound (see :func:`bind`).  Values no rule
+    can read (a float where an int belongs, a complex tensor, ...) raise TypeError naming the argument."""
     spec = get_op(op)
     if target.product not in spec.products:
         return [_product_violation(spec, target)]
+    _check_argument_types(spec, args, target)
     call = Call(op, args, target)
+    if spec.prepare is not None:
+        spec.prepare(call)
     found: List[Violation] = []
     crashed: List[Tuple[Rule, BaseException]] = []
     for rule in spec.rules:
@@ -433,8 +575,9 @@ def check_call(op: str, args: Dict[str, Any], target: Target) -> List[Violation]
             continue
         for msg in [result] if isinstance(result, str) else list(result):
             found.append(Violation(rule.id, op, rule.argument, msg, target.product, str(target.cann),
-                                   rule.version_range(), rule.source, rule.fix, rule.status, rule.severity))
-    if crashed and not any(v.severity == "error" for v in found):
+                                   rule.version_range(), rule.source, rule.fix, rule.status, rule.severity,
+                                   rule.kind))
+    if crashed and not any(v.severity in ("error", "not-simulated") for v in found):
         rule, e = crashed[0]
         raise RuntimeError(f"internal error: rule {rule.id} of {op} failed on a call no other rule "
                            f"rejects: {type(e).__name__}: {e}") from e
@@ -455,16 +598,20 @@ def strict_docs() -> bool:
 
 
 def enforce_call(op: str, args: Dict[str, Any], target: Optional[Target] = None) -> Target:
-    """Raise :class:`ConstraintError` with every error of the call; warn for doc-only rules."""
+    """Raise :class:`ConstraintError` with every error of the call, or :class:`NotSimulatedError` when
+    the only obstacles are forms the simulator does not model; warn for doc-only rules."""
     target = target or resolve_target()
     violations = check_call(op, args, target)
     strict = strict_docs()
-    errors = [v for v in violations if v.severity == "error" or strict]
+    errors = [v for v in violations if v.severity == "error" or (strict and v.severity == "warning")]
+    unsimulated = [v for v in violations if v.severity == "not-simulated"]
     for v in violations:
-        if v not in errors:
+        if v.severity == "warning" and v not in errors:
             warnings.warn(str(v), ConstraintWarning, stacklevel=3)
     if errors:
-        raise ConstraintError(op, errors, target)
+        raise ConstraintError(op, errors + unsimulated, target)
+    if unsimulated:
+        raise NotSimulatedError(op, unsimulated, target)
     return target
 
 

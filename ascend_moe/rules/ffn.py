@@ -157,8 +157,8 @@ def _(call):
 
 
 @spec.rule("ffn.x_rank", argument="x", summary="2 <= x.dim() <= 8",
-           source="FFNKernelNpuOpApi.cpp (TORCH_CHECK x.dim() in [2, 8])",
-           fix="reshape x to [..., K1] with 2 to 8 dims")
+           source="op-plugin FFNKernelNpuOpApi.cpp npu_ffn (TORCH_CHECK x.dim() in [2, 8])",
+           fix="reshape x to [..., K1] with 2 to 8 dims", kind="wrapper", status=None)
 def _(call):
     s = call.shape("x")
     if s is None:
@@ -284,7 +284,7 @@ def _(call):
 
 @spec.rule("ffn.m_max", argument="x",
            summary="M (rows of x) aligned to 32 bytes is below INT32_MAX",
-           source="ffn tiling ('M轴在32Byte对齐后小于INT32的最大值')", fix="split the call into fewer rows")
+           source="ops-transformer ffn/ffn/op_host/ffn_tiling.cpp FFNTiling::GetInputShape / GetBs ('M轴在32Byte对齐后小于INT32的最大值')", fix="split the call into fewer rows")
 def _(call):
     m, d = _m(call), _x_dtype(call)
     if m is None or d not in DTYPE_SIZE:
@@ -297,7 +297,7 @@ def _(call):
 def _format_rule(name: str):
     @spec.rule(f"ffn.{name}_format", argument=name, products=_A2A3,
                summary=f"{name} is ND (FRACTAL_NZ is rejected on A2/A3)",
-               source="aclnn_ffn.cpp (private formats rejected)",
+               source="ops-transformer ffn/ffn/op_host/ffn_tiling.cpp FFNTiling::FFNParamsCheck / FormatCheck (private formats rejected)",
                fix=f"pass {name} in ND (npu_format_cast({name}, 2))")
     def _(call):
         m = call.meta(name)
@@ -315,8 +315,8 @@ for _n in ("x", "weight1", "weight2"):
 
 @spec.rule("ffn.tokens_exclusive", argument="expert_tokens_index",
            summary="expert_tokens and expert_tokens_index are not both given",
-           source="FFNKernelNpuOpApi.cpp TORCH_CHECK", fix="pass either counts (expert_tokens) or "
-                                                          "cumulative ends (expert_tokens_index)")
+           source="op-plugin FFNKernelNpuOpApi.cpp npu_ffn (TORCH_CHECK)", kind="wrapper", status=None,
+           fix="pass either counts (expert_tokens) or cumulative ends (expert_tokens_index)")
 def _(call):
     # torch_npu checks has_value() of both optionals: an explicit empty list counts as given
     if call.get("expert_tokens") is not None and call.get("expert_tokens_index") is not None:
@@ -326,7 +326,7 @@ def _(call):
 
 
 @spec.rule("ffn.expert_num", argument="expert_tokens", summary="at most 256 experts",
-           source="ffn tiling ('tokenNum > MAX_EXPERT_NUM (256)'); aclnnFFN.md",
+           source="ops-transformer ffn/ffn/op_host/ffn_tiling.cpp FFNTiling::GetInputShape ('tokenNum > MAX_EXPERT_NUM (256)'); aclnnFFN.md",
            fix="use at most 256 experts per call")
 def _(call):
     name = _tokens_arg(call)
@@ -385,7 +385,7 @@ def _(call):
 
 @spec.rule("ffn.inner_precise_value", argument="inner_precise",
            summary="inner_precise is 0 (high precision) or 1 (high performance)",
-           source="ffn tiling (values other than 0/1 fail)", fix="pass inner_precise=0 or 1")
+           source="ops-transformer ffn/ffn/op_host/ffn_tiling.cpp FFNTiling::FFNParamsCheck ('Attr inner_precise only support 0/1')", fix="pass inner_precise=0 or 1")
 def _(call):
     ip = _ip(call)
     if ip not in (0, 1) or isinstance(ip, bool):
@@ -394,7 +394,7 @@ def _(call):
 
 @spec.rule("ffn.bf16_inner_precise", argument="inner_precise",
            summary="bf16 (non-quantised) runs only in high precision: inner_precise == 0",
-           source="aclnn_ffn.cpp ('FFN bfloat16 is only support high precision now!')",
+           source="ops-transformer ffn/ffn/op_host/ffn_tiling.cpp FFNTiling::FFNParamsCheck / DataTypeCheck; aclnn_ffn.cpp ('FFN bfloat16 is only support high precision now!')",
            fix="pass inner_precise=0 (or leave it None) for bfloat16")
 def _(call):
     if _x_dtype(call) == "bfloat16" and _w_dtype(call) == "bfloat16" and _ip(call) != 0:
@@ -551,8 +551,8 @@ for _a in ANTIQUANT_ARGS:
 
 @spec.rule("ffn.output_dtype", argument="output_dtype",
            summary="quantised mode: output_dtype is None, float16 or bfloat16",
-           source="FFNKernelNpuOpApi.cpp / ffn_def.cpp output_dtype attr (fp16 or bf16)",
-           fix="pass output_dtype=torch.float16 or torch.bfloat16")
+           source="op-plugin FFNKernelNpuOpApi.cpp npu_ffn / ffn_def.cpp output_dtype attr (fp16 or bf16)",
+           fix="pass output_dtype=torch.float16 or torch.bfloat16", kind="wrapper", status=None)
 def _(call):
     if not _is_quant(call):
         return None

@@ -31,7 +31,7 @@ from ..products import A2_A3, CannVersion
 from ..sim import finalize_routing as _sim
 
 OP = "npu_grouped_matmul_finalize_routing"
-HOST = "ops-transformer gmm/grouped_matmul_finalize_routing/op_api/aclnn_grouped_matmul_finalize_routing.cpp"
+HOST = "ops-transformer gmm/grouped_matmul_finalize_routing/op_host/op_api/aclnn_grouped_matmul_finalize_routing.cpp"
 DOCS = "aclnnGroupedMatmulFinalizeRouting*/torch_npu npu_grouped_matmul_finalize_routing docs"
 MX_950 = ("the Ascend 950 variants (V3 MXFP8/MXFP4, WeightNzV2 fp8/hifloat8 per-token and MxA8W4) are "
           "not available on Atlas A2/A3 and are not modelled by ascend-moe")
@@ -47,8 +47,7 @@ from ..ops.finalize_routing import DECL as _DECL, V2_GENERATION_SINCE as _V2_SIN
 
 REQUIRED_INPUTS = {_DECL.short_name(e): tuple(e.requires) for e in _DECL.aclnn}
 V2_GENERATION_SINCE = CannVersion(_V2_SINCE)   # [I] release mapping of V3 / WeightNzV2
-CUMSUM_SINCE = "8.5.0"                         # [I] commit 50e9ae990 (2025-12-22) -> first later release
-# (products.KNOWN_RELEASES: 9.0.0 stands for 2026 master changes, so 8.5.0 is taken to carry late 2025)
+CUMSUM_SINCE = "8.5.0"                         # commit 50e9ae990 (2025-12-22), before tag v8.5.0 (2026-01-22)
 
 M_MAX = 16 * 1024 * 8
 E_MAX = 256
@@ -123,7 +122,7 @@ def _grouped_total(call) -> Optional[int]:
 # --------------------------------------------------------------------------------------------
 
 
-@spec.rule("gmmfr.x_dtype", argument="x", summary="x is int8", source=HOST,
+@spec.rule("gmmfr.x_dtype", argument="x", summary="x is int8", source=HOST + " CheckDtypeValid (IN_TYPE_SUPPORT_LIST)",
            fix="quantise the activations to int8 (A8W8 / A8W4)")
 def _(call):
     dt = call.dtype("x")
@@ -132,7 +131,7 @@ def _(call):
         return f"x must be int8 on Atlas A2/A3, got x.dtype={dt}{extra}"
 
 
-@spec.rule("gmmfr.x_rank", argument="x", summary="x is 2-D [m, k]", source=HOST,
+@spec.rule("gmmfr.x_rank", argument="x", summary="x is 2-D [m, k]", source=HOST + " CheckDimRange / GetX1X2DimValue",
            fix="pass x as a 2-D [m, k] tensor")
 def _(call):
     s = call.shape("x")
@@ -141,7 +140,7 @@ def _(call):
 
 
 @spec.rule("gmmfr.w_dtype", argument="w",
-           summary="w is int8 (A8W8, NZ) or int32 holding 8 int4 values (A8W4)", source=HOST,
+           summary="w is int8 (A8W8, NZ) or int32 holding 8 int4 values (A8W4)", source=HOST + " CheckDtypeValid",
            fix="pass an int8 FRACTAL_NZ weight (A8W8) or int4 packed into int32 (A8W4)")
 def _(call):
     dt = call.dtype("w")
@@ -151,7 +150,7 @@ def _(call):
 
 
 @spec.rule("gmmfr.w_rank", argument="w",
-           summary="w is 3-D [e, k, n] (int32: [e, k, n/8]) or its 5-D NZ storage", source=HOST,
+           summary="w is 3-D [e, k, n] (int32: [e, k, n/8]) or its 5-D NZ storage", source=HOST + " CheckDimRange",
            fix="pass w as [e, k, n] (tag it FRACTAL_NZ with npu_format_cast) or as its 5-D NZ storage")
 def _(call):
     s = call.shape("w")
@@ -161,7 +160,7 @@ def _(call):
 
 @spec.rule("gmmfr.dtype_args_950", argument="x_dtype",
            summary="x_dtype/w_dtype/scale_dtype/pertoken_scale_dtype are None (950 MX only)",
-           source="op_plugin_functions.yaml; " + HOST, fix="leave x_dtype, w_dtype, scale_dtype and "
+           source="op_plugin_functions.yaml; " + HOST + " CheckParams (DAV_3510 checker only)", fix="leave x_dtype, w_dtype, scale_dtype and "
            "pertoken_scale_dtype unset on Atlas A2/A3")
 def _(call):
     given = [f"{a}={call[a]}" for a in ("x_dtype", "w_dtype", "scale_dtype", "pertoken_scale_dtype")
@@ -171,7 +170,7 @@ def _(call):
 
 
 @spec.rule("gmmfr.w_format_a8w8", argument="w", summary="an int8 (A8W8) weight is FRACTAL_NZ",
-           source=HOST + " (ND weights go to V3/V2, which accept only int32 (int4) weights on A2/A3)",
+           source=HOST + " CheckDtypeValid (ND weights go to V3/V2, which accept only int32 (int4) weights on A2/A3)",
            fix="cast the int8 weight to FRACTAL_NZ: ascend_moe.npu_format_cast(w, 29)")
 def _(call):
     lay = layout(call)
@@ -201,13 +200,19 @@ def _(call):
 @spec.rule("gmmfr.required_inputs", argument="(inputs)", status=161001,
            summary="inputs each entry point requires (V1/V2: scale, pertoken_scale, logit, row_index, "
                    "bias; V3: scale, pertoken_scale, logit, row_index; WeightNz/WeightNzV2: scale, "
-                   "logit, row_index, and pertoken_scale for int4)", source=HOST,
+                   "logit, row_index, and pertoken_scale for int4); WeightNz/WeightNzV2 also accept the second "
+                   "scene: logit and shared_input both None, row_index given",
+           source=HOST + " CheckNotNull; CheckSupportScene (WeightNz, WeightNzV2: second scene with logit and "
+                  "shared_input null and row_index given, run on hardware by op-plugin test/test_custom_ops "
+                  "test_npu_grouped_matmul_finalize_routing)",
            fix="pass every required input")
 def _(call):
     ep = entry_point(call)
     if ep is None:
         return None
     need = list(REQUIRED_INPUTS[ep])
+    if ep in ("WeightNz", "WeightNzV2") and not call.given("logit") and not call.given("shared_input"):
+        need.remove("logit")  # CheckSupportScene's second scene: no combine weight, no shared expert
     if ep == "WeightNzV2" and quant(call) == "a8w4":
         need.append("pertoken_scale")
     missing = [a for a in need if not call.given(a)]
@@ -230,7 +235,8 @@ def _(call):
 @spec.rule("gmmfr.int4_nz_needs_v2", argument="w", until=str(V2_GENERATION_SINCE),
            summary="int4 NZ weights need aclnnGroupedMatmulFinalizeRoutingWeightNzV2",
            source="aclnnGroupedMatmulFinalizeRoutingWeightNzV2 doc ('新增对INT4类型weight矩阵的支持'); "
-                  "release mapping inferred", fix="use an ND int32 weight, or CANN >= 8.3.RC1")
+                  "release mapping inferred; op-plugin picks the entry point, so this is the wrapper's limit",
+           fix="use an ND int32 weight, or CANN >= 8.3.RC1", kind="wrapper", status=None)
 def _(call):
     lay = layout(call)
     if lay is not None and lay.quant == "a8w4" and lay.nz:
@@ -240,8 +246,9 @@ def _(call):
 
 @spec.rule("gmmfr.offset_entry", argument="offset", until=str(V2_GENERATION_SINCE),
            summary="WeightNz has no offset input",
-           source="aclnnGroupedMatmulFinalizeRoutingWeightNz prototype; release mapping inferred",
-           fix="drop offset, or use an ND int32 weight (V2) / CANN >= 8.3.RC1")
+           source="aclnnGroupedMatmulFinalizeRoutingWeightNz prototype (no offset parameter); release mapping "
+                  "inferred; op-plugin picks the entry point, so this is the wrapper's limit",
+           fix="drop offset, or use an ND int32 weight (V2) / CANN >= 8.3.RC1", kind="wrapper", status=None)
 def _(call):
     lay = layout(call)
     if call.given("offset") and lay is not None and lay.nz:
@@ -258,7 +265,7 @@ def _(call):
 
 
 @spec.rule("gmmfr.dtype", argument="dtype", summary="dtype is None or float32 (aclnn dtype 0)",
-           source=HOST + " ('dtype must be 0'); op-plugin meta", fix="leave dtype=None (fp32 output)")
+           source=HOST + " CheckSupportScene ('dtype must be 0'); op-plugin meta", fix="leave dtype=None (fp32 output)")
 def _(call):
     dt = call["dtype"]
     if dt is None:
@@ -274,7 +281,7 @@ def _(call):
 
 @spec.rule("gmmfr.no_transposed_views", argument="x",
            summary="x and an ND w are not transposed views (transpose flags must be false)",
-           source=HOST + " ('transpose should be false'; a transposed view flips the flag after that "
+           source=HOST + " CheckSupportScene ('transpose should be false'; a transposed view flips the flag after that "
                   "check and A2/A3 kernels support only false) [I]",
            fix="pass contiguous x and w (.contiguous())")
 def _(call):
@@ -294,7 +301,7 @@ def _(call):
 # --------------------------------------------------------------------------------------------
 
 
-@spec.rule("gmmfr.k_match", argument="w", summary="x's k equals w's k", source=HOST,
+@spec.rule("gmmfr.k_match", argument="w", summary="x's k equals w's k", source=HOST + " CheckShape",
            fix="use a weight whose k matches x.shape[1]")
 def _(call):
     lay, k = layout(call), _k(call)
@@ -417,7 +424,7 @@ def _(call):
 
 
 @spec.rule("gmmfr.pertoken_scale", argument="pertoken_scale", summary="pertoken_scale: fp32 [m]",
-           source=HOST, fix="pass pertoken_scale as fp32 [m]")
+           source=HOST + " CheckDtypeValid/CheckDimRange/CheckDimValue", fix="pass pertoken_scale as fp32 [m]")
 def _(call):
     meta, m = call.meta("pertoken_scale"), _m(call)
     if meta is None:
@@ -428,7 +435,7 @@ def _(call):
         return _shape_msg("pertoken_scale", meta, (m,))
 
 
-@spec.rule("gmmfr.logit", argument="logit", summary="logit: fp32 [m]", source=HOST,
+@spec.rule("gmmfr.logit", argument="logit", summary="logit: fp32 [m]", source=HOST + " CheckDtypeValid/CheckDimRange/CheckDimValue",
            fix="pass logit (the routing weights of the rows of x) as fp32 [m]")
 def _(call):
     meta, m = call.meta("logit"), _m(call)
@@ -442,7 +449,7 @@ def _(call):
 
 @spec.rule("gmmfr.row_index", argument="row_index",
            summary="row_index: [m], int64 (A8W4) or int64/int32 (A8W8)",
-           source=HOST + " ROW_INDEX_TYPE_SUPPORT_LIST / W4A8_ROW_INDEX_TYPE_SUPPORT_LIST (spec 3.5: the "
+           source=HOST + " CheckDtypeValid ROW_INDEX_TYPE_SUPPORT_LIST / W4A8_ROW_INDEX_TYPE_SUPPORT_LIST (spec 3.5: the "
                   "FLOAT32 of the first docs was an error)", fix="pass row_index as int64 [m]")
 def _(call):
     meta, m = call.meta("row_index"), _m(call)
@@ -472,7 +479,7 @@ def _(call):
 
 
 @spec.rule("gmmfr.group_list", argument="group_list", summary="group_list: int64 1-D [e]",
-           source=HOST, fix="pass group_list as int64 [e]")
+           source=HOST + " CheckDtypeValid/CheckDimRange/CheckDimValue", fix="pass group_list as int64 [e]")
 def _(call):
     meta, lay = call.meta("group_list"), layout(call)
     if meta is None:
@@ -510,7 +517,7 @@ def _(call):
 
 
 @spec.rule("gmmfr.group_list_type", argument="group_list_type", summary="group_list_type in {0, 1}",
-           source=HOST, fix="pass 1 (counts, the default) or 0 (cumsum)")
+           source=HOST + " CheckShape", fix="pass 1 (counts, the default) or 0 (cumsum)")
 def _(call):
     if call["group_list_type"] not in (0, 1):
         return f"group_list_type must be 0 (cumsum) or 1 (count), got group_list_type={call['group_list_type']}"
@@ -518,7 +525,8 @@ def _(call):
 
 @spec.rule("gmmfr.group_list_type_count_only", argument="group_list_type", until=CUMSUM_SINCE,
            summary="before the 2025-12-22 host change only group_list_type=1 (count) is accepted",
-           source="ops-transformer b122ed222..50e9ae990 ('groupListType is 1' check), changed 2025-12-22; "
+           source="ops-transformer gmm/grouped_matmul_finalize_routing/op_host/op_api/"
+                  "aclnn_grouped_matmul_finalize_routing.cpp CheckShape at b122ed222..50e9ae990 ('groupListType is 1' check), changed 2025-12-22; "
                   "mapping to CANN 8.5.0 inferred", fix="pass counts with group_list_type=1")
 def _(call):
     if call["group_list_type"] == 0:
@@ -549,7 +557,7 @@ def _(call):
 
 
 @spec.rule("gmmfr.shared_input", argument="shared_input", summary="shared_input: bf16 [bsdp, n]",
-           source=HOST, fix="pass the shared expert's output as bf16 [bsdp, n]")
+           source=HOST + " CheckDtypeValid/CheckDimRange/CheckDimValue", fix="pass the shared expert's output as bf16 [bsdp, n]")
 def _(call):
     meta, lay = call.meta("shared_input"), layout(call)
     if meta is None:

@@ -9,9 +9,11 @@ Generations:
 * CANN >= 8.3.RC1: the ops-transformer tiling (``CheckInputShape`` / ``CheckAttr`` / ``CheckOutShape``):
   E <= 2048, 1 <= k <= E, 1 <= k_group <= group_count, E % group_count == 0, group size >= 2 for
   group_select_mode 1, k <= k_group * E/group_count, group_count * align32(E/group_count) <= 2048 when
-  grouped; renorm must be 0 until the 2026 changes (OT 49a816e70 / 80c79c6c7, keyed 9.0.0 [inferred
-  release mapping]); norm_type 2 (sqrt softplus) on Ascend 950 from 9.0.0 (OT 7fc0a9eff / 58116f817);
-  hash mode (input_ids / tid2eid, aclnnMoeGatingTopKV2) from 9.0.0 (OT 9b90f2ddf / 01944da5b).
+  grouped; renorm must be 0 until tag v9.0.0 (OT 49a816e70 / 80c79c6c7); norm_type 2 (sqrt softplus)
+  on Ascend 950 and hash mode (input_ids / tid2eid, aclnnMoeGatingTopKV2) from 9.1.0 (OT 7fc0a9eff /
+  58116f817, 9b90f2ddf / 01944da5b: neither is in tags v9.0.0 or v9.0.1).
+
+Rule ids carry the op prefix ``gating.``.
 """
 from __future__ import annotations
 
@@ -24,7 +26,11 @@ from . import register_op
 OP = "npu_moe_gating_top_k"
 PRODUCTS = A2_A3 | {"ascend-950"}
 LEGACY_UNTIL = "8.3.RC1"
-V2026 = "9.0.0"
+V2026 = "9.0.0"       # renorm=1: tiling 80c79c6c7 (2026-02-03) is after tag v8.5.0 (2026-01-22), in v9.0.0
+# hash mode (aclnnMoeGatingTopKV2, 2026-07) and the 950's softplus norm (58116f817, 2026-06) are in neither
+# v9.0.0 nor v9.0.1 (tagged 2026-06-23); they first ship with the release after it, 9.1.0 (tag v9.1.0.pre)
+V_HASH = "9.1.0"
+V_SOFTPLUS = "9.1.0"
 
 TILING = "ops-transformer moe/moe_gating_top_k/op_host/moe_gating_top_k_tiling.cpp"
 LEGACY_DOC = ("torch_npu 7.0.0 doc torch_npu.npu_moe_gating_top_k (hiascend Pytorch/700 ptaoplist_002365), "
@@ -65,7 +71,7 @@ def _hash(call) -> bool:
 
 # ---------------------------------------------------------------- tensors ----------------------
 
-@spec.rule("x.rank", argument="x", summary="x is a 2-D tensor [rows, experts]", source=TILING + " CheckInputShape; " + WRAPPER,
+@spec.rule("gating.x.rank", argument="x", summary="x is a 2-D tensor [rows, experts]", source=TILING + " CheckInputShape; " + WRAPPER,
            fix="pass the router logits as a 2-D [tokens, experts] tensor")
 def _(call):
     m = call.meta("x")
@@ -75,7 +81,7 @@ def _(call):
         return f"x must be 2-D [rows, experts], got shape {m.shape} ({m.ndim}-D)"
 
 
-@spec.rule("x.dtype", argument="x", summary="x dtype float16, bfloat16 or float32",
+@spec.rule("gating.x.dtype", argument="x", summary="x dtype float16, bfloat16 or float32",
            source="aclnn_moe_gating_top_k.cpp CheckDtypeValid; " + WRAPPER, fix="cast x to float16, bfloat16 or float32")
 def _(call):
     d = call.dtype("x")
@@ -83,16 +89,17 @@ def _(call):
         return f"x dtype must be float16, bfloat16 or float32, got {d}"
 
 
-@spec.rule("x.nonempty", argument="x", summary="x has at least one row and one expert (no empty tensors)",
-           source="aclnnMoeGatingTopK doc (empty tensors not supported) [D; the tiling would launch zero cores]",
-           fix="skip the call when there are no tokens")
+@spec.rule("gating.x.nonempty", argument="x", summary="x has at least one row and one expert (no empty tensors)",
+           source="ascend-moe scope: empty tensors are not simulated (the aclnnMoeGatingTopK doc says they are "
+                  "not supported; no host check of them is public)",
+           fix="skip the call when there are no tokens", severity="not-simulated")
 def _(call):
     s = _xshape(call)
     if s and (s[0] == 0 or s[1] == 0):
-        return f"x must not be empty, got shape {s}"
+        return f"x has shape {s}: empty tensors are not simulated"
 
 
-@spec.rule("bias.shape", argument="bias", summary="bias is 1-D [experts]", source=TILING + " CheckInputShape; " + WRAPPER,
+@spec.rule("gating.bias.shape", argument="bias", summary="bias is 1-D [experts]", source=TILING + " CheckInputShape; " + WRAPPER,
            fix="pass bias as a 1-D tensor with one entry per expert (x.shape[1])")
 def _(call):
     if not call.given("bias"):
@@ -105,7 +112,7 @@ def _(call):
         return f"bias must be 1-D of length experts={e}, got shape {m.shape}"
 
 
-@spec.rule("bias.dtype", argument="bias", summary="bias has x's dtype",
+@spec.rule("gating.bias.dtype", argument="bias", summary="bias has x's dtype",
            source=TILING + " GetShapeAttrsInfo; aclnn CheckDtypeValid; " + WRAPPER, fix="cast bias to x's dtype")
 def _(call):
     if call.given("bias") and call.dtype("bias") is not None and call.dtype("bias") != call.dtype("x"):
@@ -114,7 +121,7 @@ def _(call):
 
 # ---------------------------------------------------------------- attributes (current tiling) ---
 
-@spec.rule("k.range", argument="k", summary="1 <= k <= experts", source=TILING + " CheckAttr/CheckInputShape",
+@spec.rule("gating.k.range", argument="k", summary="1 <= k <= experts", source=TILING + " CheckAttr/CheckInputShape",
            fix="pass 1 <= k <= x.shape[1]")
 def _(call):
     k, e = call["k"], _experts(call)
@@ -126,7 +133,7 @@ def _(call):
         return f"k must be <= the number of experts {e}, got k={k}"
 
 
-@spec.rule("experts.max", argument="x", summary="experts (x.shape[1]) <= 2048", source=TILING + " CheckAttr MAX_EXPERT_COUNT",
+@spec.rule("gating.experts.max", argument="x", summary="experts (x.shape[1]) <= 2048", source=TILING + " CheckAttr MAX_EXPERT_COUNT",
            fix="use at most 2048 experts")
 def _(call):
     e = _experts(call)
@@ -134,7 +141,7 @@ def _(call):
         return f"x.shape[1] (experts) must be <= 2048, got {e}"
 
 
-@spec.rule("group_count.range", argument="group_count", summary="group_count >= 1 and divides experts",
+@spec.rule("gating.group_count.range", argument="group_count", summary="group_count >= 1 and divides experts",
            source=TILING + " CheckAttr", fix="choose a group_count that divides the number of experts")
 def _(call):
     g, e = call["group_count"], _experts(call)
@@ -144,7 +151,7 @@ def _(call):
         return f"experts={e} must be divisible by group_count={g}"
 
 
-@spec.rule("k_group.range", argument="k_group", summary="1 <= k_group <= group_count", source=TILING + " CheckAttr",
+@spec.rule("gating.k_group.range", argument="k_group", summary="1 <= k_group <= group_count", source=TILING + " CheckAttr",
            fix="pass 1 <= k_group <= group_count")
 def _(call):
     kg, g = call["k_group"], call["group_count"]
@@ -154,7 +161,7 @@ def _(call):
         return f"k_group must be <= group_count={g}, got k_group={kg}"
 
 
-@spec.rule("group_select_mode.range", argument="group_select_mode", summary="group_select_mode in {0 (max), 1 (top-2 sum)}",
+@spec.rule("gating.group_select_mode.range", argument="group_select_mode", summary="group_select_mode in {0 (max), 1 (top-2 sum)}",
            source=TILING + " CheckAttr", fix="pass 0 (group max) or 1 (sum of the group's top 2)")
 def _(call):
     v = call["group_select_mode"]
@@ -162,7 +169,7 @@ def _(call):
         return f"group_select_mode must be 0 or 1, got {v!r}"
 
 
-@spec.rule("renorm.range", argument="renorm", summary="renorm in {0, 1}", source=TILING + " CheckAttr",
+@spec.rule("gating.renorm.range", argument="renorm", summary="renorm in {0, 1}", source=TILING + " CheckAttr",
            fix="pass renorm 0 or 1")
 def _(call):
     v = call["renorm"]
@@ -170,30 +177,29 @@ def _(call):
         return f"renorm must be 0 or 1, got {v!r}"
 
 
-@spec.rule("renorm.zero_before_2026", argument="renorm", summary="renorm must be 0 before the 2026 kernels",
-           until=V2026, source=TILING + " at init b122ed222 (renorm only 0); renorm=1 with softmax arrived with "
-           "OT 49a816e70 (2026-01-19, kernel) and 80c79c6c7 (2026-02-03, tiling), release mapping 9.0.0 inferred; "
-           + LEGACY_DOC,
+@spec.rule("gating.renorm.zero_before_2026", argument="renorm", summary="renorm must be 0 before the 2026 kernels",
+           until=V2026, source=TILING + " CheckAttr at init b122ed222 (renorm only 0); renorm=1 with softmax arrived with "
+           "OT 49a816e70 (2026-01-19, kernel) and 80c79c6c7 (2026-02-03, tiling), first in tag v9.0.0",
            fix="pass renorm=0 and renormalise softmax weights yourself, or target CANN >= 9.0.0")
 def _(call):
     if call["renorm"] == 1:
         return f"renorm must be 0 on CANN < {V2026} (renorm=1 softmax renormalisation is newer), got renorm=1"
 
 
-@spec.rule("norm_type.range", argument="norm_type",
-           summary="norm_type in {0 softmax, 1 sigmoid}; 2 (sqrt softplus) only on Ascend 950 from CANN 9.0.0",
-           source=TILING + " CheckAttr (A2/A3: 0 or 1); moe_gating_top_k_tiling_arch35.cpp (950: 0, 1, 2) since "
-           "OT 7fc0a9eff/58116f817 (2026-04/06, release mapping 9.0.0 inferred)",
+@spec.rule("gating.norm_type.range", argument="norm_type",
+           summary="norm_type in {0 softmax, 1 sigmoid}; 2 (sqrt softplus) only on Ascend 950 from CANN 9.1.0",
+           source=TILING + " CheckAttr (A2/A3: 0 or 1); moe_gating_top_k_tiling_arch35.cpp CheckAttr (950: 0, 1, 2) "
+           "since OT 7fc0a9eff/58116f817 (2026-04/06): absent from tags v9.0.0 and v9.0.1, first in v9.1.0",
            fix="pass norm_type 0 (softmax) or 1 (sigmoid)")
 def _(call):
     v = call["norm_type"]
-    allowed = (0, 1, 2) if call.product == "ascend-950" and not call.cann < V2026 else (0, 1)
+    allowed = (0, 1, 2) if call.product == "ascend-950" and not call.cann < V_SOFTPLUS else (0, 1)
     if v not in allowed or isinstance(v, bool):
-        extra = "; 2 (sqrt softplus) needs Ascend 950 with CANN >= 9.0.0" if v == 2 else ""
+        extra = f"; 2 (sqrt softplus) needs Ascend 950 with CANN >= {V_SOFTPLUS}" if v == 2 else ""
         return f"norm_type must be one of {allowed} on {call.product} CANN {call.cann}, got {v!r}{extra}"
 
 
-@spec.rule("group_size.min", argument="group_count", summary="experts/group_count >= 2 when group_select_mode is 1",
+@spec.rule("gating.group_size.min", argument="group_count", summary="experts/group_count >= 2 when group_select_mode is 1",
            source=TILING + " CheckAttr (group expert count should be greater than 1)",
            fix="use fewer groups (at least 2 experts per group) or group_select_mode=0")
 def _(call):
@@ -202,7 +208,7 @@ def _(call):
         return f"group_select_mode=1 sums each group's top 2, so experts/group_count must be >= 2, got {e}/{g}={e // g}"
 
 
-@spec.rule("k.per_group_bound", argument="k", summary="k <= k_group * experts/group_count",
+@spec.rule("gating.k.per_group_bound", argument="k", summary="k <= k_group * experts/group_count",
            source=TILING + " CheckAttr", fix="raise k_group or lower k")
 def _(call):
     e, g, kg, k = _experts(call), call["group_count"], call["k_group"], call["k"]
@@ -210,7 +216,7 @@ def _(call):
         return f"k must be <= k_group*experts/group_count = {kg}*{e // g} = {kg * (e // g)}, got k={k}"
 
 
-@spec.rule("group.align32_bound", argument="group_count",
+@spec.rule("gating.group.align32_bound", argument="group_count",
            summary="grouped mode: group_count * align32(experts/group_count) <= 2048",
            source=TILING + " CheckAttr (checked only when group_count not in {1, experts} and k_group != group_count)",
            fix="use fewer groups or fewer experts per group so that group_count*ceil32(experts/group_count) <= 2048")
@@ -224,17 +230,20 @@ def _(call):
 
 # ---------------------------------------------------------------- doc-only (warnings) ----------
 
-@spec.rule("docs.group_size_gt_2", argument="group_count", summary="docs: experts/group_count > 2",
-           since=LEGACY_UNTIL, severity="warning", status=None,
-           source="torch_npu >= 7.2.0 docs and OT init doc (\"> 2\"); the tiling only needs > group_select_mode [D]",
-           fix="use at least 3 experts per group to stay within the documented range")
+@spec.rule("gating.docs.group_size_min", argument="group_count",
+           summary="docs: experts/group_count > group_select_mode-dependent minimum (mode 0: > 0, mode 1: > 1)",
+           since=LEGACY_UNTIL, severity="warning",
+           source="aclnnMoeGatingTopK doc and moe_gating_top_k_tiling.cpp CheckAttr (group expert count > 1 for "
+                  "group_select_mode 1); the older '> 2' sentence is not what the tiling enforces",
+           fix="use more experts per group")
 def _(call):
-    e, g = _experts(call), call["group_count"]
-    if e and _is_int(g) and g >= 1 and e % g == 0 and e // g <= 2:
-        return f"the docs require experts/group_count > 2, got {e}/{g}={e // g}"
+    e, g, mode = _experts(call), call["group_count"], call["group_select_mode"]
+    if e and _is_int(g) and g >= 1 and e % g == 0 and mode in (0, 1) and e // g <= mode:
+        return (f"experts/group_count = {e}/{g} = {e // g}; the docs ask for more than {mode} expert(s) per group "
+                f"with group_select_mode={mode}")
 
 
-@spec.rule("docs.align32_bound_always", argument="group_count",
+@spec.rule("gating.docs.align32_bound_always", argument="group_count",
            summary="docs: group_count * align32(experts/group_count) <= 2048 in every mode", since=LEGACY_UNTIL,
            severity="warning", status=None, source="aclnnMoeGatingTopK / torch_npu docs (unconditional); tiling checks it only "
            "in grouped mode [D]", fix="use fewer groups")
@@ -246,7 +255,7 @@ def _(call):
             return f"the docs require group_count*align32(experts/group_count) <= 2048, got {g}*{a}={g * a}"
 
 
-@spec.rule("op.since", argument="(op)", summary="npu_moe_gating_top_k first documented with torch_npu 7.0.0 (CANN 8.1.RC1)",
+@spec.rule("gating.op.since", argument="(op)", summary="npu_moe_gating_top_k first documented with torch_npu 7.0.0 (CANN 8.1.RC1)",
            until="8.1.RC1", severity="warning", status=None,
            source="op-plugin op_plugin_functions.yaml: absent on branch 6.0.0, present from 7.0.0 [D for CANN]",
            fix="target CANN >= 8.1.RC1")
@@ -257,70 +266,75 @@ def _(call):
 # ---------------------------------------------------------------- legacy generation -----------
 
 def _legacy(rule_id, argument, summary, fix):
-    return spec.rule(rule_id, argument=argument, summary=summary, until=LEGACY_UNTIL, source=LEGACY_DOC, fix=fix)
+    # the kernels of that generation were not public: only the torch_npu docs state these limits, so they are
+    # doc-level (vllm-ascend's note that other group counts need 8.3.RC1 is the only hint the device enforced them)
+    return spec.rule(rule_id, argument=argument, summary="docs: " + summary, until=LEGACY_UNTIL,
+                     source=LEGACY_DOC + "; no host code of that generation is public", fix=fix, severity="warning")
 
 
-@_legacy("legacy.experts_256", "x", "experts (x.shape[1]) == 256", "use 256 experts or target CANN >= 8.3.RC1")
+@_legacy("gating.legacy.experts_256", "x", "experts (x.shape[1]) == 256", "use 256 experts or target CANN >= 8.3.RC1")
 def _(call):
     e = _experts(call)
     if e is not None and e != 256:
-        return f"x.shape[1] (experts) must be 256 on CANN < 8.3.RC1, got {e}"
+        return f"the docs of CANN < 8.3.RC1 allow only 256 experts (x.shape[1]), got {e}"
 
 
-@_legacy("legacy.k_max_32", "k", "1 <= k <= 32", "pass 1 <= k <= 32 or target CANN >= 8.3.RC1")
+@_legacy("gating.legacy.k_max_32", "k", "1 <= k <= 32", "pass 1 <= k <= 32 or target CANN >= 8.3.RC1")
 def _(call):
     k = call["k"]
     if _is_int(k) and not 1 <= k <= 32:
-        return f"k must satisfy 1 <= k <= 32 on CANN < 8.3.RC1, got k={k}"
+        return f"the docs of CANN < 8.3.RC1 say k must satisfy 1 <= k <= 32, got k={k}"
 
 
-@_legacy("legacy.k_group_4", "k_group", "k_group == 4", "pass k_group=4 or target CANN >= 8.3.RC1")
+@_legacy("gating.legacy.k_group_4", "k_group", "k_group == 4", "pass k_group=4 or target CANN >= 8.3.RC1")
 def _(call):
     if call["k_group"] != 4:
-        return f"k_group must be 4 on CANN < 8.3.RC1, got k_group={call['k_group']!r}"
+        return f"the docs of CANN < 8.3.RC1 say k_group must be 4, got k_group={call['k_group']!r}"
 
 
-@_legacy("legacy.group_count_8", "group_count", "group_count == 8", "pass group_count=8 or target CANN >= 8.3.RC1")
+@_legacy("gating.legacy.group_count_8", "group_count", "group_count == 8", "pass group_count=8 or target CANN >= 8.3.RC1")
 def _(call):
     if call["group_count"] != 8:
-        return f"group_count must be 8 on CANN < 8.3.RC1, got group_count={call['group_count']!r}"
+        return f"the docs of CANN < 8.3.RC1 say group_count must be 8, got group_count={call['group_count']!r}"
 
 
-@_legacy("legacy.bias_required", "bias", "bias must not be None", "pass the score-correction bias, or target CANN >= 8.3.RC1")
+@_legacy("gating.legacy.bias_required", "bias", "bias must not be None", "pass the score-correction bias, or target CANN >= 8.3.RC1")
 def _(call):
     if not call.given("bias"):
-        return "bias must not be None on CANN < 8.3.RC1, got bias=None"
+        return "the docs of CANN < 8.3.RC1 say bias must not be None, got bias=None"
 
 
-@_legacy("legacy.norm_type_sigmoid", "norm_type", "norm_type == 1 (sigmoid)", "pass norm_type=1 or target CANN >= 8.3.RC1")
+@_legacy("gating.legacy.norm_type_sigmoid", "norm_type", "norm_type == 1 (sigmoid)", "pass norm_type=1 or target CANN >= 8.3.RC1")
 def _(call):
     if call["norm_type"] != 1:
-        return f"norm_type must be 1 (sigmoid) on CANN < 8.3.RC1, got norm_type={call['norm_type']!r}"
+        return f"the docs of CANN < 8.3.RC1 say norm_type must be 1 (sigmoid), got norm_type={call['norm_type']!r}"
 
 
-@_legacy("legacy.out_flag_false", "out_flag", "out_flag must be False", "pass out_flag=False or target CANN >= 8.3.RC1")
+@_legacy("gating.legacy.out_flag_false", "out_flag", "out_flag must be False", "pass out_flag=False or target CANN >= 8.3.RC1")
 def _(call):
     if call["out_flag"]:
-        return f"out_flag must be False on CANN < 8.3.RC1, got out_flag={call['out_flag']!r}"
+        return f"the docs of CANN < 8.3.RC1 say out_flag must be False, got out_flag={call['out_flag']!r}"
 
 
 # ---------------------------------------------------------------- hash mode (V2) ---------------
 
-HASH_SRC = ("aclnnMoeGatingTopKV2 (OT 9b90f2ddf/aba4d1372/01944da5b, 2026-07; release mapping 9.0.0 inferred); "
-            "op-plugin master " + WRAPPER)
+HASH_SRC = ("aclnnMoeGatingTopKV2 (OT 9b90f2ddf/aba4d1372/01944da5b, 2026-07: absent from tags v9.0.0 and "
+            "v9.0.1, first in v9.1.0); op-plugin master " + WRAPPER)
 
 
-@spec.rule("hash.since", argument="input_ids", summary="input_ids / tid2eid (hash mode) need CANN >= 9.0.0",
-           until=V2026, source=HASH_SRC, fix="drop input_ids/tid2eid or target CANN >= 9.0.0")
+@spec.rule("gating.hash.since", argument="input_ids", summary="input_ids / tid2eid (hash mode) need CANN >= 9.1.0",
+           until=V_HASH, source=HASH_SRC, fix="drop input_ids/tid2eid or target CANN >= 9.1.0", kind="wrapper",
+           status=None)
 def _(call):
     if _hash(call):
-        return (f"hash mode (input_ids/tid2eid) needs aclnnMoeGatingTopKV2 (CANN >= {V2026}); target CANN "
+        return (f"hash mode (input_ids/tid2eid) needs aclnnMoeGatingTopKV2 (CANN >= {V_HASH}); target CANN "
                 f"{call.cann}, got input_ids={'given' if call.given('input_ids') else 'None'}, "
                 f"tid2eid={'given' if call.given('tid2eid') else 'None'}")
 
 
-@spec.rule("hash.pair", argument="input_ids", summary="input_ids and tid2eid are given both or neither",
-           source=WRAPPER + " and the meta registration", fix="pass both input_ids and tid2eid, or neither")
+@spec.rule("gating.hash.pair", argument="input_ids", summary="input_ids and tid2eid are given both or neither",
+           source=WRAPPER + " and the meta registration", fix="pass both input_ids and tid2eid, or neither",
+           kind="wrapper", status=None)
 def _(call):
     a, b = call.given("input_ids"), call.given("tid2eid")
     if a != b:
@@ -328,7 +342,7 @@ def _(call):
                 f"tid2eid={'given' if b else 'None'}")
 
 
-@spec.rule("input_ids.spec", argument="input_ids", summary="input_ids int32/int64, 1-D [rows]",
+@spec.rule("gating.input_ids.spec", argument="input_ids", summary="input_ids int32/int64, 1-D [rows]",
            source=WRAPPER + "; " + TILING + " CheckInputShape", fix="pass input_ids as a 1-D int32/int64 tensor of length x.shape[0]")
 def _(call):
     if not call.given("input_ids"):
@@ -345,7 +359,7 @@ def _(call):
     return msgs
 
 
-@spec.rule("tid2eid.spec", argument="tid2eid", summary="tid2eid int32/int64, 2-D [num_keys, k]",
+@spec.rule("gating.tid2eid.spec", argument="tid2eid", summary="tid2eid int32/int64, 2-D [num_keys, k]",
            source=WRAPPER + "; " + TILING + " CheckInputShape", fix="pass tid2eid as a 2-D int32/int64 table [num_keys, k]")
 def _(call):
     if not call.given("tid2eid"):
@@ -361,7 +375,7 @@ def _(call):
     return msgs
 
 
-@spec.rule("hash.values", argument="input_ids",
+@spec.rule("gating.hash.values", argument="input_ids",
            summary="input_ids in [0, num_keys) and tid2eid entries in [0, experts) (checked when concrete)",
            status=None, source="aclnnMoeGatingTopKV2 doc; no code checks it - the kernel would read out of bounds [I]",
            fix="keep token ids below tid2eid.shape[0] and table entries below the number of experts")
@@ -382,19 +396,22 @@ def _(call):
     return msgs
 
 
-@spec.rule("hash.simplified_path", argument="tid2eid",
+@spec.rule("gating.hash.simplified_path", argument="tid2eid",
            summary="hash mode only without grouping (k_group == group_count or group_count in {1, experts})",
-           products={"ascend-950"}, since=V2026, source="moe_gating_top_k_tiling_arch35.cpp (950)",
-           fix="use k_group == group_count (or group_count 1) with hash routing")
+           products={"ascend-950"}, since=V_HASH,
+           source="ascend-moe scope: the 950 hash kernels are modelled for the ungrouped path only "
+                  "(moe_gating_top_k_tiling_arch35.cpp on master routes hash mode there; the rejecting function is "
+                  "not in a released tag)",
+           fix="use k_group == group_count (or group_count 1) with hash routing", severity="not-simulated")
 def _(call):
     if _hash(call) and _experts(call) and _grouped(call):
-        return (f"hash mode needs the ungrouped path, got k_group={call['k_group']}, group_count={call['group_count']}, "
+        return (f"hash mode with grouping is not simulated, got k_group={call['k_group']}, group_count={call['group_count']}, "
                 f"experts={_experts(call)}")
 
 
-@spec.rule("hash.simplified_path_doc", argument="tid2eid",
+@spec.rule("gating.hash.simplified_path_doc", argument="tid2eid",
            summary="docs: hash mode only without grouping; A2/A3 grouped kernels ignore the hash tables",
-           products=A2_A3, since=V2026, severity="warning", status=None,
+           products=A2_A3, since=V_HASH, severity="warning", status=None,
            source="aclnnMoeGatingTopKV2 doc [D]; A2/A3 tiling GetTilingKey sends grouped calls to kernels that never read "
            "input_ids/tid2eid (the twin then routes by top-k too)",
            fix="use k_group == group_count (or group_count 1) with hash routing")
@@ -407,14 +424,16 @@ def _(call):
                 f"group_count={call['group_count']} the A2/A3 kernel ignores input_ids/tid2eid")
 
 
-@spec.rule("hash.k_max_64", argument="k", summary="hash mode: k <= 64", products={"ascend-950"}, since=V2026,
-           source="moe_gating_top_k_tiling_arch35.cpp MAX_K_FOR_HASH", fix="use k <= 64 with hash routing")
+@spec.rule("gating.hash.k_max_64", argument="k", summary="hash mode: k <= 64", products={"ascend-950"}, since=V_HASH,
+           source="ascend-moe scope: moe_gating_top_k_tiling_arch35.cpp (master) caps hash mode at MAX_K_FOR_HASH = 64; "
+                  "the checking function is not in a released tag, so the simulator only declines k > 64",
+           fix="use k <= 64 with hash routing", severity="not-simulated")
 def _(call):
     if _hash(call) and _is_int(call["k"]) and call["k"] > 64:
-        return f"hash mode needs k <= 64, got k={call['k']}"
+        return f"hash mode with k={call['k']} > 64 is not simulated"
 
 
-@spec.rule("hash.k_max_64_doc", argument="k", summary="docs: hash mode k <= 64", products=A2_A3, since=V2026,
+@spec.rule("gating.hash.k_max_64_doc", argument="k", summary="docs: hash mode k <= 64", products=A2_A3, since=V_HASH,
            severity="warning", status=None, source="aclnnMoeGatingTopKV2 doc [D] (the A2/A3 tiling does not check it)",
            fix="use k <= 64 with hash routing")
 def _(call):

@@ -7,6 +7,15 @@ shape), the aclnn v1/V2 docs and the torch_npu v2 doc (dtype tables, reserved pa
 parameter values), op-plugin ``GroupedMatmulSwigluQuantV2NpuOpapi.cpp`` / meta (one-element lists).
 No CANN version boundaries are published for these limits: the rules hold for every version.
 
+v2 weight lists: one ``[E, K, N]`` tensor, or (documented for A2/A3, with an official example) one
+tensor per expert, ``{E x (K, N)}`` with ``weight_scale`` ``{E x (N,)}`` and, for A8W4, the
+``weight_assist_matrix`` ``{E x (N,)}``.  The rules see a list of E equal tensors as the stacked
+``[E, ...]`` tensor (:func:`_stack_expert_lists`), so every limit reads the same E, K, N.
+
+Host warnings: the v1 host (``CheckNotNull``) only *warns* about an A8W8 bias (the assist matrix
+slot), ``offset`` and ``outputOffset`` ("features and accuracy are not guaranteed" for non-zero
+values); those are warnings here too, and the simulator ignores them as the A8W8 kernel does.
+
 Weight forms accepted (see :func:`ascend_moe.sim.quant_gemm.weight_logical_dims`): int8 ``[E, K, N]``
 tagged FRACTAL_NZ or its 5-D storage ``[E, N/32, K/16, 16, 32]``; int4 packed in int32 ``[E, K, N/8]``
 (ND or NZ) or its 5-D storage ``[E, N/64, K/16, 16, 8]``; ml_dtypes int4 values ``[E, K, N]`` /
@@ -18,22 +27,29 @@ from typing import Optional
 
 import numpy as np
 
-from . import Call, register_op
+from . import Call, TensorMeta, register_op
 from ..products import A2_A3
 from ..sim.quant_gemm import weight_logical_dims
 
 V1 = "npu_grouped_matmul_swiglu_quant"
 V2 = "npu_grouped_matmul_swiglu_quant_v2"
-HOST = "ops-transformer gmm/grouped_matmul_swiglu_quant/op_api/aclnn_grouped_matmul_swiglu_quant.cpp"
+HOST = "ops-transformer gmm/grouped_matmul_swiglu_quant/op_host/op_api/aclnn_grouped_matmul_swiglu_quant.cpp"
 V2_DOC = "op-plugin docs/zh/custom_APIs/torch_npu/torch_npu-npu_grouped_matmul_swiglu_quant_v2.md"
 V2_HOST = "op-plugin op_plugin/ops/opapi/GroupedMatmulSwigluQuantV2NpuOpapi.cpp and meta registration"
 
 spec_v1 = register_op(V1, products=A2_A3,
                       source="aclnnGroupedMatmulSwigluQuantWeightNZ (torch_npu v1 always calls it)")
 spec_v2 = register_op(V2, products=A2_A3,
-                      source="aclnnGroupedMatmulSwigluQuantV2 / WeightNzV2")
+                      source="aclnnGroupedMatmulSwigluQuantV2 / WeightNzV2; the 950 (DAV_3510) per-token and MX "
+                             "paths: grouped_matmul_swiglu_quant_v2 op_host op_api utils CheckAttrs / CheckMXShape",
+                      product_notes={"ascend-950": "the device has this op (its DAV_3510 per-token fp8/hifloat8 and MX "
+                                                   "paths), which ascend-moe does not model"})
 
 A8W8_SCALE_DTYPES = ("float32", "float16", "bfloat16")
+# dequant_dtype values naming float32 / float16 / bfloat16: the aclnn (ge) codes 0 / 1 / 27 that the host's
+# per-token path accepts (grouped_matmul_swiglu_quant_v2 op_host utils CheckAttrs: "should be 0, 1, 27"), the
+# torch ScalarType codes 6 / 5 / 15, and 28 from the torch_npu doc's own A2/A3 example
+DEQUANT_DTYPE_CODES = (0, 1, 27, 6, 5, 15, 28)
 A8W4_SCALE_DTYPES = ("int64", "uint64", "float32")
 
 
@@ -78,6 +94,26 @@ def _desc(call: Call, name: str) -> str:
     return f"a {m.dtype} tensor of shape {list(m.shape)}"
 
 
+# ranks of one expert's entry in a per-expert list: weight [K, N] or its 4-D NZ storage; weight_scale [N]
+# (per-group A8W4: [G, N]); weight_assist_matrix [N]
+EXPERT_ENTRY_RANKS = {"weight": (2, 4), "weight_scale": (1, 2), "weight_assist_matrix": (1,)}
+
+
+def _stack_expert_lists(call: Call) -> None:
+    """v2: a list of E equal per-expert tensors is seen by the rules as the stacked [E, ...] tensor."""
+    for name in ("weight", "weight_scale", "weight_assist_matrix"):
+        v = call.get(name)
+        if not isinstance(v, (list, tuple)) or len(v) < 2:
+            continue
+        metas = call.metas(name)
+        if len(metas) != len(v) or len({(m.shape, m.dtype, m.format) for m in metas}) != 1:
+            continue  # unequal entries: gmmsq_v2.expert_lists reports them
+        if metas[0].ndim not in EXPERT_ENTRY_RANKS[name]:
+            continue  # not a per-expert entry: gmmsq_v2.expert_lists reports it
+        m = metas[0]
+        call._metas[name] = TensorMeta((len(metas),) + tuple(m.shape), m.dtype, m.format, None, m.device, None)
+
+
 def _assist_name(call: Call) -> str:
     return "bias" if call.op == V1 else "weight_assist_matrix"
 
@@ -87,22 +123,24 @@ def _common_rules(spec, v2: bool) -> None:
     p = "gmmsq_v2" if v2 else "gmmsq"
 
     @spec.rule(f"{p}.x_dtype_rank", argument="x", summary="x is a 2-D int8 tensor [M, K]",
-               source=V2_DOC if v2 else HOST, fix="pass the per-token quantised activation as int8 [M, K]")
+               source=HOST + " CheckDtypeValid / CheckInputOutDims_A8W8 / CheckInputOutDims_A8W4", fix="pass the per-token quantised activation as int8 [M, K]")
     def _(call):
         m = call.meta("x")
         if m is None:
             return f"x must be a tensor, got {type(call['x']).__name__}"
         errs = []
         if m.dtype != "int8":
-            extra = " (A4W4 with int4 x is not modelled by ascend-moe)" if v2 and m.dtype in ("int32", "int4") else ""
-            errs.append(f"x must be int8, got dtype {m.dtype}{extra}")
+            if v2 and m.dtype in ("int32", "int4"):
+                return None  # A4W4: gmmsq_v2.a4w4 (not simulated; the device supports it)
+            errs.append(f"x must be int8, got dtype {m.dtype}")
         if m.ndim != 2:
             errs.append(f"x must be 2-D [M, K], got shape {m.shape}")
         return errs
 
     @spec.rule(f"{p}.weight_form", argument="weight",
                summary="weight is int8 or int4 (int32-packed) [E, K, N] or 5-D NZ storage; its K equals x's K",
-               source=HOST, fix="pass [E, K, N] (int8, or int4 packed 8 per int32 as [E, K, N/8]) or the NZ storage")
+               source=HOST + " CheckDtypeValid / CheckInputOutShape_A8W8 / CheckInputOutShape_A8W4",
+               fix="pass [E, K, N] (int8, or int4 packed 8 per int32 as [E, K, N/8]) or the NZ storage")
     def _(call):
         m = call.meta("weight")
         if m is None:
@@ -118,7 +156,8 @@ def _common_rules(spec, v2: bool) -> None:
 
     @spec.rule(f"{p}.a8w8_weight_nz", argument="weight",
                summary="an int8 (A8W8) weight must be FRACTAL_NZ",
-               source=HOST + " (A8W8 requires format FRACTAL_NZ)",
+               source=HOST + " aclnnGroupedMatmulSwigluQuant (A8W8 requires format FRACTAL_NZ; torch_npu v1 calls "
+                             "the WeightNZ entry point)",
                fix="cast it with ascend_moe.npu_format_cast(weight, 29) (torch_npu.npu_format_cast on NPU)")
     def _(call):
         m = call.meta("weight")
@@ -128,7 +167,7 @@ def _common_rules(spec, v2: bool) -> None:
     @spec.rule(f"{p}.nz_shape", argument="weight",
                summary="NZ weight storage is [E, N/32, K/16, 16, 32] (int8) / [E, N/64, K/16, 16, 64] (int4; "
                        "int32: [..., 8]), i.e. K % 16 == 0 and N % 32 (int8) / 64 (int4) == 0",
-               source=HOST + " (weight NZ shape check); spec 2.6",
+               source=HOST + " CheckInputOutShape_A8W8 / CheckInputOutShape_A8W4 (weightNZExpectShape)",
                fix="pad K to a multiple of 16 and N to a multiple of 32 (int8) / 64 (int4)")
     def _(call):
         m = call.meta("weight")
@@ -147,14 +186,16 @@ def _common_rules(spec, v2: bool) -> None:
                     f"(storage would be {list(expect)})")
 
     @spec.rule(f"{p}.n_even_max", argument="weight_scale", summary="N (weight_scale.shape[-1]) is even and <= 10240",
-               source=HOST, fix="use an even N of at most 10240 (SwiGLU halves N)")
+               source=HOST + " CheckInputOutShape_A8W8 / CheckInputOutShape_A8W4 (N_LIMIT, n % SPLIT)",
+               fix="use an even N of at most 10240 (SwiGLU halves N)")
     def _(call):
         n = _n(call)
         if n is not None and (n % 2 or n > 10240 or n < 2):
             return f"N = weight_scale.shape[-1] must be even and in [2, 10240], got N={n}"
 
     @spec.rule(f"{p}.k_limit", argument="x", summary="A8W8: K < 65536; A8W4: K < 20000",
-               source=HOST, fix="split K across calls (A8W8 K < 65536, A8W4 K < 20000)")
+               source=HOST + " CheckInputOutShape_A8W8 / CheckInputOutShape_A8W4 (K_LIMIT_A8W8, K_LIMIT_A8W4)",
+               fix="split K across calls (A8W8 K < 65536, A8W4 K < 20000)")
     def _(call):
         k, kind = _k(call), _kind(call)
         if k is None or kind is None:
@@ -166,7 +207,7 @@ def _common_rules(spec, v2: bool) -> None:
     @spec.rule(f"{p}.weight_scale", argument="weight_scale",
                summary="A8W8: float32/float16/bfloat16 [E, N]; A8W4: int64/uint64/float32 [E, N] or [E, G, N], "
                        "G divides K; N equals the weight's N",
-               source=HOST + "; aclnn dtype tables (spec 2.2)",
+               source=HOST + " CheckDtypeValid / CheckInputOutShape_A8W8 / CheckInputOutShape_A8W4",
                fix="pass one scale per expert and output channel ([E, N]; A8W4 per-group [E, K/group_size, N])")
     def _(call):
         m, d = call.meta("weight_scale"), _wdims(call)
@@ -193,7 +234,8 @@ def _common_rules(spec, v2: bool) -> None:
         return errs
 
     @spec.rule(f"{p}.x_scale", argument="x_scale", summary="x_scale is float32 [M]",
-               source=HOST, fix="pass the per-token dequant scale of x as float32 [M]")
+               source=HOST + " CheckDtypeValid / CheckInputOutShape_A8W8 (xScaleExpectShape)",
+               fix="pass the per-token dequant scale of x as float32 [M]")
     def _(call):
         m, xm = call.meta("x_scale"), call.meta("x")
         if m is None:
@@ -206,7 +248,8 @@ def _common_rules(spec, v2: bool) -> None:
         return errs
 
     @spec.rule(f"{p}.group_list", argument="group_list", summary="group_list is int64 [G] with 1 <= G <= E",
-               source=HOST + " (len(group_list) <= E)", fix="pass one int64 entry per expert")
+               source=HOST + " CheckDtypeValid / CheckInputOutDims_A8W8 / CheckInputOutShape_A8W8 (groupListLen <= e)",
+               fix="pass one int64 entry per expert")
     def _(call):
         m, d = call.meta("group_list"), _wdims(call)
         if m is None:
@@ -242,22 +285,17 @@ def _common_rules(spec, v2: bool) -> None:
 
     @spec.rule(f"{p}.assist", argument="bias" if not v2 else "weight_assist_matrix",
                summary="A8W4: the weight_assist_matrix (v1: passed as bias) is float32 [E, N]; A8W8: absent",
-               source=HOST + "; aclnn v1/V2 docs (A8W4 weightAssistMatrix); a8w4_msd_post kernel adds it",
-               fix="A8W4: pass 8 * sum_k(w * scale) as float32 [E, N]; A8W8: pass None")
+               source=HOST + " CheckNotNull (A8W4 without bias: error) / CheckInputOutDims_A8W4 / "
+                             "CheckInputOutShape_A8W4 (biasExpectShape [e, n])",
+               fix="A8W4: pass 8 * sum_k(w * scale) as float32 [E, N]")
     def _(call):
         name = _assist_name(call)
         kind, d = _kind(call), _wdims(call)
-        if kind is None:
-            return None
+        if kind is None or kind == "int8":
+            return None  # A8W8: the host only warns ({p}.assist_a8w8)
         given = call.given(name)
-        if kind == "int8":
-            if given:
-                return f"{name} must be None for A8W8 (int8 weight), got {_desc(call, name)}"
-            return None
         if not given:
             return f"{name} (the weight_assist_matrix) is required for A8W4, got None"
-        if v2 and isinstance(call[name], (list, tuple)) and len(call[name]) != 1:
-            return f"{name} must be a one-element list on A2/A3, got {len(call[name])} tensors"
         m = call.meta(name)
         if m is None:
             return f"{name} must be a tensor, got {type(call[name]).__name__}"
@@ -267,6 +305,17 @@ def _common_rules(spec, v2: bool) -> None:
         if d is not None and tuple(m.shape) != (d[0], d[2]):
             errs.append(f"{name} must have shape [E, N]=[{d[0]}, {d[2]}], got {list(m.shape)}")
         return errs
+
+    @spec.rule(f"{p}.assist_a8w8", argument="bias" if not v2 else "weight_assist_matrix",
+               summary="A8W8: the assist matrix is not used (the host warns that non-zero values are not "
+                       "guaranteed)", severity="warning",
+               source=HOST + " CheckNotNull (OP_LOGW for an A8W8 bias: 'Features and accuracy are not guaranteed')",
+               fix="drop it for int8 weights (the A8W8 kernel ignores it)")
+    def _(call):
+        name = _assist_name(call)
+        if _kind(call) == "int8" and call.given(name):
+            return (f"{name} is given for an A8W8 (int8) weight ({_desc(call, name)}); the host only warns and the "
+                    f"kernel does not use it")
 
     @spec.rule(f"{p}.experts_doc", argument="weight", summary="e in [1, 1024] (torch v2 doc)",
                source=V2_DOC, severity="warning", status=None, fix="use at most 1024 experts per call")
@@ -280,55 +329,95 @@ _common_rules(spec_v1, v2=False)
 _common_rules(spec_v2, v2=True)
 
 
-@spec_v1.rule("gmmsq.offset", argument="offset", summary="offset is reserved and must be None",
-              source="aclnnGroupedMatmulSwigluQuant doc (offset/outputOffset reserved)", fix="pass offset=None")
+@spec_v1.rule("gmmsq.offset", argument="offset", summary="offset is reserved (the host warns, the kernel ignores it)",
+              source=HOST + " CheckNotNull (OP_LOGW: 'does not support the scenario where offset is not 0'); "
+                     "aclnnGroupedMatmulSwigluQuant doc (offset reserved)",
+              fix="pass offset=None", severity="warning")
 def _(call):
     if call.given("offset"):
-        return f"offset is reserved (not supported) and must be None, got {_desc(call, 'offset')}"
+        return (f"offset is reserved: the host only warns and the kernel ignores it (non-zero values are not "
+                f"guaranteed), got {_desc(call, 'offset')}")
 
 
 # --------------------------------------------------------------------------------------------
 # v2-only rules
 # --------------------------------------------------------------------------------------------
 
-@spec_v2.rule("gmmsq_v2.one_element_lists", argument="weight",
-              summary="weight and weight_scale are one-element lists on A2/A3", source=V2_HOST,
-              fix="wrap the single [E, K, N] weight and [E, N] scale in one-element lists")
+spec_v2.prepare = _stack_expert_lists
+
+
+@spec_v2.rule("gmmsq_v2.expert_lists", argument="weight",
+              summary="weight / weight_scale (/ weight_assist_matrix): one [E, ...] tensor each, or E equal "
+                      "per-expert tensors each (the same E in every list)",
+              source="ascend-moe scope; aclnnGroupedMatmulSwigluQuantV2 doc (A2/A3: weight {E x (K, N)}, "
+                     "weightScale {E x (N)}) and its multi-tensor example",
+              fix="pass [E, K, N] / [E, N] tensors in one-element lists, or E per-expert [K, N] / [N] tensors",
+              severity="not-simulated")
 def _(call):
-    errs = []
-    for name in ("weight", "weight_scale"):
-        v = call[name]
-        if isinstance(v, (list, tuple)):
-            if len(v) != 1:
-                errs.append(f"{name} must be a one-element list on A2/A3, got {len(v)} tensors")
-        elif call.meta(name) is None:
-            errs.append(f"{name} must be a list of one tensor, got {type(v).__name__}")
+    errs, lengths = [], {}
+    for name in ("weight", "weight_scale", "weight_assist_matrix"):
+        v = call.get(name)
+        if v is None:
+            continue
+        if not isinstance(v, (list, tuple)):
+            if call.meta(name) is None:
+                errs.append(f"{name} must be a list of tensors, got {type(v).__name__}")
+            continue
+        if len(v) == 0:
+            errs.append(f"{name} is an empty list")
+            continue
+        metas = call.metas(name)
+        if len(metas) != len(v):
+            errs.append(f"{name} holds {len(v) - len(metas)} non-tensor entries")
+            continue
+        if len({(m.shape, m.dtype, m.format) for m in metas}) != 1:
+            errs.append(f"{name} entries differ in shape/dtype/format: "
+                        f"{sorted({(m.shape, m.dtype, m.format) for m in metas})[:3]}")
+        elif len(v) > 1 and metas[0].ndim not in EXPERT_ENTRY_RANKS[name]:
+            errs.append(f"{name} is a list of {len(v)} tensors of shape {list(metas[0].shape)}: a per-expert entry "
+                        f"has rank {' or '.join(map(str, EXPERT_ENTRY_RANKS[name]))}")
+        lengths[name] = len(v)
+    if len(set(n for n in lengths.values() if n > 1)) > 1 or (
+            any(n > 1 for n in lengths.values()) and any(n == 1 for n in lengths.values())):
+        errs.append(f"the per-expert lists differ in length: {lengths}")
     return errs
+
+
+@spec_v2.rule("gmmsq_v2.a4w4", argument="x", summary="A4W4 (int4 x) is not simulated",
+              source="ascend-moe scope; A4W4 is documented for aclnnGroupedMatmulSwigluQuantV2",
+              fix="use int8 x (A8W8 / A8W4) in the simulator; A4W4 runs on the device", severity="not-simulated")
+def _(call):
+    m = call.meta("x")
+    if m is not None and m.dtype in ("int4", "int32"):
+        return f"x has dtype {m.dtype} (A4W4): ascend-moe does not simulate A4W4"
 
 
 @spec_v2.rule("gmmsq_v2.reserved_none", argument="bias",
               summary="bias and smooth_scale are reserved on A2/A3 (A8W8/A8W4) and must be None",
-              source=V2_DOC + " (bias, smooth_scale: only the default None)", fix="pass bias=None, smooth_scale=None")
+              source="ascend-moe scope; " + V2_DOC + " (bias, smooth_scale: only the default None on A2/A3)",
+              fix="pass bias=None, smooth_scale=None", severity="not-simulated")
 def _(call):
-    return [f"{n} must be None on A2/A3, got {_desc(call, n)}" for n in ("bias", "smooth_scale") if call.given(n)]
+    return [f"{n} is given ({_desc(call, n)}): not simulated (the docs reserve it on A2/A3)"
+            for n in ("bias", "smooth_scale") if call.given(n)]
 
 
 @spec_v2.rule("gmmsq_v2.mx_dtype_args", argument="x_dtype",
               summary="x_dtype, weight_dtype, weight_scale_dtype, x_scale_dtype are for 950 MX formats: None on A2/A3",
-              source=V2_HOST + " (MX mode keyed on weight_scale_dtype) [I]",
-              fix="leave x_dtype/weight_dtype/weight_scale_dtype/x_scale_dtype as None")
+              source="ascend-moe scope; " + V2_HOST + " (MX mode keyed on weight_scale_dtype)",
+              fix="leave x_dtype/weight_dtype/weight_scale_dtype/x_scale_dtype as None", severity="not-simulated")
 def _(call):
-    return [f"{n} must be None on A2/A3, got {call[n]!r}"
+    return [f"{n}={call[n]!r} selects the 950 MX formats, which ascend-moe does not simulate"
             for n in ("x_dtype", "weight_dtype", "weight_scale_dtype", "x_scale_dtype") if call[n] is not None]
 
 
 @spec_v2.rule("gmmsq_v2.dequant_mode", argument="dequant_mode",
               summary="dequant_mode 0 (per-channel, scale [E, N]) or 1 (per-group, A8W4 only, scale [E, G, N])",
-              source=V2_DOC, fix="use dequant_mode=0, or 1 with an int4 weight and [E, G, N] scales")
+              source="ascend-moe scope; " + V2_DOC, severity="not-simulated",
+              fix="use dequant_mode=0, or 1 with an int4 weight and [E, G, N] scales")
 def _(call):
     mode, kind, sm = call["dequant_mode"], _kind(call), call.meta("weight_scale")
     if mode not in (0, 1):
-        return f"dequant_mode must be 0 or 1 on A2/A3, got {mode!r}"
+        return f"dequant_mode={mode!r} is not simulated (ascend-moe models 0 and 1 on A2/A3)"
     if mode == 1 and kind == "int8":
         return "dequant_mode=1 (per-group) is only for A8W4 (int4 weight); int8 weight needs dequant_mode=0"
     if kind == "int4" and sm is not None and sm.ndim in (2, 3):
@@ -339,39 +428,46 @@ def _(call):
 
 
 @spec_v2.rule("gmmsq_v2.dequant_dtype", argument="dequant_dtype",
-              summary="dequant_dtype is 0 (float32 intermediate; 6 = torch Float accepted too)",
-              source=V2_DOC + "; op-plugin maps torch enum 6 -> 0", fix="use dequant_dtype=0")
+              summary="dequant_dtype names float32, float16 or bfloat16 (aclnn codes 0/1/27, torch codes 6/5/15, "
+                      "or the doc example's 28)", severity="warning",
+              source="grouped_matmul_swiglu_quant_v2 op_host op_api utils CheckAttrs (per-token path: 'should be "
+                     "0, 1, 27'); " + V2_DOC + " A2/A3 examples (5, 28); the simulated A2/A3 arithmetic is fp32 "
+                     "whatever the value [I]",
+              fix="use dequant_dtype=0 (float32)")
 def _(call):
-    if call["dequant_dtype"] not in (0, 6):
-        return f"dequant_dtype must be 0 (float32) on A2/A3, got {call['dequant_dtype']!r}"
+    v = call["dequant_dtype"]
+    if v not in DEQUANT_DTYPE_CODES:
+        return f"dequant_dtype={v!r} is none of the codes {DEQUANT_DTYPE_CODES} known to name a float dequant dtype"
 
 
 @spec_v2.rule("gmmsq_v2.quant_mode", argument="quant_mode", summary="quant_mode is 0 (per-token)",
-              source=V2_DOC, fix="use quant_mode=0")
+              source="ascend-moe scope; " + V2_DOC, fix="use quant_mode=0", severity="not-simulated")
 def _(call):
     if call["quant_mode"] != 0:
-        return f"quant_mode must be 0 (per-token) on A2/A3, got {call['quant_mode']!r}"
+        return f"quant_mode={call['quant_mode']!r} is not simulated (ascend-moe models 0, per-token, on A2/A3)"
 
 
 @spec_v2.rule("gmmsq_v2.quant_dtype", argument="quant_dtype",
               summary="quant_dtype means int8: 1 (yaml/meta default, torch Char) or 0 (doc's int8 code)",
-              source=V2_DOC + " vs op_plugin_functions.yaml (spec section 4 item 10)",
-              fix="use the default quant_dtype (int8)")
+              source="ascend-moe scope; " + V2_DOC + " vs op_plugin_functions.yaml (spec section 4 item 10)",
+              fix="use the default quant_dtype (int8)", severity="not-simulated")
 def _(call):
     if call["quant_dtype"] not in (0, 1):
-        return f"quant_dtype must be int8 (1, or the doc's 0) on A2/A3, got {call['quant_dtype']!r}"
+        return f"quant_dtype={call['quant_dtype']!r} is not simulated (ascend-moe models int8: 1, or the doc's 0)"
 
 
 @spec_v2.rule("gmmsq_v2.group_list_type", argument="group_list_type", summary="group_list_type 0 (cumsum) or 1 (count)",
-              source="aclnnGroupedMatmulSwigluQuantV2 doc", fix="use 0 (cumsum) or 1 (count)")
+              source="ascend-moe scope; aclnnGroupedMatmulSwigluQuantV2 doc", fix="use 0 (cumsum) or 1 (count)",
+              severity="not-simulated")
 def _(call):
     if call["group_list_type"] not in (0, 1):
-        return f"group_list_type must be 0 (cumsum) or 1 (count), got {call['group_list_type']!r}"
+        return f"group_list_type={call['group_list_type']!r} is not simulated (0 cumsum, 1 count)"
 
 
 @spec_v2.rule("gmmsq_v2.tuning_config", argument="tuning_config",
               summary="tuning_config is None or a list of ints, the first (expected tokens per expert) >= 0",
-              source=V2_DOC, fix="pass None or [expected_tokens_per_expert]")
+              source=V2_HOST + " (int[]? tuning_config schema); " + V2_DOC,
+              fix="pass None or [expected_tokens_per_expert]", kind="wrapper", status=None)
 def _(call):
     tc = call["tuning_config"]
     if tc is None:

@@ -1,0 +1,66 @@
+"""The rule table as a whole: what each rule claims is backed by the kind of source it cites.
+
+* a rule that claims an aclnn status (161001 / 161002 ...) is a host rule and cites host code: an
+  op_host / op_api / tiling source file and the function in it;
+* doc-only rules are warnings and claim no status; "not simulated" rules claim no status and never
+  tell the user to move to another product;
+* every rule id carries its op's prefix.
+"""
+import re
+
+import pytest
+
+from ascend_moe.rules import RULE_KINDS, all_ops
+
+HOST_FILE = re.compile(r"(op_host|op_api|aclnn_\w+\.cpp|\w*tiling\w*\.cpp|\w+_def\.cpp|infershape\w*\.cpp)")
+# a function named in the source: CamelCase (CheckSupportScene, GMMTiling::CheckMKN) or snake_case with ()
+FUNCTION = re.compile(r"\b([A-Z][a-z0-9]+[A-Z]\w*|\w+::\w+|[a-z_]+\w*\(\))")
+OP_PREFIX = {
+    "npu_gmm": "gmm.", "npu_gmm_v2": "gmm.", "npu_grouped_matmul": "gmm.",
+    "npu_moe_gating_top_k": "gating.", "npu_ffn": "ffn.",
+    "npu_grouped_matmul_swiglu_quant": "gmmsq.", "npu_grouped_matmul_swiglu_quant_v2": "gmmsq_v2.",
+    "npu_grouped_matmul_finalize_routing": "gmmfr.",
+}
+
+
+def _rules():
+    return [(spec.name, r) for spec in all_ops() for r in spec.rules]
+
+
+def test_every_kind_is_known():
+    for op, r in _rules():
+        assert r.kind in RULE_KINDS, (op, r.id, r.kind)
+
+
+def test_status_claims_cite_host_code():
+    bad = []
+    for op, r in _rules():
+        if r.status is None:
+            continue
+        if r.kind != "host" or r.severity != "error":
+            bad.append(f"{op} {r.id}: status {r.status} on a {r.kind}/{r.severity} rule")
+            continue
+        if not HOST_FILE.search(r.source) or not FUNCTION.search(r.source.split("op_host")[-1]):
+            bad.append(f"{op} {r.id}: claims {r.status} but its source names no host file + function: {r.source!r}")
+    assert not bad, "\n".join(bad)
+
+
+def test_doc_rules_are_warnings_without_status():
+    for op, r in _rules():
+        if r.kind == "doc":
+            assert r.severity == "warning" and r.status is None, (op, r.id)
+        if r.severity == "warning":
+            assert r.kind == "doc", (op, r.id)
+
+
+def test_not_simulated_rules_claim_nothing_of_the_device():
+    for op, r in _rules():
+        if r.kind == "sim" or r.severity == "not-simulated":
+            assert r.kind == "sim" and r.severity == "not-simulated", (op, r.id)
+            assert r.status is None, (op, r.id)
+            assert "run it on" not in r.fix and "atlas-" not in r.fix, (op, r.id, r.fix)
+
+
+def test_rule_ids_carry_the_op_prefix():
+    for op, r in _rules():
+        assert r.id.startswith(OP_PREFIX[op]), (op, r.id)
