@@ -77,7 +77,9 @@ def group_bounds(group_list: GroupList, group_list_type: int) -> Tuple[np.ndarra
     """(starts, ends) of every group along the grouped axis (spec 1.3)."""
     gl = np.asarray(group_list, dtype=np.int64).reshape(-1)
     ends = gl if group_list_type == 0 else np.cumsum(gl)
-    starts = np.concatenate([np.zeros(1, np.int64), ends[:-1]])
+    # an empty group list has no groups: no starts either (not one start without an end, which
+    # would size a K-split output [1, M, N] that no group writes)
+    starts = np.concatenate([np.zeros(min(1, ends.size), np.int64), ends[:-1]])
     return starts, ends
 
 
