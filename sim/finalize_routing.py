@@ -49,7 +49,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .numerics import decode_int64_scale
+from .numerics import decode_int64_scale, twin_arguments
 from .quant_gemm import (exact_int_matmul, fp19_enabled, group_bounds, grouped_msd_partials, msd_combine,
                          weight_logical_dims, weight_values)
 
@@ -178,6 +178,9 @@ def npu_grouped_matmul_finalize_routing(
     ``ascend_moe.sim.quant_gemm.fp19_scales`` (default on).  ``tuning_config`` is a tiling hint with no numerical effect.
     """
     from ..rules import enforce
+    twin_arguments(OP, locals(), arrays=("x", "w", "scale", "bias", "offset", "pertoken_scale", "shared_input",
+                                         "logit", "row_index"),
+                   int_lists=("group_list",), reals=("shared_input_weight",))
     enforce(OP, x, w, group_list, scale=scale, bias=bias, offset=offset, pertoken_scale=pertoken_scale,
             shared_input=shared_input, logit=logit, row_index=row_index, dtype=dtype,
             shared_input_weight=shared_input_weight, shared_input_offset=shared_input_offset,

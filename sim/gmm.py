@@ -41,7 +41,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .numerics import fill_undefined
+from .numerics import fill_undefined, twin_arguments
 
 __all__ = ["npu_gmm", "npu_gmm_v2", "npu_grouped_matmul", "grouped_matmul_add_fp32"]
 
@@ -323,6 +323,8 @@ def npu_gmm(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] = N
     """MindSpeed ``npu_gmm`` forward: group_list is a cumsum (``list`` = int-array path, array =
     Tensor path).  ``gemm_fusion`` / ``original_weight`` only matter for the backward."""
     from ..rules import enforce
+    twin_arguments("npu_gmm", locals(), arrays=("x", "weight", "bias", "original_weight"),
+                   int_lists=("group_list",))
     enforce("npu_gmm", x, weight, bias=bias, group_list=group_list, group_type=group_type,
             gemm_fusion=gemm_fusion, original_weight=original_weight)
     return _gmm_forward(x, weight, bias, group_list, group_type, 0, undefined)
@@ -333,6 +335,8 @@ def npu_gmm_v2(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] 
                original_weight: Optional[np.ndarray] = None, undefined: Optional[str] = None) -> np.ndarray:
     """MindSpeed ``npu_gmm_v2`` forward: group_list holds per-group counts (array only)."""
     from ..rules import enforce
+    twin_arguments("npu_gmm_v2", locals(), arrays=("x", "weight", "bias", "original_weight"),
+                   int_lists=("group_list",))
     enforce("npu_gmm_v2", x, weight, bias=bias, group_list=group_list, group_type=group_type,
             gemm_fusion=gemm_fusion, original_weight=original_weight)
     return _gmm_forward(x, weight, bias, group_list, group_type, 1, undefined)
@@ -359,6 +363,9 @@ def npu_grouped_matmul(x: Sequence[np.ndarray], weight: Sequence[np.ndarray], *,
     """torch_npu ``npu_grouped_matmul`` (non-quantised).  ``group_list`` as a Python list is the
     ``.List`` overload (int-array path), as an array the Tensor overload."""
     from ..rules import enforce
+    twin_arguments("npu_grouped_matmul", locals(), int_lists=("group_list",), array_lists=(
+        "x", "weight", "bias", "scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale",
+        "activation_input", "activation_quant_scale", "activation_quant_offset"))
     enforce("npu_grouped_matmul", x, weight, bias=bias, scale=scale, offset=offset,
             antiquant_scale=antiquant_scale, antiquant_offset=antiquant_offset,
             per_token_scale=per_token_scale, group_list=group_list, activation_input=activation_input,

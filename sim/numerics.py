@@ -365,3 +365,49 @@ def fill_undefined(out: np.ndarray, where: Union[slice, np.ndarray, Tuple], poli
     value = 0 if p == "zero" else poison_value(dtype_name(out))
     out[where] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# argument types of the public NumPy twins
+# ---------------------------------------------------------------------------------------------
+
+
+def twin_arguments(op: str, values: dict, *, arrays: Sequence[str] = (), array_lists: Sequence[str] = (),
+                   int_lists: Sequence[str] = (), reals: Sequence[str] = ()) -> None:
+    """Type check of a twin's arguments before the rules run, so that a wrong type is a TypeError
+    naming the argument (never an AttributeError deep in the arithmetic, never a silent NaN).
+
+    ``arrays``: NumPy arrays or None; ``array_lists``: a NumPy array or a list/tuple of them, or None;
+    ``int_lists``: also a list of Python ints (the int-array group-list path); ``reals``: an int or
+    float, not None, not bool (the torch_npu schema declares them ``float``, never optional)."""
+    def fail(name: str, want: str, got) -> TypeError:
+        kind = type(got).__name__
+        hint = ""
+        if type(got).__module__.startswith("torch"):
+            hint = f"; the twins take NumPy arrays (tensor.numpy()), ascend_moe.{op} takes torch tensors"
+        return TypeError(f"{op}: argument '{name}' must be {want}, got {kind}{hint}")
+
+    def is_array(v) -> bool:
+        return isinstance(v, np.ndarray)
+
+    for name in arrays:
+        v = values.get(name)
+        if v is not None and not is_array(v):
+            raise fail(name, "a NumPy array or None", v)
+    for name in tuple(array_lists) + tuple(int_lists):
+        v = values.get(name)
+        if v is None or is_array(v):
+            continue
+        if isinstance(v, (list, tuple)):
+            if all(is_array(i) for i in v):
+                continue
+            if name in int_lists and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                         for i in v):
+                continue
+        want = "a NumPy array, a list of them, a list of ints or None" if name in int_lists else \
+            "a NumPy array, a list of NumPy arrays or None"
+        raise fail(name, want, v)
+    for name in reals:
+        v = values.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise fail(name, "a real number (int or float)", v)

@@ -46,7 +46,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .numerics import dtype_name, fill_undefined, float_to_int
+from .numerics import dtype_name, fill_undefined, float_to_int, twin_arguments
 from .quant_gemm import (
     decode_weight_scale, fp19_enabled, group_bounds, grouped_int8_matmul, grouped_msd_partials,
     msd_combine, weight_values,
@@ -196,6 +196,8 @@ def npu_grouped_matmul_swiglu_quant(x: np.ndarray, weight: np.ndarray, group_lis
     See the module docstring for the arithmetic and the faithfulness contract.
     """
     from ..rules import enforce
+    twin_arguments("npu_grouped_matmul_swiglu_quant", locals(),
+                   arrays=("x", "weight", "weight_scale", "x_scale", "bias", "offset"), int_lists=("group_list",))
     enforce("npu_grouped_matmul_swiglu_quant", x, weight, group_list, weight_scale, x_scale,
             bias=bias, offset=offset)
     out, out_scale = compute(x, weight, weight_scale, x_scale, np.asarray(group_list), group_list_type=0,
@@ -224,6 +226,8 @@ def npu_grouped_matmul_swiglu_quant_v2(x: np.ndarray, weight: Sequence[np.ndarra
     Returns ``(out int8 [M, N/2], out_scale fp32 [M])``.
     """
     from ..rules import enforce
+    twin_arguments("npu_grouped_matmul_swiglu_quant_v2", locals(), arrays=("x", "x_scale", "smooth_scale", "bias"),
+                   array_lists=("weight", "weight_scale", "weight_assist_matrix"), int_lists=("group_list",))
     enforce("npu_grouped_matmul_swiglu_quant_v2", x, weight, weight_scale, x_scale, group_list,
             smooth_scale=smooth_scale, weight_assist_matrix=weight_assist_matrix, bias=bias,
             dequant_mode=dequant_mode, dequant_dtype=dequant_dtype, quant_mode=quant_mode,
