@@ -87,7 +87,8 @@ def resolve_group_type(group_type: Optional[int], group_list: GroupList) -> int:
     """npu_grouped_matmul's ``group_type=None`` (allowed only with an int-array group list, which
     goes to aclnnGroupedMatmul V1 = M split only): 0 with a group list, else -1 [I]."""
     if group_type is not None:
-        return int(group_type)
+        # a non-integer (inf, 1.5, "0") is returned as given, for the rules to reject by name
+        return int(group_type) if isinstance(group_type, (int, np.integer)) else group_type
     return 0 if group_list is not None else -1
 
 

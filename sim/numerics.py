@@ -344,7 +344,12 @@ def get_undefined_policy(override: Optional[str] = None) -> str:
 
 @contextlib.contextmanager
 def undefined_policy(policy: str) -> Iterator[None]:
-    """Context manager selecting the undefined-region policy for the calls inside it."""
+    """Context manager selecting the undefined-region policy for the calls inside it.
+
+    Scope: the choice lives in a ``contextvars`` context, so it holds in this thread and in asyncio
+    tasks started inside the block, but **not** in threads of a ``ThreadPoolExecutor`` (their workers
+    run in their own context).  To carry it there, submit ``contextvars.copy_context().run``:
+    ``pool.submit(contextvars.copy_context().run, fn, *args)``; or use the process-wide ``set_undefined_policy``."""
     token = _policy_override.set(_check_policy(policy))
     try:
         yield
