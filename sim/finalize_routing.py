@@ -178,9 +178,15 @@ def npu_grouped_matmul_finalize_routing(
     ``ascend_moe.sim.quant_gemm.fp19_scales`` (default on).  ``tuning_config`` is a tiling hint with no numerical effect.
     """
     from ..rules import enforce
+    # torch_npu declares these four optional (op-plugin takes value_or(default)); so do the torch ops here
+    shared_input_weight = 1.0 if shared_input_weight is None else shared_input_weight
+    shared_input_offset = 0 if shared_input_offset is None else shared_input_offset
+    output_bs = 0 if output_bs is None else output_bs
+    group_list_type = 1 if group_list_type is None else group_list_type
     twin_arguments(OP, locals(), arrays=("x", "w", "scale", "bias", "offset", "pertoken_scale", "shared_input",
                                          "logit", "row_index"),
-                   int_lists=("group_list",), reals=("shared_input_weight",))
+                   int_lists=("group_list",), reals=("shared_input_weight",),
+                   ints=("shared_input_offset", "output_bs", "group_list_type"))
     enforce(OP, x, w, group_list, scale=scale, bias=bias, offset=offset, pertoken_scale=pertoken_scale,
             shared_input=shared_input, logit=logit, row_index=row_index, dtype=dtype,
             shared_input_weight=shared_input_weight, shared_input_offset=shared_input_offset,

@@ -378,13 +378,14 @@ def fill_undefined(out: np.ndarray, where: Union[slice, np.ndarray, Tuple], poli
 
 
 def twin_arguments(op: str, values: dict, *, arrays: Sequence[str] = (), array_lists: Sequence[str] = (),
-                   int_lists: Sequence[str] = (), reals: Sequence[str] = ()) -> None:
+                   int_lists: Sequence[str] = (), reals: Sequence[str] = (), ints: Sequence[str] = ()) -> None:
     """Type check of a twin's arguments before the rules run, so that a wrong type is a TypeError
     naming the argument (never an AttributeError deep in the arithmetic, never a silent NaN).
 
     ``arrays``: NumPy arrays or None; ``array_lists``: a NumPy array or a list/tuple of them, or None;
     ``int_lists``: also a list of Python ints (the int-array group-list path); ``reals``: an int or
-    float, not None, not bool (the torch_npu schema declares them ``float``, never optional)."""
+    float, not None, not bool (the torch_npu schema declares them ``float``, never optional);
+    ``ints``: an int, not None, not bool."""
     def fail(name: str, want: str, got) -> TypeError:
         kind = type(got).__name__
         hint = ""
@@ -416,3 +417,7 @@ def twin_arguments(op: str, values: dict, *, arrays: Sequence[str] = (), array_l
         v = values.get(name)
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise fail(name, "a real number (int or float)", v)
+    for name in ints:
+        v = values.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise fail(name, "an int", v)

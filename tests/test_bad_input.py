@@ -78,11 +78,29 @@ def test_gating_twin_rejects_none_float_scalars(name):
                                         norm_type=1, **{name: None})
 
 
-def test_finalize_routing_twin_rejects_none_shared_input_weight():
-    with pytest.raises(TypeError, match="'shared_input_weight'"):  # was NaN shared rows
-        sim.finalize_routing.npu_grouped_matmul_finalize_routing(
-            np.zeros((2, 32), np.int8), np.zeros((1, 32, 64), np.int8), np.array([2]),
-            shared_input=np.zeros((1, 64), np.float32), shared_input_weight=None)
+def test_finalize_routing_twin_takes_none_scalars_as_their_defaults_like_the_torch_op():
+    # torch_npu declares shared_input_weight / shared_input_offset / output_bs / group_list_type optional;
+    # None was NaN shared rows in the twin
+    rng = np.random.default_rng(1)
+    x = rng.integers(-8, 8, (2, 32)).astype(np.int8)
+    w = np.ascontiguousarray(rng.integers(-8, 8, (1, 32, 256)).astype(np.int8))
+    kw = dict(scale=np.full((1, 256), 0.01, np.float32), pertoken_scale=np.ones(2, np.float32),
+              logit=np.ones(2, np.float32), row_index=np.array([0, 1]),
+              shared_input=np.full((2, 256), 0.5, np.float32).astype(np.dtype("float32")))
+    from ascend_moe.formats import set_format
+    set_format(w, "FRACTAL_NZ")
+    import ml_dtypes
+    kw["shared_input"] = kw["shared_input"].astype(ml_dtypes.bfloat16)
+    none = sim.finalize_routing.npu_grouped_matmul_finalize_routing(
+        x, w, np.array([2]), shared_input_weight=None, shared_input_offset=None, output_bs=None,
+        group_list_type=None, **kw)
+    default = sim.finalize_routing.npu_grouped_matmul_finalize_routing(x, w, np.array([2]), **kw)
+    assert np.isfinite(none).all()
+    np.testing.assert_array_equal(none, default)
+    ref = (x.astype(np.int64) @ w[0].astype(np.int64)).astype(np.float32) * np.float32(0.01) + np.float32(0.5)
+    np.testing.assert_allclose(none, ref, rtol=1e-6)
+    with pytest.raises(TypeError, match="'shared_input_weight'"):
+        sim.finalize_routing.npu_grouped_matmul_finalize_routing(x, w, np.array([2]), shared_input_weight="1", **kw)
 
 
 @pytest.mark.parametrize("as_what", ["tensor", "list"])

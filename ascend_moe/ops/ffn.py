@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..backends import use_backend
@@ -92,6 +93,10 @@ def _token_list(v: TokenList, name: str) -> Optional[List[int]]:
             raise TypeError(f"npu_ffn: {name} must be a list of ints (torch_npu int[]), or a 1-D integer "
                             f"CPU tensor; got a {v.dtype} tensor of shape {tuple(v.shape)} on {v.device}")
         return [int(i) for i in v.tolist()]
+    if not isinstance(v, (list, tuple)) or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                                   for i in v):
+        raise TypeError(f"npu_ffn: {name} must be a list of ints (torch_npu int[]), or a 1-D integer CPU tensor; "
+                        f"got {type(v).__name__} {v!r}"[:300])
     return [int(i) for i in v]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 
 from ..backends import use_backend
@@ -98,6 +99,19 @@ def _fake(x, w, group_list, scale=None, bias=None, offset=None, pertoken_scale=N
     return x.new_empty(shape, dtype=dt)
 
 
+
+def _scalar(name: str, value: Any, default: Any, kind: type) -> Any:
+    """An optional int / float argument: None means torch_npu's default; anything but a number (a
+    string, a bool, a tensor) is a TypeError naming the argument, never converted."""
+    if value is None:
+        return default
+    ok = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok + (np.integer, np.floating)) or \
+            (kind is int and isinstance(value, (float, np.floating))):
+        raise TypeError(f"{OP}: argument '{name}' must be {'an int' if kind is int else 'a number'} or None, "
+                        f"got {type(value).__name__} {value!r}"[:200])
+    return kind(value)
+
 def npu_grouped_matmul_finalize_routing(
         x: torch.Tensor, w: torch.Tensor, group_list: torch.Tensor, *, scale: Optional[torch.Tensor] = None,
         bias: Optional[torch.Tensor] = None, offset: Optional[torch.Tensor] = None,
@@ -119,11 +133,12 @@ def npu_grouped_matmul_finalize_routing(
     """
     kwargs = dict(scale=scale, bias=bias, offset=offset, pertoken_scale=pertoken_scale, shared_input=shared_input,
                   logit=logit, row_index=row_index, dtype=dtype,
-                  shared_input_weight=1.0 if shared_input_weight is None else float(shared_input_weight),
-                  shared_input_offset=0 if shared_input_offset is None else int(shared_input_offset),
-                  output_bs=0 if output_bs is None else int(output_bs),
-                  group_list_type=1 if group_list_type is None else int(group_list_type),
-                  tuning_config=None if tuning_config is None else [int(v) for v in tuning_config],
+                  shared_input_weight=_scalar("shared_input_weight", shared_input_weight, 1.0, float),
+                  shared_input_offset=_scalar("shared_input_offset", shared_input_offset, 0, int),
+                  output_bs=_scalar("output_bs", output_bs, 0, int),
+                  group_list_type=_scalar("group_list_type", group_list_type, 1, int),
+                  tuning_config=None if tuning_config is None else [_scalar("tuning_config", v, 0, int)
+                                                                    for v in tuning_config],
                   x_dtype=x_dtype, w_dtype=w_dtype, scale_dtype=scale_dtype,
                   pertoken_scale_dtype=pertoken_scale_dtype)
     # the registered schema is positional (torch.library does not allow kwarg-only tensors)
