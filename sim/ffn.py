@@ -493,7 +493,7 @@ def npu_ffn(x: np.ndarray, weight1: np.ndarray, weight2: np.ndarray, activation:
     See the module docstring for the formula, the precision flows and the faithfulness contract.
     """
     from ..rules import enforce
-    nm.twin_arguments("npu_ffn", locals(), arrays=(
+    nm.twin_arguments("npu_ffn", locals(), required=("x", "weight1", "weight2"), arrays=(
         "x", "weight1", "weight2", "bias1", "bias2", "scale", "offset", "deq_scale1", "deq_scale2",
         "antiquant_scale1", "antiquant_scale2", "antiquant_offset1", "antiquant_offset2"),
         int_lists=("expert_tokens", "expert_tokens_index"))

@@ -183,8 +183,9 @@ def npu_grouped_matmul_finalize_routing(
     shared_input_offset = 0 if shared_input_offset is None else shared_input_offset
     output_bs = 0 if output_bs is None else output_bs
     group_list_type = 1 if group_list_type is None else group_list_type
-    twin_arguments(OP, locals(), arrays=("x", "w", "scale", "bias", "offset", "pertoken_scale", "shared_input",
-                                         "logit", "row_index"),
+    twin_arguments(OP, locals(), required=("x", "w", "group_list"),
+                   arrays=("x", "w", "scale", "bias", "offset", "pertoken_scale", "shared_input", "logit",
+                           "row_index"),
                    int_lists=("group_list",), reals=("shared_input_weight",),
                    ints=("shared_input_offset", "output_bs", "group_list_type"))
     enforce(OP, x, w, group_list, scale=scale, bias=bias, offset=offset, pertoken_scale=pertoken_scale,

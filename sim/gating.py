@@ -308,7 +308,7 @@ def npu_moe_gating_top_k(x: np.ndarray, k: int, *, bias: Optional[np.ndarray] = 
     """``(y [rows,k] x.dtype, expert_idx [rows,k] int32, norm_out [rows,E] float32)``; see the module
     docstring for the formula and the faithfulness contract.  Checks the call first."""
     from ..rules import enforce
-    twin_arguments(OP, locals(), arrays=("x", "bias", "input_ids", "tid2eid"),
+    twin_arguments(OP, locals(), required=("x",), arrays=("x", "bias", "input_ids", "tid2eid"),
                    reals=("routed_scaling_factor", "eps"))
     target = enforce(OP, x, k, bias=bias, input_ids=input_ids, tid2eid=tid2eid, k_group=k_group,
                      group_count=group_count, group_select_mode=group_select_mode, renorm=renorm,

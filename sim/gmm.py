@@ -262,7 +262,8 @@ def gmm_no_split(xs: Sequence[np.ndarray], ws: Sequence[np.ndarray], bs: Sequenc
     for i, xi in enumerate(xs):
         w = _weight_of_group(list(ws), i)
         y = np.empty((*xi.shape[:-1], w.shape[-1]), dtype=xi.dtype)
-        _gemm_into(y.reshape(-1, w.shape[-1]), xi.reshape(-1, xi.shape[-1]), w, _bias_of_group(list(bs), i))
+        rows = int(np.prod(xi.shape[:-1], dtype=np.int64))  # explicit: reshape(-1, 0) is ambiguous when N == 0
+        _gemm_into(y.reshape(rows, w.shape[-1]), xi.reshape(rows, xi.shape[-1]), w, _bias_of_group(list(bs), i))
         out.append(y)
     return out
 
@@ -324,8 +325,8 @@ def npu_gmm(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] = N
     """MindSpeed ``npu_gmm`` forward: group_list is a cumsum (``list`` = int-array path, array =
     Tensor path).  ``gemm_fusion`` / ``original_weight`` only matter for the backward."""
     from ..rules import enforce
-    twin_arguments("npu_gmm", locals(), arrays=("x", "weight", "bias", "original_weight"),
-                   int_lists=("group_list",))
+    twin_arguments("npu_gmm", locals(), required=("x", "weight"),
+                   arrays=("x", "weight", "bias", "original_weight"), int_lists=("group_list",))
     enforce("npu_gmm", x, weight, bias=bias, group_list=group_list, group_type=group_type,
             gemm_fusion=gemm_fusion, original_weight=original_weight)
     return _gmm_forward(x, weight, bias, group_list, group_type, 0, undefined)
@@ -336,7 +337,8 @@ def npu_gmm_v2(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] 
                original_weight: Optional[np.ndarray] = None, undefined: Optional[str] = None) -> np.ndarray:
     """MindSpeed ``npu_gmm_v2`` forward: group_list holds per-group counts (array only)."""
     from ..rules import enforce
-    twin_arguments("npu_gmm_v2", locals(), arrays=("x", "weight", "bias", "original_weight"),
+    twin_arguments("npu_gmm_v2", locals(), required=("x", "weight"),
+                   arrays=("x", "weight", "bias", "original_weight"),
                    int_lists=("group_list",))
     enforce("npu_gmm_v2", x, weight, bias=bias, group_list=group_list, group_type=group_type,
             gemm_fusion=gemm_fusion, original_weight=original_weight)
@@ -364,7 +366,8 @@ def npu_grouped_matmul(x: Sequence[np.ndarray], weight: Sequence[np.ndarray], *,
     """torch_npu ``npu_grouped_matmul`` (non-quantised).  ``group_list`` as a Python list is the
     ``.List`` overload (int-array path), as an array the Tensor overload."""
     from ..rules import enforce
-    twin_arguments("npu_grouped_matmul", locals(), int_lists=("group_list",), array_lists=(
+    twin_arguments("npu_grouped_matmul", locals(), required=("x", "weight"), int_lists=("group_list",),
+                   array_lists=(
         "x", "weight", "bias", "scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale",
         "activation_input", "activation_quant_scale", "activation_quant_offset"))
     enforce("npu_grouped_matmul", x, weight, bias=bias, scale=scale, offset=offset,

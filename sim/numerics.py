@@ -378,14 +378,15 @@ def fill_undefined(out: np.ndarray, where: Union[slice, np.ndarray, Tuple], poli
 
 
 def twin_arguments(op: str, values: dict, *, arrays: Sequence[str] = (), array_lists: Sequence[str] = (),
-                   int_lists: Sequence[str] = (), reals: Sequence[str] = (), ints: Sequence[str] = ()) -> None:
+                   int_lists: Sequence[str] = (), reals: Sequence[str] = (), ints: Sequence[str] = (),
+                   required: Sequence[str] = ()) -> None:
     """Type check of a twin's arguments before the rules run, so that a wrong type is a TypeError
     naming the argument (never an AttributeError deep in the arithmetic, never a silent NaN).
 
     ``arrays``: NumPy arrays or None; ``array_lists``: a NumPy array or a list/tuple of them, or None;
     ``int_lists``: also a list of Python ints (the int-array group-list path); ``reals``: an int or
     float, not None, not bool (the torch_npu schema declares them ``float``, never optional);
-    ``ints``: an int, not None, not bool."""
+    ``ints``: an int, not None, not bool; ``required``: arguments that may not be None."""
     def fail(name: str, want: str, got) -> TypeError:
         kind = type(got).__name__
         hint = ""
@@ -396,6 +397,9 @@ def twin_arguments(op: str, values: dict, *, arrays: Sequence[str] = (), array_l
     def is_array(v) -> bool:
         return isinstance(v, np.ndarray)
 
+    for name in required:
+        if values.get(name) is None:
+            raise TypeError(f"{op}: argument '{name}' is required, got None")
     for name in arrays:
         v = values.get(name)
         if v is not None and not is_array(v):

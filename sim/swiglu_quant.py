@@ -197,6 +197,7 @@ def npu_grouped_matmul_swiglu_quant(x: np.ndarray, weight: np.ndarray, group_lis
     """
     from ..rules import enforce
     twin_arguments("npu_grouped_matmul_swiglu_quant", locals(),
+                   required=("x", "weight", "group_list", "weight_scale", "x_scale"),
                    arrays=("x", "weight", "weight_scale", "x_scale", "bias", "offset"), int_lists=("group_list",))
     enforce("npu_grouped_matmul_swiglu_quant", x, weight, group_list, weight_scale, x_scale,
             bias=bias, offset=offset)
@@ -226,7 +227,9 @@ def npu_grouped_matmul_swiglu_quant_v2(x: np.ndarray, weight: Sequence[np.ndarra
     Returns ``(out int8 [M, N/2], out_scale fp32 [M])``.
     """
     from ..rules import enforce
-    twin_arguments("npu_grouped_matmul_swiglu_quant_v2", locals(), arrays=("x", "x_scale", "smooth_scale", "bias"),
+    twin_arguments("npu_grouped_matmul_swiglu_quant_v2", locals(),
+                   required=("x", "weight", "weight_scale", "x_scale", "group_list"),
+                   arrays=("x", "x_scale", "smooth_scale", "bias"),
                    array_lists=("weight", "weight_scale", "weight_assist_matrix"), int_lists=("group_list",))
     enforce("npu_grouped_matmul_swiglu_quant_v2", x, weight, weight_scale, x_scale, group_list,
             smooth_scale=smooth_scale, weight_assist_matrix=weight_assist_matrix, bias=bias,

@@ -72,7 +72,8 @@ class TensorSpec:
             if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
                 raise TypeError(f"TensorSpec: shape[{i}] must be an int, got {type(s).__name__} {s!r}")
             if s < 0:
-                raise ValueError(f"TensorSpec: shape[{i}] must be >= 0, got {int(s)} (shape {tuple(int(d) for d in dims)})")
+                raise ValueError(f"TensorSpec: shape[{i}] must be >= 0, got {int(s)} "
+                                 f"(shape {tuple(int(d) for d in dims)})")
         object.__setattr__(self, "shape", tuple(int(s) for s in dims))
         object.__setattr__(self, "dtype", dtype_name(self.dtype))
 

@@ -35,6 +35,7 @@ class Mutated:
     what: str
     finite: bool          # finite inputs and moderate scalars: a result must be free of NaN/inf
     extra_names: Tuple[str, ...] = ()   # argument names the mutation introduced (may be named in errors)
+    mistyped_scalar: bool = False       # a scalar argument now holds a value of another type
 
 
 def clone_sample(s: Sample) -> Sample:
@@ -165,8 +166,7 @@ def mutate(s: Sample, draw: Callable, names: List[str]) -> Mutated:
                                           else None]), label="value")
             return Mutated(_set(s, slot, value), f"{name} -> {type(value).__name__}", True)
     if kind == "group_list":
-        gslots = [sl for sl in tslots + sslots if any(w in slot_name(s, sl, names) for w in GROUP_LIST_WORDS)
-                  and sl[2] is None]
+        gslots = [sl for sl in tslots + sslots if slot_name(s, sl, names) in GROUP_LIST_WORDS and sl[2] is None]
         if gslots:
             slot = draw(st.sampled_from(gslots), label="group list")
             gl = _get(s, slot)
@@ -207,5 +207,8 @@ def mutate(s: Sample, draw: Callable, names: List[str]) -> Mutated:
         value = draw(st.sampled_from(HOSTILE_SCALARS), label="value")
         # a large finite scalar (e.g. routed_scaling_factor=2**70) may legitimately overflow a result
         moderate = not isinstance(value, (int, float)) or isinstance(value, bool) or abs(value) <= 1
-        return Mutated(_set(s, slot, copy.copy(value)), f"{slot_name(s, slot, names)} -> {value!r}", moderate)
+        old = _get(s, slot)
+        mistyped = type(value) is not type(old) and not (isinstance(old, float) and type(value) is int)
+        return Mutated(_set(s, slot, copy.copy(value)), f"{slot_name(s, slot, names)} -> {value!r}", moderate,
+                       mistyped_scalar=mistyped)
     return Mutated(s, "none (nothing to mutate)", True)
