@@ -233,7 +233,7 @@ CLI_BASE = {"n_routed_experts": 16, "num_experts_per_tok": 4, "hidden_size": 64,
 @given(configs=st.lists(st.tuples(st.sampled_from(CONFIG_FIELDS), HOSTILE_JSON,
                                   st.sampled_from([[], ["--run"], ["--quant", "w8a8"], ["--tokens", "0"],
                                                    ["--ep", "3"], ["--json"]])),
-                        min_size=12, max_size=12))
+                        min_size=8, max_size=8))
 def test_cli_never_tracebacks(tmp_path_factory, configs):
     d = tmp_path_factory.mktemp("cli")
     jobs = []
