@@ -8,13 +8,14 @@ import json
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
 
 import ascend_moe as am
 from ascend_moe import sim
-from ascend_moe.formats import get_format
+from ascend_moe.formats import get_format, set_format
 
 
 # --- 2. K split with an empty Tensor group list ---------------------------------------------------
@@ -78,19 +79,17 @@ def test_gating_twin_rejects_none_float_scalars(name):
                                         norm_type=1, **{name: None})
 
 
+@pytest.mark.filterwarnings("ignore::ascend_moe.ConstraintWarning")  # tiny k/n: the doc lists larger ones
 def test_finalize_routing_twin_takes_none_scalars_as_their_defaults_like_the_torch_op():
     # torch_npu declares shared_input_weight / shared_input_offset / output_bs / group_list_type optional;
     # None was NaN shared rows in the twin
     rng = np.random.default_rng(1)
     x = rng.integers(-8, 8, (2, 32)).astype(np.int8)
     w = np.ascontiguousarray(rng.integers(-8, 8, (1, 32, 256)).astype(np.int8))
+    set_format(w, "FRACTAL_NZ")
     kw = dict(scale=np.full((1, 256), 0.01, np.float32), pertoken_scale=np.ones(2, np.float32),
               logit=np.ones(2, np.float32), row_index=np.array([0, 1]),
-              shared_input=np.full((2, 256), 0.5, np.float32).astype(np.dtype("float32")))
-    from ascend_moe.formats import set_format
-    set_format(w, "FRACTAL_NZ")
-    import ml_dtypes
-    kw["shared_input"] = kw["shared_input"].astype(ml_dtypes.bfloat16)
+              shared_input=np.full((2, 256), 0.5, ml_dtypes.bfloat16))
     none = sim.finalize_routing.npu_grouped_matmul_finalize_routing(
         x, w, np.array([2]), shared_input_weight=None, shared_input_offset=None, output_bs=None,
         group_list_type=None, **kw)
@@ -303,3 +302,38 @@ def test_contexts_do_not_carry_into_pool_workers_unless_copied():
             carried = pool.submit(contextvars.copy_context().run, seen).result()
     assert plain == ("auto", "atlas-a2", "poison")          # documented: workers start from the defaults
     assert carried == ("sim", "atlas-a3", "zero")
+
+
+# --- found by the property test (tests/fuzz) -----------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::ascend_moe.ConstraintWarning")  # tiny shapes: doc-only size lists
+def test_property_test_findings():
+    # a required tensor passed as None reached the kernels (torch's custom-op path lets it through)
+    x, w = torch.randn(6, 16), torch.randn(2, 16, 4)
+    with pytest.raises(TypeError, match="argument 'weight' is required"):
+        am.npu_gmm(x, None, group_list=[2, 6])
+    with pytest.raises(TypeError, match="argument 'x' is required"):
+        sim.gmm.npu_gmm(None, w.numpy(), group_list=[2, 6])
+    # npu_ffn's expert_tokens of the wrong type: "'float' object is not iterable"
+    h = torch.float16
+    with pytest.raises(TypeError, match="expert_tokens"):
+        am.npu_ffn(torch.randn(8, 16, dtype=h), torch.randn(2, 16, 32, dtype=h), torch.randn(2, 32, 16, dtype=h),
+                   "relu", expert_tokens=1.5)
+    # finalize-routing's optional ints as strings: int("") ValueError naming nothing, int("1") accepted
+    fr_w = am.npu_format_cast(torch.zeros(1, 32, 256, dtype=torch.int8), 29)
+    for bad in ("", "1"):
+        with pytest.raises(TypeError, match="'output_bs'"):
+            am.npu_grouped_matmul_finalize_routing(torch.zeros(2, 32, dtype=torch.int8), fr_w, torch.tensor([2]),
+                                                   scale=torch.ones(1, 256), logit=torch.ones(2),
+                                                   row_index=torch.tensor([0, 1]), output_bs=bad)
+    # x's k must fill the 5-D NZ storage's K1*16 rows (was "inner dims differ" from the simulator)
+    st = am.npu_format_cast(torch.zeros(1, 32, 256, dtype=torch.int8), 29, storage=True)
+    with pytest.raises(am.ConstraintError, match="gmmfr.k_match"):
+        am.npu_grouped_matmul_finalize_routing(torch.zeros(2, 31, dtype=torch.int8), st, torch.tensor([2]),
+                                               scale=torch.ones(1, 256), logit=torch.ones(2),
+                                               row_index=torch.tensor([0, 1]))
+    # no split with N == 0: "cannot reshape array of size 0"
+    bf = torch.bfloat16
+    ys = am.npu_grouped_matmul([torch.randn(3, 16, dtype=bf)], [torch.randn(16, 0, dtype=bf)], split_item=0,
+                               group_type=-1)
+    assert tuple(ys[0].shape) == (3, 0)
