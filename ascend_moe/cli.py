@@ -42,7 +42,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for lib in report.get("libraries", []):
         state = f"loaded from {lib['path']}" if lib.get("loaded") else f"not loaded: {lib.get('error')}"
         print(f"  {lib['name']:<28} {state}")
-    t = resolve_target(args.product, args.cann)
+    try:
+        t = resolve_target(args.product, args.cann)
+    except ValueError as e:  # an unknown product or a malformed CANN version
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"product    {t.product} ({PRODUCTS[t.product].name})  [from {t.product_source}]")
     print(f"CANN rules {t.cann}  [from {t.cann_source}]")
     print(f"backend    {requested_backend()} (CPU tensors -> simulator, NPU tensors -> aclnn)")
@@ -158,7 +162,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         import json
         if args.run and rep.passed:
-            mc.run_report(rep, seed=args.seed)
+            try:
+                mc.run_report(rep, seed=args.seed)
+            except MemoryError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         print(json.dumps(mc.report_dict(rep), indent=2))
         return 0 if rep.passed else 1
     print(mc.format_report(rep))
@@ -172,7 +180,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
             return 1
         print(f"\nrunning the layer through the simulator ({rep.dims.tokens} tokens, random weights; "
               "all experts share one weight, see ascend_moe.model_check.run_layer)", file=sys.stderr)
-        result = mc.run_report(rep, seed=args.seed)
+        try:
+            result = mc.run_report(rep, seed=args.seed)
+        except MemoryError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print()
         print("time per stage (simulator, this machine)")
         for s in rep.stages:
@@ -182,26 +194,35 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if rep.passed else 1
 
 
+_PRODUCT_HELP = ("Atlas product or SoC name, e.g. atlas-a2, atlas-a3, Ascend910B3 (default: ASCEND_MOE_PRODUCT, "
+                 "detection, then atlas-a2)")
+_CANN_HELP = "CANN version whose rules apply, e.g. 8.2.RC1 (default: ASCEND_MOE_CANN, detection, then 8.5.0)"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ascend_moe", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="environment, CANN, product, and per-op rules and entry points")
-    p.add_argument("--product")
-    p.add_argument("--cann")
+    parser = argparse.ArgumentParser(
+        prog="python -m ascend_moe", description="ascend-moe: Ascend MoE operators with a constraint checker "
+        "and a bit-faithful simulator. Run 'python -m ascend_moe <command> --help' for each command.",
+        epilog="exit status: 0 success (check: every op call passes), 1 check found violations, 2 bad argument")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,check,rules}")
+    info_text = ("show torch / torch_npu / CANN (which library or symbol is missing), the product and CANN "
+                 "version in effect and where each came from, and per op its rule count and aclnn entry point")
+    p = sub.add_parser("info", help=info_text, description=info_text)
+    p.add_argument("--product", help=_PRODUCT_HELP)
+    p.add_argument("--cann", help=_CANN_HELP)
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("check", help="check one MoE layer of a model config on a product (exit 0 only "
-                                     "if every op call passes); --run executes it through the simulator")
+    check_text = ("check one MoE layer of a model config on a product (exit 0 only if every op call passes, 1 if "
+                  "any fails, 2 for a bad argument); --run executes it through the simulator")
+    p = sub.add_parser("check", help=check_text, description=check_text + ". Nothing is allocated without --run.")
     p.add_argument("--model", default="deepseek-v3",
                    help="a preset (see --list-presets; default deepseek-v3) or a path to a Hugging Face "
                         "config.json (or its directory)")
-    p.add_argument("--product", default=None,
-                   help="Atlas product or SoC name (default: ASCEND_MOE_PRODUCT, detection, then atlas-a2)")
-    p.add_argument("--cann", default=None, help="CANN version whose rules apply, e.g. 8.2.RC1 (default: "
-                                                "ASCEND_MOE_CANN, detection, then 8.5.0)")
+    p.add_argument("--product", default=None, help=_PRODUCT_HELP)
+    p.add_argument("--cann", default=None, help=_CANN_HELP)
     p.add_argument("--quant", choices=("none", "w8a8", "w4a8"), default="none",
                    help="expert weights: bf16 (none), int8 (w8a8), int4 (w4a8)")
     p.add_argument("--tokens", type=int, default=4,
-                   help="tokens in the step (default 4: small, so --run on DeepSeek-V3 takes seconds)")
+                   help="tokens in the step, 1 to 2**31-1 (default 4: small, so --run on DeepSeek-V3 takes seconds)")
     p.add_argument("--ep", type=int, default=1, help="expert-parallel degree: each device holds "
                                                      "experts/ep experts (default 1)")
     p.add_argument("--router-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
@@ -209,14 +230,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--host-renorm", action="store_true",
                    help="softmax routers with norm_topk_prob: pass renorm=0 and renormalise on the host")
     p.add_argument("--run", action="store_true",
-                   help="also execute the layer through the simulator on random weights")
-    p.add_argument("--seed", type=int, default=0, help="random seed for --run")
+                   help="also execute the layer through the simulator on random weights (refused, exit 2, when "
+                        "the step would need more than 4 GB)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for --run (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
     p.set_defaults(func=_cmd_check)
-    p = sub.add_parser("rules", help="the rule table, generated from the declarations")
-    p.add_argument("--product")
-    p.add_argument("--op")
+    rules_text = "print the rule table (or the op x product support matrix), generated from the declarations"
+    p = sub.add_parser("rules", help=rules_text, description=rules_text)
+    p.add_argument("--product", help="only the rules that apply on this product (name or SoC alias)")
+    p.add_argument("--op", help="only the rules of this op, e.g. npu_grouped_matmul")
     p.add_argument("--cann", help="only the rules that hold at this CANN version")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.add_argument("--matrix", action="store_true", help="op x product support matrix instead")

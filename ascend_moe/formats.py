@@ -18,13 +18,13 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 ACL_FORMAT_ND = 2
 ACL_FORMAT_FRACTAL_NZ = 29
-FORMAT_NAMES = {ACL_FORMAT_ND: "ND", ACL_FORMAT_FRACTAL_NZ: "FRACTAL_NZ", 50: "FRACTAL_NZ_C0_16",
-                51: "FRACTAL_NZ_C0_32", 0: "NCHW", 1: "NHWC", 3: "NC1HWC0", 4: "FRACTAL_Z"}
-
-_formats: Dict[int, str] = {}
-# id(untyped storage) -> (format, view signature) for torch tensors
-_storage_formats: Dict[int, Tuple[str, Tuple]] = {}
-
+# CANN's aclFormat ids (acl_base.h) that torch_npu's npu_format_cast takes
+FORMAT_NAMES = {0: "NCHW", 1: "NHWC", ACL_FORMAT_ND: "ND", 3: "NC1HWC0", 4: "FRACTAL_Z", 12: "NC1HWC0_C04",
+                16: "HWCN", 27: "NDHWC", ACL_FORMAT_FRACTAL_NZ: "FRACTAL_NZ", 30: "NCDHW", 32: "NDC1HWC0",
+                33: "FRACTAL_Z_3D", 35: "NC", 47: "NCL", 50: "FRACTAL_NZ_C0_16", 51: "FRACTAL_NZ_C0_32"}
+FORMAT_IDS = {name: fid for fid, name in FORMAT_NAMES.items()}
+# torch_npu FormatHelper::IsBaseFormatType: a cast between these only re-tags (no data movement)
+BASE_FORMATS = frozenset({0, 1, ACL_FORMAT_ND, 30})
 
 def _torch_view(tensor: Any) -> Optional[Tuple[Any, Tuple]]:
     """(storage object, view signature) of a torch tensor; None for anything else."""
@@ -61,29 +61,60 @@ def _device_hooks(tensor: Any):
     return _DEVICE_FORMATS.get(getattr(device, "type", None))
 
 
+class _TensorRecord:
+    """A value recorded per tensor: keyed by the object, and for torch tensors also by the storage
+    with its view (see the module docstring); entries vanish with the object / storage."""
+
+    def __init__(self) -> None:
+        self._by_object: Dict[int, Any] = {}
+        self._by_storage: Dict[int, Tuple[Any, Tuple]] = {}  # id(untyped storage) -> (value, view)
+
+    def set(self, tensor: Any, value: Any) -> None:
+        key = id(tensor)
+        if key not in self._by_object:
+            try:
+                weakref.finalize(tensor, self._by_object.pop, key, None)
+            except TypeError:  # not weak-referenceable: nothing can be recorded
+                return
+        self._by_object[key] = value
+        view = _torch_view(tensor)
+        if view is not None:
+            storage, sig = view
+            skey = id(storage)
+            if skey not in self._by_storage:
+                try:
+                    weakref.finalize(storage, self._by_storage.pop, skey, None)
+                except TypeError:
+                    return
+            self._by_storage[skey] = (value, sig)
+
+    def get(self, tensor: Any, default: Any = None) -> Any:
+        key = id(tensor)
+        if key in self._by_object:
+            return self._by_object[key]
+        view = _torch_view(tensor)
+        if view is not None:
+            storage, sig = view
+            entry = self._by_storage.get(id(storage))
+            if entry is not None and entry[1] == sig:  # the same view of the same storage
+                return entry[0]
+        return default
+
+
+_format_record = _TensorRecord()
+_formats = _format_record._by_object            # id(tensor) -> format
+_storage_formats = _format_record._by_storage   # id(untyped storage) -> (format, view signature)
+# physical NZ storage made by npu_format_cast(..., storage=True): the logical shape it holds
+_nz_storage_logical_shape = _TensorRecord()
+
+
 def set_format(tensor: Any, fmt: str) -> None:
     """Record that ``tensor`` is held in ``fmt`` (``"ND"`` or ``"FRACTAL_NZ"``)."""
     hooks = _device_hooks(tensor)
     if hooks is not None:
         hooks[1](tensor, fmt)
         return
-    key = id(tensor)
-    if key not in _formats:
-        try:
-            weakref.finalize(tensor, _formats.pop, key, None)
-        except TypeError:  # not weak-referenceable: nothing can be recorded
-            return
-    _formats[key] = fmt
-    view = _torch_view(tensor)
-    if view is not None:
-        storage, sig = view
-        skey = id(storage)
-        if skey not in _storage_formats:
-            try:
-                weakref.finalize(storage, _storage_formats.pop, skey, None)
-            except TypeError:
-                return
-        _storage_formats[skey] = (fmt, sig)
+    _format_record.set(tensor, fmt)
 
 
 def get_format(tensor: Any) -> str:
@@ -94,16 +125,19 @@ def get_format(tensor: Any) -> str:
     hooks = _device_hooks(tensor)
     if hooks is not None:
         return hooks[0](tensor)
-    fmt = _formats.get(id(tensor))
-    if fmt is not None:
-        return fmt
-    view = _torch_view(tensor)
-    if view is not None:
-        storage, sig = view
-        entry = _storage_formats.get(id(storage))
-        if entry is not None and entry[1] == sig:  # the same view of the same storage
-            return entry[0]
-    return "ND"
+    return _format_record.get(tensor, "ND")
+
+
+def set_nz_storage(tensor: Any, logical_shape: Optional[Tuple[int, ...]]) -> None:
+    """Record whether ``tensor`` is the physical FRACTAL_NZ storage of a logical weight (its shape),
+    or (None) a tensor tagged NZ whose shape is the logical one."""
+    _nz_storage_logical_shape.set(tensor, None if logical_shape is None else tuple(int(s) for s in logical_shape))
+
+
+def nz_storage_record(tensor: Any) -> Any:
+    """The logical shape recorded by :func:`set_nz_storage`, None for a tag-only NZ tensor, or the
+    string ``"unknown"`` when nothing was recorded."""
+    return _nz_storage_logical_shape.get(tensor, "unknown")
 
 
 def is_nz(tensor: Any) -> bool:

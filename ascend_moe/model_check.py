@@ -133,11 +133,45 @@ def _first(d: Dict[str, Any], *names: str, default: Any = None) -> Any:
     return default
 
 
+# Largest accepted size field: dims are int64 on the device, but a config asking for more than
+# 2**31 of anything is a typo, and would make even the checker's bookkeeping huge.
+MAX_CONFIG_DIM = 2 ** 31 - 1
+
+
+def _config_int(name: str, field: str, value: Any, minimum: int = 1) -> int:
+    """A size field of the config as an int in [minimum, MAX_CONFIG_DIM]; ModelConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelConfigError(f"{name}: {field} must be an integer, got {type(value).__name__} {value!r}"[:300])
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ModelConfigError(f"{name}: {field} must be an integer, got {value!r}")
+    v = int(value)
+    if not minimum <= v <= MAX_CONFIG_DIM:
+        raise ModelConfigError(f"{name}: {field} must be in [{minimum}, {MAX_CONFIG_DIM}], got {value!r}")
+    return v
+
+
+def _config_real(name: str, field: str, value: Any) -> float:
+    """A positive, finite scale factor of the config; ModelConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelConfigError(f"{name}: {field} must be a number, got {type(value).__name__} {value!r}"[:300])
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ModelConfigError(f"{name}: {field} must be a finite number > 0, got {value!r}")
+    return v
+
+
 def moe_config_from_hf(cfg: Dict[str, Any], name: str = "", source: str = "") -> MoEConfig:
     """Read the MoE block of a Hugging Face ``config.json`` dict (DeepSeek-V2/V3, Kimi K2, Qwen2/3-MoE,
-    Mixtral, GLM-4-MoE and other configs using the same field names)."""
+    Mixtral, GLM-4-MoE and other configs using the same field names).  A field of the wrong type or
+    out of range raises :class:`ModelConfigError` naming it."""
+    if not isinstance(cfg, dict):
+        raise ModelConfigError(f"{name or 'config'}: a model config must be a JSON object, got "
+                               f"{'null' if cfg is None else type(cfg).__name__}")
     if "text_config" in cfg and not any(k in cfg for k in ("n_routed_experts", "num_experts",
                                                            "num_local_experts")):
+        if not isinstance(cfg["text_config"], dict):
+            raise ModelConfigError(f"{name or 'config'}: text_config must be a JSON object, got "
+                                   f"{type(cfg['text_config']).__name__}")
         cfg = dict(cfg["text_config"], **{k: v for k, v in cfg.items() if k.startswith("_")})
     model_type = str(cfg.get("model_type", ""))
     experts = _first(cfg, "n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
@@ -161,14 +195,22 @@ def moe_config_from_hf(cfg: Dict[str, Any], name: str = "", source: str = "") ->
     norm = cfg.get("norm_topk_prob")
     if norm is None:
         norm = model_type in _IMPLIED_RENORM_MODEL_TYPES
-    n_shared = int(cfg.get("n_shared_experts") or 0)
-    shared = int(cfg.get("shared_expert_intermediate_size") or 0) or n_shared * int(inter)
+    who = name or "config"
+    hidden = _config_int(who, "hidden_size", hidden)
+    inter = _config_int(who, "moe_intermediate_size/intermediate_size", inter)
+    experts = _config_int(who, "n_routed_experts/num_experts", experts)
+    top_k = _config_int(who, "num_experts_per_tok", top_k)
+    n_shared = _config_int(who, "n_shared_experts", cfg.get("n_shared_experts") or 0, minimum=0)
+    shared = _config_int(who, "shared_expert_intermediate_size", cfg.get("shared_expert_intermediate_size") or 0,
+                         minimum=0) or _config_int(who, "n_shared_experts * intermediate size", n_shared * inter,
+                                                   minimum=0)
     return MoEConfig(
         name=name or str(cfg.get("_preset") or model_type or "model"),
-        hidden_size=int(hidden), moe_intermediate_size=int(inter), num_experts=int(experts),
-        top_k=int(top_k), n_group=int(cfg.get("n_group") or 1), topk_group=int(cfg.get("topk_group") or 1),
+        hidden_size=hidden, moe_intermediate_size=inter, num_experts=experts,
+        top_k=top_k, n_group=_config_int(who, "n_group", cfg.get("n_group") or 1),
+        topk_group=_config_int(who, "topk_group", cfg.get("topk_group") or 1),
         scoring_func=scoring, has_bias=has_bias, norm_topk_prob=bool(norm),
-        routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
+        routed_scaling_factor=_config_real(who, "routed_scaling_factor", cfg.get("routed_scaling_factor") or 1.0),
         shared_intermediate_size=shared, hidden_act=str(cfg.get("hidden_act") or "silu"),
         model_type=model_type, source=source or str(cfg.get("_source", "")))
 
@@ -195,8 +237,13 @@ def load_model(model: Union[str, os.PathLike, Dict[str, Any]]) -> MoEConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 cfg = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ModelConfigError(f"cannot read {path}: {e}") from None
+        except RecursionError:
+            raise ModelConfigError(f"cannot read {path}: JSON nested too deeply") from None
+        if not isinstance(cfg, dict):
+            raise ModelConfigError(f"{path}: a model config must be a JSON object, got "
+                                   f"{'null' if cfg is None else type(cfg).__name__}")
         return moe_config_from_hf(cfg, name=str(cfg.get("_preset") or path.parent.name or path.stem),
                                   source=str(cfg.get("_source") or path))
     key = text.strip().lower().replace("_", "-")
@@ -296,9 +343,18 @@ class Dims:
         return self.tokens * self.top_k
 
 
+# Tokens of one step the checker accepts (a step larger than this is a typo; expanded rows index
+# with int32 on the device's routing ops).
+MAX_TOKENS = 2 ** 31 - 1
+# Concrete row_index values (for the value rules) are built only up to this many expanded rows.
+MAX_CONCRETE_ROWS = 1 << 22
+
+
 def dims_of(cfg: MoEConfig, tokens: int, ep: int = 1) -> Dims:
-    if tokens < 1:
-        raise ValueError(f"tokens must be >= 1, got {tokens}")
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or not 1 <= tokens <= MAX_TOKENS:
+        raise ValueError(f"tokens must be an integer in [1, {MAX_TOKENS}], got {tokens!r}")
+    if isinstance(ep, bool) or not isinstance(ep, (int, np.integer)):
+        raise ValueError(f"ep must be an integer, got {ep!r}")
     if ep < 1 or cfg.num_experts % ep:
         raise ValueError(f"--ep {ep} must divide the expert count {cfg.num_experts}")
     return Dims(tokens, cfg.num_experts, cfg.num_experts // ep, cfg.top_k, cfg.hidden_size,
@@ -331,7 +387,9 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
     T, E, El, M, H, I = d.tokens, d.experts, d.local_experts, d.rows, d.hidden, d.inter
     counts = balanced_counts(M, El)
     cumsum = np.cumsum(counts)
-    row_index = np.arange(M, dtype=np.int64) // d.top_k  # expanded row -> its token (any order works)
+    # expanded row -> its token (any order works); only materialised for steps of a sane size, so a
+    # huge --tokens is checked on shapes alone instead of allocating the index
+    row_index = np.arange(M, dtype=np.int64) // d.top_k if M <= MAX_CONCRETE_ROWS else None
     gl_counts = TensorSpec((El,), "int64", values=counts)
     gl_cumsum = TensorSpec((El,), "int64", values=cumsum)
     stages: List[Stage] = []
@@ -604,6 +662,12 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
     cfg, d, quant = rep.config, rep.dims, rep.quant
     T, E, El, k, H, I = d.tokens, d.experts, d.local_experts, d.top_k, d.hidden, d.inter
     S = cfg.shared_intermediate_size
+    # the fp32 working set of the step (router logits and scores, the expanded rows through both
+    # projections, one expert's weights, the shared expert): refuse before allocating what cannot fit
+    need = 4.0 * (T * (2 * E + 2 * H + 3 * S) + T * k * (2 * H + 3 * I) + 3 * H * I + 3 * H * S)
+    if need > memory_budget:
+        raise MemoryError(f"--run at {T} tokens needs about {need / 1e9:.1f} GB of working memory, more than the "
+                          f"budget of {memory_budget / 1e9:.1f} GB; use fewer --tokens")
     rng = np.random.default_rng(seed)
     rdt = {"bfloat16": bf16, "float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}[rep.router_dtype]
     timings: List[Tuple[str, float]] = []

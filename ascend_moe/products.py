@@ -204,7 +204,12 @@ def set_target(product: Optional[str] = None, cann: Optional[str] = None) -> Non
 
 @contextlib.contextmanager
 def target(product: Optional[str] = None, cann: Optional[str] = None) -> Iterator[Target]:
-    """Context manager: check the calls inside it against ``product`` / ``cann``."""
+    """Context manager: check the calls inside it against ``product`` / ``cann``.
+
+    Scope: the choice lives in a ``contextvars`` context, so it holds in this thread and in asyncio
+    tasks started inside the block, but **not** in threads of a ``ThreadPoolExecutor`` (their workers
+    run in their own context).  To carry it there, submit ``contextvars.copy_context().run``:
+    ``pool.submit(contextvars.copy_context().run, fn, *args)``; or use the process-wide ``set_target``."""
     token = _context_target.set((normalize_product(product) if product else None,
                                  CannVersion(cann) if cann else None))
     try:

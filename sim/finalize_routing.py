@@ -49,7 +49,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .numerics import decode_int64_scale
+from .numerics import decode_int64_scale, twin_arguments
 from .quant_gemm import (exact_int_matmul, fp19_enabled, group_bounds, grouped_msd_partials, msd_combine,
                          weight_logical_dims, weight_values)
 

@@ -42,7 +42,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .numerics import GroupList, fill_undefined
+from .numerics import GroupList as GroupListValue, fill_undefined, twin_arguments
 
 __all__ = ["npu_gmm", "npu_gmm_v2", "npu_grouped_matmul", "grouped_matmul_add_fp32"]
 
@@ -76,16 +76,18 @@ def float64_enabled() -> bool:
 
 def group_bounds(group_list: GroupList, group_list_type: int) -> Tuple[np.ndarray, np.ndarray]:
     """(starts, ends) of every group along the grouped axis (spec 1.3)."""
-    ends = GroupList.of(group_list, group_list_type, validate=False).ends
-    starts = np.concatenate([np.zeros(1, np.int64), ends[:-1]])
-    return starts, ends
+    # an empty group list has no groups: no starts either (not one start without an end, which
+    # would size a K-split output [1, M, N] that no group writes)
+    gl = GroupListValue.of(group_list, group_list_type, validate=False)
+    return gl.starts, gl.ends
 
 
 def resolve_group_type(group_type: Optional[int], group_list: GroupList) -> int:
     """npu_grouped_matmul's ``group_type=None`` (allowed only with an int-array group list, which
     goes to aclnnGroupedMatmul V1 = M split only): 0 with a group list, else -1 [I]."""
     if group_type is not None:
-        return int(group_type)
+        # a non-integer (inf, 1.5, "0") is returned as given, for the rules to reject by name
+        return int(group_type) if isinstance(group_type, (int, np.integer)) else group_type
     return 0 if group_list is not None else -1
 
 
@@ -276,7 +278,8 @@ def gmm_no_split(xs: Sequence[np.ndarray], ws: Sequence[np.ndarray], bs: Sequenc
     for i, xi in enumerate(xs):
         w = _weight_of_group(list(ws), i)
         y = np.empty((*xi.shape[:-1], w.shape[-1]), dtype=xi.dtype)
-        _gemm_into(y.reshape(-1, w.shape[-1]), xi.reshape(-1, xi.shape[-1]), w, _bias_of_group(list(bs), i))
+        rows = int(np.prod(xi.shape[:-1], dtype=np.int64))  # explicit: reshape(-1, 0) is ambiguous when N == 0
+        _gemm_into(y.reshape(rows, w.shape[-1]), xi.reshape(rows, xi.shape[-1]), w, _bias_of_group(list(bs), i))
         out.append(y)
     return out
 
@@ -341,6 +344,8 @@ def npu_gmm(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] = N
     """MindSpeed ``npu_gmm`` forward: group_list is a cumsum (``list`` = int-array path, array =
     Tensor path).  ``gemm_fusion`` / ``original_weight`` only matter for the backward."""
     from ..rules import enforce
+    twin_arguments("npu_gmm", locals(), required=("x", "weight"),
+                   arrays=("x", "weight", "bias", "original_weight"), int_lists=("group_list",))
     enforce("npu_gmm", x, weight, bias=bias, group_list=group_list, group_type=group_type,
             gemm_fusion=gemm_fusion, original_weight=original_weight)
     return _gmm_forward(x, weight, bias, group_list, group_type, 0, undefined)
@@ -351,6 +356,9 @@ def npu_gmm_v2(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] 
                original_weight: Optional[np.ndarray] = None, undefined: Optional[str] = None) -> np.ndarray:
     """MindSpeed ``npu_gmm_v2`` forward: group_list holds per-group counts (array only)."""
     from ..rules import enforce
+    twin_arguments("npu_gmm_v2", locals(), required=("x", "weight"),
+                   arrays=("x", "weight", "bias", "original_weight"),
+                   int_lists=("group_list",))
     enforce("npu_gmm_v2", x, weight, bias=bias, group_list=group_list, group_type=group_type,
             gemm_fusion=gemm_fusion, original_weight=original_weight)
     return _gmm_forward(x, weight, bias, group_list, group_type, 1, undefined)
@@ -377,6 +385,10 @@ def npu_grouped_matmul(x: Sequence[np.ndarray], weight: Sequence[np.ndarray], *,
     """torch_npu ``npu_grouped_matmul`` (non-quantised).  ``group_list`` as a Python list is the
     ``.List`` overload (int-array path), as an array the Tensor overload."""
     from ..rules import enforce
+    twin_arguments("npu_grouped_matmul", locals(), required=("x", "weight"), int_lists=("group_list",),
+                   array_lists=(
+        "x", "weight", "bias", "scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale",
+        "activation_input", "activation_quant_scale", "activation_quant_offset"))
     enforce("npu_grouped_matmul", x, weight, bias=bias, scale=scale, offset=offset,
             antiquant_scale=antiquant_scale, antiquant_offset=antiquant_offset,
             per_token_scale=per_token_scale, group_list=group_list, activation_input=activation_input,

@@ -339,7 +339,12 @@ def get_undefined_policy(override: Optional[str] = None) -> str:
 
 @contextlib.contextmanager
 def undefined_policy(policy: str) -> Iterator[None]:
-    """Context manager selecting the undefined-region policy for the calls inside it."""
+    """Context manager selecting the undefined-region policy for the calls inside it.
+
+    Scope: the choice lives in a ``contextvars`` context, so it holds in this thread and in asyncio
+    tasks started inside the block, but **not** in threads of a ``ThreadPoolExecutor`` (their workers
+    run in their own context).  To carry it there, submit ``contextvars.copy_context().run``:
+    ``pool.submit(contextvars.copy_context().run, fn, *args)``; or use the process-wide ``set_undefined_policy``."""
     token = _policy_override.set(_check_policy(policy))
     try:
         yield
@@ -421,3 +426,58 @@ class GroupList:
                 s, t = min(s, num_rows), min(t, num_rows)
             out.append((int(s), int(t)))
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# argument types of the public NumPy twins
+# ---------------------------------------------------------------------------------------------
+
+
+def twin_arguments(op: str, values: dict, *, arrays: Sequence[str] = (), array_lists: Sequence[str] = (),
+                   int_lists: Sequence[str] = (), reals: Sequence[str] = (), ints: Sequence[str] = (),
+                   required: Sequence[str] = ()) -> None:
+    """Type check of a twin's arguments before the rules run, so that a wrong type is a TypeError
+    naming the argument (never an AttributeError deep in the arithmetic, never a silent NaN).
+
+    ``arrays``: NumPy arrays or None; ``array_lists``: a NumPy array or a list/tuple of them, or None;
+    ``int_lists``: also a list of Python ints (the int-array group-list path); ``reals``: an int or
+    float, not None, not bool (the torch_npu schema declares them ``float``, never optional);
+    ``ints``: an int, not None, not bool; ``required``: arguments that may not be None."""
+    def fail(name: str, want: str, got) -> TypeError:
+        kind = type(got).__name__
+        hint = ""
+        if type(got).__module__.startswith("torch"):
+            hint = f"; the twins take NumPy arrays (tensor.numpy()), ascend_moe.{op} takes torch tensors"
+        return TypeError(f"{op}: argument '{name}' must be {want}, got {kind}{hint}")
+
+    def is_array(v) -> bool:
+        return isinstance(v, np.ndarray)
+
+    for name in required:
+        if values.get(name) is None:
+            raise TypeError(f"{op}: argument '{name}' is required, got None")
+    for name in arrays:
+        v = values.get(name)
+        if v is not None and not is_array(v):
+            raise fail(name, "a NumPy array or None", v)
+    for name in tuple(array_lists) + tuple(int_lists):
+        v = values.get(name)
+        if v is None or is_array(v):
+            continue
+        if isinstance(v, (list, tuple)):
+            if all(is_array(i) for i in v):
+                continue
+            if name in int_lists and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                         for i in v):
+                continue
+        want = "a NumPy array, a list of them, a list of ints or None" if name in int_lists else \
+            "a NumPy array, a list of NumPy arrays or None"
+        raise fail(name, want, v)
+    for name in reals:
+        v = values.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise fail(name, "a real number (int or float)", v)
+    for name in ints:
+        v = values.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise fail(name, "an int", v)

@@ -46,7 +46,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .numerics import dtype_name, fill_undefined, float_to_int
+from .numerics import dtype_name, fill_undefined, float_to_int, twin_arguments
 from .quant_gemm import (
     decode_weight_scale, fp19_enabled, group_bounds, grouped_int8_matmul, grouped_msd_partials,
     msd_combine, weight_values,

@@ -82,10 +82,14 @@ def test_int4_pack_unpack_exhaustive():
 
 
 def test_bad_format_and_dtype_arguments():
+    # torch_npu takes every aclFormat id (format 3 = NC1HWC0 is a tag on the CPU: values unchanged),
+    # customize_dtype is a dtype, and rank-1 tensors fall back to ND (ShouldFallbackNzToNd)
     w = torch.zeros(2, 32, 32, dtype=torch.int8)
-    with pytest.raises(ValueError, match="got 3"):
-        ascend_moe.npu_format_cast(w, 3)
-    with pytest.raises(ValueError, match="customize_dtype"):
+    nc1hwc0 = ascend_moe.npu_format_cast(w, 3)
+    assert get_format(nc1hwc0) == "NC1HWC0" and torch.equal(nc1hwc0, w)
+    with pytest.raises(ValueError, match="got 7"):
+        ascend_moe.npu_format_cast(w, 7)
+    with pytest.raises(TypeError, match="customize_dtype"):
         ascend_moe.npu_format_cast(w, 29, 1)
-    with pytest.raises(ValueError, match=r"shape \(5,\)"):
-        ascend_moe.npu_format_cast(torch.zeros(5), 29)
+    v = torch.zeros(5)
+    assert ascend_moe.npu_format_cast(v, 29) is v and get_format(v) == "ND"

@@ -203,8 +203,13 @@ def test_grouped_matmul_split_items(dtype, list_type):
                                split_item=3)
     assert len(y3) == 1
     assert_fp32_accumulate(y3[0], ref, bound)
-    # split_item 1: single x split by the group list, one y per group (Tensor and List overloads)
-    for gl in (gl_t, gl_vals):
+    # split_item 1: single x split by the group list, one y per group (Tensor and List overloads; the
+    # List overload reads cumulative split points only, so counts in a list are rejected)
+    if list_type == 1:
+        with pytest.raises(am.ConstraintError, match="gmm.list_is_cumsum"):
+            am.npu_grouped_matmul([x], [w], bias=[bias], group_list=gl_vals, group_type=0, group_list_type=1,
+                                  split_item=1)
+    for gl in ((gl_t, gl_vals) if list_type == 0 else (gl_t,)):
         ys = am.npu_grouped_matmul([x], [w], bias=[bias], group_list=gl, group_type=0, group_list_type=list_type,
                                    split_item=1)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

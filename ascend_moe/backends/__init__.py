@@ -44,7 +44,12 @@ def set_backend(name: Optional[str]) -> None:
 @contextlib.contextmanager
 def use_backend(name: Optional[str]) -> Iterator[None]:
     """Context manager selecting the backend for the calls inside it; None keeps the current choice
-    (so the ops' ``backend=None`` argument needs no special case)."""
+    (so the ops' ``backend=None`` argument needs no special case).
+
+    Scope: the choice lives in a ``contextvars`` context, so it holds in this thread and in asyncio
+    tasks started inside the block, but **not** in threads of a ``ThreadPoolExecutor`` (their workers
+    run in their own context).  To carry it there, submit ``contextvars.copy_context().run``:
+    ``pool.submit(contextvars.copy_context().run, fn, *args)``; or use the process-wide ``set_backend``."""
     if name is None:
         yield
         return

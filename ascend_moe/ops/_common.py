@@ -58,16 +58,28 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+def _required_given(op: str, args: Dict[str, Any]) -> None:
+    """A required tensor argument passed as None (torch's custom-op path lets it through) is a
+    TypeError naming it, before any rule or kernel sees it."""
+    from ..rules import get_op
+    import inspect
+    for p in get_op(op).signature.parameters.values():
+        if p.default is inspect.Parameter.empty and p.name in args and args[p.name] is None:
+            raise TypeError(f"{op}: argument '{p.name}' is required, got None")
+
+
 def checked_backend(op: str, args: Dict[str, Any], tensors: Iterable[Any],
                     backend: Optional[str] = None) -> str:
     """The one path of every kernel: check the call's rules (all violations at once), then pick
     the backend by policy.  Returns ``"sim"`` or ``"aclnn"``."""
+    _required_given(op, args)
     enforce_call(op, args)
     return select_backend(op, tensors, backend)
 
 
 def check_only(op: str, args: Dict[str, Any]) -> Target:
     """The check run by fake (meta) kernels: rules only, values are not concrete there."""
+    _required_given(op, args)
     return enforce_call(op, args)
 
 

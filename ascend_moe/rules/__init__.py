@@ -68,7 +68,17 @@ class TensorSpec:
     values: Optional[np.ndarray] = None
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        try:
+            dims = tuple(self.shape)
+        except TypeError:
+            raise TypeError(f"TensorSpec: shape must be a tuple of ints, got {type(self.shape).__name__}") from None
+        for i, s in enumerate(dims):
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+                raise TypeError(f"TensorSpec: shape[{i}] must be an int, got {type(s).__name__} {s!r}")
+            if s < 0:
+                raise ValueError(f"TensorSpec: shape[{i}] must be >= 0, got {int(s)} "
+                                 f"(shape {tuple(int(d) for d in dims)})")
+        object.__setattr__(self, "shape", tuple(int(s) for s in dims))
         object.__setattr__(self, "dtype", dtype_name(self.dtype))
 
     @property
@@ -435,12 +445,18 @@ def register_op(name: str, signature: Optional[Callable[..., Any]] = None, produ
     return spec
 
 
+class UnknownOpError(ValueError, KeyError):
+    """An op name the checker does not know (a ValueError; also a KeyError, as it once was)."""
+
+    __str__ = ValueError.__str__  # the message, not KeyError's quoted repr
+
+
 def get_op(name: str) -> OpSpec:
     """The OpSpec of ``name``, importing its rule module on first use."""
-    if name not in _REGISTRY:
-        module = OP_MODULES.get(name)
+    if not isinstance(name, str) or name not in _REGISTRY:
+        module = OP_MODULES.get(name) if isinstance(name, str) else None
         if module is None:
-            raise KeyError(f"unknown op {name!r}; known ops: {sorted(OP_MODULES)}")
+            raise UnknownOpError(f"unknown op {name!r}; known ops: {', '.join(sorted(OP_MODULES))}")
         importlib.import_module(f"{__name__}.{module}")
         if name not in _REGISTRY:
             raise KeyError(f"rule module {module} did not register {name}")

@@ -22,7 +22,7 @@ ops-transformer's first public commit (b122ed222, 2025-09-28), the period of the
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -59,6 +59,12 @@ BSDP_MAX = 2 * 1024
 # helpers
 # --------------------------------------------------------------------------------------------
 
+
+
+def _list_type(call) -> Any:
+    """group_list_type, None meaning the default 1 (torch_npu's ``int? group_list_type=1``)."""
+    t = call.get("group_list_type")
+    return 1 if t is None else t
 
 def layout(call) -> Optional[_sim.WeightLayout]:
     meta = call.meta("w")
@@ -114,7 +120,7 @@ def _grouped_total(call) -> Optional[int]:
     gl = np.asarray(gl, dtype=np.int64).reshape(-1)
     if gl.size == 0:
         return 0
-    return int(gl.sum()) if call["group_list_type"] == 1 else int(gl[-1])
+    return int(gl.sum()) if _list_type(call) == 1 else int(gl[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,8 +311,10 @@ def _(call):
            fix="use a weight whose k matches x.shape[1]")
 def _(call):
     lay, k = layout(call), _k(call)
-    if lay is not None and k is not None and not lay.storage_5d and lay.k != k:
-        return f"x's k={k} must equal w's k={lay.k} (w.shape={list(call.shape('w'))})"
+    if lay is not None and k is not None and lay.k != k:
+        # 5-D NZ storage holds K1*16 rows; k must fill them (A8W8 / A8W4 need k % 16 / k % 64 == 0 anyway)
+        what = " (the NZ storage's K1*16)" if lay.storage_5d else ""
+        return f"x's k={k} must equal w's k={lay.k}{what} (w.shape={list(call.shape('w'))})"
 
 
 @spec.rule("gmmfr.kn_align_a8w8", argument="w", summary="A8W8: k % 16 == 0, n % 32 == 0, n >= 256",
@@ -498,12 +506,12 @@ def _(call):
                   "kernel reads past x", fix="pass per-expert token counts (or their cumsum) summing to at most m")
 def _(call):
     gl, m = call.values("group_list"), _m(call)
-    if gl is None or m is None or call["group_list_type"] not in (0, 1):
+    if gl is None or m is None or _list_type(call) not in (0, 1):
         return None
     gl = np.asarray(gl, dtype=np.int64).reshape(-1)
     if gl.size == 0:
         return None
-    if call["group_list_type"] == 1:
+    if _list_type(call) == 1:
         if (gl < 0).any():
             i = int(np.flatnonzero(gl < 0)[0])
             return f"group_list counts must be >= 0, got group_list[{i}]={int(gl[i])}"
@@ -519,7 +527,7 @@ def _(call):
 @spec.rule("gmmfr.group_list_type", argument="group_list_type", summary="group_list_type in {0, 1}",
            source=HOST + " CheckShape", fix="pass 1 (counts, the default) or 0 (cumsum)")
 def _(call):
-    if call["group_list_type"] not in (0, 1):
+    if _list_type(call) not in (0, 1):
         return f"group_list_type must be 0 (cumsum) or 1 (count), got group_list_type={call['group_list_type']}"
 
 
@@ -529,7 +537,7 @@ def _(call):
                   "aclnn_grouped_matmul_finalize_routing.cpp CheckShape at b122ed222..50e9ae990 ('groupListType is 1' check), changed 2025-12-22; "
                   "mapping to CANN 8.5.0 inferred", fix="pass counts with group_list_type=1")
 def _(call):
-    if call["group_list_type"] == 0:
+    if _list_type(call) == 0:
         return f"group_list_type=0 (cumsum) is rejected by the host on CANN {call.cann}; only 1 (count) is accepted"
 
 

@@ -235,6 +235,19 @@ def _(call):
         return f"group_list_type={t!r} is not simulated (the simulator models 0 and 1){extra}"
 
 
+@rule(TORCH_NPU, "gmm.list_is_cumsum", "group_list_type",
+      "a List[int] group_list is cumulative split points: group_list_type must be 0",
+      source="op-plugin op_plugin/ops/opapi/GroupedMatmulKernelNpuOpApi.cpp npu_grouped_matmul(.., "
+             "OptionalIntArrayRef group_list, ..): group_list_type is not used, the list goes to "
+             "aclnnGroupedMatmul (V1), which has no list-type parameter",
+      fix="pass the cumsum of the counts with group_list_type=0, or pass the counts as an int64 Tensor")
+def _(call):
+    v = _v(call)
+    if v.gl_is_list and v.group_list_type not in (0, None):
+        return (f"group_list_type={v.group_list_type!r} with a List[int] group_list: torch_npu's .List overload "
+                "ignores group_list_type and the device reads the list as cumulative split points")
+
+
 @rule(TORCH_NPU, "gmm.act_type", "act_type", "act_type must be 0 for the non-quantised grouped matmul",
       source=host("CheckFunctionParams", tag="'Non quant case dose not support activation'"), fix="pass act_type=0")
 def _(call):
