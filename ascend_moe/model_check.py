@@ -635,8 +635,8 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
     ``np.broadcast_to`` view of one ``[K, N]`` array.  Routing, grouping, per-group work and every op
     call are those of the real layer; only the expert weights are identical across experts.  The
     simulator works group by group on ``w[e]`` views, so only one expert's fp32 copy exists at a
-    time.  A device would reject a stride-0 weight (rule ``gmm.weight_layout``: weights must be
-    contiguous), and the sharing is a device of this run, not of the deployment; so each grouped
+    time.  On a device the host would first copy a stride-0 weight contiguous (DataContiguous), and the
+    sharing is a device of this run, not of the deployment; so each grouped
     call is checked with the weight described as a contiguous :class:`TensorSpec` of the same shape,
     dtype and format (every other argument as passed), and then runs the simulator's unchecked
     compute function (the one the CPU kernel runs after the same check).

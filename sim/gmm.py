@@ -141,11 +141,21 @@ def _widened(ws: Optional[_Workspace], role: str, a: np.ndarray, acc_dt) -> np.n
     return dst
 
 
+def _host_contiguous(a: np.ndarray) -> np.ndarray:
+    """The operand as the device reads it: the host makes strided views contiguous
+    (aclnn_grouped_matmul.cpp DataContiguous); a transposed (F-ordered) 2-D view stays as it is, the
+    device takes it with its transpose flag.  Values are unchanged either way."""
+    if a.ndim != 2 or a.flags.c_contiguous or a.flags.f_contiguous:
+        return a
+    return np.ascontiguousarray(a)
+
+
 def _gemm_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
                ws: Optional[_Workspace] = None) -> None:
     """out[...] = round_once(a @ b + bias) with an fp32 (fp64 in gradcheck mode) accumulator.
     ``ws``: scratch reused across the calls of one grouped product (same results, fewer allocations)."""
     acc_dt = _acc_dtype(a, b)
+    a, b = _host_contiguous(a), _host_contiguous(b)
     a, b = _widened(ws, "a", a, acc_dt), _widened(ws, "b", b, acc_dt)
     if out.dtype == acc_dt and out.flags.c_contiguous:
         # fp32 output: the accumulator IS the output, no rounding step and no extra pass

@@ -819,36 +819,6 @@ def _(call):
         return f"weight list mixes transposed and non-transposed tensors (transposed flags {flags})"
 
 
-@rule(ALL, "gmm.weight_layout", "weight", "weight is contiguous or a last-two-dims transposed view",
-      source=SCOPE + "; the host makes other strided views contiguous (aclnn_grouped_matmul.cpp DataContiguous), "
-             "which the simulator does not model",
-      fix="call .contiguous() on the weight (or pass w.transpose(-1, -2) of a contiguous tensor)",
-      severity="not-simulated")
-def _(call):
-    v = _v(call)
-    out = []
-    for name, metas in (("x", v.xs), ("weight", v.ws)):
-        for i, m in enumerate(metas):
-            if m.strides is None or m.ndim < 2 or 0 in m.shape:
-                continue
-            shape = list(m.shape)
-            if m.is_transposed_last_two():
-                shape[-1], shape[-2] = shape[-2], shape[-1]
-                strides = list(m.strides)
-                strides[-1], strides[-2] = strides[-2], strides[-1]
-            else:
-                strides = list(m.strides)
-            want, acc = [], 1
-            for s in reversed(shape):
-                want.append(acc)
-                acc *= s
-            want = want[::-1]
-            if any(sz > 1 and st != w for sz, st, w in zip(shape, strides, want)):
-                out.append(f"{name}[{i}] (shape {list(m.shape)}, strides {list(m.strides)}) is neither contiguous "
-                           f"nor a transposed view of a contiguous tensor; the simulator takes only those two layouts")
-    return out
-
-
 @rule(ALL, "gmm.nz_weight", "weight", "FRACTAL_NZ weights belong to the quantised (WeightNz) paths",
       source=SCOPE, fix=QUANT_FIX + "; or pass an ND weight", severity="not-simulated")
 def _(call):
