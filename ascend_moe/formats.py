@@ -14,7 +14,7 @@ which aclnn entry point the hardware path would choose.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 ACL_FORMAT_ND = 2
 ACL_FORMAT_FRACTAL_NZ = 29
@@ -22,6 +22,20 @@ FORMAT_NAMES = {ACL_FORMAT_ND: "ND", ACL_FORMAT_FRACTAL_NZ: "FRACTAL_NZ", 50: "F
                 51: "FRACTAL_NZ_C0_32", 0: "NCHW", 1: "NHWC", 3: "NC1HWC0", 4: "FRACTAL_Z"}
 
 _formats: Dict[int, str] = {}
+# device type -> (get code, set code): devices that keep the format in their own per-storage metadata
+# (the simulated npu, as torch_npu does); views, clones and re-wrapped params then carry it there.
+_device_formats: Dict[str, Tuple[Callable[[Any], int], Callable[[Any, int], None]]] = {}
+
+
+def register_device_format(device_type: str, get_code: Callable[[Any], int],
+                           set_code: Callable[[Any, int], None]) -> None:
+    """Let tensors on ``device_type`` keep their format in the device's own metadata."""
+    _device_formats[device_type] = (get_code, set_code)
+
+
+def _device_format_of(tensor: Any) -> Optional[Tuple[Callable[[Any], int], Callable[[Any, int], None]]]:
+    device = getattr(tensor, "device", None)
+    return _device_formats.get(getattr(device, "type", None)) if _device_formats else None
 # id(untyped storage) -> (format, view signature) for torch tensors
 _storage_formats: Dict[int, Tuple[str, Tuple]] = {}
 
@@ -41,6 +55,11 @@ def _torch_view(tensor: Any) -> Optional[Tuple[Any, Tuple]]:
 
 def set_format(tensor: Any, fmt: str) -> None:
     """Record that ``tensor`` is held in ``fmt`` (``"ND"`` or ``"FRACTAL_NZ"``)."""
+    hooks = _device_format_of(tensor)
+    if hooks is not None:
+        codes = {name: code for code, name in FORMAT_NAMES.items()}
+        hooks[1](tensor, codes[fmt])
+        return
     key = id(tensor)
     if key not in _formats:
         try:
@@ -65,6 +84,9 @@ def get_format(tensor: Any) -> str:
     fmt = getattr(tensor, "format", None)
     if isinstance(fmt, str):  # TensorSpec and similar carry it themselves
         return fmt
+    hooks = _device_format_of(tensor)
+    if hooks is not None:
+        return FORMAT_NAMES.get(hooks[0](tensor), "ND")
     fmt = _formats.get(id(tensor))
     if fmt is not None:
         return fmt

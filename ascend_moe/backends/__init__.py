@@ -25,6 +25,23 @@ class BackendError(RuntimeError):
     """The requested backend cannot serve this call (the message says why)."""
 
 
+# True while the PrivateUse1 ("npu") device is ascend-moe's simulated device (host memory), set by
+# ascend_moe.device.activate(): the ops' PrivateUse1 kernels then run checker + simulator on the
+# tensors' host memory instead of aclnn.  False with a real torch_npu.
+_privateuse1_simulated = False
+
+
+def privateuse1_is_simulated() -> bool:
+    """Whether PrivateUse1 tensors live on the simulated npu (so the simulator computes them)."""
+    return _privateuse1_simulated
+
+
+def set_privateuse1_simulated(flag: bool) -> None:
+    """Mark the PrivateUse1 device as simulated (True) or real (False)."""
+    global _privateuse1_simulated
+    _privateuse1_simulated = bool(flag)
+
+
 _context_backend: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("ascend_moe_backend", default=None)
 _process_backend: Optional[str] = None
 
