@@ -70,6 +70,16 @@ def get_npu_format(tensor: Any) -> int:
     return _CODE_OF_FORMAT.get(_formats.get_format(tensor), _formats.ACL_FORMAT_ND)
 
 
+def npu_format_cast_(tensor: Any, acl_format: int) -> Any:
+    """In place: ``tensor`` (and every view of its storage) is now held in ``acl_format``
+    (2 ND, 29 FRACTAL_NZ); returns ``tensor``, as ``torch_npu.npu_format_cast_``."""
+    if acl_format not in (_formats.ACL_FORMAT_ND, _formats.ACL_FORMAT_FRACTAL_NZ):
+        raise ValueError(f"npu_format_cast_: acl_format must be 2 (ND) or 29 (FRACTAL_NZ), got {acl_format!r} "
+                         f"({_formats.FORMAT_NAMES.get(acl_format, 'unknown')})")
+    _formats.set_format(tensor, _formats.FORMAT_NAMES[acl_format])
+    return tensor
+
+
 # ---- torch_npu.npu: only the truthful answers of a machine without an NPU -------------------------
 npu = types.ModuleType(__name__ + ".npu", "ascend-moe CPU drop-in for torch_npu.npu: no NPU here.")
 
@@ -96,7 +106,7 @@ def _npu_getattr(name: str) -> Any:
 npu.__getattr__ = _npu_getattr  # PEP 562: consulted for names the module lacks
 sys.modules.setdefault(npu.__name__, npu)
 
-IMPLEMENTED = tuple(sorted([*[n for n in OPS if n in globals()], "get_npu_format", "hifloat8",
+IMPLEMENTED = tuple(sorted([*[n for n in OPS if n in globals()], "get_npu_format", "npu_format_cast_", "hifloat8",
                             "float4_e2m1fn_x2", "float8_e8m0fnu", "npu"]))
 __all__ = list(IMPLEMENTED)
 

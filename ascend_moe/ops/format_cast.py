@@ -56,6 +56,9 @@ def npu_format_cast(weight: Any, acl_format: int, customize_dtype: Optional[int]
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"npu_format_cast: weight must be a torch tensor or NumPy array, got {type(weight).__name__}")
         if weight.device.type != "cpu":
+            from ..backends import privateuse1_is_simulated
+            if privateuse1_is_simulated():
+                return _cast_on_simulated_npu(weight, acl_format, storage)
             try:
                 import torch_npu  # noqa: F401
             except ImportError:
@@ -86,6 +89,20 @@ def npu_format_cast(weight: Any, acl_format: int, customize_dtype: Optional[int]
         # a copy, not an alias: the NZ tensor owns its storage, so a tag that follows the storage can
         # never leak onto the ND original
         out = weight.copy() if is_np else weight.clone()
+    set_format(out, target)
+    return out
+
+
+def _cast_on_simulated_npu(weight: Any, acl_format: int, storage: bool) -> Any:
+    """The simulated npu keeps the format in the storage's device metadata, as torch_npu does: the
+    cast gives a copy in the new format (or ``weight`` itself when already in it)."""
+    if storage:
+        raise ValueError("npu_format_cast: storage=True (the 5-D NZ storage array) is for CPU tensors; an npu "
+                         "tensor keeps its logical shape and records the format as device metadata")
+    target = FORMAT_NAMES[acl_format]
+    if get_format(weight) == target:
+        return weight
+    out = weight.clone()
     set_format(out, target)
     return out
 
