@@ -23,3 +23,10 @@ except ImportError:  # pragma: no cover - exercised only without torch
 
 if _torch is not None:
     from .ops import *  # noqa: F401,F403
+
+
+def simulate(product: "str | None" = None, cann: "str | None" = None, devices: "int | None" = None) -> dict:
+    """Run unmodified torch_npu code here: the simulated ``npu`` device plus the torch_npu, MindSpeed gmm
+    and TorchAir drop-ins (see :mod:`ascend_moe.simulation`).  Loads nothing until called."""
+    from .simulation import simulate as _simulate
+    return _simulate(product=product, cann=cann, devices=devices)
