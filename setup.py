@@ -35,13 +35,23 @@ setup(
         "ascend_moe.ops",
         "ascend_moe.backends",
         "ascend_moe.compat",
+        "ascend_moe.compat.mindspeed",
+        "ascend_moe.compat.mindspeed.ops",
+        "ascend_moe.compat.torchair",
+        "ascend_moe.compat.torchair.configs",
+        "ascend_moe.compat.torchair.core",
+        "ascend_moe.compat.torchair.ge_concrete_graph",
+        "ascend_moe.device",
         "ascend_moe.sim",
     ],
     package_dir={"ascend_moe.sim": "sim"},
-    package_data={"ascend_moe": ["presets/*.json"]},
+    # the simulated npu device's C++ source is compiled on first use against the installed torch
+    package_data={"ascend_moe": ["presets/*.json", "compat/*.txt"], "ascend_moe.device": ["csrc/*.cpp"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
-    install_requires=["numpy>=1.24", "ml_dtypes>=0.4", "torch>=2.4"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # ninja: torch.utils.cpp_extension builds the simulated npu device with it
+    install_requires=["numpy>=1.24", "ml_dtypes>=0.4", "torch>=2.4", "ninja"],
+    # scipy: the op pages' examples (tests/simulated run them unchanged) import scipy.special
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "scipy"]},
     zip_safe=False,
 )

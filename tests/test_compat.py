@@ -8,6 +8,7 @@ import re
 import sys
 import textwrap
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -99,9 +100,26 @@ def test_torch_npu_constants_and_format_helpers():
     assert npu_shim.npu.is_available() is False and npu_shim.npu.device_count() == 0
 
 
+@pytest.mark.parametrize("name", ["npu_moe_init_routing_v2", "npu_rotary_mul", "npu_swiglu", "npu_dynamic_quant"])
+def test_real_torch_npu_names_exist_and_raise_when_called(name):
+    """Names the real torch_npu has exist (mock.patch needs no create=True) and raise when called."""
+    fn = getattr(npu_shim, name)
+    assert name in npu_shim.__all__
+    with pytest.raises(NotImplementedError, match=rf"torch_npu\.{name} is not implemented"):
+        fn(torch.zeros(1))
+    with mock.patch(f"{npu_shim.__name__}.{name}", return_value="patched"):
+        assert getattr(npu_shim, name)() == "patched"
+
+
+def test_name_list_covers_the_moe_ops_and_format_ops():
+    # a hand-picked sample of torch_npu's public names (op-plugin custom ops and torch_npu's format ops)
+    for name in ("npu_grouped_matmul", "npu_moe_gating_top_k", "npu_ffn", "npu_moe_distribute_dispatch",
+                 "npu_format_cast", "npu_format_cast_", "get_npu_format", "npu_fusion_attention"):
+        assert name in npu_shim.REAL_NAMES
+
+
 @pytest.mark.parametrize("module,real,name", [
-    (npu_shim, "torch_npu", "npu_moe_init_routing_v2"),
-    (npu_shim, "torch_npu", "npu_rotary_mul"),
+    (npu_shim, "torch_npu", "npu_not_a_real_op"),
     (npu_shim.npu, "torch_npu.npu", "current_stream"),
     (ms_shim, "mindspeed", "megatron_adaptor"),
     (ms_shim.ops, "mindspeed.ops", "npu_rotary_position_embedding"),
@@ -225,7 +243,8 @@ def test_shim_calls_compute_and_check(clean_modules):
 
 class _Config:
     def __init__(self, **options):
-        self.options = {"--ascend-product": None, "--ascend-cann": None, "--ascend-no-shims": False, **options}
+        self.options = {"--ascend-product": None, "--ascend-cann": None, "--ascend-no-shims": False,
+                        "--ascend-simulate": False, "--ascend-devices": None, **options}
 
     def getoption(self, name):
         return self.options[name]
