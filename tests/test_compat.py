@@ -311,3 +311,31 @@ def test_install_warns_about_a_magicmock_stand_in(clean_modules):
     with pytest.warns(compat.ShimWarning, match="stand-in without __file__"):
         status = compat.install(mindspeed=False)
     assert not status["torch_npu"].installed and sys.modules["torch_npu"] is fake
+
+
+def test_gmm_drop_in_over_a_real_mindspeed_keeps_its_other_modules(clean_modules, tmp_path):
+    """With a real, importable MindSpeed, only mindspeed.ops.gmm / npu_groupmatmul_add are replaced
+    (what the simulated npu device needs); mindspeed.core and the package itself stay the real ones."""
+    root = tmp_path / "mindspeed"
+    (root / "core").mkdir(parents=True)
+    (root / "ops").mkdir()
+    (root / "__init__.py").write_text("REAL = True\n")
+    (root / "core" / "__init__.py").write_text("CORE = 'real core'\n")
+    (root / "ops" / "__init__.py").write_text("")
+    (root / "ops" / "gmm.py").write_text("raise ImportError('the real gmm needs torch_npu')\n")
+    sys.path.insert(0, str(tmp_path))
+    importlib.invalidate_caches()
+    status = compat.install(torch_npu=False, mindspeed=True, mindspeed_ops_over_real=True)
+    assert status["mindspeed"].installed
+    import mindspeed
+    from mindspeed.core import CORE
+    from mindspeed.ops import gmm
+    from mindspeed.ops.npu_groupmatmul_add import npu_groupmatmul_add_fp32
+    assert mindspeed.REAL is True and CORE == "real core"
+    assert compat.is_shim(gmm) and not compat.is_shim(mindspeed)
+    # the drop-in computes: grad[g] += x_g^T dy_g, groups given by cumulative ends [1, 3]
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    dy = torch.tensor([[1.0], [1.0], [2.0]])
+    grad = torch.zeros(2, 2, 1)
+    npu_groupmatmul_add_fp32(x, dy, [1, 3], grad)
+    assert grad[:, :, 0].tolist() == [[1.0, 2.0], [3.0 + 10.0, 4.0 + 12.0]]
