@@ -25,23 +25,6 @@ class BackendError(RuntimeError):
     """The requested backend cannot serve this call (the message says why)."""
 
 
-# True while the PrivateUse1 ("npu") device is ascend-moe's simulated device (host memory), set by
-# ascend_moe.device.activate(): the ops' PrivateUse1 kernels then run checker + simulator on the
-# tensors' host memory instead of aclnn.  False with a real torch_npu.
-_privateuse1_simulated = False
-
-
-def privateuse1_is_simulated() -> bool:
-    """Whether PrivateUse1 tensors live on the simulated npu (so the simulator computes them)."""
-    return _privateuse1_simulated
-
-
-def set_privateuse1_simulated(flag: bool) -> None:
-    """Mark the PrivateUse1 device as simulated (True) or real (False)."""
-    global _privateuse1_simulated
-    _privateuse1_simulated = bool(flag)
-
-
 _context_backend: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("ascend_moe_backend", default=None)
 _process_backend: Optional[str] = None
 
@@ -125,3 +108,42 @@ def _require_aclnn(op: str) -> None:
     reason = aclnn_unavailable_reason(op)
     if reason:
         raise BackendError(f"{op}: the aclnn hardware path is unavailable: {reason}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the PrivateUse1 device: real NPU (aclnn) or the simulated host-memory device
+# ------------------------------------------------------------------------------------------------
+
+_privateuse1_simulated = False
+
+
+def set_privateuse1_simulated(flag: bool) -> None:
+    """Declare whether PrivateUse1 tensors live in host memory on a simulated device (True: their
+    kernels run checker + simulator on :func:`host_view` of the tensors) or on a real NPU (False, the
+    default: checker + aclnn)."""
+    global _privateuse1_simulated
+    _privateuse1_simulated = bool(flag)
+
+
+def privateuse1_is_simulated() -> bool:
+    """The one switch the PrivateUse1 kernels read (see :func:`set_privateuse1_simulated`)."""
+    return _privateuse1_simulated
+
+
+def _cpu_alias(t: Any) -> Any:
+    """A CPU tensor sharing ``t``'s memory: ``t`` itself on the CPU, ``t.cpu()`` for a simulated
+    device whose to-CPU copy is zero-copy (the device module may replace :data:`host_view`)."""
+    if t.device.type == "cpu":
+        return t
+    return t.cpu()
+
+
+# ``host_view(t)``: the CPU alias through which the simulator reads and writes a PrivateUse1 tensor of
+# the simulated device.  One function, so the device implementation can replace it.
+host_view = _cpu_alias
+
+
+def set_host_view(fn: Any) -> None:
+    """Install the device's zero-copy ``tensor -> CPU alias`` function used by the simulated path."""
+    global host_view
+    host_view = fn

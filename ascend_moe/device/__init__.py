@@ -98,6 +98,7 @@ def activate(devices: Optional[int] = None, product: Optional[str] = None) -> No
         _state["methods"] = True
     from .. import backends, formats
     formats.register_device_format("npu", _get_format, _set_format)
+    backends.set_host_view(host_view)  # zero-copy: the ops' simulated kernels read and write npu memory
     backends.set_privateuse1_simulated(True)
     _state["active"] = True
 
