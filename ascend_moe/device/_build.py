@@ -31,6 +31,23 @@ def cache_dir() -> Path:
     return Path(root) / tag / "npu_sim"
 
 
+def _put_ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the one pip installed with ascend-moe lives in the
+    environment's bin folder, which is not on PATH when the venv is not activated."""
+    dirs = [os.path.dirname(sys.executable)]
+    try:
+        import ninja
+        if getattr(ninja, "BIN_DIR", None):
+            dirs.insert(0, ninja.BIN_DIR)
+    except ImportError:
+        pass
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    for d in reversed(dirs):
+        if os.path.isfile(os.path.join(d, "ninja")) and d not in path:
+            path.insert(0, d)
+    os.environ["PATH"] = os.pathsep.join(path)
+
+
 def load_extension(verbose: bool = False) -> ModuleType:
     """The loaded extension module (compiling it first if the cache has no current build)."""
     global _module, last_build_seconds
@@ -41,6 +58,7 @@ def load_extension(verbose: bool = False) -> ModuleType:
 
     build_dir = cache_dir()
     build_dir.mkdir(parents=True, exist_ok=True)
+    _put_ninja_on_path()
     started = time.perf_counter()
     with FileLock(str(build_dir / "build.lock")):
         try:
