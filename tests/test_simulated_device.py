@@ -63,3 +63,14 @@ def test_run_refuses_when_a_real_torch_npu_is_importable(tmp_path):
                   env_extra={"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])})
     assert result.returncode == 2
     assert "will not simulate" in result.stderr and not marker.exists()
+
+
+def test_run_command_reports_the_constraint_error_a_compiled_seed_stops_on():
+    """torch.compile traces the FFN graph example and stops on the weight2 rule: the user sees the
+    ConstraintError itself (the seeds all run in-process in tests/simulated/test_seed_examples.py)."""
+    result = _run(["-m", "ascend_moe", "run", "--product", "atlas-a2",
+                   str(ROOT / "examples" / "seeds" / "ffn_graph.py")])
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert any(line.startswith("ascend_moe.rules.ConstraintError") for line in lines), result.stderr[-3000:]
+    assert "argument 'weight2'" in result.stderr
