@@ -2,7 +2,8 @@
 
 TorchAir compiles a torch.compile graph into a GE graph for the NPU.  Here
 ``torchair.get_npu_backend(compiler_config=...)`` returns a real torch.compile backend (``aot_eager``
-by default, or ``inductor`` with ``ASCEND_MOE_TORCHAIR_BACKEND=inductor``), so graph-mode code
+by default, ``eager`` with ``ASCEND_MOE_TORCHAIR_BACKEND=eager``; inductor has no code generator for
+the simulated npu device, so it is refused with that reason), so graph-mode code
 really traces (Dynamo, AOTAutograd, the ops' fake kernels) and then runs the same kernels as eager
 mode on the simulated device.  ``CompilerConfig`` accepts and keeps the options user code sets
 (``config.debug.graph_dump.type = "pbtxt"``, ``config.experimental_config.frozen_parameter = True``,
@@ -19,16 +20,19 @@ from . import configs, core, ge_concrete_graph  # noqa: F401  (torchair.configs.
 from .configs.compiler_config import CompilerConfig
 
 __ascend_moe_shim__ = True
-BACKENDS = ("aot_eager", "inductor", "eager")
+BACKENDS = ("aot_eager", "eager")
 
 
 def get_npu_backend(*, compiler_config: Optional[CompilerConfig] = None, custom_decompositions: Any = None,
                     **kwargs: Any) -> Callable:
     """A torch.compile backend for the simulated npu (``aot_eager`` unless the environment asks for
-    ``ASCEND_MOE_TORCHAIR_BACKEND=inductor|eager``)."""
+    ``ASCEND_MOE_TORCHAIR_BACKEND=eager``)."""
     if compiler_config is not None and not isinstance(compiler_config, CompilerConfig):
         raise TypeError(f"compiler_config must be a torchair CompilerConfig, got {type(compiler_config).__name__}")
     name = os.environ.get("ASCEND_MOE_TORCHAIR_BACKEND", "aot_eager")
+    if name == "inductor":
+        raise ValueError("ASCEND_MOE_TORCHAIR_BACKEND=inductor: torch's inductor has no code generator for the "
+                         "simulated npu device (it fails with KeyError 'npu'); use aot_eager (the default) or eager")
     if name not in BACKENDS:
         raise ValueError(f"ASCEND_MOE_TORCHAIR_BACKEND must be one of {BACKENDS}, got {name!r}")
     from torch._dynamo.backends.registry import lookup_backend
