@@ -339,3 +339,25 @@ def test_gmm_drop_in_over_a_real_mindspeed_keeps_its_other_modules(clean_modules
     grad = torch.zeros(2, 2, 1)
     npu_groupmatmul_add_fp32(x, dy, [1, 3], grad)
     assert grad[:, :, 0].tolist() == [[1.0, 2.0], [3.0 + 10.0, 4.0 + 12.0]]
+
+
+def test_torchair_stand_in(monkeypatch):
+    """CompilerConfig keeps what user code sets, the backend is a real torch.compile backend that
+    runs the graph, inductor is refused with its reason, and GE builders raise naming themselves."""
+    from ascend_moe.compat import torchair as tng
+    from ascend_moe.compat.torchair.configs.compiler_config import CompilerConfig
+    from ascend_moe.compat.torchair.ge_concrete_graph import ge_apis
+    config = CompilerConfig()
+    config.debug.graph_dump.type = "pbtxt"
+    config.experimental_config.frozen_parameter = True
+    assert config.debug.graph_dump.type == "pbtxt" and config.experimental_config.frozen_parameter is True
+    assert tng.CompilerConfig is CompilerConfig
+    backend = tng.get_npu_backend(compiler_config=config)
+    compiled = torch.compile(lambda a, b: (a * b).sum(dim=0), backend=backend, fullgraph=True)
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert compiled(a, a).tolist() == [1.0 + 9.0, 4.0 + 16.0]
+    monkeypatch.setenv("ASCEND_MOE_TORCHAIR_BACKEND", "inductor")
+    with pytest.raises(ValueError, match="no code generator"):
+        tng.get_npu_backend(compiler_config=config)
+    with pytest.raises(NotImplementedError, match="ge_apis.Cast is not implemented"):
+        ge_apis.Cast
