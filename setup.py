@@ -34,10 +34,13 @@ setup(
     packages=(find_packages(include=["ascend_moe", "ascend_moe.*"])
               + ["ascend_moe.sim"] + ["ascend_moe.sim." + p for p in find_packages("sim")]),
     package_dir={"ascend_moe.sim": "sim"},
-    package_data={"ascend_moe": ["presets/*.json"]},
+    # the simulated npu device's C++ source is compiled on first use against the installed torch
+    package_data={"ascend_moe": ["presets/*.json", "compat/*.txt"], "ascend_moe.device": ["csrc/*.cpp"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
-    install_requires=["numpy>=1.24", "ml_dtypes>=0.4", "torch>=2.4"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # ninja: torch.utils.cpp_extension builds the simulated npu device with it
+    install_requires=["numpy>=1.24", "ml_dtypes>=0.4", "torch>=2.4", "ninja"],
+    # scipy: the op pages' examples (tests/simulated run them unchanged) import scipy.special
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "scipy"]},
     zip_safe=False,
 )

@@ -48,3 +48,10 @@ if _torch is not None:
     )
     from .sim.numerics import get_undefined_policy, set_undefined_policy, undefined_policy  # noqa: F401,E402
     from .ops import *  # noqa: F401,F403,E402
+
+
+def simulate(product: "str | None" = None, cann: "str | None" = None, devices: "int | None" = None) -> dict:
+    """Run unmodified torch_npu code here: the simulated ``npu`` device plus the torch_npu, MindSpeed gmm
+    and TorchAir drop-ins (see :mod:`ascend_moe.simulation`).  Loads nothing until called."""
+    from .simulation import simulate as _simulate
+    return _simulate(product=product, cann=cann, devices=devices)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import platform
 import sys
 from typing import List, Optional
@@ -194,6 +195,43 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if rep.passed else 1
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run SCRIPT as ``python SCRIPT ARGS`` would, with the simulated npu device and the drop-ins."""
+    import runpy
+    from .simulation import RealNpuPresent, constraint_error_in, simulate
+    try:
+        simulate(product=args.product, cann=args.cann, devices=args.devices)
+    except RealNpuPresent as e:
+        print(f"ascend-moe run: {e}. Nothing was run.", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"ascend-moe run: {e}", file=sys.stderr)
+        return 2
+    script = os.path.abspath(args.script)
+    if not os.path.exists(script):
+        print(f"ascend-moe run: no such script: {args.script}", file=sys.stderr)
+        return 2
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [args.script, *args.args]
+    sys.path.insert(0, os.path.dirname(script))
+    try:
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except Exception as e:
+            found = constraint_error_in(e)
+            if found is None or found is e:
+                raise
+            print(f"ascend-moe run: torch.compile stopped on a constraint violation while tracing "
+                  f"({type(e).__name__}); the violation:", file=sys.stderr)
+            raise found from None
+    except SystemExit as e:  # the script's own exit status
+        code = e.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    return 0
+
+
 _PRODUCT_HELP = ("Atlas product or SoC name, e.g. atlas-a2, atlas-a3, Ascend910B3 (default: ASCEND_MOE_PRODUCT, "
                  "detection, then atlas-a2)")
 _CANN_HELP = "CANN version whose rules apply, e.g. 8.2.RC1 (default: ASCEND_MOE_CANN, detection, then 8.5.0)"
@@ -204,7 +242,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog="python -m ascend_moe", description="ascend-moe: Ascend MoE operators with a constraint checker "
         "and a bit-faithful simulator. Run 'python -m ascend_moe <command> --help' for each command.",
         epilog="exit status: 0 success (check: every op call passes), 1 check found violations, 2 bad argument")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,check,rules}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,info,check,rules}")
+    run_text = ("run an unmodified torch_npu script on the simulated npu device (torch_npu, MindSpeed gmm and "
+                "TorchAir drop-ins active)")
+    p = sub.add_parser("run", help=run_text, description=run_text + ". A real torch_npu present: nothing is run.")
+    p.add_argument("--product", default=None, help="Atlas product simulated (its rules and SoC name; "
+                                                   "default: ASCEND_MOE_PRODUCT, then atlas-a2)")
+    p.add_argument("--cann", default=None, help="CANN version whose rules apply (default: ASCEND_MOE_CANN, "
+                                                "then 8.5.0)")
+    p.add_argument("--devices", type=int, default=None, help="number of simulated npu devices (default 8)")
+    p.add_argument("script", help="the Python script to run")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
+    p.set_defaults(func=_cmd_run)
     info_text = ("show torch / torch_npu / CANN (which library or symbol is missing), the product and CANN "
                  "version in effect and where each came from, and per op its rule count and aclnn entry point")
     p = sub.add_parser("info", help=info_text, description=info_text)

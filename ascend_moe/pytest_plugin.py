@@ -14,6 +14,14 @@ in the suite's top ``conftest.py``).  For the session it
 * gives the fixtures ``ascend_target`` (the :class:`ascend_moe.Target` in force) and
   ``ascend_product`` (its product key).
 
+``--ascend-simulate`` (or ``ASCEND_MOE_SIMULATE=1``) also puts the simulated ``npu`` device in place for
+the session (:func:`ascend_moe.simulate`): ``device="npu"``, ``.npu()``, ``torch.npu.*``, ``import
+torchair`` and ``mindspeed.ops.gmm`` work unchanged, the ascend-moe ops compute with the simulator on
+the device's host memory; ``--ascend-devices N`` sets the device count (default 8).  The device's C++
+part is compiled once into a cache on first use (see README).  With a real torch_npu importable the
+session stops with a usage error: nothing is simulated.  A test that fails because torch.compile
+stopped on a constraint violation while tracing reports the ConstraintError itself.
+
 The options set :func:`ascend_moe.set_target` for the session and also hold the target in the
 ``ascend_moe.target()`` context around each test (setup, call, teardown), so a ``conftest`` that
 resets the process-wide target between tests cannot drop it; a test may still narrow it with
@@ -23,13 +31,14 @@ resets the process-wide target between tests cannot drop it; a test may still na
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, Optional
 
 import pytest
 
 from . import compat, products
 
-_state: dict = {"product": None, "cann": None, "shims": {}}
+_state: dict = {"product": None, "cann": None, "shims": {}, "simulate": False}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,6 +48,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"({', '.join(sorted(products.PRODUCTS))}; aliases and SoC names accepted)")
     group.addoption("--ascend-cann", action="store", default=None, metavar="VERSION",
                     help="check against this CANN release (e.g. 8.0.RC3, 8.3.RC1, 8.5.0)")
+    group.addoption("--ascend-simulate", action="store_true", default=False,
+                    help="run the session on the simulated npu device (device='npu', .npu(), torch.npu, "
+                         "torchair); also ASCEND_MOE_SIMULATE=1")
+    group.addoption("--ascend-devices", action="store", type=int, default=None, metavar="N",
+                    help="number of simulated npu devices with --ascend-simulate (default 8)")
     group.addoption("--ascend-no-shims", action="store_true", default=False,
                     help="do not install the torch_npu / mindspeed drop-ins (target options only)")
 
@@ -54,7 +68,14 @@ def pytest_configure(config: pytest.Config) -> None:
     _state.update(product=product, cann=cann)
     if product or cann:
         products.set_target(product, cann)
-    if not config.getoption("--ascend-no-shims"):
+    if config.getoption("--ascend-simulate") or os.environ.get("ASCEND_MOE_SIMULATE") == "1":
+        from .simulation import RealNpuPresent, simulate
+        try:
+            _state["shims"] = simulate(product, cann, devices=config.getoption("--ascend-devices"))
+        except (RealNpuPresent, ValueError) as e:
+            raise pytest.UsageError(f"ascend-moe: {e}") from None
+        _state["simulate"] = True
+    elif not config.getoption("--ascend-no-shims"):
         _state["shims"] = compat.install()
 
 
@@ -63,11 +84,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         products.set_target(None, None)
     if _state["shims"]:
         compat.uninstall()
-    _state.update(product=None, cann=None, shims={})
+    _state.update(product=None, cann=None, shims={}, simulate=False)
 
 
 def pytest_report_header(config: pytest.Config) -> list:
     lines = [f"ascend-moe: target {products.resolve_target(_state['product'], _state['cann'])}"]
+    if _state["simulate"]:
+        import torch
+        lines.append(f"ascend-moe: simulated npu device: {torch.npu.device_count()} x "
+                     f"{torch.npu.get_device_name()} (host memory)")
     for status in _state["shims"].values():
         lines.append(f"ascend-moe: {status.name}: {status.reason}")
     return lines
@@ -91,7 +116,15 @@ def pytest_runtest_setup(item: pytest.Item):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     with _selected_target():
-        return (yield)
+        try:
+            return (yield)
+        except Exception as e:
+            if _state["simulate"]:
+                from .simulation import constraint_error_in
+                found = constraint_error_in(e)
+                if found is not None and found is not e:
+                    raise found from None
+            raise
 
 
 @pytest.hookimpl(wrapper=True)

@@ -8,6 +8,7 @@ import re
 import sys
 import textwrap
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -99,9 +100,26 @@ def test_torch_npu_constants_and_format_helpers():
     assert npu_shim.npu.is_available() is False and npu_shim.npu.device_count() == 0
 
 
+@pytest.mark.parametrize("name", ["npu_moe_init_routing_v2", "npu_rotary_mul", "npu_swiglu", "npu_dynamic_quant"])
+def test_real_torch_npu_names_exist_and_raise_when_called(name):
+    """Names the real torch_npu has exist (mock.patch needs no create=True) and raise when called."""
+    fn = getattr(npu_shim, name)
+    assert name in npu_shim.__all__
+    with pytest.raises(NotImplementedError, match=rf"torch_npu\.{name} is not implemented"):
+        fn(torch.zeros(1))
+    with mock.patch(f"{npu_shim.__name__}.{name}", return_value="patched"):
+        assert getattr(npu_shim, name)() == "patched"
+
+
+def test_name_list_covers_the_moe_ops_and_format_ops():
+    # a hand-picked sample of torch_npu's public names (op-plugin custom ops and torch_npu's format ops)
+    for name in ("npu_grouped_matmul", "npu_moe_gating_top_k", "npu_ffn", "npu_moe_distribute_dispatch",
+                 "npu_format_cast", "npu_format_cast_", "get_npu_format", "npu_fusion_attention"):
+        assert name in npu_shim.REAL_NAMES
+
+
 @pytest.mark.parametrize("module,real,name", [
-    (npu_shim, "torch_npu", "npu_moe_init_routing_v2"),
-    (npu_shim, "torch_npu", "npu_rotary_mul"),
+    (npu_shim, "torch_npu", "npu_not_a_real_op"),
     (npu_shim.npu, "torch_npu.npu", "current_stream"),
     (ms_shim, "mindspeed", "megatron_adaptor"),
     (ms_shim.ops, "mindspeed.ops", "npu_rotary_position_embedding"),
@@ -225,7 +243,8 @@ def test_shim_calls_compute_and_check(clean_modules):
 
 class _Config:
     def __init__(self, **options):
-        self.options = {"--ascend-product": None, "--ascend-cann": None, "--ascend-no-shims": False, **options}
+        self.options = {"--ascend-product": None, "--ascend-cann": None, "--ascend-no-shims": False,
+                        "--ascend-simulate": False, "--ascend-devices": None, **options}
 
     def getoption(self, name):
         return self.options[name]
@@ -292,3 +311,53 @@ def test_install_warns_about_a_magicmock_stand_in(clean_modules):
     with pytest.warns(compat.ShimWarning, match="stand-in without __file__"):
         status = compat.install(mindspeed=False)
     assert not status["torch_npu"].installed and sys.modules["torch_npu"] is fake
+
+
+def test_gmm_drop_in_over_a_real_mindspeed_keeps_its_other_modules(clean_modules, tmp_path):
+    """With a real, importable MindSpeed, only mindspeed.ops.gmm / npu_groupmatmul_add are replaced
+    (what the simulated npu device needs); mindspeed.core and the package itself stay the real ones."""
+    root = tmp_path / "mindspeed"
+    (root / "core").mkdir(parents=True)
+    (root / "ops").mkdir()
+    (root / "__init__.py").write_text("REAL = True\n")
+    (root / "core" / "__init__.py").write_text("CORE = 'real core'\n")
+    (root / "ops" / "__init__.py").write_text("")
+    (root / "ops" / "gmm.py").write_text("raise ImportError('the real gmm needs torch_npu')\n")
+    sys.path.insert(0, str(tmp_path))
+    importlib.invalidate_caches()
+    status = compat.install(torch_npu=False, mindspeed=True, mindspeed_ops_over_real=True)
+    assert status["mindspeed"].installed
+    import mindspeed
+    from mindspeed.core import CORE
+    from mindspeed.ops import gmm
+    from mindspeed.ops.npu_groupmatmul_add import npu_groupmatmul_add_fp32
+    assert mindspeed.REAL is True and CORE == "real core"
+    assert compat.is_shim(gmm) and not compat.is_shim(mindspeed)
+    # the drop-in computes: grad[g] += x_g^T dy_g, groups given by cumulative ends [1, 3]
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    dy = torch.tensor([[1.0], [1.0], [2.0]])
+    grad = torch.zeros(2, 2, 1)
+    npu_groupmatmul_add_fp32(x, dy, [1, 3], grad)
+    assert grad[:, :, 0].tolist() == [[1.0, 2.0], [3.0 + 10.0, 4.0 + 12.0]]
+
+
+def test_torchair_stand_in(monkeypatch):
+    """CompilerConfig keeps what user code sets, the backend is a real torch.compile backend that
+    runs the graph, inductor is refused with its reason, and GE builders raise naming themselves."""
+    from ascend_moe.compat import torchair as tng
+    from ascend_moe.compat.torchair.configs.compiler_config import CompilerConfig
+    from ascend_moe.compat.torchair.ge_concrete_graph import ge_apis
+    config = CompilerConfig()
+    config.debug.graph_dump.type = "pbtxt"
+    config.experimental_config.frozen_parameter = True
+    assert config.debug.graph_dump.type == "pbtxt" and config.experimental_config.frozen_parameter is True
+    assert tng.CompilerConfig is CompilerConfig
+    backend = tng.get_npu_backend(compiler_config=config)
+    compiled = torch.compile(lambda a, b: (a * b).sum(dim=0), backend=backend, fullgraph=True)
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert compiled(a, a).tolist() == [1.0 + 9.0, 4.0 + 16.0]
+    monkeypatch.setenv("ASCEND_MOE_TORCHAIR_BACKEND", "inductor")
+    with pytest.raises(ValueError, match="no code generator"):
+        tng.get_npu_backend(compiler_config=config)
+    with pytest.raises(NotImplementedError, match="ge_apis.Cast is not implemented"):
+        ge_apis.Cast

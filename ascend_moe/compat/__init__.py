@@ -51,8 +51,21 @@ SHIMS: Dict[str, Dict[str, str]] = {
         "mindspeed": "ascend_moe.compat.mindspeed",
         "mindspeed.ops": "ascend_moe.compat.mindspeed.ops",
         "mindspeed.ops.gmm": "ascend_moe.compat.mindspeed.ops.gmm",
+        "mindspeed.ops.npu_groupmatmul_add": "ascend_moe.compat.mindspeed.ops.npu_groupmatmul_add",
+    },
+    "torchair": {
+        "torchair": "ascend_moe.compat.torchair",
+        "torchair.configs": "ascend_moe.compat.torchair.configs",
+        "torchair.configs.compiler_config": "ascend_moe.compat.torchair.configs.compiler_config",
+        "torchair.core": "ascend_moe.compat.torchair.core",
+        "torchair.core.utils": "ascend_moe.compat.torchair.core.utils",
+        "torchair.ge_concrete_graph": "ascend_moe.compat.torchair.ge_concrete_graph",
+        "torchair.ge_concrete_graph.ge_apis": "ascend_moe.compat.torchair.ge_concrete_graph.ge_apis",
     },
 }
+# With a real MindSpeed installed, only these modules are replaced (its own gmm needs torch_npu's
+# C++ build); every other ``mindspeed.*`` module stays the real one.
+MINDSPEED_OPS_ONLY = ("mindspeed.ops.gmm", "mindspeed.ops.npu_groupmatmul_add")
 
 
 class ShimWarning(UserWarning):
@@ -110,14 +123,33 @@ def _real_status(name: str) -> Optional[str]:
     return None
 
 
-def install(torch_npu: bool = True, mindspeed: bool = True) -> Dict[str, ShimStatus]:
-    """Make ``import torch_npu`` / ``import mindspeed`` give the CPU drop-ins where the real
-    packages cannot be imported.  Returns the status of each requested drop-in; idempotent."""
-    wanted = [n for n, on in (("torch_npu", torch_npu), ("mindspeed", mindspeed)) if on]
+def _install_mindspeed_ops() -> ShimStatus:
+    """A real MindSpeed is importable: replace only its gmm modules, keep the rest of it."""
+    for alias in MINDSPEED_OPS_ONLY:
+        sys.modules[alias] = importlib.import_module(SHIMS["mindspeed"][alias])
+    ops = sys.modules.get("mindspeed.ops")
+    if ops is not None:
+        for alias in MINDSPEED_OPS_ONLY:
+            setattr(ops, alias.rsplit(".", 1)[1], sys.modules[alias])
+    return ShimStatus("mindspeed", True, "the real mindspeed is importable; only "
+                      f"{', '.join(MINDSPEED_OPS_ONLY)} are the ascend-moe drop-ins")
+
+
+def install(torch_npu: bool = True, mindspeed: bool = True, torchair: bool = False,
+            mindspeed_ops_over_real: bool = False) -> Dict[str, ShimStatus]:
+    """Make ``import torch_npu`` / ``import mindspeed`` (and, with ``torchair=True``, ``import
+    torchair``) give the CPU drop-ins where the real packages cannot be imported.  With
+    ``mindspeed_ops_over_real=True`` a real, importable MindSpeed keeps all its modules but
+    ``mindspeed.ops.gmm`` / ``npu_groupmatmul_add`` (the simulated device needs them).  Returns the
+    status of each requested drop-in; idempotent."""
+    wanted = [n for n, on in (("torch_npu", torch_npu), ("mindspeed", mindspeed), ("torchair", torchair)) if on]
     result: Dict[str, ShimStatus] = {}
     for name in wanted:
         why_not_real = _real_status(name)
         if why_not_real is None:
+            if name == "mindspeed" and mindspeed_ops_over_real:
+                result[name] = _installed[name] = _install_mindspeed_ops()
+                continue
             result[name] = ShimStatus(name, False, f"the real {name} is importable; it is used as is")
             continue
         if name in _installed and _installed[name].installed:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..backends import NPU_DEVICE_TYPES, BackendError, requested_backend, select_backend
+from ..backends import NPU_DEVICE_TYPES, BackendError, privateuse1_is_simulated, requested_backend, select_backend
 
 NAMESPACE = "ascend_moe"
 
@@ -113,6 +113,44 @@ def _guard(op: str, tensors: List[Any]) -> None:
         "tensors for aclnn.")
 
 
+def _map_tensors(value: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
+
+
+def _simulated_call(inner: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    """The simulated npu (host memory): run the op's CPU path (checker, then simulator) on CPU views
+    of the npu tensors' memory, formats included, and give the outputs back as npu tensors."""
+    from .. import formats
+    from ..device import device_view, host_view
+    device_index = [0]
+
+    def to_host(t: Any) -> Any:
+        if t.device.type not in NPU_DEVICE_TYPES:
+            return t
+        device_index[0] = t.device.index or 0
+        host = host_view(t)
+        fmt = formats.get_format(t)
+        if fmt != "ND":
+            formats.set_format(host, fmt)
+        return host
+
+    def to_device(t: Any) -> Any:
+        if t.device.type != "cpu":
+            return t
+        out = device_view(t, device_index[0])
+        fmt = formats.get_format(t)
+        if fmt != "ND":
+            formats.set_format(out, fmt)
+        return out
+
+    result = inner(*_map_tensors(args, to_host), **{k: _map_tensors(v, to_host) for k, v in kwargs.items()})
+    return _map_tensors(result, to_device)
+
+
 def make_npu_kernel(op: str) -> Callable[..., Any]:
     """The PrivateUse1 kernel of ``torch.ops.ascend_moe.<op>`` (see the module docstring)."""
     inner = _op_function(op)
@@ -120,6 +158,8 @@ def make_npu_kernel(op: str) -> Callable[..., Any]:
         raise RuntimeError(f"{op}: neither declared in ascend_moe.opdecl nor defined with custom_op; declare it")
 
     def npu_kernel(*args: Any, **kwargs: Any) -> Any:
+        if privateuse1_is_simulated():
+            return _simulated_call(inner, args, kwargs)
         _guard(op, _tensors(dict(enumerate(args), **kwargs)))
         return inner(*args, **kwargs)
 

@@ -140,6 +140,20 @@ def npu_format_cast(weight: Any, acl_format: Any, customize_dtype: Any = None, *
     return out
 
 
+def _cast_on_simulated_npu(weight: Any, fid: int, storage: bool) -> Any:
+    """The simulated npu keeps the format in the storage's device metadata, as torch_npu does: the
+    cast gives a copy in the new format (or ``weight`` itself when already in it)."""
+    if storage:
+        raise ValueError(f"{OP}: argument 'storage': storage=True (the 5-D NZ storage array) is for CPU tensors; an npu "
+                         "tensor keeps its logical shape and records the format as device metadata")
+    target = FORMAT_NAMES[fid]
+    if get_format(weight) == target:
+        return weight
+    out = weight.clone()
+    set_format(out, target)
+    return out
+
+
 def _padded_logical(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     *batch, c1, r1, r0, c0 = shape
     return (*batch, r1 * r0, c1 * c0)
@@ -170,9 +184,11 @@ def _wrap(a: np.ndarray, is_np: bool) -> Any:
 
 def _on_device(weight: Any, acl_format: Any, customize_dtype: Any, storage: bool) -> Any:
     """Tensors on an accelerator: NPU tensors go to torch_npu's own cast; nothing else is accepted."""
-    from ..backends import NPU_DEVICE_TYPES, BackendError
+    from ..backends import NPU_DEVICE_TYPES, BackendError, privateuse1_is_simulated
     if weight.device.type not in NPU_DEVICE_TYPES:
         raise ValueError(f"{OP}: argument 'weight' is on {weight.device}; pass a CPU, meta or NPU tensor")
+    if privateuse1_is_simulated():
+        return _cast_on_simulated_npu(weight, _format_id(acl_format), storage)
     if storage:
         raise ValueError(f"{OP}: argument 'storage': storage=True is the CPU stand-in for NZ storage; an NPU tensor's "
                          "storage is NZ after torch_npu's cast itself")

@@ -267,6 +267,13 @@ def _undefined_like(shape, dtype, device) -> Tensor:
 def _grouped_matmul_add_(x: Tensor, grad: Tensor, group_list_cumsum, main_grad: Tensor) -> None:
     """MindSpeed npu_groupmatmul_add_fp32 on CPU tensors (the simulator); NPU tensors are refused."""
     if any(t.device.type != "cpu" for t in (x, grad, main_grad)):
+        from ..backends import privateuse1_is_simulated
+        if privateuse1_is_simulated():  # the simulated npu's memory is host memory: compute on it
+            from ..device import host_view
+            x, grad, main_grad = (host_view(t) if t.device.type != "cpu" else t for t in (x, grad, main_grad))
+            if isinstance(group_list_cumsum, torch.Tensor) and group_list_cumsum.device.type != "cpu":
+                group_list_cumsum = host_view(group_list_cumsum)
+            return _grouped_matmul_add_(x, grad, group_list_cumsum, main_grad)
         raise NotImplementedError(
             "gemm_fusion=True with NPU tensors needs the GroupedMatmulAdd (ATB / npu_grouped_matmul_add_) path, "
             "which ascend_moe does not bind yet; use gemm_fusion=False on the NPU")
