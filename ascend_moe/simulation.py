@@ -23,15 +23,16 @@ __all__ = ["simulate", "RealNpuPresent", "constraint_error_in"]
 
 
 def constraint_error_in(exc: BaseException) -> Optional[BaseException]:
-    """The ConstraintError an exception was raised from, if any.
+    """The checker's verdict an exception was raised from, if any: a ConstraintError (the device
+    rejects the call) or a NotSimulatedError (ascend-moe does not model the form).
 
     torch.compile runs the ops' shape rules (and so the checker) while it traces; Dynamo re-raises a
-    failure there as its own ``TorchRuntimeError`` with the ConstraintError as the cause.  ``run``
-    and the pytest plugin give the user the ConstraintError itself, as eager mode would."""
-    from .rules import ConstraintError
+    failure there as its own ``TorchRuntimeError`` with the verdict as the cause.  ``run`` and the
+    pytest plugin give the user the verdict itself, as eager mode would."""
+    from .rules import ConstraintError, NotSimulatedError
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, ConstraintError):
+        if isinstance(exc, (ConstraintError, NotSimulatedError)):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

@@ -46,22 +46,26 @@ def test_k_split_group_bounds_of_an_empty_list_have_no_groups():
 # --- 3. List[int] group list with counts -----------------------------------------------------------
 
 def test_list_group_list_with_counts_is_rejected_on_every_path():
-    x, w = torch.randn(10, 16), torch.randn(3, 16, 8)
+    # bf16: the List[int] path is aclnnGroupedMatmul V1, which rejects fp32 (rule gmm.fp32_v1)
+    x, w = torch.randn(10, 16).bfloat16(), torch.randn(3, 16, 8).bfloat16()
     kw = dict(group_list=[4, 2, 4], group_list_type=1, group_type=0, split_item=3)
     with pytest.raises(am.ConstraintError, match="group_list_type") as e:
         am.npu_grouped_matmul([x], [w], **kw)
     assert e.value.violations[0].rule_id == "gmm.list_is_cumsum"
     with pytest.raises(am.ConstraintError, match="gmm.list_is_cumsum"):
-        sim.gmm.npu_grouped_matmul([x.numpy()], [w.numpy()], **kw)
+        sim.gmm.npu_grouped_matmul([x.float().numpy().astype(ml_dtypes.bfloat16)],
+                                   [w.float().numpy().astype(ml_dtypes.bfloat16)], **kw)
     assert [v.rule_id for v in am.check("npu_grouped_matmul", [x], [w], **kw)] == ["gmm.list_is_cumsum"]
     # the same split as a cumsum list, or as counts in a Tensor, computes: rows 0-3 use expert 0, 4-5
     # expert 1, 6-9 expert 2
-    ref = torch.cat([x[0:4] @ w[0], x[4:6] @ w[1], x[6:10] @ w[2]])
+    xf, wf = x.double(), w.double()
+    ref = torch.cat([xf[0:4] @ wf[0], xf[4:6] @ wf[1], xf[6:10] @ wf[2]])
     y_list, = am.npu_grouped_matmul([x], [w], group_list=[4, 6, 10], group_type=0, split_item=3)
     y_tensor, = am.npu_grouped_matmul([x], [w], group_list=torch.tensor([4, 2, 4]), group_list_type=1,
                                       group_type=0, split_item=3)
-    torch.testing.assert_close(y_list, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(y_tensor, ref, rtol=1e-5, atol=1e-5)
+    # fp32 accumulation, one bf16 rounding: within a bf16 ulp of the exact product
+    torch.testing.assert_close(y_list.double(), ref, rtol=2 ** -7, atol=1e-6)
+    torch.testing.assert_close(y_tensor.double(), ref, rtol=2 ** -7, atol=1e-6)
 
 
 # --- 4 and 7. the NumPy twins: None for a float scalar, torch tensors and lists ----------------------
@@ -118,11 +122,11 @@ def test_twins_reject_tensors_and_lists_naming_the_argument(as_what):
             torch.zeros(1, 64) if as_what == "tensor" else [[0.0] * 64], np.zeros(2, np.float32))
 
 
-def test_gmm_twin_non_integer_group_type_is_a_constraint_error():
+def test_gmm_twin_non_integer_group_type_is_a_type_error():
     x, w = np.zeros((10, 16), np.float32), np.zeros((3, 16, 8), np.float32)
-    with pytest.raises(am.ConstraintError, match="group_type"):  # was an internal OverflowError
+    with pytest.raises(TypeError, match="argument 'group_type' must be an int"):  # was an internal OverflowError
         sim.gmm.npu_grouped_matmul([x], [w], group_list=[4, 6, 10], group_type=float("inf"), split_item=3)
-    with pytest.raises(am.ConstraintError, match="group_list_type"):
+    with pytest.raises(TypeError, match="argument 'group_list_type' must be an int"):
         sim.gmm.npu_grouped_matmul([x], [w], group_list=np.array([4, 6, 10]), group_type=0,
                                    group_list_type=float("inf"), split_item=3)
 

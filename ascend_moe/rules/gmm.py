@@ -240,7 +240,8 @@ def _(call):
       source="op-plugin op_plugin/ops/opapi/GroupedMatmulKernelNpuOpApi.cpp npu_grouped_matmul(.., "
              "OptionalIntArrayRef group_list, ..): group_list_type is not used, the list goes to "
              "aclnnGroupedMatmul (V1), which has no list-type parameter",
-      fix="pass the cumsum of the counts with group_list_type=0, or pass the counts as an int64 Tensor")
+      fix="pass the cumsum of the counts with group_list_type=0, or pass the counts as an int64 Tensor",
+      kind="wrapper", status=None)
 def _(call):
     v = _v(call)
     if v.gl_is_list and v.group_list_type not in (0, None):
