@@ -47,7 +47,7 @@ def _shapes(out: Any):
 def _torch_args(decl, sample):
     """The sample's public call as the torch.library schema's positional/keyword call."""
     a = decl.bind(sample.args, sample.kwargs, tensor_check=lambda v: isinstance(v, torch.Tensor))
-    return tuple(a[n] for n in decl.parsed.names)
+    return decl.to_torch(a)
 
 
 def _map(v: Any, fn) -> Any:
@@ -74,7 +74,11 @@ def test_schema_is_torchs(name):
         else:
             assert a.default is inspect.Parameter.empty, a.name
     registered = getattr(torch.ops.ascend_moe, name).default._schema
-    assert [a.name for a in registered.arguments] == [a.name for a in ours.args]
+    assert [a.name for a in registered.arguments] == [a.name for a in d.torch_parsed.args]
+    for text in d.overloads:  # overloads parse the same with torch's parser too
+        o, t = parse_schema(text), torch._C.parse_schema(text)
+        assert [a.name for a in o.args] == [a.name for a in t.arguments]
+        assert [a.kwarg_only for a in o.args] == [a.kwarg_only for a in t.arguments]
 
 
 @pytest.mark.parametrize("name", list(DECLS))
