@@ -307,6 +307,9 @@ class OpDecl:
     # order, after the schema's positional ones (e.g. npu_ffn's seed signature); the public function
     # accepts both spellings (an unambiguous superset)
     legacy_positional: Tuple[str, ...] = ()
+    # the CPU kernel's simulator entry when it allocates torch outputs itself (same numbers as ``sim``,
+    # which stays the NumPy-only entry of the NumPy twin)
+    sim_torch: Optional[Callable[[Dict[str, Any], Any], Any]] = None
     # simulator-only keyword options of the NumPy twin, passed to ``sim(args, target, **options)``
     sim_options: Tuple[str, ...] = ()
     # what the fake kernel's checker sees, where fake tensors lack what real ones carry (e.g. a format)
@@ -607,6 +610,9 @@ _DECLS: Dict[str, OpDecl] = {}
 # The op index: op name -> the module under ascend_moe.ops that declares it (imported on first use;
 # declaration modules import no torch).  Adding an op adds one line here.
 DECL_MODULES: Dict[str, str] = {
+    "npu_gmm": "gmm",
+    "npu_gmm_v2": "gmm",
+    "npu_grouped_matmul": "gmm",
     "npu_moe_gating_top_k": "gating",
     "npu_grouped_matmul_finalize_routing": "finalize_routing",
     "npu_grouped_matmul_swiglu_quant": "swiglu_quant",

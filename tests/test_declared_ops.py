@@ -243,7 +243,7 @@ def test_grouped_matmul_family_compiles_with_backend_argument(backend):
 
 def test_grouped_matmul_bare_tensor_is_one_type_error():
     x, w = torch.randn(6, 16), torch.randn(3, 16, 8)
-    with pytest.raises(TypeError, match=r"argument 'x' must be a list of Tensors \(Tensor\[\]\), a bare Tensor"):
+    with pytest.raises(TypeError, match=r"argument 'x' must be a list of Tensors \(Tensor\[\]\): wrap a single tensor as \[t\]"):
         ascend_moe.npu_grouped_matmul(x, [w], group_list=torch.tensor([2, 4, 6]), split_item=3)
     with pytest.raises(TypeError, match=r"argument 'weight' must be a list of Tensors"):
         ascend_moe.npu_grouped_matmul([x], w, group_list=torch.tensor([2, 4, 6]), split_item=3)

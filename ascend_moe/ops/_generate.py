@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ def run_sim(decl: OpDecl, a: Dict[str, Any], target: Any, device: Optional[torch
     """The simulator on the bound arguments; outputs on ``device`` (CPU when None)."""
     on_device = device is not None and device.type != "cpu"
     view = _backends.host_view if on_device else (lambda t: t)
-    result = decl.sim(_np_args(decl, a, view), target)
+    result = (decl.sim_torch or decl.sim)(_np_args(decl, a, view), target)
     # the adapter may return torch tensors it allocated itself (e.g. grouped matmul's output memory)
     outs = [r if isinstance(r, torch.Tensor) else from_numpy(np.asarray(r)) for r in _flat_outputs(result)]
     if on_device:
@@ -283,7 +283,10 @@ _ANN = {"Tensor": torch.Tensor, "Tensor?": Optional[torch.Tensor], "Tensor[]": L
 
 
 def _annotation(decl: OpDecl, name: str) -> Any:
-    return _ANN.get(decl.parsed.arg(name).type, Any)
+    ann = _ANN.get(decl.parsed.arg(name).type, Any)
+    if name in decl.alternatives:  # one argument, two overloads (e.g. Tensor or the .List overload's int[])
+        ann = Union[ann, _ANN.get(decl.alternatives[name][0].type, Any)]
+    return ann
 
 
 def _return_annotation(decl: OpDecl) -> Any:
