@@ -275,3 +275,43 @@ def test_aclnn_table_matches_the_dispatcher(name):
             "s": "s"}
     for e in d.aclnn:
         assert "".join(kind[p.ctype] for p in e.c_params) == _C.entry_kinds(e.name), e.name
+
+
+def test_privateuse1_kernel_runs_the_simulator_on_host_views_when_simulated(monkeypatch):
+    """The PrivateUse1 kernel of the simulated device: checker + simulator on host_view(t), outputs
+    allocated on the tensors' device and filled through host_view.  Modelled here with meta tensors as
+    the device's tensors and a dict of CPU tensors as its host memory (the kernel is called directly)."""
+    from ascend_moe import backends
+    from ascend_moe.ops import _generate
+    memory = {}
+
+    def host_view(t):
+        if t.device.type == "cpu":
+            return t
+        if id(t) not in memory:
+            memory[id(t)] = (t, torch.empty(t.shape, dtype=t.dtype))
+        return memory[id(t)][1]
+
+    def to_device(t):
+        d = torch.empty(t.shape, dtype=t.dtype, device="meta")
+        memory[id(d)] = (d, t)
+        return d
+
+    monkeypatch.setattr(_generate, "NPU_DEVICE_TYPES", ("meta",))
+    monkeypatch.setattr(backends, "host_view", host_view)
+    backends.set_privateuse1_simulated(True)
+    try:
+        assert backends.privateuse1_is_simulated()
+        d = DECLS["npu_moe_gating_top_k"]
+        s = d.samples()[0]
+        want = ascend_moe.npu_moe_gating_top_k(*s.args, **s.kwargs)
+        dev_args = _map(_torch_args(d, s), to_device)
+        got = _generate.NPU_KERNELS["npu_moe_gating_top_k"](*dev_args)
+        assert all(t.device.type == "meta" for t in got)
+        for g, w in zip(got, want):
+            assert torch.equal(host_view(g), w)
+        with ascend_moe.target("atlas-inference"), pytest.raises(ascend_moe.ConstraintError):
+            _generate.NPU_KERNELS["npu_moe_gating_top_k"](*dev_args)  # the checker runs first
+    finally:
+        backends.set_privateuse1_simulated(False)
+    assert not backends.privateuse1_is_simulated()

@@ -1,7 +1,7 @@
 """The aclnn backend: run an op through CANN's two-phase aclnn API via the C++ dispatcher ``ascend_moe._C``.
 
 ``call(op, args)`` takes the op's bound public arguments (torch_npu / MindSpeed names), allocates the
-outputs from the op's shape rule (``ascend_moe.ops._common.SHAPE_RULES``), chooses the aclnn entry point
+outputs from the op's shape rule (its declaration, ``ascend_moe.opdecl``), chooses the aclnn entry point
 as op-plugin does, marshals every tensor into a plain descriptor and lets ``_C.run`` do phase 1,
 workspace, phase 2 and the cleanup.  Outputs come back in the public op's structure.
 
@@ -298,14 +298,6 @@ BUILDERS: Dict[str, Callable[[Dict[str, Any], List[torch.Tensor]], Tuple[str, li
     "npu_gmm_v2": _build_gmm(1, "npu_gmm_v2"),
 }
 
-# How each op returns its outputs: a list, a tuple, or the single tensor.
-_STRUCTURE = {
-    "npu_grouped_matmul": "list", "npu_gmm": "single", "npu_gmm_v2": "single", "npu_moe_gating_top_k": "tuple",
-    "npu_ffn": "single", "npu_grouped_matmul_swiglu_quant": "tuple", "npu_grouped_matmul_swiglu_quant_v2": "tuple",
-    "npu_grouped_matmul_finalize_routing": "single",
-}
-
-
 # ------------------------------------------------------------------------------------------------
 # the call
 # ------------------------------------------------------------------------------------------------
@@ -330,14 +322,9 @@ def _device_of(args: Dict[str, Any]) -> torch.device:
 def _shape_rule(op: str) -> Callable[[Dict[str, Any]], list]:
     from ..opdecl import get_decl
     decl = get_decl(op)
-    if decl is not None:
-        return decl.shape
-    from ..ops._common import SHAPE_RULES
-    if op not in SHAPE_RULES:
-        import importlib
-        from ..rules import OP_MODULES
-        importlib.import_module(f"ascend_moe.ops.{OP_MODULES[op]}")
-    return SHAPE_RULES[op]
+    if decl is None:
+        raise BackendError(f"{op}: not declared in ascend_moe.opdecl; no shape rule to allocate its outputs")
+    return decl.shape
 
 
 def allocate_outputs(op: str, args: Dict[str, Any], device: torch.device) -> List[torch.Tensor]:
@@ -369,9 +356,11 @@ def call(op: str, args: Dict[str, Any]) -> Any:
     """Run ``op`` on aclnn with the bound public arguments; returns the outputs in the op's structure."""
     from ..opdecl import get_decl
     decl = get_decl(op)
-    if decl is not None and decl.aclnn:
+    if decl is None:
+        raise BackendError(f"{op}: not declared in ascend_moe.opdecl; the aclnn dispatcher has no binding for it")
+    if decl.aclnn:
         builder = lambda a, o: build_from_declaration(decl, a, o)  # noqa: E731
-    elif op in BUILDERS:
+    elif op in BUILDERS:  # the grouped matmul family: hand-written builders (entry table not declared yet)
         builder = BUILDERS[op]
     else:
         raise BackendError(f"{op}: the aclnn dispatcher has no binding for this op")
@@ -395,12 +384,5 @@ def call(op: str, args: Dict[str, Any]) -> Any:
     info.pop("keepalive", None)  # the NPU workspace is released here, stream-ordered by the allocator
     last_call.clear()
     last_call.update(info, op=op)
-    if decl is not None:
-        from ..ops._generate import _structure
-        return _structure(decl, outs)
-    kind = _STRUCTURE[op]
-    if kind == "single":
-        return outs[0]
-    if kind == "tuple":
-        return tuple(outs)
-    return outs
+    from ..ops._generate import _structure
+    return _structure(decl, outs)
