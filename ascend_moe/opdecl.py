@@ -176,8 +176,12 @@ def parse_schema(text: str) -> Schema:
 
 @dataclass(frozen=True)
 class Out:
-    """A C output parameter bound to the op's output ``index``."""
+    """A C output parameter bound to the op's output ``index`` (``ALL_OUTPUTS``: the list of all of
+    them, for an ``aclTensorList`` output)."""
     index: int
+
+
+ALL_OUTPUTS = Out(-1)
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ class CParam:
 _CTYPES = (
     (r"const\s+aclTensorList\s*\*", "L"), (r"aclTensorList\s*\*", "OL"),
     (r"const\s+aclTensor\s*\*", "T"), (r"aclTensor\s*\*", "O"),
-    (r"const\s+aclIntArray\s*\*", "IA"), (r"int64_t", "i64"), (r"float", "f32"), (r"double", "f64"),
+    (r"(const\s+)?aclIntArray\s*\*", "IA"), (r"int64_t", "i64"), (r"float", "f32"), (r"double", "f64"),
     (r"bool", "b"), (r"(const\s+)?char\s*\*", "s"),
 )
 
@@ -210,6 +214,9 @@ def parse_c_params(proto: str) -> Tuple[CParam, ...]:
 
 
 def _snake(name: str) -> str:
+    """The op argument a C parameter takes by default: ``pertokenScaleOptional`` -> ``pertoken_scale``."""
+    if name.endswith("Optional") and len(name) > len("Optional"):
+        name = name[: -len("Optional")]
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
@@ -227,7 +234,7 @@ class AclnnEntry:
     listed in op-plugin's preference order.
     """
     name: str
-    family: str
+    family: Any          # a family name, or a tuple of them when the dispatcher lists the entry in several
     params: str
     requires: Tuple[str, ...] = ()
     since: Optional[str] = None
@@ -339,9 +346,11 @@ class OpDecl:
         self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), self.parsed.returns)
         for e in self.aclnn:
             for p in e.c_params:
-                if p.ctype in ("O", "OL") and not isinstance(e.bind.get(p.name), (Out, str)):
-                    raise ValueError(f"{self.name}: {e.name}: output {p.name} must bind to Out(i) (or, for a "
-                                     "non-const input pointer, to an argument name)")
+                if p.ctype in ("O", "OL") and (p.name not in e.bind or not (
+                        e.bind[p.name] is None or isinstance(e.bind[p.name], (Out, str)))):
+                    raise ValueError(f"{self.name}: {e.name}: output {p.name} must bind to Out(i), ALL_OUTPUTS or "
+                                     "None (an optional output not produced; or, for a non-const input pointer, "
+                                     "to an argument name)")
                 if p.ctype in ("O", "OL"):
                     continue
                 if p.name not in e.bind and _snake(p.name) not in names:
@@ -372,7 +381,12 @@ class OpDecl:
         return entry.name[len(prefix):] or "V1"
 
     def entries(self, family: Optional[str] = None) -> List[AclnnEntry]:
-        return [e for e in self.aclnn if family is None or e.family == family]
+        return [e for e in self.aclnn if family is None or family in _families(e)]
+
+    def families(self, every: bool = False) -> Tuple[str, ...]:
+        """The call families, each entry's first (primary) one in table order; ``every``: also the
+        families an entry is listed in besides (e.g. V4 as the fp8 fallback family of its own)."""
+        return tuple(dict.fromkeys(f for e in self.aclnn for f in (_families(e) if every else _families(e)[:1])))
 
     @property
     def signature(self) -> inspect.Signature:
@@ -485,6 +499,10 @@ class OpDecl:
 
     def _error(self, what: str, where: str) -> BindError:
         return BindError(f"{self.name}{where}: {what}; signature: {self.parsed.spelled(name=False)}")
+
+
+def _families(e: AclnnEntry) -> Tuple[str, ...]:
+    return tuple(e.family) if isinstance(e.family, (tuple, list)) else (e.family,)
 
 
 def _overload_of(decl: "OpDecl", name: str) -> str:

@@ -35,8 +35,93 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from ..opdecl import ErrorInput, OpDecl, SampleInput, declare
+from ..opdecl import ALL_OUTPUTS, AclnnEntry, ErrorInput, OpDecl, SampleInput, declare
 from ..sim import gmm as _sim
+
+# ------------------------------------------------------------------------------------------------
+# aclnn entry points (C prototypes of csrc/acl_abi.h).  Choice, as op-plugin / MindSpeed make it:
+# npu_grouped_matmul: FRACTAL_NZ weight -> WeightNz; else V5 when it resolves and x is not fp8, else V4;
+# a List[int] group_list (the .List overload) -> aclnnGroupedMatmul (V1: M split only).  npu_gmm /
+# npu_gmm_v2: List[int] -> V2 (splitItem 3), Tensor -> V4 (groupListType 0 cumsum / 1 counts).
+# ------------------------------------------------------------------------------------------------
+
+_LISTS = ("const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional, "
+          "const aclTensorList *scaleOptional, const aclTensorList *offsetOptional, "
+          "const aclTensorList *antiquantScaleOptional, const aclTensorList *antiquantOffsetOptional, ")
+_V4_HEAD = (_LISTS + "const aclTensorList *perTokenScaleOptional, const aclTensor *groupListOptional, "
+            "const aclTensorList *activationInputOptional, const aclTensorList *activationQuantScaleOptional, "
+            "const aclTensorList *activationQuantOffsetOptional, int64_t splitItem, int64_t groupType, "
+            "int64_t groupListType, int64_t actType, ")
+_V4_TAIL = "aclTensorList *out, aclTensorList *activationFeatureOutOptional, aclTensorList *dynQuantScaleOutOptional"
+_GMM_OUTS = {"out": ALL_OUTPUTS, "y": ALL_OUTPUTS, "activationFeatureOutOptional": None,
+             "dynQuantScaleOutOptional": None}
+
+
+def _group_type(a: Dict[str, Any], outs: Any) -> int:
+    return _sim.resolve_group_type(a.get("group_type"), a.get("group_list"))
+
+
+def _no_dtype_overrides(a: Dict[str, Any]) -> None:
+    from ..backends.aclnn import _no_dtype_overrides as refuse
+    refuse("npu_grouped_matmul", a, ("x_dtype", "weight_dtype", "scale_dtype", "per_token_scale_dtype"))
+
+
+def _v1_check(a: Dict[str, Any]) -> None:
+    from ..backends import BackendError
+    _no_dtype_overrides(a)
+    gt = _group_type(a, None)
+    if gt not in (-1, 0):
+        raise BackendError(f"npu_grouped_matmul: group_type={gt} with a List[int] group_list: the .List overload's "
+                           "aclnnGroupedMatmul (V1) splits M only; pass group_list as a Tensor")
+
+
+_GM_BIND = dict(_GMM_OUTS, groupType=_group_type, quantGroupSize=0,
+                tuningConfigOptional=lambda a, o: list(a.get("tuning_config") or []))
+
+GROUPED_MATMUL_ACLNN = (
+    AclnnEntry("aclnnGroupedMatmulV5", family="gmm", params=_V4_HEAD + "aclIntArray *tuningConfigOptional, " + _V4_TAIL,
+               requires=("x", "weight"), bind=_GM_BIND, check=_no_dtype_overrides),
+    AclnnEntry("aclnnGroupedMatmulV4", family=("gmm", "gmm_v4"), params=_V4_HEAD + _V4_TAIL,
+               requires=("x", "weight"), bind=_GM_BIND, check=_no_dtype_overrides),
+    AclnnEntry("aclnnGroupedMatmulWeightNz", family="gmm_nz",
+               params=_V4_HEAD + "aclIntArray *tuningConfigOptional, int64_t quantGroupSize, " + _V4_TAIL,
+               requires=("x", "weight"), bind=_GM_BIND, check=_no_dtype_overrides),
+    AclnnEntry("aclnnGroupedMatmul", family="gmm_list_v1",
+               params=_LISTS + "const aclIntArray *groupListOptional, int64_t splitItem, const aclTensorList *y",
+               requires=("x", "weight"), bind=_GM_BIND, check=_v1_check),
+)
+
+
+def _grouped_matmul_family(a: Dict[str, Any]) -> str:
+    from ..formats import is_nz
+    if isinstance(a.get("group_list"), (list, tuple)):
+        return "gmm_list_v1"
+    if is_nz(a["weight"][0]):
+        return "gmm_nz"
+    # op-plugin: V5 only for native dtypes (no fp8 x); dtype overrides are refused before
+    fp8 = str(a["x"][0].dtype).replace("torch.", "").startswith("float8")
+    return "gmm_v4" if fp8 else "gmm"
+
+
+def _gmm_aclnn(list_type: int, int_list: bool):
+    """MindSpeed's calls: one x / weight / bias wrapped as lists, splitItem 3, no quantisation."""
+    one = {"x": lambda a, o: [a["x"]], "weight": lambda a, o: [a["weight"]],
+           "biasOptional": lambda a, o: None if a.get("bias") is None else [a["bias"]],
+           "scaleOptional": None, "offsetOptional": None, "antiquantScaleOptional": None,
+           "antiquantOffsetOptional": None, "perTokenScaleOptional": None, "activationInputOptional": None,
+           "activationQuantScaleOptional": None, "activationQuantOffsetOptional": None, "splitItem": 3,
+           "groupType": lambda a, o: int(a.get("group_type") or 0), "groupListType": list_type, "actType": 0}
+    v4 = AclnnEntry("aclnnGroupedMatmulV4", family="gmm_v4", params=_V4_HEAD + _V4_TAIL,
+                    requires=("x", "weight"), bind=dict(_GMM_OUTS, **one))
+    v2 = AclnnEntry("aclnnGroupedMatmulV2", family="gmm_list",
+                    params=_LISTS + "const aclIntArray *groupListOptional, int64_t splitItem, int64_t groupType, "
+                                    "const aclTensorList *y", requires=("x", "weight"), bind=dict(_GMM_OUTS, **one))
+    # npu_gmm_v2 takes no List[int] (MindSpeed rejects it; so does the checker): V4 only
+    return (v4, v2) if int_list else (v4,)
+
+
+def _gmm_family(a: Dict[str, Any]) -> str:
+    return "gmm_list" if isinstance(a.get("group_list"), (list, tuple)) else "gmm_v4"
 
 # torch_npu's output_dtype codes of the torch dtypes (a torch dtype is accepted for output_dtype)
 OUTPUT_DTYPE_CODES = {"torch.float16": 5, "torch.bfloat16": 15, "torch.float32": 6, "torch.int32": 3}
@@ -130,6 +215,8 @@ def _declare_gmm(op: str, list_type: int) -> OpDecl:
         shape=gmm_shape,
         sim=_gmm_sim(list_type),
         sim_torch=_gmm_sim_torch(op, list_type),
+        aclnn=_gmm_aclnn(list_type, int_list=op == "npu_gmm"),
+        choose_entry=_gmm_family,
         backward=_gmm_backward(op),
         setup_context=_gmm_setup,
         drop_in=("mindspeed",),
@@ -244,6 +331,8 @@ DECL_GROUPED_MATMUL = declare(OpDecl(
     shape=grouped_matmul_shapes,
     sim=_gm_sim,
     sim_torch=_gm_sim_torch,
+    aclnn=GROUPED_MATMUL_ACLNN,
+    choose_entry=_grouped_matmul_family,
     backward=_gm_backward,
     setup_context=_gm_setup,
     convert={"output_dtype": _output_dtype_code},
