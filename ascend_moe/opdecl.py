@@ -176,8 +176,12 @@ def parse_schema(text: str) -> Schema:
 
 @dataclass(frozen=True)
 class Out:
-    """A C output parameter bound to the op's output ``index``."""
+    """A C output parameter bound to the op's output ``index`` (``ALL_OUTPUTS``: the list of all of
+    them, for an ``aclTensorList`` output)."""
     index: int
+
+
+ALL_OUTPUTS = Out(-1)
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ class CParam:
 _CTYPES = (
     (r"const\s+aclTensorList\s*\*", "L"), (r"aclTensorList\s*\*", "OL"),
     (r"const\s+aclTensor\s*\*", "T"), (r"aclTensor\s*\*", "O"),
-    (r"const\s+aclIntArray\s*\*", "IA"), (r"int64_t", "i64"), (r"float", "f32"), (r"double", "f64"),
+    (r"(const\s+)?aclIntArray\s*\*", "IA"), (r"int64_t", "i64"), (r"float", "f32"), (r"double", "f64"),
     (r"bool", "b"), (r"(const\s+)?char\s*\*", "s"),
 )
 
@@ -210,6 +214,9 @@ def parse_c_params(proto: str) -> Tuple[CParam, ...]:
 
 
 def _snake(name: str) -> str:
+    """The op argument a C parameter takes by default: ``pertokenScaleOptional`` -> ``pertoken_scale``."""
+    if name.endswith("Optional") and len(name) > len("Optional"):
+        name = name[: -len("Optional")]
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
@@ -227,7 +234,7 @@ class AclnnEntry:
     listed in op-plugin's preference order.
     """
     name: str
-    family: str
+    family: Any          # a family name, or a tuple of them when the dispatcher lists the entry in several
     params: str
     requires: Tuple[str, ...] = ()
     since: Optional[str] = None
@@ -298,10 +305,18 @@ class OpDecl:
     # public-only conversions ``{arg: fn(value) -> value}`` applied by the binder before type checks
     # (e.g. a torch dtype accepted where the schema says int)
     convert: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # other overloads of the op as op-plugin spells them (e.g. ``npu_grouped_matmul.List``, whose
+    # group_list is ``int[]?``): an argument whose type differs is one public argument taking either type,
+    # and travels in the torch.library schema as an extra argument ``<name>_ints`` (one schema can hold
+    # no union type)
+    overloads: Tuple[str, ...] = ()
     # keyword-only schema arguments that an older published spelling passed positionally, in that
     # order, after the schema's positional ones (e.g. npu_ffn's seed signature); the public function
     # accepts both spellings (an unambiguous superset)
     legacy_positional: Tuple[str, ...] = ()
+    # the CPU kernel's simulator entry when it allocates torch outputs itself (same numbers as ``sim``,
+    # which stays the NumPy-only entry of the NumPy twin)
+    sim_torch: Optional[Callable[[Dict[str, Any], Any], Any]] = None
     # simulator-only keyword options of the NumPy twin, passed to ``sim(args, target, **options)``
     sim_options: Tuple[str, ...] = ()
     # what the fake kernel's checker sees, where fake tensors lack what real ones carry (e.g. a format)
@@ -311,11 +326,31 @@ class OpDecl:
     def __post_init__(self) -> None:
         self.parsed = parse_schema(self.schema)
         names = set(self.parsed.names)
+        # argument name -> (the overload's variant of it, the torch-schema name that carries it)
+        self.alternatives: Dict[str, Tuple[SchemaArg, str]] = {}
+        for text in self.overloads:
+            other = parse_schema(text)
+            if other.names != self.parsed.names:
+                raise ValueError(f"{self.name}: overload {other.overload} must have the same argument names")
+            for a, b in zip(self.args, other.args):
+                if a.type != b.type:
+                    if not b.base.startswith("int"):
+                        raise ValueError(f"{self.name}.{other.overload}: only int[] variants are supported")
+                    self.alternatives[a.name] = (b, f"{a.name}_ints")
+        torch_args: List[SchemaArg] = []
+        for a in self.args:
+            torch_args.append(a)
+            if a.name in self.alternatives:
+                alt, extra = self.alternatives[a.name]
+                torch_args.append(SchemaArg(extra, alt.type if alt.optional else alt.type + "?", None, a.kwarg_only))
+        self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), self.parsed.returns)
         for e in self.aclnn:
             for p in e.c_params:
-                if p.ctype in ("O", "OL") and not isinstance(e.bind.get(p.name), (Out, str)):
-                    raise ValueError(f"{self.name}: {e.name}: output {p.name} must bind to Out(i) (or, for a "
-                                     "non-const input pointer, to an argument name)")
+                if p.ctype in ("O", "OL") and (p.name not in e.bind or not (
+                        e.bind[p.name] is None or isinstance(e.bind[p.name], (Out, str)))):
+                    raise ValueError(f"{self.name}: {e.name}: output {p.name} must bind to Out(i), ALL_OUTPUTS or "
+                                     "None (an optional output not produced; or, for a non-const input pointer, "
+                                     "to an argument name)")
                 if p.ctype in ("O", "OL"):
                     continue
                 if p.name not in e.bind and _snake(p.name) not in names:
@@ -346,7 +381,12 @@ class OpDecl:
         return entry.name[len(prefix):] or "V1"
 
     def entries(self, family: Optional[str] = None) -> List[AclnnEntry]:
-        return [e for e in self.aclnn if family is None or e.family == family]
+        return [e for e in self.aclnn if family is None or family in _families(e)]
+
+    def families(self, every: bool = False) -> Tuple[str, ...]:
+        """The call families, each entry's first (primary) one in table order; ``every``: also the
+        families an entry is listed in besides (e.g. V4 as the fp8 fallback family of its own)."""
+        return tuple(dict.fromkeys(f for e in self.aclnn for f in (_families(e) if every else _families(e)[:1])))
 
     @property
     def signature(self) -> inspect.Signature:
@@ -369,6 +409,36 @@ class OpDecl:
 
     # -- binding -----------------------------------------------------------------------------------
 
+    def to_torch(self, a: Dict[str, Any]) -> Tuple[Any, ...]:
+        """A bound public call as the torch.library schema's positional arguments (an overload's variant
+        of an argument goes to its ``<name>_ints`` slot)."""
+        out: List[Any] = []
+        for arg in self.args:
+            v = a[arg.name]
+            if arg.name in self.alternatives:
+                is_list = isinstance(v, (list, tuple))
+                out.extend([None if is_list else v, list(v) if is_list else None])
+            else:
+                out.append(v)
+        return tuple(out)
+
+    def bind_torch(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, tensor_check: Optional[
+            Callable[[Any], bool]] = None) -> Dict[str, Any]:
+        """Bind a call of the torch.library schema (what the kernels receive) to the public argument
+        dict: each ``<name>_ints`` folded back into ``<name>``."""
+        if not self.alternatives:
+            return self.bind(args, kwargs, tensor_check=tensor_check, keyword_split=False)
+        a = self._bind(self.torch_parsed.args, args, kwargs, tensor_check, " (torch schema)", False, False)
+        for name, (_, extra) in self.alternatives.items():
+            ints = a.pop(extra)
+            if ints is not None:
+                if a[name] is not None:
+                    raise self._error(f"'{name}' and '{extra}' are both given; pass one", "")
+                a[name] = ints
+        if self.normalize is not None:
+            a = self.normalize(a)
+        return a
+
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, tensor_check: Optional[
             Callable[[Any], bool]] = None, where: str = "", keyword_split: bool = True,
              any_dtype: bool = False) -> Dict[str, Any]:
@@ -377,7 +447,13 @@ class OpDecl:
         torch.library schema does (it has no ``*``: the kernels receive every argument positionally).
         ``any_dtype``: a ``ScalarType`` may also be a dtype name or a NumPy dtype (the checker).  Raises :class:`BindError` (a TypeError)
         naming the argument, the expected type and the torch signature."""
-        spec = self.args
+        out = self._bind(self.args, args, kwargs, tensor_check, where, keyword_split, any_dtype)
+        if self.normalize is not None:
+            out = self.normalize(out)
+        return out
+
+    def _bind(self, spec: Sequence[SchemaArg], args: Sequence[Any], kwargs: Mapping[str, Any], tensor_check: Any,
+              where: str, keyword_split: bool, any_dtype: bool) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         if keyword_split:
             positional = [a for a in spec if not a.kwarg_only] + [self.parsed.arg(n) for n in self.legacy_positional]
@@ -407,13 +483,34 @@ class OpDecl:
             if v is None and a.optional and a.default is not None and a.default is not NO_DEFAULT \
                     and not a.is_tensor:
                 v = a.default  # op-plugin's value_or(default): None means the schema default
-            out[a.name] = _check_type(self, a, v, tensor_check, where, any_dtype)
-        if self.normalize is not None:
-            out = self.normalize(out)
+            alt = self.alternatives.get(a.name)
+            if alt is not None and isinstance(v, (list, tuple)):
+                out[a.name] = _check_type(self, alt[0], v, tensor_check, where, any_dtype)
+            else:
+                try:
+                    out[a.name] = _check_type(self, a, v, tensor_check, where, any_dtype)
+                except BindError:
+                    if alt is None:
+                        raise
+                    raise self._error(f"argument '{a.name}' must be {_expected(a).split(' (')[0]} or "
+                                      f"{_expected(alt[0]).split(' (')[0]} (the .{_overload_of(self, a.name)} "
+                                      f"overload), got {_type_name(v)}", where) from None
         return out
 
     def _error(self, what: str, where: str) -> BindError:
         return BindError(f"{self.name}{where}: {what}; signature: {self.parsed.spelled(name=False)}")
+
+
+def _families(e: AclnnEntry) -> Tuple[str, ...]:
+    return tuple(e.family) if isinstance(e.family, (tuple, list)) else (e.family,)
+
+
+def _overload_of(decl: "OpDecl", name: str) -> str:
+    for text in decl.overloads:
+        other = parse_schema(text)
+        if other.arg(name).type != decl.parsed.arg(name).type:
+            return other.overload
+    return ""
 
 
 def _common_prefix(entries: Sequence[AclnnEntry]) -> str:
@@ -531,6 +628,9 @@ _DECLS: Dict[str, OpDecl] = {}
 # The op index: op name -> the module under ascend_moe.ops that declares it (imported on first use;
 # declaration modules import no torch).  Adding an op adds one line here.
 DECL_MODULES: Dict[str, str] = {
+    "npu_gmm": "gmm",
+    "npu_gmm_v2": "gmm",
+    "npu_grouped_matmul": "gmm",
     "npu_moe_gating_top_k": "gating",
     "npu_grouped_matmul_finalize_routing": "finalize_routing",
     "npu_grouped_matmul_swiglu_quant": "swiglu_quant",

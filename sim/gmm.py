@@ -42,9 +42,9 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .numerics import GroupList as GroupListValue, fill_undefined, twin_arguments
+from .numerics import GroupList as GroupListValue, fill_undefined
 
-__all__ = ["npu_gmm", "npu_gmm_v2", "npu_grouped_matmul", "grouped_matmul_add_fp32"]
+__all__ = ["grouped_matmul_compute", "grouped_matmul_add_fp32"]
 
 GroupList = Union[None, Sequence[int], np.ndarray]
 
@@ -348,32 +348,6 @@ def grouped_matmul_add_fp32(x: np.ndarray, grad_y: np.ndarray, group_list: Group
 # ---------------------------------------------------------------------------------------------
 
 
-def npu_gmm(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] = None,
-            group_list: GroupList = None, group_type: int = 0, gemm_fusion: bool = False,
-            original_weight: Optional[np.ndarray] = None, undefined: Optional[str] = None) -> np.ndarray:
-    """MindSpeed ``npu_gmm`` forward: group_list is a cumsum (``list`` = int-array path, array =
-    Tensor path).  ``gemm_fusion`` / ``original_weight`` only matter for the backward."""
-    from ..rules import enforce
-    twin_arguments("npu_gmm", locals(), required=("x", "weight"),
-                   arrays=("x", "weight", "bias", "original_weight"), int_lists=("group_list",))
-    enforce("npu_gmm", x, weight, bias=bias, group_list=group_list, group_type=group_type,
-            gemm_fusion=gemm_fusion, original_weight=original_weight)
-    return _gmm_forward(x, weight, bias, group_list, group_type, 0, undefined)
-
-
-def npu_gmm_v2(x: np.ndarray, weight: np.ndarray, *, bias: Optional[np.ndarray] = None,
-               group_list: Optional[np.ndarray] = None, group_type: int = 0, gemm_fusion: bool = False,
-               original_weight: Optional[np.ndarray] = None, undefined: Optional[str] = None) -> np.ndarray:
-    """MindSpeed ``npu_gmm_v2`` forward: group_list holds per-group counts (array only)."""
-    from ..rules import enforce
-    twin_arguments("npu_gmm_v2", locals(), required=("x", "weight"),
-                   arrays=("x", "weight", "bias", "original_weight"),
-                   int_lists=("group_list",))
-    enforce("npu_gmm_v2", x, weight, bias=bias, group_list=group_list, group_type=group_type,
-            gemm_fusion=gemm_fusion, original_weight=original_weight)
-    return _gmm_forward(x, weight, bias, group_list, group_type, 1, undefined)
-
-
 def _gmm_forward(x, weight, bias, group_list, group_type, group_list_type, undefined, out=None, copy_cast=None):
     x, weight = np.asarray(x), np.asarray(weight)
     if group_type == 2:
@@ -382,29 +356,11 @@ def _gmm_forward(x, weight, bias, group_list, group_type, group_list_type, undef
                        group_list_type, undefined, out, copy_cast)
 
 
-def npu_grouped_matmul(x: Sequence[np.ndarray], weight: Sequence[np.ndarray], *,
-                       bias: Optional[Sequence[np.ndarray]] = None, scale=None, offset=None,
-                       antiquant_scale=None, antiquant_offset=None, per_token_scale=None,
-                       group_list: GroupList = None, activation_input=None, activation_quant_scale=None,
-                       activation_quant_offset=None, split_item: int = 0, group_type: Optional[int] = None,
-                       group_list_type: int = 0, act_type: int = 0, tuning_config: Optional[Sequence[int]] = None,
-                       output_dtype: Optional[int] = None, x_dtype: Optional[int] = None,
-                       weight_dtype: Optional[int] = None, scale_dtype: Optional[int] = None,
-                       per_token_scale_dtype: Optional[int] = None,
-                       undefined: Optional[str] = None) -> List[np.ndarray]:
-    """torch_npu ``npu_grouped_matmul`` (non-quantised).  ``group_list`` as a Python list is the
-    ``.List`` overload (int-array path), as an array the Tensor overload."""
-    from ..rules import enforce
-    twin_arguments("npu_grouped_matmul", locals(), required=("x", "weight"), int_lists=("group_list",),
-                   array_lists=(
-        "x", "weight", "bias", "scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale",
-        "activation_input", "activation_quant_scale", "activation_quant_offset"))
-    enforce("npu_grouped_matmul", x, weight, bias=bias, scale=scale, offset=offset,
-            antiquant_scale=antiquant_scale, antiquant_offset=antiquant_offset,
-            per_token_scale=per_token_scale, group_list=group_list, activation_input=activation_input,
-            activation_quant_scale=activation_quant_scale, activation_quant_offset=activation_quant_offset,
-            split_item=split_item, group_type=group_type, group_list_type=group_list_type, act_type=act_type,
-            tuning_config=tuning_config, output_dtype=output_dtype, x_dtype=x_dtype, weight_dtype=weight_dtype,
-            scale_dtype=scale_dtype, per_token_scale_dtype=per_token_scale_dtype)
-    return grouped_matmul_compute(x, weight, bias, group_list, split_item,
-                                  resolve_group_type(group_type, group_list), group_list_type, undefined)
+def __getattr__(name: str):
+    """The checked NumPy twins ``npu_gmm`` / ``npu_gmm_v2`` / ``npu_grouped_matmul`` are generated from the
+    op declarations (:mod:`ascend_moe.numpy_ops`); these aliases keep the old names without the
+    simulator importing the checker."""
+    if name in ("npu_gmm", "npu_gmm_v2", "npu_grouped_matmul"):
+        from ascend_moe import numpy_ops
+        return getattr(numpy_ops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

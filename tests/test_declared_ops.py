@@ -47,7 +47,7 @@ def _shapes(out: Any):
 def _torch_args(decl, sample):
     """The sample's public call as the torch.library schema's positional/keyword call."""
     a = decl.bind(sample.args, sample.kwargs, tensor_check=lambda v: isinstance(v, torch.Tensor))
-    return tuple(a[n] for n in decl.parsed.names)
+    return decl.to_torch(a)
 
 
 def _map(v: Any, fn) -> Any:
@@ -74,7 +74,11 @@ def test_schema_is_torchs(name):
         else:
             assert a.default is inspect.Parameter.empty, a.name
     registered = getattr(torch.ops.ascend_moe, name).default._schema
-    assert [a.name for a in registered.arguments] == [a.name for a in ours.args]
+    assert [a.name for a in registered.arguments] == [a.name for a in d.torch_parsed.args]
+    for text in d.overloads:  # overloads parse the same with torch's parser too
+        o, t = parse_schema(text), torch._C.parse_schema(text)
+        assert [a.name for a in o.args] == [a.name for a in t.arguments]
+        assert [a.kwarg_only for a in o.args] == [a.kwarg_only for a in t.arguments]
 
 
 @pytest.mark.parametrize("name", list(DECLS))
@@ -133,15 +137,40 @@ def test_sample_compiles_fullgraph(name, i, backend):
                                                    if e.dtype.itemsize != 1 else c.view(torch.uint8))
 
 
-@pytest.mark.parametrize("name,i", list(_samples()))
-def test_sample_reference(name, i):
-    """The simulator against the sample's independent reference, where the declaration gives one."""
+def _samples_with_reference():
+    for name, d in DECLS.items():
+        for i, s in enumerate(d.samples() if d.samples else []):
+            if s.reference is not None:
+                yield pytest.param(name, i, id=f"{name}-{s.name or i}")
+
+
+@pytest.mark.parametrize("name,i", list(_samples_with_reference()))
+@pytest.mark.parametrize("path", ["public", "torch.ops", "compiled", "numpy twin"])
+def test_sample_reference(name, i, path):
+    """The simulator against the sample's independent reference (written with the declaration, in plain
+    loops), bit for bit, on every path a CPU call can take."""
+    import numpy as np
     d = DECLS[name]
     s = d.samples()[i]
-    if s.reference is None:
-        pytest.skip("no independent reference declared for this sample (the op's own tests compare it)")
+    fn = getattr(ascend_moe, name)
     with numerics.undefined_policy(s.undefined):
-        out = getattr(ascend_moe, name)(*s.args, **s.kwargs)
+        if path == "public":
+            out = fn(*s.args, **s.kwargs)
+        elif path == "torch.ops":
+            out = getattr(torch.ops.ascend_moe, name)(*_torch_args(d, s))
+        elif path == "compiled":
+            torch._dynamo.reset()
+            out = torch.compile(lambda *a: fn(*a, **s.kwargs), fullgraph=True, backend="aot_eager")(*s.args)
+        else:
+            from ascend_moe import numpy_ops
+            np_args = _map(s.args, lambda t: np.asarray(t.numpy()))
+            np_kwargs = _map(s.kwargs, lambda t: np.asarray(t.numpy()))
+            # the NZ tag of a tensor stays with it; its NumPy view is tagged like it
+            for src, dst in zip(list(s.args) + list(s.kwargs.values()), list(np_args) + list(np_kwargs.values())):
+                if isinstance(src, torch.Tensor) and ascend_moe.formats.is_nz(src):
+                    ascend_moe.formats.set_format(dst, ascend_moe.formats.get_format(src))
+            out = getattr(numpy_ops, name)(*np_args, **np_kwargs)
+            out = _map(out, torch.from_numpy) if isinstance(out, (list, tuple)) else torch.from_numpy(out)
     for got, want in zip(_flat(out), _flat(s.reference(s))):
         assert torch.equal(got, want)
 
@@ -214,7 +243,7 @@ def test_grouped_matmul_family_compiles_with_backend_argument(backend):
 
 def test_grouped_matmul_bare_tensor_is_one_type_error():
     x, w = torch.randn(6, 16), torch.randn(3, 16, 8)
-    with pytest.raises(TypeError, match=r"argument 'x' must be a list of Tensors \(Tensor\[\]\), a bare Tensor"):
+    with pytest.raises(TypeError, match=r"argument 'x' must be a list of Tensors \(Tensor\[\]\): wrap a single tensor as \[t\]"):
         ascend_moe.npu_grouped_matmul(x, [w], group_list=torch.tensor([2, 4, 6]), split_item=3)
     with pytest.raises(TypeError, match=r"argument 'weight' must be a list of Tensors"):
         ascend_moe.npu_grouped_matmul([x], w, group_list=torch.tensor([2, 4, 6]), split_item=3)
@@ -239,10 +268,50 @@ def test_aclnn_table_matches_the_dispatcher(name):
     from ascend_moe.backends.aclnn_status import OP_FAMILIES
     d = DECLS[name]
     families = _C.families()
-    for fam in dict.fromkeys(e.family for e in d.aclnn):
+    for fam in d.families(every=True):
         assert [e.name for e in d.entries(fam)] == list(families[fam]), fam
-    assert OP_FAMILIES[name] == tuple(dict.fromkeys(e.family for e in d.aclnn))
+    assert OP_FAMILIES[name] == d.families()
     kind = {"T": "T", "O": "T", "L": "L", "OL": "L", "IA": "I", "i64": "i", "f32": "f", "f64": "d", "b": "b",
             "s": "s"}
     for e in d.aclnn:
         assert "".join(kind[p.ctype] for p in e.c_params) == _C.entry_kinds(e.name), e.name
+
+
+def test_privateuse1_kernel_runs_the_simulator_on_host_views_when_simulated(monkeypatch):
+    """The PrivateUse1 kernel of the simulated device: checker + simulator on host_view(t), outputs
+    allocated on the tensors' device and filled through host_view.  Modelled here with meta tensors as
+    the device's tensors and a dict of CPU tensors as its host memory (the kernel is called directly)."""
+    from ascend_moe import backends
+    from ascend_moe.ops import _generate
+    memory = {}
+
+    def host_view(t):
+        if t.device.type == "cpu":
+            return t
+        if id(t) not in memory:
+            memory[id(t)] = (t, torch.empty(t.shape, dtype=t.dtype))
+        return memory[id(t)][1]
+
+    def to_device(t):
+        d = torch.empty(t.shape, dtype=t.dtype, device="meta")
+        memory[id(d)] = (d, t)
+        return d
+
+    monkeypatch.setattr(_generate, "NPU_DEVICE_TYPES", ("meta",))
+    monkeypatch.setattr(backends, "host_view", host_view)
+    backends.set_privateuse1_simulated(True)
+    try:
+        assert backends.privateuse1_is_simulated()
+        d = DECLS["npu_moe_gating_top_k"]
+        s = d.samples()[0]
+        want = ascend_moe.npu_moe_gating_top_k(*s.args, **s.kwargs)
+        dev_args = _map(_torch_args(d, s), to_device)
+        got = _generate.NPU_KERNELS["npu_moe_gating_top_k"](*dev_args)
+        assert all(t.device.type == "meta" for t in got)
+        for g, w in zip(got, want):
+            assert torch.equal(host_view(g), w)
+        with ascend_moe.target("atlas-inference"), pytest.raises(ascend_moe.ConstraintError):
+            _generate.NPU_KERNELS["npu_moe_gating_top_k"](*dev_args)  # the checker runs first
+    finally:
+        backends.set_privateuse1_simulated(False)
+    assert not backends.privateuse1_is_simulated()

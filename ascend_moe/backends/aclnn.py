@@ -1,11 +1,13 @@
 """The aclnn backend: run an op through CANN's two-phase aclnn API via the C++ dispatcher ``ascend_moe._C``.
 
 ``call(op, args)`` takes the op's bound public arguments (torch_npu / MindSpeed names), allocates the
-outputs from the op's shape rule (``ascend_moe.ops._common.SHAPE_RULES``), chooses the aclnn entry point
+outputs from the op's shape rule (its declaration, ``ascend_moe.opdecl``), chooses the aclnn entry point
 as op-plugin does, marshals every tensor into a plain descriptor and lets ``_C.run`` do phase 1,
 workspace, phase 2 and the cleanup.  Outputs come back in the public op's structure.
 
-Entry-point choice (op-plugin / MindSpeed, spec aclnn-abi-and-torch.md 2 and 4.3):
+Entry points, their C parameter lists and the call family each call takes are declared with the op
+(``ascend_moe/ops/<family>.py``, :class:`ascend_moe.opdecl.AclnnEntry`); :func:`build_from_declaration`
+turns them into the descriptors.  The choice (op-plugin / MindSpeed, spec aclnn-abi-and-torch.md 2 and 4.3):
 
 * ``npu_grouped_matmul``: FRACTAL_NZ weight -> ``aclnnGroupedMatmulWeightNz``; else ``V5`` when it
   resolves and x is not fp8, else ``V4``; a ``List[int]`` group_list (torch_npu's ``.List`` overload)
@@ -114,10 +116,6 @@ def _acl_format(t: torch.Tensor) -> int:
     return ACL_FORMAT_FRACTAL_NZ if fmt.startswith("FRACTAL_NZ") else ACL_FORMAT_ND
 
 
-def _is_nz(t: Optional[torch.Tensor]) -> bool:
-    return t is not None and _acl_format(t) in NZ_FORMATS
-
-
 def describe(t: torch.Tensor) -> tuple:
     """The descriptor ``_C.run`` turns into an aclTensor: (storage base pointer, view dims, strides,
     storage offset in elements, aclDataType, aclFormat, storage dims)."""
@@ -183,24 +181,6 @@ def choose(family: str, op: str) -> str:
     return chosen
 
 
-def _first(v: Any) -> Any:
-    return v[0] if isinstance(v, (list, tuple)) and len(v) else v
-
-
-def _gmm_group_type(group_type: Optional[int], group_list: Any) -> int:
-    if group_type is not None:
-        return int(group_type)
-    return 0 if group_list is not None else -1
-
-
-def _int_list(v: Any) -> Optional[List[int]]:
-    if v is None:
-        return None
-    if isinstance(v, torch.Tensor):
-        return [int(i) for i in v.tolist()]
-    return [int(i) for i in v]
-
-
 def _no_dtype_overrides(op: str, a: Dict[str, Any], names: Sequence[str]) -> None:
     """op-plugin re-types tensors with x_dtype/weight_dtype/... (TensorWrapper) for dtypes torch lacks
     (hifloat8, fp4); this dispatcher does not model those, so it refuses them rather than mis-type."""
@@ -212,52 +192,6 @@ def _no_dtype_overrides(op: str, a: Dict[str, Any], names: Sequence[str]) -> Non
 
 
 # Each builder: (args, outs) -> (entry point, [argument descriptors]).
-
-def _build_grouped_matmul(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
-    op = "npu_grouped_matmul"
-    _no_dtype_overrides(op, a, ("x_dtype", "weight_dtype", "scale_dtype", "per_token_scale_dtype"))
-    xs, ws, gl = list(a["x"]), list(a["weight"]), a.get("group_list")
-    split_item = int(a.get("split_item") or 0)
-    group_type = _gmm_group_type(a.get("group_type"), gl)
-    if isinstance(gl, (list, tuple)):
-        # torch_npu's npu_grouped_matmul.List overload: aclnnGroupedMatmul (V1), which has no group type
-        if group_type not in (-1, 0):
-            raise BackendError(f"{op}: group_type={group_type} with a List[int] group_list: the .List overload's "
-                               "aclnnGroupedMatmul (V1) splits M only; pass group_list as a Tensor")
-        entry = choose("gmm_list_v1", op)
-        return entry, [L(xs), L(ws), L(a.get("bias")), L(a.get("scale")), L(a.get("offset")),
-                       L(a.get("antiquant_scale")), L(a.get("antiquant_offset")), IA(gl), i64(split_item), L(outs)]
-    common = [L(xs), L(ws), L(a.get("bias")), L(a.get("scale")), L(a.get("offset")), L(a.get("antiquant_scale")),
-              L(a.get("antiquant_offset")), L(a.get("per_token_scale")), T(gl), L(a.get("activation_input")),
-              L(a.get("activation_quant_scale")), L(a.get("activation_quant_offset")), i64(split_item),
-              i64(group_type), i64(a.get("group_list_type") or 0), i64(a.get("act_type") or 0)]
-    tail = [L(outs), L(None), L(None)]
-    tuning = IA(list(a.get("tuning_config") or []))
-    if _is_nz(ws[0]):
-        entry = choose("gmm_nz", op)
-        return entry, common + [tuning, i64(0)] + tail  # quantGroupSize 0, as op-plugin
-    fp8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
-    v5_ok = xs[0].dtype not in fp8  # op-plugin: V5 only for native dtypes (no fp8 x, no dtype overrides)
-    entry = choose("gmm" if v5_ok else "gmm_v4", op)
-    if entry.endswith("V5"):
-        return entry, common + [tuning] + tail
-    return entry, common + tail
-
-
-def _build_gmm(group_list_type: int, op: str):
-    def build(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
-        bias = [a["bias"]] if a.get("bias") is not None else None
-        gl, gt = a.get("group_list"), int(a.get("group_type") if a.get("group_type") is not None else 0)
-        if isinstance(gl, (list, tuple)):  # MindSpeed List[int]: aclnnGroupedMatmulV2, splitItem 3
-            entry = choose("gmm_list", op)
-            return entry, [L([a["x"]]), L([a["weight"]]), L(bias), L(None), L(None), L(None), L(None), IA(gl),
-                           i64(3), i64(gt), L(outs)]
-        entry = choose("gmm_v4", op)
-        return entry, [L([a["x"]]), L([a["weight"]]), L(bias), L(None), L(None), L(None), L(None), L(None), T(gl),
-                       L(None), L(None), L(None), i64(3), i64(gt), i64(group_list_type), i64(0), L(outs), L(None),
-                       L(None)]
-    return build
-
 
 _ENCODE = {"T": T, "O": T, "L": L, "OL": L, "IA": IA, "i64": i64, "f32": f32, "f64": f64, "b": b, "s": s}
 
@@ -271,7 +205,7 @@ def build_from_declaration(decl: Any, a: Dict[str, Any], outs: List[torch.Tensor
     from ..opdecl import Out, _snake
     family = decl.choose_entry(a) if decl.choose_entry is not None else decl.aclnn[0].family
     entry_name = choose(family, decl.name)
-    entry = next((e for e in decl.aclnn if e.name == entry_name), None)
+    entry = next((e for e in decl.entries(family) if e.name == entry_name), None)
     if entry is None:
         raise BackendError(f"{decl.name}: the dispatcher chose {entry_name}, which the op's declaration does not "
                            "list; add its C parameter list to the declaration")
@@ -281,7 +215,7 @@ def build_from_declaration(decl: Any, a: Dict[str, Any], outs: List[torch.Tensor
     for p in entry.c_params:
         src = entry.bind.get(p.name, _snake(p.name))
         if isinstance(src, Out):
-            value = outs[src.index]
+            value = list(outs) if src.index < 0 else outs[src.index]
         elif callable(src):
             value = src(a, outs)
         elif isinstance(src, str):
@@ -291,19 +225,6 @@ def build_from_declaration(decl: Any, a: Dict[str, Any], outs: List[torch.Tensor
         descs.append(_ENCODE[p.ctype](value))
     return entry_name, descs
 
-
-BUILDERS: Dict[str, Callable[[Dict[str, Any], List[torch.Tensor]], Tuple[str, list]]] = {
-    "npu_grouped_matmul": _build_grouped_matmul,
-    "npu_gmm": _build_gmm(0, "npu_gmm"),
-    "npu_gmm_v2": _build_gmm(1, "npu_gmm_v2"),
-}
-
-# How each op returns its outputs: a list, a tuple, or the single tensor.
-_STRUCTURE = {
-    "npu_grouped_matmul": "list", "npu_gmm": "single", "npu_gmm_v2": "single", "npu_moe_gating_top_k": "tuple",
-    "npu_ffn": "single", "npu_grouped_matmul_swiglu_quant": "tuple", "npu_grouped_matmul_swiglu_quant_v2": "tuple",
-    "npu_grouped_matmul_finalize_routing": "single",
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,14 +251,9 @@ def _device_of(args: Dict[str, Any]) -> torch.device:
 def _shape_rule(op: str) -> Callable[[Dict[str, Any]], list]:
     from ..opdecl import get_decl
     decl = get_decl(op)
-    if decl is not None:
-        return decl.shape
-    from ..ops._common import SHAPE_RULES
-    if op not in SHAPE_RULES:
-        import importlib
-        from ..rules import OP_MODULES
-        importlib.import_module(f"ascend_moe.ops.{OP_MODULES[op]}")
-    return SHAPE_RULES[op]
+    if decl is None:
+        raise BackendError(f"{op}: not declared in ascend_moe.opdecl; no shape rule to allocate its outputs")
+    return decl.shape
 
 
 def allocate_outputs(op: str, args: Dict[str, Any], device: torch.device) -> List[torch.Tensor]:
@@ -369,12 +285,10 @@ def call(op: str, args: Dict[str, Any]) -> Any:
     """Run ``op`` on aclnn with the bound public arguments; returns the outputs in the op's structure."""
     from ..opdecl import get_decl
     decl = get_decl(op)
-    if decl is not None and decl.aclnn:
-        builder = lambda a, o: build_from_declaration(decl, a, o)  # noqa: E731
-    elif op in BUILDERS:
-        builder = BUILDERS[op]
-    else:
-        raise BackendError(f"{op}: the aclnn dispatcher has no binding for this op")
+    if decl is None:
+        raise BackendError(f"{op}: not declared in ascend_moe.opdecl; the aclnn dispatcher has no binding for it")
+    if not decl.aclnn:
+        raise BackendError(f"{op}: the declaration lists no aclnn entry point")
     c = _C()
     if not c.runtime_ok():
         raise BackendError(f"{op}: the aclnn hardware path is unavailable: {c.loader_report()['reason']}")
@@ -384,7 +298,7 @@ def call(op: str, args: Dict[str, Any]) -> Any:
         raise BackendError(f"{op}: aclnn computes NPU tensors only; CPU tensors are accepted by the fake test "
                            "runtime alone")
     outs = allocate_outputs(op, args, device)
-    entry, descs = builder(args, outs)
+    entry, descs = build_from_declaration(decl, args, outs)
     if on_npu:
         guard, alloc = _npu_context(device)
         with guard:
@@ -395,12 +309,5 @@ def call(op: str, args: Dict[str, Any]) -> Any:
     info.pop("keepalive", None)  # the NPU workspace is released here, stream-ordered by the allocator
     last_call.clear()
     last_call.update(info, op=op)
-    if decl is not None:
-        from ..ops._generate import _structure
-        return _structure(decl, outs)
-    kind = _STRUCTURE[op]
-    if kind == "single":
-        return outs[0]
-    if kind == "tuple":
-        return tuple(outs)
-    return outs
+    from ..ops._generate import _structure
+    return _structure(decl, outs)

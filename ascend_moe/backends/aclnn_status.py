@@ -26,7 +26,7 @@ class _OpFamilies(dict):
 
     def _declared(self) -> Dict[str, Tuple[str, ...]]:
         from ..opdecl import all_decls
-        return {d.name: tuple(dict.fromkeys(e.family for e in d.aclnn)) for d in all_decls() if d.aclnn}
+        return {d.name: d.families() for d in all_decls() if d.aclnn}
 
     def get(self, op, default=None):
         return self._declared().get(op) or _UNDECLARED_FAMILIES.get(op, default)

@@ -38,7 +38,6 @@ from ._shim import missing_attribute
 # torch_npu name -> ascend_moe.ops module, for the ops not declared in ascend_moe.opdecl yet; every
 # declared op whose ``drop_in`` names torch_npu is added by _bind_ops.
 OPS: Dict[str, str] = {
-    "npu_grouped_matmul": "gmm",
     "npu_ffn": "ffn",
     "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
     "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",

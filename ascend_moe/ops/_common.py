@@ -1,17 +1,12 @@
-"""Shared plumbing of the torch-facing ops: torch <-> NumPy without needless copies, and the one
-path every op kernel takes (constraint check, then backend selection).
-"""
+"""Shared plumbing of the torch-facing ops: torch <-> NumPy without needless copies."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Optional
 
 import ml_dtypes
 import numpy as np
 import torch
 
-from ..backends import select_backend
-from ..products import Target
-from ..rules import enforce_call
 
 _TORCH_OF_NUMPY = {
     np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
@@ -56,42 +51,3 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     if not a.flags.writeable:
         a = a.copy()
     return torch.from_numpy(a)
-
-
-def _required_given(op: str, args: Dict[str, Any]) -> None:
-    """A required tensor argument passed as None (torch's custom-op path lets it through) is a
-    TypeError naming it, before any rule or kernel sees it."""
-    from ..rules import get_op
-    import inspect
-    for p in get_op(op).signature.parameters.values():
-        if p.default is inspect.Parameter.empty and p.name in args and args[p.name] is None:
-            raise TypeError(f"{op}: argument '{p.name}' is required, got None")
-
-
-def checked_backend(op: str, args: Dict[str, Any], tensors: Iterable[Any],
-                    backend: Optional[str] = None) -> str:
-    """The one path of every kernel: check the call's rules (all violations at once), then pick
-    the backend by policy.  Returns ``"sim"`` or ``"aclnn"``."""
-    _required_given(op, args)
-    enforce_call(op, args)
-    return select_backend(op, tensors, backend)
-
-
-def check_only(op: str, args: Dict[str, Any]) -> Target:
-    """The check run by fake (meta) kernels: rules only, values are not concrete there."""
-    _required_given(op, args)
-    return enforce_call(op, args)
-
-
-# Shape rules of the ops, by op name: ``fn(args) -> [(shape, torch.dtype), ...]`` for each output,
-# from the bound arguments (metadata only).  Used by the fake kernels and by the aclnn backend to
-# allocate outputs; each op module registers its own.
-SHAPE_RULES: Dict[str, Any] = {}
-
-
-def shape_rule(op: str):
-    """Decorator registering an op's shape rule in :data:`SHAPE_RULES`."""
-    def deco(fn):
-        SHAPE_RULES[op] = fn
-        return fn
-    return deco

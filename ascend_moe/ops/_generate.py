@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def _is_tensor(v: Any) -> bool:
 
 
 def torch_schema(decl: OpDecl) -> str:
-    return decl.parsed.spelled(keyword_split=False, name=False)
+    return decl.torch_parsed.spelled(keyword_split=False, name=False)
 
 
 def bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -60,8 +60,8 @@ def bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str,
 
 
 def kernel_bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Binding inside the kernels: the torch.library schema (no ``*``)."""
-    return decl.bind(args, kwargs, tensor_check=_is_tensor, keyword_split=False)
+    """Binding inside the kernels: the torch.library schema (no ``*``, overload variants folded back)."""
+    return decl.bind_torch(args, kwargs, tensor_check=_is_tensor)
 
 
 def tensors_of(decl: OpDecl, a: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
@@ -124,8 +124,9 @@ def run_sim(decl: OpDecl, a: Dict[str, Any], target: Any, device: Optional[torch
     """The simulator on the bound arguments; outputs on ``device`` (CPU when None)."""
     on_device = device is not None and device.type != "cpu"
     view = _backends.host_view if on_device else (lambda t: t)
-    result = decl.sim(_np_args(decl, a, view), target)
-    outs = [from_numpy(np.asarray(r)) for r in _flat_outputs(result)]
+    result = (decl.sim_torch or decl.sim)(_np_args(decl, a, view), target)
+    # the adapter may return torch tensors it allocated itself (e.g. grouped matmul's output memory)
+    outs = [r if isinstance(r, torch.Tensor) else from_numpy(np.asarray(r)) for r in _flat_outputs(result)]
     if on_device:
         placed = []
         for o in outs:
@@ -232,15 +233,13 @@ def public_backend(op: str, backend: Optional[str], device: Optional[torch.devic
 
 
 def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
-    names = decl.parsed.names
-
     def public(*args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
         a = bind(decl, args, kwargs)
         named = tensors_of(decl, a)
         device = check_one_device(decl, named)
         if public_backend(decl.name, backend, device):
             return _fake_cann_route(decl, a, [t for _, t in named])
-        return op(*[a[n] for n in names])
+        return op(*decl.to_torch(a))
 
     public.__name__ = public.__qualname__ = decl.name
     public.__module__ = "ascend_moe"
@@ -284,7 +283,10 @@ _ANN = {"Tensor": torch.Tensor, "Tensor?": Optional[torch.Tensor], "Tensor[]": L
 
 
 def _annotation(decl: OpDecl, name: str) -> Any:
-    return _ANN.get(decl.parsed.arg(name).type, Any)
+    ann = _ANN.get(decl.parsed.arg(name).type, Any)
+    if name in decl.alternatives:  # one argument, two overloads (e.g. Tensor or the .List overload's int[])
+        ann = Union[ann, _ANN.get(decl.alternatives[name][0].type, Any)]
+    return ann
 
 
 def _return_annotation(decl: OpDecl) -> Any:

@@ -2,15 +2,13 @@
 ``npu_grouped_matmul`` (non-quantised).  Numerics and the faithfulness contract:
 :mod:`ascend_moe.sim.gmm`; rules: :mod:`ascend_moe.rules.gmm`.
 
-Registered once each as ``torch.ops.ascend_moe.npu_gmm`` / ``npu_gmm_v2`` / ``npu_grouped_matmul``.
-
-group_list schema (one path): torch custom ops cannot take ``Union[List[int], Tensor]``, so every op
-has two optional schema arguments, ``group_list: Tensor?`` (the Tensor path: aclnn V3/V4/V5, values
-never validated on the device) and ``group_list_ints: int[]?`` (the int-array path: MindSpeed
-``npu_gmm`` with ``List[int]`` -> aclnnGroupedMatmulV2, torch_npu ``npu_grouped_matmul.List`` -> V1,
-values checked by the host).  The public functions take ``group_list`` as either and route it to
-exactly one of the two; the kernels rebuild the public argument dict (``group_list`` = the list or
-the tensor) for the checker, the simulator and ``aclnn.call``.  The two paths differ in the rule
+Declared once each (this module imports no torch; the torch side - simulator into torch memory,
+autograd - is :mod:`ascend_moe.ops._gmm_torch`).  Each op has a ``.List`` overload whose group_list
+is ``int[]?`` (MindSpeed ``npu_gmm`` with ``List[int]`` -> aclnnGroupedMatmulV2, torch_npu
+``npu_grouped_matmul.List`` -> V1, values checked by the host); the Tensor form goes to aclnn V3/V4/V5,
+values never validated on the device.  torch custom ops cannot take ``Union[List[int], Tensor]``, so
+the torch.library schema carries the overload's variant as ``group_list_ints: int[]?``; the generated
+binder folds it back, so the checker, the simulator and ``aclnn.call`` see one ``group_list``.  The two paths differ in the rule
 for the group-list total (see :mod:`ascend_moe.rules.gmm`): List ``==`` rows, Tensor ``<=`` rows
 with the rows past the total undefined.
 
@@ -35,369 +33,213 @@ The backward calls the registered ops themselves, so it runs on whichever backen
 """
 from __future__ import annotations
 
-import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List
 
-import numpy as np
-import torch
-
-from ..backends import BackendError, use_backend
-from ..rules import ConstraintWarning
+from ..opdecl import ALL_OUTPUTS, AclnnEntry, ErrorInput, OpDecl, SampleInput, declare
 from ..sim import gmm as _sim
-from ..sim.numerics import get_undefined_policy
-from ._common import SHAPE_RULES, check_only, checked_backend, from_numpy, shape_rule, to_numpy
 
-__all__ = ["npu_gmm", "npu_gmm_v2", "npu_grouped_matmul"]
+# ------------------------------------------------------------------------------------------------
+# aclnn entry points (C prototypes of csrc/acl_abi.h).  Choice, as op-plugin / MindSpeed make it:
+# npu_grouped_matmul: FRACTAL_NZ weight -> WeightNz; else V5 when it resolves and x is not fp8, else V4;
+# a List[int] group_list (the .List overload) -> aclnnGroupedMatmul (V1: M split only).  npu_gmm /
+# npu_gmm_v2: List[int] -> V2 (splitItem 3), Tensor -> V4 (groupListType 0 cumsum / 1 counts).
+# ------------------------------------------------------------------------------------------------
 
-Tensor = torch.Tensor
-GroupListArg = Union[None, Sequence[int], Tensor]
-
-_OUTPUT_DTYPE_CODES = {torch.float16: 5, torch.bfloat16: 15, torch.float32: 6, torch.int32: 3}
-_ERR_GROUP_TYPE = "group_type must be zero to compute gradients of x and weight!"
-_ERR_BIAS = "Bias is not supported to compute gradient!"
-
-
-def _split_group_list(group_list: GroupListArg, op: str) -> Tuple[Optional[Tensor], Optional[List[int]]]:
-    """Route a public group_list to the schema's (Tensor, int[]) pair."""
-    if group_list is None:
-        return None, None
-    if isinstance(group_list, Tensor):
-        return group_list, None
-    if isinstance(group_list, (list, tuple)) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
-                                                     for i in group_list):
-        return None, [int(i) for i in group_list]
-    raise TypeError(f"{op}: group_list must be a List[int], a torch.Tensor or None, got {type(group_list).__name__}")
+_LISTS = ("const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional, "
+          "const aclTensorList *scaleOptional, const aclTensorList *offsetOptional, "
+          "const aclTensorList *antiquantScaleOptional, const aclTensorList *antiquantOffsetOptional, ")
+_V4_HEAD = (_LISTS + "const aclTensorList *perTokenScaleOptional, const aclTensor *groupListOptional, "
+            "const aclTensorList *activationInputOptional, const aclTensorList *activationQuantScaleOptional, "
+            "const aclTensorList *activationQuantOffsetOptional, int64_t splitItem, int64_t groupType, "
+            "int64_t groupListType, int64_t actType, ")
+_V4_TAIL = "aclTensorList *out, aclTensorList *activationFeatureOutOptional, aclTensorList *dynQuantScaleOutOptional"
+_GMM_OUTS = {"out": ALL_OUTPUTS, "y": ALL_OUTPUTS, "activationFeatureOutOptional": None,
+             "dynQuantScaleOutOptional": None}
 
 
-def _public_group_list(group_list: Optional[Tensor], group_list_ints: Optional[List[int]]):
-    return list(group_list_ints) if group_list_ints is not None else group_list
+def _group_type(a: Dict[str, Any], outs: Any) -> int:
+    return _sim.resolve_group_type(a.get("group_type"), a.get("group_list"))
 
 
-def _np_group_list(gl):
-    if gl is None or isinstance(gl, list):
-        return gl
-    return to_numpy(gl)
+def _no_dtype_overrides(a: Dict[str, Any]) -> None:
+    from ..backends.aclnn import _no_dtype_overrides as refuse
+    refuse("npu_grouped_matmul", a, ("x_dtype", "weight_dtype", "scale_dtype", "per_token_scale_dtype"))
 
 
-def _np_list(ts):
-    return None if ts is None else [to_numpy(t) for t in ts]
+def _v1_check(a: Dict[str, Any]) -> None:
+    from ..backends import BackendError
+    _no_dtype_overrides(a)
+    gt = _group_type(a, None)
+    if gt not in (-1, 0):
+        raise BackendError(f"npu_grouped_matmul: group_type={gt} with a List[int] group_list: the .List overload's "
+                           "aclnnGroupedMatmul (V1) splits M only; pass group_list as a Tensor")
 
 
-def _call_public(op: str, backend: Optional[str], named: List[Tuple[str, Any]], *args: Any, **kwargs: Any) -> Any:
-    """Run ``torch.ops.ascend_moe.<op>`` for a public function: the tensors' device decides the kernel and
-    ``backend=`` is only validated against it (no ambient state is set, so the call compiles with
-    ``fullgraph=True``); ``backend='aclnn'`` with CPU tensors is the eager-only fake-CANN test route."""
-    from ._generate import public_backend, refuse_fake_cann_route_when_compiling
-    tensors = [(n, t) for n, t in named if isinstance(t, Tensor)]
-    for n, t in tensors[1:]:
-        if t.device.type != tensors[0][1].device.type:
-            raise BackendError(f"{op}: all tensor arguments must be on one device, but '{tensors[0][0]}' is on "
-                               f"{tensors[0][1].device} and '{n}' is on {t.device}; move them to one device")
-    device = tensors[0][1].device if tensors else None
-    fn = getattr(torch.ops.ascend_moe, op)
-    if public_backend(op, backend, device):
-        refuse_fake_cann_route_when_compiling(op)
-        with use_backend("aclnn"):
-            return fn(*args, **kwargs)
-    return fn(*args, **kwargs)
+_GM_BIND = dict(_GMM_OUTS, groupType=_group_type, quantGroupSize=0,
+                tuningConfigOptional=lambda a, o: list(a.get("tuning_config") or []))
+
+GROUPED_MATMUL_ACLNN = (
+    AclnnEntry("aclnnGroupedMatmulV5", family="gmm", params=_V4_HEAD + "aclIntArray *tuningConfigOptional, " + _V4_TAIL,
+               requires=("x", "weight"), bind=_GM_BIND, check=_no_dtype_overrides),
+    AclnnEntry("aclnnGroupedMatmulV4", family=("gmm", "gmm_v4"), params=_V4_HEAD + _V4_TAIL,
+               requires=("x", "weight"), bind=_GM_BIND, check=_no_dtype_overrides),
+    AclnnEntry("aclnnGroupedMatmulWeightNz", family="gmm_nz",
+               params=_V4_HEAD + "aclIntArray *tuningConfigOptional, int64_t quantGroupSize, " + _V4_TAIL,
+               requires=("x", "weight"), bind=_GM_BIND, check=_no_dtype_overrides),
+    AclnnEntry("aclnnGroupedMatmul", family="gmm_list_v1",
+               params=_LISTS + "const aclIntArray *groupListOptional, int64_t splitItem, const aclTensorList *y",
+               requires=("x", "weight"), bind=_GM_BIND, check=_v1_check),
+)
 
 
-def _named(prefix: str, v: Any) -> List[Tuple[str, Any]]:
-    if isinstance(v, (list, tuple)):
-        return [(f"{prefix}[{i}]", t) for i, t in enumerate(v)]
-    return [(prefix, v)]
+def _grouped_matmul_family(a: Dict[str, Any]) -> str:
+    from ..formats import is_nz
+    if isinstance(a.get("group_list"), (list, tuple)):
+        return "gmm_list_v1"
+    if is_nz(a["weight"][0]):
+        return "gmm_nz"
+    # op-plugin: V5 only for native dtypes (no fp8 x); dtype overrides are refused before
+    fp8 = str(a["x"][0].dtype).replace("torch.", "").startswith("float8")
+    return "gmm_v4" if fp8 else "gmm"
 
 
-def _tensors_of(args: Dict[str, Any]) -> List[Any]:
-    out: List[Any] = []
-    for v in args.values():
-        if isinstance(v, Tensor):
-            out.append(v)
-        elif isinstance(v, (list, tuple)):
-            out.extend(t for t in v if isinstance(t, Tensor))
-    return out
+def _gmm_aclnn(list_type: int, int_list: bool):
+    """MindSpeed's calls: one x / weight / bias wrapped as lists, splitItem 3, no quantisation."""
+    one = {"x": lambda a, o: [a["x"]], "weight": lambda a, o: [a["weight"]],
+           "biasOptional": lambda a, o: None if a.get("bias") is None else [a["bias"]],
+           "scaleOptional": None, "offsetOptional": None, "antiquantScaleOptional": None,
+           "antiquantOffsetOptional": None, "perTokenScaleOptional": None, "activationInputOptional": None,
+           "activationQuantScaleOptional": None, "activationQuantOffsetOptional": None, "splitItem": 3,
+           "groupType": lambda a, o: int(a.get("group_type") or 0), "groupListType": list_type, "actType": 0}
+    v4 = AclnnEntry("aclnnGroupedMatmulV4", family="gmm_v4", params=_V4_HEAD + _V4_TAIL,
+                    requires=("x", "weight"), bind=dict(_GMM_OUTS, **one))
+    v2 = AclnnEntry("aclnnGroupedMatmulV2", family="gmm_list",
+                    params=_LISTS + "const aclIntArray *groupListOptional, int64_t splitItem, int64_t groupType, "
+                                    "const aclTensorList *y", requires=("x", "weight"), bind=dict(_GMM_OUTS, **one))
+    # npu_gmm_v2 takes no List[int] (MindSpeed rejects it; so does the checker): V4 only
+    return (v4, v2) if int_list else (v4,)
 
 
-def _group_sizes(gl, group_list_type: int, n: int) -> List[Any]:
-    """Rows per group for data-dependent output shapes (split_item 0/1); SymInts under fake tensors."""
-    if isinstance(gl, list):
-        vals = gl
-    elif isinstance(gl, Tensor) and gl.device.type == "cpu" and not _is_fake(gl):
-        vals = [int(v) for v in gl.tolist()]
-    else:
-        ctx = torch.library.get_ctx()
-        return [ctx.new_dynamic_size() for _ in range(n)]
-    if group_list_type == 0:
-        return [int(vals[0])] + [int(vals[i]) - int(vals[i - 1]) for i in range(1, len(vals))] if vals else []
-    return [int(v) for v in vals]
+def _gmm_family(a: Dict[str, Any]) -> str:
+    return "gmm_list" if isinstance(a.get("group_list"), (list, tuple)) else "gmm_v4"
+
+# torch_npu's output_dtype codes of the torch dtypes (a torch dtype is accepted for output_dtype)
+OUTPUT_DTYPE_CODES = {"torch.float16": 5, "torch.bfloat16": 15, "torch.float32": 6, "torch.int32": 3}
 
 
-def _is_fake(t: Tensor) -> bool:
-    from torch._subclasses.fake_tensor import is_fake
-    return bool(is_fake(t))
+def _output_dtype_code(v: Any) -> Any:
+    if type(v).__module__ == "torch" and type(v).__name__ == "dtype":
+        if str(v) not in OUTPUT_DTYPE_CODES:
+            raise TypeError(f"npu_grouped_matmul: output_dtype {v} has no torch_npu code; "
+                            f"use one of {list(OUTPUT_DTYPE_CODES)}")
+        return OUTPUT_DTYPE_CODES[str(v)]
+    return v
 
 
-# ============================================================================================
-# npu_gmm / npu_gmm_v2 (MindSpeed)
-# ============================================================================================
-
-
-def _gmm_args(x, weight, bias, group_list, group_list_ints, group_type, gemm_fusion, original_weight):
-    return dict(x=x, weight=weight, bias=bias, group_list=_public_group_list(group_list, group_list_ints),
-                group_type=group_type, gemm_fusion=gemm_fusion, original_weight=original_weight)
-
-
-def _gmm_shape(args: Dict[str, Any]):
-    x, w, gl = args["x"], args["weight"], args["group_list"]
-    if args["group_type"] == 2:
+def gmm_shape(a: Dict[str, Any]) -> List[Any]:
+    """MindSpeed: [M, N] x.dtype; K split (group_type 2): [E, M, N]."""
+    x, w, gl = a["x"], a["weight"], a["group_list"]
+    if a["group_type"] == 2:
         e = len(gl) if isinstance(gl, list) else gl.shape[0]
         return [((e, x.shape[0], w.shape[-1]), x.dtype)]
     return [((x.shape[0], w.shape[-1]), x.dtype)]
 
 
-shape_rule("npu_gmm")(_gmm_shape)
-shape_rule("npu_gmm_v2")(_gmm_shape)
+def _gmm_sim(list_type: int):
+    def sim(a: Dict[str, Any], target: Any):
+        return _sim._gmm_forward(a["x"], a["weight"], a["bias"], a["group_list"], a["group_type"], list_type, None)
+    return sim
 
 
-def _gmm_kernel(op: str, group_list_type: int, x, weight, bias, group_list, group_list_ints, group_type,
-                gemm_fusion, original_weight) -> Tensor:
-    args = _gmm_args(x, weight, bias, group_list, group_list_ints, group_type, gemm_fusion, original_weight)
-    be = checked_backend(op, args, [t for t in (x, weight, bias, group_list) if t is not None])
-    if be == "aclnn":
-        from ..backends import aclnn
-        return aclnn.call(op, args)
-    # The output is a fresh torch.empty the simulator writes in place: the weight gradient (K split)
-    # is GB-sized, and first-touch cost of torch's ordinary pages is steady where NumPy's huge-page
-    # allocations are not (see _sim._output).
-    (shape, dtype), = SHAPE_RULES[op](args)
-    y = torch.empty(shape, dtype=dtype)
-    _sim._gmm_forward(to_numpy(x), to_numpy(weight), to_numpy(bias), _np_group_list(args["group_list"]),
-                      group_type, group_list_type, None, out=to_numpy(y), copy_cast=_fast_copy_cast)
-    return y
+def _gmm_sim_torch(op: str, list_type: int):
+    def sim(a: Dict[str, Any], target: Any):
+        from ._gmm_torch import gmm_forward
+        return gmm_forward(op, list_type, a)
+    return sim
 
 
-_F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
-
-
-def _fast_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
-    """The simulator's casts, fp16 <-> fp32 done by torch's vectorised conversion (NumPy's is a
-    scalar loop, ~3 s of the E=32 fp16 backward).  Both are IEEE round-to-nearest-even with the same
-    overflow/subnormal results (checked on 1.3e8 fp32 patterns; widening is exact); they differ only
-    in NaN payload bits, so when the fp32 side holds a NaN (np.max propagates it: one cheap pass) the
-    conversion is redone by NumPy and results stay bit-identical to the NumPy-only simulator."""
-    if ({dst.dtype, src.dtype} == {_F16, _F32} and src.size and min(src.strides) > 0
-            and min(dst.strides) > 0):
-        torch.from_numpy(dst).copy_(torch.from_numpy(src))
-        if not np.isnan(np.max(src if src.dtype == _F32 else dst)):
-            return
-    np.copyto(dst, src, casting="unsafe")
-
-
-@torch.library.custom_op("ascend_moe::npu_gmm", mutates_args=())
-def _npu_gmm_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, group_list: Optional[Tensor] = None,
-                group_list_ints: Optional[List[int]] = None, group_type: int = 0, gemm_fusion: bool = False,
-                original_weight: Optional[Tensor] = None) -> Tensor:
-    return _gmm_kernel("npu_gmm", 0, x, weight, bias, group_list, group_list_ints, group_type, gemm_fusion,
-                       original_weight)
-
-
-@torch.library.custom_op("ascend_moe::npu_gmm_v2", mutates_args=())
-def _npu_gmm_v2_op(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                   group_list: Optional[Tensor] = None, group_list_ints: Optional[List[int]] = None,
-                   group_type: int = 0, gemm_fusion: bool = False,
-                   original_weight: Optional[Tensor] = None) -> Tensor:
-    return _gmm_kernel("npu_gmm_v2", 1, x, weight, bias, group_list, group_list_ints, group_type, gemm_fusion,
-                       original_weight)
-
-
-def _gmm_fake(op):
-    def fake(x, weight, bias=None, group_list=None, group_list_ints=None, group_type=0, gemm_fusion=False,
-             original_weight=None):
-        args = _gmm_args(x, weight, bias, group_list, group_list_ints, group_type, gemm_fusion, original_weight)
-        check_only(op, args)
-        (shape, dtype), = SHAPE_RULES[op](args)
-        return x.new_empty(shape, dtype=dtype)
-    return fake
-
-
-_npu_gmm_op.register_fake(_gmm_fake("npu_gmm"))
-_npu_gmm_v2_op.register_fake(_gmm_fake("npu_gmm_v2"))
-
-
-def _is_transposed(w: Tensor) -> bool:
-    """MindSpeed ``_is_transposed`` / host ``IsTransposeLastTwoDims``."""
-    return w.dim() >= 2 and w.stride(-2) == 1 and w.stride(-1) == w.shape[-2] and w.shape[-1] > 1 and w.shape[-2] > 1
-
-
-def _check_grad_request(x_needs: bool, w_needs: bool, bias: Optional[Tensor], group_type: int) -> None:
-    if bias is not None and bias.requires_grad:
-        raise ValueError(_ERR_BIAS)
-    if (x_needs or w_needs) and group_type != 0:
-        raise ValueError(_ERR_GROUP_TYPE)
-
-
-_GMM_PARAMS = ("x", "weight", "bias", "group_list", "group_list_ints", "group_type", "gemm_fusion", "original_weight")
-
-
-def _gmm_setup(ctx, inputs, output):
-    kw = dict(zip(_GMM_PARAMS, inputs))
-    x, weight = kw["x"], kw["weight"]
-    _check_grad_request(x.requires_grad, weight.requires_grad, kw.get("bias"), kw.get("group_type", 0))
-    ctx.save_for_backward(x, weight, kw.get("group_list"))
-    ctx.group_list_ints = kw.get("group_list_ints")
-    ctx.gemm_fusion = bool(kw.get("gemm_fusion", False))
-    ctx.original_weight = kw.get("original_weight")
-    ctx.weight_obj = weight  # for MindSpeed's zero_out_wgrad attribute lookup at backward time
-
-
-def _mirror(needs_input_grad, dx, dw) -> tuple:
-    """Gradients in the structure of the op's inputs as the dispatcher passed them (trailing
-    defaults are dropped there, so the count varies): (dx, dw, None...)."""
-    rest = [[None] * len(v) if isinstance(v, (list, tuple)) else None for v in needs_input_grad[2:]]
-    return tuple([dx, dw] + rest)
-
-
-def _undefined_like(shape, dtype, device) -> Tensor:
-    """An 'uninitialised' tensor made visible by the undefined-region policy (poison NaN / zero)."""
-    if get_undefined_policy() == "zero":
-        return torch.zeros(shape, dtype=dtype, device=device)
-    return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-
-def _grouped_matmul_add_(x: Tensor, grad: Tensor, group_list_cumsum, main_grad: Tensor) -> None:
-    """MindSpeed npu_groupmatmul_add_fp32 on CPU tensors (the simulator); NPU tensors are refused."""
-    if any(t.device.type != "cpu" for t in (x, grad, main_grad)):
-        from ..backends import privateuse1_is_simulated
-        if privateuse1_is_simulated():  # the simulated npu's memory is host memory: compute on it
-            from ..device import host_view
-            x, grad, main_grad = (host_view(t) if t.device.type != "cpu" else t for t in (x, grad, main_grad))
-            if isinstance(group_list_cumsum, torch.Tensor) and group_list_cumsum.device.type != "cpu":
-                group_list_cumsum = host_view(group_list_cumsum)
-            return _grouped_matmul_add_(x, grad, group_list_cumsum, main_grad)
-        raise NotImplementedError(
-            "gemm_fusion=True with NPU tensors needs the GroupedMatmulAdd (ATB / npu_grouped_matmul_add_) path, "
-            "which ascend_moe does not bind yet; use gemm_fusion=False on the NPU")
-    if main_grad.dtype != torch.float32 and not (_sim.float64_enabled() and main_grad.dtype == torch.float64):
-        raise TypeError(f"npu_gmm(gemm_fusion=True): original_weight.main_grad must be float32, got {main_grad.dtype}")
-    if not main_grad.is_contiguous():
-        raise ValueError("npu_gmm(gemm_fusion=True): original_weight.main_grad must be contiguous (it is viewed as "
-                         "[E, K, N])")
-    gl = group_list_cumsum if isinstance(group_list_cumsum, list) else to_numpy(group_list_cumsum)
-    _sim.grouped_matmul_add_fp32(to_numpy(x), to_numpy(grad), gl, to_numpy(main_grad))
-
-
-def _quiet_doc_warnings(fn):
-    """The backward re-runs the checker on its own gmm calls; a doc-only warning was already
-    reported by the forward call with the same group list, so it is not repeated."""
-    def wrapped(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConstraintWarning)
-            return fn(*args, **kwargs)
-    return wrapped
-
-
-def _make_gmm_backward(op_name: str, list_type: int):
-    @_quiet_doc_warnings
+def _gmm_backward(op: str):
     def backward(ctx, grad):
-        x, weight, group_list = ctx.saved_tensors
-        ints = ctx.group_list_ints
-        op = getattr(torch.ops.ascend_moe, op_name)
-        grad = grad.contiguous()
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = op(grad, weight.transpose(-1, -2), group_list=group_list, group_list_ints=ints, group_type=0)
-        if ctx.gemm_fusion:
-            ow = ctx.original_weight
-            if ow is None or not hasattr(ow, "main_grad"):
-                raise ValueError(f"{op_name}(gemm_fusion=True) needs original_weight with a main_grad attribute")
-            if ints is not None:
-                cumsum = list(np.cumsum(ints)) if list_type == 1 else ints
-            else:
-                cumsum = torch.cumsum(group_list, dim=0) if list_type == 1 else group_list
-            _grouped_matmul_add_(x, grad, cumsum, ow.main_grad)
-            if hasattr(ow, "grad_added_to_main_grad"):
-                if getattr(ctx.weight_obj, "zero_out_wgrad", False):
-                    dw = torch.zeros(weight.shape, dtype=x.dtype, device=x.device)
-                else:
-                    dw = _undefined_like(weight.shape, x.dtype, x.device)
-                ow.grad_added_to_main_grad = True
-            return _mirror(ctx.needs_input_grad, dx, dw)
-        if ctx.needs_input_grad[1]:
-            if group_list is not None and _is_transposed(weight):
-                # MindSpeed Tensor path: grad^T (K split over M) against x, then transposed back.
-                dwt = op(grad.t(), x, group_list=group_list, group_type=2)
-                dw = dwt.transpose(-1, -2)
-            else:
-                dw = op(x.t(), grad, group_list=group_list, group_list_ints=ints, group_type=2).reshape(weight.shape)
-        return _mirror(ctx.needs_input_grad, dx, dw)
+        from ._gmm_torch import gmm_backward
+        return gmm_backward[op](ctx, grad)
     return backward
 
 
-_npu_gmm_op.register_autograd(_make_gmm_backward("npu_gmm", 0), setup_context=_gmm_setup)
-_npu_gmm_v2_op.register_autograd(_make_gmm_backward("npu_gmm_v2", 1), setup_context=_gmm_setup)
+def _gmm_setup(ctx, inputs, output):
+    from ._gmm_torch import gmm_setup
+    return gmm_setup(ctx, inputs, output)
 
 
-def npu_gmm(x: Tensor, weight: Tensor, *, bias: Optional[Tensor] = None, group_list: GroupListArg = None,
-            group_type: int = 0, gemm_fusion: bool = False, original_weight: Optional[Tensor] = None,
-            backend: Optional[str] = None) -> Tensor:
-    """MindSpeed ``npu_gmm``: grouped matmul with a cumsum ``group_list`` (``List[int]`` or int64
-    Tensor).  group_type 0: x [M, K], weight [E, K, N] (or ``[E, N, K].transpose(-1, -2)``) ->
-    [M, N]; group_type 2: x a transposed view [M, K], weight [K, N] -> [E, M, N].  Differentiable for
-    group_type 0 (see the module docstring; ``gemm_fusion`` / ``original_weight`` as MindSpeed).
-    ``backend``: ``"sim"``, ``"aclnn"`` or None (policy)."""
-    gl, ints = _split_group_list(group_list, "npu_gmm")
-    call = dict(bias=bias, group_list=gl, group_list_ints=ints, group_type=group_type, gemm_fusion=gemm_fusion,
-                original_weight=original_weight)
-    named = [("x", x), ("weight", weight), ("bias", bias), ("group_list", gl)]
-    return _call_public("npu_gmm", backend, named, x, weight, **call)
+def _gmm_samples(op: str):
+    def samples() -> List[SampleInput]:
+        import torch
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(7, 16, generator=g).to(torch.bfloat16)
+        w = (torch.randn(3, 16, 8, generator=g) * 0.25).to(torch.bfloat16)
+        if op == "npu_gmm":  # cumsum group lists: List[int] (.List overload) and Tensor
+            gls = ([2, 2, 7], torch.tensor([3, 5, 7]))
+        else:                # counts, Tensor only
+            gls = (torch.tensor([2, 0, 5]),)
+        return [SampleInput((x, w), dict(group_list=gl, group_type=0), [((7, 8), "bfloat16")],
+                            name=f"group_list_{type(gl).__name__}") for gl in gls]
+    return samples
 
 
-def npu_gmm_v2(x: Tensor, weight: Tensor, *, bias: Optional[Tensor] = None, group_list: Optional[Tensor] = None,
-               group_type: int = 0, gemm_fusion: bool = False, original_weight: Optional[Tensor] = None,
-               backend: Optional[str] = None) -> Tensor:
-    """MindSpeed ``npu_gmm_v2``: as :func:`npu_gmm` with per-group counts (an int64 Tensor only; a
-    list is rejected by the checker as MindSpeed rejects it)."""
-    gl, ints = _split_group_list(group_list, "npu_gmm_v2")
-    call = dict(bias=bias, group_list=gl, group_list_ints=ints, group_type=group_type, gemm_fusion=gemm_fusion,
-                original_weight=original_weight)
-    named = [("x", x), ("weight", weight), ("bias", bias), ("group_list", gl)]
-    return _call_public("npu_gmm_v2", backend, named, x, weight, **call)
+def _gmm_errors(op: str):
+    def errors() -> List[ErrorInput]:
+        s = _gmm_samples(op)()[0]
+        x, w = s.args
+        return [ErrorInput(SampleInput((x, w), dict(group_list="1,2")), TypeError,
+                           r"argument 'group_list' must be a Tensor or a list of ints"),
+                ErrorInput(SampleInput((x, w, None)), TypeError, r"positional argument")]
+    return errors
 
 
-# ============================================================================================
-# npu_grouped_matmul (torch_npu)
-# ============================================================================================
-
-_GMM_KW = ("bias", "scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale", "group_list",
-           "group_list_ints", "activation_input", "activation_quant_scale", "activation_quant_offset", "split_item",
-           "group_type", "group_list_type", "act_type", "tuning_config", "output_dtype", "x_dtype", "weight_dtype",
-           "scale_dtype", "per_token_scale_dtype")
-
-
-def _gm_args(x, weight, kw: Dict[str, Any]) -> Dict[str, Any]:
-    args = dict(x=list(x), weight=list(weight))
-    for k in _GMM_KW:
-        if k == "group_list_ints":
-            continue
-        args[k] = kw.get(k)
-    args["group_list"] = _public_group_list(kw.get("group_list"), kw.get("group_list_ints"))
-    for k, d in (("split_item", 0), ("group_list_type", 0), ("act_type", 0)):
-        if args[k] is None:
-            args[k] = d
-    return args
+_GMM_DOC = {
+    "npu_gmm": """MindSpeed ``npu_gmm``: grouped matmul with a cumsum ``group_list`` (``List[int]`` or int64 Tensor).
+group_type 0: x [M, K], weight [E, K, N] (or ``[E, N, K].transpose(-1, -2)``) -> [M, N]; group_type 2: x a
+transposed view [M, K], weight [K, N] -> [E, M, N].  Differentiable for group_type 0 (``gemm_fusion`` /
+``original_weight`` as MindSpeed; see :mod:`ascend_moe.ops.gmm`).""",
+    "npu_gmm_v2": """MindSpeed ``npu_gmm_v2``: as ``npu_gmm`` with per-group counts (an int64 Tensor only; a list
+is rejected by the checker as MindSpeed rejects it).""",
+}
 
 
-@shape_rule("npu_grouped_matmul")
-def grouped_matmul_shapes(args: Dict[str, Any]):
+def _declare_gmm(op: str, list_type: int) -> OpDecl:
+    rest = ("Tensor? bias=None, {gl} group_list=None, int? group_type=0, bool gemm_fusion=False, "
+            "Tensor? original_weight=None) -> Tensor")
+    return declare(OpDecl(
+        schema=f"{op}(Tensor x, Tensor weight, *, " + rest.format(gl="Tensor?"),
+        overloads=(f"{op}.List(Tensor x, Tensor weight, *, " + rest.format(gl="int[]?"),),
+        rules="gmm",
+        shape=gmm_shape,
+        sim=_gmm_sim(list_type),
+        sim_torch=_gmm_sim_torch(op, list_type),
+        aclnn=_gmm_aclnn(list_type, int_list=op == "npu_gmm"),
+        choose_entry=_gmm_family,
+        backward=_gmm_backward(op),
+        setup_context=_gmm_setup,
+        drop_in=("mindspeed",),
+        doc=_GMM_DOC[op],
+        samples=_gmm_samples(op),
+        error_inputs=_gmm_errors(op),
+    ))
+
+
+DECL_GMM = _declare_gmm("npu_gmm", 0)
+DECL_GMM_V2 = _declare_gmm("npu_gmm_v2", 1)
+
+
+def grouped_matmul_shapes(a: Dict[str, Any]) -> List[Any]:
     """[(shape, dtype), ...] of the outputs (op-plugin kernel / meta rules, spec 1.5 and 4.3).
 
     split_item 0/1 with a single x and a group list gives one output per group whose row counts are
     the group-list values (read on the host, as op-plugin does; SymInts under fake tensors)."""
-    xs, ws, gl = args["x"], args["weight"], args["group_list"]
-    gt = _sim.resolve_group_type(args["group_type"], gl)
-    split = args["split_item"]
+    xs, ws, gl = a["x"], a["weight"], a["group_list"]
+    gt = _sim.resolve_group_type(a["group_type"], gl)
+    split = a["split_item"]
     dtype = xs[0].dtype
-    single_w3 = len(ws) == 1 and ws[0].dim() == 3
+    single_w3 = len(ws) == 1 and len(ws[0].shape) == 3
 
     def n_of(i):
         return ws[0].shape[-1] if (single_w3 or len(ws) == 1) else ws[i].shape[-1]
@@ -411,7 +253,8 @@ def grouped_matmul_shapes(args: Dict[str, Any]):
         if split in (2, 3):
             return [((xs[0].shape[0], n_of(0)), dtype)]
         e = len(gl) if isinstance(gl, list) else gl.shape[0]
-        sizes = _group_sizes(gl, args["group_list_type"], e)
+        from ._gmm_torch import _group_sizes
+        sizes = _group_sizes(gl, a["group_list_type"], e)
         return [((sizes[i], n_of(i)), dtype) for i in range(e)]
     outs = [((*xi.shape[:-1], n_of(i)), dtype) for i, xi in enumerate(xs)]
     if split in (2, 3):
@@ -425,138 +268,79 @@ def grouped_matmul_shapes(args: Dict[str, Any]):
     return outs
 
 
-# torch_npu's schema (op_plugin_functions.yaml) with ``int[]? group_list_ints`` after the Tensor
-# group_list; written out because infer_schema cannot express ``Tensor[]?``.  Tensors cannot be
-# keyword-only in a custom op, so the schema has no ``*`` (the public function keeps torch_npu's
-# keyword-only spelling).
-_GM_SCHEMA = (
-    "(Tensor[] x, Tensor[] weight, Tensor[]? bias=None, Tensor[]? scale=None, Tensor[]? offset=None, "
-    "Tensor[]? antiquant_scale=None, Tensor[]? antiquant_offset=None, Tensor[]? per_token_scale=None, "
-    "Tensor? group_list=None, int[]? group_list_ints=None, Tensor[]? activation_input=None, "
-    "Tensor[]? activation_quant_scale=None, Tensor[]? activation_quant_offset=None, int? split_item=0, "
-    "int? group_type=None, int? group_list_type=0, int? act_type=0, int[]? tuning_config=None, "
-    "int? output_dtype=None, int? x_dtype=None, int? weight_dtype=None, int? scale_dtype=None, "
-    "int? per_token_scale_dtype=None) -> Tensor[]")
+def _gm_sim(a: Dict[str, Any], target: Any):
+    return _sim.grouped_matmul_compute(a["x"], a["weight"], a["bias"], a["group_list"], a["split_item"],
+                                       _sim.resolve_group_type(a["group_type"], a["group_list"]),
+                                       a["group_list_type"], None)
 
 
-@torch.library.custom_op("ascend_moe::npu_grouped_matmul", mutates_args=(), schema=_GM_SCHEMA)
-def _npu_grouped_matmul_op(
-        x, weight, bias=None, scale=None, offset=None, antiquant_scale=None, antiquant_offset=None,
-        per_token_scale=None, group_list=None, group_list_ints=None, activation_input=None,
-        activation_quant_scale=None, activation_quant_offset=None, split_item=0, group_type=None,
-        group_list_type=0, act_type=0, tuning_config=None, output_dtype=None, x_dtype=None, weight_dtype=None,
-        scale_dtype=None, per_token_scale_dtype=None):
-    kw = dict(locals())
-    args = _gm_args(x, weight, kw)
-    be = checked_backend("npu_grouped_matmul", args, _tensors_of(args))
-    if be == "aclnn":
-        from ..backends import aclnn
-        return aclnn.call("npu_grouped_matmul", args)
-    ys = _sim.grouped_matmul_compute(
-        _np_list(args["x"]), _np_list(args["weight"]), _np_list(args["bias"]), _np_group_list(args["group_list"]),
-        args["split_item"], _sim.resolve_group_type(args["group_type"], args["group_list"]),
-        args["group_list_type"], None)
-    # from_numpy shares memory with the simulator's fresh arrays; per-group views of one K-split
-    # result are cloned so that no two outputs alias each other.
-    outs = [from_numpy(y) for y in ys]
-    if len(outs) > 1 and any(y.base is not None for y in ys):
-        outs = [o.clone() for o in outs]
-    return outs
+def _gm_sim_torch(a: Dict[str, Any], target: Any):
+    from ._gmm_torch import grouped_matmul_forward
+    return grouped_matmul_forward(a)
 
 
-@_npu_grouped_matmul_op.register_fake
-def _(x, weight, bias=None, scale=None, offset=None, antiquant_scale=None, antiquant_offset=None,
-      per_token_scale=None, group_list=None, group_list_ints=None, activation_input=None, activation_quant_scale=None,
-      activation_quant_offset=None, split_item=0, group_type=None, group_list_type=0, act_type=0, tuning_config=None,
-      output_dtype=None, x_dtype=None, weight_dtype=None, scale_dtype=None, per_token_scale_dtype=None):
-    kw = dict(locals())
-    args = _gm_args(x, weight, kw)
-    check_only("npu_grouped_matmul", args)
-    return [x[0].new_empty(shape, dtype=dtype) for shape, dtype in SHAPE_RULES["npu_grouped_matmul"](args)]
+def _gm_backward(ctx, grads):
+    from ._gmm_torch import grouped_matmul_backward
+    return grouped_matmul_backward(ctx, grads)
 
 
 def _gm_setup(ctx, inputs, output):
-    kw = dict(zip(("x", "weight") + _GMM_KW, inputs))
-    xs, ws = kw["x"], kw["weight"]
-    x_needs = any(t.requires_grad for t in xs)
-    w_needs = any(t.requires_grad for t in ws)
-    bias = kw.get("bias")
-    for b in bias or []:
-        if b.requires_grad:
-            raise ValueError(_ERR_BIAS)
-    gl = _public_group_list(kw.get("group_list"), kw.get("group_list_ints"))
-    gt = _sim.resolve_group_type(kw.get("group_type"), gl)
-    _check_grad_request(x_needs, w_needs, None, gt)
-    if (x_needs or w_needs) and not (len(xs) == 1 and len(ws) == 1 and ws[0].dim() == 3 and gl is not None
-                                     and kw.get("split_item") in (2, 3)):
-        raise ValueError("npu_grouped_matmul: gradients are implemented for the MindSpeed form only: one x [M, K], "
-                         "one weight [E, K, N], a group_list and split_item 2 or 3 (group_type 0); got "
-                         f"len(x)={len(xs)}, len(weight)={len(ws)}, weight rank {ws[0].dim()}, "
-                         f"group_list={'None' if gl is None else 'given'}, split_item={kw.get('split_item')}")
-    ctx.save_for_backward(xs[0], ws[0], kw.get("group_list"))
-    ctx.group_list_ints = kw.get("group_list_ints")
-    ctx.group_list_type = kw.get("group_list_type") or 0
+    from ._gmm_torch import grouped_matmul_setup
+    return grouped_matmul_setup(ctx, inputs, output)
 
 
-@_quiet_doc_warnings
-def _gm_backward(ctx, grads):
-    x, weight, group_list = ctx.saved_tensors
-    ints = ctx.group_list_ints
-    grad = grads[0].contiguous()
-    op = torch.ops.ascend_moe.npu_grouped_matmul
-    common = dict(group_list=group_list, group_list_ints=ints, split_item=3, group_list_type=ctx.group_list_type)
-    dx = op([grad], [weight.transpose(-1, -2)], group_type=0, **common)[0] if any(ctx.needs_input_grad[0]) else None
-    dw = None
-    if any(ctx.needs_input_grad[1]):
-        if group_list is not None and _is_transposed(weight):
-            dw = op([grad.t()], [x], group_type=2, **common)[0].transpose(-1, -2)
-        else:
-            dw = op([x.t()], [grad], group_type=2, **common)[0].reshape(weight.shape)
-    return _mirror(ctx.needs_input_grad, [dx], [dw])
+def _gm_samples() -> List[SampleInput]:
+    import torch
+    g = torch.Generator().manual_seed(5)
+    bf = torch.bfloat16
+    x = torch.randn(6, 16, generator=g).to(bf)
+    w = (torch.randn(3, 16, 8, generator=g) * 0.25).to(bf)
+    xs = [torch.randn(3, 16, generator=g).to(bf), torch.randn(5, 16, generator=g).to(bf)]
+    ws = [torch.randn(16, 4, generator=g).to(bf), torch.randn(16, 6, generator=g).to(bf)]
+    # vllm-ascend's MoE call: split_item=2 (one output), group_type=0, counts (group_list_type=1)
+    return [SampleInput(([x], [w]), dict(group_list=torch.tensor([2, 0, 4]), split_item=2, group_type=0,
+                                         group_list_type=1), [((6, 8), "bfloat16")], name="moe_counts"),
+            SampleInput(([x], [w]), dict(group_list=[2, 2, 6], split_item=3), [((6, 8), "bfloat16")],
+                        name="list_overload"),
+            # group_type -1 (no grouping), split_item 0: one output per x
+            SampleInput((xs, ws), dict(split_item=0, group_type=-1), [((3, 4), "bfloat16"), ((5, 6), "bfloat16")],
+                        name="lists")]
 
 
-_npu_grouped_matmul_op.register_autograd(_gm_backward, setup_context=_gm_setup)
+def _gm_errors() -> List[ErrorInput]:
+    s = _gm_samples()[0]
+    (x,), (w,) = s.args
+    return [ErrorInput(SampleInput((x, [w]), s.kwargs), TypeError,
+                       r"argument 'x' must be a list of Tensors \(Tensor\[\]\): wrap a single tensor"),
+            ErrorInput(SampleInput(([x], [w]), dict(s.kwargs, split_item="2")), TypeError,
+                       r"argument 'split_item' must be an int")]
 
 
-def npu_grouped_matmul(x: Sequence[Tensor], weight: Sequence[Tensor], *, bias: Optional[Sequence[Tensor]] = None,
-                       scale: Optional[Sequence[Tensor]] = None, offset: Optional[Sequence[Tensor]] = None,
-                       antiquant_scale: Optional[Sequence[Tensor]] = None,
-                       antiquant_offset: Optional[Sequence[Tensor]] = None,
-                       per_token_scale: Optional[Sequence[Tensor]] = None, group_list: GroupListArg = None,
-                       activation_input: Optional[Sequence[Tensor]] = None,
-                       activation_quant_scale: Optional[Sequence[Tensor]] = None,
-                       activation_quant_offset: Optional[Sequence[Tensor]] = None, split_item: Optional[int] = 0,
-                       group_type: Optional[int] = None, group_list_type: Optional[int] = 0,
-                       act_type: Optional[int] = 0, tuning_config: Optional[Sequence[int]] = None,
-                       output_dtype: Union[None, int, torch.dtype] = None, x_dtype: Optional[int] = None,
-                       weight_dtype: Optional[int] = None, scale_dtype: Optional[int] = None,
-                       per_token_scale_dtype: Optional[int] = None, backend: Optional[str] = None) -> List[Tensor]:
-    """``torch_npu.npu_grouped_matmul`` (non-quantised): lists of x / weight (/ bias), split_item 0-3,
-    group_type -1/0/2, group_list_type 0/1, ``group_list`` as a Tensor (Tensor overload) or a
-    ``List[int]`` (the ``.List`` overload).  ``output_dtype`` may be torch's int code or a torch dtype.
-    Quantised arguments are rejected by the checker, naming the ops that model them.  Returns a list
-    of tensors.  Differentiable (group_type 0) in the single-x / 3-D-weight / split_item 2-3 form."""
-    for name, v in (("x", x), ("weight", weight)):
-        if isinstance(v, Tensor) or not isinstance(v, (list, tuple)) or not all(isinstance(t, Tensor) for t in v):
-            got = "a bare Tensor: wrap it as [t]" if isinstance(v, Tensor) else f"got {type(v).__name__}"
-            raise TypeError(f"npu_grouped_matmul: argument '{name}' must be a list of Tensors (Tensor[]), {got}")
-    gl, ints = _split_group_list(group_list, "npu_grouped_matmul")
-    if isinstance(output_dtype, torch.dtype):
-        if output_dtype not in _OUTPUT_DTYPE_CODES:
-            raise TypeError(f"npu_grouped_matmul: output_dtype {output_dtype} has no torch_npu code; "
-                            f"use one of {list(_OUTPUT_DTYPE_CODES)}")
-        output_dtype = _OUTPUT_DTYPE_CODES[output_dtype]
+_GM_REST = ("Tensor[]? bias=None, Tensor[]? scale=None, Tensor[]? offset=None, Tensor[]? antiquant_scale=None, "
+            "Tensor[]? antiquant_offset=None, Tensor[]? per_token_scale=None, {gl} group_list=None, "
+            "Tensor[]? activation_input=None, Tensor[]? activation_quant_scale=None, "
+            "Tensor[]? activation_quant_offset=None, int? split_item=0, int? group_type=None, "
+            "int? group_list_type=0, int? act_type=0, int[]? tuning_config=None, int? output_dtype=None, "
+            "int? x_dtype=None, int? weight_dtype=None, int? scale_dtype=None, int? per_token_scale_dtype=None) "
+            "-> Tensor[]")
 
-    def lst(v):
-        return None if v is None else list(v)
-
-    call = dict(bias=lst(bias), scale=lst(scale), offset=lst(offset), antiquant_scale=lst(antiquant_scale),
-                antiquant_offset=lst(antiquant_offset), per_token_scale=lst(per_token_scale), group_list=gl,
-                group_list_ints=ints, activation_input=lst(activation_input),
-                activation_quant_scale=lst(activation_quant_scale),
-                activation_quant_offset=lst(activation_quant_offset), split_item=split_item, group_type=group_type,
-                group_list_type=group_list_type, act_type=act_type, tuning_config=lst(tuning_config),
-                output_dtype=output_dtype, x_dtype=x_dtype, weight_dtype=weight_dtype, scale_dtype=scale_dtype,
-                per_token_scale_dtype=per_token_scale_dtype)
-    named = _named("x", x) + _named("weight", weight) + _named("bias", bias or []) + [("group_list", gl)]
-    return _call_public("npu_grouped_matmul", backend, named, list(x), list(weight), **call)
+DECL_GROUPED_MATMUL = declare(OpDecl(
+    schema="npu_grouped_matmul(Tensor[] x, Tensor[] weight, *, " + _GM_REST.format(gl="Tensor?"),
+    overloads=("npu_grouped_matmul.List(Tensor[] x, Tensor[] weight, *, " + _GM_REST.format(gl="int[]?"),),
+    rules="gmm",
+    shape=grouped_matmul_shapes,
+    sim=_gm_sim,
+    sim_torch=_gm_sim_torch,
+    aclnn=GROUPED_MATMUL_ACLNN,
+    choose_entry=_grouped_matmul_family,
+    backward=_gm_backward,
+    setup_context=_gm_setup,
+    convert={"output_dtype": _output_dtype_code},
+    doc="""``torch_npu.npu_grouped_matmul`` (non-quantised): lists of x / weight (/ bias), split_item 0-3,
+group_type -1/0/2, group_list_type 0/1, ``group_list`` as a Tensor (Tensor overload) or a ``List[int]`` (the
+``.List`` overload).  ``output_dtype`` may be torch's int code or a torch dtype.  Quantised arguments are
+rejected by the checker, naming the ops that model them.  Returns a list of tensors.  Differentiable
+(group_type 0) in the single-x / 3-D-weight / split_item 2-3 form.""",
+    samples=_gm_samples,
+    error_inputs=_gm_errors,
+))

@@ -10,7 +10,7 @@ from ..._shim import missing_attribute
 __ascend_moe_shim__ = True
 
 try:
-    from ....ops.gmm import npu_gmm, npu_gmm_v2  # noqa: F401
+    from ....ops import npu_gmm, npu_gmm_v2  # noqa: F401
     IMPLEMENTED = ("npu_gmm", "npu_gmm_v2")
 except ImportError:  # the gmm family is missing from this build: both names stay unimplemented
     IMPLEMENTED = ()

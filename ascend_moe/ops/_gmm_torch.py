@@ -1,0 +1,245 @@
+"""The torch side of the grouped matmul family (declared in :mod:`ascend_moe.ops.gmm`): the simulator
+runs into torch-allocated outputs with torch's vectorised fp16<->fp32 conversion, the data-dependent
+output sizes under fake tensors, and the autograd formulas (MindSpeed ``GMMFunction``; see the
+declaration module's docstring).  The backward calls the registered ops themselves, so it runs on
+whichever backend the forward used.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..rules import ConstraintWarning
+from ..sim import gmm as _sim
+from ..sim.numerics import get_undefined_policy
+from ._common import from_numpy, to_numpy
+
+Tensor = torch.Tensor
+_ERR_GROUP_TYPE = "group_type must be zero to compute gradients of x and weight!"
+_ERR_BIAS = "Bias is not supported to compute gradient!"
+
+
+def _public_group_list(group_list: Optional[Tensor], group_list_ints: Optional[List[int]]):
+    return list(group_list_ints) if group_list_ints is not None else group_list
+
+
+def _group_sizes(gl, group_list_type: int, n: int) -> List[Any]:
+    """Rows per group for data-dependent output shapes (split_item 0/1); SymInts under fake tensors."""
+    if isinstance(gl, list):
+        vals = gl
+    elif isinstance(gl, Tensor) and gl.device.type == "cpu" and not _is_fake(gl):
+        vals = [int(v) for v in gl.tolist()]
+    else:
+        ctx = torch.library.get_ctx()
+        return [ctx.new_dynamic_size() for _ in range(n)]
+    if group_list_type == 0:
+        return [int(vals[0])] + [int(vals[i]) - int(vals[i - 1]) for i in range(1, len(vals))] if vals else []
+    return [int(v) for v in vals]
+
+
+def _is_fake(t: Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+    return bool(is_fake(t))
+
+
+_F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
+
+
+def _fast_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
+    """The simulator's casts, fp16 <-> fp32 done by torch's vectorised conversion (NumPy's is a
+    scalar loop, ~3 s of the E=32 fp16 backward).  Both are IEEE round-to-nearest-even with the same
+    overflow/subnormal results (checked on 1.3e8 fp32 patterns; widening is exact); they differ only
+    in NaN payload bits, so when the fp32 side holds a NaN (np.max propagates it: one cheap pass) the
+    conversion is redone by NumPy and results stay bit-identical to the NumPy-only simulator."""
+    if ({dst.dtype, src.dtype} == {_F16, _F32} and src.size and min(src.strides) > 0
+            and min(dst.strides) > 0):
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+        if not np.isnan(np.max(src if src.dtype == _F32 else dst)):
+            return
+    np.copyto(dst, src, casting="unsafe")
+
+
+def _is_transposed(w: Tensor) -> bool:
+    """MindSpeed ``_is_transposed`` / host ``IsTransposeLastTwoDims``."""
+    return w.dim() >= 2 and w.stride(-2) == 1 and w.stride(-1) == w.shape[-2] and w.shape[-1] > 1 and w.shape[-2] > 1
+
+
+def _check_grad_request(x_needs: bool, w_needs: bool, bias: Optional[Tensor], group_type: int) -> None:
+    if bias is not None and bias.requires_grad:
+        raise ValueError(_ERR_BIAS)
+    if (x_needs or w_needs) and group_type != 0:
+        raise ValueError(_ERR_GROUP_TYPE)
+
+
+def _torch_names(op: str) -> Tuple[str, ...]:
+    """The torch.library schema's argument names (the positional ``inputs`` autograd sees)."""
+    from ..opdecl import get_decl
+    return get_decl(op).torch_parsed.names
+
+
+def _gmm_setup(ctx, inputs, output):
+    kw = dict(zip(_torch_names("npu_gmm"), inputs))
+    x, weight = kw["x"], kw["weight"]
+    _check_grad_request(x.requires_grad, weight.requires_grad, kw.get("bias"), kw.get("group_type", 0))
+    ctx.save_for_backward(x, weight, kw.get("group_list"))
+    ctx.group_list_ints = kw.get("group_list_ints")
+    ctx.gemm_fusion = bool(kw.get("gemm_fusion", False))
+    ctx.original_weight = kw.get("original_weight")
+    ctx.weight_obj = weight  # for MindSpeed's zero_out_wgrad attribute lookup at backward time
+
+
+def _mirror(needs_input_grad, dx, dw) -> tuple:
+    """Gradients in the structure of the op's inputs as the dispatcher passed them (trailing
+    defaults are dropped there, so the count varies): (dx, dw, None...)."""
+    rest = [[None] * len(v) if isinstance(v, (list, tuple)) else None for v in needs_input_grad[2:]]
+    return tuple([dx, dw] + rest)
+
+
+def _undefined_like(shape, dtype, device) -> Tensor:
+    """An 'uninitialised' tensor made visible by the undefined-region policy (poison NaN / zero)."""
+    if get_undefined_policy() == "zero":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def _grouped_matmul_add_(x: Tensor, grad: Tensor, group_list_cumsum, main_grad: Tensor) -> None:
+    """MindSpeed npu_groupmatmul_add_fp32 on CPU tensors (the simulator); NPU tensors are refused."""
+    if any(t.device.type != "cpu" for t in (x, grad, main_grad)):
+        from ..backends import privateuse1_is_simulated
+        if privateuse1_is_simulated():  # the simulated npu's memory is host memory: compute on it
+            from ..backends import host_view
+            x, grad, main_grad = (host_view(t) if t.device.type != "cpu" else t for t in (x, grad, main_grad))
+            if isinstance(group_list_cumsum, torch.Tensor) and group_list_cumsum.device.type != "cpu":
+                group_list_cumsum = host_view(group_list_cumsum)
+            return _grouped_matmul_add_(x, grad, group_list_cumsum, main_grad)
+        raise NotImplementedError(
+            "gemm_fusion=True with NPU tensors needs the GroupedMatmulAdd (ATB / npu_grouped_matmul_add_) path, "
+            "which ascend_moe does not bind yet; use gemm_fusion=False on the NPU")
+    if main_grad.dtype != torch.float32 and not (_sim.float64_enabled() and main_grad.dtype == torch.float64):
+        raise TypeError(f"npu_gmm(gemm_fusion=True): original_weight.main_grad must be float32, got {main_grad.dtype}")
+    if not main_grad.is_contiguous():
+        raise ValueError("npu_gmm(gemm_fusion=True): original_weight.main_grad must be contiguous (it is viewed as "
+                         "[E, K, N])")
+    gl = group_list_cumsum if isinstance(group_list_cumsum, list) else to_numpy(group_list_cumsum)
+    _sim.grouped_matmul_add_fp32(to_numpy(x), to_numpy(grad), gl, to_numpy(main_grad))
+
+
+def _quiet_doc_warnings(fn):
+    """The backward re-runs the checker on its own gmm calls; a doc-only warning was already
+    reported by the forward call with the same group list, so it is not repeated."""
+    def wrapped(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConstraintWarning)
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+def _make_gmm_backward(op_name: str, list_type: int):
+    @_quiet_doc_warnings
+    def backward(ctx, grad):
+        x, weight, group_list = ctx.saved_tensors
+        ints = ctx.group_list_ints
+        op = getattr(torch.ops.ascend_moe, op_name)
+        grad = grad.contiguous()
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = op(grad, weight.transpose(-1, -2), group_list=group_list, group_list_ints=ints, group_type=0)
+        if ctx.gemm_fusion:
+            ow = ctx.original_weight
+            if ow is None or not hasattr(ow, "main_grad"):
+                raise ValueError(f"{op_name}(gemm_fusion=True) needs original_weight with a main_grad attribute")
+            if ints is not None:
+                cumsum = list(np.cumsum(ints)) if list_type == 1 else ints
+            else:
+                cumsum = torch.cumsum(group_list, dim=0) if list_type == 1 else group_list
+            _grouped_matmul_add_(x, grad, cumsum, ow.main_grad)
+            if hasattr(ow, "grad_added_to_main_grad"):
+                if getattr(ctx.weight_obj, "zero_out_wgrad", False):
+                    dw = torch.zeros(weight.shape, dtype=x.dtype, device=x.device)
+                else:
+                    dw = _undefined_like(weight.shape, x.dtype, x.device)
+                ow.grad_added_to_main_grad = True
+            return _mirror(ctx.needs_input_grad, dx, dw)
+        if ctx.needs_input_grad[1]:
+            if group_list is not None and _is_transposed(weight):
+                # MindSpeed Tensor path: grad^T (K split over M) against x, then transposed back.
+                dwt = op(grad.t(), x, group_list=group_list, group_type=2)
+                dw = dwt.transpose(-1, -2)
+            else:
+                dw = op(x.t(), grad, group_list=group_list, group_list_ints=ints, group_type=2).reshape(weight.shape)
+        return _mirror(ctx.needs_input_grad, dx, dw)
+    return backward
+
+
+def _gm_setup(ctx, inputs, output):
+    kw = dict(zip(_torch_names("npu_grouped_matmul"), inputs))
+    xs, ws = kw["x"], kw["weight"]
+    x_needs = any(t.requires_grad for t in xs)
+    w_needs = any(t.requires_grad for t in ws)
+    bias = kw.get("bias")
+    for b in bias or []:
+        if b.requires_grad:
+            raise ValueError(_ERR_BIAS)
+    gl = _public_group_list(kw.get("group_list"), kw.get("group_list_ints"))
+    gt = _sim.resolve_group_type(kw.get("group_type"), gl)
+    _check_grad_request(x_needs, w_needs, None, gt)
+    if (x_needs or w_needs) and not (len(xs) == 1 and len(ws) == 1 and ws[0].dim() == 3 and gl is not None
+                                     and kw.get("split_item") in (2, 3)):
+        raise ValueError("npu_grouped_matmul: gradients are implemented for the MindSpeed form only: one x [M, K], "
+                         "one weight [E, K, N], a group_list and split_item 2 or 3 (group_type 0); got "
+                         f"len(x)={len(xs)}, len(weight)={len(ws)}, weight rank {ws[0].dim()}, "
+                         f"group_list={'None' if gl is None else 'given'}, split_item={kw.get('split_item')}")
+    ctx.save_for_backward(xs[0], ws[0], kw.get("group_list"))
+    ctx.group_list_ints = kw.get("group_list_ints")
+    ctx.group_list_type = kw.get("group_list_type") or 0
+
+
+@_quiet_doc_warnings
+def _gm_backward(ctx, grads):
+    x, weight, group_list = ctx.saved_tensors
+    ints = ctx.group_list_ints
+    grad = grads[0].contiguous()
+    op = torch.ops.ascend_moe.npu_grouped_matmul
+    common = dict(group_list=group_list, group_list_ints=ints, split_item=3, group_list_type=ctx.group_list_type)
+    dx = op([grad], [weight.transpose(-1, -2)], group_type=0, **common)[0] if any(ctx.needs_input_grad[0]) else None
+    dw = None
+    if any(ctx.needs_input_grad[1]):
+        if group_list is not None and _is_transposed(weight):
+            dw = op([grad.t()], [x], group_type=2, **common)[0].transpose(-1, -2)
+        else:
+            dw = op([x.t()], [grad], group_type=2, **common)[0].reshape(weight.shape)
+    return _mirror(ctx.needs_input_grad, [dx], [dw])
+
+
+def gmm_forward(op: str, group_list_type: int, a: Dict[str, Any]) -> Tensor:
+    """npu_gmm / npu_gmm_v2 on the simulator (``a``: bound arguments, arrays as NumPy).  The output is a
+    fresh torch.empty the simulator writes in place: the weight gradient (K split) is GB-sized, and the
+    first-touch cost of torch's ordinary pages is steady where NumPy's huge-page allocations are not."""
+    from ._generate import torch_dtype
+    from .gmm import gmm_shape
+    (shape, dtype), = gmm_shape(a)
+    y = torch.empty(tuple(int(d) for d in shape), dtype=torch_dtype(dtype))
+    _sim._gmm_forward(a["x"], a["weight"], a["bias"], a["group_list"], a["group_type"], group_list_type, None,
+                      out=to_numpy(y), copy_cast=_fast_copy_cast)
+    return y
+
+
+def grouped_matmul_forward(a: Dict[str, Any]) -> List[Tensor]:
+    """npu_grouped_matmul on the simulator.  from_numpy shares memory with the simulator's fresh arrays;
+    per-group views of one K-split result are cloned so that no two outputs alias each other."""
+    ys = _sim.grouped_matmul_compute(
+        a["x"], a["weight"], a["bias"], a["group_list"], a["split_item"],
+        _sim.resolve_group_type(a["group_type"], a["group_list"]), a["group_list_type"], None)
+    outs = [from_numpy(y) for y in ys]
+    if len(outs) > 1 and any(y.base is not None for y in ys):
+        outs = [o.clone() for o in outs]
+    return outs
+
+
+gmm_setup = _gmm_setup
+gmm_backward = {"npu_gmm": _make_gmm_backward("npu_gmm", 0), "npu_gmm_v2": _make_gmm_backward("npu_gmm_v2", 1)}
+grouped_matmul_setup = _gm_setup
+grouped_matmul_backward = _gm_backward
