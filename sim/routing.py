@@ -42,7 +42,9 @@ __all__ = [
     "moe_finalize_routing", "moe_gating_top_k_softmax", "moe_gating_top_k_softmax_v2",
     "moe_compute_expert_tokens", "moe_re_routing", "moe_token_permute_grad", "moe_token_unpermute_grad",
     "moe_gating_top_k_backward", "permute_out_rows", "init_routing_out_rows",
-    "DYNAMIC_QUANT_PATHS", "SORT_KEY_LIMIT",
+    "DYNAMIC_QUANT_PATHS", "SORT_KEY_LIMIT", "init_routing_v2_output_specs", "token_permute_output_specs",
+    "token_unpermute_output_specs", "finalize_routing_output_specs", "gating_top_k_softmax_output_specs",
+    "re_routing_output_specs",
 ]
 
 # Expert ids go through an int32 -> float32 key (exact below 2^24); the permute doc bounds them so.
@@ -152,6 +154,7 @@ def moe_init_routing_v2(
       type 1 count ``[e-s]`` over all slots (pre-capacity), type 0 inclusive cumsum of it, type 2
       key-value ``[expert_num, 2]``: rows ``(id, count)`` of the experts with tokens in ascending id from
       row 0, zero rows up to ``min(e-s+1, expert_num)`` rows, the rest undefined.
+    No rows (``N == 0``): op-plugin returns before calling aclnn, with output 3 zero-filled; so does this twin.
     ``expanded_scale`` fp32 ``[R]`` (``[expert_num*C]`` in drop/pad): dynamic quant = the row's scale;
     unquantised with ``scale`` = ``scale[token]``; otherwise (and for unwritten rows) undefined.
 
@@ -161,8 +164,8 @@ def moe_init_routing_v2(
     values are undefined (its scale is 0).
 
     ``entry="V2"`` models aclnnMoeInitRoutingV2 as op-plugin calls it (dropless, count mode forced):
-    output 3 is int32 ``[expert_num]`` counts (``v2_tokens_mode="count"``, A2/A3) or inclusive cumsum
-    (``"cumsum"``, the flag op-plugin passes on the Atlas inference series), and output 4 is
+    output 3 is int64 counts (``v2_tokens_mode="count"``, A2/A3) or int32 inclusive cumsum (``"cumsum"``, the
+    flag op-plugin passes on the Atlas inference series), ``[expert_num]``, and output 4 is
     ``expert_tokens_before_capacity`` int32 ``[expert_num]``, never written (undefined).
     """
     x = np.asarray(x)
@@ -243,8 +246,17 @@ def moe_init_routing_v2(
             row_idx = np.full(nk, -1, np.int32)
             row_idx[order[:avail]] = np.arange(avail, dtype=np.int32)
 
+    if n == 0:
+        # op-plugin returns before any aclnn call with output 3 zero-filled (its bs == 0 branch)
+        specs = init_routing_v2_output_specs(0, k, h, dtype_name(x), expert_num=expert_num,
+                                             expert_tokens_num_type=expert_tokens_num_type,
+                                             active_expert_range=active_expert_range, entry=entry,
+                                             v2_tokens_mode=v2_tokens_mode)
+        last = expanded_scale if entry != "V2" else np.zeros(specs[3][0], np.int32)
+        return expanded_x, row_idx, np.zeros(specs[2][0], np_dtype(specs[2][1])), last
     if entry == "V2":
-        tokens = (np.cumsum(counts) if v2_tokens_mode == "cumsum" else counts).astype(np.int32)
+        # the wrapper's allocation: int64 [E_range] on A2/A3 (count), int32 on the inference series (cumsum)
+        tokens = np.cumsum(counts).astype(np.int32) if v2_tokens_mode == "cumsum" else counts.astype(np.int64)
         before_capacity = np.empty(int(expert_num), np.int32)
         fill_undefined(before_capacity, slice(None), undefined)
         return expanded_x, row_idx, tokens, before_capacity
@@ -686,3 +698,74 @@ def moe_re_routing(tokens: np.ndarray, expert_token_num_per_rank: np.ndarray, pe
     col = c.sum(axis=0)
     expert_token_num = (np.cumsum(col) if expert_token_num_type == 0 else col).astype(counts.dtype)
     return out, out_scales, idx, expert_token_num
+
+
+# --------------------------------------------------------------------------------------------
+# output shapes and dtypes (what the device path allocates; used by fake / meta kernels)
+# --------------------------------------------------------------------------------------------
+
+Spec = Tuple[Tuple[int, ...], str]
+
+
+def init_routing_v2_output_specs(num_rows: int, k: int, hidden: int, x_dtype: str, *, active_num: int = -1,
+                                 expert_capacity: int = -1, expert_num: int = -1, drop_pad_mode: int = 0,
+                                 expert_tokens_num_type: int = 0, quant_mode: int = -1,
+                                 active_expert_range: Sequence[int] = (), entry: str = "V3",
+                                 v2_tokens_mode: str = "count") -> Tuple[Spec, Spec, Spec, Spec]:
+    """Shapes/dtypes op-plugin allocates for ``npu_moe_init_routing_v2`` (device path, spec 1.3 item 5).
+
+    Unlike op-plugin's meta function, output 3 is ``[E_range]`` even when ``expert_tokens_num_flag`` is False
+    and ``expanded_scale`` is ``[R]`` for static quantisation: these are the tensors code receives on the NPU."""
+    s, e = (int(active_expert_range[0]), int(active_expert_range[1])) if len(active_expert_range) == 2 \
+        else (0, int(expert_num))
+    xd = "int8" if quant_mode in (0, 1) else x_dtype
+    if drop_pad_mode == 1:
+        ex = ((int(expert_num), int(expert_capacity), hidden), xd)
+        sc = ((int(expert_num) * int(expert_capacity),), "float32")
+    else:
+        r = init_routing_out_rows(num_rows, k, active_num)
+        ex = ((r, hidden), xd)
+        sc = ((r,), "float32")
+    row = ((num_rows * k,), "int32")
+    if entry == "V2":
+        tok = ((int(expert_num),), "int32" if v2_tokens_mode == "cumsum" else "int64")
+        return ex, row, tok, ((int(expert_num),), "int32")
+    tok = ((int(expert_num), 2), "int64") if expert_tokens_num_type == 2 else ((e - s,), "int64")
+    return ex, row, tok, sc
+
+
+def token_permute_output_specs(tokens_shape: Sequence[int], tokens_dtype: str, indices_shape: Sequence[int],
+                               num_out_tokens: Optional[int] = None) -> Tuple[Spec, Spec]:
+    slots = int(np.prod(indices_shape)) if len(indices_shape) else 1
+    return ((permute_out_rows(slots, num_out_tokens), int(tokens_shape[1])), tokens_dtype), ((slots,), "int32")
+
+
+def token_unpermute_output_specs(permuted_shape: Sequence[int], permuted_dtype: str, num_indices: int,
+                                 probs_shape: Optional[Sequence[int]] = None) -> Spec:
+    topk = int(probs_shape[1]) if probs_shape is not None else 1
+    return (num_indices // topk, int(permuted_shape[-1])), permuted_dtype
+
+
+def finalize_routing_output_specs(expanded_shape: Sequence[int], expanded_dtype: str, num_indices: int,
+                                  scales_shape: Optional[Sequence[int]] = None, k: int = 1) -> Spec:
+    rows = int(scales_shape[0]) if scales_shape is not None else num_indices // int(k)
+    return (rows, int(expanded_shape[-1])), expanded_dtype
+
+
+def gating_top_k_softmax_output_specs(x_shape: Sequence[int], x_dtype: str, k: int, *, v2: bool = False,
+                                      renorm: int = 0, output_softmax: bool = False) -> Tuple[Spec, Spec, Spec]:
+    lead = tuple(int(v) for v in x_shape[:-1])
+    y = (lead + (k,), x_dtype)
+    idx = (lead + (k,), "int32")
+    if not v2:
+        return y, idx, (lead + (k,), "int32")
+    soft = (tuple(int(v) for v in x_shape), "float32") if renorm == 0 and output_softmax else ((0,), "float32")
+    return y, idx, soft
+
+
+def re_routing_output_specs(tokens_shape: Sequence[int], tokens_dtype: str, counts_shape: Sequence[int],
+                            counts_dtype: str, scales_shape: Optional[Sequence[int]] = None,
+                            scales_dtype: str = "float32") -> Tuple[Spec, Spec, Spec, Spec]:
+    m = int(tokens_shape[0])
+    sc = (tuple(scales_shape), scales_dtype) if scales_shape is not None else ((m,), "float32")
+    return (tuple(tokens_shape), tokens_dtype), sc, ((m,), "int32"), ((int(counts_shape[1]),), counts_dtype)

@@ -372,10 +372,10 @@ def test_init_routing_v2_entry_outputs():
     x = np.ones((2, 2), np.float32)
     _, _, tok, before = R.moe_init_routing_v2(x, ids, expert_num=4, expert_tokens_num_type=1,
                                               expert_tokens_num_flag=True, entry="V2")
-    assert tok.dtype == np.int32 and tok.tolist() == [1, 1, 2, 0]
+    assert tok.dtype == np.int64 and tok.tolist() == [1, 1, 2, 0]
     assert before.shape == (4,) and (before == I32_POISON).all()
     _, _, tok, _ = R.moe_init_routing_v2(x, ids, expert_num=4, entry="V2", v2_tokens_mode="cumsum")
-    assert tok.tolist() == [1, 2, 4, 4]
+    assert tok.dtype == np.int32 and tok.tolist() == [1, 2, 4, 4]
 
 
 # ------------------------------------------------------------------------ permute / unpermute
@@ -731,3 +731,62 @@ def test_re_routing(idx_type, tok_type):
     assert (pt[total:] == -128).all() and np.isnan(ps[total:]).all()
     want = col if tok_type == 1 else list(np.cumsum(col))
     assert etn.tolist() == want and etn.dtype == np.int32
+
+
+# ------------------------------------------------------------------------ empty input, output specs
+
+def test_init_routing_no_tokens_zero_fills_counts():
+    x = np.zeros((0, 4), BF16)
+    ids = np.zeros((0, 2), np.int32)
+    ex, ri, tok, es = R.moe_init_routing_v2(x, ids, expert_num=5, expert_tokens_num_type=1)
+    assert ex.shape == (0, 4) and ri.shape == (0,) and es.shape == (0,)
+    assert tok.dtype == np.int64 and tok.tolist() == [0] * 5
+
+
+INIT_SPEC_CASES = [
+    # kwargs, expected (expanded_x, row_idx, tokens, 4th) shapes and dtypes, for x bf16 [6, 8], k = 2
+    (dict(expert_num=4), [((12, 8), "bfloat16"), ((12,), "int32"), ((4,), "int64"), ((12,), "float32")]),
+    (dict(expert_num=4, active_num=5, quant_mode=1, scale=np.ones((4, 8), np.float32)),
+     [((5, 8), "int8"), ((12,), "int32"), ((4,), "int64"), ((5,), "float32")]),
+    (dict(expert_num=4, expert_tokens_num_type=2, expert_tokens_num_flag=True),
+     [((12, 8), "bfloat16"), ((12,), "int32"), ((4, 2), "int64"), ((12,), "float32")]),
+    (dict(expert_num=8, active_expert_range=[2, 5], expert_tokens_num_flag=True),
+     [((12, 8), "bfloat16"), ((12,), "int32"), ((3,), "int64"), ((12,), "float32")]),
+    (dict(expert_num=4, drop_pad_mode=1, expert_capacity=3),
+     [((4, 3, 8), "bfloat16"), ((12,), "int32"), ((4,), "int64"), ((12,), "float32")]),
+    (dict(expert_num=4, quant_mode=0, scale=np.ones(1, np.float32), offset=np.zeros(1, np.float32)),
+     [((12, 8), "int8"), ((12,), "int32"), ((4,), "int64"), ((12,), "float32")]),
+    (dict(expert_num=4, entry="V2", expert_tokens_num_type=1, expert_tokens_num_flag=True),
+     [((12, 8), "bfloat16"), ((12,), "int32"), ((4,), "int64"), ((4,), "int32")]),
+    (dict(expert_num=4, entry="V2", v2_tokens_mode="cumsum"),
+     [((12, 8), "bfloat16"), ((12,), "int32"), ((4,), "int32"), ((4,), "int32")]),
+]
+
+
+@pytest.mark.parametrize("case", range(len(INIT_SPEC_CASES)))
+def test_init_routing_output_specs(case):
+    kwargs, want = INIT_SPEC_CASES[case]
+    g = rng(20)
+    x = g.standard_normal((6, 8)).astype(BF16)
+    ids = g.integers(0, kwargs["expert_num"], (6, 2)).astype(np.int32)
+    outs = R.moe_init_routing_v2(x, ids, **kwargs)
+    spec_kwargs = {k: v for k, v in kwargs.items() if k not in ("scale", "offset", "expert_tokens_num_flag")}
+    specs = R.init_routing_v2_output_specs(6, 2, 8, "bfloat16", **spec_kwargs)
+    for out, spec, (shape, dtype) in zip(outs, specs, want):
+        assert (out.shape, numerics.dtype_name(out)) == (shape, dtype) == spec
+
+
+def test_other_output_specs():
+    assert R.token_permute_output_specs((6, 8), "float16", (6, 2), -3) == (((9, 8), "float16"), ((12,), "int32"))
+    assert R.token_permute_output_specs((6, 8), "float16", (6,), None) == (((6, 8), "float16"), ((6,), "int32"))
+    assert R.token_unpermute_output_specs((12, 8), "bfloat16", 12, (4, 3)) == ((4, 8), "bfloat16")
+    assert R.token_unpermute_output_specs((12, 8), "bfloat16", 12) == ((12, 8), "bfloat16")
+    assert R.finalize_routing_output_specs((4, 3, 8), "float16", 12, (6, 2)) == ((6, 8), "float16")
+    assert R.finalize_routing_output_specs((12, 8), "float16", 12, None, k=3) == ((4, 8), "float16")
+    assert R.gating_top_k_softmax_output_specs((2, 3, 8), "bfloat16", 2) == \
+        (((2, 3, 2), "bfloat16"), ((2, 3, 2), "int32"), ((2, 3, 2), "int32"))
+    assert R.gating_top_k_softmax_output_specs((3, 8), "float32", 2, v2=True, output_softmax=True)[2] == ((3, 8), "float32")
+    assert R.gating_top_k_softmax_output_specs((3, 8), "float32", 2, v2=True, renorm=1, output_softmax=True)[2] == \
+        ((0,), "float32")
+    assert R.re_routing_output_specs((10, 4), "int8", (2, 3), "int64") == \
+        (((10, 4), "int8"), ((10,), "float32"), ((10,), "int32"), ((3,), "int64"))
