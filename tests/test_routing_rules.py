@@ -117,6 +117,13 @@ CASES = {
         "attrs": ((TS((8, 16), "int8"), TS((2, 2), "int32")), dict(idx_type=2), NEW, ["idx_type", "2"]),
         "counts.total": ((np.zeros((4, 2), np.int8), np.array([[3, 0], [1, 1]], np.int32)), {}, NEW, ["5", "4"]),
     },
+    "npu_moe_gating_top_k_backward": {
+        "x_norm.spec": ((TS((8, 4000), "float32"), TS((8, 2), "float32"), TS((8, 2), "int32")), {}, NEW, ["4000"]),
+        "grad_y.spec": ((TS((8, 16), "float32"), TS((8, 2), "float32"), TS((8, 3), "int32")), {}, NEW,
+                        ["(8, 3)", "(8, 2)"]),
+        "norm_type.sigmoid": ((TS((8, 16), "float32"), TS((8, 2), "float32"), TS((8, 2), "int32")), dict(norm_type=0),
+                              NEW, ["norm_type=0"]),
+    },
 }
 
 VALID = {
@@ -129,6 +136,8 @@ VALID = {
     "npu_moe_gating_top_k_softmax_v2": ((TS((2, 8, 16), "float16"),), dict(k=2, renorm=1)),
     "npu_moe_compute_expert_tokens": ((TS((16,), "int32"), 4), {}),
     "npu_moe_re_routing": ((TS((8, 16), "int8"), TS((2, 4), "int32")), dict(per_token_scales=TS((8,), "float32"))),
+    "npu_moe_gating_top_k_backward": ((TS((8, 16), "float32"), TS((8, 2), "bfloat16"), TS((8, 2), "int32")),
+                                      dict(routed_scaling_factor=2.5)),
 }
 
 
@@ -166,7 +175,9 @@ def test_unmodelled_products_are_rejected_with_a_reason(op):
     assert [x.rule_id for x in v] == [f"{op}.product"]
     v = ascend_moe.check(op, *args, product="ascend-950", cann="9.0.0", **kwargs)
     assert [x.rule_id for x in v] == [f"{op}.product"]
-    if op not in ("npu_moe_compute_expert_tokens", "npu_moe_re_routing"):
+    if op == "npu_moe_gating_top_k_backward":
+        assert "does not support the 950" in v[0].message
+    elif op not in ("npu_moe_compute_expert_tokens", "npu_moe_re_routing"):
         assert "not model" in v[0].message
 
 
@@ -192,3 +203,27 @@ def test_all_violations_at_once():
                            row_idx_type=3, **NEW)
     ids = {v.rule_id for v in err.value.violations}
     assert {"expert_idx.dtype", "quant_mode.range", "row_idx_type.range"} <= ids
+
+
+
+def test_init_routing_entry_choice():
+    from ascend_moe.rules.routing import init_routing_entry
+    v2_case = dict(expert_num=128, active_expert_range=[0, 128], hidden=2048, quant_mode=-1, expert_tokens_num_type=1)
+    assert init_routing_entry("atlas-a2", "8.3.RC1", **v2_case) == "V2"
+    assert init_routing_entry("atlas-a2", "8.5.0alpha002", **v2_case) == "V2"
+    assert init_routing_entry("atlas-a2", "8.5.0alpha003", **v2_case) == "V3"
+    assert init_routing_entry("atlas-a2", "8.5.0", **v2_case) == "V3"
+    assert init_routing_entry("atlas-a2", "8.3.RC1", **dict(v2_case, hidden=7168)) == "V3"
+    assert init_routing_entry("atlas-a2", "8.3.RC1", **dict(v2_case, expert_tokens_num_type=0)) == "V3"
+    assert init_routing_entry("atlas-a2", "8.3.RC1", **dict(v2_case, active_expert_range=[])) == "V2"
+    assert init_routing_entry("atlas-inference", "9.0.0", **dict(v2_case, hidden=64)) == "V2"
+
+
+def test_finalize_entry_choice():
+    from ascend_moe.rules.routing import finalize_routing_entry
+    all3 = ["aclnnMoeFinalizeRouting", "aclnnMoeFinalizeRoutingV2", "aclnnMoeFinalizeRoutingV4"]
+    assert finalize_routing_entry(all3) == "aclnnMoeFinalizeRoutingV4"
+    assert finalize_routing_entry(all3[:2]) == "aclnnMoeFinalizeRoutingV2"
+    assert finalize_routing_entry(all3[:1]) == "aclnnMoeFinalizeRouting"
+    with pytest.raises(ValueError, match="k=2 needs aclnnMoeFinalizeRoutingV4"):
+        finalize_routing_entry(all3[:2], k=2)

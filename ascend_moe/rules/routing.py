@@ -790,3 +790,96 @@ def _(call):
     v, t = call.values("expert_token_num_per_rank"), call.shape("tokens")
     if v is not None and t is not None and (int(v.sum()) > t[0] or (v < 0).any()):
         return f"the counts must be >= 0 and sum to <= {t[0]} rows, got sum {int(v.sum())}"
+
+
+# ============================================================================================
+# npu_moe_gating_top_k_backward (the autograd backward of npu_moe_gating_top_k)
+# ============================================================================================
+
+def npu_moe_gating_top_k_backward(x_norm, grad_y, expert_idx, *, renorm=0, norm_type=1, routed_scaling_factor=1.0,
+                                  eps=1e-20):
+    """Signature of torch_npu.npu_moe_gating_top_k_backward as op-plugin's tests call it (keywords after the
+    three tensors; the yaml entry was not read, so the keyword-only split is inferred)."""
+
+
+GATING_BWD = "npu_moe_gating_top_k_backward"
+GATING_BWD_DOC = f"{OT} moe/moe_gating_top_k_backward/docs/aclnnMoeGatingTopKBackward.md"
+gating_bwd_spec = register_op(GATING_BWD, npu_moe_gating_top_k_backward, products=A2_A3, source=GATING_BWD_DOC,
+                              product_notes={"ascend-950": "aclnnMoeGatingTopKBackward does not support the 950 (doc)"})
+
+
+@gating_bwd_spec.rule("x_norm.spec", argument="x_norm", summary="x_norm float32 2-D [M, N] with 2 <= N <= 2048",
+                      status=161002, source=GATING_BWD_DOC + " (return codes table)",
+                      fix="pass the float32 norm_out of the forward (out_flag=True)")
+def _(call):
+    msg = _need_rank(call, "x_norm", (2,)) or _need_dtype(call, "x_norm", ("float32",))
+    if msg:
+        return msg
+    n = call.shape("x_norm")[1]
+    if not 2 <= n <= 2048:
+        return f"x_norm.shape[1] (experts) must be in [2, 2048], got {n}"
+
+
+@gating_bwd_spec.rule("grad_y.spec", argument="grad_y",
+                      summary="grad_y float16/bfloat16/float32 [M, K], 1 <= K <= N; expert_idx int32 of the same shape",
+                      status=161002, source=GATING_BWD_DOC + " (return codes table)",
+                      fix="pass the gradient of y and the forward's expert_idx")
+def _(call):
+    msg = _need_rank(call, "grad_y", (2,)) or _need_dtype(call, "grad_y", FLOATS) or \
+        _need_rank(call, "expert_idx", (2,)) or _need_dtype(call, "expert_idx", ("int32",))
+    if msg:
+        return msg
+    g, i, x = call.shape("grad_y"), call.shape("expert_idx"), call.shape("x_norm")
+    if g != i:
+        return f"expert_idx shape {i} must equal grad_y shape {g}"
+    if x is not None and len(x) == 2 and (g[0] != x[0] or not 1 <= g[1] <= x[1]):
+        return f"grad_y must be [M={x[0]}, K] with 1 <= K <= {x[1]}, got {g}"
+
+
+@gating_bwd_spec.rule("norm_type.sigmoid", argument="norm_type", summary="norm_type must be 1 (sigmoid); renorm is reserved (0)",
+                      status=None, source=GATING_BWD_DOC + " (\"当前仅支持1\"; host check not read)",
+                      fix="the backward exists for the sigmoid gate only")
+def _(call):
+    if call["norm_type"] != 1:
+        return f"only the sigmoid gate (norm_type=1) has a backward, got norm_type={call['norm_type']!r}"
+    if call["renorm"] != 0:
+        return f"renorm is a reserved parameter and must be 0, got {call['renorm']!r}"
+
+
+# ============================================================================================
+# entry-point selection (what op-plugin calls)
+# ============================================================================================
+
+# op-plugin sends the "V2 case" to aclnnMoeInitRoutingV2 only before this release
+INIT_V2_CASE_UNTIL = "8.5.0alpha003"
+
+
+def init_routing_entry(product: str, cann, *, expert_num: int, active_expert_range: Sequence[int] = (),
+                       hidden: int, quant_mode: int = -1, expert_tokens_num_type: int = 0) -> str:
+    """``"V2"`` or ``"V3"``: the aclnn entry op-plugin's npu_moe_init_routing_v2 calls (spec 0 / 1.3).
+
+    V2 on the Atlas inference series, or in the "V2 case" (expert_num 128, range [0, 128], hidden 2048,
+    unquantised, count type) before CANN 8.5.0alpha003; V3 otherwise.  The V2 path forces dropless count mode
+    (drop_pad_mode and the flag are overridden).  An empty range counts as the defaulted [0, expert_num] here
+    (the wrapper reads the empty list out of bounds; its intent is the default)."""
+    from ..products import CannVersion
+    if product == "atlas-inference":
+        return "V2"
+    rng = tuple(int(v) for v in active_expert_range) if len(active_expert_range) == 2 else (0, int(expert_num))
+    v2_case = (expert_num == 128 and rng == (0, 128) and hidden == 2048 and quant_mode == -1
+               and expert_tokens_num_type == 1)
+    return "V2" if v2_case and CannVersion(cann) < CannVersion(INIT_V2_CASE_UNTIL) else "V3"
+
+
+FINALIZE_ENTRIES = ("aclnnMoeFinalizeRoutingV4", "aclnnMoeFinalizeRoutingV2", "aclnnMoeFinalizeRouting")
+
+
+def finalize_routing_entry(available: Sequence[str], k: int = 1) -> str:
+    """The finalize entry op-plugin calls: V4 > V2 > V1 by availability; ``k != 1`` needs V4.  Raises
+    ValueError naming what is missing when no usable entry point is available."""
+    have = set(available)
+    for name in FINALIZE_ENTRIES:
+        if name in have and (k == 1 or name == "aclnnMoeFinalizeRoutingV4"):
+            return name
+    need = "aclnnMoeFinalizeRoutingV4" if k != 1 else " or ".join(FINALIZE_ENTRIES)
+    raise ValueError(f"npu_moe_finalize_routing: k={k} needs {need}; the loaded CANN provides none of them")
