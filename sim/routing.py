@@ -163,7 +163,8 @@ def moe_init_routing_v2(
     and ``dynamic_quant_path``).  A dynamic row whose max is 0 divides 0/0 on the device: its int8
     values are undefined (its scale is 0).
 
-    ``entry="V2"`` models aclnnMoeInitRoutingV2 as op-plugin calls it (dropless, count mode forced):
+    ``entry="V2"`` models aclnnMoeInitRoutingV2 as op-plugin calls it (dropless, gather index, count mode
+    forced whatever ``drop_pad_mode`` / ``row_idx_type`` / ``expert_tokens_num_flag`` say):
     output 3 is int64 counts (``v2_tokens_mode="count"``, A2/A3) or int32 inclusive cumsum (``"cumsum"``, the
     flag op-plugin passes on the Atlas inference series), ``[expert_num]``, and output 4 is
     ``expert_tokens_before_capacity`` int32 ``[expert_num]``, never written (undefined).
@@ -171,6 +172,9 @@ def moe_init_routing_v2(
     x = np.asarray(x)
     ids = np.asarray(expert_idx).astype(np.int64)
     n, k = ids.shape
+    if entry == "V2":
+        # op-plugin's V2 path: dropless, gather index, no quantisation (forced by the wrapper / the V2 case)
+        drop_pad_mode, row_idx_type, quant_mode = 0, 0, -1
     h = x.shape[1]
     nk = n * k
     flat = ids.reshape(-1)
@@ -327,7 +331,7 @@ def moe_token_permute(tokens: np.ndarray, indices: np.ndarray, num_out_tokens: O
 
 def moe_token_unpermute(permuted_tokens: np.ndarray, sorted_indices: np.ndarray,
                         probs: Optional[np.ndarray] = None, padded_mode: bool = False,
-                        restore_shape: Optional[Sequence[int]] = None, *, cast_mode: str = "rint",
+                        restore_shape: Optional[Sequence[int]] = None, *,
                         undefined: Optional[str] = None) -> np.ndarray:
     """``out [len(sorted_indices) // K, H]`` (dtype of permuted_tokens), aclnnMoeTokenUnpermute.
 
@@ -336,7 +340,8 @@ def moe_token_unpermute(permuted_tokens: np.ndarray, sorted_indices: np.ndarray,
         acc = 0
         for j in 0..K-1:  idx = sorted_indices[t*K + j];  p = fp32(probs[t, j])
             if idx < P and (no probs or p != 0):  acc = acc + fp32(permuted[idx]) * p    (Muls, Add)
-        out[t] = cast(acc)        # CAST_RINT on A2/A3 ("rint"); CAST_NONE on the inference series
+        out[t] = cast(acc)        # CAST_RINT on A2/A3; CAST_NONE on the inference series (fp16 only there,
+                                  # where it is round-to-nearest-even too [inferred])
 
     ``idx`` is compared signed, so ``-1`` passes ``idx < P``: with a nonzero prob the device reads the row
     before the buffer (out of bounds).  Here such a token's output row is an undefined region.  Slots with

@@ -28,6 +28,10 @@ CASES = {
         "expert_num.positive": ((X, IDX), dict(INIT_OK, expert_num=-1), NEW, ["-1"]),
         "drop_pad_mode.range": ((X, IDX), dict(INIT_OK, drop_pad_mode=2), NEW, ["got 2"]),
         "drop_pad_mode.since_9_0": ((X, IDX), dict(INIT_OK, drop_pad_mode=1, expert_capacity=2), OLD, ["8.5.0"]),
+        "v2_case.overrides": ((TS((8, 2048), "bfloat16"), IDX),
+                              dict(expert_num=128, expert_tokens_num_type=1, drop_pad_mode=1, expert_capacity=2),
+                              dict(product="atlas-a2", cann="8.3.RC1"),
+                              ["aclnnMoeInitRoutingV2", "drop_pad_mode=1", "expert_tokens_num_flag=False"]),
         "active_num.range": ((X, IDX), dict(INIT_OK, active_num=-2), NEW, ["-2"]),
         "expert_tokens_num_type.range": ((X, IDX), dict(INIT_OK, expert_tokens_num_type=3), NEW, ["got 3"]),
         "quant_mode.range": ((X, IDX), dict(INIT_OK, quant_mode=2), NEW, ["got 2", "atlas-a2"]),
@@ -227,3 +231,13 @@ def test_finalize_entry_choice():
     assert finalize_routing_entry(all3[:1]) == "aclnnMoeFinalizeRouting"
     with pytest.raises(ValueError, match="k=2 needs aclnnMoeFinalizeRoutingV4"):
         finalize_routing_entry(all3[:2], k=2)
+
+
+def test_v2_case_is_not_rejected_for_drop_pad_but_warned():
+    kw = dict(expert_num=128, expert_tokens_num_type=1, expert_tokens_num_flag=True, drop_pad_mode=1,
+              expert_capacity=2)
+    v = ascend_moe.check("npu_moe_init_routing_v2", TS((8, 2048), "bfloat16"), IDX, product="atlas-a2",
+                         cann="8.3.RC1", **kw)
+    assert [(x.rule_id, x.severity) for x in v] == [("v2_case.overrides", "warning")]
+    v = ascend_moe.check("npu_moe_init_routing_v2", TS((8, 2048), "bfloat16"), IDX, **OLD, **kw)
+    assert [x.rule_id for x in v] == ["drop_pad_mode.since_9_0"]

@@ -790,3 +790,13 @@ def test_other_output_specs():
         ((0,), "float32")
     assert R.re_routing_output_specs((10, 4), "int8", (2, 3), "int64") == \
         (((10, 4), "int8"), ((10,), "float32"), ((10,), "int32"), ((3,), "int64"))
+
+
+def test_init_routing_v2_entry_ignores_drop_pad_and_scatter_index():
+    g = rng(21)
+    ids = g.integers(0, 4, (5, 2)).astype(np.int32)
+    x = g.standard_normal((5, 3)).astype(np.float32)
+    ex, ri, tok, _ = R.moe_init_routing_v2(x, ids, expert_num=4, drop_pad_mode=1, expert_capacity=1, row_idx_type=1,
+                                           entry="V2")
+    ref = ref_init_routing(x, ids, E=4, tok_type=1, flag=True)
+    check_init((ex, ri, tok, None), ref, tok_type=1)

@@ -102,6 +102,16 @@ def _init_dims(call):
     return xs[0], es[1], xs[1]          # N, K, H
 
 
+def _entry(call) -> str:
+    d = _init_dims(call)
+    rng = call.get("active_expert_range") or ()
+    if d is None or not _is_int(call["expert_num"]) or (len(rng) not in (0, 2)):
+        return "V3"
+    return init_routing_entry(call.product, call.cann, expert_num=call["expert_num"], active_expert_range=rng,
+                              hidden=d[2], quant_mode=call["quant_mode"],
+                              expert_tokens_num_type=call["expert_tokens_num_type"])
+
+
 def _init_range(call):
     """(s, e) the kernel uses: the caller's range, or [0, expert_num] (tiling default, per call)."""
     r = call.get("active_expert_range")
@@ -180,8 +190,25 @@ def _(call):
                 "(moe_v3_gather_out_droppad.h, OT 87b1db69e) first in v9.0.0-beta.1",
                 fix="use drop_pad_mode=0 (dropless) or target CANN >= 9.0.0")
 def _(call):
-    if call["drop_pad_mode"] == 1:
+    if call["drop_pad_mode"] == 1 and _entry(call) == "V3":
         return f"drop_pad_mode=1 is rejected by the V3 tiling before CANN 9.0.0 (target {call.cann})"
+
+
+@init_spec.rule("v2_case.overrides", argument="drop_pad_mode",
+                summary="calls op-plugin sends to aclnnMoeInitRoutingV2 run dropless with a gather index and counts, "
+                "whatever drop_pad_mode / row_idx_type / expert_tokens_num_flag say", severity="warning", status=None,
+                source=INIT_WRAPPER + " (V2 path: expert_capacity=0, drop_pad_mode=0, count flag forced)",
+                fix="use another shape (the V2 case is expert_num 128, hidden 2048, count type) or CANN >= 8.5.0")
+def _(call):
+    if _entry(call) != "V2":
+        return None
+    ignored = [f"{n}={call[n]!r}" for n, default in (("drop_pad_mode", 0), ("row_idx_type", 0))
+               if call[n] != default]
+    if not call["expert_tokens_num_flag"]:
+        ignored.append("expert_tokens_num_flag=False")
+    if ignored:
+        return (f"this call goes to aclnnMoeInitRoutingV2 on CANN {call.cann}, which ignores "
+                f"{', '.join(ignored)} (dropless, gather index, counts written)")
 
 
 @init_spec.rule("active_num.range", argument="active_num", summary="dropless: active_num >= -1 (<= 0 means all slots)",
