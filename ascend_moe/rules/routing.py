@@ -39,6 +39,8 @@ UNPERMUTE_WRAPPER = "op-plugin op_plugin/ops/opapi/MoeTokenUnpermuteKernelNpuOpA
 UNPERMUTE_DOC = f"{OT} moe/moe_token_unpermute/docs/aclnnMoeTokenUnpermute.md"
 FINALIZE_WRAPPER = "op-plugin op_plugin/ops/opapi/MoeFinalizeRoutingV2KernelNpuOpApi.cpp"
 FINALIZE_DOC = f"{OT} moe/moe_finalize_routing_v2/docs/aclnnMoeFinalizeRoutingV2.md"
+FINALIZE_TILING = (f"{OT} moe/moe_finalize_routing_v2/op_host/moe_finalize_routing_v2_tiling_membase.cpp "
+                   "DoGetShapeAttrsInfo")
 SOFTMAX_WRAPPER = "op-plugin op_plugin/ops/opapi/MoeGatingTopKSoftmaxKernelNpuOpApi.cpp"
 SOFTMAX_DOC = "torch_npu docs torch_npu-npu_moe_gating_top_k_softmax.md"
 RE_ROUTING_WRAPPER = "op-plugin op_plugin/ops/opapi/MoeReRoutingOpApi.cpp"
@@ -551,18 +553,22 @@ def _fin_dims(call):
 
 
 @finalize_spec.rule("expanded.rank", argument="expanded_permuted_rows",
-                    summary="expanded rows 2-D (dropless modes 0/2) or 3-D [E, C, H] (drop/pad modes 1/3)",
-                    status=161002, source=FINALIZE_DOC, fix="pass [E*C or N*K, H] rows, or [E, C, H] in drop/pad modes")
+                    summary="expanded rows 2-D in modes 0/2, 3-D [E, C, H] in the drop/pad modes 1/3",
+                    status=TILING_STATUS, source=FINALIZE_TILING,
+                    fix="pass [N*K, H] rows in modes 0/2, or [E, C, H] in modes 1/3")
 def _(call):
     msg = _need_rank(call, "expanded_permuted_rows", (2, 3))
     if msg:
         return msg
-    if call.meta("expanded_permuted_rows").ndim == 3 and call["drop_pad_mode"] not in (1, 3):
-        return f"3-D expanded rows need a drop/pad mode (1 or 3), got drop_pad_mode={call['drop_pad_mode']}"
+    nd, mode = call.meta("expanded_permuted_rows").ndim, call["drop_pad_mode"]
+    if mode in (0, 2) and nd != 2:
+        return f"drop_pad_mode={mode} needs 2-D expanded rows, got {nd}-D {call.shape('expanded_permuted_rows')}"
+    if mode in (1, 3) and nd != 3:
+        return f"drop_pad_mode={mode} needs 3-D [E, C, H] expanded rows, got {nd}-D {call.shape('expanded_permuted_rows')}"
 
 
 @finalize_spec.rule("drop_pad_mode.range", argument="drop_pad_mode", summary="drop_pad_mode in {0, 1, 2, 3}",
-                    status=161002, source=FINALIZE_DOC, fix="0/1: column-major index (init_routing v1), 2/3: row-major")
+                    status=TILING_STATUS, source=FINALIZE_TILING, fix="0/1: column-major index (init_routing v1), 2/3: row-major")
 def _(call):
     v = call["drop_pad_mode"]
     if v not in (0, 1, 2, 3) or isinstance(v, bool):
@@ -571,7 +577,8 @@ def _(call):
 
 @finalize_spec.rule("dtype", argument="expanded_permuted_rows",
                     summary="float16/bfloat16/float32; skip1/skip2/bias the same dtype; scales the same or float32 "
-                    "(bfloat16 rows)", status=161002, source=FINALIZE_DOC + " (dtype table)",
+                    "(bfloat16 rows: the mixed-precision kernels)", status=161002, source=FINALIZE_DOC + " (dtype table); "
+                    "tiling keys *_MIX_PRECISION exist for bfloat16 rows with float32 scales only",
                     fix="cast the float inputs to one dtype")
 def _(call):
     d = call.dtype("expanded_permuted_rows")
@@ -584,8 +591,16 @@ def _(call):
             return f"{name} dtype must equal expanded_permuted_rows dtype {d}, got {call.dtype(name)}"
     if call.given("scales") and call.dtype("scales") not in (None, d, "float32"):
         return f"scales dtype must be {d} or float32, got {call.dtype('scales')}"
-    if call.given("scales") and d == "float16" and call.dtype("scales") == "float32":
-        return "float16 rows need float16 scales (the fp16 kernel reads the scale as half)"
+
+
+@finalize_spec.rule("scales.half_kernel", argument="scales", summary="float16 rows need float16 scales",
+                    status=None, source=f"{OT} moe/moe_finalize_routing_v2/op_kernel/moe_finalize_routing_v2.cpp (the "
+                    "float16 tiling keys instantiate the kernel with half scales; no host check of the scale dtype "
+                    "was found, so float32 scales would be read as half: ascend-moe rejects them)",
+                    fix="cast scales to float16 (or compute in bfloat16/float32)")
+def _(call):
+    if call.dtype("expanded_permuted_rows") == "float16" and call.given("scales") and call.dtype("scales") == "float32":
+        return "float16 rows with float32 scales: the float16 kernel reads the scales as half"
 
 
 @finalize_spec.rule("index.dtype", argument="expanded_src_to_dst_row", summary="row index 1-D int32", status=161002,
@@ -594,25 +609,30 @@ def _(call):
     return _need_rank(call, "expanded_src_to_dst_row", (1,)) or _need_dtype(call, "expanded_src_to_dst_row", ("int32",))
 
 
-@finalize_spec.rule("skip2.needs_skip1", argument="skip2", summary="skip2 requires skip1", status=161002,
-                    source=FINALIZE_DOC, fix="pass skip1 as well, or move the residual into skip1")
+@finalize_spec.rule("skip2.needs_skip1", argument="skip2", summary="skip2 requires skip1", status=TILING_STATUS,
+                    source=FINALIZE_TILING, fix="pass skip1 as well, or move the residual into skip1")
 def _(call):
     if call.given("skip2") and not call.given("skip1"):
         return "skip2 is given without skip1"
 
 
 @finalize_spec.rule("bias.needs_expert_idx", argument="bias", summary="bias requires export_for_source_row (expert ids)",
-                    status=161002, source=FINALIZE_DOC, fix="pass export_for_source_row = the top-k expert ids")
+                    status=TILING_STATUS, source=FINALIZE_TILING, fix="pass export_for_source_row = the top-k expert ids")
 def _(call):
     if call.given("bias") and not call.given("export_for_source_row"):
         return "bias is added per expert, so export_for_source_row (the expert ids) is required"
 
 
 @finalize_spec.rule("shapes", argument="scales",
-                    summary="skip1/skip2 [rows, H], scales and export_for_source_row [rows, K], bias [E, H], "
-                    "len(index) == rows*K", status=161002, source=FINALIZE_DOC,
+                    summary="scales 2-D [rows, K>0]; skip1/skip2 [rows, H]; export_for_source_row [rows, K]; bias "
+                    "[E, H] with E >= K (E = expanded.shape[0] in drop/pad modes); len(index) == rows*K",
+                    status=TILING_STATUS, source=FINALIZE_TILING,
                     fix="shape the inputs as the summary says (rows = tokens, K = top-k)")
 def _(call):
+    if call.given("scales"):
+        sc = call.shape("scales")
+        if sc is None or len(sc) != 2 or sc[1] == 0:
+            return f"scales must be 2-D [rows, K] with K > 0, got {sc}"
     d = _fin_dims(call)
     if d is None:
         return None
@@ -624,9 +644,13 @@ def _(call):
     if call.given("export_for_source_row") and call.shape("export_for_source_row") != (rows, kk):
         out.append(f"export_for_source_row must be [rows={rows}, K={kk}], got {call.shape('export_for_source_row')}")
     if call.given("bias"):
-        b = call.shape("bias")
-        if b is None or len(b) != 2 or b[1] != h:
-            out.append(f"bias must be [experts, H={h}], got {b}")
+        b, ex = call.shape("bias"), call.shape("expanded_permuted_rows")
+        if b is None or len(b) != 2 or b[1] != h or b[0] == 0:
+            out.append(f"bias must be [experts > 0, H={h}], got {b}")
+        elif b[0] < kk:
+            out.append(f"bias has {b[0]} experts, fewer than K={kk}")
+        elif call["drop_pad_mode"] in (1, 3) and ex is not None and len(ex) == 3 and b[0] != ex[0]:
+            out.append(f"bias.shape[0] must equal the expanded rows' experts {ex[0]} in drop/pad mode, got {b[0]}")
     if slots != rows * kk:
         out.append(f"expanded_src_to_dst_row must have rows*K = {rows}*{kk} = {rows * kk} entries, got {slots}")
     return out
