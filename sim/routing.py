@@ -146,7 +146,11 @@ def moe_init_routing_v2(
       ``expanded_x [R, H]``: row ``i < min(avail, R)`` = ``Q(x[order[i] // K])``; the rest is undefined.
       ``expanded_row_idx [N*K]`` int32: ``row_idx_type=0`` (gather): ``-1`` everywhere, then
       ``[order[i]] = i`` for ``i < avail``; ``row_idx_type=1`` (scatter): ``[i] = order[i]`` for
-      ``i < avail``, the rest undefined.
+      ``i < avail``, the rest undefined.  [inferred] The ``-1`` pre-fill (``InitGlobalMemory`` in
+      ``moe_v3_expert_tokens_count.h``) spans all ``N*K`` entries on the plain sort path; on the
+      range-filter ("gather sort") tiling keys of newer kernels it spans only the first ``avail`` entries,
+      so slots outside the range might hold stale values there.  Callers should not rely on those ``-1``
+      (vllm-ascend does not: it zeroes their weights).
     Drop/pad (``drop_pad_mode=1``, capacity ``C``): the j-th slot (sorted order) of expert x goes to row
     ``x*C + j`` of ``expanded_x [expert_num, C, H]`` if ``j < C``, else it is dropped (row idx ``-1``);
     rows no slot fills are zeros.  ``expanded_row_idx`` (gather) holds ``x*C + j`` or ``-1``.

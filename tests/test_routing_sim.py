@@ -800,3 +800,32 @@ def test_init_routing_v2_entry_ignores_drop_pad_and_scatter_index():
                                            entry="V2")
     ref = ref_init_routing(x, ids, E=4, tok_type=1, flag=True)
     check_init((ex, ri, tok, None), ref, tok_type=1)
+
+
+@pytest.mark.parametrize("quant_mode", [0, 1])
+def test_init_routing_drop_pad_quantised(quant_mode):
+    g = rng(22)
+    n, k, E, h, cap = 6, 2, 4, 5, 2
+    ids = g.integers(0, E - 1, (n, k)).astype(np.int32)       # expert 3 empty
+    ids[0] = [0, 0]
+    ids[1] = [0, 1]                                            # expert 0 has >= 3 slots: one dropped
+    x = (g.standard_normal((n, h)) * 3).astype(np.float32)
+    kw = dict(scale=np.array([0.5], np.float32), offset=np.array([1.0], np.float32)) if quant_mode == 0 else {}
+    ex, ri, tok, es = R.moe_init_routing_v2(x, ids, expert_num=E, expert_capacity=cap, drop_pad_mode=1,
+                                            quant_mode=quant_mode, **kw)
+    assert ex.shape == (E, cap, h) and ex.dtype == np.int8 and es.shape == (E * cap,)
+    ref = ref_init_routing(x, ids, E=E, cap=cap, drop_pad=1, tok_type=1)
+    nrows, rows = ref["rows"]
+    flat = ex.reshape(nrows, h)
+    for r in range(nrows):
+        if r not in rows:
+            assert (flat[r] == 0).all() and np.isnan(es[r])     # padding: zero rows, scale unwritten
+            continue
+        if quant_mode == 0:
+            want = [sat8(round_half_even(f32(f32(f32(v) * f32(0.5)) + f32(1.0)))) for v in rows[r]]
+        else:
+            want, sc = ref_dynamic(rows[r], None, "full_row")
+            assert es[r] == sc
+        assert flat[r].tolist() == want
+    assert ri.tolist() == ref["row_idx"]
+    assert sum(1 for v in ref["row_idx"] if v == -1) >= 1      # at least one dropped slot
