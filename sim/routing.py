@@ -31,7 +31,10 @@ Faithfulness contract (each function's docstring gives its formula):
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import contextlib
+import contextvars
+import os
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,7 +45,8 @@ __all__ = [
     "moe_finalize_routing", "moe_gating_top_k_softmax", "moe_gating_top_k_softmax_v2",
     "moe_compute_expert_tokens", "moe_re_routing", "moe_token_permute_grad", "moe_token_unpermute_grad",
     "moe_gating_top_k_backward", "permute_out_rows", "init_routing_out_rows",
-    "DYNAMIC_QUANT_PATHS", "SORT_KEY_LIMIT", "init_routing_v2_output_specs", "token_permute_output_specs",
+    "DYNAMIC_QUANT_PATHS", "SORT_KEY_LIMIT", "set_dynamic_quant_path", "get_dynamic_quant_path",
+    "dynamic_quant_path", "init_routing_v2_output_specs", "token_permute_output_specs",
     "token_unpermute_output_specs", "finalize_routing_output_specs", "gating_top_k_softmax_output_specs",
     "re_routing_output_specs",
 ]
@@ -54,6 +58,43 @@ SORT_KEY_LIMIT = 1 << 24
 # (threshold not public): "full_row" rounds the fp32 quotient half-to-even (CAST_RINT) in one step;
 # "h_tiled" truncates it to fp16 (CAST_TRUNC) and then rounds half away from zero (CAST_ROUND).
 DYNAMIC_QUANT_PATHS = ("full_row", "h_tiled")
+
+_dynamic_quant_path: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "ascend_moe_init_routing_dynamic_quant_path", default=None)
+_dynamic_quant_path_global = "full_row"
+
+
+def set_dynamic_quant_path(path: str) -> None:
+    """Select the init_routing dynamic-quant rounding process-wide (``"full_row"``, the default, or
+    ``"h_tiled"``); also ``ASCEND_MOE_INIT_ROUTING_QUANT_PATH``.  A documented assumption: the tiling's
+    choice between the two kernels depends on the UB size and is not public."""
+    global _dynamic_quant_path_global
+    if path not in DYNAMIC_QUANT_PATHS:
+        raise ValueError(f"dynamic_quant_path must be one of {DYNAMIC_QUANT_PATHS}, got {path!r}")
+    _dynamic_quant_path_global = path
+
+
+def get_dynamic_quant_path(override: Optional[str] = None) -> str:
+    """The path in effect: per-call override > :func:`dynamic_quant_path` context > environment > global."""
+    for p in (override, _dynamic_quant_path.get(), os.environ.get("ASCEND_MOE_INIT_ROUTING_QUANT_PATH"),
+              _dynamic_quant_path_global):
+        if p:
+            if p not in DYNAMIC_QUANT_PATHS:
+                raise ValueError(f"dynamic_quant_path must be one of {DYNAMIC_QUANT_PATHS}, got {p!r}")
+            return p
+    return "full_row"
+
+
+@contextlib.contextmanager
+def dynamic_quant_path(path: str) -> Iterator[None]:
+    """Context manager selecting the init_routing dynamic-quant rounding for the calls inside it."""
+    if path not in DYNAMIC_QUANT_PATHS:
+        raise ValueError(f"dynamic_quant_path must be one of {DYNAMIC_QUANT_PATHS}, got {path!r}")
+    token = _dynamic_quant_path.set(path)
+    try:
+        yield
+    finally:
+        _dynamic_quant_path.reset(token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +175,7 @@ def moe_init_routing_v2(
         expert_num: int = -1, drop_pad_mode: int = 0, expert_tokens_num_type: int = 0,
         expert_tokens_num_flag: bool = False, quant_mode: int = -1,
         active_expert_range: Sequence[int] = (), row_idx_type: int = 0,
-        entry: str = "V3", v2_tokens_mode: str = "count", dynamic_quant_path: str = "full_row",
+        entry: str = "V3", v2_tokens_mode: str = "count", dynamic_quant_path: Optional[str] = None,
         undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(expanded_x, expanded_row_idx, expert_tokens_count_or_cumsum, expanded_scale)``.
 
@@ -176,6 +217,7 @@ def moe_init_routing_v2(
     x = np.asarray(x)
     ids = np.asarray(expert_idx).astype(np.int64)
     n, k = ids.shape
+    dynamic_quant_path = get_dynamic_quant_path(dynamic_quant_path)
     if entry == "V2":
         # op-plugin's V2 path: dropless, gather index, no quantisation (forced by the wrapper / the V2 case)
         drop_pad_mode, row_idx_type, quant_mode = 0, 0, -1

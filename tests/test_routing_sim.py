@@ -829,3 +829,16 @@ def test_init_routing_drop_pad_quantised(quant_mode):
         assert flat[r].tolist() == want
     assert ri.tolist() == ref["row_idx"]
     assert sum(1 for v in ref["row_idx"] if v == -1) >= 1      # at least one dropped slot
+
+
+def test_dynamic_quant_path_switch():
+    x = np.array([[127.0, 100.5, -2.5]], np.float32)
+    ids = np.zeros((1, 1), np.int32)
+    assert R.get_dynamic_quant_path() == "full_row"
+    with R.dynamic_quant_path("h_tiled"):
+        ex, *_ = R.moe_init_routing_v2(x, ids, expert_num=1, quant_mode=1)
+    assert ex[0].tolist() == [127, 101, -3]
+    ex, *_ = R.moe_init_routing_v2(x, ids, expert_num=1, quant_mode=1)
+    assert ex[0].tolist() == [127, 100, -2]
+    with pytest.raises(ValueError, match="dynamic_quant_path"):
+        R.set_dynamic_quant_path("nope")
