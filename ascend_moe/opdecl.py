@@ -506,6 +506,17 @@ _DECLS: Dict[str, OpDecl] = {}
 # declaration modules import no torch).  Adding an op adds one line here.
 DECL_MODULES: Dict[str, str] = {
     "npu_moe_gating_top_k": "gating",
+    "npu_moe_init_routing_v2": "routing",
+    "npu_moe_token_permute": "routing",
+    "npu_moe_token_unpermute": "routing",
+    "npu_moe_token_permute_grad": "routing",
+    "npu_moe_token_unpermute_grad": "routing",
+    "npu_moe_finalize_routing": "routing",
+    "npu_moe_gating_top_k_softmax": "routing",
+    "npu_moe_gating_top_k_softmax_v2": "routing",
+    "npu_moe_compute_expert_tokens": "routing",
+    "npu_moe_re_routing": "routing",
+    "npu_moe_gating_top_k_backward": "routing",
 }
 
 

@@ -62,3 +62,21 @@ def test_every_typedef_is_checked():
     text = open(os.path.join(CSRC, "acl_abi_routing.h")).read()
     declared = set(re.findall(r"\(\*(\w+GWS_t)\)", text))
     assert declared == set(DEFINITIONS)
+
+
+def test_declared_entries_match_the_dispatcher_prototypes():
+    """Each routing op's declared C parameter list has the argument kinds of the typedef the C++ dispatcher
+    calls through (so a mismatch fails here, not on a device)."""
+    c = pytest.importorskip("ascend_moe._C")
+    from ascend_moe.opdecl import all_decls
+    kind = {"T": "T", "O": "T", "L": "L", "OL": "L", "IA": "I", "i64": "i", "f32": "f", "f64": "d", "b": "b", "s": "s"}
+    checked = 0
+    for d in all_decls():
+        for e in d.aclnn:
+            if e.name in set(re.findall(r'"(aclnnMoe\w+)"', open(os.path.join(CSRC, "acl_abi_routing.h")).read())) \
+                    or e.name.startswith(("aclnnMoeInitRouting", "aclnnMoeToken", "aclnnMoeFinalizeRouting",
+                                          "aclnnMoeGatingTopKSoftmax", "aclnnMoeGatingTopKBackward",
+                                          "aclnnMoeComputeExpertTokens", "aclnnMoeReRouting")):
+                assert "".join(kind[p.ctype] for p in e.c_params) == c.entry_kinds(e.name), (d.name, e.name)
+                checked += 1
+    assert checked >= 15

@@ -84,15 +84,9 @@ def _need_dtype(call, name: str, allowed: Sequence[str], optional: bool = False)
 # npu_moe_init_routing_v2
 # ============================================================================================
 
-def npu_moe_init_routing_v2(x, expert_idx, *, scale=None, offset=None, active_num=-1, expert_capacity=-1,
-                            expert_num=-1, drop_pad_mode=0, expert_tokens_num_type=0,
-                            expert_tokens_num_flag=False, quant_mode=-1, active_expert_range=None,
-                            row_idx_type=0, x_dtype=None):
-    """Signature of torch_npu.npu_moe_init_routing_v2 (op-plugin op_plugin_functions.yaml)."""
-
 
 INIT = "npu_moe_init_routing_v2"
-init_spec = register_op(INIT, npu_moe_init_routing_v2, products=A2_A3,
+init_spec = register_op(INIT, products=A2_A3,
                         source=f"{INIT_DOC}; {INIT_WRAPPER}",
                         product_notes={"ascend-950": NOT_MODELLED_950, "atlas-inference": NOT_MODELLED_310P})
 
@@ -377,20 +371,13 @@ def _(call):
 # npu_moe_token_permute / npu_moe_token_unpermute
 # ============================================================================================
 
-def npu_moe_token_permute(tokens, indices, num_out_tokens=None, padded_mode=False):
-    """Signature of torch_npu.npu_moe_token_permute."""
-
-
-def npu_moe_token_unpermute(permuted_tokens, sorted_indices, probs=None, padded_mode=False, restore_shape=None):
-    """Signature of torch_npu.npu_moe_token_unpermute."""
-
 
 PERMUTE = "npu_moe_token_permute"
 UNPERMUTE = "npu_moe_token_unpermute"
-permute_spec = register_op(PERMUTE, npu_moe_token_permute, products=A2_A3, source=f"{PERMUTE_DOC}; {PERMUTE_WRAPPER}",
+permute_spec = register_op(PERMUTE, products=A2_A3, source=f"{PERMUTE_DOC}; {PERMUTE_WRAPPER}",
                            product_notes={"ascend-950": "on the 950 aclnn re-routes to the MoeInitRoutingV2/V3 "
                                           "kernels, which ascend-moe does not model there"})
-unpermute_spec = register_op(UNPERMUTE, npu_moe_token_unpermute, products=A2_A3 | {"atlas-inference"},
+unpermute_spec = register_op(UNPERMUTE, products=A2_A3 | {"atlas-inference"},
                              source=f"{UNPERMUTE_DOC}; {UNPERMUTE_WRAPPER}",
                              product_notes={"ascend-950": "on the 950 aclnn re-routes to MoeFinalizeRoutingV2, "
                                             "which ascend-moe does not model there"})
@@ -527,13 +514,9 @@ def _(call):
 # npu_moe_finalize_routing
 # ============================================================================================
 
-def npu_moe_finalize_routing(expanded_permuted_rows, skip1, skip2, bias, scales, expanded_src_to_dst_row,
-                             export_for_source_row, drop_pad_mode=0, k=1):
-    """Signature of torch_npu.npu_moe_finalize_routing."""
-
 
 FINALIZE = "npu_moe_finalize_routing"
-finalize_spec = register_op(FINALIZE, npu_moe_finalize_routing, products=A2_A3,
+finalize_spec = register_op(FINALIZE, products=A2_A3,
                             source=f"{FINALIZE_DOC}; {FINALIZE_WRAPPER}",
                             product_notes={"ascend-950": NOT_MODELLED_950, "atlas-inference": NOT_MODELLED_310P})
 
@@ -692,19 +675,12 @@ def _(call):
 # npu_moe_gating_top_k_softmax (+ _v2)
 # ============================================================================================
 
-def npu_moe_gating_top_k_softmax(x, finished=None, k=1):
-    """Signature of torch_npu.npu_moe_gating_top_k_softmax."""
-
-
-def npu_moe_gating_top_k_softmax_v2(x, *, k=1, finished=None, renorm=0, output_softmax=False):
-    """Signature of torch_npu.npu_moe_gating_top_k_softmax_v2."""
-
 
 SOFTMAX = "npu_moe_gating_top_k_softmax"
 SOFTMAX_V2 = "npu_moe_gating_top_k_softmax_v2"
-softmax_spec = register_op(SOFTMAX, npu_moe_gating_top_k_softmax, products=A2_A3, source=f"{SOFTMAX_DOC}; {SOFTMAX_WRAPPER}",
+softmax_spec = register_op(SOFTMAX, products=A2_A3, source=f"{SOFTMAX_DOC}; {SOFTMAX_WRAPPER}",
                            product_notes={"ascend-950": NOT_MODELLED_950, "atlas-inference": NOT_MODELLED_310P})
-softmax_v2_spec = register_op(SOFTMAX_V2, npu_moe_gating_top_k_softmax_v2, products=A2_A3,
+softmax_v2_spec = register_op(SOFTMAX_V2, products=A2_A3,
                               source=f"{OT} moe/moe_gating_top_k_softmax_v2/docs; op-plugin MoeGatingTopKSoftmaxV2 wrapper",
                               product_notes={"ascend-950": NOT_MODELLED_950})
 
@@ -761,20 +737,12 @@ def _(call):
 # npu_moe_compute_expert_tokens, npu_moe_re_routing
 # ============================================================================================
 
-def npu_moe_compute_expert_tokens(sorted_expert_for_source_row, num_expert):
-    """Signature of torch_npu.npu_moe_compute_expert_tokens."""
-
-
-def npu_moe_re_routing(tokens, expert_token_num_per_rank, *, per_token_scales=None, expert_token_num_type=1,
-                       idx_type=0):
-    """Signature of torch_npu.npu_moe_re_routing."""
-
 
 CET = "npu_moe_compute_expert_tokens"
 RE_ROUTING = "npu_moe_re_routing"
-cet_spec = register_op(CET, npu_moe_compute_expert_tokens, products=A2_A3,
+cet_spec = register_op(CET, products=A2_A3,
                        source=f"{OT} moe/moe_compute_expert_tokens docs; op-plugin yaml gen_opapi")
-re_spec = register_op(RE_ROUTING, npu_moe_re_routing, products=A2_A3,
+re_spec = register_op(RE_ROUTING, products=A2_A3,
                       source=f"{OT} moe/moe_re_routing/README.md; {RE_ROUTING_WRAPPER}")
 
 
@@ -847,15 +815,10 @@ def _(call):
 # npu_moe_gating_top_k_backward (the autograd backward of npu_moe_gating_top_k)
 # ============================================================================================
 
-def npu_moe_gating_top_k_backward(x_norm, grad_y, expert_idx, *, renorm=0, norm_type=1, routed_scaling_factor=1.0,
-                                  eps=1e-20):
-    """Signature of torch_npu.npu_moe_gating_top_k_backward as op-plugin's tests call it (keywords after the
-    three tensors; the yaml entry was not read, so the keyword-only split is inferred)."""
-
 
 GATING_BWD = "npu_moe_gating_top_k_backward"
 GATING_BWD_DOC = f"{OT} moe/moe_gating_top_k_backward/docs/aclnnMoeGatingTopKBackward.md"
-gating_bwd_spec = register_op(GATING_BWD, npu_moe_gating_top_k_backward, products=A2_A3, source=GATING_BWD_DOC,
+gating_bwd_spec = register_op(GATING_BWD, products=A2_A3, source=GATING_BWD_DOC,
                               product_notes={"ascend-950": "aclnnMoeGatingTopKBackward does not support the 950 (doc)"})
 
 
@@ -934,3 +897,80 @@ def finalize_routing_entry(available: Sequence[str], k: int = 1) -> str:
             return name
     need = "aclnnMoeFinalizeRoutingV4" if k != 1 else " or ".join(FINALIZE_ENTRIES)
     raise ValueError(f"npu_moe_finalize_routing: k={k} needs {need}; the loaded CANN provides none of them")
+
+
+# ============================================================================================
+# the backward ops of permute / unpermute
+# ============================================================================================
+
+PERMUTE_GRAD = "npu_moe_token_permute_grad"
+UNPERMUTE_GRAD = "npu_moe_token_unpermute_grad"
+PERMUTE_GRAD_DOC = f"{OT} moe/moe_token_permute_grad/docs/aclnnMoeTokenPermuteGrad.md"
+UNPERMUTE_GRAD_DOC = f"{OT} moe/moe_token_unpermute_grad/docs/aclnnMoeTokenUnpermuteGrad.md"
+permute_grad_spec = register_op(PERMUTE_GRAD, products=A2_A3, source=PERMUTE_GRAD_DOC,
+                                product_notes={"ascend-950": NOT_MODELLED_950})
+unpermute_grad_spec = register_op(UNPERMUTE_GRAD, products=A2_A3, source=UNPERMUTE_GRAD_DOC,
+                                  product_notes={"ascend-950": NOT_MODELLED_950})
+
+
+@permute_grad_spec.rule("grad.spec", argument="grad_permuted_tokens",
+                        summary="grad_permuted_tokens 2-D float16/bfloat16/float32; sorted_indices 1-D int32 with "
+                        "tokens*k entries", status=161002, source=PERMUTE_GRAD_DOC + " (parameter table)",
+                        fix="pass the gradient of permuted_tokens and the forward's sorted_indices")
+def _(call):
+    msg = _need_rank(call, "grad_permuted_tokens", (2,)) or _need_dtype(call, "grad_permuted_tokens", FLOATS) or \
+        _need_rank(call, "sorted_indices", (1,)) or _need_dtype(call, "sorted_indices", ("int32",))
+    if msg:
+        return msg
+    t, ix, si = call.shape("tokens"), call.shape("indices"), call.shape("sorted_indices")
+    if t is not None and ix is not None and ix[0] != t[0]:
+        return f"indices.shape[0] must equal tokens.shape[0]={t[0]}, got {ix[0]}"
+    if ix is not None and si[0] != int(np.prod(ix)):
+        return f"sorted_indices must have indices.numel()={int(np.prod(ix))} entries, got {si[0]}"
+
+
+@permute_grad_spec.rule("padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
+                        status=None, source=PERMUTE_GRAD_DOC + " (only False); not modelled",
+                        fix="pass padded_mode=False")
+def _(call):
+    if call["padded_mode"]:
+        return "padded_mode=True is documented as unsupported; ascend-moe does not model it"
+
+
+@unpermute_grad_spec.rule("grad.spec", argument="grad_unpermuted_tokens",
+                          summary="permuted_tokens / grad 2-D float with one hidden size; sorted_indices 1-D int32 with "
+                          "grad rows * k entries; probs 2-D [rows, k]", status=161002,
+                          source=UNPERMUTE_GRAD_DOC + " (parameter table)",
+                          fix="pass the forward's tensors and the gradient of its output")
+def _(call):
+    msg = _need_rank(call, "permuted_tokens", (2,)) or _need_dtype(call, "permuted_tokens", FLOATS) or \
+        _need_rank(call, "grad_unpermuted_tokens", (2,)) or _need_dtype(call, "grad_unpermuted_tokens", FLOATS) or \
+        _need_rank(call, "sorted_indices", (1,)) or _need_dtype(call, "sorted_indices", ("int32",)) or \
+        _need_rank(call, "probs", (2,), optional=True)
+    if msg:
+        return msg
+    p, g, si = call.shape("permuted_tokens"), call.shape("grad_unpermuted_tokens"), call.shape("sorted_indices")
+    if p[1] != g[1]:
+        return f"grad_unpermuted_tokens hidden size {g[1]} must equal permuted_tokens' {p[1]}"
+    k = call.shape("probs")[1] if call.given("probs") else 1
+    if call.given("probs") and call.shape("probs")[0] != g[0]:
+        return f"probs must have grad rows {g[0]} rows, got {call.shape('probs')}"
+    if si[0] != g[0] * k:
+        return f"sorted_indices must have rows*k = {g[0]}*{k} = {g[0] * k} entries, got {si[0]}"
+
+
+@unpermute_grad_spec.rule("padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
+                          status=None, source=UNPERMUTE_GRAD_DOC + " (only False); not modelled",
+                          fix="pass padded_mode=False")
+def _(call):
+    if call["padded_mode"]:
+        return "padded_mode=True is documented as unsupported; ascend-moe does not model it"
+
+
+@re_spec.rule("tokens_dtype.unsupported", argument="tokens_dtype",
+              summary="tokens_dtype (re-typing for low-bit formats) is not modelled", status=None,
+              source=RE_ROUTING_WRAPPER + " (TensorWrapper re-typing of tokens)",
+              fix="leave tokens_dtype None and pass tokens in their element dtype")
+def _(call):
+    if call.get("tokens_dtype") is not None:
+        return f"tokens_dtype={call['tokens_dtype']!r}: the low-bit re-typing is not modelled by ascend-moe"
