@@ -123,6 +123,20 @@ CASES = {
         "dtypes": ((TS((8, 16), "int8"), TS((2, 2), "float32")), {}, NEW, ["float32"]),
         "attrs": ((TS((8, 16), "int8"), TS((2, 2), "int32")), dict(idx_type=2), NEW, ["idx_type", "2"]),
         "counts.total": ((np.zeros((4, 2), np.int8), np.array([[3, 0], [1, 1]], np.int32)), {}, NEW, ["5", "4"]),
+        "tokens_dtype.unsupported": ((TS((8, 16), "int8"), TS((2, 2), "int32")), dict(tokens_dtype=291), NEW,
+                                     ["tokens_dtype=291"]),
+    },
+    "npu_moe_token_permute_grad": {
+        "grad.spec": ((TS((5, 8), "float32"), TS((10, 8), "float32"), TS((5, 2), "int32"), TS((9,), "int32")), {},
+                      NEW, ["10 entries", "got 9"]),
+        "padded_mode.unsupported": ((TS((5, 8), "float32"), TS((10, 8), "float32"), TS((5, 2), "int32"),
+                                     TS((10,), "int32")), dict(padded_mode=True), NEW, ["padded_mode=True"]),
+    },
+    "npu_moe_token_unpermute_grad": {
+        "grad.spec": ((TS((10, 8), "float32"), TS((5, 4), "float32"), TS((10,), "int32")), {}, NEW,
+                      ["hidden size 4", "8"]),
+        "padded_mode.unsupported": ((TS((10, 8), "float32"), TS((10, 8), "float32"), TS((10,), "int32")),
+                                    dict(padded_mode=True), NEW, ["padded_mode=True"]),
     },
     "npu_moe_gating_top_k_backward": {
         "x_norm.spec": ((TS((8, 4000), "float32"), TS((8, 2), "float32"), TS((8, 2), "int32")), {}, NEW, ["4000"]),
@@ -145,6 +159,10 @@ VALID = {
     "npu_moe_re_routing": ((TS((8, 16), "int8"), TS((2, 4), "int32")), dict(per_token_scales=TS((8,), "float32"))),
     "npu_moe_gating_top_k_backward": ((TS((8, 16), "float32"), TS((8, 2), "bfloat16"), TS((8, 2), "int32")),
                                       dict(routed_scaling_factor=2.5)),
+    "npu_moe_token_permute_grad": ((TS((5, 8), "float32"), TS((10, 8), "float32"), TS((5, 2), "int32"),
+                                    TS((10,), "int32")), {}),
+    "npu_moe_token_unpermute_grad": ((TS((10, 8), "bfloat16"), TS((5, 8), "bfloat16"), TS((10,), "int32")),
+                                     dict(probs=TS((5, 2), "bfloat16"))),
 }
 
 
