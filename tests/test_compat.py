@@ -100,7 +100,7 @@ def test_torch_npu_constants_and_format_helpers():
 
 
 @pytest.mark.parametrize("module,real,name", [
-    (npu_shim, "torch_npu", "npu_moe_init_routing_v2"),
+    (npu_shim, "torch_npu", "npu_moe_distribute_dispatch_v2"),
     (npu_shim, "torch_npu", "npu_rotary_mul"),
     (npu_shim.npu, "torch_npu.npu", "current_stream"),
     (ms_shim, "mindspeed", "megatron_adaptor"),
