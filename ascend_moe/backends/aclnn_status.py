@@ -21,6 +21,17 @@ OP_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "npu_grouped_matmul_swiglu_quant": ("swiglu_v1",),
     "npu_grouped_matmul_swiglu_quant_v2": ("swiglu_v2", "swiglu_v2_nz"),
     "npu_grouped_matmul_finalize_routing": ("finalize", "finalize_nz"),
+    "npu_moe_init_routing_v2": ("init_routing_v3", "init_routing_v2"),
+    "npu_moe_token_permute": ("token_permute",),
+    "npu_moe_token_permute_grad": ("token_permute_grad",),
+    "npu_moe_token_unpermute": ("token_unpermute",),
+    "npu_moe_token_unpermute_grad": ("token_unpermute_grad",),
+    "npu_moe_finalize_routing": ("finalize_routing", "finalize_routing_k"),
+    "npu_moe_gating_top_k_softmax": ("gating_softmax",),
+    "npu_moe_gating_top_k_softmax_v2": ("gating_softmax_v2",),
+    "npu_moe_gating_top_k_backward": ("gating_backward",),
+    "npu_moe_compute_expert_tokens": ("compute_expert_tokens",),
+    "npu_moe_re_routing": ("re_routing",),
 }
 
 
