@@ -353,7 +353,7 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
         "dispatch", "npu_moe_init_routing_v2",
         (TensorSpec((T, H), "bfloat16"), TensorSpec((T, d.top_k), "int32")),
         dict(active_num=M, expert_num=E, expert_tokens_num_type=1, expert_tokens_num_flag=True,
-             active_expert_range=[0, El] if ep > 1 else None)))
+             **(dict(active_expert_range=[0, El]) if ep > 1 else {}))))
     shared = cfg.shared_intermediate_size
     shared_text = (f"dense SwiGLU MLP [{H} -> {2 * shared} -> {H}] (torch_npu matmuls)" if shared else "")
 

@@ -111,8 +111,7 @@ def test_unquantised_expert_calls():
     (disp,) = by_op(st, "npu_moe_init_routing_v2")
     assert disp.name == "dispatch"
     assert disp.args == (TensorSpec((4, 7168), "bfloat16"), TensorSpec((4, 8), "int32"))
-    assert disp.kwargs == dict(active_num=M, expert_num=256, expert_tokens_num_type=1, expert_tokens_num_flag=True,
-                               active_expert_range=None)
+    assert disp.kwargs == dict(active_num=M, expert_num=256, expert_tokens_num_type=1, expert_tokens_num_flag=True)
     (comb,) = by_op(st, "npu_moe_token_unpermute")
     assert comb.name == "combine"
     assert comb.args == (TensorSpec((M, 7168), "bfloat16"), TensorSpec((M,), "int32"))
