@@ -842,3 +842,12 @@ def test_dynamic_quant_path_switch():
     assert ex[0].tolist() == [127, 100, -2]
     with pytest.raises(ValueError, match="dynamic_quant_path"):
         R.set_dynamic_quant_path("nope")
+
+
+def test_sim_routing_imports_neither_torch_nor_the_checker():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None; import ascend_moe.sim.routing; "
+            "bad = [m for m in sys.modules if m.startswith(('ascend_moe.rules', 'ascend_moe.products'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
