@@ -88,7 +88,6 @@ from .rules import TensorSpec, Violation, check, strict_docs
 from .rules import routing as _routing_rules  # noqa: F401  (registers the dispatch / combine ops' rules)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-DEFAULT_PRESET = "deepseek-v3"
 QUANT_MODES = ("none", "w8a8", "w4a8")
 
 # Model types whose router carries an e_score_correction_bias even if the config does not say
