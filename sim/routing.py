@@ -45,14 +45,11 @@ __all__ = [
     "moe_finalize_routing", "moe_gating_top_k_softmax", "moe_gating_top_k_softmax_v2",
     "moe_compute_expert_tokens", "moe_re_routing", "moe_token_permute_grad", "moe_token_unpermute_grad",
     "moe_gating_top_k_backward", "permute_out_rows", "init_routing_out_rows",
-    "DYNAMIC_QUANT_PATHS", "SORT_KEY_LIMIT", "set_dynamic_quant_path", "get_dynamic_quant_path",
+    "DYNAMIC_QUANT_PATHS", "set_dynamic_quant_path", "get_dynamic_quant_path",
     "dynamic_quant_path", "init_routing_v2_output_specs", "token_permute_output_specs",
     "token_unpermute_output_specs", "finalize_routing_output_specs", "gating_top_k_softmax_output_specs",
     "re_routing_output_specs",
 ]
-
-# Expert ids go through an int32 -> float32 key (exact below 2^24); the permute doc bounds them so.
-SORT_KEY_LIMIT = 1 << 24
 
 # Which of the two dynamic-quant kernels of init_routing runs is a tiling decision on the UB size
 # (threshold not public): "full_row" rounds the fp32 quotient half-to-even (CAST_RINT) in one step;
