@@ -33,9 +33,13 @@ is the per-device average: ``T*k*ep`` rows leave the ranks and each rank receive
      pass ``renorm=0`` and renormalise on the host instead, as vllm-ascend does.
    - ``router_logits`` dtype: ``router_dtype`` (default bfloat16, the activation dtype of a bf16
      deployment; the bias is cast to the same dtype because the op requires it).
-2. **Dispatch** (``torch_npu.npu_moe_init_routing_v2``): sorts the ``M`` expanded rows by expert and
-   returns per-expert counts.  Not an ascend-moe op: listed, not checked.  The checked calls get a
-   concrete ``group_list`` (a balanced split of ``M`` rows over ``E_l`` experts) so value rules run.
+2. **Dispatch**: ``npu_moe_init_routing_v2(x[T, H], topk_ids int32[T, k], active_num=T*k,
+   expert_num=E, expert_tokens_num_type=1, expert_tokens_num_flag=True)`` - vllm-ascend's all-gather
+   dispatcher (its default): sorts the ``M`` expanded rows by expert (``expanded_x[M, H]``), returns the
+   ``expanded_row_idx[M]`` gather index and per-expert counts (the ``group_list`` of the grouped matmuls).
+   With ``ep > 1`` the call gets ``active_expert_range=[0, E_l)`` (rank 0's experts; every rank routes the
+   gathered tokens and keeps its own range).  The checked grouped calls get a concrete ``group_list`` (a
+   balanced split of ``M`` rows over ``E_l`` experts) so value rules run.
 3. **Experts, unquantised** (``quant="none"``): ``npu_grouped_matmul`` as vllm-ascend calls it -
    ``x=[x_sorted[M, H]], weight=[w13[E_l, H, 2I]], group_list=counts[E_l], split_item=2,
    group_type=0, group_list_type=1`` - then the SwiGLU (``torch_npu.npu_swiglu``: ``silu(first
@@ -44,8 +48,11 @@ is the per-device average: ``T*k*ep`` rows leave the ranks and each rank receive
    deployment*, and torch_npu's op is what vllm-ascend calls; ``npu_gmm`` is MindSpeed's training
    wrapper (not a torch_npu op), and its ``List[int]`` group list is limited to 128 experts
    (spec grouped-matmul-family 1.3), which would reject every model here for a reason a
-   deployment never meets.  Then the combine (``torch_npu.npu_moe_finalize_routing``: the routing
-   weights times the expert outputs summed per token, plus the shared expert): not checked.
+   deployment never meets.  Then the combine, as vllm-ascend's all-gather path calls it:
+   ``npu_moe_token_unpermute(expert_out[M, H], expanded_row_idx int32[M], probs=topk_weights[T, k])``
+   (with ``ep > 1`` the weights of other ranks' experts are zeroed, so their ``-1`` row indices are
+   skipped, and the partial sums are all-reduced: communication, not checked); the shared expert's
+   dense MLP output is added to it.
 4. **Experts, W8A8** (``quant="w8a8"``): ``npu_dynamic_quant`` (not checked) gives int8 rows and a
    per-token scale; ``npu_grouped_matmul_swiglu_quant(x int8[M, H], weight int8 NZ[E_l, H, 2I],
    group_list cumsum[E_l], weight_scale fp32[E_l, 2I], x_scale fp32[M])`` (v1, as vllm-ascend's
@@ -60,7 +67,7 @@ is the per-device average: ``T*k*ep`` rows leave the ranks and each rank receive
    ``8 * sum_k W*scale`` term (swiglu-quant v1 takes it as ``bias``, finalize-routing as ``bias``).
 
 What is not checked: the ops above marked "not checked" (they have no ascend-moe rules), attention,
-communication (all-to-all / MC2), and the dense shared-expert matmuls.
+communication (all-gather / all-reduce / all-to-all / MC2), and the dense shared-expert matmuls.
 """
 from __future__ import annotations
 
@@ -78,6 +85,7 @@ import numpy as np
 
 from .products import PRODUCTS, Target, resolve_target
 from .rules import TensorSpec, Violation, check, strict_docs
+from .rules import routing as _routing_rules  # noqa: F401  (registers the dispatch / combine ops' rules)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 QUANT_MODES = ("none", "w8a8", "w4a8")
@@ -405,10 +413,11 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
     if softmax_renorm and host_renorm:
         stages.append(Stage("renormalise", None, external="y / y.sum(-1) on the host (vllm-ascend's "
                                                            "softmax + norm_topk_prob path)"))
-    dispatch = f"torch_npu.npu_moe_init_routing_v2: sort the {M} expanded rows by expert"
-    if ep > 1:
-        dispatch += f"; all-to-all to {ep} ranks, {El} local experts each"
-    stages.append(Stage("dispatch", None, external=dispatch))
+    stages.append(Stage(
+        "dispatch", "npu_moe_init_routing_v2",
+        (TensorSpec((T, H), "bfloat16"), TensorSpec((T, d.top_k), "int32")),
+        dict(active_num=M, expert_num=E, expert_tokens_num_type=1, expert_tokens_num_flag=True,
+             **(dict(active_expert_range=[0, El]) if ep > 1 else {}))))
     shared = cfg.shared_intermediate_size
     shared_text = (f"dense SwiGLU MLP [{H} -> {2 * shared} -> {H}] (torch_npu matmuls)" if shared else "")
 
@@ -425,8 +434,10 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
             dict(group_list=gl_counts, split_item=2, group_type=0, group_list_type=1)))
         if shared:
             stages.append(Stage("shared expert", None, external=shared_text))
-        stages.append(Stage("combine", None, external="torch_npu.npu_moe_finalize_routing: "
-                            "sum_j weight_j * expert_out_j per token" + (" + shared expert" if shared else "")))
+        stages.append(Stage(
+            "combine", "npu_moe_token_unpermute",
+            (TensorSpec((M, H), "bfloat16"), TensorSpec((M,), "int32")),
+            dict(probs=TensorSpec((T, d.top_k), router_dtype))))
         return stages
 
     stages.append(Stage("quantise x", None, external="torch_npu.npu_dynamic_quant: int8 rows + "
@@ -655,8 +666,9 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
     from .rules import enforce
     from .sim import finalize_routing as _fr
     from .sim import gmm as _gmm
+    from .sim import routing as _rt
     from .sim import swiglu_quant as _sq
-    from .sim.numerics import encode_int64_scale
+    from .sim.numerics import encode_int64_scale, np_dtype
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
     cfg, d, quant = rep.config, rep.dims, rep.quant
@@ -738,14 +750,20 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
         if "renormalise" in ops_of:
             with stage("renormalise"):
                 weights = weights / weights.sum(-1, keepdims=True)
+        dispatch = next(st for st in rep.stages if st.name == "dispatch")
         with stage("dispatch"):
-            flat = idx.reshape(-1).astype(np.int64)
-            order = np.argsort(flat, kind="stable")
-            order = order[flat[order] < El]                   # rank 0 keeps its local experts
-            rows_token = order // k                           # expanded row -> its token
-            counts = np.bincount(flat[order], minlength=El).astype(np.int64)
-            x_sorted = x[rows_token]
-            logit = weights.reshape(-1)[order].astype(np.float32)
+            ids = idx.astype(np.int32)
+            enforce("npu_moe_init_routing_v2", x, ids, **dispatch.kwargs)
+            rng_kw = dispatch.kwargs.get("active_expert_range") or ()
+            expanded, row_idx, counts, _ = _rt.moe_init_routing_v2(
+                x, ids, **dict(dispatch.kwargs, active_expert_range=rng_kw))
+            n_local = int(counts.sum())                       # rank 0 keeps its local experts
+            x_sorted = expanded[:n_local]
+            slots = np.nonzero(row_idx >= 0)[0]               # source slots routed here
+            rows_token = np.empty(n_local, np.int64)
+            rows_token[row_idx[slots]] = slots // k           # expanded row -> its token
+            logit = np.empty(n_local, np.float32)
+            logit[row_idx[slots]] = weights.reshape(-1)[slots]
         shared_out = None
 
         if quant == "none":
@@ -763,12 +781,18 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
             if S:
                 with stage("shared expert"):
                     shared_out = bf16_matmul(silu_mul(bf16_matmul(x, ws13), S), ws2)
+            combine = next(st for st in rep.stages if st.name == "combine")
             with stage("combine"):
-                acc = np.zeros((T, H), dtype=np.float32)
-                np.add.at(acc, rows_token, o.astype(np.float32) * logit[:, None])
+                # the probs of other ranks' experts are zeroed (their -1 row indices are skipped)
+                local = (idx >= 0) & (idx < El)
+                probs = np.where(local, weights, 0).astype(np_dtype(combine.kwargs["probs"].dtype))
+                o_full = np.zeros((T * k, H), dtype=o.dtype)
+                o_full[:n_local] = o
+                enforce("npu_moe_token_unpermute", o_full, row_idx, probs=probs)
+                routed = _rt.moe_token_unpermute(o_full, row_idx, probs)
+                out = routed
                 if shared_out is not None:
-                    acc += shared_out.astype(np.float32)
-                out = acc.astype(bf16)
+                    out = (routed.astype(np.float32) + shared_out.astype(np.float32)).astype(bf16)
         else:
             with stage("quantise x"):
                 xq, xs = _dynamic_quant(x_sorted)

@@ -55,8 +55,9 @@ class SchemaArg:
 
     @property
     def base(self) -> str:
-        """The type without ``?``: ``Tensor``, ``Tensor[]``, ``int``, ``int[]``, ``float``, ..."""
-        return self.type.rstrip("?")
+        """The type without ``?`` (and a fixed list size, ``int[2]`` -> ``int[]``): ``Tensor``,
+        ``Tensor[]``, ``int``, ``int[]``, ``float``, ..."""
+        return _unsized(self.type.rstrip("?"))
 
     @property
     def is_tensor(self) -> bool:
@@ -113,6 +114,11 @@ _SCALAR_TYPES = ("Tensor", "Tensor[]", "int", "int[]", "SymInt", "SymInt[]", "fl
                  "ScalarType", "Scalar")
 
 
+def _unsized(base: str) -> str:
+    """``int[2]`` -> ``int[]``: op-plugin spells some fixed-size lists (the size is not checked by torch)."""
+    return re.sub(r"\[\d+\]$", "[]", base)
+
+
 def _split_top(text: str) -> List[str]:
     out, depth, cur = [], 0, []
     for ch in text:
@@ -161,7 +167,7 @@ def parse_schema(text: str) -> Schema:
             continue
         decl, eq, default = part.partition("=")
         typ, _, aname = decl.strip().rpartition(" ")
-        if typ.rstrip("?") not in _SCALAR_TYPES:
+        if _unsized(typ.rstrip("?")) not in _SCALAR_TYPES:
             raise ValueError(f"schema {full}: unsupported type {typ!r} of {aname!r}")
         args.append(SchemaArg(aname.strip(), typ.strip(), _parse_default(default) if eq else NO_DEFAULT,
                               kwarg_only))
@@ -636,6 +642,17 @@ DECL_MODULES: Dict[str, str] = {
     "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
     "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
     "npu_ffn": "ffn",
+    "npu_moe_init_routing_v2": "routing",
+    "npu_moe_token_permute": "routing",
+    "npu_moe_token_unpermute": "routing",
+    "npu_moe_token_permute_grad": "routing",
+    "npu_moe_token_unpermute_grad": "routing",
+    "npu_moe_finalize_routing": "routing",
+    "npu_moe_gating_top_k_softmax": "routing",
+    "npu_moe_gating_top_k_softmax_v2": "routing",
+    "npu_moe_compute_expert_tokens": "routing",
+    "npu_moe_re_routing": "routing",
+    "npu_moe_gating_top_k_backward": "routing",
 }
 
 

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <utility>
 
+#include "acl_abi_routing.h"
 #include "loader.h"
 
 namespace py = pybind11;
@@ -133,6 +134,20 @@ const std::map<std::string, Entry> &entries() {
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulFinalizeRoutingWeightNz",
                        aclnnGroupedMatmulFinalizeRoutingWeightNzGWS_t),
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulFinalizeRoutingWeightNzV2", aclnnGroupedMatmulFinalizeRoutingV3GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeInitRoutingV3", aclnnMoeInitRoutingV3GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeInitRoutingV2", aclnnMoeInitRoutingV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeTokenPermute", aclnnMoeTokenPermuteGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeTokenPermuteGrad", aclnnMoeTokenPermuteGradGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeTokenUnpermute", aclnnMoeTokenUnpermuteGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeTokenUnpermuteGrad", aclnnMoeTokenUnpermuteGradGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeFinalizeRouting", aclnnMoeFinalizeRoutingGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeFinalizeRoutingV2", aclnnMoeFinalizeRoutingV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeFinalizeRoutingV4", aclnnMoeFinalizeRoutingV4GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeGatingTopKSoftmax", aclnnMoeGatingTopKSoftmaxGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeGatingTopKSoftmaxV2", aclnnMoeGatingTopKSoftmaxV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeGatingTopKBackward", aclnnMoeGatingTopKBackwardGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeComputeExpertTokens", aclnnMoeComputeExpertTokensGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeReRouting", aclnnMoeReRoutingGWS_t),
   };
   return table;
 }
@@ -261,6 +276,20 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> &families() 
       {"finalize", {"aclnnGroupedMatmulFinalizeRoutingV3", "aclnnGroupedMatmulFinalizeRoutingV2"}},
       {"finalize_nz",
        {"aclnnGroupedMatmulFinalizeRoutingWeightNzV2", "aclnnGroupedMatmulFinalizeRoutingWeightNz"}},
+      // routing / combine (op-plugin's choice; the V2-vs-V3 init_routing decision is made in Python)
+      {"init_routing_v3", {"aclnnMoeInitRoutingV3"}},
+      {"init_routing_v2", {"aclnnMoeInitRoutingV2"}},
+      {"token_permute", {"aclnnMoeTokenPermute"}},
+      {"token_permute_grad", {"aclnnMoeTokenPermuteGrad"}},
+      {"token_unpermute", {"aclnnMoeTokenUnpermute"}},
+      {"token_unpermute_grad", {"aclnnMoeTokenUnpermuteGrad"}},
+      {"finalize_routing", {"aclnnMoeFinalizeRoutingV4", "aclnnMoeFinalizeRoutingV2", "aclnnMoeFinalizeRouting"}},
+      {"finalize_routing_k", {"aclnnMoeFinalizeRoutingV4"}},
+      {"gating_softmax", {"aclnnMoeGatingTopKSoftmax"}},
+      {"gating_softmax_v2", {"aclnnMoeGatingTopKSoftmaxV2"}},
+      {"gating_backward", {"aclnnMoeGatingTopKBackward"}},
+      {"compute_expert_tokens", {"aclnnMoeComputeExpertTokens"}},
+      {"re_routing", {"aclnnMoeReRouting"}},
   };
   return f;
 }

@@ -107,7 +107,26 @@ def test_unquantised_expert_calls():
         gl = call.kwargs["group_list"]
         assert gl.shape == (256,) and gl.dtype == "int64" and int(gl.values.sum()) == M
         assert (call.kwargs["group_type"], call.kwargs["group_list_type"], call.kwargs["split_item"]) == (0, 1, 2)
-    assert [s.name for s in st if s.op is None] == ["dispatch", "activation", "shared expert", "combine"]
+    assert [s.name for s in st if s.op is None] == ["activation", "shared expert"]
+    (disp,) = by_op(st, "npu_moe_init_routing_v2")
+    assert disp.name == "dispatch"
+    assert disp.args == (TensorSpec((4, 7168), "bfloat16"), TensorSpec((4, 8), "int32"))
+    assert disp.kwargs == dict(active_num=M, expert_num=256, expert_tokens_num_type=1, expert_tokens_num_flag=True)
+    (comb,) = by_op(st, "npu_moe_token_unpermute")
+    assert comb.name == "combine"
+    assert comb.args == (TensorSpec((M, 7168), "bfloat16"), TensorSpec((M,), "int32"))
+    assert comb.kwargs == dict(probs=TensorSpec((4, 8), "bfloat16"))
+
+
+@pytest.mark.parametrize("model", ["deepseek-v3", "qwen3-moe-30b-a3b", "qwen3-moe-235b-a22b", "mixtral-8x7b",
+                                   "kimi-k2"])
+@pytest.mark.parametrize("quant", ["none", "w8a8"])
+def test_dispatch_and_combine_are_checked_with_a_verdict(model, quant):
+    rep = mc.check_model(model, "atlas-a2", "9.0.0", quant=quant)
+    names = {s.name: s for s in rep.stages}
+    assert names["dispatch"].checked and names["dispatch"].verdict.startswith("PASS"), names["dispatch"].violations
+    combine = names["combine"] if quant == "none" else names["down + combine"]
+    assert combine.checked and combine.verdict.startswith("PASS"), combine.violations
 
 
 def test_w8a8_calls():
@@ -147,6 +166,7 @@ def test_w4a8_calls():
 
 def test_expert_parallel_local_experts():
     st = mc.plan_layer(mc.load_model("deepseek-v3"), tokens=4, ep=32)
+    assert by_op(st, "npu_moe_init_routing_v2")[0].kwargs["active_expert_range"] == [0, 8]
     up = by_op(st, "npu_grouped_matmul")[0]
     assert up.args[1][0].shape == (8, 7168, 4096) and up.kwargs["group_list"].values.sum() == 32
     assert by_op(st, "npu_moe_gating_top_k")[0].args[0].shape == (4, 256)   # gating sees all experts

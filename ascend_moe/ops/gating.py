@@ -92,6 +92,38 @@ def _error_inputs() -> List[ErrorInput]:
     ]
 
 
+def _setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+    x = inputs[0]
+    norm_type, out_flag, rsf, eps = inputs[9], inputs[10], inputs[11], inputs[12]
+    y, expert_idx, norm_out = output
+    ctx.norm_type, ctx.out_flag, ctx.rsf, ctx.eps = norm_type, out_flag, rsf, eps
+    ctx.x_dtype = x.dtype
+    ctx.save_for_backward(x, expert_idx, norm_out)
+
+
+def _backward(ctx: Any, grad_y: Any, grad_idx: Any, grad_norm: Any):
+    """op-plugin's autograd: ``npu_moe_gating_top_k_backward(x_norm, grad_y, expert_idx, renorm=0, norm_type=1,
+    routed_scaling_factor, eps)``; x_norm is norm_out when the forward wrote it (out_flag), else the float32
+    sigmoid of x.  Only the sigmoid gate has a backward (aclnnMoeGatingTopKBackward: normType 1 only);
+    the bias only steers the selection and gets no gradient.  A gradient of norm_out adds its sigmoid
+    derivative."""
+    import torch
+    x, expert_idx, norm_out = ctx.saved_tensors
+    if ctx.norm_type != 1:
+        raise NotImplementedError(
+            f"npu_moe_gating_top_k backward: norm_type={ctx.norm_type} has no backward; "
+            "aclnnMoeGatingTopKBackward (torch_npu.npu_moe_gating_top_k_backward) supports the sigmoid gate "
+            "(norm_type=1) only")
+    x_norm = norm_out if ctx.out_flag else torch.sigmoid(x.float())
+    grad = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    if grad_y is not None:
+        grad = grad + torch.ops.ascend_moe.npu_moe_gating_top_k_backward(
+            x_norm, grad_y.contiguous(), expert_idx, 0, 1, float(ctx.rsf), float(ctx.eps)).float()
+    if grad_norm is not None and ctx.out_flag:
+        grad = grad + grad_norm.float() * x_norm * (1 - x_norm)
+    return (grad.to(ctx.x_dtype),) + (None,) * 12
+
+
 DECL = declare(OpDecl(
     schema="npu_moe_gating_top_k(Tensor x, int k, *, Tensor? bias=None, Tensor? input_ids=None, "
            "Tensor? tid2eid=None, int k_group=1, int group_count=1, int group_select_mode=0, int renorm=0, "
@@ -108,6 +140,8 @@ DECL = declare(OpDecl(
                           "const aclTensor *tid2eidOptional, " + _SCALARS, bind=_OUTS),
     ),
     choose_entry=_family,
+    backward=_backward,
+    setup_context=_setup_context,
     doc="""torch_npu.npu_moe_gating_top_k: ``(y [rows,k] x.dtype, expert_idx [rows,k] int32, norm_out [rows,E]
 float32)``.  ``norm_out`` holds the unbiased softmax/sigmoid output only when ``out_flag`` is True;
 otherwise the device leaves it unwritten and the simulator fills it by the undefined-region policy (NaN

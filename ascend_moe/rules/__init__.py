@@ -415,6 +415,17 @@ OP_MODULES: Dict[str, str] = {
     "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
     "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
     "npu_grouped_matmul_finalize_routing": "finalize_routing",
+    "npu_moe_init_routing_v2": "routing",
+    "npu_moe_token_permute": "routing",
+    "npu_moe_token_unpermute": "routing",
+    "npu_moe_token_permute_grad": "routing",
+    "npu_moe_token_unpermute_grad": "routing",
+    "npu_moe_finalize_routing": "routing",
+    "npu_moe_gating_top_k_softmax": "routing",
+    "npu_moe_gating_top_k_softmax_v2": "routing",
+    "npu_moe_compute_expert_tokens": "routing",
+    "npu_moe_re_routing": "routing",
+    "npu_moe_gating_top_k_backward": "routing",
 }
 
 _REGISTRY: Dict[str, OpSpec] = {}

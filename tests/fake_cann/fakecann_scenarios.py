@@ -811,7 +811,8 @@ def info_lists_entry_points(fake: Fake):
 # libopapi.so built without V5, FinalizeRoutingV3, FinalizeRoutingWeightNzV2 and without
 # aclnnGroupedMatmulWeightNzGetWorkspaceSize (its phase-2 symbol is still there); aclInit answers 100002.
 
-OLD_CANN_OMIT = ("aclnnGroupedMatmulV5", "aclnnGroupedMatmulV5GetWorkspaceSize",
+OLD_CANN_OMIT = ("aclnnMoeFinalizeRoutingV4", "aclnnMoeFinalizeRoutingV4GetWorkspaceSize",
+                 "aclnnGroupedMatmulV5", "aclnnGroupedMatmulV5GetWorkspaceSize",
                  "aclnnGroupedMatmulFinalizeRoutingV3", "aclnnGroupedMatmulFinalizeRoutingV3GetWorkspaceSize",
                  "aclnnGroupedMatmulFinalizeRoutingWeightNzV2",
                  "aclnnGroupedMatmulFinalizeRoutingWeightNzV2GetWorkspaceSize",
@@ -928,3 +929,7 @@ def old_missing_symbol_is_backend_error(fake: Fake):
     else:
         raise AssertionError("wrong argument kinds must raise ValueError")
     assert fake.counts()["tensor_create"] == 0
+
+
+# the routing / combine ops' scenarios register themselves into the tables above
+import fakecann_scenarios_routing  # noqa: E402,F401

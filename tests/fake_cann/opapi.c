@@ -493,3 +493,247 @@ FAKE_EXPORT aclnnStatus aclnnGroupedMatmulFinalizeRoutingWeightNzGetWorkspaceSiz
 #ifndef OMIT_aclnnGroupedMatmulFinalizeRoutingWeightNz
 PHASE2(aclnnGroupedMatmulFinalizeRoutingWeightNz)
 #endif
+
+/* ------------------------------------------------------------------ MoE routing and combine */
+#ifndef OMIT_aclnnMoeInitRoutingV3GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeInitRoutingV3GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *expertIdx, const aclTensor *scaleOptional, const aclTensor *offsetOptional,
+    int64_t activeNum, int64_t expertCapacity, int64_t expertNum, int64_t dropPadMode, int64_t expertTokensNumType,
+    bool expertTokensNumFlag, int64_t quantMode, const aclIntArray *activeExpertRangeOptional, int64_t rowIdxType,
+    const aclTensor *expandedXOut, const aclTensor *expandedRowIdxOut, const aclTensor *expertTokensCountOrCumsumOut,
+    const aclTensor *expandedScaleOut, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeInitRoutingV3");
+  a_tensor(&c, x, 0); a_tensor(&c, expertIdx, 0); a_tensor(&c, scaleOptional, 0); a_tensor(&c, offsetOptional, 0);
+  a_i64(&c, activeNum); a_i64(&c, expertCapacity); a_i64(&c, expertNum); a_i64(&c, dropPadMode);
+  a_i64(&c, expertTokensNumType); a_bool(&c, expertTokensNumFlag); a_i64(&c, quantMode);
+  a_array(&c, activeExpertRangeOptional); a_i64(&c, rowIdxType);
+  a_tensor(&c, expandedXOut, 1); a_tensor(&c, expandedRowIdxOut, 1); a_tensor(&c, expertTokensCountOrCumsumOut, 1);
+  a_tensor(&c, expandedScaleOut, 1);
+  return finish(&c, "aclnnMoeInitRoutingV3", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeInitRoutingV3
+PHASE2(aclnnMoeInitRoutingV3)
+#endif
+
+#ifndef OMIT_aclnnMoeInitRoutingV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeInitRoutingV2GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *expertIdx, int64_t activeNumOptional, int64_t expertCapacityOptional,
+    int64_t expertNumOptional, int64_t dropPadModeOptional, int64_t expertTokensCountOrCumsumFlagOptional,
+    bool expertTokensBeforeCapacityFlagOptional, const aclTensor *expandedXOut, const aclTensor *expandedRowIdxOut,
+    const aclTensor *expertTokensCountOrCumsumOutOptional, const aclTensor *expertTokensBeforeCapacityOutOptional,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeInitRoutingV2");
+  a_tensor(&c, x, 0); a_tensor(&c, expertIdx, 0); a_i64(&c, activeNumOptional); a_i64(&c, expertCapacityOptional);
+  a_i64(&c, expertNumOptional); a_i64(&c, dropPadModeOptional); a_i64(&c, expertTokensCountOrCumsumFlagOptional);
+  a_bool(&c, expertTokensBeforeCapacityFlagOptional);
+  a_tensor(&c, expandedXOut, 1); a_tensor(&c, expandedRowIdxOut, 1);
+  a_tensor(&c, expertTokensCountOrCumsumOutOptional, 1); a_tensor(&c, expertTokensBeforeCapacityOutOptional, 1);
+  return finish(&c, "aclnnMoeInitRoutingV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeInitRoutingV2
+PHASE2(aclnnMoeInitRoutingV2)
+#endif
+
+#ifndef OMIT_aclnnMoeTokenPermuteGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeTokenPermuteGetWorkspaceSize(
+    const aclTensor *tokens, const aclTensor *indices, int64_t numOutTokens, bool paddedMode,
+    const aclTensor *permuteTokensOut, const aclTensor *sortedIndicesOut, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeTokenPermute");
+  a_tensor(&c, tokens, 0); a_tensor(&c, indices, 0); a_i64(&c, numOutTokens); a_bool(&c, paddedMode);
+  a_tensor(&c, permuteTokensOut, 1); a_tensor(&c, sortedIndicesOut, 1);
+  return finish(&c, "aclnnMoeTokenPermute", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeTokenPermute
+PHASE2(aclnnMoeTokenPermute)
+#endif
+
+#ifndef OMIT_aclnnMoeTokenPermuteGradGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeTokenPermuteGradGetWorkspaceSize(
+    const aclTensor *permutedOutputGrad, const aclTensor *sortedIndices, int64_t numTopk, bool paddedMode,
+    aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeTokenPermuteGrad");
+  a_tensor(&c, permutedOutputGrad, 0); a_tensor(&c, sortedIndices, 0); a_i64(&c, numTopk); a_bool(&c, paddedMode);
+  a_tensor(&c, out, 1);
+  return finish(&c, "aclnnMoeTokenPermuteGrad", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeTokenPermuteGrad
+PHASE2(aclnnMoeTokenPermuteGrad)
+#endif
+
+#ifndef OMIT_aclnnMoeTokenUnpermuteGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeTokenUnpermuteGetWorkspaceSize(
+    const aclTensor *permutedTokens, const aclTensor *sortedIndices, const aclTensor *probsOptional, bool paddedMode,
+    const aclIntArray *restoreShapeOptional, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeTokenUnpermute");
+  a_tensor(&c, permutedTokens, 0); a_tensor(&c, sortedIndices, 0); a_tensor(&c, probsOptional, 0);
+  a_bool(&c, paddedMode); a_array(&c, restoreShapeOptional); a_tensor(&c, out, 1);
+  return finish(&c, "aclnnMoeTokenUnpermute", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeTokenUnpermute
+PHASE2(aclnnMoeTokenUnpermute)
+#endif
+
+#ifndef OMIT_aclnnMoeTokenUnpermuteGradGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeTokenUnpermuteGradGetWorkspaceSize(
+    const aclTensor *permutedTokens, const aclTensor *unpermutedTokensGrad, const aclTensor *sortedIndices,
+    const aclTensor *probsOptional, bool paddedMode, const aclIntArray *restoreShapeOptional,
+    aclTensor *permutedTokensGradOut, aclTensor *probsGradOut, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeTokenUnpermuteGrad");
+  a_tensor(&c, permutedTokens, 0); a_tensor(&c, unpermutedTokensGrad, 0); a_tensor(&c, sortedIndices, 0);
+  a_tensor(&c, probsOptional, 0); a_bool(&c, paddedMode); a_array(&c, restoreShapeOptional);
+  a_tensor(&c, permutedTokensGradOut, 1); a_tensor(&c, probsGradOut, 1);
+  return finish(&c, "aclnnMoeTokenUnpermuteGrad", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeTokenUnpermuteGrad
+PHASE2(aclnnMoeTokenUnpermuteGrad)
+#endif
+
+#ifndef OMIT_aclnnMoeFinalizeRoutingGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeFinalizeRoutingGetWorkspaceSize(
+    const aclTensor *expandedX, const aclTensor *x1, const aclTensor *x2Optional, const aclTensor *bias,
+    const aclTensor *scales, const aclTensor *expandedRowIdx, const aclTensor *expandedExpertIdx, const aclTensor *out,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeFinalizeRouting");
+  a_tensor(&c, expandedX, 0); a_tensor(&c, x1, 0); a_tensor(&c, x2Optional, 0); a_tensor(&c, bias, 0);
+  a_tensor(&c, scales, 0); a_tensor(&c, expandedRowIdx, 0); a_tensor(&c, expandedExpertIdx, 0); a_tensor(&c, out, 1);
+  return finish(&c, "aclnnMoeFinalizeRouting", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeFinalizeRouting
+PHASE2(aclnnMoeFinalizeRouting)
+#endif
+
+#ifndef OMIT_aclnnMoeFinalizeRoutingV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeFinalizeRoutingV2GetWorkspaceSize(
+    const aclTensor *expandedX, const aclTensor *expandedRowIdx, const aclTensor *x1Optional,
+    const aclTensor *x2Optional, const aclTensor *biasOptional, const aclTensor *scalesOptional,
+    const aclTensor *expertIdxOptional, int64_t dropPadMode, const aclTensor *out, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeFinalizeRoutingV2");
+  a_tensor(&c, expandedX, 0); a_tensor(&c, expandedRowIdx, 0); a_tensor(&c, x1Optional, 0);
+  a_tensor(&c, x2Optional, 0); a_tensor(&c, biasOptional, 0); a_tensor(&c, scalesOptional, 0);
+  a_tensor(&c, expertIdxOptional, 0); a_i64(&c, dropPadMode); a_tensor(&c, out, 1);
+  return finish(&c, "aclnnMoeFinalizeRoutingV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeFinalizeRoutingV2
+PHASE2(aclnnMoeFinalizeRoutingV2)
+#endif
+
+#ifndef OMIT_aclnnMoeFinalizeRoutingV4GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeFinalizeRoutingV4GetWorkspaceSize(
+    const aclTensor *expandedX, const aclTensor *expandedRowIdx, const aclTensor *x1Optional,
+    const aclTensor *x2Optional, const aclTensor *biasOptional, const aclTensor *scalesOptional,
+    const aclTensor *expertIdxOptional, const aclTensor *xOptional, const aclTensor *alpha1Optional,
+    const aclTensor *alpha2Optional, const aclTensor *vOptional, int64_t dropPadMode,
+    const aclIntArray *zeroExpertRange, const aclIntArray *copyExpertRange, const aclIntArray *constantExpertRange,
+    int64_t k, const aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeFinalizeRoutingV4");
+  a_tensor(&c, expandedX, 0); a_tensor(&c, expandedRowIdx, 0); a_tensor(&c, x1Optional, 0);
+  a_tensor(&c, x2Optional, 0); a_tensor(&c, biasOptional, 0); a_tensor(&c, scalesOptional, 0);
+  a_tensor(&c, expertIdxOptional, 0); a_tensor(&c, xOptional, 0); a_tensor(&c, alpha1Optional, 0);
+  a_tensor(&c, alpha2Optional, 0); a_tensor(&c, vOptional, 0); a_i64(&c, dropPadMode);
+  a_array(&c, zeroExpertRange); a_array(&c, copyExpertRange); a_array(&c, constantExpertRange); a_i64(&c, k);
+  a_tensor(&c, out, 1);
+  return finish(&c, "aclnnMoeFinalizeRoutingV4", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeFinalizeRoutingV4
+PHASE2(aclnnMoeFinalizeRoutingV4)
+#endif
+
+#ifndef OMIT_aclnnMoeGatingTopKSoftmaxGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeGatingTopKSoftmaxGetWorkspaceSize(
+    const aclTensor *x, const aclTensor *finishedOptional, int64_t k, const aclTensor *yOut,
+    const aclTensor *expertIdxOut, const aclTensor *rowIdxOut, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeGatingTopKSoftmax");
+  a_tensor(&c, x, 0); a_tensor(&c, finishedOptional, 0); a_i64(&c, k);
+  a_tensor(&c, yOut, 1); a_tensor(&c, expertIdxOut, 1); a_tensor(&c, rowIdxOut, 1);
+  return finish(&c, "aclnnMoeGatingTopKSoftmax", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeGatingTopKSoftmax
+PHASE2(aclnnMoeGatingTopKSoftmax)
+#endif
+
+#ifndef OMIT_aclnnMoeGatingTopKSoftmaxV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeGatingTopKSoftmaxV2GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *finishedOptional, int64_t k, int64_t renorm, bool outputSoftmaxResultFlag,
+    const aclTensor *yOut, const aclTensor *expertIdxOut, const aclTensor *softmaxResultOutOptional,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeGatingTopKSoftmaxV2");
+  a_tensor(&c, x, 0); a_tensor(&c, finishedOptional, 0); a_i64(&c, k); a_i64(&c, renorm);
+  a_bool(&c, outputSoftmaxResultFlag);
+  a_tensor(&c, yOut, 1); a_tensor(&c, expertIdxOut, 1); a_tensor(&c, softmaxResultOutOptional, 1);
+  return finish(&c, "aclnnMoeGatingTopKSoftmaxV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeGatingTopKSoftmaxV2
+PHASE2(aclnnMoeGatingTopKSoftmaxV2)
+#endif
+
+#ifndef OMIT_aclnnMoeGatingTopKBackwardGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeGatingTopKBackwardGetWorkspaceSize(
+    const aclTensor *xNorm, const aclTensor *gradY, const aclTensor *expertIdx, int64_t renorm, int64_t normType,
+    double routedScalingFactor, double eps, const aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeGatingTopKBackward");
+  a_tensor(&c, xNorm, 0); a_tensor(&c, gradY, 0); a_tensor(&c, expertIdx, 0); a_i64(&c, renorm); a_i64(&c, normType);
+  a_double(&c, routedScalingFactor); a_double(&c, eps); a_tensor(&c, out, 1);
+  return finish(&c, "aclnnMoeGatingTopKBackward", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeGatingTopKBackward
+PHASE2(aclnnMoeGatingTopKBackward)
+#endif
+
+#ifndef OMIT_aclnnMoeComputeExpertTokensGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeComputeExpertTokensGetWorkspaceSize(
+    const aclTensor *sortedExperts, int64_t numExperts, const aclTensor *out, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeComputeExpertTokens");
+  a_tensor(&c, sortedExperts, 0); a_i64(&c, numExperts); a_tensor(&c, out, 1);
+  return finish(&c, "aclnnMoeComputeExpertTokens", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeComputeExpertTokens
+PHASE2(aclnnMoeComputeExpertTokens)
+#endif
+
+#ifndef OMIT_aclnnMoeReRoutingGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeReRoutingGetWorkspaceSize(
+    const aclTensor *tokens, const aclTensor *expertTokenNumPerRank, const aclTensor *perTokenScalesOptional,
+    int64_t expertTokenNumType, int64_t idxType, const aclTensor *permuteTokensOut,
+    const aclTensor *permutePerTokenScalesOut, const aclTensor *permuteTokenIdxOut, const aclTensor *expertTokenNumOut,
+    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeReRouting");
+  a_tensor(&c, tokens, 0); a_tensor(&c, expertTokenNumPerRank, 0); a_tensor(&c, perTokenScalesOptional, 0);
+  a_i64(&c, expertTokenNumType); a_i64(&c, idxType);
+  a_tensor(&c, permuteTokensOut, 1); a_tensor(&c, permutePerTokenScalesOut, 1); a_tensor(&c, permuteTokenIdxOut, 1);
+  a_tensor(&c, expertTokenNumOut, 1);
+  return finish(&c, "aclnnMoeReRouting", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeReRouting
+PHASE2(aclnnMoeReRouting)
+#endif
