@@ -14,7 +14,8 @@ Faithfulness contract:
   ``d = fp32(acc) * scale[e, n]`` (AscendDequant: int32 -> fp32 RNE; bf16 scale widened exactly; fp32 as
   is; int64/uint64: **the low 32 bits as an fp32**, full mantissa - the vector path, no FP19 truncation);
   ``d = d * per_token_scale[m]``; ``d = d + fp32(bias_bf16[e, n])`` (bf16 bias, after the per-token
-  multiply); optional ``act_type`` 1 relu; one RNE cast to bf16 / fp16.  Bit-exact.
+  multiply, inside the kernel's per-token step: **without per_token_scale a bf16 bias is never read**,
+  ``PerTokenQuant`` in ``grouped_matmul_quant_mixcore.h``); optional ``act_type`` 1 relu; one RNE cast to bf16 / fp16.  Bit-exact.
 * **A8W8 -> int32** (cube only): ``acc + bias_int32`` written as int32.  Bit-exact.
 * **A8W4** (W4A8 as vllm-ascend calls it: int4 weight packed in int32, int64 scale, fp32 ``bias`` = the
   offline ``8 * sum_k w * s`` term, fp32 per-token scale): the MSD data flow of
@@ -139,8 +140,10 @@ def _a8w8(x, w, bounds, total, row_e, scale, pts, bias, out_dt, act_type) -> np.
             d = np.multiply(d, _epilogue_scale(scale)[row_e], dtype=F32)
         if pts is not None:
             d = np.multiply(d, np.asarray(pts).astype(F32).reshape(-1)[:total, None], dtype=F32)
-        if bias is not None and bias_dt != "int32":
-            d = np.add(d, np.asarray(bias).astype(F32)[row_e], dtype=F32)
+            if bias is not None and bias_dt != "int32":
+                # the float bias is added inside the per-token step only (PerTokenQuant); without a
+                # per_token_scale the kernel never reads it
+                d = np.add(d, np.asarray(bias).astype(F32)[row_e], dtype=F32)
         d = _activation(d, act_type)
         return d.astype(np_dtype(out_dt))
 

@@ -271,3 +271,13 @@ def test_grouped_matmul_add(glt):
         gq.grouped_matmul_add(y.astype(np.float16), x, w, gl)
     with pytest.raises(ValueError, match="token dim"):
         gq.grouped_matmul_add(y, x, w[:5], gl)
+
+
+def test_a8w8_bf16_bias_is_read_only_with_a_per_token_scale():
+    rng, x, w = a8w8_case(10, E=1, M=3, K=16, N=32)
+    scale = np.full((1, 32), 1e-2, F)
+    bias = np.full((1, 32), 100.0, F).astype(BF16)
+    y = gq.quant_grouped_matmul(x, w, np.array([3]), scale=scale, bias=bias, output_dtype="bfloat16")
+    for m in range(3):
+        for n in range(32):
+            assert y[m, n] == np.array(F(idot(x[m], w[0], n)) * F(1e-2), F).astype(BF16)
