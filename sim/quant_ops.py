@@ -303,10 +303,18 @@ def dequant_swiglu_quant(x: np.ndarray, weight_scale: Optional[np.ndarray] = Non
     Returns ``(y int8 [T, H], scale fp32 [T])``.
     """
     x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D [T, 2H], got shape {x.shape}")
-    if x.shape[1] % 2:
-        raise ValueError(f"x's last dim {x.shape[1]} must be even")
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims [..., 2H], got shape {x.shape}")
+    if x.shape[-1] % 2:
+        raise ValueError(f"x's last dim {x.shape[-1]} must be even")
+    if x.ndim > 2:     # leading dims are tokens
+        y, scale = dequant_swiglu_quant(
+            x.reshape(-1, x.shape[-1]), weight_scale,
+            None if activation_scale is None else np.asarray(activation_scale).reshape(-1), bias, quant_scale,
+            quant_offset, group_index, activate_left=activate_left, quant_mode=quant_mode,
+            swiglu_mode=swiglu_mode, clamp_limit=clamp_limit, glu_alpha=glu_alpha, glu_bias=glu_bias,
+            zero_row=zero_row, undefined=undefined)
+        return y.reshape(*x.shape[:-1], -1), scale.reshape(x.shape[:-1])
     if quant_mode not in (0, 1):
         raise ValueError(f"quant_mode must be 0 (static) or 1 (dynamic), got {quant_mode}")
     if swiglu_mode not in (0, 1, 2):

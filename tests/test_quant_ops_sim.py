@@ -372,9 +372,19 @@ def test_dequant_swiglu_quant_swigluoai_mode2():
 
 
 def test_dequant_swiglu_quant_rejects():
-    with pytest.raises(ValueError, match="2-D"):
-        q.dequant_swiglu_quant(np.ones((2, 2, 2), np.int32))
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        q.dequant_swiglu_quant(np.ones(4, np.int32))
     with pytest.raises(ValueError, match="even"):
         q.dequant_swiglu_quant(np.ones((2, 3), np.int32))
     with pytest.raises(ValueError, match="quant_mode"):
         q.dequant_swiglu_quant(np.ones((2, 4), np.int32), quant_mode=2)
+
+
+def test_dequant_swiglu_quant_flattens_leading_dims():
+    rng = np.random.default_rng(11)
+    x = rng.integers(-1000, 1000, (2, 3, 8)).astype(np.int32)
+    act = rng.random((2, 3)).astype(F)
+    y, s = q.dequant_swiglu_quant(x, np.full(8, 0.01, F), act, quant_mode=1)
+    y2, s2 = q.dequant_swiglu_quant(x.reshape(6, 8), np.full(8, 0.01, F), act.reshape(6), quant_mode=1)
+    assert y.shape == (2, 3, 4) and s.shape == (2, 3)
+    assert np.array_equal(y.reshape(6, 4), y2) and np.array_equal(s.reshape(6), s2)
