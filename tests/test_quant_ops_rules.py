@@ -162,3 +162,36 @@ def test_contiguity_warning_and_enforce():
         enforce("npu_dynamic_quant", T((T_, H), "float16"), smooth_scales=T((2, H), "float16"),
                 group_index=gi([8, 12]), product="atlas-a2")
     assert any("dq.group_total" in str(x.message) for x in w)
+
+
+def test_dynamic_quant_kernel_selection():
+    """The tiling's key choice (dynamic_quant_tiling.cpp RunFusionKernelTiling), 192 KiB UB."""
+    from ascend_moe.products import resolve_target
+    from ascend_moe.rules.quant_ops import dynamic_quant_kernel as k
+    new, old = resolve_target("atlas-a2", "9.0.0"), resolve_target("atlas-a2", "8.5.0")
+    # key 100: int8, row length 4096/5120/10240, 4..384 rows, no groups, symmetric
+    assert k(new, (16, 7168 - 2048), "bfloat16") == (100, "multiply")
+    assert k(new, (3, 4096), "bfloat16")[0] != 100 and k(new, (385, 4096), "float16")[0] != 100
+    # key 10: 128 <= H <= max UB length (no smooth: (196608-1024-3392)//11//64*64 = 17472 -> capped at 16320), H % 8 == 0
+    assert k(new, (1000, 7168), "bfloat16") == (10, "multiply")
+    assert k(new, (1000, 16320), "bfloat16")[0] == 10 and k(new, (1000, 16328), "bfloat16")[0] != 10
+    # with smooth: (196608-1024-3392)//15//64*64 = 12800
+    assert k(new, (1000, 12800), "float16", has_smooth=True)[0] == 10
+    assert k(new, (1000, 12808), "float16", has_smooth=True)[0] != 10
+    # otherwise: double-buffered (2 bf16 / 3 fp16) when 13 * align16(H) < UB - 1024, else 0 / 1
+    assert k(new, (1000, 120), "bfloat16") == (2, "multiply") and k(new, (1000, 120), "float16")[0] == 3
+    # H % 8 != 0 leaves key 10: db iff 13 * align16(H) < 196608 - 1024 = 195584, i.e. align16(H) <= 15040
+    assert k(new, (1000, 15036), "bfloat16") == (2, "multiply")
+    assert k(new, (1000, 15044), "bfloat16") == (0, "reciprocal")
+    assert k(new, (1000, 17776), "bfloat16") == (0, "reciprocal")          # 13*17776 > 195584, 11*17776 <= 195584
+    assert k(new, (1000, 17792), "float16") == (6, "reciprocal")           # 11*17792 > 195584: large shape
+    # groups (with smooth): 7, or 8 when a row does not fit; always the reciprocal recipe
+    assert k(new, (64, 7168), "bfloat16", has_smooth=True, num_groups=8) == (7, "reciprocal")
+    assert k(new, (64, 12000), "bfloat16", has_smooth=True, num_groups=8) == (8, "reciprocal")
+    # a group_index without smooth is ignored by the tiling
+    assert k(new, (64, 7168), "bfloat16", num_groups=8)[0] == 10
+    # asymmetric (DynamicQuantV2 op): never 10/100
+    assert k(new, (16, 4096), "bfloat16", symmetric=False)[0] == 2
+    # CANN 8.5.0: no keys 10/100 and every key uses the reciprocal recipe
+    assert k(old, (16, 4096), "bfloat16") == (2, "reciprocal")
+    assert k(old, (1000, 7168), "float16") == (3, "reciprocal")

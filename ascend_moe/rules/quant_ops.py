@@ -37,6 +37,7 @@ SRC_SWIGLU = "ops-nn activation/swi_glu (OpDef swi_glu_def.cpp, swi_glu_tiling.c
 SRC_SWIGLU_DOC = "op-plugin docs torch_npu-npu_swiglu.md; ops-nn aclnnSwiGlu.md"
 SRC_DQ_HOST = "ops-nn quant/dynamic_quant/op_host/op_api/aclnn_dynamic_quant.cpp (GetDynamicQuantResultByL0Api)"
 SRC_DQ_PLUGIN = "op-plugin op_plugin/ops/opapi/DynamicQuantKernelNpuOpApi.cpp"
+SRC_DQ_TILING = "ops-nn quant/dynamic_quant/op_host/dynamic_quant_tiling.cpp"
 SRC_DQ_DOC = "op-plugin docs torch_npu-npu_dynamic_quant.md; ops-nn aclnnDynamicQuantV2.md"
 SRC_DSQ_PLUGIN = "op-plugin op_plugin/ops/opapi/DequantSwigluQuantOpApi.cpp"
 SRC_DSQ_DOC = "op-plugin docs torch_npu-npu_dequant_swiglu_quant.md; ops-nn aclnnDequantSwigluQuant{,V2}.md"
@@ -268,7 +269,8 @@ def _dq_rules(spec, p: str) -> None:
 
     @spec.rule(f"{p}.smooth", "smooth_scales", "smooth_scales has input's dtype; [H] without group_index, "
                "[E, H] with it (E = len(group_index))",
-               source=SRC_DQ_HOST + " (dtype == x dtype; 1-D length H without group); " + SRC_DQ_DOC + " ([E, H])",
+               source=SRC_DQ_HOST + " (dtype == x dtype; 1-D length H without group); " + SRC_DQ_TILING +
+               " (CheckOpInpuShape: MoE smooth 2-D with dim 0 == groups, last dim == x's)",
                fix="pass smooth_scales of input's dtype, shape [H] (or [E, H] with group_index)")
     def _(call):
         s, x = call.meta("smooth_scales"), call.meta("input")
@@ -288,8 +290,8 @@ def _dq_rules(spec, p: str) -> None:
         return errs
 
     @spec.rule(f"{p}.group_index", "group_index", "group_index is a 1-D int32 cumsum and needs smooth_scales",
-               source=SRC_DQ_HOST + " (1-D); kernel OpDef dynamic_quant_def.cpp (INT32 only: the MoE kernel reads "
-                      "int32 indices)", status=None,
+               source=SRC_DQ_HOST + " (1-D; accepts INT32/INT64); " + SRC_DQ_TILING + " (CheckInputDtype: 'group "
+                      "dtype is only support int32'; groupNum is read only when smooth_scales is given)",
                fix="pass group_index as torch.int32 cumulative row ends, with per-expert smooth_scales")
     def _(call):
         g = call.meta("group_index")
@@ -301,10 +303,10 @@ def _dq_rules(spec, p: str) -> None:
         if g.ndim != 1:
             errs.append(f"group_index must be 1-D, got shape {list(g.shape)}")
         if g.dtype != "int32":
-            errs.append(f"group_index dtype must be int32 (the kernel reads int32; aclnn accepts int64 but the kernel "
-                        f"is built for int32 only), got {g.dtype}")
+            errs.append(f"group_index dtype must be int32 (aclnn accepts int64, the tiling rejects it), got {g.dtype}")
         if call.get("smooth_scales") is None:
-            errs.append("group_index without smooth_scales: the per-expert kernel reads a smooth row per group")
+            errs.append("group_index without smooth_scales is ignored by the kernel (no per-expert smooth rows): "
+                        "pass the [E, H] smooth_scales or drop group_index")
         return errs
 
     @spec.rule(f"{p}.group_values", "group_index", "group_index is non-decreasing (a cumsum)",
@@ -329,8 +331,8 @@ def _dq_rules(spec, p: str) -> None:
         if int(np.asarray(v)[-1]) != rows:
             return f"group_index[-1] = {int(np.asarray(v)[-1])} differs from the {rows} rows of input"
 
-    @spec.rule(f"{p}.num_groups", "group_index", "at most 1024 groups", source=SRC_DQ_DOC, severity="warning",
-               fix="use at most 1024 experts per call")
+    @spec.rule(f"{p}.num_groups", "group_index", "at most 1024 groups",
+               source=SRC_DQ_TILING + " (MAX_EXPERT_NUM 1024); " + SRC_DQ_DOC, fix="use at most 1024 experts per call")
     def _(call):
         g = call.meta("group_index")
         if g is not None and g.ndim == 1 and g.shape[0] > 1024:
@@ -629,3 +631,57 @@ def _gma_rules(spec, p: str) -> None:
 
 _gma_rules(gma_spec, "gma")
 _gma_rules(gma_oop_spec, "gma_oop")
+
+
+# --------------------------------------------------------------------------------------------
+# which dynamic-quant kernel (tiling key) a call gets, and so which output-scale recipe
+# --------------------------------------------------------------------------------------------
+
+A2_A3_UB_BYTES = 196608     # 192 KiB unified buffer per vector core on Atlas A2/A3 [I: not in the public sources]
+V2026 = "9.0.0"             # keys 10/100 and the amax * (1/127) scale recipe first appear in the 9.0.0 tag
+
+
+def dynamic_quant_kernel(target, shape, dtype: str, *, has_smooth: bool = False, num_groups: int = 0,
+                         dst: str = "int8", symmetric: bool = True,
+                         ub_bytes: int = A2_A3_UB_BYTES) -> tuple:
+    """``(tiling_key, scale_formula)`` the A2/A3 DynamicQuant tiling (``RunFusionKernelTiling``) selects.
+
+    ``shape``/``dtype`` of the input; ``num_groups`` = len(group_index) when it is given *with* smooth_scales
+    (the tiling ignores a group_index without them, so pass 0 then); ``symmetric`` False = the 3-output DynamicQuantV2 op (asymmetric),
+    which never takes keys 10/100.  ``scale_formula`` is the recipe of the simulator's ``dynamic_quant``:
+    ``"multiply"`` (``amax * fp32(1/DMAX)``) for keys 2/3/10/100 from CANN 9.0.0, else ``"reciprocal"``.
+    The UB size of the SKU decides some keys; it is a parameter (default 192 KiB [I]).
+    """
+    grouped = has_smooth and num_groups > 0
+    row_len = int(shape[-1])
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    new = not target.cann < V2026 if hasattr(target, "cann") else True
+    key = None
+    if new and symmetric and not grouped:
+        if dst == "int8" and row_len in (4096, 5120, 10240) and 4 <= rows <= 384:
+            key = 100
+        else:
+            max_ub = ub_bytes - 1024 - (256 + 64 + 12 * 64 * 4)
+            max_ub = max_ub // (15 if has_smooth else 11) // 64 * 64
+            max_ub = min(max_ub, 255 * 64)
+            if 128 <= row_len <= max_ub and row_len % 8 == 0:
+                key = 10
+    if key is None:
+        aligned = -(-row_len // 16) * 16
+        max_use = ub_bytes - 1024
+        if grouped:
+            per_row_new, per_row = -(-num_groups // 8) * 8 * 4 + 17 * aligned, None   # int32 group list
+        elif has_smooth:
+            per_row_new, per_row = 17 * aligned, 19 * aligned
+        else:
+            per_row_new, per_row = 11 * aligned, 13 * aligned
+        if max_use // per_row_new == 0:
+            key = 8 if grouped else 6
+        elif grouped:
+            key = 7
+        elif per_row < max_use:
+            key = 2 if dtype == "bfloat16" else 3
+        else:
+            key = 0 if dtype == "bfloat16" else 1
+    formula = "multiply" if new and key in (2, 3, 10, 100) else "reciprocal"
+    return key, formula
