@@ -49,8 +49,8 @@ from .quant_gemm import (
     weight_values,
 )
 
-__all__ = ["quant_grouped_matmul", "antiquant_weight", "grouped_matmul_add", "float_weight_from_nz",
-           "A8W8_OUTPUTS", "ACT_TYPES"]
+__all__ = ["quant_grouped_matmul", "npu_grouped_matmul_quant", "antiquant_weight", "grouped_matmul_add",
+           "float_weight_from_nz", "output_dtype_name", "A8W8_OUTPUTS", "ACT_TYPES"]
 
 F32 = np.float32
 A8W8_OUTPUTS = ("bfloat16", "float16", "int32")
@@ -251,8 +251,49 @@ def grouped_matmul_add(y: np.ndarray, x: np.ndarray, weight: np.ndarray, group_l
     return y
 
 
-def first(v: Sequence) -> object:
-    """The single element of a one-element tensor list (torch_npu's list arguments), else ``v``."""
+def _first(v):
     if isinstance(v, (list, tuple)):
+        if len(v) > 1:
+            raise ValueError(f"the quantised forms take one tensor per list argument, got {len(v)}")
         return v[0] if len(v) else None
     return v
+
+
+# torch ScalarType codes op-plugin maps output_dtype from
+OUTPUT_DTYPE_CODES = {1: "int8", 3: "int32", 5: "float16", 6: "float32", 15: "bfloat16"}
+
+
+def output_dtype_name(output_dtype, x_dtype: str) -> str:
+    """Name of npu_grouped_matmul's ``output_dtype`` (None: x's dtype; a torch code, dtype or name)."""
+    if output_dtype is None:
+        return x_dtype
+    if isinstance(output_dtype, (int, np.integer)) and not isinstance(output_dtype, bool):
+        if int(output_dtype) not in OUTPUT_DTYPE_CODES:
+            raise ValueError(f"output_dtype code {output_dtype} is not one of {sorted(OUTPUT_DTYPE_CODES)}")
+        return OUTPUT_DTYPE_CODES[int(output_dtype)]
+    return dtype_name(output_dtype)
+
+
+def npu_grouped_matmul_quant(x, weight, *, bias=None, scale=None, offset=None, antiquant_scale=None,
+                             antiquant_offset=None, per_token_scale=None, group_list=None, activation_input=None,
+                             activation_quant_scale=None, activation_quant_offset=None, split_item: int = 0,
+                             group_type: Optional[int] = None, group_list_type: int = 0, act_type: int = 0,
+                             tuning_config=None, output_dtype=None, x_dtype=None, weight_dtype=None,
+                             scale_dtype=None, per_token_scale_dtype=None, fp19: Optional[bool] = None,
+                             undefined: Optional[str] = None) -> list:
+    """``torch_npu.npu_grouped_matmul`` arithmetic for the quantised single-tensor forms (unchecked): the
+    one-element lists are unwrapped, ``output_dtype`` mapped from its torch code, and the result returned as a
+    one-element list.  ``fp19`` defaults to :func:`ascend_moe.sim.quant_gemm.fp19_enabled`."""
+    from .quant_gemm import fp19_enabled
+    x0, w0 = _first(x), _first(weight)
+    if group_list is None:
+        raise ValueError("the quantised forms need a group_list")
+    if offset is not None and _first(offset) is not None:
+        raise NotImplementedError("offset (the A8W4 per-group offset form) is not simulated")
+    out = output_dtype_name(output_dtype, dtype_name(np.asarray(x0)))
+    y = quant_grouped_matmul(np.asarray(x0), w0, np.asarray(group_list), group_list_type=group_list_type,
+                             scale=_first(scale), per_token_scale=_first(per_token_scale), bias=_first(bias),
+                             antiquant_scale=_first(antiquant_scale), antiquant_offset=_first(antiquant_offset),
+                             output_dtype=out, act_type=act_type,
+                             fp19=fp19_enabled() if fp19 is None else fp19, undefined=undefined)
+    return [y]

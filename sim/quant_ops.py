@@ -51,7 +51,8 @@ from .swiglu_quant import exp_f32
 from .zero_rows import apply_zero_rows
 
 __all__ = ["swiglu", "swiglu_backward", "dynamic_quant", "dynamic_quant_asymmetric", "dequant_swiglu_quant",
-           "SCALE_FORMULAS", "DYNAMIC_QUANT_DST"]
+           "npu_swiglu", "npu_swiglu_backward", "npu_dynamic_quant", "npu_dynamic_quant_asymmetric",
+           "npu_dequant_swiglu_quant", "dst_of", "SCALE_FORMULAS", "DYNAMIC_QUANT_DST"]
 
 F32 = np.float32
 SWIGLU_DTYPES = ("float32", "float16", "bfloat16")
@@ -385,3 +386,76 @@ def dequant_swiglu_quant(x: np.ndarray, weight_scale: Optional[np.ndarray] = Non
     if quant_mode == 1:
         fill_undefined(scale, slice(covered, None), undefined)
     return y, scale
+
+
+# --------------------------------------------------------------------------------------------
+# torch_npu-signature twins (unchecked: the torch layer runs the rules first)
+# --------------------------------------------------------------------------------------------
+
+# torch ScalarType codes op-plugin receives for dst_type: 1 int8, 16 quint4x2 (int4 packed in int32)
+_DST_CODES = {None: "int8", 1: "int8", 16: "int32", "int8": "int8", "quint4x2": "int32", "int4": "int4",
+              "int32": "int32"}
+
+
+def dst_of(dst_type) -> str:
+    """The simulator's ``dst`` for a torch_npu ``dst_type`` (None / code / dtype / name)."""
+    key = dst_type
+    if dst_type is not None and not isinstance(dst_type, (int, np.integer, str)):
+        key = str(getattr(dst_type, "dtype", dst_type)).replace("torch.", "")
+    elif isinstance(dst_type, np.integer):
+        key = int(dst_type)
+    if key not in _DST_CODES:
+        raise ValueError(f"dst_type={dst_type!r} is not simulated (None/int8 or quint4x2)")
+    return _DST_CODES[key]
+
+
+def npu_swiglu(x: np.ndarray, dim: int = -1) -> np.ndarray:
+    """``torch_npu.npu_swiglu`` arithmetic (see :func:`swiglu`)."""
+    return swiglu(x, dim)
+
+
+def npu_swiglu_backward(grad_output: np.ndarray, x: np.ndarray, dim: int = -1) -> np.ndarray:
+    """``torch_npu.npu_swiglu_backward`` arithmetic (see :func:`swiglu_backward`)."""
+    return swiglu_backward(grad_output, x, dim)
+
+
+def npu_dynamic_quant(input: np.ndarray, *, smooth_scales: Optional[np.ndarray] = None,
+                      group_index: Optional[np.ndarray] = None, dst_type=None, quant_mode: str = "pertoken",
+                      dst_type_max: float = 0.0, scale_formula: str = "reciprocal",
+                      zero_row: Optional[str] = None, undefined: Optional[str] = None
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """``torch_npu.npu_dynamic_quant`` arithmetic on A2/A3 (pertoken only); ``scale_formula`` is the target's
+    (``ascend_moe.rules.quant_ops.dynamic_quant_kernel``).  quint4x2 gives int32 ``[..., H/8]``."""
+    if quant_mode != "pertoken" or dst_type_max not in (0, 0.0, None):
+        raise NotImplementedError(f"quant_mode={quant_mode!r} / dst_type_max={dst_type_max!r}: only the A2/A3 "
+                                  "pertoken path is simulated")
+    return dynamic_quant(input, smooth_scales, group_index, dst=dst_of(dst_type), scale_formula=scale_formula,
+                         zero_row=zero_row, undefined=undefined)
+
+
+def npu_dynamic_quant_asymmetric(input: np.ndarray, *, smooth_scales: Optional[np.ndarray] = None,
+                                 group_index: Optional[np.ndarray] = None, dst_type=None,
+                                 quant_mode: str = "pertoken", dst_type_max: float = 0.0,
+                                 undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``torch_npu.npu_dynamic_quant_asymmetric`` arithmetic on A2/A3 (pertoken only)."""
+    if quant_mode != "pertoken" or dst_type_max not in (0, 0.0, None):
+        raise NotImplementedError(f"quant_mode={quant_mode!r} / dst_type_max={dst_type_max!r}: only the A2/A3 "
+                                  "pertoken path is simulated")
+    return dynamic_quant_asymmetric(input, smooth_scales, group_index, dst=dst_of(dst_type), undefined=undefined)
+
+
+def npu_dequant_swiglu_quant(x: np.ndarray, *, weight_scale=None, activation_scale=None, bias=None,
+                             quant_scale=None, quant_offset=None, group_index=None, activate_left: bool = False,
+                             quant_mode: int = 0, dst_type=None, round_mode=None, activate_dim=None,
+                             swiglu_mode: int = 0, clamp_limit: float = 7.0, glu_alpha: float = 1.702,
+                             glu_bias: float = 1.0, zero_row: Optional[str] = None,
+                             undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``torch_npu.npu_dequant_swiglu_quant`` arithmetic on A2/A3 (``dst_type``/``round_mode``/``activate_dim``
+    are fixed there to int8 / rint / last dim: other values are refused)."""
+    if dst_type not in (None, 1, 2) or round_mode not in (None, "rint", 0) or activate_dim not in (None, -1):
+        raise NotImplementedError("dst_type / round_mode / activate_dim other than int8 / rint / -1 are not "
+                                  "simulated (op-plugin fixes them on A2/A3)")
+    return dequant_swiglu_quant(x, weight_scale, activation_scale, bias, quant_scale, quant_offset, group_index,
+                                activate_left=activate_left, quant_mode=quant_mode, swiglu_mode=swiglu_mode,
+                                clamp_limit=clamp_limit, glu_alpha=glu_alpha, glu_bias=glu_bias,
+                                zero_row=zero_row, undefined=undefined)

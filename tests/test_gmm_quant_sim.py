@@ -281,3 +281,23 @@ def test_a8w8_bf16_bias_is_read_only_with_a_per_token_scale():
     for m in range(3):
         for n in range(32):
             assert y[m, n] == np.array(F(idot(x[m], w[0], n)) * F(1e-2), F).astype(BF16)
+
+
+def test_torch_signature_twin_unwraps_lists_and_maps_output_codes():
+    rng, x, w = a8w8_case(11, E=2, M=4, K=16, N=32)
+    scale = (rng.random((2, 32)) * 1e-2).astype(F)
+    pts = rng.random(4).astype(F)
+    gl = np.array([1, 3], np.int64)
+    (y,) = gq.npu_grouped_matmul_quant([x], [w], scale=[scale], per_token_scale=[pts], group_list=gl,
+                                       split_item=2, group_type=0, group_list_type=1, output_dtype=5)
+    assert y.dtype == np.float16
+    for e, (s, t) in enumerate(bounds_of(gl, 1)):
+        for m in range(s, t):
+            for n in range(32):
+                assert y[m, n] == np.float16((F(idot(x[m], w[e], n)) * scale[e, n]) * pts[m])
+    (yi,) = gq.npu_grouped_matmul_quant([x], [w], group_list=gl, group_list_type=1, output_dtype=3)
+    assert yi.dtype == np.int32 and int(yi[0, 0]) == idot(x[0], w[0], 0)
+    with pytest.raises(ValueError, match="one tensor per list"):
+        gq.npu_grouped_matmul_quant([x, x], [w], group_list=gl, output_dtype=3)
+    with pytest.raises(ValueError, match="code 7"):
+        gq.npu_grouped_matmul_quant([x], [w], group_list=gl, output_dtype=7)

@@ -388,3 +388,24 @@ def test_dequant_swiglu_quant_flattens_leading_dims():
     y2, s2 = q.dequant_swiglu_quant(x.reshape(6, 8), np.full(8, 0.01, F), act.reshape(6), quant_mode=1)
     assert y.shape == (2, 3, 4) and s.shape == (2, 3)
     assert np.array_equal(y.reshape(6, 4), y2) and np.array_equal(s.reshape(6), s2)
+
+
+def test_torch_signature_twins():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 16)).astype(BF16)
+    y, s = q.npu_dynamic_quant(x)
+    assert y.dtype == np.int8 and y[0].tolist() == dq_ref_row(x[0].astype(F))[0]
+    y32, _ = q.npu_dynamic_quant(x, dst_type=16)                 # torch.quint4x2
+    assert y32.dtype == np.int32 and y32.shape == (3, 2)
+    ya, sa, oa = q.npu_dynamic_quant_asymmetric(x)
+    assert ya.shape == (3, 16) and sa.shape == oa.shape == (3,)
+    with pytest.raises(NotImplementedError, match="pertoken"):
+        q.npu_dynamic_quant(x, quant_mode="pertensor")
+    with pytest.raises(ValueError, match="dst_type=5"):
+        q.npu_dynamic_quant(x, dst_type=5)
+    assert np.array_equal(q.npu_swiglu(x, dim=-1), q.swiglu(x))
+    xi = rng.integers(-100, 100, (4, 8)).astype(np.int32)
+    yd, sd = q.npu_dequant_swiglu_quant(xi, weight_scale=np.full(8, 0.1, F), quant_mode=1, activate_left=True)
+    assert yd.shape == (4, 4) and sd.shape == (4,)
+    with pytest.raises(NotImplementedError, match="round_mode"):
+        q.npu_dequant_swiglu_quant(xi, round_mode="floor")
