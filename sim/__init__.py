@@ -14,3 +14,13 @@ from .gating import *  # noqa: F401,F403,E402
 from .ffn import *  # noqa: F401,F403,E402
 from .swiglu_quant import *  # noqa: F401,F403,E402
 from .finalize_routing import *  # noqa: F401,F403,E402
+
+
+def __getattr__(name: str):
+    """The checked NumPy twins (``ascend_moe.sim.npu_*``: bind, check, then compute) are generated from
+    the op declarations in :mod:`ascend_moe.numpy_ops`; these names forward there on first use, so the
+    simulator itself never imports the checker."""
+    if name.startswith("npu_"):
+        from ascend_moe import numpy_ops
+        return getattr(numpy_ops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,18 +54,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..products import CannVersion
 from .numerics import cast, dtype_name, fill_undefined
 
-__all__ = ["npu_moe_gating_top_k"]
+__all__ = ["moe_gating_top_k_compute", "Semantics"]
 
 OP = "npu_moe_gating_top_k"
 
-# Version boundaries (spec A.7 "Version history"):
-LEGACY_UNTIL = CannVersion("8.3.RC1")      # torch_npu 7.0/7.1 generation: DeepSeek-V3 kernel only
-DIV_SOFTMAX_SINCE = CannVersion("9.0.0")   # OT 5dbcb68ba (2026-06-27): softmax e/S instead of e*(1/S)
-
-MAX_EXPERTS = 2048
 SORT_ALIGN = 32        # Sort32 / per-group padding granule
 REDUCE_LANES = 64      # float32 lanes of one 256-byte vector repeat
 
@@ -76,14 +70,14 @@ PATH_GENERALIZED = "generalized"
 
 @dataclass(frozen=True)
 class Semantics:
-    """What depends on the target CANN version (documented choices, see the module docstring)."""
-    legacy: bool              # < 8.3.RC1: only the e_k_fullload kernel existed
+    """What depends on the target: decided above the simulator (``ascend_moe.ops.gating.semantics``
+    maps a CANN release to it) and passed in explicitly."""
+    legacy: bool              # only the e_k_fullload (DeepSeek-V3) kernel exists (CANN < 8.3.RC1)
     softmax_divide: bool      # without-group softmax normalises by Div(e, S) (else Muls(e, 1/S))
 
-    @classmethod
-    def for_version(cls, cann) -> "Semantics":
-        v = CannVersion(cann)
-        return cls(legacy=v < LEGACY_UNTIL, softmax_divide=not v < DIV_SOFTMAX_SINCE)
+
+# what the simulator does when no semantics are passed (the default target, CANN 8.5.0)
+DEFAULT_SEMANTICS = Semantics(legacy=False, softmax_divide=False)
 
 
 def kernel_path(num_experts: int, k: int, has_bias: bool, k_group: int, group_count: int,
@@ -235,11 +229,11 @@ def moe_gating_top_k_compute(
         x: np.ndarray, k: int, bias: Optional[np.ndarray] = None, input_ids: Optional[np.ndarray] = None,
         tid2eid: Optional[np.ndarray] = None, k_group: int = 1, group_count: int = 1,
         group_select_mode: int = 0, renorm: int = 0, norm_type: int = 0, out_flag: bool = False,
-        routed_scaling_factor: float = 1.0, eps: float = 1e-20, *, cann="8.5.0",
+        routed_scaling_factor: float = 1.0, eps: float = 1e-20, *, semantics: Semantics = DEFAULT_SEMANTICS,
         undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unchecked computation (the rules must have accepted the call); ``cann`` selects the
-    version-dependent semantics (:class:`Semantics`)."""
-    sem = Semantics.for_version(cann)
+    """Unchecked computation (the rules must have accepted the call); ``semantics`` carries the
+    target-dependent behaviour (:class:`Semantics`), decided by the caller."""
+    sem = semantics
     x = np.asarray(x)
     out_dtype = dtype_name(x)
     rows, num_experts = x.shape
@@ -299,19 +293,11 @@ def moe_gating_top_k_compute(
     return y, idx, norm_out
 
 
-def npu_moe_gating_top_k(x: np.ndarray, k: int, *, bias: Optional[np.ndarray] = None,
-                         input_ids: Optional[np.ndarray] = None, tid2eid: Optional[np.ndarray] = None,
-                         k_group: int = 1, group_count: int = 1, group_select_mode: int = 0, renorm: int = 0,
-                         norm_type: int = 0, out_flag: bool = False, routed_scaling_factor: float = 1.0,
-                         eps: float = 1e-20, undefined: Optional[str] = None
-                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(y [rows,k] x.dtype, expert_idx [rows,k] int32, norm_out [rows,E] float32)``; see the module
-    docstring for the formula and the faithfulness contract.  Checks the call first."""
-    from ..rules import enforce
-    target = enforce(OP, x, k, bias=bias, input_ids=input_ids, tid2eid=tid2eid, k_group=k_group,
-                     group_count=group_count, group_select_mode=group_select_mode, renorm=renorm,
-                     norm_type=norm_type, out_flag=out_flag, routed_scaling_factor=routed_scaling_factor,
-                     eps=eps)
-    return moe_gating_top_k_compute(x, k, bias, input_ids, tid2eid, k_group, group_count,
-                                    group_select_mode, renorm, norm_type, out_flag, routed_scaling_factor,
-                                    eps, cann=target.cann, undefined=undefined)
+def __getattr__(name: str):
+    """``npu_moe_gating_top_k`` (the checked NumPy twin) is generated from the op's declaration and
+    lives in :mod:`ascend_moe.numpy_ops`; this alias keeps ``ascend_moe.sim.gating.<name>`` working
+    without the simulator importing the checker."""
+    if name == "npu_moe_gating_top_k":
+        from ascend_moe import numpy_ops
+        return getattr(numpy_ops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

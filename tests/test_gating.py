@@ -15,6 +15,7 @@ import pytest
 import ascend_moe
 from ascend_moe import ConstraintError, TensorSpec
 from ascend_moe.sim import gating as simg
+from ascend_moe.ops.gating import semantics as gating_semantics
 from ascend_moe.sim.gating import npu_moe_gating_top_k as sim_gating
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -394,12 +395,12 @@ def test_random_shapes(seed):
 
 
 def test_kernel_path_selection():
-    sem = simg.Semantics.for_version("8.5.0")
+    sem = gating_semantics("8.5.0")
     assert simg.kernel_path(256, 8, True, 4, 8, 1, 0, 1, False, sem) == simg.PATH_DEEPSEEK
     assert simg.kernel_path(256, 8, True, 4, 8, 0, 0, 1, False, sem) == simg.PATH_GENERALIZED
     assert simg.kernel_path(256, 8, True, 8, 8, 0, 0, 1, False, sem) == simg.PATH_WITHOUT_GROUP
     assert simg.kernel_path(64, 8, False, 1, 64, 0, 0, 0, False, sem) == simg.PATH_WITHOUT_GROUP
-    assert simg.kernel_path(64, 8, False, 1, 4, 0, 0, 0, False, simg.Semantics.for_version("8.2.RC1")) \
+    assert simg.kernel_path(64, 8, False, 1, 4, 0, 0, 0, False, gating_semantics("8.2.RC1")) \
         == simg.PATH_DEEPSEEK
 
 

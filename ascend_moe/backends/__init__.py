@@ -108,3 +108,42 @@ def _require_aclnn(op: str) -> None:
     reason = aclnn_unavailable_reason(op)
     if reason:
         raise BackendError(f"{op}: the aclnn hardware path is unavailable: {reason}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the PrivateUse1 device: real NPU (aclnn) or the simulated host-memory device
+# ------------------------------------------------------------------------------------------------
+
+_privateuse1_simulated = False
+
+
+def set_privateuse1_simulated(flag: bool) -> None:
+    """Declare whether PrivateUse1 tensors live in host memory on a simulated device (True: their
+    kernels run checker + simulator on :func:`host_view` of the tensors) or on a real NPU (False, the
+    default: checker + aclnn)."""
+    global _privateuse1_simulated
+    _privateuse1_simulated = bool(flag)
+
+
+def privateuse1_is_simulated() -> bool:
+    """The one switch the PrivateUse1 kernels read (see :func:`set_privateuse1_simulated`)."""
+    return _privateuse1_simulated
+
+
+def _cpu_alias(t: Any) -> Any:
+    """A CPU tensor sharing ``t``'s memory: ``t`` itself on the CPU, ``t.cpu()`` for a simulated
+    device whose to-CPU copy is zero-copy (the device module may replace :data:`host_view`)."""
+    if t.device.type == "cpu":
+        return t
+    return t.cpu()
+
+
+# ``host_view(t)``: the CPU alias through which the simulator reads and writes a PrivateUse1 tensor of
+# the simulated device.  One function, so the device implementation can replace it.
+host_view = _cpu_alias
+
+
+def set_host_view(fn: Any) -> None:
+    """Install the device's zero-copy ``tensor -> CPU alias`` function used by the simulated path."""
+    global host_view
+    host_view = fn

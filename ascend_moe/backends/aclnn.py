@@ -260,20 +260,6 @@ def _build_gmm(group_list_type: int, op: str):
     return build
 
 
-def _build_gating(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
-    op = "npu_moe_gating_top_k"
-    scalars = [i64(a["k"]), i64(a.get("k_group", 1)), i64(a.get("group_count", 1)),
-               i64(a.get("group_select_mode", 0)), i64(a.get("renorm", 0)), i64(a.get("norm_type", 0)),
-               b(a.get("out_flag", False)), f64(a.get("routed_scaling_factor", 1.0)), f64(a.get("eps", 1e-20))]
-    y, idx, norm = outs
-    if a.get("input_ids") is not None or a.get("tid2eid") is not None:
-        entry = choose("gating_hash", op)
-        return entry, [T(a["x"]), T(a.get("bias")), T(a.get("input_ids")), T(a.get("tid2eid"))] + scalars + \
-            [T(y), T(idx), T(norm)]
-    entry = choose("gating", op)
-    return entry, [T(a["x"]), T(a.get("bias"))] + scalars + [T(y), T(idx), T(norm)]
-
-
 def _build_ffn(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
     entry = choose("ffn", "npu_ffn")
     tokens, index = a.get("expert_tokens"), a.get("expert_tokens_index")
@@ -348,11 +334,41 @@ def _build_finalize(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, l
     return entry, args + [T(outs[0])]
 
 
+_ENCODE = {"T": T, "O": T, "L": L, "OL": L, "IA": IA, "i64": i64, "f32": f32, "f64": f64, "b": b, "s": s}
+
+
+def build_from_declaration(decl: Any, a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
+    """The entry point and argument descriptors from the op's declaration: the call family
+    (``decl.choose_entry``), the first entry point of it that resolves (op-plugin's order), and each C
+    parameter of that entry's prototype filled from the argument of the same (snake_case) name, or
+    from what the entry's ``bind`` maps it to (an argument name, an output, a constant, or a function
+    ``(args, outs) -> value``)."""
+    from ..opdecl import Out, _snake
+    family = decl.choose_entry(a) if decl.choose_entry is not None else decl.aclnn[0].family
+    entry_name = choose(family, decl.name)
+    entry = next((e for e in decl.aclnn if e.name == entry_name), None)
+    if entry is None:
+        raise BackendError(f"{decl.name}: the dispatcher chose {entry_name}, which the op's declaration does not "
+                           "list; add its C parameter list to the declaration")
+    descs = []
+    for p in entry.c_params:
+        src = entry.bind.get(p.name, _snake(p.name))
+        if isinstance(src, Out):
+            value = outs[src.index]
+        elif callable(src):
+            value = src(a, outs)
+        elif isinstance(src, str):
+            value = a[src]
+        else:
+            value = src
+        descs.append(_ENCODE[p.ctype](value))
+    return entry_name, descs
+
+
 BUILDERS: Dict[str, Callable[[Dict[str, Any], List[torch.Tensor]], Tuple[str, list]]] = {
     "npu_grouped_matmul": _build_grouped_matmul,
     "npu_gmm": _build_gmm(0, "npu_gmm"),
     "npu_gmm_v2": _build_gmm(1, "npu_gmm_v2"),
-    "npu_moe_gating_top_k": _build_gating,
     "npu_ffn": _build_ffn,
     "npu_grouped_matmul_swiglu_quant": _build_swiglu_v1,
     "npu_grouped_matmul_swiglu_quant_v2": _build_swiglu_v2,
@@ -388,20 +404,30 @@ def _device_of(args: Dict[str, Any]) -> torch.device:
     return devices.pop()
 
 
-def allocate_outputs(op: str, args: Dict[str, Any], device: torch.device) -> List[torch.Tensor]:
+def _shape_rule(op: str) -> Callable[[Dict[str, Any]], list]:
+    from ..opdecl import get_decl
+    decl = get_decl(op)
+    if decl is not None:
+        return decl.shape
     from ..ops._common import SHAPE_RULES
     if op not in SHAPE_RULES:
         import importlib
         from ..rules import OP_MODULES
         importlib.import_module(f"ascend_moe.ops.{OP_MODULES[op]}")
+    return SHAPE_RULES[op]
+
+
+def allocate_outputs(op: str, args: Dict[str, Any], device: torch.device) -> List[torch.Tensor]:
+    from ..ops._generate import torch_dtype
+    rule = _shape_rule(op)
     shape_args = args
     gl = args.get("group_list")
     if isinstance(gl, torch.Tensor) and gl.device.type != "cpu":
         # data-dependent output shapes (npu_grouped_matmul split_item 0/1) read the group sizes on the
         # host, as op-plugin does with .item(); the device tensor itself is what aclnn receives
         shape_args = dict(args, group_list=gl.cpu())
-    return [torch.empty(tuple(int(d) for d in shape), dtype=dtype, device=device)
-            for shape, dtype in SHAPE_RULES[op](shape_args)]
+    return [torch.empty(tuple(int(d) for d in shape), dtype=torch_dtype(dtype), device=device)
+            for shape, dtype in rule(shape_args)]
 
 
 def _npu_context(device: torch.device):
@@ -418,7 +444,13 @@ def _npu_context(device: torch.device):
 
 def call(op: str, args: Dict[str, Any]) -> Any:
     """Run ``op`` on aclnn with the bound public arguments; returns the outputs in the op's structure."""
-    if op not in BUILDERS:
+    from ..opdecl import get_decl
+    decl = get_decl(op)
+    if decl is not None and decl.aclnn:
+        builder = lambda a, o: build_from_declaration(decl, a, o)  # noqa: E731
+    elif op in BUILDERS:
+        builder = BUILDERS[op]
+    else:
         raise BackendError(f"{op}: the aclnn dispatcher has no binding for this op")
     c = _C()
     if not c.runtime_ok():
@@ -429,7 +461,7 @@ def call(op: str, args: Dict[str, Any]) -> Any:
         raise BackendError(f"{op}: aclnn computes NPU tensors only; CPU tensors are accepted by the fake test "
                            "runtime alone")
     outs = allocate_outputs(op, args, device)
-    entry, descs = BUILDERS[op](args, outs)
+    entry, descs = builder(args, outs)
     if on_npu:
         guard, alloc = _npu_context(device)
         with guard:
@@ -440,6 +472,9 @@ def call(op: str, args: Dict[str, Any]) -> Any:
     info.pop("keepalive", None)  # the NPU workspace is released here, stream-ordered by the allocator
     last_call.clear()
     last_call.update(info, op=op)
+    if decl is not None:
+        from ..ops._generate import _structure
+        return _structure(decl, outs)
     kind = _STRUCTURE[op]
     if kind == "single":
         return outs[0]

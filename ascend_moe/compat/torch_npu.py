@@ -28,10 +28,10 @@ from typing import Any, Dict
 from .. import formats as _formats
 from ._shim import missing_attribute
 
-# torch_npu name -> (ascend_moe.ops module, function name)
+# torch_npu name -> ascend_moe.ops module, for the ops not declared in ascend_moe.opdecl yet; every
+# declared op whose ``drop_in`` names torch_npu is added by _bind_ops.
 OPS: Dict[str, str] = {
     "npu_grouped_matmul": "gmm",
-    "npu_moe_gating_top_k": "gating",
     "npu_ffn": "ffn",
     "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
     "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
@@ -50,7 +50,15 @@ __ascend_moe_shim__ = True
 
 def _bind_ops(namespace: Dict[str, Any]) -> None:
     import importlib
+    from ..opdecl import all_decls
+    import ascend_moe.ops as ops
+    for decl in all_decls():
+        if "torch_npu" in decl.drop_in and hasattr(ops, decl.name):
+            namespace[decl.name] = getattr(ops, decl.name)
+            OPS[decl.name] = "opdecl"
     for name, module in OPS.items():
+        if module == "opdecl":
+            continue
         try:
             mod = importlib.import_module(f"ascend_moe.ops.{module}")
         except ImportError:  # the op family is missing from this build: the name stays unimplemented

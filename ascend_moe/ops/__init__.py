@@ -1,9 +1,32 @@
-"""The torch-facing ops: one module per op family (signature, shape rule, torch.library
-registration, autograd).  Importing this package registers ``torch.ops.ascend_moe.*``."""
-from .gmm import *  # noqa: F401,F403,E402
-from .gating import *  # noqa: F401,F403,E402
-from .ffn import *  # noqa: F401,F403,E402
-from .swiglu_quant import *  # noqa: F401,F403,E402
-from .finalize_routing import *  # noqa: F401,F403,E402
-from .format_cast import *  # noqa: F401,F403,E402
-from . import _npu_kernels  # noqa: F401,E402  (PrivateUse1 kernels of every op above; keep last)
+"""The ops: one declaration per op (:mod:`ascend_moe.opdecl`), one module per op family.
+
+The declaration modules import no torch (the checker binds calls with them in torch-free processes).
+When torch is importable, importing this package registers ``torch.ops.ascend_moe.*`` from the
+declarations (:mod:`ascend_moe.ops._generate`) and exports the public functions.
+"""
+from ..opdecl import DECL_MODULES, get_decl
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError:  # pragma: no cover - exercised only without torch
+    _torch = None
+
+__all__ = []
+
+if _torch is not None:
+    from ._generate import register as _register
+
+    for _name in DECL_MODULES:
+        _fn = _register(get_decl(_name))
+        globals()[_name] = _fn
+        __all__.append(_name)
+
+    from .gmm import *  # noqa: F401,F403,E402
+    from .ffn import *  # noqa: F401,F403,E402
+    from .swiglu_quant import *  # noqa: F401,F403,E402
+    from .finalize_routing import *  # noqa: F401,F403,E402
+    from .format_cast import *  # noqa: F401,F403,E402
+    from . import _npu_kernels  # noqa: F401,E402  (PrivateUse1 kernels of the not yet declared ops; keep last)
+    from . import gmm as _g, ffn as _f, swiglu_quant as _s, finalize_routing as _fr, format_cast as _fc
+    for _m in (_g, _f, _s, _fr, _fc):
+        __all__.extend(n for n in _m.__all__ if n not in __all__)

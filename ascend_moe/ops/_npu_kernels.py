@@ -149,7 +149,12 @@ def register_all() -> Dict[str, str]:
     ``{op: "registered" | "already registered"}``."""
     device = torch._C._get_privateuse1_backend_name()  # "privateuseone", or "npu" under torch_npu
     status: Dict[str, str] = {}
+    from ._generate import NPU_KERNELS as generated
     for op in registered_ops():
+        if op in generated:  # generated from the op's declaration (checker + aclnn, or the simulated device)
+            NPU_KERNELS[op] = generated[op]
+            status[op] = "registered"
+            continue
         if op in NPU_KERNELS or torch._C._dispatch_has_kernel_for_dispatch_key(
                 f"{NAMESPACE}::{op}", "PrivateUse1"):
             status[op] = "already registered"

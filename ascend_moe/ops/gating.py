@@ -1,80 +1,116 @@
-"""``npu_moe_gating_top_k`` for torch: torch_npu's signature and defaults, one custom op
-``torch.ops.ascend_moe.npu_moe_gating_top_k`` (fake kernel = rules + torch_npu's Meta shape rule,
-CPU kernel = rules + backend policy -> simulator or aclnn).
+"""Declaration of ``npu_moe_gating_top_k`` (torch_npu; rules :mod:`ascend_moe.rules.gating`, numerics
+and the faithfulness contract :mod:`ascend_moe.sim.gating`).
 
 Defaults are the registered torch_npu schema (``norm_type=0`` softmax).  The torch_npu 7.0.0/7.1.0 doc
 prototype printed ``norm_type=1``; that line was stale (its own parameter text says 0), so pass
 ``norm_type=1`` explicitly for sigmoid routing.
+
+Target-dependent behaviour is decided here, not in the simulator (:func:`semantics`): before CANN
+8.3.RC1 only the DeepSeek-V3 kernel exists (group_select_mode is not read; groups score by their
+top-2 sum); the without-group softmax divides by the sum from 9.0.0 on (multiplies by its reciprocal
+before).  This module does not import torch.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, List
 
-import torch
-
-from ..backends import use_backend
-from ..sim import gating as _sim
-from ._common import check_only, checked_backend, from_numpy, shape_rule, to_numpy
-
-__all__ = ["npu_moe_gating_top_k"]
+from ..opdecl import AclnnEntry, ErrorInput, OpDecl, Out, SampleInput, declare
+from ..products import CannVersion
 
 OP = "npu_moe_gating_top_k"
 
+# Version boundaries (spec A.7 "Version history"):
+LEGACY_UNTIL = CannVersion("8.3.RC1")      # torch_npu 7.0/7.1 generation: DeepSeek-V3 kernel only
+DIV_SOFTMAX_SINCE = CannVersion("9.0.0")   # OT 5dbcb68ba (2026-06-27): softmax e/S instead of e*(1/S)
 
-@shape_rule(OP)
-def _shapes(args):
+
+def semantics(cann: Any):
+    """The simulator's target-dependent switches for CANN release ``cann``."""
+    from ..sim.gating import Semantics
+    v = CannVersion(cann)
+    return Semantics(legacy=v < LEGACY_UNTIL, softmax_divide=not v < DIV_SOFTMAX_SINCE)
+
+
+def _shape(a: Dict[str, Any]) -> List[Any]:
     """op-plugin ``npu_moe_gating_top_k_meta``: y [rows,k] x.dtype, expert_idx [rows,k] int32,
     norm_out [rows,E] float32 (allocated even when out_flag is False)."""
-    x, k = args["x"], int(args["k"])
-    rows, experts = int(x.shape[0]), int(x.shape[1])
-    return [((rows, k), x.dtype), ((rows, k), torch.int32), ((rows, experts), torch.float32)]
+    x, k = a["x"], a["k"]
+    rows, experts = x.shape[0], x.shape[1]
+    return [((rows, k), x.dtype), ((rows, k), "int32"), ((rows, experts), "float32")]
 
 
-def _args(x, k, bias, input_ids, tid2eid, k_group, group_count, group_select_mode, renorm, norm_type,
-          out_flag, routed_scaling_factor, eps):
-    return dict(x=x, k=k, bias=bias, input_ids=input_ids, tid2eid=tid2eid, k_group=k_group,
-                group_count=group_count, group_select_mode=group_select_mode, renorm=renorm,
-                norm_type=norm_type, out_flag=out_flag, routed_scaling_factor=routed_scaling_factor, eps=eps)
+def _sim(a: Dict[str, Any], target: Any):
+    from ..sim.gating import moe_gating_top_k_compute
+    return moe_gating_top_k_compute(
+        a["x"], a["k"], a["bias"], a["input_ids"], a["tid2eid"], a["k_group"], a["group_count"],
+        a["group_select_mode"], a["renorm"], a["norm_type"], a["out_flag"], a["routed_scaling_factor"],
+        a["eps"], semantics=semantics(target.cann))
 
 
-@torch.library.custom_op("ascend_moe::npu_moe_gating_top_k", mutates_args=())
-def _op(x: torch.Tensor, k: int, bias: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
-        tid2eid: Optional[torch.Tensor] = None, k_group: int = 1, group_count: int = 1,
-        group_select_mode: int = 0, renorm: int = 0, norm_type: int = 0, out_flag: bool = False,
-        routed_scaling_factor: float = 1.0, eps: float = 1e-20) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = _args(x, k, bias, input_ids, tid2eid, k_group, group_count, group_select_mode, renorm, norm_type,
-                 out_flag, routed_scaling_factor, eps)
-    be = checked_backend(OP, args, [x, bias, input_ids, tid2eid])
-    if be == "aclnn":
-        from ..backends import aclnn
-        return aclnn.call(OP, args)
-    from ..products import resolve_target
-    y, idx, norm = _sim.moe_gating_top_k_compute(
-        to_numpy(x), k, to_numpy(bias), to_numpy(input_ids), to_numpy(tid2eid), k_group, group_count,
-        group_select_mode, renorm, norm_type, out_flag, routed_scaling_factor, eps, cann=resolve_target().cann)
-    return from_numpy(y), from_numpy(idx), from_numpy(norm)
+_SCALARS = ("int64_t k, int64_t kGroup, int64_t groupCount, int64_t groupSelectMode, int64_t renorm, "
+            "int64_t normType, bool outFlag, double routedScalingFactor, double eps, "
+            "aclTensor *yOut, aclTensor *expertIdxOut, aclTensor *outOut")
+_OUTS = {"yOut": Out(0), "expertIdxOut": Out(1), "outOut": Out(2), "biasOptional": "bias",
+         "inputIdsOptional": "input_ids", "tid2eidOptional": "tid2eid"}
 
 
-@_op.register_fake
-def _fake(x, k, bias=None, input_ids=None, tid2eid=None, k_group=1, group_count=1, group_select_mode=0,
-          renorm=0, norm_type=0, out_flag=False, routed_scaling_factor=1.0, eps=1e-20):
-    args = _args(x, k, bias, input_ids, tid2eid, k_group, group_count, group_select_mode, renorm, norm_type,
-                 out_flag, routed_scaling_factor, eps)
-    check_only(OP, args)
-    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in _shapes(args))
+def _family(a: Dict[str, Any]) -> str:
+    return "gating_hash" if a.get("input_ids") is not None or a.get("tid2eid") is not None else "gating"
 
 
-def npu_moe_gating_top_k(x: torch.Tensor, k: int, *, bias: Optional[torch.Tensor] = None,
-                         input_ids: Optional[torch.Tensor] = None, tid2eid: Optional[torch.Tensor] = None,
-                         k_group: int = 1, group_count: int = 1, group_select_mode: int = 0, renorm: int = 0,
-                         norm_type: int = 0, out_flag: bool = False, routed_scaling_factor: float = 1.0,
-                         eps: float = 1e-20, backend: Optional[str] = None
-                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """torch_npu.npu_moe_gating_top_k: ``(y [rows,k] x.dtype, expert_idx [rows,k] int32,
-    norm_out [rows,E] float32)``.  ``norm_out`` holds the unbiased softmax/sigmoid output only when
-    ``out_flag`` is True; otherwise the device leaves it unwritten and the simulator fills it by the
-    undefined-region policy (NaN by default).  Formula, order and tie rules: :mod:`ascend_moe.sim.gating`."""
-    with use_backend(backend):
-        return torch.ops.ascend_moe.npu_moe_gating_top_k(
-            x, k, bias, input_ids, tid2eid, k_group, group_count, group_select_mode, renorm, norm_type,
-            out_flag, routed_scaling_factor, eps)
+def _samples() -> List[SampleInput]:
+    import torch
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(5, 16, generator=g)
+    bias = torch.randn(16, generator=g) * 0.1
+    kw = dict(bias=bias, k_group=2, group_count=4, group_select_mode=1, renorm=0, norm_type=1,
+              routed_scaling_factor=2.5, eps=1e-20)
+    exp = [((5, 4), "float32"), ((5, 4), "int32"), ((5, 16), "float32")]
+    return [SampleInput((x, 4), dict(kw, out_flag=True), exp, name="grouped_sigmoid"),
+            SampleInput((x, 4), dict(kw, out_flag=False), exp, name="norm_out_undefined", undefined="zero"),
+            SampleInput((x.to(torch.bfloat16), 2), dict(norm_type=0, out_flag=True),
+                        [((5, 2), "bfloat16"), ((5, 2), "int32"), ((5, 16), "float32")], name="softmax_bf16")]
+
+
+def _error_inputs() -> List[ErrorInput]:
+    import numpy as np
+    import torch
+    from ..rules import ConstraintError
+    x = torch.randn(4, 16)
+    return [
+        ErrorInput(SampleInput((x, 17)), ConstraintError, r"k"),
+        ErrorInput(SampleInput((x, "2")), TypeError, r"argument 'k' must be an int"),
+        ErrorInput(SampleInput((x, 2.0)), TypeError, r"argument 'k' must be an int"),
+        ErrorInput(SampleInput((x, None)), TypeError, r"argument 'k' must be an int"),
+        ErrorInput(SampleInput((x, 2), dict(k_group=2 ** 64)), TypeError, r"argument 'k_group' must be an int in the int64"),
+        ErrorInput(SampleInput((np.zeros((4, 16), np.float32), 2)), TypeError, r"argument 'x' must be a Tensor"),
+        ErrorInput(SampleInput((x, 2), dict(out_flag="yes")), TypeError, r"argument 'out_flag' must be a bool"),
+        ErrorInput(SampleInput((x, 2), dict(bias=torch.zeros(16, device="meta"))), RuntimeError,
+                   r"'x' is on cpu and 'bias' is on meta"),
+        ErrorInput(SampleInput((x, 2, torch.zeros(16))), TypeError, r"positional argument"),
+    ]
+
+
+DECL = declare(OpDecl(
+    schema="npu_moe_gating_top_k(Tensor x, int k, *, Tensor? bias=None, Tensor? input_ids=None, "
+           "Tensor? tid2eid=None, int k_group=1, int group_count=1, int group_select_mode=0, int renorm=0, "
+           "int norm_type=0, bool out_flag=False, float routed_scaling_factor=1.0, float eps=1e-20) "
+           "-> (Tensor, Tensor, Tensor)",
+    rules="gating",
+    shape=_shape,
+    sim=_sim,
+    aclnn=(
+        AclnnEntry("aclnnMoeGatingTopK", family="gating", requires=("x",),
+                   params="const aclTensor *x, const aclTensor *biasOptional, " + _SCALARS, bind=_OUTS),
+        AclnnEntry("aclnnMoeGatingTopKV2", family="gating_hash", requires=("x",), since="9.0.0",
+                   params="const aclTensor *x, const aclTensor *biasOptional, const aclTensor *inputIdsOptional, "
+                          "const aclTensor *tid2eidOptional, " + _SCALARS, bind=_OUTS),
+    ),
+    choose_entry=_family,
+    doc="""torch_npu.npu_moe_gating_top_k: ``(y [rows,k] x.dtype, expert_idx [rows,k] int32, norm_out [rows,E]
+float32)``.  ``norm_out`` holds the unbiased softmax/sigmoid output only when ``out_flag`` is True;
+otherwise the device leaves it unwritten and the simulator fills it by the undefined-region policy (NaN
+by default).  Formula, order and tie rules: :mod:`ascend_moe.sim.gating`.""",
+    samples=_samples,
+    error_inputs=_error_inputs,
+))

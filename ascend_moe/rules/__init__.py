@@ -342,17 +342,21 @@ OP_MODULES: Dict[str, str] = {
 _REGISTRY: Dict[str, OpSpec] = {}
 
 
-def register_op(name: str, signature: Callable[..., Any], products: Iterable[str], source: str = "",
-                product_notes: Optional[Dict[str, str]] = None) -> OpSpec:
-    """Declare an op: ``signature`` is any function with the op's parameter list (its sim twin);
-    ``product_notes`` explains, per product outside ``products``, why calls there are rejected."""
+def register_op(name: str, signature: Optional[Callable[..., Any]] = None, products: Iterable[str] = (),
+                source: str = "", product_notes: Optional[Dict[str, str]] = None) -> OpSpec:
+    """Declare an op's rule set.  The signature comes from the op's declaration
+    (:mod:`ascend_moe.opdecl`); ``signature`` (any function with the op's parameter list) serves ops not
+    declared there yet.  ``product_notes`` explains, per product outside ``products``, why calls there
+    are rejected."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
     prods = frozenset(products)
     unknown = prods - set(PRODUCTS)
     if unknown:
         raise ValueError(f"op {name}: unknown products {sorted(unknown)}")
-    sig = inspect.signature(signature)
+    from ..opdecl import get_decl
+    decl = get_decl(name)
+    sig = decl.signature if decl is not None else inspect.signature(signature)
     sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "undefined"])
     notes = dict(product_notes or {})
     unknown = set(notes) - set(PRODUCTS)
@@ -379,8 +383,17 @@ def all_ops() -> List[OpSpec]:
     return [get_op(n) for n in OP_MODULES]
 
 
+def _tensor_like(v: Any) -> bool:
+    return isinstance(v, (TensorSpec, TensorMeta, np.ndarray)) or _is_torch_tensor(v)
+
+
 def bind(op: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Bind a call's arguments to the op's signature (defaults applied); TypeError names the problem."""
+    """Bind a call's arguments to the op's signature (defaults applied); TypeError names the problem
+    and shows the op's torch signature.  Tensors may be torch tensors, NumPy arrays or TensorSpecs."""
+    from ..opdecl import get_decl
+    decl = get_decl(op)
+    if decl is not None:
+        return decl.bind(args, kwargs, tensor_check=_tensor_like)
     spec = get_op(op)
     try:
         bound = spec.signature.bind(*args, **kwargs)

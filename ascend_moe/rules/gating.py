@@ -31,8 +31,13 @@ LEGACY_DOC = ("torch_npu 7.0.0 doc torch_npu.npu_moe_gating_top_k (hiascend Pyto
               "op-plugin 7.1.0 docs/context/torch_npu-npu_moe_gating_top_k.md (seed 001)")
 WRAPPER = "op-plugin op_plugin/ops/opapi/MoeGatingTopKKernelNpuOpApi.cpp"
 
-spec = register_op(OP, _sim.npu_moe_gating_top_k, products=PRODUCTS,
+spec = register_op(OP, products=PRODUCTS,
                    source="aclnnMoeGatingTopK docs (A2/A3, Ascend 950); torch_npu docs list A2/A3")
+
+
+def _semantics(cann):
+    from ..ops.gating import semantics  # the declaration decides the target-dependent switches
+    return semantics(cann)
 
 
 def _xshape(call):
@@ -397,7 +402,7 @@ def _(call):
     if _hash(call) and _experts(call) and (_grouped(call) or _sim.kernel_path(
             _experts(call), call["k"], call.given("bias"), call["k_group"], call["group_count"],
             call["group_select_mode"], call["renorm"], call["norm_type"], bool(call["out_flag"]),
-            _sim.Semantics.for_version(call.cann)) != _sim.PATH_WITHOUT_GROUP):
+            _semantics(call.cann)) != _sim.PATH_WITHOUT_GROUP):
         return (f"hash mode is documented for the ungrouped path only; with k_group={call['k_group']}, "
                 f"group_count={call['group_count']} the A2/A3 kernel ignores input_ids/tid2eid")
 

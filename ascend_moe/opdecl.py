@@ -1,0 +1,525 @@
+"""One declaration per op: the single place that holds all that is true of an operator.
+
+An :class:`OpDecl` carries
+
+* ``schema``: the torch_npu / MindSpeed signature exactly as op-plugin's ``op_plugin_functions.yaml``
+  spells it (names, order, the ``*`` keyword-only split, defaults, the overload name);
+* ``shape``: the output shape/dtype rule from metadata alone (fake kernels, aclnn output allocation);
+* ``rules``: the module under :mod:`ascend_moe.rules` that declares the op's constraints;
+* ``sim``: the simulator adapter ``(args with NumPy arrays, target) -> outputs`` that decides every
+  target-dependent behaviour and calls the pure NumPy compute in :mod:`ascend_moe.sim`;
+* ``aclnn``: the aclnn binding, one :class:`AclnnEntry` per entry point (its C parameter list written
+  as the C prototype, the inputs it requires, the first CANN release that has it) - the one table the
+  checker's entry-point choice and the aclnn argument builder both read;
+* ``backward`` / ``setup_context`` where there is a gradient;
+* ``samples`` / ``error_inputs``: OpInfo-style tables driving the generated tests.
+
+Everything else is generated from it (:mod:`ascend_moe.ops._generate`): the ``torch.library`` schema,
+the fake / CPU / PrivateUse1 kernels, the public Python function (``__signature__``, type hints,
+docstring) with one binder, ``ascend_moe.check()``'s binding, the torch_npu / MindSpeed drop-in
+names and the test tables.
+
+This module does not import torch: the checker binds calls with it in torch-free processes.  The
+schema parser below reads the subset of torch's schema language op-plugin uses; the tests compare
+it with ``torch._C.parse_schema``.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = ["SchemaArg", "Schema", "parse_schema", "AclnnEntry", "CParam", "Out", "SampleInput", "ErrorInput",
+           "OpDecl", "declare", "get_decl", "all_decls", "BindError"]
+
+NO_DEFAULT = inspect.Parameter.empty
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+# ------------------------------------------------------------------------------------------------
+# the schema language (the subset op-plugin's yaml uses)
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SchemaArg:
+    """One argument of a schema: ``type`` as written (``Tensor?``, ``int[]?``, ``ScalarType?``...)."""
+    name: str
+    type: str
+    default: Any = NO_DEFAULT
+    kwarg_only: bool = False
+
+    @property
+    def optional(self) -> bool:
+        return self.type.endswith("?")
+
+    @property
+    def base(self) -> str:
+        """The type without ``?``: ``Tensor``, ``Tensor[]``, ``int``, ``int[]``, ``float``, ..."""
+        return self.type.rstrip("?")
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.base in ("Tensor", "Tensor[]")
+
+    def spelled(self) -> str:
+        d = "" if self.default is NO_DEFAULT else "=" + _default_text(self.default)
+        return f"{self.type} {self.name}{d}"
+
+
+def _default_text(v: Any) -> str:
+    if v is None:
+        return "None"
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_default_text(i) for i in v) + "]"
+    return repr(v)
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    overload: str
+    args: Tuple[SchemaArg, ...]
+    returns: Tuple[str, ...]
+
+    def arg(self, name: str) -> SchemaArg:
+        for a in self.args:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        return tuple(a.name for a in self.args)
+
+    def spelled(self, *, keyword_split: bool = True, name: bool = True) -> str:
+        parts: List[str] = []
+        star = False
+        for a in self.args:
+            if keyword_split and a.kwarg_only and not star:
+                parts.append("*")
+                star = True
+            parts.append(a.spelled())
+        ret = self.returns[0] if len(self.returns) == 1 else "(" + ", ".join(self.returns) + ")"
+        head = (self.name + (f".{self.overload}" if self.overload else "")) if name else ""
+        return f"{head}({', '.join(parts)}) -> {ret}"
+
+
+_SCALAR_TYPES = ("Tensor", "Tensor[]", "int", "int[]", "SymInt", "SymInt[]", "float", "float[]", "bool", "str",
+                 "ScalarType", "Scalar")
+
+
+def _split_top(text: str) -> List[str]:
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    if "".join(cur).strip():
+        out.append("".join(cur).strip())
+    return out
+
+
+def _parse_default(text: str) -> Any:
+    t = text.strip()
+    if t == "None":
+        return None
+    if t in ("True", "False"):
+        return t == "True"
+    if t.startswith("[") and t.endswith("]"):
+        inner = t[1:-1].strip()
+        return [] if not inner else [_parse_default(i) for i in inner.split(",")]
+    if t[:1] in "'\"":
+        return t[1:-1]
+    if re.fullmatch(r"[-+]?\d+", t):
+        return int(t)
+    return float(t)
+
+
+def parse_schema(text: str) -> Schema:
+    """Parse ``name[.overload](args) -> returns`` into a :class:`Schema` (torch-free)."""
+    m = re.fullmatch(r"\s*([\w.]+)\s*\((.*)\)\s*->\s*(.+?)\s*", text, flags=re.S)
+    if not m:
+        raise ValueError(f"not a schema: {text!r}")
+    full, body, ret = m.groups()
+    name, _, overload = full.partition(".")
+    args: List[SchemaArg] = []
+    kwarg_only = False
+    for part in _split_top(body):
+        if part == "*":
+            kwarg_only = True
+            continue
+        decl, eq, default = part.partition("=")
+        typ, _, aname = decl.strip().rpartition(" ")
+        if typ.rstrip("?") not in _SCALAR_TYPES:
+            raise ValueError(f"schema {full}: unsupported type {typ!r} of {aname!r}")
+        args.append(SchemaArg(aname.strip(), typ.strip(), _parse_default(default) if eq else NO_DEFAULT,
+                              kwarg_only))
+    ret = ret.strip()
+    returns = tuple(r.strip() for r in _split_top(ret[1:-1])) if ret.startswith("(") else (ret,)
+    return Schema(name, overload, tuple(args), returns)
+
+
+# ------------------------------------------------------------------------------------------------
+# the aclnn binding: one entry per entry point
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Out:
+    """A C output parameter bound to the op's output ``index``."""
+    index: int
+
+
+@dataclass(frozen=True)
+class CParam:
+    """One parameter of an aclnn ``...GetWorkspaceSize`` prototype."""
+    ctype: str      # T (const aclTensor*), L (const aclTensorList*), O / OL (outputs), IA, i64, f32, f64, b, s
+    name: str       # the C name, as the prototype writes it
+
+
+_CTYPES = (
+    (r"const\s+aclTensorList\s*\*", "L"), (r"aclTensorList\s*\*", "OL"),
+    (r"const\s+aclTensor\s*\*", "T"), (r"aclTensor\s*\*", "O"),
+    (r"const\s+aclIntArray\s*\*", "IA"), (r"int64_t", "i64"), (r"float", "f32"), (r"double", "f64"),
+    (r"bool", "b"), (r"(const\s+)?char\s*\*", "s"),
+)
+
+
+def parse_c_params(proto: str) -> Tuple[CParam, ...]:
+    """``"const aclTensor *x, float sharedInputWeight, aclTensor *out"`` -> CParams."""
+    params = []
+    for part in _split_top(proto):
+        for pattern, kind in _CTYPES:
+            m = re.fullmatch(rf"\s*{pattern}\s*(\w+)\s*", part)
+            if m:
+                params.append(CParam(kind, m.groups()[-1]))
+                break
+        else:
+            raise ValueError(f"unsupported C parameter {part!r}")
+    return tuple(params)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@dataclass(frozen=True)
+class AclnnEntry:
+    """One aclnn entry point of an op.
+
+    ``params``: the C parameter list of ``<name>GetWorkspaceSize`` without the trailing
+    ``uint64_t *workspaceSize, aclOpExecutor **executor``, as the C prototype writes it.  Each C
+    parameter takes the op argument of the same name in snake_case (``pertokenScale`` ->
+    ``pertoken_scale``), unless ``bind`` maps it to another argument name, a constant, an
+    :class:`Out`, or a function ``(args, outs) -> value``.  ``requires``: the inputs the host code
+    rejects as null.  ``since``: the first CANN release that has it (None: every modelled release).
+    ``family``: the dispatcher's call family (``ascend_moe._C.choose``); entries of one family are
+    listed in op-plugin's preference order.
+    """
+    name: str
+    family: str
+    params: str
+    requires: Tuple[str, ...] = ()
+    since: Optional[str] = None
+    bind: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def c_params(self) -> Tuple[CParam, ...]:
+        return parse_c_params(self.params)
+
+    @property
+    def short(self) -> str:
+        """The name without the op's aclnn prefix, e.g. ``V3`` / ``WeightNz``, set by the decl."""
+        return self.name
+
+
+# ------------------------------------------------------------------------------------------------
+# OpInfo-style test tables
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class SampleInput:
+    """One call of an op in the public spelling: ``args`` / ``kwargs``; ``expected``: the outputs'
+    ``[(shape, dtype name)]`` in return order; ``undefined``: the undefined-region policy under which
+    opcheck compares results; ``reference``: an optional independent NumPy/plain-loop reference
+    ``(sample) -> outputs`` the simulator is compared against bit for bit."""
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    expected: Optional[List[Tuple[Tuple[int, ...], str]]] = None
+    name: str = ""
+    undefined: str = "poison"
+    reference: Optional[Callable[["SampleInput"], Any]] = None
+
+
+@dataclass
+class ErrorInput:
+    """A call that must fail: ``error_type`` with a message matching ``error_regex``."""
+    sample: SampleInput
+    error_type: type
+    error_regex: str
+
+
+# ------------------------------------------------------------------------------------------------
+# the declaration
+# ------------------------------------------------------------------------------------------------
+
+class BindError(TypeError):
+    """A call's arguments do not fit the op's schema (names, count or types)."""
+
+
+@dataclass
+class OpDecl:
+    schema: str
+    rules: str
+    shape: Callable[[Dict[str, Any]], List[Tuple[Tuple[Any, ...], Any]]]
+    sim: Callable[[Dict[str, Any], Any], Any]
+    aclnn: Tuple[AclnnEntry, ...] = ()
+    choose_entry: Optional[Callable[[Dict[str, Any]], str]] = None   # args -> family
+    doc: str = ""
+    drop_in: Tuple[str, ...] = ("torch_npu",)      # torch_npu and/or mindspeed
+    normalize: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+    backward: Optional[Callable[..., Any]] = None
+    setup_context: Optional[Callable[..., Any]] = None
+    samples: Optional[Callable[[], List[SampleInput]]] = None
+    error_inputs: Optional[Callable[[], List[ErrorInput]]] = None
+    # public-only conversions ``{arg: fn(value) -> value}`` applied by the binder before type checks
+    # (e.g. a torch dtype accepted where the schema says int)
+    convert: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    parsed: Schema = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.parsed = parse_schema(self.schema)
+        names = set(self.parsed.names)
+        for e in self.aclnn:
+            for p in e.c_params:
+                if p.ctype in ("O", "OL"):
+                    if not isinstance(e.bind.get(p.name, Out(0)), Out):
+                        raise ValueError(f"{self.name}: {e.name}: output {p.name} must bind to Out(i)")
+                    continue
+                if p.name not in e.bind and _snake(p.name) not in names:
+                    raise ValueError(f"{self.name}: {e.name}: C parameter {p.name!r} matches no argument "
+                                     f"({_snake(p.name)!r}); map it in bind=")
+            for r in e.requires:
+                if r not in names:
+                    raise ValueError(f"{self.name}: {e.name}: required input {r!r} is not an argument")
+
+    @property
+    def name(self) -> str:
+        return self.parsed.name
+
+    @property
+    def args(self) -> Tuple[SchemaArg, ...]:
+        return self.parsed.args
+
+    def entry(self, name: str) -> AclnnEntry:
+        for e in self.aclnn:
+            if e.name == name or e.name.endswith(name) and e.name[: -len(name)].endswith(
+                    _common_prefix(self.aclnn)):
+                return e
+        raise KeyError(f"{self.name}: no aclnn entry point {name!r}")
+
+    def short_name(self, entry: AclnnEntry) -> str:
+        """``aclnnGroupedMatmulFinalizeRoutingV3`` -> ``V3`` (relative to the family's common prefix)."""
+        prefix = _common_prefix(self.aclnn)
+        return entry.name[len(prefix):] or "V1"
+
+    def entries(self, family: Optional[str] = None) -> List[AclnnEntry]:
+        return [e for e in self.aclnn if family is None or e.family == family]
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """The Python signature of the declared schema (keyword-only split and defaults as written)."""
+        params = []
+        for a in self.args:
+            kind = inspect.Parameter.KEYWORD_ONLY if a.kwarg_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+            params.append(inspect.Parameter(a.name, kind, default=a.default,
+                                            annotation=_PY_TYPE_TEXT.get(a.type, a.type)))
+        return inspect.Signature(params)
+
+    # -- binding -----------------------------------------------------------------------------------
+
+    def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, tensor_check: Optional[
+            Callable[[Any], bool]] = None, where: str = "", keyword_split: bool = True) -> Dict[str, Any]:
+        """Bind ``args`` / ``kwargs`` to the declared schema: names, count, defaults, then each value's
+        type (``tensor_check`` says what counts as a tensor).  ``keyword_split=False`` binds as the
+        torch.library schema does (it has no ``*``: the kernels receive every argument positionally).  Raises :class:`BindError` (a TypeError)
+        naming the argument, the expected type and the torch signature."""
+        spec = self.args
+        out: Dict[str, Any] = {}
+        positional = [a for a in spec if not a.kwarg_only or not keyword_split]
+        if len(args) > len(positional):
+            raise self._error(f"takes {len(positional)} positional argument(s) but {len(args)} were given "
+                              f"(arguments after the '*' are keyword-only)", where)
+        for a, v in zip(positional, args):
+            out[a.name] = v
+        for k, v in kwargs.items():
+            if k in out:
+                raise self._error(f"got multiple values for argument '{k}'", where)
+            if not any(a.name == k for a in spec):
+                raise self._error(f"got an unexpected keyword argument '{k}'", where)
+            out[k] = v
+        for a in spec:
+            if a.name not in out:
+                if a.default is NO_DEFAULT:
+                    raise self._error(f"missing required argument '{a.name}' ({a.type})", where)
+                out[a.name] = list(a.default) if isinstance(a.default, list) else a.default
+        for a in spec:
+            conv = self.convert.get(a.name)
+            if conv is not None:
+                out[a.name] = conv(out[a.name])
+            out[a.name] = _check_type(self, a, out[a.name], tensor_check, where)
+        if self.normalize is not None:
+            out = self.normalize(out)
+        return out
+
+    def _error(self, what: str, where: str) -> BindError:
+        return BindError(f"{self.name}{where}: {what}; signature: {self.parsed.spelled(name=False)}")
+
+
+def _common_prefix(entries: Sequence[AclnnEntry]) -> str:
+    names = [e.name for e in entries]
+    if not names:
+        return ""
+    p = names[0]
+    for n in names[1:]:
+        while not n.startswith(p):
+            p = p[:-1]
+    return p
+
+
+_PY_TYPE_TEXT = {
+    "Tensor": "Tensor", "Tensor?": "Optional[Tensor]", "Tensor[]": "List[Tensor]",
+    "Tensor[]?": "Optional[List[Tensor]]", "int": "int", "int?": "Optional[int]", "int[]": "List[int]",
+    "int[]?": "Optional[List[int]]", "float": "float", "float?": "Optional[float]", "bool": "bool",
+    "bool?": "Optional[bool]", "str": "str", "str?": "Optional[str]", "ScalarType?": "Optional[torch.dtype]",
+    "ScalarType": "torch.dtype",
+}
+
+
+def _is_int(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    return type(v).__module__ == "numpy" and hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iu" \
+        and getattr(v, "ndim", 1) == 0
+
+
+def _default_tensor_check(v: Any) -> bool:
+    return type(v).__module__.startswith("torch") and hasattr(v, "untyped_storage")
+
+
+def _type_name(v: Any) -> str:
+    t = type(v)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
+
+
+def _check_type(decl: OpDecl, a: SchemaArg, v: Any, tensor_check, where: str) -> Any:
+    """The value converted to the schema type (numpy ints -> int, int -> float), or BindError."""
+    is_tensor = tensor_check or _default_tensor_check
+
+    def bad(expected: str) -> BindError:
+        shown = repr(v) if isinstance(v, (int, float, str, bool, type(None))) else _type_name(v)
+        return decl._error(f"argument '{a.name}' must be {expected}, got {shown}", where)
+
+    if v is None:
+        if a.optional:
+            return None
+        raise bad(_expected(a))
+    base = a.base
+    if base == "Tensor":
+        if not is_tensor(v):
+            raise bad("a Tensor" + (" or None" if a.optional else ""))
+        return v
+    if base == "Tensor[]":
+        if is_tensor(v):
+            raise bad("a list of Tensors (Tensor[]): wrap a single tensor as [t]")
+        if not isinstance(v, (list, tuple)) or not all(is_tensor(t) for t in v):
+            raise bad("a list of Tensors (Tensor[])")
+        return list(v)
+    if base in ("int", "SymInt"):
+        if not _is_int(v):
+            if type(v).__module__.startswith("torch") and "SymInt" in type(v).__name__:
+                return v
+            raise bad("an int")
+        v = int(v)
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise bad("an int in the int64 range")
+        return v
+    if base in ("int[]", "SymInt[]"):
+        if not isinstance(v, (list, tuple)) or not all(_is_int(i) for i in v):
+            raise bad("a list of ints (int[])")
+        vals = [int(i) for i in v]
+        if any(not INT64_MIN <= i <= INT64_MAX for i in vals):
+            raise bad("a list of ints in the int64 range")
+        return vals
+    if base == "float":
+        if isinstance(v, bool) or not (isinstance(v, float) or _is_int(v) or (
+                type(v).__module__ == "numpy" and getattr(getattr(v, "dtype", None), "kind", "") == "f"
+                and getattr(v, "ndim", 1) == 0)):
+            raise bad("a float")
+        return float(v)
+    if base == "bool":
+        if not (isinstance(v, bool) or type(v).__name__ == "bool_"):
+            raise bad("a bool")
+        return bool(v)
+    if base == "str":
+        if not isinstance(v, str):
+            raise bad("a str")
+        return v
+    if base == "ScalarType":
+        if type(v).__name__ != "dtype" or not type(v).__module__.startswith("torch"):
+            raise bad("a torch.dtype")
+        return v
+    return v
+
+
+def _expected(a: SchemaArg) -> str:
+    return {"Tensor": "a Tensor", "Tensor[]": "a list of Tensors (Tensor[])", "int": "an int",
+            "int[]": "a list of ints (int[])", "float": "a float", "bool": "a bool", "str": "a str",
+            "ScalarType": "a torch.dtype"}.get(a.base, a.base) + " (it is not optional)"
+
+
+# ------------------------------------------------------------------------------------------------
+# the registry
+# ------------------------------------------------------------------------------------------------
+
+_DECLS: Dict[str, OpDecl] = {}
+
+# The op index: op name -> the module under ascend_moe.ops that declares it (imported on first use;
+# declaration modules import no torch).  Adding an op adds one line here.
+DECL_MODULES: Dict[str, str] = {
+    "npu_moe_gating_top_k": "gating",
+}
+
+
+def declare(decl: OpDecl) -> OpDecl:
+    """Register a declaration (once per op name)."""
+    if decl.name in _DECLS:
+        raise ValueError(f"op {decl.name!r} declared twice")
+    _DECLS[decl.name] = decl
+    return decl
+
+
+def get_decl(name: str) -> Optional[OpDecl]:
+    """The declaration of ``name``, importing its module on first use; None for ops not (yet) declared."""
+    if name not in _DECLS and name in DECL_MODULES:
+        import importlib
+        importlib.import_module(f"ascend_moe.ops.{DECL_MODULES[name]}")
+    return _DECLS.get(name)
+
+
+def all_decls() -> Iterator[OpDecl]:
+    for name in list(DECL_MODULES):
+        get_decl(name)
+    return iter(list(_DECLS.values()))

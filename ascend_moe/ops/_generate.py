@@ -1,0 +1,316 @@
+"""Everything torch-facing that is generated from an :class:`~ascend_moe.opdecl.OpDecl`.
+
+``register(decl)`` defines ``torch.ops.ascend_moe.<name>`` and returns the public function:
+
+* the ``torch.library`` schema: the declared op-plugin schema without its ``*`` (``custom_op`` does
+  not take keyword-only tensors, and ``torch.ops`` callers pass them positionally);
+* the fake (Meta) kernel: bind, one-device check, checker, shape rule -> ``new_empty``;
+* the CPU kernel: bind, one-device check, checker, then the simulator (or, only as the documented
+  test hook ``use_backend("aclnn")`` / ``set_backend("aclnn")`` / ``ASCEND_MOE_BACKEND=aclnn`` with the
+  fake CANN runtime loaded, aclnn on CPU tensors);
+* the PrivateUse1 kernel: checker, then aclnn - or the simulator on :func:`host_view` of the tensors
+  when :func:`~ascend_moe.backends.privateuse1_is_simulated` says the device is the simulated one;
+* autograd from ``decl.backward`` / ``decl.setup_context``;
+* the public function: a real ``__signature__`` (the declared schema + ``backend=None``), type hints,
+  the declaration's docstring, one binder that validates names and types (TypeError naming the
+  argument and the expected type) and devices, and no ambient state: the device decides the kernel,
+  so every public op compiles with ``torch.compile(fullgraph=True)``.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .. import backends as _backends
+from ..backends import NPU_DEVICE_TYPES, BackendError, requested_backend, select_backend
+from ..opdecl import OpDecl
+from ._common import from_numpy, to_numpy
+
+NAMESPACE = "ascend_moe"
+
+# op name -> its CustomOpDef / public function / PrivateUse1 kernel
+OPDEFS: Dict[str, Any] = {}
+PUBLIC: Dict[str, Callable[..., Any]] = {}
+NPU_KERNELS: Dict[str, Callable[..., Any]] = {}
+
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8,
+           "int32": torch.int32, "int64": torch.int64, "uint8": torch.uint8, "int16": torch.int16,
+           "bool": torch.bool, "float64": torch.float64}
+
+
+def torch_dtype(d: Any) -> torch.dtype:
+    """A shape rule's dtype (a torch dtype or a dtype name) as a torch dtype."""
+    return d if isinstance(d, torch.dtype) else _DTYPES[str(d)]
+
+
+def _is_tensor(v: Any) -> bool:
+    return isinstance(v, torch.Tensor)
+
+
+def torch_schema(decl: OpDecl) -> str:
+    return decl.parsed.spelled(keyword_split=False, name=False)
+
+
+def bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Binding of the public spelling (the declared schema, ``*`` included)."""
+    return decl.bind(args, kwargs, tensor_check=_is_tensor)
+
+
+def kernel_bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Binding inside the kernels: the torch.library schema (no ``*``)."""
+    return decl.bind(args, kwargs, tensor_check=_is_tensor, keyword_split=False)
+
+
+def tensors_of(decl: OpDecl, a: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
+    found: List[Tuple[str, torch.Tensor]] = []
+    for arg in decl.args:
+        v = a.get(arg.name)
+        if isinstance(v, torch.Tensor):
+            found.append((arg.name, v))
+        elif isinstance(v, (list, tuple)):
+            found.extend((f"{arg.name}[{i}]", t) for i, t in enumerate(v) if isinstance(t, torch.Tensor))
+    return found
+
+
+def check_one_device(decl: OpDecl, named: List[Tuple[str, torch.Tensor]]) -> Optional[torch.device]:
+    """All tensor arguments on one device type, else BackendError naming each argument's device."""
+    if not named:
+        return None
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device.type != first.device.type:
+            raise BackendError(
+                f"{decl.name}: all tensor arguments must be on one device, but '{first_name}' is on "
+                f"{first.device} and '{name}' is on {t.device}; move them to one device (CPU for the "
+                "simulator, the NPU for aclnn, 'meta' for shape-only tracing)")
+    return first.device
+
+
+# ------------------------------------------------------------------------------------------------
+# running the simulator and aclnn
+# ------------------------------------------------------------------------------------------------
+
+def _np_args(decl: OpDecl, a: Dict[str, Any], view: Callable[[torch.Tensor], torch.Tensor]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for name, v in a.items():
+        if isinstance(v, torch.Tensor):
+            out[name] = to_numpy(view(v))
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(t, torch.Tensor) for t in v):
+            out[name] = [to_numpy(view(t)) for t in v]
+        else:
+            out[name] = v
+    return out
+
+
+def _structure(decl: OpDecl, outs: List[torch.Tensor]) -> Any:
+    rets = decl.parsed.returns
+    if rets == ("Tensor[]",):
+        return list(outs)
+    if len(rets) == 1:
+        return outs[0]
+    return tuple(outs)
+
+
+def _flat_outputs(result: Any) -> List[Any]:
+    if isinstance(result, (list, tuple)):
+        return list(result)
+    return [result]
+
+
+def run_sim(decl: OpDecl, a: Dict[str, Any], target: Any, device: Optional[torch.device] = None) -> Any:
+    """The simulator on the bound arguments; outputs on ``device`` (CPU when None)."""
+    on_device = device is not None and device.type != "cpu"
+    view = _backends.host_view if on_device else (lambda t: t)
+    result = decl.sim(_np_args(decl, a, view), target)
+    outs = [from_numpy(np.asarray(r)) for r in _flat_outputs(result)]
+    if on_device:
+        placed = []
+        for o in outs:
+            d = torch.empty(o.shape, dtype=o.dtype, device=device)
+            view(d).copy_(o)
+            placed.append(d)
+        outs = placed
+    return _structure(decl, outs)
+
+
+def _aclnn(decl: OpDecl, a: Dict[str, Any]) -> Any:
+    try:
+        from ..backends import aclnn
+    except ImportError as e:  # the dispatcher's Python side is missing from this build
+        raise BackendError(f"{decl.name}: the aclnn backend module cannot be imported ({e})") from e
+    return aclnn.call(decl.name, a)
+
+
+def _enforce(decl: OpDecl, a: Dict[str, Any]):
+    from ..rules import enforce_call
+    return enforce_call(decl.name, a)
+
+
+# ------------------------------------------------------------------------------------------------
+# kernels
+# ------------------------------------------------------------------------------------------------
+
+def make_fake_kernel(decl: OpDecl) -> Callable[..., Any]:
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        a = kernel_bind(decl, args, kwargs)
+        named = tensors_of(decl, a)
+        device = check_one_device(decl, named)
+        _enforce(decl, a)
+        outs = [named[0][1].new_empty(tuple(shape), dtype=torch_dtype(dt), device=device)
+                for shape, dt in decl.shape(a)]
+        return _structure(decl, outs)
+    fake.__name__ = f"{decl.name}_fake"
+    return fake
+
+
+def make_cpu_kernel(decl: OpDecl) -> Callable[..., Any]:
+    def cpu_kernel(*args: Any, **kwargs: Any) -> Any:
+        a = kernel_bind(decl, args, kwargs)
+        named = tensors_of(decl, a)
+        check_one_device(decl, named)
+        target = _enforce(decl, a)
+        if select_backend(decl.name, [t for _, t in named]) == "aclnn":  # the fake-CANN test hook only
+            return _aclnn(decl, a)
+        return run_sim(decl, a, target)
+    cpu_kernel.__name__ = f"{decl.name}_cpu_kernel"
+    return cpu_kernel
+
+
+def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
+    def npu_kernel(*args: Any, **kwargs: Any) -> Any:
+        a = kernel_bind(decl, args, kwargs)
+        named = tensors_of(decl, a)
+        device = check_one_device(decl, named)
+        tensors = [t for _, t in named]
+        on_npu = device is not None and device.type in NPU_DEVICE_TYPES
+        if on_npu and _backends.privateuse1_is_simulated():
+            if requested_backend() == "aclnn":
+                raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
+                                   "simulated host-memory one; use backend 'auto' or 'sim'")
+            target = _enforce(decl, a)
+            return run_sim(decl, a, target, device)
+        if not on_npu and requested_backend() != "aclnn":
+            raise BackendError(
+                f"{decl.name}: the NPU (PrivateUse1) kernel was reached with tensors on "
+                f"{sorted({t.device.type for t in tensors})}; it only runs CANN's aclnn and never the "
+                "simulator. Call the op with CPU tensors for the simulator, or with NPU tensors for aclnn.")
+        _enforce(decl, a)
+        select_backend(decl.name, tensors)  # refuses an explicit 'sim' and a missing aclnn, saying why
+        return _aclnn(decl, a)
+    npu_kernel.__name__ = f"{decl.name}_npu_kernel"
+    return npu_kernel
+
+
+# ------------------------------------------------------------------------------------------------
+# the public function
+# ------------------------------------------------------------------------------------------------
+
+_BACKENDS = (None, "auto", "sim", "aclnn")
+
+
+def _public_backend(decl: OpDecl, backend: Optional[str], device: Optional[torch.device]) -> bool:
+    """Validate the ``backend=`` argument against the tensors' device (no ambient state is set).
+    Returns True when the call must take the fake-CANN test route (CPU tensors through aclnn)."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"{decl.name}: backend must be one of ('auto', 'sim', 'aclnn') or None, got {backend!r}")
+    dev = device.type if device is not None else "cpu"
+    if dev in NPU_DEVICE_TYPES:
+        if backend == "sim" and not _backends.privateuse1_is_simulated():
+            raise BackendError(f"{decl.name}: backend 'sim' was requested but the tensors live on the NPU; the "
+                               "simulator never computes NPU tensors. Move them to the CPU with .cpu(), "
+                               "or use backend 'auto'/'aclnn'")
+        if backend == "aclnn" and _backends.privateuse1_is_simulated():
+            raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
+                               "simulated host-memory one; use backend 'auto' or 'sim'")
+        return False
+    if backend == "aclnn" and dev == "cpu":
+        return True
+    return False
+
+
+def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
+    names = decl.parsed.names
+
+    def public(*args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
+        a = bind(decl, args, kwargs)
+        named = tensors_of(decl, a)
+        device = check_one_device(decl, named)
+        if _public_backend(decl, backend, device):
+            return _fake_cann_route(decl, a, [t for _, t in named])
+        return op(*[a[n] for n in names])
+
+    public.__name__ = public.__qualname__ = decl.name
+    public.__module__ = "ascend_moe"
+    public.__doc__ = (decl.doc or "").strip() + (
+        "\n\n``backend``: None / ``'auto'`` (the device decides: CPU tensors run the simulator, NPU tensors "
+        "aclnn), ``'sim'`` or ``'aclnn'`` (strict: a request the tensors' device cannot serve raises "
+        "BackendError).  ``backend='aclnn'`` with CPU tensors is the fake-CANN test route (eager only).\n\n"
+        f"Schema: ``{decl.schema}``")
+    sig = decl.signature
+    params = [p.replace(annotation=_annotation(decl, p.name)) for p in sig.parameters.values()]
+    params.append(inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=Optional[str]))
+    ret = _return_annotation(decl)
+    public.__signature__ = inspect.Signature(params, return_annotation=ret)
+    public.__annotations__ = {p.name: p.annotation for p in params}
+    public.__annotations__["return"] = ret
+    public.__ascend_moe_decl__ = decl
+    return public
+
+
+def _fake_cann_route(decl: OpDecl, a: Dict[str, Any], tensors: List[torch.Tensor]) -> Any:
+    """``backend='aclnn'`` with CPU tensors: the checker then aclnn, accepted by the tests' fake CANN
+    runtime alone (a real CANN refuses CPU tensors).  A test hook, eager only."""
+    if torch.compiler.is_compiling():
+        raise BackendError(f"{decl.name}: backend='aclnn' with CPU tensors (the fake-CANN test route) runs "
+                           "eagerly only; inside torch.compile wrap the call in ascend_moe.use_backend('aclnn')")
+    _enforce(decl, a)
+    select_backend(decl.name, tensors, "aclnn")  # refuses unless the fake runtime is loaded
+    return _aclnn(decl, a)
+
+
+_ANN = {"Tensor": torch.Tensor, "Tensor?": Optional[torch.Tensor], "Tensor[]": List[torch.Tensor],
+        "Tensor[]?": Optional[List[torch.Tensor]], "int": int, "int?": Optional[int], "int[]": List[int],
+        "int[]?": Optional[List[int]], "float": float, "float?": Optional[float], "bool": bool,
+        "bool?": Optional[bool], "str": str, "str?": Optional[str], "ScalarType": torch.dtype,
+        "ScalarType?": Optional[torch.dtype], "SymInt": int}
+
+
+def _annotation(decl: OpDecl, name: str) -> Any:
+    return _ANN.get(decl.parsed.arg(name).type, Any)
+
+
+def _return_annotation(decl: OpDecl) -> Any:
+    rets = decl.parsed.returns
+    if rets == ("Tensor[]",):
+        return List[torch.Tensor]
+    if len(rets) == 1:
+        return torch.Tensor
+    return Tuple[tuple(torch.Tensor for _ in rets)]
+
+
+# ------------------------------------------------------------------------------------------------
+# registration
+# ------------------------------------------------------------------------------------------------
+
+def register(decl: OpDecl) -> Callable[..., Any]:
+    """Define ``torch.ops.ascend_moe.<name>`` from ``decl``; returns the public function."""
+    if decl.name in PUBLIC:
+        return PUBLIC[decl.name]
+    opdef = torch.library.custom_op(f"{NAMESPACE}::{decl.name}", make_cpu_kernel(decl), mutates_args=(),
+                                    device_types="cpu", schema=torch_schema(decl))
+    opdef.register_fake(make_fake_kernel(decl))
+    npu_kernel = make_npu_kernel(decl)
+    torch.library.register_kernel(f"{NAMESPACE}::{decl.name}", torch._C._get_privateuse1_backend_name(),
+                                  npu_kernel)
+    NPU_KERNELS[decl.name] = npu_kernel
+    if decl.backward is not None:
+        opdef.register_autograd(decl.backward, setup_context=decl.setup_context)
+    OPDEFS[decl.name] = opdef
+    public = make_public(decl, getattr(torch.ops.ascend_moe, decl.name).default)
+    PUBLIC[decl.name] = public
+    return public

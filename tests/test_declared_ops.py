@@ -1,0 +1,196 @@
+"""Tests generated from the op declarations (ascend_moe.opdecl): every declared op's sample inputs drive
+opcheck, fake and meta shapes, torch.compile(fullgraph=True), the public signature and the error
+inputs; the declared schema is checked against torch's own parser."""
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, List
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import ascend_moe
+from ascend_moe.opdecl import all_decls, parse_schema
+from ascend_moe.sim import numerics
+
+pytestmark = pytest.mark.filterwarnings("ignore::ascend_moe.ConstraintWarning")
+
+DECLS = {d.name: d for d in all_decls()}
+
+
+def _samples():
+    for name, d in DECLS.items():
+        for i, s in enumerate(d.samples() if d.samples else []):
+            yield pytest.param(name, i, id=f"{name}-{s.name or i}")
+
+
+def _errors():
+    for name, d in DECLS.items():
+        for i, e in enumerate(d.error_inputs() if d.error_inputs else []):
+            yield pytest.param(name, i, id=f"{name}-err{i}")
+
+
+def _flat(out: Any) -> List[torch.Tensor]:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _shapes(out: Any):
+    return [(tuple(int(s) for s in t.shape), _dtype_name(t)) for t in _flat(out)]
+
+
+def _torch_args(decl, sample):
+    """The sample's public call as the torch.library schema's positional/keyword call."""
+    a = decl.bind(sample.args, sample.kwargs, tensor_check=lambda v: isinstance(v, torch.Tensor))
+    return tuple(a[n] for n in decl.parsed.names)
+
+
+def _map(v: Any, fn) -> Any:
+    if isinstance(v, torch.Tensor):
+        return fn(v)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_map(i, fn) for i in v)
+    if isinstance(v, dict):
+        return {k: _map(i, fn) for k, i in v.items()}
+    return v
+
+
+@pytest.mark.parametrize("name", list(DECLS))
+def test_schema_is_torchs(name):
+    """The declared schema parses the same with torch's parser (names, order, keyword-only, defaults)."""
+    d = DECLS[name]
+    ours = parse_schema(d.schema)
+    theirs = torch._C.parse_schema(d.schema)
+    assert [a.name for a in ours.args] == [a.name for a in theirs.arguments]
+    assert [a.kwarg_only for a in ours.args] == [a.kwarg_only for a in theirs.arguments]
+    for a, t in zip(ours.args, theirs.arguments):
+        if t.has_default_value():
+            assert a.default == t.default_value, a.name
+        else:
+            assert a.default is inspect.Parameter.empty, a.name
+    registered = getattr(torch.ops.ascend_moe, name).default._schema
+    assert [a.name for a in registered.arguments] == [a.name for a in ours.args]
+
+
+@pytest.mark.parametrize("name", list(DECLS))
+def test_public_signature(name):
+    d = DECLS[name]
+    fn = getattr(ascend_moe, name)
+    sig = inspect.signature(fn)
+    assert list(sig.parameters) == [a.name for a in d.args] + ["backend"]
+    for a in d.args:
+        p = sig.parameters[a.name]
+        assert (p.kind == inspect.Parameter.KEYWORD_ONLY) == a.kwarg_only
+        assert p.default == a.default or (p.default is inspect.Parameter.empty and a.default is p.empty)
+    assert fn.__doc__ and d.schema in fn.__doc__
+
+
+@pytest.mark.parametrize("name,i", list(_samples()))
+def test_sample_shapes_eager_fake_meta(name, i):
+    d = DECLS[name]
+    s = d.samples()[i]
+    with numerics.undefined_policy(s.undefined):
+        out = getattr(ascend_moe, name)(*s.args, **s.kwargs)
+    assert _shapes(out) == s.expected
+    mode = FakeTensorMode()
+    with mode:
+        fake = getattr(ascend_moe, name)(*_map(s.args, mode.from_tensor), **_map(s.kwargs, mode.from_tensor))
+    assert _shapes(fake) == s.expected
+    meta = getattr(ascend_moe, name)(*_map(s.args, lambda t: t.to("meta")),
+                                     **_map(s.kwargs, lambda t: t.to("meta")))
+    assert all(t.device.type == "meta" for t in _flat(meta)) and _shapes(meta) == s.expected
+
+
+@pytest.mark.parametrize("name,i", list(_samples()))
+def test_sample_opcheck(name, i):
+    d = DECLS[name]
+    s = d.samples()[i]
+    with numerics.undefined_policy(s.undefined):
+        torch.library.opcheck(getattr(torch.ops.ascend_moe, name).default, _torch_args(d, s))
+
+
+@pytest.mark.parametrize("name,i", list(_samples()))
+@pytest.mark.parametrize("backend", [None, "auto", "sim"])
+def test_sample_compiles_fullgraph(name, i, backend):
+    """Every way of choosing a backend for CPU tensors compiles with fullgraph=True and equals eager
+    bit for bit."""
+    d = DECLS[name]
+    s = d.samples()[i]
+    fn = getattr(ascend_moe, name)
+    torch._dynamo.reset()
+    with numerics.undefined_policy("zero"):
+        eager = fn(*s.args, backend=backend, **s.kwargs)
+        compiled = torch.compile(lambda *a: fn(*a, backend=backend, **s.kwargs), fullgraph=True,
+                                 backend="aot_eager")(*s.args)
+    for e, c in zip(_flat(eager), _flat(compiled)):
+        assert e.dtype == c.dtype and torch.equal(e.view(torch.uint8) if e.dtype.itemsize == 1 else e, c
+                                                   if e.dtype.itemsize != 1 else c.view(torch.uint8))
+
+
+@pytest.mark.parametrize("name,i", list(_samples()))
+def test_sample_reference(name, i):
+    """The simulator against the sample's independent reference, where the declaration gives one."""
+    d = DECLS[name]
+    s = d.samples()[i]
+    if s.reference is None:
+        pytest.skip("no independent reference declared for this sample (the op's own tests compare it)")
+    with numerics.undefined_policy(s.undefined):
+        out = getattr(ascend_moe, name)(*s.args, **s.kwargs)
+    for got, want in zip(_flat(out), _flat(s.reference(s))):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name,i", list(_errors()))
+def test_error_inputs(name, i):
+    d = DECLS[name]
+    e = d.error_inputs()[i]
+    with pytest.raises(e.error_type, match=e.error_regex):
+        getattr(ascend_moe, name)(*e.sample.args, **e.sample.kwargs)
+
+
+@pytest.mark.parametrize("name,i", list(_errors()))
+def test_error_inputs_checker(name, i):
+    """check() binds with the same binder: a type error names the argument and shows the torch signature."""
+    d = DECLS[name]
+    e = d.error_inputs()[i]
+    if e.error_type is not TypeError or "must be a Tensor" in e.error_regex:
+        pytest.skip("not a binding error of check() (which also takes NumPy arrays and TensorSpecs)")
+    with pytest.raises(TypeError, match=re.escape(d.name)) as info:
+        ascend_moe.check(name, *e.sample.args, **e.sample.kwargs)
+    assert "signature: (" in str(info.value) and "Tensor" in str(info.value)
+
+
+def test_meta_mixed_with_cpu_is_refused_not_computed():
+    """Regression: a meta tensor among CPU tensors used to run the fake kernel and return uninitialised
+    CPU memory; it must raise naming both arguments and their devices."""
+    with pytest.raises(RuntimeError, match=r"'x' is on cpu and 'bias' is on meta"):
+        ascend_moe.npu_moe_gating_top_k(torch.randn(2, 8), 2, bias=torch.zeros(8, device="meta"))
+    with pytest.raises(RuntimeError, match=r"'bias' is on meta"):
+        torch.ops.ascend_moe.npu_moe_gating_top_k(torch.randn(2, 8), 2, torch.zeros(8, device="meta"))
+
+
+@pytest.mark.parametrize("value,expected", [("2", "an int"), (2.0, "an int"), (None, "an int"),
+                                            (True, "an int")])
+def test_wrong_type_is_type_error_naming_argument(value, expected):
+    """Regression: wrongly typed arguments used to reach torch's schema parser (RuntimeError)."""
+    with pytest.raises(TypeError, match=rf"argument 'k' must be {expected}"):
+        ascend_moe.npu_moe_gating_top_k(torch.randn(2, 8), value)
+    with pytest.raises(TypeError, match=r"argument 'k_group' must be an int in the int64 range"):
+        ascend_moe.npu_moe_gating_top_k(torch.randn(2, 8), 2, k_group=2 ** 64)
+    import numpy as np
+    with pytest.raises(TypeError, match=r"argument 'x' must be a Tensor, got numpy.ndarray"):
+        ascend_moe.npu_moe_gating_top_k(np.zeros((2, 8), np.float32), 2)
+
+
+def test_sim_imports_without_torch_or_rules():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None; import ascend_moe.sim.gating, ascend_moe.sim.finalize_routing; "
+            "bad = [m for m in sys.modules if m.startswith(('ascend_moe.rules', 'ascend_moe.products'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
