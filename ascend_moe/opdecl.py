@@ -500,6 +500,11 @@ _DECLS: Dict[str, OpDecl] = {}
 # declaration modules import no torch).  Adding an op adds one line here.
 DECL_MODULES: Dict[str, str] = {
     "npu_moe_gating_top_k": "gating",
+    "npu_swiglu": "quant_ops",
+    "npu_swiglu_backward": "quant_ops",
+    "npu_dynamic_quant": "quant_ops",
+    "npu_dynamic_quant_asymmetric": "quant_ops",
+    "npu_dequant_swiglu_quant": "quant_ops",
 }
 
 

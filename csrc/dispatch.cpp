@@ -10,6 +10,7 @@
 #include <tuple>
 #include <utility>
 
+#include "acl_abi_quant.h"
 #include "loader.h"
 
 namespace py = pybind11;
@@ -76,6 +77,8 @@ ASCEND_MOE_KIND(double, 'd', s.d)
 ASCEND_MOE_KIND(float, 'f', static_cast<float>(s.d))
 ASCEND_MOE_KIND(bool, 'b', s.b)
 ASCEND_MOE_KIND(const char *, 's', s.s.c_str())
+// `char *` parameters (DequantSwigluQuant's quantMode/roundMode): CANN reads the string, never writes it
+ASCEND_MOE_KIND(char *, 's', const_cast<char *>(s.s.c_str()))
 #undef ASCEND_MOE_KIND
 
 // The call is synthesised from the typedef (like op-plugin's ConvertToOpApiFunc, but the other way
@@ -133,6 +136,12 @@ const std::map<std::string, Entry> &entries() {
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulFinalizeRoutingWeightNz",
                        aclnnGroupedMatmulFinalizeRoutingWeightNzGWS_t),
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulFinalizeRoutingWeightNzV2", aclnnGroupedMatmulFinalizeRoutingV3GWS_t),
+      ASCEND_MOE_ENTRY("aclnnSwiGlu", aclnnSwiGluGWS_t),
+      ASCEND_MOE_ENTRY("aclnnSwiGluGrad", aclnnSwiGluGradGWS_t),
+      ASCEND_MOE_ENTRY("aclnnDynamicQuant", aclnnDynamicQuantGWS_t),
+      ASCEND_MOE_ENTRY("aclnnDynamicQuantV2", aclnnDynamicQuantV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnDequantSwigluQuant", aclnnDequantSwigluQuantGWS_t),
+      ASCEND_MOE_ENTRY("aclnnDequantSwigluQuantV2", aclnnDequantSwigluQuantV2GWS_t),
   };
   return table;
 }
@@ -261,6 +270,14 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> &families() 
       {"finalize", {"aclnnGroupedMatmulFinalizeRoutingV3", "aclnnGroupedMatmulFinalizeRoutingV2"}},
       {"finalize_nz",
        {"aclnnGroupedMatmulFinalizeRoutingWeightNzV2", "aclnnGroupedMatmulFinalizeRoutingWeightNz"}},
+      {"swiglu", {"aclnnSwiGlu"}},
+      {"swiglu_grad", {"aclnnSwiGluGrad"}},
+      // op-plugin: V2 when it exists, else the V1 entry point (DO_COMPATIBILITY)
+      {"dynamic_quant", {"aclnnDynamicQuantV2", "aclnnDynamicQuant"}},
+      {"dynamic_quant_v2", {"aclnnDynamicQuantV2"}},
+      // op-plugin (SoC < 950): V1 only when V2 is absent and swiglu_mode == 0
+      {"dequant_swiglu_quant", {"aclnnDequantSwigluQuantV2", "aclnnDequantSwigluQuant"}},
+      {"dequant_swiglu_quant_v2", {"aclnnDequantSwigluQuantV2"}},
   };
   return f;
 }

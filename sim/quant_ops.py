@@ -452,7 +452,7 @@ def npu_dequant_swiglu_quant(x: np.ndarray, *, weight_scale=None, activation_sca
                              undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``torch_npu.npu_dequant_swiglu_quant`` arithmetic on A2/A3 (``dst_type``/``round_mode``/``activate_dim``
     are fixed there to int8 / rint / last dim: other values are refused)."""
-    if dst_type not in (None, 1, 2) or round_mode not in (None, "rint", 0) or activate_dim not in (None, -1):
+    if dst_type not in (None, 1) or round_mode not in (None, 0) or activate_dim not in (None, -1):
         raise NotImplementedError("dst_type / round_mode / activate_dim other than int8 / rint / -1 are not "
                                   "simulated (op-plugin fixes them on A2/A3)")
     return dequant_swiglu_quant(x, weight_scale, activation_scale, bias, quant_scale, quant_offset, group_index,

@@ -19,9 +19,9 @@ def gi(values, dtype="int32"):
 
 
 VALID = [
-    ("npu_swiglu", dict(x=T((4, 2 * H), "bfloat16")), ("atlas-a2", "atlas-a3", "ascend-950")),
-    ("npu_swiglu", dict(x=T((4, 6, 8), "float16"), dim=1), ("atlas-a2", "atlas-inference")),
-    ("npu_swiglu_backward", dict(grad_output=T((4, H), "float32"), x=T((4, 2 * H), "float32")), ("atlas-a2",)),
+    ("npu_swiglu", dict(self=T((4, 2 * H), "bfloat16")), ("atlas-a2", "atlas-a3", "ascend-950")),
+    ("npu_swiglu", dict(self=T((4, 6, 8), "float16"), dim=1), ("atlas-a2", "atlas-inference")),
+    ("npu_swiglu_backward", dict(grad_output=T((4, H), "float32"), self=T((4, 2 * H), "float32")), ("atlas-a2",)),
     ("npu_dynamic_quant", dict(input=T((T_, H), "bfloat16")), ("atlas-a2", "atlas-a3")),
     ("npu_dynamic_quant", dict(input=T((T_, H), "float16"), smooth_scales=T((H,), "float16")), ("atlas-a2",)),
     ("npu_dynamic_quant", dict(input=T((T_, H), "bfloat16"), smooth_scales=T((3, H), "bfloat16"),
@@ -58,15 +58,15 @@ GMA = dict(y=T((3, 8, 32), "float32"), x=T((T_, 8), "bfloat16"), weight=T((T_, 3
 
 # (op, args, product, rule id, text that must appear in the message)
 CASES = [
-    ("npu_swiglu", dict(x=T((4, 8), "int8")), "atlas-a2", "swiglu.x_dtype", "int8"),
-    ("npu_swiglu", dict(x=T((4, 8), "bfloat16")), "atlas-inference", "swiglu.no_bf16_310p", "bfloat16"),
-    ("npu_swiglu", dict(x=X, dim=2), "atlas-a2", "swiglu.dim_range", "dim=2"),
-    ("npu_swiglu", dict(x=T((4, 7), "float16")), "atlas-a2", "swiglu.dim_even", "= 7"),
-    ("npu_swiglu", dict(x=T((1,) * 9 + (4,), "float16")), "atlas-a2", "swiglu.rank", "got 10"),
-    ("npu_swiglu", dict(x=T((0, 8), "float16")), "atlas-inference", "swiglu.empty_310p", "[0, 8]"),
-    ("npu_swiglu_backward", dict(grad_output=T((4, 8), "float16"), x=T((4, 16), "float32")), "atlas-a2",
+    ("npu_swiglu", dict(self=T((4, 8), "int8")), "atlas-a2", "swiglu.x_dtype", "int8"),
+    ("npu_swiglu", dict(self=T((4, 8), "bfloat16")), "atlas-inference", "swiglu.no_bf16_310p", "bfloat16"),
+    ("npu_swiglu", dict(self=X, dim=2), "atlas-a2", "swiglu.dim_range", "dim=2"),
+    ("npu_swiglu", dict(self=T((4, 7), "float16")), "atlas-a2", "swiglu.dim_even", "= 7"),
+    ("npu_swiglu", dict(self=T((1,) * 9 + (4,), "float16")), "atlas-a2", "swiglu.rank", "got 10"),
+    ("npu_swiglu", dict(self=T((0, 8), "float16")), "atlas-inference", "swiglu.empty_310p", "[0, 8]"),
+    ("npu_swiglu_backward", dict(grad_output=T((4, 8), "float16"), self=T((4, 16), "float32")), "atlas-a2",
      "swiglu_grad.grad_output", "float16"),
-    ("npu_swiglu_backward", dict(grad_output=T((4, 16), "float32"), x=T((4, 16), "float32")), "atlas-a2",
+    ("npu_swiglu_backward", dict(grad_output=T((4, 16), "float32"), self=T((4, 16), "float32")), "atlas-a2",
      "swiglu_grad.grad_output", "[4, 8]"),
     ("npu_dynamic_quant", dict(input=T((T_, H), "float32")), "atlas-a2", "dq.input", "float32"),
     ("npu_dynamic_quant", dict(input=T((H,), "float16")), "atlas-a2", "dq.input", f"[{H}]"),
@@ -96,7 +96,7 @@ CASES = [
     ("npu_dequant_swiglu_quant", dict(DSQ, swiglu_mode=3), "atlas-a2", "dsq.modes", "swiglu_mode"),
     ("npu_dequant_swiglu_quant", dict(DSQ, clamp_limit=float("inf")), "atlas-a2", "dsq.modes", "inf"),
     ("npu_dequant_swiglu_quant", dict(DSQ, swiglu_mode=1), "atlas-a2", "dsq.swiglu_mode1_left", "activate_left=False"),
-    ("npu_dequant_swiglu_quant", dict(DSQ, round_mode="floor"), "atlas-a2", "dsq.fixed_on_a2a3", "floor"),
+    ("npu_dequant_swiglu_quant", dict(DSQ, round_mode=2), "atlas-a2", "dsq.fixed_on_a2a3", "round_mode=2"),
     ("npu_dequant_swiglu_quant", dict(DSQ, dst_type=5), "atlas-a2", "dsq.fixed_on_a2a3", "dst_type=5"),
     ("npu_dequant_swiglu_quant", dict(DSQ, activate_dim=0), "atlas-a2", "dsq.fixed_on_a2a3", "activate_dim=0"),
     ("npu_dequant_swiglu_quant", dict(DSQ, weight_scale=None), "atlas-a2", "dsq.int32_needs_weight_scale", "None"),

@@ -408,4 +408,4 @@ def test_torch_signature_twins():
     yd, sd = q.npu_dequant_swiglu_quant(xi, weight_scale=np.full(8, 0.1, F), quant_mode=1, activate_left=True)
     assert yd.shape == (4, 4) and sd.shape == (4,)
     with pytest.raises(NotImplementedError, match="round_mode"):
-        q.npu_dequant_swiglu_quant(xi, round_mode="floor")
+        q.npu_dequant_swiglu_quant(xi, round_mode=2)

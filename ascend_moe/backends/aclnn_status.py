@@ -21,6 +21,11 @@ OP_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "npu_grouped_matmul_swiglu_quant": ("swiglu_v1",),
     "npu_grouped_matmul_swiglu_quant_v2": ("swiglu_v2", "swiglu_v2_nz"),
     "npu_grouped_matmul_finalize_routing": ("finalize", "finalize_nz"),
+    "npu_swiglu": ("swiglu",),
+    "npu_swiglu_backward": ("swiglu_grad",),
+    "npu_dynamic_quant": ("dynamic_quant",),
+    "npu_dynamic_quant_asymmetric": ("dynamic_quant_v2",),
+    "npu_dequant_swiglu_quant": ("dequant_swiglu_quant", "dequant_swiglu_quant_v2"),
 }
 
 

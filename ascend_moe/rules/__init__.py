@@ -337,6 +337,11 @@ OP_MODULES: Dict[str, str] = {
     "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
     "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
     "npu_grouped_matmul_finalize_routing": "finalize_routing",
+    "npu_swiglu": "quant_ops",
+    "npu_swiglu_backward": "quant_ops",
+    "npu_dynamic_quant": "quant_ops",
+    "npu_dynamic_quant_asymmetric": "quant_ops",
+    "npu_dequant_swiglu_quant": "quant_ops",
 }
 
 _REGISTRY: Dict[str, OpSpec] = {}

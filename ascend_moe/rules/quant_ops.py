@@ -49,48 +49,25 @@ TORCH_DTYPE_CODES = {1: "int8", 3: "int32", 5: "float16", 6: "float32", 15: "bfl
 
 
 # --------------------------------------------------------------------------------------------
-# signatures (torch_npu's argument names and defaults, op_plugin_functions.yaml)
+# the ops (signatures come from the declarations in ascend_moe.ops.quant_ops; npu_grouped_matmul_add(_)
+# mutates its first argument, which the declaration mechanism does not express yet, so its signature is
+# given here)
 # --------------------------------------------------------------------------------------------
-
-def npu_swiglu(x, dim: int = -1):
-    """torch_npu.npu_swiglu(Tensor self, int dim=-1) -> Tensor"""
-
-
-def npu_swiglu_backward(grad_output, x, dim: int = -1):
-    """torch_npu.npu_swiglu_backward(Tensor grad_output, Tensor self, int dim=-1) -> Tensor"""
-
-
-def npu_dynamic_quant(input, *, smooth_scales=None, group_index=None, dst_type=None, quant_mode: str = "pertoken",
-                      dst_type_max: float = 0.0):
-    """torch_npu.npu_dynamic_quant(...) -> (Tensor y, Tensor scale)"""
-
-
-def npu_dynamic_quant_asymmetric(input, *, smooth_scales=None, group_index=None, dst_type=None,
-                                 quant_mode: str = "pertoken", dst_type_max: float = 0.0):
-    """torch_npu.npu_dynamic_quant_asymmetric(...) -> (Tensor y, Tensor scale, Tensor offset)"""
-
-
-def npu_dequant_swiglu_quant(x, *, weight_scale=None, activation_scale=None, bias=None, quant_scale=None,
-                             quant_offset=None, group_index=None, activate_left: bool = False, quant_mode: int = 0,
-                             dst_type=None, round_mode=None, activate_dim=None, swiglu_mode: int = 0,
-                             clamp_limit: float = 7.0, glu_alpha: float = 1.702, glu_bias: float = 1.0):
-    """torch_npu.npu_dequant_swiglu_quant(...) -> (Tensor y, Tensor scale)"""
-
 
 def npu_grouped_matmul_add_(y, x, weight, group_list, *, transpose_x: bool = True, transpose_weight: bool = False,
                             group_type: int = 2, group_list_type: int = 0):
     """torch.ops.npu.npu_grouped_matmul_add_(Tensor(a!) self, x, weight, group_list, ...) -> Tensor(a!)"""
 
 
-swiglu_spec = register_op("npu_swiglu", npu_swiglu, SWIGLU_PRODUCTS, source="aclnnSwiGlu")
-swiglu_bwd_spec = register_op("npu_swiglu_backward", npu_swiglu_backward, SWIGLU_PRODUCTS, source="aclnnSwiGluGrad")
+swiglu_spec = register_op("npu_swiglu", products=SWIGLU_PRODUCTS, source="aclnnSwiGlu")
+swiglu_bwd_spec = register_op("npu_swiglu_backward", products=SWIGLU_PRODUCTS, source="aclnnSwiGluGrad")
 _DQ_NOTE = {"ascend-950": "the 950 (arch35) dynamic-quant kernels divide by the scale and are not modelled",
             P310: "the 310P dynamic-quant kernels were not read and are not modelled"}
-dq_spec = register_op("npu_dynamic_quant", npu_dynamic_quant, A2_A3, source="aclnnDynamicQuantV2",
+dq_spec = register_op("npu_dynamic_quant", products=A2_A3, source="aclnnDynamicQuantV2",
                       product_notes=_DQ_NOTE)
-dqa_spec = register_op("npu_dynamic_quant_asymmetric", npu_dynamic_quant_asymmetric, A2_A3,
+dqa_spec = register_op("npu_dynamic_quant_asymmetric", products=A2_A3,
                        source="aclnnDynamicQuantV2", product_notes=_DQ_NOTE)
-dsq_spec = register_op("npu_dequant_swiglu_quant", npu_dequant_swiglu_quant, A2_A3,
+dsq_spec = register_op("npu_dequant_swiglu_quant", products=A2_A3,
                        source="aclnnDequantSwigluQuant / V2",
                        product_notes={"ascend-950": "the 950 kernels of this op are not modelled"})
 gma_spec = register_op("npu_grouped_matmul_add_", npu_grouped_matmul_add_, GMM_ADD_PRODUCTS,
@@ -182,8 +159,8 @@ def _swiglu_rules(spec, p: str, x_name: str) -> None:
             return f"{x_name} is empty (shape {list(m.shape)})"
 
 
-_swiglu_rules(swiglu_spec, "swiglu", "x")
-_swiglu_rules(swiglu_bwd_spec, "swiglu_grad", "x")
+_swiglu_rules(swiglu_spec, "swiglu", "self")
+_swiglu_rules(swiglu_bwd_spec, "swiglu_grad", "self")
 
 
 @swiglu_bwd_spec.rule("swiglu_grad.grad_output", "grad_output",
@@ -192,19 +169,19 @@ _swiglu_rules(swiglu_bwd_spec, "swiglu_grad", "x")
                              "grad_output as [rows, cols/2] of x's layout", status=None,
                       fix="pass the gradient of npu_swiglu's output (same dtype as x)")
 def _(call):
-    g, x = call.meta("grad_output"), call.meta("x")
+    g, x = call.meta("grad_output"), call.meta("self")
     if g is None or x is None:
         return None if x is None else f"grad_output must be a tensor, got {type(call['grad_output']).__name__}"
     errs = []
     if g.dtype != x.dtype:
-        errs.append(f"grad_output dtype {g.dtype} must equal x dtype {x.dtype}")
+        errs.append(f"grad_output dtype {g.dtype} must equal self dtype {x.dtype}")
     d = _wrap_dim(call["dim"], x.ndim)
     if d is not None and x.shape[d] % 2 == 0:
         want = list(x.shape)
         want[d] //= 2
         if list(g.shape) != want:
-            errs.append(f"grad_output shape {list(g.shape)} must be {want} (x {list(x.shape)} with dim {call['dim']} "
-                        f"halved)")
+            errs.append(f"grad_output shape {list(g.shape)} must be {want} (self {list(x.shape)} with dim "
+                        f"{call['dim']} halved)")
     return errs
 
 
@@ -417,8 +394,8 @@ def _(call):
     errs = []
     if call["dst_type"] is not None and dst_type_name(call["dst_type"]) != "int8":
         errs.append(f"dst_type={call['dst_type']!r} would be ignored: the output is int8 on {call.product}")
-    if call["round_mode"] not in (None, "rint", 0):
-        errs.append(f"round_mode={call['round_mode']!r} would be ignored: op-plugin passes 'rint'")
+    if call["round_mode"] not in (None, 0):
+        errs.append(f"round_mode={call['round_mode']!r} would be ignored: op-plugin passes 'rint' (0)")
     if call["activate_dim"] not in (None, -1) and not (call.meta("x") and call["activate_dim"] == call.meta("x").ndim - 1):
         errs.append(f"activate_dim={call['activate_dim']!r} would be ignored: op-plugin passes -1 (the last dim)")
     return errs
