@@ -20,12 +20,13 @@ def _tensor_like(v: Any) -> bool:
 
 def twin(decl: OpDecl) -> Callable[..., Any]:
     def fn(*args: Any, undefined: Optional[str] = None, **kwargs: Any) -> Any:
-        a: Dict[str, Any] = decl.bind(args, kwargs, tensor_check=_tensor_like)
+        options = {k: kwargs.pop(k) for k in decl.sim_options if k in kwargs}
+        a: Dict[str, Any] = decl.bind(args, kwargs, tensor_check=_tensor_like, any_dtype=True)
         target = enforce_call(decl.name, a)
         if undefined is None:
-            return decl.sim(a, target)
+            return decl.sim(a, target, **options)
         with undefined_policy(undefined):
-            return decl.sim(a, target)
+            return decl.sim(a, target, **options)
     fn.__name__ = fn.__qualname__ = decl.name
     fn.__doc__ = f"NumPy twin of ``{decl.schema}`` (checked, then simulated).\n\n{decl.doc}"
     return fn

@@ -232,6 +232,9 @@ class AclnnEntry:
     requires: Tuple[str, ...] = ()
     since: Optional[str] = None
     bind: Mapping[str, Any] = field(default_factory=dict)
+    # optional ``(args) -> None`` run before the call is built: raise (BackendError) for a call this
+    # entry point cannot express, or warn for an argument it drops
+    check: Optional[Callable[[Dict[str, Any]], None]] = None
 
     @property
     def c_params(self) -> Tuple[CParam, ...]:
@@ -295,6 +298,10 @@ class OpDecl:
     # public-only conversions ``{arg: fn(value) -> value}`` applied by the binder before type checks
     # (e.g. a torch dtype accepted where the schema says int)
     convert: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # simulator-only keyword options of the NumPy twin, passed to ``sim(args, target, **options)``
+    sim_options: Tuple[str, ...] = ()
+    # what the fake kernel's checker sees, where fake tensors lack what real ones carry (e.g. a format)
+    trace_args: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
     parsed: Schema = field(init=False)
 
     def __post_init__(self) -> None:
@@ -302,9 +309,10 @@ class OpDecl:
         names = set(self.parsed.names)
         for e in self.aclnn:
             for p in e.c_params:
+                if p.ctype in ("O", "OL") and not isinstance(e.bind.get(p.name), (Out, str)):
+                    raise ValueError(f"{self.name}: {e.name}: output {p.name} must bind to Out(i) (or, for a "
+                                     "non-const input pointer, to an argument name)")
                 if p.ctype in ("O", "OL"):
-                    if not isinstance(e.bind.get(p.name, Out(0)), Out):
-                        raise ValueError(f"{self.name}: {e.name}: output {p.name} must bind to Out(i)")
                     continue
                 if p.name not in e.bind and _snake(p.name) not in names:
                     raise ValueError(f"{self.name}: {e.name}: C parameter {p.name!r} matches no argument "
@@ -349,10 +357,12 @@ class OpDecl:
     # -- binding -----------------------------------------------------------------------------------
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, tensor_check: Optional[
-            Callable[[Any], bool]] = None, where: str = "", keyword_split: bool = True) -> Dict[str, Any]:
+            Callable[[Any], bool]] = None, where: str = "", keyword_split: bool = True,
+             any_dtype: bool = False) -> Dict[str, Any]:
         """Bind ``args`` / ``kwargs`` to the declared schema: names, count, defaults, then each value's
         type (``tensor_check`` says what counts as a tensor).  ``keyword_split=False`` binds as the
-        torch.library schema does (it has no ``*``: the kernels receive every argument positionally).  Raises :class:`BindError` (a TypeError)
+        torch.library schema does (it has no ``*``: the kernels receive every argument positionally).
+        ``any_dtype``: a ``ScalarType`` may also be a dtype name or a NumPy dtype (the checker).  Raises :class:`BindError` (a TypeError)
         naming the argument, the expected type and the torch signature."""
         spec = self.args
         out: Dict[str, Any] = {}
@@ -377,7 +387,11 @@ class OpDecl:
             conv = self.convert.get(a.name)
             if conv is not None:
                 out[a.name] = conv(out[a.name])
-            out[a.name] = _check_type(self, a, out[a.name], tensor_check, where)
+            v = out[a.name]
+            if v is None and a.optional and a.default is not None and a.default is not NO_DEFAULT \
+                    and not a.is_tensor:
+                v = a.default  # op-plugin's value_or(default): None means the schema default
+            out[a.name] = _check_type(self, a, v, tensor_check, where, any_dtype)
         if self.normalize is not None:
             out = self.normalize(out)
         return out
@@ -424,7 +438,7 @@ def _type_name(v: Any) -> str:
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
 
 
-def _check_type(decl: OpDecl, a: SchemaArg, v: Any, tensor_check, where: str) -> Any:
+def _check_type(decl: OpDecl, a: SchemaArg, v: Any, tensor_check, where: str, any_dtype: bool = False) -> Any:
     """The value converted to the schema type (numpy ints -> int, int -> float), or BindError."""
     is_tensor = tensor_check or _default_tensor_check
 
@@ -478,6 +492,8 @@ def _check_type(decl: OpDecl, a: SchemaArg, v: Any, tensor_check, where: str) ->
             raise bad("a str")
         return v
     if base == "ScalarType":
+        if any_dtype and (isinstance(v, str) or type(v).__module__.startswith("numpy")):
+            return v
         if type(v).__name__ != "dtype" or not type(v).__module__.startswith("torch"):
             raise bad("a torch.dtype")
         return v
@@ -500,6 +516,7 @@ _DECLS: Dict[str, OpDecl] = {}
 # declaration modules import no torch).  Adding an op adds one line here.
 DECL_MODULES: Dict[str, str] = {
     "npu_moe_gating_top_k": "gating",
+    "npu_grouped_matmul_finalize_routing": "finalize_routing",
     "npu_swiglu": "quant_ops",
     "npu_swiglu_backward": "quant_ops",
     "npu_dynamic_quant": "quant_ops",

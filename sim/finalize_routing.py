@@ -53,7 +53,7 @@ from .numerics import decode_int64_scale
 from .quant_gemm import (exact_int_matmul, fp19_enabled, group_bounds, grouped_msd_partials, msd_combine,
                          weight_logical_dims, weight_values)
 
-__all__ = ["npu_grouped_matmul_finalize_routing"]
+__all__ = ["finalize_routing_compute", "weight_layout", "WeightLayout"]
 
 OP = "npu_grouped_matmul_finalize_routing"
 
@@ -163,29 +163,11 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
     return y
 
 
-def npu_grouped_matmul_finalize_routing(
-        x: np.ndarray, w: np.ndarray, group_list: np.ndarray, *, scale: Optional[np.ndarray] = None,
-        bias: Optional[np.ndarray] = None, offset: Optional[np.ndarray] = None,
-        pertoken_scale: Optional[np.ndarray] = None, shared_input: Optional[np.ndarray] = None,
-        logit: Optional[np.ndarray] = None, row_index: Optional[np.ndarray] = None, dtype: Any = None,
-        shared_input_weight: float = 1.0, shared_input_offset: int = 0, output_bs: int = 0,
-        group_list_type: int = 1, tuning_config: Optional[Sequence[int]] = None,
-        x_dtype: Optional[int] = None, w_dtype: Optional[int] = None, scale_dtype: Optional[int] = None,
-        pertoken_scale_dtype: Optional[int] = None, fp19: Optional[bool] = None) -> np.ndarray:
-    """GMM + MoE finalize-routing on the CPU: fp32 ``[output_bs or m, n]`` (see the module doc).
-
-    ``fp19`` (simulator only): use the FP19-truncated A8W4 scale; None follows
-    ``ascend_moe.sim.quant_gemm.fp19_scales`` (default on).  ``tuning_config`` is a tiling hint with no numerical effect.
-    """
-    from ..rules import enforce
-    enforce(OP, x, w, group_list, scale=scale, bias=bias, offset=offset, pertoken_scale=pertoken_scale,
-            shared_input=shared_input, logit=logit, row_index=row_index, dtype=dtype,
-            shared_input_weight=shared_input_weight, shared_input_offset=shared_input_offset,
-            output_bs=output_bs, group_list_type=group_list_type, tuning_config=tuning_config,
-            x_dtype=x_dtype, w_dtype=w_dtype, scale_dtype=scale_dtype,
-            pertoken_scale_dtype=pertoken_scale_dtype, fp19=fp19)
-    return finalize_routing_compute(
-        x, w, group_list, scale=scale, bias=bias, offset=offset,
-        pertoken_scale=pertoken_scale, shared_input=shared_input, logit=logit, row_index=row_index,
-        shared_input_weight=shared_input_weight, shared_input_offset=shared_input_offset,
-        output_bs=output_bs, group_list_type=group_list_type, fp19=fp19)
+def __getattr__(name: str):
+    """The checked NumPy twin ``npu_grouped_matmul_finalize_routing`` is generated from the op's
+    declaration (:mod:`ascend_moe.numpy_ops`); this alias keeps the old name without the simulator
+    importing the checker."""
+    if name == OP:
+        from ascend_moe import numpy_ops
+        return getattr(numpy_ops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -303,37 +303,6 @@ def _build_swiglu_v2(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, 
                    IA(list(a.get("tuning_config") or [])), T(out), T(out_scale)]
 
 
-def _build_finalize(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
-    op = "npu_grouped_matmul_finalize_routing"
-    _no_dtype_overrides(op, a, ("x_dtype", "w_dtype", "scale_dtype", "pertoken_scale_dtype"))
-    nz = _is_nz(a["w"])
-    entry = choose("finalize_nz" if nz else "finalize", op)
-    glt = a.get("group_list_type")
-    glt = 1 if glt is None else int(glt)
-    siw = a.get("shared_input_weight")
-    siw = 1.0 if siw is None else float(siw)
-    sio = int(a.get("shared_input_offset") or 0)
-    if entry == "aclnnGroupedMatmulFinalizeRoutingWeightNz":
-        if a.get("offset") is not None:
-            raise BackendError(f"{op}: offset needs aclnnGroupedMatmulFinalizeRoutingWeightNzV2, which this CANN "
-                               "does not provide (only WeightNz resolved)")
-        if a.get("tuning_config") is not None:
-            warnings.warn(f"{op}: {entry} takes no tuning_config; it is ignored (update CANN for WeightNzV2), as "
-                          "op-plugin does", RuntimeWarning, stacklevel=3)
-        return entry, [T(a["x"]), T(a["w"]), T(a.get("scale")), T(a.get("bias")), T(a.get("pertoken_scale")),
-                       T(a["group_list"]), T(a.get("shared_input")), T(a.get("logit")), T(a.get("row_index")),
-                       i64(0), f32(siw), i64(sio), b(False), b(False), i64(glt), T(outs[0])]
-    args = [T(a["x"]), T(a["w"]), T(a.get("scale")), T(a.get("bias")), T(a.get("offset")), T(None), T(None),
-            T(a.get("pertoken_scale")), T(a["group_list"]), T(a.get("shared_input")), T(a.get("logit")),
-            T(a.get("row_index")), i64(0), f32(siw), i64(sio), b(False), b(False), i64(glt)]
-    if entry.endswith("V3") or entry.endswith("WeightNzV2"):
-        args.append(IA(list(a.get("tuning_config") or [])))
-    elif a.get("tuning_config") is not None:
-        warnings.warn(f"{op}: {entry} takes no tuning_config; it is ignored (update CANN for V3), as op-plugin "
-                      "does", RuntimeWarning, stacklevel=3)
-    return entry, args + [T(outs[0])]
-
-
 _ENCODE = {"T": T, "O": T, "L": L, "OL": L, "IA": IA, "i64": i64, "f32": f32, "f64": f64, "b": b, "s": s}
 
 
@@ -350,6 +319,8 @@ def build_from_declaration(decl: Any, a: Dict[str, Any], outs: List[torch.Tensor
     if entry is None:
         raise BackendError(f"{decl.name}: the dispatcher chose {entry_name}, which the op's declaration does not "
                            "list; add its C parameter list to the declaration")
+    if entry.check is not None:
+        entry.check(a)
     descs = []
     for p in entry.c_params:
         src = entry.bind.get(p.name, _snake(p.name))
@@ -372,7 +343,6 @@ BUILDERS: Dict[str, Callable[[Dict[str, Any], List[torch.Tensor]], Tuple[str, li
     "npu_ffn": _build_ffn,
     "npu_grouped_matmul_swiglu_quant": _build_swiglu_v1,
     "npu_grouped_matmul_swiglu_quant_v2": _build_swiglu_v2,
-    "npu_grouped_matmul_finalize_routing": _build_finalize,
 }
 
 # How each op returns its outputs: a list, a tuple, or the single tensor.

@@ -24,9 +24,8 @@ if _torch is not None:
     from .gmm import *  # noqa: F401,F403,E402
     from .ffn import *  # noqa: F401,F403,E402
     from .swiglu_quant import *  # noqa: F401,F403,E402
-    from .finalize_routing import *  # noqa: F401,F403,E402
     from .format_cast import *  # noqa: F401,F403,E402
     from . import _npu_kernels  # noqa: F401,E402  (PrivateUse1 kernels of the not yet declared ops; keep last)
-    from . import gmm as _g, ffn as _f, swiglu_quant as _s, finalize_routing as _fr, format_cast as _fc
-    for _m in (_g, _f, _s, _fr, _fc):
+    from . import gmm as _g, ffn as _f, swiglu_quant as _s, format_cast as _fc
+    for _m in (_g, _f, _s, _fc):
         __all__.extend(n for n in _m.__all__ if n not in __all__)

@@ -159,7 +159,7 @@ def make_fake_kernel(decl: OpDecl) -> Callable[..., Any]:
         a = kernel_bind(decl, args, kwargs)
         named = tensors_of(decl, a)
         device = check_one_device(decl, named)
-        _enforce(decl, a)
+        _enforce(decl, decl.trace_args(dict(a)) if decl.trace_args is not None else a)
         outs = [named[0][1].new_empty(tuple(shape), dtype=torch_dtype(dt), device=device)
                 for shape, dt in decl.shape(a)]
         return _structure(decl, outs)

@@ -398,7 +398,7 @@ def bind(op: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]
     from ..opdecl import get_decl
     decl = get_decl(op)
     if decl is not None:
-        return decl.bind(args, kwargs, tensor_check=_tensor_like)
+        return decl.bind(args, kwargs, tensor_check=_tensor_like, any_dtype=True)
     spec = get_op(op)
     try:
         bound = spec.signature.bind(*args, **kwargs)

@@ -36,20 +36,17 @@ DOCS = "aclnnGroupedMatmulFinalizeRouting*/torch_npu npu_grouped_matmul_finalize
 MX_950 = ("the Ascend 950 variants (V3 MXFP8/MXFP4, WeightNzV2 fp8/hifloat8 per-token and MxA8W4) are "
           "not available on Atlas A2/A3 and are not modelled by ascend-moe")
 
-spec = register_op(OP, _sim.npu_grouped_matmul_finalize_routing, products=A2_A3,
+spec = register_op(OP, products=A2_A3,
                    source=f"{DOCS}; {HOST} (Atlas A2/A3 only; {MX_950})",
                    product_notes={"ascend-950": "the device has this op, but only its MX/fp8 variants, which "
                                                 "ascend-moe does not model yet"})
 
-# Entry points and the inputs each one requires (host null checks) [C].
-REQUIRED_INPUTS = {
-    "V1": ("scale", "pertoken_scale", "logit", "row_index", "bias"),
-    "V2": ("scale", "pertoken_scale", "logit", "row_index", "bias"),
-    "V3": ("scale", "pertoken_scale", "logit", "row_index"),
-    "WeightNz": ("scale", "logit", "row_index"),
-    "WeightNzV2": ("scale", "logit", "row_index"),   # + pertoken_scale for int4 weights
-}
-V2_GENERATION_SINCE = CannVersion("8.3.RC1")   # [I] release mapping of V3 / WeightNzV2
+# Entry points, the inputs each one requires (host null checks) [C] and the first release of each: the
+# op declaration's aclnn table (ascend_moe.ops.finalize_routing.ACLNN), which the dispatcher reads too.
+from ..ops.finalize_routing import DECL as _DECL, V2_GENERATION_SINCE as _V2_SINCE  # noqa: E402
+
+REQUIRED_INPUTS = {_DECL.short_name(e): tuple(e.requires) for e in _DECL.aclnn}
+V2_GENERATION_SINCE = CannVersion(_V2_SINCE)   # [I] release mapping of V3 / WeightNzV2
 CUMSUM_SINCE = "8.5.0"                         # [I] commit 50e9ae990 (2025-12-22) -> first later release
 # (products.KNOWN_RELEASES: 9.0.0 stands for 2026 master changes, so 8.5.0 is taken to carry late 2025)
 
@@ -81,10 +78,10 @@ def entry_point(call) -> Optional[str]:
     lay = layout(call)
     if lay is None:
         return None
-    new = not call.cann < V2_GENERATION_SINCE
-    if lay.nz:
-        return "WeightNzV2" if new else "WeightNz"
-    return "V3" if new else "V2"
+    for e in _DECL.entries("finalize_nz" if lay.nz else "finalize"):  # op-plugin's preference order
+        if e.since is None or not call.cann < CannVersion(e.since):
+            return _DECL.short_name(e)
+    return None
 
 
 def _m(call) -> Optional[int]:
