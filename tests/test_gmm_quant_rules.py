@@ -117,6 +117,22 @@ def test_rule_rejects(args, rule_id, text):
 
 
 def test_every_rule_has_a_case_and_other_products_rejected():
-    assert {r.id for r in get_op(OP).rules} - {c[1] for c in CASES} == set()
+    assert {r.id for r in get_op(OP).rules} - {c[1] for c in CASES} == {"gmmq.products"}
     v = ascend_moe.check(OP, **a8w8(), product="ascend-950")
     assert len(v) == 1 and "not modelled" in v[0].message
+
+
+def test_npu_grouped_matmul_takes_the_quantised_rules_over():
+    """npu_grouped_matmul runs the gmmq rules for integer x/weight, its float rules otherwise; the quantised
+    forms are refused on the other products."""
+    assert ascend_moe.check("npu_grouped_matmul", **a8w8(), product="atlas-a2") == []
+    assert ascend_moe.check("npu_grouped_matmul", **a8w4(), product="atlas-a3") == []
+    ids = [v.rule_id for v in ascend_moe.check("npu_grouped_matmul", **a8w8(scale=None), product="atlas-a2")]
+    assert ids == ["gmmq.a8w8_scale"]
+    ids = [v.rule_id for v in ascend_moe.check("npu_grouped_matmul", **a8w8(), product="ascend-950")]
+    assert ids == ["gmmq.products"]
+    ids = {v.rule_id for v in ascend_moe.check("npu_grouped_matmul", x=[T((M, K), "bfloat16")],
+                                               weight=[T((E, K, N), "bfloat16")], group_list=gl(), split_item=2,
+                                               group_type=0, group_list_type=1, scale=[T((E, N), "bfloat16")],
+                                               product="atlas-a2")}
+    assert "gmm.quant_arg.scale" in ids and not any(i.startswith("gmmq.") for i in ids)

@@ -52,7 +52,26 @@ __all__ = ["npu_gmm", "npu_gmm_v2", "npu_grouped_matmul"]
 Tensor = torch.Tensor
 GroupListArg = Union[None, Sequence[int], Tensor]
 
-_OUTPUT_DTYPE_CODES = {torch.float16: 5, torch.bfloat16: 15, torch.float32: 6, torch.int32: 3}
+_OUTPUT_DTYPE_CODES = {torch.float16: 5, torch.bfloat16: 15, torch.float32: 6, torch.int32: 3, torch.int8: 1}
+_CODE_DTYPES = {code: dt for dt, code in _OUTPUT_DTYPE_CODES.items()}
+
+
+def _is_quant_form(args: Dict[str, Any]) -> bool:
+    """Integer x or weight: one of the quantised forms (ascend_moe.rules.gmm_quant / sim.gmm_quant)."""
+    return any(t.dtype in (torch.int8, torch.int32) for t in list(args["x"]) + list(args["weight"]))
+
+
+def _quant_shapes(args: Dict[str, Any]):
+    """The quantised forms' single output [M, N]: N from the weight's logical dims (int4 packed in int32:
+    8 per element; NZ storage), dtype ``output_dtype`` (torch_npu's int code) or x's."""
+    from ..sim.numerics import dtype_name
+    from ..sim.quant_gemm import weight_logical_dims
+    x, w = args["x"][0], args["weight"][0]
+    dims = weight_logical_dims(tuple(w.shape), dtype_name(w.dtype))
+    n = dims[2] if dims is not None else w.shape[-1]
+    od = args.get("output_dtype")
+    dtype = x.dtype if od is None else _CODE_DTYPES.get(int(od), x.dtype)
+    return [((x.shape[0], n), dtype)]
 _ERR_GROUP_TYPE = "group_type must be zero to compute gradients of x and weight!"
 _ERR_BIAS = "Bias is not supported to compute gradient!"
 
@@ -361,6 +380,8 @@ def grouped_matmul_shapes(args: Dict[str, Any]):
 
     split_item 0/1 with a single x and a group list gives one output per group whose row counts are
     the group-list values (read on the host, as op-plugin does; SymInts under fake tensors)."""
+    if _is_quant_form(args):
+        return _quant_shapes(args)
     xs, ws, gl = args["x"], args["weight"], args["group_list"]
     gt = _sim.resolve_group_type(args["group_type"], gl)
     split = args["split_item"]
@@ -420,6 +441,15 @@ def _npu_grouped_matmul_op(
     if be == "aclnn":
         from ..backends import aclnn
         return aclnn.call("npu_grouped_matmul", args)
+    if _is_quant_form(args):
+        from ..sim.gmm_quant import npu_grouped_matmul_quant
+        np_kw = {k: (_np_list(args[k]) if args[k] is not None else None)
+                 for k in ("bias", "scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale")}
+        (y,) = npu_grouped_matmul_quant(_np_list(args["x"]), _np_list(args["weight"]),
+                                        group_list=_np_group_list(args["group_list"]),
+                                        group_list_type=args["group_list_type"], act_type=args["act_type"],
+                                        output_dtype=args["output_dtype"], **np_kw)
+        return [from_numpy(y)]
     ys = _sim.grouped_matmul_compute(
         _np_list(args["x"]), _np_list(args["weight"]), _np_list(args["bias"]), _np_group_list(args["group_list"]),
         args["split_item"], _sim.resolve_group_type(args["group_type"], args["group_list"]),

@@ -757,3 +757,13 @@ def _(call):
 def _(call):
     if call.given("tuning_config"):
         return f"tuning_config={list(call['tuning_config'])} is not supported on the Atlas inference series"
+
+
+# ----------------------------------------------------------------------------------------------
+# the quantised forms (A8W8 / A8W4 / A16W8 / A16W4): their own rule set, ascend_moe.rules.gmm_quant;
+# the rules above keep the non-quantised calls
+# ----------------------------------------------------------------------------------------------
+
+from . import gmm_quant as _gmm_quant  # noqa: E402
+
+_gmm_quant.install(npu_grouped_matmul_spec)

@@ -82,13 +82,9 @@ def form(call: Call) -> Optional[str]:
     return None
 
 
-QUANT_ARGS = ("scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale")
-
-
 def is_quant_call(call: Call) -> bool:
-    """True when the call takes a quantised path: integer x or weight, or a quantisation argument."""
-    if any(call.given(a) for a in QUANT_ARGS):
-        return True
+    """True when the call takes a quantised path: an integer (or fp8) x or weight.  Quantisation arguments
+    with float x and weight are not a quantised form; npu_grouped_matmul's own rules reject them."""
     dts = [m.dtype for m in call.metas("x") + call.metas("weight")]
     return any(d in INT_W or "float8" in d for d in dts)
 
@@ -422,3 +418,22 @@ def _(call):
     given = [n for n in names if call.given(n)]
     if given:
         return f"{', '.join(given)} given: not part of the modelled A2/A3 quantised forms"
+
+
+@_rule("gmmq.products", "x", "the quantised forms are modelled on Atlas A2/A3 only",
+       products={"atlas-inference", "ascend-950"}, source=SRC_DOC + " (A2/A3 tables)", status=None,
+       fix="check the quantised grouped matmul for atlas-a2 / atlas-a3")
+def _(call):
+    return (f"the quantised grouped matmul ({form(call) or 'quantisation arguments given'}) is not modelled on "
+            f"{call.product}")
+
+
+def install(target_spec) -> None:
+    """Let ``target_spec`` (npu_grouped_matmul's rule set) take the quantised forms over: its own rules skip
+    calls :func:`is_quant_call` accepts, and the rules above check exactly those calls."""
+    import dataclasses
+    for r in target_spec.rules:
+        r.check = (lambda call, _own=r.check: None if is_quant_call(call) else _own(call))
+    for r in quant_rules():
+        target_spec.add_rule(dataclasses.replace(
+            r, op=target_spec.name, check=lambda call, _q=r.check: _q(call) if is_quant_call(call) else None))
