@@ -236,13 +236,23 @@ def _build_grouped_matmul(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[
     tuning = IA(list(a.get("tuning_config") or []))
     if _is_nz(ws[0]):
         entry = choose("gmm_nz", op)
-        return entry, common + [tuning, i64(0)] + tail  # quantGroupSize 0, as op-plugin
+        return entry, common + [tuning, i64(_quant_group_size(a))] + tail
     fp8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
     v5_ok = xs[0].dtype not in fp8  # op-plugin: V5 only for native dtypes (no fp8 x, no dtype overrides)
     entry = choose("gmm" if v5_ok else "gmm_v4", op)
     if entry.endswith("V5"):
         return entry, common + [tuning] + tail
     return entry, common + tail
+
+
+def _quant_group_size(a: Dict[str, Any]) -> int:
+    """quantGroupSize of aclnnGroupedMatmulWeightNz as op-plugin passes it: 256 for A8W4 (int8 x, int4 packed
+    in int32 weight, int64/uint64 scale) without an offset, else 0 (GroupedMatmulKernelNpuOpApi.cpp)."""
+    xs, ws, scale = list(a["x"]), list(a["weight"]), a.get("scale") or []
+    int64s = tuple(getattr(torch, n) for n in ("int64", "uint64") if hasattr(torch, n))
+    is_a8w4 = (xs[0].dtype == torch.int8 and ws[0].dtype == torch.int32 and len(scale) > 0
+               and scale[0].dtype in int64s)
+    return 256 if is_a8w4 and not a.get("offset") else 0
 
 
 def _build_gmm(group_list_type: int, op: str):

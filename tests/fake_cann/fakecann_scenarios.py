@@ -308,6 +308,52 @@ def grouped_matmul_nz_weight_uses_weight_nz(fake: Fake):
 
 
 @scenario
+def grouped_matmul_quantised_forms_on_weight_nz(fake: Fake):
+    """A8W8 (scale, per_token_scale, bf16 output) and A8W4 (int4 packed in int32, int64 scale: op-plugin's
+    quantGroupSize 256) through the public op with backend='aclnn'."""
+    import warnings
+    import ascend_moe
+    begin(fake)
+    x = torch.randint(-9, 9, (6, 64), dtype=torch.int8)
+    w = ascend_moe.npu_format_cast(torch.randint(-9, 9, (2, 64, 96), dtype=torch.int8), 29)
+    scale = torch.rand(2, 96).to(torch.bfloat16)
+    pts = torch.rand(6)
+    gl = torch.tensor([2, 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (y,) = ascend_moe.npu_grouped_matmul([x], [w], scale=[scale], per_token_scale=[pts], group_list=gl,
+                                             split_item=2, group_type=0, group_list_type=1,
+                                             output_dtype=torch.bfloat16, backend="aclnn")
+    c = Call(fake, "aclnnGroupedMatmulWeightNz")
+    nd_tensor(c.items(0)[0], x, INT8)
+    nz_tensor(c.items(1)[0], w, INT8, [2, 3, 4, 16, 32])      # int8: c0 = 32
+    assert c.null(2)                                          # bias
+    nd_tensor(c.items(3)[0], scale, BF16)
+    nd_tensor(c.items(7)[0], pts, FLOAT)
+    nd_tensor(c.tensor(8), gl, INT64)
+    assert [c.value(i, "int64_t") for i in (12, 13, 14, 15)] == [2, 0, 1, 0]
+    assert c.value(17, "int64_t") == 0                        # quantGroupSize: A8W8
+    nd_tensor(c.items(18)[0], y, BF16)
+    assert list(y.shape) == [6, 96]
+    out_bytes(y, 0)
+    fake.assert_balanced()
+    begin(fake)
+    w4 = ascend_moe.npu_format_cast(torch.zeros(2, 256, 8, dtype=torch.int32), 29)
+    xs = torch.zeros(6, 256, dtype=torch.int8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (y4,) = ascend_moe.npu_grouped_matmul([xs], [w4], scale=[torch.zeros(2, 64, dtype=torch.int64)],
+                                              bias=[torch.zeros(2, 64)], per_token_scale=[pts], group_list=gl,
+                                              split_item=2, group_type=0, group_list_type=1,
+                                              output_dtype=torch.bfloat16, backend="aclnn")
+    c = Call(fake, "aclnnGroupedMatmulWeightNz")
+    assert c.value(17, "int64_t") == 256                      # quantGroupSize: A8W4 without offset
+    nd_tensor(c.items(18)[0], y4, BF16)
+    assert list(y4.shape) == [6, 64]
+    fake.assert_balanced()
+
+
+@scenario
 def grouped_matmul_int_list_uses_v1(fake: Fake):
     from ascend_moe.backends import BackendError
     begin(fake)
