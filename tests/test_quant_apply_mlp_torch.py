@@ -132,3 +132,20 @@ def test_quantised_grouped_matmul_fake_and_meta_shapes():
                                          split_item=2, group_type=0, group_list_type=1,
                                          group_list=torch.tensor([2, 4]), output_dtype=torch.bfloat16)
     assert tuple(y4.shape) == (6, 64) and y4.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_float_weights_after_format_cast_29_give_the_nd_numbers(dtype):
+    """bf16/fp16 weights after npu_format_cast(w, 29) (as vllm-ascend formats float MoE weights): accepted by
+    npu_grouped_matmul, same numbers as the ND weight; MindSpeed's npu_gmm still takes ND only."""
+    import ascend_moe
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 32, generator=g).to(dtype)
+    w = torch.randn(2, 32, 48, generator=g).to(dtype)
+    gl = torch.tensor([2, 4])
+    kw = dict(group_list=gl, split_item=2, group_type=0, group_list_type=1)
+    (y_nd,) = torch_npu.npu_grouped_matmul([x], [w], **kw)
+    (y_nz,) = torch_npu.npu_grouped_matmul([x], [torch_npu.npu_format_cast(w, 29)], **kw)
+    assert torch.equal(y_nd, y_nz)
+    with pytest.raises(ascend_moe.ConstraintError, match="takes ND weights"):
+        ascend_moe.npu_gmm(x, ascend_moe.npu_format_cast(w, 29), group_list=[2, 6])

@@ -696,12 +696,22 @@ def _(call):
     return out
 
 
-@rule(ALL, "gmm.nz_weight", "weight", "FRACTAL_NZ weights belong to the quantised (WeightNz) paths",
-      source=SCOPE, fix=QUANT_FIX + "; or pass an ND weight", status=None)
+@rule(ALL, "gmm.nz_weight", "weight", "FRACTAL_NZ weights: npu_grouped_matmul takes float weights tagged NZ "
+      "(aclnnGroupedMatmulWeightNz; same numbers as ND); MindSpeed's npu_gmm takes ND only, and the 5-D NZ "
+      "storage form of a float weight is not modelled", source=SCOPE, fix="pass an ND weight, or the "
+      "npu_format_cast(w, 29) result of a 3-D weight to npu_grouped_matmul", status=None)
 def _(call):
     v = _v(call)
-    return [f"weight[{i}] has format {m.format}; the non-quantised simulator takes ND weights"
-            for i, m in enumerate(v.ws) if m.format.startswith("FRACTAL_NZ")]
+    out = []
+    for i, m in enumerate(v.ws):
+        if not m.format.startswith("FRACTAL_NZ"):
+            continue
+        if call.op == "npu_grouped_matmul" and m.ndim in (2, 3):
+            continue  # a tagged logical weight: WeightNz on the device, the ND numbers in the simulator
+        out.append(f"weight[{i}] has format {m.format} (shape {list(m.shape)}); {call.op} takes ND weights"
+                   if call.op != "npu_grouped_matmul" else
+                   f"weight[{i}] is 5-D NZ storage {list(m.shape)}; pass the tagged 3-D weight instead")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
