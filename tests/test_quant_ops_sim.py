@@ -409,3 +409,13 @@ def test_torch_signature_twins():
     assert yd.shape == (4, 4) and sd.shape == (4,)
     with pytest.raises(NotImplementedError, match="round_mode"):
         q.npu_dequant_swiglu_quant(xi, round_mode=2)
+
+
+def test_sim_modules_import_without_torch_or_the_checker():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None; "
+            "import ascend_moe.sim.quant_ops, ascend_moe.sim.gmm_quant, ascend_moe.sim.zero_rows; "
+            "bad = [m for m in sys.modules if m.startswith(('ascend_moe.rules', 'ascend_moe.products'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
