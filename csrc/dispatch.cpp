@@ -142,6 +142,8 @@ const std::map<std::string, Entry> &entries() {
       ASCEND_MOE_ENTRY("aclnnDynamicQuantV2", aclnnDynamicQuantV2GWS_t),
       ASCEND_MOE_ENTRY("aclnnDequantSwigluQuant", aclnnDequantSwigluQuantGWS_t),
       ASCEND_MOE_ENTRY("aclnnDequantSwigluQuantV2", aclnnDequantSwigluQuantV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnGroupedMatmulAdd", aclnnGroupedMatmulAddGWS_t),
+      ASCEND_MOE_ENTRY("aclnnGroupedMatmulAddV2", aclnnGroupedMatmulAddV2GWS_t),
   };
   return table;
 }
@@ -278,6 +280,9 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> &families() 
       // op-plugin (SoC < 950): V1 only when V2 is absent and swiglu_mode == 0
       {"dequant_swiglu_quant", {"aclnnDequantSwigluQuantV2", "aclnnDequantSwigluQuant"}},
       {"dequant_swiglu_quant_v2", {"aclnnDequantSwigluQuantV2"}},
+      // op-plugin: V2 only on aclnn-only SoCs (950); A2/A3 call V1, which has no groupListType
+      {"gmm_add", {"aclnnGroupedMatmulAdd"}},
+      {"gmm_add_v2", {"aclnnGroupedMatmulAddV2"}},
   };
   return f;
 }

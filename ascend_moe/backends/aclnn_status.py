@@ -26,6 +26,7 @@ OP_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "npu_dynamic_quant": ("dynamic_quant",),
     "npu_dynamic_quant_asymmetric": ("dynamic_quant_v2",),
     "npu_dequant_swiglu_quant": ("dequant_swiglu_quant", "dequant_swiglu_quant_v2"),
+    "npu_grouped_matmul_add_": ("gmm_add", "gmm_add_v2"),
 }
 
 

@@ -342,6 +342,8 @@ OP_MODULES: Dict[str, str] = {
     "npu_dynamic_quant": "quant_ops",
     "npu_dynamic_quant_asymmetric": "quant_ops",
     "npu_dequant_swiglu_quant": "quant_ops",
+    "npu_grouped_matmul_add_": "quant_ops",
+    "npu_grouped_matmul_add": "quant_ops",
 }
 
 _REGISTRY: Dict[str, OpSpec] = {}

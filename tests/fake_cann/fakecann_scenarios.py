@@ -953,6 +953,45 @@ def dequant_swiglu_quant_v2_fixed_a2a3_arguments(fake: Fake):
     fake.assert_balanced()
 
 
+@scenario
+def grouped_matmul_add_in_place(fake: Fake):
+    """npu_grouped_matmul_add_ writes into y itself (yRef is y's storage); A2/A3 take aclnnGroupedMatmulAdd
+    without groupListType, the 950 V2 with it."""
+    import ascend_moe
+    begin(fake)
+    x = torch.randn(12, 8, dtype=torch.bfloat16)
+    w = torch.randn(12, 16, dtype=torch.bfloat16)
+    gl = torch.tensor([5, 5, 12])
+    y = torch.zeros(3, 8, 16)
+    out = aclnn().grouped_matmul_add_(y, x, w, gl)
+    assert out is y
+    c = Call(fake, "aclnnGroupedMatmulAdd")
+    assert c.kinds() == ["aclTensor*"] * 4 + ["bool", "bool", "int64_t"]
+    nd_tensor(c.tensor(0), x, BF16)
+    nd_tensor(c.tensor(1), w, BF16)
+    nd_tensor(c.tensor(2), gl, INT64)
+    nd_tensor(c.tensor(3), y, FLOAT)
+    assert c.value(4, "bool") is True and c.value(5, "bool") is False and c.value(6, "int64_t") == 2
+    out_bytes(y, 0)                          # the fake's bytes arrived in y itself
+    c.phases()
+    fake.assert_balanced()
+    begin(fake)
+    with ascend_moe.target("ascend-950"):
+        aclnn().grouped_matmul_add_(torch.zeros(3, 8, 16), x, w, gl, group_list_type=0)
+    c = Call(fake, "aclnnGroupedMatmulAddV2")
+    assert c.kinds() == ["aclTensor*"] * 4 + ["bool", "bool", "int64_t", "int64_t"]
+    assert c.value(7, "int64_t") == 0
+    fake.assert_balanced()
+    begin(fake)
+    try:
+        aclnn().grouped_matmul_add_(torch.zeros(3, 8, 16), x, w, torch.tensor([5, 4, 12]))
+    except ascend_moe.ConstraintError as e:
+        assert "non-decreasing" in str(e)
+    else:
+        raise AssertionError("a decreasing group_list must be refused by the checker")
+    assert not fake.gws()
+
+
 # ------------------------------------------------------------------------------------------ old CANN build
 # libopapi.so built without V5, FinalizeRoutingV3, FinalizeRoutingWeightNzV2 and without
 # aclnnGroupedMatmulWeightNzGetWorkspaceSize (its phase-2 symbol is still there); aclInit answers 100002.

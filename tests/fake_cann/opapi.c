@@ -593,3 +593,37 @@ FAKE_EXPORT aclnnStatus aclnnDequantSwigluQuantV2GetWorkspaceSize(
 #ifndef OMIT_aclnnDequantSwigluQuantV2
 PHASE2(aclnnDequantSwigluQuantV2)
 #endif
+
+/* ------------------------------------------------------------------ grouped matmul add (in place) */
+#ifndef OMIT_aclnnGroupedMatmulAddGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulAddGetWorkspaceSize(const aclTensor *x, const aclTensor *weight,
+                                                              const aclTensor *groupList, aclTensor *yRef,
+                                                              bool transposeX, bool transposeWeight, int64_t groupType,
+                                                              uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulAdd");
+  a_tensor(&c, x, 0); a_tensor(&c, weight, 0); a_tensor(&c, groupList, 0); a_tensor(&c, yRef, 1);
+  a_bool(&c, transposeX); a_bool(&c, transposeWeight); a_i64(&c, groupType);
+  return finish(&c, "aclnnGroupedMatmulAdd", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulAdd
+PHASE2(aclnnGroupedMatmulAdd)
+#endif
+
+#ifndef OMIT_aclnnGroupedMatmulAddV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulAddV2GetWorkspaceSize(const aclTensor *x, const aclTensor *weight,
+                                                                const aclTensor *groupList, aclTensor *yRef,
+                                                                bool transposeX, bool transposeWeight,
+                                                                int64_t groupType, int64_t groupListType,
+                                                                uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulAddV2");
+  a_tensor(&c, x, 0); a_tensor(&c, weight, 0); a_tensor(&c, groupList, 0); a_tensor(&c, yRef, 1);
+  a_bool(&c, transposeX); a_bool(&c, transposeWeight); a_i64(&c, groupType); a_i64(&c, groupListType);
+  return finish(&c, "aclnnGroupedMatmulAddV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulAddV2
+PHASE2(aclnnGroupedMatmulAddV2)
+#endif
