@@ -14,7 +14,7 @@ which aclnn entry point the hardware path would choose.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 ACL_FORMAT_ND = 2
 ACL_FORMAT_FRACTAL_NZ = 29
@@ -39,8 +39,34 @@ def _torch_view(tensor: Any) -> Optional[Tuple[Any, Tuple]]:
     return st, sig
 
 
+# device type -> (getter(tensor) -> format name, setter(tensor, format name))
+_DEVICE_FORMATS: Dict[str, Tuple[Callable[[Any], str], Callable[[Any, str], None]]] = {}
+
+
+def register_device_formats(device_type: str, getter: Callable[[Any], str],
+                            setter: Callable[[Any, str], None]) -> None:
+    """Let tensors on ``device_type`` keep their format themselves (e.g. as device metadata that
+    survives clone, views and tracing): :func:`get_format` / :func:`set_format` then call these."""
+    _DEVICE_FORMATS[device_type] = (getter, setter)
+
+
+def unregister_device_formats(device_type: str) -> None:
+    _DEVICE_FORMATS.pop(device_type, None)
+
+
+def _device_hooks(tensor: Any):
+    if not _DEVICE_FORMATS:
+        return None
+    device = getattr(tensor, "device", None)
+    return _DEVICE_FORMATS.get(getattr(device, "type", None))
+
+
 def set_format(tensor: Any, fmt: str) -> None:
     """Record that ``tensor`` is held in ``fmt`` (``"ND"`` or ``"FRACTAL_NZ"``)."""
+    hooks = _device_hooks(tensor)
+    if hooks is not None:
+        hooks[1](tensor, fmt)
+        return
     key = id(tensor)
     if key not in _formats:
         try:
@@ -65,6 +91,9 @@ def get_format(tensor: Any) -> str:
     fmt = getattr(tensor, "format", None)
     if isinstance(fmt, str):  # TensorSpec and similar carry it themselves
         return fmt
+    hooks = _device_hooks(tensor)
+    if hooks is not None:
+        return hooks[0](tensor)
     fmt = _formats.get(id(tensor))
     if fmt is not None:
         return fmt

@@ -79,7 +79,6 @@ from .products import PRODUCTS, Target, resolve_target
 from .rules import TensorSpec, Violation, check, strict_docs
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-DEFAULT_PRESET = "deepseek-v3"
 QUANT_MODES = ("none", "w8a8", "w4a8")
 BF16_CODE = 15      # torch.bfloat16 as npu_grouped_matmul's output_dtype (torch_npu's int code)
 

@@ -298,6 +298,15 @@ class OpDecl:
     # public-only conversions ``{arg: fn(value) -> value}`` applied by the binder before type checks
     # (e.g. a torch dtype accepted where the schema says int)
     convert: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # other overloads of the op as op-plugin spells them (e.g. ``npu_grouped_matmul.List``, whose
+    # group_list is ``int[]?``): an argument whose type differs is one public argument taking either type,
+    # and travels in the torch.library schema as an extra argument ``<name>_ints`` (one schema can hold
+    # no union type)
+    overloads: Tuple[str, ...] = ()
+    # keyword-only schema arguments that an older published spelling passed positionally, in that
+    # order, after the schema's positional ones (e.g. npu_ffn's seed signature); the public function
+    # accepts both spellings (an unambiguous superset)
+    legacy_positional: Tuple[str, ...] = ()
     # simulator-only keyword options of the NumPy twin, passed to ``sim(args, target, **options)``
     sim_options: Tuple[str, ...] = ()
     # what the fake kernel's checker sees, where fake tensors lack what real ones carry (e.g. a format)
@@ -307,6 +316,24 @@ class OpDecl:
     def __post_init__(self) -> None:
         self.parsed = parse_schema(self.schema)
         names = set(self.parsed.names)
+        # argument name -> (the overload's variant of it, the torch-schema name that carries it)
+        self.alternatives: Dict[str, Tuple[SchemaArg, str]] = {}
+        for text in self.overloads:
+            other = parse_schema(text)
+            if other.names != self.parsed.names:
+                raise ValueError(f"{self.name}: overload {other.overload} must have the same argument names")
+            for a, b in zip(self.args, other.args):
+                if a.type != b.type:
+                    if not b.base.startswith("int"):
+                        raise ValueError(f"{self.name}.{other.overload}: only int[] variants are supported")
+                    self.alternatives[a.name] = (b, f"{a.name}_ints")
+        torch_args: List[SchemaArg] = []
+        for a in self.args:
+            torch_args.append(a)
+            if a.name in self.alternatives:
+                alt, extra = self.alternatives[a.name]
+                torch_args.append(SchemaArg(extra, alt.type if alt.optional else alt.type + "?", None, a.kwarg_only))
+        self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), self.parsed.returns)
         for e in self.aclnn:
             for p in e.c_params:
                 if p.ctype in ("O", "OL") and not isinstance(e.bind.get(p.name), (Out, str)):
@@ -348,13 +375,52 @@ class OpDecl:
     def signature(self) -> inspect.Signature:
         """The Python signature of the declared schema (keyword-only split and defaults as written)."""
         params = []
-        for a in self.args:
-            kind = inspect.Parameter.KEYWORD_ONLY if a.kwarg_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        for a in self.public_order():
+            kind = inspect.Parameter.KEYWORD_ONLY if a.kwarg_only and a.name not in self.legacy_positional \
+                else inspect.Parameter.POSITIONAL_OR_KEYWORD
             params.append(inspect.Parameter(a.name, kind, default=a.default,
                                             annotation=_PY_TYPE_TEXT.get(a.type, a.type)))
         return inspect.Signature(params)
 
+    def public_order(self) -> List[SchemaArg]:
+        """The schema's arguments in the public function's order: the positional ones, then
+        :attr:`legacy_positional`, then the other keyword-only ones in schema order."""
+        pos = [a for a in self.args if not a.kwarg_only]
+        legacy = [self.parsed.arg(n) for n in self.legacy_positional]
+        rest = [a for a in self.args if a.kwarg_only and a.name not in self.legacy_positional]
+        return pos + legacy + rest
+
     # -- binding -----------------------------------------------------------------------------------
+
+    def to_torch(self, a: Dict[str, Any]) -> Tuple[Any, ...]:
+        """A bound public call as the torch.library schema's positional arguments (an overload's variant
+        of an argument goes to its ``<name>_ints`` slot)."""
+        out: List[Any] = []
+        for arg in self.args:
+            v = a[arg.name]
+            if arg.name in self.alternatives:
+                is_list = isinstance(v, (list, tuple))
+                out.extend([None if is_list else v, list(v) if is_list else None])
+            else:
+                out.append(v)
+        return tuple(out)
+
+    def bind_torch(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, tensor_check: Optional[
+            Callable[[Any], bool]] = None) -> Dict[str, Any]:
+        """Bind a call of the torch.library schema (what the kernels receive) to the public argument
+        dict: each ``<name>_ints`` folded back into ``<name>``."""
+        if not self.alternatives:
+            return self.bind(args, kwargs, tensor_check=tensor_check, keyword_split=False)
+        a = self._bind(self.torch_parsed.args, args, kwargs, tensor_check, " (torch schema)", False, False)
+        for name, (_, extra) in self.alternatives.items():
+            ints = a.pop(extra)
+            if ints is not None:
+                if a[name] is not None:
+                    raise self._error(f"'{name}' and '{extra}' are both given; pass one", "")
+                a[name] = ints
+        if self.normalize is not None:
+            a = self.normalize(a)
+        return a
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, tensor_check: Optional[
             Callable[[Any], bool]] = None, where: str = "", keyword_split: bool = True,
@@ -364,9 +430,18 @@ class OpDecl:
         torch.library schema does (it has no ``*``: the kernels receive every argument positionally).
         ``any_dtype``: a ``ScalarType`` may also be a dtype name or a NumPy dtype (the checker).  Raises :class:`BindError` (a TypeError)
         naming the argument, the expected type and the torch signature."""
-        spec = self.args
+        out = self._bind(self.args, args, kwargs, tensor_check, where, keyword_split, any_dtype)
+        if self.normalize is not None:
+            out = self.normalize(out)
+        return out
+
+    def _bind(self, spec: Sequence[SchemaArg], args: Sequence[Any], kwargs: Mapping[str, Any], tensor_check: Any,
+              where: str, keyword_split: bool, any_dtype: bool) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
-        positional = [a for a in spec if not a.kwarg_only or not keyword_split]
+        if keyword_split:
+            positional = [a for a in spec if not a.kwarg_only] + [self.parsed.arg(n) for n in self.legacy_positional]
+        else:
+            positional = list(spec)
         if len(args) > len(positional):
             raise self._error(f"takes {len(positional)} positional argument(s) but {len(args)} were given "
                               f"(arguments after the '*' are keyword-only)", where)
@@ -391,13 +466,30 @@ class OpDecl:
             if v is None and a.optional and a.default is not None and a.default is not NO_DEFAULT \
                     and not a.is_tensor:
                 v = a.default  # op-plugin's value_or(default): None means the schema default
-            out[a.name] = _check_type(self, a, v, tensor_check, where, any_dtype)
-        if self.normalize is not None:
-            out = self.normalize(out)
+            alt = self.alternatives.get(a.name)
+            if alt is not None and isinstance(v, (list, tuple)):
+                out[a.name] = _check_type(self, alt[0], v, tensor_check, where, any_dtype)
+            else:
+                try:
+                    out[a.name] = _check_type(self, a, v, tensor_check, where, any_dtype)
+                except BindError:
+                    if alt is None:
+                        raise
+                    raise self._error(f"argument '{a.name}' must be {_expected(a).split(' (')[0]} or "
+                                      f"{_expected(alt[0]).split(' (')[0]} (the .{_overload_of(self, a.name)} "
+                                      f"overload), got {_type_name(v)}", where) from None
         return out
 
     def _error(self, what: str, where: str) -> BindError:
         return BindError(f"{self.name}{where}: {what}; signature: {self.parsed.spelled(name=False)}")
+
+
+def _overload_of(decl: "OpDecl", name: str) -> str:
+    for text in decl.overloads:
+        other = parse_schema(text)
+        if other.arg(name).type != decl.parsed.arg(name).type:
+            return other.overload
+    return ""
 
 
 def _common_prefix(entries: Sequence[AclnnEntry]) -> str:
@@ -517,6 +609,9 @@ _DECLS: Dict[str, OpDecl] = {}
 DECL_MODULES: Dict[str, str] = {
     "npu_moe_gating_top_k": "gating",
     "npu_grouped_matmul_finalize_routing": "finalize_routing",
+    "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
+    "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
+    "npu_ffn": "ffn",
     "npu_swiglu": "quant_ops",
     "npu_swiglu_backward": "quant_ops",
     "npu_dynamic_quant": "quant_ops",

@@ -86,7 +86,7 @@ import numpy as np
 
 from . import numerics as nm
 
-__all__ = ["npu_ffn"]
+__all__ = ["ffn_compute"]
 
 ACTIVATIONS = ("fastgelu", "gelu", "relu", "silu", "geglu", "swiglu", "reglu")
 GLU_ACTIVATIONS = ("geglu", "swiglu", "reglu")
@@ -473,31 +473,11 @@ def _ffn_compute(x, weight1, weight2, activation, expert_tokens, expert_tokens_i
     return y.reshape(*x.shape[:-1], n2)
 
 
-def npu_ffn(x: np.ndarray, weight1: np.ndarray, weight2: np.ndarray, activation: str,
-            expert_tokens: Optional[Sequence[int]] = None, bias1: Optional[np.ndarray] = None,
-            bias2: Optional[np.ndarray] = None, inner_precise: Optional[int] = None, *,
-            expert_tokens_index: Optional[Sequence[int]] = None,
-            scale: Optional[np.ndarray] = None, offset: Optional[np.ndarray] = None,
-            deq_scale1: Optional[np.ndarray] = None, deq_scale2: Optional[np.ndarray] = None,
-            antiquant_scale1: Optional[np.ndarray] = None, antiquant_scale2: Optional[np.ndarray] = None,
-            antiquant_offset1: Optional[np.ndarray] = None, antiquant_offset2: Optional[np.ndarray] = None,
-            output_dtype: Any = None, undefined: Optional[str] = None) -> np.ndarray:
-    """FFN / MoE-FFN on NumPy arrays, checked against the target product's rules first.
-
-    Spelling: torch_npu master (everything after ``activation`` by keyword) and the older seed spelling
-    ``npu_ffn(x, w1, w2, activation, expert_tokens, bias1, bias2, inner_precise)`` - the four
-    arguments the old signature had positionally keep their old positions (an unambiguous superset).
-    ``inner_precise`` None means 0 (the torch_npu wrapper's default, the old signature's default).
-    ``expert_tokens`` / ``expert_tokens_index``: a list of ints or a 1-D integer array; an empty list
-    means no experts.  ``output_dtype``: only for int8 x (float16 default, or bfloat16).
-    See the module docstring for the formula, the precision flows and the faithfulness contract.
-    """
-    from ..rules import enforce
-    enforce("npu_ffn", x, weight1, weight2, activation, expert_tokens, bias1, bias2, inner_precise,
-            expert_tokens_index=expert_tokens_index, scale=scale, offset=offset, deq_scale1=deq_scale1,
-            deq_scale2=deq_scale2, antiquant_scale1=antiquant_scale1, antiquant_scale2=antiquant_scale2,
-            antiquant_offset1=antiquant_offset1, antiquant_offset2=antiquant_offset2,
-            output_dtype=output_dtype)
-    return ffn_compute(x, weight1, weight2, activation, expert_tokens, expert_tokens_index, bias1, bias2,
-                       scale, offset, deq_scale1, deq_scale2, antiquant_scale1, antiquant_scale2,
-                       antiquant_offset1, antiquant_offset2, inner_precise, output_dtype, undefined)
+def __getattr__(name: str):
+    """The checked NumPy twin ``npu_ffn`` is generated from the op's declaration
+    (:mod:`ascend_moe.numpy_ops`); this alias keeps the old name without the simulator importing the
+    checker."""
+    if name == "npu_ffn":
+        from ascend_moe import numpy_ops
+        return getattr(numpy_ops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

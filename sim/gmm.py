@@ -41,7 +41,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .numerics import fill_undefined
+from .numerics import GroupList as GroupListValue, fill_undefined
 
 __all__ = ["npu_gmm", "npu_gmm_v2", "npu_grouped_matmul", "grouped_matmul_add_fp32"]
 
@@ -75,8 +75,7 @@ def float64_enabled() -> bool:
 
 def group_bounds(group_list: GroupList, group_list_type: int) -> Tuple[np.ndarray, np.ndarray]:
     """(starts, ends) of every group along the grouped axis (spec 1.3)."""
-    gl = np.asarray(group_list, dtype=np.int64).reshape(-1)
-    ends = gl if group_list_type == 0 else np.cumsum(gl)
+    ends = GroupListValue.of(group_list, group_list_type, validate=False).ends
     starts = np.concatenate([np.zeros(1, np.int64), ends[:-1]])
     return starts, ends
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import ml_dtypes
 import numpy as np
@@ -146,11 +146,6 @@ def float_to_int(x: np.ndarray, dtype: str = "int8", rounding: str = "rint",
 def f32_bits(x: np.ndarray) -> np.ndarray:
     """The IEEE-754 bit pattern of float32 values as uint32."""
     return np.asarray(x, dtype=np.float32).view(np.uint32)
-
-
-def bits_f32(bits: np.ndarray) -> np.ndarray:
-    """float32 values from uint32 bit patterns."""
-    return np.asarray(bits).astype(np.uint32).view(np.float32)
 
 
 FP19_MASK = np.uint32(0xFFFFE000)
@@ -365,3 +360,64 @@ def fill_undefined(out: np.ndarray, where: Union[slice, np.ndarray, Tuple], poli
     value = 0 if p == "zero" else poison_value(dtype_name(out))
     out[where] = value
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# group lists
+# --------------------------------------------------------------------------------------------
+
+class GroupList:
+    """A group list as one value: the cumulative end of each group along the grouped axis.
+
+    ``GroupList.of(values, list_type)`` reads torch_npu's two spellings, 0 = cumulative ends (cumsum),
+    1 = per-group counts.  ``validate`` (default) rejects what no device group list can be (not 1-D,
+    not integers, negative entries, a decreasing cumsum, an unknown type) with ValueError; the grouped
+    matmul simulator reads it without validation (its checker rules ran first and a Tensor group list
+    is device data the device does not check either).
+    """
+
+    __slots__ = ("ends",)
+
+    def __init__(self, ends: np.ndarray):
+        self.ends = ends
+
+    @classmethod
+    def of(cls, values: Any, list_type: int = 0, validate: bool = True) -> "GroupList":
+        if not validate:
+            gl = np.asarray(values, dtype=np.int64).reshape(-1)
+            return cls(gl if list_type == 0 else np.cumsum(gl))
+        gl = np.asarray(values)
+        if gl.ndim != 1:
+            raise ValueError(f"group_list must be 1-D, got shape {gl.shape}")
+        if gl.size and not np.issubdtype(gl.dtype, np.integer):
+            raise ValueError(f"group_list must hold integers, got dtype {gl.dtype}")
+        gl = gl.astype(np.int64)
+        if gl.size and gl.min() < 0:
+            raise ValueError(f"group_list entries must be >= 0, got {gl.tolist()}")
+        if list_type == 0:
+            if gl.size > 1 and np.any(np.diff(gl) < 0):
+                raise ValueError(f"cumsum group_list must be non-decreasing, got {gl.tolist()}")
+            return cls(gl)
+        if list_type == 1:
+            return cls(np.cumsum(gl))
+        raise ValueError(f"group_list_type must be 0 (cumsum) or 1 (count), got {list_type}")
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([np.zeros(1, np.int64), self.ends[:-1]]) if self.ends.size else self.ends
+
+    @property
+    def total(self) -> int:
+        return int(self.ends[-1]) if self.ends.size else 0
+
+    def __len__(self) -> int:
+        return int(self.ends.size)
+
+    def bounds(self, num_rows: Optional[int] = None) -> List[Tuple[int, int]]:
+        """``(start, end)`` of each group, clipped to ``num_rows`` when given (rows past it do not exist)."""
+        out = []
+        for s, t in zip(self.starts.tolist(), self.ends.tolist()):
+            if num_rows is not None:
+                s, t = min(s, num_rows), min(t, num_rows)
+            out.append((int(s), int(t)))
+        return out

@@ -37,7 +37,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .numerics import decode_int64_scale, dtype_name, nd_to_nz, nz_to_nd, pack_int4, unpack_int4
+from .numerics import GroupList, decode_int64_scale, dtype_name, nd_to_nz, nz_to_nd, pack_int4, unpack_int4
 
 __all__ = [
     "group_bounds", "covered_rows", "exact_int_matmul", "grouped_int8_matmul", "msd_split_int8",
@@ -65,29 +65,7 @@ def group_bounds(group_list: Sequence[int], group_list_type: int = 0,
     Raises ValueError for a non-1-D list, negative entries, a decreasing cumsum or an unknown type.
     Empty groups give ``(s, s)``.
     """
-    gl = np.asarray(group_list)
-    if gl.ndim != 1:
-        raise ValueError(f"group_list must be 1-D, got shape {gl.shape}")
-    if gl.size and not np.issubdtype(gl.dtype, np.integer):
-        raise ValueError(f"group_list must hold integers, got dtype {gl.dtype}")
-    gl = gl.astype(np.int64)
-    if gl.size and gl.min() < 0:
-        raise ValueError(f"group_list entries must be >= 0, got {gl.tolist()}")
-    if group_list_type == 0:
-        if gl.size > 1 and np.any(np.diff(gl) < 0):
-            raise ValueError(f"cumsum group_list must be non-decreasing, got {gl.tolist()}")
-        ends = gl
-    elif group_list_type == 1:
-        ends = np.cumsum(gl)
-    else:
-        raise ValueError(f"group_list_type must be 0 (cumsum) or 1 (count), got {group_list_type}")
-    starts = np.concatenate([[0], ends[:-1]]) if ends.size else ends
-    out = []
-    for s, t in zip(starts.tolist(), ends.tolist()):
-        if num_rows is not None:
-            s, t = min(s, num_rows), min(t, num_rows)
-        out.append((int(s), int(t)))
-    return out
+    return GroupList.of(group_list, group_list_type).bounds(num_rows)
 
 
 def covered_rows(bounds: Bounds, num_rows: int) -> np.ndarray:

@@ -47,7 +47,7 @@ def _shapes(out: Any):
 def _torch_args(decl, sample):
     """The sample's public call as the torch.library schema's positional/keyword call."""
     a = decl.bind(sample.args, sample.kwargs, tensor_check=lambda v: isinstance(v, torch.Tensor))
-    return tuple(a[n] for n in decl.parsed.names)
+    return decl.to_torch(a)
 
 
 def _map(v: Any, fn) -> Any:
@@ -74,7 +74,11 @@ def test_schema_is_torchs(name):
         else:
             assert a.default is inspect.Parameter.empty, a.name
     registered = getattr(torch.ops.ascend_moe, name).default._schema
-    assert [a.name for a in registered.arguments] == [a.name for a in ours.args]
+    assert [a.name for a in registered.arguments] == [a.name for a in d.torch_parsed.args]
+    for text in d.overloads:  # overloads parse the same with torch's parser too
+        o, t = parse_schema(text), torch._C.parse_schema(text)
+        assert [a.name for a in o.args] == [a.name for a in t.arguments]
+        assert [a.kwarg_only for a in o.args] == [a.kwarg_only for a in t.arguments]
 
 
 @pytest.mark.parametrize("name", list(DECLS))
@@ -82,10 +86,11 @@ def test_public_signature(name):
     d = DECLS[name]
     fn = getattr(ascend_moe, name)
     sig = inspect.signature(fn)
-    assert list(sig.parameters) == [a.name for a in d.args] + ["backend"]
+    assert list(sig.parameters) == [a.name for a in d.public_order()] + ["backend"]
+    assert sorted(a.name for a in d.args) == sorted(a.name for a in d.public_order())
     for a in d.args:
         p = sig.parameters[a.name]
-        assert (p.kind == inspect.Parameter.KEYWORD_ONLY) == a.kwarg_only
+        assert (p.kind == inspect.Parameter.KEYWORD_ONLY) == (a.kwarg_only and a.name not in d.legacy_positional)
         assert p.default == a.default or (p.default is inspect.Parameter.empty and a.default is p.empty)
     assert fn.__doc__ and d.schema in fn.__doc__
 
@@ -132,15 +137,40 @@ def test_sample_compiles_fullgraph(name, i, backend):
                                                    if e.dtype.itemsize != 1 else c.view(torch.uint8))
 
 
-@pytest.mark.parametrize("name,i", list(_samples()))
-def test_sample_reference(name, i):
-    """The simulator against the sample's independent reference, where the declaration gives one."""
+def _samples_with_reference():
+    for name, d in DECLS.items():
+        for i, s in enumerate(d.samples() if d.samples else []):
+            if s.reference is not None:
+                yield pytest.param(name, i, id=f"{name}-{s.name or i}")
+
+
+@pytest.mark.parametrize("name,i", list(_samples_with_reference()))
+@pytest.mark.parametrize("path", ["public", "torch.ops", "compiled", "numpy twin"])
+def test_sample_reference(name, i, path):
+    """The simulator against the sample's independent reference (written with the declaration, in plain
+    loops), bit for bit, on every path a CPU call can take."""
+    import numpy as np
     d = DECLS[name]
     s = d.samples()[i]
-    if s.reference is None:
-        pytest.skip("no independent reference declared for this sample (the op's own tests compare it)")
+    fn = getattr(ascend_moe, name)
     with numerics.undefined_policy(s.undefined):
-        out = getattr(ascend_moe, name)(*s.args, **s.kwargs)
+        if path == "public":
+            out = fn(*s.args, **s.kwargs)
+        elif path == "torch.ops":
+            out = getattr(torch.ops.ascend_moe, name)(*_torch_args(d, s))
+        elif path == "compiled":
+            torch._dynamo.reset()
+            out = torch.compile(lambda *a: fn(*a, **s.kwargs), fullgraph=True, backend="aot_eager")(*s.args)
+        else:
+            from ascend_moe import numpy_ops
+            np_args = _map(s.args, lambda t: np.asarray(t.numpy()))
+            np_kwargs = _map(s.kwargs, lambda t: np.asarray(t.numpy()))
+            # the NZ tag of a tensor stays with it; its NumPy view is tagged like it
+            for src, dst in zip(list(s.args) + list(s.kwargs.values()), list(np_args) + list(np_kwargs.values())):
+                if isinstance(src, torch.Tensor) and ascend_moe.formats.is_nz(src):
+                    ascend_moe.formats.set_format(dst, ascend_moe.formats.get_format(src))
+            out = getattr(numpy_ops, name)(*np_args, **np_kwargs)
+            out = _map(out, torch.from_numpy) if isinstance(out, (list, tuple)) else torch.from_numpy(out)
     for got, want in zip(_flat(out), _flat(s.reference(s))):
         assert torch.equal(got, want)
 
@@ -194,3 +224,54 @@ def test_sim_imports_without_torch_or_rules():
             "bad = [m for m in sys.modules if m.startswith(('ascend_moe.rules', 'ascend_moe.products'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", [None, "auto", "sim"])
+def test_grouped_matmul_family_compiles_with_backend_argument(backend):
+    """The gmm family (not yet table-declared) sets no ambient state either: backend= compiles."""
+    torch._dynamo.reset()
+    x, w = torch.randn(6, 16), torch.randn(3, 16, 8)
+    calls = [lambda x, w: ascend_moe.npu_gmm(x, w, group_list=[2, 4, 6], backend=backend),
+             lambda x, w: ascend_moe.npu_gmm_v2(x, w, group_list=torch.tensor([2, 2, 2]), backend=backend),
+             lambda x, w: ascend_moe.npu_grouped_matmul([x], [w], group_list=torch.tensor([2, 4, 6]), split_item=3,
+                                                        group_type=0, backend=backend)[0]]
+    for fn in calls:
+        want = fn(x, w)
+        got = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, w)
+        assert torch.equal(want, got)
+
+
+def test_grouped_matmul_bare_tensor_is_one_type_error():
+    x, w = torch.randn(6, 16), torch.randn(3, 16, 8)
+    with pytest.raises(TypeError, match=r"argument 'x' must be a list of Tensors \(Tensor\[\]\), a bare Tensor"):
+        ascend_moe.npu_grouped_matmul(x, [w], group_list=torch.tensor([2, 4, 6]), split_item=3)
+    with pytest.raises(TypeError, match=r"argument 'weight' must be a list of Tensors"):
+        ascend_moe.npu_grouped_matmul([x], w, group_list=torch.tensor([2, 4, 6]), split_item=3)
+
+
+def test_finalize_routing_fake_kernel_w_none_is_type_error():
+    """Regression: w=None reached the fake kernel's shape rule (AttributeError)."""
+    with FakeTensorMode():
+        x = torch.empty(6, 32, dtype=torch.int8)
+        with pytest.raises(TypeError, match=r"argument 'w' must be a Tensor"):
+            torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(x, None, torch.empty(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"argument 'w' must be a Tensor"):
+        ascend_moe.npu_grouped_matmul_finalize_routing(torch.empty(6, 32, dtype=torch.int8), None,
+                                                       torch.tensor([3, 3]))
+
+
+@pytest.mark.parametrize("name", [n for n, d in DECLS.items() if d.aclnn])
+def test_aclnn_table_matches_the_dispatcher(name):
+    """The declaration's entry points per family are the dispatcher's, in its (op-plugin's) order, and
+    each C parameter list has as many parameters as the entry point's kind in the C++ table."""
+    from ascend_moe import _C
+    from ascend_moe.backends.aclnn_status import OP_FAMILIES
+    d = DECLS[name]
+    families = _C.families()
+    for fam in dict.fromkeys(e.family for e in d.aclnn):
+        assert [e.name for e in d.entries(fam)] == list(families[fam]), fam
+    assert OP_FAMILIES[name] == tuple(dict.fromkeys(e.family for e in d.aclnn))
+    kind = {"T": "T", "O": "T", "L": "L", "OL": "L", "IA": "I", "i64": "i", "f32": "f", "f64": "d", "b": "b",
+            "s": "s"}
+    for e in d.aclnn:
+        assert "".join(kind[p.ctype] for p in e.c_params) == _C.entry_kinds(e.name), e.name

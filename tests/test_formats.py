@@ -40,3 +40,28 @@ def test_numpy_arrays_are_tagged_by_object():
     assert formats.get_format(a) == "ND"
     formats.set_format(a, "FRACTAL_NZ")
     assert formats.is_nz(a) and not formats.is_nz(a.copy())
+
+
+def test_device_format_hooks_are_the_one_extension_point():
+    """A device type can keep formats itself; get_format/set_format (and is_nz) then go through it."""
+    import torch
+
+    class FakeDevice:
+        type = "fakedev"
+
+    class T:
+        device = FakeDevice()
+        def __init__(self):
+            self.meta = "ND"
+
+    store = {}
+    formats.register_device_formats("fakedev", lambda t: t.meta, lambda t, f: setattr(t, "meta", f))
+    try:
+        t = T()
+        assert formats.get_format(t) == "ND"
+        formats.set_format(t, "FRACTAL_NZ")
+        assert t.meta == "FRACTAL_NZ" and formats.is_nz(t) and not store
+    finally:
+        formats.unregister_device_formats("fakedev")
+    cpu = torch.zeros(2, 2)
+    assert formats.get_format(cpu) == "ND"  # CPU tensors keep the side table

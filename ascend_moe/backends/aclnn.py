@@ -49,7 +49,6 @@ Errors: a failing status raises ``ascend_moe._C.AclnnError`` (a ``RuntimeError``
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -270,49 +269,6 @@ def _build_gmm(group_list_type: int, op: str):
     return build
 
 
-def _build_ffn(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
-    entry = choose("ffn", "npu_ffn")
-    tokens, index = a.get("expert_tokens"), a.get("expert_tokens_index")
-    if tokens is not None and index is not None:
-        raise BackendError("npu_ffn: expert_tokens and expert_tokens_index should not have the value "
-                           "simultaneously (op-plugin's check)")
-    # op-plugin: an IntArrayRef that stays empty when neither is given -> an empty aclIntArray, not nullptr
-    token_values = _int_list(tokens if tokens is not None else index) or []
-    return entry, [T(a["x"]), T(a["weight1"]), T(a["weight2"]), IA(token_values), T(a.get("bias1")),
-                   T(a.get("bias2")), T(a.get("scale")), T(a.get("offset")), T(a.get("deq_scale1")),
-                   T(a.get("deq_scale2")),
-                   T(a.get("antiquant_scale1")), T(a.get("antiquant_scale2")), T(a.get("antiquant_offset1")),
-                   T(a.get("antiquant_offset2")), s(a["activation"]), i64(a.get("inner_precise") or 0),
-                   b(index is not None), T(outs[0])]
-
-
-def _build_swiglu_v1(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
-    entry = choose("swiglu_v1", "npu_grouped_matmul_swiglu_quant")
-    out, out_scale, out_offset = outs
-    return entry, [T(a["x"]), T(a["weight"]), T(a.get("bias")), T(a.get("offset")), T(a["weight_scale"]),
-                   T(a["x_scale"]), T(a["group_list"]), T(out), T(out_scale), T(out_offset)]
-
-
-# op-plugin maps npu_grouped_matmul_swiglu_quant_v2's dequant_dtype from torch's enum to GE's:
-# 6 (float32) -> 0, 5 (float16) -> 1, 15 (bfloat16) -> 27; other values pass unchanged [I].
-DEQUANT_DTYPE_TO_GE = {6: 0, 5: 1, 15: 27}
-
-
-def _build_swiglu_v2(a: Dict[str, Any], outs: List[torch.Tensor]) -> Tuple[str, list]:
-    op = "npu_grouped_matmul_swiglu_quant_v2"
-    _no_dtype_overrides(op, a, ("x_dtype", "weight_dtype", "weight_scale_dtype", "x_scale_dtype"))
-    w0 = _first(a["weight"])
-    nz = _is_nz(w0) or w0.dim() == 5
-    entry = choose("swiglu_v2_nz" if nz else "swiglu_v2", op)
-    out, out_scale = outs
-    dq = int(a.get("dequant_dtype") or 0)
-    return entry, [T(a["x"]), L(a["weight"]), L(a["weight_scale"]), L(a.get("weight_assist_matrix")),
-                   T(a.get("bias")), T(a["x_scale"]), T(a.get("smooth_scale")), T(a["group_list"]),
-                   i64(a.get("dequant_mode") or 0), i64(DEQUANT_DTYPE_TO_GE.get(dq, dq)),
-                   i64(a.get("quant_mode") or 0), i64(a.get("group_list_type") or 0),
-                   IA(list(a.get("tuning_config") or [])), T(out), T(out_scale)]
-
-
 _ENCODE = {"T": T, "O": T, "L": L, "OL": L, "IA": IA, "i64": i64, "f32": f32, "f64": f64, "b": b, "s": s}
 
 
@@ -350,9 +306,6 @@ BUILDERS: Dict[str, Callable[[Dict[str, Any], List[torch.Tensor]], Tuple[str, li
     "npu_grouped_matmul": _build_grouped_matmul,
     "npu_gmm": _build_gmm(0, "npu_gmm"),
     "npu_gmm_v2": _build_gmm(1, "npu_gmm_v2"),
-    "npu_ffn": _build_ffn,
-    "npu_grouped_matmul_swiglu_quant": _build_swiglu_v1,
-    "npu_grouped_matmul_swiglu_quant_v2": _build_swiglu_v2,
 }
 
 # How each op returns its outputs: a list, a tuple, or the single tensor.

@@ -11,23 +11,50 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-# op -> the entry-point families it may use (families and their op-plugin order live in csrc/dispatch.cpp)
-OP_FAMILIES: Dict[str, Tuple[str, ...]] = {
+# op -> the entry-point families it may use (families and their op-plugin order live in csrc/dispatch.cpp).
+# Declared ops take theirs from the aclnn table of their declaration (ascend_moe.opdecl); the grouped
+# matmul family, not table-declared yet, is listed here.
+_UNDECLARED_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "npu_gmm": ("gmm_v4", "gmm_list"),
     "npu_gmm_v2": ("gmm_v4",),
     "npu_grouped_matmul": ("gmm", "gmm_nz", "gmm_list_v1"),
-    "npu_moe_gating_top_k": ("gating", "gating_hash"),
-    "npu_ffn": ("ffn",),
-    "npu_grouped_matmul_swiglu_quant": ("swiglu_v1",),
-    "npu_grouped_matmul_swiglu_quant_v2": ("swiglu_v2", "swiglu_v2_nz"),
-    "npu_grouped_matmul_finalize_routing": ("finalize", "finalize_nz"),
-    "npu_swiglu": ("swiglu",),
-    "npu_swiglu_backward": ("swiglu_grad",),
-    "npu_dynamic_quant": ("dynamic_quant",),
-    "npu_dynamic_quant_asymmetric": ("dynamic_quant_v2",),
-    "npu_dequant_swiglu_quant": ("dequant_swiglu_quant", "dequant_swiglu_quant_v2"),
-    "npu_grouped_matmul_add_": ("gmm_add", "gmm_add_v2"),
+    "npu_grouped_matmul_add_": ("gmm_add", "gmm_add_v2"),   # in place: not declared yet
 }
+
+
+class _OpFamilies(dict):
+    """``OP_FAMILIES[op]``: from the op's declaration when it has one."""
+
+    def _declared(self) -> Dict[str, Tuple[str, ...]]:
+        from ..opdecl import all_decls
+        return {d.name: tuple(dict.fromkeys(e.family for e in d.aclnn)) for d in all_decls() if d.aclnn}
+
+    def get(self, op, default=None):
+        return self._declared().get(op) or _UNDECLARED_FAMILIES.get(op, default)
+
+    def __getitem__(self, op):
+        value = self.get(op)
+        if value is None:
+            raise KeyError(op)
+        return value
+
+    def __contains__(self, op) -> bool:
+        return self.get(op) is not None
+
+    def __iter__(self):
+        return iter({**_UNDECLARED_FAMILIES, **self._declared()})
+
+    def keys(self):
+        return list(iter(self))
+
+    def items(self):
+        return [(k, self[k]) for k in self]
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+OP_FAMILIES: Dict[str, Tuple[str, ...]] = _OpFamilies()
 
 
 def _c():

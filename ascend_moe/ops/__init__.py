@@ -22,10 +22,8 @@ if _torch is not None:
         __all__.append(_name)
 
     from .gmm import *  # noqa: F401,F403,E402
-    from .ffn import *  # noqa: F401,F403,E402
-    from .swiglu_quant import *  # noqa: F401,F403,E402
     from .format_cast import *  # noqa: F401,F403,E402
     from . import _npu_kernels  # noqa: F401,E402  (PrivateUse1 kernels of the not yet declared ops; keep last)
-    from . import gmm as _g, ffn as _f, swiglu_quant as _s, format_cast as _fc
-    for _m in (_g, _f, _s, _fc):
+    from . import gmm as _g, format_cast as _fc
+    for _m in (_g, _fc):
         __all__.extend(n for n in _m.__all__ if n not in __all__)

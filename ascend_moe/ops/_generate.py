@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,7 +51,7 @@ def _is_tensor(v: Any) -> bool:
 
 
 def torch_schema(decl: OpDecl) -> str:
-    return decl.parsed.spelled(keyword_split=False, name=False)
+    return decl.torch_parsed.spelled(keyword_split=False, name=False)
 
 
 def bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -61,8 +60,8 @@ def bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str,
 
 
 def kernel_bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Binding inside the kernels: the torch.library schema (no ``*``)."""
-    return decl.bind(args, kwargs, tensor_check=_is_tensor, keyword_split=False)
+    """Binding inside the kernels: the torch.library schema (no ``*``, overload variants folded back)."""
+    return decl.bind_torch(args, kwargs, tensor_check=_is_tensor)
 
 
 def tensors_of(decl: OpDecl, a: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
@@ -126,7 +125,8 @@ def run_sim(decl: OpDecl, a: Dict[str, Any], target: Any, device: Optional[torch
     on_device = device is not None and device.type != "cpu"
     view = _backends.host_view if on_device else (lambda t: t)
     result = decl.sim(_np_args(decl, a, view), target)
-    outs = [from_numpy(np.asarray(r)) for r in _flat_outputs(result)]
+    # the adapter may return torch tensors it allocated itself (e.g. grouped matmul's output memory)
+    outs = [r if isinstance(r, torch.Tensor) else from_numpy(np.asarray(r)) for r in _flat_outputs(result)]
     if on_device:
         placed = []
         for o in outs:
@@ -212,19 +212,19 @@ def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
 _BACKENDS = (None, "auto", "sim", "aclnn")
 
 
-def _public_backend(decl: OpDecl, backend: Optional[str], device: Optional[torch.device]) -> bool:
+def public_backend(op: str, backend: Optional[str], device: Optional[torch.device]) -> bool:
     """Validate the ``backend=`` argument against the tensors' device (no ambient state is set).
     Returns True when the call must take the fake-CANN test route (CPU tensors through aclnn)."""
     if backend not in _BACKENDS:
-        raise ValueError(f"{decl.name}: backend must be one of ('auto', 'sim', 'aclnn') or None, got {backend!r}")
+        raise ValueError(f"{op}: backend must be one of ('auto', 'sim', 'aclnn') or None, got {backend!r}")
     dev = device.type if device is not None else "cpu"
     if dev in NPU_DEVICE_TYPES:
         if backend == "sim" and not _backends.privateuse1_is_simulated():
-            raise BackendError(f"{decl.name}: backend 'sim' was requested but the tensors live on the NPU; the "
+            raise BackendError(f"{op}: backend 'sim' was requested but the tensors live on the NPU; the "
                                "simulator never computes NPU tensors. Move them to the CPU with .cpu(), "
                                "or use backend 'auto'/'aclnn'")
         if backend == "aclnn" and _backends.privateuse1_is_simulated():
-            raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
+            raise BackendError(f"{op}: backend 'aclnn' was requested but the NPU device is the "
                                "simulated host-memory one; use backend 'auto' or 'sim'")
         return False
     if backend == "aclnn" and dev == "cpu":
@@ -233,15 +233,13 @@ def _public_backend(decl: OpDecl, backend: Optional[str], device: Optional[torch
 
 
 def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
-    names = decl.parsed.names
-
     def public(*args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
         a = bind(decl, args, kwargs)
         named = tensors_of(decl, a)
         device = check_one_device(decl, named)
-        if _public_backend(decl, backend, device):
+        if public_backend(decl.name, backend, device):
             return _fake_cann_route(decl, a, [t for _, t in named])
-        return op(*[a[n] for n in names])
+        return op(*decl.to_torch(a))
 
     public.__name__ = public.__qualname__ = decl.name
     public.__module__ = "ascend_moe"
@@ -262,12 +260,16 @@ def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
     return public
 
 
+def refuse_fake_cann_route_when_compiling(op: str) -> None:
+    if torch.compiler.is_compiling():
+        raise BackendError(f"{op}: backend='aclnn' with CPU tensors (the fake-CANN test route) runs "
+                           "eagerly only; inside torch.compile wrap the call in ascend_moe.use_backend('aclnn')")
+
+
 def _fake_cann_route(decl: OpDecl, a: Dict[str, Any], tensors: List[torch.Tensor]) -> Any:
     """``backend='aclnn'`` with CPU tensors: the checker then aclnn, accepted by the tests' fake CANN
     runtime alone (a real CANN refuses CPU tensors).  A test hook, eager only."""
-    if torch.compiler.is_compiling():
-        raise BackendError(f"{decl.name}: backend='aclnn' with CPU tensors (the fake-CANN test route) runs "
-                           "eagerly only; inside torch.compile wrap the call in ascend_moe.use_backend('aclnn')")
+    refuse_fake_cann_route_when_compiling(decl.name)
     _enforce(decl, a)
     select_backend(decl.name, tensors, "aclnn")  # refuses unless the fake runtime is loaded
     return _aclnn(decl, a)

@@ -17,8 +17,8 @@ path:
    ``ascend_moe.backends.aclnn.call(op, args)``, which returns freshly allocated outputs.
 
 One path: the NPU kernel and the CPU kernel share the argument binding, the checker call and the
-aclnn call; only the guard differs.  Ops not defined with ``custom_op`` (none today) get a kernel that
-binds the arguments by their schema names and calls the checker and aclnn itself.
+aclnn call; only the guard differs.  Ops declared in :mod:`ascend_moe.opdecl` get their generated
+PrivateUse1 kernel (:mod:`ascend_moe.ops._generate`) instead; this module serves the rest.
 
 Autograd needs nothing here: ``register_autograd`` registers the ``Autograd`` alias key, which covers
 ``AutogradPrivateUse1``.
@@ -31,8 +31,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..backends import NPU_DEVICE_TYPES, BackendError, requested_backend, select_backend
-from ..rules import OP_MODULES
-from ._common import checked_backend
 
 NAMESPACE = "ascend_moe"
 
@@ -115,24 +113,11 @@ def _guard(op: str, tensors: List[Any]) -> None:
         "tensors for aclnn.")
 
 
-def _generic_kernel(op: str) -> Callable[..., Any]:
-    signature = schema_signature(op)
-    has_rules = op in OP_MODULES
-
-    def kernel(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        call_args = dict(bound.arguments)
-        tensors = _tensors(call_args)
-        if has_rules:
-            checked_backend(op, call_args, tensors)
-        return _aclnn_call(op, call_args)
-    return kernel
-
-
 def make_npu_kernel(op: str) -> Callable[..., Any]:
     """The PrivateUse1 kernel of ``torch.ops.ascend_moe.<op>`` (see the module docstring)."""
-    inner = _op_function(op) or _generic_kernel(op)
+    inner = _op_function(op)
+    if inner is None:
+        raise RuntimeError(f"{op}: neither declared in ascend_moe.opdecl nor defined with custom_op; declare it")
 
     def npu_kernel(*args: Any, **kwargs: Any) -> Any:
         _guard(op, _tensors(dict(enumerate(args), **kwargs)))

@@ -1,124 +1,138 @@
-"""``npu_ffn``: FFN / MoE-FFN with torch_npu's spelling (formula, precision flows and the
-faithfulness contract: :mod:`ascend_moe.sim.ffn`).
+"""Declaration of ``npu_ffn`` (torch_npu): FFN / MoE-FFN.  Formula, precision flows and the
+faithfulness contract: :mod:`ascend_moe.sim.ffn`; rules: :mod:`ascend_moe.rules.ffn`.
 
-Registered once as ``torch.ops.ascend_moe.npu_ffn``; the fake kernel follows torch_npu's Meta rule
-(spec aclnn-abi-and-torch.md 4.3): shape ``x.shape[:-1] + [weight2.shape[-1]]``, dtype ``x.dtype``
-except int8 x -> bfloat16 when ``output_dtype == torch.bfloat16``, else float16.
+Shape rule = torch_npu's Meta rule (spec aclnn-abi-and-torch.md 4.3): ``x.shape[:-1] +
+[weight2.shape[-1]]``, dtype ``x.dtype`` except int8 x -> bfloat16 when ``output_dtype == torch.bfloat16``,
+else float16.
+
+Spelling: torch_npu master passes everything after ``activation`` by keyword; the older seed signature
+``npu_ffn(x, weight1, weight2, activation, expert_tokens, bias1, bias2, inner_precise=0)`` is accepted
+too - those four keep their old positions (``legacy_positional``), so a call in either spelling binds
+the same way.  ``inner_precise`` None means 0.  ``expert_tokens`` / ``expert_tokens_index`` may be a list
+of ints or a 1-D integer CPU tensor (read as the list).  aclnnFFNV2 receives the token list as an
+aclIntArray (an empty one when neither is given, as op-plugin's ``IntArrayRef{}``), tokensIndexFlag =
+expert_tokens_index given, innerPrecise default 0.  This module does not import torch.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional
 
-import torch
-
-from ..backends import use_backend
+from ..opdecl import AclnnEntry, ErrorInput, OpDecl, Out, SampleInput, declare
 from ..sim import ffn as _sim
-from ._common import SHAPE_RULES, check_only, checked_backend, from_numpy, shape_rule, to_numpy
-
-__all__ = ["npu_ffn"]
+from ..sim.numerics import dtype_name
 
 OP = "npu_ffn"
-Tensor = torch.Tensor
-TokenList = Union[Sequence[int], Tensor, None]
-
-_TENSOR_ARGS = ("x", "weight1", "weight2", "bias1", "bias2", "scale", "offset", "deq_scale1", "deq_scale2",
-                "antiquant_scale1", "antiquant_scale2", "antiquant_offset1", "antiquant_offset2")
 
 
-def _meta_dtype(x_dtype: torch.dtype, output_dtype: Optional[torch.dtype]) -> torch.dtype:
-    if x_dtype == torch.int8:
-        return torch.bfloat16 if output_dtype == torch.bfloat16 else torch.float16
-    return x_dtype
+def _token_list(name: str):
+    """int[]? as torch_npu takes it; a 1-D integer CPU tensor (or NumPy array) is read as the list."""
+    def convert(v: Any) -> Any:
+        if v is None or isinstance(v, (list, tuple)):
+            return v
+        if hasattr(v, "tolist") and hasattr(v, "dtype"):
+            device = str(getattr(v, "device", "cpu"))
+            kind = dtype_name(v.dtype)
+            if device != "cpu" or not kind.startswith(("int", "uint")) or len(v.shape) > 1:
+                raise TypeError(f"{OP}: {name} must be a list of ints (torch_npu int[]), or a 1-D integer "
+                                f"CPU tensor; got a {v.dtype} tensor of shape {tuple(v.shape)} on {device}")
+            return [int(i) for i in v.tolist()]
+        return v
+    return convert
 
 
-@shape_rule(OP)
-def ffn_shape(args: Dict[str, Any]):
+def _shape(a: Dict[str, Any]) -> List[Any]:
     """[(shape, dtype)] of the one output, from metadata (torch_npu ``npu_ffn_meta``)."""
-    x, w2 = args["x"], args["weight2"]
-    return [(tuple(x.shape[:-1]) + (w2.shape[-1],), _meta_dtype(x.dtype, args.get("output_dtype")))]
+    x, w2 = a["x"], a["weight2"]
+    out = a.get("output_dtype")
+    if dtype_name(x.dtype) == "int8":
+        dt = "bfloat16" if out is not None and dtype_name(out) == "bfloat16" else "float16"
+    else:
+        dt = x.dtype
+    return [(tuple(x.shape[:-1]) + (w2.shape[-1],), dt)]
 
 
-def _args(x, weight1, weight2, activation, expert_tokens, expert_tokens_index, bias1, bias2, scale, offset,
-          deq_scale1, deq_scale2, antiquant_scale1, antiquant_scale2, antiquant_offset1, antiquant_offset2,
-          inner_precise, output_dtype) -> Dict[str, Any]:
-    return dict(x=x, weight1=weight1, weight2=weight2, activation=activation, expert_tokens=expert_tokens,
-                bias1=bias1, bias2=bias2, inner_precise=inner_precise, expert_tokens_index=expert_tokens_index,
-                scale=scale, offset=offset, deq_scale1=deq_scale1, deq_scale2=deq_scale2,
-                antiquant_scale1=antiquant_scale1, antiquant_scale2=antiquant_scale2,
-                antiquant_offset1=antiquant_offset1, antiquant_offset2=antiquant_offset2,
-                output_dtype=output_dtype)
+def _sim_compute(a: Dict[str, Any], target: Any):
+    args = dict(a)
+    args["output_dtype"] = None if a["output_dtype"] is None else str(a["output_dtype"])
+    return _sim.ffn_compute(**args)
 
 
-@torch.library.custom_op("ascend_moe::npu_ffn", mutates_args=())
-def _npu_ffn_op(x: Tensor, weight1: Tensor, weight2: Tensor, activation: str,
-                expert_tokens: Optional[List[int]] = None, expert_tokens_index: Optional[List[int]] = None,
-                bias1: Optional[Tensor] = None, bias2: Optional[Tensor] = None,
-                scale: Optional[Tensor] = None, offset: Optional[Tensor] = None,
-                deq_scale1: Optional[Tensor] = None, deq_scale2: Optional[Tensor] = None,
-                antiquant_scale1: Optional[Tensor] = None, antiquant_scale2: Optional[Tensor] = None,
-                antiquant_offset1: Optional[Tensor] = None, antiquant_offset2: Optional[Tensor] = None,
-                inner_precise: Optional[int] = None, output_dtype: Optional[torch.dtype] = None) -> Tensor:
-    args = _args(x, weight1, weight2, activation, expert_tokens, expert_tokens_index, bias1, bias2, scale,
-                 offset, deq_scale1, deq_scale2, antiquant_scale1, antiquant_scale2, antiquant_offset1,
-                 antiquant_offset2, inner_precise, output_dtype)
-    be = checked_backend(OP, args, [args[n] for n in _TENSOR_ARGS if args[n] is not None])
-    if be == "aclnn":
-        from ..backends import aclnn
-        return aclnn.call(OP, args)
-    np_args = {k: (to_numpy(v) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
-    np_args["output_dtype"] = None if output_dtype is None else str(output_dtype)
-    y = _sim.ffn_compute(**np_args)
-    return from_numpy(y)  # freshly allocated by the simulator: never aliases an input
+def _check(a: Dict[str, Any]) -> None:
+    from ..backends import BackendError
+    if a.get("expert_tokens") is not None and a.get("expert_tokens_index") is not None:
+        raise BackendError("npu_ffn: expert_tokens and expert_tokens_index should not have the value "
+                           "simultaneously (op-plugin's check)")
 
 
-@_npu_ffn_op.register_fake
-def _(x, weight1, weight2, activation, expert_tokens=None, expert_tokens_index=None, bias1=None, bias2=None,
-      scale=None, offset=None, deq_scale1=None, deq_scale2=None, antiquant_scale1=None, antiquant_scale2=None,
-      antiquant_offset1=None, antiquant_offset2=None, inner_precise=None, output_dtype=None):
-    args = _args(x, weight1, weight2, activation, expert_tokens, expert_tokens_index, bias1, bias2, scale,
-                 offset, deq_scale1, deq_scale2, antiquant_scale1, antiquant_scale2, antiquant_offset1,
-                 antiquant_offset2, inner_precise, output_dtype)
-    check_only(OP, args)
-    (shape, dtype), = SHAPE_RULES[OP](args)
-    return x.new_empty(shape, dtype=dtype)
+def _tokens(a: Dict[str, Any], outs: Any) -> List[int]:
+    tokens, index = a.get("expert_tokens"), a.get("expert_tokens_index")
+    v: Optional[List[int]] = tokens if tokens is not None else index
+    return [int(i) for i in v] if v else []
 
 
-def _token_list(v: TokenList, name: str) -> Optional[List[int]]:
-    """int[]? as torch_npu takes it; a 1-D integer CPU tensor is read as the list (V3-style input)."""
-    if v is None:
-        return None
-    if isinstance(v, torch.Tensor):
-        if v.device.type != "cpu" or v.dtype.is_floating_point or v.dim() > 1:
-            raise TypeError(f"npu_ffn: {name} must be a list of ints (torch_npu int[]), or a 1-D integer "
-                            f"CPU tensor; got a {v.dtype} tensor of shape {tuple(v.shape)} on {v.device}")
-        return [int(i) for i in v.tolist()]
-    return [int(i) for i in v]
+def _samples() -> List[SampleInput]:
+    import torch
+    g = torch.Generator().manual_seed(13)
+
+    def rand(*shape, dtype=torch.float16, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    def i8(*shape):
+        return torch.randint(-8, 8, shape, generator=g, dtype=torch.int8)
+    x, w1, w2 = rand(8, 16), rand(16, 32, scale=0.2), rand(32, 16, scale=0.2)
+    w13, w23 = rand(2, 16, 32, scale=0.2), rand(2, 32, 16, scale=0.2)
+    xq, w1q, w2q = i8(4, 32), i8(32, 64), i8(64, 32)
+    quant = dict(scale=torch.tensor([0.05]), offset=torch.tensor([0.0]))
+    d1, d2 = rand(64, dtype=torch.float32, scale=0.01).abs(), rand(32, dtype=torch.float32, scale=0.01).abs()
+    return [SampleInput((x, w1, w2, "relu"), {}, [((8, 16), "float16")], name="relu"),
+            SampleInput((x, w13, w23, "gelu"), dict(expert_tokens=[3, 5]), [((8, 16), "float16")], name="experts"),
+            SampleInput((x, w13, w23, "gelu", [3, 5]), {}, [((8, 16), "float16")], name="seed_spelling"),
+            SampleInput((xq, w1q, w2q, "relu"), dict(quant, deq_scale1=d1, deq_scale2=d2), [((4, 32), "float16")],
+                        name="quant"),
+            SampleInput((xq, w1q, w2q, "relu"), dict(quant, deq_scale1=d1.to(torch.bfloat16),
+                                                     deq_scale2=d2.to(torch.bfloat16), output_dtype=torch.bfloat16),
+                        [((4, 32), "bfloat16")], name="quant_bf16")]
 
 
-def npu_ffn(x: Tensor, weight1: Tensor, weight2: Tensor, activation: str,
-            expert_tokens: TokenList = None, bias1: Optional[Tensor] = None, bias2: Optional[Tensor] = None,
-            inner_precise: Optional[int] = None, *, expert_tokens_index: TokenList = None,
-            scale: Optional[Tensor] = None, offset: Optional[Tensor] = None,
-            deq_scale1: Optional[Tensor] = None, deq_scale2: Optional[Tensor] = None,
-            antiquant_scale1: Optional[Tensor] = None, antiquant_scale2: Optional[Tensor] = None,
-            antiquant_offset1: Optional[Tensor] = None, antiquant_offset2: Optional[Tensor] = None,
-            output_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> Tensor:
-    """``torch_npu.npu_ffn``: ``y = act(x @ W1 + b1) @ W2 + b2`` (FFN), per expert slice with 3-D
-    weights and ``expert_tokens`` counts or ``expert_tokens_index`` cumulative ends (MoE-FFN);
-    quantised (int8 x, weights; scale/offset/deq_scale1/2) and anti-quantised (int8 weights;
-    antiquant_scale/offset1/2) variants.
+def _errors() -> List[ErrorInput]:
+    s = _samples()[0]
+    x, w1, w2, _ = s.args
+    return [ErrorInput(SampleInput((x, w1, w2, None)), TypeError, r"argument 'activation' must be a str"),
+            ErrorInput(SampleInput((x, w1, w2, "relu"), dict(inner_precise="1")), TypeError,
+                       r"argument 'inner_precise' must be an int")]
 
-    Spelling: torch_npu master passes everything after ``activation`` by keyword; the older seed
-    signature ``npu_ffn(x, weight1, weight2, activation, expert_tokens, bias1, bias2, inner_precise=0)``
-    is accepted too - those four keep their old positions, the rest are keyword-only, so any call in
-    either spelling binds the same way.  ``inner_precise`` None means 0.  ``expert_tokens`` may be a
-    list of ints or a 1-D integer CPU tensor.  ``backend``: ``"sim"``, ``"aclnn"`` or None (policy).
-    Output: ``x.shape[:-1] + [weight2.shape[-1]]``; dtype ``x.dtype``, or for int8 x ``output_dtype``
-    (float16 default, or bfloat16).
-    """
-    call = (x, weight1, weight2, activation, _token_list(expert_tokens, "expert_tokens"),
-            _token_list(expert_tokens_index, "expert_tokens_index"), bias1, bias2, scale, offset,
-            deq_scale1, deq_scale2, antiquant_scale1, antiquant_scale2, antiquant_offset1, antiquant_offset2,
-            inner_precise, output_dtype)
-    with use_backend(backend):
-        return torch.ops.ascend_moe.npu_ffn(*call)
+
+DECL = declare(OpDecl(
+    schema="npu_ffn(Tensor x, Tensor weight1, Tensor weight2, str activation, *, int[]? expert_tokens=None, "
+           "int[]? expert_tokens_index=None, Tensor? bias1=None, Tensor? bias2=None, Tensor? scale=None, "
+           "Tensor? offset=None, Tensor? deq_scale1=None, Tensor? deq_scale2=None, Tensor? antiquant_scale1=None, "
+           "Tensor? antiquant_scale2=None, Tensor? antiquant_offset1=None, Tensor? antiquant_offset2=None, "
+           "int? inner_precise=None, ScalarType? output_dtype=None) -> Tensor",
+    rules="ffn",
+    shape=_shape,
+    sim=_sim_compute,
+    legacy_positional=("expert_tokens", "bias1", "bias2", "inner_precise"),
+    convert={"expert_tokens": _token_list("expert_tokens"), "expert_tokens_index": _token_list("expert_tokens_index")},
+    aclnn=(AclnnEntry("aclnnFFNV2", family="ffn", requires=("x", "weight1", "weight2"), check=_check,
+                      params="const aclTensor *x, const aclTensor *weight1, const aclTensor *weight2, "
+                             "const aclIntArray *expertTokens, const aclTensor *bias1, const aclTensor *bias2, "
+                             "const aclTensor *scale, const aclTensor *offset, const aclTensor *deqScale1, "
+                             "const aclTensor *deqScale2, const aclTensor *antiquantScale1, "
+                             "const aclTensor *antiquantScale2, const aclTensor *antiquantOffset1, "
+                             "const aclTensor *antiquantOffset2, const char *activation, int64_t innerPrecise, "
+                             "bool tokensIndexFlag, aclTensor *y",
+                      bind={"expertTokens": _tokens, "innerPrecise": lambda a, o: a.get("inner_precise") or 0,
+                            "tokensIndexFlag": lambda a, o: a.get("expert_tokens_index") is not None,
+                            "y": Out(0)}),),
+    doc="""``torch_npu.npu_ffn``: ``y = act(x @ W1 + b1) @ W2 + b2`` (FFN), per expert slice with 3-D weights
+and ``expert_tokens`` counts or ``expert_tokens_index`` cumulative ends (MoE-FFN); quantised (int8 x,
+weights; scale/offset/deq_scale1/2) and anti-quantised (int8 weights; antiquant_scale/offset1/2) variants.
+
+Both spellings bind the same way: torch_npu master (everything after ``activation`` by keyword) and the
+older seed signature ``npu_ffn(x, weight1, weight2, activation, expert_tokens, bias1, bias2,
+inner_precise)``.  ``inner_precise`` None means 0.  ``expert_tokens`` may be a list of ints or a 1-D integer
+CPU tensor.  Output: ``x.shape[:-1] + [weight2.shape[-1]]``; dtype ``x.dtype``, or for int8 x
+``output_dtype`` (float16 default, or bfloat16).""",
+    samples=_samples,
+    error_inputs=_errors,
+))

@@ -128,15 +128,36 @@ def _samples() -> List[SampleInput]:
     g = torch.Generator().manual_seed(26)
     m, k, n, e, bs = 6, 32, 256, 2, 3
     x = torch.randint(-8, 8, (m, k), generator=g, dtype=torch.int8)
-    w = npu_format_cast(torch.randint(-8, 8, (e, k, n), generator=g, dtype=torch.int8), 29, storage=True)
+    w_logical = torch.randint(-8, 8, (e, k, n), generator=g, dtype=torch.int8)
+    w = npu_format_cast(w_logical, 29, storage=True)
     scale = (torch.randn(e, n, generator=g) * 0.01).abs() + 1e-3
     pts = (torch.randn(m, generator=g) * 0.1).abs() + 1e-2
     logit = torch.randn(m, generator=g).abs()
     row_index = torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.int64)
     kw = dict(scale=scale, pertoken_scale=pts, logit=logit, row_index=row_index, group_list_type=1)
-    return [SampleInput((x, w, torch.tensor([3, 3])), dict(kw, output_bs=bs), [((bs, n), "float32")],
-                        name="a8w8_output_bs"),
-            SampleInput((x, w, torch.tensor([3, 3])), kw, [((m, n), "float32")], name="a8w8_m_rows")]
+    counts = [3, 3]
+
+    def reference(sample: SampleInput):
+        """A8W8 in plain loops: y zeroed; row t of expert e adds fp32(acc) * scale[e] * (logit[t] * pts[t]),
+        each product one fp32 rounding, rows added in token order."""
+        import numpy as np
+        xs, ws = x.numpy().astype(np.int64), w_logical.numpy().astype(np.int64)
+        sc, lg, pt = scale.numpy(), logit.numpy(), pts.numpy()
+        rows = sample.kwargs.get("output_bs") or m
+        y = np.zeros((rows, n), np.float32)
+        t = 0
+        for expert, c in enumerate(counts):
+            for _ in range(c):
+                acc = (xs[t][:, None] * ws[expert]).sum(axis=0)          # exact int64, fits int32
+                d = acc.astype(np.float32) * sc[expert]
+                v = d * np.float32(lg[t] * pt[t])
+                y[int(row_index[t])] += v
+                t += 1
+        return torch.from_numpy(y)
+    return [SampleInput((x, w, torch.tensor(counts)), dict(kw, output_bs=bs), [((bs, n), "float32")],
+                        name="a8w8_output_bs", reference=reference),
+            SampleInput((x, w, torch.tensor(counts)), kw, [((m, n), "float32")], name="a8w8_m_rows",
+                        reference=reference)]
 
 
 def _error_inputs() -> List[ErrorInput]:

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..backends import NPU_DEVICE_TYPES, use_backend
+from ..backends import NPU_DEVICE_TYPES, BackendError, use_backend
 from ..rules import ConstraintWarning
 from ..sim import gmm as _sim
 from ..sim.numerics import get_undefined_policy
@@ -100,6 +100,31 @@ def _np_group_list(gl):
 
 def _np_list(ts):
     return None if ts is None else [to_numpy(t) for t in ts]
+
+
+def _call_public(op: str, backend: Optional[str], named: List[Tuple[str, Any]], *args: Any, **kwargs: Any) -> Any:
+    """Run ``torch.ops.ascend_moe.<op>`` for a public function: the tensors' device decides the kernel and
+    ``backend=`` is only validated against it (no ambient state is set, so the call compiles with
+    ``fullgraph=True``); ``backend='aclnn'`` with CPU tensors is the eager-only fake-CANN test route."""
+    from ._generate import public_backend, refuse_fake_cann_route_when_compiling
+    tensors = [(n, t) for n, t in named if isinstance(t, Tensor)]
+    for n, t in tensors[1:]:
+        if t.device.type != tensors[0][1].device.type:
+            raise BackendError(f"{op}: all tensor arguments must be on one device, but '{tensors[0][0]}' is on "
+                               f"{tensors[0][1].device} and '{n}' is on {t.device}; move them to one device")
+    device = tensors[0][1].device if tensors else None
+    fn = getattr(torch.ops.ascend_moe, op)
+    if public_backend(op, backend, device):
+        refuse_fake_cann_route_when_compiling(op)
+        with use_backend("aclnn"):
+            return fn(*args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def _named(prefix: str, v: Any) -> List[Tuple[str, Any]]:
+    if isinstance(v, (list, tuple)):
+        return [(f"{prefix}[{i}]", t) for i, t in enumerate(v)]
+    return [(prefix, v)]
 
 
 def _tensors_of(args: Dict[str, Any]) -> List[Any]:
@@ -342,8 +367,8 @@ def npu_gmm(x: Tensor, weight: Tensor, *, bias: Optional[Tensor] = None, group_l
     gl, ints = _split_group_list(group_list, "npu_gmm")
     call = dict(bias=bias, group_list=gl, group_list_ints=ints, group_type=group_type, gemm_fusion=gemm_fusion,
                 original_weight=original_weight)
-    with use_backend(backend):
-        return torch.ops.ascend_moe.npu_gmm(x, weight, **call)
+    named = [("x", x), ("weight", weight), ("bias", bias), ("group_list", gl)]
+    return _call_public("npu_gmm", backend, named, x, weight, **call)
 
 
 def npu_gmm_v2(x: Tensor, weight: Tensor, *, bias: Optional[Tensor] = None, group_list: Optional[Tensor] = None,
@@ -354,8 +379,8 @@ def npu_gmm_v2(x: Tensor, weight: Tensor, *, bias: Optional[Tensor] = None, grou
     gl, ints = _split_group_list(group_list, "npu_gmm_v2")
     call = dict(bias=bias, group_list=gl, group_list_ints=ints, group_type=group_type, gemm_fusion=gemm_fusion,
                 original_weight=original_weight)
-    with use_backend(backend):
-        return torch.ops.ascend_moe.npu_gmm_v2(x, weight, **call)
+    named = [("x", x), ("weight", weight), ("bias", bias), ("group_list", gl)]
+    return _call_public("npu_gmm_v2", backend, named, x, weight, **call)
 
 
 # ============================================================================================
@@ -541,6 +566,10 @@ def npu_grouped_matmul(x: Sequence[Tensor], weight: Sequence[Tensor], *, bias: O
     ``List[int]`` (the ``.List`` overload).  ``output_dtype`` may be torch's int code or a torch dtype.
     Quantised arguments are rejected by the checker, naming the ops that model them.  Returns a list
     of tensors.  Differentiable (group_type 0) in the single-x / 3-D-weight / split_item 2-3 form."""
+    for name, v in (("x", x), ("weight", weight)):
+        if isinstance(v, Tensor) or not isinstance(v, (list, tuple)) or not all(isinstance(t, Tensor) for t in v):
+            got = "a bare Tensor: wrap it as [t]" if isinstance(v, Tensor) else f"got {type(v).__name__}"
+            raise TypeError(f"npu_grouped_matmul: argument '{name}' must be a list of Tensors (Tensor[]), {got}")
     gl, ints = _split_group_list(group_list, "npu_grouped_matmul")
     if isinstance(output_dtype, torch.dtype):
         if output_dtype not in _OUTPUT_DTYPE_CODES:
@@ -559,5 +588,5 @@ def npu_grouped_matmul(x: Sequence[Tensor], weight: Sequence[Tensor], *, bias: O
                 group_list_type=group_list_type, act_type=act_type, tuning_config=lst(tuning_config),
                 output_dtype=output_dtype, x_dtype=x_dtype, weight_dtype=weight_dtype, scale_dtype=scale_dtype,
                 per_token_scale_dtype=per_token_scale_dtype)
-    with use_backend(backend):
-        return torch.ops.ascend_moe.npu_grouped_matmul(list(x), list(weight), **call)
+    named = _named("x", x) + _named("weight", weight) + _named("bias", bias or []) + [("group_list", gl)]
+    return _call_public("npu_grouped_matmul", backend, named, list(x), list(weight), **call)

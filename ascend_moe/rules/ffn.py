@@ -18,7 +18,7 @@ P310 = frozenset({"atlas-inference"})
 _A2A3 = A2_A3
 
 spec = register_op(
-    "npu_ffn", _sim.npu_ffn, products=A2_A3 | P310,
+    "npu_ffn", products=A2_A3 | P310,
     source="op-plugin op_plugin/ops/opapi/FFNKernelNpuOpApi.cpp; ops-transformer ffn/ffn/op_host "
            "(aclnn_ffn.cpp CheckFmapWeightShape/CheckExpertTokens/CheckOptionalParams/CheckGlu, "
            "ffn_tiling.cpp); docs aclnnFFN*.md, torch_npu-npu_ffn.md")

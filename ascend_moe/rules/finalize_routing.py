@@ -22,7 +22,7 @@ ops-transformer's first public commit (b122ed222, 2025-09-28), the period of the
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -584,8 +584,3 @@ def _(call):
         return None
     if not 0 <= int(tc[0]) <= m:
         return f"tuning_config[0] must lie in [0, m={m}], got tuning_config={list(tc)}"
-
-
-def rules_summary() -> List[str]:
-    """One line per rule (for docs)."""
-    return [f"{r.id} [{r.severity}] {r.summary}" for r in spec.rules]

@@ -20,7 +20,6 @@ import numpy as np
 
 from . import Call, register_op
 from ..products import A2_A3
-from ..sim import swiglu_quant as _sim
 from ..sim.quant_gemm import weight_logical_dims
 
 V1 = "npu_grouped_matmul_swiglu_quant"
@@ -29,9 +28,9 @@ HOST = "ops-transformer gmm/grouped_matmul_swiglu_quant/op_api/aclnn_grouped_mat
 V2_DOC = "op-plugin docs/zh/custom_APIs/torch_npu/torch_npu-npu_grouped_matmul_swiglu_quant_v2.md"
 V2_HOST = "op-plugin op_plugin/ops/opapi/GroupedMatmulSwigluQuantV2NpuOpapi.cpp and meta registration"
 
-spec_v1 = register_op(V1, _sim.npu_grouped_matmul_swiglu_quant, products=A2_A3,
+spec_v1 = register_op(V1, products=A2_A3,
                       source="aclnnGroupedMatmulSwigluQuantWeightNZ (torch_npu v1 always calls it)")
-spec_v2 = register_op(V2, _sim.npu_grouped_matmul_swiglu_quant_v2, products=A2_A3,
+spec_v2 = register_op(V2, products=A2_A3,
                       source="aclnnGroupedMatmulSwigluQuantV2 / WeightNzV2")
 
 A8W8_SCALE_DTYPES = ("float32", "float16", "bfloat16")
