@@ -66,9 +66,29 @@ def _swiglu_samples() -> List[SampleInput]:
     import torch
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 16, generator=g)
-    return [SampleInput((x,), {}, [((4, 8), "float32")], name="fp32_last"),
+    return [SampleInput((x,), {}, [((4, 8), "float32")], name="fp32_last", reference=_swiglu_fp32_reference),
             SampleInput((x.to(torch.bfloat16).reshape(4, 4, 4),), dict(dim=1), [((4, 2, 4), "bfloat16")],
                         name="bf16_dim1")]
+
+
+def _exp32(v):
+    import math
+    import numpy as np
+    return np.float32(math.exp(float(v)))      # the simulator's documented exp: exact exp rounded to fp32
+
+
+def _swiglu_fp32_reference(sample: SampleInput):
+    """Plain loop, the fp32 kernel's order: 1 / (exp(-a) + 1), times a, times b."""
+    import numpy as np
+    import torch
+    x = sample.args[0].numpy()
+    h = x.shape[1] // 2
+    out = np.empty((x.shape[0], h), np.float32)
+    for r in range(x.shape[0]):
+        for j in range(h):
+            a, b = np.float32(x[r, j]), np.float32(x[r, h + j])
+            out[r, j] = ((np.float32(1) / (_exp32(-a) + np.float32(1))) * a) * b
+    return torch.from_numpy(out)
 
 
 def _swiglu_errors() -> List[ErrorInput]:
@@ -203,11 +223,28 @@ def _dq_samples() -> List[SampleInput]:
     g = torch.Generator().manual_seed(5)
     x = torch.randn(6, 32, generator=g).to(torch.bfloat16)
     sm = (torch.rand(2, 32, generator=g) + 0.5).to(torch.bfloat16)
-    return [SampleInput((x,), {}, [((6, 32), "int8"), ((6,), "float32")], name="int8"),
+    return [SampleInput((x,), {}, [((6, 32), "int8"), ((6,), "float32")], name="int8",
+                        reference=_dq_int8_reference),
             SampleInput((x.reshape(2, 3, 32),), dict(dst_type=QUINT4X2), [((2, 3, 4), "int32"), ((2, 3), "float32")],
                         name="int4_packed"),
             SampleInput((x,), dict(smooth_scales=sm, group_index=torch.tensor([2, 6], dtype=torch.int32)),
                         [((6, 32), "int8"), ((6,), "float32")], name="moe_smooth")]
+
+
+def _dq_int8_reference(sample: SampleInput):
+    """Plain loop (CANN 8.5.0, the default target: every key takes the reciprocal recipe): qs = 127/amax,
+    q = round-half-even(v * qs), scale = 1/qs."""
+    import numpy as np
+    import torch
+    x = sample.args[0].float().numpy()
+    q = np.empty(x.shape, np.int8)
+    sc = np.empty(x.shape[0], np.float32)
+    for r in range(x.shape[0]):
+        v = [np.float32(t) for t in x[r]]
+        qs = np.float32(127) / max(abs(t) for t in v)
+        q[r] = [max(-128, min(127, round(float(t * qs)))) for t in v]
+        sc[r] = np.float32(1) / qs
+    return torch.from_numpy(q), torch.from_numpy(sc)
 
 
 def _dq_errors() -> List[ErrorInput]:
@@ -304,9 +341,32 @@ def _dsq_samples() -> List[SampleInput]:
     act = torch.rand(6, generator=g)
     kw = dict(weight_scale=ws, activation_scale=act, group_index=torch.tensor([2, 4]), activate_left=True,
               quant_mode=1)
-    return [SampleInput((x,), kw, [((6, 8), "int8"), ((6,), "float32")], name="vllm_dynamic_groups"),
+    return [SampleInput((x,), kw, [((6, 8), "int8"), ((6,), "float32")], name="vllm_dynamic_groups",
+                        reference=_dsq_reference),
             SampleInput((x.to(torch.float32).to(torch.bfloat16),), dict(quant_scale=torch.tensor([0.05])),
                         [((6, 8), "int8"), ((6,), "float32")], name="bf16_static", undefined="zero")]
+
+
+def _dsq_reference(sample: SampleInput):
+    """Plain loop of the group path: groups by counts, (ws * fp32(x)) then * act, first half activated
+    (activate_left), S = G * (A / (exp(-A) + 1)), scale = amax * fp32(1/127), q = rint(S / scale)."""
+    import numpy as np
+    import torch
+    x = sample.args[0].numpy()
+    kw = sample.kwargs
+    ws, act, counts = kw["weight_scale"].numpy(), kw["activation_scale"].numpy(), kw["group_index"].tolist()
+    T, h = x.shape[0], x.shape[1] // 2
+    q = np.empty((T, h), np.int8)
+    sc = np.empty(T, np.float32)
+    r = 0
+    for g, c in enumerate(counts):
+        for _ in range(c):
+            d = [np.float32(act[r]) * (np.float32(ws[g, k]) * np.float32(int(x[r, k]))) for k in range(2 * h)]
+            s_ = [d[h + j] * (d[j] / (_exp32(-d[j]) + np.float32(1))) for j in range(h)]
+            sc[r] = max(abs(t) for t in s_) * np.float32(1.0 / 127)
+            q[r] = [max(-128, min(127, round(float(t / sc[r])))) for t in s_]
+            r += 1
+    return torch.from_numpy(q), torch.from_numpy(sc)
 
 
 def _dsq_errors() -> List[ErrorInput]:
