@@ -42,8 +42,8 @@ is the per-device average: ``T*k*ep`` rows leave the ranks and each rank receive
    balanced split of ``M`` rows over ``E_l`` experts) so value rules run.
 3. **Experts, unquantised** (``quant="none"``): ``npu_grouped_matmul`` as vllm-ascend calls it -
    ``x=[x_sorted[M, H]], weight=[w13[E_l, H, 2I]], group_list=counts[E_l], split_item=2,
-   group_type=0, group_list_type=1`` - then the SwiGLU (``torch_npu.npu_swiglu``: ``silu(first
-   half) * second half``; not an ascend-moe op), then ``npu_grouped_matmul`` with ``w2[E_l, I, H]``.
+   group_type=0, group_list_type=1`` - then ``npu_swiglu`` (``silu(first half) * second half``), then
+   ``npu_grouped_matmul`` with ``w2[E_l, I, H]``.
    Why ``npu_grouped_matmul`` and not MindSpeed's ``npu_gmm``: this command checks an *inference
    deployment*, and torch_npu's op is what vllm-ascend calls; ``npu_gmm`` is MindSpeed's training
    wrapper (not a torch_npu op), and its ``List[int]`` group list is limited to 128 experts
@@ -53,18 +53,18 @@ is the per-device average: ``T*k*ep`` rows leave the ranks and each rank receive
    (with ``ep > 1`` the weights of other ranks' experts are zeroed, so their ``-1`` row indices are
    skipped, and the partial sums are all-reduced: communication, not checked); the shared expert's
    dense MLP output is added to it.
-4. **Experts, W8A8** (``quant="w8a8"``): ``npu_dynamic_quant`` (not checked) gives int8 rows and a
-   per-token scale; ``npu_grouped_matmul_swiglu_quant(x int8[M, H], weight int8 NZ[E_l, H, 2I],
-   group_list cumsum[E_l], weight_scale fp32[E_l, 2I], x_scale fp32[M])`` (v1, as vllm-ascend's
-   W8A8 dynamic path) gives int8 ``[M, I]`` and its per-token scale; the shared expert runs as a
-   dense MLP (not checked) and enters ``npu_grouped_matmul_finalize_routing(x int8[M, I],
-   w int8 NZ[E_l, I, H], group_list counts[E_l], scale fp32[E_l, H], pertoken_scale fp32[M],
-   shared_input bf16[T, H], logit fp32[M], row_index int64[M], output_bs=T)``; without shared
-   experts ``shared_input`` is None.
-5. **Experts, W4A8** (``quant="w4a8"``): the A8W4 variants of the same two ops: int4 weights packed
-   eight to an int32 (ND ``[E_l, H, 2I/8]`` and ``[E_l, I, H/8]``), per-channel scales as int64
-   (fp32 bits in the low word, spec 3.4; ``[E_l, 2I]`` and ``[E_l, 1, H]``), and the offline
-   ``8 * sum_k W*scale`` term (swiglu-quant v1 takes it as ``bias``, finalize-routing as ``bias``).
+4. **Experts, W8A8** (``quant="w8a8"``), vllm-ascend's ``quant_apply_mlp``: ``npu_dynamic_quant(x bf16[M, H])``
+   gives int8 rows and a per-token scale; ``npu_grouped_matmul_swiglu_quant(x int8[M, H], weight int8
+   NZ[E_l, H, 2I], group_list cumsum[E_l], weight_scale fp32[E_l, 2I], x_scale fp32[M])`` (v1, the
+   ``group_list_type=0`` fused path) gives int8 ``[M, I]`` and its per-token scale; the down-projection is
+   ``npu_grouped_matmul(x=[int8[M, I]], weight=[int8 NZ[E_l, I, H]], scale=[bf16[E_l, H]],
+   per_token_scale=[fp32[M]], group_list=counts, split_item=2, group_type=0, group_list_type=1,
+   output_dtype=bf16)``; the shared expert runs as a dense MLP (not checked) and the combine is the
+   ``npu_moe_token_unpermute`` call above.
+5. **Experts, W4A8** (``quant="w4a8"``): the A8W4 variants of the same ops: int4 weights packed eight to
+   an int32 (ND ``[E_l, H, 2I/8]`` and ``[E_l, I, H/8]``), per-channel scales as int64 (fp32 bits in the
+   low word, spec 3.4; ``[E_l, 2I]`` and ``[E_l, H]``), and the offline ``8 * sum_k W*scale`` term
+   (``bias`` of both calls).
 
 What is not checked: the ops above marked "not checked" (they have no ascend-moe rules), attention,
 communication (all-gather / all-reduce / all-to-all / MC2), and the dense shared-expert matmuls.
@@ -89,6 +89,7 @@ from .rules import routing as _routing_rules  # noqa: F401  (registers the dispa
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 QUANT_MODES = ("none", "w8a8", "w4a8")
+BF16_CODE = 15      # torch.bfloat16 as npu_grouped_matmul's output_dtype (torch_npu's int code)
 
 # Model types whose router carries an e_score_correction_bias even if the config does not say
 # ``topk_method: noaux_tc`` (HF DeepseekV3TopkRouter / Glm4MoeTopkRouter always create it).
@@ -426,8 +427,7 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
             "up-projection", "npu_grouped_matmul",
             ([TensorSpec((M, H), "bfloat16")], [TensorSpec((El, H, 2 * I), "bfloat16")]),
             dict(group_list=gl_counts, split_item=2, group_type=0, group_list_type=1)))
-        stages.append(Stage("activation", None,
-                            external=f"torch_npu.npu_swiglu: silu(first {I} cols) * last {I} cols"))
+        stages.append(Stage("activation", "npu_swiglu", (TensorSpec((M, 2 * I), "bfloat16"),), {}))
         stages.append(Stage(
             "down-projection", "npu_grouped_matmul",
             ([TensorSpec((M, I), "bfloat16")], [TensorSpec((El, I, H), "bfloat16")]),
@@ -440,14 +440,13 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
             dict(probs=TensorSpec((T, d.top_k), router_dtype))))
         return stages
 
-    stages.append(Stage("quantise x", None, external="torch_npu.npu_dynamic_quant: int8 rows + "
-                                                      "per-token fp32 scale"))
+    stages.append(Stage("quantise x", "npu_dynamic_quant", (TensorSpec((M, H), "bfloat16"),), {}))
     if quant == "w8a8":
         w13 = TensorSpec((El, H, 2 * I), "int8", "FRACTAL_NZ")
         w13_scale = TensorSpec((El, 2 * I), "float32")
         sq_extra: Dict[str, Any] = {}
         w2 = TensorSpec((El, I, H), "int8", "FRACTAL_NZ")
-        w2_scale = TensorSpec((El, H), "float32")
+        w2_scale = TensorSpec((El, H), "bfloat16")          # vllm-ascend: the params dtype (output_dtype)
         fr_bias = None
     else:  # w4a8: int4 packed eight to an int32 along the last dim, int64 scales
         for what, n in (("2*moe_intermediate_size", 2 * I), ("hidden_size", H)):
@@ -458,7 +457,7 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
         w13_scale = TensorSpec((El, 2 * I), "int64")
         sq_extra = dict(bias=TensorSpec((El, 2 * I), "float32"))
         w2 = TensorSpec((El, I, H // 8), "int32")
-        w2_scale = TensorSpec((El, 1, H), "int64")
+        w2_scale = TensorSpec((El, H), "int64")
         fr_bias = TensorSpec((El, H), "float32")
     stages.append(Stage(
         "up + swiglu + quant", "npu_grouped_matmul_swiglu_quant",
@@ -467,12 +466,15 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
     if shared:
         stages.append(Stage("shared expert", None, external=shared_text))
     stages.append(Stage(
-        "down + combine", "npu_grouped_matmul_finalize_routing",
-        (TensorSpec((M, I), "int8"), w2, gl_counts),
-        dict(scale=w2_scale, bias=fr_bias, pertoken_scale=TensorSpec((M,), "float32"),
-             shared_input=TensorSpec((T, H), "bfloat16") if shared else None,
-             logit=TensorSpec((M,), "float32"), row_index=TensorSpec((M,), "int64", values=row_index),
-             shared_input_weight=1.0, shared_input_offset=0, output_bs=T, group_list_type=1)))
+        "down-projection", "npu_grouped_matmul",
+        ([TensorSpec((M, I), "int8")], [w2]),
+        dict(scale=[w2_scale], bias=None if fr_bias is None else [fr_bias],
+             per_token_scale=[TensorSpec((M,), "float32")], group_list=gl_counts, split_item=2, group_type=0,
+             group_list_type=1, output_dtype=BF16_CODE)))
+    stages.append(Stage(
+        "combine", "npu_moe_token_unpermute",
+        (TensorSpec((M, H), "bfloat16"), TensorSpec((M,), "int32")),
+        dict(probs=TensorSpec((T, d.top_k), router_dtype))))
     return stages
 
 
@@ -664,9 +666,11 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
 
     from . import sim
     from .rules import enforce
-    from .sim import finalize_routing as _fr
+    from .rules.quant_ops import dynamic_quant_kernel
     from .sim import gmm as _gmm
     from .sim import routing as _rt
+    from .sim import gmm_quant as _gq
+    from .sim import quant_ops as _qsim
     from .sim import swiglu_quant as _sq
     from .sim.numerics import encode_int64_scale, np_dtype
 
@@ -759,11 +763,6 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
                 x, ids, **dict(dispatch.kwargs, active_expert_range=rng_kw))
             n_local = int(counts.sum())                       # rank 0 keeps its local experts
             x_sorted = expanded[:n_local]
-            slots = np.nonzero(row_idx >= 0)[0]               # source slots routed here
-            rows_token = np.empty(n_local, np.int64)
-            rows_token[row_idx[slots]] = slots // k           # expanded row -> its token
-            logit = np.empty(n_local, np.float32)
-            logit[row_idx[slots]] = weights.reshape(-1)[slots]
         shared_out = None
 
         if quant == "none":
@@ -774,28 +773,19 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
                 enforce("npu_grouped_matmul", [x_sorted], [_contiguous_spec(w13)], **gmm_kw)
                 h = _gmm.grouped_matmul_compute([x_sorted], [w13], None, counts, 2, 0, 1)[0]
             with stage("activation"):
-                a = silu_mul(h, I)
+                enforce("npu_swiglu", h)
+                a = _qsim.swiglu(h)
             with stage("down-projection"):
                 enforce("npu_grouped_matmul", [a], [_contiguous_spec(w2)], **gmm_kw)
                 o = _gmm.grouped_matmul_compute([a], [w2], None, counts, 2, 0, 1)[0]
             if S:
                 with stage("shared expert"):
                     shared_out = bf16_matmul(silu_mul(bf16_matmul(x, ws13), S), ws2)
-            combine = next(st for st in rep.stages if st.name == "combine")
-            with stage("combine"):
-                # the probs of other ranks' experts are zeroed (their -1 row indices are skipped)
-                local = (idx >= 0) & (idx < El)
-                probs = np.where(local, weights, 0).astype(np_dtype(combine.kwargs["probs"].dtype))
-                o_full = np.zeros((T * k, H), dtype=o.dtype)
-                o_full[:n_local] = o
-                enforce("npu_moe_token_unpermute", o_full, row_idx, probs=probs)
-                routed = _rt.moe_token_unpermute(o_full, row_idx, probs)
-                out = routed
-                if shared_out is not None:
-                    out = (routed.astype(np.float32) + shared_out.astype(np.float32)).astype(bf16)
         else:
             with stage("quantise x"):
-                xq, xs = _dynamic_quant(x_sorted)
+                enforce("npu_dynamic_quant", x_sorted)
+                _, formula = dynamic_quant_kernel(rep.target, x_sorted.shape, "bfloat16")
+                xq, xs = _qsim.dynamic_quant(x_sorted, scale_formula=formula)
             groups, g_counts = El, counts
             if quant == "w4a8":
                 groups = int((counts > 0).sum())               # only the touched experts
@@ -815,7 +805,7 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
                 w13_spec = _contiguous_spec(w13, "FRACTAL_NZ")
                 w2_spec = _contiguous_spec(w2, "FRACTAL_NZ")
                 w13_scale = np.ascontiguousarray(np.broadcast_to(s13, (groups, 2 * I)))
-                w2_scale = np.ascontiguousarray(np.broadcast_to(s2, (groups, H)))
+                w2_scale = np.ascontiguousarray(np.broadcast_to(s2, (groups, H))).astype(bf16)
                 sq_extra: Dict[str, Any] = {}
                 fr_bias = None
             else:
@@ -832,7 +822,7 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
                 def tile(a: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
                     return np.ascontiguousarray(np.broadcast_to(a, shape))
                 w13_scale = tile(encode_int64_scale(s13), (groups, 2 * I))
-                w2_scale = tile(encode_int64_scale(s2).reshape(1, 1, H), (groups, 1, H))
+                w2_scale = tile(encode_int64_scale(s2), (groups, H))
                 # the offline "8 * sum_k W * scale" term of the MSD split (spec 2.4 / 3.3)
                 sq_extra = dict(bias=tile((8 * q13.astype(np.float64).sum(0) * s13).astype(np.float32),
                                           (groups, 2 * I)))
@@ -846,13 +836,24 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
             if S:
                 with stage("shared expert"):
                     shared_out = bf16_matmul(silu_mul(bf16_matmul(x, ws13), S), ws2)
-            with stage("down + combine"):
-                fr_kw = dict(scale=w2_scale, bias=fr_bias, pertoken_scale=a_scale, shared_input=shared_out,
-                             logit=logit, row_index=rows_token.astype(np.int64), shared_input_weight=1.0,
-                             shared_input_offset=0, output_bs=T, group_list_type=1)
-                enforce("npu_grouped_matmul_finalize_routing", a, w2_spec, g_counts, **fr_kw)
-                out32 = _fr.finalize_routing_compute(a, w2, g_counts, **fr_kw)
-                out = out32.astype(bf16)
+            with stage("down-projection"):
+                gm_kw = dict(scale=[w2_scale], bias=None if fr_bias is None else [fr_bias],
+                             per_token_scale=[a_scale], group_list=g_counts, split_item=2, group_type=0,
+                             group_list_type=1, output_dtype=BF16_CODE)
+                enforce("npu_grouped_matmul", [a], [w2_spec], **gm_kw)
+                o = _gq.quant_grouped_matmul(a, w2, g_counts, group_list_type=1, scale=w2_scale,
+                                             per_token_scale=a_scale, bias=fr_bias, output_dtype="bfloat16")
+        combine = next(st for st in rep.stages if st.name == "combine")
+        with stage("combine"):
+            # the probs of other ranks' experts are zeroed (their -1 row indices are skipped)
+            local = (idx >= 0) & (idx < El)
+            probs = np.where(local, weights, 0).astype(np_dtype(combine.kwargs["probs"].dtype))
+            o_full = np.zeros((T * k, H), dtype=o.dtype)
+            o_full[:n_local] = o
+            enforce("npu_moe_token_unpermute", o_full, row_idx, probs=probs)
+            out = _rt.moe_token_unpermute(o_full, row_idx, probs)
+            if shared_out is not None:
+                out = (out.astype(np.float32) + shared_out.astype(np.float32)).astype(bf16)
     inputs = {"x": x, "w_gate": w_gate, "bias": bias, "w13": w13_one, "w2": w2_one}
     if S:
         inputs.update(shared_w13=ws13, shared_w2=ws2)
@@ -866,15 +867,6 @@ def _contiguous_spec(a: np.ndarray, fmt: str = "ND") -> TensorSpec:
     """The checker's view of a shared (stride-0) weight: same shape, dtype and format, contiguous."""
     from .sim.numerics import dtype_name
     return TensorSpec(a.shape, dtype_name(a), fmt)
-
-
-def _dynamic_quant(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-token symmetric int8 quantisation, as ``torch_npu.npu_dynamic_quant``: scale = max|x|/127,
-    q = round-half-even(x / scale)."""
-    xf = x.astype(np.float32)
-    scale = np.maximum(np.abs(xf).max(-1), np.float32(1e-12)) / np.float32(127.0)
-    q = np.clip(np.rint(xf / scale[:, None]), -128, 127).astype(np.int8)
-    return q, scale.astype(np.float32)
 
 
 def _quant_per_channel(w: np.ndarray, qmax: int) -> Tuple[np.ndarray, np.ndarray]:

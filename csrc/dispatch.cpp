@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "acl_abi_routing.h"
+#include "acl_abi_quant.h"
 #include "loader.h"
 
 namespace py = pybind11;
@@ -77,6 +78,8 @@ ASCEND_MOE_KIND(double, 'd', s.d)
 ASCEND_MOE_KIND(float, 'f', static_cast<float>(s.d))
 ASCEND_MOE_KIND(bool, 'b', s.b)
 ASCEND_MOE_KIND(const char *, 's', s.s.c_str())
+// `char *` parameters (DequantSwigluQuant's quantMode/roundMode): CANN reads the string, never writes it
+ASCEND_MOE_KIND(char *, 's', const_cast<char *>(s.s.c_str()))
 #undef ASCEND_MOE_KIND
 
 // The call is synthesised from the typedef (like op-plugin's ConvertToOpApiFunc, but the other way
@@ -148,6 +151,14 @@ const std::map<std::string, Entry> &entries() {
       ASCEND_MOE_ENTRY("aclnnMoeGatingTopKBackward", aclnnMoeGatingTopKBackwardGWS_t),
       ASCEND_MOE_ENTRY("aclnnMoeComputeExpertTokens", aclnnMoeComputeExpertTokensGWS_t),
       ASCEND_MOE_ENTRY("aclnnMoeReRouting", aclnnMoeReRoutingGWS_t),
+      ASCEND_MOE_ENTRY("aclnnSwiGlu", aclnnSwiGluGWS_t),
+      ASCEND_MOE_ENTRY("aclnnSwiGluGrad", aclnnSwiGluGradGWS_t),
+      ASCEND_MOE_ENTRY("aclnnDynamicQuant", aclnnDynamicQuantGWS_t),
+      ASCEND_MOE_ENTRY("aclnnDynamicQuantV2", aclnnDynamicQuantV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnDequantSwigluQuant", aclnnDequantSwigluQuantGWS_t),
+      ASCEND_MOE_ENTRY("aclnnDequantSwigluQuantV2", aclnnDequantSwigluQuantV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnGroupedMatmulAdd", aclnnGroupedMatmulAddGWS_t),
+      ASCEND_MOE_ENTRY("aclnnGroupedMatmulAddV2", aclnnGroupedMatmulAddV2GWS_t),
   };
   return table;
 }
@@ -290,6 +301,17 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> &families() 
       {"gating_backward", {"aclnnMoeGatingTopKBackward"}},
       {"compute_expert_tokens", {"aclnnMoeComputeExpertTokens"}},
       {"re_routing", {"aclnnMoeReRouting"}},
+      {"swiglu", {"aclnnSwiGlu"}},
+      {"swiglu_grad", {"aclnnSwiGluGrad"}},
+      // op-plugin: V2 when it exists, else the V1 entry point (DO_COMPATIBILITY)
+      {"dynamic_quant", {"aclnnDynamicQuantV2", "aclnnDynamicQuant"}},
+      {"dynamic_quant_v2", {"aclnnDynamicQuantV2"}},
+      // op-plugin (SoC < 950): V1 only when V2 is absent and swiglu_mode == 0
+      {"dequant_swiglu_quant", {"aclnnDequantSwigluQuantV2", "aclnnDequantSwigluQuant"}},
+      {"dequant_swiglu_quant_v2", {"aclnnDequantSwigluQuantV2"}},
+      // op-plugin: V2 only on aclnn-only SoCs (950); A2/A3 call V1, which has no groupListType
+      {"gmm_add", {"aclnnGroupedMatmulAdd"}},
+      {"gmm_add_v2", {"aclnnGroupedMatmulAddV2"}},
   };
   return f;
 }

@@ -34,8 +34,10 @@ Faithfulness contract (each step is the kernel's, bit for bit, except the one na
   third output (``out_offset``, a 0-d fp32 placeholder the device never writes) too.
 * **all-zero rows** (amax == 0): the kernel has no guard.  ``out_scale`` is written as 0.0 (0/127 or
   0*c); ``r = 1/0 = inf`` (v1) and ``0 * inf`` or ``0 / 0`` (v2) are NaN, whose int8 conversion
-  is not public, so those ``out`` elements follow the undefined-region policy [I].  Any other NaN
-  reaching the int8 conversion is treated the same way.
+  is not public.  Those ``out`` elements follow the named all-zero-row policy
+  (:mod:`ascend_moe.sim.zero_rows`: 0 by default, as CANN's test tables expect; ``"undefined"`` hands
+  them to the undefined-region policy) [I].  Any other NaN reaching the int8 conversion follows the
+  undefined-region policy.
 * Saturation: ``|v|`` cannot exceed 127 by more than rounding noise; conversions saturate to
   [-127, 127] anyway (fp16 127.0x -> 127).
 * A4W4 (int4 x, v2) is not simulated (NotImplementedError).
@@ -46,7 +48,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .numerics import dtype_name, fill_undefined, float_to_int, twin_arguments
+from .numerics import dtype_name, fill_undefined, float_to_int
+from .zero_rows import apply_zero_rows
 from .quant_gemm import (
     decode_weight_scale, fp19_enabled, group_bounds, grouped_int8_matmul, grouped_msd_partials,
     msd_combine, weight_values,
@@ -121,7 +124,8 @@ def _rows_per_group(bounds) -> Tuple[int, np.ndarray]:
 
 def compute(x: np.ndarray, weight: np.ndarray, weight_scale: np.ndarray, x_scale: np.ndarray,
             group_list: np.ndarray, *, group_list_type: int = 0, assist: Optional[np.ndarray] = None,
-            kernel: str = "v1", undefined: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+            kernel: str = "v1", undefined: Optional[str] = None,
+            zero_row: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Unchecked compute shared by both ops and the torch kernels.
 
     ``weight`` in any form :func:`~ascend_moe.sim.quant_gemm.weight_values` accepts (int8 => A8W8,
@@ -161,10 +165,11 @@ def compute(x: np.ndarray, weight: np.ndarray, weight_scale: np.ndarray, x_scale
 
     s = swiglu_f32(c)
     q, qs, nan = (quant_v2 if (kind == "int8" and kernel == "v2") else quant_v1)(s)
+    if nan.any():
+        zero_rows = ~np.any(s != 0, axis=1)          # amax == 0 (NaN rows are not zero rows)
+        apply_zero_rows(q, nan, zero_rows, zero_row, undefined)
     out[:total] = q
     out_scale[:total] = qs
-    if nan.any():
-        fill_undefined(out[:total], nan, undefined)
     fill_undefined(out, slice(total, None), undefined)
     fill_undefined(out_scale, slice(total, None), undefined)
     return out, out_scale

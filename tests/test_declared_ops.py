@@ -163,14 +163,15 @@ def test_sample_reference(name, i, path):
             out = torch.compile(lambda *a: fn(*a, **s.kwargs), fullgraph=True, backend="aot_eager")(*s.args)
         else:
             from ascend_moe import numpy_ops
-            np_args = _map(s.args, lambda t: np.asarray(t.numpy()))
-            np_kwargs = _map(s.kwargs, lambda t: np.asarray(t.numpy()))
+            from ascend_moe.ops._common import from_numpy, to_numpy   # bfloat16 <-> ml_dtypes.bfloat16
+            np_args = _map(s.args, to_numpy)
+            np_kwargs = _map(s.kwargs, to_numpy)
             # the NZ tag of a tensor stays with it; its NumPy view is tagged like it
             for src, dst in zip(list(s.args) + list(s.kwargs.values()), list(np_args) + list(np_kwargs.values())):
                 if isinstance(src, torch.Tensor) and ascend_moe.formats.is_nz(src):
                     ascend_moe.formats.set_format(dst, ascend_moe.formats.get_format(src))
             out = getattr(numpy_ops, name)(*np_args, **np_kwargs)
-            out = _map(out, torch.from_numpy) if isinstance(out, (list, tuple)) else torch.from_numpy(out)
+            out = [from_numpy(np.asarray(o)) for o in out] if isinstance(out, (list, tuple)) else from_numpy(out)
     for got, want in zip(_flat(out), _flat(s.reference(s))):
         assert torch.equal(got, want)
 

@@ -40,8 +40,8 @@ CASES = [
        None, f"{a}=2") for a in ("x_dtype", "weight_dtype", "scale_dtype", "per_token_scale_dtype")],
     ("gmm.quant_dtype", "npu_gmm", (t(10, 16, dtype=torch.int8), t(3, 16, 8, dtype=torch.int8)),
      dict(group_list=[2, 5, 10]), None, "dtype int8"),
-    ("gmm.quant_dtype", "npu_grouped_matmul", ([X], [t(3, 16, 1, dtype=torch.int32)]),
-     dict(group_list=gl(2, 5, 10), **GM), None, "dtype int32"),
+    ("gmm.quant_dtype", "npu_gmm_v2", (X, t(3, 16, 1, dtype=torch.int32)),
+     dict(group_list=gl(2, 3, 5)), None, "dtype int32"),
     ("gmm.group_list_type", "npu_grouped_matmul", ([X], [W]),
      dict(group_list=gl(2, 5, 10), group_type=0, split_item=3, group_list_type=2), None, "group_list_type=2"),
     ("gmm.act_type", "npu_grouped_matmul", ([X], [W]), dict(group_list=gl(2, 5, 10), **GM, act_type=1), None,
@@ -207,7 +207,10 @@ def test_nz_weight_rejected():
 
 
 def test_every_rule_has_a_rejecting_case():
-    covered = {c[0] for c in CASES} | {c[0] for c in WARN_CASES} | {"gmm.nz_weight"}
+    from ascend_moe.rules import gmm_quant
+    # the quantised forms' rules (gmmq.*) have their cases in test_gmm_quant_rules.py
+    covered = {c[0] for c in CASES} | {c[0] for c in WARN_CASES} | {"gmm.nz_weight"} | {
+        r.id for r in gmm_quant.quant_rules()}
     declared = {r.id for op in OPS for r in get_op(op).rules}
     assert declared - covered == set()
 
@@ -235,8 +238,9 @@ def test_all_violations_reported_at_once():
     assert {"gmm.weight_dtype", "gmm.k_match", "gmm.bias_dtype", "gmm.group_list_values_list", "gmm.total_list"} <= ids
 
 
-def test_torch_op_raises_not_simulated_with_quant_pointer():
-    with pytest.raises(am.NotSimulatedError, match="npu_grouped_matmul_swiglu_quant"):
+def test_torch_op_checks_the_quantised_forms():
+    """int8 x and weight select the A8W8 form, checked by its own rules (here: int8 output, not modelled)."""
+    with pytest.raises(am.ConstraintError, match="A8W8 output int8 is not modelled"):
         am.npu_grouped_matmul([torch.zeros(4, 16, dtype=torch.int8)], [torch.zeros(2, 16, 8, dtype=torch.int8)],
                               group_list=torch.tensor([2, 4]), group_type=0, split_item=3,
                               scale=[torch.ones(2, 8)], per_token_scale=[torch.ones(4)])

@@ -107,7 +107,9 @@ def test_unquantised_expert_calls():
         gl = call.kwargs["group_list"]
         assert gl.shape == (256,) and gl.dtype == "int64" and int(gl.values.sum()) == M
         assert (call.kwargs["group_type"], call.kwargs["group_list_type"], call.kwargs["split_item"]) == (0, 1, 2)
-    assert [s.name for s in st if s.op is None] == ["activation", "shared expert"]
+    assert [s.name for s in st if s.op is None] == ["shared expert"]
+    (act,) = by_op(st, "npu_swiglu")
+    assert act.args == (TensorSpec((M, 4096), "bfloat16"),)
     (disp,) = by_op(st, "npu_moe_init_routing_v2")
     assert disp.name == "dispatch"
     assert disp.args == (TensorSpec((4, 7168), "bfloat16"), TensorSpec((4, 8), "int32"))
@@ -125,7 +127,7 @@ def test_dispatch_and_combine_are_checked_with_a_verdict(model, quant):
     rep = mc.check_model(model, "atlas-a2", "9.0.0", quant=quant)
     names = {s.name: s for s in rep.stages}
     assert names["dispatch"].checked and names["dispatch"].verdict.startswith("PASS"), names["dispatch"].violations
-    combine = names["combine"] if quant == "none" else names["down + combine"]
+    combine = names["combine"]
     assert combine.checked and combine.verdict.startswith("PASS"), combine.violations
 
 
@@ -137,17 +139,17 @@ def test_w8a8_calls():
     assert x == TensorSpec((M, 7168), "int8") and w == TensorSpec((256, 7168, 4096), "int8", "FRACTAL_NZ")
     assert ws == TensorSpec((256, 4096), "float32") and xs == TensorSpec((M,), "float32")
     assert np.all(np.diff(gl.values) >= 0) and gl.values[-1] == M          # cumsum
-    (fr,) = by_op(st, "npu_grouped_matmul_finalize_routing")
-    x2, w2, gl2 = fr.args
+    (dq,) = by_op(st, "npu_dynamic_quant")
+    assert dq.args == (TensorSpec((M, 7168), "bfloat16"),)
+    (down,) = by_op(st, "npu_grouped_matmul")
+    (x2,), (w2,) = down.args
     assert x2 == TensorSpec((M, 2048), "int8") and w2 == TensorSpec((256, 2048, 7168), "int8", "FRACTAL_NZ")
-    assert gl2.values.sum() == M and fr.kwargs["group_list_type"] == 1      # counts
-    assert fr.kwargs["shared_input"] == TensorSpec((T, 7168), "bfloat16") and fr.kwargs["output_bs"] == T
-    ri = fr.kwargs["row_index"]
-    assert ri.dtype == "int64" and ri.values.min() >= 0 and ri.values.max() < T
-    assert fr.kwargs["bias"] is None
-    # no shared expert -> no shared_input
-    qst = mc.plan_layer(mc.load_model("qwen3-moe-30b-a3b"), quant="w8a8")
-    assert by_op(qst, "npu_grouped_matmul_finalize_routing")[0].kwargs["shared_input"] is None
+    assert down.kwargs["scale"] == [TensorSpec((256, 7168), "bfloat16")]
+    assert down.kwargs["per_token_scale"] == [TensorSpec((M,), "float32")] and down.kwargs["bias"] is None
+    assert down.kwargs["group_list"].values.sum() == M and down.kwargs["group_list_type"] == 1   # counts
+    assert (down.kwargs["split_item"], down.kwargs["group_type"], down.kwargs["output_dtype"]) == (2, 0, 15)
+    assert [s.name for s in st if s.op is None] == ["dispatch", "shared expert", "combine"]
+    assert not any(s.op == "npu_grouped_matmul_finalize_routing" for s in st)
 
 
 def test_w4a8_calls():
@@ -156,10 +158,10 @@ def test_w4a8_calls():
     assert sq.args[1] == TensorSpec((256, 7168, 4096 // 8), "int32")
     assert sq.args[3] == TensorSpec((256, 4096), "int64")
     assert sq.kwargs["bias"] == TensorSpec((256, 4096), "float32")
-    (fr,) = by_op(st, "npu_grouped_matmul_finalize_routing")
-    assert fr.args[1] == TensorSpec((256, 2048, 7168 // 8), "int32")
-    assert fr.kwargs["scale"] == TensorSpec((256, 1, 7168), "int64")
-    assert fr.kwargs["bias"] == TensorSpec((256, 7168), "float32")
+    (down,) = by_op(st, "npu_grouped_matmul")
+    assert down.args[1] == [TensorSpec((256, 2048, 7168 // 8), "int32")]
+    assert down.kwargs["scale"] == [TensorSpec((256, 7168), "int64")]
+    assert down.kwargs["bias"] == [TensorSpec((256, 7168), "float32")]
     with pytest.raises(mc.ModelConfigError, match="multiple of 8"):
         mc.plan_layer(mc.load_model(dict(TINY, moe_intermediate_size=190)), quant="w4a8")
 

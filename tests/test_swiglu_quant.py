@@ -63,7 +63,8 @@ def finish(q, qs, M, total, undefined):
     bad = -128 if undefined == "poison" else 0
     out = np.full((M, q.shape[1]), bad, np.int64)
     outs = np.full(M, np.nan if undefined == "poison" else 0.0, np.float32)
-    qq = np.where(np.isnan(q), bad, q)
+    zero_row = (qs == 0)[:, None]                             # amax == 0: the all-zero-row policy, 0 by default
+    qq = np.where(np.isnan(q), np.where(zero_row, 0, bad), q)
     out[:total] = np.clip(qq, -128, 127)
     outs[:total] = qs
     return out.astype(np.int8), outs
@@ -283,7 +284,7 @@ def test_zero_rows_and_rows_past_total(policy):
     out, s, off = sq.npu_grouped_matmul_swiglu_quant(x, nz, gl, ws, xs, undefined=policy)
     assert_bits((out, s), ref_a8w8(x, w, ws, xs, gl, 0, "v1", undefined=policy))
     bad = -128 if policy == "poison" else 0
-    assert s[2] == 0.0 and (out[2] == bad).all()              # amax == 0: scale 0, int8 undefined
+    assert s[2] == 0.0 and (out[2] == 0).all()                # amax == 0: scale 0, int8 0 (all-zero-row policy)
     assert (out[12:] == bad).all()
     assert np.isnan(s[12:]).all() if policy == "poison" else (s[12:] == 0).all()
     out2, s2 = sq.npu_grouped_matmul_swiglu_quant_v2(x, [nz], [ws], xs, gl, undefined=policy)
@@ -409,3 +410,26 @@ def test_exp_deviation_is_documented():
     assert "exp" in sq.__doc__ and "deviation" in sq.__doc__
     a = np.array([-100, -17, 0, 1, 17, 88.7], f32)
     np.testing.assert_array_equal(sq.exp_f32(a), np.exp(a.astype(np.float64)).astype(f32))
+
+
+def test_zero_rows_follow_the_zero_row_policy():
+    """All-zero rows: 0 by default (CANN's test tables); "undefined" hands them to the undefined policy."""
+    from ascend_moe.sim.zero_rows import zero_row_policy
+    rng = np.random.default_rng(4)
+    E, M, K, N = 2, 6, 32, 64
+    x = rng.integers(-128, 128, (M, K)).astype(np.int8)
+    x[1] = 0
+    w = rng.integers(-128, 128, (E, K, N)).astype(np.int8)
+    ws = (rng.standard_normal((E, N)) * 1e-3).astype(f32)
+    gl = np.array([3, 6], np.int64)
+    nz = weight_to_nz_storage(w)
+    for kernel in ("v1", "v2"):
+        def run():
+            if kernel == "v1":
+                return sq.npu_grouped_matmul_swiglu_quant(x, nz, gl, ws, np.ones(M, f32), undefined="poison")[:2]
+            return sq.npu_grouped_matmul_swiglu_quant_v2(x, [nz], [ws], np.ones(M, f32), gl, undefined="poison")
+        out, s = run()
+        assert (out[1] == 0).all() and s[1] == 0 and (out[0] != 0).any()
+        with zero_row_policy("undefined"):
+            out, s = run()
+        assert (out[1] == -128).all() and s[1] == 0

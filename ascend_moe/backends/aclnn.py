@@ -311,3 +311,44 @@ def call(op: str, args: Dict[str, Any]) -> Any:
     last_call.update(info, op=op)
     from ..ops._generate import _structure
     return _structure(decl, outs)
+
+
+# ------------------------------------------------------------------------------------------------
+# npu_grouped_matmul_add_ (in place: y[e] += x[rows_e]^T @ weight[rows_e]); MindSpeed's gemm_fusion path
+# ------------------------------------------------------------------------------------------------
+
+def grouped_matmul_add_(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, group_list: torch.Tensor, *,
+                        transpose_x: bool = True, transpose_weight: bool = False, group_type: int = 2,
+                        group_list_type: int = 0) -> torch.Tensor:
+    """``torch_npu.npu_grouped_matmul_add_`` on aclnn: the checker (``npu_grouped_matmul_add_`` rules for the
+    target product), then aclnnGroupedMatmulAdd (A2/A3; op-plugin passes no group_list_type there) or
+    aclnnGroupedMatmulAddV2 (950), writing into ``y`` in place.  Returns ``y``."""
+    from ..products import resolve_target
+    from ..rules import enforce_call
+    op = "npu_grouped_matmul_add_"
+    a = dict(y=y, x=x, weight=weight, group_list=group_list, transpose_x=transpose_x,
+             transpose_weight=transpose_weight, group_type=group_type, group_list_type=group_list_type)
+    target = enforce_call(op, a, resolve_target())
+    c = _C()
+    if not c.runtime_ok():
+        raise BackendError(f"{op}: the aclnn hardware path is unavailable: {c.loader_report()['reason']}")
+    device = _device_of(a)
+    on_npu = device.type in NPU_DEVICE_TYPES
+    if not on_npu and not c.fake_runtime():
+        raise BackendError(f"{op}: aclnn computes NPU tensors only; CPU tensors are accepted by the fake test "
+                           "runtime alone")
+    entry = choose("gmm_add_v2" if target.product == "ascend-950" else "gmm_add", op)
+    descs = [T(x), T(weight), T(group_list), T(y), b(transpose_x), b(transpose_weight), i64(group_type)]
+    if entry.endswith("V2"):
+        descs.append(i64(group_list_type))
+    if on_npu:
+        guard, alloc = _npu_context(device)
+        with guard:
+            stream = int(torch.npu.current_stream().npu_stream)
+            info = c.run(entry, descs, stream, alloc, False, device.index or 0)
+    else:
+        info = c.run(entry, descs, int(CPU_STREAM), CPU_WORKSPACE_ALLOCATOR, True, 0)
+    info.pop("keepalive", None)
+    last_call.clear()
+    last_call.update(info, op=op)
+    return y

@@ -18,6 +18,7 @@ _UNDECLARED_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "npu_gmm": ("gmm_v4", "gmm_list"),
     "npu_gmm_v2": ("gmm_v4",),
     "npu_grouped_matmul": ("gmm", "gmm_nz", "gmm_list_v1"),
+    "npu_grouped_matmul_add_": ("gmm_add", "gmm_add_v2"),   # in place: not declared yet
 }
 
 

@@ -106,18 +106,26 @@ def _undefined_like(shape, dtype, device) -> Tensor:
 
 
 def _grouped_matmul_add_(x: Tensor, grad: Tensor, group_list_cumsum, main_grad: Tensor) -> None:
-    """MindSpeed npu_groupmatmul_add_fp32 on CPU tensors (the simulator); NPU tensors are refused."""
+    """MindSpeed npu_groupmatmul_add_fp32: ``main_grad.view(E, K, N)[e] += x[rows_e]^T @ grad[rows_e]``.  CPU
+    tensors (and the simulated npu's host memory): the simulator; NPU tensors: aclnnGroupedMatmulAdd (the op
+    MindSpeed's A5 path calls; on A2/A3 MindSpeed calls ATB's GroupedMatmulInplaceAdd, the same computation)."""
+    from ..backends import NPU_DEVICE_TYPES, privateuse1_is_simulated
+    on_npu = [t.device.type in NPU_DEVICE_TYPES for t in (x, grad, main_grad)]
+    if any(on_npu) and privateuse1_is_simulated():  # the simulated npu's memory is host memory: compute on it
+        from ..backends import host_view
+        x, grad, main_grad = (host_view(t) if t.device.type != "cpu" else t for t in (x, grad, main_grad))
+        if isinstance(group_list_cumsum, torch.Tensor) and group_list_cumsum.device.type != "cpu":
+            group_list_cumsum = host_view(group_list_cumsum)
+        return _grouped_matmul_add_(x, grad, group_list_cumsum, main_grad)
+    if any(on_npu):
+        from ..backends.aclnn import grouped_matmul_add_
+        gl = group_list_cumsum if isinstance(group_list_cumsum, Tensor) else torch.tensor(
+            list(group_list_cumsum), dtype=torch.int64, device=x.device)
+        grouped_matmul_add_(main_grad.view(gl.shape[0], x.shape[1], grad.shape[1]), x, grad, gl.to(torch.int64))
+        return
     if any(t.device.type != "cpu" for t in (x, grad, main_grad)):
-        from ..backends import privateuse1_is_simulated
-        if privateuse1_is_simulated():  # the simulated npu's memory is host memory: compute on it
-            from ..backends import host_view
-            x, grad, main_grad = (host_view(t) if t.device.type != "cpu" else t for t in (x, grad, main_grad))
-            if isinstance(group_list_cumsum, torch.Tensor) and group_list_cumsum.device.type != "cpu":
-                group_list_cumsum = host_view(group_list_cumsum)
-            return _grouped_matmul_add_(x, grad, group_list_cumsum, main_grad)
-        raise NotImplementedError(
-            "gemm_fusion=True with NPU tensors needs the GroupedMatmulAdd (ATB / npu_grouped_matmul_add_) path, "
-            "which ascend_moe does not bind yet; use gemm_fusion=False on the NPU")
+        raise NotImplementedError(f"npu_gmm(gemm_fusion=True): tensors on {sorted({t.device.type for t in (x, grad, main_grad)})} "
+                                  "are neither CPU (simulator) nor NPU (aclnn) tensors")
     if main_grad.dtype != torch.float32 and not (_sim.float64_enabled() and main_grad.dtype == torch.float64):
         raise TypeError(f"npu_gmm(gemm_fusion=True): original_weight.main_grad must be float32, got {main_grad.dtype}")
     if not main_grad.is_contiguous():

@@ -75,7 +75,23 @@ def _v1_check(a: Dict[str, Any]) -> None:
                            "aclnnGroupedMatmul (V1) splits M only; pass group_list as a Tensor")
 
 
-_GM_BIND = dict(_GMM_OUTS, groupType=_group_type, quantGroupSize=0,
+def _is_quant_form(a: Dict[str, Any]) -> bool:
+    """Integer x or weight: one of the quantised forms (ascend_moe.rules.gmm_quant / sim.gmm_quant)."""
+    from ..sim.numerics import dtype_name
+    return any(dtype_name(t.dtype) in ("int8", "int32") for t in list(a["x"]) + list(a["weight"]))
+
+
+def _quant_group_size(a: Dict[str, Any], outs: Any = None) -> int:
+    """quantGroupSize of aclnnGroupedMatmulWeightNz as op-plugin passes it: 256 for A8W4 (int8 x, int4 packed
+    in int32 weight, int64/uint64 scale) without an offset, else 0 (GroupedMatmulKernelNpuOpApi.cpp)."""
+    from ..sim.numerics import dtype_name
+    xs, ws, scale = list(a["x"]), list(a["weight"]), a.get("scale") or []
+    is_a8w4 = (dtype_name(xs[0].dtype) == "int8" and dtype_name(ws[0].dtype) == "int32" and len(scale) > 0
+               and dtype_name(scale[0].dtype) in ("int64", "uint64"))
+    return 256 if is_a8w4 and not a.get("offset") else 0
+
+
+_GM_BIND = dict(_GMM_OUTS, groupType=_group_type, quantGroupSize=_quant_group_size,
                 tuningConfigOptional=lambda a, o: list(a.get("tuning_config") or []))
 
 GROUPED_MATMUL_ACLNN = (
@@ -124,7 +140,8 @@ def _gmm_family(a: Dict[str, Any]) -> str:
     return "gmm_list" if isinstance(a.get("group_list"), (list, tuple)) else "gmm_v4"
 
 # torch_npu's output_dtype codes of the torch dtypes (a torch dtype is accepted for output_dtype)
-OUTPUT_DTYPE_CODES = {"torch.float16": 5, "torch.bfloat16": 15, "torch.float32": 6, "torch.int32": 3}
+OUTPUT_DTYPE_CODES = {"torch.float16": 5, "torch.bfloat16": 15, "torch.float32": 6, "torch.int32": 3, "torch.int8": 1}
+_CODE_DTYPE_NAMES = {code: name.replace("torch.", "") for name, code in OUTPUT_DTYPE_CODES.items()}
 
 
 def _output_dtype_code(v: Any) -> Any:
@@ -235,6 +252,8 @@ def grouped_matmul_shapes(a: Dict[str, Any]) -> List[Any]:
 
     split_item 0/1 with a single x and a group list gives one output per group whose row counts are
     the group-list values (read on the host, as op-plugin does; SymInts under fake tensors)."""
+    if _is_quant_form(a):
+        return _quant_shapes(a)
     xs, ws, gl = a["x"], a["weight"], a["group_list"]
     gt = _sim.resolve_group_type(a["group_type"], gl)
     split = a["split_item"]
@@ -268,13 +287,38 @@ def grouped_matmul_shapes(a: Dict[str, Any]) -> List[Any]:
     return outs
 
 
+def _quant_shapes(a: Dict[str, Any]) -> List[Any]:
+    """The quantised forms' single output [M, N]: N from the weight's logical dims (int4 packed in int32:
+    8 per element; NZ storage), dtype ``output_dtype`` (torch_npu's int code) or x's."""
+    from ..sim.numerics import dtype_name
+    from ..sim.quant_gemm import weight_logical_dims
+    x, w = a["x"][0], a["weight"][0]
+    dims = weight_logical_dims(tuple(w.shape), dtype_name(w.dtype))
+    n = dims[2] if dims is not None else w.shape[-1]
+    od = a.get("output_dtype")
+    dtype = x.dtype if od is None else _CODE_DTYPE_NAMES.get(int(od), x.dtype)
+    return [((x.shape[0], n), dtype)]
+
+
+def _gm_quant_sim(a: Dict[str, Any]) -> List[Any]:
+    from ..sim.gmm_quant import npu_grouped_matmul_quant
+    kw = {k: a[k] for k in ("bias", "scale", "offset", "antiquant_scale", "antiquant_offset", "per_token_scale")}
+    return list(npu_grouped_matmul_quant(list(a["x"]), list(a["weight"]), group_list=a["group_list"],
+                                         group_list_type=a["group_list_type"], act_type=a["act_type"],
+                                         output_dtype=a["output_dtype"], **kw))
+
+
 def _gm_sim(a: Dict[str, Any], target: Any):
+    if _is_quant_form(a):
+        return _gm_quant_sim(a)
     return _sim.grouped_matmul_compute(a["x"], a["weight"], a["bias"], a["group_list"], a["split_item"],
                                        _sim.resolve_group_type(a["group_type"], a["group_list"]),
                                        a["group_list_type"], None)
 
 
 def _gm_sim_torch(a: Dict[str, Any], target: Any):
+    if _is_quant_form(a):
+        return _gm_quant_sim(a)  # the NumPy simulator computes the quantised forms
     from ._gmm_torch import grouped_matmul_forward
     return grouped_matmul_forward(a)
 

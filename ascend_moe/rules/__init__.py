@@ -426,6 +426,13 @@ OP_MODULES: Dict[str, str] = {
     "npu_moe_compute_expert_tokens": "routing",
     "npu_moe_re_routing": "routing",
     "npu_moe_gating_top_k_backward": "routing",
+    "npu_swiglu": "quant_ops",
+    "npu_swiglu_backward": "quant_ops",
+    "npu_dynamic_quant": "quant_ops",
+    "npu_dynamic_quant_asymmetric": "quant_ops",
+    "npu_dequant_swiglu_quant": "quant_ops",
+    "npu_grouped_matmul_add_": "quant_ops",
+    "npu_grouped_matmul_add": "quant_ops",
 }
 
 _REGISTRY: Dict[str, OpSpec] = {}

@@ -820,12 +820,22 @@ def _(call):
         return f"weight list mixes transposed and non-transposed tensors (transposed flags {flags})"
 
 
-@rule(ALL, "gmm.nz_weight", "weight", "FRACTAL_NZ weights belong to the quantised (WeightNz) paths",
-      source=SCOPE, fix=QUANT_FIX + "; or pass an ND weight", severity="not-simulated")
+@rule(ALL, "gmm.nz_weight", "weight", "FRACTAL_NZ weights: npu_grouped_matmul takes float weights tagged NZ "
+      "(aclnnGroupedMatmulWeightNz; same numbers as ND); MindSpeed's npu_gmm takes ND only, and the 5-D NZ "
+      "storage form of a float weight is not modelled", source=SCOPE, fix="pass an ND weight, or the "
+      "npu_format_cast(w, 29) result of a 3-D weight to npu_grouped_matmul", severity="not-simulated")
 def _(call):
     v = _v(call)
-    return [f"weight[{i}] has format {m.format}; the non-quantised simulator takes ND weights"
-            for i, m in enumerate(v.ws) if m.format.startswith("FRACTAL_NZ")]
+    out = []
+    for i, m in enumerate(v.ws):
+        if not m.format.startswith("FRACTAL_NZ"):
+            continue
+        if call.op == "npu_grouped_matmul" and m.ndim in (2, 3):
+            continue  # a tagged logical weight: WeightNz on the device, the ND numbers in the simulator
+        out.append(f"weight[{i}] has format {m.format} (shape {list(m.shape)}); {call.op} takes ND weights"
+                   if call.op != "npu_grouped_matmul" else
+                   f"weight[{i}] is 5-D NZ storage {list(m.shape)}; pass the tagged 3-D weight instead")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -884,3 +894,13 @@ def _(call):
 def _(call):
     if call.given("tuning_config"):
         return f"tuning_config={list(call['tuning_config'])} is not supported on the Atlas inference series"
+
+
+# ----------------------------------------------------------------------------------------------
+# the quantised forms (A8W8 / A8W4 / A16W8 / A16W4): their own rule set, ascend_moe.rules.gmm_quant;
+# the rules above keep the non-quantised calls
+# ----------------------------------------------------------------------------------------------
+
+from . import gmm_quant as _gmm_quant  # noqa: E402
+
+_gmm_quant.install(npu_grouped_matmul_spec)

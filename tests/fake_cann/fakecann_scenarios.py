@@ -308,6 +308,52 @@ def grouped_matmul_nz_weight_uses_weight_nz(fake: Fake):
 
 
 @scenario
+def grouped_matmul_quantised_forms_on_weight_nz(fake: Fake):
+    """A8W8 (scale, per_token_scale, bf16 output) and A8W4 (int4 packed in int32, int64 scale: op-plugin's
+    quantGroupSize 256) through the public op with backend='aclnn'."""
+    import warnings
+    import ascend_moe
+    begin(fake)
+    x = torch.randint(-9, 9, (6, 64), dtype=torch.int8)
+    w = ascend_moe.npu_format_cast(torch.randint(-9, 9, (2, 64, 96), dtype=torch.int8), 29)
+    scale = torch.rand(2, 96).to(torch.bfloat16)
+    pts = torch.rand(6)
+    gl = torch.tensor([2, 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (y,) = ascend_moe.npu_grouped_matmul([x], [w], scale=[scale], per_token_scale=[pts], group_list=gl,
+                                             split_item=2, group_type=0, group_list_type=1,
+                                             output_dtype=torch.bfloat16, backend="aclnn")
+    c = Call(fake, "aclnnGroupedMatmulWeightNz")
+    nd_tensor(c.items(0)[0], x, INT8)
+    nz_tensor(c.items(1)[0], w, INT8, [2, 3, 4, 16, 32])      # int8: c0 = 32
+    assert c.null(2)                                          # bias
+    nd_tensor(c.items(3)[0], scale, BF16)
+    nd_tensor(c.items(7)[0], pts, FLOAT)
+    nd_tensor(c.tensor(8), gl, INT64)
+    assert [c.value(i, "int64_t") for i in (12, 13, 14, 15)] == [2, 0, 1, 0]
+    assert c.value(17, "int64_t") == 0                        # quantGroupSize: A8W8
+    nd_tensor(c.items(18)[0], y, BF16)
+    assert list(y.shape) == [6, 96]
+    out_bytes(y, 0)
+    fake.assert_balanced()
+    begin(fake)
+    w4 = ascend_moe.npu_format_cast(torch.zeros(2, 256, 8, dtype=torch.int32), 29)
+    xs = torch.zeros(6, 256, dtype=torch.int8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (y4,) = ascend_moe.npu_grouped_matmul([xs], [w4], scale=[torch.zeros(2, 64, dtype=torch.int64)],
+                                              bias=[torch.zeros(2, 64)], per_token_scale=[pts], group_list=gl,
+                                              split_item=2, group_type=0, group_list_type=1,
+                                              output_dtype=torch.bfloat16, backend="aclnn")
+    c = Call(fake, "aclnnGroupedMatmulWeightNz")
+    assert c.value(17, "int64_t") == 256                      # quantGroupSize: A8W4 without offset
+    nd_tensor(c.items(18)[0], y4, BF16)
+    assert list(y4.shape) == [6, 64]
+    fake.assert_balanced()
+
+
+@scenario
 def grouped_matmul_int_list_uses_v1(fake: Fake):
     from ascend_moe.backends import BackendError
     begin(fake)
@@ -807,6 +853,145 @@ def info_lists_entry_points(fake: Fake):
     assert C.soc_name() == "Ascend910B2"
 
 
+# ------------------------------------------------------------------------------------------ quantised path
+
+@scenario
+def swiglu_and_backward_pass_dim_as_int64(fake: Fake):
+    import ascend_moe
+    begin(fake)
+    x = torch.randn(4, 6, 8, dtype=torch.bfloat16)
+    y = ascend_moe.npu_swiglu(x, dim=1, backend="aclnn")
+    c = Call(fake, "aclnnSwiGlu")
+    assert c.kinds() == ["aclTensor*", "int64_t", "aclTensor*"]
+    nd_tensor(c.tensor(0), x, BF16)
+    assert c.value(1, "int64_t") == 1
+    nd_tensor(c.tensor(2), y, BF16)
+    assert list(y.shape) == [4, 3, 8]
+    out_bytes(y, 0)
+    c.phases()
+    fake.assert_balanced()
+    begin(fake)
+    g = torch.randn(4, 3, 8, dtype=torch.bfloat16)
+    dx = ascend_moe.npu_swiglu_backward(g, x, dim=-2, backend="aclnn")
+    c = Call(fake, "aclnnSwiGluGrad")
+    assert c.kinds() == ["aclTensor*", "aclTensor*", "int64_t", "aclTensor*"]
+    nd_tensor(c.tensor(0), g, BF16)
+    nd_tensor(c.tensor(1), x, BF16)
+    assert c.value(2, "int64_t") == -2      # passed as given; the kernel wraps it
+    nd_tensor(c.tensor(3), dx, BF16)
+    out_bytes(dx, 0)
+    fake.assert_balanced()
+
+
+@scenario
+def dynamic_quant_uses_v2_with_null_offset(fake: Fake):
+    import ascend_moe
+    begin(fake)
+    x = torch.randn(6, 32, dtype=torch.float16)
+    smooth = torch.rand(2, 32, dtype=torch.float16) + 0.5
+    gi = torch.tensor([2, 6], dtype=torch.int32)
+    y, scale = ascend_moe.npu_dynamic_quant(x, smooth_scales=smooth, group_index=gi, backend="aclnn")
+    c = Call(fake, "aclnnDynamicQuantV2")
+    assert c.kinds() == ["aclTensor*"] * 3 + ["int64_t"] + ["aclTensor*"] * 3
+    nd_tensor(c.tensor(0), x, FLOAT16)
+    nd_tensor(c.tensor(1), smooth, FLOAT16)
+    nd_tensor(c.tensor(2), gi, INT32)
+    assert c.value(3, "int64_t") == INT8            # dstType = aclDataType of y
+    nd_tensor(c.tensor(4), y, INT8)
+    nd_tensor(c.tensor(5), scale, FLOAT)
+    assert c.null(6)                               # offset nullptr = symmetric
+    assert list(y.shape) == [6, 32] and list(scale.shape) == [6]
+    out_bytes(y, 0), out_bytes(scale, 1)
+    c.phases()
+    fake.assert_balanced()
+    # int4 packed in int32 (dst_type=torch.quint4x2): y int32 [..., H/8], dstType ACL_INT32
+    begin(fake)
+    y4, s4 = ascend_moe.npu_dynamic_quant(x.reshape(2, 3, 32), dst_type=torch.quint4x2, backend="aclnn")
+    c = Call(fake, "aclnnDynamicQuantV2")
+    assert c.value(3, "int64_t") == INT32 and c.null(1) and c.null(2)
+    nd_tensor(c.tensor(4), y4, INT32)
+    assert list(y4.shape) == [2, 3, 4] and list(s4.shape) == [2, 3]
+    fake.assert_balanced()
+    # asymmetric: the offset output is passed
+    begin(fake)
+    ya, sa, oa = ascend_moe.npu_dynamic_quant_asymmetric(x, backend="aclnn")
+    c = Call(fake, "aclnnDynamicQuantV2")
+    nd_tensor(c.tensor(6), oa, FLOAT)
+    for k, t in enumerate((ya, sa, oa)):
+        out_bytes(t, k)
+    fake.assert_balanced()
+
+
+@scenario
+def dequant_swiglu_quant_v2_fixed_a2a3_arguments(fake: Fake):
+    import ascend_moe
+    begin(fake)
+    x = torch.randint(-1000, 1000, (6, 128), dtype=torch.int32)
+    ws = torch.rand(2, 128)
+    act = torch.rand(6)
+    gi = torch.tensor([2, 4])
+    y, scale = ascend_moe.npu_dequant_swiglu_quant(x, weight_scale=ws, activation_scale=act, group_index=gi,
+                                                   activate_left=True, quant_mode=1, backend="aclnn")
+    c = Call(fake, "aclnnDequantSwigluQuantV2")
+    assert c.kinds() == ["aclTensor*"] * 7 + ["bool", "char*", "int64_t", "char*", "int64_t", "int64_t",
+                                              "double", "double", "double", "aclTensor*", "aclTensor*"]
+    nd_tensor(c.tensor(0), x, INT32)
+    nd_tensor(c.tensor(1), ws, FLOAT)
+    nd_tensor(c.tensor(2), act, FLOAT)
+    assert c.null(3) and c.null(4) and c.null(5)
+    nd_tensor(c.tensor(6), gi, INT64)
+    assert c.value(7, "bool") is True and c.args[7]["raw"] == 1
+    assert c.value(8, "char*") == "dynamic"
+    assert c.value(9, "int64_t") == 2 and c.value(10, "char*") == "rint" and c.value(11, "int64_t") == -1
+    assert c.value(12, "int64_t") == 0
+    assert c.value(13, "double") == 7.0 and c.value(14, "double") == 1.702 and c.value(15, "double") == 1.0
+    nd_tensor(c.tensor(16), y, INT8)
+    nd_tensor(c.tensor(17), scale, FLOAT)
+    assert list(y.shape) == [6, 64]
+    out_bytes(y, 0), out_bytes(scale, 1)
+    c.phases()
+    fake.assert_balanced()
+
+
+@scenario
+def grouped_matmul_add_in_place(fake: Fake):
+    """npu_grouped_matmul_add_ writes into y itself (yRef is y's storage); A2/A3 take aclnnGroupedMatmulAdd
+    without groupListType, the 950 V2 with it."""
+    import ascend_moe
+    begin(fake)
+    x = torch.randn(12, 8, dtype=torch.bfloat16)
+    w = torch.randn(12, 16, dtype=torch.bfloat16)
+    gl = torch.tensor([5, 5, 12])
+    y = torch.zeros(3, 8, 16)
+    out = aclnn().grouped_matmul_add_(y, x, w, gl)
+    assert out is y
+    c = Call(fake, "aclnnGroupedMatmulAdd")
+    assert c.kinds() == ["aclTensor*"] * 4 + ["bool", "bool", "int64_t"]
+    nd_tensor(c.tensor(0), x, BF16)
+    nd_tensor(c.tensor(1), w, BF16)
+    nd_tensor(c.tensor(2), gl, INT64)
+    nd_tensor(c.tensor(3), y, FLOAT)
+    assert c.value(4, "bool") is True and c.value(5, "bool") is False and c.value(6, "int64_t") == 2
+    out_bytes(y, 0)                          # the fake's bytes arrived in y itself
+    c.phases()
+    fake.assert_balanced()
+    begin(fake)
+    with ascend_moe.target("ascend-950"):
+        aclnn().grouped_matmul_add_(torch.zeros(3, 8, 16), x, w, gl, group_list_type=0)
+    c = Call(fake, "aclnnGroupedMatmulAddV2")
+    assert c.kinds() == ["aclTensor*"] * 4 + ["bool", "bool", "int64_t", "int64_t"]
+    assert c.value(7, "int64_t") == 0
+    fake.assert_balanced()
+    begin(fake)
+    try:
+        aclnn().grouped_matmul_add_(torch.zeros(3, 8, 16), x, w, torch.tensor([5, 4, 12]))
+    except ascend_moe.ConstraintError as e:
+        assert "non-decreasing" in str(e)
+    else:
+        raise AssertionError("a decreasing group_list must be refused by the checker")
+    assert not fake.gws()
+
+
 # ------------------------------------------------------------------------------------------ old CANN build
 # libopapi.so built without V5, FinalizeRoutingV3, FinalizeRoutingWeightNzV2 and without
 # aclnnGroupedMatmulWeightNzGetWorkspaceSize (its phase-2 symbol is still there); aclInit answers 100002.
@@ -816,7 +1001,9 @@ OLD_CANN_OMIT = ("aclnnMoeFinalizeRoutingV4", "aclnnMoeFinalizeRoutingV4GetWorks
                  "aclnnGroupedMatmulFinalizeRoutingV3", "aclnnGroupedMatmulFinalizeRoutingV3GetWorkspaceSize",
                  "aclnnGroupedMatmulFinalizeRoutingWeightNzV2",
                  "aclnnGroupedMatmulFinalizeRoutingWeightNzV2GetWorkspaceSize",
-                 "aclnnGroupedMatmulWeightNzGetWorkspaceSize")
+                 "aclnnGroupedMatmulWeightNzGetWorkspaceSize",
+                 "aclnnDynamicQuantV2", "aclnnDynamicQuantV2GetWorkspaceSize",
+                 "aclnnDequantSwigluQuantV2", "aclnnDequantSwigluQuantV2GetWorkspaceSize")
 
 
 @old_cann
@@ -929,6 +1116,40 @@ def old_missing_symbol_is_backend_error(fake: Fake):
     else:
         raise AssertionError("wrong argument kinds must raise ValueError")
     assert fake.counts()["tensor_create"] == 0
+
+
+@old_cann
+def old_quant_ops_fall_back_to_v1(fake: Fake):
+    """Without DynamicQuantV2 / DequantSwigluQuantV2: the V1 entry points (op-plugin's DO_COMPATIBILITY);
+    a group_index V1 cannot take is refused instead of dropped."""
+    import ascend_moe
+    from ascend_moe.backends import BackendError
+    begin(fake)
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    y, s = ascend_moe.npu_dynamic_quant(x, backend="aclnn")
+    c = Call(fake, "aclnnDynamicQuant")
+    assert c.kinds() == ["aclTensor*"] * 4
+    nd_tensor(c.tensor(0), x, BF16)
+    assert c.null(1)
+    nd_tensor(c.tensor(2), y, INT8)
+    nd_tensor(c.tensor(3), s, FLOAT)
+    fake.assert_balanced()
+    begin(fake)
+    try:
+        ascend_moe.npu_dynamic_quant(x, smooth_scales=torch.ones(1, 32, dtype=torch.bfloat16),
+                                     group_index=torch.tensor([4], dtype=torch.int32), backend="aclnn")
+    except BackendError as e:
+        assert "group_index" in str(e)
+    else:
+        raise AssertionError("group_index must be refused on aclnnDynamicQuant")
+    assert fake.counts()["tensor_create"] == 0 and not fake.gws()
+    begin(fake)
+    xi = torch.randint(-9, 9, (4, 128), dtype=torch.int32)
+    y, s = ascend_moe.npu_dequant_swiglu_quant(xi, weight_scale=torch.rand(128), quant_mode=1, backend="aclnn")
+    c = Call(fake, "aclnnDequantSwigluQuant")
+    assert c.kinds() == ["aclTensor*"] * 7 + ["bool", "char*", "aclTensor*", "aclTensor*"]
+    assert c.value(7, "bool") is False and c.value(8, "char*") == "dynamic"
+    fake.assert_balanced()
 
 
 # the routing / combine ops' scenarios register themselves into the tables above

@@ -736,4 +736,136 @@ FAKE_EXPORT aclnnStatus aclnnMoeReRoutingGetWorkspaceSize(
 #endif
 #ifndef OMIT_aclnnMoeReRouting
 PHASE2(aclnnMoeReRouting)
+/* ------------------------------------------------------------------ MoE quantised path (element-wise ops) */
+#ifndef OMIT_aclnnSwiGluGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnSwiGluGetWorkspaceSize(const aclTensor *x, int64_t dim, const aclTensor *out,
+                                                    uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnSwiGlu");
+  a_tensor(&c, x, 0); a_i64(&c, dim); a_tensor(&c, out, 1);
+  return finish(&c, "aclnnSwiGlu", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnSwiGlu
+PHASE2(aclnnSwiGlu)
+#endif
+
+#ifndef OMIT_aclnnSwiGluGradGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnSwiGluGradGetWorkspaceSize(const aclTensor *yGrad, const aclTensor *x, int64_t dim,
+                                                        const aclTensor *out, uint64_t *workspaceSize,
+                                                        aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnSwiGluGrad");
+  a_tensor(&c, yGrad, 0); a_tensor(&c, x, 0); a_i64(&c, dim); a_tensor(&c, out, 1);
+  return finish(&c, "aclnnSwiGluGrad", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnSwiGluGrad
+PHASE2(aclnnSwiGluGrad)
+#endif
+
+#ifndef OMIT_aclnnDynamicQuantGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnDynamicQuantGetWorkspaceSize(const aclTensor *x, const aclTensor *smoothScalesOptional,
+                                                          const aclTensor *yOut, const aclTensor *scaleOut,
+                                                          uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnDynamicQuant");
+  a_tensor(&c, x, 0); a_tensor(&c, smoothScalesOptional, 0); a_tensor(&c, yOut, 1); a_tensor(&c, scaleOut, 1);
+  return finish(&c, "aclnnDynamicQuant", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnDynamicQuant
+PHASE2(aclnnDynamicQuant)
+#endif
+
+#ifndef OMIT_aclnnDynamicQuantV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnDynamicQuantV2GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *smoothScalesOptional, const aclTensor *groupIndexOptional, int64_t dstType,
+    const aclTensor *yOut, const aclTensor *scaleOut, const aclTensor *offsetOut, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnDynamicQuantV2");
+  a_tensor(&c, x, 0); a_tensor(&c, smoothScalesOptional, 0); a_tensor(&c, groupIndexOptional, 0);
+  a_i64(&c, dstType); a_tensor(&c, yOut, 1); a_tensor(&c, scaleOut, 1); a_tensor(&c, offsetOut, 1);
+  return finish(&c, "aclnnDynamicQuantV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnDynamicQuantV2
+PHASE2(aclnnDynamicQuantV2)
+#endif
+
+#ifndef OMIT_aclnnDequantSwigluQuantGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnDequantSwigluQuantGetWorkspaceSize(
+    const aclTensor *x, const aclTensor *weightScaleOptional, const aclTensor *activationScaleOptional,
+    const aclTensor *biasOptional, const aclTensor *quantScaleOptional, const aclTensor *quantOffsetOptional,
+    const aclTensor *groupIndexOptional, bool activateLeft, char *quantModeOptional, const aclTensor *yOut,
+    const aclTensor *scaleOut, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnDequantSwigluQuant");
+  a_tensor(&c, x, 0); a_tensor(&c, weightScaleOptional, 0); a_tensor(&c, activationScaleOptional, 0);
+  a_tensor(&c, biasOptional, 0); a_tensor(&c, quantScaleOptional, 0); a_tensor(&c, quantOffsetOptional, 0);
+  a_tensor(&c, groupIndexOptional, 0); a_bool(&c, activateLeft); a_str(&c, quantModeOptional);
+  a_tensor(&c, yOut, 1); a_tensor(&c, scaleOut, 1);
+  return finish(&c, "aclnnDequantSwigluQuant", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnDequantSwigluQuant
+PHASE2(aclnnDequantSwigluQuant)
+#endif
+
+#ifndef OMIT_aclnnDequantSwigluQuantV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnDequantSwigluQuantV2GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *weightScaleOptional, const aclTensor *activationScaleOptional,
+    const aclTensor *biasOptional, const aclTensor *quantScaleOptional, const aclTensor *quantOffsetOptional,
+    const aclTensor *groupIndexOptional, bool activateLeft, char *quantModeOptional, int64_t dstType,
+    char *roundModeOptional, int64_t activateDim, int64_t swigluMode, double clampLimit, double gluAlpha,
+    double gluBias, const aclTensor *yOut, const aclTensor *scaleOut, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnDequantSwigluQuantV2");
+  a_tensor(&c, x, 0); a_tensor(&c, weightScaleOptional, 0); a_tensor(&c, activationScaleOptional, 0);
+  a_tensor(&c, biasOptional, 0); a_tensor(&c, quantScaleOptional, 0); a_tensor(&c, quantOffsetOptional, 0);
+  a_tensor(&c, groupIndexOptional, 0); a_bool(&c, activateLeft); a_str(&c, quantModeOptional);
+  a_i64(&c, dstType); a_str(&c, roundModeOptional); a_i64(&c, activateDim); a_i64(&c, swigluMode);
+  a_double(&c, clampLimit); a_double(&c, gluAlpha); a_double(&c, gluBias);
+  a_tensor(&c, yOut, 1); a_tensor(&c, scaleOut, 1);
+  return finish(&c, "aclnnDequantSwigluQuantV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnDequantSwigluQuantV2
+PHASE2(aclnnDequantSwigluQuantV2)
+#endif
+
+/* ------------------------------------------------------------------ grouped matmul add (in place) */
+#ifndef OMIT_aclnnGroupedMatmulAddGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulAddGetWorkspaceSize(const aclTensor *x, const aclTensor *weight,
+                                                              const aclTensor *groupList, aclTensor *yRef,
+                                                              bool transposeX, bool transposeWeight, int64_t groupType,
+                                                              uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulAdd");
+  a_tensor(&c, x, 0); a_tensor(&c, weight, 0); a_tensor(&c, groupList, 0); a_tensor(&c, yRef, 1);
+  a_bool(&c, transposeX); a_bool(&c, transposeWeight); a_i64(&c, groupType);
+  return finish(&c, "aclnnGroupedMatmulAdd", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulAdd
+PHASE2(aclnnGroupedMatmulAdd)
+#endif
+
+#ifndef OMIT_aclnnGroupedMatmulAddV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnGroupedMatmulAddV2GetWorkspaceSize(const aclTensor *x, const aclTensor *weight,
+                                                                const aclTensor *groupList, aclTensor *yRef,
+                                                                bool transposeX, bool transposeWeight,
+                                                                int64_t groupType, int64_t groupListType,
+                                                                uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnGroupedMatmulAddV2");
+  a_tensor(&c, x, 0); a_tensor(&c, weight, 0); a_tensor(&c, groupList, 0); a_tensor(&c, yRef, 1);
+  a_bool(&c, transposeX); a_bool(&c, transposeWeight); a_i64(&c, groupType); a_i64(&c, groupListType);
+  return finish(&c, "aclnnGroupedMatmulAddV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnGroupedMatmulAddV2
+PHASE2(aclnnGroupedMatmulAddV2)
 #endif
