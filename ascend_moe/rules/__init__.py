@@ -337,6 +337,10 @@ OP_MODULES: Dict[str, str] = {
     "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
     "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
     "npu_grouped_matmul_finalize_routing": "finalize_routing",
+    "npu_moe_distribute_dispatch": "distribute",
+    "npu_moe_distribute_dispatch_v2": "distribute",
+    "npu_moe_distribute_combine": "distribute",
+    "npu_moe_distribute_combine_v2": "distribute",
 }
 
 _REGISTRY: Dict[str, OpSpec] = {}
