@@ -59,6 +59,8 @@ def make_inputs(sc, rank):
     x = rng.integers(-4, 5, size=(bs, h)).astype(np.float32)
     if sc["quant"]:
         x = x + rng.integers(-64, 64, size=(bs, h)).astype(np.float32) / 128  # non-trivial quantisation
+        # a row whose scaled values fall on .5 ties (max |x| = 127 -> scale 1): half-to-even rounding
+        x[0, :8] = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5]
     x = x.astype(BF16)
     ids = np.stack([rng.permutation(e)[:k] for _ in range(bs)]).astype(np.int32)
     w = rng.uniform(0.05, 1.0, size=(bs, k)).astype(np.float32)
