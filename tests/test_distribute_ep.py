@@ -52,6 +52,9 @@ SCENARIOS = {
 }
 
 
+SUBGROUP_SCENARIOS = [scenario("subgroup_v2", 2, 6, 2, bs=[3, 4])]
+
+
 def make_inputs(sc, rank):
     """Deterministic inputs of one rank (the same on the worker and in the reference)."""
     rng = np.random.default_rng(1000 * sc["W"] + 7 * rank + sum(map(ord, sc["name"])))
@@ -94,6 +97,79 @@ def expert_fn(xf, weight):
 
 # ------------------------------------------------------------------ the worker ---------------------
 
+def _run_scenarios(group, name, rank, scenarios):
+    """Run dispatch -> experts -> combine of each scenario on this rank; return its outputs."""
+    import torch
+    from ascend_moe import distributed as ep
+    from ascend_moe import products
+
+    def bf16(a):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+
+    def npv(z):
+        return z.view(torch.int16).numpy().view(BF16).copy() if z.dtype == torch.bfloat16 else z.numpy().copy()
+
+    t = torch.from_numpy
+    world = torch.distributed.get_world_size(group)
+    results = {}
+    for sc in scenarios:
+        products.set_target(sc["product"])
+        inp = make_inputs(sc, rank)
+        routed, shared, smooth = model_weights(sc)
+        v1 = sc["version"] == "v1"
+        dispatch = ep.npu_moe_distribute_dispatch if v1 else ep.npu_moe_distribute_dispatch_v2
+        combine = ep.npu_moe_distribute_combine if v1 else ep.npu_moe_distribute_combine_v2
+        kw = dict(scales=None if smooth is None else t(smooth), expert_scales=t(inp["w"]),
+                  shared_expert_num=sc["shared_num"], shared_expert_rank_num=sc["S"], quant_mode=sc["quant"],
+                  global_bs=sc["global_bs"], expert_token_nums_type=sc["type"])
+        if inp["mask"] is not None:
+            kw["x_active_mask"] = t(inp["mask"])
+        outs = dispatch(bf16(inp["x"]), t(inp["ids"]), name, world, rank, sc["E"], **kw)
+        expand_x, dyn, assist, tok_nums, ep_recv, tp_recv, exp_scales = outs
+        # the experts: rows of local expert j are contiguous in expand_x
+        counts = tok_nums.numpy().copy()
+        if sc["type"] == 0:
+            counts = np.diff(np.concatenate([[0], counts]))
+        total = int(counts.sum())
+        if sc["quant"]:
+            xf = expand_x[:total].numpy().astype(np.float32) * dyn[:total].numpy()[:, None]
+        else:
+            xf = npv(expand_x[:total]).astype(np.float32)
+        y = np.zeros((expand_x.shape[0], sc["H"]), BF16)
+        start = 0
+        for j, c in enumerate(counts.tolist()):
+            if rank < sc["S"]:
+                weight = shared[rank // (sc["S"] // sc["shared_num"])]
+            else:
+                weight = routed[(rank - sc["S"]) * (sc["E"] // (world - sc["S"])) + j]
+            y[start:start + c] = expert_fn(xf[start:start + c], weight)
+            start += c
+        ckw = dict(shared_expert_num=sc["shared_num"], shared_expert_rank_num=sc["S"], global_bs=sc["global_bs"],
+                   tp_send_counts=tp_recv)
+        if inp["mask"] is not None:
+            ckw["x_active_mask"] = t(inp["mask"])
+        if inp["shared_x"] is not None:
+            ckw["shared_expert_x"] = bf16(inp["shared_x"])
+        if not v1:
+            ckw["expand_scales"] = exp_scales
+        out = combine(bf16(y), t(inp["ids"]), assist, ep_recv, t(inp["w"]), name, world, rank, sc["E"], **ckw)
+        results[sc["name"]] = dict(expand_x=npv(expand_x), dynamic_scales=npv(dyn), assist=npv(assist),
+                                   expert_token_nums=npv(tok_nums), ep_recv_counts=npv(ep_recv),
+                                   tp_recv_counts=npv(tp_recv), expand_scales=npv(exp_scales), out=npv(out),
+                                   stats=ep.last_exchange_stats())
+    return results
+
+
+def _expect_failure(fn):
+    started = time.monotonic()
+    try:
+        fn()
+        return dict(error=None, seconds=time.monotonic() - started)
+    except Exception as e:  # noqa: BLE001 - the test inspects what was raised
+        return dict(error=type(e).__name__, message=str(e), seconds=time.monotonic() - started,
+                    rule_ids=[v.rule_id for v in getattr(e, "violations", [])])
+
+
 def _worker(rank, world, port, out_dir, fail_case):
     import torch
     import torch.distributed as dist
@@ -110,73 +186,30 @@ def _worker(rank, world, port, out_dir, fail_case):
         name = ep.get_hccl_comm_name(group, rank)
         results["group_name"] = name
         results["resolved_is_group"] = ep.resolve_group(name) is group
-        t = torch.from_numpy
-        for sc in SCENARIOS[world]:
-            products.set_target(sc["product"])
-            inp = make_inputs(sc, rank)
-            routed, shared, smooth = model_weights(sc)
-            v1 = sc["version"] == "v1"
-            dispatch = ep.npu_moe_distribute_dispatch if v1 else ep.npu_moe_distribute_dispatch_v2
-            combine = ep.npu_moe_distribute_combine if v1 else ep.npu_moe_distribute_combine_v2
-            x = t(inp["x"].view(np.int16)).view(torch.bfloat16)
-            kw = dict(scales=None if smooth is None else t(smooth), expert_scales=t(inp["w"]),
-                      shared_expert_num=sc["shared_num"], shared_expert_rank_num=sc["S"], quant_mode=sc["quant"],
-                      global_bs=sc["global_bs"], expert_token_nums_type=sc["type"])
-            if inp["mask"] is not None:
-                kw["x_active_mask"] = t(inp["mask"])
-            outs = dispatch(x, t(inp["ids"]), name, world, rank, sc["E"], **kw)
-            expand_x, dyn, assist, tok_nums, ep_recv, tp_recv, exp_scales = outs
-            # the experts: rows of local expert j are contiguous in expand_x
-            counts = tok_nums.numpy().copy()
-            if sc["type"] == 0:
-                counts = np.diff(np.concatenate([[0], counts]))
-            total = int(counts.sum())
-            rows = expand_x[:total]
-            if sc["quant"]:
-                xf = rows.numpy().astype(np.float32) * dyn[:total].numpy()[:, None]
-            else:
-                xf = rows.view(torch.int16).numpy().view(BF16).astype(np.float32)
-            y = np.zeros((expand_x.shape[0], sc["H"]), BF16)
-            start = 0
-            is_shared = rank < sc["S"]
-            for j, c in enumerate(counts.tolist()):
-                if is_shared:
-                    weight = shared[rank // (sc["S"] // sc["shared_num"])]
-                else:
-                    weight = routed[(rank - sc["S"]) * (sc["E"] // (world - sc["S"])) + j]
-                y[start:start + c] = expert_fn(xf[start:start + c], weight)
-                start += c
-            y_t = t(y.view(np.int16)).view(torch.bfloat16)
-            ckw = dict(shared_expert_num=sc["shared_num"], shared_expert_rank_num=sc["S"], global_bs=sc["global_bs"])
-            if inp["mask"] is not None:
-                ckw["x_active_mask"] = t(inp["mask"])
-            if inp["shared_x"] is not None:
-                ckw["shared_expert_x"] = t(inp["shared_x"].view(np.int16)).view(torch.bfloat16)
-            if not v1:
-                ckw["expand_scales"] = exp_scales
-            out = combine(y_t, t(inp["ids"]), assist, ep_recv, t(inp["w"]), name, world, rank, sc["E"],
-                          tp_send_counts=tp_recv, **ckw)
-            stats = ep.last_exchange_stats()
-
-            def npv(z):
-                return z.view(torch.int16).numpy().view(BF16).copy() if z.dtype == torch.bfloat16 else z.numpy().copy()
-            results[sc["name"]] = dict(expand_x=npv(expand_x), dynamic_scales=npv(dyn), assist=npv(assist),
-                                       expert_token_nums=npv(tok_nums), ep_recv_counts=npv(ep_recv),
-                                       tp_recv_counts=npv(tp_recv), expand_scales=npv(exp_scales), out=npv(out),
-                                       stats=stats)
+        results.update(_run_scenarios(group, name, rank, SCENARIOS[world]))
+        if world == 4:
+            # a 2-rank EP group inside the 4 processes: group_ep names a sub-group, ep_rank_id is the rank in it
+            sub = dist.new_group([1, 3])
+            if rank in (1, 3):
+                results["sub_name"] = ep.get_hccl_comm_name(sub, rank)
+                results["sub"] = _run_scenarios(sub, results["sub_name"], dist.get_rank(sub), SUBGROUP_SCENARIOS)
         if fail_case:
-            # rank 2 disagrees on the expert count: every rank must raise, quickly, naming rank 2
             products.set_target("atlas-a2")
             sc = scenario("bad", world, 8, 2)
             inp = make_inputs(sc, rank)
-            x = t(inp["x"].view(np.int16)).view(torch.bfloat16)
-            started = time.monotonic()
-            try:
-                ep.npu_moe_distribute_dispatch_v2(x, t(inp["ids"]), name, world, rank, 12 if rank == 2 else 8)
-                results["bad"] = dict(error=None, seconds=time.monotonic() - started)
-            except Exception as e:  # noqa: BLE001 - the test inspects what was raised
-                results["bad"] = dict(error=type(e).__name__, message=str(e), seconds=time.monotonic() - started,
-                                      rule_ids=[v.rule_id for v in getattr(e, "violations", [])])
+            x = torch.from_numpy(inp["x"].view(np.int16)).view(torch.bfloat16)
+            ids = torch.from_numpy(inp["ids"])
+            # rank 2 disagrees on the expert count: every rank must raise, quickly, naming rank 2
+            results["bad"] = _expect_failure(lambda: ep.npu_moe_distribute_dispatch_v2(
+                x, ids, name, world, rank, 12 if rank == 2 else 8))
+            # rank 3 passes a float32 x: its local rule fails, and every rank reports it
+            x3 = x.float() if rank == 3 else x
+            results["bad_dtype"] = _expect_failure(lambda: ep.npu_moe_distribute_dispatch_v2(
+                x3, ids, name, world, rank, 8))
+            # rank 1 passes a non-tensor: an error outside the rules still reaches the peers
+            ids1 = "not a tensor" if rank == 1 else ids
+            results["bad_type"] = _expect_failure(lambda: ep.npu_moe_distribute_combine_v2(
+                x, ids1, ids, ids, ids, name, world, rank, 8))
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001
         results["crash"] = traceback.format_exc()
@@ -400,3 +433,23 @@ def test_inconsistent_expert_count_fails_on_every_rank(ep4):
         assert "rank 2: 12" in bad["message"] and "moe_expert_num" in bad["message"]
         assert bad["seconds"] < 15, f"rank {r} took {bad['seconds']:.1f} s to fail"
     assert len({res["bad"]["message"] for res in ep4}) == 1  # the same error everywhere
+
+
+def test_ep_group_can_be_a_subgroup(ep4):
+    members = [ep4[1], ep4[3]]
+    assert members[0]["sub_name"] == members[1]["sub_name"] != ep4[0]["group_name"]
+    sc = SUBGROUP_SCENARIOS[0]
+    _check_scenario([m["sub"] for m in members], sc)
+
+
+@pytest.mark.parametrize("case, culprit, text", [
+    ("bad_dtype", 3, "x dtype must be bfloat16 or float16, got float32"),
+    ("bad_type", 1, "expert_ids must be a tensor"),
+])
+def test_a_failing_rank_fails_every_rank_fast(ep4, case, culprit, text):
+    for r, res in enumerate(ep4):
+        bad = res[case]
+        assert bad["error"] == "ConstraintError", f"rank {r}: {bad}"
+        assert f"rank {culprit}: {text}" in bad["message"]
+        assert bad["seconds"] < 15
+    assert len({res[case]["message"] for res in ep4}) == 1
