@@ -104,11 +104,14 @@ def resolve_group(name: str):
     if group is not None:
         return group
     if dist.is_initialized() and name.startswith(NAME_PREFIX):
-        # a group created in this process but whose name was formed on another rank
+        # a group this process is a member of, named by code that did not go through
+        # get_hccl_comm_name here (torch gives a group the same name on every member)
+        from torch.distributed import distributed_c10d as c10d
         wanted = name[len(NAME_PREFIX):]
-        if wanted == _torch_group_name(dist.group.WORLD):
-            register_group_name(name, dist.group.WORLD)
-            return dist.group.WORLD
+        for pg, pg_name in list(getattr(c10d._world, "pg_names", {}).items()):
+            if pg_name == wanted:
+                register_group_name(name, pg)
+                return pg
     known = sorted(_NAMES)
     raise ValueError(f"group name {name!r} names no torch.distributed group in this process; pass the string "
                      f"ascend_moe.distributed.get_hccl_comm_name(group) returns (known names: {known})")
