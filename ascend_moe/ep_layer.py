@@ -37,9 +37,11 @@ import numpy as np
 __all__ = ["run_rank", "launch_local", "format_ranks", "main"]
 
 
-def run_rank(model: str, tokens: int, product: Optional[str] = None, cann: Optional[str] = None,
+def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optional[str] = None,
              seed: int = 0, host_renorm: bool = False, group: Any = None) -> Dict[str, Any]:
-    """Run the layer on this rank of ``group`` (default: the world group); returns its timings and volume."""
+    """Run the layer on this rank of ``group`` (default: the world group); returns its timings and volume.
+
+    ``model``: a preset name, a config path, or a :class:`ascend_moe.model_check.MoEConfig`."""
     import ml_dtypes
     import torch
     import torch.distributed as dist

@@ -52,6 +52,12 @@ SCENARIOS = {
 }
 
 
+# a DeepSeek-shaped MoE block small enough to run in a test (grouped sigmoid gating with bias, a shared expert)
+SMALL_MODEL = {"model_type": "deepseek_v3", "hidden_size": 64, "moe_intermediate_size": 32, "n_routed_experts": 16,
+               "n_shared_experts": 1, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2,
+               "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+               "routed_scaling_factor": 2.5}
+
 SUBGROUP_SCENARIOS = [scenario("subgroup_v2", 2, 6, 2, bs=[3, 4])]
 
 
@@ -187,6 +193,10 @@ def _worker(rank, world, port, out_dir, fail_case):
         results["group_name"] = name
         results["resolved_is_group"] = ep.resolve_group(name) is group
         results.update(_run_scenarios(group, name, rank, SCENARIOS[world]))
+        if world == 2:
+            from ascend_moe import ep_layer, model_check
+            products.set_target(None, None)
+            results["layer"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"), tokens=3)
         if world == 4:
             # a 2-rank EP group inside the 4 processes: group_ep names a sub-group, ep_rank_id is the rank in it
             sub = dist.new_group([1, 3])
@@ -453,3 +463,15 @@ def test_a_failing_rank_fails_every_rank_fast(ep4, case, culprit, text):
         assert f"rank {culprit}: {text}" in bad["message"]
         assert bad["seconds"] < 15
     assert len({res[case]["message"] for res in ep4}) == 1
+
+
+def test_ep_layer_runs_gating_dispatch_gmm_combine_per_rank(ep2):
+    for r, res in enumerate(ep2):
+        layer = res["layer"]
+        assert layer["rank"] == r and layer["world"] == 2 and layer["local_experts"] == 8 and layer["finite"]
+        assert {"gating", "dispatch", "up-projection", "down-projection", "shared expert", "combine"} <= set(
+            layer["timings"])
+        assert layer["volume"]["dispatch"]["sent_rows"] == 3 * 4           # every (token, k) pair leaves once
+        assert layer["volume"]["combine"]["sent_rows"] == layer["received_rows"]
+        assert layer["volume"]["combine"]["recv_rows"] == 3 * 4
+    assert sum(res["layer"]["received_rows"] for res in ep2) == 2 * 3 * 4
