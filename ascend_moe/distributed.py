@@ -360,6 +360,15 @@ def _check_simulated(op: str, args: Dict[str, Any]) -> None:
                                           "simulated; pass tp_world_size 0 or 1")
 
 
+def _ep_recv_counts_size(cfg: _sim.EpConfig, target: Target, weighted: bool) -> int:
+    """op-plugin's ep_recv_counts length: W*L, plus 2*global_bs*K*(W/8) on A2 with expert_scales
+    (``MoeDistributeDispatchV2KernelOpApi.cpp``; the tail is A2 combine metadata)."""
+    size = cfg.ep_world_size * cfg.local_expert_num() * max(cfg.tp_world_size, 1)
+    if target.product == "atlas-a2" and weighted:
+        size += 2 * cfg.global_bs * cfg.k * (cfg.ep_world_size // 8)
+    return size
+
+
 def _dispatch(op: str, args: tuple, kwargs: dict) -> tuple:
     a, group, target = _start(op, args, kwargs)
     local_error = None
@@ -393,7 +402,9 @@ def _dispatch(op: str, args: tuple, kwargs: dict) -> tuple:
         out.numpy(), [(payload_dtype, h), (np.float32, 1), (np.int32, 3), (np.float32, 1)])
     res = _sim.dispatch_receive(cfg, recv_counts_np, payload, row_scales[:, 0], triples, weights[:, 0], h=h,
                                 out_dtype=out_dtype, expert_token_nums_type=a["expert_token_nums_type"],
-                                v1_expand_idx=send.slots if op == "npu_moe_distribute_dispatch" else None)
+                                v1_expand_idx=send.slots if op == "npu_moe_distribute_dispatch" else None,
+                                quantised=send.quantised, weighted=send.weighted,
+                                ep_recv_counts_size=_ep_recv_counts_size(cfg, target, send.weighted))
     return tuple(_torch(t) for t in res.as_tuple())
 
 

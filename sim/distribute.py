@@ -230,6 +230,8 @@ class DispatchSend:
     triples: np.ndarray           # int32 [rows, 3] (source rank, token, k)
     weights: np.ndarray           # fp32 [rows] (expert_scales[t, k] or 0; shared rows 0)
     slots: np.ndarray             # int32 [BS*K] slot per pair (v1 expand_idx); -1 for invalid pairs
+    quantised: bool = False       # row_scales are meaningful (quant_mode 2)
+    weighted: bool = False        # weights are meaningful (expert_scales given)
 
     @property
     def splits(self) -> List[int]:
@@ -298,7 +300,8 @@ def dispatch_send(cfg: EpConfig, x: np.ndarray, expert_ids: np.ndarray, *, scale
         weights[routed] = np.asarray(expert_scales, dtype=np.float32)[all_tok[routed], all_k[routed]]
     slot_out = np.full(bs * k, -1, dtype=np.int32)
     slot_out[pairs] = slots
-    return DispatchSend(counts, payload, row_scales.astype(np.float32), triples, weights, slot_out)
+    return DispatchSend(counts, payload, row_scales.astype(np.float32), triples, weights, slot_out,
+                        quantised=quant_mode == 2, weighted=expert_scales is not None)
 
 
 @dataclass
@@ -319,11 +322,18 @@ class DispatchOutputs:
 
 def dispatch_receive(cfg: EpConfig, recv_counts: np.ndarray, payload: np.ndarray, row_scales: np.ndarray,
                      triples: np.ndarray, weights: np.ndarray, *, h: int, out_dtype: str,
-                     expert_token_nums_type: int = 1, v1_expand_idx: Optional[np.ndarray] = None) -> DispatchOutputs:
+                     expert_token_nums_type: int = 1, v1_expand_idx: Optional[np.ndarray] = None,
+                     quantised: bool = False, weighted: bool = True,
+                     ep_recv_counts_size: Optional[int] = None) -> DispatchOutputs:
     """Lay out what this rank received (rank-major, as sent) in the kernel's order.
 
     ``recv_counts[r, j]``: rows source r sent to this rank's local expert j.  With
     ``v1_expand_idx`` (this rank's own dispatch slots) the third output is the v1 ``expand_idx``.
+    ``quantised`` / ``weighted``: whether ``dynamic_scales`` / ``expand_scales`` are written at all
+    (the kernel leaves them unwritten without quant_mode 2 / expert_scales); shared-expert rows of
+    ``expand_scales`` are left undefined too (no routing weight belongs to them).
+    ``ep_recv_counts_size``: the length op-plugin allocates (longer on A2 with expert_scales, the
+    tail holding A2 combine metadata; left undefined here).
     """
     w = cfg.ep_world_size
     n_local = cfg.local_expert_num()
@@ -344,15 +354,22 @@ def dispatch_receive(cfg: EpConfig, recv_counts: np.ndarray, payload: np.ndarray
     fill_undefined(expand_x, slice(total, None))
     dynamic_scales = np.empty(a_rows, np.float32)
     expand_scales = np.empty(a_rows, np.float32)
-    n = min(total, a_rows)
+    n = min(total, a_rows) if quantised else 0
     dynamic_scales[:n] = np.asarray(row_scales, np.float32)[order][:n]
-    expand_scales[:n] = np.asarray(weights, np.float32)[order][:n]
     fill_undefined(dynamic_scales, slice(n, None))
+    n = min(total, a_rows) if weighted else 0
+    expand_scales[:n] = np.asarray(weights, np.float32)[order][:n]
     fill_undefined(expand_scales, slice(n, None))
+    if n:
+        shared_rows = np.flatnonzero(np.asarray(triples)[order][:n, 2] >= cfg.k)
+        fill_undefined(expand_scales, shared_rows)
 
     per_expert = counts.sum(axis=0)                                         # [L]
     expert_token_nums = (per_expert if expert_token_nums_type == 1 else np.cumsum(per_expert)).astype(np.int64)
-    ep_recv_counts = np.cumsum(counts.T.reshape(-1)).astype(np.int32)        # index j*W + r
+    running = np.cumsum(counts.T.reshape(-1)).astype(np.int32)               # index j*W + r
+    ep_recv_counts = np.empty(max(ep_recv_counts_size or 0, len(running)), np.int32)
+    ep_recv_counts[:len(running)] = running
+    fill_undefined(ep_recv_counts, slice(len(running), None))
     tp_recv_counts = np.full(cfg.tp_world_size, total, dtype=np.int32)
 
     if v1_expand_idx is not None:

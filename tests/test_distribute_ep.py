@@ -382,6 +382,7 @@ def _check_scenario(results, sc):
         else:
             np.testing.assert_array_equal(_bits(got["expand_x"][:n]), _bits(want_x.astype(BF16)),
                                           err_msg=f"rank {q} expand_x")
+            assert np.isnan(got["dynamic_scales"]).all()  # not written without quantisation
         # counts in every form
         counts = np.array(recv[q]["counts"], np.int64)  # [r, j]
         per_expert = counts.sum(axis=0)
@@ -400,6 +401,8 @@ def _check_scenario(results, sc):
             routed_rows = [i for i, row in enumerate(rows) if row[2][2] < sc["K"]]
             np.testing.assert_array_equal(got["expand_scales"][routed_rows],
                                           np.array([rows[i][3] for i in routed_rows], np.float32))
+            shared_rows = [i for i, row in enumerate(rows) if row[2][2] >= sc["K"]]
+            assert np.isnan(got["expand_scales"][shared_rows]).all()  # no routing weight: unspecified
         # combine: bit for bit against the single-process layer, active tokens only
         act = [t for t in range(sc["BS"][q]) if active(sc, inputs[q], t)]
         np.testing.assert_array_equal(_bits(results[q][sc["name"]]["out"][act]), _bits(outs[q][act]),
