@@ -63,7 +63,7 @@ __all__ = [
     "ASSUMPTIONS", "EpConfig", "ep_config", "valid_pairs", "pair_slots", "dynamic_quant_rows",
     "DispatchSend", "dispatch_send", "DispatchOutputs", "dispatch_receive",
     "CombineSend", "combine_send", "combine_receive", "combine_expected_rows",
-    "UnsupportedBySimulator",
+    "UnsupportedBySimulator", "dispatch_all_ranks", "combine_all_ranks",
 ]
 
 TRIPLE_WIDTH = 3  # (source rank, token index, k) per row, EXPAND_IDX_INFO in moe_distribute_v2_constant.h
@@ -506,3 +506,62 @@ def combine_receive(cfg: EpConfig, rows: np.ndarray, token_k: np.ndarray, expert
     fill_undefined(out, slice(None))
     out[tokens] = acc.astype(np_dtype(out_dtype))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# all ranks in one process (no transport): the exchange is a loop over the per-rank functions
+# --------------------------------------------------------------------------------------------
+
+
+def dispatch_all_ranks(configs: List[EpConfig], xs: List[np.ndarray], expert_ids: List[np.ndarray], *,
+                       scales: Optional[np.ndarray] = None, x_active_masks: Optional[List[Optional[np.ndarray]]] = None,
+                       expert_scales: Optional[List[Optional[np.ndarray]]] = None, quant_mode: int = 0,
+                       expert_token_nums_type: int = 1, v1: bool = False) -> Tuple[List[DispatchOutputs], List[DispatchSend]]:
+    """Dispatch of every rank at once (``configs[r]`` is rank r's); returns each rank's outputs and
+    its send side (whose ``slots`` a v1 combine needs)."""
+    w = len(configs)
+    masks = x_active_masks or [None] * w
+    weights = expert_scales or [None] * w
+    sends = [dispatch_send(configs[r], xs[r], expert_ids[r], scales=scales, x_active_mask=masks[r],
+                           expert_scales=weights[r], quant_mode=quant_mode) for r in range(w)]
+    outs = []
+    for q in range(w):
+        parts = []
+        for r in range(w):
+            off = sum(sends[r].splits[:q])
+            parts.append(slice(off, off + sends[r].splits[q]))
+        cat = (lambda field: np.concatenate([getattr(sends[r], field)[parts[r]] for r in range(w)]))
+        out_dtype = "int8" if quant_mode == 2 else dtype_name(xs[q])
+        outs.append(dispatch_receive(configs[q], np.stack([sends[r].counts[q] for r in range(w)]), cat("payload"),
+                                     cat("row_scales"), cat("triples"), cat("weights"), h=xs[q].shape[1],
+                                     out_dtype=out_dtype, expert_token_nums_type=expert_token_nums_type,
+                                     v1_expand_idx=sends[q].slots if v1 else None, quantised=sends[q].quantised,
+                                     weighted=sends[q].weighted))
+    return outs, sends
+
+
+def combine_all_ranks(configs: List[EpConfig], expert_outputs: List[np.ndarray], dispatched: List[DispatchOutputs],
+                      expert_ids: List[np.ndarray], expert_scales: List[Optional[np.ndarray]], *,
+                      x_active_masks: Optional[List[Optional[np.ndarray]]] = None,
+                      shared_expert_x: Optional[List[Optional[np.ndarray]]] = None,
+                      v1_sends: Optional[List[DispatchSend]] = None) -> List[np.ndarray]:
+    """Combine of every rank at once: ``expert_outputs[q]`` replaces rank q's expand_x rows."""
+    w = len(configs)
+    masks = x_active_masks or [None] * w
+    shared = shared_expert_x or [None] * w
+    v1 = v1_sends is not None
+    sends = [combine_send(configs[q], expert_outputs[q], dispatched[q].ep_recv_counts,
+                          None if v1 else dispatched[q].assist_info_for_combine) for q in range(w)]
+    outs = []
+    for r in range(w):
+        rows, token_k = [], []
+        for q in range(w):
+            off = sum(sends[q].splits[:r])
+            rows.append(sends[q].payload[off:off + sends[q].splits[r]])
+            token_k.append(sends[q].token_k[off:off + sends[q].splits[r]])
+        tk = np.concatenate(token_k)
+        if v1:
+            _, tk = combine_expected_rows(configs[r], expert_ids[r], masks[r], v1_sends[r].slots)
+        outs.append(combine_receive(configs[r], np.concatenate(rows), tk, expert_ids[r], expert_scales[r],
+                                    x_active_mask=masks[r], shared_expert_x=shared[r]))
+    return outs

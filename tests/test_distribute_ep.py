@@ -478,3 +478,40 @@ def test_ep_layer_runs_gating_dispatch_gmm_combine_per_rank(ep2):
         assert layer["volume"]["combine"]["sent_rows"] == layer["received_rows"]
         assert layer["volume"]["combine"]["recv_rows"] == 3 * 4
     assert sum(res["layer"]["received_rows"] for res in ep2) == 2 * 3 * 4
+
+
+@pytest.mark.parametrize("sc", [s for w in (2, 4) for s in SCENARIOS[w]] + SUBGROUP_SCENARIOS, ids=lambda s: s["name"])
+def test_all_ranks_in_one_process_match_the_references(sc):
+    """sim.distribute's single-process driver (no torch.distributed) gives the same layer."""
+    from ascend_moe.sim import distribute as D
+    world = sc["W"]
+    routed, shared, smooth = model_weights(sc)
+    inputs = [make_inputs(sc, r) for r in range(world)]
+    cfgs = [D.ep_config(sc["BS"][r], sc["K"], world, r, sc["E"], sc["shared_num"], sc["S"], sc["global_bs"])
+            for r in range(world)]
+    v1 = sc["version"] == "v1"
+    outs, sends = D.dispatch_all_ranks(cfgs, [i["x"] for i in inputs], [i["ids"] for i in inputs],
+                                       scales=smooth, x_active_masks=[i["mask"] for i in inputs],
+                                       expert_scales=[i["w"] for i in inputs], quant_mode=sc["quant"],
+                                       expert_token_nums_type=sc["type"], v1=v1)
+    ys = []
+    for q, res in enumerate(outs):
+        counts = res.expert_token_nums if sc["type"] == 1 else np.diff(np.concatenate([[0], res.expert_token_nums]))
+        total = int(counts.sum())
+        xf = res.expand_x[:total].astype(np.float32)
+        if sc["quant"]:
+            xf = xf * res.dynamic_scales[:total][:, None]
+        y, start = np.zeros((res.expand_x.shape[0], sc["H"]), BF16), 0
+        for j, c in enumerate(counts.tolist()):
+            weight = (shared[q // (sc["S"] // sc["shared_num"])] if q < sc["S"]
+                      else routed[(q - sc["S"]) * (sc["E"] // (world - sc["S"])) + j])
+            y[start:start + c] = expert_fn(xf[start:start + c], weight)
+            start += c
+        ys.append(y)
+    finals = D.combine_all_ranks(cfgs, ys, outs, [i["ids"] for i in inputs], [i["w"] for i in inputs],
+                                 x_active_masks=[i["mask"] for i in inputs],
+                                 shared_expert_x=[i["shared_x"] for i in inputs], v1_sends=sends if v1 else None)
+    results = [{sc["name"]: dict(expand_x=o.expand_x, dynamic_scales=o.dynamic_scales, assist=o.assist_info_for_combine,
+                                 expert_token_nums=o.expert_token_nums, ep_recv_counts=o.ep_recv_counts,
+                                 expand_scales=o.expand_scales, out=f)} for o, f in zip(outs, finals)]
+    _check_scenario(results, sc)
