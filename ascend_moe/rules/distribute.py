@@ -519,3 +519,15 @@ def _(call):
         return f"group_ep must be a string of 1..127 characters, got {g!r}"
     if t and t == g:
         return f"group_tp must differ from group_ep, both are {g!r}"
+
+
+@_both("x_active_mask.a2_2d", "x_active_mask", "Atlas A2: x_active_mask 1-D only (fullmesh), none with hierarchy",
+       ops=DISPATCH_OPS[1:] + COMBINE_OPS[1:], products=("atlas-a2",), severity="warning", status=None,
+       source="aclnnMoeDistributeDispatchV2 doc 约束说明 (A2) [D]", fix="pass a 1-D [BS] mask on atlas-a2")
+def _(call):
+    if not call.given("x_active_mask"):
+        return None
+    m = call.meta("x_active_mask")
+    if m is not None and (m.ndim == 2 or call.get("comm_alg") == "hierarchy"):
+        return (f"x_active_mask of shape {m.shape} is not documented on atlas-a2 "
+                f"({'no mask with hierarchy' if call.get('comm_alg') == 'hierarchy' else '1-D only'})")
