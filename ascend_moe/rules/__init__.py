@@ -433,6 +433,10 @@ OP_MODULES: Dict[str, str] = {
     "npu_dequant_swiglu_quant": "quant_ops",
     "npu_grouped_matmul_add_": "quant_ops",
     "npu_grouped_matmul_add": "quant_ops",
+    "npu_moe_distribute_dispatch": "distribute",
+    "npu_moe_distribute_dispatch_v2": "distribute",
+    "npu_moe_distribute_combine": "distribute",
+    "npu_moe_distribute_combine_v2": "distribute",
 }
 
 _REGISTRY: Dict[str, OpSpec] = {}

@@ -1,0 +1,533 @@
+"""Expert parallelism on N gloo processes: npu_moe_distribute_dispatch(_v2) -> experts ->
+npu_moe_distribute_combine(_v2), compared with single-process references written here as plain loops.
+
+Each world size is launched once (torch.multiprocessing spawn); every rank runs all scenarios and
+saves its outputs, then the tests compare them.  Expert weights are small integers and inputs are
+small integers in bfloat16, so every expert output is exact; the combine weights are random fp32,
+so the combine order and rounding are what is tested.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import socket
+import time
+import traceback
+import warnings
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+RUN_TIMEOUT = 120  # seconds for a whole world-size launch (normally a few seconds)
+
+
+# ------------------------------------------------------------------ scenarios and inputs ----------
+
+def scenario(name, world, experts, k, h=32, bs=None, shared_ranks=0, shared_num=1, quant=0, mask=None,
+             version="v2", token_nums_type=1, smooth=False, shared_x=False, product="atlas-a2", global_bs=None):
+    bs = bs or [6] * world
+    return dict(name=name, W=world, E=experts, K=k, H=h, BS=bs, S=shared_ranks, shared_num=shared_num,
+                quant=quant, mask=mask, version=version, type=token_nums_type, smooth=smooth, shared_x=shared_x,
+                product=product, global_bs=(max(bs) * world if global_bs is None else global_bs))
+
+
+SCENARIOS = {
+    2: [
+        scenario("plain_v2", 2, 8, 3, bs=[5, 5]),
+        scenario("v1_cumsum", 2, 4, 2, bs=[4, 4], version="v1", token_nums_type=0),
+        scenario("quant_smooth_unequal_bs", 2, 6, 2, bs=[3, 6], quant=2, smooth=True),
+        scenario("mask_2d", 2, 8, 4, bs=[5, 4], mask="2d"),
+        scenario("quant_no_smooth_v1", 2, 4, 2, bs=[4, 4], quant=2, version="v1"),
+    ],
+    4: [
+        scenario("shared2x1_mask1d", 4, 4, 2, bs=[5, 5, 5, 5], shared_ranks=2, shared_num=2, mask="1d",
+                 shared_x=True, product="atlas-a3"),
+        scenario("mask_2d_cumsum", 4, 8, 3, bs=[4, 6, 5, 3], mask="2d", token_nums_type=0),
+        scenario("shared1x2_quant", 4, 6, 2, bs=[4, 4, 4, 4], shared_ranks=2, shared_num=1, quant=2, smooth=True,
+                 product="atlas-a3"),
+    ],
+}
+
+
+# a DeepSeek-shaped MoE block small enough to run in a test (grouped sigmoid gating with bias, a shared expert)
+SMALL_MODEL = {"model_type": "deepseek_v3", "hidden_size": 64, "moe_intermediate_size": 32, "n_routed_experts": 16,
+               "n_shared_experts": 1, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2,
+               "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+               "routed_scaling_factor": 2.5}
+
+SUBGROUP_SCENARIOS = [scenario("subgroup_v2", 2, 6, 2, bs=[3, 4])]
+
+
+def make_inputs(sc, rank):
+    """Deterministic inputs of one rank (the same on the worker and in the reference)."""
+    rng = np.random.default_rng(1000 * sc["W"] + 7 * rank + sum(map(ord, sc["name"])))
+    bs, k, h, e = sc["BS"][rank], sc["K"], sc["H"], sc["E"]
+    x = rng.integers(-4, 5, size=(bs, h)).astype(np.float32)
+    if sc["quant"]:
+        x = x + rng.integers(-64, 64, size=(bs, h)).astype(np.float32) / 128  # non-trivial quantisation
+        # a row whose scaled values fall on .5 ties (max |x| = 127 -> scale 1): half-to-even rounding
+        x[0, :8] = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5]
+    x = x.astype(BF16)
+    ids = np.stack([rng.permutation(e)[:k] for _ in range(bs)]).astype(np.int32)
+    w = rng.uniform(0.05, 1.0, size=(bs, k)).astype(np.float32)
+    mask = None
+    if sc["mask"] == "1d":
+        n = max(1, bs - (rank % 3))
+        mask = np.arange(bs) < n
+    elif sc["mask"] == "2d":
+        mask = rng.random((bs, k)) < 0.7
+        mask[0] = False  # a fully inactive token
+    shared_x = rng.integers(-3, 4, size=(bs, h)).astype(BF16) if sc["shared_x"] else None
+    return dict(x=x, ids=ids, w=w, mask=mask, shared_x=shared_x)
+
+
+def model_weights(sc):
+    rng = np.random.default_rng(99 + sc["E"])
+    n_shared = sc["shared_num"] if sc["S"] else 0
+    routed = rng.integers(-2, 3, size=(sc["E"], sc["H"], sc["H"])).astype(np.float32)
+    shared = rng.integers(-2, 3, size=(max(n_shared, 1), sc["H"], sc["H"])).astype(np.float32)
+    smooth = rng.uniform(0.5, 2.0, size=(n_shared + sc["E"], sc["H"])).astype(np.float32) if sc["smooth"] else None
+    return routed, shared, smooth
+
+
+def expert_fn(xf, weight):
+    """[n, H] fp32 -> [n, H] bf16; explicit accumulation order (row-independent, exact-order)."""
+    acc = np.zeros((xf.shape[0], weight.shape[1]), np.float32)
+    for i in range(weight.shape[0]):
+        acc = acc + xf[:, i:i + 1] * weight[i][None, :]
+    return acc.astype(BF16)
+
+
+# ------------------------------------------------------------------ the worker ---------------------
+
+def _run_scenarios(group, name, rank, scenarios):
+    """Run dispatch -> experts -> combine of each scenario on this rank; return its outputs."""
+    import torch
+    from ascend_moe import distributed as ep
+    from ascend_moe import products
+
+    def bf16(a):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+
+    def npv(z):
+        return z.view(torch.int16).numpy().view(BF16).copy() if z.dtype == torch.bfloat16 else z.numpy().copy()
+
+    t = torch.from_numpy
+    world = torch.distributed.get_world_size(group)
+    results = {}
+    for sc in scenarios:
+        products.set_target(sc["product"])
+        inp = make_inputs(sc, rank)
+        routed, shared, smooth = model_weights(sc)
+        v1 = sc["version"] == "v1"
+        dispatch = ep.npu_moe_distribute_dispatch if v1 else ep.npu_moe_distribute_dispatch_v2
+        combine = ep.npu_moe_distribute_combine if v1 else ep.npu_moe_distribute_combine_v2
+        kw = dict(scales=None if smooth is None else t(smooth), expert_scales=t(inp["w"]),
+                  shared_expert_num=sc["shared_num"], shared_expert_rank_num=sc["S"], quant_mode=sc["quant"],
+                  global_bs=sc["global_bs"], expert_token_nums_type=sc["type"])
+        if inp["mask"] is not None:
+            kw["x_active_mask"] = t(inp["mask"])
+        outs = dispatch(bf16(inp["x"]), t(inp["ids"]), name, world, rank, sc["E"], **kw)
+        expand_x, dyn, assist, tok_nums, ep_recv, tp_recv, exp_scales = outs
+        # the experts: rows of local expert j are contiguous in expand_x
+        counts = tok_nums.numpy().copy()
+        if sc["type"] == 0:
+            counts = np.diff(np.concatenate([[0], counts]))
+        total = int(counts.sum())
+        if sc["quant"]:
+            xf = expand_x[:total].numpy().astype(np.float32) * dyn[:total].numpy()[:, None]
+        else:
+            xf = npv(expand_x[:total]).astype(np.float32)
+        y = np.zeros((expand_x.shape[0], sc["H"]), BF16)
+        start = 0
+        for j, c in enumerate(counts.tolist()):
+            if rank < sc["S"]:
+                weight = shared[rank // (sc["S"] // sc["shared_num"])]
+            else:
+                weight = routed[(rank - sc["S"]) * (sc["E"] // (world - sc["S"])) + j]
+            y[start:start + c] = expert_fn(xf[start:start + c], weight)
+            start += c
+        ckw = dict(shared_expert_num=sc["shared_num"], shared_expert_rank_num=sc["S"], global_bs=sc["global_bs"],
+                   tp_send_counts=tp_recv)
+        if inp["mask"] is not None:
+            ckw["x_active_mask"] = t(inp["mask"])
+        if inp["shared_x"] is not None:
+            ckw["shared_expert_x"] = bf16(inp["shared_x"])
+        if not v1:
+            ckw["expand_scales"] = exp_scales
+        out = combine(bf16(y), t(inp["ids"]), assist, ep_recv, t(inp["w"]), name, world, rank, sc["E"], **ckw)
+        results[sc["name"]] = dict(expand_x=npv(expand_x), dynamic_scales=npv(dyn), assist=npv(assist),
+                                   expert_token_nums=npv(tok_nums), ep_recv_counts=npv(ep_recv),
+                                   tp_recv_counts=npv(tp_recv), expand_scales=npv(exp_scales), out=npv(out),
+                                   stats=ep.last_exchange_stats())
+    return results
+
+
+def _expect_failure(fn):
+    started = time.monotonic()
+    try:
+        fn()
+        return dict(error=None, seconds=time.monotonic() - started)
+    except Exception as e:  # noqa: BLE001 - the test inspects what was raised
+        return dict(error=type(e).__name__, message=str(e), seconds=time.monotonic() - started,
+                    rule_ids=[v.rule_id for v in getattr(e, "violations", [])])
+
+
+def _worker(rank, world, port, out_dir, fail_case):
+    import torch
+    import torch.distributed as dist
+    from ascend_moe import distributed as ep
+    from ascend_moe import products
+
+    warnings.simplefilter("ignore")
+    results = {}
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=30))
+        ep.set_timeout(20)
+        group = dist.new_group(list(range(world)))
+        name = ep.get_hccl_comm_name(group, rank)
+        results["group_name"] = name
+        results["resolved_is_group"] = ep.resolve_group(name) is group
+        results.update(_run_scenarios(group, name, rank, SCENARIOS[world]))
+        if world == 2:
+            from ascend_moe import ep_layer, model_check
+            products.set_target(None, None)
+            results["layer"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"), tokens=3)
+        if world == 4:
+            # a 2-rank EP group inside the 4 processes: group_ep names a sub-group, ep_rank_id is the rank in it
+            sub = dist.new_group([1, 3])
+            if rank in (1, 3):
+                results["sub_name"] = ep.get_hccl_comm_name(sub, rank)
+                results["sub"] = _run_scenarios(sub, results["sub_name"], dist.get_rank(sub), SUBGROUP_SCENARIOS)
+        if fail_case:
+            products.set_target("atlas-a2")
+            sc = scenario("bad", world, 8, 2)
+            inp = make_inputs(sc, rank)
+            x = torch.from_numpy(inp["x"].view(np.int16)).view(torch.bfloat16)
+            ids = torch.from_numpy(inp["ids"])
+            # rank 2 disagrees on the expert count: every rank must raise, quickly, naming rank 2
+            results["bad"] = _expect_failure(lambda: ep.npu_moe_distribute_dispatch_v2(
+                x, ids, name, world, rank, 12 if rank == 2 else 8))
+            # rank 3 passes a float32 x: its local rule fails, and every rank reports it
+            x3 = x.float() if rank == 3 else x
+            results["bad_dtype"] = _expect_failure(lambda: ep.npu_moe_distribute_dispatch_v2(
+                x3, ids, name, world, rank, 8))
+            # rank 1 passes a non-tensor: an error outside the rules still reaches the peers
+            ids1 = "not a tensor" if rank == 1 else ids
+            results["bad_type"] = _expect_failure(lambda: ep.npu_moe_distribute_combine_v2(
+                x, ids1, ids, ids, ids, name, world, rank, 8))
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001
+        results["crash"] = traceback.format_exc()
+    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
+        pickle.dump(results, f)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_once(world, out_dir, fail_case):
+    import torch.multiprocessing as mp
+    ctx = mp.start_processes(_worker, args=(world, _free_port(), out_dir, fail_case), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{world} EP processes did not finish within {RUN_TIMEOUT} s")
+    results = []
+    for r in range(world):
+        with open(os.path.join(out_dir, f"rank{r}.pkl"), "rb") as f:
+            res = pickle.load(f)
+        assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
+        results.append(res)
+    return results
+
+
+def _launch(world, tmp_path_factory, fail_case):
+    """Launch the workers; a launch whose processes die before reporting (the machine, not the code
+    under test: a port taken between choosing and binding it, a killed process) is retried once."""
+    first = None
+    for attempt in range(2):
+        out_dir = str(tmp_path_factory.mktemp(f"ep{world}_{attempt}"))
+        try:
+            return _launch_once(world, out_dir, fail_case)
+        except (AssertionError, pytest.fail.Exception):
+            raise
+        except Exception as e:  # noqa: BLE001 - ProcessExitedException, a missing result file
+            if first is not None:
+                raise RuntimeError(f"{world} EP processes failed twice; first: {first!r}") from e
+            first = e
+            warnings.warn(f"retrying the {world}-process launch after: {e!r}")
+
+
+@pytest.fixture(scope="module")
+def ep2(tmp_path_factory):
+    return _launch(2, tmp_path_factory, fail_case=False)
+
+
+@pytest.fixture(scope="module")
+def ep4(tmp_path_factory):
+    return _launch(4, tmp_path_factory, fail_case=True)
+
+
+# ------------------------------------------------------------------ single-process references ------
+
+def ref_quant_row(row, smooth_row):
+    """Integer reference of the dynamic int8 quantisation of one row: (ints, scale)."""
+    xf = [np.float32(v) for v in row.astype(np.float32)]
+    if smooth_row is not None:
+        xf = [np.float32(a * np.float32(b)) for a, b in zip(xf, smooth_row)]
+    amax = max(abs(v) for v in xf)
+    ds = np.float32(np.float32(127.0) / amax)
+    ints = [int(round(float(np.float32(v * ds)))) for v in xf]  # round() is half-to-even
+    return np.array(ints, np.int64), np.float32(np.float32(1.0) / ds)
+
+
+def valid(sc, inp, t, kk):
+    m = inp["mask"]
+    if m is None:
+        return True
+    return bool(m[t]) if m.ndim == 1 else bool(m[t, kk])
+
+
+def active(sc, inp, t):
+    m = inp["mask"]
+    if m is None:
+        return True
+    return bool(m[t]) if m.ndim == 1 else bool(m[t].any())
+
+
+def reference(sc):
+    """Per rank: the rows it receives in the kernel's order, and the combine output."""
+    world, s_ranks, e_num, k = sc["W"], sc["S"], sc["E"], sc["K"]
+    n_shared = sc["shared_num"] if s_ranks else 0
+    local = e_num // (world - s_ranks)
+    inputs = [make_inputs(sc, r) for r in range(world)]
+    routed, shared, smooth = model_weights(sc)
+
+    def sent_row(r, t, expert_row_index):
+        x = inputs[r]["x"][t]
+        if not sc["quant"]:
+            return x, None, x.astype(np.float32)
+        ints, scale = ref_quant_row(x, None if smooth is None else smooth[expert_row_index])
+        return ints, scale, (ints.astype(np.float32) * scale).astype(np.float32)
+
+    recv = {}
+    for q in range(world):
+        rows = []  # (values, scale, (src, t, k), weight)
+        if q < s_ranks:
+            per = s_ranks // n_shared
+            for r in range(world):
+                for s in range(n_shared):
+                    if r % per + s * per != q:
+                        continue
+                    for t in range(sc["BS"][r]):
+                        if active(sc, inputs[r], t):
+                            vals, scale, _ = sent_row(r, t, s)
+                            rows.append((vals, scale, (r, t, k + s), 0.0, s))
+            counts = [[sum(1 for row in rows if row[2][0] == r)] for r in range(world)]
+        else:
+            counts = [[0] * local for _ in range(world)]
+            for j in range(local):
+                e = (q - s_ranks) * local + j
+                for r in range(world):
+                    for t in range(sc["BS"][r]):
+                        for kk in range(k):
+                            if valid(sc, inputs[r], t, kk) and inputs[r]["ids"][t, kk] == e:
+                                vals, scale, _ = sent_row(r, t, n_shared + e)
+                                rows.append((vals, scale, (r, t, kk), inputs[r]["w"][t, kk], j))
+                                counts[r][j] += 1
+        recv[q] = dict(rows=rows, counts=counts)
+
+    outs = []
+    for r in range(world):
+        inp = inputs[r]
+        out = np.zeros((sc["BS"][r], sc["H"]), BF16)
+        for t in range(sc["BS"][r]):
+            if not active(sc, inp, t):
+                continue
+            acc = np.zeros(sc["H"], np.float32)
+            for kk in range(k):
+                if not valid(sc, inp, t, kk):
+                    continue
+                e = int(inp["ids"][t, kk])
+                _, _, xf = sent_row(r, t, n_shared + e)
+                y = expert_fn(xf[None, :], routed[e])[0].astype(np.float32)
+                acc = (acc + (y * np.float32(inp["w"][t, kk])).astype(np.float32)).astype(np.float32)
+            for s in range(n_shared):
+                _, _, xf = sent_row(r, t, s)
+                y = expert_fn(xf[None, :], shared[s])[0].astype(np.float32)
+                acc = (acc + y).astype(np.float32)
+            if inp["shared_x"] is not None:
+                acc = (acc + inp["shared_x"][t].astype(np.float32)).astype(np.float32)
+            out[t] = acc.astype(BF16)
+        outs.append(out)
+    return inputs, recv, outs
+
+
+# ------------------------------------------------------------------ the tests ----------------------
+
+def _bits(a):
+    a = np.asarray(a)
+    return a.view(np.int16) if a.dtype == BF16 else a
+
+
+def _check_scenario(results, sc):
+    inputs, recv, outs = reference(sc)
+    world = sc["W"]
+    for q in range(world):
+        got = results[q][sc["name"]]
+        rows = recv[q]["rows"]
+        n = len(rows)
+        # expand_x: local expert, then source rank, then the sender's (token, k) order
+        want_x = np.array([row[0] for row in rows]).reshape(n, sc["H"])
+        if sc["quant"]:
+            assert got["expand_x"].dtype == np.int8
+            np.testing.assert_array_equal(got["expand_x"][:n].astype(np.int64), want_x, err_msg=f"rank {q} int8 rows")
+            want_scales = np.array([row[1] for row in rows], np.float32)
+            np.testing.assert_array_equal(got["dynamic_scales"][:n].view(np.int32), want_scales.view(np.int32))
+        else:
+            np.testing.assert_array_equal(_bits(got["expand_x"][:n]), _bits(want_x.astype(BF16)),
+                                          err_msg=f"rank {q} expand_x")
+            assert np.isnan(got["dynamic_scales"]).all()  # not written without quantisation
+        # counts in every form
+        counts = np.array(recv[q]["counts"], np.int64)  # [r, j]
+        per_expert = counts.sum(axis=0)
+        want_tok = per_expert if sc["type"] == 1 else np.cumsum(per_expert)
+        np.testing.assert_array_equal(got["expert_token_nums"], want_tok, err_msg=f"rank {q} expert_token_nums")
+        assert got["expert_token_nums"].dtype == np.int64
+        running, want_recv = 0, []
+        for j in range(counts.shape[1]):
+            for r in range(world):
+                running += counts[r, j]
+                want_recv.append(running)
+        np.testing.assert_array_equal(got["ep_recv_counts"], np.array(want_recv), err_msg=f"rank {q} ep_recv_counts")
+        if sc["version"] == "v2":
+            triples = got["assist"][:3 * n].reshape(n, 3)
+            np.testing.assert_array_equal(triples, np.array([row[2] for row in rows]).reshape(n, 3))
+            routed_rows = [i for i, row in enumerate(rows) if row[2][2] < sc["K"]]
+            np.testing.assert_array_equal(got["expand_scales"][routed_rows],
+                                          np.array([rows[i][3] for i in routed_rows], np.float32))
+            shared_rows = [i for i, row in enumerate(rows) if row[2][2] >= sc["K"]]
+            assert np.isnan(got["expand_scales"][shared_rows]).all()  # no routing weight: unspecified
+        # combine: bit for bit against the single-process layer, active tokens only
+        act = [t for t in range(sc["BS"][q]) if active(sc, inputs[q], t)]
+        np.testing.assert_array_equal(_bits(results[q][sc["name"]]["out"][act]), _bits(outs[q][act]),
+                                      err_msg=f"rank {q} combine output")
+        inactive = [t for t in range(sc["BS"][q]) if t not in act]
+        if inactive:  # the device leaves them unwritten; the simulator poisons them
+            assert np.isnan(results[q][sc["name"]]["out"][inactive].astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("name", [s["name"] for s in SCENARIOS[2]])
+def test_two_ranks_match_single_process_layer(ep2, name):
+    _check_scenario(ep2, next(s for s in SCENARIOS[2] if s["name"] == name))
+
+
+@pytest.mark.parametrize("name", [s["name"] for s in SCENARIOS[4]])
+def test_four_ranks_match_single_process_layer(ep4, name):
+    _check_scenario(ep4, next(s for s in SCENARIOS[4] if s["name"] == name))
+
+
+def test_group_name_resolves_to_the_torch_group(ep2):
+    names = {res["group_name"] for res in ep2}
+    assert len(names) == 1 and next(iter(names)).startswith("sim_hccl:")
+    assert all(res["resolved_is_group"] for res in ep2)
+
+
+def test_exchange_volume_is_reported(ep2):
+    sc = SCENARIOS[2][0]
+    inputs = [make_inputs(sc, r) for r in range(2)]
+    for r, res in enumerate(ep2):
+        stats = res[sc["name"]]["stats"]  # the last exchange: combine sends back what dispatch received
+        assert stats["op"] == "npu_moe_distribute_combine_v2"
+        received = sum(int((inputs[src]["ids"] // 4 == r).sum()) for src in range(2))
+        assert stats["sent_rows"] == received
+
+
+def test_inconsistent_expert_count_fails_on_every_rank(ep4):
+    for r, res in enumerate(ep4):
+        bad = res["bad"]
+        assert bad["error"] == "ConstraintError", f"rank {r}: {bad}"
+        assert "ep.identical_arguments" in bad["rule_ids"]
+        assert "rank 2: 12" in bad["message"] and "moe_expert_num" in bad["message"]
+        assert bad["seconds"] < 15, f"rank {r} took {bad['seconds']:.1f} s to fail"
+    assert len({res["bad"]["message"] for res in ep4}) == 1  # the same error everywhere
+
+
+def test_ep_group_can_be_a_subgroup(ep4):
+    members = [ep4[1], ep4[3]]
+    assert members[0]["sub_name"] == members[1]["sub_name"] != ep4[0]["group_name"]
+    sc = SUBGROUP_SCENARIOS[0]
+    _check_scenario([m["sub"] for m in members], sc)
+
+
+@pytest.mark.parametrize("case, culprit, text", [
+    ("bad_dtype", 3, "x dtype must be bfloat16 or float16, got float32"),
+    ("bad_type", 1, "expert_ids must be a tensor"),
+])
+def test_a_failing_rank_fails_every_rank_fast(ep4, case, culprit, text):
+    for r, res in enumerate(ep4):
+        bad = res[case]
+        assert bad["error"] == "ConstraintError", f"rank {r}: {bad}"
+        assert f"rank {culprit}: {text}" in bad["message"]
+        assert bad["seconds"] < 15
+    assert len({res[case]["message"] for res in ep4}) == 1
+
+
+def test_ep_layer_runs_gating_dispatch_gmm_combine_per_rank(ep2):
+    for r, res in enumerate(ep2):
+        layer = res["layer"]
+        assert layer["rank"] == r and layer["world"] == 2 and layer["local_experts"] == 8 and layer["finite"]
+        assert {"gating", "dispatch", "up-projection", "down-projection", "shared expert", "combine"} <= set(
+            layer["timings"])
+        assert layer["volume"]["dispatch"]["sent_rows"] == 3 * 4           # every (token, k) pair leaves once
+        assert layer["volume"]["combine"]["sent_rows"] == layer["received_rows"]
+        assert layer["volume"]["combine"]["recv_rows"] == 3 * 4
+    assert sum(res["layer"]["received_rows"] for res in ep2) == 2 * 3 * 4
+
+
+@pytest.mark.parametrize("sc", [s for w in (2, 4) for s in SCENARIOS[w]] + SUBGROUP_SCENARIOS, ids=lambda s: s["name"])
+def test_all_ranks_in_one_process_match_the_references(sc):
+    """sim.distribute's single-process driver (no torch.distributed) gives the same layer."""
+    from ascend_moe.sim import distribute as D
+    world = sc["W"]
+    routed, shared, smooth = model_weights(sc)
+    inputs = [make_inputs(sc, r) for r in range(world)]
+    cfgs = [D.ep_config(sc["BS"][r], sc["K"], world, r, sc["E"], sc["shared_num"], sc["S"], sc["global_bs"])
+            for r in range(world)]
+    v1 = sc["version"] == "v1"
+    outs, sends = D.dispatch_all_ranks(cfgs, [i["x"] for i in inputs], [i["ids"] for i in inputs],
+                                       scales=smooth, x_active_masks=[i["mask"] for i in inputs],
+                                       expert_scales=[i["w"] for i in inputs], quant_mode=sc["quant"],
+                                       expert_token_nums_type=sc["type"], v1=v1)
+    ys = []
+    for q, res in enumerate(outs):
+        counts = res.expert_token_nums if sc["type"] == 1 else np.diff(np.concatenate([[0], res.expert_token_nums]))
+        total = int(counts.sum())
+        xf = res.expand_x[:total].astype(np.float32)
+        if sc["quant"]:
+            xf = xf * res.dynamic_scales[:total][:, None]
+        y, start = np.zeros((res.expand_x.shape[0], sc["H"]), BF16), 0
+        for j, c in enumerate(counts.tolist()):
+            weight = (shared[q // (sc["S"] // sc["shared_num"])] if q < sc["S"]
+                      else routed[(q - sc["S"]) * (sc["E"] // (world - sc["S"])) + j])
+            y[start:start + c] = expert_fn(xf[start:start + c], weight)
+            start += c
+        ys.append(y)
+    finals = D.combine_all_ranks(cfgs, ys, outs, [i["ids"] for i in inputs], [i["w"] for i in inputs],
+                                 x_active_masks=[i["mask"] for i in inputs],
+                                 shared_expert_x=[i["shared_x"] for i in inputs], v1_sends=sends if v1 else None)
+    results = [{sc["name"]: dict(expand_x=o.expand_x, dynamic_scales=o.dynamic_scales, assist=o.assist_info_for_combine,
+                                 expert_token_nums=o.expert_token_nums, ep_recv_counts=o.ep_recv_counts,
+                                 expand_scales=o.expand_scales, out=f)} for o, f in zip(outs, finals)]
+    _check_scenario(results, sc)
