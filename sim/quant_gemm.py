@@ -37,6 +37,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import kernels as _kernels
 from .numerics import decode_int64_scale, dtype_name, nd_to_nz, nz_to_nd, pack_int4, unpack_int4
 
 __all__ = [
@@ -117,12 +118,18 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray, *, a_f32: Optional[np.ndarray
     of a chunk is an integer <= 2**24 in magnitude, hence exact in float32 in any summation order;
     the chunk results are converted to int32 and summed in int32.  ``a_f32`` / ``b_f32`` may pass
     float32 copies already made (avoids re-converting); ``max_abs_*`` may pass known bounds
-    (e.g. 128 for int8, 8 for int4).
+    (e.g. 128 for int8, 8 for int4).  A plugged-in exact integer GEMM
+    (:mod:`ascend_moe.sim.kernels`, e.g. int8 dot-product instructions) may compute it instead.
     """
     m, k = a.shape
     k2, n = b.shape
     if k != k2:
         raise ValueError(f"inner dims differ: {a.shape} @ {b.shape}")
+    fast = _kernels.current().int_gemm
+    if fast is not None and m and n and k:
+        acc = fast(a, b)
+        if acc is not None:
+            return acc
     acc = np.zeros((m, n), dtype=np.int32)
     if m == 0 or n == 0 or k == 0:
         return acc
@@ -167,9 +174,10 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
     lo, hi = min(s for _, s, _ in rows), max(t for _, _, t in rows)
     xs = x[lo:hi]
     mx = _max_abs(xs)
-    xf = xs.astype(np.float32)
+    # the float32 copy only serves the reference (chunked fp32 BLAS) path
+    xf = xs.astype(np.float32) if _kernels.current().int_gemm is None else None
     for e, s, t in rows:
-        out[s:t] = exact_int_matmul(x[s:t], w[e], a_f32=xf[s - lo:t - lo], max_abs_a=mx)
+        out[s:t] = exact_int_matmul(x[s:t], w[e], a_f32=None if xf is None else xf[s - lo:t - lo], max_abs_a=mx)
     return out
 
 
@@ -241,11 +249,12 @@ def grouped_msd_partials(x: np.ndarray, w_int4: np.ndarray, w_scale_f32: np.ndar
             continue
         # hi and lo rows go through the cube together (the kernel interleaves them: 2 rows per token).
         both = np.concatenate([hi[st:en], lo[st:en]], axis=0)
-        both_f = both.astype(np.float32)
+        both_f = both.astype(np.float32) if _kernels.current().int_gemm is None else None
         acc16 = None
         for g in range(G):
             k0, k1 = g * gk, (g + 1) * gk
-            part = exact_int_matmul(both[:, k0:k1], w_int4[e, k0:k1], a_f32=both_f[:, k0:k1],
+            part = exact_int_matmul(both[:, k0:k1], w_int4[e, k0:k1],
+                                    a_f32=None if both_f is None else both_f[:, k0:k1],
                                     max_abs_a=8, max_abs_b=8)
             p16 = fixpipe_dequant_fp16(part, s[e, g][None, :])
             acc16 = p16 if acc16 is None else (acc16.astype(np.float32) + p16.astype(np.float32)).astype(np.float16)

@@ -16,10 +16,12 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .. import kernels as machine_kernels
 from ..backends import use_backend
 from ..formats import get_format
 from ..rules import TensorSpec
 from ..sim import finalize_routing as _sim
+from ..sim import kernels as sim_kernels
 from ..sim.numerics import dtype_name
 from ._common import SHAPE_RULES, check_only, checked_backend, from_numpy, shape_rule, to_numpy
 
@@ -73,11 +75,12 @@ def _op(x: torch.Tensor, w: torch.Tensor, group_list: torch.Tensor, scale: Optio
     if be == "aclnn":
         from ..backends import aclnn
         return aclnn.call(OP, args)
-    y = _sim.finalize_routing_compute(
-        to_numpy(x), to_numpy(w), to_numpy(group_list), scale=to_numpy(scale), bias=to_numpy(bias),
-        offset=to_numpy(offset), pertoken_scale=to_numpy(pertoken_scale), shared_input=to_numpy(shared_input),
-        logit=to_numpy(logit), row_index=to_numpy(row_index), shared_input_weight=shared_input_weight,
-        shared_input_offset=shared_input_offset, output_bs=output_bs, group_list_type=group_list_type)
+    with sim_kernels.use(machine_kernels.for_call()):  # this machine's fastest exact integer GEMM
+        y = _sim.finalize_routing_compute(
+            to_numpy(x), to_numpy(w), to_numpy(group_list), scale=to_numpy(scale), bias=to_numpy(bias),
+            offset=to_numpy(offset), pertoken_scale=to_numpy(pertoken_scale), shared_input=to_numpy(shared_input),
+            logit=to_numpy(logit), row_index=to_numpy(row_index), shared_input_weight=shared_input_weight,
+            shared_input_offset=shared_input_offset, output_bs=output_bs, group_list_type=group_list_type)
     return from_numpy(y)
 
 

@@ -41,9 +41,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .. import kernels as machine_kernels
 from ..backends import use_backend
 from ..rules import ConstraintWarning
 from ..sim import gmm as _sim
+from ..sim import kernels as sim_kernels
 from ..sim.numerics import get_undefined_policy
 from ._common import SHAPE_RULES, check_only, checked_backend, from_numpy, shape_rule, to_numpy
 
@@ -146,26 +148,12 @@ def _gmm_kernel(op: str, group_list_type: int, x, weight, bias, group_list, grou
     # allocations are not (see _sim._output).
     (shape, dtype), = SHAPE_RULES[op](args)
     y = torch.empty(shape, dtype=dtype)
-    _sim._gmm_forward(to_numpy(x), to_numpy(weight), to_numpy(bias), _np_group_list(args["group_list"]),
-                      group_type, group_list_type, None, out=to_numpy(y), copy_cast=_fast_copy_cast)
+    # this machine's fastest faithful GEMMs; the weight's widened copy is kept while it is unchanged
+    # (not in the K split, whose "weight" is the backward's grad_y)
+    with sim_kernels.use(machine_kernels.for_call(weight if group_type != 2 else None)):
+        _sim._gmm_forward(to_numpy(x), to_numpy(weight), to_numpy(bias), _np_group_list(args["group_list"]),
+                          group_type, group_list_type, None, out=to_numpy(y))
     return y
-
-
-_F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
-
-
-def _fast_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
-    """The simulator's casts, fp16 <-> fp32 done by torch's vectorised conversion (NumPy's is a
-    scalar loop, ~3 s of the E=32 fp16 backward).  Both are IEEE round-to-nearest-even with the same
-    overflow/subnormal results (checked on 1.3e8 fp32 patterns; widening is exact); they differ only
-    in NaN payload bits, so when the fp32 side holds a NaN (np.max propagates it: one cheap pass) the
-    conversion is redone by NumPy and results stay bit-identical to the NumPy-only simulator."""
-    if ({dst.dtype, src.dtype} == {_F16, _F32} and src.size and min(src.strides) > 0
-            and min(dst.strides) > 0):
-        torch.from_numpy(dst).copy_(torch.from_numpy(src))
-        if not np.isnan(np.max(src if src.dtype == _F32 else dst)):
-            return
-    np.copyto(dst, src, casting="unsafe")
 
 
 @torch.library.custom_op("ascend_moe::npu_gmm", mutates_args=())
@@ -420,10 +408,12 @@ def _npu_grouped_matmul_op(
     if be == "aclnn":
         from ..backends import aclnn
         return aclnn.call("npu_grouped_matmul", args)
-    ys = _sim.grouped_matmul_compute(
-        _np_list(args["x"]), _np_list(args["weight"]), _np_list(args["bias"]), _np_group_list(args["group_list"]),
-        args["split_item"], _sim.resolve_group_type(args["group_type"], args["group_list"]),
-        args["group_list_type"], None)
+    k_split = _sim.resolve_group_type(args["group_type"], args["group_list"]) == 2
+    with sim_kernels.use(machine_kernels.for_call(*([] if k_split else args["weight"]))):
+        ys = _sim.grouped_matmul_compute(
+            _np_list(args["x"]), _np_list(args["weight"]), _np_list(args["bias"]), _np_group_list(args["group_list"]),
+            args["split_item"], _sim.resolve_group_type(args["group_type"], args["group_list"]),
+            args["group_list_type"], None)
     # from_numpy shares memory with the simulator's fresh arrays; per-group views of one K-split
     # result are cloned so that no two outputs alias each other.
     outs = [from_numpy(y) for y in ys]

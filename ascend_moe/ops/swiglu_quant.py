@@ -16,9 +16,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .. import kernels as machine_kernels
 from ..backends import use_backend
 from ..formats import get_format
 from ..rules import TensorSpec
+from ..sim import kernels as sim_kernels
 from ..sim import swiglu_quant as _sim
 from ..sim.numerics import fill_undefined
 from ._common import check_only, checked_backend, from_numpy, shape_rule, to_numpy
@@ -85,8 +87,9 @@ def _v1_op(x: Tensor, weight: Tensor, group_list: Tensor, weight_scale: Tensor, 
     if be == "aclnn":
         from ..backends import aclnn
         return tuple(aclnn.call(V1, args))
-    out, out_scale = _sim.compute(to_numpy(x), to_numpy(weight), to_numpy(weight_scale), to_numpy(x_scale),
-                                  to_numpy(group_list), group_list_type=0, assist=to_numpy(bias), kernel="v1")
+    with sim_kernels.use(machine_kernels.for_call()):  # this machine's fastest exact integer GEMM
+        out, out_scale = _sim.compute(to_numpy(x), to_numpy(weight), to_numpy(weight_scale), to_numpy(x_scale),
+                                      to_numpy(group_list), group_list_type=0, assist=to_numpy(bias), kernel="v1")
     out_offset = torch.empty((), dtype=torch.float32)
     fill_undefined(out_offset.numpy(), ())
     return from_numpy(out), from_numpy(out_scale), out_offset
@@ -136,9 +139,10 @@ def _v2_op(x: Tensor, weight: List[Tensor], weight_scale: List[Tensor], x_scale:
         from ..backends import aclnn
         return tuple(aclnn.call(V2, args))
     assist = _first(weight_assist_matrix) if weight_assist_matrix else None
-    out, out_scale = _sim.compute(to_numpy(x), to_numpy(weight[0]), to_numpy(weight_scale[0]), to_numpy(x_scale),
-                                  to_numpy(group_list), group_list_type=args["group_list_type"],
-                                  assist=to_numpy(assist), kernel="v2")
+    with sim_kernels.use(machine_kernels.for_call()):  # this machine's fastest exact integer GEMM
+        out, out_scale = _sim.compute(to_numpy(x), to_numpy(weight[0]), to_numpy(weight_scale[0]),
+                                      to_numpy(x_scale), to_numpy(group_list),
+                                      group_list_type=args["group_list_type"], assist=to_numpy(assist), kernel="v2")
     return from_numpy(out), from_numpy(out_scale)
 
 
