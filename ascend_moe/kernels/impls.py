@@ -114,7 +114,27 @@ def torch_sgemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optiona
     return True
 
 
-def bf16_flush_safe(a: torch.Tensor, b: torch.Tensor) -> bool:
+_CHUNK = 1 << 16
+
+
+def _min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
+    """Smallest biased exponent among the nonzero elements of a bf16 array (0 = a subnormal is
+    present), None if all are zero.  Magnitude bits minus one, as unsigned 16-bit, map zero to the
+    largest value, so one min per cache-sized chunk finds the smallest nonzero magnitude."""
+    flat = a.reshape(-1) if a.flags.c_contiguous else (a.T.reshape(-1) if a.T.flags.c_contiguous else a.ravel())
+    bits = flat.view(np.uint16)
+    buf = np.empty(min(bits.size, _CHUNK), dtype=np.uint16)
+    smallest = 0xFFFF
+    for i in range(0, bits.size, _CHUNK):
+        chunk = bits[i:i + _CHUNK]
+        part = buf[:chunk.size]
+        np.bitwise_and(chunk, np.uint16(0x7FFF), out=part)
+        np.subtract(part, np.uint16(1), out=part)  # 0 wraps to 0xFFFF
+        smallest = min(smallest, int(part.min()))
+    return None if smallest == 0xFFFF else (smallest + 1) >> 7
+
+
+def bf16_flush_safe(a: np.ndarray, b: np.ndarray) -> bool:
     """True when no product or partial sum of ``a @ b`` (bf16) can be an fp32 subnormal, so an
     instruction that flushes subnormals (``vdpbf16ps``, ``vcvtneps2bf16``) gives the IEEE result.
 
@@ -123,15 +143,13 @@ def bf16_flush_safe(a: torch.Tensor, b: torch.Tensor) -> bool:
     ``q = quantum_min(a) * quantum_min(b)`` and, when nonzero, at least ``q`` in magnitude.  Safe iff
     neither operand holds a subnormal and ``q >= 2**-126``, i.e. biased exponents ``Ea + Eb >= 142``.
     Costs one pass over each operand."""
-    def min_biased_exponent(t: torch.Tensor) -> Optional[int]:
-        bits = t.view(torch.int16).bitwise_and(0x7FFF)
-        bits = bits.masked_fill(bits == 0, 0x7FFF)
-        m = int(bits.min()) if bits.numel() else 0x7FFF
-        return None if m == 0x7FFF else m >> 7  # all zero -> nothing to flush
-    ea, eb = min_biased_exponent(a), min_biased_exponent(b)
-    if ea is None or eb is None:
+    ea = _min_nonzero_bf16_exponent(a)
+    if ea is None:
         return True
-    return ea > 0 and eb > 0 and ea + eb >= 142
+    if ea == 0:
+        return False
+    eb = _min_nonzero_bf16_exponent(b)
+    return eb is None or (eb > 0 and ea + eb >= 142)
 
 
 def torch_native(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
@@ -142,7 +160,7 @@ def torch_native(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Option
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
     if ta is None or tb is None or tout is None:
         return False
-    if a.dtype == _BF16 and not bf16_flush_safe(ta, tb):
+    if a.dtype == _BF16 and not bf16_flush_safe(a, b):
         return False
     torch.mm(ta, tb, out=tout)
     return True
