@@ -247,10 +247,14 @@ def grouped_msd_partials(x: np.ndarray, w_int4: np.ndarray, w_scale_f32: np.ndar
     chi = np.zeros((M, N), dtype=np.float16)
     clo = np.zeros((M, N), dtype=np.float16)
     hi, lo = msd_split_int8(x)
-    for e, (st, en) in enumerate(bounds):
+    runs = [(e, st, en) for e, (st, en) in enumerate(bounds) if en > st]
+    if (runs and w_int4.strides[0] == 0
+            and all(np.array_equal(s[e], s[runs[0][0]]) for e, _, _ in runs[1:])):
+        # one shared weight (a stride-0 view) and equal scales: one pass over all covered rows gives
+        # each row the same exact partials and fp16 roundings as its own group's pass
+        runs = [(runs[0][0], runs[0][1], runs[-1][2])]
+    for e, st, en in runs:
         m = en - st
-        if m <= 0:
-            continue
         # hi and lo rows go through the cube together (the kernel interleaves them: 2 rows per token).
         both = np.concatenate([hi[st:en], lo[st:en]], axis=0)
         both_f = both.astype(np.float32) if _kernels.current().int_gemm is None else None
@@ -337,6 +341,10 @@ def weight_values(w: np.ndarray) -> Tuple[np.ndarray, str]:
     if dims is None:
         raise ValueError(f"weight of shape {w.shape} and dtype {dt} is not a grouped int8/int4 weight")
     E, K, N, kind, storage = dims
+    if E > 1 and w.strides[0] == 0 and (dt != "int8" or storage):
+        # every expert shares one weight (a stride-0 view, as ``check --run`` builds): convert it once
+        one, kind = weight_values(w[:1])
+        return np.broadcast_to(one, (E,) + one.shape[1:]), kind
     if dt in ("int32", "uint32"):
         vals = unpack_int4(w.view(np.int32))
     elif dt == "int4":

@@ -338,3 +338,20 @@ def test_weight_cache_budget(monkeypatch):
     monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", "lots")
     with pytest.raises(ValueError, match="ASCEND_MOE_WEIGHT_CACHE_MB"):
         am.npu_gmm(torch.randn(4, 8).half(), torch.randn(1, 8, 4).half(), group_list=[4])
+
+
+def test_shared_stride0_int_weights_exact():
+    """A shared (stride-0) weight is computed in one GEMM over all groups: still exact per row."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, (30, 96), dtype=np.int8)
+    one8 = rng.integers(-128, 128, (1, 96, 8), dtype=np.int8)
+    one4 = rng.integers(-8, 8, (1, 96, 8), dtype=np.int8)
+    bounds = [(0, 7), (7, 7), (7, 30)]
+    got = quant_gemm.grouped_int8_matmul(x, np.broadcast_to(one8, (3, 96, 8)), bounds)
+    np.testing.assert_array_equal(got.astype(np.int64), x.astype(np.int64) @ one8[0].astype(np.int64))
+    scale = np.full((3, 8), 0.003, np.float32)
+    chi, clo = quant_gemm.grouped_msd_partials(x, np.broadcast_to(one4, (3, 96, 8)), scale, bounds)
+    xi = x.astype(np.int64)
+    for half, part in ((np.floor_divide(xi, 16), chi), (np.mod(xi, 16) - 8, clo)):
+        want = ((half @ one4[0].astype(np.int64)).astype(np.float64) * np.float64(np.float32(0.003))).astype(np.float16)
+        np.testing.assert_array_equal(part.view(np.uint16), want.view(np.uint16))

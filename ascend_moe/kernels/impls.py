@@ -208,10 +208,13 @@ def torch_int_mm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
     ta, tb = as_torch(a), as_torch(b)
     if ta is None or tb is None:
         return None
-    try:
-        return torch._int_mm(ta, tb).numpy()
-    except RuntimeError:
-        return torch._int_mm(ta.contiguous(), tb.contiguous()).numpy()
+    # strided operands (e.g. unpacked int4 views) take a slow generic path inside _int_mm: one
+    # dense copy (the reference path copies too, to float32) is far cheaper
+    if not (ta.is_contiguous() or ta.t().is_contiguous()):
+        ta = ta.contiguous()
+    if not (tb.is_contiguous() or tb.t().is_contiguous()):
+        tb = tb.contiguous()
+    return torch._int_mm(ta, tb).numpy()
 
 
 INT_IMPLS: Dict[str, Optional[Callable[..., Optional[np.ndarray]]]] = {
