@@ -355,3 +355,18 @@ def test_shared_stride0_int_weights_exact():
     for half, part in ((np.floor_divide(xi, 16), chi), (np.mod(xi, 16) - 8, clo)):
         want = ((half @ one4[0].astype(np.int64)).astype(np.float64) * np.float64(np.float32(0.003))).astype(np.float16)
         np.testing.assert_array_equal(part.view(np.uint16), want.view(np.uint16))
+
+
+def test_flush_guard_of_a_weight_follows_in_place_changes(monkeypatch):
+    """The guard's scan of a weight is kept while the weight is unchanged; an in-place write that
+    brings in a value whose products could be subnormal is seen on the next call."""
+    if not _native_ok("bf16"):
+        pytest.skip("torch_native not eligible on this machine")
+    force(monkeypatch, "bf16=torch_native")
+    x = torch.zeros(20, 32).bfloat16()
+    x[:, 0] = 2.0 ** -63
+    x[:, 1] = 2.0 ** -63
+    w = torch.ones(1, 32, 4).bfloat16()
+    assert am.npu_gmm(x, w, group_list=[20]).float()[0, 0].item() == 2.0 ** -62
+    w[0, :2] = 2.0 ** -64  # products 2**-127: subnormal in fp32
+    assert am.npu_gmm(x, w, group_list=[20]).float()[0, 0].item() == 2.0 ** -126

@@ -25,6 +25,7 @@ simulator alone (``ascend_moe.sim``) always runs its reference kernels.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -63,7 +64,8 @@ _SCHEMA = 1
 # machine identity and the cache file
 # ---------------------------------------------------------------------------------------------
 
-def _cpu_info() -> Tuple[str, List[str]]:
+@functools.lru_cache(maxsize=None)
+def _cpu_info() -> Tuple[str, Tuple[str, ...]]:
     model, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo") as f:
@@ -76,7 +78,7 @@ def _cpu_info() -> Tuple[str, List[str]]:
                     flags = sorted(val.split())
     except OSError:
         pass
-    return model, flags
+    return model, tuple(flags)
 
 
 def cpu_description() -> Dict[str, object]:
@@ -91,10 +93,11 @@ def cpu_description() -> Dict[str, object]:
             "numpy": np.__version__, "threads": torch.get_num_threads()}
 
 
+@functools.lru_cache(maxsize=None)
 def _machine_key() -> str:
     d = cpu_description()
     _, flags = _cpu_info()
-    text = json.dumps([_SCHEMA, d["cpu"], flags, d["torch_cpu_capability"], d["torch"], d["numpy"]])
+    text = json.dumps([_SCHEMA, d["cpu"], list(flags), d["torch_cpu_capability"], d["torch"], d["numpy"]])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -112,6 +115,8 @@ def cache_path() -> Path:
 
 _LOCK = threading.RLock()
 _STATE: Dict[str, object] = {}
+# (environment, class) -> implementation, so the per-GEMM lookup is one dict access
+_RESOLVED: Dict[tuple, str] = {}
 
 
 def _load() -> Dict[str, object]:
@@ -150,6 +155,7 @@ def reset() -> None:
     """Forget the in-memory choices (the next use re-reads the cache file)."""
     with _LOCK:
         _STATE.clear()
+        _RESOLVED.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +275,13 @@ def _best(fn: Callable[[], None], repeat: int) -> float:
 
 def choice(cls: str) -> str:
     """The implementation used for shape class ``cls`` on this machine (measured once, cached)."""
+    env = (os.environ.get(ENV, ""), os.environ.get("ASCEND_MOE_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"))
+    known = _RESOLVED.get((env, cls))
+    if known is not None:
+        return known
     forced = _forced()
     if cls in forced:
+        _RESOLVED[(env, cls)] = forced[cls]
         return forced[cls]
     with _LOCK:
         data = _load()
@@ -282,6 +293,7 @@ def choice(cls: str) -> str:
             data["timings"][cls] = {k: (None if v == float("inf") else round(v, 6))  # type: ignore[index]
                                     for k, v in timings.items()}
             _save(data)
+        _RESOLVED[(env, cls)] = str(chosen[cls])
         return str(chosen[cls])
 
 
@@ -298,13 +310,17 @@ def _shape_class(dtype_name: str, rows: int) -> str:
     return f"{dtype_name}.{'skinny' if rows <= SKINNY_ROWS else 'wide'}"
 
 
-def _make_float_gemm(widen):
+def _make_float_gemm(widen, sources):
+    # the flush guard scans each bf16 operand once per call, and a weight once while it is unchanged
+    memo = impls.ExponentMemo(
+        (lambda root, compute: WEIGHT_CACHE.fact(sources, root, "min_bf16_exponent", compute)) if sources else None)
+
     def float_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray]) -> bool:
         name = _NP_NAME.get(a.dtype)
         if name is None or a.ndim != 2:
             return False
         fn = FLOAT_IMPLS[choice(_shape_class(name, a.shape[0]))]
-        return fn is not None and fn(out, a, b, bias_row, widen)
+        return fn is not None and fn(out, a, b, bias_row, widen, memo)
     return float_gemm
 
 
@@ -327,5 +343,5 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
 
     if os.environ.get(ENV, "").strip() == "reference":
         return sim_kernels.Kernels(widen=widen, copy_cast=fast_copy_cast, name="reference")
-    return sim_kernels.Kernels(float_gemm=_make_float_gemm(widen), int_gemm=_int_gemm, widen=widen,
+    return sim_kernels.Kernels(float_gemm=_make_float_gemm(widen, sources), int_gemm=_int_gemm, widen=widen,
                                copy_cast=fast_copy_cast, name="machine")

@@ -24,7 +24,7 @@ Exact integer GEMM ``a @ b`` (int8 values, int32 result):
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import ml_dtypes
 import numpy as np
@@ -94,7 +94,7 @@ def _widen_torch(a: np.ndarray, widen: Optional[_simk.Widen]) -> Optional[torch.
 
 
 def torch_sgemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
-                widen: Optional[_simk.Widen] = None) -> bool:
+                widen: Optional[_simk.Widen] = None, memo: Optional["ExponentMemo"] = None) -> bool:
     if a.ndim != 2 or b.ndim != 2 or not out.flags.c_contiguous:
         return False
     ta = as_torch(a) if a.dtype == _F32 else (None if as_torch(a) is None else as_torch(a).float())
@@ -121,8 +121,7 @@ def _min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     """Smallest biased exponent among the nonzero elements of a bf16 array (0 = a subnormal is
     present), None if all are zero.  Magnitude bits minus one, as unsigned 16-bit, map zero to the
     largest value, so one min per cache-sized chunk finds the smallest nonzero magnitude."""
-    flat = a.reshape(-1) if a.flags.c_contiguous else (a.T.reshape(-1) if a.T.flags.c_contiguous else a.ravel())
-    bits = flat.view(np.uint16)
+    bits = a.ravel(order="K").view(np.uint16)  # a view for C, F and other dense layouts
     buf = np.empty(min(bits.size, _CHUNK), dtype=np.uint16)
     smallest = 0xFFFF
     for i in range(0, bits.size, _CHUNK):
@@ -134,7 +133,35 @@ def _min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     return None if smallest == 0xFFFF else (smallest + 1) >> 7
 
 
-def bf16_flush_safe(a: np.ndarray, b: np.ndarray) -> bool:
+def _root(a: np.ndarray) -> np.ndarray:
+    """The outermost NumPy array ``a`` is a view of (its whole tensor, in the ops)."""
+    while isinstance(a.base, np.ndarray) and a.base.dtype.itemsize == 2:
+        a = a.base
+    return a
+
+
+class ExponentMemo:
+    """Per-call memo of :func:`_min_nonzero_bf16_exponent` over the whole array a group's slice is a
+    view of: the minimum over the whole array bounds the slice's from below, so the guard stays
+    conservative, and each operand is scanned once per call instead of once per group."""
+
+    def __init__(self, persistent: Optional[Callable[[np.ndarray, Callable[[], Optional[int]]], Optional[int]]] = None
+                 ) -> None:
+        self._memo: Dict[int, Tuple[np.ndarray, Optional[int]]] = {}
+        self._persistent = persistent  # e.g. a weight's value kept while the tensor is unchanged
+
+    def __call__(self, a: np.ndarray) -> Optional[int]:
+        root = _root(a)
+        hit = self._memo.get(id(root))
+        if hit is None or hit[0] is not root:
+            compute = lambda: _min_nonzero_bf16_exponent(root)  # noqa: E731
+            value = compute() if self._persistent is None else self._persistent(root, compute)
+            hit = (root, value)
+            self._memo[id(root)] = hit
+        return hit[1]
+
+
+def bf16_flush_safe(a: np.ndarray, b: np.ndarray, exponent=_min_nonzero_bf16_exponent) -> bool:
     """True when no product or partial sum of ``a @ b`` (bf16) can be an fp32 subnormal, so an
     instruction that flushes subnormals (``vdpbf16ps``, ``vcvtneps2bf16``) gives the IEEE result.
 
@@ -143,24 +170,24 @@ def bf16_flush_safe(a: np.ndarray, b: np.ndarray) -> bool:
     ``q = quantum_min(a) * quantum_min(b)`` and, when nonzero, at least ``q`` in magnitude.  Safe iff
     neither operand holds a subnormal and ``q >= 2**-126``, i.e. biased exponents ``Ea + Eb >= 142``.
     Costs one pass over each operand."""
-    ea = _min_nonzero_bf16_exponent(a)
+    ea = exponent(a)
     if ea is None:
         return True
     if ea == 0:
         return False
-    eb = _min_nonzero_bf16_exponent(b)
+    eb = exponent(b)
     return eb is None or (eb > 0 and ea + eb >= 142)
 
 
 def torch_native(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
-                 widen: Optional[_simk.Widen] = None) -> bool:
+                 widen: Optional[_simk.Widen] = None, memo: Optional[ExponentMemo] = None) -> bool:
     if (bias_row is not None or a.ndim != 2 or b.ndim != 2 or not (a.dtype == b.dtype == out.dtype)
             or a.dtype not in (_BF16, _F16) or not out.flags.c_contiguous):
         return False
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
     if ta is None or tb is None or tout is None:
         return False
-    if a.dtype == _BF16 and not bf16_flush_safe(a, b):
+    if a.dtype == _BF16 and not bf16_flush_safe(a, b, memo or _min_nonzero_bf16_exponent):
         return False
     torch.mm(ta, tb, out=tout)
     return True

@@ -50,6 +50,29 @@ class WeightCache:
         self._lock = threading.Lock()
         self.conversions = 0  # number of widenings done (for tests and benchmarks)
         self.hits = 0
+        self._facts: "OrderedDict[tuple, Tuple[Any, int, Any]]" = OrderedDict()
+
+    def fact(self, sources: Sequence[Tuple[int, int, torch.Tensor]], a: np.ndarray, name: str,
+             compute) -> Any:
+        """``compute()`` for array ``a`` (e.g. the flush guard's exponent scan), kept while the source
+        tensor ``a`` lies in is unchanged; computed afresh for arrays outside every source."""
+        ptr = a.__array_interface__["data"][0]
+        src = next((t for lo, hi, t in sources if lo <= ptr < hi), None)
+        if src is None:
+            return compute()
+        storage = src.untyped_storage()
+        key = (name, storage.data_ptr(), ptr, a.shape, a.strides, a.dtype.str)
+        with self._lock:
+            hit = self._facts.get(key)
+            if hit is not None and hit[0]() is storage and hit[1] == src._version:
+                self._facts.move_to_end(key)
+                return hit[2]
+        value = compute()
+        with self._lock:
+            self._facts[key] = (weakref.ref(storage), src._version, value)
+            while len(self._facts) > 4096:
+                self._facts.popitem(last=False)
+        return value
 
     def clear(self) -> None:
         with self._lock:
