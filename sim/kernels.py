@@ -21,7 +21,10 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
 * ``widen(a, dtype) -> Optional[ndarray]``: an exact widening of a weight view to ``dtype`` that
   the caller may keep across calls (a cache), or None to widen into the per-call scratch;
 * ``copy_cast(dst, src)``: ``dst[...] = src`` converted with NumPy's results (exact widening or the
-  one RNE narrowing), possibly faster.
+  one RNE narrowing), possibly faster;
+* ``keep(a, name, compute)``: ``compute()``, a pure function of weight ``a``'s values (e.g. its
+  logical values from FRACTAL_NZ storage or packed int4), possibly kept from an earlier call while
+  ``a`` is unchanged.
 
 Outside any :func:`use` block the reference kernels run, so the simulator alone (no torch) is
 unchanged.
@@ -41,6 +44,12 @@ CopyCast = Callable[[np.ndarray, np.ndarray], None]
 FloatGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]], bool]
 IntGemm = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
 Widen = Callable[[np.ndarray, type], Optional[np.ndarray]]
+Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
+
+
+def compute_now(a: np.ndarray, name: str, compute: Callable[[], object]) -> object:
+    """The reference ``keep``: nothing is kept, ``compute()`` runs every time."""
+    return compute()
 
 
 def numpy_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
@@ -55,6 +64,7 @@ class Kernels:
     int_gemm: Optional[IntGemm] = None
     widen: Optional[Widen] = None
     copy_cast: CopyCast = field(default=numpy_copy_cast)
+    keep: Keep = field(default=compute_now)
     name: str = "reference"
 
 

@@ -334,12 +334,19 @@ def weight_logical_dims(shape: Sequence[int], dtype: str) -> Optional[Tuple[int,
 
 def weight_values(w: np.ndarray) -> Tuple[np.ndarray, str]:
     """Logical integer values ``[E, K, N]`` (int8 array) and kind (``"int8"``/``"int4"``) of a weight
-    in any form :func:`weight_logical_dims` accepts (NZ storage is converted back, int4 unpacked)."""
+    in any form :func:`weight_logical_dims` accepts (NZ storage is converted back, int4 unpacked).
+    A conversion may be kept across calls while the weight is unchanged (:mod:`ascend_moe.sim.kernels`)."""
     w = np.asarray(w)
     dt = dtype_name(w)
     dims = weight_logical_dims(w.shape, dt)
     if dims is None:
         raise ValueError(f"weight of shape {w.shape} and dtype {dt} is not a grouped int8/int4 weight")
+    if (dt != "int8" or dims[4]) and not (dims[0] > 1 and w.strides[0] == 0):
+        return _kernels.current().keep(w, "weight_values", lambda: _weight_values(w, dt, dims))
+    return _weight_values(w, dt, dims)
+
+
+def _weight_values(w: np.ndarray, dt: str, dims) -> Tuple[np.ndarray, str]:
     E, K, N, kind, storage = dims
     if E > 1 and w.strides[0] == 0 and (dt != "int8" or storage):
         # every expert shares one weight (a stride-0 view, as ``check --run`` builds): convert it once

@@ -370,3 +370,32 @@ def test_flush_guard_of_a_weight_follows_in_place_changes(monkeypatch):
     assert am.npu_gmm(x, w, group_list=[20]).float()[0, 0].item() == 2.0 ** -62
     w[0, :2] = 2.0 ** -64  # products 2**-127: subnormal in fp32
     assert am.npu_gmm(x, w, group_list=[20]).float()[0, 0].item() == 2.0 ** -126
+
+
+def test_nz_weight_values_kept_until_the_weight_changes(monkeypatch):
+    """The logical values of a FRACTAL_NZ storage weight are computed once while it is unchanged;
+    after an in-place write the op sees the new values (checked against int64 math)."""
+    from ascend_moe.sim import numerics
+    force(monkeypatch, "int8=reference")
+    mk.WEIGHT_CACHE.clear()
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(-128, 128, (32, 64), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (2, 64, 64), generator=g, dtype=torch.int8)
+    w_nz = torch.from_numpy(numerics.nd_to_nz(w.numpy()))  # 5-D NZ storage
+    ws, xs, gl = torch.full((2, 64), 1e-3), torch.full((32,), 1e-2), torch.tensor([16, 32])
+
+    def check(out, w_nd):
+        acc = torch.cat([x[:16].long() @ w_nd[0].long(), x[16:].long() @ w_nd[1].long()]).double()
+        c = acc * 1e-3 * 1e-2  # the test's own fp64 epilogue: close to the fp32 kernel, not bit-equal
+        a, b = c[:, :32], c[:, 32:]
+        s = b * a / (1 + torch.exp(-a))
+        want = s / (s.abs().amax(1, keepdim=True) / 127)
+        assert (out[0].double() - want).abs().max() <= 1.0
+    before = mk.WEIGHT_CACHE.facts_computed
+    check(am.npu_grouped_matmul_swiglu_quant_v2(x, [w_nz], [ws], xs, gl), w)
+    check(am.npu_grouped_matmul_swiglu_quant_v2(x, [w_nz], [ws], xs, gl), w)
+    assert mk.WEIGHT_CACHE.facts_computed - before == 1
+    w2 = torch.randint(-128, 128, (2, 64, 64), generator=g, dtype=torch.int8)
+    w_nz.copy_(torch.from_numpy(numerics.nd_to_nz(w2.numpy())))
+    check(am.npu_grouped_matmul_swiglu_quant_v2(x, [w_nz], [ws], xs, gl), w2)
+    assert mk.WEIGHT_CACHE.facts_computed - before == 2

@@ -332,8 +332,9 @@ def _int_gemm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
 
 
 def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
-    """The simulator kernels for one op call: the machine's chosen implementations, with widened
-    copies of ``weights`` (CPU fp16/bf16 tensors) kept in :data:`WEIGHT_CACHE` while unchanged.
+    """The simulator kernels for one op call: the machine's chosen implementations, with converted
+    copies of ``weights`` (widened fp16/bf16, logical values of NZ / int4 weights) kept in
+    :data:`WEIGHT_CACHE` while unchanged.
     ``ASCEND_MOE_KERNELS=reference`` gives the NumPy reference kernels (with torch's faster, bit-identical
     conversions and the weight cache, which change no number)."""
     sources = source_ranges(weights)
@@ -341,7 +342,10 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
     def widen(a: np.ndarray, dtype) -> Optional[np.ndarray]:
         return WEIGHT_CACHE.widen(sources, a, dtype) if sources else None
 
+    def keep(a: np.ndarray, name: str, compute):
+        return WEIGHT_CACHE.fact(sources, a, name, compute) if sources else compute()
+
     if os.environ.get(ENV, "").strip() == "reference":
-        return sim_kernels.Kernels(widen=widen, copy_cast=fast_copy_cast, name="reference")
+        return sim_kernels.Kernels(widen=widen, copy_cast=fast_copy_cast, keep=keep, name="reference")
     return sim_kernels.Kernels(float_gemm=_make_float_gemm(widen, sources), int_gemm=_int_gemm, widen=widen,
-                               copy_cast=fast_copy_cast, name="machine")
+                               copy_cast=fast_copy_cast, keep=keep, name="machine")

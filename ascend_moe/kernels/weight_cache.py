@@ -51,6 +51,8 @@ class WeightCache:
         self.conversions = 0  # number of widenings done (for tests and benchmarks)
         self.hits = 0
         self._facts: "OrderedDict[tuple, Tuple[Any, int, Any]]" = OrderedDict()
+        self._fact_bytes: dict = {}
+        self.facts_computed = 0
 
     def fact(self, sources: Sequence[Tuple[int, int, torch.Tensor]], a: np.ndarray, name: str,
              compute) -> Any:
@@ -68,15 +70,32 @@ class WeightCache:
                 self._facts.move_to_end(key)
                 return hit[2]
         value = compute()
+        self.facts_computed += 1
+        arrays = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, np.ndarray)]
+        owned = [v for v in arrays if not np.shares_memory(v, a)]
+        size = sum(v.nbytes for v in owned)
+        for v in owned:
+            v.flags.writeable = False  # shared by later calls: never written in place
+        if size > budget_bytes():
+            return value  # a converted copy larger than the whole budget is not kept
         with self._lock:
             self._facts[key] = (weakref.ref(storage), src._version, value)
+            self._fact_bytes[key] = size
+            self._bytes += size
             while len(self._facts) > 4096:
-                self._facts.popitem(last=False)
+                self._drop_fact(next(iter(self._facts)))
+            self._evict(budget_bytes())
         return value
+
+    def _drop_fact(self, key) -> None:
+        self._facts.pop(key)
+        self._bytes -= self._fact_bytes.pop(key, 0)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._facts.clear()
+            self._fact_bytes.clear()
             self._bytes = 0
 
     @property
@@ -130,19 +149,24 @@ class WeightCache:
     def _evict(self, limit: int) -> None:
         for key in [k for k, (ref, _, _) in self._entries.items() if ref() is None]:
             self._drop(key)  # the source tensor is gone
-        while self._bytes > limit and self._entries:
-            self._drop(next(iter(self._entries)))
+        for key in [k for k, (ref, _, _) in self._facts.items() if ref() is None]:
+            self._drop_fact(key)
+        while self._bytes > limit and (self._entries or self._fact_bytes):
+            if self._entries:
+                self._drop(next(iter(self._entries)))
+            else:
+                self._drop_fact(next(k for k in self._facts if self._fact_bytes.get(k)))
 
 
 CACHE = WeightCache()
 
 
 def source_ranges(tensors: Sequence[Optional[torch.Tensor]]) -> List[Tuple[int, int, torch.Tensor]]:
-    """Address ranges ``(lo, hi, tensor)`` of the CPU float16/bfloat16 tensors among ``tensors``
-    (the weights whose widened copies may be kept)."""
+    """Address ranges ``(lo, hi, tensor)`` of the CPU tensors among ``tensors`` (the weights whose
+    converted copies may be kept)."""
     out = []
     for t in tensors:
-        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16):
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
             storage = t.untyped_storage()
             lo = storage.data_ptr()
             out.append((lo, lo + storage.nbytes(), t))

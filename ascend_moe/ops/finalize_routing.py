@@ -75,7 +75,7 @@ def _op(x: torch.Tensor, w: torch.Tensor, group_list: torch.Tensor, scale: Optio
     if be == "aclnn":
         from ..backends import aclnn
         return aclnn.call(OP, args)
-    with sim_kernels.use(machine_kernels.for_call()):  # this machine's fastest exact integer GEMM
+    with sim_kernels.use(machine_kernels.for_call(w)):  # fastest exact int GEMM; weight values kept
         y = _sim.finalize_routing_compute(
             to_numpy(x), to_numpy(w), to_numpy(group_list), scale=to_numpy(scale), bias=to_numpy(bias),
             offset=to_numpy(offset), pertoken_scale=to_numpy(pertoken_scale), shared_input=to_numpy(shared_input),

@@ -87,7 +87,7 @@ def _v1_op(x: Tensor, weight: Tensor, group_list: Tensor, weight_scale: Tensor, 
     if be == "aclnn":
         from ..backends import aclnn
         return tuple(aclnn.call(V1, args))
-    with sim_kernels.use(machine_kernels.for_call()):  # this machine's fastest exact integer GEMM
+    with sim_kernels.use(machine_kernels.for_call(weight)):  # fastest exact int GEMM; weight values kept
         out, out_scale = _sim.compute(to_numpy(x), to_numpy(weight), to_numpy(weight_scale), to_numpy(x_scale),
                                       to_numpy(group_list), group_list_type=0, assist=to_numpy(bias), kernel="v1")
     out_offset = torch.empty((), dtype=torch.float32)
@@ -139,7 +139,7 @@ def _v2_op(x: Tensor, weight: List[Tensor], weight_scale: List[Tensor], x_scale:
         from ..backends import aclnn
         return tuple(aclnn.call(V2, args))
     assist = _first(weight_assist_matrix) if weight_assist_matrix else None
-    with sim_kernels.use(machine_kernels.for_call()):  # this machine's fastest exact integer GEMM
+    with sim_kernels.use(machine_kernels.for_call(weight[0])):  # fastest exact int GEMM; weight values kept
         out, out_scale = _sim.compute(to_numpy(x), to_numpy(weight[0]), to_numpy(weight_scale[0]),
                                       to_numpy(x_scale), to_numpy(group_list),
                                       group_list_type=args["group_list_type"], assist=to_numpy(assist), kernel="v2")
