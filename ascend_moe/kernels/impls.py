@@ -24,6 +24,7 @@ Exact integer GEMM ``a @ b`` (int8 values, int32 result):
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, Optional, Tuple
 
 import ml_dtypes
@@ -42,7 +43,16 @@ INT_MM_MAX_K = (1 << 31) // (128 * 128) - 1
 
 def as_torch(a: np.ndarray) -> Optional[torch.Tensor]:
     """A torch view of a NumPy array (no copy), or None when torch cannot view it (negative
-    strides, unsupported dtype)."""
+    strides, unsupported dtype).  Read-only arrays (e.g. ``np.broadcast_to`` weights) are viewed
+    too: the kernels only read their inputs."""
+    if not a.flags.writeable:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return _as_torch(a)
+    return _as_torch(a)
+
+
+def _as_torch(a: np.ndarray) -> Optional[torch.Tensor]:
     if a.dtype == _BF16:
         try:
             return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
