@@ -71,6 +71,8 @@ communication (all-gather / all-reduce / all-to-all / MC2), and the dense shared
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import os
@@ -671,6 +673,7 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
     from .sim import routing as _rt
     from .sim import gmm_quant as _gq
     from .sim import quant_ops as _qsim
+    from .sim import kernels as sim_kernels
     from .sim import swiglu_quant as _sq
     from .sim.numerics import encode_int64_scale, np_dtype
 
@@ -709,6 +712,15 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
                 op = ops_of.get(self.name)
                 progress.step(self.name + (f" ({op})" if op else ""), dt)
             return False
+
+    def gemm_kernels():
+        """This machine's fastest faithful GEMM kernels (:mod:`ascend_moe.kernels`, chosen once per
+        machine) for the grouped stages; the NumPy reference kernels when torch is not installed."""
+        try:
+            from . import kernels as machine
+        except ImportError:
+            return contextlib.nullcontext()
+        return sim_kernels.use(machine.for_call())
 
     def randn(*shape: int, scale: float = 1.0) -> np.ndarray:
         # uniform with unit variance (cheaper than normal draws for ~100M weights), times scale
@@ -769,13 +781,13 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
             w13 = np.broadcast_to(to_bf16(w13_one), (El, H, 2 * I))
             w2 = np.broadcast_to(to_bf16(w2_one), (El, I, H))
             gmm_kw = dict(group_list=counts, split_item=2, group_type=0, group_list_type=1)
-            with stage("up-projection"):
+            with stage("up-projection"), gemm_kernels():
                 enforce("npu_grouped_matmul", [x_sorted], [_contiguous_spec(w13)], **gmm_kw)
                 h = _gmm.grouped_matmul_compute([x_sorted], [w13], None, counts, 2, 0, 1)[0]
             with stage("activation"):
                 enforce("npu_swiglu", h)
                 a = _qsim.swiglu(h)
-            with stage("down-projection"):
+            with stage("down-projection"), gemm_kernels():
                 enforce("npu_grouped_matmul", [a], [_contiguous_spec(w2)], **gmm_kw)
                 o = _gmm.grouped_matmul_compute([a], [w2], None, counts, 2, 0, 1)[0]
             if S:
@@ -828,7 +840,7 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
                                           (groups, 2 * I)))
                 fr_bias = tile((8 * q2.astype(np.float64).sum(0) * s2).astype(np.float32), (groups, H))
             cum = np.cumsum(g_counts)
-            with stage("up + swiglu + quant"):
+            with stage("up + swiglu + quant"), gemm_kernels():
                 enforce("npu_grouped_matmul_swiglu_quant", xq, w13_spec, cum,
                         w13_scale, xs, **sq_extra)
                 a, a_scale = _sq.compute(xq, w13, w13_scale, xs, cum, group_list_type=0,
@@ -836,7 +848,7 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
             if S:
                 with stage("shared expert"):
                     shared_out = bf16_matmul(silu_mul(bf16_matmul(x, ws13), S), ws2)
-            with stage("down-projection"):
+            with stage("down-projection"), gemm_kernels():
                 gm_kw = dict(scale=[w2_scale], bias=None if fr_bias is None else [fr_bias],
                              per_token_scale=[a_scale], group_list=g_counts, split_item=2, group_type=0,
                              group_list_type=1, output_dtype=BF16_CODE)

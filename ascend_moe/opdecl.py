@@ -327,6 +327,9 @@ class OpDecl:
     sim_options: Tuple[str, ...] = ()
     # what the fake kernel's checker sees, where fake tensors lack what real ones carry (e.g. a format)
     trace_args: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+    # the weights (bound args -> tensors) whose converted copies the CPU kernel may keep across calls
+    # while they are unchanged (ascend_moe.kernels' weight cache: widened fp16/bf16, decoded NZ / int4)
+    cached_weights: Optional[Callable[[Dict[str, Any]], Sequence[Any]]] = None
     parsed: Schema = field(init=False)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """Timing shared by the benchmarks (run as ``python benchmarks/<file>.py``, so this imports as ``_timing``)."""
 import time
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 
 def best_of(fn: Callable[[], Any], repeat: int, warmup: bool = False) -> Tuple[float, Any]:
@@ -13,3 +13,69 @@ def best_of(fn: Callable[[], Any], repeat: int, warmup: bool = False) -> Tuple[f
         result = fn()
         best = min(best, time.perf_counter() - t0)
     return best, result
+
+
+def interleaved_best(fns: Dict[str, Callable[[], Any]], rounds: int) -> Dict[str, float]:
+    """Best wall time of each function over ``rounds`` rounds that call every function once in turn
+    (a shared machine's load then hits all of them alike); a function that raises is reported as
+    its exception."""
+    best: Dict[str, Any] = {name: float("inf") for name in fns}
+    for _ in range(max(1, rounds)):
+        for name, fn in fns.items():
+            if isinstance(best[name], BaseException):
+                continue
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except Exception as e:  # report why a reference does not run
+                best[name] = e
+                continue
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def _status(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_increase(fn: Callable[[], Any]) -> Optional[int]:
+    """Bytes the process's peak resident memory rose above its current size while ``fn`` ran
+    (Linux: the high-water mark is reset through /proc/self/clear_refs); None where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    base = _status("VmRSS")
+    fn()
+    peak = _status("VmHWM")
+    return None if base is None or peak is None else max(0, peak - base)
+
+
+def machine_header() -> str:
+    """The CPU, the flags that decide kernels, torch's build, and the GEMM implementation chosen per
+    shape class on this machine (measured once, cached; ASCEND_MOE_KERNELS overrides)."""
+    import torch
+    from ascend_moe import kernels
+    d = kernels.cpu_description()
+    chosen = kernels.choices()
+    lines = [f"cpu: {d['cpu']}; torch {d['torch']} (CPU capability {d['torch_cpu_capability']}), "
+             f"{d['threads']} threads, numpy {d['numpy']}",
+             f"flags: {' '.join(d['flags'])}",
+             "chosen kernels: " + ", ".join(f"{c}={i}" for c, i in chosen.items()),
+             f"kernel cache: {kernels.cache_path()}"]
+    try:
+        with open("/proc/loadavg") as f:
+            lines.append(f"load average at start: {' '.join(f.read().split()[:3])} (a shared machine is noisy: "
+                         "ratios come from interleaved rounds, best of each)")
+    except OSError:
+        pass
+    del torch
+    return "\n".join(lines)

@@ -25,6 +25,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small shapes, one repeat")
     a = ap.parse_args()
+    from _timing import machine_header
+    print(machine_header())
+    print("(npu_ffn's simulator runs NumPy kernels; the chosen kernels above serve the grouped-matmul ops)")
     m, k1, n1, e = (256, 256, 512, 4) if a.quick else (2048, 1024, 2048, 8)
     repeat = 1 if a.quick else 3
     rng = np.random.default_rng(0)

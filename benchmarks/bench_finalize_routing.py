@@ -7,7 +7,8 @@ Experts: a subset (default 8) of DeepSeek-V3's 256: the integer GEMM work, 2*m*k
 e (only the group sizes do), while 256 int8 [2048, 7168] weights would need 3.8 GB of RAM.
 
 Reports, measured in the same run:
-* the full op (A8W8 with an int8 NZ weight; A8W4 with int4-in-int32 weight, MSD);
+* the full op (A8W8 with an int8 NZ weight; A8W4 with int4-in-int32 weight, MSD), with the exact
+  integer GEMM this machine chose (``ascend_moe.kernels``, printed in the header);
 * the integer GEMM part alone (the exact int32 grouped GEMM the simulator runs: one x @ W per group for
   A8W8, the hi and lo halves for A8W4 incl. the fp16 fixpipe rounding);
 * ``torch._int_mm`` (int8 x int8 -> int32, CPU) on the same per-group problems.  It is slow on CPU, so
@@ -23,11 +24,19 @@ import numpy as np
 
 from ascend_moe.sim import finalize_routing as fr
 from ascend_moe.sim import numerics, quant_gemm
-from _timing import best_of
+from _timing import best_of, machine_header
 
 
 def timed(fn, repeat=1):
-    return best_of(fn, repeat)
+    """Best time of fn run with this machine's chosen GEMM kernels (ascend_moe.kernels), as the
+    public op runs it."""
+    from ascend_moe import kernels as machine
+    from ascend_moe.sim import kernels as sim_kernels
+
+    def with_machine_kernels():
+        with sim_kernels.use(machine.for_call()):
+            return fn()
+    return best_of(with_machine_kernels, repeat)
 
 
 def main() -> None:
@@ -46,6 +55,7 @@ def main() -> None:
     m, k, n, e = args.m, args.k, args.n, args.experts
     if args.quick:
         m, e = 256, 2
+    print(machine_header())
     rng = np.random.default_rng(0)
     counts = np.full(e, m // e, np.int64)
     counts[: m - counts.sum()] += 1

@@ -8,8 +8,10 @@ For each shape and dtype (fp32, bf16, fp16) it times
             registered MindSpeed backward (grad_x = gmm(dy, W^T), grad_w = K-split gmm(x^T, dy));
   * torch._grouped_mm (if it runs on the CPU for that dtype, else the reason is printed);
   * a torch per-expert loop: cat([x[s:t] @ w[e]]) with torch autograd.
-Reported: best wall time of the repeats, GFLOP/s (forward 2*T*K*N, backward 2x that), and the ratio
-reference_time / our_time (> 1 means we are faster).
+Reported: the CPU, its kernel-relevant flags and the GEMM implementation chosen per shape class
+(ascend_moe.kernels), best wall time over interleaved rounds, GFLOP/s (forward 2*T*K*N, backward 2x
+that), the ratio reference_time / our_time (> 1 means we are faster), and the peak memory of ours
+relative to its inputs + outputs.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import numpy as np
 import torch
 
 import ascend_moe as am
-from _timing import best_of
+from _timing import best_of, machine_header, peak_rss_increase
 
-FULL = [(8, 4096, 7168, 2048), (32, 512, 7168, 2048)]
+# the issue's shape first (E=16, T=2048, K=1024, N=512), then README's MoE shapes
+FULL = [(16, 2048, 1024, 512), (8, 4096, 7168, 2048), (32, 512, 7168, 2048)]
 QUICK = [(8, 512, 1024, 512), (32, 256, 1024, 512)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -67,18 +70,10 @@ def run_loop(x, w, counts, g):
     return t1 - t0, t2 - t1
 
 
-def bench(fn, repeats):
-    fwd, bwd = float("inf"), float("inf")
-    for _ in range(repeats):
-        f, b = fn()
-        fwd, bwd = min(fwd, f), min(bwd, b)
-    return fwd, bwd
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small shapes")
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (best of)")
     ap.add_argument("--dtypes", default="fp32,bf16,fp16")
     ap.add_argument("--shapes", default=None, help="e.g. 8x4096x7168x2048,32x512x7168x2048")
     ap.add_argument("--impls", default="ours,_grouped_mm,per-expert",
@@ -87,8 +82,10 @@ def main() -> None:
     shapes = QUICK if args.quick else FULL
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    repeats = args.repeats or (3 if args.quick else 1)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats} (best of)")
+    repeats = args.repeats or 3
+    print(machine_header())
+    print(f"rounds {repeats} (interleaved, best of); ratio = reference time / ours (> 1: ours faster); "
+          "peak = rise of the process's peak RSS during one forward+backward of ours, / (inputs + outputs)")
     # warm-up (BLAS / oneDNN thread pools, first-call dispatch) so single-repeat timings are fair
     for name in args.dtypes.split(","):
         dt = DTYPES[name]
@@ -114,23 +111,39 @@ def main() -> None:
             gl = torch.tensor(cum, dtype=torch.int64)
             offs = torch.tensor(cum, dtype=torch.int32)
             label = f"{e},{t},{k},{n}"
-            ours = None
-            for impl, fn in (("ours", lambda: run_ours(x, w, gl, g)),
-                             ("_grouped_mm", lambda: run_grouped_mm(x, w, offs, g)),
-                             ("per-expert", lambda: run_loop(x, w, counts, g))):
-                if impl not in args.impls.split(","):
-                    continue
-                try:
-                    f, b = bench(fn, repeats)
-                except Exception as ex:  # report why a reference does not run
+            fns = {"ours": lambda: run_ours(x, w, gl, g),
+                   "_grouped_mm": lambda: run_grouped_mm(x, w, offs, g),
+                   "per-expert": lambda: run_loop(x, w, counts, g)}
+            fns = {k_: v for k_, v in fns.items() if k_ in args.impls.split(",")}
+            best = {name_: [float("inf"), float("inf")] for name_ in fns}
+            failed = {}
+            for _ in range(repeats):
+                for impl, fn in fns.items():
+                    if impl in failed:
+                        continue
+                    try:
+                        f, b = fn()
+                    except Exception as ex:  # report why a reference does not run
+                        failed[impl] = ex
+                        continue
+                    best[impl] = [min(best[impl][0], f), min(best[impl][1], b)]
+            ours = best.get("ours")
+            for impl in fns:
+                if impl in failed:
+                    ex = failed[impl]
                     print(f"{label:<22}{name:<6}{impl:<14}not available on CPU for {name}: "
                           f"{type(ex).__name__}: {str(ex)[:80]}", flush=True)
                     continue
-                if impl == "ours":
-                    ours = (f, b)
+                f, b = best[impl]
                 ratio = "" if ours is None or impl == "ours" else f"{f / ours[0]:>14.2f}{b / ours[1]:>14.2f}"
                 print(f"{label:<22}{name:<6}{impl:<14}{f:>9.3f}{b:>9.3f}{flops / f / 1e9:>10.1f}"
                       f"{2 * flops / b / 1e9:>10.1f}{ratio}", flush=True)
+            if "ours" in fns:
+                io = sum(v.numel() * v.element_size() for v in (x, w, g)) * 2 + t * n * x.element_size()
+                peak = peak_rss_increase(lambda: run_ours(x, w, gl, g))
+                if peak is not None:
+                    print(f"{label:<22}{name:<6}{'ours peak':<14}{peak / 2**20:>9.1f} MB = {peak / io:.2f} x inputs+outputs "
+                          f"({io / 2**20:.1f} MB)", flush=True)
             del x, w, g
 
 

@@ -29,6 +29,8 @@ def main() -> None:
     print(f"import torch               {base * 1000:8.1f} ms (median of {args.repeat})")
     print(f"import torch, ascend_moe   {full * 1000:8.1f} ms  -> ascend_moe adds {(full - base) * 1000:.1f} ms")
     print(f"import ascend_moe.sim      {sim * 1000:8.1f} ms  (includes torch if installed)")
+    from _timing import machine_header  # after the measurement: it imports ascend_moe here
+    print(machine_header())
 
 
 if __name__ == "__main__":

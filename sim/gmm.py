@@ -42,6 +42,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import kernels as _kernels
 from .numerics import GroupList as GroupListValue, fill_undefined
 
 __all__ = ["grouped_matmul_compute", "grouped_matmul_add_fp32"]
@@ -96,12 +97,10 @@ def _acc_dtype(*arrays: np.ndarray) -> type:
 
 
 # copy_cast(dst, src): dst[...] = src converted to dst's dtype (exact widening, or the one RNE
-# narrowing).  The default is NumPy's cast; a caller may pass a faster one with identical results.
+# narrowing).  The default is the current kernels' (NumPy's cast unless a faster one with identical
+# results is plugged in, see ascend_moe.sim.kernels); a caller may also pass one.
 CopyCast = Callable[[np.ndarray, np.ndarray], None]
-
-
-def numpy_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
-    np.copyto(dst, src, casting="unsafe")
+numpy_copy_cast = _kernels.numpy_copy_cast
 
 
 class _Workspace:
@@ -112,7 +111,7 @@ class _Workspace:
 
     def __init__(self, copy_cast: Optional[CopyCast] = None) -> None:
         self._bufs: dict = {}
-        self.copy_cast: CopyCast = copy_cast or numpy_copy_cast
+        self.copy_cast: CopyCast = copy_cast or _kernels.current().copy_cast
 
     def _flat(self, role: str, size: int, dtype) -> np.ndarray:
         buf = self._bufs.get(role)
@@ -134,6 +133,11 @@ class _Workspace:
 def _widened(ws: Optional[_Workspace], role: str, a: np.ndarray, acc_dt) -> np.ndarray:
     if a.dtype == acc_dt:
         return a
+    widen = _kernels.current().widen
+    if widen is not None and role == "b" and a.ndim == 2:
+        kept = widen(a, acc_dt)  # e.g. a weight widened once and kept while it is unchanged
+        if kept is not None:
+            return kept
     if ws is None or a.ndim != 2:
         return a.astype(acc_dt)
     dst = ws.like(role, a, acc_dt)
@@ -153,9 +157,13 @@ def _host_contiguous(a: np.ndarray) -> np.ndarray:
 def _gemm_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
                ws: Optional[_Workspace] = None) -> None:
     """out[...] = round_once(a @ b + bias) with an fp32 (fp64 in gradcheck mode) accumulator.
-    ``ws``: scratch reused across the calls of one grouped product (same results, fewer allocations)."""
+    ``ws``: scratch reused across the calls of one grouped product (same results, fewer allocations).
+    A plugged-in float GEMM (:mod:`ascend_moe.sim.kernels`) may compute it under the same contract."""
     acc_dt = _acc_dtype(a, b)
     a, b = _host_contiguous(a), _host_contiguous(b)
+    fast = _kernels.current().float_gemm
+    if fast is not None and acc_dt == np.float32 and fast(out, a, b, bias_row):
+        return
     a, b = _widened(ws, "a", a, acc_dt), _widened(ws, "b", b, acc_dt)
     if out.dtype == acc_dt and out.flags.c_contiguous:
         # fp32 output: the accumulator IS the output, no rounding step and no extra pass
@@ -170,7 +178,7 @@ def _gemm_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional
     if bias_row is not None:
         acc += bias_row.astype(acc_dt, copy=False)  # fp32 add before the one rounding [I]
     # the one RNE cast to the output dtype (numerics.cast semantics), written in place
-    (ws.copy_cast if ws is not None else numpy_copy_cast)(out, acc)
+    (ws.copy_cast if ws is not None else _kernels.current().copy_cast)(out, acc)
 
 
 def _output(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype) -> np.ndarray:
@@ -226,13 +234,31 @@ def gmm_m_split(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence[np.n
     y = _output(out, (x.shape[0], n), x.dtype)
     starts, ends = group_bounds(group_list, group_list_type)
     scratch = _Workspace(copy_cast)
-    for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
-        if t > s:
-            _gemm_into(y[s:t], x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e), scratch)
+    for e, s, t in _runs_sharing_weight(ws, bs, starts.tolist(), ends.tolist()):
+        _gemm_into(y[s:t], x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e), scratch)
     total = int(ends[-1]) if ends.size else 0
     if total < x.shape[0]:
         fill_undefined(y, slice(max(total, 0), None), undefined)
     return y
+
+
+def _runs_sharing_weight(ws: List[np.ndarray], bs: List[np.ndarray], starts: List[int],
+                         ends: List[int]) -> List[Tuple[int, int, int]]:
+    """(group, start, end) of the non-empty row ranges to compute, consecutive groups merged into one
+    range when they use the same weight and bias memory (a stride-0 expert dimension, as in
+    ``check --run``, where every expert shares one weight): one GEMM instead of one per group, each
+    row still an fp32-accumulated product with its own group's weight."""
+    shared_w = len(ws) == 1 and ws[0].ndim == 3 and ws[0].strides[0] == 0
+    shared_b = not bs or (len(bs) == 1 and bs[0].ndim == 2 and bs[0].strides[0] == 0)
+    runs: List[Tuple[int, int, int]] = []
+    for e, (s, t) in enumerate(zip(starts, ends)):
+        if t <= s:
+            continue
+        if shared_w and shared_b and runs and runs[-1][2] == s:
+            runs[-1] = (runs[-1][0], runs[-1][1], t)
+        else:
+            runs.append((e, s, t))
+    return runs
 
 
 def gmm_m_split_list(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence[np.ndarray],

@@ -37,6 +37,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import kernels as _kernels
 from .numerics import GroupList, decode_int64_scale, dtype_name, nd_to_nz, nz_to_nd, pack_int4, unpack_int4
 
 __all__ = [
@@ -95,12 +96,18 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray, *, a_f32: Optional[np.ndarray
     of a chunk is an integer <= 2**24 in magnitude, hence exact in float32 in any summation order;
     the chunk results are converted to int32 and summed in int32.  ``a_f32`` / ``b_f32`` may pass
     float32 copies already made (avoids re-converting); ``max_abs_*`` may pass known bounds
-    (e.g. 128 for int8, 8 for int4).
+    (e.g. 128 for int8, 8 for int4).  A plugged-in exact integer GEMM
+    (:mod:`ascend_moe.sim.kernels`, e.g. int8 dot-product instructions) may compute it instead.
     """
     m, k = a.shape
     k2, n = b.shape
     if k != k2:
         raise ValueError(f"inner dims differ: {a.shape} @ {b.shape}")
+    fast = _kernels.current().int_gemm
+    if fast is not None and m and n and k:
+        acc = fast(a, b)
+        if acc is not None:
+            return acc
     acc = np.zeros((m, n), dtype=np.int32)
     if m == 0 or n == 0 or k == 0:
         return acc
@@ -141,13 +148,18 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
     rows = [(e, s, t) for e, (s, t) in enumerate(bounds) if t > s]
     if not rows:
         return out
+    if w.strides[0] == 0:
+        # every expert shares one weight (a stride-0 view, as ``check --run`` builds): one exact GEMM
+        # over all covered rows gives the same integers as one per group
+        rows = [(rows[0][0], rows[0][1], rows[-1][2])]
     # convert only the rows some group covers (once, shared by all groups)
     lo, hi = min(s for _, s, _ in rows), max(t for _, _, t in rows)
     xs = x[lo:hi]
     mx = _max_abs(xs)
-    xf = xs.astype(np.float32)
+    # the float32 copy only serves the reference (chunked fp32 BLAS) path
+    xf = xs.astype(np.float32) if _kernels.current().int_gemm is None else None
     for e, s, t in rows:
-        out[s:t] = exact_int_matmul(x[s:t], w[e], a_f32=xf[s - lo:t - lo], max_abs_a=mx)
+        out[s:t] = exact_int_matmul(x[s:t], w[e], a_f32=None if xf is None else xf[s - lo:t - lo], max_abs_a=mx)
     return out
 
 
@@ -213,17 +225,22 @@ def grouped_msd_partials(x: np.ndarray, w_int4: np.ndarray, w_scale_f32: np.ndar
     chi = np.zeros((M, N), dtype=np.float16)
     clo = np.zeros((M, N), dtype=np.float16)
     hi, lo = msd_split_int8(x)
-    for e, (st, en) in enumerate(bounds):
+    runs = [(e, st, en) for e, (st, en) in enumerate(bounds) if en > st]
+    if (runs and w_int4.strides[0] == 0
+            and all(np.array_equal(s[e], s[runs[0][0]]) for e, _, _ in runs[1:])):
+        # one shared weight (a stride-0 view) and equal scales: one pass over all covered rows gives
+        # each row the same exact partials and fp16 roundings as its own group's pass
+        runs = [(runs[0][0], runs[0][1], runs[-1][2])]
+    for e, st, en in runs:
         m = en - st
-        if m <= 0:
-            continue
         # hi and lo rows go through the cube together (the kernel interleaves them: 2 rows per token).
         both = np.concatenate([hi[st:en], lo[st:en]], axis=0)
-        both_f = both.astype(np.float32)
+        both_f = both.astype(np.float32) if _kernels.current().int_gemm is None else None
         acc16 = None
         for g in range(G):
             k0, k1 = g * gk, (g + 1) * gk
-            part = exact_int_matmul(both[:, k0:k1], w_int4[e, k0:k1], a_f32=both_f[:, k0:k1],
+            part = exact_int_matmul(both[:, k0:k1], w_int4[e, k0:k1],
+                                    a_f32=None if both_f is None else both_f[:, k0:k1],
                                     max_abs_a=8, max_abs_b=8)
             p16 = fixpipe_dequant_fp16(part, s[e, g][None, :])
             acc16 = p16 if acc16 is None else (acc16.astype(np.float32) + p16.astype(np.float32)).astype(np.float16)
@@ -295,13 +312,24 @@ def weight_logical_dims(shape: Sequence[int], dtype: str) -> Optional[Tuple[int,
 
 def weight_values(w: np.ndarray) -> Tuple[np.ndarray, str]:
     """Logical integer values ``[E, K, N]`` (int8 array) and kind (``"int8"``/``"int4"``) of a weight
-    in any form :func:`weight_logical_dims` accepts (NZ storage is converted back, int4 unpacked)."""
+    in any form :func:`weight_logical_dims` accepts (NZ storage is converted back, int4 unpacked).
+    A conversion may be kept across calls while the weight is unchanged (:mod:`ascend_moe.sim.kernels`)."""
     w = np.asarray(w)
     dt = dtype_name(w)
     dims = weight_logical_dims(w.shape, dt)
     if dims is None:
         raise ValueError(f"weight of shape {w.shape} and dtype {dt} is not a grouped int8/int4 weight")
+    if (dt != "int8" or dims[4]) and not (dims[0] > 1 and w.strides[0] == 0):
+        return _kernels.current().keep(w, "weight_values", lambda: _weight_values(w, dt, dims))
+    return _weight_values(w, dt, dims)
+
+
+def _weight_values(w: np.ndarray, dt: str, dims) -> Tuple[np.ndarray, str]:
     E, K, N, kind, storage = dims
+    if E > 1 and w.strides[0] == 0 and (dt != "int8" or storage):
+        # every expert shares one weight (a stride-0 view, as ``check --run`` builds): convert it once
+        one, kind = weight_values(w[:1])
+        return np.broadcast_to(one, (E,) + one.shape[1:]), kind
     if dt in ("int32", "uint32"):
         vals = unpack_int4(w.view(np.int32))
     elif dt == "int4":

@@ -124,7 +124,13 @@ def run_sim(decl: OpDecl, a: Dict[str, Any], target: Any, device: Optional[torch
     """The simulator on the bound arguments; outputs on ``device`` (CPU when None)."""
     on_device = device is not None and device.type != "cpu"
     view = _backends.host_view if on_device else (lambda t: t)
-    result = (decl.sim_torch or decl.sim)(_np_args(decl, a, view), target)
+    # this machine's fastest faithful GEMMs (ascend_moe.kernels); converted copies of the declared
+    # weights of CPU tensors are kept while those tensors are unchanged
+    from .. import kernels as machine_kernels
+    from ..sim import kernels as sim_kernels
+    weights = [] if on_device or decl.cached_weights is None else list(decl.cached_weights(a))
+    with sim_kernels.use(machine_kernels.for_call(*weights)):
+        result = (decl.sim_torch or decl.sim)(_np_args(decl, a, view), target)
     # the adapter may return torch tensors it allocated itself (e.g. grouped matmul's output memory)
     outs = [r if isinstance(r, torch.Tensor) else from_numpy(np.asarray(r)) for r in _flat_outputs(result)]
     if on_device:

@@ -24,6 +24,7 @@ from typing import Any, Dict, List
 from ..formats import get_format
 from ..opdecl import AclnnEntry, ErrorInput, OpDecl, Out, SampleInput, declare
 from ..sim import finalize_routing as _sim
+from ..sim import kernels as sim_kernels
 from ..sim.numerics import dtype_name
 
 OP = "npu_grouped_matmul_finalize_routing"
@@ -189,6 +190,7 @@ DECL = declare(OpDecl(
     shape=_shape,
     sim=_sim_compute,
     sim_options=("fp19",),
+    cached_weights=lambda a: [a["w"]],
     trace_args=_trace_args,
     aclnn=ACLNN,
     choose_entry=_family,

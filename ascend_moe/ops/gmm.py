@@ -232,6 +232,8 @@ def _declare_gmm(op: str, list_type: int) -> OpDecl:
         shape=gmm_shape,
         sim=_gmm_sim(list_type),
         sim_torch=_gmm_sim_torch(op, list_type),
+        # K split's "weight" is the backward's grad_y: nothing worth keeping
+        cached_weights=lambda a: [] if a["group_type"] == 2 else [a["weight"]],
         aclnn=_gmm_aclnn(list_type, int_list=op == "npu_gmm"),
         choose_entry=_gmm_family,
         backward=_gmm_backward(op),
@@ -375,6 +377,8 @@ DECL_GROUPED_MATMUL = declare(OpDecl(
     shape=grouped_matmul_shapes,
     sim=_gm_sim,
     sim_torch=_gm_sim_torch,
+    cached_weights=lambda a: ([] if _sim.resolve_group_type(a["group_type"], a["group_list"]) == 2
+                              else list(a["weight"])),
     aclnn=GROUPED_MATMUL_ACLNN,
     choose_entry=_grouped_matmul_family,
     backward=_gm_backward,

@@ -1,0 +1,351 @@
+"""The fastest faithful GEMM kernel on the machine that runs: per-machine selection and injection
+into the simulator.
+
+Each GEMM class has several implementations that meet its faithfulness contract
+(:mod:`ascend_moe.kernels.impls`; the contracts are in :mod:`ascend_moe.sim.kernels`).  Which one
+runs is decided per machine and per shape class:
+
+* shape classes: ``<dtype>.<shape>`` with dtype ``fp32`` / ``bf16`` / ``fp16`` (float GEMM) or
+  ``int8`` (exact integer GEMM), and shape ``wide`` (more than 16 rows) or ``skinny`` (decode-like
+  calls of a few rows, which are memory-bound);
+* the first time a class is needed, each eligible implementation is timed on a representative
+  shape (interleaved, best of several) and the fastest is kept; implementations whose contract
+  cannot be verified on this machine (torch's half-precision matmul accumulating in fp32 and
+  rounding once; ``torch._int_mm`` bit-exact on saturating patterns) are never eligible;
+* choices are cached in ``<cache dir>/kernels-<key>.json``, cache dir = ``ASCEND_MOE_CACHE_DIR`` or
+  ``$XDG_CACHE_HOME/ascend_moe`` (``~/.cache/ascend_moe``), key = hash of the CPU model and flags,
+  torch's CPU capability and version and NumPy's version, so another machine or a torch upgrade
+  measures again;
+* ``ASCEND_MOE_KERNELS`` forces choices: ``reference`` (the NumPy simulator kernels everywhere),
+  ``auto`` (the default), or comma-separated ``class=impl`` where class is a full class name, a
+  dtype (all its shapes) or ``float``; e.g. ``ASCEND_MOE_KERNELS=bf16=torch_native,int8=reference``.
+
+The torch ops wrap their simulator calls in ``with sim_kernels.use(for_call(weights...))``; the
+simulator alone (``ascend_moe.sim``) always runs its reference kernels.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..sim import kernels as sim_kernels
+from . import impls
+from .impls import FLOAT_IMPLS, INT_IMPLS, fast_copy_cast
+from .weight_cache import CACHE as WEIGHT_CACHE, source_ranges
+
+__all__ = ["for_call", "choice", "choices", "cpu_description", "cache_path", "reset", "WEIGHT_CACHE",
+           "fast_copy_cast", "CLASSES", "IMPLS_OF"]
+
+ENV = "ASCEND_MOE_KERNELS"
+SKINNY_ROWS = 16
+FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
+CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "skinny"))
+IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
+                     (n for n in FLOAT_IMPLS if not (c.startswith("fp32") and n == "torch_native")))
+            for c in CLASSES}
+# representative (m, k, n) per shape class for the one-time measurement
+_PROBE_SHAPES = {"wide": (256, 1024, 512), "skinny": (4, 2048, 1024)}
+_SCHEMA = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# machine identity and the cache file
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _cpu_info() -> Tuple[str, Tuple[str, ...]]:
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = val.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = sorted(val.split())
+    except OSError:
+        pass
+    return model, tuple(flags)
+
+
+def cpu_description() -> Dict[str, object]:
+    """CPU model, the flags that decide GEMM kernels, torch's CPU capability and versions."""
+    model, flags = _cpu_info()
+    interesting = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "asimd", "sve", "neon", "sse4_2"))]
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        capability = "unknown"
+    return {"cpu": model, "flags": interesting, "torch_cpu_capability": capability, "torch": torch.__version__,
+            "numpy": np.__version__, "threads": torch.get_num_threads()}
+
+
+@functools.lru_cache(maxsize=None)
+def _machine_key() -> str:
+    d = cpu_description()
+    _, flags = _cpu_info()
+    text = json.dumps([_SCHEMA, d["cpu"], list(flags), d["torch_cpu_capability"], d["torch"], d["numpy"]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("ASCEND_MOE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ascend_moe"
+
+
+def cache_path() -> Path:
+    return cache_dir() / f"kernels-{_machine_key()}.json"
+
+
+_LOCK = threading.RLock()
+_STATE: Dict[str, object] = {}
+# (environment, class) -> implementation, so the per-GEMM lookup is one dict access
+_RESOLVED: Dict[tuple, str] = {}
+
+
+def _load() -> Dict[str, object]:
+    path = cache_path()
+    if _STATE.get("path") == str(path):
+        return _STATE["data"]  # type: ignore[return-value]
+    data: Dict[str, object] = {}
+    try:
+        data = json.loads(path.read_text())
+        if data.get("schema") != _SCHEMA:
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data.setdefault("schema", _SCHEMA)
+    data.setdefault("machine", cpu_description())
+    data.setdefault("choices", {})
+    data.setdefault("timings", {})
+    data.setdefault("verified", {})
+    _STATE.update(path=str(path), data=data)
+    return data
+
+
+def _save(data: Dict[str, object]) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".kernels-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home still works: the choice is then measured once per process
+
+
+def reset() -> None:
+    """Forget the in-memory choices (the next use re-reads the cache file)."""
+    with _LOCK:
+        _STATE.clear()
+        _RESOLVED.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# forced choices
+# ---------------------------------------------------------------------------------------------
+
+def _forced() -> Dict[str, str]:
+    raw = os.environ.get(ENV, "").strip()
+    if raw in ("", "auto"):
+        return {}
+    if raw == "reference":
+        return {c: "reference" for c in CLASSES}
+    forced: Dict[str, str] = {}
+    for item in raw.split(","):
+        cls, sep, impl = item.strip().partition("=")
+        cls, impl = cls.strip(), impl.strip()
+        targets = [c for c in CLASSES if c == cls or c.split(".")[0] == cls
+                   or (cls == "float" and not c.startswith("int8"))]
+        if not sep or not targets:
+            raise ValueError(f"{ENV}: {item!r} is not 'class=impl'; classes are {', '.join(CLASSES)}, a dtype "
+                             f"(fp32, bf16, fp16, int8) or 'float'; or set {ENV}=reference / auto")
+        for c in targets:
+            if impl not in IMPLS_OF[c]:
+                raise ValueError(f"{ENV}: {impl!r} is not an implementation of {c}; choose one of "
+                                 f"{', '.join(IMPLS_OF[c])}")
+            if not _verified(c, impl):
+                raise ValueError(f"{ENV}: {impl!r} does not meet the {c} faithfulness contract on this machine "
+                                 f"({cpu_description()['cpu']}), so it cannot be forced; use 'reference'")
+            forced[c] = impl
+    return forced
+
+
+# ---------------------------------------------------------------------------------------------
+# eligibility and measurement
+# ---------------------------------------------------------------------------------------------
+
+def _verified(cls: str, impl: str) -> bool:
+    """Whether ``impl`` meets the class contract on this machine (checked once, cached)."""
+    if impl in ("reference", "torch_sgemm"):
+        return True
+    dtype = cls.split(".")[0]
+    with _LOCK:
+        data = _load()
+        verified = data["verified"]  # type: ignore[index]
+        name = f"{impl}:{dtype}"
+        if name not in verified:
+            if impl == "torch_int_mm":
+                verified[name] = impls.int_mm_exact_on_this_machine()
+            elif impl == "torch_native" and dtype in ("bf16", "fp16"):
+                verified[name] = impls.native_contract_holds(FLOAT_DTYPES[dtype])
+            else:
+                verified[name] = False
+            _save(data)
+        return bool(verified[name])
+
+
+def _probe_runner(cls: str, impl: str, shape: Tuple[int, int, int]) -> Callable[[], None]:
+    from ..sim import gmm as sim_gmm
+    from ..sim import quant_gemm
+    dtype, _ = cls.split(".")
+    m, k, n = shape
+    rng = np.random.default_rng(7)
+    if dtype == "int8":
+        a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+        kern = sim_kernels.Kernels(int_gemm=INT_IMPLS[impl], name=impl)
+
+        def run() -> None:
+            with sim_kernels.use(kern):
+                quant_gemm.exact_int_matmul(a, b, max_abs_a=128, max_abs_b=128)
+        return run
+    tdt = FLOAT_DTYPES[dtype]
+    ta = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32)).to(tdt)
+    tb = torch.from_numpy(rng.standard_normal((k, n), dtype=np.float32)).to(tdt)
+    out = torch.empty((m, n), dtype=tdt)
+    from ..ops._common import to_numpy
+    a, b, o = to_numpy(ta), to_numpy(tb), to_numpy(out)
+    fn = FLOAT_IMPLS[impl]
+    kern = sim_kernels.Kernels(float_gemm=None if fn is None else (lambda o_, a_, b_, r_: fn(o_, a_, b_, r_)),
+                               copy_cast=fast_copy_cast, name=impl)
+
+    def run() -> None:
+        with sim_kernels.use(kern):
+            sim_gmm._gemm_into(o, a, b, None, sim_gmm._Workspace())
+    return run
+
+
+def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
+    """Best wall time per candidate at the class's representative shape: one timed call each (after
+    a small warm-up call) drops candidates over 4x slower than the best (a slow one could take
+    seconds per call), then interleaved rounds among the rest (the machine may be shared)."""
+    shape = _PROBE_SHAPES[cls.split(".")[1]]
+    small = (min(shape[0], 8), 64, 32)
+    for c in candidates:
+        _probe_runner(cls, c, small)()  # warm-up: thread pools, first-call dispatch
+    runners = {c: _probe_runner(cls, c, shape) for c in candidates}
+    first = {c: _best(runners[c], 1) for c in candidates}
+    keep = [c for c in candidates if first[c] <= 4 * min(first.values())]
+    best = {c: first[c] for c in keep}
+    for _ in range(4):
+        for c in keep:
+            t0 = time.perf_counter()
+            runners[c]()
+            best[c] = min(best[c], time.perf_counter() - t0)
+    best.update({c: float("inf") for c in candidates if c not in keep})
+    return best
+
+
+def _best(fn: Callable[[], None], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def choice(cls: str) -> str:
+    """The implementation used for shape class ``cls`` on this machine (measured once, cached)."""
+    env = (os.environ.get(ENV, ""), os.environ.get("ASCEND_MOE_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"))
+    known = _RESOLVED.get((env, cls))
+    if known is not None:
+        return known
+    forced = _forced()
+    if cls in forced:
+        _RESOLVED[(env, cls)] = forced[cls]
+        return forced[cls]
+    with _LOCK:
+        data = _load()
+        chosen = data["choices"]  # type: ignore[index]
+        if cls not in chosen:
+            candidates = [i for i in IMPLS_OF[cls] if _verified(cls, i)]
+            timings = _measure(cls, candidates) if len(candidates) > 1 else {candidates[0]: 0.0}
+            chosen[cls] = min(timings, key=timings.get)
+            data["timings"][cls] = {k: (None if v == float("inf") else round(v, 6))  # type: ignore[index]
+                                    for k, v in timings.items()}
+            _save(data)
+        _RESOLVED[(env, cls)] = str(chosen[cls])
+        return str(chosen[cls])
+
+
+def choices() -> Dict[str, str]:
+    """Every class's implementation (measuring the classes not measured yet)."""
+    return {c: choice(c) for c in CLASSES}
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels handed to the simulator
+# ---------------------------------------------------------------------------------------------
+
+def _shape_class(dtype_name: str, rows: int) -> str:
+    return f"{dtype_name}.{'skinny' if rows <= SKINNY_ROWS else 'wide'}"
+
+
+def _make_float_gemm(widen, sources):
+    # the flush guard scans each bf16 operand once per call, and a weight once while it is unchanged
+    memo = impls.ExponentMemo(
+        (lambda root, compute: WEIGHT_CACHE.fact(sources, root, "min_bf16_exponent", compute)) if sources else None)
+
+    def float_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray]) -> bool:
+        name = _NP_NAME.get(a.dtype)
+        if name is None or a.ndim != 2:
+            return False
+        fn = FLOAT_IMPLS[choice(_shape_class(name, a.shape[0]))]
+        return fn is not None and fn(out, a, b, bias_row, widen, memo)
+    return float_gemm
+
+
+def _int_gemm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
+    if a.dtype != np.int8 or b.dtype != np.int8 or a.ndim != 2:
+        return None
+    fn = INT_IMPLS[choice(_shape_class("int8", a.shape[0]))]
+    return None if fn is None else fn(a, b)
+
+
+def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
+    """The simulator kernels for one op call: the machine's chosen implementations, with converted
+    copies of ``weights`` (widened fp16/bf16, logical values of NZ / int4 weights) kept in
+    :data:`WEIGHT_CACHE` while unchanged.
+    ``ASCEND_MOE_KERNELS=reference`` gives the NumPy reference kernels (with torch's faster, bit-identical
+    conversions and the weight cache, which change no number)."""
+    sources = source_ranges(weights)
+
+    def widen(a: np.ndarray, dtype) -> Optional[np.ndarray]:
+        return WEIGHT_CACHE.widen(sources, a, dtype) if sources else None
+
+    def keep(a: np.ndarray, name: str, compute):
+        return WEIGHT_CACHE.fact(sources, a, name, compute) if sources else compute()
+
+    if os.environ.get(ENV, "").strip() == "reference":
+        return sim_kernels.Kernels(widen=widen, copy_cast=fast_copy_cast, keep=keep, name="reference")
+    return sim_kernels.Kernels(float_gemm=_make_float_gemm(widen, sources), int_gemm=_int_gemm, widen=widen,
+                               copy_cast=fast_copy_cast, keep=keep, name="machine")

@@ -1,0 +1,284 @@
+"""The GEMM implementations the torch ops can plug into the simulator, each meeting its class's
+faithfulness contract (see :mod:`ascend_moe.sim.kernels`).
+
+Float GEMM ``out = round_once(a @ b + bias)`` with fp32 accumulation:
+
+* ``reference``: the simulator's own path (operands widened exactly to fp32, NumPy sgemm, fp32 bias
+  add, one RNE cast);
+* ``torch_sgemm``: the same steps with torch's fp32 GEMM (MKL / oneDNN) and torch's vectorised
+  conversions (bit-identical to NumPy's, see :func:`fast_copy_cast`);
+* ``torch_native`` (bf16 / fp16 without bias): torch's own half-precision matmul, which on the CPU
+  (oneDNN, AVX-512 BF16 ``vdpbf16ps`` or fp32 FMA on widened values) multiplies exactly,
+  accumulates in fp32 and rounds once to the output dtype.  That is verified on the machine before
+  the implementation may be chosen (:func:`native_contract_holds`).  ``vdpbf16ps`` and
+  ``vcvtneps2bf16`` flush subnormal inputs and results to zero, so calls whose operands could
+  produce a subnormal product or partial sum go to the reference path (:func:`bf16_flush_safe`).
+
+Exact integer GEMM ``a @ b`` (int8 values, int32 result):
+
+* ``reference``: chunked fp32 BLAS (:func:`ascend_moe.sim.quant_gemm.exact_int_matmul`);
+* ``torch_int_mm``: ``torch._int_mm`` (oneDNN s8s8s32, VNNI ``vpdpbusd`` where the CPU has it),
+  verified bit-exact on this machine against an integer reference with saturating patterns before
+  it may be chosen (:func:`int_mm_exact_on_this_machine`: without VNNI some int8 kernels sum
+  products pairwise in saturating int16); used while ``K * 128 * 128 < 2**31`` (no int32 wrap).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, Optional, Tuple
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from ..sim import kernels as _simk
+
+_F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_TORCH_FLOAT = {_F16: torch.float16, _F32: torch.float32, _BF16: torch.bfloat16}
+
+# int32 accumulation of K int8 x int8 products cannot wrap while K * 2**14 < 2**31.
+INT_MM_MAX_K = (1 << 31) // (128 * 128) - 1
+
+
+def as_torch(a: np.ndarray) -> Optional[torch.Tensor]:
+    """A torch view of a NumPy array (no copy), or None when torch cannot view it (negative
+    strides, unsupported dtype).  Read-only arrays (e.g. ``np.broadcast_to`` weights) are viewed
+    too: the kernels only read their inputs."""
+    if not a.flags.writeable:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return _as_torch(a)
+    return _as_torch(a)
+
+
+def _as_torch(a: np.ndarray) -> Optional[torch.Tensor]:
+    if a.dtype == _BF16:
+        try:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        except (ValueError, RuntimeError):
+            return None
+    if a.dtype not in (_F16, _F32, np.dtype(np.int8), np.dtype(np.int32)):
+        return None
+    if any(s < 0 for s in a.strides):
+        return None
+    try:
+        return torch.from_numpy(a)
+    except (ValueError, RuntimeError, TypeError):
+        return None
+
+
+def fast_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
+    """The simulator's casts, fp16 <-> fp32 and bf16 -> fp32 done by torch's vectorised conversion
+    (NumPy's is a scalar loop).  Both are IEEE round-to-nearest-even with the same overflow/subnormal
+    results (widening is exact; checked against NumPy in the tests); they differ only
+    in NaN payload bits, so when the fp32 side holds a NaN (np.max propagates it: one cheap pass) the
+    conversion is redone by NumPy and results stay bit-identical to the NumPy-only simulator."""
+    pair = (src.dtype, dst.dtype)
+    # fp16 both ways; bf16 only widening (a shift, exact): a narrowing through vcvtneps2bf16 would flush
+    # subnormals, so bf16 rounding stays NumPy's
+    if (pair in ((_F16, _F32), (_F32, _F16), (_BF16, _F32)) and src.size and min(src.strides) > 0
+            and min(dst.strides) > 0):
+        td, ts = as_torch(dst), as_torch(src)
+        if td is not None and ts is not None:
+            td.copy_(ts)
+            if not np.isnan(np.max(src if src.dtype == _F32 else dst)):
+                return
+    np.copyto(dst, src, casting="unsafe")
+
+
+# ---------------------------------------------------------------------------------------------
+# float GEMM implementations: fn(out, a, b, bias_row, widen) -> bool (False = not covered)
+# ---------------------------------------------------------------------------------------------
+
+def _widen_torch(a: np.ndarray, widen: Optional[_simk.Widen]) -> Optional[torch.Tensor]:
+    """fp32 torch operand of a (exact widening), from the weight cache when it holds it."""
+    if a.dtype == _F32:
+        return as_torch(a)
+    if widen is not None:
+        kept = widen(a, np.float32)
+        if kept is not None:
+            return as_torch(kept)
+    t = as_torch(a)
+    return None if t is None else t.float()
+
+
+def torch_sgemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
+                widen: Optional[_simk.Widen] = None, memo: Optional["ExponentMemo"] = None) -> bool:
+    if a.ndim != 2 or b.ndim != 2 or not out.flags.c_contiguous:
+        return False
+    ta = as_torch(a) if a.dtype == _F32 else (None if as_torch(a) is None else as_torch(a).float())
+    tb = _widen_torch(b, widen)
+    tout = as_torch(out)
+    if ta is None or tb is None or tout is None:
+        return False
+    if out.dtype == _F32:
+        torch.mm(ta, tb, out=tout)
+        if bias_row is not None:
+            tout += torch.from_numpy(np.asarray(bias_row, dtype=np.float32))
+        return True
+    acc = torch.mm(ta, tb)
+    if bias_row is not None:
+        acc += torch.from_numpy(np.asarray(bias_row, dtype=np.float32))  # fp32 add before the one rounding
+    fast_copy_cast(out, acc.numpy())
+    return True
+
+
+_CHUNK = 1 << 16
+
+
+def _min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
+    """Smallest biased exponent among the nonzero elements of a bf16 array (0 = a subnormal is
+    present), None if all are zero.  Magnitude bits minus one, as unsigned 16-bit, map zero to the
+    largest value, so one min per cache-sized chunk finds the smallest nonzero magnitude."""
+    bits = a.ravel(order="K").view(np.uint16)  # a view for C, F and other dense layouts
+    buf = np.empty(min(bits.size, _CHUNK), dtype=np.uint16)
+    smallest = 0xFFFF
+    for i in range(0, bits.size, _CHUNK):
+        chunk = bits[i:i + _CHUNK]
+        part = buf[:chunk.size]
+        np.bitwise_and(chunk, np.uint16(0x7FFF), out=part)
+        np.subtract(part, np.uint16(1), out=part)  # 0 wraps to 0xFFFF
+        smallest = min(smallest, int(part.min()))
+    return None if smallest == 0xFFFF else (smallest + 1) >> 7
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    """The outermost NumPy array ``a`` is a view of (its whole tensor, in the ops)."""
+    while isinstance(a.base, np.ndarray) and a.base.dtype.itemsize == 2:
+        a = a.base
+    return a
+
+
+class ExponentMemo:
+    """Per-call memo of :func:`_min_nonzero_bf16_exponent` over the whole array a group's slice is a
+    view of: the minimum over the whole array bounds the slice's from below, so the guard stays
+    conservative, and each operand is scanned once per call instead of once per group."""
+
+    def __init__(self, persistent: Optional[Callable[[np.ndarray, Callable[[], Optional[int]]], Optional[int]]] = None
+                 ) -> None:
+        self._memo: Dict[int, Tuple[np.ndarray, Optional[int]]] = {}
+        self._persistent = persistent  # e.g. a weight's value kept while the tensor is unchanged
+
+    def __call__(self, a: np.ndarray) -> Optional[int]:
+        root = _root(a)
+        hit = self._memo.get(id(root))
+        if hit is None or hit[0] is not root:
+            compute = lambda: _min_nonzero_bf16_exponent(root)  # noqa: E731
+            value = compute() if self._persistent is None else self._persistent(root, compute)
+            hit = (root, value)
+            self._memo[id(root)] = hit
+        return hit[1]
+
+
+def bf16_flush_safe(a: np.ndarray, b: np.ndarray, exponent=_min_nonzero_bf16_exponent) -> bool:
+    """True when no product or partial sum of ``a @ b`` (bf16) can be an fp32 subnormal, so an
+    instruction that flushes subnormals (``vdpbf16ps``, ``vcvtneps2bf16``) gives the IEEE result.
+
+    Every nonzero bf16 value is a multiple of its quantum ``2**(e - 7)`` (``e`` its unbiased
+    exponent), so every product and every fp32-rounded partial sum is a multiple of
+    ``q = quantum_min(a) * quantum_min(b)`` and, when nonzero, at least ``q`` in magnitude.  Safe iff
+    neither operand holds a subnormal and ``q >= 2**-126``, i.e. biased exponents ``Ea + Eb >= 142``.
+    Costs one pass over each operand."""
+    ea = exponent(a)
+    if ea is None:
+        return True
+    if ea == 0:
+        return False
+    eb = exponent(b)
+    return eb is None or (eb > 0 and ea + eb >= 142)
+
+
+def torch_native(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
+                 widen: Optional[_simk.Widen] = None, memo: Optional[ExponentMemo] = None) -> bool:
+    if (bias_row is not None or a.ndim != 2 or b.ndim != 2 or not (a.dtype == b.dtype == out.dtype)
+            or a.dtype not in (_BF16, _F16) or not out.flags.c_contiguous):
+        return False
+    ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
+    if ta is None or tb is None or tout is None:
+        return False
+    if a.dtype == _BF16 and not bf16_flush_safe(a, b, memo or _min_nonzero_bf16_exponent):
+        return False
+    torch.mm(ta, tb, out=tout)
+    return True
+
+
+FLOAT_IMPLS: Dict[str, Optional[Callable[..., bool]]] = {
+    "reference": None, "torch_sgemm": torch_sgemm, "torch_native": torch_native,
+}
+
+
+def native_contract_holds(dtype: torch.dtype) -> bool:
+    """Whether torch's half-precision matmul on this machine accumulates in fp32 and rounds once:
+    (1) 4096 ones summed (a half-precision accumulator stalls at 256 / 2048); (2) random operands at
+    K = 1024: every output equals the RNE rounding of a value within the fp32 summation bound of the
+    float64 product; (3) a sum cancelling to one low bit (fp32 keeps it, a rounding per step would not)."""
+    try:
+        k = 4096
+        ones = torch.ones(4, k, dtype=dtype)
+        if not bool((torch.mm(ones, torch.ones(k, 4, dtype=dtype)) == k).all()):
+            return False
+        g = torch.Generator().manual_seed(1234)
+        a = torch.randn(32, 1024, generator=g).to(dtype)
+        b = torch.randn(1024, 24, generator=g).to(dtype)
+        got = torch.mm(a, b).double()
+        ref = a.double() @ b.double()
+        bound = (1024 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
+        lo, hi = (ref - bound).to(dtype).double(), (ref + bound).to(dtype).double()
+        if not bool(((lo <= got) & (got <= hi)).all()):
+            return False
+        big = 2.0 ** 10 if dtype == torch.float16 else 2.0 ** 20
+        x = torch.tensor([[big, 1.0, -big]], dtype=dtype)
+        y = torch.ones(3, 1, dtype=dtype)
+        return float(torch.mm(x, y)) == 1.0
+    except RuntimeError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# exact integer GEMM implementations: fn(a, b) -> int32 ndarray or None
+# ---------------------------------------------------------------------------------------------
+
+def torch_int_mm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
+    if a.dtype != np.int8 or b.dtype != np.int8 or a.shape[1] > INT_MM_MAX_K:
+        return None
+    ta, tb = as_torch(a), as_torch(b)
+    if ta is None or tb is None:
+        return None
+    # strided operands (e.g. unpacked int4 views) take a slow generic path inside _int_mm: one
+    # dense copy (the reference path copies too, to float32) is far cheaper
+    if not (ta.is_contiguous() or ta.t().is_contiguous()):
+        ta = ta.contiguous()
+    if not (tb.is_contiguous() or tb.t().is_contiguous()):
+        tb = tb.contiguous()
+    return torch._int_mm(ta, tb).numpy()
+
+
+INT_IMPLS: Dict[str, Optional[Callable[..., Optional[np.ndarray]]]] = {
+    "reference": None, "torch_int_mm": torch_int_mm,
+}
+
+
+def int_mm_exact_on_this_machine() -> bool:
+    """``torch._int_mm`` bit-exact against int64 math on patterns that saturate an int16 pairwise sum
+    (-128 * -128 + -128 * -128 = 32768), mixed extremes, random values and odd shapes."""
+    if not hasattr(torch, "_int_mm"):
+        return False
+    try:
+        g = torch.Generator().manual_seed(99)
+        cases = [
+            (torch.full((17, 1024), -128, dtype=torch.int8), torch.full((1024, 24), -128, dtype=torch.int8)),
+            (torch.full((8, 512), 127, dtype=torch.int8), torch.full((512, 8), -128, dtype=torch.int8)),
+            (torch.randint(-128, 128, (33, 2048), generator=g, dtype=torch.int8),
+             torch.randint(-128, 128, (2048, 40), generator=g, dtype=torch.int8)),
+            (torch.randint(-128, 128, (1, 7), generator=g, dtype=torch.int8),
+             torch.randint(-128, 128, (7, 3), generator=g, dtype=torch.int8)),
+        ]
+        alt = torch.tensor([-128, 127], dtype=torch.int8).repeat(256)
+        cases.append((alt.repeat(5, 1), alt.flip(0).repeat(9, 1).t().contiguous()))
+        for a, b in cases:
+            if not torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long()):
+                return False
+        return True
+    except RuntimeError:
+        return False

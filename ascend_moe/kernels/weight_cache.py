@@ -1,0 +1,173 @@
+"""Widened copies of weights kept while the source tensor is unchanged, within a memory budget.
+
+The float GEMM reference path widens each fp16/bf16 weight view to fp32 before BLAS.  Without a
+cache that happens again for every group that uses the view and for every call: ``check --run``
+shares one weight across all experts (a stride-0 view), and a training loop calls the same weight
+every step.  An entry is keyed by the source storage (held by a weak reference, so an entry never
+outlives its tensor nor matches a new tensor at a reused address), the storage's version counter
+(bumped by every in-place write to the tensor or any view of it), and the view's byte offset, shape,
+strides and dtypes.  A transposed view shares the entry of its untransposed form.  The copy has the
+memory layout the per-call scratch would have had (C, or F for a transposed view), so BLAS sees the
+same operands and results are bit-identical with and without the cache.
+
+Budget: ``ASCEND_MOE_WEIGHT_CACHE_MB`` (default 512; 0 disables); least recently used entries go
+first, and a single copy larger than the budget is never kept.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+DEFAULT_BUDGET_MB = 512
+
+
+def budget_bytes() -> int:
+    raw = os.environ.get("ASCEND_MOE_WEIGHT_CACHE_MB", "").strip()
+    if not raw:
+        return DEFAULT_BUDGET_MB << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"ASCEND_MOE_WEIGHT_CACHE_MB must be a number of megabytes (0 disables the weight "
+                         f"cache), got {raw!r}") from None
+    if mb < 0:
+        raise ValueError(f"ASCEND_MOE_WEIGHT_CACHE_MB must be >= 0, got {raw!r}")
+    return int(mb * (1 << 20))
+
+
+class WeightCache:
+    """LRU map (storage, version, view, dtype) -> widened NumPy copy."""
+
+    def __init__(self) -> None:
+        self._entries: "OrderedDict[tuple, Tuple[Any, np.ndarray]]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.conversions = 0  # number of widenings done (for tests and benchmarks)
+        self.hits = 0
+        self._facts: "OrderedDict[tuple, Tuple[Any, int, Any]]" = OrderedDict()
+        self._fact_bytes: dict = {}
+        self.facts_computed = 0
+
+    def fact(self, sources: Sequence[Tuple[int, int, torch.Tensor]], a: np.ndarray, name: str,
+             compute) -> Any:
+        """``compute()`` for array ``a`` (e.g. the flush guard's exponent scan), kept while the source
+        tensor ``a`` lies in is unchanged; computed afresh for arrays outside every source."""
+        ptr = a.__array_interface__["data"][0]
+        src = next((t for lo, hi, t in sources if lo <= ptr < hi), None)
+        if src is None:
+            return compute()
+        storage = src.untyped_storage()
+        key = (name, storage.data_ptr(), ptr, a.shape, a.strides, a.dtype.str)
+        with self._lock:
+            hit = self._facts.get(key)
+            if hit is not None and hit[0]() is storage and hit[1] == src._version:
+                self._facts.move_to_end(key)
+                return hit[2]
+        value = compute()
+        self.facts_computed += 1
+        arrays = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, np.ndarray)]
+        owned = [v for v in arrays if not np.shares_memory(v, a)]
+        size = sum(v.nbytes for v in owned)
+        for v in owned:
+            v.flags.writeable = False  # shared by later calls: never written in place
+        if size > budget_bytes():
+            return value  # a converted copy larger than the whole budget is not kept
+        with self._lock:
+            self._facts[key] = (weakref.ref(storage), src._version, value)
+            self._fact_bytes[key] = size
+            self._bytes += size
+            while len(self._facts) > 4096:
+                self._drop_fact(next(iter(self._facts)))
+            self._evict(budget_bytes())
+        return value
+
+    def _drop_fact(self, key) -> None:
+        self._facts.pop(key)
+        self._bytes -= self._fact_bytes.pop(key, 0)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._facts.clear()
+            self._fact_bytes.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def widen(self, sources: Sequence[Tuple[int, int, torch.Tensor]], a: np.ndarray, dtype) -> Optional[np.ndarray]:
+        """The exact widening of view ``a`` to ``dtype`` if ``a`` lies in one of the ``sources``
+        ``(lo, hi, tensor)`` address ranges (else None: not a known weight)."""
+        limit = budget_bytes()
+        if limit <= 0 or a.ndim != 2:
+            return None
+        ptr = a.__array_interface__["data"][0]
+        src = next((t for lo, hi, t in sources if lo <= ptr < hi), None)
+        if src is None:
+            return None
+        transposed = abs(a.strides[0]) < abs(a.strides[1])
+        view = a.T if transposed else a
+        storage = src.untyped_storage()
+        key = (storage.data_ptr(), ptr, view.shape, view.strides, a.dtype.str, np.dtype(dtype).str)
+        version = src._version
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                ref, ver, arr = hit
+                if ref() is storage and ver == version:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return arr.T if transposed else arr
+                self._drop(key)
+        size = view.size * np.dtype(dtype).itemsize
+        if size > limit:
+            return None
+        from .impls import fast_copy_cast
+        arr = np.empty(view.shape, dtype=dtype)
+        fast_copy_cast(arr, view)
+        with self._lock:
+            self.conversions += 1
+            self._entries[key] = (weakref.ref(storage), version, arr)
+            self._bytes += arr.nbytes
+            self._evict(limit)
+        return arr.T if transposed else arr
+
+    def _drop(self, key) -> None:
+        _, _, arr = self._entries.pop(key)
+        self._bytes -= arr.nbytes
+
+    def _evict(self, limit: int) -> None:
+        for key in [k for k, (ref, _, _) in self._entries.items() if ref() is None]:
+            self._drop(key)  # the source tensor is gone
+        for key in [k for k, (ref, _, _) in self._facts.items() if ref() is None]:
+            self._drop_fact(key)
+        while self._bytes > limit and (self._entries or self._fact_bytes):
+            if self._entries:
+                self._drop(next(iter(self._entries)))
+            else:
+                self._drop_fact(next(k for k in self._facts if self._fact_bytes.get(k)))
+
+
+CACHE = WeightCache()
+
+
+def source_ranges(tensors: Sequence[Optional[torch.Tensor]]) -> List[Tuple[int, int, torch.Tensor]]:
+    """Address ranges ``(lo, hi, tensor)`` of the CPU tensors among ``tensors`` (the weights whose
+    converted copies may be kept)."""
+    out = []
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            storage = t.untyped_storage()
+            lo = storage.data_ptr()
+            out.append((lo, lo + storage.nbytes(), t))
+    return out

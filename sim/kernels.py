@@ -1,0 +1,91 @@
+"""Pluggable GEMM kernels of the simulator (NumPy-only; faster implementations are injected).
+
+The simulator's GEMMs come in two classes, each with a faithfulness contract every implementation
+must meet:
+
+* **float GEMM** (:func:`float_gemm_into`): ``out[...] = round_once(a @ b + bias)``, products
+  accumulated in fp32 (fp64 inside ``gmm.float64_reference()``), the bias added in fp32, and one
+  round-to-nearest-even to ``out``'s dtype.  The summation order is free (the device's is not
+  public), so implementations may differ in the last bits of the fp32 accumulator.
+* **exact integer GEMM** (:func:`int_gemm`): ``a @ b`` of integer-valued int8 matrices as int32,
+  bit-exact (the A8W8 GEMM and the A8W4/MSD hi/lo partials).
+
+The reference implementations here are NumPy (fp32 BLAS; chunked fp32 BLAS for the exact integer
+path, see :func:`ascend_moe.sim.quant_gemm.exact_int_matmul`).  Other implementations - the
+torch-based ones live in ``ascend_moe.kernels`` because the simulator never imports torch - are
+plugged in through a :class:`Kernels` object made current with :func:`use`:
+
+* ``float_gemm(out, a, b, bias_row) -> bool``: compute the whole float GEMM into ``out`` and return
+  True, or return False to let the reference path do it (e.g. a shape or dtype it does not cover);
+* ``int_gemm(a, b) -> Optional[ndarray]``: the exact int32 product, or None for the reference path;
+* ``widen(a, dtype) -> Optional[ndarray]``: an exact widening of a weight view to ``dtype`` that
+  the caller may keep across calls (a cache), or None to widen into the per-call scratch;
+* ``copy_cast(dst, src)``: ``dst[...] = src`` converted with NumPy's results (exact widening or the
+  one RNE narrowing), possibly faster;
+* ``keep(a, name, compute)``: ``compute()``, a pure function of weight ``a``'s values (e.g. its
+  logical values from FRACTAL_NZ storage or packed int4), possibly kept from an earlier call while
+  ``a`` is unchanged.
+
+Outside any :func:`use` block the reference kernels run, so the simulator alone (no torch) is
+unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+__all__ = ["Kernels", "REFERENCE", "current", "use", "numpy_copy_cast"]
+
+CopyCast = Callable[[np.ndarray, np.ndarray], None]
+FloatGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]], bool]
+IntGemm = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
+Widen = Callable[[np.ndarray, type], Optional[np.ndarray]]
+Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
+
+
+def compute_now(a: np.ndarray, name: str, compute: Callable[[], object]) -> object:
+    """The reference ``keep``: nothing is kept, ``compute()`` runs every time."""
+    return compute()
+
+
+def numpy_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
+    """The reference conversion: NumPy's cast (exact widening, or round-to-nearest-even)."""
+    np.copyto(dst, src, casting="unsafe")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The GEMM implementations the simulator calls (None = the NumPy reference)."""
+    float_gemm: Optional[FloatGemm] = None
+    int_gemm: Optional[IntGemm] = None
+    widen: Optional[Widen] = None
+    copy_cast: CopyCast = field(default=numpy_copy_cast)
+    keep: Keep = field(default=compute_now)
+    name: str = "reference"
+
+
+REFERENCE = Kernels()
+
+_CURRENT: contextvars.ContextVar[Kernels] = contextvars.ContextVar("ascend_moe_sim_kernels", default=REFERENCE)
+
+
+def current() -> Kernels:
+    """The kernels in effect (the reference NumPy kernels outside :func:`use`)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def use(kernels: Optional[Kernels]) -> Iterator[Kernels]:
+    """Make ``kernels`` current for the calls inside (None keeps the current ones)."""
+    if kernels is None:
+        yield _CURRENT.get()
+        return
+    token = _CURRENT.set(kernels)
+    try:
+        yield kernels
+    finally:
+        _CURRENT.reset(token)

@@ -1,0 +1,401 @@
+"""Every GEMM implementation the machine may choose meets its op's faithfulness contract.
+
+* float GEMMs (each implementation forced through ``ASCEND_MOE_KERNELS``, through the public ops,
+  forward and backward): every output is the round-to-nearest-even of some value within the fp32
+  summation bound ``(K + 4) * 2**-24 * sum |a b|`` of the float64 product (+ bias); subnormal
+  operands and products are handled as IEEE does (an instruction that flushes them is not used for
+  such operands);
+* exact integer GEMMs: bit-exact against int64 math on saturating patterns, random values and odd
+  shapes, directly and through the A8W8 / A8W4 ops;
+* the selection: measured once per machine and cached in the cache directory, forced by the
+  environment variable, never a kernel that fails its contract check; measurements are replaced by
+  fixed numbers here (no timing in tests);
+* the weight cache: a widened weight is made once and reused while the tensor is unchanged.
+"""
+from __future__ import annotations
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import ascend_moe as am
+from ascend_moe import kernels as mk
+from ascend_moe.kernels import impls
+from ascend_moe.sim import kernels as sim_kernels
+from ascend_moe.sim import quant_gemm
+
+U32 = 2.0 ** -24
+FLOAT_IMPLS = ["reference", "torch_sgemm", "torch_native"]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _native_ok(dtype_name):
+    return dtype_name != "fp32" and mk._verified(f"{dtype_name}.wide", "torch_native")
+
+
+def force(monkeypatch, spec):
+    monkeypatch.setenv("ASCEND_MOE_KERNELS", spec)
+
+
+# ----------------------------------------------------------------------------------------------
+# float GEMM contract, per implementation, through the public ops
+# ----------------------------------------------------------------------------------------------
+
+def assert_round_once_within_fp32_bound(out, ref, bound):
+    lo = (ref - bound).to(out.dtype).double()
+    hi = (ref + bound).to(out.dtype).double()
+    o = out.double()
+    bad = ~((lo <= o) & (o <= hi))
+    assert not bad.any(), f"{int(bad.sum())} outside; out={o[bad][:3].tolist()} ref={ref[bad][:3].tolist()}"
+
+
+def ref_gmm(x, w, counts, bias=None):
+    x64, w64 = x.double(), w.double()
+    ref = torch.zeros(x.shape[0], w.shape[-1], dtype=torch.float64)
+    bound = torch.zeros_like(ref)
+    s = 0
+    for e, c in enumerate(counts):
+        acc, mag = x64[s:s + c] @ w64[e], x64[s:s + c].abs() @ w64[e].abs()
+        if bias is not None:
+            acc, mag = acc + bias[e].double(), mag + bias[e].double().abs()
+        ref[s:s + c], bound[s:s + c] = acc, (x.shape[1] + 4) * U32 * mag
+        s += c
+    return ref, bound
+
+
+@pytest.mark.parametrize("impl", FLOAT_IMPLS)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("rows", [40, 5])  # wide and skinny shape classes
+def test_float_impl_forward_backward_contract(monkeypatch, impl, dtype_name, rows):
+    if impl == "torch_native" and dtype_name == "fp32":
+        pytest.skip("torch_native is the half-precision kernel (fp32 runs torch_sgemm or the reference)")
+    if impl == "torch_native" and not _native_ok(dtype_name):
+        pytest.skip(f"torch's {dtype_name} matmul does not meet the contract on this machine: never chosen")
+    force(monkeypatch, f"{dtype_name}={impl}")
+    dt = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(rows)
+    e, k, n = 3, 300, 24
+    counts = [rows // 2, 0, rows - rows // 2]
+    x = torch.randn(rows, k, generator=g).to(dt).requires_grad_()
+    w = torch.randn(e, k, n, generator=g).to(dt).requires_grad_()
+    dy = torch.randn(rows, n, generator=g).to(dt)
+    y = am.npu_gmm(x, w, group_list=list(np.cumsum(counts)))
+    assert_round_once_within_fp32_bound(y, *ref_gmm(x.detach(), w.detach(), counts))
+    y.backward(dy)
+    # grad_x = dy @ w^T per group; grad_w[e] = x_e^T @ dy_e (empty group: zero)
+    ref_dx, b_dx = ref_gmm(dy, w.detach().transpose(-1, -2), counts)
+    assert_round_once_within_fp32_bound(x.grad, ref_dx, b_dx)
+    s = 0
+    for i, c in enumerate(counts):
+        xs, ds = x.detach()[s:s + c].double(), dy[s:s + c].double()
+        ref, bound = xs.t() @ ds, (c + 4) * U32 * (xs.abs().t() @ ds.abs())
+        assert_round_once_within_fp32_bound(w.grad[i], ref, bound)
+        s += c
+
+
+@pytest.mark.parametrize("impl", FLOAT_IMPLS)
+def test_float_impl_with_bias_rounds_once_after_the_fp32_bias_add(monkeypatch, impl):
+    if impl == "torch_native" and not _native_ok("bf16"):
+        pytest.skip("torch_native not eligible on this machine")
+    force(monkeypatch, f"bf16={impl}")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 64, generator=g).bfloat16()
+    w = torch.randn(2, 64, 8, generator=g).bfloat16()
+    bias = torch.randn(2, 8, generator=g) * 100
+    y = am.npu_gmm(x, w, bias=bias, group_list=[20, 32])
+    assert_round_once_within_fp32_bound(y, *ref_gmm(x, w, [20, 12], bias))
+
+
+def _bf16(v):
+    return torch.tensor(v, dtype=torch.float32).bfloat16()
+
+
+@pytest.mark.parametrize("impl", FLOAT_IMPLS)
+def test_bf16_subnormal_products_and_inputs_are_not_flushed(monkeypatch, impl):
+    """2**-63 * 2**-64 = 2**-127 is an fp32 subnormal: two of them sum to 2**-126.  A flushing
+    dot-product instruction would give 0.  A subnormal bf16 input (2**-130) times 2**10 is 2**-120."""
+    force(monkeypatch, f"bf16={impl}")
+    x = torch.stack([_bf16([2.0 ** -63, 2.0 ** -63] + [0.0] * 30), _bf16([2.0 ** -130] + [0.0] * 31)])
+    w = torch.zeros(1, 32, 2)
+    w[0, 0, 0] = w[0, 1, 0] = 2.0 ** -64
+    w[0, 0, 1] = 2.0 ** 10
+    y = am.npu_gmm(x, w.bfloat16(), group_list=[2]).float()
+    assert y[0, 0].item() == 2.0 ** -126
+    assert y[1, 1].item() == 2.0 ** -120
+    assert y[1, 0].item() == 0.0  # 2**-194 is below the bf16 range: zero in IEEE too
+
+
+def test_bf16_flush_guard_rejects_only_what_could_flush():
+    t = lambda *v: np.array(v, dtype=np.float32).astype(ml_dtypes.bfloat16).reshape(1, -1)  # noqa: E731
+    assert impls.bf16_flush_safe(t(1.0, -3.0, 0.0), t(2.0 ** -100, 0.0, 5.0))   # quantum 2**-7 * 2**-107
+    assert not impls.bf16_flush_safe(t(2.0 ** -63), t(2.0 ** -64))             # product subnormal
+    assert not impls.bf16_flush_safe(t(2.0 ** -130), t(1.0))                   # subnormal input
+    assert impls.bf16_flush_safe(t(0.0, 0.0), t(2.0 ** -130))                  # all-zero operand: nothing to flush
+    assert impls.bf16_flush_safe(t(2.0 ** -56), t(2.0 ** -56))                 # quanta 2**-63: q = 2**-126
+    assert not impls.bf16_flush_safe(t(2.0 ** -57), t(2.0 ** -56))             # q = 2**-127
+    big = np.ones((300, 700), np.float32)
+    big[123, 456] = -(2.0 ** -100)                                               # found past the first chunk
+    big = big.astype(ml_dtypes.bfloat16)
+    assert not impls.bf16_flush_safe(big, t(2.0 ** -40)) and impls.bf16_flush_safe(big, t(2.0 ** -1))
+    assert not impls.bf16_flush_safe(big.T, t(2.0 ** -40))
+
+
+def test_native_contract_check_rejects_a_half_precision_accumulator(monkeypatch):
+    """A matmul that accumulates in bf16 fails the machine check (so it is never eligible)."""
+    def bf16_accumulating_mm(a, b, **kw):
+        acc = torch.zeros(a.shape[0], b.shape[1], dtype=a.dtype)
+        for i in range(a.shape[1]):
+            acc = (acc.float() + a[:, i:i + 1].float() * b[i:i + 1].float()).to(a.dtype)
+        return acc
+    monkeypatch.setattr(impls.torch, "mm", bf16_accumulating_mm)
+    assert not impls.native_contract_holds(torch.bfloat16)
+
+
+def test_fast_widening_equals_numpy_on_every_bf16_and_fp16_pattern():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    for dt in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):
+        src = bits.view(np.int16).view(dt)
+        mine, ref = np.empty(src.shape, np.float32), src.astype(np.float32)
+        impls.fast_copy_cast(mine, src)
+        same = (mine.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(mine) & np.isnan(ref))
+        assert same.all(), f"{dt}: {int((~same).sum())} patterns differ"
+
+
+# ----------------------------------------------------------------------------------------------
+# exact integer GEMM, per implementation
+# ----------------------------------------------------------------------------------------------
+
+INT_CASES = [
+    ("all -128", lambda r: (np.full((17, 1024), -128, np.int8), np.full((1024, 24), -128, np.int8))),
+    ("127 x -128", lambda r: (np.full((3, 4100), 127, np.int8), np.full((4100, 5), -128, np.int8))),
+    ("random", lambda r: (r.integers(-128, 128, (33, 2049), dtype=np.int8),
+                          r.integers(-128, 128, (2049, 40), dtype=np.int8))),
+    ("one row", lambda r: (r.integers(-128, 128, (1, 7), dtype=np.int8), r.integers(-128, 128, (7, 3), dtype=np.int8))),
+    ("int4 values", lambda r: (r.integers(-8, 8, (20, 256), dtype=np.int8), r.integers(-8, 8, (256, 9), dtype=np.int8))),
+]
+
+
+@pytest.mark.parametrize("impl", list(impls.INT_IMPLS))
+@pytest.mark.parametrize("case", [c[0] for c in INT_CASES])
+def test_exact_int_impl_bit_exact(impl, case):
+    if impl == "torch_int_mm" and not mk._verified("int8.wide", impl):
+        pytest.skip("torch._int_mm is not exact on this machine: never chosen")
+    a, b = dict(INT_CASES)[case](np.random.default_rng(3))
+    want = a.astype(np.int64) @ b.astype(np.int64)
+    with sim_kernels.use(sim_kernels.Kernels(int_gemm=impls.INT_IMPLS[impl])):
+        got = quant_gemm.exact_int_matmul(a, b[:, :], max_abs_a=128, max_abs_b=128)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got.astype(np.int64), want)
+
+
+@pytest.mark.parametrize("impl", list(impls.INT_IMPLS))
+def test_a8w4_partials_exact_per_impl(impl):
+    """MSD hi/lo partials through each integer kernel: fp16(exact int32 product * scale), RNE."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (12, 64), dtype=np.int8)
+    w = rng.integers(-8, 8, (2, 64, 16), dtype=np.int8)
+    scale = rng.uniform(0.001, 0.01, (2, 16)).astype(np.float32)
+    bounds = [(0, 5), (5, 12)]
+    with sim_kernels.use(sim_kernels.Kernels(int_gemm=impls.INT_IMPLS[impl])):
+        chi, clo = quant_gemm.grouped_msd_partials(x, w, scale, bounds)
+    xi = x.astype(np.int64)
+    hi, lo = np.floor_divide(xi, 16), np.mod(xi, 16) - 8
+    for e, (s, t) in enumerate(bounds):
+        for half, got in ((hi, chi), (lo, clo)):
+            acc = half[s:t] @ w[e].astype(np.int64)
+            want = (acc.astype(np.float64) * scale[e].astype(np.float64)).astype(np.float16)
+            np.testing.assert_array_equal(got[s:t].view(np.uint16), want.view(np.uint16))
+
+
+def test_swiglu_quant_v2_a8w8_same_bits_with_every_int_impl(monkeypatch):
+    """The op's int8 output and scale do not depend on the exact integer kernel (both exact)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(-128, 128, (48, 256), generator=g, dtype=torch.int8)
+    w = am.npu_format_cast(torch.randint(-128, 128, (2, 256, 64), generator=g, dtype=torch.int8), 29)
+    ws = torch.rand(2, 64, generator=g) * 0.01
+    xs = torch.rand(48, generator=g) * 0.1
+    gl = torch.tensor([20, 48])
+    outs = {}
+    for impl in impls.INT_IMPLS:
+        if impl == "torch_int_mm" and not mk._verified("int8.wide", impl):
+            continue
+        force(monkeypatch, f"int8={impl}")
+        outs[impl] = am.npu_grouped_matmul_swiglu_quant_v2(x, [w], [ws], xs, gl)
+    ref = outs.pop("reference")
+    for impl, out in outs.items():
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1]), impl
+
+
+# ----------------------------------------------------------------------------------------------
+# selection, cache file, forcing
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fresh_selection(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASCEND_MOE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("ASCEND_MOE_KERNELS", raising=False)
+    mk.reset()
+    yield tmp_path
+    mk.reset()
+
+
+def test_choice_measured_once_and_cached_per_machine(monkeypatch, fresh_selection):
+    calls = []
+
+    def fake_measure(cls, candidates):
+        calls.append(cls)
+        return {c: (1.0 if c == "reference" else 2.0) for c in candidates}
+    monkeypatch.setattr(mk, "_measure", fake_measure)
+    assert mk.choice("fp32.wide") == "reference"
+    assert mk.choice("fp32.wide") == "reference" and calls == ["fp32.wide"]
+    path = mk.cache_path()
+    assert path.parent == fresh_selection and path.name.startswith("kernels-")
+    data = json.loads(path.read_text())
+    assert data["choices"]["fp32.wide"] == "reference"
+    assert data["machine"]["torch"] == torch.__version__ and "cpu" in data["machine"]
+    mk.reset()  # a new process: reads the file, measures nothing
+    monkeypatch.setattr(mk, "_measure", lambda cls, c: pytest.fail("measured again"))
+    assert mk.choice("fp32.wide") == "reference"
+
+
+def test_unverified_implementation_never_chosen_nor_forced(monkeypatch, fresh_selection):
+    monkeypatch.setattr(impls, "int_mm_exact_on_this_machine", lambda: False)
+    monkeypatch.setattr(mk, "_measure", lambda cls, cands: {c: (0.0 if c == "torch_int_mm" else 1.0) for c in cands})
+    assert mk.choice("int8.wide") == "reference"
+    force(monkeypatch, "int8=torch_int_mm")
+    with pytest.raises(ValueError, match="ASCEND_MOE_KERNELS.*faithfulness contract"):
+        mk.choice("int8.wide")
+
+
+def test_forcing_by_class_dtype_and_float(monkeypatch, fresh_selection):
+    monkeypatch.setattr(mk, "_measure", lambda cls, c: pytest.fail("a forced class is not measured"))
+    force(monkeypatch, "float=torch_sgemm,int8.skinny=reference")
+    assert mk.choice("bf16.wide") == "torch_sgemm" and mk.choice("fp32.skinny") == "torch_sgemm"
+    assert mk.choice("int8.skinny") == "reference"
+    force(monkeypatch, "reference")
+    assert all(mk.choice(c) == "reference" for c in mk.CLASSES)
+
+
+@pytest.mark.parametrize("spec, match", [("bf16", "class=impl"), ("bogus=reference", "classes are"),
+                                         ("fp32=torch_native", "not an implementation of fp32")])
+def test_bad_forcing_names_the_variable_and_the_choices(monkeypatch, fresh_selection, spec, match):
+    force(monkeypatch, spec)
+    with pytest.raises(ValueError, match=match):
+        mk.choice("fp32.wide")
+
+
+# ----------------------------------------------------------------------------------------------
+# weight cache
+# ----------------------------------------------------------------------------------------------
+
+def test_widened_weight_reused_across_calls_until_modified(monkeypatch):
+    force(monkeypatch, "reference")
+    mk.WEIGHT_CACHE.clear()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 64, generator=g).half()
+    w = torch.randn(3, 64, 16, generator=g).half()
+    gl = [8, 16, 24]
+    before = mk.WEIGHT_CACHE.conversions
+    y1 = am.npu_gmm(x, w, group_list=gl)
+    assert mk.WEIGHT_CACHE.conversions - before == 3
+    y2 = am.npu_gmm(x, w, group_list=gl)
+    assert mk.WEIGHT_CACHE.conversions - before == 3 and torch.equal(y1, y2)
+    w.mul_(2)  # in place: the version counter moves, the kept copies are stale
+    y3 = am.npu_gmm(x, w, group_list=gl)
+    assert mk.WEIGHT_CACHE.conversions - before == 6
+    assert_round_once_within_fp32_bound(y3, *ref_gmm(x, w, [8, 8, 8]))
+
+
+def test_shared_stride0_weight_converted_once(monkeypatch):
+    """check --run shares one weight across experts (a stride-0 view the public ops reject): the
+    simulator computes the groups in one GEMM and the weight is widened once, then kept."""
+    from ascend_moe.ops._common import to_numpy
+    from ascend_moe.sim import gmm as sim_gmm
+    force(monkeypatch, "reference")
+    mk.WEIGHT_CACHE.clear()
+    one = torch.randn(1, 64, 16).bfloat16()
+    w = one.expand(8, 64, 16)
+    x = torch.randn(40, 64).bfloat16()
+    counts = [5] * 8
+    before = mk.WEIGHT_CACHE.conversions
+    for _ in range(2):
+        with sim_kernels.use(mk.for_call(w)):
+            y = sim_gmm.gmm_m_split(to_numpy(x), [to_numpy(w)], [], np.array(counts), 1)
+    assert mk.WEIGHT_CACHE.conversions - before == 1
+    y = torch.from_numpy(y.view(np.int16)).view(torch.bfloat16)
+    assert_round_once_within_fp32_bound(y, *ref_gmm(x, w, counts))
+
+
+def test_weight_cache_budget(monkeypatch):
+    force(monkeypatch, "reference")
+    mk.WEIGHT_CACHE.clear()
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", "0")
+    am.npu_gmm(torch.randn(4, 8).half(), torch.randn(1, 8, 4).half(), group_list=[4])
+    assert len(mk.WEIGHT_CACHE) == 0
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="ASCEND_MOE_WEIGHT_CACHE_MB"):
+        am.npu_gmm(torch.randn(4, 8).half(), torch.randn(1, 8, 4).half(), group_list=[4])
+
+
+def test_shared_stride0_int_weights_exact():
+    """A shared (stride-0) weight is computed in one GEMM over all groups: still exact per row."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, (30, 96), dtype=np.int8)
+    one8 = rng.integers(-128, 128, (1, 96, 8), dtype=np.int8)
+    one4 = rng.integers(-8, 8, (1, 96, 8), dtype=np.int8)
+    bounds = [(0, 7), (7, 7), (7, 30)]
+    got = quant_gemm.grouped_int8_matmul(x, np.broadcast_to(one8, (3, 96, 8)), bounds)
+    np.testing.assert_array_equal(got.astype(np.int64), x.astype(np.int64) @ one8[0].astype(np.int64))
+    scale = np.full((3, 8), 0.003, np.float32)
+    chi, clo = quant_gemm.grouped_msd_partials(x, np.broadcast_to(one4, (3, 96, 8)), scale, bounds)
+    xi = x.astype(np.int64)
+    for half, part in ((np.floor_divide(xi, 16), chi), (np.mod(xi, 16) - 8, clo)):
+        want = ((half @ one4[0].astype(np.int64)).astype(np.float64) * np.float64(np.float32(0.003))).astype(np.float16)
+        np.testing.assert_array_equal(part.view(np.uint16), want.view(np.uint16))
+
+
+def test_flush_guard_of_a_weight_follows_in_place_changes(monkeypatch):
+    """The guard's scan of a weight is kept while the weight is unchanged; an in-place write that
+    brings in a value whose products could be subnormal is seen on the next call."""
+    if not _native_ok("bf16"):
+        pytest.skip("torch_native not eligible on this machine")
+    force(monkeypatch, "bf16=torch_native")
+    x = torch.zeros(20, 32).bfloat16()
+    x[:, 0] = 2.0 ** -63
+    x[:, 1] = 2.0 ** -63
+    w = torch.ones(1, 32, 4).bfloat16()
+    assert am.npu_gmm(x, w, group_list=[20]).float()[0, 0].item() == 2.0 ** -62
+    w[0, :2] = 2.0 ** -64  # products 2**-127: subnormal in fp32
+    assert am.npu_gmm(x, w, group_list=[20]).float()[0, 0].item() == 2.0 ** -126
+
+
+def test_nz_weight_values_kept_until_the_weight_changes(monkeypatch):
+    """The logical values of a FRACTAL_NZ storage weight are computed once while it is unchanged;
+    after an in-place write the op sees the new values (checked against int64 math)."""
+    from ascend_moe.sim import numerics
+    force(monkeypatch, "int8=reference")
+    mk.WEIGHT_CACHE.clear()
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(-128, 128, (32, 64), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (2, 64, 64), generator=g, dtype=torch.int8)
+    w_nz = torch.from_numpy(numerics.nd_to_nz(w.numpy()))  # 5-D NZ storage
+    ws, xs, gl = torch.full((2, 64), 1e-3), torch.full((32,), 1e-2), torch.tensor([16, 32])
+
+    def check(out, w_nd):
+        acc = torch.cat([x[:16].long() @ w_nd[0].long(), x[16:].long() @ w_nd[1].long()]).double()
+        c = acc * 1e-3 * 1e-2  # the test's own fp64 epilogue: close to the fp32 kernel, not bit-equal
+        a, b = c[:, :32], c[:, 32:]
+        s = b * a / (1 + torch.exp(-a))
+        want = s / (s.abs().amax(1, keepdim=True) / 127)
+        assert (out[0].double() - want).abs().max() <= 1.0
+    before = mk.WEIGHT_CACHE.facts_computed
+    check(am.npu_grouped_matmul_swiglu_quant_v2(x, [w_nz], [ws], xs, gl), w)
+    check(am.npu_grouped_matmul_swiglu_quant_v2(x, [w_nz], [ws], xs, gl), w)
+    assert mk.WEIGHT_CACHE.facts_computed - before == 1
+    w2 = torch.randint(-128, 128, (2, 64, 64), generator=g, dtype=torch.int8)
+    w_nz.copy_(torch.from_numpy(numerics.nd_to_nz(w2.numpy())))
+    check(am.npu_grouped_matmul_swiglu_quant_v2(x, [w_nz], [ws], xs, gl), w2)
+    assert mk.WEIGHT_CACHE.facts_computed - before == 2
