@@ -373,6 +373,8 @@ class OpSpec:
     # optional: fills a Call's tensor views before the rules run (e.g. a list of per-expert tensors seen
     # as one stacked tensor), so every rule reads the same normalised view
     prepare: Optional[Callable[["Call"], None]] = None
+    # a rule set that is not an op of its own binds its calls as this declared op does
+    binds_as: Optional[str] = None
 
     def rule(self, id: str, argument: str, summary: str, *, products: Optional[Iterable[str]] = None,
              since: Optional[str] = None, until: Optional[str] = None, source: str = "", fix: str = "",
@@ -443,11 +445,13 @@ _REGISTRY: Dict[str, OpSpec] = {}
 
 
 def register_op(name: str, signature: Optional[Callable[..., Any]] = None, products: Iterable[str] = (),
-                source: str = "", product_notes: Optional[Dict[str, str]] = None) -> OpSpec:
+                source: str = "", product_notes: Optional[Dict[str, str]] = None,
+                binds_as: Optional[str] = None) -> OpSpec:
     """Declare an op's rule set.  The signature comes from the op's declaration
     (:mod:`ascend_moe.opdecl`); ``signature`` (any function with the op's parameter list) serves ops not
     declared there yet.  ``product_notes`` explains, per product outside ``products``, why calls there
-    are rejected."""
+    are rejected.  ``binds_as``: a declared op whose signature and binder this rule set uses (a rule set
+    that checks part of another op's calls, e.g. npu_grouped_matmul's quantised forms)."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
     prods = frozenset(products)
@@ -455,14 +459,14 @@ def register_op(name: str, signature: Optional[Callable[..., Any]] = None, produ
     if unknown:
         raise ValueError(f"op {name}: unknown products {sorted(unknown)}")
     from ..opdecl import get_decl
-    decl = get_decl(name)
+    decl = get_decl(binds_as or name)
     sig = decl.signature if decl is not None else inspect.signature(signature)
     sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "undefined"])
     notes = dict(product_notes or {})
     unknown = set(notes) - set(PRODUCTS)
     if unknown:
         raise ValueError(f"op {name}: product notes for unknown products {sorted(unknown)}")
-    spec = OpSpec(name, sig, prods, source, product_notes=notes)
+    spec = OpSpec(name, sig, prods, source, product_notes=notes, binds_as=binds_as)
     _REGISTRY[name] = spec
     return spec
 
@@ -498,6 +502,9 @@ def bind(op: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]
     and shows the op's torch signature.  Tensors may be torch tensors, NumPy arrays or TensorSpecs."""
     from ..opdecl import get_decl
     decl = get_decl(op)
+    if decl is None:
+        spec = get_op(op)
+        decl = get_decl(spec.binds_as) if spec.binds_as else None
     if decl is not None:
         return decl.bind(args, kwargs, tensor_check=_tensor_like, any_dtype=True)
     spec = get_op(op)

@@ -25,7 +25,6 @@ import numpy as np
 
 from . import Call, register_op
 from ..products import A2_A3
-from ..sim import gmm as _gmm_sim
 from ..sim.quant_gemm import weight_logical_dims
 
 SRC_DOC = "ops-transformer gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md (quantised-case tables)"
@@ -36,7 +35,7 @@ SRC_KERNEL = "ops-transformer gmm/grouped_matmul/op_kernel/grouped_matmul_quant_
 INT_W = ("int8", "int4", "int32")
 OUTPUT_CODES = {1: "int8", 3: "int32", 5: "float16", 6: "float32", 15: "bfloat16"}
 
-spec = register_op("npu_grouped_matmul_quant", _gmm_sim.npu_grouped_matmul, A2_A3,
+spec = register_op("npu_grouped_matmul_quant", products=A2_A3, binds_as="npu_grouped_matmul",
                    source="aclnnGroupedMatmulV4 / V5 / WeightNz (quantised forms)",
                    product_notes={"ascend-950": "the 950 quantised grouped-matmul kernels are not modelled",
                                   "atlas-inference": "the 310P quantised grouped matmul is not modelled"})

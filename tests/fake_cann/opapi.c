@@ -736,6 +736,8 @@ FAKE_EXPORT aclnnStatus aclnnMoeReRoutingGetWorkspaceSize(
 #endif
 #ifndef OMIT_aclnnMoeReRouting
 PHASE2(aclnnMoeReRouting)
+#endif
+
 /* ------------------------------------------------------------------ MoE quantised path (element-wise ops) */
 #ifndef OMIT_aclnnSwiGluGetWorkspaceSize
 FAKE_EXPORT aclnnStatus aclnnSwiGluGetWorkspaceSize(const aclTensor *x, int64_t dim, const aclTensor *out,

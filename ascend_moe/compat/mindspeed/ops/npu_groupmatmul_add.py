@@ -14,5 +14,5 @@ __all__ = ["npu_groupmatmul_add_fp32"]
 
 def npu_groupmatmul_add_fp32(x: Any, dy: Any, grouplist: Any, grad: Any) -> None:
     """``grad[g] += x[rows of g].T @ dy[rows of g]`` for every group ``g`` (``grouplist``: cumulative ends)."""
-    from ....ops.gmm import _grouped_matmul_add_
+    from ....ops._gmm_torch import _grouped_matmul_add_
     _grouped_matmul_add_(x, dy, grouplist, grad)
