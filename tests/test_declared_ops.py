@@ -315,3 +315,12 @@ def test_privateuse1_kernel_runs_the_simulator_on_host_views_when_simulated(monk
     finally:
         backends.set_privateuse1_simulated(False)
     assert not backends.privateuse1_is_simulated()
+
+
+def test_every_registered_op_is_declared_and_names_its_rule_module():
+    from ascend_moe.ops import _npu_kernels
+    from ascend_moe.rules import OP_MODULES
+    assert set(_npu_kernels.registered_ops()) == set(DECLS)
+    for name, d in DECLS.items():
+        assert OP_MODULES[name] == d.rules, name
+        assert _npu_kernels.REGISTRATION[name] == "registered"
