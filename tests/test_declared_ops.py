@@ -119,13 +119,13 @@ def test_sample_opcheck(name, i):
         torch.library.opcheck(getattr(torch.ops.ascend_moe, name).default, _torch_args(d, s))
 
 
-@pytest.mark.parametrize("name,i", list(_samples()))
+@pytest.mark.parametrize("name", list(DECLS))
 @pytest.mark.parametrize("backend", [None, "auto", "sim"])
-def test_sample_compiles_fullgraph(name, i, backend):
+def test_sample_compiles_fullgraph(name, backend):
     """Every way of choosing a backend for CPU tensors compiles with fullgraph=True and equals eager
-    bit for bit."""
+    bit for bit (each op's first sample; the reference test compiles the others with references)."""
     d = DECLS[name]
-    s = d.samples()[i]
+    s = d.samples()[0]
     fn = getattr(ascend_moe, name)
     torch._dynamo.reset()
     with numerics.undefined_policy("zero"):
