@@ -102,6 +102,8 @@ DECL = declare(OpDecl(
     aclnn=(
         AclnnEntry("aclnnMoeGatingTopK", family="gating", requires=("x",),
                    params="const aclTensor *x, const aclTensor *biasOptional, " + _SCALARS, bind=_OUTS),
+        # [I] 9.0.0 stands for the 2026 kernels where hash routing appears (products.KNOWN_RELEASES);
+        # rules.gating's hash.since reads this value
         AclnnEntry("aclnnMoeGatingTopKV2", family="gating_hash", requires=("x",), since="9.0.0",
                    params="const aclTensor *x, const aclTensor *biasOptional, const aclTensor *inputIdsOptional, "
                           "const aclTensor *tid2eidOptional, " + _SCALARS, bind=_OUTS),

@@ -310,11 +310,16 @@ HASH_SRC = ("aclnnMoeGatingTopKV2 (OT 9b90f2ddf/aba4d1372/01944da5b, 2026-07; re
             "op-plugin master " + WRAPPER)
 
 
-@spec.rule("hash.since", argument="input_ids", summary="input_ids / tid2eid (hash mode) need CANN >= 9.0.0",
-           until=V2026, source=HASH_SRC, fix="drop input_ids/tid2eid or target CANN >= 9.0.0")
+# the first release of aclnnMoeGatingTopKV2, from the op declaration's entry table (ascend_moe.ops.gating)
+from ..ops.gating import DECL as _DECL  # noqa: E402
+HASH_SINCE = _DECL.entries("gating_hash")[0].since
+
+
+@spec.rule("hash.since", argument="input_ids", summary=f"input_ids / tid2eid (hash mode) need CANN >= {HASH_SINCE}",
+           until=HASH_SINCE, source=HASH_SRC, fix=f"drop input_ids/tid2eid or target CANN >= {HASH_SINCE}")
 def _(call):
     if _hash(call):
-        return (f"hash mode (input_ids/tid2eid) needs aclnnMoeGatingTopKV2 (CANN >= {V2026}); target CANN "
+        return (f"hash mode (input_ids/tid2eid) needs aclnnMoeGatingTopKV2 (CANN >= {HASH_SINCE}); target CANN "
                 f"{call.cann}, got input_ids={'given' if call.given('input_ids') else 'None'}, "
                 f"tid2eid={'given' if call.given('tid2eid') else 'None'}")
 
