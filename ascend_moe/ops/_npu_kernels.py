@@ -1,40 +1,26 @@
-"""The PrivateUse1 (NPU) kernel of every ``torch.ops.ascend_moe.*`` op: checker, then CANN's aclnn.
+"""The PrivateUse1 (NPU) kernels of the ``torch.ops.ascend_moe.*`` ops, as registered.
 
-Each op module registers its op once with ``torch.library.custom_op`` (schema, fake kernel, CPU
-kernel = checker -> backend policy -> simulator or aclnn, autograd).  This module adds, for every op
-in the ``ascend_moe`` namespace, an explicit kernel for the ``PrivateUse1`` dispatch key - the key of
-tensors on ``device="npu"`` once torch_npu is imported - so that NPU tensors never reach a CPU code
-path:
+Every op is declared once (:mod:`ascend_moe.opdecl`) and its PrivateUse1 kernel is generated with it
+(:func:`ascend_moe.ops._generate.make_npu_kernel`): the checker, then CANN's aclnn for tensors on a real
+NPU - or the simulator on :func:`ascend_moe.backends.host_view` of the tensors when the ``npu`` device
+is the simulated host-memory one (:func:`ascend_moe.backends.privateuse1_is_simulated`).  NPU tensors
+never reach a CPU code path; CPU tensors reach this kernel only through the fake-CANN test hook
+(``use_backend("aclnn")``), otherwise it raises :class:`~ascend_moe.BackendError`.
 
-1. guard: the kernel runs only for calls the backend policy sends to aclnn - NPU tensors, or (the
-   tests' fake CANN runtime) CPU tensors with ``backend="aclnn"`` requested explicitly; anything else
-   raises :class:`~ascend_moe.BackendError`, it never runs the simulator;
-2. the op module's own kernel function then runs unchanged: it binds the public argument dict (the
-   same dict the CPU path builds, e.g. ``npu_gmm``'s ``group_list`` re-joined from the schema's
-   ``group_list`` / ``group_list_ints``), runs the constraint checker for the selected product / CANN
-   version, asks the backend policy (which answers ``aclnn`` for NPU tensors, or raises - an
-   explicit ``backend="sim"`` with NPU tensors is refused) and calls
-   ``ascend_moe.backends.aclnn.call(op, args)``, which returns freshly allocated outputs.
-
-One path: the NPU kernel and the CPU kernel share the argument binding, the checker call and the
-aclnn call; only the guard differs.  Ops declared in :mod:`ascend_moe.opdecl` get their generated
-PrivateUse1 kernel (:mod:`ascend_moe.ops._generate`) instead; this module serves the rest.
-
-Autograd needs nothing here: ``register_autograd`` registers the ``Autograd`` alias key, which covers
-``AutogradPrivateUse1``.
+This module records the registration (``REGISTRATION``) and refuses an ``ascend_moe`` op that has no
+declaration.  Autograd needs nothing here: ``register_autograd`` registers the ``Autograd`` alias key,
+which covers ``AutogradPrivateUse1``.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-from ..backends import NPU_DEVICE_TYPES, BackendError, privateuse1_is_simulated, requested_backend, select_backend
-
 NAMESPACE = "ascend_moe"
 
-# The ops every build must register (issue 9); ``registered_ops()`` also finds any others.
+# The ops every build must register; ``registered_ops()`` also finds any others.
 EXPECTED_OPS: Tuple[str, ...] = (
     "npu_gmm", "npu_gmm_v2", "npu_grouped_matmul", "npu_moe_gating_top_k", "npu_ffn",
     "npu_grouped_matmul_swiglu_quant", "npu_grouped_matmul_swiglu_quant_v2",
@@ -44,7 +30,7 @@ EXPECTED_OPS: Tuple[str, ...] = (
 # records FRACTAL_NZ on its CPU result (ascend_moe.formats) and returns its input itself when it is
 # already in the target format, which a custom op may not do; NPU tensors go to torch_npu's own op.
 
-# op name -> the function registered for PrivateUse1 by this module
+# op name -> the function registered for PrivateUse1
 NPU_KERNELS: Dict[str, Callable[..., Any]] = {}
 
 
@@ -58,135 +44,25 @@ def registered_ops() -> List[str]:
     return sorted(names)
 
 
-def _schema(op: str) -> torch.FunctionSchema:
-    return getattr(torch.ops.ascend_moe, op).default._schema
-
-
 def schema_signature(op: str) -> inspect.Signature:
-    """The Python signature of the op's schema (names, keyword-only split, defaults)."""
+    """The Python signature of the op's torch.library schema (names, keyword-only split, defaults)."""
     params = []
-    for arg in _schema(op).arguments:
+    for arg in getattr(torch.ops.ascend_moe, op).default._schema.arguments:
         kind = inspect.Parameter.KEYWORD_ONLY if arg.kwarg_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
         default = arg.default_value if arg.has_default_value() else inspect.Parameter.empty
         params.append(inspect.Parameter(arg.name, kind, default=default))
     return inspect.Signature(params)
 
 
-def _tensors(args: Dict[str, Any]) -> List[Any]:
-    found: List[Any] = []
-    for value in args.values():
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found.extend(v for v in value if isinstance(v, torch.Tensor))
-    return found
-
-
-def _aclnn_call(op: str, args: Dict[str, Any]) -> Any:
-    try:
-        from ..backends import aclnn
-    except ImportError as e:  # the dispatcher's Python side is missing from this build
-        raise BackendError(f"{op}: the aclnn backend module cannot be imported ({e})") from e
-    return aclnn.call(op, args)
-
-
-def _op_function(op: str) -> Optional[Callable[..., Any]]:
-    """The op module's kernel function (what ``custom_op`` decorated), or None."""
-    try:
-        from torch._library.custom_ops import OPDEFS
-    except ImportError:  # pragma: no cover - torch without custom_op
-        return None
-    opdef = OPDEFS.get(f"{NAMESPACE}::{op}")
-    return None if opdef is None else getattr(opdef, "_init_fn", None)
-
-
-def _guard(op: str, tensors: List[Any]) -> None:
-    """Refuse calls the policy would not send to aclnn (never run the simulator here)."""
-    devices = sorted({t.device.type for t in tensors})
-    if set(devices) & set(NPU_DEVICE_TYPES):
-        return  # the op's kernel asks the policy, which answers aclnn or raises
-    if requested_backend() == "aclnn" and select_backend(op, tensors) == "aclnn":
-        return  # CPU tensors on the tests' fake CANN runtime, aclnn requested explicitly
-    raise BackendError(
-        f"{op}: the NPU (PrivateUse1) kernel was reached with tensors on {devices}; it only runs CANN's "
-        "aclnn and never the simulator. Call the op with CPU tensors for the simulator, or with NPU "
-        "tensors for aclnn.")
-
-
-def _map_tensors(value: Any, fn: Callable[[Any], Any]) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    return value
-
-
-def _simulated_call(inner: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-    """The simulated npu (host memory): run the op's CPU path (checker, then simulator) on CPU views
-    of the npu tensors' memory, formats included, and give the outputs back as npu tensors."""
-    from .. import formats
-    from ..device import device_view, host_view
-    device_index = [0]
-
-    def to_host(t: Any) -> Any:
-        if t.device.type not in NPU_DEVICE_TYPES:
-            return t
-        device_index[0] = t.device.index or 0
-        host = host_view(t)
-        fmt = formats.get_format(t)
-        if fmt != "ND":
-            formats.set_format(host, fmt)
-        return host
-
-    def to_device(t: Any) -> Any:
-        if t.device.type != "cpu":
-            return t
-        out = device_view(t, device_index[0])
-        fmt = formats.get_format(t)
-        if fmt != "ND":
-            formats.set_format(out, fmt)
-        return out
-
-    result = inner(*_map_tensors(args, to_host), **{k: _map_tensors(v, to_host) for k, v in kwargs.items()})
-    return _map_tensors(result, to_device)
-
-
-def make_npu_kernel(op: str) -> Callable[..., Any]:
-    """The PrivateUse1 kernel of ``torch.ops.ascend_moe.<op>`` (see the module docstring)."""
-    inner = _op_function(op)
-    if inner is None:
-        raise RuntimeError(f"{op}: neither declared in ascend_moe.opdecl nor defined with custom_op; declare it")
-
-    def npu_kernel(*args: Any, **kwargs: Any) -> Any:
-        if privateuse1_is_simulated():
-            return _simulated_call(inner, args, kwargs)
-        _guard(op, _tensors(dict(enumerate(args), **kwargs)))
-        return inner(*args, **kwargs)
-
-    npu_kernel.__name__ = f"{op}_npu_kernel"
-    npu_kernel.__qualname__ = npu_kernel.__name__
-    npu_kernel.__wrapped__ = inner
-    return npu_kernel
-
-
 def register_all() -> Dict[str, str]:
-    """Register the PrivateUse1 kernel of every ``ascend_moe`` op that lacks one; returns
-    ``{op: "registered" | "already registered"}``."""
-    device = torch._C._get_privateuse1_backend_name()  # "privateuseone", or "npu" under torch_npu
-    status: Dict[str, str] = {}
+    """``{op: "registered"}`` for every ``ascend_moe`` op: its generated PrivateUse1 kernel is in place."""
     from ._generate import NPU_KERNELS as generated
+    status: Dict[str, str] = {}
     for op in registered_ops():
-        if op in generated:  # generated from the op's declaration (checker + aclnn, or the simulated device)
-            NPU_KERNELS[op] = generated[op]
-            status[op] = "registered"
-            continue
-        if op in NPU_KERNELS or torch._C._dispatch_has_kernel_for_dispatch_key(
-                f"{NAMESPACE}::{op}", "PrivateUse1"):
-            status[op] = "already registered"
-            continue
-        kernel = make_npu_kernel(op)
-        torch.library.register_kernel(f"{NAMESPACE}::{op}", device, kernel)
-        NPU_KERNELS[op] = kernel
+        if op not in generated:
+            raise RuntimeError(f"torch.ops.ascend_moe.{op} has no declaration (ascend_moe.opdecl); declare it so "
+                               "that its kernels, PrivateUse1 included, are generated")
+        NPU_KERNELS[op] = generated[op]
         status[op] = "registered"
     return status
 

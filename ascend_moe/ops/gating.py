@@ -135,7 +135,9 @@ DECL = declare(OpDecl(
     aclnn=(
         AclnnEntry("aclnnMoeGatingTopK", family="gating", requires=("x",),
                    params="const aclTensor *x, const aclTensor *biasOptional, " + _SCALARS, bind=_OUTS),
-        AclnnEntry("aclnnMoeGatingTopKV2", family="gating_hash", requires=("x",), since="9.0.0",
+        # OT 9b90f2ddf/aba4d1372/01944da5b (2026-07): absent from tags v9.0.0 / v9.0.1, first in 9.1.0;
+        # rules.gating's hash rules read this value
+        AclnnEntry("aclnnMoeGatingTopKV2", family="gating_hash", requires=("x",), since="9.1.0",
                    params="const aclTensor *x, const aclTensor *biasOptional, const aclTensor *inputIdsOptional, "
                           "const aclTensor *tid2eidOptional, " + _SCALARS, bind=_OUTS),
     ),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops.gating import DECL as _DECL
 from ..products import A2_A3
 from ..sim import gating as _sim
 from . import register_op
@@ -29,7 +30,8 @@ LEGACY_UNTIL = "8.3.RC1"
 V2026 = "9.0.0"       # renorm=1: tiling 80c79c6c7 (2026-02-03) is after tag v8.5.0 (2026-01-22), in v9.0.0
 # hash mode (aclnnMoeGatingTopKV2, 2026-07) and the 950's softplus norm (58116f817, 2026-06) are in neither
 # v9.0.0 nor v9.0.1 (tagged 2026-06-23); they first ship with the release after it, 9.1.0 (tag v9.1.0.pre)
-V_HASH = "9.1.0"
+# the first release of aclnnMoeGatingTopKV2 (hash mode), from the op declaration's entry table
+V_HASH = _DECL.entries("gating_hash")[0].since
 V_SOFTPLUS = "9.1.0"
 
 TILING = "ops-transformer moe/moe_gating_top_k/op_host/moe_gating_top_k_tiling.cpp"
@@ -322,8 +324,9 @@ HASH_SRC = ("aclnnMoeGatingTopKV2 (OT 9b90f2ddf/aba4d1372/01944da5b, 2026-07: ab
             "v9.0.1, first in v9.1.0); op-plugin master " + WRAPPER)
 
 
-@spec.rule("gating.hash.since", argument="input_ids", summary="input_ids / tid2eid (hash mode) need CANN >= 9.1.0",
-           until=V_HASH, source=HASH_SRC, fix="drop input_ids/tid2eid or target CANN >= 9.1.0", kind="wrapper",
+@spec.rule("gating.hash.since", argument="input_ids",
+           summary=f"input_ids / tid2eid (hash mode) need CANN >= {V_HASH}", until=V_HASH,
+           source=HASH_SRC, fix=f"drop input_ids/tid2eid or target CANN >= {V_HASH}", kind="wrapper",
            status=None)
 def _(call):
     if _hash(call):

@@ -9,10 +9,12 @@ from ..._shim import missing_attribute
 
 __ascend_moe_shim__ = True
 
-try:
-    from ....ops import npu_gmm, npu_gmm_v2  # noqa: F401
-    IMPLEMENTED = ("npu_gmm", "npu_gmm_v2")
-except ImportError:  # the gmm family is missing from this build: both names stay unimplemented
+try:  # the ops whose declaration names MindSpeed as a drop-in (npu_gmm, npu_gmm_v2)
+    from .... import ops as _ops
+    from ....opdecl import all_decls
+    IMPLEMENTED = tuple(d.name for d in all_decls() if "mindspeed" in d.drop_in and hasattr(_ops, d.name))
+    globals().update({_name: getattr(_ops, _name) for _name in IMPLEMENTED})
+except ImportError:  # no torch: the names stay unimplemented
     IMPLEMENTED = ()
 __all__ = list(IMPLEMENTED)
 
