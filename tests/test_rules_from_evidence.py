@@ -160,7 +160,8 @@ def test_output_dtype_and_total_messages_say_what_happens():
     vs = ascend_moe.check("npu_grouped_matmul", [np.ones((4, 8), np.int8)], [np.ones((2, 8, 4), np.int8)],
                           group_list=np.array([2, 4]), split_item=3, group_type=0, output_dtype=5, **A2)
     assert "gmm.output_dtype" not in ids(vs)
-    assert all(v.severity == "not-simulated" for v in vs)
+    # the quantised forms are judged by their own rule set (here: A8W8 needs a scale), none claims a status
+    assert vs and all(v.rule_id.startswith("gmmq.") and v.status is None for v in vs)
     vs = ascend_moe.check("npu_grouped_matmul", [np.ones((4, 8), np.float16)], [np.ones((2, 8, 4), np.float16)],
                           group_list=np.array([2, 9]), split_item=3, group_type=0, **A2)
     v = next(v for v in vs if v.rule_id == "gmm.total_tensor")
@@ -367,7 +368,10 @@ def test_check_model_reports_not_simulated_stages(capsys):
     code = cli.main(["check", "--model", "deepseek-v3", "--product", "ascend-950", "--cann", "9.1.0", "--quant",
                      "w8a8", "--json"])
     rep = json.loads(capsys.readouterr().out)
-    fr = next(s for s in rep["stages"] if s["op"] == "npu_grouped_matmul_finalize_routing")
-    assert fr["verdict"] == "not simulated" and fr["passed"]
-    assert all(v["severity"] == "not-simulated" and v["status"] is None for v in fr["violations"])
+    # the 950's routing and dynamic-quant kernels exist on the device but are not modelled
+    unsimulated = [s for s in rep["stages"] if s["verdict"] == "not simulated"]
+    assert {s["op"] for s in unsimulated} >= {"npu_moe_init_routing_v2", "npu_dynamic_quant"}
+    for st in unsimulated:
+        assert st["passed"]
+        assert all(v["severity"] == "not-simulated" and v["status"] is None for v in st["violations"])
     assert code == (0 if rep["passed"] else 1)
