@@ -133,12 +133,22 @@ def tensor_meta(x: Any) -> Optional[TensorMeta]:
     if _is_torch_tensor(x):
         device = x.device.type
         values = None
-        concrete = device == "cpu" and not _is_fake(x)
+        host = x if device == "cpu" else _simulated_host_view(x)
+        concrete = host is not None and not _is_fake(x)
         if concrete and x.numel() <= 1 << 20 and x.dtype.is_floating_point is False and x.dtype.is_complex is False:
             # Only small integer tensors are read (group lists, token counts, indices): cheap.
-            values = x.detach().cpu().numpy()
+            values = host.detach().cpu().numpy()
         return TensorMeta(tuple(int(s) for s in x.shape), dtype_name(x.dtype), get_format(x),
                           tuple(int(s) for s in x.stride()), device, values)
+    return None
+
+
+def _simulated_host_view(x: Any) -> Any:
+    """A tensor of the simulated npu device lives in host memory: its values are read as a CPU tensor's
+    (a real NPU's are device data, not read).  None when there is no such view."""
+    from ..backends import NPU_DEVICE_TYPES, host_view, privateuse1_is_simulated
+    if x.device.type in NPU_DEVICE_TYPES and privateuse1_is_simulated() and not _is_fake(x):
+        return host_view(x)
     return None
 
 
