@@ -125,5 +125,22 @@ GENERATORS: Dict[str, Callable[[torch.Generator], List[Sample]]] = {
 }
 
 
+def declared_samples(op: str) -> List[Sample]:
+    """The op declaration's own sample inputs (``OpDecl.samples``, ascend_moe.opdecl), public spelling."""
+    from ascend_moe.opdecl import get_decl
+    decl = get_decl(op)
+    if decl is None or decl.samples is None:
+        return []
+    return [Sample(op, tuple(s.args), dict(s.kwargs), f"declared {s.name}") for s in decl.samples()]
+
+
+def fuzzed_ops() -> List[str]:
+    """Every declared op (the property test covers the whole public surface the declarations generate)."""
+    from ascend_moe.opdecl import all_decls
+    return sorted(d.name for d in all_decls() if d.samples is not None)
+
+
 def samples(op: str, seed: int) -> List[Sample]:
-    return GENERATORS[op](torch.Generator().manual_seed(seed))
+    """The declaration's samples, then this module's extra ones (seeded) where it has a generator."""
+    extra = GENERATORS[op](torch.Generator().manual_seed(seed)) if op in GENERATORS else []
+    return declared_samples(op) + extra
