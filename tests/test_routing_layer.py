@@ -7,9 +7,8 @@
 * Qwen3-MoE style: softmax top-8 renormalised (``npu_moe_gating_top_k_softmax_v2`` renorm=1) ->
   ``npu_moe_init_routing_v2`` -> grouped matmuls -> SwiGLU -> ``npu_moe_token_unpermute`` with the weights.
 
-SwiGLU is computed here (float32, rounded once to bf16, as ``npu_swiglu`` does) because ``npu_swiglu`` is not
-an ascend-moe op on this branch.  The reference is an independent float32 torch layer (per-token loop over its
-experts).  The bound is derived from the dtypes: every bf16 rounding on the device path contributes a relative
+SwiGLU is ``npu_swiglu`` (its checked NumPy twin).  The reference is an independent float32 torch layer
+(per-token loop over its experts).  The bound is derived from the dtypes: every bf16 rounding on the device path contributes a relative
 error of at most u = 2^-8 to the quantity it rounds (gate weights, the up projection, the SwiGLU output, the down
 projection, the output); their propagation is bounded with the reference's own magnitudes, times a safety
 factor of 2 (float32 accumulation and exp differences are far below that).
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 import ml_dtypes
+from ascend_moe import numpy_ops
 from ascend_moe.sim import gating as sim_gating
 from ascend_moe.sim import gmm as sim_gmm
 from ascend_moe.sim import routing as R
@@ -29,9 +29,8 @@ TARGET = dict(product="atlas-a2", cann="9.0.0")
 
 
 def swiglu_bf16(h):
-    hf = h.astype(np.float32)
-    g, up = np.split(hf, 2, axis=-1)
-    return (g / (1 + np.exp(-g)) * up).astype(BF16)
+    """npu_swiglu on the simulator: silu(first half) * second half, fp32 inside, one rounding to bf16."""
+    return numpy_ops.npu_swiglu(h)
 
 
 def grouped(x, w, counts):

@@ -151,9 +151,9 @@ def test_torch_npu_drop_in_names():
 # ------------------------------------------------------------------------ layers from the public torch ops
 
 def test_qwen3_style_layer_from_public_torch_ops():
-    """Qwen3-MoE style: softmax_v2 renorm -> init_routing_v2 -> npu_grouped_matmul x2 (SwiGLU between, in the
-    test as npu_swiglu is not an ascend-moe op here) -> npu_moe_token_unpermute, against the float32 layer of
-    tests/test_routing_layer.py (same bound derivation)."""
+    """Qwen3-MoE style: softmax_v2 renorm -> init_routing_v2 -> npu_grouped_matmul -> npu_swiglu ->
+    npu_grouped_matmul -> npu_moe_token_unpermute, against the float32 layer of tests/test_routing_layer.py
+    (same bound derivation)."""
     from test_routing_layer import BF16, check_close, expert_weights, reference_layer
     rng = np.random.default_rng(7)
     T, H, I, E, K = 8, 32, 16, 16, 4
@@ -168,8 +168,7 @@ def test_qwen3_style_layer_from_public_torch_ops():
                                                                    expert_tokens_num_type=1, expert_tokens_num_flag=True)
         h = ascend_moe.npu_grouped_matmul([ex], [wup_t], group_list=counts, split_item=2, group_type=0,
                                           group_list_type=1)[0]
-        g, u = h.float().chunk(2, dim=-1)
-        a = (torch.nn.functional.silu(g) * u).bfloat16()
+        a = ascend_moe.npu_swiglu(h)
         d = ascend_moe.npu_grouped_matmul([a], [wdown_t], group_list=counts, split_item=2, group_type=0,
                                           group_list_type=1)[0]
         out = ascend_moe.npu_moe_token_unpermute(d, row_idx, w)
@@ -193,10 +192,6 @@ def test_deepseek_style_layer_from_public_torch_ops():
     swup, swdown = expert_weights(rng, 1, H, I)
     t = lambda a: torch.from_numpy(a.astype(np.float32)).bfloat16()  # noqa: E731
 
-    def swiglu(h):
-        g, u = h.float().chunk(2, dim=-1)
-        return (torch.nn.functional.silu(g) * u).bfloat16()
-
     def gmm(a, wt, counts):
         return ascend_moe.npu_grouped_matmul([a], [wt], group_list=counts, split_item=2, group_type=0,
                                              group_list_type=1)[0]
@@ -206,9 +201,9 @@ def test_deepseek_style_layer_from_public_torch_ops():
                                                     group_select_mode=1, norm_type=1, routed_scaling_factor=2.5)
         ex, row_idx, counts, _ = ascend_moe.npu_moe_init_routing_v2(x, idx, expert_num=E, active_num=T * K,
                                                                    expert_tokens_num_type=1, expert_tokens_num_flag=True)
-        d = gmm(swiglu(gmm(ex, t(wup), counts)), t(wdown), counts)
+        d = gmm(ascend_moe.npu_swiglu(gmm(ex, t(wup), counts)), t(wdown), counts)
         one = torch.tensor([T], dtype=torch.int64)
-        shared = gmm(swiglu(gmm(x, t(swup), one)), t(swdown), one)
+        shared = gmm(ascend_moe.npu_swiglu(gmm(x, t(swup), one)), t(swdown), one)
         out = ascend_moe.npu_moe_finalize_routing(d, shared, None, None, w, row_idx, idx, drop_pad_mode=2)
     s = torch.sigmoid(logits.float())
     ref_w = s.gather(1, idx.long())
