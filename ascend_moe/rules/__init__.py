@@ -24,7 +24,7 @@ import inspect
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -416,33 +416,10 @@ class OpSpec:
         return rule
 
 
-# Which rule module declares each op.  Modules are imported on first use, so importing
-# ascend_moe stays cheap.
-OP_MODULES: Dict[str, str] = {
-    "npu_gmm": "gmm",
-    "npu_gmm_v2": "gmm",
-    "npu_grouped_matmul": "gmm",
-    "npu_moe_gating_top_k": "gating",
-    "npu_ffn": "ffn",
-    "npu_grouped_matmul_swiglu_quant": "swiglu_quant",
-    "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
-    "npu_grouped_matmul_finalize_routing": "finalize_routing",
-    "npu_moe_init_routing_v2": "routing",
-    "npu_moe_token_permute": "routing",
-    "npu_moe_token_unpermute": "routing",
-    "npu_moe_token_permute_grad": "routing",
-    "npu_moe_token_unpermute_grad": "routing",
-    "npu_moe_finalize_routing": "routing",
-    "npu_moe_gating_top_k_softmax": "routing",
-    "npu_moe_gating_top_k_softmax_v2": "routing",
-    "npu_moe_compute_expert_tokens": "routing",
-    "npu_moe_re_routing": "routing",
-    "npu_moe_gating_top_k_backward": "routing",
-    "npu_swiglu": "quant_ops",
-    "npu_swiglu_backward": "quant_ops",
-    "npu_dynamic_quant": "quant_ops",
-    "npu_dynamic_quant_asymmetric": "quant_ops",
-    "npu_dequant_swiglu_quant": "quant_ops",
+# Which rule module declares each op.  Modules are imported on first use, so importing ascend_moe stays
+# cheap.  Declared ops name their rules module in their declaration (``OpDecl.rules``); these are the ops
+# checked by name without a torch-op declaration (they mutate an argument, or run across processes).
+_RULE_ONLY_OPS: Dict[str, str] = {
     "npu_grouped_matmul_add_": "quant_ops",
     "npu_grouped_matmul_add": "quant_ops",
     "npu_moe_distribute_dispatch": "distribute",
@@ -450,6 +427,32 @@ OP_MODULES: Dict[str, str] = {
     "npu_moe_distribute_combine": "distribute",
     "npu_moe_distribute_combine_v2": "distribute",
 }
+
+
+class _OpModules(Mapping):
+    """op name -> its rule module under ascend_moe.rules: the declarations' ``rules`` (read on first use, so
+    importing the checker imports no op module) plus :data:`_RULE_ONLY_OPS`."""
+
+    def _table(self) -> Dict[str, str]:
+        table = getattr(self, "_cache", None)
+        if table is None:
+            from ..opdecl import all_decls
+            table = {d.name: d.rules for d in all_decls()}
+            table.update(_RULE_ONLY_OPS)
+            self._cache = table
+        return table
+
+    def __getitem__(self, name: str) -> str:
+        return self._table()[name]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+OP_MODULES: Mapping = _OpModules()
 
 _REGISTRY: Dict[str, OpSpec] = {}
 
