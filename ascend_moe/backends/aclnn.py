@@ -281,25 +281,21 @@ def _npu_context(device: torch.device):
     return guard, alloc
 
 
-def call(op: str, args: Dict[str, Any]) -> Any:
-    """Run ``op`` on aclnn with the bound public arguments; returns the outputs in the op's structure."""
-    from ..opdecl import get_decl
-    decl = get_decl(op)
-    if decl is None:
-        raise BackendError(f"{op}: not declared in ascend_moe.opdecl; the aclnn dispatcher has no binding for it")
-    if not decl.aclnn:
-        raise BackendError(f"{op}: the declaration lists no aclnn entry point")
+def _runtime_for(op: str, args: Dict[str, Any]) -> Tuple[Any, torch.device]:
+    """The loaded dispatcher and the call's device, or BackendError saying why aclnn cannot run it."""
     c = _C()
     if not c.runtime_ok():
         raise BackendError(f"{op}: the aclnn hardware path is unavailable: {c.loader_report()['reason']}")
     device = _device_of(args)
-    on_npu = device.type in NPU_DEVICE_TYPES
-    if not on_npu and not c.fake_runtime():
+    if device.type not in NPU_DEVICE_TYPES and not c.fake_runtime():
         raise BackendError(f"{op}: aclnn computes NPU tensors only; CPU tensors are accepted by the fake test "
                            "runtime alone")
-    outs = allocate_outputs(op, args, device)
-    entry, descs = build_from_declaration(decl, args, outs)
-    if on_npu:
+    return c, device
+
+
+def _run(c: Any, op: str, entry: str, descs: list, device: torch.device) -> None:
+    """The two-phase call on the device's current stream (or the fake runtime's CPU stream)."""
+    if device.type in NPU_DEVICE_TYPES:
         guard, alloc = _npu_context(device)
         with guard:
             stream = int(torch.npu.current_stream().npu_stream)
@@ -309,6 +305,20 @@ def call(op: str, args: Dict[str, Any]) -> Any:
     info.pop("keepalive", None)  # the NPU workspace is released here, stream-ordered by the allocator
     last_call.clear()
     last_call.update(info, op=op)
+
+
+def call(op: str, args: Dict[str, Any]) -> Any:
+    """Run ``op`` on aclnn with the bound public arguments; returns the outputs in the op's structure."""
+    from ..opdecl import get_decl
+    decl = get_decl(op)
+    if decl is None:
+        raise BackendError(f"{op}: not declared in ascend_moe.opdecl; the aclnn dispatcher has no binding for it")
+    if not decl.aclnn:
+        raise BackendError(f"{op}: the declaration lists no aclnn entry point")
+    c, device = _runtime_for(op, args)
+    outs = allocate_outputs(op, args, device)
+    entry, descs = build_from_declaration(decl, args, outs)
+    _run(c, op, entry, descs, device)
     from ..ops._generate import _structure
     return _structure(decl, outs)
 
@@ -329,26 +339,10 @@ def grouped_matmul_add_(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     a = dict(y=y, x=x, weight=weight, group_list=group_list, transpose_x=transpose_x,
              transpose_weight=transpose_weight, group_type=group_type, group_list_type=group_list_type)
     target = enforce_call(op, a, resolve_target())
-    c = _C()
-    if not c.runtime_ok():
-        raise BackendError(f"{op}: the aclnn hardware path is unavailable: {c.loader_report()['reason']}")
-    device = _device_of(a)
-    on_npu = device.type in NPU_DEVICE_TYPES
-    if not on_npu and not c.fake_runtime():
-        raise BackendError(f"{op}: aclnn computes NPU tensors only; CPU tensors are accepted by the fake test "
-                           "runtime alone")
+    c, device = _runtime_for(op, a)
     entry = choose("gmm_add_v2" if target.product == "ascend-950" else "gmm_add", op)
     descs = [T(x), T(weight), T(group_list), T(y), b(transpose_x), b(transpose_weight), i64(group_type)]
     if entry.endswith("V2"):
         descs.append(i64(group_list_type))
-    if on_npu:
-        guard, alloc = _npu_context(device)
-        with guard:
-            stream = int(torch.npu.current_stream().npu_stream)
-            info = c.run(entry, descs, stream, alloc, False, device.index or 0)
-    else:
-        info = c.run(entry, descs, int(CPU_STREAM), CPU_WORKSPACE_ALLOCATOR, True, 0)
-    info.pop("keepalive", None)
-    last_call.clear()
-    last_call.update(info, op=op)
+    _run(c, op, entry, descs, device)
     return y

@@ -20,23 +20,21 @@ from ._common import to_numpy
 __all__ = ["npu_grouped_matmul_add_", "npu_grouped_matmul_add"]
 
 
-def _check(op: str, a: Dict[str, Any]) -> None:
-    from ..rules import enforce_call
+def _accumulate(op: str, a: Dict[str, Any]) -> None:
+    """The checker, then the accumulation into ``y`` on the backend the tensors' device selects."""
     for name in ("y", "x", "weight", "group_list"):
         if not isinstance(a[name], torch.Tensor):
             raise TypeError(f"{op}: argument '{name}' must be a Tensor, got {type(a[name]).__name__}")
-    enforce_call(op, a)
-
-
-def _accumulate(a: Dict[str, Any]) -> None:
     y, x, weight, group_list = a["y"], a["x"], a["weight"], a["group_list"]
     devices = {t.device.type for t in (y, x, weight, group_list)}
     if devices & set(NPU_DEVICE_TYPES) and not privateuse1_is_simulated():
-        from ..backends.aclnn import grouped_matmul_add_
+        from ..backends.aclnn import grouped_matmul_add_  # runs the same rules first
         grouped_matmul_add_(y, x, weight, group_list, transpose_x=a["transpose_x"],
                             transpose_weight=a["transpose_weight"], group_type=a["group_type"],
                             group_list_type=a["group_list_type"])
         return
+    from ..rules import enforce_call
+    enforce_call(op, a)
     if devices - {"cpu"} - set(NPU_DEVICE_TYPES):
         raise ValueError(f"npu_grouped_matmul_add_: tensors on {sorted(devices)}; pass CPU or NPU tensors")
     from ..backends import host_view
@@ -56,8 +54,7 @@ def npu_grouped_matmul_add_(y: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     fp16/bf16 ``[tokens, M]``, ``weight`` ``[tokens, N]`` of the same dtype, ``y`` fp32.  Returns ``y``."""
     a = dict(y=y, x=x, weight=weight, group_list=group_list, transpose_x=transpose_x,
              transpose_weight=transpose_weight, group_type=group_type, group_list_type=group_list_type)
-    _check("npu_grouped_matmul_add_", a)
-    _accumulate(a)
+    _accumulate("npu_grouped_matmul_add_", a)
     return y
 
 
@@ -68,6 +65,5 @@ def npu_grouped_matmul_add(y: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     to aclnnGroupedMatmulAdd as both input and output) and returns a clone of it."""
     a = dict(y=y, x=x, weight=weight, group_list=group_list, transpose_x=transpose_x,
              transpose_weight=transpose_weight, group_type=group_type, group_list_type=group_list_type)
-    _check("npu_grouped_matmul_add", a)
-    _accumulate(a)
+    _accumulate("npu_grouped_matmul_add", a)
     return y.clone()
