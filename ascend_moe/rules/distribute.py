@@ -156,7 +156,7 @@ def _both(rule_id, argument, summary, ops=None, **kw):
 # ---------------------------------------------------------------- tensors --------------------------
 
 @_both("x.rank", "x", "x / expand_x and expert_ids are 2-D", source=WRAPPER_DISPATCH + " TORCH_CHECK; " + HELPER,
-       status=None, fix="pass x as [BS, H] and expert_ids as [BS, K]")
+       status=None, kind="wrapper", fix="pass x as [BS, H] and expert_ids as [BS, K]")
 def _(call):
     out = []
     for name in (_x_name(call), "expert_ids"):
@@ -313,7 +313,7 @@ def _(call):
 
 
 @_both("ep_rank_id.range", "ep_rank_id", "0 <= ep_rank_id < ep_world_size", source=WRAPPER_DISPATCH + " TORCH_CHECK",
-       status=None, fix="pass this rank's index in the EP group")
+       status=None, kind="wrapper", fix="pass this rank's index in the EP group")
 def _(call):
     r, w = call["ep_rank_id"], call["ep_world_size"]
     if not _is_int(r) or (_is_int(w) and not 0 <= r < w):
@@ -321,7 +321,7 @@ def _(call):
 
 
 @_both("shared_expert_rank_num.range", "shared_expert_rank_num", "0 <= shared_expert_rank_num < ep_world_size",
-       source=WRAPPER_DISPATCH + " TORCH_CHECK", status=None, fix="keep at least one MoE expert rank")
+       source=WRAPPER_DISPATCH + " TORCH_CHECK", status=None, kind="wrapper", fix="keep at least one MoE expert rank")
 def _(call):
     s, w = call["shared_expert_rank_num"], call["ep_world_size"]
     if not _is_int(s) or (_is_int(w) and not 0 <= s < w):
@@ -330,7 +330,7 @@ def _(call):
 
 @_both("shared_expert_num.config", "shared_expert_num",
        "shared experts: (num, ranks) = (1, 0) or (0, 0), else num > 0 and ranks % num == 0",
-       source=WRAPPER_DISPATCH + " TORCH_CHECK; " + TILING, status=None,
+       source=WRAPPER_DISPATCH + " TORCH_CHECK; " + TILING, status=None, kind="wrapper",
        fix="pass shared_expert_rank_num a multiple of shared_expert_num (each shared expert on the same number of ranks)")
 def _(call):
     n, s = call["shared_expert_num"], call["shared_expert_rank_num"]
@@ -455,7 +455,7 @@ def _(call):
 
 
 @_both("expert_token_nums_type.range", "expert_token_nums_type", "expert_token_nums_type 0 (cumsum) or 1 (count)",
-       ops=DISPATCH_OPS, source=WRAPPER_DISPATCH + " TORCH_CHECK", status=None, fix="pass 0 or 1")
+       ops=DISPATCH_OPS, source=WRAPPER_DISPATCH + " TORCH_CHECK", status=None, kind="wrapper", fix="pass 0 or 1")
 def _(call):
     t = call["expert_token_nums_type"]
     if t not in (0, 1) or isinstance(t, bool):
@@ -492,7 +492,7 @@ def _(call):
 
 
 @_both("v3_only_args", "zero_expert_num", "elastic_info / zero/copy/const experts need aclnn V3, performance_info V4",
-       ops=("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2"), status=None,
+       ops=("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2"), status=None, kind="wrapper",
        source=WRAPPER_DISPATCH + " (V2 fallback rejects them); not simulated here",
        fix="pass elastic_info=None, performance_info=None and zero/copy/const_expert_num=0")
 def _(call):
@@ -505,7 +505,8 @@ def _(call):
 
 
 @_both("comm_quant_mode.range", "comm_quant_mode", "comm_quant_mode 0 (int8 mode 2 not simulated)", ops=COMBINE_OPS,
-       status=None, source="combine docs (0, 2); the int8 communication quantisation is not modelled by ascend-moe",
+       status=None, severity="not-simulated",
+       source="combine docs (0, 2); the int8 communication quantisation is not modelled by ascend-moe",
        fix="pass comm_quant_mode=0")
 def _(call):
     if call["comm_quant_mode"] != 0:

@@ -239,7 +239,7 @@ def _dq_rules(spec, p: str) -> None:
             return f"dst_type={call['dst_type']!r} is not supported on {call.product} (int8 or quint4x2)"
 
     @spec.rule(f"{p}.int4_last_dim", "input", "with dst_type=quint4x2 the last dim is a multiple of 8",
-               source=SRC_DQ_PLUGIN + " (TORCH_CHECK); op-plugin _meta_registrations.py", status=None,
+               source=SRC_DQ_PLUGIN + " (TORCH_CHECK); op-plugin _meta_registrations.py", status=None, kind="wrapper",
                fix="pad the last dim to a multiple of 8")
     def _(call):
         m = call.meta("input")
@@ -339,7 +339,7 @@ def _rows(call: Call) -> Optional[int]:
 
 @dsq_spec.rule("dsq.x", "x", "x is int32 (GMM output), bfloat16 or float16 with more than 1 dim and an even last dim",
                source=SRC_DSQ_PLUGIN + " (x.dim() > 1, last dim even); " + SRC_DSQ_DOC + " (dtypes)",
-               status=None, fix="pass the int32 grouped-matmul output [tokens, 2H]")
+               status=None, kind="wrapper", fix="pass the int32 grouped-matmul output [tokens, 2H]")
 def _(call):
     m = call.meta("x")
     if m is None:
@@ -363,7 +363,7 @@ def _(call):
 
 
 @dsq_spec.rule("dsq.modes", "quant_mode", "quant_mode in {0, 1}; swiglu_mode in {0, 1, 2}; clamp_limit finite > 0; "
-               "glu_alpha, glu_bias finite", source=SRC_DSQ_PLUGIN + " (TORCH_CHECKs)", status=None,
+               "glu_alpha, glu_bias finite", source=SRC_DSQ_PLUGIN + " (TORCH_CHECKs)", status=None, kind="wrapper",
                fix="quant_mode 0 (static) or 1 (dynamic); swiglu_mode 0 (SwiGLU), 1 or 2 (clamped variants)")
 def _(call):
     errs = []
@@ -532,7 +532,8 @@ def _(call):
 
 def _gma_rules(spec, p: str) -> None:
     @spec.rule(f"{p}.group_type", "group_type", "group_type is 2 (the token axis is split)",
-               source=SRC_GMA_PLUGIN + " (meta: group_type == 2)", status=None, fix="pass group_type=2")
+               source=SRC_GMA_PLUGIN + " (meta: group_type == 2)", status=None, kind="wrapper",
+               fix="pass group_type=2")
     def _(call):
         if call["group_type"] != 2:
             return f"group_type must be 2, got {call['group_type']!r}"

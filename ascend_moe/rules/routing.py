@@ -6,13 +6,18 @@ Ops: ``npu_moe_init_routing_v2``, ``npu_moe_token_permute``, ``npu_moe_token_unp
 
 Where each rule lives on the device:
 
-* op-plugin wrapper checks (``TORCH_CHECK``) raise RuntimeError before any aclnn call: ``status=None``
-  and the source names the wrapper file.
+* op-plugin wrapper checks (``TORCH_CHECK``) raise RuntimeError before any aclnn call: ``kind="wrapper"``,
+  ``status=None`` and the source names the wrapper file.
 * aclnn host checks return 161001/161002; the ops-transformer tilings return a failure that surfaces as
-  561002 (ACLNN_ERR_INNER_TILING_ERROR, mapping inferred).
+  561002 (ACLNN_ERR_INNER_TILING_ERROR, mapping inferred).  A dtype outside an op definition's
+  (``*_def.cpp``) registered list is taken as 161002 from the generated aclnn entry [assumption].
+  Each such rule names the host file and function.
 * rules only the docs state are warnings (``severity="warning"``, :class:`ConstraintWarning`).
-* ``padded_mode=True`` of permute/unpermute is documented as unsupported and its A2/A3 behaviour is not
-  public: it is rejected as "not modelled" (no device status is claimed).
+* ``padded_mode=True``: the permute tiling rejects it (``GetShapeAttrsInfo``); for unpermute and the two
+  grads the A2/A3 behaviour was not read, so it is "not simulated" (no device status is claimed).
+* every rule id carries its op's prefix (``init.``, ``permute.``, ``unpermute.``, ``finalize.``,
+  ``softmax.`` / ``softmax_v2.``, ``cet.``, ``re_routing.``, ``gating_bwd.``, ``permute_grad.``,
+  ``unpermute_grad.``).
 
 Deliberate divergences from the op-plugin wrapper of ``npu_moe_init_routing_v2`` (its bugs, spec 9.2):
 the wrapper defaults an empty ``active_expert_range`` through a function-local ``static`` initialised
@@ -118,14 +123,14 @@ def _init_range(call):
     return int(r[0]), int(r[1])
 
 
-@init_spec.rule("init.x.rank", argument="x", summary="x is 2-D [tokens, hidden]", status=None, source=INIT_WRAPPER,
+@init_spec.rule("init.x.rank", argument="x", summary="x is 2-D [tokens, hidden]", status=None, kind="wrapper", source=INIT_WRAPPER,
                 fix="pass x as a 2-D [tokens, hidden] tensor")
 def _(call):
     return _need_rank(call, "x", (2,))
 
 
 @init_spec.rule("init.expert_idx.rank", argument="expert_idx", summary="expert_idx is 2-D [tokens, k] with x's rows",
-                status=None, source=INIT_WRAPPER, fix="pass the top-k expert ids as a [tokens, k] tensor")
+                status=None, kind="wrapper", source=INIT_WRAPPER, fix="pass the top-k expert ids as a [tokens, k] tensor")
 def _(call):
     msg = _need_rank(call, "expert_idx", (2,))
     if msg:
@@ -361,7 +366,7 @@ def _(call):
 
 
 @init_spec.rule("init.x_dtype.unsupported", argument="x_dtype", summary="x_dtype (int4 / fp8 inputs) only on Ascend 950",
-                status=None, source=INIT_WRAPPER + " (x_dtype selects the 950 low-bit formats)",
+                status=None, kind="wrapper", source=INIT_WRAPPER + " (x_dtype selects the 950 low-bit formats)",
                 fix="leave x_dtype None on Atlas A2/A3")
 def _(call):
     if call.get("x_dtype") is not None:
@@ -386,14 +391,14 @@ unpermute_spec = register_op(UNPERMUTE, products=A2_A3 | {"atlas-inference"},
 FLOATS = ("float16", "bfloat16", "float32")
 
 
-@permute_spec.rule("permute.tokens.rank", argument="tokens", summary="tokens is 2-D [tokens, hidden]", status=None,
+@permute_spec.rule("permute.tokens.rank", argument="tokens", summary="tokens is 2-D [tokens, hidden]", status=None, kind="wrapper",
                    source=PERMUTE_WRAPPER, fix="pass tokens as [tokens, hidden]")
 def _(call):
     return _need_rank(call, "tokens", (2,))
 
 
 @permute_spec.rule("permute.indices.rank", argument="indices", summary="indices is 1-D [tokens] or 2-D [tokens, k]",
-                   status=None, source=PERMUTE_WRAPPER, fix="pass the expert ids as [tokens] or [tokens, k]")
+                   status=None, kind="wrapper", source=PERMUTE_WRAPPER, fix="pass the expert ids as [tokens] or [tokens, k]")
 def _(call):
     msg = _need_rank(call, "indices", (1, 2))
     if msg:
@@ -427,7 +432,7 @@ def _(call):
 
 @permute_spec.rule("permute.num_out_tokens.range", argument="num_out_tokens",
                    summary="num_out_tokens >= -numel(indices) (0/None keep all, negative drops the last |n|)",
-                   status=None, source=PERMUTE_WRAPPER + " (a negative first dim fails allocation)",
+                   status=None, kind="wrapper", source=PERMUTE_WRAPPER + " (a negative first dim fails allocation)",
                    fix="pass 0/None (all slots), a positive count, or a negative n with |n| <= indices.numel()")
 def _(call):
     n = call.get("num_out_tokens")
@@ -442,28 +447,29 @@ def _(call):
 
 
 @permute_spec.rule("permute.padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
-                   status=None, source=PERMUTE_DOC + " (\"暂不支持\": not supported; the 950 aclnn returns 161002); "
-                   "the A2/A3 behaviour is not public, so ascend-moe does not model it",
+                   status=TILING_STATUS, source=f"{OT} moe/moe_token_permute/op_host/moe_token_permute_tiling.cpp "
+                   "MoeTokenPermuteTilingBase::GetShapeAttrsInfo (\"Currently only support padded_mode is false\"); "
+                   "the 950 aclnn returns 161002; " + PERMUTE_DOC + " (\"暂不支持\")",
                    fix="pass padded_mode=False")
 def _(call):
     if call["padded_mode"]:
-        return "padded_mode=True is documented as unsupported (the 950 host rejects it); ascend-moe does not model it"
+        return "padded_mode=True is rejected by the tiling (only padded_mode=False is supported)"
 
 
-@unpermute_spec.rule("unpermute.permuted_tokens.rank", argument="permuted_tokens", summary="permuted_tokens is 2-D", status=None,
+@unpermute_spec.rule("unpermute.permuted_tokens.rank", argument="permuted_tokens", summary="permuted_tokens is 2-D", status=None, kind="wrapper",
                      source=UNPERMUTE_WRAPPER, fix="pass permuted_tokens as [rows, hidden]")
 def _(call):
     return _need_rank(call, "permuted_tokens", (2,))
 
 
 @unpermute_spec.rule("unpermute.sorted_indices.rank", argument="sorted_indices", summary="sorted_indices is 1-D int32",
-                     status=None, source=UNPERMUTE_WRAPPER, fix="pass the 1-D int32 index from permute/init_routing")
+                     status=None, kind="wrapper", source=UNPERMUTE_WRAPPER, fix="pass the 1-D int32 index from permute/init_routing")
 def _(call):
     return _need_rank(call, "sorted_indices", (1,)) or _need_dtype(call, "sorted_indices", ("int32",))
 
 
 @unpermute_spec.rule("unpermute.probs.shape", argument="probs",
-                     summary="probs is 2-D [tokens, k] with tokens*k == len(sorted_indices)", status=None,
+                     summary="probs is 2-D [tokens, k] with tokens*k == len(sorted_indices)", status=None, kind="wrapper",
                      source=UNPERMUTE_WRAPPER + " (topk = probs.size(1), output rows = len // topk)",
                      fix="pass probs as [tokens, k] matching sorted_indices")
 def _(call):
@@ -497,7 +503,7 @@ def _(call):
 
 
 @unpermute_spec.rule("unpermute.padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
-                     status=None, source=UNPERMUTE_DOC + " (only False is supported); the A2/A3 behaviour of True "
+                     status=None, severity="not-simulated", source=UNPERMUTE_DOC + " (only False is supported); the A2/A3 behaviour of True "
                      "is not public, so ascend-moe does not model it", fix="pass padded_mode=False")
 def _(call):
     if call["padded_mode"]:
@@ -648,7 +654,7 @@ def _(call):
 
 
 @finalize_spec.rule("finalize.k.needs_v4", argument="k", summary="k != 1 needs aclnnMoeFinalizeRoutingV4", until="9.1.0",
-                    status=None, source=FINALIZE_WRAPPER + " (k != 1 only through V4); V4 header (OT 03aa612a7, "
+                    status=None, kind="wrapper", source=FINALIZE_WRAPPER + " (k != 1 only through V4); V4 header (OT 03aa612a7, "
                     "2026-06-30) is on master after v9.1.0.pre [I: release mapping 9.1.0]",
                     fix="pass scales [rows, K] (K comes from its shape) and k=1, or target CANN >= 9.1.0")
 def _(call):
@@ -696,17 +702,17 @@ softmax_v2_spec = register_op(SOFTMAX_V2, products=A2_A3,
 
 def _softmax_rules(spec):
     p = "softmax_v2." if spec is softmax_v2_spec else "softmax."
-    @spec.rule(p + "x.rank", argument="x", summary="x is 2-D or 3-D", status=None, source=SOFTMAX_WRAPPER,
+    @spec.rule(p + "x.rank", argument="x", summary="x is 2-D or 3-D", status=None, kind="wrapper", source=SOFTMAX_WRAPPER,
                fix="pass router logits as [tokens, experts] or [batch, seq, experts]")
     def _(call):
         return _need_rank(call, "x", (2, 3))
 
-    @spec.rule(p + "x.dtype", argument="x", summary="x dtype float16, bfloat16 or float32", status=None,
+    @spec.rule(p + "x.dtype", argument="x", summary="x dtype float16, bfloat16 or float32", status=None, kind="wrapper",
                source=SOFTMAX_WRAPPER, fix="cast x to float16, bfloat16 or float32")
     def _(call):
         return _need_dtype(call, "x", FLOATS)
 
-    @spec.rule(p + "k.range", argument="k", summary="0 < k <= experts and k <= 1024", status=None,
+    @spec.rule(p + "k.range", argument="k", summary="0 < k <= experts and k <= 1024", status=None, kind="wrapper",
                source=SOFTMAX_WRAPPER + " (0 <= k <= experts); " + SOFTMAX_DOC + " (0 < k, k <= 1024)",
                fix="pass 1 <= k <= min(experts, 1024)")
     def _(call):
@@ -718,7 +724,7 @@ def _softmax_rules(spec):
             return f"k must satisfy 1 <= k <= min(experts={e}, 1024), got {k}"
 
     @spec.rule(p + "finished.shape", argument="finished", summary="finished is bool with x's leading shape",
-               status=None, source=SOFTMAX_WRAPPER, fix="pass finished as a bool tensor of shape x.shape[:-1]")
+               status=None, kind="wrapper", source=SOFTMAX_WRAPPER, fix="pass finished as a bool tensor of shape x.shape[:-1]")
     def _(call):
         if not call.given("finished"):
             return None
@@ -735,7 +741,7 @@ _softmax_rules(softmax_spec)
 _softmax_rules(softmax_v2_spec)
 
 
-@softmax_v2_spec.rule("softmax_v2.renorm.range", argument="renorm", summary="renorm in {0, 1}", status=None,
+@softmax_v2_spec.rule("softmax_v2.renorm.range", argument="renorm", summary="renorm in {0, 1}", status=None, kind="wrapper",
                       source="op-plugin MoeGatingTopKSoftmaxV2 wrapper", fix="pass renorm 0 or 1")
 def _(call):
     v = call["renorm"]
@@ -783,7 +789,7 @@ def _(call):
         return f"num_expert must be an int > 0, got {v!r}"
 
 
-@re_spec.rule("re_routing.tokens.rank", argument="tokens", summary="tokens 2-D, counts 2-D [ranks, experts]", status=None,
+@re_spec.rule("re_routing.tokens.rank", argument="tokens", summary="tokens 2-D, counts 2-D [ranks, experts]", status=None, kind="wrapper",
               source=RE_ROUTING_WRAPPER, fix="pass tokens [rows, H] and counts [ranks, experts]")
 def _(call):
     return _need_rank(call, "tokens", (2,)) or _need_rank(call, "expert_token_num_per_rank", (2,))
@@ -870,8 +876,10 @@ def _(call):
 
 
 @gating_bwd_spec.rule("gating_bwd.norm_type.sigmoid", argument="norm_type", summary="norm_type must be 1 (sigmoid); renorm is reserved (0)",
-                      status=None, source=GATING_BWD_DOC + " (\"当前仅支持1\"; host check not read)",
-                      fix="the backward exists for the sigmoid gate only")
+                      status=None, severity="not-simulated",
+                      source=GATING_BWD_DOC + " (\"当前仅支持1\": the docs state norm_type 1 only; host check not "
+                      "read); the simulator computes the sigmoid-gate backward only",
+                      fix="use the sigmoid gate (norm_type=1, renorm=0)")
 def _(call):
     if call["norm_type"] != 1:
         return f"only the sigmoid gate (norm_type=1) has a backward, got norm_type={call['norm_type']!r}"
@@ -952,7 +960,7 @@ def _(call):
 
 
 @permute_grad_spec.rule("permute_grad.padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
-                        status=None, source=PERMUTE_GRAD_DOC + " (only False); not modelled",
+                        status=None, severity="not-simulated", source=PERMUTE_GRAD_DOC + " (only False); not modelled",
                         fix="pass padded_mode=False")
 def _(call):
     if call["padded_mode"]:
@@ -984,7 +992,7 @@ def _(call):
 
 
 @unpermute_grad_spec.rule("unpermute_grad.padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
-                          status=None, source=UNPERMUTE_GRAD_DOC + " (only False); not modelled",
+                          status=None, severity="not-simulated", source=UNPERMUTE_GRAD_DOC + " (only False); not modelled",
                           fix="pass padded_mode=False")
 def _(call):
     if call["padded_mode"]:
@@ -992,7 +1000,7 @@ def _(call):
 
 
 @re_spec.rule("re_routing.tokens_dtype.unsupported", argument="tokens_dtype",
-              summary="tokens_dtype (re-typing for low-bit formats) is not modelled", status=None,
+              summary="tokens_dtype (re-typing for low-bit formats) is not modelled", status=None, severity="not-simulated",
               source=RE_ROUTING_WRAPPER + " (TensorWrapper re-typing of tokens)",
               fix="leave tokens_dtype None and pass tokens in their element dtype")
 def _(call):
