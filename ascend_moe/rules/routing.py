@@ -13,8 +13,9 @@ Where each rule lives on the device:
   (``*_def.cpp``) registered list is taken as 161002 from the generated aclnn entry [assumption].
   Each such rule names the host file and function.
 * rules only the docs state are warnings (``severity="warning"``, :class:`ConstraintWarning`).
-* ``padded_mode=True``: the permute tiling rejects it (``GetShapeAttrsInfo``); for unpermute and the two
-  grads the A2/A3 behaviour was not read, so it is "not simulated" (no device status is claimed).
+* ``padded_mode=True``: the permute tiling rejects it (``GetShapeAttrsInfo``); the unpermute tiling never
+  reads it (the kernel ignores it: a kernel rule, no status); for the two grads the A2/A3 behaviour was not
+  read, so it is "not simulated" (no device status is claimed).
 * every rule id carries its op's prefix (``init.``, ``permute.``, ``unpermute.``, ``finalize.``,
   ``softmax.`` / ``softmax_v2.``, ``cet.``, ``re_routing.``, ``gating_bwd.``, ``permute_grad.``,
   ``unpermute_grad.``).
@@ -42,6 +43,7 @@ PERMUTE_WRAPPER = "op-plugin op_plugin/utils/KernelNpuOutputSize.cpp (npu_moe_to
 PERMUTE_DOC = f"{OT} moe/moe_token_permute/docs/aclnnMoeTokenPermute.md"
 UNPERMUTE_WRAPPER = "op-plugin op_plugin/ops/opapi/MoeTokenUnpermuteKernelNpuOpApi.cpp"
 UNPERMUTE_DOC = f"{OT} moe/moe_token_unpermute/docs/aclnnMoeTokenUnpermute.md"
+UNPERMUTE_TILING = f"{OT} moe/moe_token_unpermute/op_host/moe_token_unpermute_tiling.cpp InputParamCheck"
 FINALIZE_WRAPPER = "op-plugin op_plugin/ops/opapi/MoeFinalizeRoutingV2KernelNpuOpApi.cpp"
 FINALIZE_DOC = f"{OT} moe/moe_finalize_routing_v2/docs/aclnnMoeFinalizeRoutingV2.md"
 FINALIZE_TILING = (f"{OT} moe/moe_finalize_routing_v2/op_host/moe_finalize_routing_v2_tiling_membase.cpp "
@@ -494,8 +496,8 @@ def _(call):
     return _need_dtype(call, "permuted_tokens", FLOATS) or _need_dtype(call, "probs", FLOATS, optional=True)
 
 
-@unpermute_spec.rule("unpermute.topk.max", argument="probs", summary="top-k <= 512", severity="warning", status=None,
-                     source=UNPERMUTE_DOC + " [D]", fix="use k <= 512")
+@unpermute_spec.rule("unpermute.topk.max", argument="probs", summary="top-k <= 512", status=TILING_STATUS,
+                     source=UNPERMUTE_TILING + " (topK > 512 fails the tiling); " + UNPERMUTE_DOC, fix="use k <= 512")
 def _(call):
     ps = call.shape("probs") if call.given("probs") else None
     if ps is not None and len(ps) == 2 and ps[1] > 512:
@@ -503,23 +505,26 @@ def _(call):
 
 
 @unpermute_spec.rule("unpermute.padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
-                     status=None, severity="not-simulated", source=UNPERMUTE_DOC + " (only False is supported); the A2/A3 behaviour of True "
-                     "is not public, so ascend-moe does not model it", fix="pass padded_mode=False")
+                     status=None, kind="kernel", source=UNPERMUTE_DOC + " (only False is supported); the A2/A3 "
+                     "tiling (TilingCompute) never reads padded_mode, so the kernel computes the unpadded result "
+                     "whatever it says", fix="pass padded_mode=False")
 def _(call):
     if call["padded_mode"]:
-        return "padded_mode=True is documented as unsupported; ascend-moe does not model it"
+        return "padded_mode=True is documented as unsupported; the A2/A3 kernel would ignore it"
 
 
 @unpermute_spec.rule("unpermute.inference.layout", argument="permuted_tokens",
-                     summary="Atlas inference series: float16/float32 only, hidden a multiple of 128 and < 10240",
-                     products=("atlas-inference",), severity="warning", status=None, source=UNPERMUTE_DOC + " [D]",
-                     fix="use fp16/fp32 and a hidden size that is a multiple of 128")
+                     summary="Atlas inference series: float16/float32 tokens and probs, hidden a multiple of 128 and "
+                     "<= 10240", products=("atlas-inference",), status=TILING_STATUS,
+                     source=UNPERMUTE_TILING + " (ASCEND310P: hidden % 128, hidden > 10240, BF16 tokens or probs "
+                     "fail the tiling); " + UNPERMUTE_DOC + " (the doc says < 10240)",
+                     fix="use fp16/fp32 and a hidden size that is a multiple of 128, at most 10240")
 def _(call):
     s, d = call.shape("permuted_tokens"), call.dtype("permuted_tokens")
-    if d == "bfloat16":
-        return "bfloat16 is not supported on the Atlas inference series"
-    if s is not None and len(s) == 2 and (s[1] % 128 or s[1] >= 10240):
-        return f"hidden size must be a multiple of 128 and < 10240, got {s[1]}"
+    if d == "bfloat16" or (call.given("probs") and call.dtype("probs") == "bfloat16"):
+        return "bfloat16 permuted_tokens / probs are not supported on the Atlas inference series"
+    if s is not None and len(s) == 2 and (s[1] % 128 or s[1] > 10240):
+        return f"hidden size must be a multiple of 128 and <= 10240, got {s[1]}"
 
 
 # ============================================================================================
