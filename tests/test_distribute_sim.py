@@ -100,16 +100,16 @@ def test_deepseek_v3_dispatch_passes_on_a3():
 
 
 @pytest.mark.parametrize("kw, rule_id", [
-    (dict(moe_expert_num=250), "moe_expert_num.divisible"),
-    (dict(ep_rank_id=16), "ep_rank_id.range"),
-    (dict(shared_expert_rank_num=3, shared_expert_num=2), "shared_expert_num.config"),
-    (dict(shared_expert_rank_num=16), "shared_expert_rank_num.range"),
-    (dict(quant_mode=1), "quant_mode.range"),
-    (dict(expert_token_nums_type=2), "expert_token_nums_type.range"),
-    (dict(global_bs=100), "global_bs.range"),
-    (dict(scales=TensorSpec((256, 7168), "float32")), "scales.shape"),
-    (dict(x=TensorSpec((8, 7168), "float32")), "x.dtype"),
-    (dict(moe_expert_num=1032, shared_expert_rank_num=8), "local_experts.max"),
+    (dict(moe_expert_num=250), "dispatch_v2.moe_expert_num.divisible"),
+    (dict(ep_rank_id=16), "dispatch_v2.ep_rank_id.range"),
+    (dict(shared_expert_rank_num=3, shared_expert_num=2), "dispatch_v2.shared_expert_num.config"),
+    (dict(shared_expert_rank_num=16), "dispatch_v2.shared_expert_rank_num.range"),
+    (dict(quant_mode=1), "dispatch_v2.quant_mode.range"),
+    (dict(expert_token_nums_type=2), "dispatch_v2.expert_token_nums_type.range"),
+    (dict(global_bs=100), "dispatch_v2.global_bs.range"),
+    (dict(scales=TensorSpec((256, 7168), "float32")), "dispatch_v2.scales.shape"),
+    (dict(x=TensorSpec((8, 7168), "float32")), "dispatch_v2.x.dtype"),
+    (dict(moe_expert_num=1032, shared_expert_rank_num=8), "dispatch_v2.local_experts.max"),
 ])
 def test_dispatch_rules_reject(kw, rule_id):
     assert rule_id in _dispatch(**kw)
@@ -119,7 +119,7 @@ def test_a2_shared_experts_are_a_doc_warning_only():
     found = rules.check("npu_moe_distribute_dispatch_v2", TensorSpec((8, 7168), "bfloat16"), TensorSpec((8, 8), "int32"),
                         "g", 16, 0, 252, shared_expert_rank_num=2, product="atlas-a2")
     by_id = {v.rule_id: v for v in found}
-    assert by_id["shared_expert.a2"].severity == "warning"
+    assert by_id["dispatch_v2.shared_expert.a2"].severity == "warning"
     assert all(v.severity == "warning" for v in found)
 
 
@@ -128,7 +128,7 @@ def test_v1_dispatch_rejects_x_active_mask_on_a3_only():
     mask = TensorSpec((8,), "bool")
     a3 = {v.rule_id for v in rules.check("npu_moe_distribute_dispatch", *args, x_active_mask=mask, product="atlas-a3")}
     a2 = {v.rule_id for v in rules.check("npu_moe_distribute_dispatch", *args, x_active_mask=mask, product="atlas-a2")}
-    assert "x_active_mask.v1" in a3 and "x_active_mask.v1" not in a2
+    assert "dispatch.x_active_mask.v1" in a3 and "dispatch.x_active_mask.v1" not in a2
 
 
 def test_combine_rules():
@@ -136,7 +136,7 @@ def test_combine_rules():
         "npu_moe_distribute_combine_v2", TensorSpec((64, 7168), "int8"), TensorSpec((8, 8), "int32"),
         TensorSpec((8192,), "int32"), TensorSpec((128,), "int32"), TensorSpec((8, 8), "float32"), "g", 16, 0, 256,
         comm_quant_mode=2, product="atlas-a3")}
-    assert {"x.dtype", "comm_quant_mode.range"} <= found
+    assert {"combine_v2.x.dtype", "combine_v2.comm_quant_mode.range"} <= found
 
 
 def test_ascend_950_is_not_modelled():

@@ -10,21 +10,40 @@ import re
 
 import pytest
 
-from ascend_moe.rules import RULE_KINDS, all_ops
+from ascend_moe.rules import _REGISTRY, RULE_KINDS, all_ops
 
 HOST_FILE = re.compile(r"(op_host|op_api|aclnn_\w+\.cpp|\w*tiling\w*\.cpp|\w+_def\.cpp|infershape\w*\.cpp)")
 # a function named in the source: CamelCase (CheckSupportScene, GMMTiling::CheckMKN) or snake_case with ()
 FUNCTION = re.compile(r"\b([A-Z][a-z0-9]+[A-Z]\w*|\w+::\w+|[a-z_]+\w*\(\))")
 OP_PREFIX = {
-    "npu_gmm": "gmm.", "npu_gmm_v2": "gmm.", "npu_grouped_matmul": "gmm.",
+    "npu_gmm": "gmm.", "npu_gmm_v2": "gmm.",
+    # the quantised forms ride on npu_grouped_matmul's declaration with their own rule set (gmmq.)
+    "npu_grouped_matmul": ("gmm.", "gmmq."), "npu_grouped_matmul_quant": "gmmq.",
     "npu_moe_gating_top_k": "gating.", "npu_ffn": "ffn.",
     "npu_grouped_matmul_swiglu_quant": "gmmsq.", "npu_grouped_matmul_swiglu_quant_v2": "gmmsq_v2.",
     "npu_grouped_matmul_finalize_routing": "gmmfr.",
+    "npu_moe_init_routing_v2": "init.", "npu_moe_token_permute": "permute.", "npu_moe_token_unpermute": "unpermute.",
+    "npu_moe_token_permute_grad": "permute_grad.", "npu_moe_token_unpermute_grad": "unpermute_grad.",
+    "npu_moe_finalize_routing": "finalize.", "npu_moe_gating_top_k_softmax": "softmax.",
+    "npu_moe_gating_top_k_softmax_v2": "softmax_v2.", "npu_moe_compute_expert_tokens": "cet.",
+    "npu_moe_re_routing": "re_routing.", "npu_moe_gating_top_k_backward": "gating_bwd.",
+    "npu_swiglu": "swiglu.", "npu_swiglu_backward": "swiglu_grad.",
+    "npu_dynamic_quant": "dq.", "npu_dynamic_quant_asymmetric": "dqa.", "npu_dequant_swiglu_quant": "dsq.",
+    "npu_grouped_matmul_add_": "gma.", "npu_grouped_matmul_add": "gma_oop.",
+    "npu_moe_distribute_dispatch": "dispatch.", "npu_moe_distribute_dispatch_v2": "dispatch_v2.",
+    "npu_moe_distribute_combine": "combine.", "npu_moe_distribute_combine_v2": "combine_v2.",
 }
 
 
+def _specs():
+    """Every registered rule set: the declared ops, plus the rule sets that bind as one of them
+    (registered when their op's module is imported, e.g. npu_grouped_matmul_quant)."""
+    all_ops()
+    return list(_REGISTRY.values())
+
+
 def _rules():
-    return [(spec.name, r) for spec in all_ops() for r in spec.rules]
+    return [(spec.name, r) for spec in _specs() for r in spec.rules]
 
 
 def test_every_kind_is_known():
@@ -59,6 +78,10 @@ def test_not_simulated_rules_claim_nothing_of_the_device():
             assert r.kind == "sim" and r.severity == "not-simulated", (op, r.id)
             assert r.status is None, (op, r.id)
             assert "run it on" not in r.fix and "atlas-" not in r.fix, (op, r.id, r.fix)
+
+
+def test_every_rule_set_has_a_prefix():
+    assert {spec.name for spec in _specs()} == set(OP_PREFIX)
 
 
 def test_rule_ids_carry_the_op_prefix():

@@ -156,12 +156,15 @@ def test_split_item_1_gives_each_output_its_weights_n():
 
 
 def test_output_dtype_and_total_messages_say_what_happens():
-    # quantised calls: the output dtype is not judged by the non-quantised rule (no claimed 161002)
-    vs = ascend_moe.check("npu_grouped_matmul", [np.ones((4, 8), np.int8)], [np.ones((2, 8, 4), np.int8)],
-                          group_list=np.array([2, 4]), split_item=3, group_type=0, output_dtype=5, **A2)
+    # quantised calls: the output dtype is not judged by the non-quantised rule (no claimed 161002); the
+    # quantised rule set (gmmq.) judges them: A8W8 with float16 output and its float32 scale is a valid call,
+    # without the scale it is rejected by that rule set, with no aclnn status claimed
+    quant = dict(group_list=np.array([2, 4]), split_item=3, group_type=0, output_dtype=5, **A2)
+    x8, w8 = [np.ones((4, 8), np.int8)], [np.ones((2, 8, 4), np.int8)]
+    assert ascend_moe.check("npu_grouped_matmul", x8, w8, scale=[np.ones((2, 4), np.float32)], **quant) == []
+    vs = ascend_moe.check("npu_grouped_matmul", x8, w8, **quant)
     assert "gmm.output_dtype" not in ids(vs)
-    # the quantised forms are judged by their own rule set (here: A8W8 needs a scale), none claims a status
-    assert vs and all(v.rule_id.startswith("gmmq.") and v.status is None for v in vs)
+    assert ids(vs) == {"gmmq.a8w8_scale"} and all(v.status is None for v in vs)
     vs = ascend_moe.check("npu_grouped_matmul", [np.ones((4, 8), np.float16)], [np.ones((2, 8, 4), np.float16)],
                           group_list=np.array([2, 9]), split_item=3, group_type=0, **A2)
     v = next(v for v in vs if v.rule_id == "gmm.total_tensor")
@@ -368,9 +371,10 @@ def test_check_model_reports_not_simulated_stages(capsys):
     code = cli.main(["check", "--model", "deepseek-v3", "--product", "ascend-950", "--cann", "9.1.0", "--quant",
                      "w8a8", "--json"])
     rep = json.loads(capsys.readouterr().out)
-    # the 950's routing and dynamic-quant kernels exist on the device but are not modelled
+    # the 950's routing, dynamic-quant and quantised GEMM kernels exist on the device but are not modelled
     unsimulated = [s for s in rep["stages"] if s["verdict"] == "not simulated"]
-    assert {s["op"] for s in unsimulated} >= {"npu_moe_init_routing_v2", "npu_dynamic_quant"}
+    assert {s["op"] for s in unsimulated} >= {"npu_moe_init_routing_v2", "npu_dynamic_quant", "npu_grouped_matmul",
+                                              "npu_moe_token_unpermute"}
     for st in unsimulated:
         assert st["passed"]
         assert all(v["severity"] == "not-simulated" and v["status"] is None for v in st["violations"])

@@ -135,11 +135,20 @@ def _local_experts(call) -> Optional[int]:
     return None
 
 
+# each op's rule ids carry its prefix ("dispatch_v2.x.rank"), as every other op's do
+RULE_PREFIX = {
+    "npu_moe_distribute_dispatch": "dispatch.",
+    "npu_moe_distribute_dispatch_v2": "dispatch_v2.",
+    "npu_moe_distribute_combine": "combine.",
+    "npu_moe_distribute_combine_v2": "combine_v2.",
+}
+
+
 def _both(rule_id, argument, summary, ops=None, **kw):
-    """Register one predicate on several of the four ops."""
+    """Register one predicate on several of the four ops (``rule_id`` without the op prefix)."""
     def deco(fn):
         for name in ops or _SIGNATURES:
-            SPECS[name].rule(rule_id, argument=argument, summary=summary, **kw)(fn)
+            SPECS[name].rule(RULE_PREFIX[name] + rule_id, argument=argument, summary=summary, **kw)(fn)
         return fn
     return deco
 
@@ -147,7 +156,7 @@ def _both(rule_id, argument, summary, ops=None, **kw):
 # ---------------------------------------------------------------- tensors --------------------------
 
 @_both("x.rank", "x", "x / expand_x and expert_ids are 2-D", source=WRAPPER_DISPATCH + " TORCH_CHECK; " + HELPER,
-       status=None, fix="pass x as [BS, H] and expert_ids as [BS, K]")
+       status=None, kind="wrapper", fix="pass x as [BS, H] and expert_ids as [BS, K]")
 def _(call):
     out = []
     for name in (_x_name(call), "expert_ids"):
@@ -281,7 +290,9 @@ def _(call):
 
 
 @_both("shared_expert_x.shape", "shared_expert_x", "shared_expert_x is [BS, H] with expand_x's dtype",
-       ops=COMBINE_OPS, status=TILING_STATUS, source="combine V2 docs; kernel adds shared_expert_x[t] per token",
+       ops=COMBINE_OPS, kind="kernel", status=None,
+       source="combine V2 docs; the kernel adds shared_expert_x[t] for every token t (no host check of its shape "
+       "was read, so no aclnn status is claimed)",
        fix="pass the shared expert output as [BS, H]")
 def _(call):
     if not call.given("shared_expert_x"):
@@ -302,7 +313,7 @@ def _(call):
 
 
 @_both("ep_rank_id.range", "ep_rank_id", "0 <= ep_rank_id < ep_world_size", source=WRAPPER_DISPATCH + " TORCH_CHECK",
-       status=None, fix="pass this rank's index in the EP group")
+       status=None, kind="wrapper", fix="pass this rank's index in the EP group")
 def _(call):
     r, w = call["ep_rank_id"], call["ep_world_size"]
     if not _is_int(r) or (_is_int(w) and not 0 <= r < w):
@@ -310,7 +321,7 @@ def _(call):
 
 
 @_both("shared_expert_rank_num.range", "shared_expert_rank_num", "0 <= shared_expert_rank_num < ep_world_size",
-       source=WRAPPER_DISPATCH + " TORCH_CHECK", status=None, fix="keep at least one MoE expert rank")
+       source=WRAPPER_DISPATCH + " TORCH_CHECK", status=None, kind="wrapper", fix="keep at least one MoE expert rank")
 def _(call):
     s, w = call["shared_expert_rank_num"], call["ep_world_size"]
     if not _is_int(s) or (_is_int(w) and not 0 <= s < w):
@@ -319,7 +330,7 @@ def _(call):
 
 @_both("shared_expert_num.config", "shared_expert_num",
        "shared experts: (num, ranks) = (1, 0) or (0, 0), else num > 0 and ranks % num == 0",
-       source=WRAPPER_DISPATCH + " TORCH_CHECK; " + TILING, status=None,
+       source=WRAPPER_DISPATCH + " TORCH_CHECK; " + TILING, status=None, kind="wrapper",
        fix="pass shared_expert_rank_num a multiple of shared_expert_num (each shared expert on the same number of ranks)")
 def _(call):
     n, s = call["shared_expert_num"], call["shared_expert_rank_num"]
@@ -350,7 +361,9 @@ def _(call):
 
 @_both("ep_world_size.shared_divisible", "shared_expert_rank_num",
        "ep_world_size % shared_expert_rank_num == 0 when shared ranks exist", status=TILING_STATUS,
-       source="ops-transformer mc2 dispatch tiling (\"epWorldSize should be divisible by sharedExpertRankNum\"); torch_npu combine doc",
+       source="ops-transformer mc2/moe_distribute_dispatch/op_host/op_tiling/moe_distribute_dispatch_tiling.cpp "
+       "CheckExpertAttrs (\"epWorldSize should be divisible by sharedExpertRankNum\"; the combine tiling's "
+       "CheckExpertAttrs has the same test; V2: CheckAttrs -> CheckSharedAttrs); torch_npu combine doc",
        fix="choose shared_expert_rank_num dividing ep_world_size")
 def _(call):
     w, s = call["ep_world_size"], call["shared_expert_rank_num"]
@@ -359,8 +372,8 @@ def _(call):
 
 
 @_both("moe_expert_num.divisible", "moe_expert_num", "moe_expert_num % (ep_world_size - shared_expert_rank_num) == 0",
-       status=TILING_STATUS, source=TILING + " shared-expert/expert attribute checks (moeExpertNum should be divisible "
-       "by (epWorldSize - sharedExpertRankNum))", fix="choose an expert count the MoE ranks divide evenly")
+       status=TILING_STATUS, source=TILING + " CheckAttrs (\"moeExpertNum should be divisible by (epWorldSize - "
+       "sharedExpertRankNum)\"; the combine V2 tiling's CheckAttrs has the same test)", fix="choose an expert count the MoE ranks divide evenly")
 def _(call):
     w, s, e = call["ep_world_size"], call["shared_expert_rank_num"], call["moe_expert_num"]
     if not _is_int(e) or e <= 0:
@@ -380,7 +393,7 @@ def _(call):
 
 
 @_both("local_experts.max", "moe_expert_num", "local experts per rank * ep_world_size <= 2048", status=TILING_STATUS,
-       source=TILING + " (localMoeExpertNum * epWorldSize > LOCAL_EXPERT_MAX_SIZE); A3 doc local_E*W <= 2048",
+       source=TILING + " CheckAttrs (localMoeExpertNum * epWorldSize > LOCAL_EXPERT_MAX_SIZE); A3 doc local_E*W <= 2048",
        fix="use more ranks or fewer experts")
 def _(call):
     big_l, w = _local_experts(call), call["ep_world_size"]
@@ -442,7 +455,7 @@ def _(call):
 
 
 @_both("expert_token_nums_type.range", "expert_token_nums_type", "expert_token_nums_type 0 (cumsum) or 1 (count)",
-       ops=DISPATCH_OPS, source=WRAPPER_DISPATCH + " TORCH_CHECK", status=None, fix="pass 0 or 1")
+       ops=DISPATCH_OPS, source=WRAPPER_DISPATCH + " TORCH_CHECK", status=None, kind="wrapper", fix="pass 0 or 1")
 def _(call):
     t = call["expert_token_nums_type"]
     if t not in (0, 1) or isinstance(t, bool):
@@ -479,7 +492,7 @@ def _(call):
 
 
 @_both("v3_only_args", "zero_expert_num", "elastic_info / zero/copy/const experts need aclnn V3, performance_info V4",
-       ops=("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2"), status=None,
+       ops=("npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2"), status=None, kind="wrapper",
        source=WRAPPER_DISPATCH + " (V2 fallback rejects them); not simulated here",
        fix="pass elastic_info=None, performance_info=None and zero/copy/const_expert_num=0")
 def _(call):
@@ -492,7 +505,8 @@ def _(call):
 
 
 @_both("comm_quant_mode.range", "comm_quant_mode", "comm_quant_mode 0 (int8 mode 2 not simulated)", ops=COMBINE_OPS,
-       status=None, source="combine docs (0, 2); the int8 communication quantisation is not modelled by ascend-moe",
+       status=None, severity="not-simulated",
+       source="combine docs (0, 2); the int8 communication quantisation is not modelled by ascend-moe",
        fix="pass comm_quant_mode=0")
 def _(call):
     if call["comm_quant_mode"] != 0:

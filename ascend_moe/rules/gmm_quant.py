@@ -420,8 +420,9 @@ def _(call):
 
 
 @_rule("gmmq.products", "x", "the quantised forms are modelled on Atlas A2/A3 only",
-       products={"atlas-inference", "ascend-950"}, source=SRC_DOC + " (A2/A3 tables)", status=None,
-       fix="check the quantised grouped matmul for atlas-a2 / atlas-a3")
+       products={"atlas-inference", "ascend-950"}, source=SRC_DOC + " (A2/A3 tables); the 950 / 310P quantised "
+       "kernels are not modelled by ascend-moe, which says nothing of the device", severity="not-simulated",
+       fix="the simulator models the quantised forms of the Atlas A2/A3 tables only")
 def _(call):
     return (f"the quantised grouped matmul ({form(call) or 'quantisation arguments given'}) is not modelled on "
             f"{call.product}")

@@ -41,7 +41,7 @@ SRC_DQ_TILING = "ops-nn quant/dynamic_quant/op_host/dynamic_quant_tiling.cpp"
 SRC_DQ_DOC = "op-plugin docs torch_npu-npu_dynamic_quant.md; ops-nn aclnnDynamicQuantV2.md"
 SRC_DSQ_PLUGIN = "op-plugin op_plugin/ops/opapi/DequantSwigluQuantOpApi.cpp"
 SRC_DSQ_DOC = "op-plugin docs torch_npu-npu_dequant_swiglu_quant.md; ops-nn aclnnDequantSwigluQuant{,V2}.md"
-SRC_GMA_HOST = "ops-transformer gmm/grouped_matmul_add/op_api/aclnn_grouped_matmul_add.cpp"
+SRC_GMA_HOST = "ops-transformer gmm/grouped_matmul_add/op_host/op_api/aclnn_grouped_matmul_add.cpp"
 SRC_GMA_PLUGIN = "op-plugin op_plugin/ops/opapi/GroupedMatmulAddNpuOpApi.cpp; _meta_registrations.py"
 
 # torch ScalarType codes op-plugin receives for dst_type / output dtypes
@@ -222,7 +222,9 @@ def _dq_rules(spec, p: str) -> None:
             return f"quant_mode={call['quant_mode']!r} is only supported on Ascend 950 (A2/A3: 'pertoken')"
 
     @spec.rule(f"{p}.dst_type_max", "dst_type_max", "dst_type_max is 0.0 (non-zero selects V4: 950 only)",
-               source=SRC_DQ_PLUGIN + " (select_version)", fix="omit dst_type_max")
+               source=SRC_DQ_PLUGIN + " (select_version routes a non-zero dst_type_max to aclnnDynamicQuantV4; "
+               "the A2/A3 host check of V4 was not read, so no aclnn status is claimed)",
+               kind="wrapper", status=None, fix="omit dst_type_max")
     def _(call):
         v = call["dst_type_max"]
         if v not in (0, 0.0, None):
@@ -237,7 +239,7 @@ def _dq_rules(spec, p: str) -> None:
             return f"dst_type={call['dst_type']!r} is not supported on {call.product} (int8 or quint4x2)"
 
     @spec.rule(f"{p}.int4_last_dim", "input", "with dst_type=quint4x2 the last dim is a multiple of 8",
-               source=SRC_DQ_PLUGIN + " (TORCH_CHECK); op-plugin _meta_registrations.py", status=None,
+               source=SRC_DQ_PLUGIN + " (TORCH_CHECK); op-plugin _meta_registrations.py", status=None, kind="wrapper",
                fix="pad the last dim to a multiple of 8")
     def _(call):
         m = call.meta("input")
@@ -309,7 +311,8 @@ def _dq_rules(spec, p: str) -> None:
             return f"group_index[-1] = {int(np.asarray(v)[-1])} differs from the {rows} rows of input"
 
     @spec.rule(f"{p}.num_groups", "group_index", "at most 1024 groups",
-               source=SRC_DQ_TILING + " (MAX_EXPERT_NUM 1024); " + SRC_DQ_DOC, fix="use at most 1024 experts per call")
+               status=561002, source=SRC_DQ_TILING + " DynamicQuantTiling::CheckOpInpuShape (groupNum > MAX_EXPERT_NUM "
+               "1024 fails the tiling); " + SRC_DQ_DOC, fix="use at most 1024 experts per call")
     def _(call):
         g = call.meta("group_index")
         if g is not None and g.ndim == 1 and g.shape[0] > 1024:
@@ -336,7 +339,7 @@ def _rows(call: Call) -> Optional[int]:
 
 @dsq_spec.rule("dsq.x", "x", "x is int32 (GMM output), bfloat16 or float16 with more than 1 dim and an even last dim",
                source=SRC_DSQ_PLUGIN + " (x.dim() > 1, last dim even); " + SRC_DSQ_DOC + " (dtypes)",
-               status=None, fix="pass the int32 grouped-matmul output [tokens, 2H]")
+               status=None, kind="wrapper", fix="pass the int32 grouped-matmul output [tokens, 2H]")
 def _(call):
     m = call.meta("x")
     if m is None:
@@ -360,7 +363,7 @@ def _(call):
 
 
 @dsq_spec.rule("dsq.modes", "quant_mode", "quant_mode in {0, 1}; swiglu_mode in {0, 1, 2}; clamp_limit finite > 0; "
-               "glu_alpha, glu_bias finite", source=SRC_DSQ_PLUGIN + " (TORCH_CHECKs)", status=None,
+               "glu_alpha, glu_bias finite", source=SRC_DSQ_PLUGIN + " (TORCH_CHECKs)", status=None, kind="wrapper",
                fix="quant_mode 0 (static) or 1 (dynamic); swiglu_mode 0 (SwiGLU), 1 or 2 (clamped variants)")
 def _(call):
     errs = []
@@ -529,7 +532,8 @@ def _(call):
 
 def _gma_rules(spec, p: str) -> None:
     @spec.rule(f"{p}.group_type", "group_type", "group_type is 2 (the token axis is split)",
-               source=SRC_GMA_PLUGIN + " (meta: group_type == 2)", status=None, fix="pass group_type=2")
+               source=SRC_GMA_PLUGIN + " (meta: group_type == 2)", status=None, kind="wrapper",
+               fix="pass group_type=2")
     def _(call):
         if call["group_type"] != 2:
             return f"group_type must be 2, got {call['group_type']!r}"
@@ -546,7 +550,9 @@ def _gma_rules(spec, p: str) -> None:
         return errs
 
     @spec.rule(f"{p}.tensors", "x", "x [tokens, M] and weight [tokens, N] float16/bfloat16 of one dtype; group_list "
-               "1-D int64; y float32 with E*M*N elements", source=SRC_GMA_HOST,
+               "1-D int64; y float32 with E*M*N elements", source=SRC_GMA_HOST + " CheckParams (CheckShape: x/weight 2-D "
+               "with equal K, group_list 1-D; CheckDtype: fp16/bf16 x == weight dtype, int64 group_list, float32 y); "
+               "the E*M*N size of y is the output size of op-plugin's meta registration",
                fix="pass fp16/bf16 x and weight sharing the token dim, an int64 group_list, a float32 y [E, M, N]")
     def _(call):
         x, w, gl, y = (call.meta(n) for n in ("x", "weight", "group_list", "y"))
@@ -574,7 +580,8 @@ def _gma_rules(spec, p: str) -> None:
         return errs
 
     @spec.rule(f"{p}.y_3d_950", "y", "Ascend 950: y is 3-D [E, M, N]", products={"ascend-950"},
-               source=SRC_GMA_HOST, fix="view y as [E, M, N]")
+               source=SRC_GMA_HOST + " CheckShape (NpuArch DAV_3510: y 3-D, y.shape[0] == len(group_list))",
+               fix="view y as [E, M, N]")
     def _(call):
         y, gl = call.meta("y"), call.meta("group_list")
         if y is not None and gl is not None and (y.ndim != 3 or y.shape[0] != gl.shape[0]):
