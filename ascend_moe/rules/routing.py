@@ -850,8 +850,13 @@ gating_bwd_spec = register_op(GATING_BWD, products=A2_A3, source=GATING_BWD_DOC,
                               product_notes={"ascend-950": "aclnnMoeGatingTopKBackward does not support the 950 (doc)"})
 
 
+# the grad ops' documented shapes/dtypes: no host check of them was read, but outside them the kernel reads and
+# writes its buffers with the wrong geometry or dtype, so these are kernel rules (undefined result, no status)
+UNDEFINED_OUTSIDE = "outside them the kernel indexes its buffers with the wrong geometry or dtype (undefined result) [I]"
+
+
 @gating_bwd_spec.rule("gating_bwd.x_norm.spec", argument="x_norm", summary="x_norm float32 2-D [M, N] with 2 <= N <= 2048",
-                      severity="warning", status=None, source=GATING_BWD_DOC + " (return codes table) [D]; no "
+                      severity="error", status=None, kind="kernel", source=GATING_BWD_DOC + " (return codes table) [D]; " + UNDEFINED_OUTSIDE + "; no "
                       "public host code of aclnnMoeGatingTopKBackward was found",
                       fix="pass the float32 norm_out of the forward (out_flag=True)")
 def _(call):
@@ -865,7 +870,7 @@ def _(call):
 
 @gating_bwd_spec.rule("gating_bwd.grad_y.spec", argument="grad_y",
                       summary="grad_y float16/bfloat16/float32 [M, K], 1 <= K <= N; expert_idx int32 of the same shape",
-                      severity="warning", status=None, source=GATING_BWD_DOC + " (return codes table) [D]; no "
+                      severity="error", status=None, kind="kernel", source=GATING_BWD_DOC + " (return codes table) [D]; " + UNDEFINED_OUTSIDE + "; no "
                       "public host code of aclnnMoeGatingTopKBackward was found",
                       fix="pass the gradient of y and the forward's expert_idx")
 def _(call):
@@ -947,8 +952,8 @@ unpermute_grad_spec = register_op(UNPERMUTE_GRAD, products=A2_A3, source=UNPERMU
 
 @permute_grad_spec.rule("permute_grad.grad.spec", argument="grad_permuted_tokens",
                         summary="grad_permuted_tokens 2-D float16/bfloat16/float32; sorted_indices 1-D int32 with "
-                        "tokens*k entries", severity="warning", status=None,
-                        source=PERMUTE_GRAD_DOC + " (parameter table) [D]; aclnn_moe_token_permute_grad.cpp "
+                        "tokens*k entries", severity="error", status=None, kind="kernel",
+                        source=PERMUTE_GRAD_DOC + " (parameter table) [D]; " + UNDEFINED_OUTSIDE + "; aclnn_moe_token_permute_grad.cpp "
                         "forwards A2/A3 calls unchecked to the generated aclnnInnerMoeTokenPermuteGrad and its tiling "
                         "checks were not read",
                         fix="pass the gradient of permuted_tokens and the forward's sorted_indices")
@@ -974,8 +979,8 @@ def _(call):
 
 @unpermute_grad_spec.rule("unpermute_grad.grad.spec", argument="grad_unpermuted_tokens",
                           summary="permuted_tokens / grad 2-D float with one hidden size; sorted_indices 1-D int32 with "
-                          "grad rows * k entries; probs 2-D [rows, k]", severity="warning", status=None,
-                          source=UNPERMUTE_GRAD_DOC + " (parameter table) [D]; aclnn_moe_token_unpermute_grad.cpp "
+                          "grad rows * k entries; probs 2-D [rows, k]", severity="error", status=None, kind="kernel",
+                          source=UNPERMUTE_GRAD_DOC + " (parameter table) [D]; " + UNDEFINED_OUTSIDE + "; aclnn_moe_token_unpermute_grad.cpp "
                           "forwards A2/A3 calls unchecked to the generated aclnnInnerMoeTokenUnpermuteGrad and its "
                           "tiling checks were not read",
                           fix="pass the forward's tensors and the gradient of its output")
