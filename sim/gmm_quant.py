@@ -43,7 +43,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .numerics import decode_int64_scale, dtype_name, fill_undefined, np_dtype, nz_to_nd
+from .gmm import grouped_matmul_add_fp32
+from .numerics import GroupList, decode_int64_scale, dtype_name, fill_undefined, np_dtype, nz_to_nd
 from .quant_gemm import (
     decode_weight_scale, group_bounds, grouped_int8_matmul, grouped_msd_partials, msd_combine,
     weight_values,
@@ -240,15 +241,11 @@ def grouped_matmul_add(y: np.ndarray, x: np.ndarray, weight: np.ndarray, group_l
     if x.ndim != 2 or w.ndim != 2 or x.shape[0] != w.shape[0]:
         raise ValueError(f"x [tokens, M] and weight [tokens, N] must share the token dim, got {x.shape} and "
                          f"{w.shape}")
-    bounds = group_bounds(group_list, group_list_type, x.shape[0])
-    M, N = x.shape[1], w.shape[1]
-    view = y.reshape(len(bounds), M, N)
-    if not np.shares_memory(view, y) and y.size:
+    ends = GroupList.of(group_list, group_list_type).ends
+    if y.size and not np.shares_memory(y.reshape(ends.size, x.shape[1], w.shape[1]), y):
         raise ValueError("y must be contiguous so it can be viewed as [E, M, N]")
-    for e, (s, t) in enumerate(bounds):
-        if t > s:
-            view[e] += np.matmul(x[s:t].astype(F32).T, w[s:t].astype(F32))
-    return y
+    # the same computation as MindSpeed's npu_groupmatmul_add_fp32 (sim.gmm), which takes a cumsum
+    return grouped_matmul_add_fp32(x, w, ends, y)
 
 
 def _first(v):
