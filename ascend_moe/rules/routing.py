@@ -856,7 +856,8 @@ UNDEFINED_OUTSIDE = "outside them the kernel indexes its buffers with the wrong 
 
 
 @gating_bwd_spec.rule("gating_bwd.x_norm.spec", argument="x_norm", summary="x_norm float32 2-D [M, N] with 2 <= N <= 2048",
-                      severity="error", status=None, kind="kernel", source=GATING_BWD_DOC + " (return codes table) [D]; " + UNDEFINED_OUTSIDE + "; no "
+                      severity="error", status=None, kind="kernel",
+                      source=GATING_BWD_DOC + " (return codes table) [D]; " + UNDEFINED_OUTSIDE + "; no "
                       "public host code of aclnnMoeGatingTopKBackward was found",
                       fix="pass the float32 norm_out of the forward (out_flag=True)")
 def _(call):
@@ -870,7 +871,8 @@ def _(call):
 
 @gating_bwd_spec.rule("gating_bwd.grad_y.spec", argument="grad_y",
                       summary="grad_y float16/bfloat16/float32 [M, K], 1 <= K <= N; expert_idx int32 of the same shape",
-                      severity="error", status=None, kind="kernel", source=GATING_BWD_DOC + " (return codes table) [D]; " + UNDEFINED_OUTSIDE + "; no "
+                      severity="error", status=None, kind="kernel",
+                      source=GATING_BWD_DOC + " (return codes table) [D]; " + UNDEFINED_OUTSIDE + "; no "
                       "public host code of aclnnMoeGatingTopKBackward was found",
                       fix="pass the gradient of y and the forward's expert_idx")
 def _(call):
@@ -953,7 +955,8 @@ unpermute_grad_spec = register_op(UNPERMUTE_GRAD, products=A2_A3, source=UNPERMU
 @permute_grad_spec.rule("permute_grad.grad.spec", argument="grad_permuted_tokens",
                         summary="grad_permuted_tokens 2-D float16/bfloat16/float32; sorted_indices 1-D int32 with "
                         "tokens*k entries", severity="error", status=None, kind="kernel",
-                        source=PERMUTE_GRAD_DOC + " (parameter table) [D]; " + UNDEFINED_OUTSIDE + "; aclnn_moe_token_permute_grad.cpp "
+                        source=PERMUTE_GRAD_DOC + " (parameter table) [D]; " + UNDEFINED_OUTSIDE
+                        + "; aclnn_moe_token_permute_grad.cpp "
                         "forwards A2/A3 calls unchecked to the generated aclnnInnerMoeTokenPermuteGrad and its tiling "
                         "checks were not read",
                         fix="pass the gradient of permuted_tokens and the forward's sorted_indices")
@@ -969,20 +972,22 @@ def _(call):
         return f"sorted_indices must have indices.numel()={int(np.prod(ix))} entries, got {si[0]}"
 
 
-@permute_grad_spec.rule("permute_grad.padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
-                        status=None, severity="not-simulated", source=PERMUTE_GRAD_DOC + " (only False); not modelled",
-                        fix="pass padded_mode=False")
-def _(call):
+def _padded_mode_unsupported(call):
     if call["padded_mode"]:
         return "padded_mode=True is documented as unsupported; ascend-moe does not model it"
+
+
+permute_grad_spec.rule("permute_grad.padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
+                       status=None, severity="not-simulated", source=PERMUTE_GRAD_DOC + " (only False); not modelled",
+                       fix="pass padded_mode=False")(_padded_mode_unsupported)
 
 
 @unpermute_grad_spec.rule("unpermute_grad.grad.spec", argument="grad_unpermuted_tokens",
                           summary="permuted_tokens / grad 2-D float with one hidden size; sorted_indices 1-D int32 with "
                           "grad rows * k entries; probs 2-D [rows, k]", severity="error", status=None, kind="kernel",
-                          source=UNPERMUTE_GRAD_DOC + " (parameter table) [D]; " + UNDEFINED_OUTSIDE + "; aclnn_moe_token_unpermute_grad.cpp "
-                          "forwards A2/A3 calls unchecked to the generated aclnnInnerMoeTokenUnpermuteGrad and its "
-                          "tiling checks were not read",
+                          source=UNPERMUTE_GRAD_DOC + " (parameter table) [D]; " + UNDEFINED_OUTSIDE
+                          + "; aclnn_moe_token_unpermute_grad.cpp forwards A2/A3 calls unchecked to the generated "
+                          "aclnnInnerMoeTokenUnpermuteGrad and its tiling checks were not read",
                           fix="pass the forward's tensors and the gradient of its output")
 def _(call):
     msg = _need_rank(call, "permuted_tokens", (2,)) or _need_dtype(call, "permuted_tokens", FLOATS) or \
@@ -1001,12 +1006,10 @@ def _(call):
         return f"sorted_indices must have rows*k = {g[0]}*{k} = {g[0] * k} entries, got {si[0]}"
 
 
-@unpermute_grad_spec.rule("unpermute_grad.padded_mode.unsupported", argument="padded_mode", summary="padded_mode must be False",
-                          status=None, severity="not-simulated", source=UNPERMUTE_GRAD_DOC + " (only False); not modelled",
-                          fix="pass padded_mode=False")
-def _(call):
-    if call["padded_mode"]:
-        return "padded_mode=True is documented as unsupported; ascend-moe does not model it"
+unpermute_grad_spec.rule("unpermute_grad.padded_mode.unsupported", argument="padded_mode",
+                         summary="padded_mode must be False", status=None, severity="not-simulated",
+                         source=UNPERMUTE_GRAD_DOC + " (only False); not modelled",
+                         fix="pass padded_mode=False")(_padded_mode_unsupported)
 
 
 @re_spec.rule("re_routing.tokens_dtype.unsupported", argument="tokens_dtype",
