@@ -87,3 +87,24 @@ def test_every_rule_set_has_a_prefix():
 def test_rule_ids_carry_the_op_prefix():
     for op, r in _rules():
         assert r.id.startswith(OP_PREFIX[op]), (op, r.id)
+
+
+def test_product_verdicts_claim_no_status():
+    """An op outside its products' list is refused, but with no aclnn status: the lists come from the
+    docs' supported-products tables, and no public host code settles which status every op returns."""
+    from ascend_moe.products import DEFAULT_CANN, PRODUCTS, Target
+    from ascend_moe.rules import check_call
+    seen = 0
+    for spec in _specs():
+        if spec.products is None:
+            continue
+        for product in sorted(set(PRODUCTS) - set(spec.products)):
+            target = Target(product, DEFAULT_CANN)
+            [v] = check_call(spec.name, {}, target)
+            assert v.rule_id == f"{spec.name}.product" and v.status is None, (spec.name, product, v)
+            if v.severity == "error":
+                assert v.kind == "product" and "run it on one of" in v.fix, (spec.name, product)
+            else:  # the device has the op there; ascend-moe does not model it
+                assert v.severity == "not-simulated" and "run it on" not in v.fix, (spec.name, product)
+            seen += 1
+    assert seen > 30
