@@ -34,6 +34,10 @@ __all__ = ["SchemaArg", "Schema", "parse_schema", "AclnnEntry", "CParam", "Out",
            "OpDecl", "declare", "get_decl", "all_decls", "BindError"]
 
 NO_DEFAULT = inspect.Parameter.empty
+# The trailing argument of every op's torch.library schema: ``["<arg>=<format>", "<arg>[i]=<format>"]``,
+# the storage formats of tensor arguments stated explicitly (ascend_moe.formatted fills it for tensors
+# that carry a format; fake kernels and compiled graphs thus see the real format).  Not public.
+FORMATS_ARG = "tensor_formats"
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -325,8 +329,6 @@ class OpDecl:
     sim_torch: Optional[Callable[[Dict[str, Any], Any], Any]] = None
     # simulator-only keyword options of the NumPy twin, passed to ``sim(args, target, **options)``
     sim_options: Tuple[str, ...] = ()
-    # what the fake kernel's checker sees, where fake tensors lack what real ones carry (e.g. a format)
-    trace_args: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
     # the weights (bound args -> tensors) whose converted copies the CPU kernel may keep across calls
     # while they are unchanged (ascend_moe.kernels' weight cache: widened fp16/bf16, decoded NZ / int4)
     cached_weights: Optional[Callable[[Dict[str, Any]], Sequence[Any]]] = None
@@ -352,6 +354,8 @@ class OpDecl:
             if a.name in self.alternatives:
                 alt, extra = self.alternatives[a.name]
                 torch_args.append(SchemaArg(extra, alt.type if alt.optional else alt.type + "?", None, a.kwarg_only))
+        # the formats of the tensor arguments, stated explicitly (ascend_moe.formatted.FormattedTensor fills it)
+        torch_args.append(SchemaArg(FORMATS_ARG, "str[]?", None, False))
         self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), self.parsed.returns)
         for e in self.aclnn:
             for p in e.c_params:
@@ -431,13 +435,33 @@ class OpDecl:
                 out.append(v)
         return tuple(out)
 
+    def split_formats(self, args: Sequence[Any], kwargs: Mapping[str, Any]
+                      ) -> Tuple[Sequence[Any], Mapping[str, Any], Dict[str, str]]:
+        """A call of the torch.library schema without its :data:`FORMATS_ARG`, and that argument as
+        ``{"<arg>" or "<arg>[i]": format}``."""
+        entries = None
+        if FORMATS_ARG in kwargs:
+            kwargs = dict(kwargs)
+            entries = kwargs.pop(FORMATS_ARG)
+        elif len(args) == len(self.torch_parsed.args):
+            args, entries = args[:-1], args[-1]
+        stated: Dict[str, str] = {}
+        for e in entries or ():
+            name, sep, fmt = str(e).partition("=")
+            if not sep or not fmt:
+                raise self._error(f"argument '{FORMATS_ARG}' entries must be '<argument>=<format>', got {e!r}", "")
+            stated[name] = fmt
+        return args, kwargs, stated
+
     def bind_torch(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, tensor_check: Optional[
             Callable[[Any], bool]] = None) -> Dict[str, Any]:
         """Bind a call of the torch.library schema (what the kernels receive) to the public argument
-        dict: each ``<name>_ints`` folded back into ``<name>``."""
+        dict: each ``<name>_ints`` folded back into ``<name>``.  The trailing :data:`FORMATS_ARG` is not
+        part of it (:meth:`split_formats`)."""
+        args, kwargs, _ = self.split_formats(args, kwargs)
         if not self.alternatives:
             return self.bind(args, kwargs, tensor_check=tensor_check, keyword_split=False)
-        a = self._bind(self.torch_parsed.args, args, kwargs, tensor_check, " (torch schema)", False, False)
+        a = self._bind(self.torch_parsed.args[:-1], args, kwargs, tensor_check, " (torch schema)", False, False)
         for name, (_, extra) in self.alternatives.items():
             ints = a.pop(extra)
             if ints is not None:
@@ -552,7 +576,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _default_tensor_check(v: Any) -> bool:
-    return type(v).__module__.startswith("torch") and hasattr(v, "untyped_storage")
+    from .formats import is_torch_tensor
+    return is_torch_tensor(v)
 
 
 def _type_name(v: Any) -> str:

@@ -51,6 +51,7 @@ def _is_tensor(v: Any) -> bool:
 
 
 def torch_schema(decl: OpDecl) -> str:
+    """The declared schema without its ``*``, plus the trailing ``str[]? tensor_formats=None``."""
     return decl.torch_parsed.spelled(keyword_split=False, name=False)
 
 
@@ -60,8 +61,40 @@ def bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str,
 
 
 def kernel_bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Binding inside the kernels: the torch.library schema (no ``*``, overload variants folded back)."""
-    return decl.bind_torch(args, kwargs, tensor_check=_is_tensor)
+    """Binding inside the kernels: the torch.library schema (no ``*``, overload variants folded back).
+    The formats stated in its trailing ``tensor_formats`` argument are recorded on the tensors they
+    name (:func:`state_formats`), so the checker, the shape rule and aclnn read the real format."""
+    args, kwargs, stated = decl.split_formats(args, kwargs)
+    a = decl.bind_torch(args, kwargs, tensor_check=_is_tensor)
+    if stated:
+        state_formats(decl, a, stated)
+    return a
+
+
+def _named_tensor(a: Dict[str, Any], key: str) -> Any:
+    name, _, index = key.partition("[")
+    v = a.get(name)
+    if index:
+        i = int(index.rstrip("]")) if index.rstrip("]").isdigit() else -1
+        v = v[i] if isinstance(v, (list, tuple)) and 0 <= i < len(v) else None
+    return v
+
+
+def state_formats(decl: OpDecl, a: Dict[str, Any], stated: Dict[str, str]) -> None:
+    """Record each format of ``tensor_formats`` on the CPU / meta tensor it names (a FormattedTensor's
+    values, unwrapped by its dispatch, or their fake tensor while tracing).  Device tensors keep their
+    format on the device and are left alone."""
+    from .. import formats
+    for key, fmt in stated.items():
+        t = _named_tensor(a, key)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{decl.name}: argument 'tensor_formats' names {key!r}, which is not a tensor argument "
+                            f"of this call")
+        if fmt not in formats.FORMAT_IDS:
+            raise ValueError(f"{decl.name}: argument 'tensor_formats': unknown format {fmt!r} for {key!r}; known: "
+                             f"{sorted(formats.FORMAT_IDS)}")
+        if t.device.type in ("cpu", "meta"):
+            formats.set_format(t, fmt)
 
 
 def tensors_of(decl: OpDecl, a: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
@@ -160,12 +193,64 @@ def _enforce(decl: OpDecl, a: Dict[str, Any]):
 # kernels
 # ------------------------------------------------------------------------------------------------
 
+def _device_weights_in_nz(decl: OpDecl, a: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The call with its weights (``decl.cached_weights``) described as FRACTAL_NZ, when they are fake
+    tensors of an NPU: there the format is device metadata (torch_npu's storage description) that fake
+    tensors do not carry, so the trace cannot know it.  None when no weight is such a tensor."""
+    if decl.cached_weights is None:
+        return None
+    from torch._subclasses.fake_tensor import is_fake
+    from ..rules import TensorSpec
+    from ..sim.numerics import dtype_name
+    weights = [w for v in decl.cached_weights(a) for w in (v if isinstance(v, (list, tuple)) else [v])]
+    unknown = {id(w) for w in weights if isinstance(w, torch.Tensor) and w.device.type in NPU_DEVICE_TYPES
+               and is_fake(w)}
+    if not unknown:
+        return None
+
+    def as_nz(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and id(v) in unknown:
+            return TensorSpec(tuple(int(s) for s in v.shape), dtype_name(v.dtype), "FRACTAL_NZ")
+        if isinstance(v, (list, tuple)) and any(id(t) in unknown for t in v):
+            return [as_nz(t) for t in v]
+        return v
+    return {k: as_nz(v) for k, v in a.items()}
+
+
+def _enforce_traced(decl: OpDecl, a: Dict[str, Any]) -> None:
+    """The checker at trace time.  CPU tensors carry their format (FormattedTensor, stated to the kernel
+    in ``tensor_formats``), so it is checked exactly.  The weights of an NPU are fake tensors without
+    their format: a call valid with them in ND or in FRACTAL_NZ passes the trace, and the NPU kernel
+    checks the real format (no format is assumed: a call invalid in both is refused here)."""
+    import warnings
+    from ..rules import ConstraintError
+    try:
+        _enforce(decl, a)
+        return
+    except ConstraintError as e:
+        first = e
+        as_nz = _device_weights_in_nz(decl, a)
+        if as_nz is None:
+            raise
+    try:
+        with warnings.catch_warnings():  # the doc-level warnings were given by the first attempt
+            warnings.simplefilter("ignore")
+            _enforce(decl, as_nz)
+    except ConstraintError as second:
+        # invalid in both formats: report what holds whatever the weights' format is, when there is such
+        common = {v.rule_id for v in second.violations}
+        kept = [v for v in first.violations if v.rule_id in common]
+        if kept and len(kept) < len(first.violations):
+            raise ConstraintError(first.op, kept, first.target) from None
+        raise first from None
+
+
 def make_fake_kernel(decl: OpDecl) -> Callable[..., Any]:
     def fake(*args: Any, **kwargs: Any) -> Any:
         a = kernel_bind(decl, args, kwargs)
         named = tensors_of(decl, a)
         device = check_one_device(decl, named)
-        _enforce(decl, decl.trace_args(dict(a)) if decl.trace_args is not None else a)
+        _enforce_traced(decl, a)
         outs = [named[0][1].new_empty(tuple(shape), dtype=torch_dtype(dt), device=device)
                 for shape, dt in decl.shape(a)]
         return _structure(decl, outs)
@@ -308,6 +393,26 @@ def _return_annotation(decl: OpDecl) -> Any:
 # registration
 # ------------------------------------------------------------------------------------------------
 
+def _autograd_without_formats(decl: OpDecl) -> Tuple[Callable[..., Any], Callable[..., Any]]:
+    """The declaration's backward and setup_context, which know the declared arguments: the trailing
+    ``tensor_formats`` input is dropped from what setup_context sees, and gets no gradient."""
+    n_inputs = len(decl.torch_parsed.args)
+
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> Any:
+        return decl.setup_context(ctx, tuple(inputs)[:n_inputs - 1], output)
+
+    def backward(ctx: Any, *grads: Any) -> Any:
+        passed = len(ctx.needs_input_grad)  # the dispatcher drops trailing defaults: the count varies
+        result = decl.backward(ctx, *grads)
+        if passed < n_inputs:  # no tensor_formats passed: the declaration's structure as it is
+            return result
+        result = tuple(result) if isinstance(result, (list, tuple)) else (result,)
+        result = result[:n_inputs - 1]
+        return result + (None,) * (passed - len(result))
+
+    return backward, setup_context
+
+
 def register(decl: OpDecl) -> Callable[..., Any]:
     """Define ``torch.ops.ascend_moe.<name>`` from ``decl``; returns the public function."""
     if decl.name in PUBLIC:
@@ -320,7 +425,8 @@ def register(decl: OpDecl) -> Callable[..., Any]:
                                   npu_kernel)
     NPU_KERNELS[decl.name] = npu_kernel
     if decl.backward is not None:
-        opdef.register_autograd(decl.backward, setup_context=decl.setup_context)
+        backward, setup_context = _autograd_without_formats(decl)
+        opdef.register_autograd(backward, setup_context=setup_context)
     OPDEFS[decl.name] = opdef
     public = make_public(decl, getattr(torch.ops.ascend_moe, decl.name).default)
     PUBLIC[decl.name] = public

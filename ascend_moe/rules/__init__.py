@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 
 import numpy as np
 
+from ..formats import is_torch_tensor as _is_torch_tensor_type
 from ..formats import get_format
 from ..products import PRODUCTS, CannVersion, Target, resolve_target
 from ..sim.numerics import dtype_name
@@ -118,7 +119,7 @@ class TensorMeta:
 
 
 def _is_torch_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "untyped_storage")
+    return _is_torch_tensor_type(x)
 
 
 def tensor_meta(x: Any) -> Optional[TensorMeta]:
