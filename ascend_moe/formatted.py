@@ -22,6 +22,7 @@ real storage: the subclass is then a wrapper (``Tensor._make_wrapper_subclass``)
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -84,6 +85,9 @@ class FormattedTensor(torch.Tensor):
             # are the same memory under a second storage object (DLPack, no copy): torch's fake-tensor
             # conversion requires a subclass and its inner tensors not to share one storage.
             out = torch.Tensor._make_subclass(cls, inner, rg)
+            # a plain tensor over this storage and view (the Parameter of ``param.data = cast``) finds the format
+            _formats._format_record.set(inner, storage_format)
+            _formats._nz_storage_logical_shape.set(inner, nz_storage if nz_storage != "unknown" else None)
             inner = torch.from_dlpack(inner.detach())
         else:
             out = torch.Tensor._make_wrapper_subclass(
@@ -118,6 +122,16 @@ class FormattedTensor(torch.Tensor):
                              outer_size: Any, outer_stride: Any) -> "FormattedTensor":
         fmt, nz = ctx
         return FormattedTensor(inner_tensors["_inner"], fmt, nz)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "FormattedTensor":
+        if id(self) in memo:
+            return memo[id(self)]
+        out = FormattedTensor(self._inner.clone(), self._storage_format, self._nz_storage, self.requires_grad)
+        for key, value in self.__dict__.items():  # e.g. nn.Parameter's _is_param
+            if key not in ("_inner", "_storage_format", "_nz_storage"):
+                setattr(out, key, copy.deepcopy(value, memo))
+        memo[id(self)] = out
+        return out
 
     def __reduce_ex__(self, protocol: int):  # pickles as the values plus the format
         return (FormattedTensor, (self._inner, self._storage_format, self._nz_storage, self.requires_grad))
@@ -174,11 +188,7 @@ def with_format(t: torch.Tensor, storage_format: str, nz_storage: NzRecord = Non
         t = t._inner
     if storage_format == "ND" and nz_storage is None:
         return t
-    out = FormattedTensor(t, storage_format, nz_storage)
-    if _plain_real(t):
-        _formats._format_record.set(t, storage_format)
-        _formats._nz_storage_logical_shape.set(t, nz_storage if nz_storage != "unknown" else None)
-    return out
+    return FormattedTensor(t, storage_format, nz_storage)
 
 
 def unwrap(t: Any) -> Any:

@@ -2,6 +2,7 @@
 tensor's storage: through clone, views, detach, nn.Parameter, fake tensors, make_fx, torch.compile and
 opcheck; value-changing ops give ND results, as torch_npu's op-api kernels allocate them.  The fake kernels
 check the real format: an ND 3-D int8 weight is refused at trace time, an NZ one passes."""
+import copy
 import io
 
 import pytest
@@ -88,10 +89,18 @@ def test_parameter_and_param_data_keep_nz():
     assert bits_equal(swiglu(p), swiglu(st)) and bits_equal(swiglu(layer.weight), swiglu(st))
 
 
-def test_module_state_dict_and_save_keep_nz():
+def test_module_state_dict_deepcopy_and_save_keep_nz():
     m = torch.nn.Module()
     m.w = torch.nn.Parameter(ascend_moe.npu_format_cast(weight(), 29), requires_grad=False)
     assert get_format(m.state_dict()["w"]) == "FRACTAL_NZ"
+    copied = copy.deepcopy(m)
+    assert isinstance(copied.w, torch.nn.Parameter) and get_format(copied.w) == "FRACTAL_NZ"
+    assert torch.equal(copied.w, weight())
+    # loading into an existing ND parameter copies values into it: it keeps its own format, as copy_ does
+    plain = torch.nn.Module()
+    plain.w = torch.nn.Parameter(torch.zeros(E, K, N, dtype=torch.int8), requires_grad=False)
+    plain.load_state_dict(m.state_dict())
+    assert get_format(plain.w) == "ND" and torch.equal(plain.w, weight())
     buf = io.BytesIO()
     torch.save(m.w, buf)
     buf.seek(0)
