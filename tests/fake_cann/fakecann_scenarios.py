@@ -308,6 +308,25 @@ def grouped_matmul_nz_weight_uses_weight_nz(fake: Fake):
 
 
 @scenario
+def grouped_matmul_cast_weight_stays_nz_through_clone_and_parameter(fake: Fake):
+    """The weight npu_format_cast returns carries FRACTAL_NZ through clone and nn.Parameter to the
+    marshalling: WeightNz with the NZ storage dims, through the public op with backend='aclnn'."""
+    import ascend_moe
+    begin(fake)
+    x = torch.randn(6, 40, dtype=torch.float16)
+    w = torch.randn(2, 40, 50, dtype=torch.float16)
+    param = torch.nn.Parameter(ascend_moe.npu_format_cast(w, 29).clone(), requires_grad=False)
+    gl = torch.tensor([2, 4])
+    (y,) = ascend_moe.npu_grouped_matmul([x], [param], group_list=gl, split_item=3, group_type=0, group_list_type=1,
+                                         backend="aclnn")
+    c = Call(fake, "aclnnGroupedMatmulWeightNz")
+    check_gmm_common(c, x, param, gl, 3, 0, 1)
+    nz_tensor(c.items(1)[0], param, FLOAT16, [2, 4, 3, 16, 16])  # the clone's own memory
+    out_bytes(y, 0)
+    fake.assert_balanced()
+
+
+@scenario
 def grouped_matmul_quantised_forms_on_weight_nz(fake: Fake):
     """A8W8 (scale, per_token_scale, bf16 output) and A8W4 (int4 packed in int32, int64 scale: op-plugin's
     quantGroupSize 256) through the public op with backend='aclnn'."""
