@@ -52,6 +52,13 @@ class SchemaArg:
     type: str
     default: Any = NO_DEFAULT
     kwarg_only: bool = False
+    # the alias annotation as written, e.g. "a!" for ``Tensor(a!) self`` (the op writes into it)
+    alias: str = ""
+
+    @property
+    def mutable(self) -> bool:
+        """The op writes into this argument (``Tensor(a!)``)."""
+        return self.alias.endswith("!")
 
     @property
     def optional(self) -> bool:
@@ -69,7 +76,10 @@ class SchemaArg:
 
     def spelled(self) -> str:
         d = "" if self.default is NO_DEFAULT else "=" + _default_text(self.default)
-        return f"{self.type} {self.name}{d}"
+        typ = self.type
+        if self.alias:
+            typ = f"{typ.rstrip('?')}({self.alias}){'?' if self.optional else ''}"
+        return f"{typ} {self.name}{d}"
 
 
 def _default_text(v: Any) -> str:
@@ -171,10 +181,14 @@ def parse_schema(text: str) -> Schema:
             continue
         decl, eq, default = part.partition("=")
         typ, _, aname = decl.strip().rpartition(" ")
-        if _unsized(typ.rstrip("?")) not in _SCALAR_TYPES:
+        annotated = re.fullmatch(r"(.+?)\((\w+!?)\)(\??)", typ.strip())  # Tensor(a!) / Tensor(a!)?: an alias
+        alias = ""
+        if annotated:
+            typ, alias = annotated.group(1) + annotated.group(3), annotated.group(2)
+        if _unsized(typ.rstrip("?")) not in _SCALAR_TYPES or (alias and not typ.startswith("Tensor")):
             raise ValueError(f"schema {full}: unsupported type {typ!r} of {aname!r}")
         args.append(SchemaArg(aname.strip(), typ.strip(), _parse_default(default) if eq else NO_DEFAULT,
-                              kwarg_only))
+                              kwarg_only, alias))
     ret = ret.strip()
     returns = tuple(r.strip() for r in _split_top(ret[1:-1])) if ret.startswith("(") else (ret,)
     return Schema(name, overload, tuple(args), returns)
@@ -376,6 +390,11 @@ class OpDecl:
     @property
     def name(self) -> str:
         return self.parsed.name
+
+    @property
+    def mutates(self) -> Tuple[str, ...]:
+        """The arguments the schema marks as written (``Tensor(a!)``): torch.library's ``mutates_args``."""
+        return tuple(a.name for a in self.args if a.mutable)
 
     @property
     def args(self) -> Tuple[SchemaArg, ...]:
