@@ -346,6 +346,12 @@ class OpDecl:
     # the weights (bound args -> tensors) whose converted copies the CPU kernel may keep across calls
     # while they are unchanged (ascend_moe.kernels' weight cache: widened fp16/bf16, decoded NZ / int4)
     cached_weights: Optional[Callable[[Dict[str, Any]], Sequence[Any]]] = None
+    # arguments the op writes into that the schema does not mark ``(a!)`` (op-plugin's out-of-place
+    # npu_grouped_matmul_add writes into self as well); the torch op marks them
+    writes: Tuple[str, ...] = ()
+    # the op returns a copy of this written argument, taken after the write (op-plugin's
+    # ``return self.clone()``); the shape rule then lists no outputs
+    returns_clone_of: Optional[str] = None
     parsed: Schema = field(init=False)
 
     def __post_init__(self) -> None:
@@ -362,15 +368,24 @@ class OpDecl:
                     if not b.base.startswith("int"):
                         raise ValueError(f"{self.name}.{other.overload}: only int[] variants are supported")
                     self.alternatives[a.name] = (b, f"{a.name}_ints")
+        for name in tuple(self.writes) + ((self.returns_clone_of,) if self.returns_clone_of else ()):
+            if name not in names:
+                raise ValueError(f"{self.name}: writes / returns_clone_of name {name!r}, which is not an argument")
+        letters = iter("abcdefgh")
         torch_args: List[SchemaArg] = []
         for a in self.args:
+            if a.name in self.mutates:  # the torch op marks every argument it writes, each its own alias set
+                a = SchemaArg(a.name, a.type, a.default, a.kwarg_only, next(letters) + "!")
             torch_args.append(a)
             if a.name in self.alternatives:
                 alt, extra = self.alternatives[a.name]
                 torch_args.append(SchemaArg(extra, alt.type if alt.optional else alt.type + "?", None, a.kwarg_only))
         # the formats of the tensor arguments, stated explicitly (ascend_moe.formatted.FormattedTensor fills it)
         torch_args.append(SchemaArg(FORMATS_ARG, "str[]?", None, False))
-        self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), self.parsed.returns)
+        # torch.library ops may not return an alias of an input: an op that returns the argument it wrote
+        # (``-> Tensor(a!)``) returns nothing there, and its public function returns the argument
+        returns = () if self.returns_written else self.parsed.returns
+        self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), returns)
         for e in self.aclnn:
             for p in e.c_params:
                 if p.ctype in ("O", "OL") and (p.name not in e.bind or not (
@@ -393,8 +408,19 @@ class OpDecl:
 
     @property
     def mutates(self) -> Tuple[str, ...]:
-        """The arguments the schema marks as written (``Tensor(a!)``): torch.library's ``mutates_args``."""
-        return tuple(a.name for a in self.args if a.mutable)
+        """The arguments the op writes into: those the schema marks (``Tensor(a!)``) and :attr:`writes`;
+        torch.library's ``mutates_args``."""
+        return tuple(a.name for a in self.args if a.mutable or a.name in self.writes)
+
+    @property
+    def returns_written(self) -> Optional[str]:
+        """The argument the op returns itself (``-> Tensor(a!)`` of ``Tensor(a!) self``), or None."""
+        if len(self.parsed.returns) != 1:
+            return None
+        m = re.fullmatch(r"Tensor\((\w+)!\)", self.parsed.returns[0])
+        if not m:
+            return None
+        return next((a.name for a in self.args if a.alias == m.group(1) + "!"), None)
 
     @property
     def args(self) -> Tuple[SchemaArg, ...]:
@@ -705,6 +731,8 @@ DECL_MODULES: Dict[str, str] = {
     "npu_dynamic_quant": "quant_ops",
     "npu_dynamic_quant_asymmetric": "quant_ops",
     "npu_dequant_swiglu_quant": "quant_ops",
+    "npu_grouped_matmul_add_": "grouped_matmul_add",
+    "npu_grouped_matmul_add": "grouped_matmul_add",
 }
 
 

@@ -35,3 +35,21 @@ def test_declaration_lists_what_it_writes():
 def test_alias_on_a_non_tensor_is_refused():
     with pytest.raises(ValueError, match="unsupported type"):
         parse_schema("f(int(a!) n) -> Tensor")
+
+
+def test_registered_torch_ops_declare_the_write():
+    """npu_grouped_matmul_add_ (marked in op-plugin's yaml) and npu_grouped_matmul_add (not marked, but
+    op-plugin's kernel writes self too) both tell torch they write self; the in-place one returns nothing
+    to torch (custom ops may not return an input alias) and self to its callers."""
+    import ascend_moe
+    for name, returns in (("npu_grouped_matmul_add_", 0), ("npu_grouped_matmul_add", 1)):
+        schema = getattr(torch.ops.ascend_moe, name).default._schema
+        assert schema.arguments[0].name == "self" and schema.arguments[0].alias_info.is_write
+        assert not any(a.alias_info is not None for a in schema.arguments[1:])
+        assert len(schema.returns) == returns
+    g = torch.Generator().manual_seed(4)
+    x, w = (torch.randint(-3, 4, (10, n), generator=g).to(torch.bfloat16) for n in (4, 6))
+    y = torch.zeros(2, 4, 6)
+    assert ascend_moe.npu_grouped_matmul_add_(y, x, w, torch.tensor([4, 10])) is y
+    # hand check of one element: y[1, 0, 0] = sum over tokens 4..9 of x[r, 0] * w[r, 0]
+    assert y[1, 0, 0].item() == sum(float(x[r, 0]) * float(w[r, 0]) for r in range(4, 10))

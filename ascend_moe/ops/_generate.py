@@ -140,11 +140,24 @@ def _np_args(decl: OpDecl, a: Dict[str, Any], view: Callable[[torch.Tensor], tor
 
 def _structure(decl: OpDecl, outs: List[torch.Tensor]) -> Any:
     rets = decl.parsed.returns
+    if not outs and (decl.returns_written is not None or decl.returns_clone_of is not None):
+        return None  # the op wrote into an argument: kernel_result gives what it returns
     if rets == ("Tensor[]",):
         return list(outs)
     if len(rets) == 1:
         return outs[0]
     return tuple(outs)
+
+
+def kernel_result(decl: OpDecl, a: Dict[str, Any], result: Any) -> Any:
+    """What the torch op returns: nothing for an op that returns the argument it wrote (the public
+    function returns that argument), a copy of the written argument for ``returns_clone_of``, else the
+    computed outputs."""
+    if decl.returns_clone_of is not None:
+        return a[decl.returns_clone_of].clone()
+    if decl.returns_written is not None:
+        return None
+    return result
 
 
 def _flat_outputs(result: Any) -> List[Any]:
@@ -253,7 +266,7 @@ def make_fake_kernel(decl: OpDecl) -> Callable[..., Any]:
         _enforce_traced(decl, a)
         outs = [named[0][1].new_empty(tuple(shape), dtype=torch_dtype(dt), device=device)
                 for shape, dt in decl.shape(a)]
-        return _structure(decl, outs)
+        return kernel_result(decl, a, _structure(decl, outs))
     fake.__name__ = f"{decl.name}_fake"
     return fake
 
@@ -265,8 +278,8 @@ def make_cpu_kernel(decl: OpDecl) -> Callable[..., Any]:
         check_one_device(decl, named)
         target = _enforce(decl, a)
         if select_backend(decl.name, [t for _, t in named]) == "aclnn":  # the fake-CANN test hook only
-            return _aclnn(decl, a)
-        return run_sim(decl, a, target)
+            return kernel_result(decl, a, _aclnn(decl, a))
+        return kernel_result(decl, a, run_sim(decl, a, target))
     cpu_kernel.__name__ = f"{decl.name}_cpu_kernel"
     return cpu_kernel
 
@@ -283,7 +296,7 @@ def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
                 raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
                                    "simulated host-memory one; use backend 'auto' or 'sim'")
             target = _enforce(decl, a)
-            return run_sim(decl, a, target, device)
+            return kernel_result(decl, a, run_sim(decl, a, target, device))
         if not on_npu and requested_backend() != "aclnn":
             raise BackendError(
                 f"{decl.name}: the NPU (PrivateUse1) kernel was reached with tensors on "
@@ -291,7 +304,7 @@ def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
                 "simulator. Call the op with CPU tensors for the simulator, or with NPU tensors for aclnn.")
         _enforce(decl, a)
         select_backend(decl.name, tensors)  # refuses an explicit 'sim' and a missing aclnn, saying why
-        return _aclnn(decl, a)
+        return kernel_result(decl, a, _aclnn(decl, a))
     npu_kernel.__name__ = f"{decl.name}_npu_kernel"
     return npu_kernel
 
@@ -329,8 +342,11 @@ def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
         named = tensors_of(decl, a)
         device = check_one_device(decl, named)
         if public_backend(decl.name, backend, device):
-            return _fake_cann_route(decl, a, [t for _, t in named])
-        return op(*decl.to_torch(a))
+            result = _fake_cann_route(decl, a, [t for _, t in named])
+        else:
+            result = op(*decl.to_torch(a))
+        # an op that returns the argument it wrote returns that very tensor (torch_npu's Tensor(a!))
+        return a[decl.returns_written] if decl.returns_written is not None else result
 
     public.__name__ = public.__qualname__ = decl.name
     public.__module__ = "ascend_moe"
@@ -363,7 +379,7 @@ def _fake_cann_route(decl: OpDecl, a: Dict[str, Any], tensors: List[torch.Tensor
     refuse_fake_cann_route_when_compiling(decl.name)
     _enforce(decl, a)
     select_backend(decl.name, tensors, "aclnn")  # refuses unless the fake runtime is loaded
-    return _aclnn(decl, a)
+    return kernel_result(decl, a, _aclnn(decl, a))
 
 
 _ANN = {"Tensor": torch.Tensor, "Tensor?": Optional[torch.Tensor], "Tensor[]": List[torch.Tensor],
@@ -417,13 +433,7 @@ def register(decl: OpDecl) -> Callable[..., Any]:
     """Define ``torch.ops.ascend_moe.<name>`` from ``decl``; returns the public function."""
     if decl.name in PUBLIC:
         return PUBLIC[decl.name]
-    if decl.mutates:
-        # custom_op takes mutates_args, but an op that returns its written argument (``-> Tensor(a!)``) must
-        # become ``-> ()`` with the public function returning the argument, and the generated tests need
-        # fresh arguments per call: not generated yet
-        raise NotImplementedError(f"{decl.name}: the schema writes into {list(decl.mutates)}; declarations of "
-                                  "mutating ops are parsed but their torch ops are not generated yet")
-    opdef = torch.library.custom_op(f"{NAMESPACE}::{decl.name}", make_cpu_kernel(decl), mutates_args=(),
+    opdef = torch.library.custom_op(f"{NAMESPACE}::{decl.name}", make_cpu_kernel(decl), mutates_args=decl.mutates,
                                     device_types="cpu", schema=torch_schema(decl))
     opdef.register_fake(make_fake_kernel(decl))
     npu_kernel = make_npu_kernel(decl)

@@ -419,10 +419,8 @@ class OpSpec:
 
 # Which rule module declares each op.  Modules are imported on first use, so importing ascend_moe stays
 # cheap.  Declared ops name their rules module in their declaration (``OpDecl.rules``); these are the ops
-# checked by name without a torch-op declaration (they mutate an argument, or run across processes).
+# checked by name without a torch-op declaration (they run across processes).
 _RULE_ONLY_OPS: Dict[str, str] = {
-    "npu_grouped_matmul_add_": "quant_ops",
-    "npu_grouped_matmul_add": "quant_ops",
     "npu_moe_distribute_dispatch": "distribute",
     "npu_moe_distribute_dispatch_v2": "distribute",
     "npu_moe_distribute_combine": "distribute",
