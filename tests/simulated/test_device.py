@@ -162,6 +162,19 @@ def test_traced_npu_weight_format_is_checked_by_the_kernel():
         fn(*args)
 
 
+def test_grouped_matmul_add_writes_into_the_npu_tensor():
+    """The in-place declared op on npu tensors writes into self's npu memory and returns self."""
+    import torch_npu
+    g = torch.Generator().manual_seed(5)
+    x, w = (torch.randint(-3, 4, (10, n), generator=g).to(torch.bfloat16) for n in (4, 6))
+    y = torch.ones(2, 4, 6)
+    y_npu = y.npu()
+    assert torch_npu.npu_grouped_matmul_add_(y_npu, x.npu(), w.npu(), torch.tensor([4, 10]).npu()) is y_npu
+    # hand check: y[e, i, j] = 1 + sum over the rows of group e of x[r, i] * w[r, j]
+    for e, rows in enumerate((range(0, 4), range(4, 10))):
+        assert y_npu[e, 1, 2].item() == 1 + sum(float(x[r, 1]) * float(w[r, 2]) for r in rows)
+
+
 def test_autocast_runs():
     a = torch.ones(2, 2, device="npu")
     with torch.autocast("npu", dtype=torch.bfloat16):
