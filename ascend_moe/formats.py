@@ -1,15 +1,22 @@
-"""Storage formats of tensors that live on the CPU.
+"""Storage formats of tensors: one API (:func:`get_format` / :func:`set_format`) over three carriers.
 
 On an NPU, ``torch_npu.npu_format_cast(w, 29)`` changes a weight's physical layout to FRACTAL_NZ
-while its logical shape stays the same.  A CPU tensor has no such field, so this module keeps the
-format a tensor was cast to, keyed by the tensor object (entries vanish when the tensor is freed).
-For torch tensors the format is also keyed by the tensor's storage with its view (shape, strides,
-offset, dtype), because user code re-wraps cast weights: vllm-ascend's
-``param.data = npu_format_cast(param.data, 29)`` and ``nn.Parameter(npu_format_cast(w, 29))`` give
-a new Python tensor over the same storage, which must stay NZ.  torch keeps one Python storage
-object per storage, alive as long as any tensor uses it, so the entry lives exactly that long.
+while its logical shape stays the same; the format is part of the storage description.  Here:
+
+* a CPU (or meta) tensor returned by ``npu_format_cast`` is an
+  :class:`ascend_moe.formatted.FormattedTensor`, which carries the format itself (attribute
+  ``_storage_format``) through clone, views, ``nn.Parameter``, fake tensors, compiled graphs and opcheck;
+* a device type can keep formats itself (:func:`register_device_formats`; the simulated ``npu`` keeps
+  them as storage metadata, as torch_npu does);
+* anything else (plain tensors tagged with :func:`set_format`, NumPy arrays, and the plain Parameter of
+  ``param.data = npu_format_cast(param.data, 29)``) is recorded here, keyed by the object (entries
+  vanish when it is freed) and, for torch tensors, by the storage with its view (shape, strides,
+  offset, dtype), so a new Python tensor over the same storage and view stays NZ.  torch keeps one
+  Python storage object per storage, alive as long as any tensor uses it, so the entry lives exactly
+  that long.  Fake tensors made from such a plain tensor do not carry the record.
+
 The simulator always computes from the logical values; the format decides which rules apply and
-which aclnn entry point the hardware path would choose.
+which aclnn entry point the hardware path would choose.  This module imports no torch.
 """
 from __future__ import annotations
 
@@ -25,6 +32,12 @@ FORMAT_NAMES = {0: "NCHW", 1: "NHWC", ACL_FORMAT_ND: "ND", 3: "NC1HWC0", 4: "FRA
 FORMAT_IDS = {name: fid for fid, name in FORMAT_NAMES.items()}
 # torch_npu FormatHelper::IsBaseFormatType: a cast between these only re-tags (no data movement)
 BASE_FORMATS = frozenset({0, 1, ACL_FORMAT_ND, 30})
+
+def is_torch_tensor(x: Any) -> bool:
+    """A torch tensor, subclasses (FormattedTensor, Parameter, fake tensors) included, told without
+    importing torch."""
+    return hasattr(x, "untyped_storage") and any(c.__module__.startswith("torch") for c in type(x).__mro__[:-1])
+
 
 def _torch_view(tensor: Any) -> Optional[Tuple[Any, Tuple]]:
     """(storage object, view signature) of a torch tensor; None for anything else."""
@@ -110,6 +123,9 @@ _nz_storage_logical_shape = _TensorRecord()
 
 def set_format(tensor: Any, fmt: str) -> None:
     """Record that ``tensor`` is held in ``fmt`` (``"ND"`` or ``"FRACTAL_NZ"``)."""
+    if isinstance(getattr(tensor, "_storage_format", None), str):  # a tensor that carries its format
+        tensor._storage_format = fmt
+        return
     hooks = _device_hooks(tensor)
     if hooks is not None:
         hooks[1](tensor, fmt)
@@ -122,6 +138,9 @@ def get_format(tensor: Any) -> str:
     fmt = getattr(tensor, "format", None)
     if isinstance(fmt, str):  # TensorSpec and similar carry it themselves
         return fmt
+    fmt = getattr(tensor, "_storage_format", None)
+    if isinstance(fmt, str):  # ascend_moe.formatted.FormattedTensor
+        return fmt
     hooks = _device_hooks(tensor)
     if hooks is not None:
         return hooks[0](tensor)
@@ -131,12 +150,17 @@ def get_format(tensor: Any) -> str:
 def set_nz_storage(tensor: Any, logical_shape: Optional[Tuple[int, ...]]) -> None:
     """Record whether ``tensor`` is the physical FRACTAL_NZ storage of a logical weight (its shape),
     or (None) a tensor tagged NZ whose shape is the logical one."""
+    if isinstance(getattr(tensor, "_storage_format", None), str):
+        tensor._nz_storage = None if logical_shape is None else tuple(int(s) for s in logical_shape)
+        return
     _nz_storage_logical_shape.set(tensor, None if logical_shape is None else tuple(int(s) for s in logical_shape))
 
 
 def nz_storage_record(tensor: Any) -> Any:
     """The logical shape recorded by :func:`set_nz_storage`, None for a tag-only NZ tensor, or the
     string ``"unknown"`` when nothing was recorded."""
+    if isinstance(getattr(tensor, "_storage_format", None), str):
+        return tensor._nz_storage
     return _nz_storage_logical_shape.get(tensor, "unknown")
 
 

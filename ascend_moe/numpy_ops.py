@@ -24,9 +24,15 @@ def twin(decl: OpDecl) -> Callable[..., Any]:
         a: Dict[str, Any] = decl.bind(args, kwargs, tensor_check=_tensor_like, any_dtype=True)
         target = enforce_call(decl.name, a)
         if undefined is None:
-            return decl.sim(a, target, **options)
-        with undefined_policy(undefined):
-            return decl.sim(a, target, **options)
+            result = decl.sim(a, target, **options)
+        else:
+            with undefined_policy(undefined):
+                result = decl.sim(a, target, **options)
+        if decl.returns_clone_of is not None:  # the op wrote into an argument and returns a copy of it
+            return np.array(a[decl.returns_clone_of], copy=True)
+        if decl.returns_written is not None:   # ... or the argument itself
+            return a[decl.returns_written]
+        return result
     fn.__name__ = fn.__qualname__ = decl.name
     fn.__doc__ = f"NumPy twin of ``{decl.schema}`` (checked, then simulated).\n\n{decl.doc}"
     return fn

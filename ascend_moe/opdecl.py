@@ -34,6 +34,10 @@ __all__ = ["SchemaArg", "Schema", "parse_schema", "AclnnEntry", "CParam", "Out",
            "OpDecl", "declare", "get_decl", "all_decls", "BindError"]
 
 NO_DEFAULT = inspect.Parameter.empty
+# The trailing argument of every op's torch.library schema: ``["<arg>=<format>", "<arg>[i]=<format>"]``,
+# the storage formats of tensor arguments stated explicitly (ascend_moe.formatted fills it for tensors
+# that carry a format; fake kernels and compiled graphs thus see the real format).  Not public.
+FORMATS_ARG = "tensor_formats"
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -48,6 +52,13 @@ class SchemaArg:
     type: str
     default: Any = NO_DEFAULT
     kwarg_only: bool = False
+    # the alias annotation as written, e.g. "a!" for ``Tensor(a!) self`` (the op writes into it)
+    alias: str = ""
+
+    @property
+    def mutable(self) -> bool:
+        """The op writes into this argument (``Tensor(a!)``)."""
+        return self.alias.endswith("!")
 
     @property
     def optional(self) -> bool:
@@ -65,7 +76,10 @@ class SchemaArg:
 
     def spelled(self) -> str:
         d = "" if self.default is NO_DEFAULT else "=" + _default_text(self.default)
-        return f"{self.type} {self.name}{d}"
+        typ = self.type
+        if self.alias:
+            typ = f"{typ.rstrip('?')}({self.alias}){'?' if self.optional else ''}"
+        return f"{typ} {self.name}{d}"
 
 
 def _default_text(v: Any) -> str:
@@ -167,10 +181,14 @@ def parse_schema(text: str) -> Schema:
             continue
         decl, eq, default = part.partition("=")
         typ, _, aname = decl.strip().rpartition(" ")
-        if _unsized(typ.rstrip("?")) not in _SCALAR_TYPES:
+        annotated = re.fullmatch(r"(.+?)\((\w+!?)\)(\??)", typ.strip())  # Tensor(a!) / Tensor(a!)?: an alias
+        alias = ""
+        if annotated:
+            typ, alias = annotated.group(1) + annotated.group(3), annotated.group(2)
+        if _unsized(typ.rstrip("?")) not in _SCALAR_TYPES or (alias and not typ.startswith("Tensor")):
             raise ValueError(f"schema {full}: unsupported type {typ!r} of {aname!r}")
         args.append(SchemaArg(aname.strip(), typ.strip(), _parse_default(default) if eq else NO_DEFAULT,
-                              kwarg_only))
+                              kwarg_only, alias))
     ret = ret.strip()
     returns = tuple(r.strip() for r in _split_top(ret[1:-1])) if ret.startswith("(") else (ret,)
     return Schema(name, overload, tuple(args), returns)
@@ -325,11 +343,15 @@ class OpDecl:
     sim_torch: Optional[Callable[[Dict[str, Any], Any], Any]] = None
     # simulator-only keyword options of the NumPy twin, passed to ``sim(args, target, **options)``
     sim_options: Tuple[str, ...] = ()
-    # what the fake kernel's checker sees, where fake tensors lack what real ones carry (e.g. a format)
-    trace_args: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
     # the weights (bound args -> tensors) whose converted copies the CPU kernel may keep across calls
     # while they are unchanged (ascend_moe.kernels' weight cache: widened fp16/bf16, decoded NZ / int4)
     cached_weights: Optional[Callable[[Dict[str, Any]], Sequence[Any]]] = None
+    # arguments the op writes into that the schema does not mark ``(a!)`` (op-plugin's out-of-place
+    # npu_grouped_matmul_add writes into self as well); the torch op marks them
+    writes: Tuple[str, ...] = ()
+    # the op returns a copy of this written argument, taken after the write (op-plugin's
+    # ``return self.clone()``); the shape rule then lists no outputs
+    returns_clone_of: Optional[str] = None
     parsed: Schema = field(init=False)
 
     def __post_init__(self) -> None:
@@ -346,13 +368,24 @@ class OpDecl:
                     if not b.base.startswith("int"):
                         raise ValueError(f"{self.name}.{other.overload}: only int[] variants are supported")
                     self.alternatives[a.name] = (b, f"{a.name}_ints")
+        for name in tuple(self.writes) + ((self.returns_clone_of,) if self.returns_clone_of else ()):
+            if name not in names:
+                raise ValueError(f"{self.name}: writes / returns_clone_of name {name!r}, which is not an argument")
+        letters = iter("abcdefgh")
         torch_args: List[SchemaArg] = []
         for a in self.args:
+            if a.name in self.mutates:  # the torch op marks every argument it writes, each its own alias set
+                a = SchemaArg(a.name, a.type, a.default, a.kwarg_only, next(letters) + "!")
             torch_args.append(a)
             if a.name in self.alternatives:
                 alt, extra = self.alternatives[a.name]
                 torch_args.append(SchemaArg(extra, alt.type if alt.optional else alt.type + "?", None, a.kwarg_only))
-        self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), self.parsed.returns)
+        # the formats of the tensor arguments, stated explicitly (ascend_moe.formatted.FormattedTensor fills it)
+        torch_args.append(SchemaArg(FORMATS_ARG, "str[]?", None, False))
+        # torch.library ops may not return an alias of an input: an op that returns the argument it wrote
+        # (``-> Tensor(a!)``) returns nothing there, and its public function returns the argument
+        returns = () if self.returns_written else self.parsed.returns
+        self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), returns)
         for e in self.aclnn:
             for p in e.c_params:
                 if p.ctype in ("O", "OL") and (p.name not in e.bind or not (
@@ -372,6 +405,22 @@ class OpDecl:
     @property
     def name(self) -> str:
         return self.parsed.name
+
+    @property
+    def mutates(self) -> Tuple[str, ...]:
+        """The arguments the op writes into: those the schema marks (``Tensor(a!)``) and :attr:`writes`;
+        torch.library's ``mutates_args``."""
+        return tuple(a.name for a in self.args if a.mutable or a.name in self.writes)
+
+    @property
+    def returns_written(self) -> Optional[str]:
+        """The argument the op returns itself (``-> Tensor(a!)`` of ``Tensor(a!) self``), or None."""
+        if len(self.parsed.returns) != 1:
+            return None
+        m = re.fullmatch(r"Tensor\((\w+)!\)", self.parsed.returns[0])
+        if not m:
+            return None
+        return next((a.name for a in self.args if a.alias == m.group(1) + "!"), None)
 
     @property
     def args(self) -> Tuple[SchemaArg, ...]:
@@ -431,13 +480,33 @@ class OpDecl:
                 out.append(v)
         return tuple(out)
 
+    def split_formats(self, args: Sequence[Any], kwargs: Mapping[str, Any]
+                      ) -> Tuple[Sequence[Any], Mapping[str, Any], Dict[str, str]]:
+        """A call of the torch.library schema without its :data:`FORMATS_ARG`, and that argument as
+        ``{"<arg>" or "<arg>[i]": format}``."""
+        entries = None
+        if FORMATS_ARG in kwargs:
+            kwargs = dict(kwargs)
+            entries = kwargs.pop(FORMATS_ARG)
+        elif len(args) == len(self.torch_parsed.args):
+            args, entries = args[:-1], args[-1]
+        stated: Dict[str, str] = {}
+        for e in entries or ():
+            name, sep, fmt = str(e).partition("=")
+            if not sep or not fmt:
+                raise self._error(f"argument '{FORMATS_ARG}' entries must be '<argument>=<format>', got {e!r}", "")
+            stated[name] = fmt
+        return args, kwargs, stated
+
     def bind_torch(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, tensor_check: Optional[
             Callable[[Any], bool]] = None) -> Dict[str, Any]:
         """Bind a call of the torch.library schema (what the kernels receive) to the public argument
-        dict: each ``<name>_ints`` folded back into ``<name>``."""
+        dict: each ``<name>_ints`` folded back into ``<name>``.  The trailing :data:`FORMATS_ARG` is not
+        part of it (:meth:`split_formats`)."""
+        args, kwargs, _ = self.split_formats(args, kwargs)
         if not self.alternatives:
             return self.bind(args, kwargs, tensor_check=tensor_check, keyword_split=False)
-        a = self._bind(self.torch_parsed.args, args, kwargs, tensor_check, " (torch schema)", False, False)
+        a = self._bind(self.torch_parsed.args[:-1], args, kwargs, tensor_check, " (torch schema)", False, False)
         for name, (_, extra) in self.alternatives.items():
             ints = a.pop(extra)
             if ints is not None:
@@ -552,7 +621,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _default_tensor_check(v: Any) -> bool:
-    return type(v).__module__.startswith("torch") and hasattr(v, "untyped_storage")
+    from .formats import is_torch_tensor
+    return is_torch_tensor(v)
 
 
 def _type_name(v: Any) -> str:
@@ -661,6 +731,8 @@ DECL_MODULES: Dict[str, str] = {
     "npu_dynamic_quant": "quant_ops",
     "npu_dynamic_quant_asymmetric": "quant_ops",
     "npu_dequant_swiglu_quant": "quant_ops",
+    "npu_grouped_matmul_add_": "grouped_matmul_add",
+    "npu_grouped_matmul_add": "grouped_matmul_add",
 }
 
 

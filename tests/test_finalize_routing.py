@@ -394,7 +394,7 @@ def test_fake_kernel_shape_and_opcheck():
         out = op(*fake)
         assert tuple(out.shape) == (12, 256) and out.dtype == torch.float32
     torch.library.opcheck(op, pos)
-    # A8W8 with the 5-D NZ storage weight (clones keep it NZ, unlike a format tag)
+    # A8W8 with the 5-D NZ storage weight
     x, w, gl, args = a8w8_case(rng, m=24, gl=(5, 0, 7, 4, 2), batch=12)
     targs = _torch_args(args)
     pos = (torch.from_numpy(x), torch.from_numpy(nz_storage_ref(w, 32)), torch.from_numpy(gl), targs["scale"],
@@ -404,17 +404,19 @@ def test_fake_kernel_shape_and_opcheck():
     assert bits_equal(op(*pos).numpy(), ref_a8w8(x, w, gl, args))
 
 
-def test_fake_kernel_assumes_nz_for_3d_int8_weight():
-    """Fake tensors lose the NZ tag; a 3-D int8 weight can only be NZ here, so the fake kernel assumes it."""
+def test_fake_kernel_checks_the_weights_real_format():
+    """The cast weight carries FRACTAL_NZ into fake tensors; an ND 3-D int8 weight is refused at trace time
+    (A8W8 needs NZ on every entry point), from its real format: nothing is assumed."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    args = lambda w, logit_dtype=torch.float32: (  # noqa: E731
+        torch.empty(24, 256, dtype=torch.int8), w, torch.empty(4, dtype=torch.int64), torch.empty(4, 512), None, None,
+        None, None, torch.empty(24, dtype=logit_dtype), torch.empty(24, dtype=torch.int64), None, 1.0, 0, 0)
     with FakeTensorMode():
-        out = torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(
-            torch.empty(24, 256, dtype=torch.int8), torch.empty(4, 256, 512, dtype=torch.int8),
-            torch.empty(4, dtype=torch.int64), torch.empty(4, 512), None, None, None, None,
-            torch.empty(24), torch.empty(24, dtype=torch.int64), None, 1.0, 0, 0)
+        w_nd = torch.empty(4, 256, 512, dtype=torch.int8)
+        w = ascend_moe.npu_format_cast(w_nd, 29)
+        out = torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(*args(w))
         assert tuple(out.shape) == (24, 512) and out.dtype == torch.float32
+        with pytest.raises(ascend_moe.ConstraintError, match="FRACTAL_NZ"):
+            torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(*args(w_nd))
         with pytest.raises(ascend_moe.ConstraintError, match="gmmfr.logit"):
-            torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(
-                torch.empty(24, 256, dtype=torch.int8), torch.empty(4, 256, 512, dtype=torch.int8),
-                torch.empty(4, dtype=torch.int64), torch.empty(4, 512), None, None, None, None,
-                torch.empty(24, dtype=torch.float16), torch.empty(24, dtype=torch.int64), None, 1.0, 0, 0)
+            torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(*args(w, torch.float16))

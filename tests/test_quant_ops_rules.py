@@ -31,7 +31,7 @@ VALID = [
     ("npu_dequant_swiglu_quant", dict(x=T((T_, 2 * H), "int32"), weight_scale=T((3, 2 * H), "float32"),
                                       activation_scale=T((T_,), "float32"), group_index=gi([4, 4, 8], "int64"),
                                       activate_left=True, quant_mode=1), ("atlas-a2", "atlas-a3")),
-    ("npu_grouped_matmul_add_", dict(y=T((3, 8, 32), "float32"), x=T((T_, 8), "bfloat16"),
+    ("npu_grouped_matmul_add_", dict(self=T((3, 8, 32), "float32"), x=T((T_, 8), "bfloat16"),
                                      weight=T((T_, 32), "bfloat16"), group_list=gi([5, 5, 16], "int64")),
      ("atlas-a2", "ascend-950")),
 ]
@@ -53,7 +53,7 @@ X = T((T_, 2 * H), "bfloat16")
 DQ = dict(input=T((T_, H), "bfloat16"))
 DSQ = dict(x=T((T_, 2 * H), "int32"), weight_scale=T((2 * H,), "float32"), activation_scale=T((T_,), "float32"),
            quant_mode=1)
-GMA = dict(y=T((3, 8, 32), "float32"), x=T((T_, 8), "bfloat16"), weight=T((T_, 32), "bfloat16"),
+GMA = dict(self=T((3, 8, 32), "float32"), x=T((T_, 8), "bfloat16"), weight=T((T_, 32), "bfloat16"),
            group_list=gi([5, 5, 16], "int64"))
 
 # (op, args, product, rule id, text that must appear in the message)
@@ -118,9 +118,9 @@ CASES = [
     ("npu_grouped_matmul_add_", dict(GMA, transpose_x=False), "atlas-a2", "gma.transpose", "False"),
     ("npu_grouped_matmul_add_", dict(GMA, x=T((T_, 8), "float16")), "atlas-a2", "gma.tensors", "differ"),
     ("npu_grouped_matmul_add_", dict(GMA, weight=T((T_ + 1, 32), "bfloat16")), "atlas-a2", "gma.tensors", "17"),
-    ("npu_grouped_matmul_add_", dict(GMA, y=T((3, 8, 32), "bfloat16")), "atlas-a2", "gma.tensors", "bfloat16"),
-    ("npu_grouped_matmul_add_", dict(GMA, y=T((3, 8, 31), "float32")), "atlas-a2", "gma.tensors", "744"),
-    ("npu_grouped_matmul_add_", dict(GMA, y=T((24, 32), "float32")), "ascend-950", "gma.y_3d_950", "[24, 32]"),
+    ("npu_grouped_matmul_add_", dict(GMA, self=T((3, 8, 32), "bfloat16")), "atlas-a2", "gma.tensors", "bfloat16"),
+    ("npu_grouped_matmul_add_", dict(GMA, self=T((3, 8, 31), "float32")), "atlas-a2", "gma.tensors", "744"),
+    ("npu_grouped_matmul_add_", dict(GMA, self=T((24, 32), "float32")), "ascend-950", "gma.y_3d_950", "[24, 32]"),
     ("npu_grouped_matmul_add_", dict(GMA, group_list_type=1, group_list=gi([5, 0, 11], "int64")), "atlas-a2",
      "gma.group_list_type", "ignored"),
     ("npu_grouped_matmul_add_", dict(GMA, group_list=gi([5, 3, 16], "int64")), "atlas-a2", "gma.group_values",

@@ -82,8 +82,12 @@ def test_fake_kernels_give_torch_npu_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         x = torch.empty(M, K, dtype=torch.int8)
-        w = torch.empty(E, K, N, dtype=torch.int8)
+        w_nd = torch.empty(E, K, N, dtype=torch.int8)
+        w = ascend_moe.npu_format_cast(w_nd, 29)  # the fake tensor carries its format
         g = torch.empty(E, dtype=torch.int64)
+        # an ND int8 weight is refused at trace time, from its real format (nothing is assumed)
+        with pytest.raises(ascend_moe.ConstraintError, match="must be in FRACTAL_NZ format, got format ND"):
+            torch.ops.ascend_moe.npu_grouped_matmul_swiglu_quant(x, w_nd, g, torch.empty(E, N), torch.empty(M))
         o = torch.ops.ascend_moe.npu_grouped_matmul_swiglu_quant(x, w, g, torch.empty(E, N), torch.empty(M))
         assert [tuple(t.shape) for t in o] == [(M, N // 2), (M,), ()]
         assert [t.dtype for t in o] == [torch.int8, torch.float32, torch.float32]

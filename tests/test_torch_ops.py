@@ -36,9 +36,8 @@ def _op(name: str) -> torch._ops.OpOverload:
 def _nz(t: torch.Tensor) -> torch.Tensor:
     """A weight in FRACTAL_NZ, as the 5-D NZ storage tensor (npu_format_cast(w, 29, storage=True)).
 
-    The other NZ form - an alias tagged FRACTAL_NZ by npu_format_cast(w, 29), what torch_npu users
-    write - is exercised by tests/downstream; the tag is keyed by the tensor object and opcheck runs the
-    op on copies of its inputs, which carry no tag, so the samples use the storage form."""
+    The other NZ form - a tensor of the logical shape carrying FRACTAL_NZ, npu_format_cast(w, 29), what
+    torch_npu users write - is exercised by tests/test_formatted_tensor.py and tests/downstream."""
     return ascend_moe.npu_format_cast(t, 29, storage=True)
 
 
@@ -280,10 +279,7 @@ def test_opcheck_with_autograd_inputs():
 
 def _to_fake(mode: FakeTensorMode, v: Any) -> Any:
     if isinstance(v, torch.Tensor):
-        f = mode.from_tensor(v)
-        if ascend_moe.formats.is_nz(v):
-            ascend_moe.formats.set_format(f, ascend_moe.formats.get_format(v))
-        return f
+        return mode.from_tensor(v)  # a cast weight's fake tensor carries its format itself
     if isinstance(v, (list, tuple)):
         return type(v)(_to_fake(mode, a) for a in v)
     if isinstance(v, dict):
@@ -318,10 +314,7 @@ def test_fake_tensor_shapes(name, i, no_compute):
 
 def _to_meta(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
-        m = v.to("meta")
-        if ascend_moe.formats.is_nz(v):
-            ascend_moe.formats.set_format(m, ascend_moe.formats.get_format(v))
-        return m
+        return v.to("meta")  # a cast weight's meta copy keeps its format
     if isinstance(v, (list, tuple)):
         return type(v)(_to_meta(a) for a in v)
     if isinstance(v, dict):

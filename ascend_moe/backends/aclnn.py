@@ -336,7 +336,7 @@ def grouped_matmul_add_(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     from ..products import resolve_target
     from ..rules import enforce_call
     op = "npu_grouped_matmul_add_"
-    a = dict(y=y, x=x, weight=weight, group_list=group_list, transpose_x=transpose_x,
+    a = dict(self=y, x=x, weight=weight, group_list=group_list, transpose_x=transpose_x,
              transpose_weight=transpose_weight, group_type=group_type, group_list_type=group_list_type)
     target = enforce_call(op, a, resolve_target())
     c, device = _runtime_for(op, a)

@@ -43,8 +43,6 @@ OPS: Dict[str, str] = {
     "npu_grouped_matmul_swiglu_quant_v2": "swiglu_quant",
     "npu_grouped_matmul_finalize_routing": "finalize_routing",
     "npu_format_cast": "format_cast",
-    "npu_grouped_matmul_add_": "grouped_matmul_add",
-    "npu_grouped_matmul_add": "grouped_matmul_add",
 }
 
 # torch_npu's custom dtypes are Python ints (spec aclnn-abi-and-torch.md 1.2) [C].

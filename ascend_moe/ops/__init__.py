@@ -22,9 +22,6 @@ if _torch is not None:
         __all__.append(_name)
 
     from .format_cast import *  # noqa: F401,F403,E402
-    from .grouped_matmul_add import *  # noqa: F401,F403,E402
     from . import _npu_kernels  # noqa: F401,E402  (records the generated PrivateUse1 kernels; keep last)
     from . import format_cast as _fc
-    from . import grouped_matmul_add as _gma
-    for _m in (_fc, _gma):
-        __all__.extend(n for n in _m.__all__ if n not in __all__)
+    __all__.extend(n for n in _fc.__all__ if n not in __all__)

@@ -29,7 +29,7 @@ def to_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     """A NumPy view of a CPU tensor (strides kept, no copy); bfloat16/float8 via ml_dtypes."""
     if t is None:
         return None
-    t = t.detach()
+    t = getattr(t, "_inner", t).detach()  # a FormattedTensor's values
     if t.device.type != "cpu":
         raise ValueError(f"to_numpy needs a CPU tensor, got one on {t.device}")
     if t.dtype in _VIEWED:

@@ -51,6 +51,7 @@ def _is_tensor(v: Any) -> bool:
 
 
 def torch_schema(decl: OpDecl) -> str:
+    """The declared schema without its ``*``, plus the trailing ``str[]? tensor_formats=None``."""
     return decl.torch_parsed.spelled(keyword_split=False, name=False)
 
 
@@ -60,8 +61,40 @@ def bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str,
 
 
 def kernel_bind(decl: OpDecl, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Binding inside the kernels: the torch.library schema (no ``*``, overload variants folded back)."""
-    return decl.bind_torch(args, kwargs, tensor_check=_is_tensor)
+    """Binding inside the kernels: the torch.library schema (no ``*``, overload variants folded back).
+    The formats stated in its trailing ``tensor_formats`` argument are recorded on the tensors they
+    name (:func:`state_formats`), so the checker, the shape rule and aclnn read the real format."""
+    args, kwargs, stated = decl.split_formats(args, kwargs)
+    a = decl.bind_torch(args, kwargs, tensor_check=_is_tensor)
+    if stated:
+        state_formats(decl, a, stated)
+    return a
+
+
+def _named_tensor(a: Dict[str, Any], key: str) -> Any:
+    name, _, index = key.partition("[")
+    v = a.get(name)
+    if index:
+        i = int(index.rstrip("]")) if index.rstrip("]").isdigit() else -1
+        v = v[i] if isinstance(v, (list, tuple)) and 0 <= i < len(v) else None
+    return v
+
+
+def state_formats(decl: OpDecl, a: Dict[str, Any], stated: Dict[str, str]) -> None:
+    """Record each format of ``tensor_formats`` on the CPU / meta tensor it names (a FormattedTensor's
+    values, unwrapped by its dispatch, or their fake tensor while tracing).  Device tensors keep their
+    format on the device and are left alone."""
+    from .. import formats
+    for key, fmt in stated.items():
+        t = _named_tensor(a, key)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{decl.name}: argument 'tensor_formats' names {key!r}, which is not a tensor argument "
+                            f"of this call")
+        if fmt not in formats.FORMAT_IDS:
+            raise ValueError(f"{decl.name}: argument 'tensor_formats': unknown format {fmt!r} for {key!r}; known: "
+                             f"{sorted(formats.FORMAT_IDS)}")
+        if t.device.type in ("cpu", "meta"):
+            formats.set_format(t, fmt)
 
 
 def tensors_of(decl: OpDecl, a: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
@@ -107,11 +140,24 @@ def _np_args(decl: OpDecl, a: Dict[str, Any], view: Callable[[torch.Tensor], tor
 
 def _structure(decl: OpDecl, outs: List[torch.Tensor]) -> Any:
     rets = decl.parsed.returns
+    if not outs and (decl.returns_written is not None or decl.returns_clone_of is not None):
+        return None  # the op wrote into an argument: kernel_result gives what it returns
     if rets == ("Tensor[]",):
         return list(outs)
     if len(rets) == 1:
         return outs[0]
     return tuple(outs)
+
+
+def kernel_result(decl: OpDecl, a: Dict[str, Any], result: Any) -> Any:
+    """What the torch op returns: nothing for an op that returns the argument it wrote (the public
+    function returns that argument), a copy of the written argument for ``returns_clone_of``, else the
+    computed outputs."""
+    if decl.returns_clone_of is not None:
+        return a[decl.returns_clone_of].clone()
+    if decl.returns_written is not None:
+        return None
+    return result
 
 
 def _flat_outputs(result: Any) -> List[Any]:
@@ -160,15 +206,67 @@ def _enforce(decl: OpDecl, a: Dict[str, Any]):
 # kernels
 # ------------------------------------------------------------------------------------------------
 
+def _device_weights_in_nz(decl: OpDecl, a: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The call with its weights (``decl.cached_weights``) described as FRACTAL_NZ, when they are fake
+    tensors of an NPU: there the format is device metadata (torch_npu's storage description) that fake
+    tensors do not carry, so the trace cannot know it.  None when no weight is such a tensor."""
+    if decl.cached_weights is None:
+        return None
+    from torch._subclasses.fake_tensor import is_fake
+    from ..rules import TensorSpec
+    from ..sim.numerics import dtype_name
+    weights = [w for v in decl.cached_weights(a) for w in (v if isinstance(v, (list, tuple)) else [v])]
+    unknown = {id(w) for w in weights if isinstance(w, torch.Tensor) and w.device.type in NPU_DEVICE_TYPES
+               and is_fake(w)}
+    if not unknown:
+        return None
+
+    def as_nz(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and id(v) in unknown:
+            return TensorSpec(tuple(int(s) for s in v.shape), dtype_name(v.dtype), "FRACTAL_NZ")
+        if isinstance(v, (list, tuple)) and any(id(t) in unknown for t in v):
+            return [as_nz(t) for t in v]
+        return v
+    return {k: as_nz(v) for k, v in a.items()}
+
+
+def _enforce_traced(decl: OpDecl, a: Dict[str, Any]) -> None:
+    """The checker at trace time.  CPU tensors carry their format (FormattedTensor, stated to the kernel
+    in ``tensor_formats``), so it is checked exactly.  The weights of an NPU are fake tensors without
+    their format: a call valid with them in ND or in FRACTAL_NZ passes the trace, and the NPU kernel
+    checks the real format (no format is assumed: a call invalid in both is refused here)."""
+    import warnings
+    from ..rules import ConstraintError
+    try:
+        _enforce(decl, a)
+        return
+    except ConstraintError as e:
+        first = e
+        as_nz = _device_weights_in_nz(decl, a)
+        if as_nz is None:
+            raise
+    try:
+        with warnings.catch_warnings():  # the doc-level warnings were given by the first attempt
+            warnings.simplefilter("ignore")
+            _enforce(decl, as_nz)
+    except ConstraintError as second:
+        # invalid in both formats: report what holds whatever the weights' format is, when there is such
+        common = {v.rule_id for v in second.violations}
+        kept = [v for v in first.violations if v.rule_id in common]
+        if kept and len(kept) < len(first.violations):
+            raise ConstraintError(first.op, kept, first.target) from None
+        raise first from None
+
+
 def make_fake_kernel(decl: OpDecl) -> Callable[..., Any]:
     def fake(*args: Any, **kwargs: Any) -> Any:
         a = kernel_bind(decl, args, kwargs)
         named = tensors_of(decl, a)
         device = check_one_device(decl, named)
-        _enforce(decl, decl.trace_args(dict(a)) if decl.trace_args is not None else a)
+        _enforce_traced(decl, a)
         outs = [named[0][1].new_empty(tuple(shape), dtype=torch_dtype(dt), device=device)
                 for shape, dt in decl.shape(a)]
-        return _structure(decl, outs)
+        return kernel_result(decl, a, _structure(decl, outs))
     fake.__name__ = f"{decl.name}_fake"
     return fake
 
@@ -180,8 +278,8 @@ def make_cpu_kernel(decl: OpDecl) -> Callable[..., Any]:
         check_one_device(decl, named)
         target = _enforce(decl, a)
         if select_backend(decl.name, [t for _, t in named]) == "aclnn":  # the fake-CANN test hook only
-            return _aclnn(decl, a)
-        return run_sim(decl, a, target)
+            return kernel_result(decl, a, _aclnn(decl, a))
+        return kernel_result(decl, a, run_sim(decl, a, target))
     cpu_kernel.__name__ = f"{decl.name}_cpu_kernel"
     return cpu_kernel
 
@@ -198,7 +296,7 @@ def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
                 raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
                                    "simulated host-memory one; use backend 'auto' or 'sim'")
             target = _enforce(decl, a)
-            return run_sim(decl, a, target, device)
+            return kernel_result(decl, a, run_sim(decl, a, target, device))
         if not on_npu and requested_backend() != "aclnn":
             raise BackendError(
                 f"{decl.name}: the NPU (PrivateUse1) kernel was reached with tensors on "
@@ -206,7 +304,7 @@ def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
                 "simulator. Call the op with CPU tensors for the simulator, or with NPU tensors for aclnn.")
         _enforce(decl, a)
         select_backend(decl.name, tensors)  # refuses an explicit 'sim' and a missing aclnn, saying why
-        return _aclnn(decl, a)
+        return kernel_result(decl, a, _aclnn(decl, a))
     npu_kernel.__name__ = f"{decl.name}_npu_kernel"
     return npu_kernel
 
@@ -244,8 +342,11 @@ def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
         named = tensors_of(decl, a)
         device = check_one_device(decl, named)
         if public_backend(decl.name, backend, device):
-            return _fake_cann_route(decl, a, [t for _, t in named])
-        return op(*decl.to_torch(a))
+            result = _fake_cann_route(decl, a, [t for _, t in named])
+        else:
+            result = op(*decl.to_torch(a))
+        # an op that returns the argument it wrote returns that very tensor (torch_npu's Tensor(a!))
+        return a[decl.returns_written] if decl.returns_written is not None else result
 
     public.__name__ = public.__qualname__ = decl.name
     public.__module__ = "ascend_moe"
@@ -278,7 +379,7 @@ def _fake_cann_route(decl: OpDecl, a: Dict[str, Any], tensors: List[torch.Tensor
     refuse_fake_cann_route_when_compiling(decl.name)
     _enforce(decl, a)
     select_backend(decl.name, tensors, "aclnn")  # refuses unless the fake runtime is loaded
-    return _aclnn(decl, a)
+    return kernel_result(decl, a, _aclnn(decl, a))
 
 
 _ANN = {"Tensor": torch.Tensor, "Tensor?": Optional[torch.Tensor], "Tensor[]": List[torch.Tensor],
@@ -308,11 +409,31 @@ def _return_annotation(decl: OpDecl) -> Any:
 # registration
 # ------------------------------------------------------------------------------------------------
 
+def _autograd_without_formats(decl: OpDecl) -> Tuple[Callable[..., Any], Callable[..., Any]]:
+    """The declaration's backward and setup_context, which know the declared arguments: the trailing
+    ``tensor_formats`` input is dropped from what setup_context sees, and gets no gradient."""
+    n_inputs = len(decl.torch_parsed.args)
+
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> Any:
+        return decl.setup_context(ctx, tuple(inputs)[:n_inputs - 1], output)
+
+    def backward(ctx: Any, *grads: Any) -> Any:
+        passed = len(ctx.needs_input_grad)  # the dispatcher drops trailing defaults: the count varies
+        result = decl.backward(ctx, *grads)
+        if passed < n_inputs:  # no tensor_formats passed: the declaration's structure as it is
+            return result
+        result = tuple(result) if isinstance(result, (list, tuple)) else (result,)
+        result = result[:n_inputs - 1]
+        return result + (None,) * (passed - len(result))
+
+    return backward, setup_context
+
+
 def register(decl: OpDecl) -> Callable[..., Any]:
     """Define ``torch.ops.ascend_moe.<name>`` from ``decl``; returns the public function."""
     if decl.name in PUBLIC:
         return PUBLIC[decl.name]
-    opdef = torch.library.custom_op(f"{NAMESPACE}::{decl.name}", make_cpu_kernel(decl), mutates_args=(),
+    opdef = torch.library.custom_op(f"{NAMESPACE}::{decl.name}", make_cpu_kernel(decl), mutates_args=decl.mutates,
                                     device_types="cpu", schema=torch_schema(decl))
     opdef.register_fake(make_fake_kernel(decl))
     npu_kernel = make_npu_kernel(decl)
@@ -320,7 +441,8 @@ def register(decl: OpDecl) -> Callable[..., Any]:
                                   npu_kernel)
     NPU_KERNELS[decl.name] = npu_kernel
     if decl.backward is not None:
-        opdef.register_autograd(decl.backward, setup_context=decl.setup_context)
+        backward, setup_context = _autograd_without_formats(decl)
+        opdef.register_autograd(backward, setup_context=setup_context)
     OPDEFS[decl.name] = opdef
     public = make_public(decl, getattr(torch.ops.ascend_moe, decl.name).default)
     PUBLIC[decl.name] = public

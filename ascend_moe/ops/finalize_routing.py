@@ -170,16 +170,6 @@ def _error_inputs() -> List[ErrorInput]:
             ErrorInput(SampleInput((x, w, gl, s.kwargs["scale"])), TypeError, r"positional argument")]
 
 
-def _trace_args(a: Dict[str, Any]) -> Dict[str, Any]:
-    """Fake tensors carry no format tag (the tag is keyed by the real tensor object).  A 3-D int8 weight
-    can only be an NZ weight on this op, so the trace-time check assumes it; the real kernel checks it."""
-    from ..rules import TensorSpec
-    w = a["w"]
-    if len(w.shape) == 3 and dtype_name(w.dtype) == "int8" and get_format(w) == "ND":
-        a["w"] = TensorSpec(tuple(w.shape), "int8", "FRACTAL_NZ")
-    return a
-
-
 DECL = declare(OpDecl(
     schema="npu_grouped_matmul_finalize_routing(Tensor x, Tensor w, Tensor group_list, *, Tensor? scale=None, "
            "Tensor? bias=None, Tensor? offset=None, Tensor? pertoken_scale=None, Tensor? shared_input=None, "
@@ -191,7 +181,6 @@ DECL = declare(OpDecl(
     sim=_sim_compute,
     sim_options=("fp19",),
     cached_weights=lambda a: [a["w"]],
-    trace_args=_trace_args,
     aclnn=ACLNN,
     choose_entry=_family,
     doc="""GMM + MoE finalize-routing: fp32 ``[output_bs or m, n]``.

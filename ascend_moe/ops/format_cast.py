@@ -4,8 +4,10 @@ On an NPU, ``torch_npu.npu_format_cast(w, 29)`` re-lays a weight out as FRACTAL_
 shape and values stay the same.  Here (CPU):
 
 * ``npu_format_cast(w, 29)`` returns a new tensor (a copy with its own storage, as torch_npu's cast to
-  another format allocates one; same logical shape and values) whose format is recorded as FRACTAL_NZ
-  (:func:`ascend_moe.formats.set_format`); ``w`` itself keeps its format.  Casting to the format a
+  another format allocates one; same logical shape and values) that carries the format FRACTAL_NZ
+  (an :class:`ascend_moe.formatted.FormattedTensor`: the format survives clone, views, ``detach``,
+  ``nn.Parameter``, fake tensors, ``torch.compile`` and opcheck; a NumPy array is tagged in
+  :mod:`ascend_moe.formats`); ``w`` itself keeps its format.  Casting to the format a
   tensor already has returns it unchanged (torch_npu does the same).  The ops read the logical
   values; the tag decides which rules apply (A8W8 swiglu-quant needs NZ) and which aclnn entry point
   the device path takes.  Every other aclFormat id torch_npu takes (``ascend_moe.formats.FORMAT_NAMES``:
@@ -37,6 +39,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from ..formats import is_torch_tensor as _is_torch_tensor_type
 from ..formats import (ACL_FORMAT_FRACTAL_NZ, ACL_FORMAT_ND, FORMAT_IDS, FORMAT_NAMES, get_format,
                        nz_storage_record, set_format, set_nz_storage)
 from ..sim.numerics import ELEMENT_BITS, dtype_name, nd_to_nz, nz_storage_shape, nz_to_nd
@@ -48,7 +51,7 @@ NZ_STORAGE_NDIM = 5  # [E, N1, K1, 16, C0]: the one storage rank recognised with
 
 
 def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "untyped_storage")
+    return _is_torch_tensor_type(x)
 
 
 def _format_id(acl_format: Any) -> int:
@@ -133,11 +136,20 @@ def npu_format_cast(weight: Any, acl_format: Any, customize_dtype: Any = None, *
     else:
         # a copy, not an alias: the cast tensor owns its storage, so a tag that follows the storage can
         # never leak onto the original
-        out = weight.copy() if is_np else weight.clone()
+        out = weight.copy() if is_np else _plain(weight).clone()
         if target.startswith("FRACTAL_NZ"):
             set_nz_storage(out, None)
+    if not is_np:  # a torch tensor carries its format itself (ascend_moe.formatted.FormattedTensor)
+        from ..formatted import with_format
+        record = nz_storage_record(out) if target.startswith("FRACTAL_NZ") else None
+        return with_format(_plain(out), target, record if isinstance(record, tuple) else None)
     set_format(out, target)
     return out
+
+
+def _plain(t: Any) -> Any:
+    from ..formatted import unwrap
+    return unwrap(t)
 
 
 def _cast_on_simulated_npu(weight: Any, fid: int, storage: bool) -> Any:

@@ -4,8 +4,8 @@
 
 Shape rules = op-plugin's meta (spec aclnn-abi-and-torch 4.3, ``n = weight_scale.size(-1)``).  An int8
 weight must be FRACTAL_NZ: cast it with :func:`ascend_moe.npu_format_cast` (``(weight, 29)``), or pass
-the 5-D NZ storage tensor.  Fake tensors carry no format tag (the tag lives on the real CPU tensor
-object), so the trace-time check assumes NZ for a 3-D int8 weight and the real kernel checks it.
+the 5-D NZ storage tensor.  The cast weight carries its format into fake tensors and compiled graphs
+(:class:`ascend_moe.formatted.FormattedTensor`), so the trace-time check sees the real one.
 
 Entry points: v1 always calls ``aclnnGroupedMatmulSwigluQuantWeightNZ``; v2 calls ``...WeightNzV2`` for
 an NZ (or 5-D) weight, else ``...V2``.  op-plugin maps v2's ``dequant_dtype`` from torch's enum to GE's
@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ..formats import get_format, is_nz
+from ..formats import is_nz
 from ..opdecl import AclnnEntry, OpDecl, Out, SampleInput, declare
 from ..sim import swiglu_quant as _sim
 from ..sim.numerics import dtype_name, fill_undefined
@@ -33,13 +33,6 @@ def _first(v: Any) -> Any:
     return v[0] if isinstance(v, (list, tuple)) and len(v) else v
 
 
-def _assume_nz(w: Any) -> Any:
-    from ..rules import TensorSpec
-    if len(w.shape) == 3 and dtype_name(w.dtype) == "int8" and get_format(w) == "ND":
-        return TensorSpec(tuple(w.shape), "int8", format="FRACTAL_NZ")
-    return w
-
-
 # ------------------------------------------------------------------------------------------------ v1
 
 def _v1_shape(a: Dict[str, Any]) -> List[Any]:
@@ -52,11 +45,6 @@ def _v1_sim(a: Dict[str, Any], target: Any):
                                   group_list_type=0, assist=a["bias"], kernel="v1")
     out_offset = fill_undefined(np.zeros((), dtype=np.float32), ())  # never written by the device
     return out, out_scale, out_offset
-
-
-def _v1_trace(a: Dict[str, Any]) -> Dict[str, Any]:
-    a["weight"] = _assume_nz(a["weight"])
-    return a
 
 
 def _v1_samples() -> List[SampleInput]:
@@ -80,7 +68,6 @@ DECL_V1 = declare(OpDecl(
     shape=_v1_shape,
     sim=_v1_sim,
     cached_weights=lambda a: [a["weight"]],
-    trace_args=_v1_trace,
     aclnn=(AclnnEntry("aclnnGroupedMatmulSwigluQuantWeightNZ", family="swiglu_v1",
                       requires=("x", "weight", "weight_scale", "x_scale", "group_list"),
                       params="const aclTensor *x, const aclTensor *weight, const aclTensor *bias, "
@@ -112,11 +99,6 @@ def _v2_sim(a: Dict[str, Any], target: Any):
     return _sim.compute(a["x"], stack(a["weight"]), stack(a["weight_scale"]), a["x_scale"],
                         np.asarray(a["group_list"]), group_list_type=a["group_list_type"],
                         assist=stack(a["weight_assist_matrix"]), kernel="v2")
-
-
-def _v2_trace(a: Dict[str, Any]) -> Dict[str, Any]:
-    a["weight"] = [_assume_nz(w) for w in a["weight"]]
-    return a
 
 
 def _v2_family(a: Dict[str, Any]) -> str:
@@ -170,7 +152,6 @@ DECL_V2 = declare(OpDecl(
     shape=_v2_shape,
     sim=_v2_sim,
     cached_weights=lambda a: list(a["weight"]),
-    trace_args=_v2_trace,
     aclnn=(AclnnEntry("aclnnGroupedMatmulSwigluQuantV2", family="swiglu_v2", params=_V2_PARAMS, bind=_V2_BIND,
                       requires=("x", "weight", "weight_scale", "x_scale", "group_list"), check=_v2_check),
            AclnnEntry("aclnnGroupedMatmulSwigluQuantWeightNzV2", family="swiglu_v2_nz", params=_V2_PARAMS,

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 
 import numpy as np
 
+from ..formats import is_torch_tensor as _is_torch_tensor_type
 from ..formats import get_format
 from ..products import PRODUCTS, CannVersion, Target, resolve_target
 from ..sim.numerics import dtype_name
@@ -118,7 +119,7 @@ class TensorMeta:
 
 
 def _is_torch_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "untyped_storage")
+    return _is_torch_tensor_type(x)
 
 
 def tensor_meta(x: Any) -> Optional[TensorMeta]:
@@ -420,10 +421,8 @@ class OpSpec:
 
 # Which rule module declares each op.  Modules are imported on first use, so importing ascend_moe stays
 # cheap.  Declared ops name their rules module in their declaration (``OpDecl.rules``); these are the ops
-# checked by name without a torch-op declaration (they mutate an argument, or run across processes).
+# checked by name without a torch-op declaration (they run across processes).
 _RULE_ONLY_OPS: Dict[str, str] = {
-    "npu_grouped_matmul_add_": "quant_ops",
-    "npu_grouped_matmul_add": "quant_ops",
     "npu_moe_distribute_dispatch": "distribute",
     "npu_moe_distribute_dispatch_v2": "distribute",
     "npu_moe_distribute_combine": "distribute",

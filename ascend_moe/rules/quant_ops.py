@@ -49,15 +49,8 @@ TORCH_DTYPE_CODES = {1: "int8", 3: "int32", 5: "float16", 6: "float32", 15: "bfl
 
 
 # --------------------------------------------------------------------------------------------
-# the ops (signatures come from the declarations in ascend_moe.ops.quant_ops; npu_grouped_matmul_add(_)
-# mutates its first argument, which the declaration mechanism does not express yet, so its signature is
-# given here)
+# the ops (signatures come from the declarations in ascend_moe.ops.quant_ops and .grouped_matmul_add)
 # --------------------------------------------------------------------------------------------
-
-def npu_grouped_matmul_add_(y, x, weight, group_list, *, transpose_x: bool = True, transpose_weight: bool = False,
-                            group_type: int = 2, group_list_type: int = 0):
-    """torch.ops.npu.npu_grouped_matmul_add_(Tensor(a!) self, x, weight, group_list, ...) -> Tensor(a!)"""
-
 
 swiglu_spec = register_op("npu_swiglu", products=SWIGLU_PRODUCTS, source="aclnnSwiGlu")
 swiglu_bwd_spec = register_op("npu_swiglu_backward", products=SWIGLU_PRODUCTS, source="aclnnSwiGluGrad")
@@ -70,9 +63,9 @@ dqa_spec = register_op("npu_dynamic_quant_asymmetric", products=A2_A3,
 dsq_spec = register_op("npu_dequant_swiglu_quant", products=A2_A3,
                        source="aclnnDequantSwigluQuant / V2",
                        product_notes={"ascend-950": "the 950 kernels of this op are not modelled"})
-gma_spec = register_op("npu_grouped_matmul_add_", npu_grouped_matmul_add_, GMM_ADD_PRODUCTS,
+gma_spec = register_op("npu_grouped_matmul_add_", products=GMM_ADD_PRODUCTS,
                        source="aclnnGroupedMatmulAdd (A2/A3), aclnnGroupedMatmulAddV2 (950)")
-gma_oop_spec = register_op("npu_grouped_matmul_add", npu_grouped_matmul_add_, GMM_ADD_PRODUCTS,
+gma_oop_spec = register_op("npu_grouped_matmul_add", products=GMM_ADD_PRODUCTS,
                            source="aclnnGroupedMatmulAdd (writes into self as well, returns a clone)")
 
 
@@ -550,14 +543,14 @@ def _gma_rules(spec, p: str) -> None:
         return errs
 
     @spec.rule(f"{p}.tensors", "x", "x [tokens, M] and weight [tokens, N] float16/bfloat16 of one dtype; group_list "
-               "1-D int64; y float32 with E*M*N elements", source=SRC_GMA_HOST + " CheckParams (CheckShape: x/weight 2-D "
+               "1-D int64; self (y) float32 with E*M*N elements", source=SRC_GMA_HOST + " CheckParams (CheckShape: x/weight 2-D "
                "with equal K, group_list 1-D; CheckDtype: fp16/bf16 x == weight dtype, int64 group_list, float32 y); "
-               "the E*M*N size of y is the output size of op-plugin's meta registration",
-               fix="pass fp16/bf16 x and weight sharing the token dim, an int64 group_list, a float32 y [E, M, N]")
+               "the E*M*N size of self is the output size of op-plugin's meta registration",
+               fix="pass fp16/bf16 x and weight sharing the token dim, an int64 group_list, a float32 self (y) [E, M, N]")
     def _(call):
-        x, w, gl, y = (call.meta(n) for n in ("x", "weight", "group_list", "y"))
+        x, w, gl, y = (call.meta(n) for n in ("x", "weight", "group_list", "self"))
         errs = []
-        for name, m in (("x", x), ("weight", w), ("group_list", gl), ("y", y)):
+        for name, m in (("x", x), ("weight", w), ("group_list", gl), ("self", y)):
             if m is None:
                 errs.append(f"{name} must be a tensor, got {type(call[name]).__name__}")
         if errs:
@@ -574,18 +567,18 @@ def _gma_rules(spec, p: str) -> None:
         if gl.ndim != 1 or gl.dtype != "int64":
             errs.append(f"group_list must be 1-D int64, got {gl.dtype}{list(gl.shape)}")
         if y.dtype != "float32":
-            errs.append(f"y dtype must be float32, got {y.dtype}")
+            errs.append(f"self (y) dtype must be float32, got {y.dtype}")
         if not errs and y.numel != gl.shape[0] * x.shape[1] * w.shape[1]:
-            errs.append(f"y has {y.numel} elements, must be E*M*N = {gl.shape[0]}*{x.shape[1]}*{w.shape[1]}")
+            errs.append(f"self (y) has {y.numel} elements, must be E*M*N = {gl.shape[0]}*{x.shape[1]}*{w.shape[1]}")
         return errs
 
-    @spec.rule(f"{p}.y_3d_950", "y", "Ascend 950: y is 3-D [E, M, N]", products={"ascend-950"},
+    @spec.rule(f"{p}.y_3d_950", "self", "Ascend 950: self (y) is 3-D [E, M, N]", products={"ascend-950"},
                source=SRC_GMA_HOST + " CheckShape (NpuArch DAV_3510: y 3-D, y.shape[0] == len(group_list))",
                fix="view y as [E, M, N]")
     def _(call):
-        y, gl = call.meta("y"), call.meta("group_list")
+        y, gl = call.meta("self"), call.meta("group_list")
         if y is not None and gl is not None and (y.ndim != 3 or y.shape[0] != gl.shape[0]):
-            return f"y shape {list(y.shape)} must be 3-D with E={gl.shape[0]} first"
+            return f"self (y) shape {list(y.shape)} must be 3-D with E={gl.shape[0]} first"
 
     @spec.rule(f"{p}.group_list_type", "group_list_type", "group_list_type in {0, 1}; on A2/A3 only 0 (cumsum): "
                "op-plugin calls aclnnGroupedMatmulAdd, which takes none", source=SRC_GMA_PLUGIN + "; " + SRC_GMA_HOST,

@@ -308,6 +308,25 @@ def grouped_matmul_nz_weight_uses_weight_nz(fake: Fake):
 
 
 @scenario
+def grouped_matmul_cast_weight_stays_nz_through_clone_and_parameter(fake: Fake):
+    """The weight npu_format_cast returns carries FRACTAL_NZ through clone and nn.Parameter to the
+    marshalling: WeightNz with the NZ storage dims, through the public op with backend='aclnn'."""
+    import ascend_moe
+    begin(fake)
+    x = torch.randn(6, 40, dtype=torch.float16)
+    w = torch.randn(2, 40, 50, dtype=torch.float16)
+    param = torch.nn.Parameter(ascend_moe.npu_format_cast(w, 29).clone(), requires_grad=False)
+    gl = torch.tensor([2, 4])
+    (y,) = ascend_moe.npu_grouped_matmul([x], [param], group_list=gl, split_item=3, group_type=0, group_list_type=1,
+                                         backend="aclnn")
+    c = Call(fake, "aclnnGroupedMatmulWeightNz")
+    check_gmm_common(c, x, param, gl, 3, 0, 1)
+    nz_tensor(c.items(1)[0], param, FLOAT16, [2, 4, 3, 16, 16])  # the clone's own memory
+    out_bytes(y, 0)
+    fake.assert_balanced()
+
+
+@scenario
 def grouped_matmul_quantised_forms_on_weight_nz(fake: Fake):
     """A8W8 (scale, per_token_scale, bf16 output) and A8W4 (int4 packed in int32, int64 scale: op-plugin's
     quantGroupSize 256) through the public op with backend='aclnn'."""
@@ -990,6 +1009,43 @@ def grouped_matmul_add_in_place(fake: Fake):
     else:
         raise AssertionError("a decreasing group_list must be refused by the checker")
     assert not fake.gws()
+
+
+@scenario
+def grouped_matmul_add_declared_ops(fake: Fake):
+    """The declared ops (public, backend='aclnn') build the same calls from their declaration: yRef is self's
+    storage; the in-place op returns self, the out-of-place one writes self too and returns a clone."""
+    import ascend_moe
+    begin(fake)
+    x = torch.randn(12, 8, dtype=torch.bfloat16)
+    w = torch.randn(12, 16, dtype=torch.bfloat16)
+    gl = torch.tensor([5, 5, 12])
+    y = torch.zeros(3, 8, 16)
+    assert ascend_moe.npu_grouped_matmul_add_(y, x, w, gl, backend="aclnn") is y
+    c = Call(fake, "aclnnGroupedMatmulAdd")
+    assert c.kinds() == ["aclTensor*"] * 4 + ["bool", "bool", "int64_t"]
+    nd_tensor(c.tensor(0), x, BF16)
+    nd_tensor(c.tensor(1), w, BF16)
+    nd_tensor(c.tensor(2), gl, INT64)
+    nd_tensor(c.tensor(3), y, FLOAT)
+    assert c.value(4, "bool") is True and c.value(5, "bool") is False and c.value(6, "int64_t") == 2
+    out_bytes(y, 0)
+    fake.assert_balanced()
+    begin(fake)
+    y2 = torch.zeros(3, 8, 16)
+    out = ascend_moe.npu_grouped_matmul_add(y2, x, w, gl, backend="aclnn")
+    c = Call(fake, "aclnnGroupedMatmulAdd")
+    nd_tensor(c.tensor(3), y2, FLOAT)
+    out_bytes(y2, 0)
+    assert out is not y2 and torch.equal(out, y2) and out.data_ptr() != y2.data_ptr()
+    fake.assert_balanced()
+    begin(fake)
+    with ascend_moe.target("ascend-950"):
+        ascend_moe.npu_grouped_matmul_add_(torch.zeros(3, 8, 16), x, w, gl, backend="aclnn")
+    c = Call(fake, "aclnnGroupedMatmulAddV2")
+    assert c.kinds() == ["aclTensor*"] * 4 + ["bool", "bool", "int64_t", "int64_t"]
+    assert c.value(7, "int64_t") == 0
+    fake.assert_balanced()
 
 
 # ------------------------------------------------------------------------------------------ old CANN build

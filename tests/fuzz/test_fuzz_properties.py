@@ -145,14 +145,45 @@ def torch_op_kwargs(op: str, kwargs: dict) -> dict:
     return kw
 
 
+def _copied(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.clone()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_copied(i) for i in v)
+    return v
+
+
+def fresh(s: fs.Sample) -> Tuple[tuple, dict]:
+    """The sample's arguments; copies of its tensors for an op that writes into an argument, so every
+    surface starts from the same values."""
+    if not get_decl(s.op).mutates:
+        return s.args, s.kwargs
+    return tuple(_copied(a) for a in s.args), {k: _copied(v) for k, v in s.kwargs.items()}
+
+
+def torch_op_result(op: str, args: tuple, kwargs: dict) -> Any:
+    """torch.ops.ascend_moe.<op>'s result; for an op that returns the argument it wrote (the torch op returns
+    nothing), that argument."""
+    d = get_decl(op)
+    result = getattr(torch.ops.ascend_moe, op)(*args, **torch_op_kwargs(op, kwargs))
+    if d.returns_written is None:
+        return result
+    order = [a.name for a in d.public_order()]
+    i = order.index(d.returns_written)
+    return kwargs[d.returns_written] if d.returns_written in kwargs else args[i]
+
+
 def run_surfaces(s: fs.Sample, names: List[str], finite: bool, what: str,
                  mistyped_scalar: bool = False) -> Tuple[str, Any]:
     public = getattr(ascend_moe, s.op)
-    status, result = outcome(lambda: public(*s.args, **s.kwargs), names, f"{what}: ascend_moe.{s.op}",
+    args, kwargs = fresh(s)
+    status, result = outcome(lambda: public(*args, **kwargs), names, f"{what}: ascend_moe.{s.op}",
                              torch_surface=True)
-    tstatus, tresult = outcome(lambda: getattr(torch.ops.ascend_moe, s.op)(*s.args, **torch_op_kwargs(s.op, s.kwargs)),
+    targs, tkwargs = fresh(s)
+    tstatus, tresult = outcome(lambda: torch_op_result(s.op, targs, tkwargs),
                                names + [c for _, c in get_decl(s.op).alternatives.values()], f"{what}: torch.ops.ascend_moe.{s.op}", torch_surface=True)
-    twin_args, twin_kwargs = [to_twin(a) for a in s.args], {k: to_twin(v) for k, v in s.kwargs.items()}
+    wargs, wkwargs = fresh(s)
+    twin_args, twin_kwargs = [to_twin(a) for a in wargs], {k: to_twin(v) for k, v in wkwargs.items()}
     wstatus, wresult = outcome(lambda: twin(s.op)(*twin_args, **twin_kwargs), names, f"{what}: sim twin {s.op}")
     cstatus, violations = outcome(lambda: ascend_moe.check(s.op, *s.args, **s.kwargs), names,
                                   f"{what}: check({s.op})", check_surface=True, mistyped_scalar=mistyped_scalar)
@@ -197,6 +228,7 @@ def test_hostile_calls(op, data):
         nc = m.sample
         for sl in slots:
             nc = fm._set(nc, sl, fm.noncontiguous(fm._get(nc, sl)))
+        # (nc's tensors are new copies, used once: an op that writes into one needs no fresh copy)
         status2, result2 = outcome(lambda: getattr(ascend_moe, op)(*nc.args, **nc.kwargs), names,
                                    f"{what}: non-contiguous")
         if status2 == "ok":

@@ -138,6 +138,43 @@ def test_format_is_device_metadata_kept_through_views_clone_and_param_data():
     assert torch_npu.get_npu_format(w) == 29
 
 
+def test_traced_npu_weight_format_is_checked_by_the_kernel():
+    """Fake tensors of an npu weight carry no format (the storage metadata stays with the real tensor, as on
+    torch_npu), so the trace accepts an int8 weight that would be valid in ND or in NZ; the kernel of the
+    compiled graph then checks the real format."""
+    import torch_npu
+    g = torch.Generator().manual_seed(3)
+    m, k, n, e = 6, 32, 64, 2
+    w = torch.randint(-8, 8, (e, k, n), generator=g, dtype=torch.int8)
+    args = [torch.randint(-8, 8, (m, k), generator=g, dtype=torch.int8).npu(), None, torch.tensor([2, 6]).npu(),
+            ((torch.rand(e, n, generator=g) + 1) * 1e-2).npu(), ((torch.rand(m, generator=g) + 1) * 1e-1).npu()]
+    fn = torch.compile(lambda *a: torch_npu.npu_grouped_matmul_swiglu_quant(*a), fullgraph=True, backend="aot_eager")
+    args[1] = torch_npu.npu_format_cast(w.npu(), 29)
+    with ascend_moe.undefined_policy("zero"):
+        got = fn(*args)
+        want = ascend_moe.npu_grouped_matmul_swiglu_quant(*[t.cpu() for t in args[:1]],
+                                                          ascend_moe.npu_format_cast(w, 29),
+                                                          *[t.cpu() for t in args[2:]])
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(got, want))
+    torch._dynamo.reset()
+    args[1] = w.npu()  # ND on the device
+    with pytest.raises(Exception, match="must be in FRACTAL_NZ format, got format ND"):
+        fn(*args)
+
+
+def test_grouped_matmul_add_writes_into_the_npu_tensor():
+    """The in-place declared op on npu tensors writes into self's npu memory and returns self."""
+    import torch_npu
+    g = torch.Generator().manual_seed(5)
+    x, w = (torch.randint(-3, 4, (10, n), generator=g).to(torch.bfloat16) for n in (4, 6))
+    y = torch.ones(2, 4, 6)
+    y_npu = y.npu()
+    assert torch_npu.npu_grouped_matmul_add_(y_npu, x.npu(), w.npu(), torch.tensor([4, 10]).npu()) is y_npu
+    # hand check: y[e, i, j] = 1 + sum over the rows of group e of x[r, i] * w[r, j]
+    for e, rows in enumerate((range(0, 4), range(4, 10))):
+        assert y_npu[e, 1, 2].item() == 1 + sum(float(x[r, 1]) * float(w[r, 2]) for r in rows)
+
+
 def test_autocast_runs():
     a = torch.ones(2, 2, device="npu")
     with torch.autocast("npu", dtype=torch.bfloat16):
