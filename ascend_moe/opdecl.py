@@ -330,6 +330,10 @@ class OpDecl:
     # the weights (bound args -> tensors) whose converted copies the CPU kernel may keep across calls
     # while they are unchanged (ascend_moe.kernels' weight cache: widened fp16/bf16, decoded NZ / int4)
     cached_weights: Optional[Callable[[Dict[str, Any]], Sequence[Any]]] = None
+    # the op communicates across processes (every rank of a group calls it together): its simulator
+    # adapter runs the checker itself, agreed across the ranks, so the generated CPU / simulated-device
+    # kernels do not check first (a rank failing alone would leave its peers waiting in the exchange)
+    collective: bool = False
     parsed: Schema = field(init=False)
 
     def __post_init__(self) -> None:
@@ -661,6 +665,10 @@ DECL_MODULES: Dict[str, str] = {
     "npu_dynamic_quant": "quant_ops",
     "npu_dynamic_quant_asymmetric": "quant_ops",
     "npu_dequant_swiglu_quant": "quant_ops",
+    "npu_moe_distribute_dispatch": "distribute",
+    "npu_moe_distribute_dispatch_v2": "distribute",
+    "npu_moe_distribute_combine": "distribute",
+    "npu_moe_distribute_combine_v2": "distribute",
 }
 
 

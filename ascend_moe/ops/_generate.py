@@ -151,6 +151,11 @@ def _aclnn(decl: OpDecl, a: Dict[str, Any]) -> Any:
     return aclnn.call(decl.name, a)
 
 
+def _collective_target():
+    from ..products import resolve_target
+    return resolve_target()
+
+
 def _enforce(decl: OpDecl, a: Dict[str, Any]):
     from ..rules import enforce_call
     return enforce_call(decl.name, a)
@@ -178,6 +183,8 @@ def make_cpu_kernel(decl: OpDecl) -> Callable[..., Any]:
         a = kernel_bind(decl, args, kwargs)
         named = tensors_of(decl, a)
         check_one_device(decl, named)
+        if decl.collective and select_backend(decl.name, [t for _, t in named]) != "aclnn":
+            return run_sim(decl, a, _collective_target())  # the adapter checks, agreed across the ranks
         target = _enforce(decl, a)
         if select_backend(decl.name, [t for _, t in named]) == "aclnn":  # the fake-CANN test hook only
             return _aclnn(decl, a)
@@ -197,7 +204,7 @@ def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
             if requested_backend() == "aclnn":
                 raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
                                    "simulated host-memory one; use backend 'auto' or 'sim'")
-            target = _enforce(decl, a)
+            target = _collective_target() if decl.collective else _enforce(decl, a)
             return run_sim(decl, a, target, device)
         if not on_npu and requested_backend() != "aclnn":
             raise BackendError(
