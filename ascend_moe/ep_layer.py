@@ -5,7 +5,8 @@ Per rank: gating (``npu_moe_gating_top_k``) on its own tokens -> ``npu_moe_distr
 -> ``npu_moe_distribute_combine_v2`` (shared output as ``shared_expert_x``).  Reports each rank's
 time per stage and the all-to-all volume it sent and received.
 
-Run it on one machine (spawns N processes)::
+Run it on one machine (spawns N processes; ``python -m ascend_moe check --model deepseek-v3 --ep 4 --run``
+does the same after the checker's report)::
 
     python -m ascend_moe.ep_layer --model deepseek-v3 --ep 4 --tokens 4
 
@@ -34,7 +35,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["run_rank", "launch_local", "format_ranks", "main"]
+__all__ = ["run_rank", "launch_local", "run_torchrun", "under_torchrun", "format_ranks", "main"]
 
 
 def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optional[str] = None,
@@ -97,6 +98,10 @@ def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optio
             return False
 
     with stage("setup"):
+        # one-time imports, so that the stage times below are the ops': registering the torch ops, and
+        # torch._dynamo, which a torch.library op imports on its first call
+        from . import ops as _ops  # noqa: F401
+        import torch._dynamo  # noqa: F401
         w_gate = randn(shared_rng, H, E, scale=H ** -0.5)
         bias = bf(randn(shared_rng, E, scale=0.1)) if cfg.has_bias else None
         w13 = np.broadcast_to(bf(randn(shared_rng, H, 2 * inter, scale=H ** -0.5)), (El, H, 2 * inter))
@@ -152,6 +157,30 @@ def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optio
     return dict(rank=rank, world=world, model=cfg.name, product=rep.target.product, cann=str(rep.target.cann),
                 tokens=T, local_experts=El, received_rows=rows, timings=timings, volume=volume,
                 finite=bool(np.isfinite(result.astype(np.float32)).all()))
+
+
+def under_torchrun() -> bool:
+    """True in a process torchrun (or any launcher setting RANK / WORLD_SIZE) started."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def torchrun_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_torchrun(model: Any, tokens: int, product: Optional[str] = None, cann: Optional[str] = None,
+                 seed: int = 0, host_renorm: bool = False) -> Optional[List[Dict[str, Any]]]:
+    """This process's rank of a torchrun launch (gloo over TCP, the launcher's rendezvous): runs the
+    layer, returns every rank's result on rank 0 and None on the others."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
+    try:
+        res = run_rank(model, tokens, product, cann, seed, host_renorm)
+        gathered: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, res)
+        return gathered if dist.get_rank() == 0 else None
+    finally:
+        dist.destroy_process_group()
 
 
 def _free_port() -> int:
@@ -230,15 +259,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     kwargs = dict(model=args.model, tokens=args.tokens, product=args.product, cann=args.cann, seed=args.seed,
                   host_renorm=args.host_renorm)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ep is None:
-        import torch.distributed as dist
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
-        res = run_rank(**kwargs)
-        gathered: List[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, res)
-        if dist.get_rank() == 0:
+    if under_torchrun() and args.ep is None:
+        gathered = run_torchrun(**kwargs)
+        if gathered is not None:
             print(json.dumps(gathered, indent=2) if args.json else format_ranks(gathered))
-        dist.destroy_process_group()
         return 0
     results = launch_local(ep=args.ep or 2, **kwargs)
     print(json.dumps(results, indent=2) if args.json else format_ranks(results))

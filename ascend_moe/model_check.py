@@ -66,8 +66,20 @@ is the per-device average: ``T*k*ep`` rows leave the ranks and each rank receive
    low word, spec 3.4; ``[E_l, 2I]`` and ``[E_l, H]``), and the offline ``8 * sum_k W*scale`` term
    (``bias`` of both calls).
 
+6. **Expert parallelism** (``ep > 1``), vllm-ascend's MC2 token dispatcher: the dispatch is
+   ``npu_moe_distribute_dispatch_v2(x[T, H], topk_ids int32[T, k], group_ep, ep_world_size=ep,
+   ep_rank_id=0, moe_expert_num=E, expert_scales=topk_weights fp32[T, k], global_bs=T*ep,
+   quant_mode=2 with a quantised expert path (the int8 rows and their per-token scale come out of the
+   exchange, so there is no ``npu_dynamic_quant`` stage), else 0)`` and the combine is
+   ``npu_moe_distribute_combine_v2`` with the dispatch's outputs as op-plugin allocates them
+   (``expand_x [A, H]``, ``assist_info_for_combine``, ``ep_recv_counts`` as ``ep_send_counts``,
+   ``tp_recv_counts``, ``expand_scales``); both checked by ``ascend_moe.rules.distribute`` for rank 0
+   (the arguments that must agree across ranks are the same on every rank by construction).  The grouped
+   calls in between see ``E_l`` experts and the average ``T*k`` received rows.
+   ``--ep N --run`` runs this layer on N processes (:mod:`ascend_moe.ep_layer`).
+
 What is not checked: the ops above marked "not checked" (they have no ascend-moe rules), attention,
-communication (all-gather / all-reduce / all-to-all / MC2), and the dense shared-expert matmuls.
+the all-gather / all-reduce of the non-MC2 paths, and the dense shared-expert matmuls.
 """
 from __future__ import annotations
 
@@ -92,6 +104,8 @@ from .rules import routing as _routing_rules  # noqa: F401  (registers the dispa
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 QUANT_MODES = ("none", "w8a8", "w4a8")
 BF16_CODE = 15      # torch.bfloat16 as npu_grouped_matmul's output_dtype (torch_npu's int code)
+# the group_ep of the checked MC2 calls: a placeholder (the name is a run-time value; rules do not read it)
+EP_GROUP_NAME = "ep_group"
 
 # Model types whose router carries an e_score_correction_bias even if the config does not say
 # ``topk_method: noaux_tc`` (HF DeepseekV3TopkRouter / Glm4MoeTopkRouter always create it).
@@ -416,11 +430,19 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
     if softmax_renorm and host_renorm:
         stages.append(Stage("renormalise", None, external="y / y.sum(-1) on the host (vllm-ascend's "
                                                            "softmax + norm_topk_prob path)"))
-    stages.append(Stage(
-        "dispatch", "npu_moe_init_routing_v2",
-        (TensorSpec((T, H), "bfloat16"), TensorSpec((T, d.top_k), "int32")),
-        dict(active_num=M, expert_num=E, expert_tokens_num_type=1, expert_tokens_num_flag=True,
-             **(dict(active_expert_range=[0, El]) if ep > 1 else {}))))
+    combine: Stage
+    if ep > 1:
+        dispatch, combine = _mc2_stages(d, quantised=quant != "none", router_dtype=router_dtype)
+        stages.append(dispatch)
+    else:
+        stages.append(Stage(
+            "dispatch", "npu_moe_init_routing_v2",
+            (TensorSpec((T, H), "bfloat16"), TensorSpec((T, d.top_k), "int32")),
+            dict(active_num=M, expert_num=E, expert_tokens_num_type=1, expert_tokens_num_flag=True)))
+        combine = Stage(
+            "combine", "npu_moe_token_unpermute",
+            (TensorSpec((M, H), "bfloat16"), TensorSpec((M,), "int32")),
+            dict(probs=TensorSpec((T, d.top_k), router_dtype)))
     shared = cfg.shared_intermediate_size
     shared_text = (f"dense SwiGLU MLP [{H} -> {2 * shared} -> {H}] (torch_npu matmuls)" if shared else "")
 
@@ -436,13 +458,11 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
             dict(group_list=gl_counts, split_item=2, group_type=0, group_list_type=1)))
         if shared:
             stages.append(Stage("shared expert", None, external=shared_text))
-        stages.append(Stage(
-            "combine", "npu_moe_token_unpermute",
-            (TensorSpec((M, H), "bfloat16"), TensorSpec((M,), "int32")),
-            dict(probs=TensorSpec((T, d.top_k), router_dtype))))
+        stages.append(combine)
         return stages
 
-    stages.append(Stage("quantise x", "npu_dynamic_quant", (TensorSpec((M, H), "bfloat16"),), {}))
+    if ep == 1:   # with MC2 the dispatch quantises (quant_mode=2)
+        stages.append(Stage("quantise x", "npu_dynamic_quant", (TensorSpec((M, H), "bfloat16"),), {}))
     if quant == "w8a8":
         w13 = TensorSpec((El, H, 2 * I), "int8", "FRACTAL_NZ")
         w13_scale = TensorSpec((El, 2 * I), "float32")
@@ -473,11 +493,35 @@ def plan_layer(cfg: MoEConfig, *, quant: str = "none", tokens: int = 4, ep: int 
         dict(scale=[w2_scale], bias=None if fr_bias is None else [fr_bias],
              per_token_scale=[TensorSpec((M,), "float32")], group_list=gl_counts, split_item=2, group_type=0,
              group_list_type=1, output_dtype=BF16_CODE)))
-    stages.append(Stage(
-        "combine", "npu_moe_token_unpermute",
-        (TensorSpec((M, H), "bfloat16"), TensorSpec((M,), "int32")),
-        dict(probs=TensorSpec((T, d.top_k), router_dtype))))
+    stages.append(combine)
     return stages
+
+
+def _mc2_stages(d: "Dims", *, quantised: bool, router_dtype: str) -> Tuple[Stage, Stage]:
+    """Rank 0's ``npu_moe_distribute_dispatch_v2`` / ``_combine_v2`` calls (module docstring, item 6); the
+    combine's inputs are the dispatch's outputs with the shapes op-plugin allocates (the declaration's
+    shape rule)."""
+    from .opdecl import get_decl
+    from .rules import bind
+    T, E, H, k, ep = d.tokens, d.experts, d.hidden, d.top_k, d.ep
+    op = "npu_moe_distribute_dispatch_v2"
+    args = (TensorSpec((T, H), "bfloat16"), TensorSpec((T, k), "int32"), EP_GROUP_NAME, ep, 0, E)
+    kwargs = dict(expert_scales=TensorSpec((T, k), "float32"), global_bs=T * ep, quant_mode=2 if quantised else 0)
+    dispatch = Stage("ep dispatch", op, args, kwargs)
+    try:
+        outs = get_decl(op).shape(bind(op, args, kwargs))
+    except Exception:  # noqa: BLE001 - a malformed call: its own stage reports it; size the combine plainly
+        rows = T * ep * min(d.local_experts, k)
+        outs = [((rows, H), "bfloat16"), ((rows,), "float32"), ((max(T * k, rows * 128),), "int32"),
+                ((d.local_experts,), "int64"), ((ep * d.local_experts,), "int32"), ((0,), "int32"),
+                ((rows,), "float32")]
+    (rows, _), _ = outs[0]
+    combine = Stage(
+        "ep combine", "npu_moe_distribute_combine_v2",
+        (TensorSpec((rows, H), "bfloat16"), TensorSpec((T, k), "int32"), TensorSpec(*outs[2]),
+         TensorSpec(*outs[4]), TensorSpec((T, k), "float32"), EP_GROUP_NAME, ep, 0, E),
+        dict(tp_send_counts=TensorSpec(*outs[5]), expand_scales=TensorSpec(*outs[6]), global_bs=T * ep))
+    return dispatch, combine
 
 
 # --------------------------------------------------------------------------------------------
