@@ -166,6 +166,36 @@ def _run_scenarios(group, name, rank, scenarios):
     return results
 
 
+def _other_surfaces(name, rank, world):
+    """plain_v2's dispatch again through torch.ops.ascend_moe, the torch_npu drop-in and a fake-tensor trace
+    (the declared op's shape rule, which aclnn's output allocation uses too)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from ascend_moe import compat, products
+
+    def npv(z):
+        return z.view(torch.int16).numpy().view(BF16).copy() if z.dtype == torch.bfloat16 else z.numpy().copy()
+
+    sc = SCENARIOS[2][0]
+    products.set_target(sc["product"])
+    inp = make_inputs(sc, rank)
+    x = torch.from_numpy(inp["x"].view(np.int16)).view(torch.bfloat16)
+    ids, w = torch.from_numpy(inp["ids"]), torch.from_numpy(inp["w"])
+    kw = dict(shared_expert_num=sc["shared_num"], shared_expert_rank_num=sc["S"], quant_mode=sc["quant"],
+              global_bs=sc["global_bs"], expert_token_nums_type=sc["type"])
+    via_ops = torch.ops.ascend_moe.npu_moe_distribute_dispatch_v2(x, ids, name, world, rank, sc["E"],
+                                                                 expert_scales=w, **kw)
+    compat.install(mindspeed=False)
+    import torch_npu
+    via_drop_in = torch_npu.npu_moe_distribute_dispatch_v2(x, ids, name, world, rank, sc["E"], expert_scales=w, **kw)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.ascend_moe.npu_moe_distribute_dispatch_v2(
+            mode.from_tensor(x), mode.from_tensor(ids), name, world, rank, sc["E"], expert_scales=mode.from_tensor(w),
+            **kw)
+    return dict(ops=[npv(t) for t in via_ops], drop_in=[npv(t) for t in via_drop_in],
+                fake=[(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in fake])
+
+
 def _expect_failure(fn):
     started = time.monotonic()
     try:
@@ -197,6 +227,7 @@ def _worker(rank, world, port, out_dir, fail_case):
             from ascend_moe import ep_layer, model_check
             products.set_target(None, None)
             results["layer"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"), tokens=3)
+            results["surfaces"] = _other_surfaces(name, rank, world)
         if world == 4:
             # a 2-rank EP group inside the 4 processes: group_ep names a sub-group, ep_rank_id is the rank in it
             sub = dist.new_group([1, 3])
@@ -533,3 +564,26 @@ def test_all_ranks_in_one_process_match_the_references(sc):
                                  expert_token_nums=o.expert_token_nums, ep_recv_counts=o.ep_recv_counts,
                                  expand_scales=o.expand_scales, out=f)} for o, f in zip(outs, finals)]
     _check_scenario(results, sc)
+
+
+def test_declared_op_surfaces_agree_and_allocate_op_plugins_sizes(ep2):
+    """The same dispatch through torch.ops.ascend_moe and the torch_npu drop-in gives the same bits as through
+    ascend_moe.distributed; the fake-tensor trace (the shape rule) and the real outputs have op-plugin's sizes,
+    written out here from MoeDistributeDispatchV2KernelOpApi.cpp: L = E / W local experts, A = global_bs *
+    min(L, K), assist [max(BS*K, A*128)], ep_recv_counts [W*L + 2*global_bs*K*(W // 8)] with expert_scales."""
+    sc = SCENARIOS[2][0]
+    keys = ["expand_x", "dynamic_scales", "assist", "expert_token_nums", "ep_recv_counts", "tp_recv_counts",
+            "expand_scales"]
+    W, E, K, gbs, H = sc["W"], sc["E"], sc["K"], sc["global_bs"], sc["H"]
+    L = E // W
+    A = gbs * min(L, K)
+    want = [((A, H), "bfloat16"), ((A,), "float32"), ((max(sc["BS"][0] * K, A * 128),), "int32"), ((L,), "int64"),
+            ((W * L + 2 * gbs * K * (W // 8),), "int32"), ((0,), "int32"), ((A,), "float32")]
+    for r, res in enumerate(ep2):
+        surf = res["surfaces"]
+        assert surf["fake"] == want, r
+        for key, got_ops, got_drop in zip(keys, surf["ops"], surf["drop_in"]):
+            ref = res[sc["name"]][key]
+            assert (tuple(ref.shape), str(ref.dtype)) == want[keys.index(key)], (r, key)
+            np.testing.assert_array_equal(_bits(got_ops), _bits(ref), err_msg=f"rank {r} {key} torch.ops")
+            np.testing.assert_array_equal(_bits(got_drop), _bits(ref), err_msg=f"rank {r} {key} torch_npu")
