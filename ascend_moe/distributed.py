@@ -1,15 +1,19 @@
 """Expert-parallel dispatch and combine over torch.distributed: N CPU processes stand in for N NPUs.
 
-``npu_moe_distribute_dispatch(_v2)`` and ``npu_moe_distribute_combine(_v2)`` here take torch_npu's
-arguments (CPU tensors) and run the per-rank computation of :mod:`ascend_moe.sim.distribute`
-around ``torch.distributed.all_to_all_single`` with uneven splits, so each process gets the
-outputs its NPU would produce, value for value.  Any backend with all_to_all works; on CPU that
-is gloo (``torchrun --nproc-per-node N`` or ``torch.multiprocessing``).
+This is the simulator of the declared ops ``npu_moe_distribute_dispatch(_v2)`` /
+``npu_moe_distribute_combine(_v2)`` (:mod:`ascend_moe.ops.distribute`; :func:`simulate` is their
+adapter): the per-rank computation of :mod:`ascend_moe.sim.distribute` around
+``torch.distributed.all_to_all_single`` with uneven splits, so each process gets the outputs its NPU
+would produce, value for value.  Any backend with all_to_all works; on CPU that is gloo
+(``torchrun --nproc-per-node N`` or ``torch.multiprocessing``).  NPU tensors never come here: the
+declared ops send them to aclnn over HCCL.  The functions of the same names here call the declared
+ops, and carry a call that does not even bind into the exchange (so that rank's error reaches
+every rank).
 
 Group names.  On the device ``group_ep`` is the HCCL communicator name torch_npu code takes from
 its process group (``pg._get_backend(torch.device("npu")).get_hccl_comm_name(rank)``; vllm-ascend's
-``get_hccl_comm_name``).  Here :func:`get_hccl_comm_name` gives each torch.distributed group a
-name of the same role (``"sim_hccl:<group name>"``, identical on every member), and
+``get_hccl_comm_name``); :func:`get_hccl_comm_name` returns it in a torch_npu process whose group has
+an HCCL backend.  For a gloo group it gives a name of the same role (``"sim_hccl:<group name>"``, identical on every member), and
 :func:`resolve_group` maps it back; :func:`register_group_name` binds any other string (e.g.
 a real HCCL name recorded elsewhere) to a group.  The default group resolves from its name too.
 
