@@ -358,6 +358,20 @@ def simulate(op: str, a: Dict[str, Any], target: Target) -> tuple:
     return _combine(op, a, group, target)
 
 
+def device_preflight(op: str, a: Dict[str, Any]) -> None:
+    """The checker for a call on NPU tensors (before aclnn): agreed across the ranks when ``group_ep`` is a
+    name this process registered for a torch.distributed group (:func:`get_hccl_comm_name`,
+    :func:`register_group_name`; in a torch_npu process an HCCL group, whose ``all_gather_object`` the
+    exchange uses), else this rank's own check (its peers then wait in HCCL until its timeout)."""
+    from .rules import enforce_call
+    with _LOCK:
+        group = _NAMES.get(a.get("group_ep"))
+    if group is None or not dist.is_initialized():
+        enforce_call(op, a)
+        return
+    _preflight(op, a, group, resolve_target())
+
+
 def _call(op: str, args: tuple, kwargs: dict) -> Any:
     """Bind the call; a rank whose call does not even bind carries its error into the pre-flight
     exchange (every rank then fails with it), the others run the declared op."""

@@ -110,3 +110,19 @@ def test_hccl_name_comes_from_torch_npus_backend(monkeypatch):
     monkeypatch.setattr(distributed, "_npu_device", lambda: type("D", (), {"type": "npu"})())
     assert distributed._hccl_name(NpuGroup(), 3) == "hccl_world_3"
     assert distributed._hccl_name(GlooGroup(), 3) is None
+
+
+def test_on_the_device_the_checker_runs_before_aclnn(monkeypatch):
+    """NPU tensors: the generated kernel leaves a collective op's checker to its aclnn entry check (agreed
+    across the ranks when the group name is registered here; this rank's own check otherwise)."""
+    import torch
+    from ascend_moe import backends
+    from ascend_moe.opdecl import get_decl
+    from ascend_moe.rules import ConstraintError
+    monkeypatch.setattr(backends, "NPU_DEVICE_TYPES", ("meta",))
+    d = get_decl("npu_moe_distribute_dispatch_v2")
+    ids = torch.empty(4, 2, dtype=torch.int32, device="meta")
+    for e in d.aclnn:
+        e.check(d.bind((torch.empty(4, 64, dtype=torch.bfloat16, device="meta"), ids, "hccl_1", 2, 0, 8), {}))
+        with pytest.raises(ConstraintError, match="x dtype must be bfloat16 or float16, got float32"):
+            e.check(d.bind((torch.empty(4, 64, dtype=torch.float32, device="meta"), ids, "hccl_1", 2, 0, 8), {}))

@@ -6,7 +6,9 @@ same as every other op's (schema, shape rule, rules module, aclnn table, drop-in
 differs is that the simulator adapter runs a collective (:mod:`ascend_moe.distributed`: the
 checker agreed across the ranks of the torch.distributed group that ``group_ep`` names, then
 ``all_to_all_single`` exchanges), so the declarations set ``collective=True`` and the generated
-kernels leave the checker to the adapter.  On a real NPU the ops go to aclnn with ``group_ep`` /
+kernels leave the checker to the adapter - and, for NPU tensors, to the aclnn entry check, which
+agrees across the ranks too when the HCCL name is one :func:`ascend_moe.distributed.get_hccl_comm_name`
+returned (else it checks locally).  On a real NPU the ops go to aclnn with ``group_ep`` /
 ``group_tp`` passed verbatim: there they are HCCL communicator names, as torch_npu's process group
 gives them (``group._get_backend(torch.device("npu")).get_hccl_comm_name(rank)``).
 
@@ -148,6 +150,15 @@ def _check_group_names(op: str, a: Dict[str, Any]) -> None:
                 "(ascend_moe.distributed.get_hccl_comm_name(group) returns it in a torch_npu process)")
 
 
+def _agree_on_device(op: str, a: Dict[str, Any]) -> None:
+    """NPU tensors: the checker, agreed across the ranks when ``group_ep`` names a torch.distributed group of
+    this process (ascend_moe.distributed.get_hccl_comm_name registers torch_npu's HCCL name), so that bad
+    input fails on every rank instead of leaving the others waiting in HCCL; locally otherwise."""
+    if _on_real_npu(a):
+        from ..distributed import device_preflight
+        device_preflight(op, a)
+
+
 def _refuse(op: str, entry: str, a: Dict[str, Any], tensors=(), ints=(), why: str = "") -> None:
     given = [n for n in tensors if a.get(n) is not None] + [n for n in ints if a.get(n)]
     if given:
@@ -158,6 +169,7 @@ def _refuse(op: str, entry: str, a: Dict[str, Any], tensors=(), ints=(), why: st
 def _dispatch_check(op: str, entry: str):
     def check(a: Dict[str, Any]) -> None:
         _check_group_names(op, a)
+        _agree_on_device(op, a)
         from ..backends.aclnn import _no_dtype_overrides
         if op.endswith("_v2"):
             _no_dtype_overrides(op, a, ("y_dtype", "x_dtype", "scales_dtype"))
@@ -173,6 +185,7 @@ def _dispatch_check(op: str, entry: str):
 def _combine_check(op: str, entry: str):
     def check(a: Dict[str, Any]) -> None:
         _check_group_names(op, a)
+        _agree_on_device(op, a)
         if op == "npu_moe_distribute_combine" and a.get("shared_expert_x") is not None:
             # op-plugin drops it silently (aclnnMoeDistributeCombine has no sharedExpertX parameter): the
             # device result would lack what the simulator adds, so refuse instead of differing
