@@ -482,6 +482,9 @@ def npu_moe_distribute_dispatch(*args, **kwargs) -> tuple:
 
 def _combine(op: str, a: Dict[str, Any], group, target: Target) -> torch.Tensor:
     v1 = op == "npu_moe_distribute_combine"
+    if v1 and a.get("shared_expert_x") is not None:
+        from .ops.distribute import V1_SHARED_X_IGNORED
+        warnings.warn(V1_SHARED_X_IGNORED, RuntimeWarning, stacklevel=2)
     local_error = None
     try:
         _check_simulated(op, a)
@@ -519,7 +522,10 @@ def _combine(op: str, a: Dict[str, Any], group, target: Target) -> torch.Tensor:
     if v1:
         token_k = token_k_v1
     res = _sim.combine_receive(cfg, rows, token_k, ids, _np(a["expert_scales"]), x_active_mask=mask,
-                               shared_expert_x=_np(a["shared_expert_x"]), out_dtype=dtype_name(expand_x))
+                               # op-plugin does not pass v1's shared_expert_x to aclnn: the device
+                               # result lacks it (a RuntimeWarning says so, below)
+                               shared_expert_x=None if v1 else _np(a["shared_expert_x"]),
+                               out_dtype=dtype_name(expand_x))
     return _torch(res)
 
 

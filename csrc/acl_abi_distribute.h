@@ -11,7 +11,7 @@
 //   npu_moe_distribute_dispatch     aclnnMoeDistributeDispatch       (MoeDistributeDispatchKernelOpApi.cpp)
 //   npu_moe_distribute_dispatch_v2  aclnnMoeDistributeDispatchV4 > V3 > V2 by availability
 //   npu_moe_distribute_combine      aclnnMoeDistributeCombine        (MoeDistributeCombineKernelOpApi.cpp; no
-//                                   sharedExpertX parameter: op-plugin drops shared_expert_x)
+//                                   sharedExpertX parameter: op-plugin does not pass shared_expert_x)
 //   npu_moe_distribute_combine_v2   aclnnMoeDistributeCombineV4 > V3 > V2 by availability
 #pragma once
 

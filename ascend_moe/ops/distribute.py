@@ -24,6 +24,9 @@ V3 / V4 - present in ops-transformer tag v8.5.0, the earliest tag read [I: possi
 op-plugin's order: V4 > V3 > V2 by availability; V3 cannot take ``performance_info``, V2 neither
 ``elastic_info`` nor nonzero ``zero/copy/const_expert_num`` (``MoeDistributeDispatchV2KernelOpApi.cpp``,
 ``MoeDistributeCombineKernelV2OpApi.cpp``: TORCH_CHECK); here the same refusal is a BackendError.
+v1 combine: op-plugin passes no ``shared_expert_x`` (aclnnMoeDistributeCombine has no such parameter), so
+it is ignored on the device; the simulator ignores it too, and both warn (RuntimeWarning, as op-plugin's
+dropped arguments elsewhere).
 """
 from __future__ import annotations
 
@@ -187,12 +190,8 @@ def _combine_check(op: str, entry: str):
         _check_group_names(op, a)
         _agree_on_device(op, a)
         if op == "npu_moe_distribute_combine" and a.get("shared_expert_x") is not None:
-            # op-plugin drops it silently (aclnnMoeDistributeCombine has no sharedExpertX parameter): the
-            # device result would lack what the simulator adds, so refuse instead of differing
-            raise _backend_error(
-                f"{op}: shared_expert_x cannot reach aclnnMoeDistributeCombine (the entry point has no such "
-                "parameter; op-plugin drops it). Add the shared expert output yourself or use "
-                "npu_moe_distribute_combine_v2")
+            import warnings
+            warnings.warn(V1_SHARED_X_IGNORED, RuntimeWarning, stacklevel=2)
         if entry.endswith("V3"):
             _refuse(op, entry, a, tensors=("performance_info",), why="performance_info needs V4")
         if entry.endswith("V2"):
@@ -201,6 +200,12 @@ def _combine_check(op: str, entry: str):
                     ints=("zero_expert_num", "copy_expert_num", "const_expert_num"),
                     why="elastic scaling and special experts need V3, performance_info V4")
     return check
+
+
+V1_SHARED_X_IGNORED = ("npu_moe_distribute_combine: shared_expert_x is ignored: op-plugin does not pass it to "
+                       "aclnnMoeDistributeCombine, which has no such parameter (MoeDistributeCombineKernelOpApi.cpp), "
+                       "so the result is the routed experts' sum alone, on the device and in the simulator; add the "
+                       "shared expert output yourself or use npu_moe_distribute_combine_v2")
 
 
 def _global_bs(a: Dict[str, Any], outs: Any) -> int:
@@ -362,7 +367,7 @@ COMBINE = declare(OpDecl(
                       bind={"x": Out(0), "globalBs": _global_bs},
                       check=_combine_check("npu_moe_distribute_combine", "aclnnMoeDistributeCombine")),),
     doc="""torch_npu.npu_moe_distribute_combine (v1, ``expand_idx`` from the v1 dispatch): ``x [BS, H]`` as
-npu_moe_distribute_combine_v2.  On aclnn ``shared_expert_x`` is refused: aclnnMoeDistributeCombine has no
-such parameter (op-plugin drops it).""",
+npu_moe_distribute_combine_v2, except that ``shared_expert_x`` is accepted and ignored, as on the device:
+op-plugin does not pass it, aclnnMoeDistributeCombine has no such parameter (a RuntimeWarning says so).""",
     collective=True,
 ))

@@ -197,16 +197,21 @@ def distribute_combine_v1_arguments(fake):
 
 
 @scenario
-def distribute_combine_v1_refuses_shared_expert_x(fake):
-    """aclnnMoeDistributeCombine has no sharedExpertX parameter (op-plugin drops it): refused, nothing called."""
-    from ascend_moe.backends import BackendError
+def distribute_combine_v1_ignores_shared_expert_x(fake):
+    """aclnnMoeDistributeCombine has no sharedExpertX parameter and op-plugin does not pass shared_expert_x: the
+    call is the one without it (same kinds, nothing in its place), and a RuntimeWarning says it is ignored."""
+    import warnings
     begin(fake)
-    with ascend_moe.target(product="atlas-a2", cann="8.5.0"), pytest.raises(BackendError, match="shared_expert_x"):
+    with ascend_moe.target(product="atlas-a2", cann="8.5.0"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         ascend_moe.npu_moe_distribute_combine(
             torch.randn(64, H).half(), torch.zeros(4, 3, dtype=torch.int32), torch.zeros(12, dtype=torch.int32),
             torch.zeros(40, dtype=torch.int32), torch.rand(4, 3), "hccl_ep_5", 8, 5, 16,
             shared_expert_x=torch.randn(4, H).half(), shared_expert_num=0, backend="aclnn")
-    assert fake.gws() == []
+    assert any(w.category is RuntimeWarning and "shared_expert_x is ignored" in str(w.message) for w in caught)
+    c = Call(fake, "aclnnMoeDistributeCombine")
+    assert c.kinds() == [T] * 11 + [S] + [I64] * 3 + [S] + [I64] * 9 + [T]
+    assert all(c.null(i) for i in range(5, 11))     # nothing optional was given except shared_expert_x
     fake.assert_balanced()
 
 
