@@ -169,7 +169,7 @@ def _run_ep(args: argparse.Namespace, rep: Any) -> Optional[List[Dict[str, Any]]
     results (None on a torchrun rank other than 0)."""
     from . import ep_layer
     kwargs = dict(model=args.model, tokens=args.tokens, product=rep.target.product, cann=str(rep.target.cann),
-                  seed=args.seed, host_renorm=args.host_renorm)
+                  seed=args.seed, host_renorm=args.host_renorm, quant=args.quant)
     if ep_layer.under_torchrun():
         return ep_layer.run_torchrun(**kwargs)
     return ep_layer.launch_local(ep=args.ep, **kwargs)
@@ -189,10 +189,6 @@ def _check(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ep_run = args.run and args.ep > 1
-    if ep_run and args.quant != "none":
-        print(f"error: --run with --ep runs the unquantised (bf16) EP layer; --quant {args.quant} with --ep is "
-              "checked only (drop --run)", file=sys.stderr)
-        return 2
     if args.json:
         import json
         if ep_run:
