@@ -229,6 +229,8 @@ def _worker(rank, world, port, out_dir, fail_case):
             from ascend_moe import ep_layer, model_check
             products.set_target(None, None)
             results["layer"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"), tokens=3)
+            results["layer_w8a8"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"), tokens=3,
+                                                      quant="w8a8", keep_tensors=True)
             results["surfaces"] = _other_surfaces(name, rank, world)
         if world == 4:
             # a 2-rank EP group inside the 4 processes: group_ep names a sub-group, ep_rank_id is the rank in it
@@ -591,3 +593,61 @@ def test_declared_op_surfaces_agree_and_allocate_op_plugins_sizes(ep2):
             assert (tuple(ref.shape), str(ref.dtype)) == want[keys.index(key)], (r, key)
             np.testing.assert_array_equal(_bits(got_ops), _bits(ref), err_msg=f"rank {r} {key} torch.ops")
             np.testing.assert_array_equal(_bits(got_drop), _bits(ref), err_msg=f"rank {r} {key} torch_npu")
+
+
+def _bf16_to_f32(v):
+    return np.asarray(v).astype(BF16).astype(np.float32)
+
+
+def ref_w8a8_expert(x_row, q13, s13, q2, s2):
+    """One token through one W8A8 expert as the MC2 path computes it, written out: the dispatch's dynamic
+    int8 quantisation (ref_quant_row), the int32 GEMM in integer math, swiglu-quant's v1 dequant
+    (x scale, then weight scale), SwiGLU (-a, exp, +1, a/t, g*t; exp as the float64 exp rounded to fp32,
+    the simulator's named deviation), its per-token requant (amax/127, 1/scale, fp16 then int8 rounding),
+    then the down-projection's int32 GEMM, * bf16 weight scale, * per-token scale, one bf16 rounding."""
+    f32 = np.float32
+    ints, x_scale = ref_quant_row(x_row, None)
+    acc = ints.astype(np.int64) @ q13.astype(np.int64)
+    n = q13.shape[1] // 2
+    c = [f32(f32(f32(int(acc[j])) * x_scale) * f32(s13[j])) for j in range(2 * n)]
+    s = []
+    for j in range(n):
+        a, g = c[j], c[n + j]
+        t = f32(np.exp(np.float64(-a)))
+        t = f32(t + f32(1.0))
+        s.append(f32(g * f32(a / t)))
+    amax = max(abs(v) for v in s)
+    qs = f32(amax / f32(127.0))
+    r = f32(f32(1.0) / qs)
+    q = np.array([int(np.rint(np.float16(f32(v * r)))) for v in s], np.int64)
+    acc2 = q @ q2.astype(np.int64)
+    w2s = _bf16_to_f32(s2)
+    return np.array([f32(f32(f32(int(acc2[j])) * w2s[j]) * qs) for j in range(q2.shape[1])], np.float32).astype(BF16)
+
+
+def test_quantised_ep_layer_equals_a_single_process_reference(ep2):
+    """check --ep 2 --quant w8a8 --run's layer (dispatch_v2 quant_mode=2 -> swiglu-quant -> quantised
+    down-projection -> combine_v2) on 2 processes equals the same layer recomputed token by token here,
+    bit for bit: every (token, k) pair through its expert (all experts share one weight in the run), the
+    combine in fp32 (k order, weight multiply then add), then the shared expert's output, one bf16 rounding."""
+    for r, res in enumerate(ep2):
+        layer = res["layer_w8a8"]
+        assert layer["quant"] == "w8a8" and layer["finite"]
+        assert {"dispatch", "up + swiglu + quant", "down-projection", "combine"} <= set(layer["timings"])
+        t = layer["tensors"]
+        x, idx, w = t["x"], t["expert_idx"], t["routing_weights"]
+        tokens, k = idx.shape
+        want = np.zeros_like(t["output"])
+        for tok in range(tokens):
+            y = ref_w8a8_expert(x[tok], t["q13"], t["s13"], t["q2"], t["s2"]).astype(np.float32)
+            acc = np.zeros(x.shape[1], np.float32)
+            for kk in range(k):
+                assert 0 <= idx[tok, kk] < 16
+                acc = (acc + (y * np.float32(w[tok, kk])).astype(np.float32)).astype(np.float32)
+            acc = (acc + t["shared_out"][tok].astype(np.float32)).astype(np.float32)
+            want[tok] = acc.astype(BF16)
+        np.testing.assert_array_equal(_bits(t["output"]), _bits(want), err_msg=f"rank {r} w8a8 EP layer output")
+    # the two ranks' tokens differ, the shared weights do not
+    assert not np.array_equal(ep2[0]["layer_w8a8"]["tensors"]["x"], ep2[1]["layer_w8a8"]["tensors"]["x"])
+    for key in ("q13", "s13", "q2", "s2"):
+        np.testing.assert_array_equal(ep2[0]["layer_w8a8"]["tensors"][key], ep2[1]["layer_w8a8"]["tensors"][key])
