@@ -229,8 +229,9 @@ def _worker(rank, world, port, out_dir, fail_case):
             from ascend_moe import ep_layer, model_check
             products.set_target(None, None)
             results["layer"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"), tokens=3)
-            results["layer_w8a8"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"), tokens=3,
-                                                      quant="w8a8", keep_tensors=True)
+            for quant in ("w8a8", "w4a8"):
+                results[f"layer_{quant}"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"),
+                                                              tokens=3, quant=quant, keep_tensors=True)
             results["surfaces"] = _other_surfaces(name, rank, world)
         if world == 4:
             # a 2-rank EP group inside the 4 processes: group_ep names a sub-group, ep_rank_id is the rank in it
@@ -625,29 +626,79 @@ def ref_w8a8_expert(x_row, q13, s13, q2, s2):
     return np.array([f32(f32(f32(int(acc2[j])) * w2s[j]) * qs) for j in range(q2.shape[1])], np.float32).astype(BF16)
 
 
-def test_quantised_ep_layer_equals_a_single_process_reference(ep2):
-    """check --ep 2 --quant w8a8 --run's layer (dispatch_v2 quant_mode=2 -> swiglu-quant -> quantised
+def _fp19(scale):
+    """A scale as the fixpipe reads it (the simulator's named FP19 assumption): the low 13 mantissa bits dropped."""
+    return (np.asarray(scale, np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def _msd_dequant(ints, q, scale):
+    """A8W4 (MSD): the int8 row split into int4 halves hi = floor(x / 16), lo = (x & 15) - 8 (x = 16 hi + lo + 8),
+    each half's int32 product with the int4 weight dequantised to fp16 (exact product, one rounding), then
+    fp32(hi) * 16 + fp32(lo), plus the offline 8 * sum_k w * scale term; per output column."""
+    f32 = np.float32
+    hi = [v >> 4 for v in ints.tolist()]
+    lo = [(v & 15) - 8 for v in ints.tolist()]
+    fs = _fp19(scale)
+    out = []
+    for j in range(q.shape[1]):
+        col = q[:, j].astype(np.int64).tolist()
+        acc_hi = sum(a * b for a, b in zip(hi, col))
+        acc_lo = sum(a * b for a, b in zip(lo, col))
+        c_hi = np.float16(acc_hi * float(fs[j]))     # float64 product is exact here; one rounding to fp16
+        c_lo = np.float16(acc_lo * float(fs[j]))
+        c = f32(f32(f32(c_hi) * f32(16.0)) + f32(c_lo))
+        term = f32(8 * float(sum(col)) * float(f32(scale[j])))
+        out.append(f32(c + term))
+    return out
+
+
+def ref_w4a8_expert(x_row, q13, s13, q2, s2):
+    """One token through one W4A8 expert: the dispatch's int8 row and scale, the MSD up-projection (above) times
+    the token scale, SwiGLU and the v1 requant as in W8A8, then the MSD down-projection times the requant scale,
+    one bf16 rounding."""
+    f32 = np.float32
+    ints, x_scale = ref_quant_row(x_row, None)
+    c = [f32(v * x_scale) for v in _msd_dequant(ints, q13, s13)]
+    n = q13.shape[1] // 2
+    s = []
+    for j in range(n):
+        a, g = c[j], c[n + j]
+        t = f32(f32(np.exp(np.float64(-a))) + f32(1.0))
+        s.append(f32(g * f32(a / t)))
+    qs = f32(max(abs(v) for v in s) / f32(127.0))
+    r = f32(f32(1.0) / qs)
+    q = np.array([int(np.rint(np.float16(f32(v * r)))) for v in s], np.int64)
+    return np.array([f32(v * qs) for v in _msd_dequant(q, q2, s2)], np.float32).astype(BF16)
+
+
+@pytest.mark.parametrize("quant", ["w8a8", "w4a8"])
+def test_quantised_ep_layer_equals_a_single_process_reference(ep2, quant):
+    """check --ep 2 --quant w8a8|w4a8 --run's layer (dispatch_v2 quant_mode=2 -> swiglu-quant -> quantised
     down-projection -> combine_v2) on 2 processes equals the same layer recomputed token by token here,
     bit for bit: every (token, k) pair through its expert (all experts share one weight in the run), the
     combine in fp32 (k order, weight multiply then add), then the shared expert's output, one bf16 rounding."""
+    expert = ref_w8a8_expert if quant == "w8a8" else ref_w4a8_expert
     for r, res in enumerate(ep2):
-        layer = res["layer_w8a8"]
-        assert layer["quant"] == "w8a8" and layer["finite"]
+        layer = res[f"layer_{quant}"]
+        assert layer["quant"] == quant and layer["finite"]
         assert {"dispatch", "up + swiglu + quant", "down-projection", "combine"} <= set(layer["timings"])
         t = layer["tensors"]
         x, idx, w = t["x"], t["expert_idx"], t["routing_weights"]
         tokens, k = idx.shape
         want = np.zeros_like(t["output"])
         for tok in range(tokens):
-            y = ref_w8a8_expert(x[tok], t["q13"], t["s13"], t["q2"], t["s2"]).astype(np.float32)
+            y = expert(x[tok], t["q13"], t["s13"], t["q2"], t["s2"]).astype(np.float32)
             acc = np.zeros(x.shape[1], np.float32)
             for kk in range(k):
                 assert 0 <= idx[tok, kk] < 16
                 acc = (acc + (y * np.float32(w[tok, kk])).astype(np.float32)).astype(np.float32)
             acc = (acc + t["shared_out"][tok].astype(np.float32)).astype(np.float32)
             want[tok] = acc.astype(BF16)
-        np.testing.assert_array_equal(_bits(t["output"]), _bits(want), err_msg=f"rank {r} w8a8 EP layer output")
-    # the two ranks' tokens differ, the shared weights do not
-    assert not np.array_equal(ep2[0]["layer_w8a8"]["tensors"]["x"], ep2[1]["layer_w8a8"]["tensors"]["x"])
+        np.testing.assert_array_equal(_bits(t["output"]), _bits(want), err_msg=f"rank {r} {quant} EP layer output")
+    # the two ranks' tokens differ, the shared weights do not; w4a8 weights are int4 values
+    layers = [res[f"layer_{quant}"]["tensors"] for res in ep2]
+    assert not np.array_equal(layers[0]["x"], layers[1]["x"])
     for key in ("q13", "s13", "q2", "s2"):
-        np.testing.assert_array_equal(ep2[0]["layer_w8a8"]["tensors"][key], ep2[1]["layer_w8a8"]["tensors"][key])
+        np.testing.assert_array_equal(layers[0][key], layers[1][key])
+    if quant == "w4a8":
+        assert layers[0]["q13"].min() >= -8 and layers[0]["q13"].max() <= 7
