@@ -3,7 +3,8 @@
 * ``info``: environment, CANN, product, and per-op rules and entry points.
 * ``check --model <preset | config.json> --product <product> [--cann V] [--quant none|w8a8|w4a8]
   [--tokens N] [--ep N] [--run]``: one MoE layer's op calls on a product, every rule checked
-  (exit status 0 only if every call passes); ``--run`` executes the layer through the simulator.
+  (exit status 0 only if every call passes); ``--run`` executes the layer through the simulator, with
+  ``--ep N`` on N processes (torch.multiprocessing, gloo; or one rank per process under torchrun).
 * ``rules [--product P] [--op O] [--cann V] [--markdown | --matrix]``: the rule table, generated
   from the declarations: per rule its kind (host: the host code rejects it with the aclnn status shown;
   wrapper: op-plugin / MindSpeed refuses it; kernel: accepted but undefined; doc: docs only, a warning;
@@ -12,11 +13,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import os
 import platform
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from . import __version__
 
@@ -148,6 +151,31 @@ def _print_matrix(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from . import ep_layer
+    if args.run and ep_layer.under_torchrun():
+        # one process per rank: the report and the per-rank table are printed by rank 0 only
+        if args.ep != ep_layer.torchrun_world():
+            print(f"error: --ep {args.ep} but torchrun started {ep_layer.torchrun_world()} processes; pass "
+                  f"--ep {ep_layer.torchrun_world()} (one process per EP rank)", file=sys.stderr)
+            return 2
+        if os.environ.get("RANK") != "0":
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                return _check(args)
+    return _check(args)
+
+
+def _run_ep(args: argparse.Namespace, rep: Any) -> Optional[List[Dict[str, Any]]]:
+    """``--ep N --run``: the EP layer on N processes (spawned here, or this torchrun launch); the ranks'
+    results (None on a torchrun rank other than 0)."""
+    from . import ep_layer
+    kwargs = dict(model=args.model, tokens=args.tokens, product=rep.target.product, cann=str(rep.target.cann),
+                  seed=args.seed, host_renorm=args.host_renorm, quant=args.quant)
+    if ep_layer.under_torchrun():
+        return ep_layer.run_torchrun(**kwargs)
+    return ep_layer.launch_local(ep=args.ep, **kwargs)
+
+
+def _check(args: argparse.Namespace) -> int:
     from . import model_check as mc
     from .products import UnknownProductError
     if args.list_presets:
@@ -160,8 +188,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except (mc.ModelConfigError, UnknownProductError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    ep_run = args.run and args.ep > 1
     if args.json:
         import json
+        if ep_run:
+            data = mc.report_dict(rep)
+            if rep.passed:
+                data["ranks"] = _run_ep(args, rep)
+            print(json.dumps(data, indent=2))
+            return 0 if rep.passed else 1
         if args.run and rep.passed:
             try:
                 mc.run_report(rep, seed=args.seed)
@@ -179,6 +214,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print("run      skipped: the simulator enforces the same rules, so a layer the checker "
                   "rejects cannot run", file=sys.stderr)
             return 1
+        if ep_run:
+            print(f"\nrunning the EP layer on {args.ep} processes (gloo; {rep.dims.tokens} tokens per rank, random "
+                  "weights shared by all experts; see ascend_moe.ep_layer)", file=sys.stderr)
+            results = _run_ep(args, rep)
+            if results is not None:
+                from .ep_layer import format_ranks
+                print()
+                print(format_ranks(results))
+            return 0
         print(f"\nrunning the layer through the simulator ({rep.dims.tokens} tokens, random weights; "
               "all experts share one weight, see ascend_moe.model_check.run_layer)", file=sys.stderr)
         try:

@@ -1,15 +1,19 @@
 """Expert-parallel dispatch and combine over torch.distributed: N CPU processes stand in for N NPUs.
 
-``npu_moe_distribute_dispatch(_v2)`` and ``npu_moe_distribute_combine(_v2)`` here take torch_npu's
-arguments (CPU tensors) and run the per-rank computation of :mod:`ascend_moe.sim.distribute`
-around ``torch.distributed.all_to_all_single`` with uneven splits, so each process gets the
-outputs its NPU would produce, value for value.  Any backend with all_to_all works; on CPU that
-is gloo (``torchrun --nproc-per-node N`` or ``torch.multiprocessing``).
+This is the simulator of the declared ops ``npu_moe_distribute_dispatch(_v2)`` /
+``npu_moe_distribute_combine(_v2)`` (:mod:`ascend_moe.ops.distribute`; :func:`simulate` is their
+adapter): the per-rank computation of :mod:`ascend_moe.sim.distribute` around
+``torch.distributed.all_to_all_single`` with uneven splits, so each process gets the outputs its NPU
+would produce, value for value.  Any backend with all_to_all works; on CPU that is gloo
+(``torchrun --nproc-per-node N`` or ``torch.multiprocessing``).  NPU tensors never come here: the
+declared ops send them to aclnn over HCCL.  The functions of the same names here call the declared
+ops, and carry a call that does not even bind into the exchange (so that rank's error reaches
+every rank).
 
 Group names.  On the device ``group_ep`` is the HCCL communicator name torch_npu code takes from
 its process group (``pg._get_backend(torch.device("npu")).get_hccl_comm_name(rank)``; vllm-ascend's
-``get_hccl_comm_name``).  Here :func:`get_hccl_comm_name` gives each torch.distributed group a
-name of the same role (``"sim_hccl:<group name>"``, identical on every member), and
+``get_hccl_comm_name``); :func:`get_hccl_comm_name` returns it in a torch_npu process whose group has
+an HCCL backend.  For a gloo group it gives a name of the same role (``"sim_hccl:<group name>"``, identical on every member), and
 :func:`resolve_group` maps it back; :func:`register_group_name` binds any other string (e.g.
 a real HCCL name recorded elsewhere) to a group.  The default group resolves from its name too.
 
@@ -73,15 +77,41 @@ def _torch_group_name(group) -> str:
     return str(name)
 
 
+def _npu_device() -> Optional[torch.device]:
+    try:
+        return torch.device("npu")
+    except RuntimeError:  # no npu device type in this process (neither torch_npu nor the simulated one)
+        return None
+
+
+def _hccl_name(group, rank: int) -> Optional[str]:
+    """torch_npu's HCCL communicator name of ``group`` (``group._get_backend(torch.device("npu"))
+    .get_hccl_comm_name(rank)``), or None where the group has no HCCL backend (gloo on CPU)."""
+    device = _npu_device()
+    if device is None:
+        return None
+    try:
+        backend = group._get_backend(device)
+    except Exception:  # noqa: BLE001 - no backend registered for the npu device (a gloo group)
+        return None
+    getter = getattr(backend, "get_hccl_comm_name", None)
+    return str(getter(rank)) if getter is not None else None
+
+
 def get_hccl_comm_name(group: Optional[Any] = None, rank: Optional[int] = None) -> str:
     """The communicator name of ``group`` (default: the world group) that ``group_ep`` / ``group_tp``
-    take; the same string on every member, resolvable with :func:`resolve_group`.  ``rank`` is
+    take: in a torch_npu process with an HCCL group, HCCL's own name (what the aclnn kernels need);
+    otherwise a name for the torch.distributed group (gloo), the same string on every member.  Either
+    resolves with :func:`resolve_group`.  ``rank`` is
     accepted for torch_npu's ``get_hccl_comm_name(rank)`` call shape and must be a member."""
     if not dist.is_initialized():
         raise RuntimeError("get_hccl_comm_name needs torch.distributed.init_process_group() first")
     group = group if group is not None else dist.group.WORLD
     if rank is not None and rank not in dist.get_process_group_ranks(group):
         raise ValueError(f"rank {rank} is not a member of the group (members {dist.get_process_group_ranks(group)})")
+    hccl = _hccl_name(group, dist.get_rank() if rank is None else rank)
+    if hccl is not None:   # a torch_npu process with an HCCL backend: the name the device kernels need
+        return register_group_name(hccl, group)
     name = NAME_PREFIX + _torch_group_name(group)
     with _LOCK:
         _NAMES[name] = group
@@ -167,9 +197,11 @@ def _all_gather_object(obj: Any, group, what: str, op: str) -> List[Any]:
 # torch <-> NumPy (CPU tensors; bf16 through ml_dtypes, no copy)
 # --------------------------------------------------------------------------------------------
 
-def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+def _np(t: Any) -> Optional[np.ndarray]:
     if t is None:
         return None
+    if isinstance(t, np.ndarray):
+        return t
     t = t.detach()
     if t.device.type != "cpu":
         raise ValueError(f"the torch.distributed EP path takes CPU tensors (simulated NPUs), got one on {t.device}")
@@ -237,10 +269,10 @@ def _preflight(op: str, args_or_error: Any, group, target: Target) -> Tuple[Dict
                     warnings.warn(str(v), ConstraintWarning, stacklevel=4)
             xm = args.get("x") if "x" in args else args.get("expand_x")
             report["key"] = {n: args[n] for n in IDENTICAL_ARGS if n in args}
-            if isinstance(xm, torch.Tensor) and xm.dim() == 2:
+            if len(getattr(xm, "shape", ())) == 2:
                 report["key"]["H"] = int(xm.shape[1])
             ids = args.get("expert_ids")
-            if isinstance(ids, torch.Tensor) and ids.dim() == 2:
+            if len(getattr(ids, "shape", ())) == 2:
                 report["key"]["K"] = int(ids.shape[1])
                 report["bs"] = int(ids.shape[0])
             report["ep_world_size"], report["ep_rank_id"] = args.get("ep_world_size"), args.get("ep_rank_id")
@@ -308,22 +340,50 @@ def _agree(op: str, group, local_error: Optional[str], what: str, target: Target
                                    for r, e in bad], target)
 
 
-def _start(op: str, args: tuple, kwargs: dict):
-    """Bind the call and find its group; any failure is carried into the pre-flight exchange."""
-    target = resolve_target()
-    try:
-        bound: Any = bind(op, args, kwargs)
-        group_ep = bound["group_ep"]
-    except Exception as e:
-        bound = e
-        position = 5 if op.startswith("npu_moe_distribute_combine") else 2
-        group_ep = kwargs.get("group_ep", args[position] if len(args) > position else None)
+def _group_of(op: str, group_ep: Any):
     if not isinstance(group_ep, str):
         # without a group there is nobody to tell: this rank fails alone (its peers time out)
         raise ValueError(f"{op}: group_ep must be a communicator name string, got {group_ep!r}")
-    group = resolve_group(group_ep)
-    bound = _preflight(op, bound, group, target)
-    return bound, group, target
+    return resolve_group(group_ep)
+
+
+def simulate(op: str, a: Dict[str, Any], target: Target) -> tuple:
+    """The simulator of the declared op (``ascend_moe.ops.distribute``) on this rank: the pre-flight
+    check agreed across the group ``group_ep`` names, then the exchange.  ``a``: the bound arguments
+    (NumPy arrays or CPU tensors)."""
+    group = _group_of(op, a["group_ep"])
+    _preflight(op, a, group, target)
+    if op.startswith("npu_moe_distribute_dispatch"):
+        return _dispatch(op, a, group, target)
+    return _combine(op, a, group, target)
+
+
+def device_preflight(op: str, a: Dict[str, Any]) -> None:
+    """The checker for a call on NPU tensors (before aclnn): agreed across the ranks when ``group_ep`` is a
+    name this process registered for a torch.distributed group (:func:`get_hccl_comm_name`,
+    :func:`register_group_name`; in a torch_npu process an HCCL group, whose ``all_gather_object`` the
+    exchange uses), else this rank's own check (its peers then wait in HCCL until its timeout)."""
+    from .rules import enforce_call
+    with _LOCK:
+        group = _NAMES.get(a.get("group_ep"))
+    if group is None or not dist.is_initialized():
+        enforce_call(op, a)
+        return
+    _preflight(op, a, group, resolve_target())
+
+
+def _call(op: str, args: tuple, kwargs: dict) -> Any:
+    """Bind the call; a rank whose call does not even bind carries its error into the pre-flight
+    exchange (every rank then fails with it), the others run the declared op."""
+    try:
+        bind(op, args, kwargs)
+    except Exception as e:  # noqa: BLE001 - reported on every rank
+        position = 5 if op.startswith("npu_moe_distribute_combine") else 2
+        group_ep = kwargs.get("group_ep", args[position] if len(args) > position else None)
+        _preflight(op, e, _group_of(op, group_ep), resolve_target())
+        raise  # not reached: the pre-flight raises for a rank that failed
+    import ascend_moe
+    return getattr(ascend_moe, op)(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,21 +420,13 @@ def _check_simulated(op: str, args: Dict[str, Any]) -> None:
                                           "simulated; pass tp_world_size 0 or 1")
 
 
-def _ep_recv_counts_size(cfg: _sim.EpConfig, target: Target, weighted: bool) -> int:
-    """op-plugin's ep_recv_counts length: W*L, plus 2*global_bs*K*(W/8) on A2 with expert_scales
-    (``MoeDistributeDispatchV2KernelOpApi.cpp``; the tail is A2 combine metadata)."""
-    size = cfg.ep_world_size * cfg.local_expert_num() * max(cfg.tp_world_size, 1)
-    if target.product == "atlas-a2" and weighted:
-        size += 2 * cfg.global_bs * cfg.k * (cfg.ep_world_size // 8)
-    return size
-
-
-def _dispatch(op: str, args: tuple, kwargs: dict) -> tuple:
-    a, group, target = _start(op, args, kwargs)
+def _dispatch(op: str, a: Dict[str, Any], group, target: Target) -> tuple:
+    from .ops.distribute import dispatch_sizes
     local_error = None
     try:
         _check_simulated(op, a)
         cfg = _config(a)
+        sizes = dispatch_sizes(a, v1=op == "npu_moe_distribute_dispatch")
         x, ids = _np(a["x"]), _np(a["expert_ids"])
         send = _sim.dispatch_send(cfg, x, ids, scales=_np(a["scales"]), x_active_mask=_np(a["x_active_mask"]),
                                   expert_scales=_np(a["expert_scales"]), quant_mode=a["quant_mode"])
@@ -404,31 +456,35 @@ def _dispatch(op: str, args: tuple, kwargs: dict) -> tuple:
                                 out_dtype=out_dtype, expert_token_nums_type=a["expert_token_nums_type"],
                                 v1_expand_idx=send.slots if op == "npu_moe_distribute_dispatch" else None,
                                 quantised=send.quantised, weighted=send.weighted,
-                                ep_recv_counts_size=_ep_recv_counts_size(cfg, target, send.weighted))
+                                # op-plugin's allocation (the counts' tail is A2 combine metadata)
+                                ep_recv_counts_size=sizes["ep_recv_counts"], a_rows=sizes["A"])
     return tuple(_torch(t) for t in res.as_tuple())
 
 
 def npu_moe_distribute_dispatch_v2(*args, **kwargs) -> tuple:
-    """torch_npu.npu_moe_distribute_dispatch_v2 on simulated NPUs (one process per rank).
+    """``ascend_moe.npu_moe_distribute_dispatch_v2`` (the declared op), except that a call that does not
+    bind (a wrong argument type on one rank) fails on every rank of the group instead of on its own.
 
     Returns ``(expand_x, dynamic_scales, assist_info_for_combine, expert_token_nums, ep_recv_counts,
     tp_recv_counts, expand_scales)``; see :mod:`ascend_moe.sim.distribute` for the layout.
     """
-    return _dispatch("npu_moe_distribute_dispatch_v2", args, kwargs)
+    return _call("npu_moe_distribute_dispatch_v2", args, kwargs)
 
 
 def npu_moe_distribute_dispatch(*args, **kwargs) -> tuple:
     """torch_npu.npu_moe_distribute_dispatch (v1): as v2, with ``expand_idx`` [BS*K] third."""
-    return _dispatch("npu_moe_distribute_dispatch", args, kwargs)
+    return _call("npu_moe_distribute_dispatch", args, kwargs)
 
 
 # --------------------------------------------------------------------------------------------
 # combine
 # --------------------------------------------------------------------------------------------
 
-def _combine(op: str, args: tuple, kwargs: dict) -> torch.Tensor:
-    a, group, target = _start(op, args, kwargs)
+def _combine(op: str, a: Dict[str, Any], group, target: Target) -> torch.Tensor:
     v1 = op == "npu_moe_distribute_combine"
+    if v1 and a.get("shared_expert_x") is not None:
+        from .ops.distribute import V1_SHARED_X_IGNORED
+        warnings.warn(V1_SHARED_X_IGNORED, RuntimeWarning, stacklevel=2)
     local_error = None
     try:
         _check_simulated(op, a)
@@ -466,15 +522,18 @@ def _combine(op: str, args: tuple, kwargs: dict) -> torch.Tensor:
     if v1:
         token_k = token_k_v1
     res = _sim.combine_receive(cfg, rows, token_k, ids, _np(a["expert_scales"]), x_active_mask=mask,
-                               shared_expert_x=_np(a["shared_expert_x"]), out_dtype=dtype_name(expand_x))
+                               # op-plugin does not pass v1's shared_expert_x to aclnn: the device
+                               # result lacks it (a RuntimeWarning says so, below)
+                               shared_expert_x=None if v1 else _np(a["shared_expert_x"]),
+                               out_dtype=dtype_name(expand_x))
     return _torch(res)
 
 
 def npu_moe_distribute_combine_v2(*args, **kwargs) -> torch.Tensor:
     """torch_npu.npu_moe_distribute_combine_v2 on simulated NPUs: ``x [BS, H]`` of this rank."""
-    return _combine("npu_moe_distribute_combine_v2", args, kwargs)
+    return _call("npu_moe_distribute_combine_v2", args, kwargs)
 
 
 def npu_moe_distribute_combine(*args, **kwargs) -> torch.Tensor:
     """torch_npu.npu_moe_distribute_combine (v1, ``expand_idx`` from the v1 dispatch)."""
-    return _combine("npu_moe_distribute_combine", args, kwargs)
+    return _call("npu_moe_distribute_combine", args, kwargs)

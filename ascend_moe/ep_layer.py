@@ -5,7 +5,14 @@ Per rank: gating (``npu_moe_gating_top_k``) on its own tokens -> ``npu_moe_distr
 -> ``npu_moe_distribute_combine_v2`` (shared output as ``shared_expert_x``).  Reports each rank's
 time per stage and the all-to-all volume it sent and received.
 
-Run it on one machine (spawns N processes)::
+Quantised (``quant="w8a8"`` / ``"w4a8"``), as vllm-ascend's MC2 path runs it: the dispatch quantises
+(``quant_mode=2``: int8 rows and their dynamic per-token scales come out of the exchange), then
+``npu_grouped_matmul_swiglu_quant`` (v1, cumsum group list) and the quantised down-projection
+``npu_grouped_matmul`` (per-token scale, bf16 output) - the expert path of the single-process
+``check --run`` (:func:`ascend_moe.model_check.run_layer`) - then the combine of the bf16 outputs.
+
+Run it on one machine (spawns N processes; ``python -m ascend_moe check --model deepseek-v3 --ep 4 --run``
+does the same after the checker's report)::
 
     python -m ascend_moe.ep_layer --model deepseek-v3 --ep 4 --tokens 4
 
@@ -34,14 +41,19 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["run_rank", "launch_local", "format_ranks", "main"]
+__all__ = ["run_rank", "launch_local", "run_torchrun", "under_torchrun", "format_ranks", "main"]
 
 
 def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optional[str] = None,
-             seed: int = 0, host_renorm: bool = False, group: Any = None) -> Dict[str, Any]:
+             seed: int = 0, host_renorm: bool = False, group: Any = None, quant: str = "none",
+             keep_tensors: bool = False) -> Dict[str, Any]:
     """Run the layer on this rank of ``group`` (default: the world group); returns its timings and volume.
 
-    ``model``: a preset name, a config path, or a :class:`ascend_moe.model_check.MoEConfig`."""
+    ``model``: a preset name, a config path, or a :class:`ascend_moe.model_check.MoEConfig`; ``quant``:
+    ``"none"``, ``"w8a8"`` or ``"w4a8"`` (the expert path of ``check --quant``).  ``keep_tensors`` adds
+    ``"tensors"``: this rank's input ``x``, routing (``expert_idx``, ``routing_weights``), the shared
+    expert's output, the layer ``output``, and the expert weights (bf16 ``w13`` / ``w2``, or the quantised
+    ``q13, s13, q2, s2``), so a caller can recompute the layer."""
     import ml_dtypes
     import torch
     import torch.distributed as dist
@@ -53,10 +65,12 @@ def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optio
     from .rules import ConstraintWarning, enforce
     from .rules import TensorSpec
     from .sim import gmm as _gmm
+    from .sim import gmm_quant as _gq
+    from .sim import swiglu_quant as _sq
 
     group = group if group is not None else dist.group.WORLD
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    rep = mc.check_model(model, product, cann, tokens=tokens, ep=world, host_renorm=host_renorm)
+    rep = mc.check_model(model, product, cann, quant=quant, tokens=tokens, ep=world, host_renorm=host_renorm)
     if not rep.passed:
         raise RuntimeError("the layer breaks product rules; run `python -m ascend_moe check` for details:\n"
                            + mc.format_report(rep))
@@ -97,10 +111,16 @@ def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optio
             return False
 
     with stage("setup"):
+        # one-time imports, so that the stage times below are the ops': registering the torch ops, and
+        # torch._dynamo, which a torch.library op imports on its first call
+        from . import ops as _ops  # noqa: F401
+        import torch._dynamo  # noqa: F401
         w_gate = randn(shared_rng, H, E, scale=H ** -0.5)
         bias = bf(randn(shared_rng, E, scale=0.1)) if cfg.has_bias else None
-        w13 = np.broadcast_to(bf(randn(shared_rng, H, 2 * inter, scale=H ** -0.5)), (El, H, 2 * inter))
-        w2 = np.broadcast_to(bf(randn(shared_rng, inter, H, scale=inter ** -0.5)), (El, inter, H))
+        w13_one = randn(shared_rng, H, 2 * inter, scale=H ** -0.5)      # one expert's fp32 master copy
+        w2_one = randn(shared_rng, inter, H, scale=inter ** -0.5)
+        w13 = np.broadcast_to(bf(w13_one), (El, H, 2 * inter))
+        w2 = np.broadcast_to(bf(w2_one), (El, inter, H))
         if S:
             ws13 = bf(randn(shared_rng, H, 2 * S, scale=H ** -0.5))
             ws2 = bf(randn(shared_rng, S, H, scale=S ** -0.5))
@@ -118,23 +138,44 @@ def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optio
         with stage("dispatch"):
             outs = ep.npu_moe_distribute_dispatch_v2(
                 tt(x), torch.from_numpy(idx.astype(np.int32)), name, world, rank, E,
-                expert_scales=torch.from_numpy(weights.astype(np.float32)), global_bs=T * world)
+                expert_scales=torch.from_numpy(weights.astype(np.float32)), global_bs=T * world,
+                quant_mode=2 if quant != "none" else 0)
         volume["dispatch"] = ep.last_exchange_stats()
-        expand_x, _, assist, token_nums, ep_recv, tp_recv, expand_scales = outs
+        expand_x, dynamic_scales, assist, token_nums, ep_recv, tp_recv, expand_scales = outs
         counts = token_nums.numpy().astype(np.int64)
         rows = int(counts.sum())
-        xs = expand_x[:rows].view(torch.int16).numpy().view(bf16)
-        gmm_kw = dict(group_list=counts, split_item=2, group_type=0, group_list_type=1)
-        spec13 = TensorSpec(w13.shape, "bfloat16")
-        spec2 = TensorSpec(w2.shape, "bfloat16")
-        with stage("up-projection"):
-            enforce("npu_grouped_matmul", [xs], [spec13], **gmm_kw)
-            h = _gmm.grouped_matmul_compute([xs], [w13], None, counts, 2, 0, 1)[0]
-        with stage("activation"):
-            a = silu_mul(h, inter)
-        with stage("down-projection"):
-            enforce("npu_grouped_matmul", [a], [spec2], **gmm_kw)
-            o = _gmm.grouped_matmul_compute([a], [w2], None, counts, 2, 0, 1)[0]
+        if quant == "none":
+            xs = expand_x[:rows].view(torch.int16).numpy().view(bf16)
+            gmm_kw = dict(group_list=counts, split_item=2, group_type=0, group_list_type=1)
+            spec13 = TensorSpec(w13.shape, "bfloat16")
+            spec2 = TensorSpec(w2.shape, "bfloat16")
+            with stage("up-projection"):
+                enforce("npu_grouped_matmul", [xs], [spec13], **gmm_kw)
+                h = _gmm.grouped_matmul_compute([xs], [w13], None, counts, 2, 0, 1)[0]
+            with stage("activation"):
+                a = silu_mul(h, inter)
+            with stage("down-projection"):
+                enforce("npu_grouped_matmul", [a], [spec2], **gmm_kw)
+                o = _gmm.grouped_matmul_compute([a], [w2], None, counts, 2, 0, 1)[0]
+        else:
+            # the dispatch quantised the rows (quant_mode=2): int8 rows and their per-token scales
+            xq = expand_x[:rows].numpy()
+            x_scale = dynamic_scales[:rows].numpy()
+            groups, g_counts = mc.quant_groups(quant, counts, H, inter)
+            qw = mc.quant_expert_weights(quant, w13_one, w2_one, groups)
+            cum = np.cumsum(g_counts)
+            with stage("up + swiglu + quant"), mc.machine_gemm_kernels():
+                enforce("npu_grouped_matmul_swiglu_quant", xq, qw.w13_spec, cum, qw.w13_scale, x_scale,
+                        **qw.sq_extra)
+                a, a_scale = _sq.compute(xq, qw.w13, qw.w13_scale, x_scale, cum, group_list_type=0,
+                                         assist=qw.sq_extra.get("bias"), kernel="v1")
+            with stage("down-projection"), mc.machine_gemm_kernels():
+                gm_kw = dict(scale=[qw.w2_scale], bias=None if qw.fr_bias is None else [qw.fr_bias],
+                             per_token_scale=[a_scale], group_list=g_counts, split_item=2, group_type=0,
+                             group_list_type=1, output_dtype=mc.BF16_CODE)
+                enforce("npu_grouped_matmul", [a], [qw.w2_spec], **gm_kw)
+                o = _gq.quant_grouped_matmul(a, qw.w2, g_counts, group_list_type=1, scale=qw.w2_scale,
+                                             per_token_scale=a_scale, bias=qw.fr_bias, output_dtype="bfloat16")
         shared_x = None
         if S:
             with stage("shared expert"):
@@ -149,9 +190,42 @@ def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optio
                 expand_scales=expand_scales, shared_expert_x=shared_x, global_bs=T * world)
         volume["combine"] = ep.last_exchange_stats()
     result = out.view(torch.int16).numpy().view(bf16)
-    return dict(rank=rank, world=world, model=cfg.name, product=rep.target.product, cann=str(rep.target.cann),
-                tokens=T, local_experts=El, received_rows=rows, timings=timings, volume=volume,
-                finite=bool(np.isfinite(result.astype(np.float32)).all()))
+    res = dict(rank=rank, world=world, model=cfg.name, product=rep.target.product, cann=str(rep.target.cann),
+               quant=quant, tokens=T, local_experts=El, received_rows=rows, timings=timings, volume=volume,
+               finite=bool(np.isfinite(result.astype(np.float32)).all()))
+    if keep_tensors:
+        tensors = dict(x=x, expert_idx=idx, routing_weights=weights, output=result.copy(),
+                       shared_out=None if shared_x is None else shared_x.view(torch.int16).numpy().view(bf16))
+        if quant == "none":
+            tensors.update(w13=w13[0], w2=w2[0])
+        else:
+            tensors.update(q13=qw.q13, s13=qw.s13, q2=qw.q2, s2=qw.s2)
+        res["tensors"] = tensors
+    return res
+
+
+def under_torchrun() -> bool:
+    """True in a process torchrun (or any launcher setting RANK / WORLD_SIZE) started."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def torchrun_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_torchrun(model: Any, tokens: int, product: Optional[str] = None, cann: Optional[str] = None,
+                 seed: int = 0, host_renorm: bool = False, quant: str = "none") -> Optional[List[Dict[str, Any]]]:
+    """This process's rank of a torchrun launch (gloo over TCP, the launcher's rendezvous): runs the
+    layer, returns every rank's result on rank 0 and None on the others."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
+    try:
+        res = run_rank(model, tokens, product, cann, seed, host_renorm, quant=quant)
+        gathered: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, res)
+        return gathered if dist.get_rank() == 0 else None
+    finally:
+        dist.destroy_process_group()
 
 
 def _free_port() -> int:
@@ -174,12 +248,14 @@ def _spawned(rank: int, world: int, port: int, out_dir: str, kwargs: Dict[str, A
 
 
 def launch_local(model: str, ep: int, tokens: int = 4, product: Optional[str] = None, cann: Optional[str] = None,
-                 seed: int = 0, host_renorm: bool = False, timeout: float = 600.0) -> List[Dict[str, Any]]:
+                 seed: int = 0, host_renorm: bool = False, timeout: float = 600.0,
+                 quant: str = "none") -> List[Dict[str, Any]]:
     """Start ``ep`` processes on this machine (gloo) and run the layer; per-rank results."""
     import torch.multiprocessing as mp
     if ep < 2:
         raise ValueError(f"--ep must be at least 2 to run expert parallelism, got {ep}")
-    kwargs = dict(model=model, tokens=tokens, product=product, cann=cann, seed=seed, host_renorm=host_renorm)
+    kwargs = dict(model=model, tokens=tokens, product=product, cann=cann, seed=seed, host_renorm=host_renorm,
+                  quant=quant)
     with tempfile.TemporaryDirectory() as out_dir:
         ctx = mp.start_processes(_spawned, args=(ep, _free_port(), out_dir, kwargs), nprocs=ep, join=False,
                                  start_method="spawn")
@@ -204,7 +280,8 @@ def format_ranks(results: List[Dict[str, Any]]) -> str:
     first = results[0]
     stages = list(first["timings"])
     lines = [f"EP layer  {first['model']} on {first['world']} simulated {first['product']} NPUs (CANN {first['cann']}), "
-             f"{first['tokens']} tokens per rank, {first['local_experts']} local experts per rank"]
+             f"{first['tokens']} tokens per rank, {first['local_experts']} local experts per rank, "
+             f"quant {first.get('quant', 'none')}"]
     head = f"{'rank':>4}  " + "  ".join(f"{s[:12]:>12}" for s in stages) + f"  {'rows in':>7}  " \
         f"{'dispatch out/in KiB':>19}  {'combine out/in KiB':>18}"
     lines += [head, "-" * len(head)]
@@ -226,19 +303,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--host-renorm", action="store_true", help="renormalise top-k weights on the host "
                    "(as check --host-renorm)")
+    p.add_argument("--quant", choices=("none", "w8a8", "w4a8"), default="none",
+                   help="expert path (as check --quant); quantised: the dispatch quantises (quant_mode=2)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     kwargs = dict(model=args.model, tokens=args.tokens, product=args.product, cann=args.cann, seed=args.seed,
-                  host_renorm=args.host_renorm)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and args.ep is None:
-        import torch.distributed as dist
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
-        res = run_rank(**kwargs)
-        gathered: List[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, res)
-        if dist.get_rank() == 0:
+                  host_renorm=args.host_renorm, quant=args.quant)
+    if under_torchrun() and args.ep is None:
+        gathered = run_torchrun(**kwargs)
+        if gathered is not None:
             print(json.dumps(gathered, indent=2) if args.json else format_ranks(gathered))
-        dist.destroy_process_group()
         return 0
     results = launch_local(ep=args.ep or 2, **kwargs)
     print(json.dumps(results, indent=2) if args.json else format_ranks(results))

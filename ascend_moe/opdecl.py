@@ -352,6 +352,10 @@ class OpDecl:
     # the op returns a copy of this written argument, taken after the write (op-plugin's
     # ``return self.clone()``); the shape rule then lists no outputs
     returns_clone_of: Optional[str] = None
+    # the op communicates across processes (every rank of a group calls it together): its simulator
+    # adapter runs the checker itself, agreed across the ranks, so the generated CPU / simulated-device
+    # kernels do not check first (a rank failing alone would leave its peers waiting in the exchange)
+    collective: bool = False
     parsed: Schema = field(init=False)
 
     def __post_init__(self) -> None:
@@ -733,6 +737,10 @@ DECL_MODULES: Dict[str, str] = {
     "npu_dequant_swiglu_quant": "quant_ops",
     "npu_grouped_matmul_add_": "grouped_matmul_add",
     "npu_grouped_matmul_add": "grouped_matmul_add",
+    "npu_moe_distribute_dispatch": "distribute",
+    "npu_moe_distribute_dispatch_v2": "distribute",
+    "npu_moe_distribute_combine": "distribute",
+    "npu_moe_distribute_combine_v2": "distribute",
 }
 
 

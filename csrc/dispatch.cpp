@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "acl_abi_routing.h"
+#include "acl_abi_distribute.h"
 #include "acl_abi_quant.h"
 #include "loader.h"
 
@@ -159,6 +160,14 @@ const std::map<std::string, Entry> &entries() {
       ASCEND_MOE_ENTRY("aclnnDequantSwigluQuantV2", aclnnDequantSwigluQuantV2GWS_t),
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulAdd", aclnnGroupedMatmulAddGWS_t),
       ASCEND_MOE_ENTRY("aclnnGroupedMatmulAddV2", aclnnGroupedMatmulAddV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeDistributeDispatch", aclnnMoeDistributeDispatchGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeDistributeDispatchV2", aclnnMoeDistributeDispatchV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeDistributeDispatchV3", aclnnMoeDistributeDispatchV3GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeDistributeDispatchV4", aclnnMoeDistributeDispatchV4GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeDistributeCombine", aclnnMoeDistributeCombineGWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeDistributeCombineV2", aclnnMoeDistributeCombineV2GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeDistributeCombineV3", aclnnMoeDistributeCombineV3GWS_t),
+      ASCEND_MOE_ENTRY("aclnnMoeDistributeCombineV4", aclnnMoeDistributeCombineV4GWS_t),
   };
   return table;
 }
@@ -312,6 +321,14 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> &families() 
       // op-plugin: V2 only on aclnn-only SoCs (950); A2/A3 call V1, which has no groupListType
       {"gmm_add", {"aclnnGroupedMatmulAdd"}},
       {"gmm_add_v2", {"aclnnGroupedMatmulAddV2"}},
+      // expert-parallel MC2 ops (op-plugin: the newest entry point that resolves; the Python side refuses a
+      // call the chosen one cannot express, as op-plugin's TORCH_CHECKs do)
+      {"distribute_dispatch", {"aclnnMoeDistributeDispatch"}},
+      {"distribute_dispatch_v2",
+       {"aclnnMoeDistributeDispatchV4", "aclnnMoeDistributeDispatchV3", "aclnnMoeDistributeDispatchV2"}},
+      {"distribute_combine", {"aclnnMoeDistributeCombine"}},
+      {"distribute_combine_v2",
+       {"aclnnMoeDistributeCombineV4", "aclnnMoeDistributeCombineV3", "aclnnMoeDistributeCombineV2"}},
   };
   return f;
 }

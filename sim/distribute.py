@@ -324,7 +324,7 @@ def dispatch_receive(cfg: EpConfig, recv_counts: np.ndarray, payload: np.ndarray
                      triples: np.ndarray, weights: np.ndarray, *, h: int, out_dtype: str,
                      expert_token_nums_type: int = 1, v1_expand_idx: Optional[np.ndarray] = None,
                      quantised: bool = False, weighted: bool = True,
-                     ep_recv_counts_size: Optional[int] = None) -> DispatchOutputs:
+                     ep_recv_counts_size: Optional[int] = None, a_rows: Optional[int] = None) -> DispatchOutputs:
     """Lay out what this rank received (rank-major, as sent) in the kernel's order.
 
     ``recv_counts[r, j]``: rows source r sent to this rank's local expert j.  With
@@ -332,8 +332,9 @@ def dispatch_receive(cfg: EpConfig, recv_counts: np.ndarray, payload: np.ndarray
     ``quantised`` / ``weighted``: whether ``dynamic_scales`` / ``expand_scales`` are written at all
     (the kernel leaves them unwritten without quant_mode 2 / expert_scales); shared-expert rows of
     ``expand_scales`` are left undefined too (no routing weight belongs to them).
-    ``ep_recv_counts_size``: the length op-plugin allocates (longer on A2 with expert_scales, the
-    tail holding A2 combine metadata; left undefined here).
+    ``ep_recv_counts_size``: the length op-plugin allocates (longer with expert_scales, the tail
+    holding A2 combine metadata; left undefined here).  ``a_rows``: A, the rows op-plugin allocates
+    per TP rank (default: the v2 wrapper's formula, ``cfg.max_recv_rows``).
     """
     w = cfg.ep_world_size
     n_local = cfg.local_expert_num()
@@ -343,7 +344,7 @@ def dispatch_receive(cfg: EpConfig, recv_counts: np.ndarray, payload: np.ndarray
     starts = np.concatenate([[0], np.cumsum(counts.reshape(-1))])[:-1].reshape(w, n_local)
     order = np.concatenate([np.arange(starts[r, j], starts[r, j] + counts[r, j])
                             for j in range(n_local) for r in range(w)] or [np.zeros(0, np.int64)]).astype(np.int64)
-    a_rows = cfg.max_recv_rows
+    a_rows = cfg.max_recv_rows if a_rows is None else int(a_rows)
     out_rows = max(a_rows, a_rows * cfg.tp_world_size)
     if total > out_rows:
         raise ValueError(f"rank {cfg.ep_rank_id} received {total} rows but expand_x holds only {out_rows} "

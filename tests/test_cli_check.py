@@ -254,3 +254,51 @@ def test_info_still_works(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "ascend-moe" in out and "npu_moe_gating_top_k" in out
+
+
+# a DeepSeek-shaped MoE block small enough for a quick multi-process run
+SMALL_EP_MODEL = {"model_type": "deepseek_v3", "hidden_size": 64, "moe_intermediate_size": 32, "n_routed_experts": 16,
+                  "n_shared_experts": 1, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2,
+                  "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True,
+                  "routed_scaling_factor": 2.5, "hidden_act": "silu"}
+
+
+@pytest.mark.parametrize("quant", ["none", "w4a8"])
+def test_check_ep_run_starts_one_process_per_rank(tmp_path, quant):
+    """check --ep 2 --run: the report (MC2 stages checked), then the layer on 2 gloo processes with each rank's
+    stage times and all-to-all volume.  Every (token, k) pair leaves its rank once: T*k rows sent per rank in
+    dispatch and received back in combine; the ranks together receive all T*k*W rows.  Quantised, the
+    dispatch sends int8 rows with their fp32 scale (quant_mode=2) and the experts run the quantised path
+    (the w8a8 layer's numbers are checked bit for bit in tests/test_distribute_ep.py)."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(SMALL_EP_MODEL))
+    T, k, W = 3, 4, 2
+    r = run_cli("check", "--model", str(path), "--ep", str(W), "--tokens", str(T), "--quant", quant, "--run", "--json",
+                timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["passed"] and rep["ep"] == W and rep["quant"] == quant
+    assert {"npu_moe_distribute_dispatch_v2", "npu_moe_distribute_combine_v2"} <= {s["op"] for s in rep["stages"]}
+    dispatch = next(s for s in rep["stages"] if s["op"] == "npu_moe_distribute_dispatch_v2")
+    ranks = rep["ranks"]
+    assert [x["rank"] for x in ranks] == [0, 1] and all(x["world"] == W and x["local_experts"] == 8 for x in ranks)
+    experts = ({"up-projection", "down-projection"} if quant == "none"
+               else {"up + swiglu + quant", "down-projection"})
+    for x in ranks:
+        assert x["finite"] and x["quant"] == quant
+        assert {"gating", "dispatch", "combine"} | experts <= set(x["timings"])
+        # a dispatched row: H values (bf16, or int8 and its fp32 scale), its (rank, token, k) triple, its weight
+        h = SMALL_EP_MODEL["hidden_size"]
+        assert x["volume"]["dispatch"]["row_bytes"] == (2 * h if quant == "none" else h) + 4 + 12 + 4
+        assert x["volume"]["dispatch"]["sent_rows"] == T * k
+        assert x["volume"]["combine"]["recv_rows"] == T * k
+        assert x["volume"]["combine"]["sent_rows"] == x["received_rows"]
+        assert x["volume"]["dispatch"]["recv_bytes"] == x["received_rows"] * x["volume"]["dispatch"]["row_bytes"]
+    assert sum(x["received_rows"] for x in ranks) == T * k * W
+
+
+def test_check_ep_run_refuses_a_wrong_torchrun_size(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert cli.main(["check", "--model", "deepseek-v3", "--ep", "2", "--run"]) == 2
+    assert "torchrun started 4 processes; pass --ep 4" in capsys.readouterr().err

@@ -100,8 +100,8 @@ def test_torch_npu_constants_and_format_helpers():
     assert npu_shim.npu.is_available() is False and npu_shim.npu.device_count() == 0
 
 
-@pytest.mark.parametrize("name", ["npu_moe_distribute_dispatch_v2", "npu_rotary_mul", "npu_fusion_attention",
-                                  "npu_moe_distribute_combine"])
+@pytest.mark.parametrize("name", ["npu_moe_distribute_combine_add_rms_norm", "npu_rotary_mul", "npu_fusion_attention",
+                                  "npu_mla_prolog"])
 def test_real_torch_npu_names_exist_and_raise_when_called(name):
     """Names the real torch_npu has exist (mock.patch needs no create=True) and raise when called."""
     fn = getattr(npu_shim, name)

@@ -41,6 +41,8 @@ SCENARIOS = {
         scenario("quant_smooth_unequal_bs", 2, 6, 2, bs=[3, 6], quant=2, smooth=True),
         scenario("mask_2d", 2, 8, 4, bs=[5, 4], mask="2d"),
         scenario("quant_no_smooth_v1", 2, 4, 2, bs=[4, 4], quant=2, version="v1"),
+        # v1 combine accepts shared_expert_x and ignores it, as the device does (op-plugin does not pass it)
+        scenario("v1_shared_x_ignored", 2, 4, 2, bs=[3, 5], version="v1", shared_x=True),
     ],
     4: [
         scenario("shared2x1_mask1d", 4, 4, 2, bs=[5, 5, 5, 5], shared_ranks=2, shared_num=2, mask="1d",
@@ -166,6 +168,36 @@ def _run_scenarios(group, name, rank, scenarios):
     return results
 
 
+def _other_surfaces(name, rank, world):
+    """plain_v2's dispatch again through torch.ops.ascend_moe, the torch_npu drop-in and a fake-tensor trace
+    (the declared op's shape rule, which aclnn's output allocation uses too)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from ascend_moe import compat, products
+
+    def npv(z):
+        return z.view(torch.int16).numpy().view(BF16).copy() if z.dtype == torch.bfloat16 else z.numpy().copy()
+
+    sc = SCENARIOS[2][0]
+    products.set_target(sc["product"])
+    inp = make_inputs(sc, rank)
+    x = torch.from_numpy(inp["x"].view(np.int16)).view(torch.bfloat16)
+    ids, w = torch.from_numpy(inp["ids"]), torch.from_numpy(inp["w"])
+    kw = dict(shared_expert_num=sc["shared_num"], shared_expert_rank_num=sc["S"], quant_mode=sc["quant"],
+              global_bs=sc["global_bs"], expert_token_nums_type=sc["type"])
+    via_ops = torch.ops.ascend_moe.npu_moe_distribute_dispatch_v2(x, ids, name, world, rank, sc["E"],
+                                                                 expert_scales=w, **kw)
+    compat.install(mindspeed=False)
+    import torch_npu
+    via_drop_in = torch_npu.npu_moe_distribute_dispatch_v2(x, ids, name, world, rank, sc["E"], expert_scales=w, **kw)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.ascend_moe.npu_moe_distribute_dispatch_v2(
+            mode.from_tensor(x), mode.from_tensor(ids), name, world, rank, sc["E"], expert_scales=mode.from_tensor(w),
+            **kw)
+    return dict(ops=[npv(t) for t in via_ops], drop_in=[npv(t) for t in via_drop_in],
+                fake=[(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in fake])
+
+
 def _expect_failure(fn):
     started = time.monotonic()
     try:
@@ -197,6 +229,10 @@ def _worker(rank, world, port, out_dir, fail_case):
             from ascend_moe import ep_layer, model_check
             products.set_target(None, None)
             results["layer"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"), tokens=3)
+            for quant in ("w8a8", "w4a8"):
+                results[f"layer_{quant}"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"),
+                                                              tokens=3, quant=quant, keep_tensors=True)
+            results["surfaces"] = _other_surfaces(name, rank, world)
         if world == 4:
             # a 2-rank EP group inside the 4 processes: group_ep names a sub-group, ep_rank_id is the rank in it
             sub = dist.new_group([1, 3])
@@ -367,7 +403,7 @@ def reference(sc):
                 _, _, xf = sent_row(r, t, s)
                 y = expert_fn(xf[None, :], shared[s])[0].astype(np.float32)
                 acc = (acc + y).astype(np.float32)
-            if inp["shared_x"] is not None:
+            if inp["shared_x"] is not None and sc["version"] == "v2":   # v1: not passed to the device
                 acc = (acc + inp["shared_x"][t].astype(np.float32)).astype(np.float32)
             out[t] = acc.astype(BF16)
         outs.append(out)
@@ -473,13 +509,15 @@ def test_ep_group_can_be_a_subgroup(ep4):
 
 @pytest.mark.parametrize("case, culprit, text", [
     ("bad_dtype", 3, "x dtype must be bfloat16 or float16, got float32"),
-    ("bad_type", 1, "expert_ids must be a tensor"),
+    # the call does not bind on rank 1 (the declared op's binder): the binder's TypeError reaches every rank
+    ("bad_type", 1, "failed before the exchange: BindError: npu_moe_distribute_combine_v2: argument 'expert_ids' "
+                    "must be a Tensor, got 'not a tensor'"),
 ])
 def test_a_failing_rank_fails_every_rank_fast(ep4, case, culprit, text):
     for r, res in enumerate(ep4):
         bad = res[case]
         assert bad["error"] == "ConstraintError", f"rank {r}: {bad}"
-        assert f"rank {culprit}: {text}" in bad["message"]
+        assert f"rank {culprit}: {text}" in bad["message"] or f"rank {culprit} {text}" in bad["message"]
         assert bad["seconds"] < 15
     assert len({res[case]["message"] for res in ep4}) == 1
 
@@ -526,8 +564,141 @@ def test_all_ranks_in_one_process_match_the_references(sc):
         ys.append(y)
     finals = D.combine_all_ranks(cfgs, ys, outs, [i["ids"] for i in inputs], [i["w"] for i in inputs],
                                  x_active_masks=[i["mask"] for i in inputs],
-                                 shared_expert_x=[i["shared_x"] for i in inputs], v1_sends=sends if v1 else None)
+                                 # the v1 op does not pass shared_expert_x on (the NumPy driver is below the op)
+                                 shared_expert_x=[None if v1 else i["shared_x"] for i in inputs],
+                                 v1_sends=sends if v1 else None)
     results = [{sc["name"]: dict(expand_x=o.expand_x, dynamic_scales=o.dynamic_scales, assist=o.assist_info_for_combine,
                                  expert_token_nums=o.expert_token_nums, ep_recv_counts=o.ep_recv_counts,
                                  expand_scales=o.expand_scales, out=f)} for o, f in zip(outs, finals)]
     _check_scenario(results, sc)
+
+
+def test_declared_op_surfaces_agree_and_allocate_op_plugins_sizes(ep2):
+    """The same dispatch through torch.ops.ascend_moe and the torch_npu drop-in gives the same bits as through
+    ascend_moe.distributed; the fake-tensor trace (the shape rule) and the real outputs have op-plugin's sizes,
+    written out here from MoeDistributeDispatchV2KernelOpApi.cpp: L = E / W local experts, A = global_bs *
+    min(L, K), assist [max(BS*K, A*128)], ep_recv_counts [W*L + 2*global_bs*K*(W // 8)] with expert_scales."""
+    sc = SCENARIOS[2][0]
+    keys = ["expand_x", "dynamic_scales", "assist", "expert_token_nums", "ep_recv_counts", "tp_recv_counts",
+            "expand_scales"]
+    W, E, K, gbs, H = sc["W"], sc["E"], sc["K"], sc["global_bs"], sc["H"]
+    L = E // W
+    A = gbs * min(L, K)
+    want = [((A, H), "bfloat16"), ((A,), "float32"), ((max(sc["BS"][0] * K, A * 128),), "int32"), ((L,), "int64"),
+            ((W * L + 2 * gbs * K * (W // 8),), "int32"), ((0,), "int32"), ((A,), "float32")]
+    for r, res in enumerate(ep2):
+        surf = res["surfaces"]
+        assert surf["fake"] == want, r
+        for key, got_ops, got_drop in zip(keys, surf["ops"], surf["drop_in"]):
+            ref = res[sc["name"]][key]
+            assert (tuple(ref.shape), str(ref.dtype)) == want[keys.index(key)], (r, key)
+            np.testing.assert_array_equal(_bits(got_ops), _bits(ref), err_msg=f"rank {r} {key} torch.ops")
+            np.testing.assert_array_equal(_bits(got_drop), _bits(ref), err_msg=f"rank {r} {key} torch_npu")
+
+
+def _bf16_to_f32(v):
+    return np.asarray(v).astype(BF16).astype(np.float32)
+
+
+def ref_w8a8_expert(x_row, q13, s13, q2, s2):
+    """One token through one W8A8 expert as the MC2 path computes it, written out: the dispatch's dynamic
+    int8 quantisation (ref_quant_row), the int32 GEMM in integer math, swiglu-quant's v1 dequant
+    (x scale, then weight scale), SwiGLU (-a, exp, +1, a/t, g*t; exp as the float64 exp rounded to fp32,
+    the simulator's named deviation), its per-token requant (amax/127, 1/scale, fp16 then int8 rounding),
+    then the down-projection's int32 GEMM, * bf16 weight scale, * per-token scale, one bf16 rounding."""
+    f32 = np.float32
+    ints, x_scale = ref_quant_row(x_row, None)
+    acc = ints.astype(np.int64) @ q13.astype(np.int64)
+    n = q13.shape[1] // 2
+    c = [f32(f32(f32(int(acc[j])) * x_scale) * f32(s13[j])) for j in range(2 * n)]
+    s = []
+    for j in range(n):
+        a, g = c[j], c[n + j]
+        t = f32(np.exp(np.float64(-a)))
+        t = f32(t + f32(1.0))
+        s.append(f32(g * f32(a / t)))
+    amax = max(abs(v) for v in s)
+    qs = f32(amax / f32(127.0))
+    r = f32(f32(1.0) / qs)
+    q = np.array([int(np.rint(np.float16(f32(v * r)))) for v in s], np.int64)
+    acc2 = q @ q2.astype(np.int64)
+    w2s = _bf16_to_f32(s2)
+    return np.array([f32(f32(f32(int(acc2[j])) * w2s[j]) * qs) for j in range(q2.shape[1])], np.float32).astype(BF16)
+
+
+def _fp19(scale):
+    """A scale as the fixpipe reads it (the simulator's named FP19 assumption): the low 13 mantissa bits dropped."""
+    return (np.asarray(scale, np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def _msd_dequant(ints, q, scale):
+    """A8W4 (MSD): the int8 row split into int4 halves hi = floor(x / 16), lo = (x & 15) - 8 (x = 16 hi + lo + 8),
+    each half's int32 product with the int4 weight dequantised to fp16 (exact product, one rounding), then
+    fp32(hi) * 16 + fp32(lo), plus the offline 8 * sum_k w * scale term; per output column."""
+    f32 = np.float32
+    hi = [v >> 4 for v in ints.tolist()]
+    lo = [(v & 15) - 8 for v in ints.tolist()]
+    fs = _fp19(scale)
+    out = []
+    for j in range(q.shape[1]):
+        col = q[:, j].astype(np.int64).tolist()
+        acc_hi = sum(a * b for a, b in zip(hi, col))
+        acc_lo = sum(a * b for a, b in zip(lo, col))
+        c_hi = np.float16(acc_hi * float(fs[j]))     # float64 product is exact here; one rounding to fp16
+        c_lo = np.float16(acc_lo * float(fs[j]))
+        c = f32(f32(f32(c_hi) * f32(16.0)) + f32(c_lo))
+        term = f32(8 * float(sum(col)) * float(f32(scale[j])))
+        out.append(f32(c + term))
+    return out
+
+
+def ref_w4a8_expert(x_row, q13, s13, q2, s2):
+    """One token through one W4A8 expert: the dispatch's int8 row and scale, the MSD up-projection (above) times
+    the token scale, SwiGLU and the v1 requant as in W8A8, then the MSD down-projection times the requant scale,
+    one bf16 rounding."""
+    f32 = np.float32
+    ints, x_scale = ref_quant_row(x_row, None)
+    c = [f32(v * x_scale) for v in _msd_dequant(ints, q13, s13)]
+    n = q13.shape[1] // 2
+    s = []
+    for j in range(n):
+        a, g = c[j], c[n + j]
+        t = f32(f32(np.exp(np.float64(-a))) + f32(1.0))
+        s.append(f32(g * f32(a / t)))
+    qs = f32(max(abs(v) for v in s) / f32(127.0))
+    r = f32(f32(1.0) / qs)
+    q = np.array([int(np.rint(np.float16(f32(v * r)))) for v in s], np.int64)
+    return np.array([f32(v * qs) for v in _msd_dequant(q, q2, s2)], np.float32).astype(BF16)
+
+
+@pytest.mark.parametrize("quant", ["w8a8", "w4a8"])
+def test_quantised_ep_layer_equals_a_single_process_reference(ep2, quant):
+    """check --ep 2 --quant w8a8|w4a8 --run's layer (dispatch_v2 quant_mode=2 -> swiglu-quant -> quantised
+    down-projection -> combine_v2) on 2 processes equals the same layer recomputed token by token here,
+    bit for bit: every (token, k) pair through its expert (all experts share one weight in the run), the
+    combine in fp32 (k order, weight multiply then add), then the shared expert's output, one bf16 rounding."""
+    expert = ref_w8a8_expert if quant == "w8a8" else ref_w4a8_expert
+    for r, res in enumerate(ep2):
+        layer = res[f"layer_{quant}"]
+        assert layer["quant"] == quant and layer["finite"]
+        assert {"dispatch", "up + swiglu + quant", "down-projection", "combine"} <= set(layer["timings"])
+        t = layer["tensors"]
+        x, idx, w = t["x"], t["expert_idx"], t["routing_weights"]
+        tokens, k = idx.shape
+        want = np.zeros_like(t["output"])
+        for tok in range(tokens):
+            y = expert(x[tok], t["q13"], t["s13"], t["q2"], t["s2"]).astype(np.float32)
+            acc = np.zeros(x.shape[1], np.float32)
+            for kk in range(k):
+                assert 0 <= idx[tok, kk] < 16
+                acc = (acc + (y * np.float32(w[tok, kk])).astype(np.float32)).astype(np.float32)
+            acc = (acc + t["shared_out"][tok].astype(np.float32)).astype(np.float32)
+            want[tok] = acc.astype(BF16)
+        np.testing.assert_array_equal(_bits(t["output"]), _bits(want), err_msg=f"rank {r} {quant} EP layer output")
+    # the two ranks' tokens differ, the shared weights do not; w4a8 weights are int4 values
+    layers = [res[f"layer_{quant}"]["tensors"] for res in ep2]
+    assert not np.array_equal(layers[0]["x"], layers[1]["x"])
+    for key in ("q13", "s13", "q2", "s2"):
+        np.testing.assert_array_equal(layers[0][key], layers[1][key])
+    if quant == "w4a8":
+        assert layers[0]["q13"].min() >= -8 and layers[0]["q13"].max() <= 7

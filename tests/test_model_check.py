@@ -170,7 +170,7 @@ def test_w4a8_calls():
 
 def test_expert_parallel_local_experts():
     st = mc.plan_layer(mc.load_model("deepseek-v3"), tokens=4, ep=32)
-    assert by_op(st, "npu_moe_init_routing_v2")[0].kwargs["active_expert_range"] == [0, 8]
+    assert not by_op(st, "npu_moe_init_routing_v2") and not by_op(st, "npu_moe_token_unpermute")
     up = by_op(st, "npu_grouped_matmul")[0]
     assert up.args[1][0].shape == (8, 7168, 4096) and up.kwargs["group_list"].values.sum() == 32
     assert by_op(st, "npu_moe_gating_top_k")[0].args[0].shape == (4, 256)   # gating sees all experts
@@ -249,3 +249,45 @@ def test_run_refuses_a_rejected_plan_and_an_oversized_w4a8_run():
     rep = mc.check_model(dict(TINY), "atlas-a2", "8.5.0", quant="w4a8", tokens=2)
     with pytest.raises(MemoryError, match="fewer --tokens"):
         mc.run_layer(rep, memory_budget=1e3)
+
+
+def test_expert_parallel_uses_the_mc2_dispatch_and_combine():
+    """ep > 1: vllm-ascend's MC2 path, rank 0's calls; the combine takes the dispatch's outputs with op-plugin's
+    sizes (written out here from MoeDistributeDispatchV2KernelOpApi.cpp: A = global_bs * min(E_l, k))."""
+    T, E, k, H, ep = 4, 256, 8, 7168, 32
+    st = mc.plan_layer(mc.load_model("deepseek-v3"), tokens=T, ep=ep)
+    names = [s.name for s in st]
+    assert names.index("ep dispatch") == 1 and names[-1] == "ep combine"
+    d = by_op(st, "npu_moe_distribute_dispatch_v2")[0]
+    assert d.args[0] == TensorSpec((T, H), "bfloat16") and d.args[1] == TensorSpec((T, k), "int32")
+    assert d.args[3:] == (ep, 0, E)
+    assert d.kwargs["global_bs"] == T * ep and d.kwargs["quant_mode"] == 0
+    assert d.kwargs["expert_scales"] == TensorSpec((T, k), "float32")
+    c = by_op(st, "npu_moe_distribute_combine_v2")[0]
+    a_rows = T * ep * min(E // ep, k)
+    assert c.args[0] == TensorSpec((a_rows, H), "bfloat16")
+    assert c.args[2] == TensorSpec((max(T * k, a_rows * 128),), "int32")              # assist_info_for_combine
+    assert c.args[3] == TensorSpec((ep * (E // ep) + 2 * T * ep * k * (ep // 8),), "int32")   # ep_recv_counts
+    assert c.args[5] == d.args[2] and c.args[6:] == (ep, 0, E)
+    assert c.kwargs["expand_scales"] == TensorSpec((a_rows,), "float32")
+    # quantised experts: the dispatch quantises (quant_mode 2), so there is no separate npu_dynamic_quant
+    q = mc.plan_layer(mc.load_model("deepseek-v3"), tokens=T, ep=ep, quant="w8a8")
+    assert by_op(q, "npu_moe_distribute_dispatch_v2")[0].kwargs["quant_mode"] == 2
+    assert not by_op(q, "npu_dynamic_quant")
+    rep = mc.check_model("deepseek-v3", "atlas-a3", "8.5.0", tokens=T, ep=ep)
+    assert rep.passed and {s.op for s in rep.checked} >= {"npu_moe_distribute_dispatch_v2",
+                                                          "npu_moe_distribute_combine_v2"}
+
+
+def test_expert_parallel_stages_are_checked_by_the_distribute_rules(monkeypatch):
+    # the A2 docs limit an MC2 dispatch to 256 tokens per rank: a doc-level warning on the MC2 stage itself,
+    # an error under ASCEND_MOE_STRICT_DOCS=1
+    rep = mc.check_model("deepseek-v3", "atlas-a2", "8.5.0", tokens=300, ep=8)
+    stage = next(s for s in rep.stages if s.op == "npu_moe_distribute_dispatch_v2")
+    assert stage.passed and [v.rule_id for v in stage.warnings] == ["dispatch_v2.bs.range"]
+    assert "300" in stage.warnings[0].message
+    monkeypatch.setenv("ASCEND_MOE_STRICT_DOCS", "1")
+    rep = mc.check_model("deepseek-v3", "atlas-a2", "8.5.0", tokens=300, ep=8)
+    failed = [s.op for s in rep.checked if not s.passed]
+    assert "npu_moe_distribute_dispatch_v2" in failed and not rep.passed
+    assert mc.check_model("deepseek-v3", "atlas-a3", "8.5.0", tokens=300, ep=8).passed   # A3: BS up to 512

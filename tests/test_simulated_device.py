@@ -28,7 +28,8 @@ def test_plain_import_loads_no_device():
 
 
 def test_simulated_suite_under_the_pytest_plugin():
-    """Device basics, the seed examples, MindSpeed's gmm unit test and a vllm-ascend-style MoE layer."""
+    """Device basics, the seed examples, MindSpeed's gmm unit test, a vllm-ascend-style MoE layer and MC2
+    dispatch/combine on the device in 2 processes."""
     result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "ascend_moe.pytest_plugin",
                    "--ascend-simulate", "tests/simulated"])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

@@ -197,6 +197,11 @@ def _aclnn(decl: OpDecl, a: Dict[str, Any]) -> Any:
     return aclnn.call(decl.name, a)
 
 
+def _collective_target():
+    from ..products import resolve_target
+    return resolve_target()
+
+
 def _enforce(decl: OpDecl, a: Dict[str, Any]):
     from ..rules import enforce_call
     return enforce_call(decl.name, a)
@@ -276,6 +281,9 @@ def make_cpu_kernel(decl: OpDecl) -> Callable[..., Any]:
         a = kernel_bind(decl, args, kwargs)
         named = tensors_of(decl, a)
         check_one_device(decl, named)
+        if decl.collective and select_backend(decl.name, [t for _, t in named]) != "aclnn":
+            # the adapter checks, agreed across the ranks
+            return kernel_result(decl, a, run_sim(decl, a, _collective_target()))
         target = _enforce(decl, a)
         if select_backend(decl.name, [t for _, t in named]) == "aclnn":  # the fake-CANN test hook only
             return kernel_result(decl, a, _aclnn(decl, a))
@@ -295,14 +303,15 @@ def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
             if requested_backend() == "aclnn":
                 raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
                                    "simulated host-memory one; use backend 'auto' or 'sim'")
-            target = _enforce(decl, a)
+            target = _collective_target() if decl.collective else _enforce(decl, a)
             return kernel_result(decl, a, run_sim(decl, a, target, device))
         if not on_npu and requested_backend() != "aclnn":
             raise BackendError(
                 f"{decl.name}: the NPU (PrivateUse1) kernel was reached with tensors on "
                 f"{sorted({t.device.type for t in tensors})}; it only runs CANN's aclnn and never the "
                 "simulator. Call the op with CPU tensors for the simulator, or with NPU tensors for aclnn.")
-        _enforce(decl, a)
+        if not (decl.collective and on_npu):  # a collective op's aclnn entry check agrees across the ranks
+            _enforce(decl, a)
         select_backend(decl.name, tensors)  # refuses an explicit 'sim' and a missing aclnn, saying why
         return kernel_result(decl, a, _aclnn(decl, a))
     npu_kernel.__name__ = f"{decl.name}_npu_kernel"

@@ -46,64 +46,12 @@ CROSS_RANK_RULES = {
 }
 
 
-# ---------------------------------------------------------------- signatures (torch_npu's) ------
-
-def npu_moe_distribute_dispatch(x, expert_ids, group_ep: str, ep_world_size: int, ep_rank_id: int,
-                                moe_expert_num: int, *, scales=None, x_active_mask=None, expert_scales=None,
-                                group_tp: str = "", tp_world_size: int = 0, tp_rank_id: int = 0,
-                                expert_shard_type: int = 0, shared_expert_num: int = 1,
-                                shared_expert_rank_num: int = 0, quant_mode: int = 0, global_bs: int = 0,
-                                expert_token_nums_type: int = 1):
-    """Signature of torch_npu.npu_moe_distribute_dispatch (op-plugin docs)."""
-
-
-def npu_moe_distribute_dispatch_v2(x, expert_ids, group_ep: str, ep_world_size: int, ep_rank_id: int,
-                                   moe_expert_num: int, *, scales=None, x_active_mask=None, expert_scales=None,
-                                   elastic_info=None, performance_info=None, group_tp: str = "",
-                                   tp_world_size: int = 0, tp_rank_id: int = 0, expert_shard_type: int = 0,
-                                   shared_expert_num: int = 1, shared_expert_rank_num: int = 0,
-                                   quant_mode: int = 0, global_bs: int = 0, expert_token_nums_type: int = 1,
-                                   comm_alg: str = "", zero_expert_num: int = 0, copy_expert_num: int = 0,
-                                   const_expert_num: int = 0, y_dtype: Optional[int] = None,
-                                   x_dtype: Optional[int] = None, scales_dtype: Optional[int] = None):
-    """Signature of torch_npu.npu_moe_distribute_dispatch_v2 (op_plugin_functions.yaml)."""
-
-
-def npu_moe_distribute_combine(expand_x, expert_ids, expand_idx, ep_send_counts, expert_scales, group_ep: str,
-                               ep_world_size: int, ep_rank_id: int, moe_expert_num: int, *, tp_send_counts=None,
-                               x_active_mask=None, activation_scale=None, weight_scale=None, group_list=None,
-                               expand_scales=None, shared_expert_x=None, group_tp: str = "", tp_world_size: int = 0,
-                               tp_rank_id: int = 0, expert_shard_type: int = 0, shared_expert_num: int = 1,
-                               shared_expert_rank_num: int = 0, global_bs: int = 0, out_dtype: int = 0,
-                               comm_quant_mode: int = 0, group_list_type: int = 0):
-    """Signature of torch_npu.npu_moe_distribute_combine (op-plugin docs)."""
-
-
-def npu_moe_distribute_combine_v2(expand_x, expert_ids, assist_info_for_combine, ep_send_counts, expert_scales,
-                                  group_ep: str, ep_world_size: int, ep_rank_id: int, moe_expert_num: int, *,
-                                  tp_send_counts=None, x_active_mask=None, expand_scales=None, shared_expert_x=None,
-                                  elastic_info=None, ori_x=None, const_expert_alpha_1=None,
-                                  const_expert_alpha_2=None, const_expert_v=None, performance_info=None,
-                                  group_tp: str = "", tp_world_size: int = 0, tp_rank_id: int = 0,
-                                  expert_shard_type: int = 0, shared_expert_num: int = 1,
-                                  shared_expert_rank_num: int = 0, global_bs: int = 0, comm_quant_mode: int = 0,
-                                  comm_alg: str = "", zero_expert_num: int = 0, copy_expert_num: int = 0,
-                                  const_expert_num: int = 0):
-    """Signature of torch_npu.npu_moe_distribute_combine_v2 (op_plugin_functions.yaml)."""
-
-
 DISPATCH_OPS = ("npu_moe_distribute_dispatch", "npu_moe_distribute_dispatch_v2")
 COMBINE_OPS = ("npu_moe_distribute_combine", "npu_moe_distribute_combine_v2")
-_SIGNATURES = {
-    "npu_moe_distribute_dispatch": npu_moe_distribute_dispatch,
-    "npu_moe_distribute_dispatch_v2": npu_moe_distribute_dispatch_v2,
-    "npu_moe_distribute_combine": npu_moe_distribute_combine,
-    "npu_moe_distribute_combine_v2": npu_moe_distribute_combine_v2,
-}
-
-SPECS = {name: register_op(name, fn, products=A2_A3, source=f"{DOCS}; {WRAPPER_DISPATCH}; {TILING}",
+# the signatures are the ops' declarations (ascend_moe/ops/distribute.py)
+SPECS = {name: register_op(name, products=A2_A3, source=f"{DOCS}; {WRAPPER_DISPATCH}; {TILING}",
                            product_notes=NOT_950)
-         for name, fn in _SIGNATURES.items()}
+         for name in DISPATCH_OPS + COMBINE_OPS}
 
 
 def _is_int(v) -> bool:
@@ -147,7 +95,7 @@ RULE_PREFIX = {
 def _both(rule_id, argument, summary, ops=None, **kw):
     """Register one predicate on several of the four ops (``rule_id`` without the op prefix)."""
     def deco(fn):
-        for name in ops or _SIGNATURES:
+        for name in ops or SPECS:
             SPECS[name].rule(RULE_PREFIX[name] + rule_id, argument=argument, summary=summary, **kw)(fn)
         return fn
     return deco

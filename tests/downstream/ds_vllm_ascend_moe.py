@@ -200,6 +200,6 @@ def test_dense_ffn_per_product(ascend_product):
 
 def test_unimplemented_torch_npu_op_fails_loudly():
     """What MagicMock hid: an op ascend-moe does not compute raises, naming it."""
-    with pytest.raises(NotImplementedError, match="npu_moe_distribute_dispatch_v2"):
-        torch_npu.npu_moe_distribute_dispatch_v2(torch.zeros(2, 2))
+    with pytest.raises(NotImplementedError, match="npu_moe_distribute_combine_add_rms_norm"):
+        torch_npu.npu_moe_distribute_combine_add_rms_norm(torch.zeros(2, 2))
     assert not torch_npu.npu.is_available()

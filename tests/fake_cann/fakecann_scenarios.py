@@ -1059,7 +1059,11 @@ OLD_CANN_OMIT = ("aclnnMoeFinalizeRoutingV4", "aclnnMoeFinalizeRoutingV4GetWorks
                  "aclnnGroupedMatmulFinalizeRoutingWeightNzV2GetWorkspaceSize",
                  "aclnnGroupedMatmulWeightNzGetWorkspaceSize",
                  "aclnnDynamicQuantV2", "aclnnDynamicQuantV2GetWorkspaceSize",
-                 "aclnnDequantSwigluQuantV2", "aclnnDequantSwigluQuantV2GetWorkspaceSize")
+                 "aclnnDequantSwigluQuantV2", "aclnnDequantSwigluQuantV2GetWorkspaceSize",
+                 "aclnnMoeDistributeDispatchV4", "aclnnMoeDistributeDispatchV4GetWorkspaceSize",
+                 "aclnnMoeDistributeDispatchV3", "aclnnMoeDistributeDispatchV3GetWorkspaceSize",
+                 "aclnnMoeDistributeCombineV4", "aclnnMoeDistributeCombineV4GetWorkspaceSize",
+                 "aclnnMoeDistributeCombineV3", "aclnnMoeDistributeCombineV3GetWorkspaceSize")
 
 
 @old_cann
@@ -1210,3 +1214,4 @@ def old_quant_ops_fall_back_to_v1(fake: Fake):
 
 # the routing / combine ops' scenarios register themselves into the tables above
 import fakecann_scenarios_routing  # noqa: E402,F401
+import fakecann_scenarios_distribute  # noqa: E402,F401

@@ -871,3 +871,231 @@ FAKE_EXPORT aclnnStatus aclnnGroupedMatmulAddV2GetWorkspaceSize(const aclTensor 
 #ifndef OMIT_aclnnGroupedMatmulAddV2
 PHASE2(aclnnGroupedMatmulAddV2)
 #endif
+
+/* ------------------------------------------------------------------ expert-parallel MC2 dispatch / combine */
+#define DISPATCH_HEAD(c, x, ids, sc, mask, es) \
+  a_tensor(c, x, 0); a_tensor(c, ids, 0); a_tensor(c, sc, 0); a_tensor(c, mask, 0); a_tensor(c, es, 0)
+#define DISPATCH_SCALARS(c) \
+  a_str(c, groupEp); a_i64(c, epWorldSize); a_i64(c, epRankId); a_i64(c, moeExpertNum); a_str(c, groupTp); \
+  a_i64(c, tpWorldSize); a_i64(c, tpRankId); a_i64(c, expertShardType); a_i64(c, sharedExpertNum);           \
+  a_i64(c, sharedExpertRankNum); a_i64(c, quantMode); a_i64(c, globalBs); a_i64(c, expertTokenNumsType)
+#define DISPATCH_OUTS(c, o0, o1, o2, o3, o4, o5, o6) \
+  a_tensor(c, o0, 1); a_tensor(c, o1, 1); a_tensor(c, o2, 1); a_tensor(c, o3, 1); a_tensor(c, o4, 1); \
+  a_tensor(c, o5, 1); a_tensor(c, o6, 1)
+
+#ifndef OMIT_aclnnMoeDistributeDispatchGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeDistributeDispatchGetWorkspaceSize(
+    const aclTensor *x, const aclTensor *expertIds, const aclTensor *scales, const aclTensor *xActiveMask,
+    const aclTensor *expertScales, const char *groupEp, int64_t epWorldSize, int64_t epRankId, int64_t moeExpertNum,
+    const char *groupTp, int64_t tpWorldSize, int64_t tpRankId, int64_t expertShardType, int64_t sharedExpertNum,
+    int64_t sharedExpertRankNum, int64_t quantMode, int64_t globalBs, int64_t expertTokenNumsType, aclTensor *expandX,
+    aclTensor *dynamicScales, aclTensor *expandIdx, aclTensor *expertTokenNums, aclTensor *epRecvCounts,
+    aclTensor *tpRecvCounts, aclTensor *expandScales, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeDistributeDispatch");
+  DISPATCH_HEAD(&c, x, expertIds, scales, xActiveMask, expertScales);
+  DISPATCH_SCALARS(&c);
+  DISPATCH_OUTS(&c, expandX, dynamicScales, expandIdx, expertTokenNums, epRecvCounts, tpRecvCounts, expandScales);
+  return finish(&c, "aclnnMoeDistributeDispatch", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeDistributeDispatch
+PHASE2(aclnnMoeDistributeDispatch)
+#endif
+
+#ifndef OMIT_aclnnMoeDistributeDispatchV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeDistributeDispatchV2GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *expertIds, const aclTensor *scalesOptional,
+    const aclTensor *xActiveMaskOptional, const aclTensor *expertScalesOptional, const char *groupEp,
+    int64_t epWorldSize, int64_t epRankId, int64_t moeExpertNum, const char *groupTp, int64_t tpWorldSize,
+    int64_t tpRankId, int64_t expertShardType, int64_t sharedExpertNum, int64_t sharedExpertRankNum,
+    int64_t quantMode, int64_t globalBs, int64_t expertTokenNumsType, const char *commAlg, aclTensor *expandXOut,
+    aclTensor *dynamicScalesOut, aclTensor *assistInfoForCombineOut, aclTensor *expertTokenNumsOut,
+    aclTensor *epRecvCountsOut, aclTensor *tpRecvCountsOut, aclTensor *expandScalesOut, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeDistributeDispatchV2");
+  DISPATCH_HEAD(&c, x, expertIds, scalesOptional, xActiveMaskOptional, expertScalesOptional);
+  DISPATCH_SCALARS(&c);
+  a_str(&c, commAlg);
+  DISPATCH_OUTS(&c, expandXOut, dynamicScalesOut, assistInfoForCombineOut, expertTokenNumsOut, epRecvCountsOut,
+                tpRecvCountsOut, expandScalesOut);
+  return finish(&c, "aclnnMoeDistributeDispatchV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeDistributeDispatchV2
+PHASE2(aclnnMoeDistributeDispatchV2)
+#endif
+
+#ifndef OMIT_aclnnMoeDistributeDispatchV3GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeDistributeDispatchV3GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *expertIds, const aclTensor *scalesOptional,
+    const aclTensor *xActiveMaskOptional, const aclTensor *expertScalesOptional,
+    const aclTensor *elasticInfoOptional, const char *groupEp, int64_t epWorldSize, int64_t epRankId,
+    int64_t moeExpertNum, const char *groupTp, int64_t tpWorldSize, int64_t tpRankId, int64_t expertShardType,
+    int64_t sharedExpertNum, int64_t sharedExpertRankNum, int64_t quantMode, int64_t globalBs,
+    int64_t expertTokenNumsType, const char *commAlg, int64_t zeroExpertNum, int64_t copyExpertNum,
+    int64_t constExpertNum, aclTensor *expandXOut, aclTensor *dynamicScalesOut, aclTensor *assistInfoForCombineOut,
+    aclTensor *expertTokenNumsOut, aclTensor *epRecvCountsOut, aclTensor *tpRecvCountsOut,
+    aclTensor *expandScalesOut, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeDistributeDispatchV3");
+  DISPATCH_HEAD(&c, x, expertIds, scalesOptional, xActiveMaskOptional, expertScalesOptional);
+  a_tensor(&c, elasticInfoOptional, 0);
+  DISPATCH_SCALARS(&c);
+  a_str(&c, commAlg); a_i64(&c, zeroExpertNum); a_i64(&c, copyExpertNum); a_i64(&c, constExpertNum);
+  DISPATCH_OUTS(&c, expandXOut, dynamicScalesOut, assistInfoForCombineOut, expertTokenNumsOut, epRecvCountsOut,
+                tpRecvCountsOut, expandScalesOut);
+  return finish(&c, "aclnnMoeDistributeDispatchV3", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeDistributeDispatchV3
+PHASE2(aclnnMoeDistributeDispatchV3)
+#endif
+
+#ifndef OMIT_aclnnMoeDistributeDispatchV4GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeDistributeDispatchV4GetWorkspaceSize(
+    const aclTensor *x, const aclTensor *expertIds, const aclTensor *scalesOptional,
+    const aclTensor *xActiveMaskOptional, const aclTensor *expertScalesOptional,
+    const aclTensor *elasticInfoOptional, const aclTensor *performanceInfoOptional, const char *groupEp,
+    int64_t epWorldSize, int64_t epRankId, int64_t moeExpertNum, const char *groupTp, int64_t tpWorldSize,
+    int64_t tpRankId, int64_t expertShardType, int64_t sharedExpertNum, int64_t sharedExpertRankNum,
+    int64_t quantMode, int64_t globalBs, int64_t expertTokenNumsType, const char *commAlg, int64_t zeroExpertNum,
+    int64_t copyExpertNum, int64_t constExpertNum, aclTensor *expandXOut, aclTensor *dynamicScalesOut,
+    aclTensor *assistInfoForCombineOut, aclTensor *expertTokenNumsOut, aclTensor *epRecvCountsOut,
+    aclTensor *tpRecvCountsOut, aclTensor *expandScalesOut, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeDistributeDispatchV4");
+  DISPATCH_HEAD(&c, x, expertIds, scalesOptional, xActiveMaskOptional, expertScalesOptional);
+  a_tensor(&c, elasticInfoOptional, 0); a_tensor(&c, performanceInfoOptional, 0);
+  DISPATCH_SCALARS(&c);
+  a_str(&c, commAlg); a_i64(&c, zeroExpertNum); a_i64(&c, copyExpertNum); a_i64(&c, constExpertNum);
+  DISPATCH_OUTS(&c, expandXOut, dynamicScalesOut, assistInfoForCombineOut, expertTokenNumsOut, epRecvCountsOut,
+                tpRecvCountsOut, expandScalesOut);
+  return finish(&c, "aclnnMoeDistributeDispatchV4", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeDistributeDispatchV4
+PHASE2(aclnnMoeDistributeDispatchV4)
+#endif
+
+#define COMBINE_HEAD(c, ex, ids, info, send, es, tps, mask, act, ws, gl, exs) \
+  a_tensor(c, ex, 0); a_tensor(c, ids, 0); a_tensor(c, info, 0); a_tensor(c, send, 0); a_tensor(c, es, 0); \
+  a_tensor(c, tps, 0); a_tensor(c, mask, 0); a_tensor(c, act, 0); a_tensor(c, ws, 0); a_tensor(c, gl, 0);   \
+  a_tensor(c, exs, 0)
+#define COMBINE_SCALARS(c) \
+  a_str(c, groupEp); a_i64(c, epWorldSize); a_i64(c, epRankId); a_i64(c, moeExpertNum); a_str(c, groupTp); \
+  a_i64(c, tpWorldSize); a_i64(c, tpRankId); a_i64(c, expertShardType); a_i64(c, sharedExpertNum);           \
+  a_i64(c, sharedExpertRankNum); a_i64(c, globalBs); a_i64(c, outDtype); a_i64(c, commQuantMode);            \
+  a_i64(c, groupListType)
+
+#ifndef OMIT_aclnnMoeDistributeCombineGetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeDistributeCombineGetWorkspaceSize(
+    const aclTensor *expandX, const aclTensor *expertIds, const aclTensor *expandIdx, const aclTensor *epSendCounts,
+    const aclTensor *expertScales, const aclTensor *tpSendCounts, const aclTensor *xActiveMask,
+    const aclTensor *activationScale, const aclTensor *weightScale, const aclTensor *groupList,
+    const aclTensor *expandScales, const char *groupEp, int64_t epWorldSize, int64_t epRankId, int64_t moeExpertNum,
+    const char *groupTp, int64_t tpWorldSize, int64_t tpRankId, int64_t expertShardType, int64_t sharedExpertNum,
+    int64_t sharedExpertRankNum, int64_t globalBs, int64_t outDtype, int64_t commQuantMode, int64_t groupListType,
+    aclTensor *x, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeDistributeCombine");
+  COMBINE_HEAD(&c, expandX, expertIds, expandIdx, epSendCounts, expertScales, tpSendCounts, xActiveMask,
+               activationScale, weightScale, groupList, expandScales);
+  COMBINE_SCALARS(&c);
+  a_tensor(&c, x, 1);
+  return finish(&c, "aclnnMoeDistributeCombine", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeDistributeCombine
+PHASE2(aclnnMoeDistributeCombine)
+#endif
+
+#ifndef OMIT_aclnnMoeDistributeCombineV2GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeDistributeCombineV2GetWorkspaceSize(
+    const aclTensor *expandX, const aclTensor *expertIds, const aclTensor *assistInfoForCombine,
+    const aclTensor *epSendCounts, const aclTensor *expertScales, const aclTensor *tpSendCountsOptional,
+    const aclTensor *xActiveMaskOptional, const aclTensor *activationScaleOptional,
+    const aclTensor *weightScaleOptional, const aclTensor *groupListOptional, const aclTensor *expandScalesOptional,
+    const aclTensor *sharedExpertXOptional, const char *groupEp, int64_t epWorldSize, int64_t epRankId,
+    int64_t moeExpertNum, const char *groupTp, int64_t tpWorldSize, int64_t tpRankId, int64_t expertShardType,
+    int64_t sharedExpertNum, int64_t sharedExpertRankNum, int64_t globalBs, int64_t outDtype, int64_t commQuantMode,
+    int64_t groupListType, const char *commAlg, aclTensor *xOut, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeDistributeCombineV2");
+  COMBINE_HEAD(&c, expandX, expertIds, assistInfoForCombine, epSendCounts, expertScales, tpSendCountsOptional,
+               xActiveMaskOptional, activationScaleOptional, weightScaleOptional, groupListOptional,
+               expandScalesOptional);
+  a_tensor(&c, sharedExpertXOptional, 0);
+  COMBINE_SCALARS(&c);
+  a_str(&c, commAlg);
+  a_tensor(&c, xOut, 1);
+  return finish(&c, "aclnnMoeDistributeCombineV2", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeDistributeCombineV2
+PHASE2(aclnnMoeDistributeCombineV2)
+#endif
+
+#ifndef OMIT_aclnnMoeDistributeCombineV3GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeDistributeCombineV3GetWorkspaceSize(
+    const aclTensor *expandX, const aclTensor *expertIds, const aclTensor *assistInfoForCombine,
+    const aclTensor *epSendCounts, const aclTensor *expertScales, const aclTensor *tpSendCountsOptional,
+    const aclTensor *xActiveMaskOptional, const aclTensor *activationScaleOptional,
+    const aclTensor *weightScaleOptional, const aclTensor *groupListOptional, const aclTensor *expandScalesOptional,
+    const aclTensor *sharedExpertXOptional, const aclTensor *elasticInfoOptional, const aclTensor *oriXOptional,
+    const aclTensor *constExpertAlpha1Optional, const aclTensor *constExpertAlpha2Optional,
+    const aclTensor *constExpertVOptional, const char *groupEp, int64_t epWorldSize, int64_t epRankId,
+    int64_t moeExpertNum, const char *groupTp, int64_t tpWorldSize, int64_t tpRankId, int64_t expertShardType,
+    int64_t sharedExpertNum, int64_t sharedExpertRankNum, int64_t globalBs, int64_t outDtype, int64_t commQuantMode,
+    int64_t groupListType, const char *commAlg, int64_t zeroExpertNum, int64_t copyExpertNum, int64_t constExpertNum,
+    aclTensor *xOut, uint64_t *workspaceSize, aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeDistributeCombineV3");
+  COMBINE_HEAD(&c, expandX, expertIds, assistInfoForCombine, epSendCounts, expertScales, tpSendCountsOptional,
+               xActiveMaskOptional, activationScaleOptional, weightScaleOptional, groupListOptional,
+               expandScalesOptional);
+  a_tensor(&c, sharedExpertXOptional, 0); a_tensor(&c, elasticInfoOptional, 0); a_tensor(&c, oriXOptional, 0);
+  a_tensor(&c, constExpertAlpha1Optional, 0); a_tensor(&c, constExpertAlpha2Optional, 0);
+  a_tensor(&c, constExpertVOptional, 0);
+  COMBINE_SCALARS(&c);
+  a_str(&c, commAlg); a_i64(&c, zeroExpertNum); a_i64(&c, copyExpertNum); a_i64(&c, constExpertNum);
+  a_tensor(&c, xOut, 1);
+  return finish(&c, "aclnnMoeDistributeCombineV3", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeDistributeCombineV3
+PHASE2(aclnnMoeDistributeCombineV3)
+#endif
+
+#ifndef OMIT_aclnnMoeDistributeCombineV4GetWorkspaceSize
+FAKE_EXPORT aclnnStatus aclnnMoeDistributeCombineV4GetWorkspaceSize(
+    const aclTensor *expandX, const aclTensor *expertIds, const aclTensor *assistInfoForCombine,
+    const aclTensor *epSendCounts, const aclTensor *expertScales, const aclTensor *tpSendCountsOptional,
+    const aclTensor *xActiveMaskOptional, const aclTensor *activationScaleOptional,
+    const aclTensor *weightScaleOptional, const aclTensor *groupListOptional, const aclTensor *expandScalesOptional,
+    const aclTensor *sharedExpertXOptional, const aclTensor *elasticInfoOptional, const aclTensor *oriXOptional,
+    const aclTensor *constExpertAlpha1Optional, const aclTensor *constExpertAlpha2Optional,
+    const aclTensor *constExpertVOptional, const aclTensor *performanceInfoOptional, const char *groupEp,
+    int64_t epWorldSize, int64_t epRankId, int64_t moeExpertNum, const char *groupTp, int64_t tpWorldSize,
+    int64_t tpRankId, int64_t expertShardType, int64_t sharedExpertNum, int64_t sharedExpertRankNum, int64_t globalBs,
+    int64_t outDtype, int64_t commQuantMode, int64_t groupListType, const char *commAlg, int64_t zeroExpertNum,
+    int64_t copyExpertNum, int64_t constExpertNum, aclTensor *xOut, uint64_t *workspaceSize,
+    aclOpExecutor **executor) {
+  Call c;
+  begin(&c, "aclnnMoeDistributeCombineV4");
+  COMBINE_HEAD(&c, expandX, expertIds, assistInfoForCombine, epSendCounts, expertScales, tpSendCountsOptional,
+               xActiveMaskOptional, activationScaleOptional, weightScaleOptional, groupListOptional,
+               expandScalesOptional);
+  a_tensor(&c, sharedExpertXOptional, 0); a_tensor(&c, elasticInfoOptional, 0); a_tensor(&c, oriXOptional, 0);
+  a_tensor(&c, constExpertAlpha1Optional, 0); a_tensor(&c, constExpertAlpha2Optional, 0);
+  a_tensor(&c, constExpertVOptional, 0); a_tensor(&c, performanceInfoOptional, 0);
+  COMBINE_SCALARS(&c);
+  a_str(&c, commAlg); a_i64(&c, zeroExpertNum); a_i64(&c, copyExpertNum); a_i64(&c, constExpertNum);
+  a_tensor(&c, xOut, 1);
+  return finish(&c, "aclnnMoeDistributeCombineV4", workspaceSize, executor);
+}
+#endif
+#ifndef OMIT_aclnnMoeDistributeCombineV4
+PHASE2(aclnnMoeDistributeCombineV4)
+#endif
