@@ -53,11 +53,12 @@ FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
 CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "skinny"))
 IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
-                     (n for n in FLOAT_IMPLS if not (c.startswith("fp32") and n == "torch_native")))
+                     (n for n in FLOAT_IMPLS if not (c.startswith("fp32") and n == "torch_native")
+                      and not (c.startswith("fp16") and n == "torch_packed")))
             for c in CLASSES}
 # representative (m, k, n) per shape class for the one-time measurement
 _PROBE_SHAPES = {"wide": (256, 1024, 512), "skinny": (4, 2048, 1024)}
-_SCHEMA = 1
+_SCHEMA = 2  # 2: torch_packed joined the float classes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +207,10 @@ def _verified(cls: str, impl: str) -> bool:
                 verified[name] = impls.int_mm_exact_on_this_machine()
             elif impl == "torch_native" and dtype in ("bf16", "fp16"):
                 verified[name] = impls.native_contract_holds(FLOAT_DTYPES[dtype])
+            elif impl == "torch_packed" and dtype in ("bf16", "fp32"):
+                # its plain path (first use, changed weight) is torch_native for bf16
+                verified[name] = (impls.packed_contract_holds(FLOAT_DTYPES[dtype])
+                                  and (dtype == "fp32" or _verified(cls, "torch_native")))
             else:
                 verified[name] = False
             _save(data)
@@ -234,7 +239,16 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, int, int]) -> Callable[
     from ..ops._common import to_numpy
     a, b, o = to_numpy(ta), to_numpy(tb), to_numpy(out)
     fn = FLOAT_IMPLS[impl]
-    kern = sim_kernels.Kernels(float_gemm=None if fn is None else (lambda o_, a_, b_, r_: fn(o_, a_, b_, r_)),
+    # the packed implementation's steady state: the probe weight packed once, as a weight reused
+    # unchanged is (its first use runs torch_native / torch_sgemm, measured on their own)
+    packed = {}
+
+    def pack(b_: np.ndarray):
+        if "w" not in packed:
+            packed["w"] = impls.pack_weight(impls.as_torch(b_))
+        return packed["w"]
+    kern = sim_kernels.Kernels(float_gemm=None if fn is None else (lambda o_, a_, b_, r_: fn(o_, a_, b_, r_, None,
+                                                                                            None, pack)),
                                copy_cast=fast_copy_cast, name=impl)
 
     def run() -> None:
@@ -310,18 +324,29 @@ def _shape_class(dtype_name: str, rows: int) -> str:
     return f"{dtype_name}.{'skinny' if rows <= SKINNY_ROWS else 'wide'}"
 
 
-def _make_float_gemm(widen, sources):
+def _make_float_gemms(widen, sources):
+    """The per-GEMM and grouped float kernels of one call, sharing the call's flush-guard memo."""
     # the flush guard scans each bf16 operand once per call, and a weight once while it is unchanged
     memo = impls.ExponentMemo(
         (lambda root, compute: WEIGHT_CACHE.fact(sources, root, "min_bf16_exponent", compute)) if sources else None)
+
+    def pack(b: np.ndarray):
+        return WEIGHT_CACHE.packed(sources, b, lambda: impls.pack_weight(impls.as_torch(b))) if sources else None
 
     def float_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray]) -> bool:
         name = _NP_NAME.get(a.dtype)
         if name is None or a.ndim != 2:
             return False
         fn = FLOAT_IMPLS[choice(_shape_class(name, a.shape[0]))]
-        return fn is not None and fn(out, a, b, bias_row, widen, memo)
-    return float_gemm
+        return fn is not None and fn(out, a, b, bias_row, widen, memo, pack)
+
+    def grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: bool) -> bool:
+        name = _NP_NAME.get(a.dtype)
+        if name is None:
+            return False
+        return impls.torch_grouped(out, a, b, runs, k_split, lambda rows: choice(_shape_class(name, rows)),
+                                   memo, pack if sources else None)
+    return float_gemm, grouped_gemm
 
 
 def _int_gemm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
@@ -347,5 +372,6 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
 
     if os.environ.get(ENV, "").strip() == "reference":
         return sim_kernels.Kernels(widen=widen, copy_cast=fast_copy_cast, keep=keep, name="reference")
-    return sim_kernels.Kernels(float_gemm=_make_float_gemm(widen, sources), int_gemm=_int_gemm, widen=widen,
+    float_gemm, grouped_gemm = _make_float_gemms(widen, sources)
+    return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm, widen=widen,
                                copy_cast=fast_copy_cast, keep=keep, name="machine")
