@@ -176,6 +176,29 @@ def test_bf16_flush_guard_rejects_only_what_could_flush():
     assert not impls.bf16_flush_safe(big.T, t(2.0 ** -40))
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_min_exponent_scan_over_chunks_and_layouts(layout):
+    """The guard's scan (torch chunks for dense arrays, NumPy otherwise) against a plain reference:
+    the smallest biased exponent of the nonzero values, found past the first chunk, with negative
+    zeros and subnormals."""
+    n = 5 * (3 * impls._TORCH_CHUNK // 5 + 2)  # past three chunks
+    v = np.full(n, 3.0, np.float32)
+    v[::7] = -0.0
+    v[-2] = -(2.0 ** -120)
+    a = v.astype(ml_dtypes.bfloat16).reshape(-1, 5)
+    a = {"C": a, "F": np.asfortranarray(a), "strided": a[::2]}[layout]
+
+    def reference(arr):
+        mags = np.abs(arr.astype(np.float64)).ravel()
+        mags = mags[mags > 0]
+        return None if mags.size == 0 else max(0, int(np.floor(np.log2(mags.min()))) + 127)
+    assert impls.min_nonzero_bf16_exponent(a) == reference(a)
+    a2 = a.copy()
+    a2[a2.shape[0] - 1, 4] = 2.0 ** -130  # subnormal: exponent 0
+    assert impls.min_nonzero_bf16_exponent(a2) == 0
+    assert impls.min_nonzero_bf16_exponent(np.zeros((4, 3), ml_dtypes.bfloat16)) is None
+
+
 def test_native_contract_check_rejects_a_half_precision_accumulator(monkeypatch):
     """A matmul that accumulates in bf16 fails the machine check (so it is never eligible)."""
     def bf16_accumulating_mm(a, b, **kw):

@@ -269,7 +269,7 @@ def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
     first = {c: _best(runners[c], 1) for c in candidates}
     keep = [c for c in candidates if first[c] <= 4 * min(first.values())]
     best = {c: first[c] for c in keep}
-    for _ in range(4):
+    for _ in range(8):  # a shared machine: enough rounds for each candidate to see a quiet moment
         for c in keep:
             t0 = time.perf_counter()
             runners[c]()
@@ -344,8 +344,14 @@ def _make_float_gemms(widen, sources):
         name = _NP_NAME.get(a.dtype)
         if name is None:
             return False
-        return impls.torch_grouped(out, a, b, runs, k_split, lambda rows: choice(_shape_class(name, rows)),
-                                   memo, pack if sources else None)
+        by_shape: Dict[bool, str] = {}  # one lookup per shape class per call, not per group
+
+        def impl_for_rows(rows: int) -> str:
+            skinny = rows <= SKINNY_ROWS
+            if skinny not in by_shape:
+                by_shape[skinny] = choice(_shape_class(name, rows))
+            return by_shape[skinny]
+        return impls.torch_grouped(out, a, b, runs, k_split, impl_for_rows, memo, pack if sources else None)
     return float_gemm, grouped_gemm
 
 

@@ -176,8 +176,14 @@ def _min_nonzero_bf16_exponent_torch(t: torch.Tensor) -> Optional[int]:
 def min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     """Smallest biased exponent among the nonzero elements of bf16 array ``a`` (0: a subnormal is
     present; None: all zero), by torch when it can view ``a`` densely, else by NumPy."""
-    t = as_torch(a) if (a.flags.c_contiguous and a.size) else None
-    return _min_nonzero_bf16_exponent(a) if t is None else _min_nonzero_bf16_exponent_torch(t)
+    dense = a if a.flags.c_contiguous else (a.T if a.flags.f_contiguous else None)  # the order does not matter
+    if dense is None or not a.size or dense.dtype.itemsize != 2:
+        return _min_nonzero_bf16_exponent(a)
+    try:
+        t = torch.from_numpy(dense.view(np.int16))
+    except (ValueError, RuntimeError, TypeError):
+        return _min_nonzero_bf16_exponent(a)
+    return _min_nonzero_bf16_exponent_torch(t)
 
 
 def _root(a: np.ndarray) -> np.ndarray:
