@@ -118,11 +118,12 @@ def main() -> None:
             x = torch.randn(t, k, generator=gen).to(dt)
             w = (torch.randn(e, k, n, generator=gen) / k ** 0.5).to(dt)
             g = torch.randn(t, n, generator=gen).to(dt)
+            w_train = w.clone()  # its own tensor: updating it must not touch what "ours" keeps for w
             gl = torch.tensor(cum, dtype=torch.int64)
             offs = torch.tensor(cum, dtype=torch.int32)
             label = f"{e},{t},{k},{n}"
             fns = {"ours": lambda: run_ours(x, w, gl, g),
-                   "ours-changed": lambda: run_ours_changed(x, w, gl, g),
+                   "ours-changed": lambda: run_ours_changed(x, w_train, gl, g),
                    "_grouped_mm": lambda: run_grouped_mm(x, w, offs, g),
                    "per-expert": lambda: run_loop(x, w, counts, g)}
             fns = {k_: v for k_, v in fns.items() if k_ in args.impls.split(",")}
@@ -158,7 +159,7 @@ def main() -> None:
                 if peak is not None:
                     print(f"{label:<22}{name:<6}{'ours peak':<14}{peak / 2**20:>9.1f} MB = {peak / io:.2f} x inputs+outputs "
                           f"({io / 2**20:.1f} MB)", flush=True)
-            del x, w, g
+            del x, w, g, w_train
 
 
 if __name__ == "__main__":
