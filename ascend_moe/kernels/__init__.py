@@ -57,8 +57,10 @@ IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
                       and not (c.startswith("fp16") and n == "torch_packed")))
             for c in CLASSES}
 # representative (m, k, n) per shape class for the one-time measurement
-_PROBE_SHAPES = {"wide": (256, 1024, 512), "skinny": (4, 2048, 1024)}
-_SCHEMA = 2  # 2: torch_packed joined the float classes
+# representative (m, k, n) GEMMs per shape class for the one-time measurement, timed together: MoE
+# groups of a few hundred rows (GEMM libraries switch algorithms with m, so more than one m is timed)
+_PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)), "skinny": ((4, 2048, 1024),)}
+_SCHEMA = 3  # 2: torch_packed joined the float classes; 3: two probe shapes for wide
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,14 +260,22 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, int, int]) -> Callable[
 
 
 def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
-    """Best wall time per candidate at the class's representative shape: one timed call each (after
+    """Best wall time per candidate at the class's representative shapes: one timed call each (after
     a small warm-up call) drops candidates over 4x slower than the best (a slow one could take
     seconds per call), then interleaved rounds among the rest (the machine may be shared)."""
-    shape = _PROBE_SHAPES[cls.split(".")[1]]
-    small = (min(shape[0], 8), 64, 32)
+    shapes = _PROBE_SHAPES[cls.split(".")[1]]
+    small = (min(shapes[0][0], 8), 64, 32)
     for c in candidates:
         _probe_runner(cls, c, small)()  # warm-up: thread pools, first-call dispatch
-    runners = {c: _probe_runner(cls, c, shape) for c in candidates}
+
+    def all_shapes(c: str) -> Callable[[], None]:
+        each = [_probe_runner(cls, c, shape) for shape in shapes]
+
+        def run() -> None:
+            for one in each:
+                one()
+        return run
+    runners = {c: all_shapes(c) for c in candidates}
     first = {c: _best(runners[c], 1) for c in candidates}
     keep = [c for c in candidates if first[c] <= 4 * min(first.values())]
     best = {c: first[c] for c in keep}
