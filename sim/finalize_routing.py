@@ -137,7 +137,9 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
         s = decode_int64_scale(np.asarray(scale), fp19=use_fp19).reshape(e_count, n)
         bias32 = _f32(bias).reshape(e_count, n)
         off32 = None if offset is None else _f32(offset).reshape(e_count, n)
-        chi, clo = grouped_msd_partials(x, weights, s, bounds)
+        # a shared (stride-0) weight: all groups' partials in one pass; otherwise each group's partials
+        # are made in the loop below, so only one group's [rows, n] fp16 pair is alive at a time
+        chi, clo = grouped_msd_partials(x, weights, s, bounds) if weights.strides[0] == 0 else (None, None)
     else:                # A8W8: AscendDequant with the fp32 (or bf16 -> fp32) per-channel scale
         s = _f32(scale).reshape(e_count, n)
         bias32 = None if bias is None else _f32(bias).reshape(e_count, n)
@@ -155,7 +157,11 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
         # each step one fp32 operation per element, in place on the group's fresh fp32 buffer (the
         # same roundings as the out-of-place expressions, without a new array per step)
         if kind == "int4":
-            v = msd_combine(chi[start:end], clo[start:end])        # fp32(Chi) * 16 + fp32(Clo)
+            if chi is None:
+                part_hi, part_lo = grouped_msd_partials(x[start:end], weights[e:e + 1], s[e:e + 1], [(0, end - start)])
+            else:
+                part_hi, part_lo = chi[start:end], clo[start:end]
+            v = msd_combine(part_hi, part_lo)                      # fp32(Chi) * 16 + fp32(Clo)
             v += bias32[e]
             if off32 is not None:
                 rowsum = x[start:end].astype(np.int32).sum(axis=1).astype(f32)   # exact (|sum| < 2**24)
