@@ -210,6 +210,26 @@ def test_native_contract_check_rejects_a_half_precision_accumulator(monkeypatch)
     assert not impls.native_contract_holds(torch.bfloat16)
 
 
+@pytest.mark.parametrize("impl", ["torch_sgemm", "torch_packed"])
+def test_fp32_stays_fp32_when_torch_is_set_to_reduced_precision(monkeypatch, impl):
+    """torch.set_float32_matmul_precision("medium") lets oneDNN compute fp32 GEMMs in bf16: the fp32
+    kernels then leave the call to the reference path, and the result stays within the fp32 bound
+    (a bf16 product would miss it by far)."""
+    _skip_unless_eligible(impl, "fp32")
+    force(monkeypatch, f"fp32={impl}")
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(40, 512, generator=g)
+    w = torch.randn(2, 512, 24, generator=g)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        for _ in range(3):
+            y = am.npu_gmm(x, w, group_list=[25, 40])
+            assert_round_once_within_fp32_bound(y, *ref_gmm(x, w, [25, 15]))
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_packed_contract_check_rejects_reduced_precision(monkeypatch):
     """A packed GEMM that rounds its fp32 operands to bf16 (a reduced-precision fp32 mode) fails the
     machine check, as does one that accumulates bf16 in bf16."""

@@ -9,9 +9,10 @@ runs is decided per machine and per shape class:
   ``int8`` (exact integer GEMM), and shape ``wide`` (more than 16 rows) or ``skinny`` (decode-like
   calls of a few rows, which are memory-bound);
 * the first time a class is needed, each eligible implementation is timed on a representative
-  shape (interleaved, best of several) and the fastest is kept; implementations whose contract
-  cannot be verified on this machine (torch's half-precision matmul accumulating in fp32 and
-  rounding once; ``torch._int_mm`` bit-exact on saturating patterns) are never eligible;
+  shapes (interleaved, best of several) and the fastest is kept; implementations whose contract
+  cannot be verified on this machine (torch's half-precision matmul and oneDNN's packed inner
+  product accumulating in fp32 and rounding once, the latter keeping fp32 subnormals;
+  ``torch._int_mm`` bit-exact on saturating patterns) are never eligible;
 * choices are cached in ``<cache dir>/kernels-<key>.json``, cache dir = ``ASCEND_MOE_CACHE_DIR`` or
   ``$XDG_CACHE_HOME/ascend_moe`` (``~/.cache/ascend_moe``), key = hash of the CPU model and flags,
   torch's CPU capability and version and NumPy's version, so another machine or a torch upgrade
@@ -21,7 +22,9 @@ runs is decided per machine and per shape class:
   dtype (all its shapes) or ``float``; e.g. ``ASCEND_MOE_KERNELS=bf16=torch_native,int8=reference``.
 
 The torch ops wrap their simulator calls in ``with sim_kernels.use(for_call(weights...))``; the
-simulator alone (``ascend_moe.sim``) always runs its reference kernels.
+simulator alone (``ascend_moe.sim``) always runs its reference kernels.  Besides the per-GEMM
+plug-in, ``for_call`` hands the simulator a grouped one (:func:`ascend_moe.kernels.impls.torch_grouped`)
+that runs a whole M- or K-split product in torch with one conversion per operand.
 """
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def _widen_torch(a: np.ndarray, widen: Optional[_simk.Widen]) -> Optional[torch.
 def torch_sgemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
                 widen: Optional[_simk.Widen] = None, memo: Optional["ExponentMemo"] = None,
                 pack: Optional["Pack"] = None) -> bool:
-    if a.ndim != 2 or b.ndim != 2 or not out.flags.c_contiguous:
+    if a.ndim != 2 or b.ndim != 2 or not out.flags.c_contiguous or not torch_fp32_gemm_is_ieee():
         return False
     ta = as_torch(a) if a.dtype == _F32 else (None if as_torch(a) is None else as_torch(a).float())
     tb = _widen_torch(b, widen)
@@ -266,16 +266,21 @@ def packed_mm_into(tout: torch.Tensor, ta: torch.Tensor, packed: torch.Tensor) -
     tout.copy_(torch.ops.mkldnn._linear_pointwise(ta, packed, None, "none", [], ""))
 
 
+def torch_fp32_gemm_is_ieee() -> bool:
+    """Whether torch's fp32 GEMMs compute in fp32 now: a user may switch oneDNN to bf16 / tf32
+    arithmetic for fp32 at any time (``torch.set_float32_matmul_precision("medium")`` or
+    ``torch.backends.mkldnn.matmul.fp32_precision``), which would break the fp32 contract; such
+    calls take the NumPy reference path."""
+    try:
+        precision = torch.backends.mkldnn.matmul.fp32_precision
+    except AttributeError:  # pragma: no cover - older torch
+        precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "other"
+    return precision in ("ieee", "none")
+
+
 def packed_supported(dtype: torch.dtype) -> bool:
-    """Calls that may use the packed path now: oneDNN's fp32 precision must be IEEE (a user may set
-    it to bf16 / tf32 at any time, which would break the fp32 contract)."""
-    if dtype == torch.float32:
-        try:
-            precision = torch.backends.mkldnn.matmul.fp32_precision
-        except AttributeError:  # pragma: no cover - older torch
-            precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "other"
-        return precision in ("ieee", "none")
-    return dtype == torch.bfloat16
+    """Calls that may use the packed path now: bf16, or fp32 while torch's fp32 GEMMs are IEEE."""
+    return dtype == torch.bfloat16 or (dtype == torch.float32 and torch_fp32_gemm_is_ieee())
 
 
 def torch_packed(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
@@ -309,7 +314,8 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
         return False
     names = {impl_for_rows(a.shape[0] if k_split else t - s) for _, s, t in runs}
     allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm"} if tdt == torch.float32 else set())
-    if not names <= allowed or ("torch_native" in names and tdt == torch.float32):
+    if (not names <= allowed or ("torch_native" in names and tdt == torch.float32)
+            or (tdt == torch.float32 and not torch_fp32_gemm_is_ieee())):
         return False
     if tdt == torch.bfloat16 and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent):
         return False
