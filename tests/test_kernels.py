@@ -274,6 +274,27 @@ def test_packed_weight_made_on_second_unchanged_use_and_dropped_after_a_change(m
     assert packs == [0, 2, 0, 0, 2]
 
 
+def test_packed_weights_never_evict_each_other(monkeypatch):
+    """A budget with room for one of two experts' packed weights: one is packed once and kept, the
+    other runs the plain path on every call (no repacking churn), results within the fp32 bound."""
+    if not _packed_ok("fp32"):
+        pytest.skip("torch_packed not eligible on this machine")
+    force(monkeypatch, "fp32=torch_packed")
+    mk.WEIGHT_CACHE.clear()
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", str(6000 / 2 ** 20))  # one 64x16 fp32 view is 4096 bytes
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(48, 64, generator=g)
+    w = torch.randn(2, 64, 16, generator=g)
+    packs = []
+    for _ in range(5):
+        before = mk.WEIGHT_CACHE.conversions
+        y = am.npu_gmm(x, w, group_list=[30, 48])
+        packs.append(mk.WEIGHT_CACHE.conversions - before)
+        assert_round_once_within_fp32_bound(y, *ref_gmm(x, w, [30, 18]))
+    assert packs == [0, 1, 0, 0, 0]
+    mk.WEIGHT_CACHE.clear()
+
+
 def test_fast_widening_equals_numpy_on_every_bf16_and_fp16_pattern():
     bits = np.arange(1 << 16, dtype=np.uint16)
     for dt in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):

@@ -93,7 +93,8 @@ class WeightCache:
         made only on the view's second use with the same version: packing costs several plain GEMMs,
         so a weight used once per version (a training step's forward, its backward's transposed
         view) never pays it, and a weight used again unchanged (inference, micro-batches) pays it
-        once.  None: use the plain path this time (first use, not a known weight, over budget)."""
+        once.  None: use the plain path this time (first use, not a known weight, no room left in the
+        budget: packed weights never evict each other)."""
         limit = budget_bytes()
         if limit <= 0:
             return None
@@ -117,7 +118,13 @@ class WeightCache:
                 if hit is not None:
                     self._drop_fact(key)
         size = a.size * a.itemsize
-        if first_use or size > limit:
+        with self._lock:
+            self._evict(limit)  # entries of tensors that are gone
+            # no room: the plain path, instead of evicting another packed weight that the next call
+            # needs again (groups cycling through a budget smaller than their weights would repack
+            # every weight on every call)
+            full = self._bytes + size > limit
+        if first_use or full:
             with self._lock:  # remember the use (no bytes held) for the next call
                 self._facts[key] = (weakref.ref(storage), version, None)
                 self._fact_bytes[key] = 0
