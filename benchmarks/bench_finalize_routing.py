@@ -1,19 +1,24 @@
-"""Benchmark of the npu_grouped_matmul_finalize_routing simulator on the DeepSeek-V3 combine shape.
+"""Benchmark: the public ``npu_grouped_matmul_finalize_routing`` (torch tensors, the CPU simulator with
+this machine's chosen exact integer GEMM) against a plain-torch equivalent of the whole op, same run.
 
-    python benchmarks/bench_finalize_routing.py [--quick] [--m M] [--experts E] [--intmm-rows R]
+    python benchmarks/bench_finalize_routing.py [--quick] [--m M] [--experts E] [--repeats R]
 
-Shape: k=2048, n=7168 (DeepSeek-V3 down projection), m=8192 routed rows, output batch = m/8 (top-8).
-Experts: a subset (default 8) of DeepSeek-V3's 256: the integer GEMM work, 2*m*k*n, does not depend on
-e (only the group sizes do), while 256 int8 [2048, 7168] weights would need 3.8 GB of RAM.
+Shape: k=2048, n=7168 (DeepSeek-V3 down projection), m routed rows (default 2048), output batch = m/8
+(top-8: each token's rows go to distinct experts, as a gate routes them).  Experts: a subset (default 8) of DeepSeek-V3's 256: the integer GEMM work, 2*m*k*n, does not
+depend on e (only the group sizes do), while 256 int8 [2048, 7168] weights would need 3.8 GB of RAM.
 
-Reports, measured in the same run:
-* the full op (A8W8 with an int8 NZ weight; A8W4 with int4-in-int32 weight, MSD), with the exact
-  integer GEMM this machine chose (``ascend_moe.kernels``, printed in the header);
-* the integer GEMM part alone (the exact int32 grouped GEMM the simulator runs: one x @ W per group for
-  A8W8, the hi and lo halves for A8W4 incl. the fp16 fixpipe rounding);
-* ``torch._int_mm`` (int8 x int8 -> int32, CPU) on the same per-group problems.  It is slow on CPU, so
-  by default it runs on the first ``--intmm-rows`` rows of every group and is scaled to the full row
-  count (printed as "extrapolated"); ``--intmm-rows 0`` runs it on every row.
+Timed, interleaved rounds (best of each):
+* A8W8, ours: int8 FRACTAL_NZ weight (5-D storage), fp32 scale [e, n], per-token scale, logit,
+  row_index; its logical weight values are kept while the weight is unchanged, as in a serving loop;
+* A8W8, torch: the same computation written in torch by hand, weight held as ND int8 [e, k, n]:
+  per group ``torch._int_mm`` (int32), ``acc.float() * scale[e] * (logit * pertoken)``, and
+  ``index_add_`` into a zeroed fp32 output (no ordering promise: the best torch can do, not a
+  faithful twin);
+* A8W4, ours (int4 packed in int32, int64 scale, bias) and its torch equivalent: x split into its
+  high / low nibbles, two ``torch._int_mm`` per group on the int8 weight values, the fp16 fixpipe
+  rounding of each partial, ``16 * hi + lo + bias``, the row scale, ``index_add_``.
+Ratio = torch time / ours (> 1: ours faster).  Outputs of ours and torch are compared (max abs
+difference printed; the int GEMMs are exact in both, the epilogue order may differ in the last bits).
 """
 from __future__ import annotations
 
@@ -21,121 +26,109 @@ import argparse
 import warnings
 
 import numpy as np
+import torch
 
-from ascend_moe.sim import finalize_routing as fr
-from ascend_moe.sim import numerics, quant_gemm
-from _timing import best_of, machine_header
+import ascend_moe as am
+from ascend_moe.sim import numerics
+from _timing import interleaved_best, machine_header, peak_rss_increase
 
 
-def timed(fn, repeat=1):
-    """Best time of fn run with this machine's chosen GEMM kernels (ascend_moe.kernels), as the
-    public op runs it."""
-    from ascend_moe import kernels as machine
-    from ascend_moe.sim import kernels as sim_kernels
+def torch_a8w8(x, w, counts, scale, pertoken, logit, rows, batch):
+    y = torch.zeros(batch, w.shape[-1])
+    s = 0
+    for e, c in enumerate(counts):
+        if c:
+            acc = torch._int_mm(x[s:s + c], w[e])
+            v = acc.float().mul_(scale[e]).mul_((logit[s:s + c] * pertoken[s:s + c])[:, None])
+            y.index_add_(0, rows[s:s + c], v)
+        s += c
+    return y
 
-    def with_machine_kernels():
-        with sim_kernels.use(machine.for_call()):
-            return fn()
-    return best_of(with_machine_kernels, repeat)
+
+def torch_a8w4(x, w4v, counts, s4, bias, pertoken, logit, rows, batch):
+    hi = torch.div(x, 16, rounding_mode="floor").to(torch.int8)
+    lo = (x - hi * 16 - 8).to(torch.int8)
+    y = torch.zeros(batch, w4v.shape[-1])
+    s = 0
+    for e, c in enumerate(counts):
+        if c:
+            ph = (torch._int_mm(hi[s:s + c], w4v[e]).double() * s4[e].double()).half().float()
+            pl = (torch._int_mm(lo[s:s + c], w4v[e]).double() * s4[e].double()).half().float()
+            u = ph.mul_(16).add_(pl).add_(bias[e])
+            y.index_add_(0, rows[s:s + c], u.mul_((pertoken[s:s + c] * logit[s:s + c])[:, None]))
+        s += c
+    return y
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="m=256, 2 experts (a smoke run)")
-    ap.add_argument("--m", type=int, default=8192)
+    ap.add_argument("--m", type=int, default=2048)
     ap.add_argument("--k", type=int, default=2048)
     ap.add_argument("--n", type=int, default=7168)
     ap.add_argument("--experts", type=int, default=8)
-    ap.add_argument("--intmm-rows", type=int, default=0,
-                    help="rows per group timed with torch._int_mm (0 = all rows, the default; a positive "
-                         "value scales the time by rows, which overstates _int_mm's cost when its per-call "
-                         "weight packing dominates)")
-    ap.add_argument("--no-intmm", action="store_true", help="skip the (slow) torch._int_mm reference")
+    ap.add_argument("--repeats", type=int, default=4, help="interleaved rounds (best of)")
     args = ap.parse_args()
     m, k, n, e = args.m, args.k, args.n, args.experts
     if args.quick:
         m, e = 256, 2
     print(machine_header())
+    g = torch.Generator().manual_seed(0)
+    # routing as a top-8 gate produces it: every token picks min(8, e) distinct experts; the routed
+    # rows are sorted by expert (tokens in order within an expert), row_index = the token of each row
+    top_k = min(8, e)
+    batch = max(1, m // top_k)
+    m = batch * top_k
     rng = np.random.default_rng(0)
-    counts = np.full(e, m // e, np.int64)
-    counts[: m - counts.sum()] += 1
-    bounds = quant_gemm.group_bounds(counts, 1, m)
-    batch = max(1, m // 8)
-    x = rng.integers(-128, 128, (m, k), dtype=np.int8)
-    logit = rng.random(m, dtype=np.float32)
-    pertoken = rng.random(m, dtype=np.float32) * 1e-2
-    rows = rng.permutation(np.repeat(np.arange(batch), -(-m // batch))[:m]).astype(np.int64)
+    picks = np.stack([rng.choice(e, top_k, replace=False) for _ in range(batch)])      # [batch, top_k]
+    order = np.argsort(picks.reshape(-1), kind="stable")
+    counts = np.bincount(picks.reshape(-1), minlength=e).tolist()
+    rows = torch.from_numpy(order // top_k)
+    x = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    logit = torch.rand(m, generator=g)
+    pertoken = torch.rand(m, generator=g) * 1e-2
+    gl = torch.tensor(counts, dtype=torch.int64)
     print(f"shape: m={m} k={k} n={n} experts={e} (group size ~{m // e}) batch={batch}; "
-          f"integer GEMM work {2 * m * k * n / 1e9:.1f} GOP per GEMM")
+          f"integer GEMM work {2 * m * k * n / 1e9:.1f} GOP")
 
-    # A8W8 -------------------------------------------------------------------------------------
-    w8 = rng.integers(-128, 128, (e, k, n), dtype=np.int8)
-    w8_nz = numerics.nd_to_nz(w8)                         # 5-D FRACTAL_NZ storage
-    scale = (rng.random((e, n), dtype=np.float32) * 1e-3).astype(np.float32)
+    w8 = torch.randint(-128, 128, (e, k, n), generator=g, dtype=torch.int8)
+    w8_nz = torch.from_numpy(numerics.nd_to_nz(w8.numpy()))          # 5-D FRACTAL_NZ storage
+    scale = torch.rand(e, n, generator=g) * 1e-3
+    w4v = torch.randint(-8, 8, (e, k, n), generator=g, dtype=torch.int8)
+    w4 = torch.from_numpy(numerics.pack_int4(w4v.numpy()))
+    s4 = torch.rand(e, 1, n, generator=g) * 1e-2
+    scale4 = torch.from_numpy(numerics.encode_int64_scale(s4.numpy()))
+    s4_dec = torch.from_numpy(numerics.decode_int64_scale(scale4.numpy()).reshape(e, n))   # FP19, as the op
+    bias4 = (8 * (w4v.float() * s4_dec[:, None, :]).sum(1))
+
+    def ours8():
+        return am.npu_grouped_matmul_finalize_routing(x, w8_nz, gl, scale=scale, pertoken_scale=pertoken,
+                                                      logit=logit, row_index=rows, output_bs=batch)
+
+    def ours4():
+        return am.npu_grouped_matmul_finalize_routing(x, w4, gl, scale=scale4, bias=bias4, pertoken_scale=pertoken,
+                                                      logit=logit, row_index=rows, output_bs=batch)
+    fns = {"A8W8 ours": ours8,
+           "A8W8 torch": lambda: torch_a8w8(x, w8, counts, scale, pertoken, logit, rows, batch),
+           "A8W4 ours": ours4,
+           "A8W4 torch": lambda: torch_a8w4(x, w4v, counts, s4_dec, bias4, pertoken, logit, rows, batch)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t_op8, _ = timed(lambda: fr.npu_grouped_matmul_finalize_routing(
-            x, w8_nz, counts, scale=scale, pertoken_scale=pertoken, logit=logit, row_index=rows, output_bs=batch))
-
-    def int_gemm_a8w8():
-        for g, (s, t) in enumerate(bounds):
-            quant_gemm.exact_int_matmul(x[s:t], w8[g], max_abs_a=128, max_abs_b=128)
-    t_gemm8, _ = timed(int_gemm_a8w8)
-
-    # A8W4 -------------------------------------------------------------------------------------
-    w4v = rng.integers(-8, 8, (e, k, n), dtype=np.int8)
-    w4 = numerics.pack_int4(w4v)
-    s4 = (rng.random((e, 1, n), dtype=np.float32) * 1e-2).astype(np.float32)
-    scale4 = numerics.encode_int64_scale(s4)
-    bias4 = (8 * (w4v.astype(np.float32) * numerics.decode_int64_scale(scale4)).sum(1)).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t_op4, _ = timed(lambda: fr.npu_grouped_matmul_finalize_routing(
-            x, w4, counts, scale=scale4, bias=bias4, pertoken_scale=pertoken, logit=logit, row_index=rows,
-            output_bs=batch))
-    s4_dec = numerics.decode_int64_scale(scale4).reshape(e, n)
-    t_gemm4, _ = timed(lambda: quant_gemm.grouped_msd_partials(x, w4v, s4_dec, bounds))
-
-    # torch._int_mm reference --------------------------------------------------------------------
-    t_intmm = None
-    note = "skipped (--no-intmm)"
-    try:
-        if args.no_intmm:
-            raise RuntimeError("skipped (--no-intmm)")
-        import torch
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        xt = torch.from_numpy(x)
-        wt = [torch.from_numpy(w8[g]) for g in range(e)]
-        r = args.intmm_rows
-        timed_rows = 0
-
-        def intmm():
-            nonlocal timed_rows
-            timed_rows = 0
-            for g, (s, t) in enumerate(bounds):
-                rr = (t - s) if r <= 0 else min(t - s, max(r, 17))
-                rr = max(17, -(-rr // 8) * 8)             # _int_mm needs m > 16, multiples of 8
-                a = xt[s:s + rr] if s + rr <= m else xt[m - rr:m]
-                torch._int_mm(a.contiguous(), wt[g])
-                timed_rows += rr
-        torch._int_mm(xt[:32].contiguous(), wt[0][:, :256].contiguous())   # warm-up
-        t_meas, _ = timed(intmm)
-        t_intmm = t_meas * m / timed_rows
-        note = "measured" if timed_rows >= m else f"extrapolated from {timed_rows} rows"
-    except Exception as exc:  # torch missing, no _int_mm, or skipped
-        note = str(exc) if args.no_intmm else f"unavailable ({exc})"
-
+        outs = {name: fn() for name, fn in fns.items()}      # warm-up; ours keeps the weights' values
+        best = interleaved_best(fns, args.repeats)
+        peaks = {name: peak_rss_increase(fns[name]) for name in ("A8W8 ours", "A8W4 ours")}
     gop = 2 * m * k * n / 1e9
-    print(f"A8W8 full op (sim)                : {t_op8:8.2f} s")
-    print(f"A8W8 integer GEMM part (sim)      : {t_gemm8:8.2f} s  ({gop / t_gemm8:6.1f} GOP/s)")
-    print(f"A8W4 full op (sim)                : {t_op4:8.2f} s")
-    print(f"A8W4 integer GEMM part (hi+lo+fp16): {t_gemm4:8.2f} s  ({2 * gop / t_gemm4:6.1f} GOP/s over both halves)")
-    if t_intmm is not None:
-        print(f"torch._int_mm same groups          : {t_intmm:8.2f} s  ({gop / t_intmm:6.1f} GOP/s, {note})")
-        print(f"ratio sim A8W8 int GEMM / torch._int_mm : {t_gemm8 / t_intmm:6.3f}  (< 1: the simulator is faster)")
-        print(f"ratio sim A8W4 int GEMM / torch._int_mm : {t_gemm4 / t_intmm:6.3f}")
-    else:
-        print(f"torch._int_mm: {note}")
+    for scheme in ("A8W8", "A8W4"):
+        o, t = best[f"{scheme} ours"], best[f"{scheme} torch"]
+        diff = (outs[f"{scheme} ours"] - outs[f"{scheme} torch"]).abs().max().item()
+        scale_ = outs[f"{scheme} torch"].abs().max().item()
+        print(f"{scheme}: ours {o * 1e3:8.1f} ms ({gop / o:6.1f} GOP/s), torch {t * 1e3:8.1f} ms ({gop / t:6.1f} GOP/s); "
+              f"torch / ours = {t / o:5.2f}; max |ours - torch| = {diff:.3g} (of max |y| {scale_:.3g})")
+        io = sum(v.numel() * v.element_size() for v in (x, w8 if scheme == "A8W8" else w4, logit, pertoken, rows)) \
+            + batch * n * 4
+        if peaks[f"{scheme} ours"] is not None:
+            print(f"{scheme}: ours peak {peaks[f'{scheme} ours'] / 2**20:.1f} MB = "
+                  f"{peaks[f'{scheme} ours'] / io:.2f} x inputs + outputs ({io / 2**20:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@
     python benchmarks/bench_gmm.py --quick    # small shapes (seconds)
 
 For each shape and dtype (fp32, bf16, fp16) it times
-  * ours:   ascend_moe.npu_gmm (simulator: per-group fp32 BLAS on views, one RNE cast) + its
-            registered MindSpeed backward (grad_x = gmm(dy, W^T), grad_w = K-split gmm(x^T, dy));
+  * ours:   ascend_moe.npu_gmm (the machine's chosen GEMM kernels, see ascend_moe.kernels) + its
+            registered MindSpeed backward (grad_x = gmm(dy, W^T), grad_w = K-split gmm(x^T, dy)),
+            called again with the same weight (kept packed / widened forms of it may be used);
+  * ours-changed: the same with the weight updated in place before every call (a training step),
+            so nothing kept for the weight applies; its ratios are printed against ours' columns;
   * torch._grouped_mm (if it runs on the CPU for that dtype, else the reason is printed);
   * a torch per-expert loop: cat([x[s:t] @ w[e]]) with torch autograd.
 Reported: the CPU, its kernel-relevant flags and the GEMM implementation chosen per shape class
@@ -49,6 +52,13 @@ def run_ours(x, w, gl, g):
     return t1 - t0, t2 - t1
 
 
+def run_ours_changed(x, w, gl, g):
+    """ours with the weight updated in place before the call (a training step: every call meets a
+    new version of the weight, so no kept packed / widened form of it is used)."""
+    w.add_(0)  # bumps the version counter, outside the timed region
+    return run_ours(x, w, gl, g)
+
+
 def run_grouped_mm(x, w, offs, g):
     xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
     t0 = time.perf_counter()
@@ -76,7 +86,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (best of)")
     ap.add_argument("--dtypes", default="fp32,bf16,fp16")
     ap.add_argument("--shapes", default=None, help="e.g. 8x4096x7168x2048,32x512x7168x2048")
-    ap.add_argument("--impls", default="ours,_grouped_mm,per-expert",
+    ap.add_argument("--impls", default="ours,ours-changed,_grouped_mm,per-expert",
                     help="subset to time (the per-expert loop's backward is slow at large E)")
     args = ap.parse_args()
     shapes = QUICK if args.quick else FULL
@@ -97,7 +107,7 @@ def main() -> None:
         except Exception:
             pass
     print(f"{'shape (E,T,K,N)':<22}{'dtype':<6}{'impl':<14}{'fwd s':>9}{'bwd s':>9}{'fwd GF/s':>10}{'bwd GF/s':>10}"
-          f"{'ref/ours fwd':>14}{'ref/ours bwd':>14}")
+          f"{'ref/ours fwd':>14}{'ref/ours bwd':>14}{'/changed f':>12}{'/changed b':>12}")
     for (e, t, k, n) in shapes:
         counts = balanced_counts(e, t)
         cum = np.cumsum(counts)
@@ -108,10 +118,12 @@ def main() -> None:
             x = torch.randn(t, k, generator=gen).to(dt)
             w = (torch.randn(e, k, n, generator=gen) / k ** 0.5).to(dt)
             g = torch.randn(t, n, generator=gen).to(dt)
+            w_train = w.clone()  # its own tensor: updating it must not touch what "ours" keeps for w
             gl = torch.tensor(cum, dtype=torch.int64)
             offs = torch.tensor(cum, dtype=torch.int32)
             label = f"{e},{t},{k},{n}"
             fns = {"ours": lambda: run_ours(x, w, gl, g),
+                   "ours-changed": lambda: run_ours_changed(x, w_train, gl, g),
                    "_grouped_mm": lambda: run_grouped_mm(x, w, offs, g),
                    "per-expert": lambda: run_loop(x, w, counts, g)}
             fns = {k_: v for k_, v in fns.items() if k_ in args.impls.split(",")}
@@ -135,7 +147,10 @@ def main() -> None:
                           f"{type(ex).__name__}: {str(ex)[:80]}", flush=True)
                     continue
                 f, b = best[impl]
-                ratio = "" if ours is None or impl == "ours" else f"{f / ours[0]:>14.2f}{b / ours[1]:>14.2f}"
+                ratio = "" if ours is None or impl.startswith("ours") else f"{f / ours[0]:>14.2f}{b / ours[1]:>14.2f}"
+                changed = best.get("ours-changed")
+                if changed is not None and "ours-changed" not in failed and not impl.startswith("ours"):
+                    ratio += f"{f / changed[0]:>12.2f}{b / changed[1]:>12.2f}"
                 print(f"{label:<22}{name:<6}{impl:<14}{f:>9.3f}{b:>9.3f}{flops / f / 1e9:>10.1f}"
                       f"{2 * flops / b / 1e9:>10.1f}{ratio}", flush=True)
             if "ours" in fns:
@@ -144,7 +159,7 @@ def main() -> None:
                 if peak is not None:
                     print(f"{label:<22}{name:<6}{'ours peak':<14}{peak / 2**20:>9.1f} MB = {peak / io:.2f} x inputs+outputs "
                           f"({io / 2**20:.1f} MB)", flush=True)
-            del x, w, g
+            del x, w, g, w_train
 
 
 if __name__ == "__main__":

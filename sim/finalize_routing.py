@@ -137,7 +137,9 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
         s = decode_int64_scale(np.asarray(scale), fp19=use_fp19).reshape(e_count, n)
         bias32 = _f32(bias).reshape(e_count, n)
         off32 = None if offset is None else _f32(offset).reshape(e_count, n)
-        chi, clo = grouped_msd_partials(x, weights, s, bounds)
+        # a shared (stride-0) weight: all groups' partials in one pass; otherwise each group's partials
+        # are made in the loop below, so only one group's [rows, n] fp16 pair is alive at a time
+        chi, clo = grouped_msd_partials(x, weights, s, bounds) if weights.strides[0] == 0 else (None, None)
     else:                # A8W8: AscendDequant with the fp32 (or bf16 -> fp32) per-channel scale
         s = _f32(scale).reshape(e_count, n)
         bias32 = None if bias is None else _f32(bias).reshape(e_count, n)
@@ -152,24 +154,55 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
         if end <= start:
             continue
         lg = logit32[start:end, None]
+        # each step one fp32 operation per element, in place on the group's fresh fp32 buffer (the
+        # same roundings as the out-of-place expressions, without a new array per step)
         if kind == "int4":
-            u = msd_combine(chi[start:end], clo[start:end])        # fp32(Chi) * 16 + fp32(Clo)
-            u = u + bias32[e]
+            if chi is None:
+                part_hi, part_lo = grouped_msd_partials(x[start:end], weights[e:e + 1], s[e:e + 1], [(0, end - start)])
+            else:
+                part_hi, part_lo = chi[start:end], clo[start:end]
+            v = msd_combine(part_hi, part_lo)                      # fp32(Chi) * 16 + fp32(Clo)
+            v += bias32[e]
             if off32 is not None:
                 rowsum = x[start:end].astype(np.int32).sum(axis=1).astype(f32)   # exact (|sum| < 2**24)
-                u = u + rowsum[:, None] * off32[e]
-            v = u * (pt32[start:end, None] * lg)
+                v += rowsum[:, None] * off32[e]
+            v *= pt32[start:end, None] * lg
         else:
             acc = (shared_acc[start:end] if shared_acc is not None else
                    exact_int_matmul(x[start:end], weights[e], max_abs_a=128, max_abs_b=128))
-            d = acc.astype(f32) * s[e]
-            lp = lg * pt32[start:end, None] if pt32 is not None else lg
-            v = d * lp
+            v = acc.astype(f32)
+            v *= s[e]
+            v *= lg * pt32[start:end, None] if pt32 is not None else lg
             if bias32 is not None:
-                v = v + lg * bias32[e]
-        # scatter-add in token order (deterministic mode); np.add.at applies repeated rows in order
-        np.add.at(y, rows[start:end], v)
+                v += lg * bias32[e]
+        # scatter-add in token order (deterministic mode)
+        scatter_add_in_order(y, rows[start:end], v)
     return y
+
+
+def scatter_add_in_order(y: np.ndarray, index: np.ndarray, v: np.ndarray) -> None:
+    """``y[index[t]] += v[t]`` for t = 0, 1, ... in that order, each add one fp32 operation.  Only
+    the order of the adds into the same row matters, so the rows are added in rounds: round r adds
+    every row's (r+1)-th occurrence (index values unique within a round: one vectorised
+    gather-add-scatter), which keeps each row's token order; usually a single round (np.add.at, the
+    element-wise equivalent, is several times slower)."""
+    if index.size == 0:
+        return
+    order = np.argsort(index, kind="stable")            # equal rows stay in token order
+    sorted_index = index[order]
+    first = np.empty(index.size, dtype=bool)
+    first[0] = True
+    np.not_equal(sorted_index[1:], sorted_index[:-1], out=first[1:])
+    if first.all():
+        y[index] += v                                    # every row at most once: one round
+        return
+    run_starts = np.flatnonzero(first)
+    run_lengths = np.diff(np.append(run_starts, index.size))
+    occurrence = np.empty(index.size, dtype=np.int64)
+    occurrence[order] = np.arange(index.size) - np.repeat(run_starts, run_lengths)
+    for r in range(int(run_lengths.max())):
+        sel = np.flatnonzero(occurrence == r)
+        y[index[sel]] += v[sel]
 
 
 def __getattr__(name: str):

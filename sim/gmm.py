@@ -234,8 +234,10 @@ def gmm_m_split(x: np.ndarray, weight: Sequence[np.ndarray], bias: Sequence[np.n
     y = _output(out, (x.shape[0], n), x.dtype)
     starts, ends = group_bounds(group_list, group_list_type)
     scratch = _Workspace(copy_cast)
-    for e, s, t in _runs_sharing_weight(ws, bs, starts.tolist(), ends.tolist()):
-        _gemm_into(y[s:t], x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e), scratch)
+    runs = _runs_sharing_weight(ws, bs, starts.tolist(), ends.tolist())
+    if not (runs and not bs and len(ws) == 1 and ws[0].ndim == 3 and _grouped_fast(y, x, ws[0], runs, False)):
+        for e, s, t in runs:
+            _gemm_into(y[s:t], x[s:t], _weight_of_group(ws, e), _bias_of_group(bs, e), scratch)
     total = int(ends[-1]) if ends.size else 0
     if total < x.shape[0]:
         fill_undefined(y, slice(max(total, 0), None), undefined)
@@ -283,12 +285,25 @@ def gmm_k_split(x: np.ndarray, weight: np.ndarray, group_list: GroupList, group_
     starts, ends = group_bounds(group_list, group_list_type)
     y = _output(out, (starts.size, x.shape[0], weight.shape[-1]), x.dtype)
     scratch = _Workspace(copy_cast)
-    for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())):
-        if t > s:
-            _gemm_into(y[e], x[:, s:t], weight[s:t], None, scratch)
-        else:
+    bounds = list(zip(starts.tolist(), ends.tolist()))
+    runs = [(e, s, t) for e, (s, t) in enumerate(bounds) if t > s]
+    for e, (s, t) in enumerate(bounds):
+        if t <= s:
             y[e] = 0  # EmptyTensorCompute writes zeros
+    if not (runs and _grouped_fast(y, x, weight, runs, True)):
+        for e, s, t in runs:
+            _gemm_into(y[e], x[:, s:t], weight[s:t], None, scratch)
     return y
+
+
+def _grouped_fast(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: List[Tuple[int, int, int]],
+                  k_split: bool) -> bool:
+    """The whole grouped product by a plugged-in grouped GEMM (same contract per group), if one is
+    plugged in and covers the call; False leaves every run to the per-group path."""
+    fast = _kernels.current().grouped_gemm
+    if fast is None or _acc_dtype(a, b) != np.float32 or not (a.dtype == b.dtype == out.dtype):
+        return False
+    return bool(fast(out, a, b, runs, k_split))
 
 
 def gmm_k_split_list(x: np.ndarray, weights: Sequence[np.ndarray]) -> List[np.ndarray]:

@@ -17,6 +17,13 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
 
 * ``float_gemm(out, a, b, bias_row) -> bool``: compute the whole float GEMM into ``out`` and return
   True, or return False to let the reference path do it (e.g. a shape or dtype it does not cover);
+* ``grouped_gemm(out, a, b, runs, k_split) -> bool``: a whole grouped float GEMM without bias in one
+  call (fewer per-group steps), under the float GEMM contract for every group: M split
+  (``k_split=False``; out [M, N], a [M, K], b [E, K, N]): ``out[s:t] = round_once(a[s:t] @ b[e])``;
+  K split (``k_split=True``; out [E, M, N], a [M, K], b [K, N]): ``out[e] = round_once(a[:, s:t] @
+  b[s:t])``, for every ``(e, s, t)`` in ``runs`` (non-empty row / column ranges; the caller writes
+  everything else).  Return False to let the per-group path compute every run (it may then have
+  written part of ``out``, which the per-group path overwrites);
 * ``int_gemm(a, b) -> Optional[ndarray]``: the exact int32 product, or None for the reference path;
 * ``widen(a, dtype) -> Optional[ndarray]``: an exact widening of a weight view to ``dtype`` that
   the caller may keep across calls (a cache), or None to widen into the per-call scratch;
@@ -34,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,6 +49,7 @@ __all__ = ["Kernels", "REFERENCE", "current", "use", "numpy_copy_cast"]
 
 CopyCast = Callable[[np.ndarray, np.ndarray], None]
 FloatGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]], bool]
+GroupedGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Sequence[Tuple[int, int, int]], bool], bool]
 IntGemm = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
 Widen = Callable[[np.ndarray, type], Optional[np.ndarray]]
 Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
@@ -61,6 +69,7 @@ def numpy_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
 class Kernels:
     """The GEMM implementations the simulator calls (None = the NumPy reference)."""
     float_gemm: Optional[FloatGemm] = None
+    grouped_gemm: Optional[GroupedGemm] = None
     int_gemm: Optional[IntGemm] = None
     widen: Optional[Widen] = None
     copy_cast: CopyCast = field(default=numpy_copy_cast)

@@ -197,8 +197,22 @@ def fixpipe_dequant_fp16(acc: np.ndarray, scale_f32: np.ndarray) -> np.ndarray:
     ``|acc| < 2**29`` (29 + 24 significant bits <= 53); MSD accumulators are < 2**24, so always here.
     NumPy's float64 -> float16 conversion rounds directly (no double rounding).
     """
-    prod = acc.astype(np.float64) * np.asarray(scale_f32, dtype=np.float32).astype(np.float64)
-    return prod.astype(np.float16)
+    acc = np.asarray(acc)
+    scale64 = np.asarray(scale_f32, dtype=np.float32).astype(np.float64)
+    shape = np.broadcast_shapes(acc.shape, scale64.shape)
+    if len(shape) != 2 or acc.shape != shape:
+        return (acc.astype(np.float64) * scale64).astype(np.float16)
+    # row blocks through one float64 buffer: the same two steps per element (exact int32 -> float64,
+    # float64 multiply, one float64 -> float16 rounding) without two float64 copies of the whole tile
+    out = np.empty(shape, dtype=np.float16)
+    rows = max(1, (1 << 19) // max(1, shape[1]))
+    buf = np.empty((min(rows, shape[0]), shape[1]), dtype=np.float64)
+    for i in range(0, shape[0], rows):
+        j = min(i + rows, shape[0])
+        part = buf[:j - i]
+        np.multiply(acc[i:j], scale64 if scale64.ndim < 2 or scale64.shape[0] == 1 else scale64[i:j], out=part)
+        np.copyto(out[i:j], part, casting="unsafe")
+    return out
 
 
 def grouped_msd_partials(x: np.ndarray, w_int4: np.ndarray, w_scale_f32: np.ndarray,

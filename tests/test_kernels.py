@@ -28,12 +28,25 @@ from ascend_moe.sim import kernels as sim_kernels
 from ascend_moe.sim import quant_gemm
 
 U32 = 2.0 ** -24
-FLOAT_IMPLS = ["reference", "torch_sgemm", "torch_native"]
+FLOAT_IMPLS = ["reference", "torch_sgemm", "torch_native", "torch_packed"]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _native_ok(dtype_name):
     return dtype_name != "fp32" and mk._verified(f"{dtype_name}.wide", "torch_native")
+
+
+def _packed_ok(dtype_name):
+    return dtype_name != "fp16" and mk._verified(f"{dtype_name}.wide", "torch_packed")
+
+
+def _skip_unless_eligible(impl, dtype_name):
+    if impl == "torch_native" and dtype_name == "fp32":
+        pytest.skip("torch_native is the half-precision kernel (fp32 runs torch_sgemm or the reference)")
+    if impl == "torch_packed" and dtype_name == "fp16":
+        pytest.skip("torch_packed covers bf16 and fp32")
+    if (impl == "torch_native" and not _native_ok(dtype_name)) or (impl == "torch_packed" and not _packed_ok(dtype_name)):
+        pytest.skip(f"{impl} does not meet the {dtype_name} contract on this machine: never chosen")
 
 
 def force(monkeypatch, spec):
@@ -70,10 +83,9 @@ def ref_gmm(x, w, counts, bias=None):
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("rows", [40, 5])  # wide and skinny shape classes
 def test_float_impl_forward_backward_contract(monkeypatch, impl, dtype_name, rows):
-    if impl == "torch_native" and dtype_name == "fp32":
-        pytest.skip("torch_native is the half-precision kernel (fp32 runs torch_sgemm or the reference)")
-    if impl == "torch_native" and not _native_ok(dtype_name):
-        pytest.skip(f"torch's {dtype_name} matmul does not meet the contract on this machine: never chosen")
+    """Two forward + backward calls with the same tensors: the second may use kept forms of the
+    weight (widened copies, packed weights for the forward's w and the backward's w^T)."""
+    _skip_unless_eligible(impl, dtype_name)
     force(monkeypatch, f"{dtype_name}={impl}")
     dt = DTYPES[dtype_name]
     g = torch.Generator().manual_seed(rows)
@@ -82,24 +94,25 @@ def test_float_impl_forward_backward_contract(monkeypatch, impl, dtype_name, row
     x = torch.randn(rows, k, generator=g).to(dt).requires_grad_()
     w = torch.randn(e, k, n, generator=g).to(dt).requires_grad_()
     dy = torch.randn(rows, n, generator=g).to(dt)
-    y = am.npu_gmm(x, w, group_list=list(np.cumsum(counts)))
-    assert_round_once_within_fp32_bound(y, *ref_gmm(x.detach(), w.detach(), counts))
-    y.backward(dy)
-    # grad_x = dy @ w^T per group; grad_w[e] = x_e^T @ dy_e (empty group: zero)
-    ref_dx, b_dx = ref_gmm(dy, w.detach().transpose(-1, -2), counts)
-    assert_round_once_within_fp32_bound(x.grad, ref_dx, b_dx)
-    s = 0
-    for i, c in enumerate(counts):
-        xs, ds = x.detach()[s:s + c].double(), dy[s:s + c].double()
-        ref, bound = xs.t() @ ds, (c + 4) * U32 * (xs.abs().t() @ ds.abs())
-        assert_round_once_within_fp32_bound(w.grad[i], ref, bound)
-        s += c
+    for _ in range(2):
+        x.grad = w.grad = None
+        y = am.npu_gmm(x, w, group_list=list(np.cumsum(counts)))
+        assert_round_once_within_fp32_bound(y, *ref_gmm(x.detach(), w.detach(), counts))
+        y.backward(dy)
+        # grad_x = dy @ w^T per group; grad_w[e] = x_e^T @ dy_e (empty group: zero)
+        ref_dx, b_dx = ref_gmm(dy, w.detach().transpose(-1, -2), counts)
+        assert_round_once_within_fp32_bound(x.grad, ref_dx, b_dx)
+        s = 0
+        for i, c in enumerate(counts):
+            xs, ds = x.detach()[s:s + c].double(), dy[s:s + c].double()
+            ref, bound = xs.t() @ ds, (c + 4) * U32 * (xs.abs().t() @ ds.abs())
+            assert_round_once_within_fp32_bound(w.grad[i], ref, bound)
+            s += c
 
 
 @pytest.mark.parametrize("impl", FLOAT_IMPLS)
 def test_float_impl_with_bias_rounds_once_after_the_fp32_bias_add(monkeypatch, impl):
-    if impl == "torch_native" and not _native_ok("bf16"):
-        pytest.skip("torch_native not eligible on this machine")
+    _skip_unless_eligible(impl, "bf16")
     force(monkeypatch, f"bf16={impl}")
     g = torch.Generator().manual_seed(5)
     x = torch.randn(32, 64, generator=g).bfloat16()
@@ -117,15 +130,35 @@ def _bf16(v):
 def test_bf16_subnormal_products_and_inputs_are_not_flushed(monkeypatch, impl):
     """2**-63 * 2**-64 = 2**-127 is an fp32 subnormal: two of them sum to 2**-126.  A flushing
     dot-product instruction would give 0.  A subnormal bf16 input (2**-130) times 2**10 is 2**-120."""
+    _skip_unless_eligible(impl, "bf16")
     force(monkeypatch, f"bf16={impl}")
     x = torch.stack([_bf16([2.0 ** -63, 2.0 ** -63] + [0.0] * 30), _bf16([2.0 ** -130] + [0.0] * 31)])
     w = torch.zeros(1, 32, 2)
     w[0, 0, 0] = w[0, 1, 0] = 2.0 ** -64
     w[0, 0, 1] = 2.0 ** 10
-    y = am.npu_gmm(x, w.bfloat16(), group_list=[2]).float()
-    assert y[0, 0].item() == 2.0 ** -126
-    assert y[1, 1].item() == 2.0 ** -120
-    assert y[1, 0].item() == 0.0  # 2**-194 is below the bf16 range: zero in IEEE too
+    w = w.bfloat16()
+    for _ in range(3):  # a reused weight may be kept packed from the second call on
+        y = am.npu_gmm(x, w, group_list=[2]).float()
+        assert y[0, 0].item() == 2.0 ** -126
+        assert y[1, 1].item() == 2.0 ** -120
+        assert y[1, 0].item() == 0.0  # 2**-194 is below the bf16 range: zero in IEEE too
+
+
+@pytest.mark.parametrize("impl", ["torch_sgemm", "torch_packed"])
+def test_fp32_subnormal_products_and_inputs_are_not_flushed(monkeypatch, impl):
+    """fp32: 2**-70 * 2**-70 = 2**-140 (subnormal) twice sums to 2**-139; a subnormal input 1e-40
+    times 1 stays 1e-40 (a flush-to-zero mode would give 0)."""
+    _skip_unless_eligible(impl, "fp32")
+    force(monkeypatch, f"fp32={impl}")
+    x = torch.zeros(20, 16)
+    x[:, 0] = x[:, 1] = 2.0 ** -70
+    x[1, 2] = 1e-40
+    w = torch.zeros(1, 16, 3)
+    w[0, 0, 0] = w[0, 1, 0] = 2.0 ** -70
+    w[0, 2, 1] = 1.0
+    for _ in range(3):
+        y = am.npu_gmm(x, w, group_list=[20])
+        assert y[0, 0].item() == 2.0 ** -139 and y[1, 1].item() == torch.tensor(1e-40).item() != 0.0
 
 
 def test_bf16_flush_guard_rejects_only_what_could_flush():
@@ -143,6 +176,29 @@ def test_bf16_flush_guard_rejects_only_what_could_flush():
     assert not impls.bf16_flush_safe(big.T, t(2.0 ** -40))
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_min_exponent_scan_over_chunks_and_layouts(layout):
+    """The guard's scan (torch chunks for dense arrays, NumPy otherwise) against a plain reference:
+    the smallest biased exponent of the nonzero values, found past the first chunk, with negative
+    zeros and subnormals."""
+    n = 5 * (3 * impls._TORCH_CHUNK // 5 + 2)  # past three chunks
+    v = np.full(n, 3.0, np.float32)
+    v[::7] = -0.0
+    v[-2] = -(2.0 ** -120)
+    a = v.astype(ml_dtypes.bfloat16).reshape(-1, 5)
+    a = {"C": a, "F": np.asfortranarray(a), "strided": a[::2]}[layout]
+
+    def reference(arr):
+        mags = np.abs(arr.astype(np.float64)).ravel()
+        mags = mags[mags > 0]
+        return None if mags.size == 0 else max(0, int(np.floor(np.log2(mags.min()))) + 127)
+    assert impls.min_nonzero_bf16_exponent(a) == reference(a)
+    a2 = a.copy()
+    a2[a2.shape[0] - 1, 4] = 2.0 ** -130  # subnormal: exponent 0
+    assert impls.min_nonzero_bf16_exponent(a2) == 0
+    assert impls.min_nonzero_bf16_exponent(np.zeros((4, 3), ml_dtypes.bfloat16)) is None
+
+
 def test_native_contract_check_rejects_a_half_precision_accumulator(monkeypatch):
     """A matmul that accumulates in bf16 fails the machine check (so it is never eligible)."""
     def bf16_accumulating_mm(a, b, **kw):
@@ -152,6 +208,91 @@ def test_native_contract_check_rejects_a_half_precision_accumulator(monkeypatch)
         return acc
     monkeypatch.setattr(impls.torch, "mm", bf16_accumulating_mm)
     assert not impls.native_contract_holds(torch.bfloat16)
+
+
+@pytest.mark.parametrize("impl", ["torch_sgemm", "torch_packed"])
+def test_fp32_stays_fp32_when_torch_is_set_to_reduced_precision(monkeypatch, impl):
+    """torch.set_float32_matmul_precision("medium") lets oneDNN compute fp32 GEMMs in bf16: the fp32
+    kernels then leave the call to the reference path, and the result stays within the fp32 bound
+    (a bf16 product would miss it by far)."""
+    _skip_unless_eligible(impl, "fp32")
+    force(monkeypatch, f"fp32={impl}")
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(40, 512, generator=g)
+    w = torch.randn(2, 512, 24, generator=g)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        for _ in range(3):
+            y = am.npu_gmm(x, w, group_list=[25, 40])
+            assert_round_once_within_fp32_bound(y, *ref_gmm(x, w, [25, 15]))
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_packed_contract_check_rejects_reduced_precision(monkeypatch):
+    """A packed GEMM that rounds its fp32 operands to bf16 (a reduced-precision fp32 mode) fails the
+    machine check, as does one that accumulates bf16 in bf16."""
+    real = impls.packed_mm_into
+
+    def bf16_operands(tout, ta, packed):
+        real(tout, ta.bfloat16().float(), packed)
+    monkeypatch.setattr(impls, "packed_mm_into", bf16_operands)
+    assert not impls.packed_contract_holds(torch.float32)
+
+    def bf16_accumulator(tout, ta, packed):
+        bmat = torch.empty(ta.shape[1], tout.shape[1], dtype=ta.dtype)
+        real(bmat, torch.eye(ta.shape[1], dtype=ta.dtype), packed)  # b back from its packed form (exact)
+        acc = torch.zeros(tout.shape, dtype=torch.bfloat16)
+        for i in range(ta.shape[1]):
+            acc = (acc.float() + ta[:, i:i + 1].float() * bmat[i:i + 1].float()).bfloat16()
+        tout.copy_(acc)
+    monkeypatch.setattr(impls, "packed_mm_into", bf16_accumulator)
+    assert not impls.packed_contract_holds(torch.bfloat16)
+
+
+def test_packed_weight_made_on_second_unchanged_use_and_dropped_after_a_change(monkeypatch):
+    """A weight is packed only when a call meets it again unchanged (same version); an in-place
+    update makes the next call use the plain path with the new values, and the one after packs the
+    new values (all checked against float64 references)."""
+    if not _packed_ok("fp32"):
+        pytest.skip("torch_packed not eligible on this machine")
+    force(monkeypatch, "fp32=torch_packed")
+    mk.WEIGHT_CACHE.clear()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(48, 64, generator=g)
+    w = torch.randn(2, 64, 16, generator=g)
+    gl, counts = [30, 48], [30, 18]
+    packs = []
+    for step in range(5):
+        if step == 3:
+            w.mul_(-0.5)  # in place: the version counter moves
+        before = mk.WEIGHT_CACHE.conversions
+        y = am.npu_gmm(x, w, group_list=gl)
+        packs.append(mk.WEIGHT_CACHE.conversions - before)
+        assert_round_once_within_fp32_bound(y, *ref_gmm(x, w, counts))
+    assert packs == [0, 2, 0, 0, 2]
+
+
+def test_packed_weights_never_evict_each_other(monkeypatch):
+    """A budget with room for one of two experts' packed weights: one is packed once and kept, the
+    other runs the plain path on every call (no repacking churn), results within the fp32 bound."""
+    if not _packed_ok("fp32"):
+        pytest.skip("torch_packed not eligible on this machine")
+    force(monkeypatch, "fp32=torch_packed")
+    mk.WEIGHT_CACHE.clear()
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", str(6000 / 2 ** 20))  # one 64x16 fp32 view is 4096 bytes
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(48, 64, generator=g)
+    w = torch.randn(2, 64, 16, generator=g)
+    packs = []
+    for _ in range(5):
+        before = mk.WEIGHT_CACHE.conversions
+        y = am.npu_gmm(x, w, group_list=[30, 48])
+        packs.append(mk.WEIGHT_CACHE.conversions - before)
+        assert_round_once_within_fp32_bound(y, *ref_gmm(x, w, [30, 18]))
+    assert packs == [0, 1, 0, 0, 0]
+    mk.WEIGHT_CACHE.clear()
 
 
 def test_fast_widening_equals_numpy_on_every_bf16_and_fp16_pattern():

@@ -9,9 +9,10 @@ runs is decided per machine and per shape class:
   ``int8`` (exact integer GEMM), and shape ``wide`` (more than 16 rows) or ``skinny`` (decode-like
   calls of a few rows, which are memory-bound);
 * the first time a class is needed, each eligible implementation is timed on a representative
-  shape (interleaved, best of several) and the fastest is kept; implementations whose contract
-  cannot be verified on this machine (torch's half-precision matmul accumulating in fp32 and
-  rounding once; ``torch._int_mm`` bit-exact on saturating patterns) are never eligible;
+  shapes (interleaved, best of several) and the fastest is kept; implementations whose contract
+  cannot be verified on this machine (torch's half-precision matmul and oneDNN's packed inner
+  product accumulating in fp32 and rounding once, the latter keeping fp32 subnormals;
+  ``torch._int_mm`` bit-exact on saturating patterns) are never eligible;
 * choices are cached in ``<cache dir>/kernels-<key>.json``, cache dir = ``ASCEND_MOE_CACHE_DIR`` or
   ``$XDG_CACHE_HOME/ascend_moe`` (``~/.cache/ascend_moe``), key = hash of the CPU model and flags,
   torch's CPU capability and version and NumPy's version, so another machine or a torch upgrade
@@ -21,7 +22,9 @@ runs is decided per machine and per shape class:
   dtype (all its shapes) or ``float``; e.g. ``ASCEND_MOE_KERNELS=bf16=torch_native,int8=reference``.
 
 The torch ops wrap their simulator calls in ``with sim_kernels.use(for_call(weights...))``; the
-simulator alone (``ascend_moe.sim``) always runs its reference kernels.
+simulator alone (``ascend_moe.sim``) always runs its reference kernels.  Besides the per-GEMM
+plug-in, ``for_call`` hands the simulator a grouped one (:func:`ascend_moe.kernels.impls.torch_grouped`)
+that runs a whole M- or K-split product in torch with one conversion per operand.
 """
 from __future__ import annotations
 
@@ -53,11 +56,14 @@ FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
 CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "skinny"))
 IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
-                     (n for n in FLOAT_IMPLS if not (c.startswith("fp32") and n == "torch_native")))
+                     (n for n in FLOAT_IMPLS if not (c.startswith("fp32") and n == "torch_native")
+                      and not (c.startswith("fp16") and n == "torch_packed")))
             for c in CLASSES}
 # representative (m, k, n) per shape class for the one-time measurement
-_PROBE_SHAPES = {"wide": (256, 1024, 512), "skinny": (4, 2048, 1024)}
-_SCHEMA = 1
+# representative (m, k, n) GEMMs per shape class for the one-time measurement, timed together: MoE
+# groups of a few hundred rows (GEMM libraries switch algorithms with m, so more than one m is timed)
+_PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)), "skinny": ((4, 2048, 1024),)}
+_SCHEMA = 3  # 2: torch_packed joined the float classes; 3: two probe shapes for wide
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +212,10 @@ def _verified(cls: str, impl: str) -> bool:
                 verified[name] = impls.int_mm_exact_on_this_machine()
             elif impl == "torch_native" and dtype in ("bf16", "fp16"):
                 verified[name] = impls.native_contract_holds(FLOAT_DTYPES[dtype])
+            elif impl == "torch_packed" and dtype in ("bf16", "fp32"):
+                # its plain path (first use, changed weight) is torch_native for bf16
+                verified[name] = (impls.packed_contract_holds(FLOAT_DTYPES[dtype])
+                                  and (dtype == "fp32" or _verified(cls, "torch_native")))
             else:
                 verified[name] = False
             _save(data)
@@ -234,7 +244,16 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, int, int]) -> Callable[
     from ..ops._common import to_numpy
     a, b, o = to_numpy(ta), to_numpy(tb), to_numpy(out)
     fn = FLOAT_IMPLS[impl]
-    kern = sim_kernels.Kernels(float_gemm=None if fn is None else (lambda o_, a_, b_, r_: fn(o_, a_, b_, r_)),
+    # the packed implementation's steady state: the probe weight packed once, as a weight reused
+    # unchanged is (its first use runs torch_native / torch_sgemm, measured on their own)
+    packed = {}
+
+    def pack(b_: np.ndarray):
+        if "w" not in packed:
+            packed["w"] = impls.pack_weight(impls.as_torch(b_))
+        return packed["w"]
+    kern = sim_kernels.Kernels(float_gemm=None if fn is None else (lambda o_, a_, b_, r_: fn(o_, a_, b_, r_, None,
+                                                                                            None, pack)),
                                copy_cast=fast_copy_cast, name=impl)
 
     def run() -> None:
@@ -244,18 +263,26 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, int, int]) -> Callable[
 
 
 def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
-    """Best wall time per candidate at the class's representative shape: one timed call each (after
+    """Best wall time per candidate at the class's representative shapes: one timed call each (after
     a small warm-up call) drops candidates over 4x slower than the best (a slow one could take
     seconds per call), then interleaved rounds among the rest (the machine may be shared)."""
-    shape = _PROBE_SHAPES[cls.split(".")[1]]
-    small = (min(shape[0], 8), 64, 32)
+    shapes = _PROBE_SHAPES[cls.split(".")[1]]
+    small = (min(shapes[0][0], 8), 64, 32)
     for c in candidates:
         _probe_runner(cls, c, small)()  # warm-up: thread pools, first-call dispatch
-    runners = {c: _probe_runner(cls, c, shape) for c in candidates}
+
+    def all_shapes(c: str) -> Callable[[], None]:
+        each = [_probe_runner(cls, c, shape) for shape in shapes]
+
+        def run() -> None:
+            for one in each:
+                one()
+        return run
+    runners = {c: all_shapes(c) for c in candidates}
     first = {c: _best(runners[c], 1) for c in candidates}
     keep = [c for c in candidates if first[c] <= 4 * min(first.values())]
     best = {c: first[c] for c in keep}
-    for _ in range(4):
+    for _ in range(8):  # a shared machine: enough rounds for each candidate to see a quiet moment
         for c in keep:
             t0 = time.perf_counter()
             runners[c]()
@@ -310,18 +337,35 @@ def _shape_class(dtype_name: str, rows: int) -> str:
     return f"{dtype_name}.{'skinny' if rows <= SKINNY_ROWS else 'wide'}"
 
 
-def _make_float_gemm(widen, sources):
+def _make_float_gemms(widen, sources):
+    """The per-GEMM and grouped float kernels of one call, sharing the call's flush-guard memo."""
     # the flush guard scans each bf16 operand once per call, and a weight once while it is unchanged
     memo = impls.ExponentMemo(
         (lambda root, compute: WEIGHT_CACHE.fact(sources, root, "min_bf16_exponent", compute)) if sources else None)
+
+    def pack(b: np.ndarray):
+        return WEIGHT_CACHE.packed(sources, b, lambda: impls.pack_weight(impls.as_torch(b))) if sources else None
 
     def float_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray]) -> bool:
         name = _NP_NAME.get(a.dtype)
         if name is None or a.ndim != 2:
             return False
         fn = FLOAT_IMPLS[choice(_shape_class(name, a.shape[0]))]
-        return fn is not None and fn(out, a, b, bias_row, widen, memo)
-    return float_gemm
+        return fn is not None and fn(out, a, b, bias_row, widen, memo, pack)
+
+    def grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: bool) -> bool:
+        name = _NP_NAME.get(a.dtype)
+        if name is None:
+            return False
+        by_shape: Dict[bool, str] = {}  # one lookup per shape class per call, not per group
+
+        def impl_for_rows(rows: int) -> str:
+            skinny = rows <= SKINNY_ROWS
+            if skinny not in by_shape:
+                by_shape[skinny] = choice(_shape_class(name, rows))
+            return by_shape[skinny]
+        return impls.torch_grouped(out, a, b, runs, k_split, impl_for_rows, memo, pack if sources else None)
+    return float_gemm, grouped_gemm
 
 
 def _int_gemm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
@@ -347,5 +391,6 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
 
     if os.environ.get(ENV, "").strip() == "reference":
         return sim_kernels.Kernels(widen=widen, copy_cast=fast_copy_cast, keep=keep, name="reference")
-    return sim_kernels.Kernels(float_gemm=_make_float_gemm(widen, sources), int_gemm=_int_gemm, widen=widen,
+    float_gemm, grouped_gemm = _make_float_gemms(widen, sources)
+    return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm, widen=widen,
                                copy_cast=fast_copy_cast, keep=keep, name="machine")

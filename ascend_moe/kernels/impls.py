@@ -14,6 +14,17 @@ Float GEMM ``out = round_once(a @ b + bias)`` with fp32 accumulation:
   ``vcvtneps2bf16`` flush subnormal inputs and results to zero, so calls whose operands could
   produce a subnormal product or partial sum go to the reference path (:func:`bf16_flush_safe`).
 
+* ``torch_packed`` (bf16 / fp32 without bias): oneDNN's inner product on a weight kept in oneDNN's
+  blocked layout (``torch.ops.mkldnn._reorder_linear_weight`` / ``_linear_pointwise``, what
+  ``torch.compile`` freezing uses).  A plain GEMM re-blocks the weight on every call; a weight
+  used unchanged (same storage, same version counter) by a second call in the same orientation is
+  packed once and kept (:meth:`ascend_moe.kernels.weight_cache.WeightCache.packed`), so inference
+  and repeated micro-batches skip that work.  A first use, a weight changed since (a training
+  step), a bias or an operand that is not a known weight runs the plain path (``torch_native``
+  for bf16, ``torch_sgemm`` for fp32).  Verified like ``torch_native`` on the machine
+  (:func:`packed_contract_holds`, including fp32 subnormal products kept) before it may be chosen;
+  bf16 calls pass the same subnormal guard.
+
 Exact integer GEMM ``a @ b`` (int8 values, int32 result):
 
 * ``reference``: chunked fp32 BLAS (:func:`ascend_moe.sim.quant_gemm.exact_int_matmul`);
@@ -104,8 +115,9 @@ def _widen_torch(a: np.ndarray, widen: Optional[_simk.Widen]) -> Optional[torch.
 
 
 def torch_sgemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
-                widen: Optional[_simk.Widen] = None, memo: Optional["ExponentMemo"] = None) -> bool:
-    if a.ndim != 2 or b.ndim != 2 or not out.flags.c_contiguous:
+                widen: Optional[_simk.Widen] = None, memo: Optional["ExponentMemo"] = None,
+                pack: Optional["Pack"] = None) -> bool:
+    if a.ndim != 2 or b.ndim != 2 or not out.flags.c_contiguous or not torch_fp32_gemm_is_ieee():
         return False
     ta = as_torch(a) if a.dtype == _F32 else (None if as_torch(a) is None else as_torch(a).float())
     tb = _widen_torch(b, widen)
@@ -143,6 +155,37 @@ def _min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     return None if smallest == 0xFFFF else (smallest + 1) >> 7
 
 
+_TORCH_CHUNK = 1 << 20
+
+
+def _min_nonzero_bf16_exponent_torch(t: torch.Tensor) -> Optional[int]:
+    """:func:`_min_nonzero_bf16_exponent` of a bf16 torch tensor with torch's vectorised, threaded
+    integer ops (same bit trick, on chunks of a reused int16 buffer so the scratch stays small)."""
+    bits = t.reshape(-1).view(torch.int16) if t.is_contiguous() else t.contiguous().reshape(-1).view(torch.int16)
+    buf = torch.empty(min(bits.numel(), _TORCH_CHUNK), dtype=torch.int16)
+    smallest = 0x7FFF
+    for i in range(0, bits.numel(), _TORCH_CHUNK):
+        chunk = bits[i:i + _TORCH_CHUNK]
+        part = buf[:chunk.numel()]
+        torch.bitwise_and(chunk, 0x7FFF, out=part)
+        part.sub_(1).bitwise_and_(0x7FFF)  # 0 -> 0x7FFF (above every nonzero magnitude - 1)
+        smallest = min(smallest, int(part.min()))
+    return None if smallest == 0x7FFF else (smallest + 1) >> 7
+
+
+def min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
+    """Smallest biased exponent among the nonzero elements of bf16 array ``a`` (0: a subnormal is
+    present; None: all zero), by torch when it can view ``a`` densely, else by NumPy."""
+    dense = a if a.flags.c_contiguous else (a.T if a.flags.f_contiguous else None)  # the order does not matter
+    if dense is None or not a.size or dense.dtype.itemsize != 2:
+        return _min_nonzero_bf16_exponent(a)
+    try:
+        t = torch.from_numpy(dense.view(np.int16))
+    except (ValueError, RuntimeError, TypeError):
+        return _min_nonzero_bf16_exponent(a)
+    return _min_nonzero_bf16_exponent_torch(t)
+
+
 def _root(a: np.ndarray) -> np.ndarray:
     """The outermost NumPy array ``a`` is a view of (its whole tensor, in the ops)."""
     while isinstance(a.base, np.ndarray) and a.base.dtype.itemsize == 2:
@@ -164,14 +207,14 @@ class ExponentMemo:
         root = _root(a)
         hit = self._memo.get(id(root))
         if hit is None or hit[0] is not root:
-            compute = lambda: _min_nonzero_bf16_exponent(root)  # noqa: E731
+            compute = lambda: min_nonzero_bf16_exponent(root)  # noqa: E731
             value = compute() if self._persistent is None else self._persistent(root, compute)
             hit = (root, value)
             self._memo[id(root)] = hit
         return hit[1]
 
 
-def bf16_flush_safe(a: np.ndarray, b: np.ndarray, exponent=_min_nonzero_bf16_exponent) -> bool:
+def bf16_flush_safe(a: np.ndarray, b: np.ndarray, exponent=min_nonzero_bf16_exponent) -> bool:
     """True when no product or partial sum of ``a @ b`` (bf16) can be an fp32 subnormal, so an
     instruction that flushes subnormals (``vdpbf16ps``, ``vcvtneps2bf16``) gives the IEEE result.
 
@@ -190,38 +233,170 @@ def bf16_flush_safe(a: np.ndarray, b: np.ndarray, exponent=_min_nonzero_bf16_exp
 
 
 def torch_native(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
-                 widen: Optional[_simk.Widen] = None, memo: Optional[ExponentMemo] = None) -> bool:
+                 widen: Optional[_simk.Widen] = None, memo: Optional[ExponentMemo] = None,
+                 pack: Optional["Pack"] = None) -> bool:
     if (bias_row is not None or a.ndim != 2 or b.ndim != 2 or not (a.dtype == b.dtype == out.dtype)
             or a.dtype not in (_BF16, _F16) or not out.flags.c_contiguous):
         return False
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
     if ta is None or tb is None or tout is None:
         return False
-    if a.dtype == _BF16 and not bf16_flush_safe(a, b, memo or _min_nonzero_bf16_exponent):
+    if a.dtype == _BF16 and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent):
         return False
     torch.mm(ta, tb, out=tout)
     return True
 
 
+# ---------------------------------------------------------------------------------------------
+# prepacked weights (oneDNN blocked layout)
+# ---------------------------------------------------------------------------------------------
+
+# pack(b) -> the packed form of weight view b (kept while unchanged), or None: use the plain path
+Pack = Callable[[np.ndarray], Optional[torch.Tensor]]
+
+
+def pack_weight(tb: torch.Tensor) -> torch.Tensor:
+    """oneDNN's blocked form of the GEMM operand ``tb`` [K, N] (as a linear weight [N, K])."""
+    return torch.ops.mkldnn._reorder_linear_weight(tb.t())
+
+
+def packed_mm_into(tout: torch.Tensor, ta: torch.Tensor, packed: torch.Tensor) -> None:
+    """``tout = ta @ b`` for ``packed = pack_weight(b)``: one fp32-accumulated inner product, one
+    rounding to the output dtype (verified by :func:`packed_contract_holds`)."""
+    tout.copy_(torch.ops.mkldnn._linear_pointwise(ta, packed, None, "none", [], ""))
+
+
+def torch_fp32_gemm_is_ieee() -> bool:
+    """Whether torch's fp32 GEMMs compute in fp32 now: a user may switch oneDNN to bf16 / tf32
+    arithmetic for fp32 at any time (``torch.set_float32_matmul_precision("medium")`` or
+    ``torch.backends.mkldnn.matmul.fp32_precision``), which would break the fp32 contract; such
+    calls take the NumPy reference path."""
+    try:
+        precision = torch.backends.mkldnn.matmul.fp32_precision
+    except AttributeError:  # pragma: no cover - older torch
+        precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "other"
+    return precision in ("ieee", "none")
+
+
+def packed_supported(dtype: torch.dtype) -> bool:
+    """Calls that may use the packed path now: bf16, or fp32 while torch's fp32 GEMMs are IEEE."""
+    return dtype == torch.bfloat16 or (dtype == torch.float32 and torch_fp32_gemm_is_ieee())
+
+
+def torch_packed(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
+                 widen: Optional[_simk.Widen] = None, memo: Optional[ExponentMemo] = None,
+                 pack: Optional[Pack] = None) -> bool:
+    plain = torch_native if a.dtype == _BF16 else torch_sgemm
+    tdt = _TORCH_FLOAT.get(a.dtype)
+    if (bias_row is not None or pack is None or a.ndim != 2 or b.ndim != 2 or not (a.dtype == b.dtype == out.dtype)
+            or tdt not in (torch.bfloat16, torch.float32) or not out.flags.c_contiguous or not packed_supported(tdt)):
+        return plain(out, a, b, bias_row, widen, memo)
+    if a.dtype == _BF16 and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent):
+        return False
+    packed = pack(b)
+    ta, tout = as_torch(a), as_torch(out)
+    if packed is None or ta is None or tout is None:
+        return plain(out, a, b, bias_row, widen, memo)
+    packed_mm_into(tout, ta, packed)
+    return True
+
+
+def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: bool,
+                  impl_for_rows: Callable[[int], str], memo: Optional[ExponentMemo] = None,
+                  pack: Optional[Pack] = None) -> bool:
+    """A whole grouped GEMM (the ``grouped_gemm`` plug-in point of :mod:`ascend_moe.sim.kernels`):
+    one torch view of each operand, then per group a torch slice and the chosen implementation's
+    GEMM written straight into the output (no per-group NumPy round trip).  Covers the
+    implementations that compute in the operands' dtype (``torch_native``, ``torch_packed``;
+    ``torch_sgemm`` for fp32); anything else returns False before writing, for the per-group path."""
+    tdt = _TORCH_FLOAT.get(a.dtype)
+    if tdt is None or not out.flags.c_contiguous:
+        return False
+    names = {impl_for_rows(a.shape[0] if k_split else t - s) for _, s, t in runs}
+    allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm"} if tdt == torch.float32 else set())
+    if (not names <= allowed or ("torch_native" in names and tdt == torch.float32)
+            or (tdt == torch.float32 and not torch_fp32_gemm_is_ieee())):
+        return False
+    if tdt == torch.bfloat16 and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent):
+        return False
+    ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
+    if ta is None or tb is None or tout is None:
+        return False
+    packing = pack is not None and not k_split and "torch_packed" in names and packed_supported(tdt)
+    for e, s, t in runs:
+        if k_split:
+            o, x, w = tout[e], ta[:, s:t], tb[s:t]
+        else:
+            o, x, w = tout[s:t], ta[s:t], tb[e]
+        if packing and impl_for_rows(t - s) == "torch_packed":
+            packed = pack(b[e])
+            if packed is not None:
+                packed_mm_into(o, x, packed)
+                continue
+        torch.mm(x, w, out=o)
+    return True
+
+
+def packed_contract_holds(dtype: torch.dtype) -> bool:
+    """The packed path on this machine: the checks of :func:`native_contract_holds` (fp32
+    accumulation, one rounding; a reduced-precision fp32 mode fails the random-operand bound), at
+    several row counts (the blocked layout does not depend on them), plus for fp32 subnormal
+    products and inputs kept exactly (no flush-to-zero)."""
+    if not packed_supported(dtype):
+        return False
+
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(a.shape[0], b.shape[1], dtype=dtype)
+        packed_mm_into(out, a, pack_weight(b))
+        return out
+    try:
+        if not native_contract_holds(dtype, mm):
+            return False
+        g = torch.Generator().manual_seed(77)
+        b = torch.randn(256, 40, generator=g).to(dtype)
+        packed = pack_weight(b)
+        for m in (1, 5, 64, 300):
+            a = torch.randn(m, 256, generator=g).to(dtype)
+            out = torch.empty(m, 40, dtype=dtype)
+            packed_mm_into(out, a, packed)
+            ref = a.double() @ b.double()
+            bound = (256 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
+            if not bool((((ref - bound).to(dtype).double() <= out.double())
+                         & (out.double() <= (ref + bound).to(dtype).double())).all()):
+                return False
+        if dtype == torch.float32:
+            tiny = torch.tensor([[2.0 ** -70, 1e-40]], dtype=dtype)  # a subnormal product, a subnormal input
+            got = mm(tiny, torch.tensor([[2.0 ** -70], [0.0]], dtype=dtype))
+            got2 = mm(torch.tensor([[1e-40, 0.0]], dtype=dtype), torch.tensor([[1.0], [1.0]], dtype=dtype))
+            if float(got) != 2.0 ** -140 or float(got2) != float(torch.tensor(1e-40, dtype=dtype)):
+                return False
+        return True
+    except (RuntimeError, AttributeError):
+        return False
+
+
 FLOAT_IMPLS: Dict[str, Optional[Callable[..., bool]]] = {
-    "reference": None, "torch_sgemm": torch_sgemm, "torch_native": torch_native,
+    "reference": None, "torch_sgemm": torch_sgemm, "torch_native": torch_native, "torch_packed": torch_packed,
 }
 
 
-def native_contract_holds(dtype: torch.dtype) -> bool:
+def native_contract_holds(dtype: torch.dtype,
+                          mm: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> bool:
     """Whether torch's half-precision matmul on this machine accumulates in fp32 and rounds once:
     (1) 4096 ones summed (a half-precision accumulator stalls at 256 / 2048); (2) random operands at
     K = 1024: every output equals the RNE rounding of a value within the fp32 summation bound of the
-    float64 product; (3) a sum cancelling to one low bit (fp32 keeps it, a rounding per step would not)."""
+    float64 product; (3) a sum cancelling to one low bit (fp32 keeps it, a rounding per step would not).
+    ``mm``: the GEMM to check (torch.mm by default)."""
+    mm = mm or torch.mm
     try:
         k = 4096
         ones = torch.ones(4, k, dtype=dtype)
-        if not bool((torch.mm(ones, torch.ones(k, 4, dtype=dtype)) == k).all()):
+        if not bool((mm(ones, torch.ones(k, 4, dtype=dtype)) == k).all()):
             return False
         g = torch.Generator().manual_seed(1234)
         a = torch.randn(32, 1024, generator=g).to(dtype)
         b = torch.randn(1024, 24, generator=g).to(dtype)
-        got = torch.mm(a, b).double()
+        got = mm(a, b).double()
         ref = a.double() @ b.double()
         bound = (1024 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
         lo, hi = (ref - bound).to(dtype).double(), (ref + bound).to(dtype).double()
@@ -230,7 +405,7 @@ def native_contract_holds(dtype: torch.dtype) -> bool:
         big = 2.0 ** 10 if dtype == torch.float16 else 2.0 ** 20
         x = torch.tensor([[big, 1.0, -big]], dtype=dtype)
         y = torch.ones(3, 1, dtype=dtype)
-        return float(torch.mm(x, y)) == 1.0
+        return float(mm(x, y)) == 1.0
     except RuntimeError:
         return False
 

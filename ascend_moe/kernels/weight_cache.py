@@ -87,6 +87,59 @@ class WeightCache:
             self._evict(budget_bytes())
         return value
 
+    def packed(self, sources: Sequence[Tuple[int, int, torch.Tensor]], a: np.ndarray,
+               compute) -> Optional[Any]:
+        """``compute()`` (a weight view's packed GEMM form) kept while the source tensor is unchanged,
+        made only on the view's second use with the same version: packing costs several plain GEMMs,
+        so a weight used once per version (a training step's forward, its backward's transposed
+        view) never pays it, and a weight used again unchanged (inference, micro-batches) pays it
+        once.  None: use the plain path this time (first use, not a known weight, no room left in the
+        budget: packed weights never evict each other)."""
+        limit = budget_bytes()
+        if limit <= 0:
+            return None
+        ptr = a.__array_interface__["data"][0]
+        src = next((t for lo, hi, t in sources if lo <= ptr < hi), None)
+        if src is None:
+            return None
+        storage = src.untyped_storage()
+        key = ("packed", storage.data_ptr(), ptr, a.shape, a.strides, a.dtype.str)
+        version = src._version
+        with self._lock:
+            hit = self._facts.get(key)
+            if hit is not None and hit[0]() is storage and hit[1] == version:
+                self._facts.move_to_end(key)
+                if hit[2] is not None:
+                    self.hits += 1
+                    return hit[2]
+                first_use = False
+            else:
+                first_use = True
+                if hit is not None:
+                    self._drop_fact(key)
+        size = a.size * a.itemsize
+        with self._lock:
+            self._evict(limit)  # entries of tensors that are gone
+            # no room: the plain path, instead of evicting another packed weight that the next call
+            # needs again (groups cycling through a budget smaller than their weights would repack
+            # every weight on every call)
+            full = self._bytes + size > limit
+        if first_use or full:
+            with self._lock:  # remember the use (no bytes held) for the next call
+                self._facts[key] = (weakref.ref(storage), version, None)
+                self._fact_bytes[key] = 0
+                while len(self._facts) > 4096:
+                    self._drop_fact(next(iter(self._facts)))
+            return None
+        value = compute()
+        with self._lock:
+            self.conversions += 1
+            self._facts[key] = (weakref.ref(storage), version, value)
+            self._fact_bytes[key] = size
+            self._bytes += size
+            self._evict(limit)
+        return value
+
     def _drop_fact(self, key) -> None:
         self._facts.pop(key)
         self._bytes -= self._fact_bytes.pop(key, 0)
