@@ -420,14 +420,10 @@ class OpSpec:
 
 
 # Which rule module declares each op.  Modules are imported on first use, so importing ascend_moe stays
-# cheap.  Declared ops name their rules module in their declaration (``OpDecl.rules``); these are the ops
-# checked by name without a torch-op declaration (they run across processes).
-_RULE_ONLY_OPS: Dict[str, str] = {
-    "npu_moe_distribute_dispatch": "distribute",
-    "npu_moe_distribute_dispatch_v2": "distribute",
-    "npu_moe_distribute_combine": "distribute",
-    "npu_moe_distribute_combine_v2": "distribute",
-}
+# cheap.  Declared ops name their rules module in their declaration (``OpDecl.rules``); this table holds
+# ops checked by name without a declaration (none today: every op, the collective and the mutating ones
+# included, is declared).
+_RULE_ONLY_OPS: Dict[str, str] = {}
 
 
 class _OpModules(Mapping):
