@@ -161,8 +161,11 @@ def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optio
             # the dispatch quantised the rows (quant_mode=2): int8 rows and their per-token scales
             xq = expand_x[:rows].numpy()
             x_scale = dynamic_scales[:rows].numpy()
+            started = time.perf_counter()
             groups, g_counts = mc.quant_groups(quant, counts, H, inter)
             qw = mc.quant_expert_weights(quant, w13_one, w2_one, groups)
+            # quantising the random weights is setup work (w4a8 needs this step's counts first)
+            timings["setup"] += time.perf_counter() - started
             cum = np.cumsum(g_counts)
             with stage("up + swiglu + quant"), mc.machine_gemm_kernels():
                 enforce("npu_grouped_matmul_swiglu_quant", xq, qw.w13_spec, cum, qw.w13_scale, x_scale,
