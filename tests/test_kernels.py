@@ -178,10 +178,10 @@ def test_bf16_flush_guard_rejects_only_what_could_flush():
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 def test_min_exponent_scan_over_chunks_and_layouts(layout):
-    """The guard's scan (torch chunks for dense arrays, NumPy otherwise) against a plain reference:
+    """The guard's scan (NumPy, chunk by chunk) against a plain reference:
     the smallest biased exponent of the nonzero values, found past the first chunk, with negative
     zeros and subnormals."""
-    n = 5 * (3 * impls._TORCH_CHUNK // 5 + 2)  # past three chunks
+    n = 5 * (3 * impls._CHUNK // 5 + 2)  # past three chunks
     v = np.full(n, 3.0, np.float32)
     v[::7] = -0.0
     v[-2] = -(2.0 ** -120)

@@ -155,35 +155,12 @@ def _min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     return None if smallest == 0xFFFF else (smallest + 1) >> 7
 
 
-_TORCH_CHUNK = 1 << 20
-
-
-def _min_nonzero_bf16_exponent_torch(t: torch.Tensor) -> Optional[int]:
-    """:func:`_min_nonzero_bf16_exponent` of a bf16 torch tensor with torch's vectorised, threaded
-    integer ops (same bit trick, on chunks of a reused int16 buffer so the scratch stays small)."""
-    bits = t.reshape(-1).view(torch.int16) if t.is_contiguous() else t.contiguous().reshape(-1).view(torch.int16)
-    buf = torch.empty(min(bits.numel(), _TORCH_CHUNK), dtype=torch.int16)
-    smallest = 0x7FFF
-    for i in range(0, bits.numel(), _TORCH_CHUNK):
-        chunk = bits[i:i + _TORCH_CHUNK]
-        part = buf[:chunk.numel()]
-        torch.bitwise_and(chunk, 0x7FFF, out=part)
-        part.sub_(1).bitwise_and_(0x7FFF)  # 0 -> 0x7FFF (above every nonzero magnitude - 1)
-        smallest = min(smallest, int(part.min()))
-    return None if smallest == 0x7FFF else (smallest + 1) >> 7
-
-
 def min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     """Smallest biased exponent among the nonzero elements of bf16 array ``a`` (0: a subnormal is
-    present; None: all zero), by torch when it can view ``a`` densely, else by NumPy."""
-    dense = a if a.flags.c_contiguous else (a.T if a.flags.f_contiguous else None)  # the order does not matter
-    if dense is None or not a.size or dense.dtype.itemsize != 2:
-        return _min_nonzero_bf16_exponent(a)
-    try:
-        t = torch.from_numpy(dense.view(np.int16))
-    except (ValueError, RuntimeError, TypeError):
-        return _min_nonzero_bf16_exponent(a)
-    return _min_nonzero_bf16_exponent_torch(t)
+    present; None: all zero).  Scanned by NumPy on one thread: torch's threaded integer ops are at most
+    about 2x faster on an idle 2-core machine but 20-100x slower when the cores are shared (OpenMP
+    workers wait for each other), and this scan runs on every weight a call has not seen before."""
+    return _min_nonzero_bf16_exponent(a)
 
 
 def _root(a: np.ndarray) -> np.ndarray:
