@@ -285,12 +285,13 @@ def format_ranks(results: List[Dict[str, Any]]) -> str:
     lines = [f"EP layer  {first['model']} on {first['world']} simulated {first['product']} NPUs (CANN {first['cann']}), "
              f"{first['tokens']} tokens per rank, {first['local_experts']} local experts per rank, "
              f"quant {first.get('quant', 'none')}"]
-    head = f"{'rank':>4}  " + "  ".join(f"{s[:12]:>12}" for s in stages) + f"  {'rows in':>7}  " \
+    width = {s: max(len(s), 10) for s in stages}  # whole stage names: "down-projection", "shared expert"
+    head = f"{'rank':>4}  " + "  ".join(f"{s:>{width[s] + 2}}" for s in stages) + f"  {'rows in':>7}  " \
         f"{'dispatch out/in KiB':>19}  {'combine out/in KiB':>18}"
     lines += [head, "-" * len(head)]
     for r in results:
         dv, cv = r["volume"]["dispatch"], r["volume"]["combine"]
-        lines.append(f"{r['rank']:>4}  " + "  ".join(f"{r['timings'][s] * 1e3:>10.1f}ms" for s in stages)
+        lines.append(f"{r['rank']:>4}  " + "  ".join(f"{r['timings'][s] * 1e3:>{width[s]}.1f}ms" for s in stages)
                      + f"  {r['received_rows']:>7}  {dv['sent_bytes'] / 1024:>9.1f}/{dv['recv_bytes'] / 1024:<9.1f}"
                      + f"  {cv['sent_bytes'] / 1024:>8.1f}/{cv['recv_bytes'] / 1024:<9.1f}")
     return "\n".join(lines)
