@@ -23,6 +23,7 @@ real storage: the subclass is then a wrapper (``Tensor._make_wrapper_subclass``)
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -88,7 +89,10 @@ class FormattedTensor(torch.Tensor):
             # a plain tensor over this storage and view (the Parameter of ``param.data = cast``) finds the format
             _formats._format_record.set(inner, storage_format)
             _formats._nz_storage_logical_shape.set(inner, nz_storage if nz_storage != "unknown" else None)
+            memory = inner.untyped_storage().data_ptr()
             inner = torch.from_dlpack(inner.detach())
+            _register_alias(memory, inner)
+            out._memory = memory
         else:
             out = torch.Tensor._make_wrapper_subclass(
                 cls, inner.shape, strides=inner.stride(), storage_offset=inner.storage_offset(),
@@ -163,7 +167,53 @@ class FormattedTensor(torch.Tensor):
                 return FormattedTensor(t, source._storage_format, nz)
             return t  # a new value: ND, as torch_npu's op-api kernels allocate it (apply_tensor_without_format)
 
+        if func._schema.is_mutable:
+            _mark_written(func, args, kwargs)
         return tree_map_only(torch.Tensor, rewrap, out)
+
+
+# The values of a real FormattedTensor are a DLPack alias of its memory: a second storage object with its
+# own version counter.  Ops run on that alias, and the weight cache (ascend_moe.kernels.weight_cache) keeps
+# converted copies of a weight while its version counter stands still.  A write through a FormattedTensor
+# (in __torch_dispatch__, below autograd) moves neither that alias's counter nor those of the other aliases
+# of the same memory (views, ``.data``, ``detach()``, an ``nn.Parameter`` of it each hold their own), so
+# every write moves the counters of all live aliases of the memory written.
+_ALIASES: Dict[int, Dict[int, "weakref.ref[torch.Tensor]"]] = {}  # memory address -> id(alias) -> alias
+
+
+def _register_alias(memory: int, alias: torch.Tensor) -> None:
+    group = _ALIASES.setdefault(memory, {})
+    key = id(alias)
+
+    def forget(_ref: Any, memory: int = memory, key: int = key) -> None:
+        members = _ALIASES.get(memory)
+        if members is not None:
+            members.pop(key, None)
+            if not members:
+                _ALIASES.pop(memory, None)
+    group[key] = weakref.ref(alias, forget)
+
+
+def _bump_aliases(t: "FormattedTensor") -> None:
+    memory = getattr(t, "_memory", None)
+    if memory is None:
+        return
+    for ref in list(_ALIASES.get(memory, {}).values()):
+        alias = ref()
+        if alias is not None and not alias.is_inference():
+            torch.autograd.graph.increment_version(alias)
+
+
+def _mark_written(func: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> None:
+    """Every FormattedTensor argument an op writes (``Tensor(a!)``, ``Tensor(a!)[]``, ``out=``): the version
+    counters of all aliases of its memory move, as a plain tensor's counter moves on an in-place write."""
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = args[i] if i < len(args) and not arg.kwarg_only else kwargs.get(arg.name)
+        for t in (value if isinstance(value, (list, tuple)) else (value,)):
+            if isinstance(t, FormattedTensor):
+                _bump_aliases(t)
 
 
 def _same_values_copy(func: Any, args: Sequence[Any], kwargs: dict) -> bool:
