@@ -281,3 +281,32 @@ def _call_declared_op(func: Any, args: Sequence[Any], kwargs: Dict[str, Any]) ->
         args.extend(schema.arguments[i].default_value for i in range(len(args), pos))
         args.append(merged)
     return func(*args, **kwargs)
+
+
+# What to write instead, when a compiled call is refused for a weight format that a plain tensor lost
+COMPILE_FORMAT_HINT = ("under torch.compile hold the cast tensor itself, "
+                       "layer.w = nn.Parameter(npu_format_cast(w, 29), requires_grad=False), not "
+                       "param.data = npu_format_cast(param.data, 29): a plain tensor's format is a record kept "
+                       "beside it, which the tensors torch.compile makes while tracing do not always find "
+                       "(a view taken inside the compiled code, inductor's lowering)")
+
+
+def explain_traced_refusal(error: Exception, bound: Dict[str, Any], weights: Sequence[Any]) -> Exception:
+    """``error`` (a checker refusal at trace time) with :data:`COMPILE_FORMAT_HINT` added to the fix of each
+    violation that names FRACTAL_NZ for an argument holding a plain fake CPU weight (whose format may be a
+    record that tracing lost); ``error`` itself otherwise."""
+    import dataclasses
+    from torch._subclasses.fake_tensor import is_fake
+    flat = [w for v in weights for w in (v if isinstance(v, (list, tuple)) else [v])]
+    plain = {id(w) for w in flat if isinstance(w, torch.Tensor) and not isinstance(w, FormattedTensor)
+             and w.device.type == "cpu" and is_fake(w) and _formats.get_format(w) == "ND"}
+    names = {k for k, v in bound.items()
+             if id(v) in plain or (isinstance(v, (list, tuple)) and any(id(t) in plain for t in v))}
+    violations = getattr(error, "violations", None)
+    if not names or not violations:
+        return error
+    changed = [dataclasses.replace(v, fix=f"{v.fix}; {COMPILE_FORMAT_HINT}")
+               if v.argument in names and "FRACTAL_NZ" in f"{v.message} {v.fix}" else v for v in violations]
+    if all(a is b for a, b in zip(changed, violations)):
+        return error
+    return type(error)(error.op, changed, error.target)
