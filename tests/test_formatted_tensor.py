@@ -233,10 +233,11 @@ def test_compiled_module_with_param_data_cast():
     made from, so the A8W8 call traces; the result is the A8W8 result of the logical weight."""
     x, gl, ws, xs = swiglu_args(8)
     m = _ParamDataExperts(weight(7))
-    torch._dynamo.reset()
     with ascend_moe.undefined_policy("zero"):
-        got = torch.compile(m, fullgraph=True, backend="aot_eager")(x, gl, ws, xs)
-        assert bits_equal(got, swiglu(ascend_moe.npu_format_cast(weight(7), 29), x, gl, ws, xs))
+        for backend in ("eager", "aot_eager"):
+            torch._dynamo.reset()
+            got = torch.compile(m, fullgraph=True, backend=backend)(x, gl, ws, xs)
+            assert bits_equal(got, swiglu(ascend_moe.npu_format_cast(weight(7), 29), x, gl, ws, xs)), backend
     # the integer part, against int64 math: per token, the row of dequantised swiglu quantised to int8
     acc = torch.cat([x[:2].long() @ weight(7)[0].long(), x[2:].long() @ weight(7)[1].long()]).double()
     c = acc * ws.double().repeat_interleave(torch.tensor([2, 4]), 0) * xs.double()[:, None]
