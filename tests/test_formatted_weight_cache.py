@@ -16,6 +16,11 @@ NI = 256  # the int8 weights' n: A8W8 finalize-routing needs n >= 256
 COUNTS = [3, 5]
 
 
+@pytest.fixture(autouse=True)
+def default_cache_check(monkeypatch):
+    monkeypatch.delenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", raising=False)  # content checked, the default
+
+
 # -- the weights a user holds ----------------------------------------------------------------------
 
 def hold(w, how):
@@ -139,7 +144,6 @@ def test_bf16_gmm_sees_every_in_place_write(kernels, how, route):
 
 def test_bf16_gmm_cast_weight_is_kept_while_unchanged(monkeypatch):
     """The cache still works for a cast weight: the second call widens nothing and hits."""
-    monkeypatch.delenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", raising=False)
     monkeypatch.setenv("ASCEND_MOE_KERNELS", "reference")
     mk.WEIGHT_CACHE.clear()
     x, w, _ = gmm_inputs(2)
@@ -288,3 +292,30 @@ def test_bad_cache_check_setting_names_the_variable(monkeypatch):
     x, w, _ = gmm_inputs(8)
     with pytest.raises(ValueError, match="ASCEND_MOE_WEIGHT_CACHE_CHECK.*'content'.*'version'"):
         gmm(x, w)
+
+
+def test_cast_weight_written_through_the_plain_parameter_holding_its_values(kernels):
+    """After ``p.data = cast``, ``p`` (plain) and ``cast`` share memory: a write through ``p`` moves
+    neither ``cast`` nor its alias's counter, and a call with ``cast`` still sees it."""
+    x, w, _ = gmm_inputs(9)
+    cast = ascend_moe.npu_format_cast(w.clone(), 29)
+    p = torch.nn.Parameter(torch.zeros_like(w), requires_grad=False)
+    p.data = cast
+    for _ in range(3):
+        assert torch.equal(gmm(x, cast), gmm_reference(x, w))
+    p.add_(1)
+    assert torch.equal(gmm(x, cast), gmm_reference(x, w + 1))
+
+
+def test_compiled_call_sees_eager_writes_to_a_cast_weight(kernels):
+    """A compiled graph receives the cast weight's values (its alias); a write between calls is seen."""
+    x, w, new = gmm_inputs(10)
+    arg = torch.nn.Parameter(ascend_moe.npu_format_cast(w.clone(), 29), requires_grad=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(gmm, fullgraph=True, backend="aot_eager")
+    for _ in range(3):
+        assert torch.equal(compiled(x, arg), gmm_reference(x, w))
+    with torch.no_grad():
+        arg[0] = new[0]
+    want = torch.cat([new[:1], w[1:]])
+    assert torch.equal(compiled(x, arg), gmm_reference(x, want))
