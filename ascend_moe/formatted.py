@@ -132,7 +132,7 @@ class FormattedTensor(torch.Tensor):
             return memo[id(self)]
         out = FormattedTensor(self._inner.clone(), self._storage_format, self._nz_storage, self.requires_grad)
         for key, value in self.__dict__.items():  # e.g. nn.Parameter's _is_param
-            if key not in ("_inner", "_storage_format", "_nz_storage"):
+            if key not in ("_inner", "_storage_format", "_nz_storage", "_memory"):
                 setattr(out, key, copy.deepcopy(value, memo))
         memo[id(self)] = out
         return out

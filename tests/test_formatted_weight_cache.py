@@ -319,3 +319,32 @@ def test_compiled_call_sees_eager_writes_to_a_cast_weight(kernels):
         arg[0] = new[0]
     want = torch.cat([new[:1], w[1:]])
     assert torch.equal(compiled(x, arg), gmm_reference(x, want))
+
+
+def test_deep_copied_cast_weight_sees_its_own_writes(kernels, monkeypatch):
+    import copy
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", "version")  # the alias counters alone
+    x, w, new = gmm_inputs(11)
+    m = torch.nn.Module()
+    m.w = torch.nn.Parameter(ascend_moe.npu_format_cast(w.clone(), 29), requires_grad=False)
+    c = copy.deepcopy(m)
+    for _ in range(3):
+        assert torch.equal(gmm(x, c.w), gmm_reference(x, w)) and torch.equal(gmm(x, m.w), gmm_reference(x, w))
+    with torch.no_grad():
+        c.w.copy_(new)
+    assert torch.equal(gmm(x, c.w), gmm_reference(x, new)) and torch.equal(gmm(x, m.w), gmm_reference(x, w))
+
+
+def test_cast_weight_writes_move_the_version_counter_the_op_reads(monkeypatch):
+    """Every write through a cast tensor is seen by the version counter alone (the content check off)."""
+    monkeypatch.setenv("ASCEND_MOE_KERNELS", "reference")
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", "version")
+    for how in ("cast", "parameter"):
+        for route in ROUTES:
+            mk.WEIGHT_CACHE.clear()
+            x, w, new = gmm_inputs(12)
+            arg, held = hold(w, how)
+            for _ in range(2):
+                assert torch.equal(gmm(x, arg), gmm_reference(x, w))
+            logical = write(route, held, w, new)
+            assert torch.equal(gmm(x, arg), gmm_reference(x, logical)), (how, route)
