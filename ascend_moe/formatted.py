@@ -107,6 +107,28 @@ class FormattedTensor(torch.Tensor):
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
+    @property
+    def data(self) -> torch.Tensor:  # noqa: D102 - torch's own getter
+        return torch._C.TensorBase.data.__get__(self)
+
+    @data.setter
+    def data(self, new: torch.Tensor) -> None:
+        """``param.data = new``: torch replaces the storage and sizes of this object only; the values ops read
+        (``_inner``) and the format follow ``new`` too (``new``'s own format: a plain ND tensor gives ND)."""
+        torch._C.TensorBase.data.__set__(self, new)
+        if isinstance(new, FormattedTensor):
+            self._inner, self._storage_format, self._nz_storage = new._inner, new._storage_format, new._nz_storage
+            self._memory = getattr(new, "_memory", None)
+            return
+        fmt, nz = _formats.get_format(new), _formats.nz_storage_record(new)
+        self._storage_format, self._nz_storage = fmt, (None if nz == "unknown" else nz)
+        if _plain_real(new):
+            self._memory = new.untyped_storage().data_ptr()
+            self._inner = torch.from_dlpack(new.detach())
+            _register_alias(self._memory, self._inner)
+        else:
+            self._inner, self._memory = new, None
+
     def numpy(self, *, force: bool = False) -> Any:
         """The values as a NumPy array (no copy), as for a plain tensor."""
         return self._inner.numpy(force=force)

@@ -251,3 +251,13 @@ def test_compiled_refusal_of_a_plain_weight_says_what_to_write():
     torch._dynamo.reset()
     with pytest.raises(Exception, match=r"nn\.Parameter\(npu_format_cast\(w, 29\), requires_grad=False\)"):
         torch.compile(_ParamDataExperts(weight(8), cast=False), fullgraph=True, backend="aot_eager")(x, gl, ws, xs)
+
+
+def test_assigning_data_to_a_cast_parameter_gives_it_the_new_values_and_their_format():
+    """``p.data = new`` on a Parameter of a cast tensor: torch swaps the storage; the values the ops and
+    torch read, and the format, are ``new``'s (an ND tensor gives ND, as the NPU's storage description)."""
+    p = torch.nn.Parameter(ascend_moe.npu_format_cast(weight(1), 29), requires_grad=False)
+    p.data = ascend_moe.npu_format_cast(weight(2), 29)
+    assert get_format(p) == "FRACTAL_NZ" and torch.equal(p, weight(2)) and torch.equal(p + 0, weight(2))
+    p.data = weight(3)
+    assert get_format(p) == "ND" and torch.equal(p, weight(3)) and torch.equal(p[1], weight(3)[1])

@@ -76,6 +76,10 @@ def write(route, held, logical, new):
         if route == "data.copy_":
             held.data.copy_(as_held(new, held))
             return new.clone()
+        if route == "data=":  # new values assigned to the holder (vllm-ascend's weight post-processing)
+            held.data = ascend_moe.npu_format_cast(new.clone(), 29, storage=held.dim() == 5)
+            assert ascend_moe.formats.get_format(held) == "FRACTAL_NZ"
+            return new.clone()
         if route == "data.add_":
             held.data.add_(1)
             return logical + 1
@@ -93,7 +97,7 @@ def write(route, held, logical, new):
     raise AssertionError(route)
 
 
-ROUTES = ["copy_", "add_", "mul_", "setitem", "view_add_", "data.copy_", "data.add_", "detach().sub_", "isub"]
+ROUTES = ["copy_", "add_", "mul_", "setitem", "view_add_", "data.copy_", "data=", "data.add_", "detach().sub_", "isub"]
 
 
 # -- bf16 grouped matmul: widened / packed copies of the weight --------------------------------------
