@@ -13,7 +13,8 @@ while its logical shape stays the same; the format is part of the storage descri
   vanish when it is freed) and, for torch tensors, by the storage with its view (shape, strides,
   offset, dtype), so a new Python tensor over the same storage and view stays NZ.  torch keeps one
   Python storage object per storage, alive as long as any tensor uses it, so the entry lives exactly
-  that long.  Fake tensors made from such a plain tensor do not carry the record.
+  that long.  A fake tensor that torch.compile made from such a plain tensor (a parameter or an input of
+  the compiled code) finds the record through the tensor it was made from.
 
 The simulator always computes from the logical values; the format decides which rules apply and
 which aclnn entry point the hardware path would choose.  This module imports no torch.
@@ -111,7 +112,33 @@ class _TensorRecord:
             entry = self._by_storage.get(id(storage))
             if entry is not None and entry[1] == sig:  # the same view of the same storage
                 return entry[0]
+        if self._by_storage:
+            real = _real_of_fake(tensor)
+            if real is not None:
+                return self.get(real, default)
         return default
+
+
+def _real_of_fake(tensor: Any) -> Any:
+    """The real tensor a fake tensor was made from, while its fake mode lives (torch.compile makes one fake
+    per parameter and input before tracing), so a plain tensor's record holds in the traced code too; None for
+    anything else.  A fake made later (a view taken inside the traced code) has no real counterpart."""
+    converter = getattr(getattr(tensor, "fake_mode", None), "fake_tensor_converter", None)
+    if converter is None:
+        return None
+    try:
+        made = [tid for tid, fake in list(converter.tensor_memo.items()) if fake is tensor]
+        if not made:  # an alias made by the tracer (detach, a lifted parameter): the same fake storage and view
+            view = _torch_view(tensor)
+            made = [tid for tid, fake in list(converter.tensor_memo.items())
+                    if view is not None and _torch_view(fake) == view]
+        if not made:
+            return None
+        real = next((t for t, tid in list(converter.meta_converter.describer.lookup_tensor.items())
+                     if tid == made[0]), None)
+    except Exception:  # the internals of another torch release: no record, as before tracing existed
+        return None
+    return None if real is None or getattr(real, "fake_mode", None) is not None else real
 
 
 _format_record = _TensorRecord()

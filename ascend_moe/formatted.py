@@ -23,6 +23,7 @@ real storage: the subclass is then a wrapper (``Tensor._make_wrapper_subclass``)
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -88,7 +89,10 @@ class FormattedTensor(torch.Tensor):
             # a plain tensor over this storage and view (the Parameter of ``param.data = cast``) finds the format
             _formats._format_record.set(inner, storage_format)
             _formats._nz_storage_logical_shape.set(inner, nz_storage if nz_storage != "unknown" else None)
+            memory = inner.untyped_storage().data_ptr()
             inner = torch.from_dlpack(inner.detach())
+            _register_alias(memory, inner)
+            out._memory = memory
         else:
             out = torch.Tensor._make_wrapper_subclass(
                 cls, inner.shape, strides=inner.stride(), storage_offset=inner.storage_offset(),
@@ -102,6 +106,28 @@ class FormattedTensor(torch.Tensor):
         pass
 
     __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def data(self) -> torch.Tensor:  # noqa: D102 - torch's own getter
+        return torch._C.TensorBase.data.__get__(self)
+
+    @data.setter
+    def data(self, new: torch.Tensor) -> None:
+        """``param.data = new``: torch replaces the storage and sizes of this object only; the values ops read
+        (``_inner``) and the format follow ``new`` too (``new``'s own format: a plain ND tensor gives ND)."""
+        torch._C.TensorBase.data.__set__(self, new)
+        if isinstance(new, FormattedTensor):
+            self._inner, self._storage_format, self._nz_storage = new._inner, new._storage_format, new._nz_storage
+            self._memory = getattr(new, "_memory", None)
+            return
+        fmt, nz = _formats.get_format(new), _formats.nz_storage_record(new)
+        self._storage_format, self._nz_storage = fmt, (None if nz == "unknown" else nz)
+        if _plain_real(new):
+            self._memory = new.untyped_storage().data_ptr()
+            self._inner = torch.from_dlpack(new.detach())
+            _register_alias(self._memory, self._inner)
+        else:
+            self._inner, self._memory = new, None
 
     def numpy(self, *, force: bool = False) -> Any:
         """The values as a NumPy array (no copy), as for a plain tensor."""
@@ -128,7 +154,7 @@ class FormattedTensor(torch.Tensor):
             return memo[id(self)]
         out = FormattedTensor(self._inner.clone(), self._storage_format, self._nz_storage, self.requires_grad)
         for key, value in self.__dict__.items():  # e.g. nn.Parameter's _is_param
-            if key not in ("_inner", "_storage_format", "_nz_storage"):
+            if key not in ("_inner", "_storage_format", "_nz_storage", "_memory"):
                 setattr(out, key, copy.deepcopy(value, memo))
         memo[id(self)] = out
         return out
@@ -163,7 +189,53 @@ class FormattedTensor(torch.Tensor):
                 return FormattedTensor(t, source._storage_format, nz)
             return t  # a new value: ND, as torch_npu's op-api kernels allocate it (apply_tensor_without_format)
 
+        if func._schema.is_mutable:
+            _mark_written(func, args, kwargs)
         return tree_map_only(torch.Tensor, rewrap, out)
+
+
+# The values of a real FormattedTensor are a DLPack alias of its memory: a second storage object with its
+# own version counter.  Ops run on that alias, and the weight cache (ascend_moe.kernels.weight_cache) keeps
+# converted copies of a weight while its version counter stands still.  A write through a FormattedTensor
+# (in __torch_dispatch__, below autograd) moves neither that alias's counter nor those of the other aliases
+# of the same memory (views, ``.data``, ``detach()``, an ``nn.Parameter`` of it each hold their own), so
+# every write moves the counters of all live aliases of the memory written.
+_ALIASES: Dict[int, Dict[int, "weakref.ref[torch.Tensor]"]] = {}  # memory address -> id(alias) -> alias
+
+
+def _register_alias(memory: int, alias: torch.Tensor) -> None:
+    group = _ALIASES.setdefault(memory, {})
+    key = id(alias)
+
+    def forget(_ref: Any, memory: int = memory, key: int = key) -> None:
+        members = _ALIASES.get(memory)
+        if members is not None:
+            members.pop(key, None)
+            if not members:
+                _ALIASES.pop(memory, None)
+    group[key] = weakref.ref(alias, forget)
+
+
+def _bump_aliases(t: "FormattedTensor") -> None:
+    memory = getattr(t, "_memory", None)
+    if memory is None:
+        return
+    for ref in list(_ALIASES.get(memory, {}).values()):
+        alias = ref()
+        if alias is not None and not alias.is_inference():
+            torch.autograd.graph.increment_version(alias)
+
+
+def _mark_written(func: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> None:
+    """Every FormattedTensor argument an op writes (``Tensor(a!)``, ``Tensor(a!)[]``, ``out=``): the version
+    counters of all aliases of its memory move, as a plain tensor's counter moves on an in-place write."""
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = args[i] if i < len(args) and not arg.kwarg_only else kwargs.get(arg.name)
+        for t in (value if isinstance(value, (list, tuple)) else (value,)):
+            if isinstance(t, FormattedTensor):
+                _bump_aliases(t)
 
 
 def _same_values_copy(func: Any, args: Sequence[Any], kwargs: dict) -> bool:
@@ -231,3 +303,32 @@ def _call_declared_op(func: Any, args: Sequence[Any], kwargs: Dict[str, Any]) ->
         args.extend(schema.arguments[i].default_value for i in range(len(args), pos))
         args.append(merged)
     return func(*args, **kwargs)
+
+
+# What to write instead, when a compiled call is refused for a weight format that a plain tensor lost
+COMPILE_FORMAT_HINT = ("under torch.compile hold the cast tensor itself, "
+                       "layer.w = nn.Parameter(npu_format_cast(w, 29), requires_grad=False), not "
+                       "param.data = npu_format_cast(param.data, 29): a plain tensor's format is a record kept "
+                       "beside it, which the tensors torch.compile makes while tracing do not always find "
+                       "(a view taken inside the compiled code, inductor's lowering)")
+
+
+def explain_traced_refusal(error: Exception, bound: Dict[str, Any], weights: Sequence[Any]) -> Exception:
+    """``error`` (a checker refusal at trace time) with :data:`COMPILE_FORMAT_HINT` added to the fix of each
+    violation that names FRACTAL_NZ for an argument holding a plain fake CPU weight (whose format may be a
+    record that tracing lost); ``error`` itself otherwise."""
+    import dataclasses
+    from torch._subclasses.fake_tensor import is_fake
+    flat = [w for v in weights for w in (v if isinstance(v, (list, tuple)) else [v])]
+    plain = {id(w) for w in flat if isinstance(w, torch.Tensor) and not isinstance(w, FormattedTensor)
+             and w.device.type == "cpu" and is_fake(w) and _formats.get_format(w) == "ND"}
+    names = {k for k, v in bound.items()
+             if id(v) in plain or (isinstance(v, (list, tuple)) and any(id(t) in plain for t in v))}
+    violations = getattr(error, "violations", None)
+    if not names or not violations:
+        return error
+    changed = [dataclasses.replace(v, fix=f"{v.fix}; {COMPILE_FORMAT_HINT}")
+               if v.argument in names and "FRACTAL_NZ" in f"{v.message} {v.fix}" else v for v in violations]
+    if all(a is b for a, b in zip(changed, violations)):
+        return error
+    return type(error)(error.op, changed, error.target)

@@ -213,3 +213,51 @@ def test_tensor_formats_argument_of_the_torch_op():
         op(x, w.clone(), gl, ws, xs, None, None, ["weight"])
     with pytest.raises(ValueError, match="unknown format 'NZ'"):
         op(x, w.clone(), gl, ws, xs, None, None, ["weight=NZ"])
+
+
+class _ParamDataExperts(torch.nn.Module):
+    """vllm-ascend's post-processing idiom: the Parameter stays plain, its data is the cast values."""
+
+    def __init__(self, w, cast=True):
+        super().__init__()
+        self.w13 = torch.nn.Parameter(w.clone(), requires_grad=False)
+        if cast:
+            self.w13.data = ascend_moe.npu_format_cast(self.w13.data, 29)
+
+    def forward(self, x, gl, ws, xs):
+        return ascend_moe.npu_grouped_matmul_swiglu_quant(x, self.w13, gl, ws, xs)
+
+
+def test_compiled_module_with_param_data_cast():
+    """The fake torch.compile makes of the plain Parameter finds the storage record of the tensor it was
+    made from, so the A8W8 call traces; the result is the A8W8 result of the logical weight."""
+    x, gl, ws, xs = swiglu_args(8)
+    m = _ParamDataExperts(weight(7))
+    with ascend_moe.undefined_policy("zero"):
+        for backend in ("eager", "aot_eager"):
+            torch._dynamo.reset()
+            got = torch.compile(m, fullgraph=True, backend=backend)(x, gl, ws, xs)
+            assert bits_equal(got, swiglu(ascend_moe.npu_format_cast(weight(7), 29), x, gl, ws, xs)), backend
+    # the integer part, against int64 math: per token, the row of dequantised swiglu quantised to int8
+    acc = torch.cat([x[:2].long() @ weight(7)[0].long(), x[2:].long() @ weight(7)[1].long()]).double()
+    c = acc * ws.double().repeat_interleave(torch.tensor([2, 4]), 0) * xs.double()[:, None]
+    s = c[:, N // 2:] * c[:, :N // 2] / (1 + torch.exp(-c[:, :N // 2]))
+    want = s / (s.abs().amax(1, keepdim=True) / 127)
+    assert (got[0].double() - want).abs().max() <= 1.0
+
+
+def test_compiled_refusal_of_a_plain_weight_says_what_to_write():
+    x, gl, ws, xs = swiglu_args(9)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"nn\.Parameter\(npu_format_cast\(w, 29\), requires_grad=False\)"):
+        torch.compile(_ParamDataExperts(weight(8), cast=False), fullgraph=True, backend="aot_eager")(x, gl, ws, xs)
+
+
+def test_assigning_data_to_a_cast_parameter_gives_it_the_new_values_and_their_format():
+    """``p.data = new`` on a Parameter of a cast tensor: torch swaps the storage; the values the ops and
+    torch read, and the format, are ``new``'s (an ND tensor gives ND, as the NPU's storage description)."""
+    p = torch.nn.Parameter(ascend_moe.npu_format_cast(weight(1), 29), requires_grad=False)
+    p.data = ascend_moe.npu_format_cast(weight(2), 29)
+    assert get_format(p) == "FRACTAL_NZ" and torch.equal(p, weight(2)) and torch.equal(p + 0, weight(2))
+    p.data = weight(3)
+    assert get_format(p) == "ND" and torch.equal(p, weight(3)) and torch.equal(p[1], weight(3)[1])

@@ -12,12 +12,21 @@ same operands and results are bit-identical with and without the cache.
 
 Budget: ``ASCEND_MOE_WEIGHT_CACHE_MB`` (default 512; 0 disables); least recently used entries go
 first, and a single copy larger than the budget is never kept.
+
+Writes that move no version counter: ``param.data.copy_(new)`` (``.data`` is a new tensor with a counter
+of its own: weight loaders and distributed optimizers write parameters this way), writes through
+``.numpy()``.  So a kept copy is used only while a CRC-32 of the bytes its view spans is also unchanged
+(about a sixth of the cost of widening them again; far less than packing).
+``ASCEND_MOE_WEIGHT_CACHE_CHECK=version`` trusts the version counter alone, for code that writes its
+weights only through torch in-place ops on them.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import weakref
+import zlib
 from collections import OrderedDict
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -41,8 +50,40 @@ def budget_bytes() -> int:
     return int(mb * (1 << 20))
 
 
+def check_content() -> bool:
+    raw = os.environ.get("ASCEND_MOE_WEIGHT_CACHE_CHECK", "").strip() or "content"
+    if raw not in ("content", "version"):
+        raise ValueError(f"ASCEND_MOE_WEIGHT_CACHE_CHECK must be 'content' (a kept copy is used while the version "
+                         f"counter and a CRC-32 of its source bytes are unchanged; the default) or 'version' "
+                         f"(the version counter alone), got {raw!r}")
+    return raw == "content"
+
+
+def content_crc(a: np.ndarray) -> int:
+    """CRC-32 of the bytes view ``a`` spans (every byte between its first and last element)."""
+    if a.size == 0:
+        return 0
+    if a.flags.c_contiguous:
+        return zlib.crc32(a.reshape(-1).view(np.uint8))
+    lo = hi = a.__array_interface__["data"][0]
+    for n, step in zip(a.shape, a.strides):
+        if step < 0:
+            lo += (n - 1) * step
+        else:
+            hi += (n - 1) * step
+    return zlib.crc32((ctypes.c_char * (hi + a.itemsize - lo)).from_address(lo))
+
+
+def _unchanged(stored_crc: Optional[int], a: np.ndarray) -> bool:
+    return stored_crc is None or not check_content() or stored_crc == content_crc(a)
+
+
+def _crc_if_checked(a: np.ndarray) -> Optional[int]:
+    return content_crc(a) if check_content() else None
+
+
 class WeightCache:
-    """LRU map (storage, version, view, dtype) -> widened NumPy copy."""
+    """LRU map (storage, view, dtype) -> (version, source CRC-32, widened NumPy copy)."""
 
     def __init__(self) -> None:
         self._entries: "OrderedDict[tuple, Tuple[Any, np.ndarray]]" = OrderedDict()
@@ -66,9 +107,12 @@ class WeightCache:
         key = (name, storage.data_ptr(), ptr, a.shape, a.strides, a.dtype.str)
         with self._lock:
             hit = self._facts.get(key)
-            if hit is not None and hit[0]() is storage and hit[1] == src._version:
-                self._facts.move_to_end(key)
-                return hit[2]
+        if hit is not None and hit[0]() is storage and hit[1] == src._version and _unchanged(hit[3], a):
+            with self._lock:
+                if key in self._facts:
+                    self._facts.move_to_end(key)
+            return hit[2]
+        crc = _crc_if_checked(a)
         value = compute()
         self.facts_computed += 1
         arrays = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, np.ndarray)]
@@ -79,7 +123,7 @@ class WeightCache:
         if size > budget_bytes():
             return value  # a converted copy larger than the whole budget is not kept
         with self._lock:
-            self._facts[key] = (weakref.ref(storage), src._version, value)
+            self._facts[key] = (weakref.ref(storage), src._version, value, crc)
             self._fact_bytes[key] = size
             self._bytes += size
             while len(self._facts) > 4096:
@@ -107,16 +151,20 @@ class WeightCache:
         version = src._version
         with self._lock:
             hit = self._facts.get(key)
-            if hit is not None and hit[0]() is storage and hit[1] == version:
-                self._facts.move_to_end(key)
+        if hit is not None and hit[0]() is storage and hit[1] == version and _unchanged(hit[3], a):
+            with self._lock:
+                if key in self._facts:
+                    self._facts.move_to_end(key)
                 if hit[2] is not None:
                     self.hits += 1
                     return hit[2]
-                first_use = False
-            else:
-                first_use = True
-                if hit is not None:
+            first_use = False
+        else:
+            first_use = True
+            with self._lock:
+                if key in self._facts:
                     self._drop_fact(key)
+        crc = _crc_if_checked(a)
         size = a.size * a.itemsize
         with self._lock:
             self._evict(limit)  # entries of tensors that are gone
@@ -126,7 +174,7 @@ class WeightCache:
             full = self._bytes + size > limit
         if first_use or full:
             with self._lock:  # remember the use (no bytes held) for the next call
-                self._facts[key] = (weakref.ref(storage), version, None)
+                self._facts[key] = (weakref.ref(storage), version, None, crc)
                 self._fact_bytes[key] = 0
                 while len(self._facts) > 4096:
                     self._drop_fact(next(iter(self._facts)))
@@ -134,7 +182,7 @@ class WeightCache:
         value = compute()
         with self._lock:
             self.conversions += 1
-            self._facts[key] = (weakref.ref(storage), version, value)
+            self._facts[key] = (weakref.ref(storage), version, value, crc)
             self._fact_bytes[key] = size
             self._bytes += size
             self._evict(limit)
@@ -175,34 +223,39 @@ class WeightCache:
         version = src._version
         with self._lock:
             hit = self._entries.get(key)
-            if hit is not None:
-                ref, ver, arr = hit
-                if ref() is storage and ver == version:
-                    self._entries.move_to_end(key)
+        if hit is not None:
+            ref, ver, arr, crc = hit
+            if ref() is storage and ver == version and _unchanged(crc, view):
+                with self._lock:
+                    if key in self._entries:
+                        self._entries.move_to_end(key)
                     self.hits += 1
-                    return arr.T if transposed else arr
-                self._drop(key)
+                return arr.T if transposed else arr
+            with self._lock:
+                if key in self._entries:
+                    self._drop(key)
         size = view.size * np.dtype(dtype).itemsize
         if size > limit:
             return None
+        crc = _crc_if_checked(view)
         from .impls import fast_copy_cast
         arr = np.empty(view.shape, dtype=dtype)
         fast_copy_cast(arr, view)
         with self._lock:
             self.conversions += 1
-            self._entries[key] = (weakref.ref(storage), version, arr)
+            self._entries[key] = (weakref.ref(storage), version, arr, crc)
             self._bytes += arr.nbytes
             self._evict(limit)
         return arr.T if transposed else arr
 
     def _drop(self, key) -> None:
-        _, _, arr = self._entries.pop(key)
+        arr = self._entries.pop(key)[2]
         self._bytes -= arr.nbytes
 
     def _evict(self, limit: int) -> None:
-        for key in [k for k, (ref, _, _) in self._entries.items() if ref() is None]:
+        for key in [k for k, entry in self._entries.items() if entry[0]() is None]:
             self._drop(key)  # the source tensor is gone
-        for key in [k for k, (ref, _, _) in self._facts.items() if ref() is None]:
+        for key in [k for k, entry in self._facts.items() if entry[0]() is None]:
             self._drop_fact(key)
         while self._bytes > limit and (self._entries or self._fact_bytes):
             if self._entries:

@@ -249,7 +249,10 @@ def _enforce_traced(decl: OpDecl, a: Dict[str, Any]) -> None:
         first = e
         as_nz = _device_weights_in_nz(decl, a)
         if as_nz is None:
-            raise
+            if decl.cached_weights is None:
+                raise
+            from ..formatted import explain_traced_refusal
+            raise explain_traced_refusal(e, a, decl.cached_weights(a)) from None
     try:
         with warnings.catch_warnings():  # the doc-level warnings were given by the first attempt
             warnings.simplefilter("ignore")
