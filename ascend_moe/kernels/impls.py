@@ -173,11 +173,17 @@ def _min_nonzero_bf16_exponent_torch(t: torch.Tensor) -> Optional[int]:
     return None if smallest == 0x7FFF else (smallest + 1) >> 7
 
 
+# below this many elements the scan runs in NumPy: torch's threaded ops cost more in thread-pool
+# fork/join than they save (and on a loaded machine each parallel region can wait for a scheduler
+# slice); above it torch's threads are faster.  Both give the same integer.
+_TORCH_SCAN_MIN = 1 << 20
+
+
 def min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     """Smallest biased exponent among the nonzero elements of bf16 array ``a`` (0: a subnormal is
-    present; None: all zero), by torch when it can view ``a`` densely, else by NumPy."""
+    present; None: all zero), by torch when it can view a large ``a`` densely, else by NumPy."""
     dense = a if a.flags.c_contiguous else (a.T if a.flags.f_contiguous else None)  # the order does not matter
-    if dense is None or not a.size or dense.dtype.itemsize != 2:
+    if dense is None or a.size < _TORCH_SCAN_MIN or dense.dtype.itemsize != 2:
         return _min_nonzero_bf16_exponent(a)
     try:
         t = torch.from_numpy(dense.view(np.int16))
