@@ -11,6 +11,15 @@ For each shape and dtype (fp32, bf16, fp16) it times
             so nothing kept for the weight applies; its ratios are printed against ours' columns;
   * torch._grouped_mm (if it runs on the CPU for that dtype, else the reason is printed);
   * a torch per-expert loop: cat([x[s:t] @ w[e]]) with torch autograd.
+With ``--overhead`` it instead reports the fixed per-call cost of the public op (forward, no autograd)
+at a small shape (default E=16, T=256, K=1024, N=512, where the GEMMs are short and the cost shows):
+
+    python benchmarks/bench_gmm.py --overhead [--shapes 16x256x1024x512] [--dtypes bf16,fp32]
+
+  public op time minus the bare GEMM loop (no checker, binding, dispatch, conversion or guard scan):
+  the faster of a per-group ``torch.mm(..., out=)`` loop (what ``torch._grouped_mm`` does on the CPU)
+  and a per-group oneDNN inner product on weights packed beforehand (what the ``torch_packed`` kernel
+  does with a reused weight), each group written into one preallocated output.
 Reported: the CPU, its kernel-relevant flags and the GEMM implementation chosen per shape class
 (ascend_moe.kernels), best wall time over interleaved rounds, GFLOP/s (forward 2*T*K*N, backward 2x
 that), the ratio reference_time / our_time (> 1 means we are faster), and the peak memory of ours
@@ -25,7 +34,7 @@ import numpy as np
 import torch
 
 import ascend_moe as am
-from _timing import best_of, machine_header, peak_rss_increase
+from _timing import best_of, interleaved_best, machine_header, peak_rss_increase
 
 # the issue's shape first (E=16, T=2048, K=1024, N=512), then README's MoE shapes
 FULL = [(16, 2048, 1024, 512), (8, 4096, 7168, 2048), (32, 512, 7168, 2048)]
@@ -80,6 +89,52 @@ def run_loop(x, w, counts, g):
     return t1 - t0, t2 - t1
 
 
+def overhead(shapes, dtypes, rounds: int) -> None:
+    """Per-call cost of the public op beyond its GEMMs (see the module docstring)."""
+    from ascend_moe.kernels import impls
+    calls = 20  # calls per timed round: a round is then well above the timer's resolution
+    print(f"per-call overhead: best of {rounds} interleaved rounds of {calls} calls each; forward, no autograd; "
+          "overhead = public op - the faster bare GEMM loop")
+    print(f"{'shape (E,T,K,N)':<22}{'dtype':<6}{'public us':>11}{'_grouped_mm':>13}{'bare mm':>10}"
+          f"{'bare packed':>13}{'overhead us':>13}{'_grouped_mm/public':>20}")
+    for (e, t, k, n) in shapes:
+        cum = np.cumsum(balanced_counts(e, t))
+        runs = list(zip(range(e), [0] + cum[:-1].tolist(), cum.tolist()))
+        for name in dtypes:
+            dt = DTYPES[name]
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(t, k, generator=gen).to(dt)
+            w = (torch.randn(e, k, n, generator=gen) / k ** 0.5).to(dt)
+            gl = torch.tensor(cum, dtype=torch.int64)
+            offs = torch.tensor(cum, dtype=torch.int32)
+            out = torch.empty(t, n, dtype=dt)
+            packed = [impls.pack_weight(w[i]) for i in range(e)] if dt in (torch.bfloat16, torch.float32) else None
+
+            def bare_mm():
+                for i, s, u in runs:
+                    torch.mm(x[s:u], w[i], out=out[s:u])
+
+            def bare_packed():
+                for i, s, u in runs:
+                    impls.packed_mm_into(out[s:u], x[s:u], packed[i])
+
+            fns = {"public": lambda: am.npu_gmm(x, w, group_list=gl),
+                   "_grouped_mm": lambda: torch._grouped_mm(x, w, offs=offs),
+                   "bare mm": bare_mm}
+            if packed is not None:
+                fns["bare packed"] = bare_packed
+            for fn in fns.values():  # warm-up: the weight's packed form and guard scan are kept from here on
+                for _ in range(3):
+                    fn()
+            many = {label: (lambda fn=fn: [fn() for _ in range(calls)]) for label, fn in fns.items()}
+            best = {label: v / calls for label, v in interleaved_best(many, rounds).items()}
+            bare = min(best["bare mm"], best.get("bare packed", float("inf")))
+            us = {label: v * 1e6 for label, v in best.items()}
+            print(f"{e},{t},{k},{n:<16}{name:<6}{us['public']:>11.0f}{us['_grouped_mm']:>13.0f}{us['bare mm']:>10.0f}"
+                  f"{us.get('bare packed', float('nan')):>13.0f}{(best['public'] - bare) * 1e6:>13.0f}"
+                  f"{best['_grouped_mm'] / best['public']:>20.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small shapes")
@@ -88,7 +143,16 @@ def main() -> None:
     ap.add_argument("--shapes", default=None, help="e.g. 8x4096x7168x2048,32x512x7168x2048")
     ap.add_argument("--impls", default="ours,ours-changed,_grouped_mm,per-expert",
                     help="subset to time (the per-expert loop's backward is slow at large E)")
+    ap.add_argument("--overhead", action="store_true",
+                    help="report the public op's per-call cost beyond its GEMMs at a small shape")
     args = ap.parse_args()
+    if args.overhead:
+        print(machine_header())
+        shapes = [(16, 256, 1024, 512)]
+        if args.shapes:
+            shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        overhead(shapes, args.dtypes.split(","), args.repeats or 30)
+        return
     shapes = QUICK if args.quick else FULL
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]

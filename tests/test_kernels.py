@@ -176,12 +176,13 @@ def test_bf16_flush_guard_rejects_only_what_could_flush():
     assert not impls.bf16_flush_safe(big.T, t(2.0 ** -40))
 
 
+@pytest.mark.parametrize("size", ["large", "small"])
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
-def test_min_exponent_scan_over_chunks_and_layouts(layout):
-    """The guard's scan (NumPy, chunk by chunk) against a plain reference:
-    the smallest biased exponent of the nonzero values, found past the first chunk, with negative
-    zeros and subnormals."""
-    n = 5 * (3 * impls._CHUNK // 5 + 2)  # past three chunks
+def test_min_exponent_scan_over_chunks_and_layouts(layout, size):
+    """The guard's scan (NumPy, chunk by chunk) against a plain reference: the smallest biased
+    exponent of the nonzero values, found past the first chunk, with negative zeros and subnormals."""
+    # large: a weight-sized array (past 48 chunks); small: past the first three chunks
+    n = 5 * (3 * (1 << 20) // 5 + 2) if size == "large" else 5 * (3 * impls._CHUNK // 5 + 2)
     v = np.full(n, 3.0, np.float32)
     v[::7] = -0.0
     v[-2] = -(2.0 ** -120)

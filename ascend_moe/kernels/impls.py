@@ -299,18 +299,19 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
     if ta is None or tb is None or tout is None:
         return False
-    packing = pack is not None and not k_split and "torch_packed" in names and packed_supported(tdt)
+    if k_split:
+        for e, s, t in runs:
+            torch.mm(ta[:, s:t], tb[s:t], out=tout[e])
+        return True
+    # per group only the views its GEMM uses (a packed weight needs no torch view of its plain form)
+    packing = pack is not None and "torch_packed" in names and packed_supported(tdt)
     for e, s, t in runs:
-        if k_split:
-            o, x, w = tout[e], ta[:, s:t], tb[s:t]
-        else:
-            o, x, w = tout[s:t], ta[s:t], tb[e]
         if packing and impl_for_rows(t - s) == "torch_packed":
             packed = pack(b[e])
             if packed is not None:
-                packed_mm_into(o, x, packed)
+                packed_mm_into(tout[s:t], ta[s:t], packed)
                 continue
-        torch.mm(x, w, out=o)
+        torch.mm(ta[s:t], tb[e], out=tout[s:t])
     return True
 
 

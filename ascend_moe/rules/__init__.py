@@ -174,6 +174,16 @@ class Call:
         self.args = args
         self.target = target
         self._metas: Dict[str, Any] = {}
+        self._item_metas: Dict[int, Tuple[Any, Optional[TensorMeta]]] = {}
+
+    def tensor_meta(self, item: Any) -> Optional[TensorMeta]:
+        """:func:`tensor_meta` of one value of this call, derived once per call (the type check and
+        every rule that reads the tensor share it)."""
+        hit = self._item_metas.get(id(item))
+        if hit is None or hit[0] is not item:
+            hit = (item, tensor_meta(item))
+            self._item_metas[id(item)] = hit
+        return hit[1]
 
     def __getitem__(self, name: str) -> Any:
         return self.args[name]
@@ -190,9 +200,9 @@ class Call:
         """TensorMeta of a tensor argument (first element of a one-element list), or None."""
         if name not in self._metas:
             v = self.args.get(name)
-            if isinstance(v, (list, tuple)) and len(v) == 1 and tensor_meta(v[0]) is not None:
+            if isinstance(v, (list, tuple)) and len(v) == 1 and self.tensor_meta(v[0]) is not None:
                 v = v[0]
-            self._metas[name] = tensor_meta(v)
+            self._metas[name] = self.tensor_meta(v)
         return self._metas[name]
 
     def metas(self, name: str) -> List[TensorMeta]:
@@ -201,7 +211,7 @@ class Call:
         if v is None:
             return []
         items = v if isinstance(v, (list, tuple)) else [v]
-        return [m for m in (tensor_meta(i) for i in items) if m is not None]
+        return [m for m in (self.tensor_meta(i) for i in items) if m is not None]
 
     def shape(self, name: str) -> Optional[Tuple[int, ...]]:
         m = self.meta(name)
@@ -556,7 +566,8 @@ def _is_tensor_like(v: Any) -> bool:
     return isinstance(v, (np.ndarray, TensorSpec, TensorMeta)) or _is_torch_tensor(v)
 
 
-def _type_problem(name: str, ann: str, v: Any, target: Target) -> Optional[str]:
+def _type_problem(name: str, ann: str, v: Any, target: Target,
+                  meta: Optional[Callable[[Any], Optional[TensorMeta]]] = None) -> Optional[str]:
     """Why ``v`` cannot be the argument ``name`` annotated ``ann`` (a string annotation of the op's
     signature), or None.  Only what no rule could read is judged here: wrong Python types where a
     scalar belongs, a tensor where a scalar belongs, and tensor dtypes no op knows (complex, ...)."""
@@ -565,29 +576,31 @@ def _type_problem(name: str, ann: str, v: Any, target: Target) -> Optional[str]:
     core = ann[len("Optional["):-1] if optional else ann
     if v is None:
         return None  # required tensors left None are reported by the rules that need them
-    got = (f"a tensor of shape {list(getattr(v, 'shape', []))}" if _is_tensor_like(v)
-           else f"{type(v).__name__} {v!r}")
+
+    def got() -> str:  # spelled only for a message (most calls have none)
+        return (f"a tensor of shape {list(getattr(v, 'shape', []))}" if _is_tensor_like(v)
+                else f"{type(v).__name__} {v!r}")
     if core == "int" and "dtype" not in name:
         if not _is_int(v):
-            return f"argument '{name}' must be an int, got {got}"
+            return f"argument '{name}' must be an int, got {got()}"
     elif core == "float":
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            return f"argument '{name}' must be a number, got {got}"
+            return f"argument '{name}' must be a number, got {got()}"
     elif core == "bool":
         if not isinstance(v, (bool, np.bool_, int, np.integer)):
-            return f"argument '{name}' must be a bool, got {got}"
+            return f"argument '{name}' must be a bool, got {got()}"
     elif core == "str":
         if not isinstance(v, str):
-            return f"argument '{name}' must be a string, got {got}"
+            return f"argument '{name}' must be a string, got {got()}"
     elif core in ("Sequence[int]", "List[int]"):
         if not isinstance(v, (list, tuple)) or not all(_is_int(i) for i in v):
-            return f"argument '{name}' must be a list of ints, got {got}"
+            return f"argument '{name}' must be a list of ints, got {got()}"
     # tensors (and lists of them): the dtype must be one the checker can name
     items = v if isinstance(v, (list, tuple)) else [v]
     for i, item in enumerate(items):
         if isinstance(item, np.ndarray) or _is_torch_tensor(item):
             try:
-                tensor_meta(item)
+                (meta or tensor_meta)(item)
             except (ValueError, TypeError, KeyError) as e:
                 where = f"{name}[{i}]" if isinstance(v, (list, tuple)) else name
                 dt = getattr(item, "dtype", "?")
@@ -595,14 +608,15 @@ def _type_problem(name: str, ann: str, v: Any, target: Target) -> Optional[str]:
     return None
 
 
-def _check_argument_types(spec: "OpSpec", args: Dict[str, Any], target: Target) -> None:
+def _check_argument_types(spec: "OpSpec", args: Dict[str, Any], target: Target,
+                          meta: Optional[Callable[[Any], Optional[TensorMeta]]] = None) -> None:
     """TypeError naming the argument for values no rule can read (see :func:`_type_problem`)."""
     problems = []
     for pname, param in spec.signature.parameters.items():
         ann = param.annotation
         if pname not in args or not isinstance(ann, str):
             continue
-        msg = _type_problem(pname, ann, args[pname], target)
+        msg = _type_problem(pname, ann, args[pname], target, meta)
         if msg:
             problems.append(msg)
     if problems:
@@ -616,8 +630,8 @@ def check_call(op: str, args: Dict[str, Any], target: Target) -> List[Violation]
     spec = get_op(op)
     if target.product not in spec.products:
         return [_product_violation(spec, target)]
-    _check_argument_types(spec, args, target)
     call = Call(op, args, target)
+    _check_argument_types(spec, args, target, call.tensor_meta)
     if spec.prepare is not None:
         spec.prepare(call)
     found: List[Violation] = []
