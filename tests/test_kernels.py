@@ -258,6 +258,7 @@ def test_packed_weight_made_on_second_unchanged_use_and_dropped_after_a_change(m
     new values (all checked against float64 references)."""
     if not _packed_ok("fp32"):
         pytest.skip("torch_packed not eligible on this machine")
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", "version")  # packing trusts the version counter
     force(monkeypatch, "fp32=torch_packed")
     mk.WEIGHT_CACHE.clear()
     g = torch.Generator().manual_seed(3)
@@ -280,6 +281,7 @@ def test_packed_weights_never_evict_each_other(monkeypatch):
     other runs the plain path on every call (no repacking churn), results within the fp32 bound."""
     if not _packed_ok("fp32"):
         pytest.skip("torch_packed not eligible on this machine")
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", "version")  # packing trusts the version counter
     force(monkeypatch, "fp32=torch_packed")
     mk.WEIGHT_CACHE.clear()
     monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", str(6000 / 2 ** 20))  # one 64x16 fp32 view is 4096 bytes
@@ -541,3 +543,22 @@ def test_nz_weight_values_kept_until_the_weight_changes(monkeypatch):
     w_nz.copy_(torch.from_numpy(numerics.nd_to_nz(w2.numpy())))
     check(am.npu_grouped_matmul_swiglu_quant_v2(x, [w_nz], [ws], xs, gl), w2)
     assert mk.WEIGHT_CACHE.facts_computed - before == 2
+
+
+def test_packed_weights_need_the_version_check(monkeypatch):
+    """Under the default content check a weight is never packed (proving it unchanged would cost a
+    CRC-32 pass per call): repeated calls stay on the plain path, results within the fp32 bound."""
+    if not _packed_ok("fp32"):
+        pytest.skip("torch_packed not eligible on this machine")
+    monkeypatch.delenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", raising=False)
+    force(monkeypatch, "fp32=torch_packed")
+    mk.WEIGHT_CACHE.clear()
+    packed_before = mk.WEIGHT_CACHE.conversions
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(64, 48, generator=g), torch.randn(2, 48, 40, generator=g)
+    want = torch.cat([x[:32].double() @ w[0].double(), x[32:].double() @ w[1].double()])
+    for _ in range(3):
+        out = am.npu_gmm(x, w, group_list=[32, 64])
+        bound = 48 * 2.0 ** -24 * (x[:32].abs().double() @ w[0].abs().double()).max().item() * 2
+        assert (out.double() - want).abs().max().item() <= bound
+    assert mk.WEIGHT_CACHE.conversions == packed_before and mk.WEIGHT_CACHE.nbytes == 0
