@@ -71,13 +71,17 @@ def machine_header() -> str:
     shape class on this machine (measured once, cached; ASCEND_MOE_KERNELS overrides)."""
     import torch
     from ascend_moe import kernels
+    from ascend_moe.kernels import weight_cache
     d = kernels.cpu_description()
     chosen = kernels.choices()
     lines = [f"cpu: {d['cpu']}; torch {d['torch']} (CPU capability {d['torch_cpu_capability']}), "
              f"{d['threads']} threads, numpy {d['numpy']}",
              f"flags: {' '.join(d['flags'])}",
              "chosen kernels: " + ", ".join(f"{c}={i}" for c, i in chosen.items()),
-             f"kernel cache: {kernels.cache_path()}"]
+             f"kernel cache: {kernels.cache_path()}",
+             "weight cache check: " + ("content (CRC-32; no packed weights)" if weight_cache.check_content()
+                                       else "version (packed weights on a weight's second unchanged use)")
+             + " - ASCEND_MOE_WEIGHT_CACHE_CHECK"]
     try:
         with open("/proc/loadavg") as f:
             lines.append(f"load average at start: {' '.join(f.read().split()[:3])} (a shared machine is noisy: "
