@@ -169,7 +169,8 @@ def _run_scenarios(group, name, rank, scenarios):
 
 
 def _other_surfaces(name, rank, world):
-    """plain_v2's dispatch again through torch.ops.ascend_moe, the torch_npu drop-in and a fake-tensor trace
+    """plain_v2's dispatch again through torch.ops.ascend_moe, the torch_npu drop-in, the public op compiled
+    with fullgraph=True and a fake-tensor trace
     (the declared op's shape rule, which aclnn's output allocation uses too)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -190,11 +191,18 @@ def _other_surfaces(name, rank, world):
     compat.install(mindspeed=False)
     import torch_npu
     via_drop_in = torch_npu.npu_moe_distribute_dispatch_v2(x, ids, name, world, rank, sc["E"], expert_scales=w, **kw)
+    import ascend_moe
+
+    def dispatch(x_, ids_, w_):
+        return ascend_moe.npu_moe_distribute_dispatch_v2(x_, ids_, name, world, rank, sc["E"], expert_scales=w_, **kw)
+    # both ranks compile and run the exchange together (one graph, the op opaque in it)
+    via_compiled = torch.compile(dispatch, fullgraph=True, backend="aot_eager")(x, ids, w)
     with FakeTensorMode() as mode:
         fake = torch.ops.ascend_moe.npu_moe_distribute_dispatch_v2(
             mode.from_tensor(x), mode.from_tensor(ids), name, world, rank, sc["E"], expert_scales=mode.from_tensor(w),
             **kw)
     return dict(ops=[npv(t) for t in via_ops], drop_in=[npv(t) for t in via_drop_in],
+                compiled=[npv(t) for t in via_compiled],
                 fake=[(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in fake])
 
 
@@ -574,7 +582,8 @@ def test_all_ranks_in_one_process_match_the_references(sc):
 
 
 def test_declared_op_surfaces_agree_and_allocate_op_plugins_sizes(ep2):
-    """The same dispatch through torch.ops.ascend_moe and the torch_npu drop-in gives the same bits as through
+    """The same dispatch through torch.ops.ascend_moe, the torch_npu drop-in and a fullgraph-compiled call gives
+    the same bits as through
     ascend_moe.distributed; the fake-tensor trace (the shape rule) and the real outputs have op-plugin's sizes,
     written out here from MoeDistributeDispatchV2KernelOpApi.cpp: L = E / W local experts, A = global_bs *
     min(L, K), assist [max(BS*K, A*128)], ep_recv_counts [W*L + 2*global_bs*K*(W // 8)] with expert_scales."""
@@ -589,11 +598,13 @@ def test_declared_op_surfaces_agree_and_allocate_op_plugins_sizes(ep2):
     for r, res in enumerate(ep2):
         surf = res["surfaces"]
         assert surf["fake"] == want, r
-        for key, got_ops, got_drop in zip(keys, surf["ops"], surf["drop_in"]):
+        for key, got_ops, got_drop, got_compiled in zip(keys, surf["ops"], surf["drop_in"], surf["compiled"]):
             ref = res[sc["name"]][key]
             assert (tuple(ref.shape), str(ref.dtype)) == want[keys.index(key)], (r, key)
             np.testing.assert_array_equal(_bits(got_ops), _bits(ref), err_msg=f"rank {r} {key} torch.ops")
             np.testing.assert_array_equal(_bits(got_drop), _bits(ref), err_msg=f"rank {r} {key} torch_npu")
+            np.testing.assert_array_equal(_bits(got_compiled), _bits(ref),
+                                          err_msg=f"rank {r} {key} torch.compile(fullgraph=True)")
 
 
 def _bf16_to_f32(v):
