@@ -194,7 +194,11 @@ def _check(args: argparse.Namespace) -> int:
         if ep_run:
             data = mc.report_dict(rep)
             if rep.passed:
-                data["ranks"] = _run_ep(args, rep)
+                try:
+                    data["ranks"] = _run_ep(args, rep)
+                except MemoryError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    return 2
             print(json.dumps(data, indent=2))
             return 0 if rep.passed else 1
         if args.run and rep.passed:
@@ -217,7 +221,11 @@ def _check(args: argparse.Namespace) -> int:
         if ep_run:
             print(f"\nrunning the EP layer on {args.ep} processes (gloo; {rep.dims.tokens} tokens per rank, random "
                   "weights shared by all experts; see ascend_moe.ep_layer)", file=sys.stderr)
-            results = _run_ep(args, rep)
+            try:
+                results = _run_ep(args, rep)
+            except MemoryError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             if results is not None:
                 from .ep_layer import format_ranks
                 print()

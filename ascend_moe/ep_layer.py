@@ -44,6 +44,33 @@ import numpy as np
 __all__ = ["run_rank", "launch_local", "run_torchrun", "under_torchrun", "format_ranks", "main"]
 
 
+# working memory one machine may give the EP layer's processes together (as `check --run`'s budget)
+MEMORY_BUDGET = 4e9
+
+
+def rank_working_set(rep: Any) -> float:
+    """Bytes of fp32 working memory one rank of ``rep``'s EP layer may need: its tokens' router and shared-expert
+    rows, and at most ``global_bs * min(local experts, k)`` received rows (every token of every rank routed here)
+    through both projections, plus one expert's and the shared expert's weights (the formula of
+    ``model_check.run_layer`` with the received rows of the exchange)."""
+    d, S = rep.dims, rep.config.shared_intermediate_size
+    received = d.tokens * d.ep * min(d.local_experts, d.top_k)
+    return 4.0 * (d.tokens * (2 * d.experts + 2 * d.hidden + 3 * S) + received * (2 * d.hidden + 3 * d.inter)
+                  + 3 * d.hidden * d.inter + 3 * d.hidden * S)
+
+
+def check_memory(rep: Any, processes_here: int, budget: float = MEMORY_BUDGET) -> None:
+    """MemoryError, before anything is allocated or started, when ``processes_here`` ranks of the layer
+    could need more than ``budget`` bytes together (a kernel OOM kill would otherwise end the run)."""
+    need = rank_working_set(rep) * processes_here
+    if need > budget:
+        raise MemoryError(
+            f"--run with --ep {rep.dims.ep} at {rep.dims.tokens} tokens per rank may need about {need / 1e9:.1f} GB of "
+            f"working memory for the {processes_here} process(es) on this machine (each rank can receive "
+            f"{rep.dims.tokens * rep.dims.ep} tokens' rows), more than the budget of {budget / 1e9:.1f} GB; use "
+            "fewer --tokens or a smaller --ep here (or spread the ranks over machines with torchrun)")
+
+
 def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optional[str] = None,
              seed: int = 0, host_renorm: bool = False, group: Any = None, quant: str = "none",
              keep_tensors: bool = False) -> Dict[str, Any]:
@@ -74,6 +101,7 @@ def run_rank(model: Any, tokens: int, product: Optional[str] = None, cann: Optio
     if not rep.passed:
         raise RuntimeError("the layer breaks product rules; run `python -m ascend_moe check` for details:\n"
                            + mc.format_report(rep))
+    check_memory(rep, processes_here=1)  # every rank computes the same verdict, so none waits for another
     cfg, d = rep.config, rep.dims
     T, E, El, K, H, inter = d.tokens, d.experts, d.local_experts, d.top_k, d.hidden, d.inter
     S = cfg.shared_intermediate_size
@@ -244,6 +272,8 @@ def _spawned(rank: int, world: int, port: int, out_dir: str, kwargs: Dict[str, A
                                 timeout=datetime.timedelta(seconds=120))
         res = run_rank(**kwargs)
         dist.destroy_process_group()
+    except MemoryError as e:  # the layer's own refusal: reported as such by the parent
+        res = dict(rank=rank, error=traceback.format_exc(), memory_error=str(e))
     except Exception:  # noqa: BLE001 - reported by the parent
         res = dict(rank=rank, error=traceback.format_exc())
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
@@ -257,6 +287,9 @@ def launch_local(model: str, ep: int, tokens: int = 4, product: Optional[str] = 
     import torch.multiprocessing as mp
     if ep < 2:
         raise ValueError(f"--ep must be at least 2 to run expert parallelism, got {ep}")
+    from . import model_check as mc
+    rep = mc.check_model(model, product, cann, quant=quant, tokens=tokens, ep=ep, host_renorm=host_renorm)
+    check_memory(rep, processes_here=ep)  # all ranks run here: refuse before starting any of them
     kwargs = dict(model=model, tokens=tokens, product=product, cann=cann, seed=seed, host_renorm=host_renorm,
                   quant=quant)
     with tempfile.TemporaryDirectory() as out_dir:
@@ -273,6 +306,8 @@ def launch_local(model: str, ep: int, tokens: int = 4, product: Optional[str] = 
             with open(os.path.join(out_dir, f"rank{r}.pkl"), "rb") as f:
                 results.append(pickle.load(f))
     errors = [r for r in results if "error" in r]
+    if errors and all("memory_error" in e for e in errors):
+        raise MemoryError(errors[0]["memory_error"])
     if errors:
         raise RuntimeError("EP layer failed:\n" + "\n".join(f"rank {e['rank']}:\n{e['error']}" for e in errors))
     return results

@@ -302,3 +302,24 @@ def test_check_ep_run_refuses_a_wrong_torchrun_size(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert cli.main(["check", "--model", "deepseek-v3", "--ep", "2", "--run"]) == 2
     assert "torchrun started 4 processes; pass --ep 4" in capsys.readouterr().err
+
+
+def test_check_ep_run_refuses_a_working_set_over_the_budget_before_starting(monkeypatch, capsys):
+    """Each rank may receive every rank's rows: at 200,000 tokens per rank DeepSeek-V3's EP layer would need
+    hundreds of GB. The run is refused with exit 2 and the numbers, before any process starts (an OOM kill
+    of a worker was the result before)."""
+    from ascend_moe import ep_layer
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    started = []
+    monkeypatch.setattr("torch.multiprocessing.start_processes", lambda *a, **k: started.append(a))
+    assert cli.main(["check", "--model", "deepseek-v3", "--ep", "2", "--run", "--tokens", "200000"]) == 2
+    err = capsys.readouterr().err
+    assert "--ep 2 at 200000 tokens per rank" in err and "budget of 4.0 GB" in err and "fewer --tokens" in err
+    assert started == []
+    # the estimate, from the layer's own sizes: per rank T*(2E + 2H + 3S) + R*(2H + 3I) + 3HI + 3HS fp32 values,
+    # R = T * W * min(E/W, k) received rows; H=7168, I=2048, S=2048, E=256, k=8 for DeepSeek-V3
+    T, W, E, k, H, I, S = 200000, 2, 256, 8, 7168, 2048, 2048
+    per_rank = 4 * (T * (2 * E + 2 * H + 3 * S) + T * W * min(E // W, k) * (2 * H + 3 * I) + 3 * H * I + 3 * H * S)
+    assert f"about {W * per_rank / 1e9:.1f} GB" in err
+    assert ep_layer.MEMORY_BUDGET == 4e9
