@@ -139,10 +139,13 @@ def torch_sgemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optiona
 _CHUNK = 1 << 16
 
 
-def _min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
-    """Smallest biased exponent among the nonzero elements of a bf16 array (0 = a subnormal is
-    present), None if all are zero.  Magnitude bits minus one, as unsigned 16-bit, map zero to the
-    largest value, so one min per cache-sized chunk finds the smallest nonzero magnitude."""
+def min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
+    """Smallest biased exponent among the nonzero elements of bf16 array ``a`` (0: a subnormal is
+    present; None: all zero).  Magnitude bits minus one, as unsigned 16-bit, map zero to the largest
+    value, so one min per cache-sized chunk finds the smallest nonzero magnitude.  NumPy on one thread:
+    torch's threaded integer ops are at most about 2x faster on an idle 2-core machine but 20-100x
+    slower when the cores are shared (OpenMP workers wait for each other), and this scan runs on every
+    weight a call has not seen before."""
     bits = a.ravel(order="K").view(np.uint16)  # a view for C, F and other dense layouts
     buf = np.empty(min(bits.size, _CHUNK), dtype=np.uint16)
     smallest = 0xFFFF
@@ -155,14 +158,6 @@ def _min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     return None if smallest == 0xFFFF else (smallest + 1) >> 7
 
 
-def min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
-    """Smallest biased exponent among the nonzero elements of bf16 array ``a`` (0: a subnormal is
-    present; None: all zero).  Scanned by NumPy on one thread: torch's threaded integer ops are at most
-    about 2x faster on an idle 2-core machine but 20-100x slower when the cores are shared (OpenMP
-    workers wait for each other), and this scan runs on every weight a call has not seen before."""
-    return _min_nonzero_bf16_exponent(a)
-
-
 def _root(a: np.ndarray) -> np.ndarray:
     """The outermost NumPy array ``a`` is a view of (its whole tensor, in the ops)."""
     while isinstance(a.base, np.ndarray) and a.base.dtype.itemsize == 2:
@@ -171,7 +166,7 @@ def _root(a: np.ndarray) -> np.ndarray:
 
 
 class ExponentMemo:
-    """Per-call memo of :func:`_min_nonzero_bf16_exponent` over the whole array a group's slice is a
+    """Per-call memo of :func:`min_nonzero_bf16_exponent` over the whole array a group's slice is a
     view of: the minimum over the whole array bounds the slice's from below, so the guard stays
     conservative, and each operand is scanned once per call instead of once per group."""
 
