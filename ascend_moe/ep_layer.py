@@ -44,24 +44,19 @@ import numpy as np
 __all__ = ["run_rank", "launch_local", "run_torchrun", "under_torchrun", "format_ranks", "main"]
 
 
-# working memory one machine may give the EP layer's processes together (as `check --run`'s budget)
-MEMORY_BUDGET = 4e9
-
-
 def rank_working_set(rep: Any) -> float:
-    """Bytes of fp32 working memory one rank of ``rep``'s EP layer may need: its tokens' router and shared-expert
-    rows, and at most ``global_bs * min(local experts, k)`` received rows (every token of every rank routed here)
-    through both projections, plus one expert's and the shared expert's weights (the formula of
-    ``model_check.run_layer`` with the received rows of the exchange)."""
-    d, S = rep.dims, rep.config.shared_intermediate_size
-    received = d.tokens * d.ep * min(d.local_experts, d.top_k)
-    return 4.0 * (d.tokens * (2 * d.experts + 2 * d.hidden + 3 * S) + received * (2 * d.hidden + 3 * d.inter)
-                  + 3 * d.hidden * d.inter + 3 * d.hidden * S)
+    """Bytes of fp32 working memory one rank of ``rep``'s EP layer may need: ``check --run``'s working set
+    with every rank's tokens routed here, i.e. ``global_bs * min(local experts, k)`` received rows."""
+    from .model_check import working_set_bytes
+    d = rep.dims
+    return working_set_bytes(rep, expanded_rows=d.tokens * d.ep * min(d.local_experts, d.top_k))
 
 
-def check_memory(rep: Any, processes_here: int, budget: float = MEMORY_BUDGET) -> None:
+def check_memory(rep: Any, processes_here: int, budget: Optional[float] = None) -> None:
     """MemoryError, before anything is allocated or started, when ``processes_here`` ranks of the layer
     could need more than ``budget`` bytes together (a kernel OOM kill would otherwise end the run)."""
+    from .model_check import MEMORY_BUDGET
+    budget = MEMORY_BUDGET if budget is None else budget
     need = rank_working_set(rep) * processes_here
     if need > budget:
         raise MemoryError(

@@ -681,8 +681,21 @@ class Progress:
         self.stream.flush()
 
 
+# bytes of working memory `check --run` (and the EP layer's processes on one machine, together) may use
+MEMORY_BUDGET = 4e9
+
+
+def working_set_bytes(rep: "Report", expanded_rows: int) -> float:
+    """Bytes of fp32 working memory one run of ``rep``'s layer needs: its tokens' router logits and scores
+    and shared-expert rows, ``expanded_rows`` routed rows through both projections, one expert's weights
+    and the shared expert's (``run_layer``: T * k rows; one EP rank: the rows it may receive)."""
+    d, S = rep.dims, rep.config.shared_intermediate_size
+    return 4.0 * (d.tokens * (2 * d.experts + 2 * d.hidden + 3 * S) + expanded_rows * (2 * d.hidden + 3 * d.inter)
+                  + 3 * d.hidden * d.inter + 3 * d.hidden * S)
+
+
 def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None,
-              memory_budget: float = 4e9) -> Dict[str, Any]:
+              memory_budget: float = MEMORY_BUDGET) -> Dict[str, Any]:
     """Execute the planned layer through the simulator (the NumPy twins in :mod:`ascend_moe.sim`,
     the code the CPU backend runs; each twin checks its call first) on random weights.  Fills each
     stage's ``seconds``; returns ``{"output": y[T, H] bfloat16 ndarray, "expert_idx", "routing_weights",
@@ -724,9 +737,7 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
     cfg, d, quant = rep.config, rep.dims, rep.quant
     T, E, El, k, H, I = d.tokens, d.experts, d.local_experts, d.top_k, d.hidden, d.inter
     S = cfg.shared_intermediate_size
-    # the fp32 working set of the step (router logits and scores, the expanded rows through both
-    # projections, one expert's weights, the shared expert): refuse before allocating what cannot fit
-    need = 4.0 * (T * (2 * E + 2 * H + 3 * S) + T * k * (2 * H + 3 * I) + 3 * H * I + 3 * H * S)
+    need = working_set_bytes(rep, expanded_rows=T * k)  # refuse before allocating what cannot fit
     if need > memory_budget:
         raise MemoryError(f"--run at {T} tokens needs about {need / 1e9:.1f} GB of working memory, more than the "
                           f"budget of {memory_budget / 1e9:.1f} GB; use fewer --tokens")
@@ -886,7 +897,7 @@ def machine_gemm_kernels() -> Any:
 
 
 def quant_groups(quant: str, counts: np.ndarray, hidden: int, inter: int,
-                 memory_budget: float = 4e9) -> Tuple[int, np.ndarray]:
+                 memory_budget: float = MEMORY_BUDGET) -> Tuple[int, np.ndarray]:
     """The groups a quantised run computes and their row counts: all ``len(counts)`` local experts for
     w8a8 (stride-0 shared weights cost nothing); for w4a8 only the experts this step touches (the A8W4
     simulator materialises every group's int4 weight at once), refused with a MemoryError naming the size

@@ -308,7 +308,7 @@ def test_check_ep_run_refuses_a_working_set_over_the_budget_before_starting(monk
     """Each rank may receive every rank's rows: at 200,000 tokens per rank DeepSeek-V3's EP layer would need
     hundreds of GB. The run is refused with exit 2 and the numbers, before any process starts (an OOM kill
     of a worker was the result before)."""
-    from ascend_moe import ep_layer
+    from ascend_moe import model_check
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     started = []
@@ -322,4 +322,4 @@ def test_check_ep_run_refuses_a_working_set_over_the_budget_before_starting(monk
     T, W, E, k, H, I, S = 200000, 2, 256, 8, 7168, 2048, 2048
     per_rank = 4 * (T * (2 * E + 2 * H + 3 * S) + T * W * min(E // W, k) * (2 * H + 3 * I) + 3 * H * I + 3 * H * S)
     assert f"about {W * per_rank / 1e9:.1f} GB" in err
-    assert ep_layer.MEMORY_BUDGET == 4e9
+    assert model_check.MEMORY_BUDGET == 4e9
