@@ -429,23 +429,19 @@ class OpSpec:
         return rule
 
 
-# Which rule module declares each op.  Modules are imported on first use, so importing ascend_moe stays
-# cheap.  Declared ops name their rules module in their declaration (``OpDecl.rules``); this table holds
-# ops checked by name without a declaration (none today: every op, the collective and the mutating ones
-# included, is declared).
-_RULE_ONLY_OPS: Dict[str, str] = {}
+# Which rule module declares each op: each declaration names its rules module (``OpDecl.rules``).
+# Modules are imported on first use, so importing ascend_moe stays cheap.
 
 
 class _OpModules(Mapping):
     """op name -> its rule module under ascend_moe.rules: the declarations' ``rules`` (read on first use, so
-    importing the checker imports no op module) plus :data:`_RULE_ONLY_OPS`."""
+    importing the checker imports no op module)."""
 
     def _table(self) -> Dict[str, str]:
         table = getattr(self, "_cache", None)
         if table is None:
             from ..opdecl import all_decls
             table = {d.name: d.rules for d in all_decls()}
-            table.update(_RULE_ONLY_OPS)
             self._cache = table
         return table
 
