@@ -2,15 +2,9 @@
 typedef has the parameter list of the ops-transformer op_api source it names (checked by comparing with the
 lists written here, so a reordered or retyped parameter - a group name passed where an int64 belongs - fails
 to compile)."""
-import os
-import re
-import shutil
-import subprocess
-
 import pytest
 
-CSRC = os.path.join(os.path.dirname(__file__), os.pardir, "csrc")
-CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+from prototype_check import CXX, assert_typedefs_match, typedefs_in
 
 TEN, OUT, STR, I64 = "const aclTensor*", "aclTensor*", "const char*", "int64_t"
 TAIL = ["uint64_t*", "aclOpExecutor**"]
@@ -35,19 +29,12 @@ DEFINITIONS = {
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 def test_distribute_prototypes_compile_and_match(tmp_path):
-    body = ["#include \"acl_abi_distribute.h\"", "#include <type_traits>"]
-    for name, params in DEFINITIONS.items():
-        body.append(f"static_assert(std::is_same<{name}, aclnnStatus (*)({', '.join(params)})>::value, \"{name}\");")
-    src = tmp_path / "check.cpp"
-    src.write_text("\n".join(body) + "\n")
-    r = subprocess.run([CXX, "-std=c++17", "-fsyntax-only", "-I", os.path.abspath(CSRC), str(src)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert_typedefs_match("acl_abi_distribute.h", DEFINITIONS, tmp_path)
 
 
 def test_every_typedef_is_checked():
-    text = open(os.path.join(CSRC, "acl_abi_distribute.h")).read()
-    assert set(re.findall(r"\(\*(\w+GWS_t)\)", text)) == set(DEFINITIONS)
+    assert typedefs_in("acl_abi_distribute.h") == set(DEFINITIONS)
+
 
 
 def test_declared_entries_are_the_typedefs_and_op_plugins_order():

@@ -2,14 +2,11 @@
 parameter list of the ops-transformer header it names (checked by assigning a function written here with that
 exact list, so a reordered or retyped parameter fails to compile)."""
 import os
-import shutil
 import re
-import subprocess
 
 import pytest
 
-CSRC = os.path.join(os.path.dirname(__file__), os.pardir, "csrc")
-CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+from prototype_check import CSRC, CXX, assert_typedefs_match, typedefs_in
 
 # One definition per entry point, parameter types copied from the aclnn headers / docs.
 DEFINITIONS = {
@@ -48,20 +45,12 @@ DEFINITIONS = {
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 def test_routing_prototypes_compile_and_match(tmp_path):
-    body = ["#include \"acl_abi_routing.h\"", "#include <type_traits>"]
-    for name, params in DEFINITIONS.items():
-        body.append(f"static_assert(std::is_same<{name}, aclnnStatus (*)({params})>::value, \"{name}\");")
-    src = tmp_path / "check.cpp"
-    src.write_text("\n".join(body) + "\n")
-    r = subprocess.run([CXX, "-std=c++17", "-fsyntax-only", "-I", os.path.abspath(CSRC), str(src)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert_typedefs_match("acl_abi_routing.h", DEFINITIONS, tmp_path)
 
 
 def test_every_typedef_is_checked():
-    text = open(os.path.join(CSRC, "acl_abi_routing.h")).read()
-    declared = set(re.findall(r"\(\*(\w+GWS_t)\)", text))
-    assert declared == set(DEFINITIONS)
+    assert typedefs_in("acl_abi_routing.h") == set(DEFINITIONS)
+
 
 
 def test_declared_entries_match_the_dispatcher_prototypes():
