@@ -18,7 +18,7 @@ an HCCL backend.  For a gloo group it gives a name of the same role (``"sim_hccl
 a real HCCL name recorded elsewhere) to a group.  The default group resolves from its name too.
 
 Failure handling.  Before any payload moves, every rank runs the op's rules on its own
-arguments and the ranks exchange (``all_gather_object``) their violations plus the arguments
+arguments and the ranks exchange (an object all-gather) their violations plus the arguments
 that must agree across ranks.  Every rank then raises the same :class:`ConstraintError`, naming
 the offending ranks, or none does.  A rank that fails for any other reason before the exchange
 still joins it with its error, so its peers fail at once with a message naming it instead of
@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import threading
+import time
 import warnings
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -178,19 +180,67 @@ def _wait(work, what: str, op: str) -> None:
 
 def _all_to_all(out: torch.Tensor, inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int],
                 group, what: str, op: str) -> None:
-    work = dist.all_to_all_single(out, inp, output_split_sizes=list(out_splits), input_split_sizes=list(in_splits),
-                                  group=group, async_op=True)
-    _wait(work, what, op)
+    baseline = (out._use_count(), inp._use_count())
+    _wait(dist.all_to_all_single(out, inp, output_split_sizes=list(out_splits), input_split_sizes=list(in_splits),
+                                 group=group, async_op=True), what, op)
+    _until_released(out, inp, baseline)
+
+
+def _until_released(out: torch.Tensor, inp: torch.Tensor, baseline: Tuple[int, int]) -> None:
+    """Wait until the backend's worker thread has dropped its references to ``out`` and ``inp``.
+
+    ``work.wait()`` returns when gloo marks the work complete; its worker thread frees the work (and its
+    references to the tensors) a moment later.  If that thread frees the last reference to a tensor whose
+    Python object was already dropped (``torch.from_numpy(...)`` temporaries), it must take the GIL; when
+    the interpreter has begun exiting by then, the thread is unwound and the process aborts ("terminate
+    called without an active exception").  Returning only once the use counts are back to what they were
+    before the collective keeps every tensor's last release on this thread."""
+    deadline = time.monotonic() + get_timeout()
+    delay = 0.0
+    while out._use_count() > baseline[0] or inp._use_count() > baseline[1]:
+        if time.monotonic() > deadline:   # not an error: the exchange itself completed
+            return
+        time.sleep(delay)                 # releases the GIL for the worker thread
+        delay = min(0.001, delay + 0.0001)
+
+
+def _has_cpu_backend(group) -> bool:
+    try:
+        group._get_backend(torch.device("cpu"))
+    except Exception:  # noqa: BLE001 - the group has no backend for CPU tensors
+        return False
+    return True
 
 
 def _all_gather_object(obj: Any, group, what: str, op: str) -> List[Any]:
-    out: List[Any] = [None] * dist.get_world_size(group)
+    """Every rank's picklable ``obj`` (``dist.all_gather_object``'s contract), on :func:`_all_to_all` so that
+    its tensors, too, are released on this thread (see :func:`_until_released`).  A group without a CPU
+    backend (HCCL alone, on a real NPU) uses ``dist.all_gather_object``, which stages through the device."""
+    w = dist.get_world_size(group)
+    if not _has_cpu_backend(group):
+        out_objs: List[Any] = [None] * w
+        try:
+            dist.all_gather_object(out_objs, obj, group=group)
+        except Exception as e:
+            raise EpCommError(f"{op}: {what} failed: {e}. A peer rank died, hung, or is running a different "
+                              "collective on the EP group") from e
+        return out_objs
+    payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    sizes = torch.empty(w, dtype=torch.int64)
     try:
-        dist.all_gather_object(out, obj, group=group)
+        _all_to_all(sizes, torch.full((w,), payload.size, dtype=torch.int64), [1] * w, [1] * w, group, what, op)
+        n = int(sizes.max())
+        send = np.zeros((w, n), dtype=np.uint8)
+        send[:, :payload.size] = payload
+        out = torch.empty(w * n, dtype=torch.uint8)
+        _all_to_all(out, torch.from_numpy(send.reshape(-1)), [n] * w, [n] * w, group, what, op)
+    except EpCommError:
+        raise
     except Exception as e:
         raise EpCommError(f"{op}: {what} failed: {e}. A peer rank died, hung, or is running a different "
                           "collective on the EP group") from e
-    return out
+    rows = out.numpy().reshape(w, n)
+    return [pickle.loads(rows[q, :int(sizes[q])].tobytes()) for q in range(w)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -244,11 +244,13 @@ def run_torchrun(model: Any, tokens: int, product: Optional[str] = None, cann: O
     """This process's rank of a torchrun launch (gloo over TCP, the launcher's rendezvous): runs the
     layer, returns every rank's result on rank 0 and None on the others."""
     import torch.distributed as dist
+    from . import distributed as ep
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     try:
         res = run_rank(model, tokens, product, cann, seed, host_renorm, quant=quant)
-        gathered: List[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, res)
+        # the exchange's own object gather: it returns only after gloo released its tensors (a release
+        # left to gloo's worker thread during interpreter exit aborts the process)
+        gathered = ep._all_gather_object(res, dist.group.WORLD, "result gather", "ep_layer")
         return gathered if dist.get_rank() == 0 else None
     finally:
         dist.destroy_process_group()

@@ -206,6 +206,21 @@ def _other_surfaces(name, rank, world):
                 fake=[(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in fake])
 
 
+def _use_counts_after_exchanges(group, rank, n=100):
+    """The references each exchange's tensors hold right after it returns (gloo's worker thread must have
+    let go: a tensor it frees last needs the GIL, and at interpreter exit that aborts the process), and
+    an object all-gather of objects of different sizes per rank."""
+    import torch
+    from ascend_moe import distributed as ep
+    counts = []
+    for i in range(n):
+        out, inp = torch.empty(2, dtype=torch.int64), torch.full((2,), 10 * rank + i, dtype=torch.int64)
+        ep._all_to_all(out, inp, [1, 1], [1, 1], group, "use-count probe", "test")
+        counts.append((out._use_count(), inp._use_count(), out.tolist()))
+    gathered = ep._all_gather_object({"rank": rank, "pad": "x" * (1000 * rank)}, group, "object probe", "test")
+    return dict(counts=counts, gathered=gathered)
+
+
 def _expect_failure(fn):
     started = time.monotonic()
     try:
@@ -241,6 +256,7 @@ def _worker(rank, world, port, out_dir, fail_case):
                 results[f"layer_{quant}"] = ep_layer.run_rank(model_check.moe_config_from_hf(SMALL_MODEL, "small"),
                                                               tokens=3, quant=quant, keep_tensors=True)
             results["surfaces"] = _other_surfaces(name, rank, world)
+            results["released"] = _use_counts_after_exchanges(group, rank)
         if world == 4:
             # a 2-rank EP group inside the 4 processes: group_ep names a sub-group, ep_rank_id is the rank in it
             sub = dist.new_group([1, 3])
@@ -480,6 +496,14 @@ def test_two_ranks_match_single_process_layer(ep2, name):
 @pytest.mark.parametrize("name", [s["name"] for s in SCENARIOS[4]])
 def test_four_ranks_match_single_process_layer(ep4, name):
     _check_scenario(ep4, next(s for s in SCENARIOS[4] if s["name"] == name))
+
+
+def test_exchanges_return_after_the_backend_released_their_tensors(ep2):
+    for rank, res in enumerate(ep2):
+        for i, (out_refs, inp_refs, got) in enumerate(res["released"]["counts"]):
+            assert (out_refs, inp_refs) == (1, 1), (rank, i)
+            assert got == [i, 10 + i], (rank, i)   # element q came from rank q
+        assert res["released"]["gathered"] == [{"rank": q, "pad": "x" * (1000 * q)} for q in range(2)]
 
 
 def test_group_name_resolves_to_the_torch_group(ep2):
