@@ -1,8 +1,8 @@
 """Build ascend-moe.
 
-The C++ extension ``ascend_moe._C`` needs only a C++ compiler and pybind11: CANN is
-loaded at run time with dlopen, so no CANN header or library is used at build time,
-and nothing links against torch.  The NumPy simulator in ``sim/`` is installed as
+The C++ extensions ``ascend_moe._C`` (the aclnn dispatcher) and ``ascend_moe.kernels._scan`` (a CPU
+kernel helper) need only a C++ compiler and pybind11: CANN is loaded at run time with dlopen, so no CANN
+header or library is used at build time, and nothing links against torch.  The NumPy simulator in ``sim/`` is installed as
 ``ascend_moe.sim``.
 """
 from glob import glob
@@ -18,7 +18,14 @@ ext_modules = [
         cxx_std=17,
         libraries=["dl"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    )
+    ),
+    # CPU kernels' compiled helpers (the bf16 subnormal guard's scan); pybind11 only, no torch
+    Pybind11Extension(
+        "ascend_moe.kernels._scan",
+        sorted(glob("csrc/kernels/*.cpp")),
+        cxx_std=17,
+        extra_compile_args=["-O3", "-Wall", "-Wextra"],
+    ),
 ]
 
 setup(

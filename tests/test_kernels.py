@@ -178,7 +178,7 @@ def test_bf16_flush_guard_rejects_only_what_could_flush():
 
 @pytest.mark.parametrize("size", ["large", "small"])
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
-def test_min_exponent_scan_over_chunks_and_layouts(layout, size):
+def test_min_exponent_scan_over_chunks_and_layouts(layout, size, monkeypatch):
     """The guard's scan (NumPy, chunk by chunk) against a plain reference: the smallest biased
     exponent of the nonzero values, found past the first chunk, with negative zeros and subnormals."""
     # large: a weight-sized array (past 48 chunks); small: past the first three chunks
@@ -193,11 +193,42 @@ def test_min_exponent_scan_over_chunks_and_layouts(layout, size):
         mags = np.abs(arr.astype(np.float64)).ravel()
         mags = mags[mags > 0]
         return None if mags.size == 0 else max(0, int(np.floor(np.log2(mags.min()))) + 127)
-    assert impls.min_nonzero_bf16_exponent(a) == reference(a)
-    a2 = a.copy()
-    a2[a2.shape[0] - 1, 4] = 2.0 ** -130  # subnormal: exponent 0
-    assert impls.min_nonzero_bf16_exponent(a2) == 0
-    assert impls.min_nonzero_bf16_exponent(np.zeros((4, 3), ml_dtypes.bfloat16)) is None
+    native = impls._scan
+    assert impls._scan is not None, "the compiled scan (ascend_moe.kernels._scan) was not built"
+    for compiled in (True, False):   # the compiled scan, then the NumPy one of an unbuilt checkout
+        monkeypatch.setattr(impls, "_scan", native if compiled else None)
+        assert impls.min_nonzero_bf16_exponent(a) == reference(a), compiled
+        a2 = a.copy()
+        a2[a2.shape[0] - 1, 4] = 2.0 ** -130  # subnormal: exponent 0
+        assert impls.min_nonzero_bf16_exponent(a2) == 0, compiled
+        assert impls.min_nonzero_bf16_exponent(np.zeros((4, 3), ml_dtypes.bfloat16)) is None, compiled
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_compiled_scan_finds_each_magnitude_at_any_position(offset):
+    """Every magnitude class at every position of odd-length, unaligned views (the vector loop's head and
+    tail): the smallest nonzero biased exponent, against integer bit arithmetic written here."""
+    native = impls._scan
+    assert native is not None
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 15, 33, 64, 257):
+        base = rng.integers(0x3F80, 0x4100, size=n + offset, dtype=np.uint16)  # normal values, exponents 127-130
+        base[rng.random(n + offset) < 0.3] = 0x8000                              # negative zeros
+        view = base[offset:]
+        for pos in {0, n // 2, n - 1}:
+            for bits in (0x0001, 0x807F, 0x0080, 0x7F80, 0xFFC1, 0x3F00):  # subnormals, min normal, inf, NaN
+                arr = view.copy()
+                arr[pos] = bits
+                mags = [int(v) & 0x7FFF for v in arr if int(v) & 0x7FFF]
+                want = None if not mags else min(mags) >> 7
+                got = native.min_magnitude_minus_one(arr)
+                assert (None if got == 0xFFFF else (got + 1) >> 7) == want, (n, offset, pos, hex(bits))
+    assert native.min_magnitude_minus_one(np.zeros(7, np.uint16)) == 0xFFFF
+    assert native.min_magnitude_minus_one(np.array([0x8000, 0x0000], np.uint16)) == 0xFFFF
+    with pytest.raises(ValueError, match="contiguous 1-D buffer of 2-byte elements"):
+        native.min_magnitude_minus_one(np.zeros(4, np.uint16)[::2])
+    with pytest.raises(ValueError, match="2-byte elements"):
+        native.min_magnitude_minus_one(np.zeros(4, np.float32))
 
 
 def test_native_contract_check_rejects_a_half_precision_accumulator(monkeypatch):

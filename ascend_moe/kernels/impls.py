@@ -44,6 +44,11 @@ import torch
 
 from ..sim import kernels as _simk
 
+try:  # the compiled scan, built with the package (setup.py); a source tree without a build uses NumPy
+    from . import _scan
+except ImportError:  # pragma: no cover - only in an unbuilt checkout
+    _scan = None
+
 _F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _TORCH_FLOAT = {_F16: torch.float16, _F32: torch.float32, _BF16: torch.bfloat16}
@@ -142,11 +147,18 @@ _CHUNK = 1 << 16
 def min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
     """Smallest biased exponent among the nonzero elements of bf16 array ``a`` (0: a subnormal is
     present; None: all zero).  Magnitude bits minus one, as unsigned 16-bit, map zero to the largest
-    value, so one min per cache-sized chunk finds the smallest nonzero magnitude.  NumPy on one thread:
-    torch's threaded integer ops are at most about 2x faster on an idle 2-core machine but 20-100x
-    slower when the cores are shared (OpenMP workers wait for each other), and this scan runs on every
-    weight a call has not seen before."""
+    value, so one minimum finds the smallest nonzero magnitude.  One thread: this scan runs on every
+    bf16 operand of a call, and threaded scans are 20-100x slower when the cores are shared."""
     bits = a.ravel(order="K").view(np.uint16)  # a view for C, F and other dense layouts
+    if _scan is not None:   # the compiled single pass (ascend_moe.kernels._scan)
+        smallest = _scan.min_magnitude_minus_one(bits)
+    else:
+        smallest = _min_magnitude_minus_one_numpy(bits)
+    return None if smallest == 0xFFFF else (smallest + 1) >> 7
+
+
+def _min_magnitude_minus_one_numpy(bits: np.ndarray) -> int:
+    """The scan in NumPy, one cache-sized chunk at a time (a build without the compiled helper)."""
     buf = np.empty(min(bits.size, _CHUNK), dtype=np.uint16)
     smallest = 0xFFFF
     for i in range(0, bits.size, _CHUNK):
@@ -155,7 +167,7 @@ def min_nonzero_bf16_exponent(a: np.ndarray) -> Optional[int]:
         np.bitwise_and(chunk, np.uint16(0x7FFF), out=part)
         np.subtract(part, np.uint16(1), out=part)  # 0 wraps to 0xFFFF
         smallest = min(smallest, int(part.min()))
-    return None if smallest == 0xFFFF else (smallest + 1) >> 7
+    return smallest
 
 
 def _root(a: np.ndarray) -> np.ndarray:
