@@ -46,7 +46,7 @@ setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     # ninja: torch.utils.cpp_extension builds the simulated npu device with it
-    install_requires=["numpy>=1.24", "ml_dtypes>=0.4", "torch>=2.4", "ninja"],
+    install_requires=["numpy>=1.24", "ml_dtypes>=0.4", "torch>=2.4", "ninja", "xxhash>=3.0"],
     # scipy: the op pages' examples (tests/simulated run them unchanged) import scipy.special
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "scipy"]},
     zip_safe=False,

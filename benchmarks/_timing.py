@@ -79,9 +79,9 @@ def machine_header() -> str:
              f"flags: {' '.join(d['flags'])}",
              "chosen kernels: " + ", ".join(f"{c}={i}" for c, i in chosen.items()),
              f"kernel cache: {kernels.cache_path()}",
-             "weight cache check: " + ("content (CRC-32; no packed weights)" if weight_cache.check_content()
-                                       else "version (packed weights on a weight's second unchanged use)")
-             + " - ASCEND_MOE_WEIGHT_CACHE_CHECK"]
+             "weight cache check: " + ("content (version counter + XXH3-128 of each weight, once per call)"
+                                       if weight_cache.check_content() else "version (the version counter alone)")
+             + "; packed weights on a weight's second unchanged use - ASCEND_MOE_WEIGHT_CACHE_CHECK"]
     try:
         with open("/proc/loadavg") as f:
             lines.append(f"load average at start: {' '.join(f.read().split()[:3])} (a shared machine is noisy: "

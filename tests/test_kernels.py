@@ -283,13 +283,14 @@ def test_packed_contract_check_rejects_reduced_precision(monkeypatch):
     assert not impls.packed_contract_holds(torch.bfloat16)
 
 
-def test_packed_weight_made_on_second_unchanged_use_and_dropped_after_a_change(monkeypatch):
+@pytest.mark.parametrize("check", ["content", "version"])
+def test_packed_weight_made_on_second_unchanged_use_and_dropped_after_a_change(monkeypatch, check):
     """A weight is packed only when a call meets it again unchanged (same version); an in-place
     update makes the next call use the plain path with the new values, and the one after packs the
     new values (all checked against float64 references)."""
     if not _packed_ok("fp32"):
         pytest.skip("torch_packed not eligible on this machine")
-    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", "version")  # packing trusts the version counter
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", check)
     force(monkeypatch, "fp32=torch_packed")
     mk.WEIGHT_CACHE.clear()
     g = torch.Generator().manual_seed(3)
@@ -307,12 +308,13 @@ def test_packed_weight_made_on_second_unchanged_use_and_dropped_after_a_change(m
     assert packs == [0, 2, 0, 0, 2]
 
 
-def test_packed_weights_never_evict_each_other(monkeypatch):
+@pytest.mark.parametrize("check", ["content", "version"])
+def test_packed_weights_never_evict_each_other(monkeypatch, check):
     """A budget with room for one of two experts' packed weights: one is packed once and kept, the
     other runs the plain path on every call (no repacking churn), results within the fp32 bound."""
     if not _packed_ok("fp32"):
         pytest.skip("torch_packed not eligible on this machine")
-    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", "version")  # packing trusts the version counter
+    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", check)
     force(monkeypatch, "fp32=torch_packed")
     mk.WEIGHT_CACHE.clear()
     monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", str(6000 / 2 ** 20))  # one 64x16 fp32 view is 4096 bytes
@@ -576,20 +578,38 @@ def test_nz_weight_values_kept_until_the_weight_changes(monkeypatch):
     assert mk.WEIGHT_CACHE.facts_computed - before == 2
 
 
-def test_packed_weights_need_the_version_check(monkeypatch):
-    """Under the default content check a weight is never packed (proving it unchanged would cost a
-    CRC-32 pass per call): repeated calls stay on the plain path, results within the fp32 bound."""
-    if not _packed_ok("fp32"):
+@pytest.mark.parametrize("kind", ["fp32", "bf16"])
+def test_packed_weight_is_not_used_after_writes_that_move_no_version_counter(monkeypatch, kind):
+    """Under the default content check a packed weight (made on its second unchanged use) is dropped after
+    ``w.data.copy_(new)`` and a write through ``.numpy()``, neither of which moves ``w``'s version counter:
+    each next call computes with the new values (small integers: every product and sum is exact, so the
+    reference is int64 math)."""
+    if not _packed_ok(kind):
         pytest.skip("torch_packed not eligible on this machine")
     monkeypatch.delenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", raising=False)
-    force(monkeypatch, "fp32=torch_packed")
+    force(monkeypatch, f"{kind}=torch_packed")
     mk.WEIGHT_CACHE.clear()
-    packed_before = mk.WEIGHT_CACHE.conversions
+    dtype = torch.float32 if kind == "fp32" else torch.bfloat16
     g = torch.Generator().manual_seed(3)
-    x, w = torch.randn(64, 48, generator=g), torch.randn(2, 48, 40, generator=g)
-    want = torch.cat([x[:32].double() @ w[0].double(), x[32:].double() @ w[1].double()])
+    x = torch.randint(-3, 4, (64, 48), generator=g).to(dtype)
+    w = torch.randint(-3, 4, (2, 48, 40), generator=g).to(dtype)
+
+    def want(wv):
+        xi, wi = x.long(), wv.long()
+        return torch.cat([xi[:32] @ wi[0], xi[32:] @ wi[1]]).to(dtype)
+    packs = []
     for _ in range(3):
-        out = am.npu_gmm(x, w, group_list=[32, 64])
-        bound = 48 * 2.0 ** -24 * (x[:32].abs().double() @ w[0].abs().double()).max().item() * 2
-        assert (out.double() - want).abs().max().item() <= bound
-    assert mk.WEIGHT_CACHE.conversions == packed_before and mk.WEIGHT_CACHE.nbytes == 0
+        before = mk.WEIGHT_CACHE.conversions
+        assert torch.equal(am.npu_gmm(x, w, group_list=[32, 64]), want(w))
+        packs.append(mk.WEIGHT_CACHE.conversions - before)
+    assert packs == [0, 2, 0]   # packed on the second call, used on the third
+    version = w._version
+    w.data.copy_(torch.randint(-3, 4, (2, 48, 40), generator=g).to(dtype))
+    assert w._version == version
+    assert torch.equal(am.npu_gmm(x, w, group_list=[32, 64]), want(w))
+    # a write through NumPy (bf16 has no .numpy(): its bits through an int16 view of the same storage)
+    nine = 9.0 if kind == "fp32" else torch.tensor(9.0, dtype=dtype).view(torch.int16).item()
+    (w if kind == "fp32" else w.view(torch.int16)).numpy()[1, 5, 7] = nine
+    assert w._version == version and w[1, 5, 7].item() == 9
+    for _ in range(2):
+        assert torch.equal(am.npu_gmm(x, w, group_list=[32, 64]), want(w))

@@ -45,7 +45,7 @@ import torch
 from ..sim import kernels as sim_kernels
 from . import impls
 from .impls import FLOAT_IMPLS, INT_IMPLS, fast_copy_cast
-from .weight_cache import CACHE as WEIGHT_CACHE, check_content, source_ranges
+from .weight_cache import CACHE as WEIGHT_CACHE, source_ranges
 
 __all__ = ["for_call", "choice", "choices", "cpu_description", "cache_path", "reset", "WEIGHT_CACHE",
            "fast_copy_cast", "CLASSES", "IMPLS_OF"]
@@ -340,11 +340,9 @@ def _shape_class(dtype_name: str, rows: int) -> str:
 def _make_float_gemms(widen, sources):
     """The per-GEMM and grouped float kernels of one call, sharing the call's flush-guard memo."""
     # the flush guard scans each bf16 operand once per call, and a weight once while it is unchanged
+    # (under the content check, proving it unchanged reads its bytes once per call, as the scan would)
     memo = impls.ExponentMemo(
-        # kept only while the version counter alone is trusted: the scan costs about a quarter of the
-        # CRC-32 that would prove its source unchanged, so under the content check it is done afresh
-        (lambda root, compute: WEIGHT_CACHE.fact(sources, root, "min_bf16_exponent", compute))
-        if sources and not check_content() else None)
+        (lambda root, compute: WEIGHT_CACHE.fact(sources, root, "min_bf16_exponent", compute)) if sources else None)
 
     def pack(b: np.ndarray):
         return WEIGHT_CACHE.packed(sources, b, lambda: impls.pack_weight(impls.as_torch(b))) if sources else None

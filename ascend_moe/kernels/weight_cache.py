@@ -15,8 +15,10 @@ first, and a single copy larger than the budget is never kept.
 
 Writes that move no version counter: ``param.data.copy_(new)`` (``.data`` is a new tensor with a counter
 of its own: weight loaders and distributed optimizers write parameters this way), writes through
-``.numpy()``.  So a kept copy is used only while a CRC-32 of the bytes its view spans is also unchanged
-(about a sixth of the cost of widening them again; far less than packing).
+``.numpy()``.  So by default every entry also records an XXH3-128 digest of the bytes its source tensor
+spans, and is used only while the digest is unchanged.  The digest is taken once per call and source
+(:class:`Source`), at memory speed (about the cost of the bf16 subnormal guard's scan of the same
+bytes, which a kept fact then saves), so packed weights and kept facts pay for it.
 ``ASCEND_MOE_WEIGHT_CACHE_CHECK=version`` trusts the version counter alone, for code that writes its
 weights only through torch in-place ops on them.
 """
@@ -26,12 +28,12 @@ import ctypes
 import os
 import threading
 import weakref
-import zlib
 from collections import OrderedDict
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import xxhash
 
 DEFAULT_BUDGET_MB = 512
 
@@ -54,36 +56,54 @@ def check_content() -> bool:
     raw = os.environ.get("ASCEND_MOE_WEIGHT_CACHE_CHECK", "").strip() or "content"
     if raw not in ("content", "version"):
         raise ValueError(f"ASCEND_MOE_WEIGHT_CACHE_CHECK must be 'content' (a kept copy is used while the version "
-                         f"counter and a CRC-32 of its source bytes are unchanged; the default) or 'version' "
-                         f"(the version counter alone), got {raw!r}")
+                         f"counter and an XXH3-128 digest of its source tensor's bytes are unchanged; the default) "
+                         f"or 'version' (the version counter alone), got {raw!r}")
     return raw == "content"
 
 
-def content_crc(a: np.ndarray) -> int:
-    """CRC-32 of the bytes view ``a`` spans (every byte between its first and last element)."""
-    if a.size == 0:
-        return 0
-    if a.flags.c_contiguous:
-        return zlib.crc32(a.reshape(-1).view(np.uint8))
-    lo = hi = a.__array_interface__["data"][0]
-    for n, step in zip(a.shape, a.strides):
+def tensor_span(t: torch.Tensor) -> Tuple[int, int]:
+    """[lo, hi) of the bytes CPU tensor ``t`` spans (every byte between its first and last element)."""
+    lo = hi = t.data_ptr()
+    if t.numel() == 0:
+        return lo, lo
+    item = t.element_size()
+    for n, step in zip(t.shape, t.stride()):
         if step < 0:
-            lo += (n - 1) * step
+            lo += (n - 1) * step * item
         else:
-            hi += (n - 1) * step
-    return zlib.crc32((ctypes.c_char * (hi + a.itemsize - lo)).from_address(lo))
+            hi += (n - 1) * step * item
+    return lo, hi + item
 
 
-def _unchanged(stored_crc: Optional[int], a: np.ndarray) -> bool:
-    return stored_crc is None or not check_content() or stored_crc == content_crc(a)
+def content_digest(lo: int, hi: int) -> bytes:
+    """XXH3-128 of the bytes in [lo, hi) (memory-speed; 128 bits: no accidental match in practice)."""
+    return xxhash.xxh3_128_digest((ctypes.c_char * (hi - lo)).from_address(lo)) if hi > lo else b""
 
 
-def _crc_if_checked(a: np.ndarray) -> Optional[int]:
-    return content_crc(a) if check_content() else None
+class Source:
+    """One weight tensor of a call: the bytes it spans (its arrays lie there), and its stamp, taken at most
+    once per call: (version counter, content digest), the digest only under the content check."""
+
+    __slots__ = ("lo", "hi", "tensor", "_stamp")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.lo, self.hi = tensor_span(tensor)
+        self.tensor = tensor
+        self._stamp: Optional[tuple] = None
+
+    def stamp(self) -> tuple:
+        if self._stamp is None:
+            self._stamp = (self.tensor._version, content_digest(self.lo, self.hi) if check_content() else None)
+        return self._stamp
+
+
+def _source_of(sources: Sequence[Source], a: np.ndarray) -> Optional[Source]:
+    ptr = a.__array_interface__["data"][0]
+    return next((src for src in sources if src.lo <= ptr < src.hi), None)
 
 
 class WeightCache:
-    """LRU map (storage, view, dtype) -> (version, source CRC-32, widened NumPy copy)."""
+    """LRU maps (storage, view, dtype) -> (source storage, source stamp, widened NumPy copy / fact / packed form)."""
 
     def __init__(self) -> None:
         self._entries: "OrderedDict[tuple, Tuple[Any, np.ndarray]]" = OrderedDict()
@@ -95,24 +115,20 @@ class WeightCache:
         self._fact_bytes: dict = {}
         self.facts_computed = 0
 
-    def fact(self, sources: Sequence[Tuple[int, int, torch.Tensor]], a: np.ndarray, name: str,
-             compute) -> Any:
+    def fact(self, sources: Sequence[Source], a: np.ndarray, name: str, compute) -> Any:
         """``compute()`` for array ``a`` (e.g. the flush guard's exponent scan), kept while the source
         tensor ``a`` lies in is unchanged; computed afresh for arrays outside every source."""
-        ptr = a.__array_interface__["data"][0]
-        src = next((t for lo, hi, t in sources if lo <= ptr < hi), None)
+        src = _source_of(sources, a)
         if src is None:
             return compute()
-        storage = src.untyped_storage()
-        key = (name, storage.data_ptr(), ptr, a.shape, a.strides, a.dtype.str)
+        storage = src.tensor.untyped_storage()
+        key = (name, storage.data_ptr(), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
+        stamp = src.stamp()
         with self._lock:
             hit = self._facts.get(key)
-        if hit is not None and hit[0]() is storage and hit[1] == src._version and _unchanged(hit[3], a):
-            with self._lock:
-                if key in self._facts:
-                    self._facts.move_to_end(key)
-            return hit[2]
-        crc = _crc_if_checked(a)
+            if hit is not None and hit[0]() is storage and hit[1] == stamp:
+                self._facts.move_to_end(key)
+                return hit[2]
         value = compute()
         self.facts_computed += 1
         arrays = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, np.ndarray)]
@@ -123,7 +139,9 @@ class WeightCache:
         if size > budget_bytes():
             return value  # a converted copy larger than the whole budget is not kept
         with self._lock:
-            self._facts[key] = (weakref.ref(storage), src._version, value, crc)
+            if key in self._facts:
+                self._drop_fact(key)
+            self._facts[key] = (weakref.ref(storage), stamp, value)
             self._fact_bytes[key] = size
             self._bytes += size
             while len(self._facts) > 4096:
@@ -131,62 +149,51 @@ class WeightCache:
             self._evict(budget_bytes())
         return value
 
-    def packed(self, sources: Sequence[Tuple[int, int, torch.Tensor]], a: np.ndarray,
-               compute) -> Optional[Any]:
+    def packed(self, sources: Sequence[Source], a: np.ndarray, compute) -> Optional[Any]:
         """``compute()`` (a weight view's packed GEMM form) kept while the source tensor is unchanged,
-        made only on the view's second use with the same version: packing costs several plain GEMMs,
+        made only on the view's second use with the same stamp: packing costs several plain GEMMs,
         so a weight used once per version (a training step's forward, its backward's transposed
         view) never pays it, and a weight used again unchanged (inference, micro-batches) pays it
         once.  None: use the plain path this time (first use, not a known weight, no room left in the
         budget: packed weights never evict each other)."""
         limit = budget_bytes()
-        if limit <= 0 or check_content():
-            # proving a packed weight unchanged takes a CRC-32 pass per call, which costs about what
-            # packing saves (bench_gmm: bf16 at E=16, T=2048, K=1024, N=512 ran 0.38x _grouped_mm with
-            # it, against 0.82x with ASCEND_MOE_WEIGHT_CACHE_CHECK=version): packing only when the
-            # version counter is trusted
+        if limit <= 0:
             return None
-        ptr = a.__array_interface__["data"][0]
-        src = next((t for lo, hi, t in sources if lo <= ptr < hi), None)
+        src = _source_of(sources, a)
         if src is None:
             return None
-        storage = src.untyped_storage()
-        key = ("packed", storage.data_ptr(), ptr, a.shape, a.strides, a.dtype.str)
-        version = src._version
+        storage = src.tensor.untyped_storage()
+        key = ("packed", storage.data_ptr(), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
+        stamp = src.stamp()
         with self._lock:
             hit = self._facts.get(key)
-        if hit is not None and hit[0]() is storage and hit[1] == version and _unchanged(hit[3], a):
-            with self._lock:
-                if key in self._facts:
-                    self._facts.move_to_end(key)
+            seen = hit is not None and hit[0]() is storage and hit[1] == stamp
+            if seen:
+                self._facts.move_to_end(key)
                 if hit[2] is not None:
                     self.hits += 1
                     return hit[2]
-            first_use = False
-        else:
-            first_use = True
-            with self._lock:
-                if key in self._facts:
-                    self._drop_fact(key)
-        crc = _crc_if_checked(a)
-        size = a.size * a.itemsize
-        with self._lock:
+            elif hit is not None:
+                self._drop_fact(key)
+            size = a.size * a.itemsize
             self._evict(limit)  # entries of tensors that are gone
             # no room: the plain path, instead of evicting another packed weight that the next call
             # needs again (groups cycling through a budget smaller than their weights would repack
             # every weight on every call)
             full = self._bytes + size > limit
-        if first_use or full:
-            with self._lock:  # remember the use (no bytes held) for the next call
-                self._facts[key] = (weakref.ref(storage), version, None, crc)
-                self._fact_bytes[key] = 0
-                while len(self._facts) > 4096:
-                    self._drop_fact(next(iter(self._facts)))
-            return None
+            if not seen or full:   # remember the use (no bytes held) for the next call
+                if not seen:
+                    self._facts[key] = (weakref.ref(storage), stamp, None)
+                    self._fact_bytes[key] = 0
+                    while len(self._facts) > 4096:
+                        self._drop_fact(next(iter(self._facts)))
+                return None
         value = compute()
         with self._lock:
             self.conversions += 1
-            self._facts[key] = (weakref.ref(storage), version, value, crc)
+            if key in self._facts:
+                self._drop_fact(key)
+            self._facts[key] = (weakref.ref(storage), stamp, value)
             self._fact_bytes[key] = size
             self._bytes += size
             self._evict(limit)
@@ -210,44 +217,40 @@ class WeightCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def widen(self, sources: Sequence[Tuple[int, int, torch.Tensor]], a: np.ndarray, dtype) -> Optional[np.ndarray]:
-        """The exact widening of view ``a`` to ``dtype`` if ``a`` lies in one of the ``sources``
-        ``(lo, hi, tensor)`` address ranges (else None: not a known weight)."""
+    def widen(self, sources: Sequence[Source], a: np.ndarray, dtype) -> Optional[np.ndarray]:
+        """The exact widening of view ``a`` to ``dtype`` if ``a`` lies in one of the call's weight
+        ``sources`` (else None: not a known weight)."""
         limit = budget_bytes()
         if limit <= 0 or a.ndim != 2:
             return None
-        ptr = a.__array_interface__["data"][0]
-        src = next((t for lo, hi, t in sources if lo <= ptr < hi), None)
+        src = _source_of(sources, a)
         if src is None:
             return None
         transposed = abs(a.strides[0]) < abs(a.strides[1])
         view = a.T if transposed else a
-        storage = src.untyped_storage()
-        key = (storage.data_ptr(), ptr, view.shape, view.strides, a.dtype.str, np.dtype(dtype).str)
-        version = src._version
+        storage = src.tensor.untyped_storage()
+        key = (storage.data_ptr(), a.__array_interface__["data"][0], view.shape, view.strides, a.dtype.str,
+               np.dtype(dtype).str)
+        stamp = src.stamp()
         with self._lock:
             hit = self._entries.get(key)
-        if hit is not None:
-            ref, ver, arr, crc = hit
-            if ref() is storage and ver == version and _unchanged(crc, view):
-                with self._lock:
-                    if key in self._entries:
-                        self._entries.move_to_end(key)
+            if hit is not None:
+                if hit[0]() is storage and hit[1] == stamp:
+                    self._entries.move_to_end(key)
                     self.hits += 1
-                return arr.T if transposed else arr
-            with self._lock:
-                if key in self._entries:
-                    self._drop(key)
+                    return hit[2].T if transposed else hit[2]
+                self._drop(key)
         size = view.size * np.dtype(dtype).itemsize
         if size > limit:
             return None
-        crc = _crc_if_checked(view)
         from .impls import fast_copy_cast
         arr = np.empty(view.shape, dtype=dtype)
         fast_copy_cast(arr, view)
         with self._lock:
             self.conversions += 1
-            self._entries[key] = (weakref.ref(storage), version, arr, crc)
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = (weakref.ref(storage), stamp, arr)
             self._bytes += arr.nbytes
             self._evict(limit)
         return arr.T if transposed else arr
@@ -271,13 +274,7 @@ class WeightCache:
 CACHE = WeightCache()
 
 
-def source_ranges(tensors: Sequence[Optional[torch.Tensor]]) -> List[Tuple[int, int, torch.Tensor]]:
-    """Address ranges ``(lo, hi, tensor)`` of the CPU tensors among ``tensors`` (the weights whose
-    converted copies may be kept)."""
-    out = []
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-            storage = t.untyped_storage()
-            lo = storage.data_ptr()
-            out.append((lo, lo + storage.nbytes(), t))
-    return out
+def source_ranges(tensors: Sequence[Optional[torch.Tensor]]) -> List[Source]:
+    """The CPU tensors among ``tensors`` (the weights whose converted copies may be kept) as
+    :class:`Source` s of one call."""
+    return [Source(t) for t in tensors if isinstance(t, torch.Tensor) and t.device.type == "cpu"]
