@@ -311,7 +311,9 @@ def test_packed_weight_made_on_second_unchanged_use_and_dropped_after_a_change(m
 @pytest.mark.parametrize("check", ["content", "version"])
 def test_packed_weights_never_evict_each_other(monkeypatch, check):
     """A budget with room for one of two experts' packed weights: one is packed once and kept, the
-    other runs the plain path on every call (no repacking churn), results within the fp32 bound."""
+    other runs the plain path on every call (no repacking churn), results within the fp32 bound.  Under
+    the content check an fp32 weight larger than the budget is not packed at all: proving it unchanged
+    would cost a digest pass over all of it for the part that fits."""
     if not _packed_ok("fp32"):
         pytest.skip("torch_packed not eligible on this machine")
     monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", check)
@@ -327,7 +329,7 @@ def test_packed_weights_never_evict_each_other(monkeypatch, check):
         y = am.npu_gmm(x, w, group_list=[30, 48])
         packs.append(mk.WEIGHT_CACHE.conversions - before)
         assert_round_once_within_fp32_bound(y, *ref_gmm(x, w, [30, 18]))
-    assert packs == [0, 1, 0, 0, 0]
+    assert packs == ([0, 1, 0, 0, 0] if check == "version" else [0, 0, 0, 0, 0])
     mk.WEIGHT_CACHE.clear()
 
 

@@ -91,6 +91,9 @@ class Source:
         self.tensor = tensor
         self._stamp: Optional[tuple] = None
 
+    def stamped(self) -> bool:
+        return self._stamp is not None
+
     def stamp(self) -> tuple:
         if self._stamp is None:
             self._stamp = (self.tensor._version, content_digest(self.lo, self.hi) if check_content() else None)
@@ -160,7 +163,9 @@ class WeightCache:
         if limit <= 0:
             return None
         src = _source_of(sources, a)
-        if src is None:
+        if src is None or (not src.stamped() and src.hi - src.lo > limit and check_content()):
+            # a weight larger than the budget is only partly packed: not worth a digest pass of its own (a
+            # bf16 weight's is already paid for by its kept subnormal-guard fact, so it is packed in part)
             return None
         storage = src.tensor.untyped_storage()
         key = ("packed", storage.data_ptr(), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
