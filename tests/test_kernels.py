@@ -615,3 +615,40 @@ def test_packed_weight_is_not_used_after_writes_that_move_no_version_counter(mon
     assert w._version == version and w[1, 5, 7].item() == 9
     for _ in range(2):
         assert torch.equal(am.npu_gmm(x, w, group_list=[32, 64]), want(w))
+
+
+def test_content_digest_taken_only_for_reused_weights(monkeypatch):
+    """Under the content check a weight is digested at most once per call, and only once it is reused at a
+    version: a weight updated in place before every call (a training step) is never digested; one reused
+    unchanged is digested from its second call on (to keep, then to verify, its entries).  Results equal
+    int64 math throughout."""
+    from ascend_moe.kernels import weight_cache
+    monkeypatch.delenv("ASCEND_MOE_WEIGHT_CACHE_CHECK", raising=False)
+    if not _native_ok("bf16"):
+        pytest.skip("torch_native not eligible for bf16 on this machine (the reference path widens instead)")
+    force(monkeypatch, "bf16=torch_native")   # the flush guard's scan is the weight's one kept fact
+    mk.WEIGHT_CACHE.clear()
+    digests = []
+    real = weight_cache.content_digest
+    monkeypatch.setattr(weight_cache, "content_digest", lambda lo, hi: digests.append(hi - lo) or real(lo, hi))
+    g = torch.Generator().manual_seed(8)
+    x = torch.randint(-3, 4, (64, 48), generator=g).bfloat16()
+    w = torch.randint(-3, 4, (2, 48, 40), generator=g).bfloat16()
+
+    def check():
+        xi, wi = x.long(), w.long()
+        want = torch.cat([xi[:32] @ wi[0], xi[32:] @ wi[1]]).bfloat16()
+        assert torch.equal(am.npu_gmm(x, w, group_list=[32, 64]), want)
+    per_call = []
+    for _ in range(3):
+        with torch.no_grad():
+            w.add_(1)   # the version moves
+        before = len(digests)
+        check()
+        per_call.append(len(digests) - before)
+    assert per_call == [0, 0, 0]
+    for _ in range(3):
+        before = len(digests)
+        check()
+        per_call.append(len(digests) - before)
+    assert per_call[3:] == [1, 1, 1] and set(digests) == {w.numel() * 2}

@@ -342,7 +342,8 @@ def _make_float_gemms(widen, sources):
     # the flush guard scans each bf16 operand once per call, and a weight once while it is unchanged
     # (under the content check, proving it unchanged reads its bytes once per call, as the scan would)
     memo = impls.ExponentMemo(
-        (lambda root, compute: WEIGHT_CACHE.fact(sources, root, "min_bf16_exponent", compute)) if sources else None)
+        (lambda root, compute: WEIGHT_CACHE.fact(sources, root, "min_bf16_exponent", compute, cheap=True))
+        if sources else None)
 
     def pack(b: np.ndarray):
         return WEIGHT_CACHE.packed(sources, b, lambda: impls.pack_weight(impls.as_torch(b))) if sources else None

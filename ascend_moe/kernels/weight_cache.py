@@ -81,23 +81,42 @@ def content_digest(lo: int, hi: int) -> bytes:
 
 
 class Source:
-    """One weight tensor of a call: the bytes it spans (its arrays lie there), and its stamp, taken at most
-    once per call: (version counter, content digest), the digest only under the content check."""
+    """One weight tensor of a call: the bytes it spans (its arrays lie there), its version counter, and
+    under the content check its digest, taken at most once per call and only when needed: to verify an
+    entry made at the same version, or to keep an entry for a weight met again at the same version.  A
+    weight whose version moves on every call (a training step's forward) is never digested."""
 
-    __slots__ = ("lo", "hi", "tensor", "_stamp")
+    __slots__ = ("lo", "hi", "tensor", "version", "_digest", "_content")
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.lo, self.hi = tensor_span(tensor)
         self.tensor = tensor
-        self._stamp: Optional[tuple] = None
+        self.version = tensor._version
+        self._digest: Optional[bytes] = None
+        self._content = check_content()
 
-    def stamped(self) -> bool:
-        return self._stamp is not None
+    def digested(self) -> bool:
+        return self._digest is not None
 
-    def stamp(self) -> tuple:
-        if self._stamp is None:
-            self._stamp = (self.tensor._version, content_digest(self.lo, self.hi) if check_content() else None)
-        return self._stamp
+    def digest(self) -> bytes:
+        if self._digest is None:
+            self._digest = content_digest(self.lo, self.hi)
+        return self._digest
+
+    def holds(self, version: int, digest: Optional[bytes]) -> bool:
+        """Whether an entry made at ``(version, digest)`` is still valid for this call's tensor (an entry
+        kept without a digest under the content check cannot be verified: it is not)."""
+        if version != self.version:
+            return False
+        return not self._content or (digest is not None and digest == self.digest())
+
+    def digest_to_keep(self, met_before: bool) -> Optional[bytes]:
+        """The digest a new entry records: None under the version check; under the content check the
+        digest when this weight was met before at this version (it is being reused) or is already
+        digested this call, else None (an entry that will not verify, made without a digest pass)."""
+        if not self._content:
+            return None
+        return self.digest() if met_before or self.digested() else None
 
 
 def _source_of(sources: Sequence[Source], a: np.ndarray) -> Optional[Source]:
@@ -106,7 +125,7 @@ def _source_of(sources: Sequence[Source], a: np.ndarray) -> Optional[Source]:
 
 
 class WeightCache:
-    """LRU maps (storage, view, dtype) -> (source storage, source stamp, widened NumPy copy / fact / packed form)."""
+    """LRU maps (storage, view, dtype) -> (source storage, version, digest or None, widened copy / fact / packed form)."""
 
     def __init__(self) -> None:
         self._entries: "OrderedDict[tuple, Tuple[Any, np.ndarray]]" = OrderedDict()
@@ -118,20 +137,24 @@ class WeightCache:
         self._fact_bytes: dict = {}
         self.facts_computed = 0
 
-    def fact(self, sources: Sequence[Source], a: np.ndarray, name: str, compute) -> Any:
-        """``compute()`` for array ``a`` (e.g. the flush guard's exponent scan), kept while the source
-        tensor ``a`` lies in is unchanged; computed afresh for arrays outside every source."""
+    def fact(self, sources: Sequence[Source], a: np.ndarray, name: str, compute, cheap: bool = False) -> Any:
+        """``compute()`` for array ``a`` (e.g. the logical values of an NZ weight), kept while the source
+        tensor ``a`` lies in is unchanged; computed afresh for arrays outside every source.  ``cheap``: a
+        fact costing about a digest pass (the flush guard's scan) is kept with a digest only from the
+        weight's second use at a version, so a weight changed before every call pays the scan alone."""
         src = _source_of(sources, a)
         if src is None:
             return compute()
         storage = src.tensor.untyped_storage()
         key = (name, storage.data_ptr(), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
-        stamp = src.stamp()
         with self._lock:
             hit = self._facts.get(key)
-            if hit is not None and hit[0]() is storage and hit[1] == stamp:
-                self._facts.move_to_end(key)
-                return hit[2]
+        met_before = hit is not None and hit[0]() is storage and hit[1] == src.version
+        if met_before and src.holds(hit[1], hit[2]):
+            with self._lock:
+                if key in self._facts:
+                    self._facts.move_to_end(key)
+            return hit[3]
         value = compute()
         self.facts_computed += 1
         arrays = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, np.ndarray)]
@@ -144,7 +167,8 @@ class WeightCache:
         with self._lock:
             if key in self._facts:
                 self._drop_fact(key)
-            self._facts[key] = (weakref.ref(storage), stamp, value)
+            self._facts[key] = (weakref.ref(storage), src.version, src.digest_to_keep(met_before or not cheap),
+                                value)
             self._fact_bytes[key] = size
             self._bytes += size
             while len(self._facts) > 4096:
@@ -154,7 +178,7 @@ class WeightCache:
 
     def packed(self, sources: Sequence[Source], a: np.ndarray, compute) -> Optional[Any]:
         """``compute()`` (a weight view's packed GEMM form) kept while the source tensor is unchanged,
-        made only on the view's second use with the same stamp: packing costs several plain GEMMs,
+        made only on the view's second use at the same version: packing costs several plain GEMMs,
         so a weight used once per version (a training step's forward, its backward's transposed
         view) never pays it, and a weight used again unchanged (inference, micro-batches) pays it
         once.  None: use the plain path this time (first use, not a known weight, no room left in the
@@ -163,42 +187,51 @@ class WeightCache:
         if limit <= 0:
             return None
         src = _source_of(sources, a)
-        if src is None or (not src.stamped() and src.hi - src.lo > limit and check_content()):
+        if src is None or (src._content and not src.digested() and src.hi - src.lo > limit):
             # a weight larger than the budget is only partly packed: not worth a digest pass of its own (a
-            # bf16 weight's is already paid for by its kept subnormal-guard fact, so it is packed in part)
+            # bf16 weight's is paid for by its kept subnormal-guard fact, so it is packed in part)
             return None
         storage = src.tensor.untyped_storage()
         key = ("packed", storage.data_ptr(), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
-        stamp = src.stamp()
         with self._lock:
             hit = self._facts.get(key)
-            seen = hit is not None and hit[0]() is storage and hit[1] == stamp
-            if seen:
-                self._facts.move_to_end(key)
-                if hit[2] is not None:
-                    self.hits += 1
-                    return hit[2]
-            elif hit is not None:
-                self._drop_fact(key)
-            size = a.size * a.itemsize
+        same_version = hit is not None and hit[0]() is storage and hit[1] == src.version
+        if same_version and hit[3] is not None and src.holds(hit[1], hit[2]):
+            with self._lock:
+                if key in self._facts:
+                    self._facts.move_to_end(key)
+                self.hits += 1
+            return hit[3]
+        # met before unchanged: a use recorded at this version (and, when it was digested, with these bytes);
+        # a packed form whose bytes changed under it counts as a first use, so a weight rewritten through
+        # .data on every step is never repacked on every step
+        met_before = same_version and hit[3] is None and (
+            not src._content or hit[2] is None or hit[2] == src.digest())
+        size = a.size * a.itemsize
+        with self._lock:
             self._evict(limit)  # entries of tensors that are gone
             # no room: the plain path, instead of evicting another packed weight that the next call
             # needs again (groups cycling through a budget smaller than their weights would repack
             # every weight on every call)
             full = self._bytes + size > limit
-            if not seen or full:   # remember the use (no bytes held) for the next call
-                if not seen:
-                    self._facts[key] = (weakref.ref(storage), stamp, None)
+            if not met_before or full:   # remember the use (no bytes held) for the next call
+                if not met_before:
+                    if key in self._facts:
+                        self._drop_fact(key)
+                    self._facts[key] = (weakref.ref(storage), src.version,
+                                        src.digest_to_keep(False), None)
                     self._fact_bytes[key] = 0
                     while len(self._facts) > 4096:
                         self._drop_fact(next(iter(self._facts)))
                 return None
+        # met before at this version: packed now, from the current bytes, with their digest
+        digest = src.digest_to_keep(True)
         value = compute()
         with self._lock:
             self.conversions += 1
             if key in self._facts:
                 self._drop_fact(key)
-            self._facts[key] = (weakref.ref(storage), stamp, value)
+            self._facts[key] = (weakref.ref(storage), src.version, digest, value)
             self._fact_bytes[key] = size
             self._bytes += size
             self._evict(limit)
@@ -236,15 +269,16 @@ class WeightCache:
         storage = src.tensor.untyped_storage()
         key = (storage.data_ptr(), a.__array_interface__["data"][0], view.shape, view.strides, a.dtype.str,
                np.dtype(dtype).str)
-        stamp = src.stamp()
         with self._lock:
             hit = self._entries.get(key)
-            if hit is not None:
-                if hit[0]() is storage and hit[1] == stamp:
+        met_before = hit is not None and hit[0]() is storage and hit[1] == src.version
+        if met_before and src.holds(hit[1], hit[2]):
+            with self._lock:
+                if key in self._entries:
                     self._entries.move_to_end(key)
-                    self.hits += 1
-                    return hit[2].T if transposed else hit[2]
-                self._drop(key)
+                self.hits += 1
+            arr = hit[3]
+            return arr.T if transposed else arr
         size = view.size * np.dtype(dtype).itemsize
         if size > limit:
             return None
@@ -255,13 +289,14 @@ class WeightCache:
             self.conversions += 1
             if key in self._entries:
                 self._drop(key)
-            self._entries[key] = (weakref.ref(storage), stamp, arr)
+            # widening costs more than a digest pass: kept verifiable from the first use
+            self._entries[key] = (weakref.ref(storage), src.version, src.digest_to_keep(True), arr)
             self._bytes += arr.nbytes
             self._evict(limit)
         return arr.T if transposed else arr
 
     def _drop(self, key) -> None:
-        arr = self._entries.pop(key)[2]
+        arr = self._entries.pop(key)[3]
         self._bytes -= arr.nbytes
 
     def _evict(self, limit: int) -> None:
