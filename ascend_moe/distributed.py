@@ -180,10 +180,12 @@ def _wait(work, what: str, op: str) -> None:
 
 def _all_to_all(out: torch.Tensor, inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int],
                 group, what: str, op: str) -> None:
-    baseline = (out._use_count(), inp._use_count())
+    counted = hasattr(out, "_use_count")   # torch's reference count of a tensor (absent from older releases)
+    baseline = (out._use_count(), inp._use_count()) if counted else (0, 0)
     _wait(dist.all_to_all_single(out, inp, output_split_sizes=list(out_splits), input_split_sizes=list(in_splits),
                                  group=group, async_op=True), what, op)
-    _until_released(out, inp, baseline)
+    if counted:
+        _until_released(out, inp, baseline)
 
 
 def _until_released(out: torch.Tensor, inp: torch.Tensor, baseline: Tuple[int, int]) -> None:
