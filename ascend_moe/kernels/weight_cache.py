@@ -15,10 +15,11 @@ first, and a single copy larger than the budget is never kept.
 
 Writes that move no version counter: ``param.data.copy_(new)`` (``.data`` is a new tensor with a counter
 of its own: weight loaders and distributed optimizers write parameters this way), writes through
-``.numpy()``.  So by default every entry also records an XXH3-128 digest of the bytes its source tensor
-spans, and is used only while the digest is unchanged.  The digest is taken once per call and source
+``.numpy()``.  So by default an entry also records an XXH3-128 digest of the bytes its source tensor
+spans, and is used only while the digest is unchanged.  A call digests a weight at most once
 (:class:`Source`), at memory speed (about the cost of the bf16 subnormal guard's scan of the same
-bytes, which a kept fact then saves), so packed weights and kept facts pay for it.
+bytes, which a kept fact then saves), and only when the weight is met again at a version, so packed
+weights and kept facts pay for it and a weight changed before every call never pays it.
 ``ASCEND_MOE_WEIGHT_CACHE_CHECK=version`` trusts the version counter alone, for code that writes its
 weights only through torch in-place ops on them.
 """
