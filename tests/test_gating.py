@@ -441,3 +441,24 @@ def test_minus_inf_scores_inside_kept_groups_beat_excluded_groups():
     bias[[9, 10, 11]] = -np.inf
     _, idx, _ = _call(x, 3, bias, 1, 4, 0, 0, 1, False, 1.0)
     assert idx.tolist() == [[8, 9, 10]]
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 16])
+def test_top_k_selection_against_a_sorted_python_list(k):
+    """The selection (value descending, equal values by lower index, -0.0 == +0.0, -inf last) on rows full of
+    ties, against Python's sort of (-value, index) pairs, with and without excluded entries."""
+    from ascend_moe.sim import gating as gating_sim
+    rng = np.random.default_rng(k)
+    rows, n = 300, 32
+    v = rng.integers(-3, 4, (rows, n)).astype(np.float32)          # many ties at every rank
+    v[rng.random((rows, n)) < 0.05] = -0.0
+    v[rng.random((rows, n)) < 0.03] = -np.inf
+    v[:20] = rng.standard_normal((20, n)).astype(np.float32)        # rows without ties
+    excluded = rng.random((rows, n)) < 0.2
+    excluded[:, :k] = False                                        # every row keeps at least k candidates
+    for exc in (None, excluded):
+        got = gating_sim._select_top(v, k, exc)
+        for r in range(rows):
+            cand = [(-float(v[r, j]) + 0.0, j) for j in range(n) if exc is None or not exc[r, j]]
+            want = [j for _, j in sorted(cand)[:k]]
+            assert got[r].tolist() == want, (r, exc is not None)
