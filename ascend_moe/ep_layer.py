@@ -37,7 +37,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -256,10 +256,39 @@ def run_torchrun(model: Any, tokens: int, product: Optional[str] = None, cann: O
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free local TCP port (for a gloo rendezvous on 127.0.0.1)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def save_rank_result(out_dir: str, rank: int, result: Any) -> None:
+    """What a process started by :func:`spawn_ranks` reports to its parent."""
+    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
+        pickle.dump(result, f)
+
+
+def spawn_ranks(worker: Callable[..., None], world: int, out_dir: str, timeout: float,
+                args: Tuple[Any, ...] = ()) -> List[Any]:
+    """Run ``worker(rank, world, port, out_dir, *args)`` in ``world`` spawned processes (``port``: a free local
+    port for the gloo rendezvous); each reports with :func:`save_rank_result`.  Returns the results in rank
+    order.  Processes still running after ``timeout`` seconds are killed (TimeoutError); one that exits
+    abnormally ends the launch with torch.multiprocessing's ProcessExitedException."""
+    import torch.multiprocessing as mp
+    ctx = mp.start_processes(worker, args=(world, free_port(), out_dir, *args), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise TimeoutError(f"the {world} EP processes did not finish within {timeout:.0f} s")
+    results = []
+    for r in range(world):
+        with open(os.path.join(out_dir, f"rank{r}.pkl"), "rb") as f:
+            results.append(pickle.load(f))
+    return results
 
 
 def _spawned(rank: int, world: int, port: int, out_dir: str, kwargs: Dict[str, Any]) -> None:
@@ -273,15 +302,13 @@ def _spawned(rank: int, world: int, port: int, out_dir: str, kwargs: Dict[str, A
         res = dict(rank=rank, error=traceback.format_exc(), memory_error=str(e))
     except Exception:  # noqa: BLE001 - reported by the parent
         res = dict(rank=rank, error=traceback.format_exc())
-    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(res, f)
+    save_rank_result(out_dir, rank, res)
 
 
 def launch_local(model: str, ep: int, tokens: int = 4, product: Optional[str] = None, cann: Optional[str] = None,
                  seed: int = 0, host_renorm: bool = False, timeout: float = 600.0,
                  quant: str = "none") -> List[Dict[str, Any]]:
     """Start ``ep`` processes on this machine (gloo) and run the layer; per-rank results."""
-    import torch.multiprocessing as mp
     if ep < 2:
         raise ValueError(f"--ep must be at least 2 to run expert parallelism, got {ep}")
     from . import model_check as mc
@@ -290,18 +317,7 @@ def launch_local(model: str, ep: int, tokens: int = 4, product: Optional[str] = 
     kwargs = dict(model=model, tokens=tokens, product=product, cann=cann, seed=seed, host_renorm=host_renorm,
                   quant=quant)
     with tempfile.TemporaryDirectory() as out_dir:
-        ctx = mp.start_processes(_spawned, args=(ep, _free_port(), out_dir, kwargs), nprocs=ep, join=False,
-                                 start_method="spawn")
-        deadline = time.monotonic() + timeout
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                raise TimeoutError(f"the {ep} EP processes did not finish within {timeout:.0f} s")
-        results = []
-        for r in range(ep):
-            with open(os.path.join(out_dir, f"rank{r}.pkl"), "rb") as f:
-                results.append(pickle.load(f))
+        results = spawn_ranks(_spawned, ep, out_dir, timeout, args=(kwargs,))
     errors = [r for r in results if "error" in r]
     if errors and all("memory_error" in e for e in errors):
         raise MemoryError(errors[0]["memory_error"])

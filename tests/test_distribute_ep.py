@@ -9,9 +9,6 @@ so the combine order and rounding are what is tested.
 from __future__ import annotations
 
 import datetime
-import os
-import pickle
-import socket
 import time
 import traceback
 import warnings
@@ -19,6 +16,8 @@ import warnings
 import ml_dtypes
 import numpy as np
 import pytest
+
+from ascend_moe.ep_layer import save_rank_result, spawn_ranks
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 RUN_TIMEOUT = 120  # seconds for a whole world-size launch (normally a few seconds)
@@ -283,32 +282,13 @@ def _worker(rank, world, port, out_dir, fail_case):
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001
         results["crash"] = traceback.format_exc()
-    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(results, f)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    save_rank_result(out_dir, rank, results)
 
 
 def _launch_once(world, out_dir, fail_case):
-    import torch.multiprocessing as mp
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), out_dir, fail_case), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{world} EP processes did not finish within {RUN_TIMEOUT} s")
-    results = []
-    for r in range(world):
-        with open(os.path.join(out_dir, f"rank{r}.pkl"), "rb") as f:
-            res = pickle.load(f)
+    results = spawn_ranks(_worker, world, out_dir, RUN_TIMEOUT, args=(fail_case,))
+    for r, res in enumerate(results):
         assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
-        results.append(res)
     return results
 
 
@@ -320,7 +300,7 @@ def _launch(world, tmp_path_factory, fail_case):
         out_dir = str(tmp_path_factory.mktemp(f"ep{world}_{attempt}"))
         try:
             return _launch_once(world, out_dir, fail_case)
-        except (AssertionError, pytest.fail.Exception):
+        except (AssertionError, TimeoutError):
             raise
         except Exception as e:  # noqa: BLE001 - ProcessExitedException, a missing result file
             if first is not None:

@@ -10,16 +10,14 @@ load the cached build instead of each compiling it under the file lock.
 from __future__ import annotations
 
 import datetime
-import os
-import pickle
-import socket
-import time
 import traceback
 import warnings
 
 import ml_dtypes
 import numpy as np
 import pytest
+
+from ascend_moe.ep_layer import save_rank_result, spawn_ranks
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 WORLD, EXPERTS, K, H, TOKENS = 2, 6, 3, 32, [5, 4]
@@ -86,7 +84,7 @@ def _np(torch, t):
     return t.view(torch.int16).numpy().view(BF16).copy() if t.dtype == torch.bfloat16 else t.numpy().copy()
 
 
-def _worker(rank, port, out_dir):
+def _worker(rank, world, port, out_dir):
     results = {}
     try:
         import ascend_moe
@@ -95,7 +93,7 @@ def _worker(rank, port, out_dir):
         import torch.distributed as dist
         import torch_npu
         from ascend_moe import distributed as ep
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=60))
         ep.set_timeout(30)
         torch.npu.set_device(rank)
@@ -106,30 +104,7 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - reported by the test
         results["crash"] = traceback.format_exc()
-    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(results, f)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch_once(out_dir):
-    import torch.multiprocessing as mp
-    ctx = mp.start_processes(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the {WORLD} EP processes did not finish within {RUN_TIMEOUT} s")
-    results = []
-    for r in range(WORLD):
-        with open(os.path.join(out_dir, f"rank{r}.pkl"), "rb") as f:
-            results.append(pickle.load(f))
-    return results
+    save_rank_result(out_dir, rank, results)
 
 
 def _failed_to_connect(results):
@@ -143,7 +118,7 @@ def ranks(tmp_path_factory):
     from ascend_moe.device._build import load_extension
     load_extension()   # built (or loaded from the cache) here, before any worker starts
     for attempt in range(2):
-        results = _launch_once(str(tmp_path_factory.mktemp(f"ep_npu{attempt}")))
+        results = spawn_ranks(_worker, WORLD, str(tmp_path_factory.mktemp(f"ep_npu{attempt}")), RUN_TIMEOUT)
         if not _failed_to_connect(results):
             break
         if attempt == 0:
