@@ -49,6 +49,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from . import kernels as _kernels
 from .numerics import decode_int64_scale, twin_arguments
 from .quant_gemm import (exact_int_matmul, fp19_enabled, group_bounds, grouped_msd_partials, msd_combine,
                          weight_logical_dims, weight_values)
@@ -170,9 +171,8 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
         else:
             acc = (shared_acc[start:end] if shared_acc is not None else
                    exact_int_matmul(x[start:end], weights[e], max_abs_a=128, max_abs_b=128))
-            v = acc.astype(f32)
-            v *= s[e]
-            v *= lg * pt32[start:end, None] if pt32 is not None else lg
+            row = (lg * pt32[start:end, None] if pt32 is not None else lg).reshape(-1)
+            v = dequant_rows(acc, s[e], row)
             if bias32 is not None:
                 v += lg * bias32[e]
         # scatter-add in token order (deterministic mode)
@@ -194,7 +194,7 @@ def scatter_add_in_order(y: np.ndarray, index: np.ndarray, v: np.ndarray) -> Non
     first[0] = True
     np.not_equal(sorted_index[1:], sorted_index[:-1], out=first[1:])
     if first.all():
-        y[index] += v                                    # every row at most once: one round
+        _add_distinct_rows(y, index, v)                  # every row at most once: one round
         return
     run_starts = np.flatnonzero(first)
     run_lengths = np.diff(np.append(run_starts, index.size))
@@ -202,7 +202,26 @@ def scatter_add_in_order(y: np.ndarray, index: np.ndarray, v: np.ndarray) -> Non
     occurrence[order] = np.arange(index.size) - np.repeat(run_starts, run_lengths)
     for r in range(int(run_lengths.max())):
         sel = np.flatnonzero(occurrence == r)
-        y[index[sel]] += v[sel]
+        _add_distinct_rows(y, index[sel], np.ascontiguousarray(v[sel]))
+
+
+def dequant_rows(acc: np.ndarray, col: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """``(fp32(acc) * col) * row[:, None]``: the A8W8 dequant, one fp32 operation per step, in place
+    on a fresh fp32 buffer (a plugged-in kernel may compute it, e.g. on more cores)."""
+    fast = _kernels.current().dequant
+    v = fast(acc, col, row) if fast is not None else None
+    if v is None:
+        v = acc.astype(np.float32)
+        v *= col
+        v *= row[:, None]
+    return v
+
+
+def _add_distinct_rows(y: np.ndarray, index: np.ndarray, v: np.ndarray) -> None:
+    """``y[index] += v`` for distinct ``index`` values (a plugged-in kernel may do it, e.g. on more cores)."""
+    fast = _kernels.current().rows_add
+    if fast is None or not fast(y, index, v):
+        y[index] += v
 
 
 def __getattr__(name: str):

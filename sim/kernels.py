@@ -31,7 +31,13 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
   one RNE narrowing), possibly faster;
 * ``keep(a, name, compute)``: ``compute()``, a pure function of weight ``a``'s values (e.g. its
   logical values from FRACTAL_NZ storage or packed int4), possibly kept from an earlier call while
-  ``a`` is unchanged.
+  ``a`` is unchanged;
+* ``rows_add(y, index, v) -> bool``: ``y[index[t]] += v[t]`` for every t, one fp32 add per element,
+  where ``index`` holds distinct row numbers (so the order of the adds does not matter); False to
+  let the reference (NumPy's gather-add-scatter) do it;
+* ``dequant(acc, col, row) -> Optional[ndarray]``: the fp32 array ``(fp32(acc) * col[None, :]) *
+  row[:, None]`` of an int32 accumulator ``acc`` [T, N] (int32 to fp32 rounded to nearest even, then
+  two fp32 multiplies per element in that order); None to let the reference do it.
 
 Outside any :func:`use` block the reference kernels run, so the simulator alone (no torch) is
 unchanged.
@@ -53,6 +59,8 @@ GroupedGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Sequence[Tuple[int, 
 IntGemm = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
 Widen = Callable[[np.ndarray, type], Optional[np.ndarray]]
 Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
+RowsAdd = Callable[[np.ndarray, np.ndarray, np.ndarray], bool]
+Dequant = Callable[[np.ndarray, np.ndarray, np.ndarray], Optional[np.ndarray]]
 
 
 def compute_now(a: np.ndarray, name: str, compute: Callable[[], object]) -> object:
@@ -74,6 +82,8 @@ class Kernels:
     widen: Optional[Widen] = None
     copy_cast: CopyCast = field(default=numpy_copy_cast)
     keep: Keep = field(default=compute_now)
+    rows_add: Optional[RowsAdd] = None
+    dequant: Optional[Dequant] = None
     name: str = "reference"
 
 

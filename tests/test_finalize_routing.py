@@ -224,11 +224,32 @@ def test_duplicate_targets_add_in_token_order():
     assert not got[1:].any()
 
 
+def test_duplicate_targets_through_the_torch_op():
+    """The torch op (this machine's plugged-in dequant and row adds) on the same token-order case."""
+    rng = np.random.default_rng(2)
+    x, w, gl, args = a8w8_case(rng, shared_rows=0, bias=False)
+    args["row_index"] = rng.integers(0, 3, 40)
+    args["logit"] = (rng.random(40, dtype=F32) * 10.0 ** rng.integers(-3, 3, 40)).astype(F32)
+    y = ascend_moe.npu_grouped_matmul_finalize_routing(torch.from_numpy(x), torch.from_numpy(nz_storage_ref(w, 32)),
+                                                       torch.from_numpy(gl), **_torch_args(args))
+    assert bits_equal(y.numpy(), ref_a8w8(x, w, gl, args))
+
+
+@pytest.mark.parametrize("kernels", ["reference", "machine"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_scatter_add_keeps_each_rows_token_order(seed):
+def test_scatter_add_keeps_each_rows_token_order(seed, kernels):
     """The vectorised scatter-add against a plain token-order loop, with rows hit 0, 1 or many times
-    in any pattern and values of very different magnitudes (so the order shows in the last bits)."""
+    in any pattern and values of very different magnitudes (so the order shows in the last bits); with
+    the NumPy reference and with this machine's plugged-in row adds."""
+    import contextlib
+    from ascend_moe import kernels as machine_kernels
+    from ascend_moe.sim import kernels as sim_kernels
     from ascend_moe.sim.finalize_routing import scatter_add_in_order
+    with sim_kernels.use(machine_kernels.for_call()) if kernels == "machine" else contextlib.nullcontext():
+        _check_scatter_add(seed, scatter_add_in_order)
+
+
+def _check_scatter_add(seed, scatter_add_in_order):
     rng = np.random.default_rng(seed)
     index = rng.integers(0, 9, 60) if seed else np.arange(60)[::-1].copy()
     v = (rng.standard_normal((60, 5)) * 10.0 ** rng.integers(-6, 6, (60, 1))).astype(F32)

@@ -344,6 +344,61 @@ def test_fast_widening_equals_numpy_on_every_bf16_and_fp16_pattern():
 
 
 # ----------------------------------------------------------------------------------------------
+# the quantised epilogues' plugged-in steps: the same fp32 operations as NumPy, element by element
+# ----------------------------------------------------------------------------------------------
+
+def _special_f32(rng, shape):
+    """fp32 values of every kind: zeros of both signs, subnormals, tiny / huge normals, infinities."""
+    pool = np.array([0.0, -0.0, 1e-45, -3e-42, 1.1754942e-38, 1e-30, 0.5, 1.0, -3.25, 7e5, 3.4e38, -3.4e38,
+                     np.inf, -np.inf], dtype=np.float32)
+    v = (rng.standard_normal(shape) * 10.0 ** rng.integers(-40, 38, shape)).astype(np.float32)
+    mask = rng.random(shape) < 0.3
+    v[mask] = rng.choice(pool, int(mask.sum()))
+    return v
+
+
+def test_rows_add_is_one_fp32_add_per_element():
+    rng = np.random.default_rng(5)
+    y = _special_f32(rng, (40, 33))
+    v = _special_f32(rng, (25, 33))
+    index = rng.permutation(40)[:25]
+    want = y.copy()
+    with np.errstate(all="ignore"):   # inf + -inf is one of the cases
+        for t in range(25):
+            for j in range(33):
+                want[index[t], j] = np.float32(want[index[t], j]) + np.float32(v[t, j])   # IEEE fp32 add
+    got = y.copy()
+    assert impls.torch_rows_add(got, index, v)
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all()
+    # a NaN in v: NumPy's order decides the payload, so the plug-in declines
+    v[3, 4] = np.nan
+    assert not impls.torch_rows_add(y.copy(), index, v)
+
+
+def test_dequant_rounds_the_int32_to_nearest_even_then_multiplies_twice():
+    rng = np.random.default_rng(6)
+    acc = rng.integers(-2**31, 2**31, (17, 29), dtype=np.int64).astype(np.int32)
+    acc[0, :6] = [2**31 - 1, -2**31, 2**24 + 1, 2**24 + 3, -(2**25 + 2), 0]   # ties and non-ties of the cast
+    col = _special_f32(rng, 29)
+    row = _special_f32(rng, 17)
+    col[col != col] = 1.0
+    got = impls.torch_dequant(acc, col, row)
+    assert got is not None and got.dtype == np.float32
+    with np.errstate(all="ignore"):   # inf * 0 and overflow are part of the cases
+        want_all = [[(np.float32(float(int(acc[t, j]))) * col[j]) * row[t] for j in range(29)] for t in range(17)]
+    for t in range(17):
+        for j in range(29):
+            a = int(acc[t, j])
+            # float(a) exact (|a| < 2**53), then one RNE rounding to fp32, then the two fp32 multiplies
+            want = want_all[t][j]
+            g = got[t, j]
+            assert g.view(np.uint32) == want.view(np.uint32) or (np.isnan(g) and np.isnan(want)), (t, j)
+    col[2] = np.nan
+    assert impls.torch_dequant(acc, col, row) is None
+
+
+# ----------------------------------------------------------------------------------------------
 # exact integer GEMM, per implementation
 # ----------------------------------------------------------------------------------------------
 

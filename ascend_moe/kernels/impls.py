@@ -103,6 +103,40 @@ def fast_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
     np.copyto(dst, src, casting="unsafe")
 
 
+def torch_rows_add(y: np.ndarray, index: np.ndarray, v: np.ndarray) -> bool:
+    """``y[index] += v`` for distinct row numbers ``index`` (fp32 [R, N] and [T, N]) by torch's
+    ``index_add_``: with distinct rows every element gets one fp32 add, as in NumPy, on all of torch's
+    threads and without NumPy's gathered copy of ``y[index]``.  When ``v`` holds a NaN (np.max
+    propagates it: one cheap pass) NumPy does it: adding two NaNs keeps the payload of the first
+    operand, which only NumPy's order pins."""
+    if (y.dtype != _F32 or v.dtype != _F32 or y.ndim != 2 or v.ndim != 2 or v.shape[1] != y.shape[1]
+            or index.ndim != 1 or index.shape[0] != v.shape[0] or not y.flags.c_contiguous
+            or not y.flags.writeable or not v.size):
+        return False
+    ty, tv = as_torch(y), as_torch(v)
+    if ty is None or tv is None or np.isnan(np.max(v)):
+        return False
+    ty.index_add_(0, torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)), tv)
+    return True
+
+
+def torch_dequant(acc: np.ndarray, col: np.ndarray, row: np.ndarray) -> Optional[np.ndarray]:
+    """``(fp32(acc) * col) * row[:, None]`` by torch on all its threads: the int32 -> fp32 conversion
+    rounds to nearest even and each multiply is one IEEE fp32 operation, as in NumPy.  None (NumPy
+    does it) when a scale holds a NaN, whose payload only NumPy's operand order pins."""
+    if (acc.dtype != np.int32 or col.dtype != _F32 or row.dtype != _F32 or acc.ndim != 2
+            or col.shape != (acc.shape[1],) or row.shape != (acc.shape[0],) or not acc.size):
+        return None
+    if np.isnan(np.max(col)) or np.isnan(np.max(row)):
+        return None
+    ta, tc, tr = as_torch(acc), as_torch(col), as_torch(row)
+    if ta is None or tc is None or tr is None:
+        return None
+    v = ta.to(torch.float32)
+    v.mul_(tc).mul_(tr[:, None])
+    return v.numpy()
+
+
 # ---------------------------------------------------------------------------------------------
 # float GEMM implementations: fn(out, a, b, bias_row, widen) -> bool (False = not covered)
 # ---------------------------------------------------------------------------------------------
