@@ -37,7 +37,10 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
   let the reference (NumPy's gather-add-scatter) do it;
 * ``dequant(acc, col, row) -> Optional[ndarray]``: the fp32 array ``(fp32(acc) * col[None, :]) *
   row[:, None]`` of an int32 accumulator ``acc`` [T, N] (int32 to fp32 rounded to nearest even, then
-  two fp32 multiplies per element in that order); None to let the reference do it.
+  two fp32 multiplies per element in that order); None to let the reference do it;
+* ``fixpipe_fp16(acc, scale) -> Optional[ndarray]``: the fp16 array ``fp16(float64(acc) * float64(scale))``
+  of an int32 ``acc`` [T, N] and a per-column fp32 ``scale`` ([N] or [1, N]): one float64 multiply and one
+  rounding to fp16, both to nearest even; None to let the reference do it.
 
 Outside any :func:`use` block the reference kernels run, so the simulator alone (no torch) is
 unchanged.
@@ -61,6 +64,7 @@ Widen = Callable[[np.ndarray, type], Optional[np.ndarray]]
 Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
 RowsAdd = Callable[[np.ndarray, np.ndarray, np.ndarray], bool]
 Dequant = Callable[[np.ndarray, np.ndarray, np.ndarray], Optional[np.ndarray]]
+FixpipeFp16 = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
 
 
 def compute_now(a: np.ndarray, name: str, compute: Callable[[], object]) -> object:
@@ -84,6 +88,7 @@ class Kernels:
     keep: Keep = field(default=compute_now)
     rows_add: Optional[RowsAdd] = None
     dequant: Optional[Dequant] = None
+    fixpipe_fp16: Optional[FixpipeFp16] = None
     name: str = "reference"
 
 

@@ -198,6 +198,11 @@ def fixpipe_dequant_fp16(acc: np.ndarray, scale_f32: np.ndarray) -> np.ndarray:
     NumPy's float64 -> float16 conversion rounds directly (no double rounding).
     """
     acc = np.asarray(acc)
+    fast = _kernels.current().fixpipe_fp16
+    if fast is not None:
+        done = fast(acc, np.asarray(scale_f32, dtype=np.float32))
+        if done is not None:
+            return done
     scale64 = np.asarray(scale_f32, dtype=np.float32).astype(np.float64)
     shape = np.broadcast_shapes(acc.shape, scale64.shape)
     if len(shape) != 2 or acc.shape != shape:
@@ -264,8 +269,16 @@ def grouped_msd_partials(x: np.ndarray, w_int4: np.ndarray, w_scale_f32: np.ndar
 
 
 def msd_combine(chi: np.ndarray, clo: np.ndarray) -> np.ndarray:
-    """``fp32(Chi) * 16 + fp32(Clo)`` in float32 (the post-kernel's Cast, Muls(16), Add)."""
-    return (chi.astype(np.float32) * np.float32(16.0) + clo.astype(np.float32)).astype(np.float32)
+    """``fp32(Chi) * 16 + fp32(Clo)`` in float32 (the post-kernel's Cast, Muls(16), Add; the widenings are
+    exact, the multiply by 16 too, the add rounds once)."""
+    cast = _kernels.current().copy_cast
+    v = np.empty(chi.shape, dtype=np.float32)
+    cast(v, chi)
+    v *= np.float32(16.0)
+    lo = np.empty(clo.shape, dtype=np.float32)
+    cast(lo, clo)
+    v += lo
+    return v
 
 
 # --------------------------------------------------------------------------------------------

@@ -398,6 +398,54 @@ def test_dequant_rounds_the_int32_to_nearest_even_then_multiplies_twice():
     assert impls.torch_dequant(acc, col, row) is None
 
 
+def _half_bits_reference(p: float) -> int:
+    """IEEE binary16 bits of the Python float p, rounded to nearest even (struct's 'e' packing rounds the
+    double directly; it refuses values that round past the largest half, which are infinities here)."""
+    import struct
+    try:
+        return struct.unpack("<H", struct.pack("<e", p))[0]
+    except OverflowError:
+        return 0xFC00 if p < 0 else 0x7C00
+
+
+def _fixpipe_cases(rng):
+    """int32 accumulators and fp32 scales whose double products fall on fp16 ties, just beside them (beyond
+    fp32's precision, where rounding to fp32 first would go wrong), in the fp16 subnormal range and at
+    its top (65504 ... 65520 ... 65536), plus random ones over the whole int32 and fp32 ranges."""
+    acc, scale = [], []
+    pairs = [(2**11 + 1, 2.0**-11), (2**11 + 3, 2.0**-11), (2**30 + 2**19 + 1, 2.0**-30),
+             (2**30 + 2**19 - 1, 2.0**-30), (-(2**30 + 2**19 + 1), 2.0**-30), (2**24 + 1, 2.0**-20),
+             (65504, 1.0), (65519, 1.0), (65520, 1.0), (2**31 - 1, 2.0**-15), (-2**31, 2.0**-15),
+             (1, 2.0**-24), (1, 2.0**-25), (3, 2.0**-26), (2**29 + 1, 2.0**-54), (2**29 + 1, 2.0**-53),
+             (0, 1.0), (-5, 0.0), (7, 1e-45), (2**31 - 1, 3.4e38), (12345, -0.0)]
+    for a, sc in pairs:
+        acc.append(a)
+        scale.append(sc)
+    n = 4096 - len(pairs)
+    acc.extend(rng.integers(-2**31, 2**31, n).tolist())
+    scale.extend((rng.standard_normal(n) * 2.0 ** rng.integers(-60, 20, n)).tolist())
+    return np.array(acc, np.int64).astype(np.int32), np.array(scale, np.float32)
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_compiled_fixpipe_rounds_the_double_product_once_to_fp16(vectorized):
+    _epilogue = pytest.importorskip("ascend_moe.kernels._epilogue")
+    rng = np.random.default_rng(8)
+    acc, scale = _fixpipe_cases(rng)
+    cols = 64                                            # [64, 64] tiles; every column meets every row
+    acc2 = acc.reshape(-1, cols)
+    scale_rows = scale.reshape(-1, cols)
+    for r in range(scale_rows.shape[0]):
+        sc = np.ascontiguousarray(scale_rows[r])
+        out = np.empty(acc2.shape, np.float16)
+        _epilogue.fixpipe_fp16(acc2, sc, out.view(np.uint16), vectorized, 2)
+        got = out.view(np.uint16)
+        for i in range(acc2.shape[0]):
+            for j in range(cols):
+                p = float(int(acc2[i, j])) * float(sc[j])   # Python's double multiply: nearest even
+                assert got[i, j] == _half_bits_reference(p), (int(acc2[i, j]), float(sc[j]), p)
+
+
 # ----------------------------------------------------------------------------------------------
 # exact integer GEMM, per implementation
 # ----------------------------------------------------------------------------------------------

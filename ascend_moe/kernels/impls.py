@@ -48,6 +48,10 @@ try:  # the compiled scan, built with the package (setup.py); a source tree with
     from . import _scan
 except ImportError:  # pragma: no cover - only in an unbuilt checkout
     _scan = None
+try:  # the compiled A8W4 fixpipe rounding, likewise
+    from . import _epilogue
+except ImportError:  # pragma: no cover - only in an unbuilt checkout
+    _epilogue = None
 
 _F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -135,6 +139,23 @@ def torch_dequant(acc: np.ndarray, col: np.ndarray, row: np.ndarray) -> Optional
     v = ta.to(torch.float32)
     v.mul_(tc).mul_(tr[:, None])
     return v.numpy()
+
+
+def compiled_fixpipe_fp16(acc: np.ndarray, scale: np.ndarray) -> Optional[np.ndarray]:
+    """``fp16(float64(acc) * float64(scale))`` per column by the compiled helper (NumPy converts float64 to
+    float16 one element at a time in software, about 10x slower): the same double multiply and the same
+    direct rounding to nearest even, so the same bits (tested against Python's own rounding).  None for
+    NumPy: another layout, or a scale that is not finite (NaN payloads are NumPy's to pin)."""
+    if _epilogue is None or acc.dtype != np.int32 or acc.ndim != 2 or not acc.size:
+        return None
+    if not (scale.ndim == 1 or (scale.ndim == 2 and scale.shape[0] == 1)) or scale.shape[-1] != acc.shape[1]:
+        return None
+    row = np.ascontiguousarray(scale.reshape(-1), dtype=np.float32)
+    if not np.isfinite(row).all():
+        return None
+    out = np.empty(acc.shape, dtype=np.float16)
+    _epilogue.fixpipe_fp16(np.ascontiguousarray(acc), row, out.view(np.uint16))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
