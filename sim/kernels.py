@@ -24,7 +24,8 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
   b[s:t])``, for every ``(e, s, t)`` in ``runs`` (non-empty row / column ranges; the caller writes
   everything else).  Return False to let the per-group path compute every run (it may then have
   written part of ``out``, which the per-group path overwrites);
-* ``int_gemm(a, b) -> Optional[ndarray]``: the exact int32 product, or None for the reference path;
+* ``int_gemm(a, b, out=None) -> Optional[ndarray]``: the exact int32 product (written into ``out``, a
+  C-contiguous int32 [m, n] array, and returned when given), or None for the reference path;
 * ``widen(a, dtype) -> Optional[ndarray]``: an exact widening of a weight view to ``dtype`` that
   the caller may keep across calls (a cache), or None to widen into the per-call scratch;
 * ``copy_cast(dst, src)``: ``dst[...] = src`` converted with NumPy's results (exact widening or the
@@ -59,7 +60,7 @@ __all__ = ["Kernels", "REFERENCE", "current", "use", "numpy_copy_cast"]
 CopyCast = Callable[[np.ndarray, np.ndarray], None]
 FloatGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]], bool]
 GroupedGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Sequence[Tuple[int, int, int]], bool], bool]
-IntGemm = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
+IntGemm = Callable[..., Optional[np.ndarray]]
 Widen = Callable[[np.ndarray, type], Optional[np.ndarray]]
 Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
 RowsAdd = Callable[[np.ndarray, np.ndarray, np.ndarray], bool]

@@ -89,7 +89,7 @@ def _max_abs(a: np.ndarray) -> int:
 
 def exact_int_matmul(a: np.ndarray, b: np.ndarray, *, a_f32: Optional[np.ndarray] = None,
                      b_f32: Optional[np.ndarray] = None, max_abs_a: Optional[int] = None,
-                     max_abs_b: Optional[int] = None) -> np.ndarray:
+                     max_abs_b: Optional[int] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Exact ``a @ b`` of small integer matrices ([m, K] x [K, n]) as int32 (wrapping like int32).
 
     Uses float32 BLAS on K chunks of ``floor(2**24 / (max|a| * max|b|))`` columns: every partial sum
@@ -98,6 +98,7 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray, *, a_f32: Optional[np.ndarray
     float32 copies already made (avoids re-converting); ``max_abs_*`` may pass known bounds
     (e.g. 128 for int8, 8 for int4).  A plugged-in exact integer GEMM
     (:mod:`ascend_moe.sim.kernels`, e.g. int8 dot-product instructions) may compute it instead.
+    ``out`` (int32 [m, n], C-contiguous) receives the product and is returned.
     """
     m, k = a.shape
     k2, n = b.shape
@@ -105,9 +106,24 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray, *, a_f32: Optional[np.ndarray
         raise ValueError(f"inner dims differ: {a.shape} @ {b.shape}")
     fast = _kernels.current().int_gemm
     if fast is not None and m and n and k:
-        acc = fast(a, b)
+        acc = fast(a, b, out)
         if acc is not None:
+            if out is not None and acc is not out:
+                out[...] = acc
+                return out
             return acc
+    acc = _reference_int_matmul(a, b, a_f32, b_f32, max_abs_a, max_abs_b)
+    if out is not None:
+        out[...] = acc
+        return out
+    return acc
+
+
+def _reference_int_matmul(a: np.ndarray, b: np.ndarray, a_f32: Optional[np.ndarray], b_f32: Optional[np.ndarray],
+                          max_abs_a: Optional[int], max_abs_b: Optional[int]) -> np.ndarray:
+    """The chunked fp32 BLAS path of :func:`exact_int_matmul`."""
+    m, k = a.shape
+    n = b.shape[1]
     acc = np.zeros((m, n), dtype=np.int32)
     if m == 0 or n == 0 or k == 0:
         return acc
@@ -142,10 +158,13 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
     if len(bounds) > E:
         raise ValueError(f"{len(bounds)} groups but only {E} experts in weight")
     if out is None:
-        out = np.zeros((M, N), dtype=np.int32)
-    else:
-        out[...] = 0
+        out = np.empty((M, N), dtype=np.int32)
     rows = [(e, s, t) for e, (s, t) in enumerate(bounds) if t > s]
+    # zero the rows no group covers; each group writes its own rows in place
+    covered = np.zeros(M, dtype=bool)
+    for _, s, t in rows:
+        covered[s:t] = True
+    out[~covered] = 0
     if not rows:
         return out
     if w.strides[0] == 0:
@@ -159,7 +178,7 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
     # the float32 copy only serves the reference (chunked fp32 BLAS) path
     xf = xs.astype(np.float32) if _kernels.current().int_gemm is None else None
     for e, s, t in rows:
-        out[s:t] = exact_int_matmul(x[s:t], w[e], a_f32=None if xf is None else xf[s - lo:t - lo], max_abs_a=mx)
+        exact_int_matmul(x[s:t], w[e], a_f32=None if xf is None else xf[s - lo:t - lo], max_abs_a=mx, out=out[s:t])
     return out
 
 

@@ -370,11 +370,11 @@ def _make_float_gemms(widen, sources):
     return float_gemm, grouped_gemm
 
 
-def _int_gemm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
+def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     if a.dtype != np.int8 or b.dtype != np.int8 or a.ndim != 2:
         return None
     fn = INT_IMPLS[choice(_shape_class("int8", a.shape[0]))]
-    return None if fn is None else fn(a, b)
+    return None if fn is None else fn(a, b, out)
 
 
 def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:

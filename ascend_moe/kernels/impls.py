@@ -454,7 +454,7 @@ def native_contract_holds(dtype: torch.dtype,
 # exact integer GEMM implementations: fn(a, b) -> int32 ndarray or None
 # ---------------------------------------------------------------------------------------------
 
-def torch_int_mm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
+def torch_int_mm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     if a.dtype != np.int8 or b.dtype != np.int8 or a.shape[1] > INT_MM_MAX_K:
         return None
     ta, tb = as_torch(a), as_torch(b)
@@ -466,6 +466,10 @@ def torch_int_mm(a: np.ndarray, b: np.ndarray) -> Optional[np.ndarray]:
         ta = ta.contiguous()
     if not (tb.is_contiguous() or tb.t().is_contiguous()):
         tb = tb.contiguous()
+    tout = as_torch(out) if out is not None and out.dtype == np.int32 and out.flags.c_contiguous else None
+    if tout is not None and tuple(tout.shape) == (ta.shape[0], tb.shape[1]):
+        torch._int_mm(ta, tb, out=tout)   # straight into the caller's rows: no second copy
+        return out
     return torch._int_mm(ta, tb).numpy()
 
 
