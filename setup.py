@@ -1,7 +1,7 @@
 """Build ascend-moe.
 
 The C++ extensions ``ascend_moe._C`` (the aclnn dispatcher) and ``ascend_moe.kernels._scan`` /
-``_epilogue`` (CPU kernel helpers) need only a C++ compiler and pybind11: CANN is loaded at run time with dlopen, so no CANN
+``_select`` / ``_epilogue`` (CPU kernel helpers) need only a C++ compiler and pybind11: CANN is loaded at run time with dlopen, so no CANN
 header or library is used at build time, and nothing links against torch.  The NumPy simulator in ``sim/`` is installed as
 ``ascend_moe.sim``.
 """
@@ -19,13 +19,20 @@ ext_modules = [
         libraries=["dl"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     ),
-    # CPU kernels' compiled helpers (the bf16 subnormal guard's scan, the A8W4 fixpipe rounding); pybind11
-    # only, no torch
+    # CPU kernels' compiled helpers (the bf16 subnormal guard's scan, the gate's top-k and row max, the A8W4
+    # fixpipe rounding); pybind11 only, no torch
     Pybind11Extension(
         "ascend_moe.kernels._scan",
         ["csrc/kernels/scan.cpp"],
         cxx_std=17,
         extra_compile_args=["-O3", "-Wall", "-Wextra"],
+    ),
+    Pybind11Extension(
+        "ascend_moe.kernels._select",
+        ["csrc/kernels/select.cpp"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-Wall", "-Wextra"],
+        extra_link_args=["-pthread"],
     ),
     Pybind11Extension(
         "ascend_moe.kernels._epilogue",

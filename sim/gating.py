@@ -54,6 +54,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import kernels as _kernels
 from .numerics import cast, dtype_name, fill_undefined
 
 __all__ = ["moe_gating_top_k_compute", "Semantics"]
@@ -109,6 +110,11 @@ def reduce_sum_f32(a: np.ndarray) -> np.ndarray:
     """AscendC ReduceSum over the last axis as modelled here: zero-padded 64-lane repeats, a tree in
     each repeat, then a tree over the repeat partials (module docstring) - float32."""
     a = np.asarray(a, dtype=np.float32)
+    fast = _kernels.current().tree_sum
+    if fast is not None and a.ndim == 2:
+        done = fast(a, REDUCE_LANES)
+        if done is not None:
+            return done
     n = a.shape[-1]
     blocks = max(1, -(-n // REDUCE_LANES))
     if blocks * REDUCE_LANES != n:
@@ -140,12 +146,19 @@ def _softplus_sqrt_f32(xf: np.ndarray) -> np.ndarray:
 
 
 def _softmax_f32(xf: np.ndarray, divide: bool, group_count: int = 1, padded_group: int = 0) -> np.ndarray:
-    """ReduceMax, Adds(-max), Exp, ReduceSum, then Div(e, S) or Muls(e, 1.0f/S).
+    """ReduceMax, Adds(-max), Exp, ReduceSum, then Div(e, S) or Muls(e, 1.0f/S), computed in ``xf``'s
+    memory (which is returned).
 
     With ``padded_group`` > group size the sum runs over the generalized kernel's layout: each group
     followed by -inf pads (exp -> 0) up to ``padded_group`` lanes."""
-    m = xf.max(axis=-1, keepdims=True)
-    e = np.exp(xf - m)
+    fast = _kernels.current().row_max
+    m = fast(xf) if fast is not None else None
+    if m is None:
+        m = xf.max(axis=-1, keepdims=True)
+    # in place on xf (the caller's fresh fp32 copy): the same operations without two more [rows, n]
+    # arrays; a zero max of either sign gives the same x - m for every x
+    e = np.subtract(xf, m, out=xf)
+    np.exp(e, out=e)
     rows, n = e.shape
     if padded_group and padded_group * group_count != n:
         p = n // group_count
@@ -156,9 +169,9 @@ def _softmax_f32(xf: np.ndarray, divide: bool, group_count: int = 1, padded_grou
         s = reduce_sum_f32(e)
     s = s[:, None]
     if divide:
-        return np.divide(e, s, dtype=np.float32)
+        return np.divide(e, s, out=e, dtype=np.float32)
     inv = np.divide(np.float32(1.0), s, dtype=np.float32)   # scalar-unit 1.0f / S
-    return np.multiply(e, inv, dtype=np.float32)
+    return np.multiply(e, inv, out=e, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +210,11 @@ def _select_top(v: np.ndarray, k: int, excluded: Optional[np.ndarray] = None) ->
     are never chosen.  Fast path for small k: k passes of argmax (first maximum = lower index,
     -0.0 == +0.0); rows with NaN or a -inf pick (where excluded / taken entries would look alike)
     take the exact composite-key path."""
+    fast = _kernels.current().top_k
+    if fast is not None:
+        picked = fast(v, k, excluded)
+        if picked is not None:
+            return picked
     rows = v.shape[0]
     if k > 16 or np.isnan(v).any():
         keys = _rank_keys(v)
@@ -237,7 +255,8 @@ def moe_gating_top_k_compute(
     x = np.asarray(x)
     out_dtype = dtype_name(x)
     rows, num_experts = x.shape
-    xf = x.astype(np.float32)                       # strided views are fine; widening is exact
+    xf = np.empty(x.shape, dtype=np.float32)        # widening is exact (the kernels may do it faster)
+    _kernels.current().copy_cast(xf, x)
     path = kernel_path(num_experts, k, bias is not None, k_group, group_count, group_select_mode,
                        renorm, norm_type, bool(out_flag), sem)
     per_group = num_experts // group_count
@@ -278,7 +297,8 @@ def moe_gating_top_k_compute(
         idx = _select_top(v, k, excluded).astype(np.int32)
 
     # 5.-8. gather the unbiased norm, renormalise, scale, round to x's dtype
-    g = np.take_along_axis(s, idx.astype(np.int64), axis=-1)
+    flat = np.ascontiguousarray(s).reshape(-1)           # the gather as one flat take (take_along_axis is slow)
+    g = flat[idx.astype(np.int64) + (np.arange(rows, dtype=np.int64) * num_experts)[:, None]]
     if path == PATH_DEEPSEEK or norm_type in (1, 2) or renorm == 1:
         den = reduce_sum_f32(g) + np.float32(eps)            # vector ReduceSum, scalar + eps
         g = np.divide(g, den[:, None], dtype=np.float32)

@@ -41,7 +41,15 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
   two fp32 multiplies per element in that order); None to let the reference do it;
 * ``fixpipe_fp16(acc, scale) -> Optional[ndarray]``: the fp16 array ``fp16(float64(acc) * float64(scale))``
   of an int32 ``acc`` [T, N] and a per-column fp32 ``scale`` ([N] or [1, N]): one float64 multiply and one
-  rounding to fp16, both to nearest even; None to let the reference do it.
+  rounding to fp16, both to nearest even; None to let the reference do it;
+* ``top_k(v, k, excluded) -> Optional[ndarray]``: int64 [rows, k], the indices of the k largest fp32
+  ``v`` per row, largest first, in the gate's order (-0.0 == +0.0, NaN above +inf, ties to the lower
+  index; ``excluded`` entries never chosen); None to let the reference do it;
+* ``row_max(a) -> Optional[ndarray]``: fp32 [rows, 1], each row's maximum of fp32 ``a`` [rows, n] (the
+  sign of a zero maximum is free); None to let the reference do it (e.g. a NaN in ``a``);
+* ``tree_sum(a, lanes) -> Optional[ndarray]``: fp32 [rows], each row of fp32 ``a`` summed in the gate's
+  ReduceSum order (zero-padded ``lanes``-wide repeats, a pairwise tree in each, then a pairwise tree over
+  the repeat partials zero-padded to a power of two), one fp32 add at a time; None for the reference.
 
 Outside any :func:`use` block the reference kernels run, so the simulator alone (no torch) is
 unchanged.
@@ -66,6 +74,9 @@ Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
 RowsAdd = Callable[[np.ndarray, np.ndarray, np.ndarray], bool]
 Dequant = Callable[[np.ndarray, np.ndarray, np.ndarray], Optional[np.ndarray]]
 FixpipeFp16 = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
+TopK = Callable[[np.ndarray, int, Optional[np.ndarray]], Optional[np.ndarray]]
+RowMax = Callable[[np.ndarray], Optional[np.ndarray]]
+TreeSum = Callable[[np.ndarray, int], Optional[np.ndarray]]
 
 
 def compute_now(a: np.ndarray, name: str, compute: Callable[[], object]) -> object:
@@ -90,6 +101,9 @@ class Kernels:
     rows_add: Optional[RowsAdd] = None
     dequant: Optional[Dequant] = None
     fixpipe_fp16: Optional[FixpipeFp16] = None
+    top_k: Optional[TopK] = None
+    row_max: Optional[RowMax] = None
+    tree_sum: Optional[TreeSum] = None
     name: str = "reference"
 
 

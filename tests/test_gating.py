@@ -443,22 +443,67 @@ def test_minus_inf_scores_inside_kept_groups_beat_excluded_groups():
     assert idx.tolist() == [[8, 9, 10]]
 
 
-@pytest.mark.parametrize("k", [1, 3, 8, 16])
-def test_top_k_selection_against_a_sorted_python_list(k):
-    """The selection (value descending, equal values by lower index, -0.0 == +0.0, -inf last) on rows full of
-    ties, against Python's sort of (-value, index) pairs, with and without excluded entries."""
+@pytest.mark.parametrize("kernels", ["reference", "machine"])
+@pytest.mark.parametrize("k", [1, 3, 8, 16, 20])
+def test_top_k_selection_against_a_sorted_python_list(k, kernels):
+    """The selection (NaN first, then value descending, equal values by lower index, -0.0 == +0.0, -inf last)
+    on rows full of ties, against Python's sort of (NaN?, -value, index), with and without excluded entries;
+    with the NumPy reference and with this machine's compiled selection (rows split over threads)."""
+    import contextlib
+    from ascend_moe import kernels as machine_kernels
     from ascend_moe.sim import gating as gating_sim
+    from ascend_moe.sim import kernels as sim_kernels
     rng = np.random.default_rng(k)
-    rows, n = 300, 32
+    rows, n = 600, 32
     v = rng.integers(-3, 4, (rows, n)).astype(np.float32)          # many ties at every rank
     v[rng.random((rows, n)) < 0.05] = -0.0
     v[rng.random((rows, n)) < 0.03] = -np.inf
+    v[rng.random((rows, n)) < 0.02] = np.inf
     v[:20] = rng.standard_normal((20, n)).astype(np.float32)        # rows without ties
+    v[20:40][rng.random((20, n)) < 0.1] = np.nan                    # NaN ranks above +inf
     excluded = rng.random((rows, n)) < 0.2
     excluded[:, :k] = False                                        # every row keeps at least k candidates
-    for exc in (None, excluded):
-        got = gating_sim._select_top(v, k, exc)
+    use = sim_kernels.use(machine_kernels.for_call()) if kernels == "machine" else contextlib.nullcontext()
+    with use:
+        for exc in (None, excluded):
+            got = gating_sim._select_top(v, k, exc)
+            for r in range(rows):
+                cand = [(0 if np.isnan(v[r, j]) else 1, 0.0 if np.isnan(v[r, j]) else -float(v[r, j]) + 0.0, j)
+                        for j in range(n) if exc is None or not exc[r, j]]
+                want = [j for _, _, j in sorted(cand)[:k]]
+                assert got[r].tolist() == want, (r, exc is not None)
+
+
+def _python_tree_sum(row, lanes):
+    """The ReduceSum order written out: zero-padded repeats, a pairwise tree in each, a tree over the repeats."""
+    vals = [np.float32(x) for x in row]
+    blocks = max(1, -(-len(vals) // lanes))
+    vals += [np.float32(0.0)] * (blocks * lanes - len(vals))
+
+    def tree(xs):
+        while len(xs) > 1:
+            xs = [np.float32(xs[2 * i] + xs[2 * i + 1]) for i in range(len(xs) // 2)]
+        return xs[0]
+    partial = [tree(vals[b * lanes:(b + 1) * lanes]) for b in range(blocks)]
+    width = 1 << (blocks - 1).bit_length()
+    return tree(partial + [np.float32(0.0)] * (width - blocks))
+
+
+@pytest.mark.parametrize("n", [1, 5, 64, 100, 256, 300])
+def test_compiled_tree_sum_and_row_max(n):
+    from ascend_moe.kernels import impls
+    rng = np.random.default_rng(n)
+    rows = 520                                              # more than one thread's share
+    a = (rng.standard_normal((rows, n)) * 10.0 ** rng.integers(-30, 30, (rows, n))).astype(np.float32)
+    a[rng.random((rows, n)) < 0.05] = -0.0
+    a[rng.random((rows, n)) < 0.02] = np.float32(1e-44)
+    a[0, 0] = np.inf
+    got = impls.compiled_tree_sum(a, 64)
+    with np.errstate(over="ignore", invalid="ignore"):
         for r in range(rows):
-            cand = [(-float(v[r, j]) + 0.0, j) for j in range(n) if exc is None or not exc[r, j]]
-            want = [j for _, j in sorted(cand)[:k]]
-            assert got[r].tolist() == want, (r, exc is not None)
+            want = _python_tree_sum(a[r], 64)
+            assert got[r].view(np.uint32) == want.view(np.uint32) or (np.isnan(got[r]) and np.isnan(want)), r
+    m = impls.compiled_row_max(a)
+    assert m.shape == (rows, 1) and (m[:, 0] == np.array([max(float(x) for x in row) for row in a])).all()
+    a[7, n // 2] = np.nan
+    assert impls.compiled_row_max(a) is None                 # NaN: left to NumPy

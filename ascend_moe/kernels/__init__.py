@@ -382,7 +382,7 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
     copies of ``weights`` (widened fp16/bf16, logical values of NZ / int4 weights) kept in
     :data:`WEIGHT_CACHE` while unchanged.
     ``ASCEND_MOE_KERNELS=reference`` gives the NumPy reference kernels (with torch's faster, bit-identical
-    conversions, dequant, fixpipe rounding and row scatter-adds and the weight cache, which change no number)."""
+    conversions, dequant, fixpipe rounding, gate selections and row scatter-adds and the weight cache, which change no number)."""
     sources = source_ranges(weights)
 
     def widen(a: np.ndarray, dtype) -> Optional[np.ndarray]:
@@ -394,9 +394,11 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
     if os.environ.get(ENV, "").strip() == "reference":
         return sim_kernels.Kernels(widen=widen, copy_cast=fast_copy_cast, keep=keep, rows_add=impls.torch_rows_add,
                                    dequant=impls.torch_dequant, fixpipe_fp16=impls.compiled_fixpipe_fp16,
-                                   name="reference")
+                                   top_k=impls.compiled_top_k, row_max=impls.compiled_row_max,
+                                   tree_sum=impls.compiled_tree_sum, name="reference")
     float_gemm, grouped_gemm = _make_float_gemms(widen, sources)
     return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm, widen=widen,
                                copy_cast=fast_copy_cast, keep=keep, rows_add=impls.torch_rows_add,
                                dequant=impls.torch_dequant, fixpipe_fp16=impls.compiled_fixpipe_fp16,
-                               name="machine")
+                               top_k=impls.compiled_top_k, row_max=impls.compiled_row_max,
+                               tree_sum=impls.compiled_tree_sum, name="machine")

@@ -52,6 +52,10 @@ try:  # the compiled A8W4 fixpipe rounding, likewise
     from . import _epilogue
 except ImportError:  # pragma: no cover - only in an unbuilt checkout
     _epilogue = None
+try:  # the compiled gate selections (top-k, row max), likewise
+    from . import _select
+except ImportError:  # pragma: no cover - only in an unbuilt checkout
+    _select = None
 
 _F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -155,6 +159,48 @@ def compiled_fixpipe_fp16(acc: np.ndarray, scale: np.ndarray) -> Optional[np.nda
         return None
     out = np.empty(acc.shape, dtype=np.float16)
     _epilogue.fixpipe_fp16(np.ascontiguousarray(acc), row, out.view(np.uint16))
+    return out
+
+
+def _threads_for(rows: int) -> int:
+    """Threads for a row-parallel compiled helper: torch's intra-op count (the user's setting), one per
+    256 rows at most."""
+    return max(1, min(torch.get_num_threads(), rows // 256))
+
+
+def compiled_top_k(v: np.ndarray, k: int, excluded: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The gate's top-k by the compiled helper: one pass per row keeping the k best in the same total order
+    as the NumPy path (-0.0 == +0.0, NaN above +inf, ties to the lower index), so the same indices.  None
+    (NumPy) for another layout or when a row has fewer than k entries that are not excluded."""
+    if _select is None or v.dtype != _F32 or v.ndim != 2 or not 1 <= k <= v.shape[1]:
+        return None
+    if excluded is not None and excluded.shape != v.shape:
+        return None
+    out = np.empty((v.shape[0], k), dtype=np.int64)
+    if not v.shape[0]:
+        return out
+    ex = None if excluded is None else np.ascontiguousarray(excluded, dtype=np.bool_).view(np.uint8)
+    ok = _select.top_k_rows(np.ascontiguousarray(v), k, ex, out, _threads_for(v.shape[0]))
+    return out if ok else None
+
+
+def compiled_row_max(a: np.ndarray) -> Optional[np.ndarray]:
+    """Each row's maximum ([rows, 1], fp32) by the compiled helper; None (NumPy) for another layout or when
+    ``a`` holds a NaN, whose payload NumPy's reduction pins."""
+    if _select is None or a.dtype != _F32 or a.ndim != 2 or not a.shape[0] or not a.shape[1]:
+        return None
+    out = np.empty((a.shape[0], 1), dtype=np.float32)
+    if not _select.row_max_f32(np.ascontiguousarray(a), out.reshape(-1), _threads_for(a.shape[0])):
+        return None
+    return out
+
+
+def compiled_tree_sum(a: np.ndarray, lanes: int) -> Optional[np.ndarray]:
+    """The gate's ReduceSum per row by the compiled helper: the same fp32 adds in the same tree order."""
+    if _select is None or a.dtype != _F32 or a.ndim != 2 or not a.shape[0] or not a.shape[1]:
+        return None
+    out = np.empty(a.shape[0], dtype=np.float32)
+    _select.tree_sum_f32(np.ascontiguousarray(a), out, lanes, _threads_for(a.shape[0]))
     return out
 
 

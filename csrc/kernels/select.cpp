@@ -1,0 +1,261 @@
+// ascend_moe.kernels._select: the gate's row selections, compiled (no torch, no CANN).
+//
+// top_k_rows: the indices of the k largest values of each row, largest first, in the order the gating
+// simulator defines (sim/gating.py _rank_keys): float order with -0.0 equal to +0.0, every NaN above +inf,
+// ties to the lower index; excluded entries are never chosen - a unique order, so the selection has exactly
+// one answer.  NumPy's k argmax passes each stream the whole array (about 10 ms for 16384 x 256); here the k
+// passes run over one row's int32 keys while they are in cache.
+// tree_sum_f32: the softmax's ReduceSum in its tree order.
+// row_max_f32: each row's maximum of a float32 array without NaN (the softmax's ReduceMax; NumPy's reduction
+// along a short last axis is slow).  Rows are split over threads: the GIL is released.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+// the value's place in the order, as an int32 that compares like it (the float bits made monotone; -0.0 as
+// +0.0; every NaN the same, just above +inf), without branches so that a row converts in vector instructions
+inline std::int32_t ordered(std::uint32_t raw) {
+  const auto bits = static_cast<std::int32_t>(raw == 0x80000000u ? 0u : raw);
+  const std::int32_t monotone = bits ^ ((bits >> 31) & 0x7FFFFFFF);
+  return (raw & 0x7FFFFFFFu) > 0x7F800000u ? 0x7F800001 : monotone;
+}
+
+constexpr std::size_t kChunk = 16;
+constexpr std::int32_t kGone = INT32_MIN;  // excluded or already taken (below every ordered value)
+
+// the largest key and the lowest index holding it (vector max, then the first chunk holding it)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+std::size_t first_max(const std::int32_t *key, std::size_t n, std::int32_t *value) {
+  std::int32_t m = kGone;
+  for (std::size_t j = 0; j < n; ++j) m = key[j] > m ? key[j] : m;
+  *value = m;
+  for (std::size_t j0 = 0; j0 < n; j0 += kChunk) {
+    const std::size_t j1 = std::min(n, j0 + kChunk);
+    int hit = 0;
+    for (std::size_t j = j0; j < j1; ++j) hit |= key[j] == m;
+    if (!hit) continue;
+    for (std::size_t j = j0; j < j1; ++j) {
+      if (key[j] == m) return j;
+    }
+  }
+  return 0;  // not reached: m is some key[j]
+}
+
+// rows [r0, r1): false when some row has fewer than k entries that are not excluded.  k passes per row, each
+// taking the largest key left and its lowest index - the tie rule (value, then lower index) - over the row's
+// keys held in cache.
+bool top_k_block(const float *v, const std::uint8_t *excluded, std::int64_t *out, std::size_t r0, std::size_t r1,
+                 std::size_t n, std::size_t k) {
+  std::vector<std::int32_t> keys(n);
+  bool enough = true;
+  for (std::size_t r = r0; r < r1; ++r) {
+    const auto *row = reinterpret_cast<const std::uint32_t *>(v + r * n);
+    std::int32_t *key = keys.data();
+    for (std::size_t j = 0; j < n; ++j) key[j] = ordered(row[j]);
+    if (excluded) {
+      const std::uint8_t *skip = excluded + r * n;
+      for (std::size_t j = 0; j < n; ++j) key[j] = skip[j] ? kGone : key[j];
+    }
+    for (std::size_t i = 0; i < k; ++i) {
+      std::int32_t m;
+      const std::size_t j = first_max(key, n, &m);
+      if (m == kGone) {  // nothing eligible left
+        enough = false;
+        break;
+      }
+      out[r * k + i] = static_cast<std::int64_t>(j);
+      key[j] = kGone;
+    }
+  }
+  return enough;
+}
+
+// 16 running maxima per row (independent lanes the compiler turns into vector max instructions; with no NaN
+// the order of the comparisons changes nothing but the sign of a zero maximum), then one over the lanes.
+// False when a row holds a NaN (out is then not meaningful).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+bool row_max_block(const float *x, float *out, std::size_t r0, std::size_t r1, std::size_t n) {
+  constexpr std::size_t kLanes = 16;
+  int nan = 0;
+  for (std::size_t r = r0; r < r1; ++r) {
+    const float *row = x + r * n;
+    float m = row[0];
+    std::size_t j = 0;
+    if (n >= kLanes) {
+      float lane[kLanes];
+      for (std::size_t i = 0; i < kLanes; ++i) lane[i] = row[i];
+      for (j = kLanes; j + kLanes <= n; j += kLanes) {
+        for (std::size_t i = 0; i < kLanes; ++i) {
+          nan |= row[j + i] != row[j + i];
+          lane[i] = row[j + i] > lane[i] ? row[j + i] : lane[i];
+        }
+      }
+      for (std::size_t i = 0; i < kLanes; ++i) nan |= row[i] != row[i];
+      m = lane[0];
+      for (std::size_t i = 1; i < kLanes; ++i) m = lane[i] > m ? lane[i] : m;
+    } else {
+      nan |= m != m;
+    }
+    for (; j < n; ++j) {
+      nan |= row[j] != row[j];
+      m = row[j] > m ? row[j] : m;
+    }
+    out[r] = m;
+  }
+  return !nan;
+}
+
+// sum of each row in the simulated ReduceSum's order (sim/gating.py reduce_sum_f32): the row zero-padded to
+// whole repeats of `lanes`, a pairwise adjacent-lane tree in each repeat, then the same tree over the repeat
+// partials zero-padded to a power of two.  Every add is one fp32 add in that order (no reassociation: built
+// without fast-math), so the sums are NumPy's bit for bit.
+void tree_sum_block(const float *x, float *out, std::size_t r0, std::size_t r1, std::size_t n, std::size_t lanes) {
+  const std::size_t blocks = std::max<std::size_t>(1, (n + lanes - 1) / lanes);
+  std::size_t width = 1;
+  while (width < blocks) width <<= 1;
+  std::vector<float> buf(blocks * lanes), partial(width);
+  for (std::size_t r = r0; r < r1; ++r) {
+    std::copy(x + r * n, x + r * n + n, buf.begin());
+    std::fill(buf.begin() + static_cast<std::ptrdiff_t>(n), buf.end(), 0.0f);
+    for (std::size_t b = 0; b < blocks; ++b) {
+      float *lane = buf.data() + b * lanes;
+      for (std::size_t len = lanes; len > 1; len >>= 1) {
+        for (std::size_t i = 0; i < len / 2; ++i) lane[i] = lane[2 * i] + lane[2 * i + 1];
+      }
+      partial[b] = lane[0];
+    }
+    std::fill(partial.begin() + static_cast<std::ptrdiff_t>(blocks), partial.end(), 0.0f);
+    for (std::size_t len = width; len > 1; len >>= 1) {
+      for (std::size_t i = 0; i < len / 2; ++i) partial[i] = partial[2 * i] + partial[2 * i + 1];
+    }
+    out[r] = partial[0];
+  }
+}
+
+// fn(r0, r1) over row blocks on up to `threads` threads (the calling thread takes the first block)
+template <typename Fn>
+void over_rows(std::size_t rows, int threads, Fn fn) {
+  const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, rows / 256 + 1));
+  const std::size_t step = (rows + parts - 1) / parts;
+  std::vector<std::thread> pool;
+  for (std::size_t r0 = step; r0 < rows; r0 += step) pool.emplace_back(fn, r0, std::min(rows, r0 + step));
+  fn(0, std::min(rows, step));
+  for (auto &t : pool) t.join();
+}
+
+py::buffer_info c_contiguous(const py::buffer &buffer, const char *what, py::ssize_t itemsize, py::ssize_t ndim,
+                             bool writable) {
+  py::buffer_info info = buffer.request(writable);
+  bool ok = info.itemsize == itemsize && info.ndim == ndim;
+  py::ssize_t expect = itemsize;
+  for (py::ssize_t d = ndim - 1; ok && d >= 0; --d) {
+    ok = info.shape[d] <= 1 || info.strides[d] == expect;
+    expect *= info.shape[d];
+  }
+  if (!ok) {
+    throw std::invalid_argument(std::string(what) + " must be a C-contiguous " + std::to_string(ndim) +
+                                "-D buffer of " + std::to_string(itemsize) + "-byte elements");
+  }
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_select, m) {
+  m.doc() = "The gate's row selections, compiled (no torch, no CANN).";
+  m.def(
+      "top_k_rows",
+      [](const py::buffer &values, std::size_t k, const py::object &excluded, const py::buffer &out, int threads) {
+        py::buffer_info v = c_contiguous(values, "top_k_rows: values (float32)", 4, 2, false);
+        py::buffer_info o = c_contiguous(out, "top_k_rows: out (int64)", 8, 2, true);
+        const auto rows = static_cast<std::size_t>(v.shape[0]);
+        const auto n = static_cast<std::size_t>(v.shape[1]);
+        if (k < 1 || k > n) {
+          throw std::invalid_argument("top_k_rows: need 1 <= k <= columns, got k=" + std::to_string(k) + " with " +
+                                      std::to_string(n) + " columns");
+        }
+        if (static_cast<std::size_t>(o.shape[0]) != rows || static_cast<std::size_t>(o.shape[1]) != k) {
+          throw std::invalid_argument("top_k_rows: out must be [rows, k]");
+        }
+        const std::uint8_t *skip = nullptr;
+        py::buffer_info ex;
+        if (!excluded.is_none()) {
+          ex = c_contiguous(excluded.cast<py::buffer>(), "top_k_rows: excluded (bool / uint8)", 1, 2, false);
+          if (ex.shape[0] != v.shape[0] || ex.shape[1] != v.shape[1]) {
+            throw std::invalid_argument("top_k_rows: excluded must have the values' shape");
+          }
+          skip = static_cast<const std::uint8_t *>(ex.ptr);
+        }
+        const auto *pv = static_cast<const float *>(v.ptr);
+        auto *po = static_cast<std::int64_t *>(o.ptr);
+        py::gil_scoped_release release;
+        std::atomic_bool all_enough{true};
+        over_rows(rows, threads, [&](std::size_t r0, std::size_t r1) {
+          if (!top_k_block(pv, skip, po, r0, r1, n, k)) all_enough = false;
+        });
+        return all_enough.load();
+      },
+      py::arg("values"), py::arg("k"), py::arg("excluded"), py::arg("out"), py::arg("threads") = 1,
+      "Write into out [rows, k] (int64) the indices of the k largest values of each row of values [rows, n] "
+      "(float32), largest first: -0.0 == +0.0, NaN above +inf, ties to the lower index, excluded (bool [rows, n] "
+      "or None) never chosen.  Returns False (out then partly written) when a row has fewer than k entries "
+      "that are not excluded.");
+  m.def(
+      "tree_sum_f32",
+      [](const py::buffer &values, const py::buffer &out, std::size_t lanes, int threads) {
+        py::buffer_info v = c_contiguous(values, "tree_sum_f32: values (float32)", 4, 2, false);
+        py::buffer_info o = c_contiguous(out, "tree_sum_f32: out (float32)", 4, 1, true);
+        const auto rows = static_cast<std::size_t>(v.shape[0]);
+        const auto n = static_cast<std::size_t>(v.shape[1]);
+        if (lanes < 1 || (lanes & (lanes - 1)) != 0 || static_cast<std::size_t>(o.shape[0]) != rows) {
+          throw std::invalid_argument("tree_sum_f32: lanes must be a power of two and out one element per row");
+        }
+        const auto *pv = static_cast<const float *>(v.ptr);
+        auto *po = static_cast<float *>(o.ptr);
+        py::gil_scoped_release release;
+        over_rows(rows, threads, [&](std::size_t r0, std::size_t r1) { tree_sum_block(pv, po, r0, r1, n, lanes); });
+      },
+      py::arg("values"), py::arg("out"), py::arg("lanes"), py::arg("threads") = 1,
+      "out[r] = the sum of row r of a float32 [rows, n] array in the simulated ReduceSum's order: zero-padded "
+      "repeats of `lanes` (a power of two), a pairwise adjacent-lane tree in each, then a tree over the repeat "
+      "partials zero-padded to a power of two; one fp32 add at a time.");
+  m.def(
+      "row_max_f32",
+      [](const py::buffer &values, const py::buffer &out, int threads) {
+        py::buffer_info v = c_contiguous(values, "row_max_f32: values (float32)", 4, 2, false);
+        py::buffer_info o = c_contiguous(out, "row_max_f32: out (float32)", 4, 1, true);
+        const auto rows = static_cast<std::size_t>(v.shape[0]);
+        const auto n = static_cast<std::size_t>(v.shape[1]);
+        if (n < 1 || static_cast<std::size_t>(o.shape[0]) != rows) {
+          throw std::invalid_argument("row_max_f32: values must have columns and out one element per row");
+        }
+        const auto *pv = static_cast<const float *>(v.ptr);
+        auto *po = static_cast<float *>(o.ptr);
+        py::gil_scoped_release release;
+        std::atomic_bool no_nan{true};
+        over_rows(rows, threads, [&](std::size_t r0, std::size_t r1) {
+          if (!row_max_block(pv, po, r0, r1, n)) no_nan = false;
+        });
+        return no_nan.load();
+      },
+      py::arg("values"), py::arg("out"), py::arg("threads") = 1,
+      "out[r] = max of row r of a float32 [rows, n] array (a zero maximum may have either sign).  Returns False "
+      "when the array holds a NaN (out is then not meaningful).");
+}
