@@ -492,6 +492,7 @@ def _python_tree_sum(row, lanes):
 @pytest.mark.parametrize("n", [1, 5, 64, 100, 256, 300])
 def test_compiled_tree_sum_and_row_max(n):
     from ascend_moe.kernels import impls
+    assert impls._select is not None, "the compiled selections (ascend_moe.kernels._select) were not built"
     rng = np.random.default_rng(n)
     rows = 520                                              # more than one thread's share
     a = (rng.standard_normal((rows, n)) * 10.0 ** rng.integers(-30, 30, (rows, n))).astype(np.float32)
