@@ -152,17 +152,18 @@ PYBIND11_MODULE(_epilogue, m) {
         const auto *pa = static_cast<const std::int32_t *>(a.ptr);
         const auto *ps = static_cast<const float *>(s.ptr);
         auto *po = static_cast<std::uint16_t *>(o.ptr);
-        const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(threads, rows));
+        const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, rows));
         py::gil_scoped_release release;
-        if (parts == 1) {
-          fixpipe(pa, ps, po, rows, cols, vectorized);
-          return;
-        }
+        // fixpipe neither allocates nor throws; a thread that cannot be started runs its block here instead
         std::vector<std::thread> pool;
         const std::size_t step = (rows + parts - 1) / parts;
         for (std::size_t r0 = step; r0 < rows; r0 += step) {  // the calling thread takes the first block
           const std::size_t n = std::min(step, rows - r0);
-          pool.emplace_back(fixpipe, pa + r0 * cols, ps, po + r0 * cols, n, cols, vectorized);
+          try {
+            pool.emplace_back(fixpipe, pa + r0 * cols, ps, po + r0 * cols, n, cols, vectorized);
+          } catch (...) {
+            fixpipe(pa + r0 * cols, ps, po + r0 * cols, n, cols, vectorized);
+          }
         }
         fixpipe(pa, ps, po, std::min(step, rows), cols, vectorized);
         for (auto &t : pool) t.join();

@@ -16,6 +16,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <mutex>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -149,15 +152,36 @@ void tree_sum_block(const float *x, float *out, std::size_t r0, std::size_t r1, 
   }
 }
 
-// fn(r0, r1) over row blocks on up to `threads` threads (the calling thread takes the first block)
+// fn(r0, r1) over row blocks on up to `threads` threads (the calling thread takes the first block).  Nothing
+// escapes a worker (an exception there would terminate the process): the first error is rethrown here after
+// every started thread has been joined; if a thread cannot be started, its block runs on the calling thread.
 template <typename Fn>
 void over_rows(std::size_t rows, int threads, Fn fn) {
   const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, rows / 256 + 1));
   const std::size_t step = (rows + parts - 1) / parts;
+  std::exception_ptr error;
+  std::mutex error_lock;
+  auto guarded = [&](std::size_t r0, std::size_t r1) {
+    try {
+      fn(r0, r1);
+    } catch (...) {
+      std::lock_guard<std::mutex> hold(error_lock);
+      if (!error) error = std::current_exception();
+    }
+  };
   std::vector<std::thread> pool;
-  for (std::size_t r0 = step; r0 < rows; r0 += step) pool.emplace_back(fn, r0, std::min(rows, r0 + step));
-  fn(0, std::min(rows, step));
+  std::vector<std::pair<std::size_t, std::size_t>> inline_blocks{{0, std::min(rows, step)}};
+  for (std::size_t r0 = step; r0 < rows; r0 += step) {
+    const std::size_t r1 = std::min(rows, r0 + step);
+    try {
+      pool.emplace_back(guarded, r0, r1);
+    } catch (...) {  // no thread to be had: run the block here
+      inline_blocks.emplace_back(r0, r1);
+    }
+  }
+  for (const auto &block : inline_blocks) guarded(block.first, block.second);
   for (auto &t : pool) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 py::buffer_info c_contiguous(const py::buffer &buffer, const char *what, py::ssize_t itemsize, py::ssize_t ndim,
