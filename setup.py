@@ -19,28 +19,19 @@ ext_modules = [
         libraries=["dl"],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     ),
-    # CPU kernels' compiled helpers (the bf16 subnormal guard's scan, the gate's top-k and row max, the A8W4
-    # fixpipe rounding); pybind11 only, no torch
-    Pybind11Extension(
-        "ascend_moe.kernels._scan",
-        ["csrc/kernels/scan.cpp"],
-        cxx_std=17,
-        extra_compile_args=["-O3", "-Wall", "-Wextra"],
-    ),
-    Pybind11Extension(
-        "ascend_moe.kernels._select",
-        ["csrc/kernels/select.cpp"],
-        cxx_std=17,
-        extra_compile_args=["-O3", "-Wall", "-Wextra"],
-        extra_link_args=["-pthread"],
-    ),
-    Pybind11Extension(
-        "ascend_moe.kernels._epilogue",
-        ["csrc/kernels/epilogue.cpp"],
-        cxx_std=17,
-        extra_compile_args=["-O3", "-Wall", "-Wextra"],
-        extra_link_args=["-pthread"],
-    ),
+    # CPU kernels' compiled helpers, one module per file of csrc/kernels/: _scan (the bf16 subnormal guard's
+    # scan), _select (the gate's top-k, row max and ReduceSum tree), _epilogue (the A8W4 fixpipe rounding);
+    # pybind11 only, no torch
+    *[
+        Pybind11Extension(
+            f"ascend_moe.kernels._{name}",
+            [f"csrc/kernels/{name}.cpp"],
+            cxx_std=17,
+            extra_compile_args=["-O3", "-Wall", "-Wextra"],
+            extra_link_args=["-pthread"],
+        )
+        for name in ("scan", "select", "epilogue")
+    ],
 ]
 
 setup(
