@@ -412,6 +412,24 @@ def test_exp_deviation_is_documented():
     np.testing.assert_array_equal(sq.exp_f32(a), np.exp(a.astype(np.float64)).astype(f32))
 
 
+def test_exp_f32_is_the_correctly_rounded_float32_exp():
+    """The model's exp equals Python's own ``math.exp`` (the C library's, a different implementation from
+    NumPy's vector one) rounded once to float32: both are within 1.27 float64 ulps, closer than any float32
+    input's exp lies to a float32 rounding midpoint, so both give the correctly rounded result.  The three
+    inputs closest to a midpoint (1.27, 2.42, 2.73 ulps), the ends of the finite range and random inputs."""
+    import math
+    rng = np.random.default_rng(11)
+    hard = np.array([-14.56709, -0.00735258358, 1.51990689e-05], f32)
+    ends = np.array([88.72283, 88.7228394, -87.33654, -103.27893, -103.97208, -104.0, 1e-30, -1e-30], f32)
+    rand = (rng.standard_normal(100_000) * 10.0 ** rng.integers(-8, 2, 100_000)).astype(f32)
+    rand = rand[np.abs(rand) < 88]
+    x = np.concatenate([hard, ends, rand])
+    with np.errstate(all="ignore"):
+        got = sq.exp_f32(x)
+        want = np.array([np.float32(math.exp(float(v))) if float(v) < 89 else np.float32(np.inf) for v in x], f32)
+    assert (got.view(np.uint32) == want.view(np.uint32)).all(), x[got.view(np.uint32) != want.view(np.uint32)][:5]
+
+
 def test_zero_rows_follow_the_zero_row_policy():
     """All-zero rows: 0 by default (CANN's test tables); "undefined" hands them to the undefined policy."""
     from ascend_moe.sim.zero_rows import zero_row_policy
