@@ -26,6 +26,7 @@ ext_modules = [
         Pybind11Extension(
             f"ascend_moe.kernels._{name}",
             [f"csrc/kernels/{name}.cpp"],
+            depends=["csrc/kernels/helpers.h"],   # the shared buffer check and row-parallel runner
             cxx_std=17,
             # no contraction of a * b + c into one FMA: the helpers promise IEEE operations one at a time
             extra_compile_args=["-O3", "-Wall", "-Wextra", "-ffp-contract=off"],

@@ -7,8 +7,10 @@
 // fp16, which gives the same bits as the direct rounding (fp32 keeps 13 more significand bits than fp16, and
 // round-to-odd with at least two extra bits makes the second rounding exact - Boldo & Melquiond, "Emulation of
 // FMA and correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 2008).  Elsewhere a portable
-// loop does the direct rounding bit by bit.  Rows are split over threads: the GIL is released.
+// loop does the direct rounding bit by bit.  Rows are split over threads (helpers.h): the GIL is released.
 #include <pybind11/pybind11.h>
+
+#include "helpers.h"
 
 #include <algorithm>
 #include <cmath>
@@ -17,8 +19,6 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <thread>
-#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -26,6 +26,8 @@
 #endif
 
 namespace py = pybind11;
+using ascend_moe_kernels::c_contiguous;
+using ascend_moe_kernels::over_rows;
 
 namespace {
 
@@ -121,16 +123,6 @@ void fixpipe(const std::int32_t *acc, const float *scale, std::uint16_t *out, st
   fixpipe_portable(acc, scale, out, rows, cols);
 }
 
-py::buffer_info contiguous_2d(const py::buffer &buffer, const char *name, py::ssize_t itemsize, bool writable) {
-  py::buffer_info info = buffer.request(writable);
-  if (info.itemsize != itemsize || info.ndim != 2 || info.strides[1] != itemsize ||
-      info.strides[0] != info.shape[1] * itemsize) {
-    throw std::invalid_argument(std::string("fixpipe_fp16: ") + name + " must be a C-contiguous 2-D buffer of " +
-                                std::to_string(itemsize) + "-byte elements");
-  }
-  return info;
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_epilogue, m) {
@@ -138,12 +130,9 @@ PYBIND11_MODULE(_epilogue, m) {
   m.def(
       "fixpipe_fp16",
       [](const py::buffer &acc, const py::buffer &scale, const py::buffer &out, bool vectorized, int threads) {
-        py::buffer_info a = contiguous_2d(acc, "acc (int32)", 4, false);
-        py::buffer_info o = contiguous_2d(out, "out (fp16 viewed as uint16)", 2, true);
-        py::buffer_info s = scale.request();
-        if (s.itemsize != 4 || s.ndim != 1 || (s.shape[0] > 1 && s.strides[0] != 4)) {
-          throw std::invalid_argument("fixpipe_fp16: scale must be a contiguous 1-D float32 buffer");
-        }
+        py::buffer_info a = c_contiguous(acc, "fixpipe_fp16: acc (int32)", 4, 2, false);
+        py::buffer_info o = c_contiguous(out, "fixpipe_fp16: out (fp16 viewed as uint16)", 2, 2, true);
+        py::buffer_info s = c_contiguous(scale, "fixpipe_fp16: scale (float32)", 4, 1, false);
         if (o.shape[0] != a.shape[0] || o.shape[1] != a.shape[1] || s.shape[0] != a.shape[1]) {
           throw std::invalid_argument("fixpipe_fp16: out must have acc's shape [rows, cols] and scale cols elements");
         }
@@ -152,21 +141,10 @@ PYBIND11_MODULE(_epilogue, m) {
         const auto *pa = static_cast<const std::int32_t *>(a.ptr);
         const auto *ps = static_cast<const float *>(s.ptr);
         auto *po = static_cast<std::uint16_t *>(o.ptr);
-        const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, rows));
         py::gil_scoped_release release;
-        // fixpipe neither allocates nor throws; a thread that cannot be started runs its block here instead
-        std::vector<std::thread> pool;
-        const std::size_t step = (rows + parts - 1) / parts;
-        for (std::size_t r0 = step; r0 < rows; r0 += step) {  // the calling thread takes the first block
-          const std::size_t n = std::min(step, rows - r0);
-          try {
-            pool.emplace_back(fixpipe, pa + r0 * cols, ps, po + r0 * cols, n, cols, vectorized);
-          } catch (...) {
-            fixpipe(pa + r0 * cols, ps, po + r0 * cols, n, cols, vectorized);
-          }
-        }
-        fixpipe(pa, ps, po, std::min(step, rows), cols, vectorized);
-        for (auto &t : pool) t.join();
+        over_rows(rows, threads, 1, [&](std::size_t r0, std::size_t r1) {
+          fixpipe(pa + r0 * cols, ps, po + r0 * cols, r1 - r0, cols, vectorized);
+        });
       },
       py::arg("acc"), py::arg("scale"), py::arg("out"), py::arg("vectorized") = true, py::arg("threads") = 1,
       "out[r, c] = fp16(double(acc[r, c]) * double(scale[c])): one double multiply (nearest even), then one "

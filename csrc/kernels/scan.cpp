@@ -6,11 +6,14 @@
 // memory speed (about 50 GB/s from cache, 30 GB/s from DRAM here).  Nothing here links against torch.
 #include <pybind11/pybind11.h>
 
+#include "helpers.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 
 namespace py = pybind11;
+using ascend_moe_kernels::c_contiguous;
 
 namespace {
 
@@ -36,12 +39,8 @@ PYBIND11_MODULE(_scan, m) {
   m.def(
       "min_magnitude_minus_one",
       [](const py::buffer &buffer) {
-        py::buffer_info info = buffer.request();
-        if (info.itemsize != 2 || info.ndim != 1 || (info.shape[0] > 1 && info.strides[0] != 2)) {
-          throw std::invalid_argument(
-              "min_magnitude_minus_one takes a contiguous 1-D buffer of 2-byte elements (a bf16 array viewed as "
-              "uint16); got itemsize " + std::to_string(info.itemsize) + ", ndim " + std::to_string(info.ndim));
-        }
+        py::buffer_info info =
+            c_contiguous(buffer, "min_magnitude_minus_one: bits (a bf16 array viewed as uint16)", 2, 1, false);
         const auto *p = static_cast<const std::uint16_t *>(info.ptr);
         const auto n = static_cast<std::size_t>(info.shape[0]);
         py::gil_scoped_release release;  // a pure read: other Python threads may run meanwhile

@@ -7,8 +7,10 @@
 // passes run over one row's int32 keys while they are in cache.
 // tree_sum_f32: the softmax's ReduceSum in its tree order.
 // row_max_f32: each row's maximum of a float32 array without NaN (the softmax's ReduceMax; NumPy's reduction
-// along a short last axis is slow).  Rows are split over threads: the GIL is released.
+// along a short last axis is slow).  Rows are split over threads (helpers.h): the GIL is released.
 #include <pybind11/pybind11.h>
+
+#include "helpers.h"
 
 #include <algorithm>
 #include <atomic>
@@ -16,15 +18,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <exception>
-#include <mutex>
-#include <utility>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace py = pybind11;
+using ascend_moe_kernels::c_contiguous;
+using ascend_moe_kernels::over_rows;
 
 namespace {
 
@@ -152,54 +152,6 @@ void tree_sum_block(const float *x, float *out, std::size_t r0, std::size_t r1, 
   }
 }
 
-// fn(r0, r1) over row blocks on up to `threads` threads (the calling thread takes the first block).  Nothing
-// escapes a worker (an exception there would terminate the process): the first error is rethrown here after
-// every started thread has been joined; if a thread cannot be started, its block runs on the calling thread.
-template <typename Fn>
-void over_rows(std::size_t rows, int threads, Fn fn) {
-  const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, rows / 256 + 1));
-  const std::size_t step = (rows + parts - 1) / parts;
-  std::exception_ptr error;
-  std::mutex error_lock;
-  auto guarded = [&](std::size_t r0, std::size_t r1) {
-    try {
-      fn(r0, r1);
-    } catch (...) {
-      std::lock_guard<std::mutex> hold(error_lock);
-      if (!error) error = std::current_exception();
-    }
-  };
-  std::vector<std::thread> pool;
-  std::vector<std::pair<std::size_t, std::size_t>> inline_blocks{{0, std::min(rows, step)}};
-  for (std::size_t r0 = step; r0 < rows; r0 += step) {
-    const std::size_t r1 = std::min(rows, r0 + step);
-    try {
-      pool.emplace_back(guarded, r0, r1);
-    } catch (...) {  // no thread to be had: run the block here
-      inline_blocks.emplace_back(r0, r1);
-    }
-  }
-  for (const auto &block : inline_blocks) guarded(block.first, block.second);
-  for (auto &t : pool) t.join();
-  if (error) std::rethrow_exception(error);
-}
-
-py::buffer_info c_contiguous(const py::buffer &buffer, const char *what, py::ssize_t itemsize, py::ssize_t ndim,
-                             bool writable) {
-  py::buffer_info info = buffer.request(writable);
-  bool ok = info.itemsize == itemsize && info.ndim == ndim;
-  py::ssize_t expect = itemsize;
-  for (py::ssize_t d = ndim - 1; ok && d >= 0; --d) {
-    ok = info.shape[d] <= 1 || info.strides[d] == expect;
-    expect *= info.shape[d];
-  }
-  if (!ok) {
-    throw std::invalid_argument(std::string(what) + " must be a C-contiguous " + std::to_string(ndim) +
-                                "-D buffer of " + std::to_string(itemsize) + "-byte elements");
-  }
-  return info;
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_select, m) {
@@ -231,7 +183,7 @@ PYBIND11_MODULE(_select, m) {
         auto *po = static_cast<std::int64_t *>(o.ptr);
         py::gil_scoped_release release;
         std::atomic_bool all_enough{true};
-        over_rows(rows, threads, [&](std::size_t r0, std::size_t r1) {
+        over_rows(rows, threads, 256, [&](std::size_t r0, std::size_t r1) {
           if (!top_k_block(pv, skip, po, r0, r1, n, k)) all_enough = false;
         });
         return all_enough.load();
@@ -254,7 +206,8 @@ PYBIND11_MODULE(_select, m) {
         const auto *pv = static_cast<const float *>(v.ptr);
         auto *po = static_cast<float *>(o.ptr);
         py::gil_scoped_release release;
-        over_rows(rows, threads, [&](std::size_t r0, std::size_t r1) { tree_sum_block(pv, po, r0, r1, n, lanes); });
+        over_rows(rows, threads, 256,
+                  [&](std::size_t r0, std::size_t r1) { tree_sum_block(pv, po, r0, r1, n, lanes); });
       },
       py::arg("values"), py::arg("out"), py::arg("lanes"), py::arg("threads") = 1,
       "out[r] = the sum of row r of a float32 [rows, n] array in the simulated ReduceSum's order: zero-padded "
@@ -274,7 +227,7 @@ PYBIND11_MODULE(_select, m) {
         auto *po = static_cast<float *>(o.ptr);
         py::gil_scoped_release release;
         std::atomic_bool no_nan{true};
-        over_rows(rows, threads, [&](std::size_t r0, std::size_t r1) {
+        over_rows(rows, threads, 256, [&](std::size_t r0, std::size_t r1) {
           if (!row_max_block(pv, po, r0, r1, n)) no_nan = false;
         });
         return no_nan.load();
