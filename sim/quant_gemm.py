@@ -105,18 +105,13 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray, *, a_f32: Optional[np.ndarray
     if k != k2:
         raise ValueError(f"inner dims differ: {a.shape} @ {b.shape}")
     fast = _kernels.current().int_gemm
-    if fast is not None and m and n and k:
-        acc = fast(a, b, out)
-        if acc is not None:
-            if out is not None and acc is not out:
-                out[...] = acc
-                return out
-            return acc
-    acc = _reference_int_matmul(a, b, a_f32, b_f32, max_abs_a, max_abs_b)
-    if out is not None:
-        out[...] = acc
-        return out
-    return acc
+    acc = fast(a, b, out) if fast is not None and m and n and k else None
+    if acc is None:
+        acc = _reference_int_matmul(a, b, a_f32, b_f32, max_abs_a, max_abs_b)
+    if out is None or acc is out:
+        return acc
+    out[...] = acc
+    return out
 
 
 def _reference_int_matmul(a: np.ndarray, b: np.ndarray, a_f32: Optional[np.ndarray], b_f32: Optional[np.ndarray],

@@ -381,8 +381,8 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
     """The simulator kernels for one op call: the machine's chosen implementations, with converted
     copies of ``weights`` (widened fp16/bf16, logical values of NZ / int4 weights) kept in
     :data:`WEIGHT_CACHE` while unchanged.
-    ``ASCEND_MOE_KERNELS=reference`` gives the NumPy reference kernels (with torch's faster, bit-identical
-    conversions, dequant, fixpipe rounding, gate selections and row scatter-adds and the weight cache, which change no number)."""
+    ``ASCEND_MOE_KERNELS=reference`` gives the NumPy reference GEMMs, with the other steps below (which
+    change no number: the same operations as NumPy, element by element)."""
     sources = source_ranges(weights)
 
     def widen(a: np.ndarray, dtype) -> Optional[np.ndarray]:
@@ -391,14 +391,12 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
     def keep(a: np.ndarray, name: str, compute):
         return WEIGHT_CACHE.fact(sources, a, name, compute) if sources else compute()
 
+    # the weight cache, conversions, epilogue steps and gate selections: the same in both modes
+    steps = dict(widen=widen, keep=keep, copy_cast=fast_copy_cast, rows_add=impls.torch_rows_add,
+                 dequant=impls.torch_dequant, fixpipe_fp16=impls.compiled_fixpipe_fp16, top_k=impls.compiled_top_k,
+                 row_max=impls.compiled_row_max, tree_sum=impls.compiled_tree_sum)
     if os.environ.get(ENV, "").strip() == "reference":
-        return sim_kernels.Kernels(widen=widen, copy_cast=fast_copy_cast, keep=keep, rows_add=impls.torch_rows_add,
-                                   dequant=impls.torch_dequant, fixpipe_fp16=impls.compiled_fixpipe_fp16,
-                                   top_k=impls.compiled_top_k, row_max=impls.compiled_row_max,
-                                   tree_sum=impls.compiled_tree_sum, name="reference")
+        return sim_kernels.Kernels(**steps, name="reference")
     float_gemm, grouped_gemm = _make_float_gemms(widen, sources)
-    return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm, widen=widen,
-                               copy_cast=fast_copy_cast, keep=keep, rows_add=impls.torch_rows_add,
-                               dequant=impls.torch_dequant, fixpipe_fp16=impls.compiled_fixpipe_fp16,
-                               top_k=impls.compiled_top_k, row_max=impls.compiled_row_max,
-                               tree_sum=impls.compiled_tree_sum, name="machine")
+    return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm, **steps,
+                               name="machine")

@@ -35,7 +35,9 @@ Exact integer GEMM ``a @ b`` (int8 values, int32 result):
 """
 from __future__ import annotations
 
+import importlib
 import warnings
+from types import ModuleType
 from typing import Callable, Dict, Optional, Tuple
 
 import ml_dtypes
@@ -44,18 +46,18 @@ import torch
 
 from ..sim import kernels as _simk
 
-try:  # the compiled scan, built with the package (setup.py); a source tree without a build uses NumPy
-    from . import _scan
-except ImportError:  # pragma: no cover - only in an unbuilt checkout
-    _scan = None
-try:  # the compiled A8W4 fixpipe rounding, likewise
-    from . import _epilogue
-except ImportError:  # pragma: no cover - only in an unbuilt checkout
-    _epilogue = None
-try:  # the compiled gate selections (top-k, row max), likewise
-    from . import _select
-except ImportError:  # pragma: no cover - only in an unbuilt checkout
-    _select = None
+def _compiled(name: str) -> Optional[ModuleType]:
+    """A compiled helper of csrc/kernels/, built with the package (setup.py); None in a source tree without a
+    build, where NumPy does its work."""
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except ImportError:  # pragma: no cover - only in an unbuilt checkout
+        return None
+
+
+_scan = _compiled("_scan")            # the bf16 subnormal guard's scan
+_select = _compiled("_select")        # the gate's top-k, row max and ReduceSum tree
+_epilogue = _compiled("_epilogue")    # the A8W4 fixpipe rounding
 
 _F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
