@@ -20,16 +20,18 @@ ext_modules = [
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     ),
     # CPU kernels' compiled helpers, one module per file of csrc/kernels/: _scan (the bf16 subnormal guard's
-    # scan), _select (the gate's top-k, row max and ReduceSum tree), _epilogue (the A8W4 fixpipe rounding);
-    # pybind11 only, no torch
+    # scan), _select (the gate's top-k, row max and ReduceSum tree), _epilogue (the A8W4 fixpipe rounding, the
+    # A8W8 swiglu-quant epilogue); pybind11 only, no torch
     *[
         Pybind11Extension(
             f"ascend_moe.kernels._{name}",
             [f"csrc/kernels/{name}.cpp"],
             depends=["csrc/kernels/helpers.h"],   # the shared buffer check and row-parallel runner
             cxx_std=17,
-            # no contraction of a * b + c into one FMA: the helpers promise IEEE operations one at a time
-            extra_compile_args=["-O3", "-Wall", "-Wextra", "-ffp-contract=off"],
+            # no contraction of a * b + c into one FMA: the helpers promise IEEE operations one at a time.
+            # -fno-trapping-math changes no value (nothing here reads the floating-point exception flags); it
+            # lets GCC vectorise loops that compare and select floats
+            extra_compile_args=["-O3", "-Wall", "-Wextra", "-ffp-contract=off", "-fno-trapping-math"],
             extra_link_args=["-pthread"],
         )
         for name in ("scan", "select", "epilogue")

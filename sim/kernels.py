@@ -49,7 +49,13 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
   sign of a zero maximum is free); None to let the reference do it (e.g. a NaN in ``a``);
 * ``tree_sum(a, lanes) -> Optional[ndarray]``: fp32 [rows], each row of fp32 ``a`` summed in the gate's
   ReduceSum order (zero-padded ``lanes``-wide repeats, a pairwise tree in each, then a pairwise tree over
-  the repeat partials zero-padded to a power of two), one fp32 add at a time; None for the reference.
+  the repeat partials zero-padded to a power of two), one fp32 add at a time; None for the reference;
+* ``swiglu_quant_a8w8(acc, col_scale, row_group, row_scale, kernel, out, out_scale) -> Optional[ndarray]``:
+  the whole A8W8 epilogue of the grouped-matmul-swiglu-quant ops (:mod:`ascend_moe.sim.swiglu_quant`,
+  ``kernel`` ``"v1"`` or ``"v2"``) for every row of the int32 ``acc`` [R, N]: ``col_scale`` fp32 [E, N],
+  ``row_group`` int64 [R] (each row's group), ``row_scale`` fp32 [R]; writes int8 ``out`` [R, N/2] and fp32
+  ``out_scale`` [R] with the reference's bits and returns the int64 indices of the rows it could not vouch
+  for (the reference computes those), or None to let the reference do every row.
 
 Outside any :func:`use` block the reference kernels run, so the simulator alone (no torch) is
 unchanged.
@@ -77,6 +83,7 @@ FixpipeFp16 = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
 TopK = Callable[[np.ndarray, int, Optional[np.ndarray]], Optional[np.ndarray]]
 RowMax = Callable[[np.ndarray], Optional[np.ndarray]]
 TreeSum = Callable[[np.ndarray, int], Optional[np.ndarray]]
+SwigluQuant = Callable[..., Optional[np.ndarray]]
 
 
 def compute_now(a: np.ndarray, name: str, compute: Callable[[], object]) -> object:
@@ -104,6 +111,7 @@ class Kernels:
     top_k: Optional[TopK] = None
     row_max: Optional[RowMax] = None
     tree_sum: Optional[TreeSum] = None
+    swiglu_quant_a8w8: Optional[SwigluQuant] = None
     name: str = "reference"
 
 

@@ -169,9 +169,10 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
     # convert only the rows some group covers (once, shared by all groups)
     lo, hi = min(s for _, s, _ in rows), max(t for _, _, t in rows)
     xs = x[lo:hi]
-    mx = _max_abs(xs)
-    # the float32 copy only serves the reference (chunked fp32 BLAS) path
-    xf = xs.astype(np.float32) if _kernels.current().int_gemm is None else None
+    # the bound and the float32 copy only serve the reference (chunked fp32 BLAS) path
+    reference = _kernels.current().int_gemm is None
+    mx = _max_abs(xs) if reference else None
+    xf = xs.astype(np.float32) if reference else None
     for e, s, t in rows:
         exact_int_matmul(x[s:t], w[e], a_f32=None if xf is None else xf[s - lo:t - lo], max_abs_a=mx, out=out[s:t])
     return out

@@ -52,6 +52,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import kernels as _kernels
 from .numerics import dtype_name, fill_undefined, float_to_int
 from .zero_rows import apply_zero_rows
 from .quant_gemm import (
@@ -161,32 +162,45 @@ def compute(x: np.ndarray, weight: np.ndarray, weight_scale: np.ndarray, x_scale
         assist_f32 = None if assist is None else np.asarray(assist, dtype=np.float32)
     quant = quant_v2 if (kind == "int8" and kernel == "v2") else quant_v1
 
-    # The epilogue is per row (each row's own scale), so it runs on row blocks that stay in cache: the
-    # same operations on the same values as on the whole array, a fraction of the memory traffic.
-    # (Blocks on two threads were no faster on a shared 2-core machine: the GIL between NumPy calls.)
-    for r0 in range(0, total, EPILOGUE_ROWS):
-        r1 = min(total, r0 + EPILOGUE_ROWS)
-        e_rows = row_e[r0:r1]
+    def epilogue(rows) -> None:
+        """The epilogue of ``rows`` (a slice or an index array): writes their ``out`` and ``out_scale``."""
+        e_rows = row_e[rows]
         if kind == "int8":
-            c = acc[r0:r1].astype(np.float32)                     # int32 -> fp32, RNE
+            c = acc[rows].astype(np.float32)                      # int32 -> fp32, RNE
             if kernel == "v1":
-                c *= xs[r0:r1]
+                c *= xs[rows]
                 c *= ws[e_rows]
             else:
                 c = np.multiply(ws[e_rows], c, dtype=np.float32)
-                c *= xs[r0:r1]
+                c *= xs[rows]
         else:
-            c = msd_combine(chi[r0:r1], clo[r0:r1])
+            c = msd_combine(chi[rows], clo[rows])
             if assist_f32 is not None:
                 c += assist_f32[e_rows]
-            c *= xs[r0:r1]
+            c *= xs[rows]
         s = swiglu_f32(c)
         q, qs, nan = quant(s)
         if nan.any():
             zero_rows = ~np.any(s != 0, axis=1)          # amax == 0 (NaN rows are not zero rows)
             apply_zero_rows(q, nan, zero_rows, zero_row, undefined)
-        out[r0:r1] = q
-        out_scale[r0:r1] = qs
+        out[rows] = q
+        out_scale[rows] = qs
+
+    # A8W8: a faster implementation of the whole epilogue may be plugged in (sim.kernels); it hands back the
+    # rows it cannot vouch for (a NaN, an exp too near a rounding midpoint), which run below.
+    redo = None
+    fused = _kernels.current().swiglu_quant_a8w8
+    if kind == "int8" and fused is not None and total:
+        redo = fused(acc[:total], ws, row_e, xs[:, 0], kernel, out[:total], out_scale[:total])
+    if redo is not None:
+        for i in range(0, len(redo), EPILOGUE_ROWS):
+            epilogue(redo[i:i + EPILOGUE_ROWS])
+    else:
+        # The epilogue is per row (each row's own scale), so it runs on row blocks that stay in cache: the
+        # same operations on the same values as on the whole array, a fraction of the memory traffic.
+        # (Blocks on two threads were no faster on a shared 2-core machine: the GIL between NumPy calls.)
+        for r0 in range(0, total, EPILOGUE_ROWS):
+            epilogue(slice(r0, min(total, r0 + EPILOGUE_ROWS)))
     fill_undefined(out, slice(total, None), undefined)
     fill_undefined(out_scale, slice(total, None), undefined)
     return out, out_scale

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import ml_dtypes
 import numpy as np
@@ -445,6 +446,129 @@ def test_compiled_fixpipe_rounds_the_double_product_once_to_fp16(vectorized):
             for j in range(cols):
                 p = float(int(acc2[i, j])) * float(sc[j])   # Python's double multiply: nearest even
                 assert got[i, j] == _half_bits_reference(p), (int(acc2[i, j]), float(sc[j]), p)
+
+
+def _compiled_epilogue():
+    assert impls._epilogue is not None, "the compiled epilogue (ascend_moe.kernels._epilogue) was not built"
+    return impls._epilogue
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant < 60, reason="needs a long double with a 64-bit significand")
+def test_compiled_exp_double_is_within_4_ulps():
+    """The swiglu-quant epilogue's double exp: its refusal margin (64 ulps) rests on this bound."""
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.uniform(-87, 88, 1 << 20), rng.uniform(-0.02, 0.02, 1 << 18),
+                        np.linspace(-87, 88, 1 << 18), [-87.0, 88.0, 0.0, -0.0, 1e-30, -1e-30]])
+    x = x.astype(np.float32).astype(np.float64)          # the epilogue feeds it fp32 values
+    got = np.empty_like(x)
+    _compiled_epilogue().exp_f64(x, got)
+    exact = np.exp(x.astype(np.longdouble))              # 64-bit significand: 2^-11 double ulps
+    err_ulps = np.abs((got.astype(np.longdouble) - exact) / np.spacing(got).astype(np.longdouble))
+    assert float(err_ulps.max()) < 4.0
+
+
+def test_compiled_exp_f32_is_correctly_rounded_where_it_says_so():
+    """Every result marked certain is the float64 exp rounded to fp32 (NumPy's, within 1.27 ulps: the
+    correctly rounded fp32 exp); refusals are rare and include the closest known near-midpoint inputs."""
+    rng = np.random.default_rng(12)
+    near_midpoint = np.array([-14.56709, -0.00735258358, 1.51990689e-05], np.float32)
+    x = np.concatenate([
+        rng.uniform(-87, 88, 1 << 21).astype(np.float32),
+        np.arange(0x3F800000, 0x3F800000 + (1 << 20), dtype=np.uint32).view(np.float32),     # from 1.0 up
+        np.arange(0xBC000000, 0xBC000000 + (1 << 20), dtype=np.uint32).view(np.float32),     # near -2^-7
+        np.linspace(-110, 95, 20001, dtype=np.float32),                                      # both edges
+        near_midpoint, np.array([np.inf, -np.inf, 0.0, -0.0, 89.0, -104.0, 88.72, -87.5], np.float32)])
+    got = np.empty_like(x)
+    certain = np.empty(x.shape, np.uint8)
+    _compiled_epilogue().exp_f32(x, got, certain)
+    with np.errstate(over="ignore"):
+        want = np.exp(x.astype(np.float64)).astype(np.float32)
+    sure = certain.astype(bool)
+    assert np.array_equal(got[sure].view(np.uint32), want[sure].view(np.uint32))
+    in_range = (x > -87) & (x < 88)
+    assert (~sure[in_range]).mean() < 1e-4                # refusals are rare where results are normal
+    assert not sure[np.isin(x, near_midpoint)].any()      # 1.27 - 2.73 ulps from a midpoint: refused
+    nan_x = np.array([np.nan], np.float32)
+    out1, c1 = np.empty(1, np.float32), np.empty(1, np.uint8)
+    _compiled_epilogue().exp_f32(nan_x, out1, c1)
+    assert np.isnan(out1[0])
+
+
+def _swiglu_quant_row_reference(acc_row, col_scale, row_scale, kernel):
+    """One row of the A8W8 swiglu-quant epilogue, one fp32 operation at a time (np.float32 scalars), exp as
+    Python's double exp rounded to fp32; (q, qs) or None where a NaN reaches the int8 conversion."""
+    f32 = np.float32
+    n = len(acc_row)
+    h = n // 2
+    with np.errstate(all="ignore"):
+        if kernel == 1:
+            c = [(f32(int(acc_row[j])) * f32(row_scale)) * f32(col_scale[j]) for j in range(n)]
+        else:
+            c = [f32(row_scale) * (f32(col_scale[j]) * f32(int(acc_row[j]))) for j in range(n)]
+        s = []
+        for j in range(h):
+            a, g = c[j], c[h + j]
+            t = -a
+            try:
+                t = f32(math.exp(float(t)))
+            except OverflowError:
+                t = f32(np.inf)
+            t = t + f32(1.0)
+            t = a / t
+            s.append(g * t)
+        if any(np.isnan(v) for v in s):
+            return None
+        amax = max([abs(v) for v in s], default=f32(0))
+        if kernel == 1:
+            qs = amax / f32(127.0)
+            r = f32(1.0) / qs
+            vs = [np.float16(v * r) for v in s]
+        else:
+            qs = amax * f32(0.007874015718698502)
+            vs = [v / qs for v in s]
+        if any(np.isnan(v) for v in vs):
+            return None
+        q = [int(np.clip(np.rint(float(v)), -128, 127)) for v in vs]
+    return np.array(q, np.int8), f32(qs)
+
+
+@pytest.mark.parametrize("kernel", [1, 2])
+def test_compiled_swiglu_quant_matches_a_scalar_reference(kernel):
+    """The fused A8W8 epilogue against a scalar fp32 reference: ordinary rows, rows whose activations reach
+    exp's overflow and underflow edges, saturating rows; an all-zero row and rows with a NaN scale are handed
+    back (redo), never answered."""
+    rng = np.random.default_rng(20 + kernel)
+    rows, n, groups = 48, 64, 3
+    acc = rng.integers(-2**20, 2**20, (rows, n)).astype(np.int32)
+    col_scale = (rng.random((groups, n)) * 1e-4).astype(np.float32)
+    row_scale = (rng.random(rows) * 1e-1).astype(np.float32)
+    group = np.repeat(np.arange(groups), rows // groups).astype(np.int64)
+    acc[5] = 0                                            # all-zero row: 0/0 at the quantisation
+    acc[7, : n // 2] = 2**30                              # activations far past exp's range (both signs)
+    acc[8, : n // 2] = -2**30
+    acc[9, : n // 2] = rng.integers(-2**27, 2**27, n // 2)   # |a| around 87-104: exp's subnormal edge
+    row_scale[9] = 1.0 / 8.0
+    col_scale[2, 3] = np.nan                              # every row of group 2
+    out = np.empty((rows, n // 2), np.int8)
+    out_scale = np.empty(rows, np.float32)
+    redo = np.empty(rows, np.uint8)
+    _compiled_epilogue().swiglu_quant_a8w8(acc, col_scale, group, row_scale, kernel, out, out_scale, redo, 2)
+    must_redo = {5} | set(np.flatnonzero(group == 2).tolist())
+    assert must_redo <= set(np.flatnonzero(redo).tolist())
+    answered = 0
+    for r in range(rows):
+        if redo[r]:
+            continue
+        want = _swiglu_quant_row_reference(acc[r], col_scale[group[r]], row_scale[r], kernel)
+        assert want is not None, r
+        assert np.array_equal(out[r], want[0]), r
+        assert out_scale[r].view(np.uint32) == want[1].view(np.uint32), r
+        answered += 1
+    assert answered >= rows - len(must_redo) - 2          # refusals are the NaN rows (and rarely an exp)
+    with pytest.raises(ValueError, match="group"):
+        bad = group.copy()
+        bad[0] = groups
+        _compiled_epilogue().swiglu_quant_a8w8(acc, col_scale, bad, row_scale, kernel, out, out_scale, redo, 1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def _compiled(name: str) -> Optional[ModuleType]:
 
 _scan = _compiled("_scan")            # the bf16 subnormal guard's scan
 _select = _compiled("_select")        # the gate's top-k, row max and ReduceSum tree
-_epilogue = _compiled("_epilogue")    # the A8W4 fixpipe rounding
+_epilogue = _compiled("_epilogue")    # the A8W4 fixpipe rounding, the A8W8 swiglu-quant epilogue
 
 _F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -162,6 +162,30 @@ def compiled_fixpipe_fp16(acc: np.ndarray, scale: np.ndarray) -> Optional[np.nda
     out = np.empty(acc.shape, dtype=np.float16)
     _epilogue.fixpipe_fp16(np.ascontiguousarray(acc), row, out.view(np.uint16))
     return out
+
+
+def compiled_swiglu_quant_a8w8(acc: np.ndarray, col_scale: np.ndarray, row_group: np.ndarray, row_scale: np.ndarray,
+                               kernel: str, out: np.ndarray, out_scale: np.ndarray) -> Optional[np.ndarray]:
+    """The A8W8 swiglu-quant epilogue (dequant, SwiGLU, per-token int8 quantisation) by the compiled helper, one
+    pass per row on torch's threads: the simulator's fp32 operations in its order, and its exp (the correctly
+    rounded fp32 exp; a row where the helper's double exp lies too near an fp32 rounding midpoint to be sure is
+    handed back).  Rows with a NaN anywhere (NaN payloads, the all-zero-row policy) are handed back too.
+    Returns the rows for NumPy, or None (no helper, another layout).
+
+    Half of torch's threads: the epilogue runs right after torch's threaded int8 GEMM, whose OpenMP workers keep
+    spinning on their cores for about a millisecond, so a thread of ours beside one runs at half speed (on 2
+    cores, in the op: 1.2-1.3 ms on one thread, 1.4-2.6 ms on two; blocks are handed out one at a time, so a
+    slowed thread takes fewer)."""
+    if _epilogue is None or kernel not in ("v1", "v2") or acc.dtype != np.int32 or acc.ndim != 2:
+        return None
+    if out.dtype != np.int8 or not out.flags.c_contiguous or out_scale.dtype != _F32 or not out_scale.flags.c_contiguous:
+        return None
+    redo = np.empty(acc.shape[0], dtype=np.uint8)
+    _epilogue.swiglu_quant_a8w8(np.ascontiguousarray(acc), np.ascontiguousarray(col_scale, dtype=np.float32),
+                                np.ascontiguousarray(row_group, dtype=np.int64),
+                                np.ascontiguousarray(row_scale, dtype=np.float32), 1 if kernel == "v1" else 2,
+                                out, out_scale, redo, max(1, _threads_for(acc.shape[0]) // 2))
+    return np.flatnonzero(redo)
 
 
 def _threads_for(rows: int) -> int:

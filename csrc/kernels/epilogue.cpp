@@ -8,6 +8,14 @@
 // round-to-odd with at least two extra bits makes the second rounding exact - Boldo & Melquiond, "Emulation of
 // FMA and correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 2008).  Elsewhere a portable
 // loop does the direct rounding bit by bit.  Rows are split over threads (helpers.h): the GIL is released.
+//
+// swiglu_quant_a8w8: the A8W8 epilogue of the grouped-matmul-swiglu-quant ops (sim/swiglu_quant.py) in one pass
+// per row: dequant, SwiGLU, per-token int8 quantisation, each fp32 step the simulator's IEEE operation in its
+// order.  Its exp is the simulator's exp_f32 (the correctly rounded fp32 exp): a double evaluation accurate to a
+// few double ulps (exp_f32_certain below), rounded to fp32, and refused ("uncertain") where that double lies
+// within EXP_MARGIN_ULPS double ulps of an fp32 rounding midpoint, where a few ulps could change the rounding.
+// A row with an uncertain exp, or with a NaN anywhere (a NaN scale, an all-zero row's 0/0), is handed back to
+// the NumPy path, which owns NaN payloads and the named all-zero-row policy.
 #include <pybind11/pybind11.h>
 
 #include "helpers.h"
@@ -19,6 +27,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -27,6 +36,7 @@
 
 namespace py = pybind11;
 using ascend_moe_kernels::c_contiguous;
+using ascend_moe_kernels::over_row_chunks;
 using ascend_moe_kernels::over_rows;
 
 namespace {
@@ -123,6 +133,222 @@ void fixpipe(const std::int32_t *acc, const float *scale, std::uint16_t *out, st
   fixpipe_portable(acc, scale, out, rows, cols);
 }
 
+
+// ---- swiglu_quant_a8w8 ----------------------------------------------------------------------------------------
+
+// Distance (in double ulps) from an fp32 rounding midpoint below which a computed double exp is refused.
+// exp_double below is within 4 double ulps of the exact exp (see there), so 64 leaves a wide margin; about one
+// element in 2^22 is refused.
+constexpr std::int64_t EXP_MARGIN_ULPS = 64;
+
+// 2^(j/64) for j < 64, each the double nearest to it or next to that (exp2l: 64-bit significand on x86, 113 on
+// aarch64; a double exp2 within an ulp where long double is double)
+struct Exp2Table {
+  double value[64];
+  Exp2Table() {
+    for (int j = 0; j < 64; ++j) value[j] = static_cast<double>(std::exp2l(static_cast<long double>(j) / 64.0L));
+  }
+};
+const Exp2Table EXP2_TABLE;
+
+// exp(x) for a double x in [-87, 88], within 4 double ulps: x = k ln2/64 + r with k = round(64 x / ln2), so
+// exp(x) = 2^(k/64) e^r with |r| <= ln2/128 + tiny.  ln2/64 is split so that k * LN2_64_HI is exact (32
+// significant bits, |k| < 2^13) and r is exact to ~2^-80; e^r is the degree-5 Taylor polynomial (remainder
+// below r^6/720 < 2^-54.7), five Horner steps of at most half an ulp on terms that shrink; 2^(k/64) is a table
+// entry (within an ulp) times 2^(k >> 6), an exact scaling.
+__attribute__((always_inline)) inline double exp_double(double xd) {
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer held in the low bits
+  const double kd = xd * 92.33248261689366 + shifter;  // 64 / ln2
+  std::uint64_t kbits;
+  std::memcpy(&kbits, &kd, sizeof kbits);
+  const double k = kd - shifter;
+  const double LN2_64_HI = 0x1.62e42feep-7, LN2_64_LO = 0x1.a39ef35793c76p-39;  // fdlibm's ln2 split, / 64
+  const double r = (xd - k * LN2_64_HI) - k * LN2_64_LO;
+  double p = 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  // k's two's complement sits in kbits' low bits: its low 6 bits pick the entry, the rest is the power of two
+  const std::uint64_t scale_bits = ((kbits >> 6) + 1023u) << 52;  // the shifter's bits drop out of the shift
+  double scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return (EXP2_TABLE.value[kbits & 63u] * p) * scale;  // 2^(k >> 6) in [2^-2, 2^2] * 2^[-127, 127]: exact
+}
+
+// whether the fp32 rounding of e (a double in the normal fp32 range) could change if e moved by
+// EXP_MARGIN_ULPS ulps: the rounding cuts e's 52-bit significand after 23 bits, and the midpoints are where the
+// 29 dropped bits read exactly 2^28
+__attribute__((always_inline)) inline bool near_fp32_midpoint(double e) {
+  std::uint64_t ebits;
+  std::memcpy(&ebits, &e, sizeof ebits);
+  const std::int64_t from_midpoint = static_cast<std::int64_t>(ebits & ((1ull << 29) - 1)) - (1ll << 28);
+  return (from_midpoint <= EXP_MARGIN_ULPS) & (from_midpoint >= -EXP_MARGIN_ULPS);
+}
+
+// exp(x) of an fp32 x, rounded to fp32 (nearest even), and whether that rounding is certain.  Certain results
+// are the correctly rounded fp32 exp (the simulator's exp_f32, whatever float64 exp within 1.27 ulp it uses).
+// Outside (-87, 88) (fp32 subnormal results, the overflow threshold) only the sure cases are answered: x >= 89
+// overflows to +inf, x <= -104 rounds to +0 (exp(-104) < 2^-150); NaN stays NaN (its row is redone anyway).
+inline float exp_f32_certain(float x, bool &certain) {
+  if (!(x > -87.0f && x < 88.0f)) {
+    certain = x >= 89.0f || x <= -104.0f || x != x;
+    if (x != x) return x;
+    return x >= 89.0f ? INFINITY : 0.0f;
+  }
+  const double e = exp_double(x);
+  certain = !near_fp32_midpoint(e);
+  return static_cast<float>(e);
+}
+
+// e[j] = exp_f32(-c[j]) for j < n; returns how many are not certain.  Branch-free over the common range so the
+// compiler vectorises it; elements outside (-87, 88) (or NaN) are redone one by one by exp_f32_certain.
+#define ASCEND_MOE_EXP_BLOCK_BODY                                                                                \
+  std::uint32_t uncertain = 0;                                                                                 \
+  std::uint32_t outside = 0;                                                                                   \
+  for (std::size_t j = 0; j < n; ++j) {                                                                        \
+    const float x = -c[j];                                                                                     \
+    outside |= static_cast<std::uint32_t>(!((x > -87.0f) & (x < 88.0f)));                                      \
+    const double e = exp_double(x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x));                               \
+    uncertain += static_cast<std::uint32_t>(near_fp32_midpoint(e));                                            \
+    out[j] = static_cast<float>(e);                                                                            \
+  }                                                                                                            \
+  if (outside) {                                                                                               \
+    for (std::size_t j = 0; j < n; ++j) {                                                                      \
+      const float x = -c[j];                                                                                   \
+      if (!(x > -87.0f && x < 88.0f)) {                                                                        \
+        bool certain = true;                                                                                   \
+        out[j] = exp_f32_certain(x, certain);                                                                  \
+        uncertain += certain ? 0u : 1u;                                                                        \
+      }                                                                                                        \
+    }                                                                                                          \
+  }                                                                                                            \
+  return uncertain;
+
+struct SwigluQuantArgs {
+  const std::int32_t *acc;     // [rows, cols]
+  const float *col_scale;      // [groups, cols]
+  const std::int64_t *group;   // [rows]
+  const float *row_scale;      // [rows]
+  std::int8_t *out;            // [rows, cols / 2]
+  float *out_scale;            // [rows]
+  std::uint8_t *redo;          // [rows]: 1 = the NumPy path must compute this row
+  std::size_t cols;
+  int kernel;                  // 1 or 2
+};
+
+inline std::uint32_t f32_bits(float v) {
+  std::uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+// One row block.  Every loop is branch-free so that it vectorises (the body is compiled once per instruction set
+// below); the only data-dependent branches are per row.  Integer views stand in where the vectoriser needs them:
+// the row's max |S| as the max of the sign-cleared bit patterns (monotone for non-NaN floats; a pattern above
+// +inf's is a NaN), round-half-even to an integer by adding and removing 1.5 * 2^23 (exact for |v| <= 2^22, and v
+// is clamped first: the simulator clips rint(v) to [-128, 127] anyway), and v1's fp16 rounding as a round to 11
+// significant bits on the fp32 pattern (the fp16 result wherever it is a normal fp16; below 2^-14 both give 0
+// after rint, above 65504 both clip to 127).
+#define ASCEND_MOE_SWIGLU_QUANT_BODY                                                                             \
+  const std::size_t n = a.cols, h = n / 2;                                                                     \
+  std::vector<float> cbuf(n), ebuf(h), sbuf(h);                                                                \
+  float *c = cbuf.data(), *e = ebuf.data(), *s = sbuf.data();                                                  \
+  for (std::size_t row = r0; row < r1; ++row) {                                                                \
+    const std::int32_t *acc = a.acc + row * n;                                                                 \
+    const float *ws = a.col_scale + static_cast<std::size_t>(a.group[row]) * n;                                \
+    const float xs = a.row_scale[row];                                                                         \
+    if (a.kernel == 1) { /* v1: c = fp32(acc); c = c * x_scale; c = c * w_scale */                             \
+      for (std::size_t j = 0; j < n; ++j) c[j] = (static_cast<float>(acc[j]) * xs) * ws[j];                    \
+    } else { /* v2: c = w_scale * fp32(acc); c = x_scale * c */                                                \
+      for (std::size_t j = 0; j < n; ++j) c[j] = xs * (ws[j] * static_cast<float>(acc[j]));                    \
+    }                                                                                                          \
+    const std::uint32_t uncertain = exp_block(c, e, h);                                                        \
+    std::uint32_t amax_bits = 0;                                                                               \
+    for (std::size_t j = 0; j < h; ++j) { /* t = exp(-a); t = t + 1; t = a / t; S = g * t */                   \
+      const float v = c[h + j] * (c[j] / (e[j] + 1.0f));                                                       \
+      s[j] = v;                                                                                                \
+      const std::uint32_t m = f32_bits(v) & 0x7FFFFFFFu;                                                       \
+      amax_bits = m > amax_bits ? m : amax_bits;                                                               \
+    }                                                                                                          \
+    bool redo = uncertain != 0 || amax_bits > 0x7F800000u;                                                     \
+    float amax;                                                                                                \
+    std::memcpy(&amax, &amax_bits, sizeof amax);                                                               \
+    std::int8_t *q = a.out + row * h;                                                                          \
+    float qs;                                                                                                  \
+    std::uint32_t nan_seen = 0;                                                                                \
+    if (a.kernel == 1) { /* qs = amax / 127; rc = 1 / qs; v = S * rc; int8(rint(fp16(v))) */                   \
+      qs = amax / 127.0f;                                                                                      \
+      const float rc = 1.0f / qs;                                                                              \
+      for (std::size_t j = 0; j < h; ++j) {                                                                    \
+        const float v = s[j] * rc;                                                                             \
+        const std::uint32_t b = f32_bits(v);                                                                   \
+        nan_seen |= (b & 0x7FFFFFFFu) > 0x7F800000u ? 1u : 0u;                                                 \
+        const std::uint32_t b16 = (b + 0xFFFu + ((b >> 13) & 1u)) & ~0x1FFFu;                                  \
+        float v16;                                                                                             \
+        std::memcpy(&v16, &b16, sizeof v16);                                                                   \
+        const float low = v16 >= -129.0f ? v16 : -129.0f; /* a NaN (its row is redone) too */                  \
+        const float clamped = low > 128.0f ? 128.0f : low;                                                     \
+        const float rounded = (clamped + 12582912.0f) - 12582912.0f;                                           \
+        const std::int32_t whole = static_cast<std::int32_t>(rounded);                                         \
+        q[j] = static_cast<std::int8_t>(whole > 127 ? 127 : (whole < -128 ? -128 : whole));                    \
+      }                                                                                                        \
+    } else { /* qs = amax * fp32(1/127); int8(rint(S / qs)) */                                                 \
+      qs = amax * 0.007874015718698502f;                                                                       \
+      for (std::size_t j = 0; j < h; ++j) {                                                                    \
+        const float v = s[j] / qs;                                                                             \
+        nan_seen |= (f32_bits(v) & 0x7FFFFFFFu) > 0x7F800000u ? 1u : 0u;                                       \
+        const float low = v >= -129.0f ? v : -129.0f; /* a NaN (its row is redone) too */                      \
+        const float clamped = low > 128.0f ? 128.0f : low;                                                     \
+        const float rounded = (clamped + 12582912.0f) - 12582912.0f;                                           \
+        const std::int32_t whole = static_cast<std::int32_t>(rounded);                                         \
+        q[j] = static_cast<std::int8_t>(whole > 127 ? 127 : (whole < -128 ? -128 : whole));                    \
+      }                                                                                                        \
+    }                                                                                                          \
+    a.out_scale[row] = qs;                                                                                     \
+    a.redo[row] = (redo || nan_seen) ? 1 : 0;                                                                  \
+  }
+
+std::uint32_t exp_block(const float *c, float *out, std::size_t n) { ASCEND_MOE_EXP_BLOCK_BODY }
+void swiglu_quant_rows_portable(const SwigluQuantArgs &a, std::size_t r0, std::size_t r1) {
+  ASCEND_MOE_SWIGLU_QUANT_BODY
+}
+
+#ifdef ASCEND_MOE_X86
+namespace avx2 {
+__attribute__((target("avx2"))) std::uint32_t exp_block(const float *c, float *out, std::size_t n) {
+  ASCEND_MOE_EXP_BLOCK_BODY
+}
+__attribute__((target("avx2"))) void swiglu_quant_rows(const SwigluQuantArgs &a, std::size_t r0, std::size_t r1) {
+  ASCEND_MOE_SWIGLU_QUANT_BODY
+}
+}  // namespace avx2
+namespace avx512 {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) std::uint32_t exp_block(const float *c, float *out,
+                                                                                    std::size_t n) {
+  ASCEND_MOE_EXP_BLOCK_BODY
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void swiglu_quant_rows(const SwigluQuantArgs &a,
+                                                                                    std::size_t r0, std::size_t r1) {
+  ASCEND_MOE_SWIGLU_QUANT_BODY
+}
+}  // namespace avx512
+#endif
+
+// the widest instruction set this CPU runs (the same operations, so the same bits, in every version)
+void swiglu_quant_rows(const SwigluQuantArgs &a, std::size_t r0, std::size_t r1) {
+#ifdef ASCEND_MOE_X86
+  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+                               ? 2
+                               : (__builtin_cpu_supports("avx2") ? 1 : 0);
+  if (level == 2) return avx512::swiglu_quant_rows(a, r0, r1);
+  if (level == 1) return avx2::swiglu_quant_rows(a, r0, r1);
+#endif
+  swiglu_quant_rows_portable(a, r0, r1);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_epilogue, m) {
@@ -150,4 +376,81 @@ PYBIND11_MODULE(_epilogue, m) {
       "out[r, c] = fp16(double(acc[r, c]) * double(scale[c])): one double multiply (nearest even), then one "
       "rounding to fp16 (nearest even); acc int32 [rows, cols], scale float32 [cols], out fp16 bits (uint16) "
       "[rows, cols], all C-contiguous.  vectorized=False forces the portable loop (for tests).");
+
+  m.def(
+      "swiglu_quant_a8w8",
+      [](const py::buffer &acc, const py::buffer &col_scale, const py::buffer &group, const py::buffer &row_scale,
+         int kernel, const py::buffer &out, const py::buffer &out_scale, const py::buffer &redo, int threads) {
+        py::buffer_info a = c_contiguous(acc, "swiglu_quant_a8w8: acc (int32)", 4, 2, false);
+        py::buffer_info w = c_contiguous(col_scale, "swiglu_quant_a8w8: col_scale (float32)", 4, 2, false);
+        py::buffer_info g = c_contiguous(group, "swiglu_quant_a8w8: group (int64)", 8, 1, false);
+        py::buffer_info x = c_contiguous(row_scale, "swiglu_quant_a8w8: row_scale (float32)", 4, 1, false);
+        py::buffer_info o = c_contiguous(out, "swiglu_quant_a8w8: out (int8)", 1, 2, true);
+        py::buffer_info os = c_contiguous(out_scale, "swiglu_quant_a8w8: out_scale (float32)", 4, 1, true);
+        py::buffer_info rd = c_contiguous(redo, "swiglu_quant_a8w8: redo (uint8)", 1, 1, true);
+        const auto rows = static_cast<std::size_t>(a.shape[0]);
+        const auto cols = static_cast<std::size_t>(a.shape[1]);
+        if (kernel != 1 && kernel != 2) throw std::invalid_argument("swiglu_quant_a8w8: kernel must be 1 or 2");
+        if (cols % 2 || w.shape[1] != a.shape[1] || g.shape[0] != a.shape[0] || x.shape[0] != a.shape[0] ||
+            o.shape[0] != a.shape[0] || static_cast<std::size_t>(o.shape[1]) != cols / 2 ||
+            os.shape[0] != a.shape[0] || rd.shape[0] != a.shape[0]) {
+          throw std::invalid_argument(
+              "swiglu_quant_a8w8: expected acc [rows, cols] (cols even), col_scale [groups, cols], group, "
+              "row_scale, out_scale and redo [rows], out [rows, cols / 2]");
+        }
+        const auto *pg = static_cast<const std::int64_t *>(g.ptr);
+        for (std::size_t r = 0; r < rows; ++r) {
+          if (pg[r] < 0 || pg[r] >= w.shape[0]) {
+            throw std::invalid_argument("swiglu_quant_a8w8: group[" + std::to_string(r) + "] = " +
+                                        std::to_string(pg[r]) + " is not a row of col_scale");
+          }
+        }
+        const SwigluQuantArgs args{static_cast<const std::int32_t *>(a.ptr), static_cast<const float *>(w.ptr), pg,
+                                   static_cast<const float *>(x.ptr), static_cast<std::int8_t *>(o.ptr),
+                                   static_cast<float *>(os.ptr), static_cast<std::uint8_t *>(rd.ptr), cols, kernel};
+        py::gil_scoped_release release;
+        over_row_chunks(rows, threads, 32, [&](std::size_t r0, std::size_t r1) { swiglu_quant_rows(args, r0, r1); });
+      },
+      py::arg("acc"), py::arg("col_scale"), py::arg("group"), py::arg("row_scale"), py::arg("kernel"),
+      py::arg("out"), py::arg("out_scale"), py::arg("redo"), py::arg("threads") = 1,
+      "The A8W8 swiglu-quant epilogue of the simulator (sim/swiglu_quant.py), kernel 1 (v1) or 2 (v2), into out "
+      "(int8 [rows, cols/2]) and out_scale (float32 [rows]); redo[r] = 1 marks a row the NumPy path must compute "
+      "(a NaN, or an exp too close to an fp32 rounding midpoint to be sure of), whose outputs here are partial.");
+  m.def(
+      "exp_f64",
+      [](const py::buffer &x, const py::buffer &out) {
+        py::buffer_info xi = c_contiguous(x, "exp_f64: x (float64)", 8, 1, false);
+        py::buffer_info oi = c_contiguous(out, "exp_f64: out (float64)", 8, 1, true);
+        if (oi.shape[0] != xi.shape[0]) throw std::invalid_argument("exp_f64: x and out must have the same length");
+        const auto *px = static_cast<const double *>(xi.ptr);
+        auto *po = static_cast<double *>(oi.ptr);
+        for (py::ssize_t i = 0; i < xi.shape[0]; ++i) {
+          if (!(px[i] >= -87.0 && px[i] <= 88.0)) throw std::invalid_argument("exp_f64: x must lie in [-87, 88]");
+          po[i] = exp_double(px[i]);
+        }
+      },
+      py::arg("x"), py::arg("out"),
+      "The swiglu-quant epilogue's double exp on [-87, 88], exposed for tests (its error bound sets the margin).");
+  m.def(
+      "exp_f32",
+      [](const py::buffer &x, const py::buffer &out, const py::buffer &certain) {
+        py::buffer_info xi = c_contiguous(x, "exp_f32: x (float32)", 4, 1, false);
+        py::buffer_info oi = c_contiguous(out, "exp_f32: out (float32)", 4, 1, true);
+        py::buffer_info ci = c_contiguous(certain, "exp_f32: certain (uint8)", 1, 1, true);
+        if (oi.shape[0] != xi.shape[0] || ci.shape[0] != xi.shape[0]) {
+          throw std::invalid_argument("exp_f32: x, out and certain must have the same length");
+        }
+        const auto *px = static_cast<const float *>(xi.ptr);
+        auto *po = static_cast<float *>(oi.ptr);
+        auto *pc = static_cast<std::uint8_t *>(ci.ptr);
+        py::gil_scoped_release release;
+        for (py::ssize_t i = 0; i < xi.shape[0]; ++i) {
+          bool ok = true;
+          po[i] = exp_f32_certain(px[i], ok);
+          pc[i] = ok ? 1 : 0;
+        }
+      },
+      py::arg("x"), py::arg("out"), py::arg("certain"),
+      "The swiglu-quant epilogue's exp, exposed for tests: out = fp32 exp(x), certain = 1 where that is sure to be "
+      "the correctly rounded fp32 exp.");
 }

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <exception>
 #include <mutex>
@@ -67,6 +68,43 @@ void over_rows(std::size_t rows, int threads, std::size_t min_rows, Fn fn) {
     }
   }
   for (const auto &block : inline_blocks) guarded(block.first, block.second);
+  for (auto &t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+// fn(r0, r1) over blocks of `chunk` rows handed out one at a time to up to `threads` threads (the calling thread
+// among them), for work that runs beside other busy threads: a thread sharing its core (e.g. with torch's OpenMP
+// workers, which keep spinning for a while after a parallel region) takes fewer blocks instead of holding up the
+// call with an equal share.  Errors and failed thread starts as in over_rows.  Call it with the GIL released.
+template <typename Fn>
+void over_row_chunks(std::size_t rows, int threads, std::size_t chunk, Fn fn) {
+  chunk = std::max<std::size_t>(1, chunk);
+  const std::size_t chunks = (rows + chunk - 1) / chunk;
+  const std::size_t workers = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, chunks));
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_lock;
+  auto work = [&]() {
+    try {
+      for (std::size_t i = next.fetch_add(1); i < chunks && !failed.load(); i = next.fetch_add(1)) {
+        fn(i * chunk, std::min(rows, (i + 1) * chunk));
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> hold(error_lock);
+      if (!error) error = std::current_exception();
+      failed.store(true);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (std::size_t t = 1; t < workers; ++t) {
+    try {
+      pool.emplace_back(work);
+    } catch (...) {  // no thread to be had: the others take its blocks
+      break;
+    }
+  }
+  work();
   for (auto &t : pool) t.join();
   if (error) std::rethrow_exception(error);
 }
