@@ -51,7 +51,7 @@ import numpy as np
 
 from . import kernels as _kernels
 from .numerics import decode_int64_scale, twin_arguments
-from .quant_gemm import (exact_int_matmul, fp19_enabled, group_bounds, grouped_msd_partials, msd_combine,
+from .quant_gemm import (fp19_enabled, group_bounds, grouped_int8_matmul, grouped_msd_partials, msd_combine,
                          weight_logical_dims, weight_values)
 
 __all__ = ["finalize_routing_compute", "weight_layout", "WeightLayout"]
@@ -145,11 +145,9 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
         s = _f32(scale).reshape(e_count, n)
         bias32 = None if bias is None else _f32(bias).reshape(e_count, n)
 
-    shared_acc = None
-    if kind != "int4" and weights.strides[0] == 0 and bounds and bounds[-1][1] > 0:
-        # every expert shares one weight (a stride-0 view, as ``check --run`` builds): one exact GEMM
-        # over all covered rows gives the same integers as one per group
-        shared_acc = exact_int_matmul(x[:bounds[-1][1]], weights[0], max_abs_a=128, max_abs_b=128)
+    if kind != "int4":
+        _a8w8_epilogue(y, x, weights, bounds, s, bias32, logit32, pt32, rows)
+        return y
 
     for e, (start, end) in enumerate(bounds):
         if end <= start:
@@ -157,27 +155,59 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
         lg = logit32[start:end, None]
         # each step one fp32 operation per element, in place on the group's fresh fp32 buffer (the
         # same roundings as the out-of-place expressions, without a new array per step)
-        if kind == "int4":
-            if chi is None:
-                part_hi, part_lo = grouped_msd_partials(x[start:end], weights[e:e + 1], s[e:e + 1], [(0, end - start)])
-            else:
-                part_hi, part_lo = chi[start:end], clo[start:end]
-            v = msd_combine(part_hi, part_lo)                      # fp32(Chi) * 16 + fp32(Clo)
-            v += bias32[e]
-            if off32 is not None:
-                rowsum = x[start:end].astype(np.int32).sum(axis=1).astype(f32)   # exact (|sum| < 2**24)
-                v += rowsum[:, None] * off32[e]
-            v *= pt32[start:end, None] * lg
+        if chi is None:
+            part_hi, part_lo = grouped_msd_partials(x[start:end], weights[e:e + 1], s[e:e + 1], [(0, end - start)])
         else:
-            acc = (shared_acc[start:end] if shared_acc is not None else
-                   exact_int_matmul(x[start:end], weights[e], max_abs_a=128, max_abs_b=128))
-            row = (lg * pt32[start:end, None] if pt32 is not None else lg).reshape(-1)
-            v = dequant_rows(acc, s[e], row)
-            if bias32 is not None:
-                v += lg * bias32[e]
+            part_hi, part_lo = chi[start:end], clo[start:end]
+        v = msd_combine(part_hi, part_lo)                      # fp32(Chi) * 16 + fp32(Clo)
+        v += bias32[e]
+        if off32 is not None:
+            rowsum = x[start:end].astype(np.int32).sum(axis=1).astype(f32)   # exact (|sum| < 2**24)
+            v += rowsum[:, None] * off32[e]
+        v *= pt32[start:end, None] * lg
         # scatter-add in token order (deterministic mode)
         scatter_add_in_order(y, rows[start:end], v)
     return y
+
+
+# Rows of int32 accumulator made at a time by the A8W8 path: one group's rows (a group larger than this many bytes
+# in pieces), so the epilogue reads the accumulator while it is still in cache; the token order of the scatter-adds
+# does not depend on the cuts
+A8W8_ACC_BYTES = 32 << 20
+
+
+def _a8w8_epilogue(y: np.ndarray, x: np.ndarray, weights: np.ndarray, bounds, s: np.ndarray,
+                   bias32: Optional[np.ndarray], logit32: np.ndarray, pt32: Optional[np.ndarray],
+                   rows: np.ndarray) -> None:
+    """A8W8: the exact GEMM of row chunks, then per row ``v = (fp32(acc) * scale[e]) * (logit * pertoken)``
+    (``+ logit * bias[e]``) scatter-added into ``y`` in token order."""
+    total = bounds[-1][1] if bounds else 0
+    if total <= 0:
+        return
+    n = weights.shape[2]
+    row_scale = logit32[:total] * pt32[:total] if pt32 is not None else logit32[:total]   # one fp32 multiply
+    row_group = np.repeat(np.arange(len(bounds)), [t - s0 for s0, t in bounds])
+    fused = _kernels.current().dequant_scatter if bias32 is None else None
+    step = max(1, A8W8_ACC_BYTES // (4 * max(1, n)))
+    if weights.strides[0] == 0:
+        # every expert shares one weight (a stride-0 view, as ``check --run`` builds): chunks across groups
+        # make one GEMM each
+        chunks = [(c0, min(total, c0 + step)) for c0 in range(0, total, step)]
+    else:
+        chunks = [(c0, min(t, c0 + step)) for s0, t in bounds for c0 in range(s0, t, step)]
+    for c0, c1 in chunks:
+        # the chunk's groups, clipped to it (an expert's position in the list is its weight)
+        sub = [(min(max(s0, c0), c1) - c0, min(max(t, c0), c1) - c0) for s0, t in bounds]
+        acc = grouped_int8_matmul(x[c0:c1], weights, sub)
+        if fused is not None and fused(y, rows[c0:c1], acc, s, row_group[c0:c1], row_scale[c0:c1]):
+            continue
+        for e, (start, end) in enumerate(sub):
+            if end <= start:
+                continue
+            v = dequant_rows(acc[start:end], s[e], row_scale[c0 + start:c0 + end])
+            if bias32 is not None:
+                v += logit32[c0 + start:c0 + end, None] * bias32[e]
+            scatter_add_in_order(y, rows[c0 + start:c0 + end], v)     # deterministic mode: token order
 
 
 def scatter_add_in_order(y: np.ndarray, index: np.ndarray, v: np.ndarray) -> None:

@@ -39,6 +39,10 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
 * ``dequant(acc, col, row) -> Optional[ndarray]``: the fp32 array ``(fp32(acc) * col[None, :]) *
   row[:, None]`` of an int32 accumulator ``acc`` [T, N] (int32 to fp32 rounded to nearest even, then
   two fp32 multiplies per element in that order); None to let the reference do it;
+* ``dequant_scatter(y, index, acc, col, group, row) -> bool``: ``y[index[t]] += (fp32(acc[t]) * col[group[t]]) *
+  row[t]`` for t = 0, 1, ... in that order (the dequant above, then one fp32 add per element, each y element's
+  adds in row order), without the fp32 intermediate; False to let the reference (``dequant`` then the
+  token-order row adds) do it;
 * ``fixpipe_fp16(acc, scale) -> Optional[ndarray]``: the fp16 array ``fp16(float64(acc) * float64(scale))``
   of an int32 ``acc`` [T, N] and a per-column fp32 ``scale`` ([N] or [1, N]): one float64 multiply and one
   rounding to fp16, both to nearest even; None to let the reference do it;
@@ -79,6 +83,7 @@ Widen = Callable[[np.ndarray, type], Optional[np.ndarray]]
 Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
 RowsAdd = Callable[[np.ndarray, np.ndarray, np.ndarray], bool]
 Dequant = Callable[[np.ndarray, np.ndarray, np.ndarray], Optional[np.ndarray]]
+DequantScatter = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], bool]
 FixpipeFp16 = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
 TopK = Callable[[np.ndarray, int, Optional[np.ndarray]], Optional[np.ndarray]]
 RowMax = Callable[[np.ndarray], Optional[np.ndarray]]
@@ -107,6 +112,7 @@ class Kernels:
     keep: Keep = field(default=compute_now)
     rows_add: Optional[RowsAdd] = None
     dequant: Optional[Dequant] = None
+    dequant_scatter: Optional[DequantScatter] = None
     fixpipe_fp16: Optional[FixpipeFp16] = None
     top_k: Optional[TopK] = None
     row_max: Optional[RowMax] = None

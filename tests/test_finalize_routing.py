@@ -458,3 +458,41 @@ def test_fake_kernel_checks_the_weights_real_format():
             torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(*args(w_nd))
         with pytest.raises(ascend_moe.ConstraintError, match="gmmfr.logit"):
             torch.ops.ascend_moe.npu_grouped_matmul_finalize_routing(*args(w, torch.float16))
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 7])
+@pytest.mark.parametrize("seed", range(3))
+def test_a8w8_compiled_dequant_scatter_gives_the_reference_bits(monkeypatch, seed, chunk_rows):
+    """With the compiled dequant + token-order scatter plugged in (as the torch op runs it), per group and on
+    7-row accumulator pieces of groups: repeated target rows (within and across groups), an empty group and
+    a shared-expert input with a NaN and infinities.  Bits equal the per-token reference of this file; a NaN
+    scale leaves the work to NumPy, with the same bits."""
+    from ascend_moe.kernels import impls
+    from ascend_moe.sim import finalize_routing as fr
+    from ascend_moe.sim import kernels as sim_kernels
+    taken = []
+
+    def spy(*a):
+        ok = impls.compiled_dequant_scatter(*a)
+        taken.append(ok)
+        return ok
+
+    if chunk_rows:
+        monkeypatch.setattr(fr, "A8W8_ACC_BYTES", chunk_rows * 4 * 256)
+    rng = np.random.default_rng(500 + seed)
+    gl = np.array([12, 0, 15, 11, 10], np.int64)
+    x, w, gl, args = a8w8_case(rng, m=48, k=128, n=256, gl=gl, batch=20, bias=False, shared_rows=8, shared_offset=3)
+    args["row_index"][12:15] = 7                               # a row repeated inside group 2 (and elsewhere)
+    shared = args["shared_input"].astype(F32)
+    shared[1, 2], shared[2, 3], shared[3, 4] = np.nan, np.inf, -np.inf
+    args["shared_input"] = shared.astype(ml_dtypes.bfloat16)
+    with sim_kernels.use(sim_kernels.Kernels(dequant_scatter=spy)):
+        got = sim.npu_grouped_matmul_finalize_routing(x, tagged(w), gl, **args)
+        assert bits_equal(got, ref_a8w8(x, w, gl, args))
+        pieces = sum(-(-int(c) // (chunk_rows or 10**9)) for c in gl if c)     # per group, in chunk_rows pieces
+        assert all(taken) and len(taken) == pieces
+        args["scale"] = args["scale"].copy()
+        args["scale"][3, 5] = np.nan
+        taken.clear()
+        got = sim.npu_grouped_matmul_finalize_routing(x, tagged(w), gl, **args)
+        assert bits_equal(got, ref_a8w8(x, w, gl, args)) and not any(taken)

@@ -448,6 +448,46 @@ def test_compiled_fixpipe_rounds_the_double_product_once_to_fp16(vectorized):
                 assert got[i, j] == _half_bits_reference(p), (int(acc2[i, j]), float(sc[j]), p)
 
 
+def test_compiled_dequant_scatter_matches_scalar_fp32_in_row_order():
+    """for t in order: y[index[t]] += (fp32(acc[t]) * col[group[t]]) * row[t] by the compiled helper, element by
+    element against np.float32 scalar arithmetic in the same order: repeated targets, int32 extremes and ties of
+    the int32 -> fp32 rounding, a NaN and infinities already in y (a shared-expert input), zero and negative
+    scales, more columns than one tile on two threads; refused when a scale is not finite or a product could
+    overflow; an out-of-range row is an error."""
+    rng = np.random.default_rng(30)
+    batch, rows, n, groups = 12, 40, 600, 3
+    y = rng.standard_normal((batch, n)).astype(np.float32)
+    y[3, 2], y[4, 5], y[5, 6] = np.float32("nan"), np.inf, -np.inf
+    index = rng.integers(0, batch, rows).astype(np.int64)       # repeats: the order matters
+    index[:3] = [3, 4, 5]
+    group = np.sort(rng.integers(0, groups, rows)).astype(np.int64)
+    acc = rng.integers(-2**31, 2**31, (rows, n), dtype=np.int64).astype(np.int32)
+    acc[0, :6] = [2**31 - 1, -2**31, 2**24 + 1, 2**24 + 3, -(2**25 + 2), 0]      # fp32 rounding ties
+    col = (rng.standard_normal((groups, n)) * 1e-3).astype(np.float32)
+    col[1, 1] = 0.0
+    row = (rng.standard_normal(rows) * 1e-2).astype(np.float32)
+    row[2] = -0.0
+    want = y.copy()
+    for t in range(rows):
+        for j in range(n):
+            want[index[t], j] = want[index[t], j] + (np.float32(int(acc[t, j])) * col[group[t], j]) * row[t]
+    got = y.copy()
+    _compiled_epilogue().dequant_scatter(got, index, acc, col, group, row, 2)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    got = y.copy()
+    assert impls.compiled_dequant_scatter(got, index, acc, col, group, row)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    bad = col.copy()
+    bad[2, 3] = np.nan
+    assert not impls.compiled_dequant_scatter(y.copy(), index, acc, bad, group, row)
+    huge = np.full((groups, n), 3e38, np.float32)
+    assert not impls.compiled_dequant_scatter(y.copy(), index, acc, huge, group, row)
+    outside = index.copy()
+    outside[0] = batch
+    with pytest.raises(ValueError, match="out of range"):
+        _compiled_epilogue().dequant_scatter(y.copy(), outside, acc, col, group, row, 1)
+
+
 def _compiled_epilogue():
     assert impls._epilogue is not None, "the compiled epilogue (ascend_moe.kernels._epilogue) was not built"
     return impls._epilogue

@@ -16,6 +16,11 @@
 // within EXP_MARGIN_ULPS double ulps of an fp32 rounding midpoint, where a few ulps could change the rounding.
 // A row with an uncertain exp, or with a NaN anywhere (a NaN scale, an all-zero row's 0/0), is handed back to
 // the NumPy path, which owns NaN payloads and the named all-zero-row policy.
+//
+// dequant_scatter: the finalize-routing A8W8 epilogue, y[index[t], j] += (fp32(acc[t, j]) * col[group[t], j]) *
+// row[t] for t in order: the dequant and the token-order scatter-add in one pass over the accumulator, without the
+// fp32 [rows, n] intermediate, on column tiles (a tile of y stays in cache while every row adds into it; threads
+// take disjoint tiles).
 #include <pybind11/pybind11.h>
 
 #include "helpers.h"
@@ -349,6 +354,54 @@ void swiglu_quant_rows(const SwigluQuantArgs &a, std::size_t r0, std::size_t r1)
   swiglu_quant_rows_portable(a, r0, r1);
 }
 
+// ---- dequant_scatter -------------------------------------------------------------------------------------------
+
+struct DequantScatterArgs {
+  float *y;                    // [batch, cols]
+  const std::int64_t *index;   // [rows]: each row's target row of y
+  const std::int32_t *acc;     // [rows, cols]
+  const float *col;            // [groups, cols]
+  const std::int64_t *group;   // [rows]: each row's row of col
+  const float *row;            // [rows]
+  std::size_t rows, cols;
+};
+
+// columns [c0, c1) of every row, rows in order: each y element gets its adds in the rows' order
+#define ASCEND_MOE_DEQUANT_SCATTER_BODY                                                                          \
+  for (std::size_t t = 0; t < a.rows; ++t) {                                                                   \
+    float *y = a.y + static_cast<std::size_t>(a.index[t]) * a.cols;                                           \
+    const std::int32_t *acc = a.acc + t * a.cols;                                                              \
+    const float *col = a.col + static_cast<std::size_t>(a.group[t]) * a.cols;                                  \
+    const float r = a.row[t];                                                                                  \
+    for (std::size_t j = c0; j < c1; ++j) y[j] = y[j] + (static_cast<float>(acc[j]) * col[j]) * r;            \
+  }
+
+void dequant_scatter_portable(const DequantScatterArgs &a, std::size_t c0, std::size_t c1) {
+  ASCEND_MOE_DEQUANT_SCATTER_BODY
+}
+#ifdef ASCEND_MOE_X86
+__attribute__((target("avx2"))) void dequant_scatter_avx2(const DequantScatterArgs &a, std::size_t c0,
+                                                            std::size_t c1) {
+  ASCEND_MOE_DEQUANT_SCATTER_BODY
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void dequant_scatter_avx512(
+    const DequantScatterArgs &a, std::size_t c0, std::size_t c1) {
+  ASCEND_MOE_DEQUANT_SCATTER_BODY
+}
+#endif
+
+void dequant_scatter(const DequantScatterArgs &a, std::size_t c0, std::size_t c1) {
+#ifdef ASCEND_MOE_X86
+  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+                               ? 2
+                               : (__builtin_cpu_supports("avx2") ? 1 : 0);
+  if (level == 2) return dequant_scatter_avx512(a, c0, c1);
+  if (level == 1) return dequant_scatter_avx2(a, c0, c1);
+#endif
+  dequant_scatter_portable(a, c0, c1);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_epilogue, m) {
@@ -416,6 +469,42 @@ PYBIND11_MODULE(_epilogue, m) {
       "The A8W8 swiglu-quant epilogue of the simulator (sim/swiglu_quant.py), kernel 1 (v1) or 2 (v2), into out "
       "(int8 [rows, cols/2]) and out_scale (float32 [rows]); redo[r] = 1 marks a row the NumPy path must compute "
       "(a NaN, or an exp too close to an fp32 rounding midpoint to be sure of), whose outputs here are partial.");
+  m.def(
+      "dequant_scatter",
+      [](const py::buffer &y, const py::buffer &index, const py::buffer &acc, const py::buffer &col,
+         const py::buffer &group, const py::buffer &row, int threads) {
+        py::buffer_info yi = c_contiguous(y, "dequant_scatter: y (float32)", 4, 2, true);
+        py::buffer_info ii = c_contiguous(index, "dequant_scatter: index (int64)", 8, 1, false);
+        py::buffer_info ai = c_contiguous(acc, "dequant_scatter: acc (int32)", 4, 2, false);
+        py::buffer_info ci = c_contiguous(col, "dequant_scatter: col (float32)", 4, 2, false);
+        py::buffer_info gi = c_contiguous(group, "dequant_scatter: group (int64)", 8, 1, false);
+        py::buffer_info ri = c_contiguous(row, "dequant_scatter: row (float32)", 4, 1, false);
+        if (ai.shape[1] != yi.shape[1] || ci.shape[1] != yi.shape[1] || ii.shape[0] != ai.shape[0] ||
+            gi.shape[0] != ai.shape[0] || ri.shape[0] != ai.shape[0]) {
+          throw std::invalid_argument("dequant_scatter: expected y [batch, cols], acc [rows, cols], col [groups, "
+                                      "cols], index, group and row [rows]");
+        }
+        const auto *pi = static_cast<const std::int64_t *>(ii.ptr);
+        const auto *pg = static_cast<const std::int64_t *>(gi.ptr);
+        for (py::ssize_t t = 0; t < ii.shape[0]; ++t) {
+          if (pi[t] < 0 || pi[t] >= yi.shape[0] || pg[t] < 0 || pg[t] >= ci.shape[0]) {
+            throw std::invalid_argument("dequant_scatter: row " + std::to_string(t) + " targets y row " +
+                                        std::to_string(pi[t]) + " with col row " + std::to_string(pg[t]) +
+                                        ": out of range");
+          }
+        }
+        const DequantScatterArgs args{static_cast<float *>(yi.ptr), pi, static_cast<const std::int32_t *>(ai.ptr),
+                                      static_cast<const float *>(ci.ptr), pg, static_cast<const float *>(ri.ptr),
+                                      static_cast<std::size_t>(ai.shape[0]), static_cast<std::size_t>(ai.shape[1])};
+        py::gil_scoped_release release;
+        // column tiles: disjoint columns, so threads never meet, and within a tile the rows go in order
+        over_row_chunks(args.cols, threads, 256, [&](std::size_t c0, std::size_t c1) { dequant_scatter(args, c0, c1); });
+      },
+      py::arg("y"), py::arg("index"), py::arg("acc"), py::arg("col"), py::arg("group"), py::arg("row"),
+      py::arg("threads") = 1,
+      "for t = 0, 1, ... in order: y[index[t], j] += (fp32(acc[t, j]) * col[group[t], j]) * row[t] - one int32 -> "
+      "fp32 rounding (nearest even), two fp32 multiplies and one fp32 add per element, in that order; every y "
+      "element gets its adds in the rows' order (repeated targets included).");
   m.def(
       "exp_f64",
       [](const py::buffer &x, const py::buffer &out) {
