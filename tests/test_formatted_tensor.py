@@ -261,3 +261,27 @@ def test_assigning_data_to_a_cast_parameter_gives_it_the_new_values_and_their_fo
     assert get_format(p) == "FRACTAL_NZ" and torch.equal(p, weight(2)) and torch.equal(p + 0, weight(2))
     p.data = weight(3)
     assert get_format(p) == "ND" and torch.equal(p, weight(3)) and torch.equal(p[1], weight(3)[1])
+
+
+def test_cast_weight_gets_its_gradient_and_the_same_values_as_a_plain_weight():
+    """A call with a FormattedTensor weight goes to the kernel in one dispatch when nothing needs autograd to see
+    the FormattedTensor; one that requires grad still gets its gradient (through the subclass dispatch), equal to
+    the plain weight's, and a frozen cast weight gives the plain weight's forward values."""
+    import warnings
+    g = torch.Generator().manual_seed(5)
+    w0 = (torch.randn(2, 64, 32, generator=g) * 0.1).bfloat16()
+    x0 = torch.randn(16, 64, generator=g).bfloat16()
+    gl = torch.tensor([8, 16])
+
+    def run(x, w):
+        return ascend_moe.npu_grouped_matmul([x], [w], group_list=gl, split_item=3, group_type=0, group_list_type=0)[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, w = x0.clone().requires_grad_(), ascend_moe.npu_format_cast(w0, 29).requires_grad_()
+        run(x, w).float().sum().backward()
+        x2, w2 = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        run(x2, w2).float().sum().backward()
+        assert type(w.grad) is torch.Tensor and torch.equal(w.grad, w2.grad) and torch.equal(x.grad, x2.grad)
+        frozen = ascend_moe.npu_format_cast(w0, 29)
+        assert torch.equal(run(x0, frozen), run(x0, w0))

@@ -348,6 +348,29 @@ def public_backend(op: str, backend: Optional[str], device: Optional[torch.devic
     return False
 
 
+def _formatted_call_in_one_dispatch(op: Any, targs: Sequence[Any], named: List[Tuple[str, torch.Tensor]]) -> Any:
+    """A call with FormattedTensor arguments, made with their plain values and ``tensor_formats`` at once (what
+    FormattedTensor.__torch_dispatch__ would do after a first trip through the dispatcher: ~0.03-0.1 ms saved per
+    call); None to go through the dispatcher: no FormattedTensor, one that requires grad (autograd must see it),
+    another tensor subclass, a dispatch mode, or torch.compile tracing."""
+    from ..formatted import FormattedTensor, _call_declared_op
+    found = False
+    for _, t in named:
+        kind = type(t)
+        if kind is FormattedTensor:
+            if t.requires_grad or type(t._inner) is not torch.Tensor:
+                return None
+            found = True
+        elif kind is not torch.Tensor and kind is not torch.nn.Parameter:
+            return None
+    if not found or torch.compiler.is_compiling():
+        return None
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    if _get_current_dispatch_mode() is not None:
+        return None
+    return _call_declared_op(op, targs, {})
+
+
 def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
     def public(*args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
         a = bind(decl, args, kwargs)
@@ -356,7 +379,10 @@ def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
         if public_backend(decl.name, backend, device):
             result = _fake_cann_route(decl, a, [t for _, t in named])
         else:
-            result = op(*decl.to_torch(a))
+            targs = decl.to_torch(a)
+            result = _formatted_call_in_one_dispatch(op, targs, named)
+            if result is None:
+                result = op(*targs)
         # an op that returns the argument it wrote returns that very tensor (torch_npu's Tensor(a!))
         return a[decl.returns_written] if decl.returns_written is not None else result
 
