@@ -121,6 +121,16 @@ __attribute__((target("avx2,f16c"))) void fixpipe_avx2(const std::int32_t *acc, 
   }
 }
 
+// 2: AVX-512 F/BW/VL/DQ, 1: AVX2, 0: neither - the widest instruction set the vectorised loops below are
+// compiled for that this CPU runs (the same operations in every version, so the same bits)
+int simd_level() {
+  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+                               ? 2
+                               : (__builtin_cpu_supports("avx2") ? 1 : 0);
+  return level;
+}
+
 bool has_avx2_f16c() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   return yes;
@@ -249,13 +259,22 @@ inline std::uint32_t f32_bits(float v) {
   return b;
 }
 
+// rint(v) saturated to int8 as the simulator converts (round half to even, clipped to [-128, 127]), branch-free
+// so that it vectorises: v is clamped to [-129, 128] first (a NaN too: its row is redone), where adding and
+// removing 1.5 * 2^23 rounds half to even exactly
+__attribute__((always_inline)) inline std::int8_t rint_saturate_int8(float v) {
+  const float low = v >= -129.0f ? v : -129.0f;
+  const float clamped = low > 128.0f ? 128.0f : low;
+  const float rounded = (clamped + 12582912.0f) - 12582912.0f;
+  const std::int32_t whole = static_cast<std::int32_t>(rounded);
+  return static_cast<std::int8_t>(whole > 127 ? 127 : (whole < -128 ? -128 : whole));
+}
+
 // One row block.  Every loop is branch-free so that it vectorises (the body is compiled once per instruction set
 // below); the only data-dependent branches are per row.  Integer views stand in where the vectoriser needs them:
 // the row's max |S| as the max of the sign-cleared bit patterns (monotone for non-NaN floats; a pattern above
-// +inf's is a NaN), round-half-even to an integer by adding and removing 1.5 * 2^23 (exact for |v| <= 2^22, and v
-// is clamped first: the simulator clips rint(v) to [-128, 127] anyway), and v1's fp16 rounding as a round to 11
-// significant bits on the fp32 pattern (the fp16 result wherever it is a normal fp16; below 2^-14 both give 0
-// after rint, above 65504 both clip to 127).
+// +inf's is a NaN), and v1's fp16 rounding as a round to 11 significant bits on the fp32 pattern (the fp16 result
+// wherever it is a normal fp16; below 2^-14 both give 0 after rint, above 65504 both clip to 127).
 #define ASCEND_MOE_SWIGLU_QUANT_BODY                                                                             \
   const std::size_t n = a.cols, h = n / 2;                                                                     \
   std::vector<float> cbuf(n), ebuf(h), sbuf(h);                                                                \
@@ -293,22 +312,14 @@ inline std::uint32_t f32_bits(float v) {
         const std::uint32_t b16 = (b + 0xFFFu + ((b >> 13) & 1u)) & ~0x1FFFu;                                  \
         float v16;                                                                                             \
         std::memcpy(&v16, &b16, sizeof v16);                                                                   \
-        const float low = v16 >= -129.0f ? v16 : -129.0f; /* a NaN (its row is redone) too */                  \
-        const float clamped = low > 128.0f ? 128.0f : low;                                                     \
-        const float rounded = (clamped + 12582912.0f) - 12582912.0f;                                           \
-        const std::int32_t whole = static_cast<std::int32_t>(rounded);                                         \
-        q[j] = static_cast<std::int8_t>(whole > 127 ? 127 : (whole < -128 ? -128 : whole));                    \
+        q[j] = rint_saturate_int8(v16);                                                                        \
       }                                                                                                        \
     } else { /* qs = amax * fp32(1/127); int8(rint(S / qs)) */                                                 \
       qs = amax * 0.007874015718698502f;                                                                       \
       for (std::size_t j = 0; j < h; ++j) {                                                                    \
         const float v = s[j] / qs;                                                                             \
         nan_seen |= (f32_bits(v) & 0x7FFFFFFFu) > 0x7F800000u ? 1u : 0u;                                       \
-        const float low = v >= -129.0f ? v : -129.0f; /* a NaN (its row is redone) too */                      \
-        const float clamped = low > 128.0f ? 128.0f : low;                                                     \
-        const float rounded = (clamped + 12582912.0f) - 12582912.0f;                                           \
-        const std::int32_t whole = static_cast<std::int32_t>(rounded);                                         \
-        q[j] = static_cast<std::int8_t>(whole > 127 ? 127 : (whole < -128 ? -128 : whole));                    \
+        q[j] = rint_saturate_int8(v);                                                                          \
       }                                                                                                        \
     }                                                                                                          \
     a.out_scale[row] = qs;                                                                                     \
@@ -344,10 +355,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void swiglu_quant_
 // the widest instruction set this CPU runs (the same operations, so the same bits, in every version)
 void swiglu_quant_rows(const SwigluQuantArgs &a, std::size_t r0, std::size_t r1) {
 #ifdef ASCEND_MOE_X86
-  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
-                               ? 2
-                               : (__builtin_cpu_supports("avx2") ? 1 : 0);
+  const int level = simd_level();
   if (level == 2) return avx512::swiglu_quant_rows(a, r0, r1);
   if (level == 1) return avx2::swiglu_quant_rows(a, r0, r1);
 #endif
@@ -392,10 +400,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void dequant_scatt
 
 void dequant_scatter(const DequantScatterArgs &a, std::size_t c0, std::size_t c1) {
 #ifdef ASCEND_MOE_X86
-  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
-                               ? 2
-                               : (__builtin_cpu_supports("avx2") ? 1 : 0);
+  const int level = simd_level();
   if (level == 2) return dequant_scatter_avx512(a, c0, c1);
   if (level == 1) return dequant_scatter_avx2(a, c0, c1);
 #endif
