@@ -131,10 +131,12 @@ def reduce_sum_f32(a: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid_f32(xf: np.ndarray) -> np.ndarray:
-    # AscendC Sigmoid: Muls(-1), Exp, Adds(+1), Div(1, .)
-    t = np.exp(-xf)
+    """AscendC Sigmoid: Muls(-1), Exp, Adds(+1), Div(1, .), computed in ``xf``'s memory (the caller's fresh
+    fp32 copy, which is returned): the same operations without new [rows, n] arrays."""
+    t = np.negative(xf, out=xf)
+    np.exp(t, out=t)
     t += np.float32(1.0)
-    return np.divide(np.float32(1.0), t, dtype=np.float32)
+    return np.divide(np.float32(1.0), t, out=t, dtype=np.float32)
 
 
 def _softplus_sqrt_f32(xf: np.ndarray) -> np.ndarray:
@@ -203,6 +205,18 @@ def _top_indices(keys: np.ndarray, k: int) -> np.ndarray:
     sel = np.take_along_axis(keys, part, axis=-1)
     order = np.argsort(-sel, axis=-1, kind="stable")
     return np.take_along_axis(part, order, axis=-1)
+
+
+def _group_top2_sum(gv: np.ndarray) -> np.ndarray:
+    """top2 + top1 of each group (``gv`` [rows, groups, per_group] fp32): one float32 add, second largest first
+    (a plugged-in kernel may do it)."""
+    rows, groups, per_group = gv.shape
+    fast = _kernels.current().top2_sum
+    total = fast(gv.reshape(rows * groups, per_group)) if fast is not None else None
+    if total is not None:
+        return total.reshape(rows, groups)
+    two = np.partition(gv, per_group - 2, axis=-1)[..., -2:]
+    return two[..., 0] + two[..., 1]
 
 
 def _select_top(v: np.ndarray, k: int, excluded: Optional[np.ndarray] = None) -> np.ndarray:
@@ -285,9 +299,7 @@ def moe_gating_top_k_compute(
         if path != PATH_WITHOUT_GROUP:
             gv = v.reshape(rows, group_count, per_group)
             if path == PATH_DEEPSEEK or group_select_mode == 1:
-                # top1 + top2 of each group: one float32 add (order-free for two operands)
-                two = np.partition(gv, per_group - 2, axis=-1)[..., -2:]
-                gscore = two[..., 0] + two[..., 1]
+                gscore = _group_top2_sum(gv)
             else:
                 gscore = gv.max(axis=-1)
             kept = _select_top(gscore, k_group)

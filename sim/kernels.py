@@ -49,6 +49,8 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
 * ``top_k(v, k, excluded) -> Optional[ndarray]``: int64 [rows, k], the indices of the k largest fp32
   ``v`` per row, largest first, in the gate's order (-0.0 == +0.0, NaN above +inf, ties to the lower
   index; ``excluded`` entries never chosen); None to let the reference do it;
+* ``top2_sum(a) -> Optional[ndarray]``: fp32 [rows], each row's second largest plus largest value of fp32 ``a``
+  [rows, n] (one fp32 add, in that order); None to let the reference (NumPy's partition) do it (e.g. a NaN);
 * ``row_max(a) -> Optional[ndarray]``: fp32 [rows, 1], each row's maximum of fp32 ``a`` [rows, n] (the
   sign of a zero maximum is free); None to let the reference do it (e.g. a NaN in ``a``);
 * ``tree_sum(a, lanes) -> Optional[ndarray]``: fp32 [rows], each row of fp32 ``a`` summed in the gate's
@@ -87,6 +89,7 @@ DequantScatter = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
 FixpipeFp16 = Callable[[np.ndarray, np.ndarray], Optional[np.ndarray]]
 TopK = Callable[[np.ndarray, int, Optional[np.ndarray]], Optional[np.ndarray]]
 RowMax = Callable[[np.ndarray], Optional[np.ndarray]]
+Top2Sum = Callable[[np.ndarray], Optional[np.ndarray]]
 TreeSum = Callable[[np.ndarray, int], Optional[np.ndarray]]
 SwigluQuant = Callable[..., Optional[np.ndarray]]
 
@@ -116,6 +119,7 @@ class Kernels:
     fixpipe_fp16: Optional[FixpipeFp16] = None
     top_k: Optional[TopK] = None
     row_max: Optional[RowMax] = None
+    top2_sum: Optional[Top2Sum] = None
     tree_sum: Optional[TreeSum] = None
     swiglu_quant_a8w8: Optional[SwigluQuant] = None
     name: str = "reference"

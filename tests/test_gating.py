@@ -508,3 +508,30 @@ def test_compiled_tree_sum_and_row_max(n):
     assert m.shape == (rows, 1) and (m[:, 0] == np.array([max(float(x) for x in row) for row in a])).all()
     a[7, n // 2] = np.nan
     assert impls.compiled_row_max(a) is None                 # NaN: left to NumPy
+
+
+@pytest.mark.parametrize("n", [2, 3, 32, 33])
+def test_compiled_top2_sum(n):
+    """The grouped gate's group score (second largest + largest) by the compiled helper against Python's sort on
+    tie-heavy rows, infinities, tiny and huge values; a NaN or a -0.0 anywhere hands the call back to NumPy."""
+    from ascend_moe.kernels import impls
+    assert impls._select is not None, "the compiled selections (ascend_moe.kernels._select) were not built"
+    rng = np.random.default_rng(40 + n)
+    rows = 5000                                             # more than one thread's share
+    a = rng.integers(-3, 4, (rows, n)).astype(np.float32)   # many ties
+    wide = rng.random(rows) < 0.5
+    a[wide] = (rng.standard_normal((int(wide.sum()), n)) * 10.0 ** rng.integers(-40, 38, (int(wide.sum()), n))
+               ).astype(np.float32)
+    a[1, :] = -np.inf
+    a[2, 0], a[3, -1] = np.inf, -np.inf
+    a[4, :2] = np.inf
+    got = impls.compiled_top2_sum(a)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for r in range(rows):
+            second, first = sorted(float(v) for v in a[r])[-2:]
+            want = np.float32(np.float32(second) + np.float32(first))
+            assert got[r].view(np.uint32) == want.view(np.uint32) or (np.isnan(got[r]) and np.isnan(want)), r
+    a[rows - 1, 0] = np.nan
+    assert impls.compiled_top2_sum(a) is None
+    a[rows - 1, 0] = -0.0
+    assert impls.compiled_top2_sum(a) is None

@@ -236,6 +236,20 @@ def compiled_top_k(v: np.ndarray, k: int, excluded: Optional[np.ndarray]) -> Opt
     return out if ok else None
 
 
+def compiled_top2_sum(a: np.ndarray) -> Optional[np.ndarray]:
+    """Each row's second largest + largest value (the grouped gate's group score) by the compiled helper: one
+    pass per row, one fp32 add in NumPy's order.  None (NumPy) for another layout, or a row with a NaN or a
+    -0.0 (where the sum could depend on which equal value the selection calls second)."""
+    if _select is None or a.dtype != _F32 or a.ndim != 2 or a.shape[1] < 2:
+        return None
+    out = np.empty(a.shape[0], dtype=np.float32)
+    if not a.shape[0]:
+        return out
+    if not _select.top2_sum_f32(np.ascontiguousarray(a), out, _threads_for(a.shape[0] // 8)):
+        return None
+    return out
+
+
 def compiled_row_max(a: np.ndarray) -> Optional[np.ndarray]:
     """Each row's maximum ([rows, 1], fp32) by the compiled helper; None (NumPy) for another layout or when
     ``a`` holds a NaN, whose payload NumPy's reduction pins."""

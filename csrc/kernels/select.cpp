@@ -6,6 +6,8 @@
 // one answer.  NumPy's k argmax passes each stream the whole array (about 10 ms for 16384 x 256); here the k
 // passes run over one row's int32 keys while they are in cache.
 // tree_sum_f32: the softmax's ReduceSum in its tree order.
+// top2_sum_f32: second largest + largest of each row (the grouped gate's group score), for rows without a NaN
+// or a -0.0 (whose sums could depend on which of several equal values the selection calls second).
 // row_max_f32: each row's maximum of a float32 array without NaN (the softmax's ReduceMax; NumPy's reduction
 // along a short last axis is slow).  Rows are split over threads (helpers.h): the GIL is released.
 #include <pybind11/pybind11.h>
@@ -13,6 +15,7 @@
 #include "helpers.h"
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <climits>
 #include <cstddef>
@@ -152,6 +155,46 @@ void tree_sum_block(const float *x, float *out, std::size_t r0, std::size_t r1, 
   }
 }
 
+// out[r] = second + first of row r, first >= second the two largest values (ties: equal values, so the same sum);
+// false when a row holds a NaN or a -0.0, or has fewer than two values.  Branch-free passes over the row's
+// ordered int32 keys (vectorised): the largest key, how many hold it, the largest of the others.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+bool top2_sum_block(const float *x, float *out, std::size_t r0, std::size_t r1, std::size_t n) {
+  if (n < 2) return false;
+  std::vector<std::int32_t> keys(n);
+  std::uint32_t odd = 0;
+  for (std::size_t r = r0; r < r1; ++r) {
+    const float *row = x + r * n;
+    std::int32_t first = INT32_MIN;
+    for (std::size_t j = 0; j < n; ++j) {
+      std::uint32_t raw;
+      std::memcpy(&raw, row + j, sizeof raw);
+      odd |= static_cast<std::uint32_t>((raw == 0x80000000u) | ((raw & 0x7FFFFFFFu) > 0x7F800000u));
+      const auto bits = static_cast<std::int32_t>(raw);
+      keys[j] = bits ^ ((bits >> 31) & 0x7FFFFFFF);  // monotone for every non-NaN value but -0.0
+      first = keys[j] > first ? keys[j] : first;
+    }
+    std::uint32_t ties = 0;
+    std::int32_t below = INT32_MIN;
+    for (std::size_t j = 0; j < n; ++j) {
+      ties += static_cast<std::uint32_t>(keys[j] == first);
+      const std::int32_t other = keys[j] == first ? INT32_MIN : keys[j];
+      below = other > below ? other : below;
+    }
+    const std::int32_t second = ties >= 2 ? first : below;
+    // the key transform is its own inverse
+    const std::int32_t first_bits = first ^ ((first >> 31) & 0x7FFFFFFF);
+    const std::int32_t second_bits = second ^ ((second >> 31) & 0x7FFFFFFF);
+    float a, b;
+    std::memcpy(&a, &second_bits, sizeof a);
+    std::memcpy(&b, &first_bits, sizeof b);
+    out[r] = a + b;
+  }
+  return odd == 0;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_select, m) {
@@ -235,4 +278,26 @@ PYBIND11_MODULE(_select, m) {
       py::arg("values"), py::arg("out"), py::arg("threads") = 1,
       "out[r] = max of row r of a float32 [rows, n] array (a zero maximum may have either sign).  Returns False "
       "when the array holds a NaN (out is then not meaningful).");
+  m.def(
+      "top2_sum_f32",
+      [](const py::buffer &values, const py::buffer &out, int threads) {
+        py::buffer_info v = c_contiguous(values, "top2_sum_f32: values (float32)", 4, 2, false);
+        py::buffer_info o = c_contiguous(out, "top2_sum_f32: out (float32)", 4, 1, true);
+        const auto rows = static_cast<std::size_t>(v.shape[0]);
+        const auto n = static_cast<std::size_t>(v.shape[1]);
+        if (static_cast<std::size_t>(o.shape[0]) != rows) {
+          throw std::invalid_argument("top2_sum_f32: out must have one element per row");
+        }
+        const auto *pv = static_cast<const float *>(v.ptr);
+        auto *po = static_cast<float *>(o.ptr);
+        py::gil_scoped_release release;
+        std::atomic_bool plain{true};
+        over_rows(rows, threads, 2048, [&](std::size_t r0, std::size_t r1) {
+          if (!top2_sum_block(pv, po, r0, r1, n)) plain = false;
+        });
+        return plain.load();
+      },
+      py::arg("values"), py::arg("out"), py::arg("threads") = 1,
+      "out[r] = second largest + largest value of row r of a float32 [rows, n] array (n >= 2), one fp32 add in "
+      "that order.  Returns False (out then not meaningful) when a row holds a NaN or a -0.0, or n < 2.");
 }
