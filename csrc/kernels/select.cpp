@@ -4,7 +4,7 @@
 // simulator defines (sim/gating.py _rank_keys): float order with -0.0 equal to +0.0, every NaN above +inf,
 // ties to the lower index; excluded entries are never chosen - a unique order, so the selection has exactly
 // one answer.  NumPy's k argmax passes each stream the whole array (about 10 ms for 16384 x 256); here the k
-// passes run over one row's int32 keys while they are in cache.
+// picks run over one row's int32 keys while they are in cache, each reading a chunk and the chunk maxima.
 // tree_sum_f32: the softmax's ReduceSum in its tree order.
 // top2_sum_f32: second largest + largest of each row (the grouped gate's group score), for rows without a NaN
 // or a -0.0 (whose sums could depend on which of several equal values the selection calls second).
@@ -42,50 +42,47 @@ inline std::int32_t ordered(std::uint32_t raw) {
 constexpr std::size_t kChunk = 16;
 constexpr std::int32_t kGone = INT32_MIN;  // excluded or already taken (below every ordered value)
 
-// the largest key and the lowest index holding it (vector max, then the first chunk holding it)
+// rows [r0, r1): false when some row has fewer than k entries that are not excluded.  Per row, the keys and the
+// maximum of each chunk of kChunk keys; then k picks, each the largest chunk maximum (the lowest chunk holding it),
+// the lowest index in that chunk holding it - the tie rule (value, then lower index) - and that chunk's maximum
+// again: a pick reads kChunk + n / kChunk keys instead of the whole row.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-std::size_t first_max(const std::int32_t *key, std::size_t n, std::int32_t *value) {
-  std::int32_t m = kGone;
-  for (std::size_t j = 0; j < n; ++j) m = key[j] > m ? key[j] : m;
-  *value = m;
-  for (std::size_t j0 = 0; j0 < n; j0 += kChunk) {
-    const std::size_t j1 = std::min(n, j0 + kChunk);
-    int hit = 0;
-    for (std::size_t j = j0; j < j1; ++j) hit |= key[j] == m;
-    if (!hit) continue;
-    for (std::size_t j = j0; j < j1; ++j) {
-      if (key[j] == m) return j;
-    }
-  }
-  return 0;  // not reached: m is some key[j]
-}
-
-// rows [r0, r1): false when some row has fewer than k entries that are not excluded.  k passes per row, each
-// taking the largest key left and its lowest index - the tie rule (value, then lower index) - over the row's
-// keys held in cache.
 bool top_k_block(const float *v, const std::uint8_t *excluded, std::int64_t *out, std::size_t r0, std::size_t r1,
                  std::size_t n, std::size_t k) {
-  std::vector<std::int32_t> keys(n);
+  const std::size_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<std::int32_t> keys(chunks * kChunk), chunk_max(chunks);
   bool enough = true;
   for (std::size_t r = r0; r < r1; ++r) {
     const auto *row = reinterpret_cast<const std::uint32_t *>(v + r * n);
     std::int32_t *key = keys.data();
     for (std::size_t j = 0; j < n; ++j) key[j] = ordered(row[j]);
+    for (std::size_t j = n; j < chunks * kChunk; ++j) key[j] = kGone;  // the last chunk's padding
     if (excluded) {
       const std::uint8_t *skip = excluded + r * n;
       for (std::size_t j = 0; j < n; ++j) key[j] = skip[j] ? kGone : key[j];
     }
+    for (std::size_t c = 0; c < chunks; ++c) {
+      std::int32_t m = kGone;
+      for (std::size_t j = c * kChunk; j < (c + 1) * kChunk; ++j) m = key[j] > m ? key[j] : m;
+      chunk_max[c] = m;
+    }
     for (std::size_t i = 0; i < k; ++i) {
-      std::int32_t m;
-      const std::size_t j = first_max(key, n, &m);
+      std::size_t best = 0;
+      for (std::size_t c = 1; c < chunks; ++c) best = chunk_max[c] > chunk_max[best] ? c : best;
+      const std::int32_t m = chunk_max[best];
       if (m == kGone) {  // nothing eligible left
         enough = false;
         break;
       }
+      std::size_t j = best * kChunk;
+      while (key[j] != m) ++j;
       out[r * k + i] = static_cast<std::int64_t>(j);
       key[j] = kGone;
+      std::int32_t again = kGone;
+      for (std::size_t t = best * kChunk; t < (best + 1) * kChunk; ++t) again = key[t] > again ? key[t] : again;
+      chunk_max[best] = again;
     }
   }
   return enough;
