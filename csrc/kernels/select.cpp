@@ -129,21 +129,27 @@ bool row_max_block(const float *x, float *out, std::size_t r0, std::size_t r1, s
 // whole repeats of `lanes`, a pairwise adjacent-lane tree in each repeat, then the same tree over the repeat
 // partials zero-padded to a power of two.  Every add is one fp32 add in that order (no reassociation: built
 // without fast-math), so the sums are NumPy's bit for bit.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 void tree_sum_block(const float *x, float *out, std::size_t r0, std::size_t r1, std::size_t n, std::size_t lanes) {
   const std::size_t blocks = std::max<std::size_t>(1, (n + lanes - 1) / lanes);
   std::size_t width = 1;
   while (width < blocks) width <<= 1;
-  std::vector<float> buf(blocks * lanes), partial(width);
+  const std::size_t padded = std::max(blocks * lanes, width);
+  // ping-pong buffers: a level reads one and writes the other (no aliasing, so the pair sums vectorise)
+  std::vector<float> buf(padded), half(padded), partial(width);
   for (std::size_t r = r0; r < r1; ++r) {
     std::copy(x + r * n, x + r * n + n, buf.begin());
-    std::fill(buf.begin() + static_cast<std::ptrdiff_t>(n), buf.end(), 0.0f);
-    for (std::size_t b = 0; b < blocks; ++b) {
-      float *lane = buf.data() + b * lanes;
-      for (std::size_t len = lanes; len > 1; len >>= 1) {
-        for (std::size_t i = 0; i < len / 2; ++i) lane[i] = lane[2 * i] + lane[2 * i + 1];
-      }
-      partial[b] = lane[0];
+    std::fill(buf.begin() + static_cast<std::ptrdiff_t>(n), buf.begin() + static_cast<std::ptrdiff_t>(blocks * lanes),
+              0.0f);
+    // every repeat's tree at once: level by level over all repeats (pairs never cross a repeat)
+    float *cur = buf.data(), *next = half.data();
+    for (std::size_t len = blocks * lanes; len > blocks; len >>= 1) {
+      for (std::size_t i = 0; i < len / 2; ++i) next[i] = cur[2 * i] + cur[2 * i + 1];
+      std::swap(cur, next);
     }
+    std::copy(cur, cur + blocks, partial.begin());
     std::fill(partial.begin() + static_cast<std::ptrdiff_t>(blocks), partial.end(), 0.0f);
     for (std::size_t len = width; len > 1; len >>= 1) {
       for (std::size_t i = 0; i < len / 2; ++i) partial[i] = partial[2 * i] + partial[2 * i + 1];
