@@ -344,6 +344,24 @@ def test_fast_widening_equals_numpy_on_every_bf16_and_fp16_pattern():
         assert same.all(), f"{dt}: {int((~same).sum())} patterns differ"
 
 
+def test_compiled_bf16_widening_is_exact_and_reports_nans():
+    """The compiled bf16 -> fp32 widening (no torch parallel region) on every non-NaN pattern, eight times over
+    (more than one thread's share), against NumPy's; a NaN anywhere is reported, and fast_copy_cast then gives
+    NumPy's bits, NaNs included."""
+    assert impls._scan is not None, "the compiled scans (ascend_moe.kernels._scan) were not built"
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    plain = bits[(bits & 0x7FFF) <= 0x7F80]                    # every pattern but the NaNs
+    src = np.tile(plain, 8).view(np.int16).view(ml_dtypes.bfloat16)
+    mine = np.empty(src.shape, np.float32)
+    assert impls._scan.widen_bf16(src.view(np.uint16), mine.view(np.uint32), 2)
+    assert np.array_equal(mine.view(np.uint32), src.astype(np.float32).view(np.uint32))
+    with_nan = src.copy().reshape(8, -1)
+    with_nan.view(np.uint16)[5, 7] = 0x7FC1
+    assert not impls._scan.widen_bf16(with_nan.reshape(-1).view(np.uint16), mine.view(np.uint32), 2)
+    impls.fast_copy_cast(mine.reshape(8, -1), with_nan)
+    assert np.array_equal(mine.view(np.uint32), with_nan.reshape(-1).astype(np.float32).view(np.uint32))
+
+
 # ----------------------------------------------------------------------------------------------
 # the quantised epilogues' plugged-in steps: the same fp32 operations as NumPy, element by element
 # ----------------------------------------------------------------------------------------------

@@ -101,6 +101,12 @@ def fast_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
     in NaN payload bits, so when the fp32 side holds a NaN (np.max propagates it: one cheap pass) the
     conversion is redone by NumPy and results stay bit-identical to the NumPy-only simulator."""
     pair = (src.dtype, dst.dtype)
+    if (pair == (_BF16, _F32) and _scan is not None and src.size and src.flags.c_contiguous
+            and dst.flags.c_contiguous and dst.flags.writeable):
+        # compiled (a shift), no torch parallel region; a NaN leaves the payload question to NumPy below
+        if _scan.widen_bf16(src.reshape(-1).view(np.uint16), dst.reshape(-1).view(np.uint32),
+                            max(1, min(torch.get_num_threads(), src.size >> 18))):
+            return
     # fp16 both ways; bf16 only widening (a shift, exact): a narrowing through vcvtneps2bf16 would flush
     # subnormals, so bf16 rounding stays NumPy's
     if (pair in ((_F16, _F32), (_F32, _F16), (_BF16, _F32)) and src.size and min(src.strides) > 0
