@@ -20,8 +20,9 @@ ext_modules = [
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     ),
     # CPU kernels' compiled helpers, one module per file of csrc/kernels/: _scan (the bf16 subnormal guard's
-    # scan), _select (the gate's top-k, row max and ReduceSum tree), _epilogue (the A8W4 fixpipe rounding, the
-    # A8W8 swiglu-quant epilogue); pybind11 only, no torch
+    # scan, the bf16 widening), _select (the gate's top-k, row max, ReduceSum tree and top-2 sums), _epilogue
+    # (the A8W4 fixpipe rounding, the A8W8 swiglu-quant epilogue, the finalize-routing dequant-scatter);
+    # pybind11 only, no torch
     *[
         Pybind11Extension(
             f"ascend_moe.kernels._{name}",
