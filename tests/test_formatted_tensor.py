@@ -285,3 +285,6 @@ def test_cast_weight_gets_its_gradient_and_the_same_values_as_a_plain_weight():
         assert type(w.grad) is torch.Tensor and torch.equal(w.grad, w2.grad) and torch.equal(x.grad, x2.grad)
         frozen = ascend_moe.npu_format_cast(w0, 29)
         assert torch.equal(run(x0, frozen), run(x0, w0))
+        x3 = x0.clone().requires_grad_()                 # a frozen cast weight, activations that need grad
+        run(x3, frozen).float().sum().backward()
+        assert torch.equal(x3.grad, x2.grad)
