@@ -208,7 +208,10 @@ def compiled_swiglu_quant_a8w8(acc: np.ndarray, col_scale: np.ndarray, row_group
     spinning on their cores for about a millisecond, so a thread of ours beside one runs at half speed (on 2
     cores, in the op: 1.2-1.3 ms on one thread, 1.4-2.6 ms on two; blocks are handed out one at a time, so a
     slowed thread takes fewer)."""
-    if _epilogue is None or kernel not in ("v1", "v2") or acc.dtype != np.int32 or acc.ndim != 2:
+    if (_epilogue is None or kernel not in ("v1", "v2") or acc.dtype != np.int32 or acc.ndim != 2 or acc.shape[1] % 2
+            or col_scale.ndim != 2 or col_scale.shape[1] != acc.shape[1] or row_group.shape != (acc.shape[0],)
+            or row_scale.shape != (acc.shape[0],) or out.shape != (acc.shape[0], acc.shape[1] // 2)
+            or out_scale.shape != (acc.shape[0],)):
         return None
     if out.dtype != np.int8 or not out.flags.c_contiguous or out_scale.dtype != _F32 or not out_scale.flags.c_contiguous:
         return None
