@@ -61,7 +61,10 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
   ``kernel`` ``"v1"`` or ``"v2"``) for every row of the int32 ``acc`` [R, N]: ``col_scale`` fp32 [E, N],
   ``row_group`` int64 [R] (each row's group), ``row_scale`` fp32 [R]; writes int8 ``out`` [R, N/2] and fp32
   ``out_scale`` [R] with the reference's bits and returns the int64 indices of the rows it could not vouch
-  for (the reference computes those), or None to let the reference do every row.
+  for (the reference computes those), or None to let the reference do every row;
+* ``swiglu_quant_f32(c, kernel, out, out_scale) -> Optional[ndarray]``: the same epilogue after its dequant, on
+  the fp32 values ``c`` [R, N] (the A8W4 path; ``kernel`` picks the quantisation): writes ``out`` [R, N/2] and
+  ``out_scale`` [R] and returns the rows (indices into ``c``) the reference must compute, or None.
 
 Outside any :func:`use` block the reference kernels run, so the simulator alone (no torch) is
 unchanged.
@@ -122,6 +125,7 @@ class Kernels:
     top2_sum: Optional[Top2Sum] = None
     tree_sum: Optional[TreeSum] = None
     swiglu_quant_a8w8: Optional[SwigluQuant] = None
+    swiglu_quant_f32: Optional[SwigluQuant] = None
     name: str = "reference"
 
 

@@ -162,6 +162,18 @@ def compute(x: np.ndarray, weight: np.ndarray, weight_scale: np.ndarray, x_scale
         assist_f32 = None if assist is None else np.asarray(assist, dtype=np.float32)
     quant = quant_v2 if (kind == "int8" and kernel == "v2") else quant_v1
 
+    finish_fast = _kernels.current().swiglu_quant_f32 if kind != "int8" else None
+
+    def finish(rows, c: np.ndarray) -> None:
+        """SwiGLU and the quantisation of the dequantised ``c`` of ``rows``: writes their outputs."""
+        s = swiglu_f32(c)
+        q, qs, nan = quant(s)
+        if nan.any():
+            zero_rows = ~np.any(s != 0, axis=1)          # amax == 0 (NaN rows are not zero rows)
+            apply_zero_rows(q, nan, zero_rows, zero_row, undefined)
+        out[rows] = q
+        out_scale[rows] = qs
+
     def epilogue(rows) -> None:
         """The epilogue of ``rows`` (a slice or an index array): writes their ``out`` and ``out_scale``."""
         e_rows = row_e[rows]
@@ -178,13 +190,14 @@ def compute(x: np.ndarray, weight: np.ndarray, weight_scale: np.ndarray, x_scale
             if assist_f32 is not None:
                 c += assist_f32[e_rows]
             c *= xs[rows]
-        s = swiglu_f32(c)
-        q, qs, nan = quant(s)
-        if nan.any():
-            zero_rows = ~np.any(s != 0, axis=1)          # amax == 0 (NaN rows are not zero rows)
-            apply_zero_rows(q, nan, zero_rows, zero_row, undefined)
-        out[rows] = q
-        out_scale[rows] = qs
+            if finish_fast is not None and isinstance(rows, slice):
+                # a plugged-in SwiGLU + quantisation; the rows it hands back run below
+                redo = finish_fast(c, "v1", out[rows], out_scale[rows])
+                if redo is not None:
+                    if redo.size:
+                        finish(np.arange(rows.start, rows.stop)[redo], c[redo])
+                    return
+        finish(rows, c)
 
     # A8W8: a faster implementation of the whole epilogue may be plugged in (sim.kernels); it hands back the
     # rows it cannot vouch for (a NaN, an exp too near a rounding midpoint), which run below.

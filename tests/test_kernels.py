@@ -557,12 +557,19 @@ def _swiglu_quant_row_reference(acc_row, col_scale, row_scale, kernel):
     Python's double exp rounded to fp32; (q, qs) or None where a NaN reaches the int8 conversion."""
     f32 = np.float32
     n = len(acc_row)
-    h = n // 2
     with np.errstate(all="ignore"):
         if kernel == 1:
             c = [(f32(int(acc_row[j])) * f32(row_scale)) * f32(col_scale[j]) for j in range(n)]
         else:
             c = [f32(row_scale) * (f32(col_scale[j]) * f32(int(acc_row[j]))) for j in range(n)]
+    return _swiglu_quant_from_values(c, kernel)
+
+
+def _swiglu_quant_from_values(c, kernel):
+    """SwiGLU and the per-token quantisation of one row of fp32 values, as above."""
+    f32 = np.float32
+    h = len(c) // 2
+    with np.errstate(all="ignore"):
         s = []
         for j in range(h):
             a, g = c[j], c[h + j]
@@ -588,6 +595,35 @@ def _swiglu_quant_row_reference(acc_row, col_scale, row_scale, kernel):
             return None
         q = [int(np.clip(np.rint(float(v)), -128, 127)) for v in vs]
     return np.array(q, np.int8), f32(qs)
+
+
+@pytest.mark.parametrize("kernel", [1, 2])
+def test_compiled_swiglu_quant_of_fp32_values_matches_a_scalar_reference(kernel):
+    """The A8W4 entry (dequantised fp32 values in): ordinary rows, activations past exp's overflow and underflow
+    edges and in its subnormal range (refused or certain), huge values; an all-zero row and a NaN row are handed
+    back."""
+    rng = np.random.default_rng(40 + kernel)
+    rows, n = 40, 96
+    c = (rng.standard_normal((rows, n)) * 4).astype(np.float32)
+    c[3] = 0.0                                               # all-zero: 0/0 at the quantisation
+    c[4, 7] = np.nan
+    c[5, : n // 2] = 1e6                                     # exp(-a) underflows to 0
+    c[6, : n // 4] = -1e6                                    # exp(-a) overflows to inf (S = -0.0 there)
+    c[7, : n // 2] = rng.uniform(-104, -87, n // 2)          # exp's subnormal range: refused or certain
+    c[8, n // 2:] = 1e30                                     # huge S, still finite
+    out = np.empty((rows, n // 2), np.int8)
+    out_scale = np.empty(rows, np.float32)
+    redo = np.empty(rows, np.uint8)
+    _compiled_epilogue().swiglu_quant_f32(c, kernel, out, out_scale, redo, 2)
+    assert {3, 4} <= set(np.flatnonzero(redo).tolist())
+    for r in range(rows):
+        if redo[r]:
+            continue
+        want = _swiglu_quant_from_values([np.float32(v) for v in c[r]], kernel)
+        assert want is not None, r
+        assert np.array_equal(out[r], want[0]), r
+        assert out_scale[r].view(np.uint32) == want[1].view(np.uint32), r
+    assert set(np.flatnonzero(redo).tolist()) <= {3, 4, 7}   # and rarely an ordinary row's exp
 
 
 @pytest.mark.parametrize("kernel", [1, 2])

@@ -396,7 +396,8 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
                  dequant=impls.torch_dequant,
                  dequant_scatter=impls.compiled_dequant_scatter, fixpipe_fp16=impls.compiled_fixpipe_fp16, top_k=impls.compiled_top_k,
                  row_max=impls.compiled_row_max, tree_sum=impls.compiled_tree_sum, top2_sum=impls.compiled_top2_sum,
-                 swiglu_quant_a8w8=impls.compiled_swiglu_quant_a8w8)
+                 swiglu_quant_a8w8=impls.compiled_swiglu_quant_a8w8,
+                 swiglu_quant_f32=impls.compiled_swiglu_quant_f32)
     if os.environ.get(ENV, "").strip() == "reference":
         return sim_kernels.Kernels(**steps, name="reference")
     float_gemm, grouped_gemm = _make_float_gemms(widen, sources)

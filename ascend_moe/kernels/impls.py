@@ -223,6 +223,22 @@ def compiled_swiglu_quant_a8w8(acc: np.ndarray, col_scale: np.ndarray, row_group
     return np.flatnonzero(redo)
 
 
+def compiled_swiglu_quant_f32(values: np.ndarray, kernel: str, out: np.ndarray,
+                              out_scale: np.ndarray) -> Optional[np.ndarray]:
+    """SwiGLU and the per-token int8 quantisation of dequantised fp32 ``values`` [rows, N] (the A8W4 path) by the
+    compiled helper: the same steps and refusals as :func:`compiled_swiglu_quant_a8w8` after its dequant.
+    Returns the rows for NumPy, or None (no helper, another layout)."""
+    if (_epilogue is None or kernel not in ("v1", "v2") or values.dtype != _F32 or values.ndim != 2
+            or values.shape[1] % 2 or out.shape != (values.shape[0], values.shape[1] // 2)
+            or out_scale.shape != (values.shape[0],) or out.dtype != np.int8 or not out.flags.c_contiguous
+            or out_scale.dtype != _F32 or not out_scale.flags.c_contiguous):
+        return None
+    redo = np.empty(values.shape[0], dtype=np.uint8)
+    _epilogue.swiglu_quant_f32(np.ascontiguousarray(values), 1 if kernel == "v1" else 2, out, out_scale, redo,
+                               max(1, _threads_for(values.shape[0]) // 2))
+    return np.flatnonzero(redo)
+
+
 def _threads_for(rows: int) -> int:
     """Threads for a row-parallel compiled helper: torch's intra-op count (the user's setting), one per
     256 rows at most."""

@@ -242,6 +242,7 @@ inline float exp_f32_certain(float x, bool &certain) {
   return uncertain;
 
 struct SwigluQuantArgs {
+  const float *values;         // [rows, cols]: the dequantised values, or nullptr: dequantise acc (A8W8)
   const std::int32_t *acc;     // [rows, cols]
   const float *col_scale;      // [groups, cols]
   const std::int64_t *group;   // [rows]
@@ -278,15 +279,18 @@ __attribute__((always_inline)) inline std::int8_t rint_saturate_int8(float v) {
 #define ASCEND_MOE_SWIGLU_QUANT_BODY                                                                             \
   const std::size_t n = a.cols, h = n / 2;                                                                     \
   std::vector<float> cbuf(n), ebuf(h), sbuf(h);                                                                \
-  float *c = cbuf.data(), *e = ebuf.data(), *s = sbuf.data();                                                  \
+  float *dequantised = cbuf.data(), *e = ebuf.data(), *s = sbuf.data();                                        \
   for (std::size_t row = r0; row < r1; ++row) {                                                                \
-    const std::int32_t *acc = a.acc + row * n;                                                                 \
-    const float *ws = a.col_scale + static_cast<std::size_t>(a.group[row]) * n;                                \
-    const float xs = a.row_scale[row];                                                                         \
-    if (a.kernel == 1) { /* v1: c = fp32(acc); c = c * x_scale; c = c * w_scale */                             \
-      for (std::size_t j = 0; j < n; ++j) c[j] = (static_cast<float>(acc[j]) * xs) * ws[j];                    \
-    } else { /* v2: c = w_scale * fp32(acc); c = x_scale * c */                                                \
-      for (std::size_t j = 0; j < n; ++j) c[j] = xs * (ws[j] * static_cast<float>(acc[j]));                    \
+    const float *c = a.values ? a.values + row * n : dequantised;                                              \
+    if (!a.values) {                                                                                           \
+      const std::int32_t *acc = a.acc + row * n;                                                               \
+      const float *ws = a.col_scale + static_cast<std::size_t>(a.group[row]) * n;                              \
+      const float xs = a.row_scale[row];                                                                       \
+      if (a.kernel == 1) { /* v1: c = fp32(acc); c = c * x_scale; c = c * w_scale */                           \
+        for (std::size_t j = 0; j < n; ++j) dequantised[j] = (static_cast<float>(acc[j]) * xs) * ws[j];        \
+      } else { /* v2: c = w_scale * fp32(acc); c = x_scale * c */                                              \
+        for (std::size_t j = 0; j < n; ++j) dequantised[j] = xs * (ws[j] * static_cast<float>(acc[j]));        \
+      }                                                                                                        \
     }                                                                                                          \
     const std::uint32_t uncertain = exp_block(c, e, h);                                                        \
     std::uint32_t amax_bits = 0;                                                                               \
@@ -463,7 +467,8 @@ PYBIND11_MODULE(_epilogue, m) {
                                         std::to_string(pg[r]) + " is not a row of col_scale");
           }
         }
-        const SwigluQuantArgs args{static_cast<const std::int32_t *>(a.ptr), static_cast<const float *>(w.ptr), pg,
+        const SwigluQuantArgs args{nullptr, static_cast<const std::int32_t *>(a.ptr),
+                                   static_cast<const float *>(w.ptr), pg,
                                    static_cast<const float *>(x.ptr), static_cast<std::int8_t *>(o.ptr),
                                    static_cast<float *>(os.ptr), static_cast<std::uint8_t *>(rd.ptr), cols, kernel};
         py::gil_scoped_release release;
@@ -474,6 +479,32 @@ PYBIND11_MODULE(_epilogue, m) {
       "The A8W8 swiglu-quant epilogue of the simulator (sim/swiglu_quant.py), kernel 1 (v1) or 2 (v2), into out "
       "(int8 [rows, cols/2]) and out_scale (float32 [rows]); redo[r] = 1 marks a row the NumPy path must compute "
       "(a NaN, or an exp too close to an fp32 rounding midpoint to be sure of), whose outputs here are partial.");
+  m.def(
+      "swiglu_quant_f32",
+      [](const py::buffer &values, int kernel, const py::buffer &out, const py::buffer &out_scale,
+         const py::buffer &redo, int threads) {
+        py::buffer_info v = c_contiguous(values, "swiglu_quant_f32: values (float32)", 4, 2, false);
+        py::buffer_info o = c_contiguous(out, "swiglu_quant_f32: out (int8)", 1, 2, true);
+        py::buffer_info os = c_contiguous(out_scale, "swiglu_quant_f32: out_scale (float32)", 4, 1, true);
+        py::buffer_info rd = c_contiguous(redo, "swiglu_quant_f32: redo (uint8)", 1, 1, true);
+        const auto rows = static_cast<std::size_t>(v.shape[0]);
+        const auto cols = static_cast<std::size_t>(v.shape[1]);
+        if (kernel != 1 && kernel != 2) throw std::invalid_argument("swiglu_quant_f32: kernel must be 1 or 2");
+        if (cols % 2 || o.shape[0] != v.shape[0] || static_cast<std::size_t>(o.shape[1]) != cols / 2 ||
+            os.shape[0] != v.shape[0] || rd.shape[0] != v.shape[0]) {
+          throw std::invalid_argument("swiglu_quant_f32: expected values [rows, cols] (cols even), out [rows, "
+                                      "cols / 2], out_scale and redo [rows]");
+        }
+        const SwigluQuantArgs args{static_cast<const float *>(v.ptr), nullptr, nullptr, nullptr, nullptr,
+                                   static_cast<std::int8_t *>(o.ptr), static_cast<float *>(os.ptr),
+                                   static_cast<std::uint8_t *>(rd.ptr), cols, kernel};
+        py::gil_scoped_release release;
+        over_row_chunks(rows, threads, 32, [&](std::size_t r0, std::size_t r1) { swiglu_quant_rows(args, r0, r1); });
+      },
+      py::arg("values"), py::arg("kernel"), py::arg("out"), py::arg("out_scale"), py::arg("redo"),
+      py::arg("threads") = 1,
+      "SwiGLU and the per-token int8 quantisation of already dequantised fp32 values [rows, cols] (the A8W4 "
+      "path), kernel 1 (v1 quantisation) or 2 (v2); redo as swiglu_quant_a8w8.");
   m.def(
       "dequant_scatter",
       [](const py::buffer &y, const py::buffer &index, const py::buffer &acc, const py::buffer &col,
