@@ -21,7 +21,7 @@ ext_modules = [
     ),
     # CPU kernels' compiled helpers, one module per file of csrc/kernels/: _scan (the bf16 subnormal guard's
     # scan, the bf16 widening), _select (the gate's top-k, row max, ReduceSum tree and top-2 sums), _epilogue
-    # (the A8W4 fixpipe rounding, the A8W8 swiglu-quant epilogue, the finalize-routing dequant-scatter);
+    # (the A8W4 fixpipe rounding, the swiglu-quant epilogues, the finalize-routing dequant-scatter);
     # pybind11 only, no torch
     *[
         Pybind11Extension(
