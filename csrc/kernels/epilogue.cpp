@@ -15,7 +15,8 @@
 // few double ulps (exp_f32_certain below), rounded to fp32, and refused ("uncertain") where that double lies
 // within EXP_MARGIN_ULPS double ulps of an fp32 rounding midpoint, where a few ulps could change the rounding.
 // A row with an uncertain exp, or with a NaN anywhere (a NaN scale, an all-zero row's 0/0), is handed back to
-// the NumPy path, which owns NaN payloads and the named all-zero-row policy.
+// the NumPy path, which owns NaN payloads and the named all-zero-row policy.  swiglu_quant_f32 is the same pass
+// from already dequantised fp32 values (the A8W4 path).
 //
 // dequant_scatter: the finalize-routing A8W8 epilogue, y[index[t], j] += (fp32(acc[t, j]) * col[group[t], j]) *
 // row[t] for t in order: the dequant and the token-order scatter-add in one pass over the accumulator, without the
