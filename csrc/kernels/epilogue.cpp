@@ -40,6 +40,15 @@
 #define ASCEND_MOE_X86 1
 #endif
 
+// The vectorised loops below are compiled for AVX-512 (x86-64-v4), AVX2 and the baseline, the widest this CPU
+// runs chosen at load time (GCC function multi-versioning; the same operations, so the same bits, in every
+// version); elsewhere once.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ASCEND_MOE_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define ASCEND_MOE_VECTOR_CLONES
+#endif
+
 namespace py = pybind11;
 using ascend_moe_kernels::c_contiguous;
 using ascend_moe_kernels::over_row_chunks;
@@ -120,16 +129,6 @@ __attribute__((target("avx2,f16c"))) void fixpipe_avx2(const std::int32_t *acc, 
     }
     for (; c < cols; ++c) o[c] = half_bits_of(static_cast<double>(a[c]) * static_cast<double>(scale[c]));
   }
-}
-
-// 2: AVX-512 F/BW/VL/DQ, 1: AVX2, 0: neither - the widest instruction set the vectorised loops below are
-// compiled for that this CPU runs (the same operations in every version, so the same bits)
-int simd_level() {
-  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
-                               ? 2
-                               : (__builtin_cpu_supports("avx2") ? 1 : 0);
-  return level;
 }
 
 bool has_avx2_f16c() {
@@ -218,29 +217,31 @@ inline float exp_f32_certain(float x, bool &certain) {
   return static_cast<float>(e);
 }
 
-// e[j] = exp_f32(-c[j]) for j < n; returns how many are not certain.  Branch-free over the common range so the
-// compiler vectorises it; elements outside (-87, 88) (or NaN) are redone one by one by exp_f32_certain.
-#define ASCEND_MOE_EXP_BLOCK_BODY                                                                                \
-  std::uint32_t uncertain = 0;                                                                                 \
-  std::uint32_t outside = 0;                                                                                   \
-  for (std::size_t j = 0; j < n; ++j) {                                                                        \
-    const float x = -c[j];                                                                                     \
-    outside |= static_cast<std::uint32_t>(!((x > -87.0f) & (x < 88.0f)));                                      \
-    const double e = exp_double(x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x));                               \
-    uncertain += static_cast<std::uint32_t>(near_fp32_midpoint(e));                                            \
-    out[j] = static_cast<float>(e);                                                                            \
-  }                                                                                                            \
-  if (outside) {                                                                                               \
-    for (std::size_t j = 0; j < n; ++j) {                                                                      \
-      const float x = -c[j];                                                                                   \
-      if (!(x > -87.0f && x < 88.0f)) {                                                                        \
-        bool certain = true;                                                                                   \
-        out[j] = exp_f32_certain(x, certain);                                                                  \
-        uncertain += certain ? 0u : 1u;                                                                        \
-      }                                                                                                        \
-    }                                                                                                          \
-  }                                                                                                            \
+// out[j] = exp_f32(-c[j]) for j < n; returns how many are not certain.  Branch-free over the common range so the
+// compiler vectorises it (inlined into each version of its caller); elements outside (-87, 88) (or NaN) are redone
+// one by one by exp_f32_certain.
+__attribute__((always_inline)) inline std::uint32_t exp_block(const float *c, float *out, std::size_t n) {
+  std::uint32_t uncertain = 0;
+  std::uint32_t outside = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    const float x = -c[j];
+    outside |= static_cast<std::uint32_t>(!((x > -87.0f) & (x < 88.0f)));
+    const double e = exp_double(x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x));
+    uncertain += static_cast<std::uint32_t>(near_fp32_midpoint(e));
+    out[j] = static_cast<float>(e);
+  }
+  if (outside) {
+    for (std::size_t j = 0; j < n; ++j) {
+      const float x = -c[j];
+      if (!(x > -87.0f && x < 88.0f)) {
+        bool certain = true;
+        out[j] = exp_f32_certain(x, certain);
+        uncertain += certain ? 0u : 1u;
+      }
+    }
+  }
   return uncertain;
+}
 
 struct SwigluQuantArgs {
   const float *values;         // [rows, cols]: the dequantised values, or nullptr: dequantise acc (A8W8)
@@ -272,99 +273,87 @@ __attribute__((always_inline)) inline std::int8_t rint_saturate_int8(float v) {
   return static_cast<std::int8_t>(whole > 127 ? 127 : (whole < -128 ? -128 : whole));
 }
 
-// One row block.  Every loop is branch-free so that it vectorises (the body is compiled once per instruction set
-// below); the only data-dependent branches are per row.  Integer views stand in where the vectoriser needs them:
-// the row's max |S| as the max of the sign-cleared bit patterns (monotone for non-NaN floats; a pattern above
-// +inf's is a NaN), and v1's fp16 rounding as a round to 11 significant bits on the fp32 pattern (the fp16 result
-// wherever it is a normal fp16; below 2^-14 both give 0 after rint, above 65504 both clip to 127).
-#define ASCEND_MOE_SWIGLU_QUANT_BODY                                                                             \
-  const std::size_t n = a.cols, h = n / 2;                                                                     \
-  std::vector<float> cbuf(n), ebuf(h), sbuf(h);                                                                \
-  float *dequantised = cbuf.data(), *e = ebuf.data(), *s = sbuf.data();                                        \
-  for (std::size_t row = r0; row < r1; ++row) {                                                                \
-    const float *c = a.values ? a.values + row * n : dequantised;                                              \
-    if (!a.values) {                                                                                           \
-      const std::int32_t *acc = a.acc + row * n;                                                               \
-      const float *ws = a.col_scale + static_cast<std::size_t>(a.group[row]) * n;                              \
-      const float xs = a.row_scale[row];                                                                       \
-      if (a.kernel == 1) { /* v1: c = fp32(acc); c = c * x_scale; c = c * w_scale */                           \
-        for (std::size_t j = 0; j < n; ++j) dequantised[j] = (static_cast<float>(acc[j]) * xs) * ws[j];        \
-      } else { /* v2: c = w_scale * fp32(acc); c = x_scale * c */                                              \
-        for (std::size_t j = 0; j < n; ++j) dequantised[j] = xs * (ws[j] * static_cast<float>(acc[j]));        \
-      }                                                                                                        \
-    }                                                                                                          \
-    const std::uint32_t uncertain = exp_block(c, e, h);                                                        \
-    std::uint32_t amax_bits = 0;                                                                               \
-    for (std::size_t j = 0; j < h; ++j) { /* t = exp(-a); t = t + 1; t = a / t; S = g * t */                   \
-      const float v = c[h + j] * (c[j] / (e[j] + 1.0f));                                                       \
-      s[j] = v;                                                                                                \
-      const std::uint32_t m = f32_bits(v) & 0x7FFFFFFFu;                                                       \
-      amax_bits = m > amax_bits ? m : amax_bits;                                                               \
-    }                                                                                                          \
-    bool redo = uncertain != 0 || amax_bits > 0x7F800000u;                                                     \
-    float amax;                                                                                                \
-    std::memcpy(&amax, &amax_bits, sizeof amax);                                                               \
-    std::int8_t *q = a.out + row * h;                                                                          \
-    float qs;                                                                                                  \
-    std::uint32_t nan_seen = 0;                                                                                \
-    if (a.kernel == 1) { /* qs = amax / 127; rc = 1 / qs; v = S * rc; int8(rint(fp16(v))) */                   \
-      qs = amax / 127.0f;                                                                                      \
-      const float rc = 1.0f / qs;                                                                              \
-      for (std::size_t j = 0; j < h; ++j) {                                                                    \
-        const float v = s[j] * rc;                                                                             \
-        const std::uint32_t b = f32_bits(v);                                                                   \
-        nan_seen |= (b & 0x7FFFFFFFu) > 0x7F800000u ? 1u : 0u;                                                 \
-        const std::uint32_t b16 = (b + 0xFFFu + ((b >> 13) & 1u)) & ~0x1FFFu;                                  \
-        float v16;                                                                                             \
-        std::memcpy(&v16, &b16, sizeof v16);                                                                   \
-        q[j] = rint_saturate_int8(v16);                                                                        \
-      }                                                                                                        \
-    } else { /* qs = amax * fp32(1/127); int8(rint(S / qs)) */                                                 \
-      qs = amax * 0.007874015718698502f;                                                                       \
-      for (std::size_t j = 0; j < h; ++j) {                                                                    \
-        const float v = s[j] / qs;                                                                             \
-        nan_seen |= (f32_bits(v) & 0x7FFFFFFFu) > 0x7F800000u ? 1u : 0u;                                       \
-        q[j] = rint_saturate_int8(v);                                                                          \
-      }                                                                                                        \
-    }                                                                                                          \
-    a.out_scale[row] = qs;                                                                                     \
-    a.redo[row] = (redo || nan_seen) ? 1 : 0;                                                                  \
-  }
-
-std::uint32_t exp_block(const float *c, float *out, std::size_t n) { ASCEND_MOE_EXP_BLOCK_BODY }
-void swiglu_quant_rows_portable(const SwigluQuantArgs &a, std::size_t r0, std::size_t r1) {
-  ASCEND_MOE_SWIGLU_QUANT_BODY
-}
-
-#ifdef ASCEND_MOE_X86
-namespace avx2 {
-__attribute__((target("avx2"))) std::uint32_t exp_block(const float *c, float *out, std::size_t n) {
-  ASCEND_MOE_EXP_BLOCK_BODY
-}
-__attribute__((target("avx2"))) void swiglu_quant_rows(const SwigluQuantArgs &a, std::size_t r0, std::size_t r1) {
-  ASCEND_MOE_SWIGLU_QUANT_BODY
-}
-}  // namespace avx2
-namespace avx512 {
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) std::uint32_t exp_block(const float *c, float *out,
-                                                                                    std::size_t n) {
-  ASCEND_MOE_EXP_BLOCK_BODY
-}
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void swiglu_quant_rows(const SwigluQuantArgs &a,
-                                                                                    std::size_t r0, std::size_t r1) {
-  ASCEND_MOE_SWIGLU_QUANT_BODY
-}
-}  // namespace avx512
-#endif
-
-// the widest instruction set this CPU runs (the same operations, so the same bits, in every version)
+// One row block.  Every loop is branch-free so that it vectorises (in each version, see ASCEND_MOE_VECTOR_CLONES);
+// the only data-dependent branches are per row.  Integer views stand in where the vectoriser needs them: the row's
+// max |S| as the max of the sign-cleared bit patterns (monotone for non-NaN floats; a pattern above +inf's is a
+// NaN), and v1's fp16 rounding as a round to 11 significant bits on the fp32 pattern (the fp16 result wherever it
+// is a normal fp16; below 2^-14 both give 0 after rint, above 65504 both clip to 127).
+ASCEND_MOE_VECTOR_CLONES
 void swiglu_quant_rows(const SwigluQuantArgs &a, std::size_t r0, std::size_t r1) {
-#ifdef ASCEND_MOE_X86
-  const int level = simd_level();
-  if (level == 2) return avx512::swiglu_quant_rows(a, r0, r1);
-  if (level == 1) return avx2::swiglu_quant_rows(a, r0, r1);
-#endif
-  swiglu_quant_rows_portable(a, r0, r1);
+  const std::size_t n = a.cols, h = n / 2;
+  std::vector<float> cbuf(n), ebuf(h), sbuf(h);
+  float *dequantised = cbuf.data(), *e = ebuf.data(), *s = sbuf.data();
+  for (std::size_t row = r0; row < r1; ++row) {
+    const float *c = a.values ? a.values + row * n : dequantised;
+    if (!a.values) {
+      const std::int32_t *acc = a.acc + row * n;
+      const float *ws = a.col_scale + static_cast<std::size_t>(a.group[row]) * n;
+      const float xs = a.row_scale[row];
+      if (a.kernel == 1) {  // v1: c = fp32(acc); c = c * x_scale; c = c * w_scale
+        for (std::size_t j = 0; j < n; ++j) dequantised[j] = (static_cast<float>(acc[j]) * xs) * ws[j];
+      } else {  // v2: c = w_scale * fp32(acc); c = x_scale * c
+        for (std::size_t j = 0; j < n; ++j) dequantised[j] = xs * (ws[j] * static_cast<float>(acc[j]));
+      }
+    }
+    const std::uint32_t uncertain = exp_block(c, e, h);
+    std::uint32_t amax_bits = 0;
+    for (std::size_t j = 0; j < h; ++j) {  // t = exp(-a); t = t + 1; t = a / t; S = g * t
+      const float v = c[h + j] * (c[j] / (e[j] + 1.0f));
+      s[j] = v;
+      const std::uint32_t m = f32_bits(v) & 0x7FFFFFFFu;
+      amax_bits = m > amax_bits ? m : amax_bits;
+    }
+    bool redo = uncertain != 0 || amax_bits > 0x7F800000u;
+    float amax;
+    std::memcpy(&amax, &amax_bits, sizeof amax);
+    std::int8_t *q = a.out + row * h;
+    float qs;
+    std::uint32_t nan_seen = 0;
+    if (a.kernel == 1) {  // qs = amax / 127; rc = 1 / qs; v = S * rc; int8(rint(fp16(v)))
+      qs = amax / 127.0f;
+      const float rc = 1.0f / qs;
+      for (std::size_t j = 0; j < h; ++j) {
+        const float v = s[j] * rc;
+        const std::uint32_t b = f32_bits(v);
+        nan_seen |= (b & 0x7FFFFFFFu) > 0x7F800000u ? 1u : 0u;
+        const std::uint32_t b16 = (b + 0xFFFu + ((b >> 13) & 1u)) & ~0x1FFFu;
+        float v16;
+        std::memcpy(&v16, &b16, sizeof v16);
+        q[j] = rint_saturate_int8(v16);
+      }
+    } else {  // qs = amax * fp32(1/127); int8(rint(S / qs))
+      qs = amax * 0.007874015718698502f;
+      for (std::size_t j = 0; j < h; ++j) {
+        const float v = s[j] / qs;
+        nan_seen |= (f32_bits(v) & 0x7FFFFFFFu) > 0x7F800000u ? 1u : 0u;
+        q[j] = rint_saturate_int8(v);
+      }
+    }
+    a.out_scale[row] = qs;
+    a.redo[row] = (redo || nan_seen) ? 1 : 0;
+  }
+}
+
+// Both swiglu-quant entries: check the outputs and the kernel against the inputs' [rows, cols] (the error names
+// the entry), point `args` at the outputs, and run the pass over the rows with the GIL released.
+void run_swiglu_quant(SwigluQuantArgs args, const std::string &entry, std::size_t rows, int kernel,
+                      const py::buffer &out, const py::buffer &out_scale, const py::buffer &redo, int threads) {
+  py::buffer_info o = c_contiguous(out, entry + ": out (int8)", 1, 2, true);
+  py::buffer_info os = c_contiguous(out_scale, entry + ": out_scale (float32)", 4, 1, true);
+  py::buffer_info rd = c_contiguous(redo, entry + ": redo (uint8)", 1, 1, true);
+  if (kernel != 1 && kernel != 2) throw std::invalid_argument(entry + ": kernel must be 1 or 2");
+  if (args.cols % 2 || static_cast<std::size_t>(o.shape[0]) != rows ||
+      static_cast<std::size_t>(o.shape[1]) != args.cols / 2 || static_cast<std::size_t>(os.shape[0]) != rows ||
+      static_cast<std::size_t>(rd.shape[0]) != rows) {
+    throw std::invalid_argument(entry + ": expected an even number of columns, out [rows, cols / 2], out_scale "
+                                        "and redo [rows]");
+  }
+  args.out = static_cast<std::int8_t *>(o.ptr);
+  args.out_scale = static_cast<float *>(os.ptr);
+  args.redo = static_cast<std::uint8_t *>(rd.ptr);
+  args.kernel = kernel;
+  py::gil_scoped_release release;
+  over_row_chunks(rows, threads, 32, [&](std::size_t r0, std::size_t r1) { swiglu_quant_rows(args, r0, r1); });
 }
 
 // ---- dequant_scatter -------------------------------------------------------------------------------------------
@@ -380,36 +369,15 @@ struct DequantScatterArgs {
 };
 
 // columns [c0, c1) of every row, rows in order: each y element gets its adds in the rows' order
-#define ASCEND_MOE_DEQUANT_SCATTER_BODY                                                                          \
-  for (std::size_t t = 0; t < a.rows; ++t) {                                                                   \
-    float *y = a.y + static_cast<std::size_t>(a.index[t]) * a.cols;                                           \
-    const std::int32_t *acc = a.acc + t * a.cols;                                                              \
-    const float *col = a.col + static_cast<std::size_t>(a.group[t]) * a.cols;                                  \
-    const float r = a.row[t];                                                                                  \
-    for (std::size_t j = c0; j < c1; ++j) y[j] = y[j] + (static_cast<float>(acc[j]) * col[j]) * r;            \
-  }
-
-void dequant_scatter_portable(const DequantScatterArgs &a, std::size_t c0, std::size_t c1) {
-  ASCEND_MOE_DEQUANT_SCATTER_BODY
-}
-#ifdef ASCEND_MOE_X86
-__attribute__((target("avx2"))) void dequant_scatter_avx2(const DequantScatterArgs &a, std::size_t c0,
-                                                            std::size_t c1) {
-  ASCEND_MOE_DEQUANT_SCATTER_BODY
-}
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void dequant_scatter_avx512(
-    const DequantScatterArgs &a, std::size_t c0, std::size_t c1) {
-  ASCEND_MOE_DEQUANT_SCATTER_BODY
-}
-#endif
-
+ASCEND_MOE_VECTOR_CLONES
 void dequant_scatter(const DequantScatterArgs &a, std::size_t c0, std::size_t c1) {
-#ifdef ASCEND_MOE_X86
-  const int level = simd_level();
-  if (level == 2) return dequant_scatter_avx512(a, c0, c1);
-  if (level == 1) return dequant_scatter_avx2(a, c0, c1);
-#endif
-  dequant_scatter_portable(a, c0, c1);
+  for (std::size_t t = 0; t < a.rows; ++t) {
+    float *y = a.y + static_cast<std::size_t>(a.index[t]) * a.cols;
+    const std::int32_t *acc = a.acc + t * a.cols;
+    const float *col = a.col + static_cast<std::size_t>(a.group[t]) * a.cols;
+    const float r = a.row[t];
+    for (std::size_t j = c0; j < c1; ++j) y[j] = y[j] + (static_cast<float>(acc[j]) * col[j]) * r;
+  }
 }
 
 }  // namespace
@@ -448,18 +416,10 @@ PYBIND11_MODULE(_epilogue, m) {
         py::buffer_info w = c_contiguous(col_scale, "swiglu_quant_a8w8: col_scale (float32)", 4, 2, false);
         py::buffer_info g = c_contiguous(group, "swiglu_quant_a8w8: group (int64)", 8, 1, false);
         py::buffer_info x = c_contiguous(row_scale, "swiglu_quant_a8w8: row_scale (float32)", 4, 1, false);
-        py::buffer_info o = c_contiguous(out, "swiglu_quant_a8w8: out (int8)", 1, 2, true);
-        py::buffer_info os = c_contiguous(out_scale, "swiglu_quant_a8w8: out_scale (float32)", 4, 1, true);
-        py::buffer_info rd = c_contiguous(redo, "swiglu_quant_a8w8: redo (uint8)", 1, 1, true);
         const auto rows = static_cast<std::size_t>(a.shape[0]);
-        const auto cols = static_cast<std::size_t>(a.shape[1]);
-        if (kernel != 1 && kernel != 2) throw std::invalid_argument("swiglu_quant_a8w8: kernel must be 1 or 2");
-        if (cols % 2 || w.shape[1] != a.shape[1] || g.shape[0] != a.shape[0] || x.shape[0] != a.shape[0] ||
-            o.shape[0] != a.shape[0] || static_cast<std::size_t>(o.shape[1]) != cols / 2 ||
-            os.shape[0] != a.shape[0] || rd.shape[0] != a.shape[0]) {
+        if (w.shape[1] != a.shape[1] || g.shape[0] != a.shape[0] || x.shape[0] != a.shape[0]) {
           throw std::invalid_argument(
-              "swiglu_quant_a8w8: expected acc [rows, cols] (cols even), col_scale [groups, cols], group, "
-              "row_scale, out_scale and redo [rows], out [rows, cols / 2]");
+              "swiglu_quant_a8w8: expected acc [rows, cols], col_scale [groups, cols], group and row_scale [rows]");
         }
         const auto *pg = static_cast<const std::int64_t *>(g.ptr);
         for (std::size_t r = 0; r < rows; ++r) {
@@ -468,12 +428,13 @@ PYBIND11_MODULE(_epilogue, m) {
                                         std::to_string(pg[r]) + " is not a row of col_scale");
           }
         }
-        const SwigluQuantArgs args{nullptr, static_cast<const std::int32_t *>(a.ptr),
-                                   static_cast<const float *>(w.ptr), pg,
-                                   static_cast<const float *>(x.ptr), static_cast<std::int8_t *>(o.ptr),
-                                   static_cast<float *>(os.ptr), static_cast<std::uint8_t *>(rd.ptr), cols, kernel};
-        py::gil_scoped_release release;
-        over_row_chunks(rows, threads, 32, [&](std::size_t r0, std::size_t r1) { swiglu_quant_rows(args, r0, r1); });
+        SwigluQuantArgs args{};
+        args.acc = static_cast<const std::int32_t *>(a.ptr);
+        args.col_scale = static_cast<const float *>(w.ptr);
+        args.group = pg;
+        args.row_scale = static_cast<const float *>(x.ptr);
+        args.cols = static_cast<std::size_t>(a.shape[1]);
+        run_swiglu_quant(args, "swiglu_quant_a8w8", rows, kernel, out, out_scale, redo, threads);
       },
       py::arg("acc"), py::arg("col_scale"), py::arg("group"), py::arg("row_scale"), py::arg("kernel"),
       py::arg("out"), py::arg("out_scale"), py::arg("redo"), py::arg("threads") = 1,
@@ -485,22 +446,11 @@ PYBIND11_MODULE(_epilogue, m) {
       [](const py::buffer &values, int kernel, const py::buffer &out, const py::buffer &out_scale,
          const py::buffer &redo, int threads) {
         py::buffer_info v = c_contiguous(values, "swiglu_quant_f32: values (float32)", 4, 2, false);
-        py::buffer_info o = c_contiguous(out, "swiglu_quant_f32: out (int8)", 1, 2, true);
-        py::buffer_info os = c_contiguous(out_scale, "swiglu_quant_f32: out_scale (float32)", 4, 1, true);
-        py::buffer_info rd = c_contiguous(redo, "swiglu_quant_f32: redo (uint8)", 1, 1, true);
-        const auto rows = static_cast<std::size_t>(v.shape[0]);
-        const auto cols = static_cast<std::size_t>(v.shape[1]);
-        if (kernel != 1 && kernel != 2) throw std::invalid_argument("swiglu_quant_f32: kernel must be 1 or 2");
-        if (cols % 2 || o.shape[0] != v.shape[0] || static_cast<std::size_t>(o.shape[1]) != cols / 2 ||
-            os.shape[0] != v.shape[0] || rd.shape[0] != v.shape[0]) {
-          throw std::invalid_argument("swiglu_quant_f32: expected values [rows, cols] (cols even), out [rows, "
-                                      "cols / 2], out_scale and redo [rows]");
-        }
-        const SwigluQuantArgs args{static_cast<const float *>(v.ptr), nullptr, nullptr, nullptr, nullptr,
-                                   static_cast<std::int8_t *>(o.ptr), static_cast<float *>(os.ptr),
-                                   static_cast<std::uint8_t *>(rd.ptr), cols, kernel};
-        py::gil_scoped_release release;
-        over_row_chunks(rows, threads, 32, [&](std::size_t r0, std::size_t r1) { swiglu_quant_rows(args, r0, r1); });
+        SwigluQuantArgs args{};
+        args.values = static_cast<const float *>(v.ptr);
+        args.cols = static_cast<std::size_t>(v.shape[1]);
+        run_swiglu_quant(args, "swiglu_quant_f32", static_cast<std::size_t>(v.shape[0]), kernel, out, out_scale,
+                         redo, threads);
       },
       py::arg("values"), py::arg("kernel"), py::arg("out"), py::arg("out_scale"), py::arg("redo"),
       py::arg("threads") = 1,
@@ -535,7 +485,8 @@ PYBIND11_MODULE(_epilogue, m) {
                                       static_cast<std::size_t>(ai.shape[0]), static_cast<std::size_t>(ai.shape[1])};
         py::gil_scoped_release release;
         // column tiles: disjoint columns, so threads never meet, and within a tile the rows go in order
-        over_row_chunks(args.cols, threads, 256, [&](std::size_t c0, std::size_t c1) { dequant_scatter(args, c0, c1); });
+        over_row_chunks(args.cols, threads, 256,
+                        [&](std::size_t c0, std::size_t c1) { dequant_scatter(args, c0, c1); });
       },
       py::arg("y"), py::arg("index"), py::arg("acc"), py::arg("col"), py::arg("group"), py::arg("row"),
       py::arg("threads") = 1,
