@@ -105,7 +105,7 @@ def fast_copy_cast(dst: np.ndarray, src: np.ndarray) -> None:
             and dst.flags.c_contiguous and dst.flags.writeable):
         # compiled (a shift), no torch parallel region; a NaN leaves the payload question to NumPy below
         if _scan.widen_bf16(src.reshape(-1).view(np.uint16), dst.reshape(-1).view(np.uint32),
-                            max(1, min(torch.get_num_threads(), src.size >> 18))):
+                            torch.get_num_threads()):
             return
     # fp16 both ways; bf16 only widening (a shift, exact): a narrowing through vcvtneps2bf16 would flush
     # subnormals, so bf16 rounding stays NumPy's
@@ -196,31 +196,41 @@ def compiled_fixpipe_fp16(acc: np.ndarray, scale: np.ndarray) -> Optional[np.nda
     return out
 
 
-def compiled_swiglu_quant_a8w8(acc: np.ndarray, col_scale: np.ndarray, row_group: np.ndarray, row_scale: np.ndarray,
-                               kernel: str, out: np.ndarray, out_scale: np.ndarray) -> Optional[np.ndarray]:
-    """The A8W8 swiglu-quant epilogue (dequant, SwiGLU, per-token int8 quantisation) by the compiled helper, one
-    pass per row on torch's threads: the simulator's fp32 operations in its order, and its exp (the correctly
-    rounded fp32 exp; a row where the helper's double exp lies too near an fp32 rounding midpoint to be sure is
-    handed back).  Rows with a NaN anywhere (NaN payloads, the all-zero-row policy) are handed back too.
-    Returns the rows for NumPy, or None (no helper, another layout).
+def _swiglu_quant_outputs(rows: int, cols: int, kernel: str, out: np.ndarray, out_scale: np.ndarray) -> bool:
+    """Whether the compiled swiglu-quant entries can write these outputs for [rows, cols] inputs."""
+    return (_epilogue is not None and kernel in ("v1", "v2") and cols % 2 == 0
+            and out.shape == (rows, cols // 2) and out.dtype == np.int8 and out.flags.c_contiguous
+            and out_scale.shape == (rows,) and out_scale.dtype == _F32 and out_scale.flags.c_contiguous)
 
-    Half of torch's threads: the epilogue runs right after torch's threaded int8 GEMM, whose OpenMP workers keep
+
+def _run_swiglu_quant(entry: Callable[..., None], inputs: Tuple[np.ndarray, ...], kernel: str, out: np.ndarray,
+                      out_scale: np.ndarray) -> np.ndarray:
+    """Call a compiled swiglu-quant entry; the rows it hands back to NumPy.
+
+    Half of torch's threads: the epilogue runs right after torch's threaded GEMM, whose OpenMP workers keep
     spinning on their cores for about a millisecond, so a thread of ours beside one runs at half speed (on 2
     cores, in the op: 1.2-1.3 ms on one thread, 1.4-2.6 ms on two; blocks are handed out one at a time, so a
     slowed thread takes fewer)."""
-    if (_epilogue is None or kernel not in ("v1", "v2") or acc.dtype != np.int32 or acc.ndim != 2 or acc.shape[1] % 2
-            or col_scale.ndim != 2 or col_scale.shape[1] != acc.shape[1] or row_group.shape != (acc.shape[0],)
-            or row_scale.shape != (acc.shape[0],) or out.shape != (acc.shape[0], acc.shape[1] // 2)
-            or out_scale.shape != (acc.shape[0],)):
-        return None
-    if out.dtype != np.int8 or not out.flags.c_contiguous or out_scale.dtype != _F32 or not out_scale.flags.c_contiguous:
-        return None
-    redo = np.empty(acc.shape[0], dtype=np.uint8)
-    _epilogue.swiglu_quant_a8w8(np.ascontiguousarray(acc), np.ascontiguousarray(col_scale, dtype=np.float32),
-                                np.ascontiguousarray(row_group, dtype=np.int64),
-                                np.ascontiguousarray(row_scale, dtype=np.float32), 1 if kernel == "v1" else 2,
-                                out, out_scale, redo, max(1, _threads_for(acc.shape[0]) // 2))
+    rows = out.shape[0]
+    redo = np.empty(rows, dtype=np.uint8)
+    entry(*inputs, 1 if kernel == "v1" else 2, out, out_scale, redo, max(1, _threads_for(rows) // 2))
     return np.flatnonzero(redo)
+
+
+def compiled_swiglu_quant_a8w8(acc: np.ndarray, col_scale: np.ndarray, row_group: np.ndarray, row_scale: np.ndarray,
+                               kernel: str, out: np.ndarray, out_scale: np.ndarray) -> Optional[np.ndarray]:
+    """The A8W8 swiglu-quant epilogue (dequant, SwiGLU, per-token int8 quantisation) by the compiled helper, one
+    pass per row: the simulator's fp32 operations in its order, and its exp (the correctly rounded fp32 exp; a row
+    where the helper's double exp lies too near an fp32 rounding midpoint to be sure is handed back).  Rows with
+    a NaN anywhere (NaN payloads, the all-zero-row policy) are handed back too.  Returns the rows for NumPy, or
+    None (no helper, another layout)."""
+    if (acc.dtype != np.int32 or acc.ndim != 2 or not _swiglu_quant_outputs(*acc.shape, kernel, out, out_scale)
+            or col_scale.ndim != 2 or col_scale.shape[1] != acc.shape[1] or row_group.shape != (acc.shape[0],)
+            or row_scale.shape != (acc.shape[0],)):
+        return None
+    inputs = (np.ascontiguousarray(acc), np.ascontiguousarray(col_scale, dtype=np.float32),
+              np.ascontiguousarray(row_group, dtype=np.int64), np.ascontiguousarray(row_scale, dtype=np.float32))
+    return _run_swiglu_quant(_epilogue.swiglu_quant_a8w8, inputs, kernel, out, out_scale)
 
 
 def compiled_swiglu_quant_f32(values: np.ndarray, kernel: str, out: np.ndarray,
@@ -228,15 +238,9 @@ def compiled_swiglu_quant_f32(values: np.ndarray, kernel: str, out: np.ndarray,
     """SwiGLU and the per-token int8 quantisation of dequantised fp32 ``values`` [rows, N] (the A8W4 path) by the
     compiled helper: the same steps and refusals as :func:`compiled_swiglu_quant_a8w8` after its dequant.
     Returns the rows for NumPy, or None (no helper, another layout)."""
-    if (_epilogue is None or kernel not in ("v1", "v2") or values.dtype != _F32 or values.ndim != 2
-            or values.shape[1] % 2 or out.shape != (values.shape[0], values.shape[1] // 2)
-            or out_scale.shape != (values.shape[0],) or out.dtype != np.int8 or not out.flags.c_contiguous
-            or out_scale.dtype != _F32 or not out_scale.flags.c_contiguous):
+    if values.dtype != _F32 or values.ndim != 2 or not _swiglu_quant_outputs(*values.shape, kernel, out, out_scale):
         return None
-    redo = np.empty(values.shape[0], dtype=np.uint8)
-    _epilogue.swiglu_quant_f32(np.ascontiguousarray(values), 1 if kernel == "v1" else 2, out, out_scale, redo,
-                               max(1, _threads_for(values.shape[0]) // 2))
-    return np.flatnonzero(redo)
+    return _run_swiglu_quant(_epilogue.swiglu_quant_f32, (np.ascontiguousarray(values),), kernel, out, out_scale)
 
 
 def _threads_for(rows: int) -> int:
@@ -270,7 +274,7 @@ def compiled_top2_sum(a: np.ndarray) -> Optional[np.ndarray]:
     out = np.empty(a.shape[0], dtype=np.float32)
     if not a.shape[0]:
         return out
-    if not _select.top2_sum_f32(np.ascontiguousarray(a), out, _threads_for(a.shape[0] // 8)):
+    if not _select.top2_sum_f32(np.ascontiguousarray(a), out, _threads_for(a.shape[0])):
         return None
     return out
 
