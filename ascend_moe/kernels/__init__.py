@@ -392,12 +392,12 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
         return WEIGHT_CACHE.fact(sources, a, name, compute) if sources else compute()
 
     # the weight cache, conversions, epilogue steps and gate selections: the same in both modes
-    steps = dict(widen=widen, keep=keep, copy_cast=fast_copy_cast, rows_add=impls.torch_rows_add,
-                 dequant=impls.torch_dequant,
-                 dequant_scatter=impls.compiled_dequant_scatter, fixpipe_fp16=impls.compiled_fixpipe_fp16, top_k=impls.compiled_top_k,
-                 row_max=impls.compiled_row_max, tree_sum=impls.compiled_tree_sum, top2_sum=impls.compiled_top2_sum,
-                 swiglu_quant_a8w8=impls.compiled_swiglu_quant_a8w8,
-                 swiglu_quant_f32=impls.compiled_swiglu_quant_f32)
+    steps = dict(widen=widen, keep=keep, copy_cast=fast_copy_cast,
+                 rows_add=impls.torch_rows_add, dequant=impls.torch_dequant,
+                 dequant_scatter=impls.compiled_dequant_scatter, fixpipe_fp16=impls.compiled_fixpipe_fp16,
+                 swiglu_quant_a8w8=impls.compiled_swiglu_quant_a8w8, swiglu_quant_f32=impls.compiled_swiglu_quant_f32,
+                 top_k=impls.compiled_top_k, row_max=impls.compiled_row_max, tree_sum=impls.compiled_tree_sum,
+                 top2_sum=impls.compiled_top2_sum)
     if os.environ.get(ENV, "").strip() == "reference":
         return sim_kernels.Kernels(**steps, name="reference")
     float_gemm, grouped_gemm = _make_float_gemms(widen, sources)
