@@ -1,7 +1,7 @@
 """Build ascend-moe.
 
 The C++ extensions ``ascend_moe._C`` (the aclnn dispatcher) and ``ascend_moe.kernels._scan`` /
-``_select`` / ``_epilogue`` (CPU kernel helpers) need only a C++ compiler and pybind11: CANN is loaded at run time with dlopen, so no CANN
+``_select`` / ``_epilogue`` / ``_gemm`` (CPU kernel helpers) need only a C++ compiler and pybind11: CANN is loaded at run time with dlopen, so no CANN
 header or library is used at build time, and nothing links against torch.  The NumPy simulator in ``sim/`` is installed as
 ``ascend_moe.sim``.
 """
@@ -37,6 +37,16 @@ ext_modules = [
         )
         for name in ("scan", "select", "epilogue")
     ],
+    # _gemm (the grouped bf16 / fp16 GEMM on exactly widened operands): its a * b + c may contract into one FMA,
+    # which changes no value there (every product of two bf16 or two fp16 values is exact in fp32)
+    Pybind11Extension(
+        "ascend_moe.kernels._gemm",
+        ["csrc/kernels/gemm.cpp"],
+        depends=["csrc/kernels/helpers.h"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-Wall", "-Wextra", "-ffp-contract=fast", "-fno-trapping-math"],
+        extra_link_args=["-pthread"],
+    ),
 ]
 
 setup(

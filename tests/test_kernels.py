@@ -29,7 +29,7 @@ from ascend_moe.sim import kernels as sim_kernels
 from ascend_moe.sim import quant_gemm
 
 U32 = 2.0 ** -24
-FLOAT_IMPLS = ["reference", "torch_sgemm", "torch_native", "torch_packed"]
+FLOAT_IMPLS = ["reference", "torch_sgemm", "torch_native", "torch_packed", "widen_fma"]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -42,6 +42,10 @@ def _packed_ok(dtype_name):
 
 
 def _skip_unless_eligible(impl, dtype_name):
+    if impl == "widen_fma" and dtype_name == "fp32":
+        pytest.skip("widen_fma is the bf16 / fp16 kernel")
+    if impl == "widen_fma" and not mk._verified(f"{dtype_name}.wide", "widen_fma"):
+        pytest.skip(f"widen_fma does not meet the {dtype_name} contract on this machine (or is not built)")
     if impl == "torch_native" and dtype_name == "fp32":
         pytest.skip("torch_native is the half-precision kernel (fp32 runs torch_sgemm or the reference)")
     if impl == "torch_packed" and dtype_name == "fp16":
@@ -342,6 +346,92 @@ def test_fast_widening_equals_numpy_on_every_bf16_and_fp16_pattern():
         impls.fast_copy_cast(mine, src)
         same = (mine.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(mine) & np.isnan(ref))
         assert same.all(), f"{dt}: {int((~same).sum())} patterns differ"
+
+
+# ----------------------------------------------------------------------------------------------
+# the compiled widen-FMA GEMM (ascend_moe.kernels._gemm), directly
+# ----------------------------------------------------------------------------------------------
+
+def _fp32_in_k_order(a16, b16):
+    """Plain fp32 accumulation in k order: acc = fp32(acc + fp32(a) * fp32(b)) one k at a time (each
+    product of two bf16 / fp16 values is exact in fp32, so each step rounds once), then RNE to the
+    operands' dtype by ml_dtypes / NumPy."""
+    a32, b32 = a16.astype(np.float32), b16.astype(np.float32)
+    acc = np.zeros((a16.shape[0], b16.shape[1]), dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k in range(a16.shape[1]):
+            acc = (acc + a32[:, k:k + 1] * b32[k:k + 1, :]).astype(np.float32)
+    return acc.astype(a16.dtype)
+
+
+def _gemm_module():
+    if impls._gemm is None:
+        pytest.skip("the compiled GEMM is not built")
+    return impls._gemm
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compiled_widen_fma_is_fp32_accumulation_in_k_order_bit_for_bit(dtype, threads):
+    """Rows 0-19 per group (the 8 / 4 / 2 / 1-row tiles), 77 columns (two 32-column strips and 13
+    after them), K = 150 (blocks of 64 and a partial one), an empty group, a weight view whose rows are
+    longer than N, groups visited in any order and one expert used twice."""
+    g = np.random.default_rng(11)
+    rows = [3, 0, 19, 8, 1, 12]
+    experts = [2, 0, 1, 3, 2, 0]
+    t, k, n, e = sum(rows), 150, 77, 4
+    a = (g.standard_normal((t, k)) * 2).astype(dtype)
+    full = (g.standard_normal((e, k, n + 9)) * 2).astype(dtype)
+    b = full[:, :, 5:5 + n]  # rows of n + 9 elements, columns contiguous
+    ends = np.cumsum(rows)
+    groups = np.array([(x, s - r, s) for x, s, r in zip(experts, ends, rows)], dtype=np.int64)
+    out = np.full((t, n), np.nan, dtype=dtype)
+    _gemm_module().grouped_widen_fma(out.view(np.uint16), a.view(np.uint16), b.view(np.uint16), groups,
+                                     dtype == np.float16, threads)
+    for ex, s, f in groups:
+        want = _fp32_in_k_order(a[s:f], b[ex])
+        assert np.array_equal(out[s:f].view(np.uint16), want.view(np.uint16)), (ex, s, f)
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
+def test_compiled_widen_fma_keeps_subnormals_with_flush_mode_on_and_rounds_nan_inf(dtype):
+    bf16 = dtype == ml_dtypes.bfloat16
+    tiny, sub = (2.0 ** -63, 2.0 ** -130) if bf16 else (2.0 ** -12, 2.0 ** -24)
+    a = np.array([[tiny, tiny, 0, 0], [sub, 0, 0, 0], [np.inf, 1, 0, 0], [-np.nan, 0, 0, 0]], dtype=dtype)
+    b = np.zeros((1, 4, 3), dtype=dtype)
+    b[0, 0, 0] = b[0, 1, 0] = (2.0 ** -127 if bf16 else 2.0 ** -25) / tiny
+    b[0, 0, 1] = 16.0
+    b[0, 1, 2] = 1.0
+    want = _fp32_in_k_order(a, b[0])   # computed while no flush mode is on
+    assert float(want[0, 0]) == (2.0 ** -126 if bf16 else 2.0 ** -24) and float(want[1, 1]) == sub * 16
+    out = np.empty((4, 3), dtype=dtype)
+    try:
+        torch.set_flush_denormal(True)
+        _gemm_module().grouped_widen_fma(out.view(np.uint16), a.view(np.uint16), b.view(np.uint16),
+                                         np.array([[0, 0, 4]], dtype=np.int64), not bf16, 2)
+    finally:
+        torch.set_flush_denormal(False)
+    assert np.array_equal(out.view(np.uint16), want.view(np.uint16)), (out, want)
+    # row [inf, 1, 0, 0]: inf * 2**-64 and inf * 16 are inf; inf * 0 + 1 * 1 is NaN
+    assert float(out[2, 0]) == float(out[2, 1]) == np.inf and np.isnan(float(out[2, 2]))
+
+
+def test_compiled_widen_fma_refuses_what_it_cannot_read():
+    mod = _gemm_module()
+    a = np.zeros((4, 8), dtype=np.uint16)
+    b = np.zeros((2, 8, 5), dtype=np.uint16)
+    out = np.zeros((4, 5), dtype=np.uint16)
+    ok = np.array([[0, 0, 4]], dtype=np.int64)
+    with pytest.raises(ValueError, match="group 0 .*expert 2.* out of range"):
+        mod.grouped_widen_fma(out, a, b, np.array([[2, 0, 4]], dtype=np.int64), False, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        mod.grouped_widen_fma(out, a, b, np.array([[0, 3, 5]], dtype=np.int64), False, 1)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        mod.grouped_widen_fma(out, a, np.zeros((2, 7, 5), dtype=np.uint16), ok, False, 1)
+    with pytest.raises(ValueError, match="N contiguous"):
+        mod.grouped_widen_fma(out, a, np.zeros((2, 5, 8), dtype=np.uint16).transpose(0, 2, 1), ok, False, 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mod.grouped_widen_fma(out, np.zeros((8, 4), dtype=np.uint16).T, b, ok, False, 1)
 
 
 def test_compiled_bf16_widening_is_exact_and_reports_nans():

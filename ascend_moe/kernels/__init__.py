@@ -6,8 +6,8 @@ Each GEMM class has several implementations that meet its faithfulness contract
 runs is decided per machine and per shape class:
 
 * shape classes: ``<dtype>.<shape>`` with dtype ``fp32`` / ``bf16`` / ``fp16`` (float GEMM) or
-  ``int8`` (exact integer GEMM), and shape ``wide`` (more than 16 rows) or ``skinny`` (decode-like
-  calls of a few rows, which are memory-bound);
+  ``int8`` (exact integer GEMM), and shape ``skinny`` (at most 16 rows: decode-like calls, memory-bound),
+  ``narrow`` (17-32 rows: MoE groups of many experts, near the memory bound) or ``wide`` (more);
 * the first time a class is needed, each eligible implementation is timed on a representative
   shapes (interleaved, best of several) and the fastest is kept; implementations whose contract
   cannot be verified on this machine (torch's half-precision matmul and oneDNN's packed inner
@@ -15,8 +15,9 @@ runs is decided per machine and per shape class:
   ``torch._int_mm`` bit-exact on saturating patterns) are never eligible;
 * choices are cached in ``<cache dir>/kernels-<key>.json``, cache dir = ``ASCEND_MOE_CACHE_DIR`` or
   ``$XDG_CACHE_HOME/ascend_moe`` (``~/.cache/ascend_moe``), key = hash of the CPU model and flags,
-  torch's CPU capability and version and NumPy's version, so another machine or a torch upgrade
-  measures again;
+  torch's CPU capability and version, NumPy's version and the weight check mode (under the content
+  check a kept packed weight costs a digest per call, which its measurement includes), so another
+  machine or a torch upgrade measures again;
 * ``ASCEND_MOE_KERNELS`` forces choices: ``reference`` (the NumPy simulator kernels everywhere),
   ``auto`` (the default), or comma-separated ``class=impl`` where class is a full class name, a
   dtype (all its shapes) or ``float``; e.g. ``ASCEND_MOE_KERNELS=bf16=torch_native,int8=reference``.
@@ -45,25 +46,29 @@ import torch
 from ..sim import kernels as sim_kernels
 from . import impls
 from .impls import FLOAT_IMPLS, INT_IMPLS, fast_copy_cast
-from .weight_cache import CACHE as WEIGHT_CACHE, source_ranges
+from .weight_cache import CACHE as WEIGHT_CACHE, check_content, content_digest, source_ranges
 
 __all__ = ["for_call", "choice", "choices", "cpu_description", "cache_path", "reset", "WEIGHT_CACHE",
            "fast_copy_cast", "CLASSES", "IMPLS_OF"]
 
 ENV = "ASCEND_MOE_KERNELS"
 SKINNY_ROWS = 16
+NARROW_ROWS = 32
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
-CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "skinny"))
+CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "narrow", "skinny"))
+# which implementations exist for which operand dtype (each still has to pass its contract check)
+_FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"), "widen_fma": ("bf16", "fp16")}
 IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
-                     (n for n in FLOAT_IMPLS if not (c.startswith("fp32") and n == "torch_native")
-                      and not (c.startswith("fp16") and n == "torch_packed")))
+                     (n for n in FLOAT_IMPLS if c.split(".")[0] in _FLOAT_DTYPES_OF.get(n, FLOAT_DTYPES)))
             for c in CLASSES}
-# representative (m, k, n) per shape class for the one-time measurement
 # representative (m, k, n) GEMMs per shape class for the one-time measurement, timed together: MoE
-# groups of a few hundred rows (GEMM libraries switch algorithms with m, so more than one m is timed)
-_PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)), "skinny": ((4, 2048, 1024),)}
-_SCHEMA = 3  # 2: torch_packed joined the float classes; 3: two probe shapes for wide
+# groups of a few hundred rows (GEMM libraries switch algorithms with m, so more than one m is timed);
+# the skinny and narrow classes also with a weight larger than a cache, as MoE experts' are
+_PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)),
+                 "narrow": ((24, 4096, 4096),),
+                 "skinny": ((4, 2048, 1024), (8, 4096, 4096))}
+_SCHEMA = 4  # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4: widen_fma, narrow
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,11 +104,17 @@ def cpu_description() -> Dict[str, object]:
             "numpy": np.__version__, "threads": torch.get_num_threads()}
 
 
-@functools.lru_cache(maxsize=None)
 def _machine_key() -> str:
+    return _machine_key_for(check_content())
+
+
+@functools.lru_cache(maxsize=None)
+def _machine_key_for(content: bool) -> str:
     d = cpu_description()
     _, flags = _cpu_info()
-    text = json.dumps([_SCHEMA, d["cpu"], list(flags), d["torch_cpu_capability"], d["torch"], d["numpy"]])
+    # the weight check mode too: under the content check a kept packed weight costs a digest per call
+    text = json.dumps([_SCHEMA, d["cpu"], list(flags), d["torch_cpu_capability"], d["torch"], d["numpy"],
+                       content])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -212,6 +223,8 @@ def _verified(cls: str, impl: str) -> bool:
                 verified[name] = impls.int_mm_exact_on_this_machine()
             elif impl == "torch_native" and dtype in ("bf16", "fp16"):
                 verified[name] = impls.native_contract_holds(FLOAT_DTYPES[dtype])
+            elif impl == "widen_fma" and dtype in ("bf16", "fp16"):
+                verified[name] = impls.widen_fma_contract_holds(FLOAT_DTYPES[dtype])
             elif impl == "torch_packed" and dtype in ("bf16", "fp32"):
                 # its plain path (first use, changed weight) is torch_native for bf16
                 verified[name] = (impls.packed_contract_holds(FLOAT_DTYPES[dtype])
@@ -245,12 +258,17 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, int, int]) -> Callable[
     a, b, o = to_numpy(ta), to_numpy(tb), to_numpy(out)
     fn = FLOAT_IMPLS[impl]
     # the packed implementation's steady state: the probe weight packed once, as a weight reused
-    # unchanged is (its first use runs torch_native / torch_sgemm, measured on their own)
+    # unchanged is (its first use runs torch_native / torch_sgemm, measured on their own), and under the
+    # content check each call's digest of the weight, which proves a kept form current
     packed = {}
+    content = check_content()
 
     def pack(b_: np.ndarray):
         if "w" not in packed:
             packed["w"] = impls.pack_weight(impls.as_torch(b_))
+        if content:
+            lo = b_.__array_interface__["data"][0]
+            content_digest(lo, lo + b_.nbytes)
         return packed["w"]
     kern = sim_kernels.Kernels(float_gemm=None if fn is None else (lambda o_, a_, b_, r_: fn(o_, a_, b_, r_, None,
                                                                                             None, pack)),
@@ -279,7 +297,9 @@ def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
                 one()
         return run
     runners = {c: all_shapes(c) for c in candidates}
-    first = {c: _best(runners[c], 1) for c in candidates}
+    # the first call at a shape includes one-time work (oneDNN generates its kernels per shape, a packed
+    # weight is made): a second call is the one timed, else a kernel without such work looks 4x faster
+    first = {c: _best(runners[c], 2) for c in candidates}
     keep = [c for c in candidates if first[c] <= 4 * min(first.values())]
     best = {c: first[c] for c in keep}
     for _ in range(8):  # a shared machine: enough rounds for each candidate to see a quiet moment
@@ -302,7 +322,8 @@ def _best(fn: Callable[[], None], repeat: int) -> float:
 
 def choice(cls: str) -> str:
     """The implementation used for shape class ``cls`` on this machine (measured once, cached)."""
-    env = (os.environ.get(ENV, ""), os.environ.get("ASCEND_MOE_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"))
+    env = (os.environ.get(ENV, ""), os.environ.get("ASCEND_MOE_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"),
+           os.environ.get("ASCEND_MOE_WEIGHT_CACHE_CHECK"))
     known = _RESOLVED.get((env, cls))
     if known is not None:
         return known
@@ -334,7 +355,13 @@ def choices() -> Dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 def _shape_class(dtype_name: str, rows: int) -> str:
-    return f"{dtype_name}.{'skinny' if rows <= SKINNY_ROWS else 'wide'}"
+    return f"{dtype_name}.{'skinny' if rows <= SKINNY_ROWS else 'narrow' if rows <= NARROW_ROWS else 'wide'}"
+
+
+def _stand_in(cls: str) -> str:
+    """The implementation for operands the compiled widen-FMA GEMM does not take as they are (a
+    transposed weight, the K-split product): torch's own GEMM where it meets the contract here."""
+    return "torch_native" if _verified(cls, "torch_native") else "reference"
 
 
 def _make_float_gemms(widen, sources):
@@ -359,13 +386,15 @@ def _make_float_gemms(widen, sources):
         name = _NP_NAME.get(a.dtype)
         if name is None:
             return False
-        by_shape: Dict[bool, str] = {}  # one lookup per shape class per call, not per group
+        by_shape: Dict[str, str] = {}  # one lookup per shape class per call, not per group
+        fma_fits = impls.widen_fma_fits(out, a, b, k_split)
 
         def impl_for_rows(rows: int) -> str:
-            skinny = rows <= SKINNY_ROWS
-            if skinny not in by_shape:
-                by_shape[skinny] = choice(_shape_class(name, rows))
-            return by_shape[skinny]
+            cls = _shape_class(name, rows)
+            if cls not in by_shape:
+                impl = choice(cls)
+                by_shape[cls] = _stand_in(cls) if impl == "widen_fma" and not fma_fits else impl
+            return by_shape[cls]
         return impls.torch_grouped(out, a, b, runs, k_split, impl_for_rows, memo, pack if sources else None)
     return float_gemm, grouped_gemm
 

@@ -58,6 +58,7 @@ def _compiled(name: str) -> Optional[ModuleType]:
 _scan = _compiled("_scan")            # the bf16 subnormal guard's scan
 _select = _compiled("_select")        # the gate's top-k, row max and ReduceSum tree
 _epilogue = _compiled("_epilogue")    # the A8W4 fixpipe rounding, the A8W8 swiglu-quant epilogue
+_gemm = _compiled("_gemm")            # the grouped bf16 / fp16 GEMM on exactly widened operands
 
 _F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -481,6 +482,38 @@ def torch_packed(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Option
     return True
 
 
+def widen_fma_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) -> bool:
+    """Whether the compiled widen-FMA GEMM takes these operands as they are: bf16 / fp16 throughout,
+    ``a`` and ``out`` C-contiguous, the weight's columns contiguous (not a transposed weight, not the
+    K-split product whose ``a`` is a transposed view)."""
+    return (_gemm is not None and not k_split and a.dtype == b.dtype == out.dtype and a.dtype in (_BF16, _F16)
+            and a.flags.c_contiguous and out.flags.c_contiguous and b.ndim in (2, 3)
+            and (b.shape[-1] <= 1 or b.strides[-1] == b.itemsize)
+            and all(st % b.itemsize == 0 for st in b.strides))
+
+
+def _run_widen_fma(out: np.ndarray, a: np.ndarray, b3: np.ndarray, groups: np.ndarray) -> None:
+    bits = np.uint16
+    _gemm.grouped_widen_fma(out.view(bits), a.view(bits), b3.view(bits), groups, a.dtype == _F16,
+                            torch.get_num_threads())
+
+
+def widen_fma(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
+              widen: Optional[_simk.Widen] = None, memo: Optional[ExponentMemo] = None,
+              pack: Optional["Pack"] = None) -> bool:
+    """``out = round(a @ b)`` by the compiled GEMM (``ascend_moe.kernels._gemm``): bf16 / fp16 operands
+    widened exactly to fp32, one fp32 multiply-add per product in k order (exact products, so the same
+    as a multiply then an add), one round-to-nearest-even; subnormals kept (flush-to-zero modes off
+    during the call), so no operand scan and nothing kept of the weight.  Reads the weight once, in
+    its own layout: made for memory-bound calls of a few rows."""
+    if bias_row is not None or a.ndim != 2 or b.ndim != 2 or not widen_fma_fits(out, a, b, False):
+        return False
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        return False
+    _run_widen_fma(out, a, b[None], np.array([[0, 0, a.shape[0]]], dtype=np.int64))
+    return True
+
+
 def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: bool,
                   impl_for_rows: Callable[[int], str], memo: Optional[ExponentMemo] = None,
                   pack: Optional[Pack] = None) -> bool:
@@ -493,15 +526,26 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     if tdt is None or not out.flags.c_contiguous:
         return False
     names = {impl_for_rows(a.shape[0] if k_split else t - s) for _, s, t in runs}
-    allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm"} if tdt == torch.float32 else set())
+    allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm"} if tdt == torch.float32 else {"widen_fma"})
     if (not names <= allowed or ("torch_native" in names and tdt == torch.float32)
             or (tdt == torch.float32 and not torch_fp32_gemm_is_ieee())):
         return False
-    if tdt == torch.bfloat16 and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent):
+    if "widen_fma" in names and not widen_fma_fits(out, a, b, k_split):
+        return False  # the caller maps widen_fma to another implementation for such operands
+    # the subnormal guard: only torch's bf16 kernels flush (the compiled widen-FMA GEMM keeps subnormals)
+    if (tdt == torch.bfloat16 and names - {"widen_fma"}
+            and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent)):
         return False
+    if names == {"widen_fma"}:  # nothing for torch: no torch views needed
+        _run_widen_fma(out, a, b, np.array([(e, s, t) for e, s, t in runs], dtype=np.int64).reshape(-1, 3))
+        return True
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
     if ta is None or tb is None or tout is None:
         return False
+    if "widen_fma" in names:  # its groups in one compiled call, the others below
+        fma_runs = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) == "widen_fma"]
+        _run_widen_fma(out, a, b, np.array(fma_runs, dtype=np.int64).reshape(-1, 3))
+        runs = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) != "widen_fma"]
     if k_split:
         for e, s, t in runs:
             torch.mm(ta[:, s:t], tb[s:t], out=tout[e])
@@ -556,8 +600,68 @@ def packed_contract_holds(dtype: torch.dtype) -> bool:
         return False
 
 
+def _flush_denormal_on() -> bool:
+    """Whether torch's flush-denormal mode is on in this thread (torch has no getter: a subnormal
+    operand of a multiply reads as zero then)."""
+    return float(torch.tensor([1e-40], dtype=torch.float32).mul(1.0)) == 0.0
+
+
+def to_numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor of a float dtype NumPy lacks too (bf16 as ml_dtypes.bfloat16)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BF16)
+    return t.numpy()
+
+
+def widen_fma_contract_holds(dtype: torch.dtype) -> bool:
+    """The compiled widen-FMA GEMM on this machine: the checks of :func:`native_contract_holds` (fp32
+    accumulation, one rounding), at row counts covering its 8 / 4 / 2 / 1-row tiles and a column count
+    covering its 32-column strips and the columns after them, plus subnormal products and inputs kept,
+    also while torch's flush-denormal mode is on."""
+    if _gemm is None or dtype not in (torch.bfloat16, torch.float16):
+        return False
+
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(a.shape[0], b.shape[1], dtype=dtype)
+        if not widen_fma(to_numpy_view(out), to_numpy_view(a.contiguous()), to_numpy_view(b.contiguous()), None):
+            raise RuntimeError("widen_fma refused its own check operands")
+        return out
+    try:
+        if not native_contract_holds(dtype, mm):
+            return False
+        g = torch.Generator().manual_seed(78)
+        b = torch.randn(256, 40, generator=g).to(dtype)
+        for m in (1, 7, 15, 64):
+            a = torch.randn(m, 256, generator=g).to(dtype)
+            got = mm(a, b).double()
+            ref = a.double() @ b.double()
+            bound = (256 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
+            if not bool((((ref - bound).to(dtype).double() <= got) & (got <= (ref + bound).to(dtype).double())).all()):
+                return False
+        # two products of the smallest normal's half sum to it; a subnormal input times a power of two
+        small, sub, up = (2.0 ** -63, 2.0 ** -130, 2.0 ** 10) if dtype == torch.bfloat16 else (2.0 ** -12, 2.0 ** -24,
+                                                                                            2.0 ** 4)
+        half_normal = 2.0 ** -127 if dtype == torch.bfloat16 else 2.0 ** -25
+        a = torch.tensor([[small, small, 0.0], [sub, 0.0, 0.0]], dtype=dtype)
+        w = torch.tensor([[half_normal / small, up], [half_normal / small, 0.0], [0.0, 0.0]], dtype=dtype)
+        flushing = _flush_denormal_on()
+        try:
+            for flush in (False, True):
+                if not torch.set_flush_denormal(flush) and flush:
+                    continue  # no flush mode on this CPU
+                y = mm(a, w).double()
+                if float(y[0, 0]) != 2 * half_normal or float(y[1, 1]) != float(torch.tensor(sub * up, dtype=dtype)):
+                    return False
+        finally:
+            torch.set_flush_denormal(flushing)
+        return True
+    except (RuntimeError, ValueError):
+        return False
+
+
 FLOAT_IMPLS: Dict[str, Optional[Callable[..., bool]]] = {
     "reference": None, "torch_sgemm": torch_sgemm, "torch_native": torch_native, "torch_packed": torch_packed,
+    "widen_fma": widen_fma,
 }
 
 
