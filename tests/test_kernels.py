@@ -393,6 +393,49 @@ def test_compiled_widen_fma_is_fp32_accumulation_in_k_order_bit_for_bit(dtype, t
         assert np.array_equal(out[s:f].view(np.uint16), want.view(np.uint16)), (ex, s, f)
 
 
+def _fp32_in_16_lanes_then_tree(a16, bt16):
+    """The transposed-weight order: lane l sums the products of k = l, l + 16, ... (below K rounded down to
+    16) in k order in fp32; lanes i and i + 8 are added, then i and i + 4, then (0 + 2) + (1 + 3); the
+    last K mod 16 products are added one at a time; RNE to the operands' dtype."""
+    a32, b32 = a16.astype(np.float32), bt16.astype(np.float32)
+    k = a16.shape[1]
+    k16 = k - k % 16
+    lanes = np.zeros((16, a16.shape[0], bt16.shape[0]), dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k0 in range(0, k16, 16):
+            for lane in range(16):
+                lanes[lane] = (lanes[lane] + np.outer(a32[:, k0 + lane], b32[:, k0 + lane])).astype(np.float32)
+        h8 = lanes[:8] + lanes[8:]
+        h4 = h8[:4] + h8[4:]
+        total = (h4[0] + h4[2]) + (h4[1] + h4[3])
+        for kk in range(k16, k):
+            total = (total + np.outer(a32[:, kk], b32[:, kk])).astype(np.float32)
+    return total.astype(a16.dtype)
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_widen_fma_of_a_transposed_weight_in_its_lane_order_bit_for_bit(dtype, threads):
+    """A weight whose k is contiguous (the backward's ``dy @ w^T``): rows 0-11 per group (the 4 / 2 /
+    1-row tiles), 70 output columns (4-column tiles, the rest one by one, blocks of 64), K = 83 (five
+    16-lane steps and 3 after them)."""
+    g = np.random.default_rng(12)
+    rows = [5, 0, 11, 1, 7]
+    experts = [1, 2, 0, 1, 2]
+    t, k, n, e = sum(rows), 83, 70, 3
+    a = (g.standard_normal((t, k)) * 2).astype(dtype)
+    w = (g.standard_normal((e, n, k + 4)) * 2).astype(dtype)[:, :, 2:2 + k]  # w[e] is [N, K], rows padded
+    ends = np.cumsum(rows)
+    groups = np.array([(x, s - r, s) for x, s, r in zip(experts, ends, rows)], dtype=np.int64)
+    out = np.full((t, n), np.nan, dtype=dtype)
+    bt = w.transpose(0, 2, 1)  # [E, K, N] with K contiguous
+    _gemm_module().grouped_widen_fma(out.view(np.uint16), a.view(np.uint16), bt.view(np.uint16), groups,
+                                     dtype == np.float16, threads)
+    for ex, s, f in groups:
+        want = _fp32_in_16_lanes_then_tree(a[s:f], w[ex])
+        assert np.array_equal(out[s:f].view(np.uint16), want.view(np.uint16)), (ex, s, f)
+
+
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
 def test_compiled_widen_fma_keeps_subnormals_with_flush_mode_on_and_rounds_nan_inf(dtype):
     bf16 = dtype == ml_dtypes.bfloat16
@@ -428,8 +471,8 @@ def test_compiled_widen_fma_refuses_what_it_cannot_read():
         mod.grouped_widen_fma(out, a, b, np.array([[0, 3, 5]], dtype=np.int64), False, 1)
     with pytest.raises(ValueError, match="shapes do not match"):
         mod.grouped_widen_fma(out, a, np.zeros((2, 7, 5), dtype=np.uint16), ok, False, 1)
-    with pytest.raises(ValueError, match="N contiguous"):
-        mod.grouped_widen_fma(out, a, np.zeros((2, 5, 8), dtype=np.uint16).transpose(0, 2, 1), ok, False, 1)
+    with pytest.raises(ValueError, match="N or K contiguous"):
+        mod.grouped_widen_fma(out, a, np.zeros((2, 8, 10), dtype=np.uint16)[:, :, ::2], ok, False, 1)
     with pytest.raises(ValueError, match="C-contiguous"):
         mod.grouped_widen_fma(out, np.zeros((8, 4), dtype=np.uint16).T, b, ok, False, 1)
 

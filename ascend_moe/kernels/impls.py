@@ -484,11 +484,11 @@ def torch_packed(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Option
 
 def widen_fma_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) -> bool:
     """Whether the compiled widen-FMA GEMM takes these operands as they are: bf16 / fp16 throughout,
-    ``a`` and ``out`` C-contiguous, the weight's columns contiguous (not a transposed weight, not the
-    K-split product whose ``a`` is a transposed view)."""
+    ``a`` and ``out`` C-contiguous, the weight's columns contiguous or its k contiguous (a transposed
+    weight, as the backward's ``dy @ w^T``); not the K-split product, whose ``a`` is a transposed view."""
     return (_gemm is not None and not k_split and a.dtype == b.dtype == out.dtype and a.dtype in (_BF16, _F16)
             and a.flags.c_contiguous and out.flags.c_contiguous and b.ndim in (2, 3)
-            and (b.shape[-1] <= 1 or b.strides[-1] == b.itemsize)
+            and (b.shape[-1] <= 1 or b.strides[-1] == b.itemsize or b.shape[-2] <= 1 or b.strides[-2] == b.itemsize)
             and all(st % b.itemsize == 0 for st in b.strides))
 
 

@@ -11,8 +11,11 @@
 // once per call, in its own layout (rows of n contiguous, any row stride).
 //
 // Made for the memory-bound calls of MoE layers, groups of a few rows against a large weight (decode, many
-// experts): each thread takes a band of output columns for every group, so it streams its part of each expert's
-// weight once, in blocks of KC rows kept in cache while every row block of the group uses them.
+// experts): threads take whole groups (streaming whole experts' weights) or bands of output columns, and each
+// weight block is read from memory once and kept in cache while every row block of the group uses it.  A weight
+// with k contiguous (the backward's dy @ w^T) is read in its own layout too: each output is then a dot product
+// over 16 lanes of k (lane l adds k = l mod 16 in k order), the lanes added in a fixed tree, then the last
+// K mod 16 products; again one fp32 rounding per step, the same order on every machine and thread count.
 #include "helpers.h"
 
 #include <cstdint>
@@ -162,14 +165,15 @@ __attribute__((always_inline)) inline void tile(const float *a, std::size_t lda,
 
 struct Problem {
   const std::uint16_t *a;   // [T, K], C-contiguous
-  const std::uint16_t *b;   // [E, K, N] with n contiguous; strides below in elements
-  std::ptrdiff_t b_expert;
-  std::ptrdiff_t b_row;
+  const std::uint16_t *b;   // [E, K, N] with n contiguous, or with k contiguous (a transposed weight); strides
+  std::ptrdiff_t b_expert;  // below in elements
+  std::ptrdiff_t b_row;     // between k (n contiguous) or between n (k contiguous)
   std::uint16_t *out;       // [T, N], C-contiguous
   std::size_t k;
   std::size_t n;
   const std::int64_t *groups;  // rows of (expert, first row, end row)
   std::size_t n_groups;
+  bool k_contiguous;
 };
 
 template <bool FP16>
@@ -241,13 +245,107 @@ __attribute__((always_inline)) inline void band(const Problem &p, std::size_t g0
   }
 }
 
+// The sum of a vector's 16 lanes, always in the same order (halves added pairwise: lanes i and i + 8, then i and
+// i + 4, ...).
+__attribute__((always_inline)) inline float lanes_sum(v16f v) {
+  typedef float v8f __attribute__((vector_size(32)));
+  typedef float v4f __attribute__((vector_size(16)));
+  const v8f h8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v4f h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) + __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+  const float h2a = h4[0] + h4[2], h2b = h4[1] + h4[3];
+  return h2a + h2b;
+}
+
+// A transposed weight (k contiguous): out[r][j] = sum_k a[r][k] * bt[j][k] for R rows and C weight rows, each sum
+// over 16 lanes (lane l adds the products of k = l mod 16 in k order), the lanes added by lanes_sum, then the last
+// K mod 16 products one at a time; every step one fp32 rounding of an exact product's sum.
+template <int R, int C, bool FP16>
+__attribute__((always_inline)) inline void dot_tile(const float *a, std::size_t lda, const std::uint16_t *bt,
+                                                    std::ptrdiff_t ldbt, std::size_t kdim, std::uint16_t *out,
+                                                    std::size_t ldo) {
+  v16f c[R][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < C; ++j) c[r][j] = v16f{};
+  }
+  std::size_t k = 0;
+  for (; k + 16 <= kdim; k += 16) {
+    v16f bv[C];
+#pragma GCC unroll 4
+    for (int j = 0; j < C; ++j) bv[j] = widen16<FP16>(bt + j * ldbt + k);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      v16f av;
+      std::memcpy(&av, a + r * lda + k, sizeof av);
+#pragma GCC unroll 4
+      for (int j = 0; j < C; ++j) c[r][j] += av * bv[j];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < C; ++j) {
+      float sum = lanes_sum(c[r][j]);
+      for (std::size_t kk = k; kk < kdim; ++kk) sum += a[r * lda + kk] * widen1<FP16>(bt[j * ldbt + kk]);
+      out[r * ldo + j] = narrow1<FP16>(sum);
+    }
+  }
+}
+
+template <int R, bool FP16>
+__attribute__((always_inline)) inline void dot_rows(const float *a, std::size_t lda, const std::uint16_t *bt,
+                                                    std::ptrdiff_t ldbt, std::size_t kdim, std::uint16_t *out,
+                                                    std::size_t ldo, std::size_t c0, std::size_t c1) {
+  std::size_t j = c0;
+  for (; j + 4 <= c1; j += 4) dot_tile<R, 4, FP16>(a, lda, bt + j * ldbt, ldbt, kdim, out + j, ldo);
+  for (; j < c1; ++j) dot_tile<R, 1, FP16>(a, lda, bt + j * ldbt, ldbt, kdim, out + j, ldo);
+}
+
+// Output columns [c0, c1) of groups [g0, g1) for a transposed weight: each weight row (an output column) is read
+// once per group, in order, and kept in L1 while every row block of the group uses it.
+template <bool FP16>
+__attribute__((always_inline)) inline void band_nt(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
+                                                   std::size_t c1) {
+  IeeeSubnormals ieee;
+  std::vector<float> a32;
+  for (std::size_t g = g0; g < g1; ++g) {
+    const std::int64_t *grp = p.groups + 3 * g;
+    const std::uint16_t *be = p.b + grp[0] * p.b_expert;
+    for (std::size_t s = static_cast<std::size_t>(grp[1]); s < static_cast<std::size_t>(grp[2]); s += ROW_CHUNK) {
+      const std::size_t rows = std::min<std::size_t>(ROW_CHUNK, static_cast<std::size_t>(grp[2]) - s);
+      a32.resize(rows * p.k);
+      for (std::size_t i = 0; i < rows * p.k; ++i) a32[i] = widen1<FP16>(p.a[s * p.k + i]);
+      // column blocks of 64 weight rows, every row block of the group over each (the block stays in L1 / L2)
+      for (std::size_t j0 = c0; j0 < c1; j0 += 64) {
+        const std::size_t j1 = std::min(c1, j0 + 64);
+        std::size_t r = 0;
+        std::uint16_t *o = p.out + s * p.n;
+        for (; r + 4 <= rows; r += 4) dot_rows<4, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+        if (r + 2 <= rows) {
+          dot_rows<2, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+          r += 2;
+        }
+        if (r < rows) dot_rows<1, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+      }
+    }
+  }
+}
+
 ASCEND_MOE_VECTOR_CLONES void band_bf16(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                         std::size_t c1) {
-  band<false>(p, g0, g1, c0, c1);
+  if (p.k_contiguous) {
+    band_nt<false>(p, g0, g1, c0, c1);
+  } else {
+    band<false>(p, g0, g1, c0, c1);
+  }
 }
 ASCEND_MOE_VECTOR_CLONES void band_fp16(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                         std::size_t c1) {
-  band<true>(p, g0, g1, c0, c1);
+  if (p.k_contiguous) {
+    band_nt<true>(p, g0, g1, c0, c1);
+  } else {
+    band<true>(p, g0, g1, c0, c1);
+  }
 }
 
 }  // namespace
@@ -261,9 +359,11 @@ PYBIND11_MODULE(_gemm, m) {
         py::buffer_info ai = c_contiguous(a, "a", 2, 2, false);
         py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
         py::buffer_info bi = b.request(false);
-        if (bi.itemsize != 2 || bi.ndim != 3 || (bi.shape[2] > 1 && bi.strides[2] != 2) || bi.strides[0] % 2 != 0 ||
-            bi.strides[1] % 2 != 0) {
-          throw std::invalid_argument("b must be a 3-D buffer of 2-byte elements [E, K, N] with N contiguous");
+        const bool n_contiguous = bi.ndim == 3 && (bi.shape[2] <= 1 || bi.strides[2] == 2);
+        const bool k_contiguous = !n_contiguous && bi.ndim == 3 && (bi.shape[1] <= 1 || bi.strides[1] == 2);
+        if (bi.itemsize != 2 || bi.ndim != 3 || !(n_contiguous || k_contiguous) || bi.strides[0] % 2 != 0 ||
+            bi.strides[1] % 2 != 0 || bi.strides[2] % 2 != 0) {
+          throw std::invalid_argument("b must be a 3-D buffer of 2-byte elements [E, K, N] with N or K contiguous");
         }
         if (gi.shape[1] != 3) throw std::invalid_argument("groups must be [G, 3] int64 rows (expert, start, end)");
         const py::ssize_t t = ai.shape[0], k = ai.shape[1], e = bi.shape[0], n = bi.shape[2];
@@ -281,12 +381,13 @@ PYBIND11_MODULE(_gemm, m) {
         Problem p{static_cast<const std::uint16_t *>(ai.ptr),
                   static_cast<const std::uint16_t *>(bi.ptr),
                   bi.strides[0] / 2,
-                  bi.strides[1] / 2,
+                  (k_contiguous ? bi.strides[2] : bi.strides[1]) / 2,
                   static_cast<std::uint16_t *>(oi.ptr),
                   static_cast<std::size_t>(k),
                   static_cast<std::size_t>(n),
                   grp,
-                  static_cast<std::size_t>(gi.shape[0])};
+                  static_cast<std::size_t>(gi.shape[0]),
+                  k_contiguous};
         if (n == 0 || gi.shape[0] == 0) return;
         py::gil_scoped_release release;
         auto run = [&](std::size_t g0, std::size_t g1, std::size_t c0, std::size_t c1) {
@@ -309,5 +410,7 @@ PYBIND11_MODULE(_gemm, m) {
       },
       py::arg("out"), py::arg("a"), py::arg("b"), py::arg("groups"), py::arg("fp16"), py::arg("threads"),
       "out[s:t] = a[s:t] @ b[e] for each (e, s, t) of groups: bf16 / fp16 operands widened exactly to fp32, one "
-      "fp32 multiply-add per product in k order, one round-to-nearest-even to the output dtype; subnormals kept.");
+      "fp32 multiply-add per product (in k order when b's columns are contiguous; in 16 lanes of k order added in a "
+      "fixed tree when b's k is contiguous, a transposed weight), one round-to-nearest-even to the output dtype; "
+      "subnormals kept.");
 }
