@@ -29,7 +29,7 @@ from ascend_moe.sim import kernels as sim_kernels
 from ascend_moe.sim import quant_gemm
 
 U32 = 2.0 ** -24
-FLOAT_IMPLS = ["reference", "torch_sgemm", "torch_native", "torch_packed", "widen_fma"]
+FLOAT_IMPLS = ["reference", "torch_sgemm", "torch_native", "torch_packed", "widen_fma", "dot_bf16"]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -44,6 +44,10 @@ def _packed_ok(dtype_name):
 def _skip_unless_eligible(impl, dtype_name):
     if impl == "widen_fma" and dtype_name == "fp32":
         pytest.skip("widen_fma is the bf16 / fp16 kernel")
+    if impl == "dot_bf16" and dtype_name != "bf16":
+        pytest.skip("dot_bf16 is a bf16 kernel")
+    if impl == "dot_bf16" and not mk._verified("bf16.wide", "dot_bf16"):
+        pytest.skip("dot_bf16 needs AVX512-BF16 (or does not meet the bf16 contract on this machine)")
     if impl == "widen_fma" and not mk._verified(f"{dtype_name}.wide", "widen_fma"):
         pytest.skip(f"widen_fma does not meet the {dtype_name} contract on this machine (or is not built)")
     if impl == "torch_native" and dtype_name == "fp32":
@@ -457,6 +461,98 @@ def test_compiled_widen_fma_keeps_subnormals_with_flush_mode_on_and_rounds_nan_i
     assert np.array_equal(out.view(np.uint16), want.view(np.uint16)), (out, want)
     # row [inf, 1, 0, 0]: inf * 2**-64 and inf * 16 are inf; inf * 0 + 1 * 1 is NaN
     assert float(out[2, 0]) == float(out[2, 1]) == np.inf and np.isnan(float(out[2, 2]))
+
+
+def _dot_module():
+    mod = _gemm_module()
+    if not mod.has_dot_bf16():
+        pytest.skip("this CPU has no AVX512-BF16 instructions")
+    return mod
+
+
+def _assert_round_once_within_bound_np(out, a, b):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    ref, mag = a64 @ b64, np.abs(a64) @ np.abs(b64)
+    bound = (a.shape[1] + 4) * U32 * mag
+    lo = (ref - bound).astype(ml_dtypes.bfloat16).astype(np.float64)
+    hi = (ref + bound).astype(ml_dtypes.bfloat16).astype(np.float64)
+    o = out.astype(np.float64)
+    bad = ~((lo <= o) & (o <= hi))
+    assert not bad.any(), f"{int(bad.sum())} outside the fp32 summation bound"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_compiled_dot_bf16_rounds_once_within_the_fp32_bound(threads, transposed):
+    """Groups of 0-70 rows (the 8 / 4 / 2 / 1-row tiles; up to 32 rows whole weight rows per block, more
+    rows 512-column bands of 256-row blocks), K = 601 (several blocks, an odd last one), N = 600 (two
+    bands, a partial 32-column strip), a weight view with padded rows; the weight with its columns
+    contiguous or (``transposed``, the backward's ``w^T``) its k."""
+    mod = _dot_module()
+    g = np.random.default_rng(13)
+    rows = [5, 0, 70, 33, 1, 12]
+    experts = [1, 0, 1, 2, 2, 0]
+    t, k, n = sum(rows), 601, 600
+    a = (g.standard_normal((t, k)) * 3).astype(ml_dtypes.bfloat16)
+    if transposed:
+        b = (g.standard_normal((3, n, k + 8))).astype(ml_dtypes.bfloat16)[:, :, 3:3 + k].transpose(0, 2, 1)
+    else:
+        b = (g.standard_normal((3, k, n + 8))).astype(ml_dtypes.bfloat16)[:, :, 3:3 + n]
+    ends = np.cumsum(rows)
+    groups = np.array([(x, s - r, s) for x, s, r in zip(experts, ends, rows)], dtype=np.int64)
+    out = np.full((t, n), np.nan, dtype=ml_dtypes.bfloat16)
+    mod.grouped_dot_bf16(out.view(np.uint16), a.view(np.uint16), b.view(np.uint16), groups, threads)
+    for ex, s, f in groups:
+        _assert_round_once_within_bound_np(out[s:f], a[s:f], b[ex])
+
+
+@pytest.mark.parametrize("rows", [3, 40])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_compiled_dot_bf16_gives_ieee_results_where_the_instruction_would_flush(rows, transposed):
+    """Products and partial sums that are fp32 subnormals (2**-63 * 2**-64 = 2**-127, twice: 2**-126; a
+    subnormal bf16 input 2**-130 times 2**10), in a weight block after blocks of ordinary values: the
+    instruction would give 0 (it flushes them); the result is the IEEE one, the same bits as fp32
+    accumulation in k order, also with torch's flush-denormal mode on."""
+    mod = _dot_module()
+    lead = 700  # blocks of ordinary values first (256 / 64 rows per block)
+    k = lead + 3
+    a = np.zeros((rows, k), dtype=np.float32)
+    w = np.zeros((1, k, 35), dtype=np.float32)
+    a[:, :lead] = 1.0
+    w[0, :lead, :] = np.where(np.arange(lead) % 2 == 0, 1.0, -1.0)[:, None]
+    a[0, lead] = a[0, lead + 1] = 2.0 ** -63
+    a[1, lead] = 2.0 ** -130
+    w[0, lead, 0] = w[0, lead + 1, 0] = 2.0 ** -64
+    w[0, lead, 1] = 2.0 ** 10
+    a, w = a.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16)
+    want = _fp32_in_k_order(a, w[0])
+    assert float(want[0, 0]) == 2.0 ** -126 and float(want[1, 1]) == 2.0 ** -120
+    out = np.empty((rows, 35), dtype=ml_dtypes.bfloat16)
+    try:
+        torch.set_flush_denormal(True)
+        wv = np.ascontiguousarray(w.transpose(0, 2, 1)).transpose(0, 2, 1) if transposed else w
+        mod.grouped_dot_bf16(out.view(np.uint16), a.view(np.uint16), wv.view(np.uint16),
+                             np.array([[0, 0, rows]], dtype=np.int64), 2)
+    finally:
+        torch.set_flush_denormal(False)
+    assert np.array_equal(out.view(np.uint16), want.view(np.uint16))
+
+
+def test_compiled_dot_bf16_nan_inf_and_refusals():
+    mod = _dot_module()
+    a = np.array([[np.inf, 1, 0], [-np.nan, 0, 0], [1, 2, 3]], dtype=ml_dtypes.bfloat16)
+    b = np.array([[[2.0 ** -64, 16.0, 0.0], [1.0, 0.0, 1.0], [0.5, 0.0, 0.0]]], dtype=ml_dtypes.bfloat16)
+    out = np.empty((3, 3), dtype=ml_dtypes.bfloat16)
+    mod.grouped_dot_bf16(out.view(np.uint16), a.view(np.uint16), b.view(np.uint16),
+                         np.array([[0, 0, 3]], dtype=np.int64), 1)
+    o = out.astype(np.float64)
+    assert o[0, 0] == o[0, 1] == np.inf and np.isnan(o[0, 2])  # inf * 0 + 1 * 1 is NaN
+    assert np.isnan(o[1]).all()
+    assert o[2].tolist() == [2.0 + 1.5, 16.0, 2.0]
+    assert out.view(np.uint16)[1, 0] in (0x7FC0, 0xFFC0)  # a NaN rounds to the quiet NaN of its sign
+    with pytest.raises(ValueError, match="N or K contiguous"):
+        mod.grouped_dot_bf16(out[:, :2].copy().view(np.uint16), a.view(np.uint16)[:, :2].copy(),
+                             np.zeros((1, 4, 6), dtype=np.uint16)[:, ::2, ::3], np.array([[0, 0, 3]], dtype=np.int64), 1)
 
 
 def test_compiled_widen_fma_refuses_what_it_cannot_read():

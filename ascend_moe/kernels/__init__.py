@@ -58,7 +58,8 @@ FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
 CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "narrow", "skinny"))
 # which implementations exist for which operand dtype (each still has to pass its contract check)
-_FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"), "widen_fma": ("bf16", "fp16")}
+_FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"), "widen_fma": ("bf16", "fp16"),
+                    "dot_bf16": ("bf16",)}
 IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
                      (n for n in FLOAT_IMPLS if c.split(".")[0] in _FLOAT_DTYPES_OF.get(n, FLOAT_DTYPES)))
             for c in CLASSES}
@@ -223,6 +224,8 @@ def _verified(cls: str, impl: str) -> bool:
                 verified[name] = impls.int_mm_exact_on_this_machine()
             elif impl == "torch_native" and dtype in ("bf16", "fp16"):
                 verified[name] = impls.native_contract_holds(FLOAT_DTYPES[dtype])
+            elif impl == "dot_bf16" and dtype == "bf16":
+                verified[name] = impls.dot_bf16_contract_holds()
             elif impl == "widen_fma" and dtype in ("bf16", "fp16"):
                 verified[name] = impls.widen_fma_contract_holds(FLOAT_DTYPES[dtype])
             elif impl == "torch_packed" and dtype in ("bf16", "fp32"):
@@ -358,9 +361,12 @@ def _shape_class(dtype_name: str, rows: int) -> str:
     return f"{dtype_name}.{'skinny' if rows <= SKINNY_ROWS else 'narrow' if rows <= NARROW_ROWS else 'wide'}"
 
 
-def _stand_in(cls: str) -> str:
-    """The implementation for operands the compiled widen-FMA GEMM does not take as they are (a
-    transposed weight, the K-split product): torch's own GEMM where it meets the contract here."""
+def _stand_in(cls: str, fma_fits: bool) -> str:
+    """The implementation for operands a compiled GEMM does not take as they are (the K-split
+    product; for dot_bf16 also a transposed weight): the widen-FMA GEMM where it takes them, else
+    torch's own GEMM where it meets the contract here."""
+    if fma_fits and _verified(cls, "widen_fma"):
+        return "widen_fma"
     return "torch_native" if _verified(cls, "torch_native") else "reference"
 
 
@@ -387,13 +393,13 @@ def _make_float_gemms(widen, sources):
         if name is None:
             return False
         by_shape: Dict[str, str] = {}  # one lookup per shape class per call, not per group
-        fma_fits = impls.widen_fma_fits(out, a, b, k_split)
+        fits = {"widen_fma": impls.widen_fma_fits(out, a, b, k_split), "dot_bf16": impls.dot_bf16_fits(out, a, b, k_split)}
 
         def impl_for_rows(rows: int) -> str:
             cls = _shape_class(name, rows)
             if cls not in by_shape:
                 impl = choice(cls)
-                by_shape[cls] = _stand_in(cls) if impl == "widen_fma" and not fma_fits else impl
+                by_shape[cls] = _stand_in(cls, fits["widen_fma"]) if not fits.get(impl, True) else impl
             return by_shape[cls]
         return impls.torch_grouped(out, a, b, runs, k_split, impl_for_rows, memo, pack if sources else None)
     return float_gemm, grouped_gemm

@@ -492,10 +492,20 @@ def widen_fma_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool)
             and all(st % b.itemsize == 0 for st in b.strides))
 
 
-def _run_widen_fma(out: np.ndarray, a: np.ndarray, b3: np.ndarray, groups: np.ndarray) -> None:
+def dot_bf16_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) -> bool:
+    """Whether the compiled AVX512-BF16 GEMM takes these operands as they are: what
+    :func:`widen_fma_fits` takes (a weight with its columns or its k contiguous), bf16 only, on a CPU
+    with the instruction."""
+    return a.dtype == _BF16 and widen_fma_fits(out, a, b, k_split) and _gemm.has_dot_bf16()
+
+
+def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray, groups: np.ndarray) -> None:
     bits = np.uint16
-    _gemm.grouped_widen_fma(out.view(bits), a.view(bits), b3.view(bits), groups, a.dtype == _F16,
-                            torch.get_num_threads())
+    if impl == "dot_bf16":
+        _gemm.grouped_dot_bf16(out.view(bits), a.view(bits), b3.view(bits), groups, torch.get_num_threads())
+    else:
+        _gemm.grouped_widen_fma(out.view(bits), a.view(bits), b3.view(bits), groups, a.dtype == _F16,
+                                torch.get_num_threads())
 
 
 def widen_fma(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
@@ -510,8 +520,28 @@ def widen_fma(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[
         return False
     if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
         return False
-    _run_widen_fma(out, a, b[None], np.array([[0, 0, a.shape[0]]], dtype=np.int64))
+    _run_compiled("widen_fma", out, a, b[None], np.array([[0, 0, a.shape[0]]], dtype=np.int64))
     return True
+
+
+def dot_bf16(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
+             widen: Optional[_simk.Widen] = None, memo: Optional[ExponentMemo] = None,
+             pack: Optional["Pack"] = None) -> bool:
+    """``out = round(a @ b)`` for bf16 by the compiled AVX512-BF16 GEMM (``ascend_moe.kernels._gemm``):
+    the dot-product instruction accumulates exact products in fp32 (one rounding at the end) where
+    no product or partial sum can be subnormal, which it checks on the operands as it copies them
+    (the instruction would flush those); from a weight block where one could, the widen-FMA order.
+    Nothing is kept of the weight, so nothing needs proving current: made to compete with torch's
+    own bf16 GEMM, which needs a scan or a kept fact of each operand for the same guarantee."""
+    if bias_row is not None or a.ndim != 2 or b.ndim != 2 or not dot_bf16_fits(out, a, b, False):
+        return False
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        return False
+    _run_compiled("dot_bf16", out, a, b[None], np.array([[0, 0, a.shape[0]]], dtype=np.int64))
+    return True
+
+
+COMPILED_GEMMS = ("widen_fma", "dot_bf16")
 
 
 def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: bool,
@@ -526,26 +556,26 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     if tdt is None or not out.flags.c_contiguous:
         return False
     names = {impl_for_rows(a.shape[0] if k_split else t - s) for _, s, t in runs}
-    allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm"} if tdt == torch.float32 else {"widen_fma"})
+    allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm"} if tdt == torch.float32 else set(COMPILED_GEMMS))
     if (not names <= allowed or ("torch_native" in names and tdt == torch.float32)
             or (tdt == torch.float32 and not torch_fp32_gemm_is_ieee())):
         return False
-    if "widen_fma" in names and not widen_fma_fits(out, a, b, k_split):
-        return False  # the caller maps widen_fma to another implementation for such operands
-    # the subnormal guard: only torch's bf16 kernels flush (the compiled widen-FMA GEMM keeps subnormals)
-    if (tdt == torch.bfloat16 and names - {"widen_fma"}
+    if (("widen_fma" in names and not widen_fma_fits(out, a, b, k_split))
+            or ("dot_bf16" in names and not dot_bf16_fits(out, a, b, k_split))):
+        return False  # the caller maps a compiled GEMM to another implementation for such operands
+    # the subnormal guard: torch's bf16 kernels flush subnormals (the compiled GEMMs guard themselves)
+    if (tdt == torch.bfloat16 and names - set(COMPILED_GEMMS)
             and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent)):
         return False
-    if names == {"widen_fma"}:  # nothing for torch: no torch views needed
-        _run_widen_fma(out, a, b, np.array([(e, s, t) for e, s, t in runs], dtype=np.int64).reshape(-1, 3))
+    for impl in sorted(names & set(COMPILED_GEMMS)):  # each compiled GEMM's groups in one call
+        mine = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) == impl]
+        _run_compiled(impl, out, a, b, np.array(mine, dtype=np.int64).reshape(-1, 3))
+    runs = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) not in COMPILED_GEMMS]
+    if not runs:  # nothing for torch: no torch views needed
         return True
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
     if ta is None or tb is None or tout is None:
         return False
-    if "widen_fma" in names:  # its groups in one compiled call, the others below
-        fma_runs = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) == "widen_fma"]
-        _run_widen_fma(out, a, b, np.array(fma_runs, dtype=np.int64).reshape(-1, 3))
-        runs = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) != "widen_fma"]
     if k_split:
         for e, s, t in runs:
             torch.mm(ta[:, s:t], tb[s:t], out=tout[e])
@@ -613,6 +643,52 @@ def to_numpy_view(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def dot_bf16_contract_holds() -> bool:
+    """The compiled AVX512-BF16 GEMM on this machine: the CPU has the instruction; the checks of
+    :func:`native_contract_holds` (fp32 accumulation, one rounding) at row counts covering its
+    8 / 4 / 2 / 1-row tiles and its few-row blocking, an odd K and columns past a 32-column strip;
+    subnormal products and inputs give the IEEE result (its guard hands such blocks to the IEEE
+    order), also after a first block that was safe."""
+    if _gemm is None or not _gemm.has_dot_bf16():
+        return False
+
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(a.shape[0], b.shape[1], dtype=torch.bfloat16)
+        if not dot_bf16(to_numpy_view(out), to_numpy_view(a.contiguous()), to_numpy_view(b.contiguous()), None):
+            raise RuntimeError("dot_bf16 refused its own check operands")
+        return out
+    try:
+        if not native_contract_holds(torch.bfloat16, mm):
+            return False
+        g = torch.Generator().manual_seed(79)
+        b = torch.randn(301, 40, generator=g).bfloat16()
+        for m in (1, 7, 15, 40, 64):
+            a = torch.randn(m, 301, generator=g).bfloat16()
+            got = mm(a, b).double()
+            ref = a.double() @ b.double()
+            bound = (301 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
+            if not bool((((ref - bound).bfloat16().double() <= got) & (got <= (ref + bound).bfloat16().double())).all()):
+                return False
+        # 2**-63 * 2**-64 twice sums to 2**-126; a subnormal input 2**-130 times 2**10 is 2**-120; the same
+        # products placed after 300 rows of ordinary values (a first weight block that is safe)
+        for lead in (0, 300):
+            a = torch.zeros(2, lead + 3)
+            w = torch.zeros(lead + 3, 2)
+            if lead:
+                a[:, :lead] = 1.0
+                w[:lead, 0] = w[:lead, 1] = torch.tensor([(-1.0) ** i for i in range(lead)])
+            a[0, lead] = a[0, lead + 1] = 2.0 ** -63
+            a[1, lead] = 2.0 ** -130
+            w[lead, 0] = w[lead + 1, 0] = 2.0 ** -64
+            w[lead, 1] = 2.0 ** 10
+            y = mm(a.bfloat16(), w.bfloat16()).double()
+            if float(y[0, 0]) != 2.0 ** -126 or float(y[1, 1]) != 2.0 ** -120:
+                return False
+        return True
+    except (RuntimeError, ValueError):
+        return False
+
+
 def widen_fma_contract_holds(dtype: torch.dtype) -> bool:
     """The compiled widen-FMA GEMM on this machine: the checks of :func:`native_contract_holds` (fp32
     accumulation, one rounding), at row counts covering its 8 / 4 / 2 / 1-row tiles and a column count
@@ -661,7 +737,7 @@ def widen_fma_contract_holds(dtype: torch.dtype) -> bool:
 
 FLOAT_IMPLS: Dict[str, Optional[Callable[..., bool]]] = {
     "reference": None, "torch_sgemm": torch_sgemm, "torch_native": torch_native, "torch_packed": torch_packed,
-    "widen_fma": widen_fma,
+    "widen_fma": widen_fma, "dot_bf16": dot_bf16,
 }
 
 

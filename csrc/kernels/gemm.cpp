@@ -133,6 +133,38 @@ struct Prefetcher {
   }
 };
 
+// narrow1 / widen1 over n elements, 16 at a time (the same bits)
+template <bool FP16>
+__attribute__((always_inline)) inline void narrow_n(const float *src, std::uint16_t *dst, std::size_t n) {
+  std::size_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    v16f f;
+    std::memcpy(&f, src + j, sizeof f);
+    if constexpr (FP16) {
+      const v16hf h = __builtin_convertvector(f, v16hf);
+      std::memcpy(dst + j, &h, sizeof h);
+    } else {
+      const v16u u = (v16u)f;
+      const v16u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+      const v16u quiet_nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+      const v16u r = (u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+      const v16h h = __builtin_convertvector(r, v16h);
+      std::memcpy(dst + j, &h, sizeof h);
+    }
+  }
+  for (; j < n; ++j) dst[j] = narrow1<FP16>(src[j]);
+}
+
+template <bool FP16>
+__attribute__((always_inline)) inline void widen_n(const std::uint16_t *src, float *dst, std::size_t n) {
+  std::size_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const v16f f = widen16<FP16>(src + j);
+    std::memcpy(dst + j, &f, sizeof f);
+  }
+  for (; j < n; ++j) dst[j] = widen1<FP16>(src[j]);
+}
+
 // acc[r][0:32] += sum over kc rows of a[r][k] * b[k][0:32], for R rows: 2R accumulators in registers.
 template <int R, bool FP16>
 __attribute__((always_inline)) inline void tile(const float *a, std::size_t lda, const std::uint16_t *b,
@@ -191,7 +223,7 @@ __attribute__((always_inline)) inline void band(const Problem &p, std::size_t g0
     for (std::size_t s = static_cast<std::size_t>(grp[1]); s < static_cast<std::size_t>(grp[2]); s += ROW_CHUNK) {
       const std::size_t rows = std::min<std::size_t>(ROW_CHUNK, static_cast<std::size_t>(grp[2]) - s);
       a32.resize(rows * p.k);
-      for (std::size_t i = 0; i < rows * p.k; ++i) a32[i] = widen1<FP16>(p.a[s * p.k + i]);
+      widen_n<FP16>(p.a + s * p.k, a32.data(), rows * p.k);
       acc.assign(rows * width, 0.0f);
       for (std::size_t k0 = 0; k0 < p.k; k0 += KC) {
         const std::size_t kc = std::min(KC, p.k - k0);
@@ -239,7 +271,7 @@ __attribute__((always_inline)) inline void band(const Problem &p, std::size_t g0
       }
       for (std::size_t r = 0; r < rows; ++r) {
         std::uint16_t *o = p.out + (s + r) * p.n;
-        for (std::size_t j = c0; j < c1; ++j) o[j] = narrow1<FP16>(acc[r * width + (j - c0)]);
+        narrow_n<FP16>(&acc[r * width], o + c0, c1 - c0);
       }
     }
   }
@@ -314,7 +346,7 @@ __attribute__((always_inline)) inline void band_nt(const Problem &p, std::size_t
     for (std::size_t s = static_cast<std::size_t>(grp[1]); s < static_cast<std::size_t>(grp[2]); s += ROW_CHUNK) {
       const std::size_t rows = std::min<std::size_t>(ROW_CHUNK, static_cast<std::size_t>(grp[2]) - s);
       a32.resize(rows * p.k);
-      for (std::size_t i = 0; i < rows * p.k; ++i) a32[i] = widen1<FP16>(p.a[s * p.k + i]);
+      widen_n<FP16>(p.a + s * p.k, a32.data(), rows * p.k);
       // column blocks of 64 weight rows, every row block of the group over each (the block stays in L1 / L2)
       for (std::size_t j0 = c0; j0 < c1; j0 += 64) {
         const std::size_t j1 = std::min(c1, j0 + 64);
@@ -348,69 +380,430 @@ ASCEND_MOE_VECTOR_CLONES void band_fp16(const Problem &p, std::size_t g0, std::s
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// dot_bf16: the same grouped product for bf16 by the AVX512-BF16 dot-product instruction (vdpbf16ps: each fp32
+// lane adds two exact products of bf16 pairs), where the CPU has it.  That instruction treats subnormal inputs
+// (the accumulator among them) as zero and flushes subnormal results, so it gives the IEEE result only when no
+// product or partial sum can be subnormal: every nonzero bf16 value is a multiple of its quantum 2^(e - 134) (e
+// its biased exponent), so every product and every partial sum is a multiple of q = quantum_min(a) *
+// quantum_min(b), and when nonzero at least q; safe iff neither operand holds a subnormal and the smallest biased
+// exponents add to at least 142 (q >= 2^-126).  The smallest magnitudes are taken while the operands are copied
+// for the instruction (no separate pass): each weight block as it is copied, a group's rows once.  From the first
+// block that is not safe on, a group's columns go on one IEEE multiply-add per product in k order; the blocks
+// before it were safe, so the partial sums they leave are multiples of quanta >= 2^-126: normal.
+// ---------------------------------------------------------------------------------------------------------------
+#if defined(__x86_64__)
+#define ASCEND_MOE_DOT_BF16 1
+#define ASCEND_MOE_DOT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+#ifndef ASCEND_MOE_DOT_KC
+#define ASCEND_MOE_DOT_KC 256
+#endif
+#ifndef ASCEND_MOE_DOT_BAND
+#define ASCEND_MOE_DOT_BAND 512
+#endif
+// Blocking.  A group of many rows is compute-bound: its weight is read in blocks of DOT_KC rows by DOT_BAND
+// columns whose copy stays in L2 while every row of the group (up to DOT_ROWS at a time, so each weight block is
+// read from memory once per DOT_ROWS rows) uses it.  A group of a few rows is memory-bound: its weight is read in
+// blocks of whole rows (DOT_KC_FEW rows, every column), a sequential stream.
+constexpr std::size_t DOT_KC = ASCEND_MOE_DOT_KC;      // weight rows per block (even)
+constexpr std::size_t DOT_BAND = ASCEND_MOE_DOT_BAND;  // output columns per pass
+constexpr std::size_t DOT_ROWS = 1024;                 // rows accumulated at a time
+constexpr std::size_t DOT_FEW_ROWS = 32;               // up to this many rows: whole weight rows per block
+constexpr std::size_t DOT_KC_FEW = 64;
+
+// smallest (magnitude bits - 1) as unsigned 16-bit: zero maps to 0xFFFF, so the minimum finds the smallest nonzero
+// magnitude; the biased exponent is (that + 1) >> 7, 0 meaning a subnormal
+ASCEND_MOE_DOT_TARGET inline __m512i magnitude_minus_one(__m512i v) {
+  return _mm512_sub_epi16(_mm512_and_si512(v, _mm512_set1_epi16(0x7fff)), _mm512_set1_epi16(1));
+}
+
+inline bool flush_safe(unsigned min_a, unsigned min_b) {
+  if (min_a == 0xffffu || min_b == 0xffffu) return true;  // an all-zero operand: every product is zero
+  const unsigned ea = (min_a + 1) >> 7, eb = (min_b + 1) >> 7;
+  return ea > 0 && eb > 0 && ea + eb >= 142;
+}
+
+ASCEND_MOE_DOT_TARGET inline unsigned horizontal_min_u16(__m512i v) {
+  alignas(64) std::uint16_t lanes[32];
+  _mm512_store_si512(reinterpret_cast<__m512i *>(lanes), v);
+  unsigned m = 0xffffu;
+  for (int i = 0; i < 32; ++i) m = std::min<unsigned>(m, lanes[i]);
+  return m;
+}
+
+// n elements copied from src to dst (zeros after them up to `padded`), returning the smallest magnitude - 1
+ASCEND_MOE_DOT_TARGET inline unsigned copy_row(const std::uint16_t *src, std::uint16_t *dst, std::size_t n,
+                                               std::size_t padded) {
+  __m512i minv = _mm512_set1_epi16(-1);
+  for (std::size_t i = 0; i < padded; i += 32) {
+    const std::size_t left = n > i ? n - i : 0;
+    const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi16(m, src + i);
+    minv = _mm512_min_epu16(minv, _mm512_mask_blend_epi16(m, _mm512_set1_epi16(-1), magnitude_minus_one(v)));
+    _mm512_mask_storeu_epi16(dst + i, padded - i >= 32 ? ~__mmask32(0) : ((__mmask32(1) << (padded - i)) - 1), v);
+  }
+  return horizontal_min_u16(minv);
+}
+
+// acc[r][0:32] += pairs of a[r][2q, 2q+1] times packed pairs of weight rows (2q, 2q+1), for R rows.
+template <int R>
+ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::size_t lda, const std::uint16_t *bp,
+                                                std::size_t pairs, float *acc, std::size_t ldacc, Prefetcher &next) {
+  __m512 c[R][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    c[r][0] = _mm512_loadu_ps(acc + r * ldacc);
+    c[r][1] = _mm512_loadu_ps(acc + r * ldacc + 16);
+  }
+  for (std::size_t q = 0; q < pairs; ++q) {
+    next.step();
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * 64);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * 64 + 32);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      std::uint32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * q, sizeof pair);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      c[r][0] = _mm512_dpbf16_ps(c[r][0], av, b0);
+      c[r][1] = _mm512_dpbf16_ps(c[r][1], av, b1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(acc + r * ldacc, c[r][0]);
+    _mm512_storeu_ps(acc + r * ldacc + 16, c[r][1]);
+  }
+}
+
+// A few rows against a transposed weight (k contiguous), the memory-bound backward dy @ w^T: each output is a
+// dot product of a row of a and a weight row, both contiguous, so no copy of the weight is made.  out[r][j] for R
+// rows and C weight rows: 16 lanes of pairs in k order, added by _mm512_reduce_add_ps.
+template <int R, int C>
+ASCEND_MOE_DOT_TARGET inline void dot_nt_tile(const std::uint16_t *a, std::size_t lda, const std::uint16_t *w,
+                                              std::ptrdiff_t ldw, std::size_t k, std::uint16_t *out,
+                                              std::size_t ldo) {
+  __m512 c[R][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < C; ++j) c[r][j] = _mm512_setzero_ps();
+  }
+  for (std::size_t k0 = 0; k0 < k; k0 += 32) {
+    const std::size_t left = k - k0;
+    const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
+    __m512bh wv[C];
+#pragma GCC unroll 4
+    for (int j = 0; j < C; ++j) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(m, w + j * ldw + k0);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512bh av = (__m512bh)_mm512_loadu_si512(a + r * lda + k0);  // rows padded with zeros to 32
+#pragma GCC unroll 4
+      for (int j = 0; j < C; ++j) c[r][j] = _mm512_dpbf16_ps(c[r][j], av, wv[j]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < C; ++j) out[r * ldo + j] = narrow1<false>(_mm512_reduce_add_ps(c[r][j]));
+  }
+}
+
+template <int C>
+ASCEND_MOE_DOT_TARGET inline void dot_nt_rows(const std::uint16_t *a, std::size_t lda, std::size_t rows,
+                                              const std::uint16_t *w, std::ptrdiff_t ldw, std::size_t k,
+                                              std::uint16_t *out, std::size_t ldo) {
+  std::size_t r = 0;
+  for (; r + 4 <= rows; r += 4) dot_nt_tile<4, C>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo);
+  if (r + 2 <= rows) {
+    dot_nt_tile<2, C>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo);
+    r += 2;
+  }
+  if (r < rows) dot_nt_tile<1, C>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo);
+}
+
+// Columns [c0, c1) of rows [s, s + rows) for a transposed weight, 4 weight rows at a time: the 4 rows' smallest
+// magnitude is taken first (reading them into cache), then every row block of a uses them; where the
+// instruction could flush, those 4 columns take the widen-FMA order (IEEE), from `a32` (widened on first need).
+ASCEND_MOE_DOT_TARGET void dot_nt_few(const Problem &p, const std::uint16_t *be, std::size_t s, std::size_t rows,
+                                      const std::uint16_t *apad, std::size_t kpad, unsigned min_a, std::size_t c0,
+                                      std::size_t c1, std::vector<float> &a32) {
+  std::uint16_t *o = p.out + s * p.n;
+  for (std::size_t j = c0; j < c1; j += 4) {
+    const std::size_t cols = std::min<std::size_t>(4, c1 - j);
+    const std::uint16_t *w = be + static_cast<std::ptrdiff_t>(j) * p.b_row;
+    __m512i minv = _mm512_set1_epi16(-1);
+    for (std::size_t c = 0; c < cols; ++c) {
+      for (std::size_t k0 = 0; k0 < p.k; k0 += 32) {
+        const std::size_t left = p.k - k0;
+        const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
+        minv = _mm512_min_epu16(minv, magnitude_minus_one(_mm512_maskz_loadu_epi16(m, w + c * p.b_row + k0)));
+      }
+    }
+    if (flush_safe(min_a, horizontal_min_u16(minv))) {
+      if (cols == 4) {
+        dot_nt_rows<4>(apad, kpad, rows, w, p.b_row, p.k, o + j, p.n);
+      } else {
+        for (std::size_t c = 0; c < cols; ++c) dot_nt_rows<1>(apad, kpad, rows, w + c * p.b_row, p.b_row, p.k, o + j + c, p.n);
+      }
+      continue;
+    }
+    if (a32.empty()) {
+      a32.resize(rows * p.k);
+      widen_n<false>(p.a + s * p.k, a32.data(), rows * p.k);
+    }
+    for (std::size_t c = 0; c < cols; ++c) {
+      for (std::size_t r = 0; r < rows; ++r) {
+        dot_tile<1, 1, false>(&a32[r * p.k], p.k, w + c * p.b_row, p.b_row, p.k, o + r * p.n + j + c, p.n);
+      }
+    }
+  }
+}
+
+// Output columns [c0, c1) of groups [g0, g1) (weight columns contiguous).
+ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
+                                    std::size_t c1) {
+  IeeeSubnormals ieee;  // for the IEEE blocks
+  const std::size_t kpad = (p.k + 31) / 32 * 32;  // rows of a padded with zeros to whole pairs (and vectors)
+  // index vectors interleaving two weight rows' 32 columns into (row k, row k + 1) pairs: columns 0-15, 16-31
+  alignas(64) std::uint16_t lo_idx[32], hi_idx[32];
+  for (int i = 0; i < 16; ++i) {
+    lo_idx[2 * i] = static_cast<std::uint16_t>(i);
+    lo_idx[2 * i + 1] = static_cast<std::uint16_t>(32 + i);
+    hi_idx[2 * i] = static_cast<std::uint16_t>(16 + i);
+    hi_idx[2 * i + 1] = static_cast<std::uint16_t>(48 + i);
+  }
+  const __m512i lo = _mm512_load_si512(reinterpret_cast<const __m512i *>(lo_idx));
+  const __m512i hi = _mm512_load_si512(reinterpret_cast<const __m512i *>(hi_idx));
+  std::vector<std::uint16_t> apad, packed;
+  std::vector<float> acc, a32;
+  for (std::size_t g = g0; g < g1; ++g) {
+    const std::int64_t *grp = p.groups + 3 * g;
+    const std::uint16_t *be = p.b + grp[0] * p.b_expert;
+    for (std::size_t s = static_cast<std::size_t>(grp[1]); s < static_cast<std::size_t>(grp[2]); s += DOT_ROWS) {
+      const std::size_t rows = std::min<std::size_t>(DOT_ROWS, static_cast<std::size_t>(grp[2]) - s);
+      apad.resize(rows * kpad);
+      unsigned min_a = 0xffffu;
+      for (std::size_t r = 0; r < rows; ++r) {
+        min_a = std::min(min_a, copy_row(p.a + (s + r) * p.k, &apad[r * kpad], p.k, kpad));
+      }
+      const bool few = rows <= DOT_FEW_ROWS;
+      if (few && p.k_contiguous) {
+        a32.clear();
+        dot_nt_few(p, be, s, rows, apad.data(), kpad, min_a, c0, c1, a32);
+        continue;
+      }
+      const std::size_t band = few ? c1 - c0 : DOT_BAND;
+      const std::size_t block_rows = few ? DOT_KC_FEW : DOT_KC;
+      for (std::size_t b0 = c0; b0 < c1; b0 += band) {
+        const std::size_t width = std::min(band, c1 - b0);
+        const std::size_t strips = (width + STRIP - 1) / STRIP;  // the last one zero-padded
+        const std::size_t wpad = strips * STRIP + 16;            // rows of acc not 2^n floats apart
+        acc.assign(rows * wpad, 0.0f);
+        bool ieee_from_here = false;
+        for (std::size_t k0 = 0; k0 < p.k; k0 += block_rows) {
+          const std::size_t kc = std::min(block_rows, p.k - k0);
+          // element (k, n) of the block at bk[k * k_step + n * n_step]
+          const std::ptrdiff_t k_step = p.k_contiguous ? 1 : p.b_row, n_step = p.k_contiguous ? p.b_row : 1;
+          const std::uint16_t *bk = be + static_cast<std::ptrdiff_t>(k0) * k_step + static_cast<std::ptrdiff_t>(b0) * n_step;
+          if (!ieee_from_here) {
+            const std::size_t pairs = (kc + 1) / 2;
+            const std::size_t pitch = (pairs + 1) * 64;  // one extra pair: strips do not share cache sets
+            packed.resize(strips * pitch);
+            __m512i minv = _mm512_set1_epi16(-1);
+            if (!p.k_contiguous) {
+              for (std::size_t q = 0; q < pairs; ++q) {
+                const std::uint16_t *r0 = bk + static_cast<std::ptrdiff_t>(2 * q) * p.b_row;
+                const std::uint16_t *r1 = r0 + p.b_row;
+                const bool second = 2 * q + 1 < kc;
+                for (std::size_t j = 0; j < strips; ++j) {
+                  const std::size_t cols = std::min(STRIP, width - j * STRIP);
+                  const __mmask32 m = cols == STRIP ? ~__mmask32(0) : ((__mmask32(1) << cols) - 1);
+                  const __m512i v0 = _mm512_maskz_loadu_epi16(m, r0 + j * STRIP);
+                  const __m512i v1 = second ? _mm512_maskz_loadu_epi16(m, r1 + j * STRIP) : _mm512_setzero_si512();
+                  // zeros (padding included) map to 0xFFFF: they never lower the minimum
+                  minv = _mm512_min_epu16(minv, _mm512_min_epu16(magnitude_minus_one(v0), magnitude_minus_one(v1)));
+                  std::uint16_t *dst = &packed[j * pitch + q * 64];
+                  _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(v0, lo, v1));
+                  _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(v0, hi, v1));
+                }
+              }
+            } else {
+              // a transposed weight: each column's (k, k + 1) pair is one 32-bit word of a weight row, so a
+              // row's 16 pairs at a time go to 16 pair slots of its column
+              const __m512i slots = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                                                         14, 15),
+                                                       _mm512_set1_epi32(32));
+              for (std::size_t j = 0; j < strips; ++j) {
+                const std::size_t cols = std::min(STRIP, width - j * STRIP);
+                if (cols < STRIP) std::memset(&packed[j * pitch], 0, pitch * 2);
+                for (std::size_t c = 0; c < cols; ++c) {
+                  const std::uint16_t *row = bk + static_cast<std::ptrdiff_t>(j * STRIP + c) * p.b_row;
+                  for (std::size_t k = 0; k < kc; k += 32) {
+                    const std::size_t left = kc - k;
+                    const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
+                    const __m512i v = _mm512_maskz_loadu_epi16(m, row + k);
+                    minv = _mm512_min_epu16(minv, magnitude_minus_one(v));
+                    const std::size_t npairs = std::min<std::size_t>(16, (left + 1) / 2);
+                    _mm512_mask_i32scatter_epi32(&packed[j * pitch + (k / 2) * 64 + 2 * c],
+                                                 static_cast<__mmask16>((1u << npairs) - 1), slots, v, 4);
+                  }
+                }
+              }
+            }
+            if (flush_safe(min_a, horizontal_min_u16(minv))) {
+              // the next block streams in from memory while this one is multiplied
+              Prefetcher next;
+              if (k0 + kc < p.k && !p.k_contiguous) {
+                next = Prefetcher{bk + static_cast<std::ptrdiff_t>(kc) * p.b_row, p.b_row, width, 0,
+                                  std::min(block_rows, p.k - k0 - kc)};
+              } else if (k0 + kc < p.k) {  // the next block's part of each weight row
+                next = Prefetcher{bk + kc, p.b_row, std::min(block_rows, p.k - k0 - kc), 0, width};
+              }
+              for (std::size_t j = 0; j < strips; ++j) {
+                const std::uint16_t *bq = &packed[j * pitch];
+                float *aj = acc.data() + j * STRIP;
+                const std::uint16_t *ak = &apad[k0];
+                std::size_t r = 0;
+                for (; r + 8 <= rows; r += 8) dot_pair_tile<8>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
+                if (r + 4 <= rows) {
+                  dot_pair_tile<4>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
+                  r += 4;
+                }
+                if (r + 2 <= rows) {
+                  dot_pair_tile<2>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
+                  r += 2;
+                }
+                if (r < rows) dot_pair_tile<1>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
+              }
+              continue;
+            }
+            ieee_from_here = true;
+          }
+          // not flush-safe: this block and the rest one IEEE multiply-add per product in k order
+          for (std::size_t r = 0; r < rows; ++r) {
+            const std::uint16_t *ar = p.a + (s + r) * p.k + k0;
+            for (std::size_t j = 0; j < width; ++j) {
+              float c = acc[r * wpad + j];
+              for (std::size_t k = 0; k < kc; ++k) {
+                c += widen1<false>(ar[k]) *
+                     widen1<false>(bk[static_cast<std::ptrdiff_t>(k) * k_step + static_cast<std::ptrdiff_t>(j) * n_step]);
+              }
+              acc[r * wpad + j] = c;
+            }
+          }
+        }
+        for (std::size_t r = 0; r < rows; ++r) {
+          std::uint16_t *o = p.out + (s + r) * p.n + b0;
+          narrow_n<false>(&acc[r * wpad], o, width);
+        }
+      }
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+namespace {
+
+enum class Kernel { widen_fma, dot_bf16 };
+
+void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups, bool fp16, int threads,
+                  Kernel kernel) {
+  py::buffer_info oi = c_contiguous(out, "out", 2, 2, true);
+  py::buffer_info ai = c_contiguous(a, "a", 2, 2, false);
+  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
+  py::buffer_info bi = b.request(false);
+  const bool n_contiguous = bi.ndim == 3 && (bi.shape[2] <= 1 || bi.strides[2] == 2);
+  const bool k_contiguous = !n_contiguous && bi.ndim == 3 && (bi.shape[1] <= 1 || bi.strides[1] == 2);
+  if (bi.itemsize != 2 || bi.ndim != 3 || !(n_contiguous || k_contiguous) || bi.strides[0] % 2 != 0 ||
+      bi.strides[1] % 2 != 0 || bi.strides[2] % 2 != 0) {
+    throw std::invalid_argument("b must be a 3-D buffer of 2-byte elements [E, K, N] with N or K contiguous");
+  }
+  if (kernel == Kernel::dot_bf16 && fp16) throw std::invalid_argument("dot_bf16 takes bf16 operands");
+  if (gi.shape[1] != 3) throw std::invalid_argument("groups must be [G, 3] int64 rows (expert, start, end)");
+  const py::ssize_t t = ai.shape[0], k = ai.shape[1], e = bi.shape[0], n = bi.shape[2];
+  if (bi.shape[1] != k || oi.shape[0] != t || oi.shape[1] != n) {
+    throw std::invalid_argument("shapes do not match: a [T, K], b [E, K, N], out [T, N]");
+  }
+  const auto *grp = static_cast<const std::int64_t *>(gi.ptr);
+  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) {
+    const std::int64_t ex = grp[3 * i], s = grp[3 * i + 1], f = grp[3 * i + 2];
+    if (ex < 0 || ex >= e || s < 0 || f < s || f > t) {
+      throw std::invalid_argument("group " + std::to_string(i) + " (expert " + std::to_string(ex) + ", rows " +
+                                  std::to_string(s) + ".." + std::to_string(f) + ") is out of range");
+    }
+  }
+  Problem p{static_cast<const std::uint16_t *>(ai.ptr),
+            static_cast<const std::uint16_t *>(bi.ptr),
+            bi.strides[0] / 2,
+            (k_contiguous ? bi.strides[2] : bi.strides[1]) / 2,
+            static_cast<std::uint16_t *>(oi.ptr),
+            static_cast<std::size_t>(k),
+            static_cast<std::size_t>(n),
+            grp,
+            static_cast<std::size_t>(gi.shape[0]),
+            k_contiguous};
+  if (n == 0 || gi.shape[0] == 0) return;
+  py::gil_scoped_release release;
+  auto run = [&](std::size_t g0, std::size_t g1, std::size_t c0, std::size_t c1) {
+#ifdef ASCEND_MOE_DOT_BF16
+    if (kernel == Kernel::dot_bf16) {
+      dot_band(p, g0, g1, c0, c1);
+      return;
+    }
+#endif
+    if (fp16) {
+      band_fp16(p, g0, g1, c0, c1);
+    } else {
+      band_bf16(p, g0, g1, c0, c1);
+    }
+  };
+  if (p.n_groups >= 2 * static_cast<std::size_t>(std::max(threads, 1))) {
+    // whole groups to each thread, handed out one at a time: each thread streams whole experts' weights
+    over_row_chunks(p.n_groups, threads, 1, [&](std::size_t g0, std::size_t g1) { run(g0, g1, 0, p.n); });
+  } else {
+    // bands of whole strips, at least 4 strips (128 columns) each
+    const std::size_t strips = (p.n + STRIP - 1) / STRIP;
+    over_rows(strips, threads, 4, [&](std::size_t s0, std::size_t s1) {
+      run(0, p.n_groups, s0 * STRIP, std::min(p.n, s1 * STRIP));
+    });
+  }
+}
+
+bool has_dot_bf16() {
+#ifdef ASCEND_MOE_DOT_BF16
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_gemm, m) {
-  m.doc() = "A grouped bf16 / fp16 GEMM computing in fp32 from exactly widened operands (no torch, no CANN).";
+  m.doc() = "A grouped bf16 / fp16 GEMM computing in fp32 from exactly widened operands, and its AVX512-BF16 "
+            "dot-product form (no torch, no CANN).";
   m.def(
       "grouped_widen_fma",
       [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, bool fp16, int threads) {
-        py::buffer_info oi = c_contiguous(out, "out", 2, 2, true);
-        py::buffer_info ai = c_contiguous(a, "a", 2, 2, false);
-        py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
-        py::buffer_info bi = b.request(false);
-        const bool n_contiguous = bi.ndim == 3 && (bi.shape[2] <= 1 || bi.strides[2] == 2);
-        const bool k_contiguous = !n_contiguous && bi.ndim == 3 && (bi.shape[1] <= 1 || bi.strides[1] == 2);
-        if (bi.itemsize != 2 || bi.ndim != 3 || !(n_contiguous || k_contiguous) || bi.strides[0] % 2 != 0 ||
-            bi.strides[1] % 2 != 0 || bi.strides[2] % 2 != 0) {
-          throw std::invalid_argument("b must be a 3-D buffer of 2-byte elements [E, K, N] with N or K contiguous");
-        }
-        if (gi.shape[1] != 3) throw std::invalid_argument("groups must be [G, 3] int64 rows (expert, start, end)");
-        const py::ssize_t t = ai.shape[0], k = ai.shape[1], e = bi.shape[0], n = bi.shape[2];
-        if (bi.shape[1] != k || oi.shape[0] != t || oi.shape[1] != n) {
-          throw std::invalid_argument("shapes do not match: a [T, K], b [E, K, N], out [T, N]");
-        }
-        const auto *grp = static_cast<const std::int64_t *>(gi.ptr);
-        for (py::ssize_t i = 0; i < gi.shape[0]; ++i) {
-          const std::int64_t ex = grp[3 * i], s = grp[3 * i + 1], f = grp[3 * i + 2];
-          if (ex < 0 || ex >= e || s < 0 || f < s || f > t) {
-            throw std::invalid_argument("group " + std::to_string(i) + " (expert " + std::to_string(ex) + ", rows " +
-                                        std::to_string(s) + ".." + std::to_string(f) + ") is out of range");
-          }
-        }
-        Problem p{static_cast<const std::uint16_t *>(ai.ptr),
-                  static_cast<const std::uint16_t *>(bi.ptr),
-                  bi.strides[0] / 2,
-                  (k_contiguous ? bi.strides[2] : bi.strides[1]) / 2,
-                  static_cast<std::uint16_t *>(oi.ptr),
-                  static_cast<std::size_t>(k),
-                  static_cast<std::size_t>(n),
-                  grp,
-                  static_cast<std::size_t>(gi.shape[0]),
-                  k_contiguous};
-        if (n == 0 || gi.shape[0] == 0) return;
-        py::gil_scoped_release release;
-        auto run = [&](std::size_t g0, std::size_t g1, std::size_t c0, std::size_t c1) {
-          if (fp16) {
-            band_fp16(p, g0, g1, c0, c1);
-          } else {
-            band_bf16(p, g0, g1, c0, c1);
-          }
-        };
-        if (p.n_groups >= 2 * static_cast<std::size_t>(std::max(threads, 1))) {
-          // whole groups to each thread, handed out one at a time: each thread streams whole experts' weights
-          over_row_chunks(p.n_groups, threads, 1, [&](std::size_t g0, std::size_t g1) { run(g0, g1, 0, p.n); });
-        } else {
-          // bands of whole strips, at least 4 strips (128 columns) each
-          const std::size_t strips = (p.n + STRIP - 1) / STRIP;
-          over_rows(strips, threads, 4, [&](std::size_t s0, std::size_t s1) {
-            run(0, p.n_groups, s0 * STRIP, std::min(p.n, s1 * STRIP));
-          });
-        }
+        grouped_gemm(out, a, b, groups, fp16, threads, Kernel::widen_fma);
       },
       py::arg("out"), py::arg("a"), py::arg("b"), py::arg("groups"), py::arg("fp16"), py::arg("threads"),
       "out[s:t] = a[s:t] @ b[e] for each (e, s, t) of groups: bf16 / fp16 operands widened exactly to fp32, one "
       "fp32 multiply-add per product (in k order when b's columns are contiguous; in 16 lanes of k order added in a "
       "fixed tree when b's k is contiguous, a transposed weight), one round-to-nearest-even to the output dtype; "
       "subnormals kept.");
+  m.def("has_dot_bf16", &has_dot_bf16, "Whether this CPU has the AVX512-BF16 dot-product instruction.");
+  m.def(
+      "grouped_dot_bf16",
+      [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, int threads) {
+        if (!has_dot_bf16()) throw std::runtime_error("grouped_dot_bf16: this CPU has no AVX512-BF16 instructions");
+        grouped_gemm(out, a, b, groups, false, threads, Kernel::dot_bf16);
+      },
+      py::arg("out"), py::arg("a"), py::arg("b"), py::arg("groups"), py::arg("threads"),
+      "out[s:t] = a[s:t] @ b[e] (bf16, b's columns contiguous) by vdpbf16ps with fp32 accumulators and one "
+      "round-to-nearest-even, where no product or partial sum can be subnormal (checked on the operands as they "
+      "are copied); from the first weight block where one could, one IEEE multiply-add per product in k order.");
 }
