@@ -377,13 +377,14 @@ def _gemm_module():
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_compiled_widen_fma_is_fp32_accumulation_in_k_order_bit_for_bit(dtype, threads):
-    """Rows 0-19 per group (the 8 / 4 / 2 / 1-row tiles), 77 columns (two 32-column strips and 13
-    after them), K = 150 (blocks of 64 and a partial one), an empty group, a weight view whose rows are
-    longer than N, groups visited in any order and one expert used twice."""
+    """Rows 0-19 per group (the 8 / 4 / 2 / 1-row tiles), 141 columns (four 32-column strips and 13
+    after them), K = 600 (blocks of 64 and a partial one), an empty group, a weight view whose rows are
+    longer than N, groups visited in any order and one expert used twice; large enough (3.6M
+    multiply-adds) that more than one thread runs."""
     g = np.random.default_rng(11)
     rows = [3, 0, 19, 8, 1, 12]
     experts = [2, 0, 1, 3, 2, 0]
-    t, k, n, e = sum(rows), 150, 77, 4
+    t, k, n, e = sum(rows), 600, 141, 4
     a = (g.standard_normal((t, k)) * 2).astype(dtype)
     full = (g.standard_normal((e, k, n + 9)) * 2).astype(dtype)
     b = full[:, :, 5:5 + n]  # rows of n + 9 elements, columns contiguous
@@ -421,12 +422,12 @@ def _fp32_in_16_lanes_then_tree(a16, bt16):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_compiled_widen_fma_of_a_transposed_weight_in_its_lane_order_bit_for_bit(dtype, threads):
     """A weight whose k is contiguous (the backward's ``dy @ w^T``): rows 0-11 per group (the 4 / 2 /
-    1-row tiles), 70 output columns (4-column tiles, the rest one by one, blocks of 64), K = 83 (five
-    16-lane steps and 3 after them)."""
+    1-row tiles), 102 output columns (4-column tiles, the rest one by one, blocks of 64), K = 1043 (65
+    16-lane steps and 3 after them); 2.6M multiply-adds, so more than one thread runs."""
     g = np.random.default_rng(12)
     rows = [5, 0, 11, 1, 7]
     experts = [1, 2, 0, 1, 2]
-    t, k, n, e = sum(rows), 83, 70, 3
+    t, k, n, e = sum(rows), 1043, 102, 3
     a = (g.standard_normal((t, k)) * 2).astype(dtype)
     w = (g.standard_normal((e, n, k + 4)) * 2).astype(dtype)[:, :, 2:2 + k]  # w[e] is [N, K], rows padded
     ends = np.cumsum(rows)

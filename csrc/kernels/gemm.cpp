@@ -112,23 +112,39 @@ __attribute__((always_inline)) inline std::uint16_t narrow1(float f) {
   }
 }
 
-// Walks the lines of the next weight block row after row, one prefetch (into L2) per step, so the block streams in
-// from memory while the current one is being multiplied.
+// Walks the lines of up to two regions (rows of `width` elements, `stride` apart: the next weight block, the next
+// group's rows of a) row after row, one prefetch (into L2) per step, so they stream in from memory while the
+// current block is being multiplied.
 struct Prefetcher {
-  const std::uint16_t *row = nullptr;  // nullptr: nothing (left) to fetch
-  std::ptrdiff_t stride = 0;           // elements between rows
-  std::size_t width = 0;               // elements per row to fetch
+  struct Region {
+    const std::uint16_t *row;
+    std::ptrdiff_t stride;  // elements between rows
+    std::size_t width;      // elements per row to fetch
+    std::size_t rows;
+  };
+  Region regions[2] = {};
+  int count = 0;
+  int current = 0;
   std::size_t col = 0;
-  std::size_t rows_left = 0;
+
+  Prefetcher() = default;
+  Prefetcher(const std::uint16_t *row, std::ptrdiff_t stride, std::size_t width, std::size_t col0, std::size_t rows) {
+    add(row, stride, width, rows);
+    col = col0;
+  }
+  void add(const std::uint16_t *row, std::ptrdiff_t stride, std::size_t width, std::size_t rows) {
+    if (count < 2 && row != nullptr && width > 0 && rows > 0) regions[count++] = Region{row, stride, width, rows};
+  }
 
   __attribute__((always_inline)) inline void step() {
-    if (row == nullptr) return;
-    __builtin_prefetch(row + col, 0, 2);
+    if (current >= count) return;
+    Region &r = regions[current];
+    __builtin_prefetch(r.row + col, 0, 2);
     col += 32;  // one 64-byte line
-    if (col >= width) {
+    if (col >= r.width) {
       col = 0;
-      row += stride;
-      if (--rows_left == 0) row = nullptr;
+      r.row += r.stride;
+      if (--r.rows == 0) ++current;
     }
   }
 };
@@ -650,13 +666,33 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
               }
             }
             if (flush_safe(min_a, horizontal_min_u16(minv))) {
-              // the next block streams in from memory while this one is multiplied
+              // the next block streams in from memory while this one is multiplied: the next one of this band, else
+              // the first of the next band, else the first of the next rows' (this group's next rows, else the next
+              // group's), with those rows of a
               Prefetcher next;
-              if (k0 + kc < p.k && !p.k_contiguous) {
-                next = Prefetcher{bk + static_cast<std::ptrdiff_t>(kc) * p.b_row, p.b_row, width, 0,
-                                  std::min(block_rows, p.k - k0 - kc)};
-              } else if (k0 + kc < p.k) {  // the next block's part of each weight row
-                next = Prefetcher{bk + kc, p.b_row, std::min(block_rows, p.k - k0 - kc), 0, width};
+              auto add_block = [&](const std::uint16_t *expert, std::size_t kb0, std::size_t kbc, std::size_t nb0,
+                                   std::size_t nbw) {
+                const std::uint16_t *start = expert + static_cast<std::ptrdiff_t>(kb0) * k_step +
+                                             static_cast<std::ptrdiff_t>(nb0) * n_step;
+                if (p.k_contiguous) {
+                  next.add(start, p.b_row, kbc, nbw);  // each column's weight row, kbc elements of it
+                } else {
+                  next.add(start, p.b_row, nbw, kbc);
+                }
+              };
+              if (k0 + kc < p.k) {
+                add_block(be, k0 + kc, std::min(block_rows, p.k - k0 - kc), b0, width);
+              } else if (b0 + band < c1) {
+                add_block(be, 0, std::min(block_rows, p.k), b0 + band, std::min(band, c1 - b0 - band));
+              } else {
+                const std::size_t end = static_cast<std::size_t>(grp[2]);
+                const std::int64_t *ngrp = s + rows < end ? grp : (g + 1 < g1 ? grp + 3 : nullptr);
+                if (ngrp != nullptr) {
+                  const std::size_t ns = s + rows < end ? s + rows : static_cast<std::size_t>(ngrp[1]);
+                  const std::size_t nrows = std::min<std::size_t>(DOT_ROWS, static_cast<std::size_t>(ngrp[2]) - ns);
+                  add_block(p.b + ngrp[0] * p.b_expert, 0, std::min(block_rows, p.k), c0, std::min(band, c1 - c0));
+                  next.add(p.a + ns * p.k, static_cast<std::ptrdiff_t>(p.k), p.k, nrows);
+                }
               }
               for (std::size_t j = 0; j < strips; ++j) {
                 const std::uint16_t *bq = &packed[j * pitch];
@@ -744,6 +780,11 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
             static_cast<std::size_t>(gi.shape[0]),
             k_contiguous};
   if (n == 0 || gi.shape[0] == 0) return;
+  // a small product on one thread: starting a thread costs 20-70 us, as much as ~2M multiply-adds
+  std::size_t macs = 0;
+  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) macs += static_cast<std::size_t>(grp[3 * i + 2] - grp[3 * i + 1]);
+  macs *= static_cast<std::size_t>(k) * static_cast<std::size_t>(n);
+  if (macs < (std::size_t(1) << 21)) threads = 1;
   py::gil_scoped_release release;
   auto run = [&](std::size_t g0, std::size_t g1, std::size_t c0, std::size_t c1) {
 #ifdef ASCEND_MOE_DOT_BF16
