@@ -462,6 +462,31 @@ ASCEND_MOE_DOT_TARGET inline unsigned copy_row(const std::uint16_t *src, std::ui
   return horizontal_min_u16(minv);
 }
 
+// In place: v[q] becomes the q-th 32-bit word of each of v[0..15] (a 16 x 16 transpose of 32-bit words).
+ASCEND_MOE_DOT_TARGET inline void transpose16x16_u32(__m512i *v) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int i = 0; i < 4; ++i) {
+      t[8 * h + i] = _mm512_shuffle_i32x4(u[8 * h + i], u[8 * h + 4 + i], 0x88);
+      t[8 * h + 4 + i] = _mm512_shuffle_i32x4(u[8 * h + i], u[8 * h + 4 + i], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    v[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);
+    v[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+
 // acc[r][0:32] += pairs of a[r][2q, 2q+1] times packed pairs of weight rows (2q, 2q+1), for R rows.
 template <int R>
 ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::size_t lda, const std::uint16_t *bp,
@@ -494,51 +519,76 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::siz
 
 // A few rows against a transposed weight (k contiguous), the memory-bound backward dy @ w^T: each output is a
 // dot product of a row of a and a weight row, both contiguous, so no copy of the weight is made.  out[r][j] for R
-// rows and C weight rows: 16 lanes of pairs in k order, added by _mm512_reduce_add_ps.
-template <int R, int C>
+// rows and C weight rows: 16 lanes of pairs in k order, added by _mm512_reduce_add_ps.  With MIN, the weight
+// rows' smallest magnitude - 1 is taken on the way (the first row block reads them from memory) and the next C
+// weight rows are prefetched.
+template <int R, int C, bool MIN>
 ASCEND_MOE_DOT_TARGET inline void dot_nt_tile(const std::uint16_t *a, std::size_t lda, const std::uint16_t *w,
                                               std::ptrdiff_t ldw, std::size_t k, std::uint16_t *out,
-                                              std::size_t ldo) {
+                                              std::size_t ldo, __m512i &minv) {
   __m512 c[R][C];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int j = 0; j < C; ++j) c[r][j] = _mm512_setzero_ps();
   }
+  __m512i mv = minv;
   for (std::size_t k0 = 0; k0 < k; k0 += 32) {
     const std::size_t left = k - k0;
     const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
-    __m512bh wv[C];
+    __m512i wv[C];
 #pragma GCC unroll 4
-    for (int j = 0; j < C; ++j) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(m, w + j * ldw + k0);
+    for (int j = 0; j < C; ++j) {
+      wv[j] = _mm512_maskz_loadu_epi16(m, w + j * ldw + k0);
+      if constexpr (MIN) {
+        mv = _mm512_min_epu16(mv, magnitude_minus_one(wv[j]));
+        __builtin_prefetch(w + (C + j) * ldw + k0, 0, 2);
+      }
+    }
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const __m512bh av = (__m512bh)_mm512_loadu_si512(a + r * lda + k0);  // rows padded with zeros to 32
 #pragma GCC unroll 4
-      for (int j = 0; j < C; ++j) c[r][j] = _mm512_dpbf16_ps(c[r][j], av, wv[j]);
+      for (int j = 0; j < C; ++j) c[r][j] = _mm512_dpbf16_ps(c[r][j], av, (__m512bh)wv[j]);
     }
   }
+  minv = mv;
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
     for (int j = 0; j < C; ++j) out[r * ldo + j] = narrow1<false>(_mm512_reduce_add_ps(c[r][j]));
   }
 }
 
 template <int C>
-ASCEND_MOE_DOT_TARGET inline void dot_nt_rows(const std::uint16_t *a, std::size_t lda, std::size_t rows,
-                                              const std::uint16_t *w, std::ptrdiff_t ldw, std::size_t k,
-                                              std::uint16_t *out, std::size_t ldo) {
+ASCEND_MOE_DOT_TARGET inline unsigned dot_nt_rows(const std::uint16_t *a, std::size_t lda, std::size_t rows,
+                                                  const std::uint16_t *w, std::ptrdiff_t ldw, std::size_t k,
+                                                  std::uint16_t *out, std::size_t ldo) {
+  __m512i minv = _mm512_set1_epi16(-1);
   std::size_t r = 0;
-  for (; r + 4 <= rows; r += 4) dot_nt_tile<4, C>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo);
+  // the first row block reads the weight rows from memory and takes their smallest magnitude
+  if (rows >= 4) {
+    dot_nt_tile<4, C, true>(a, lda, w, ldw, k, out, ldo, minv);
+    r = 4;
+  } else if (rows >= 2) {
+    dot_nt_tile<2, C, true>(a, lda, w, ldw, k, out, ldo, minv);
+    r = 2;
+  } else {
+    dot_nt_tile<1, C, true>(a, lda, w, ldw, k, out, ldo, minv);
+    r = 1;
+  }
+  for (; r + 4 <= rows; r += 4) dot_nt_tile<4, C, false>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo, minv);
   if (r + 2 <= rows) {
-    dot_nt_tile<2, C>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo);
+    dot_nt_tile<2, C, false>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo, minv);
     r += 2;
   }
-  if (r < rows) dot_nt_tile<1, C>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo);
+  if (r < rows) dot_nt_tile<1, C, false>(a + r * lda, lda, w, ldw, k, out + r * ldo, ldo, minv);
+  return horizontal_min_u16(minv);
 }
 
-// Columns [c0, c1) of rows [s, s + rows) for a transposed weight, 4 weight rows at a time: the 4 rows' smallest
-// magnitude is taken first (reading them into cache), then every row block of a uses them; where the
-// instruction could flush, those 4 columns take the widen-FMA order (IEEE), from `a32` (widened on first need).
+// Columns [c0, c1) of rows [s, s + rows) for a transposed weight, 4 weight rows at a time, computed by the
+// instruction first; where it could have flushed (known once the 4 rows were read), those 4 columns are computed
+// again in the widen-FMA order (IEEE) from `a32` (widened on first need) and overwritten.
 ASCEND_MOE_DOT_TARGET void dot_nt_few(const Problem &p, const std::uint16_t *be, std::size_t s, std::size_t rows,
                                       const std::uint16_t *apad, std::size_t kpad, unsigned min_a, std::size_t c0,
                                       std::size_t c1, std::vector<float> &a32) {
@@ -546,22 +596,15 @@ ASCEND_MOE_DOT_TARGET void dot_nt_few(const Problem &p, const std::uint16_t *be,
   for (std::size_t j = c0; j < c1; j += 4) {
     const std::size_t cols = std::min<std::size_t>(4, c1 - j);
     const std::uint16_t *w = be + static_cast<std::ptrdiff_t>(j) * p.b_row;
-    __m512i minv = _mm512_set1_epi16(-1);
-    for (std::size_t c = 0; c < cols; ++c) {
-      for (std::size_t k0 = 0; k0 < p.k; k0 += 32) {
-        const std::size_t left = p.k - k0;
-        const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
-        minv = _mm512_min_epu16(minv, magnitude_minus_one(_mm512_maskz_loadu_epi16(m, w + c * p.b_row + k0)));
+    unsigned min_w = 0xffffu;
+    if (cols == 4) {
+      min_w = dot_nt_rows<4>(apad, kpad, rows, w, p.b_row, p.k, o + j, p.n);
+    } else {
+      for (std::size_t c = 0; c < cols; ++c) {
+        min_w = std::min(min_w, dot_nt_rows<1>(apad, kpad, rows, w + c * p.b_row, p.b_row, p.k, o + j + c, p.n));
       }
     }
-    if (flush_safe(min_a, horizontal_min_u16(minv))) {
-      if (cols == 4) {
-        dot_nt_rows<4>(apad, kpad, rows, w, p.b_row, p.k, o + j, p.n);
-      } else {
-        for (std::size_t c = 0; c < cols; ++c) dot_nt_rows<1>(apad, kpad, rows, w + c * p.b_row, p.b_row, p.k, o + j + c, p.n);
-      }
-      continue;
-    }
+    if (flush_safe(min_a, min_w)) continue;
     if (a32.empty()) {
       a32.resize(rows * p.k);
       widen_n<false>(p.a + s * p.k, a32.data(), rows * p.k);
@@ -643,24 +686,26 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
                 }
               }
             } else {
-              // a transposed weight: each column's (k, k + 1) pair is one 32-bit word of a weight row, so a
-              // row's 16 pairs at a time go to 16 pair slots of its column
-              const __m512i slots = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
-                                                                         14, 15),
-                                                       _mm512_set1_epi32(32));
+              // a transposed weight: each column's (k, k + 1) pair is one 32-bit word of a weight row, so 16 weight
+              // rows' 16 pairs are a 16 x 16 transpose of 32-bit words
               for (std::size_t j = 0; j < strips; ++j) {
                 const std::size_t cols = std::min(STRIP, width - j * STRIP);
-                if (cols < STRIP) std::memset(&packed[j * pitch], 0, pitch * 2);
-                for (std::size_t c = 0; c < cols; ++c) {
-                  const std::uint16_t *row = bk + static_cast<std::ptrdiff_t>(j * STRIP + c) * p.b_row;
-                  for (std::size_t k = 0; k < kc; k += 32) {
-                    const std::size_t left = kc - k;
-                    const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
-                    const __m512i v = _mm512_maskz_loadu_epi16(m, row + k);
-                    minv = _mm512_min_epu16(minv, magnitude_minus_one(v));
-                    const std::size_t npairs = std::min<std::size_t>(16, (left + 1) / 2);
-                    _mm512_mask_i32scatter_epi32(&packed[j * pitch + (k / 2) * 64 + 2 * c],
-                                                 static_cast<__mmask16>((1u << npairs) - 1), slots, v, 4);
+                for (std::size_t k = 0; k < kc; k += 32) {
+                  const std::size_t left = kc - k;
+                  const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
+                  const std::size_t npairs = std::min<std::size_t>(16, (left + 1) / 2);
+                  for (std::size_t half = 0; half < 2; ++half) {
+                    __m512i rows16[16];
+                    for (std::size_t c = 0; c < 16; ++c) {
+                      const std::size_t col = half * 16 + c;
+                      rows16[c] = col < cols ? _mm512_maskz_loadu_epi16(
+                                                   m, bk + static_cast<std::ptrdiff_t>(j * STRIP + col) * p.b_row + k)
+                                             : _mm512_setzero_si512();
+                      minv = _mm512_min_epu16(minv, magnitude_minus_one(rows16[c]));
+                    }
+                    transpose16x16_u32(rows16);
+                    std::uint16_t *dst = &packed[j * pitch + (k / 2) * 64 + half * 32];
+                    for (std::size_t q = 0; q < npairs; ++q) _mm512_storeu_si512(dst + q * 64, rows16[q]);
                   }
                 }
               }
