@@ -552,8 +552,9 @@ def test_compiled_dot_bf16_nan_inf_and_refusals():
     assert o[2].tolist() == [2.0 + 1.5, 16.0, 2.0]
     assert out.view(np.uint16)[1, 0] in (0x7FC0, 0xFFC0)  # a NaN rounds to the quiet NaN of its sign
     with pytest.raises(ValueError, match="N or K contiguous"):
-        mod.grouped_dot_bf16(out[:, :2].copy().view(np.uint16), a.view(np.uint16)[:, :2].copy(),
-                             np.zeros((1, 4, 6), dtype=np.uint16)[:, ::2, ::3], np.array([[0, 0, 3]], dtype=np.int64), 1)
+        strided = np.zeros((1, 4, 6), dtype=np.uint16)[:, ::2, ::3]  # neither N nor K contiguous
+        mod.grouped_dot_bf16(out[:, :2].copy().view(np.uint16), a.view(np.uint16)[:, :2].copy(), strided,
+                             np.array([[0, 0, 3]], dtype=np.int64), 1)
 
 
 def test_compiled_widen_fma_refuses_what_it_cannot_read():

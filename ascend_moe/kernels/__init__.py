@@ -58,8 +58,8 @@ FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
 CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "narrow", "skinny"))
 # which implementations exist for which operand dtype (each still has to pass its contract check)
-_FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"), "widen_fma": ("bf16", "fp16"),
-                    "dot_bf16": ("bf16",)}
+_FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"),
+                    "widen_fma": ("bf16", "fp16"), "dot_bf16": ("bf16",)}
 IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
                      (n for n in FLOAT_IMPLS if c.split(".")[0] in _FLOAT_DTYPES_OF.get(n, FLOAT_DTYPES)))
             for c in CLASSES}
@@ -69,7 +69,7 @@ IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
 _PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)),
                  "narrow": ((24, 4096, 4096),),
                  "skinny": ((4, 2048, 1024), (8, 4096, 4096))}
-_SCHEMA = 4  # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4: widen_fma, narrow
+_SCHEMA = 4  # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4: compiled GEMMs, narrow
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,8 +363,8 @@ def _shape_class(dtype_name: str, rows: int) -> str:
 
 def _stand_in(cls: str, fma_fits: bool) -> str:
     """The implementation for operands a compiled GEMM does not take as they are (the K-split
-    product; for dot_bf16 also a transposed weight): the widen-FMA GEMM where it takes them, else
-    torch's own GEMM where it meets the contract here."""
+    product, whose ``a`` is a transposed view): the widen-FMA GEMM where it takes them, else torch's
+    own GEMM where it meets the contract here."""
     if fma_fits and _verified(cls, "widen_fma"):
         return "widen_fma"
     return "torch_native" if _verified(cls, "torch_native") else "reference"
@@ -393,7 +393,8 @@ def _make_float_gemms(widen, sources):
         if name is None:
             return False
         by_shape: Dict[str, str] = {}  # one lookup per shape class per call, not per group
-        fits = {"widen_fma": impls.widen_fma_fits(out, a, b, k_split), "dot_bf16": impls.dot_bf16_fits(out, a, b, k_split)}
+        fits = {"widen_fma": impls.widen_fma_fits(out, a, b, k_split),
+                "dot_bf16": impls.dot_bf16_fits(out, a, b, k_split)}
 
         def impl_for_rows(rows: int) -> str:
             cls = _shape_class(name, rows)

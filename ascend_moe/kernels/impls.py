@@ -667,7 +667,8 @@ def dot_bf16_contract_holds() -> bool:
             got = mm(a, b).double()
             ref = a.double() @ b.double()
             bound = (301 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
-            if not bool((((ref - bound).bfloat16().double() <= got) & (got <= (ref + bound).bfloat16().double())).all()):
+            lo, hi = (ref - bound).bfloat16().double(), (ref + bound).bfloat16().double()
+            if not bool(((lo <= got) & (got <= hi)).all()):
                 return False
         # 2**-63 * 2**-64 twice sums to 2**-126; a subnormal input 2**-130 times 2**10 is 2**-120; the same
         # products placed after 300 rows of ordinary values (a first weight block that is safe)

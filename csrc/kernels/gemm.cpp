@@ -251,7 +251,9 @@ __attribute__((always_inline)) inline void band(const Problem &p, std::size_t g0
         packed.resize(strips * pitch);
         for (std::size_t k = 0; k < kc; ++k) {
           const std::uint16_t *row = bk + static_cast<std::ptrdiff_t>(k) * p.b_row + c0;
-          for (std::size_t q = 0; q < strips; ++q) std::memcpy(&packed[q * pitch + k * STRIP], row + q * STRIP, STRIP * 2);
+          for (std::size_t q = 0; q < strips; ++q) {
+            std::memcpy(&packed[q * pitch + k * STRIP], row + q * STRIP, STRIP * 2);
+          }
         }
         Prefetcher next;
         if (k0 + kc < p.k) {
@@ -662,7 +664,8 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
           const std::size_t kc = std::min(block_rows, p.k - k0);
           // element (k, n) of the block at bk[k * k_step + n * n_step]
           const std::ptrdiff_t k_step = p.k_contiguous ? 1 : p.b_row, n_step = p.k_contiguous ? p.b_row : 1;
-          const std::uint16_t *bk = be + static_cast<std::ptrdiff_t>(k0) * k_step + static_cast<std::ptrdiff_t>(b0) * n_step;
+          const std::uint16_t *bk =
+              be + static_cast<std::ptrdiff_t>(k0) * k_step + static_cast<std::ptrdiff_t>(b0) * n_step;
           if (!ieee_from_here) {
             const std::size_t pairs = (kc + 1) / 2;
             const std::size_t pitch = (pairs + 1) * 64;  // one extra pair: strips do not share cache sets
@@ -744,7 +747,9 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
                 float *aj = acc.data() + j * STRIP;
                 const std::uint16_t *ak = &apad[k0];
                 std::size_t r = 0;
-                for (; r + 8 <= rows; r += 8) dot_pair_tile<8>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
+                for (; r + 8 <= rows; r += 8) {
+                  dot_pair_tile<8>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
+                }
                 if (r + 4 <= rows) {
                   dot_pair_tile<4>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
                   r += 4;
@@ -766,7 +771,8 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
               float c = acc[r * wpad + j];
               for (std::size_t k = 0; k < kc; ++k) {
                 c += widen1<false>(ar[k]) *
-                     widen1<false>(bk[static_cast<std::ptrdiff_t>(k) * k_step + static_cast<std::ptrdiff_t>(j) * n_step]);
+                     widen1<false>(
+                         bk[static_cast<std::ptrdiff_t>(k) * k_step + static_cast<std::ptrdiff_t>(j) * n_step]);
               }
               acc[r * wpad + j] = c;
             }
