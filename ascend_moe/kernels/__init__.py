@@ -65,11 +65,16 @@ IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
             for c in CLASSES}
 # representative (m, k, n) GEMMs per shape class for the one-time measurement, timed together: MoE
 # groups of a few hundred rows (GEMM libraries switch algorithms with m, so more than one m is timed);
-# the skinny and narrow classes also with a weight larger than a cache, as MoE experts' are
+# for bf16 / fp16 the skinny and narrow classes also with a weight larger than a cache, as MoE experts'
+# are, where the compiled kernels (which read a weight once) compete with torch's (a scan or a digest
+# besides); fp32 and int8 keep weights of a few MB: NumPy's BLAS, which wins there alone, runs its own
+# threads beside torch's, and after a torch call it was seen 10x slower
 _PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)),
                  "narrow": ((24, 4096, 4096),),
                  "skinny": ((4, 2048, 1024), (8, 4096, 4096))}
-_SCHEMA = 4  # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4: compiled GEMMs, narrow
+_PROBE_SHAPES_SMALL_WEIGHTS = {"wide": _PROBE_SHAPES["wide"], "narrow": ((24, 2048, 1024),),
+                               "skinny": ((4, 2048, 1024),)}
+_SCHEMA = 6  # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4-6: compiled GEMMs, narrow, probes after torch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +292,8 @@ def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
     """Best wall time per candidate at the class's representative shapes: one timed call each (after
     a small warm-up call) drops candidates over 4x slower than the best (a slow one could take
     seconds per call), then interleaved rounds among the rest (the machine may be shared)."""
-    shapes = _PROBE_SHAPES[cls.split(".")[1]]
+    dtype, shape_class = cls.split(".")
+    shapes = (_PROBE_SHAPES if dtype in ("bf16", "fp16") else _PROBE_SHAPES_SMALL_WEIGHTS)[shape_class]
     small = (min(shapes[0][0], 8), 64, 32)
     for c in candidates:
         _probe_runner(cls, c, small)()  # warm-up: thread pools, first-call dispatch
@@ -305,8 +311,12 @@ def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
     first = {c: _best(runners[c], 2) for c in candidates}
     keep = [c for c in candidates if first[c] <= 4 * min(first.values())]
     best = {c: first[c] for c in keep}
+    # each timed right after a small torch GEMM, as an op in a model runs: torch's OpenMP workers keep
+    # spinning for a while after it, which slows other threads (NumPy's BLAS pool was seen 10x slower)
+    ta, tb = torch.ones(64, 256), torch.ones(256, 64)
     for _ in range(8):  # a shared machine: enough rounds for each candidate to see a quiet moment
         for c in keep:
+            torch.mm(ta, tb)
             t0 = time.perf_counter()
             runners[c]()
             best[c] = min(best[c], time.perf_counter() - t0)
@@ -396,9 +406,18 @@ def _make_float_gemms(widen, sources):
         fits = {"widen_fma": impls.widen_fma_fits(out, a, b, k_split),
                 "dot_bf16": impls.dot_bf16_fits(out, a, b, k_split)}
 
+        for cls in {_shape_class(name, a.shape[0] if k_split else t - s) for _, s, t in runs}:
+            impl = choice(cls)
+            by_shape[cls] = _stand_in(cls, fits["widen_fma"]) if not fits.get(impl, True) else impl
+        # NumPy's BLAS (the reference path) and torch's GEMMs in one call, group after group, run two thread
+        # pools that each spin while the other works: a call mixing them was 10-20x slower.  fp32 groups
+        # whose class chose the reference then take the same steps in torch (torch_sgemm) in such a call.
+        if name == "fp32" and "reference" in by_shape.values() and len(set(by_shape.values())) > 1:
+            by_shape = {cls: "torch_sgemm" if impl == "reference" else impl for cls, impl in by_shape.items()}
+
         def impl_for_rows(rows: int) -> str:
             cls = _shape_class(name, rows)
-            if cls not in by_shape:
+            if cls not in by_shape:  # not a class of this call's groups (asked of a K-split's runs)
                 impl = choice(cls)
                 by_shape[cls] = _stand_in(cls, fits["widen_fma"]) if not fits.get(impl, True) else impl
             return by_shape[cls]

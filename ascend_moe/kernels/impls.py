@@ -508,6 +508,17 @@ def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray, gro
                                 torch.get_num_threads())
 
 
+def _compiled_gemm(impl: str, fits: Callable[..., bool], out: np.ndarray, a: np.ndarray, b: np.ndarray,
+                   bias_row: Optional[np.ndarray]) -> bool:
+    """One GEMM by a compiled grouped kernel (one group), or False when it does not take the operands."""
+    if bias_row is not None or a.ndim != 2 or b.ndim != 2 or not fits(out, a, b, False):
+        return False
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        return False
+    _run_compiled(impl, out, a, b[None], np.array([[0, 0, a.shape[0]]], dtype=np.int64))
+    return True
+
+
 def widen_fma(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
               widen: Optional[_simk.Widen] = None, memo: Optional[ExponentMemo] = None,
               pack: Optional["Pack"] = None) -> bool:
@@ -516,12 +527,7 @@ def widen_fma(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[
     as a multiply then an add), one round-to-nearest-even; subnormals kept (flush-to-zero modes off
     during the call), so no operand scan and nothing kept of the weight.  Reads the weight once, in
     its own layout: made for memory-bound calls of a few rows."""
-    if bias_row is not None or a.ndim != 2 or b.ndim != 2 or not widen_fma_fits(out, a, b, False):
-        return False
-    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
-        return False
-    _run_compiled("widen_fma", out, a, b[None], np.array([[0, 0, a.shape[0]]], dtype=np.int64))
-    return True
+    return _compiled_gemm("widen_fma", widen_fma_fits, out, a, b, bias_row)
 
 
 def dot_bf16(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[np.ndarray],
@@ -533,12 +539,7 @@ def dot_bf16(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[n
     (the instruction would flush those); from a weight block where one could, the widen-FMA order.
     Nothing is kept of the weight, so nothing needs proving current: made to compete with torch's
     own bf16 GEMM, which needs a scan or a kept fact of each operand for the same guarantee."""
-    if bias_row is not None or a.ndim != 2 or b.ndim != 2 or not dot_bf16_fits(out, a, b, False):
-        return False
-    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
-        return False
-    _run_compiled("dot_bf16", out, a, b[None], np.array([[0, 0, a.shape[0]]], dtype=np.int64))
-    return True
+    return _compiled_gemm("dot_bf16", dot_bf16_fits, out, a, b, bias_row)
 
 
 COMPILED_GEMMS = ("widen_fma", "dot_bf16")
@@ -567,12 +568,13 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     if (tdt == torch.bfloat16 and names - set(COMPILED_GEMMS)
             and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent)):
         return False
-    for impl in sorted(names & set(COMPILED_GEMMS)):  # each compiled GEMM's groups in one call
-        mine = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) == impl]
-        _run_compiled(impl, out, a, b, np.array(mine, dtype=np.int64).reshape(-1, 3))
-    runs = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) not in COMPILED_GEMMS]
-    if not runs:  # nothing for torch: no torch views needed
-        return True
+    if names & set(COMPILED_GEMMS):  # (an M-split: the compiled GEMMs do not take the K-split product)
+        for impl in sorted(names & set(COMPILED_GEMMS)):  # each compiled GEMM's groups in one call
+            mine = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) == impl]
+            _run_compiled(impl, out, a, b, np.array(mine, dtype=np.int64).reshape(-1, 3))
+        runs = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) not in COMPILED_GEMMS]
+        if not runs:  # nothing for torch: no torch views needed
+            return True
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
     if ta is None or tb is None or tout is None:
         return False
