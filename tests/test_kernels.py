@@ -485,14 +485,14 @@ def _assert_round_once_within_bound_np(out, a, b):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_compiled_dot_bf16_rounds_once_within_the_fp32_bound(threads, transposed):
-    """Groups of 0-70 rows (the 8 / 4 / 2 / 1-row tiles; up to 32 rows whole weight rows per block, more
-    rows 512-column bands of 256-row blocks), K = 601 (several blocks, an odd last one), N = 600 (two
-    bands, a partial 32-column strip), a weight view with padded rows; the weight with its columns
-    contiguous or (``transposed``, the backward's ``w^T``) its k."""
+    """Groups of 0-300 rows (the 8 / 4 / 2 / 1-row tiles; up to 32 rows whole weight rows per block, up to
+    256 rows 256-column bands of 128-row blocks, more rows 512-column bands of 256-row blocks), K = 601
+    (several blocks, an odd last one), N = 600 (bands, a partial 32-column strip), a weight view with
+    padded rows; the weight with its columns contiguous or (``transposed``, the backward's ``w^T``) its k."""
     mod = _dot_module()
     g = np.random.default_rng(13)
-    rows = [5, 0, 70, 33, 1, 12]
-    experts = [1, 0, 1, 2, 2, 0]
+    rows = [5, 0, 70, 33, 1, 12, 300]
+    experts = [1, 0, 1, 2, 2, 0, 1]
     t, k, n = sum(rows), 601, 600
     a = (g.standard_normal((t, k)) * 3).astype(ml_dtypes.bfloat16)
     if transposed:

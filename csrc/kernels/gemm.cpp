@@ -422,13 +422,17 @@ ASCEND_MOE_VECTOR_CLONES void band_fp16(const Problem &p, std::size_t g0, std::s
 #endif
 // Blocking.  A group of many rows is compute-bound: its weight is read in blocks of DOT_KC rows by DOT_BAND
 // columns whose copy stays in L2 while every row of the group (up to DOT_ROWS at a time, so each weight block is
-// read from memory once per DOT_ROWS rows) uses it.  A group of a few rows is memory-bound: its weight is read in
+// read from memory once per DOT_ROWS rows) uses it; up to DOT_MID_ROWS rows, blocks of half that each way.  A group of a few rows is memory-bound: its weight is read in
 // blocks of whole rows (DOT_KC_FEW rows, every column), a sequential stream.
 constexpr std::size_t DOT_KC = ASCEND_MOE_DOT_KC;      // weight rows per block (even)
 constexpr std::size_t DOT_BAND = ASCEND_MOE_DOT_BAND;  // output columns per pass
 constexpr std::size_t DOT_ROWS = 1024;                 // rows accumulated at a time
 constexpr std::size_t DOT_FEW_ROWS = 32;               // up to this many rows: whole weight rows per block
 constexpr std::size_t DOT_KC_FEW = 64;
+#ifndef ASCEND_MOE_DOT_MID_ROWS
+#define ASCEND_MOE_DOT_MID_ROWS 256
+#endif
+constexpr std::size_t DOT_MID_ROWS = ASCEND_MOE_DOT_MID_ROWS;
 
 // smallest (magnitude bits - 1) as unsigned 16-bit: zero maps to 0xFFFF, so the minimum finds the smallest nonzero
 // magnitude; the biased exponent is (that + 1) >> 7, 0 meaning a subnormal
@@ -652,8 +656,11 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
         dot_nt_few(p, be, s, rows, apad.data(), kpad, min_a, c0, c1, a32);
         continue;
       }
-      const std::size_t band = few ? c1 - c0 : DOT_BAND;
-      const std::size_t block_rows = few ? DOT_KC_FEW : DOT_KC;
+      // up to DOT_MID_ROWS rows, half-size blocks: the group's rows of a, the accumulators, a block's copy and the
+      // next block being fetched then fit in L2 together
+      const bool mid = !few && rows <= DOT_MID_ROWS;
+      const std::size_t band = few ? c1 - c0 : (mid ? DOT_BAND / 2 : DOT_BAND);
+      const std::size_t block_rows = few ? DOT_KC_FEW : (mid ? DOT_KC / 2 : DOT_KC);
       for (std::size_t b0 = c0; b0 < c1; b0 += band) {
         const std::size_t width = std::min(band, c1 - b0);
         const std::size_t strips = (width + STRIP - 1) / STRIP;  // the last one zero-padded
