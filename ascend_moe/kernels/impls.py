@@ -594,6 +594,23 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     return True
 
 
+def _within_fp32_bound_at_rows(mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dtype: torch.dtype,
+                               k: int, n: int, rows: Tuple[int, ...], seed: int) -> bool:
+    """``mm(a, b)`` for random ``a`` [m, k] and ``b`` [k, n] at each m of ``rows``: every output the RNE
+    rounding of a value within the fp32 summation bound ``(k + 4) 2^-24 sum |a b|`` of the float64 product."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randn(k, n, generator=g).to(dtype)
+    for m in rows:
+        a = torch.randn(m, k, generator=g).to(dtype)
+        got = mm(a, b).double()
+        ref = a.double() @ b.double()
+        bound = (k + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
+        lo, hi = (ref - bound).to(dtype).double(), (ref + bound).to(dtype).double()
+        if not bool(((lo <= got) & (got <= hi)).all()):
+            return False
+    return True
+
+
 def packed_contract_holds(dtype: torch.dtype) -> bool:
     """The packed path on this machine: the checks of :func:`native_contract_holds` (fp32
     accumulation, one rounding; a reduced-precision fp32 mode fails the random-operand bound), at
@@ -607,20 +624,9 @@ def packed_contract_holds(dtype: torch.dtype) -> bool:
         packed_mm_into(out, a, pack_weight(b))
         return out
     try:
-        if not native_contract_holds(dtype, mm):
+        if not (native_contract_holds(dtype, mm)
+                and _within_fp32_bound_at_rows(mm, dtype, 256, 40, (1, 5, 64, 300), 77)):
             return False
-        g = torch.Generator().manual_seed(77)
-        b = torch.randn(256, 40, generator=g).to(dtype)
-        packed = pack_weight(b)
-        for m in (1, 5, 64, 300):
-            a = torch.randn(m, 256, generator=g).to(dtype)
-            out = torch.empty(m, 40, dtype=dtype)
-            packed_mm_into(out, a, packed)
-            ref = a.double() @ b.double()
-            bound = (256 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
-            if not bool((((ref - bound).to(dtype).double() <= out.double())
-                         & (out.double() <= (ref + bound).to(dtype).double())).all()):
-                return False
         if dtype == torch.float32:
             tiny = torch.tensor([[2.0 ** -70, 1e-40]], dtype=dtype)  # a subnormal product, a subnormal input
             got = mm(tiny, torch.tensor([[2.0 ** -70], [0.0]], dtype=dtype))
@@ -660,18 +666,9 @@ def dot_bf16_contract_holds() -> bool:
             raise RuntimeError("dot_bf16 refused its own check operands")
         return out
     try:
-        if not native_contract_holds(torch.bfloat16, mm):
+        if not (native_contract_holds(torch.bfloat16, mm)
+                and _within_fp32_bound_at_rows(mm, torch.bfloat16, 301, 40, (1, 7, 15, 40, 64), 79)):
             return False
-        g = torch.Generator().manual_seed(79)
-        b = torch.randn(301, 40, generator=g).bfloat16()
-        for m in (1, 7, 15, 40, 64):
-            a = torch.randn(m, 301, generator=g).bfloat16()
-            got = mm(a, b).double()
-            ref = a.double() @ b.double()
-            bound = (301 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
-            lo, hi = (ref - bound).bfloat16().double(), (ref + bound).bfloat16().double()
-            if not bool(((lo <= got) & (got <= hi)).all()):
-                return False
         # 2**-63 * 2**-64 twice sums to 2**-126; a subnormal input 2**-130 times 2**10 is 2**-120; the same
         # products placed after 300 rows of ordinary values (a first weight block that is safe)
         for lead in (0, 300):
@@ -706,17 +703,9 @@ def widen_fma_contract_holds(dtype: torch.dtype) -> bool:
             raise RuntimeError("widen_fma refused its own check operands")
         return out
     try:
-        if not native_contract_holds(dtype, mm):
+        if not (native_contract_holds(dtype, mm)
+                and _within_fp32_bound_at_rows(mm, dtype, 256, 40, (1, 7, 15, 64), 78)):
             return False
-        g = torch.Generator().manual_seed(78)
-        b = torch.randn(256, 40, generator=g).to(dtype)
-        for m in (1, 7, 15, 64):
-            a = torch.randn(m, 256, generator=g).to(dtype)
-            got = mm(a, b).double()
-            ref = a.double() @ b.double()
-            bound = (256 + 4) * 2.0 ** -24 * (a.double().abs() @ b.double().abs())
-            if not bool((((ref - bound).to(dtype).double() <= got) & (got <= (ref + bound).to(dtype).double())).all()):
-                return False
         # two products of the smallest normal's half sum to it; a subnormal input times a power of two
         small, sub, up = (2.0 ** -63, 2.0 ** -130, 2.0 ** 10) if dtype == torch.bfloat16 else (2.0 ** -12, 2.0 ** -24,
                                                                                             2.0 ** 4)
