@@ -224,6 +224,40 @@ struct Problem {
   bool k_contiguous;
 };
 
+// The rows of groups [g0, g1), each group's at most `chunk` at a time, in order: `while (c.next())` visits each
+// chunk with its group index, its expert's weight, its first row and its row count.
+class RowChunks {
+ public:
+  RowChunks(const Problem &p, std::size_t g0, std::size_t g1, std::size_t chunk)
+      : p_(p), g1_(g1), chunk_(chunk), group(g0) {}
+
+  bool next() {
+    for (; group < g1_; ++group, started_ = false) {
+      const std::int64_t *grp = p_.groups + 3 * group;
+      const std::size_t end = static_cast<std::size_t>(grp[2]);
+      const std::size_t s = started_ ? first + rows : static_cast<std::size_t>(grp[1]);
+      if (s < end) {
+        started_ = true;
+        weight = p_.b + grp[0] * p_.b_expert;
+        first = s;
+        rows = std::min(chunk_, end - s);
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  const Problem &p_;
+  std::size_t g1_, chunk_;
+  bool started_ = false;
+
+ public:
+  std::size_t group;
+  const std::uint16_t *weight = nullptr;
+  std::size_t first = 0, rows = 0;
+};
+
 template <bool FP16>
 __attribute__((always_inline)) inline void band(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                                 std::size_t c1) {
@@ -233,64 +267,61 @@ __attribute__((always_inline)) inline void band(const Problem &p, std::size_t g0
   const std::size_t full = c0 + strips * STRIP;
   std::vector<float> a32, acc;
   std::vector<std::uint16_t> packed;
-  for (std::size_t g = g0; g < g1; ++g) {
-    const std::int64_t *grp = p.groups + 3 * g;
-    const std::uint16_t *be = p.b + grp[0] * p.b_expert;
-    for (std::size_t s = static_cast<std::size_t>(grp[1]); s < static_cast<std::size_t>(grp[2]); s += ROW_CHUNK) {
-      const std::size_t rows = std::min<std::size_t>(ROW_CHUNK, static_cast<std::size_t>(grp[2]) - s);
-      a32.resize(rows * p.k);
-      widen_n<FP16>(p.a + s * p.k, a32.data(), rows * p.k);
-      acc.assign(rows * width, 0.0f);
-      for (std::size_t k0 = 0; k0 < p.k; k0 += KC) {
-        const std::size_t kc = std::min(KC, p.k - k0);
-        const std::uint16_t *bk = be + static_cast<std::ptrdiff_t>(k0) * p.b_row;
-        // the block's full strips copied strip after strip, read row after row (lines the previous block's
-        // multiplications prefetched); a strip's copy is kc + 1 lines apart from the next one's, so the copies of
-        // one weight row do not all fall into one cache set
-        const std::size_t pitch = (kc + 1) * STRIP;
-        packed.resize(strips * pitch);
-        for (std::size_t k = 0; k < kc; ++k) {
-          const std::uint16_t *row = bk + static_cast<std::ptrdiff_t>(k) * p.b_row + c0;
-          for (std::size_t q = 0; q < strips; ++q) {
-            std::memcpy(&packed[q * pitch + k * STRIP], row + q * STRIP, STRIP * 2);
-          }
-        }
-        Prefetcher next;
-        if (k0 + kc < p.k) {
-          next = Prefetcher{bk + static_cast<std::ptrdiff_t>(kc) * p.b_row + c0, p.b_row, width, 0,
-                            std::min(KC, p.k - k0 - kc)};
-        }
+  for (RowChunks chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
+    const std::uint16_t *be = chunk.weight;
+    const std::size_t s = chunk.first, rows = chunk.rows;
+    a32.resize(rows * p.k);
+    widen_n<FP16>(p.a + s * p.k, a32.data(), rows * p.k);
+    acc.assign(rows * width, 0.0f);
+    for (std::size_t k0 = 0; k0 < p.k; k0 += KC) {
+      const std::size_t kc = std::min(KC, p.k - k0);
+      const std::uint16_t *bk = be + static_cast<std::ptrdiff_t>(k0) * p.b_row;
+      // the block's full strips copied strip after strip, read row after row (lines the previous block's
+      // multiplications prefetched); a strip's copy is kc + 1 lines apart from the next one's, so the copies of
+      // one weight row do not all fall into one cache set
+      const std::size_t pitch = (kc + 1) * STRIP;
+      packed.resize(strips * pitch);
+      for (std::size_t k = 0; k < kc; ++k) {
+        const std::uint16_t *row = bk + static_cast<std::ptrdiff_t>(k) * p.b_row + c0;
         for (std::size_t q = 0; q < strips; ++q) {
-          const std::uint16_t *bq = &packed[q * pitch];
-          float *aj = acc.data() + q * STRIP;
-          const float *ak = &a32[k0];
-          std::size_t r = 0;
-          for (; r + 8 <= rows; r += 8) tile<8, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
-          if (r + 4 <= rows) {
-            tile<4, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
-            r += 4;
-          }
-          if (r + 2 <= rows) {
-            tile<2, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
-            r += 2;
-          }
-          if (r < rows) tile<1, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
-        }
-        // the last columns (fewer than a strip): the same operations one element at a time
-        for (std::size_t r = 0; r < rows; ++r) {
-          for (std::size_t j = full; j < c1; ++j) {
-            float c = acc[r * width + (j - c0)];
-            for (std::size_t k = 0; k < kc; ++k) {
-              c += a32[r * p.k + k0 + k] * widen1<FP16>(bk[static_cast<std::ptrdiff_t>(k) * p.b_row + j]);
-            }
-            acc[r * width + (j - c0)] = c;
-          }
+          std::memcpy(&packed[q * pitch + k * STRIP], row + q * STRIP, STRIP * 2);
         }
       }
+      Prefetcher next;
+      if (k0 + kc < p.k) {
+        next = Prefetcher{bk + static_cast<std::ptrdiff_t>(kc) * p.b_row + c0, p.b_row, width, 0,
+                          std::min(KC, p.k - k0 - kc)};
+      }
+      for (std::size_t q = 0; q < strips; ++q) {
+        const std::uint16_t *bq = &packed[q * pitch];
+        float *aj = acc.data() + q * STRIP;
+        const float *ak = &a32[k0];
+        std::size_t r = 0;
+        for (; r + 8 <= rows; r += 8) tile<8, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+        if (r + 4 <= rows) {
+          tile<4, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+          r += 4;
+        }
+        if (r + 2 <= rows) {
+          tile<2, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+          r += 2;
+        }
+        if (r < rows) tile<1, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+      }
+      // the last columns (fewer than a strip): the same operations one element at a time
       for (std::size_t r = 0; r < rows; ++r) {
-        std::uint16_t *o = p.out + (s + r) * p.n;
-        narrow_n<FP16>(&acc[r * width], o + c0, c1 - c0);
+        for (std::size_t j = full; j < c1; ++j) {
+          float c = acc[r * width + (j - c0)];
+          for (std::size_t k = 0; k < kc; ++k) {
+            c += a32[r * p.k + k0 + k] * widen1<FP16>(bk[static_cast<std::ptrdiff_t>(k) * p.b_row + j]);
+          }
+          acc[r * width + (j - c0)] = c;
+        }
       }
+    }
+    for (std::size_t r = 0; r < rows; ++r) {
+      std::uint16_t *o = p.out + (s + r) * p.n;
+      narrow_n<FP16>(&acc[r * width], o + c0, c1 - c0);
     }
   }
 }
@@ -358,25 +389,22 @@ __attribute__((always_inline)) inline void band_nt(const Problem &p, std::size_t
                                                    std::size_t c1) {
   IeeeSubnormals ieee;
   std::vector<float> a32;
-  for (std::size_t g = g0; g < g1; ++g) {
-    const std::int64_t *grp = p.groups + 3 * g;
-    const std::uint16_t *be = p.b + grp[0] * p.b_expert;
-    for (std::size_t s = static_cast<std::size_t>(grp[1]); s < static_cast<std::size_t>(grp[2]); s += ROW_CHUNK) {
-      const std::size_t rows = std::min<std::size_t>(ROW_CHUNK, static_cast<std::size_t>(grp[2]) - s);
-      a32.resize(rows * p.k);
-      widen_n<FP16>(p.a + s * p.k, a32.data(), rows * p.k);
-      // column blocks of 64 weight rows, every row block of the group over each (the block stays in L1 / L2)
-      for (std::size_t j0 = c0; j0 < c1; j0 += 64) {
-        const std::size_t j1 = std::min(c1, j0 + 64);
-        std::size_t r = 0;
-        std::uint16_t *o = p.out + s * p.n;
-        for (; r + 4 <= rows; r += 4) dot_rows<4, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
-        if (r + 2 <= rows) {
-          dot_rows<2, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
-          r += 2;
-        }
-        if (r < rows) dot_rows<1, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+  for (RowChunks chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
+    const std::uint16_t *be = chunk.weight;
+    const std::size_t s = chunk.first, rows = chunk.rows;
+    a32.resize(rows * p.k);
+    widen_n<FP16>(p.a + s * p.k, a32.data(), rows * p.k);
+    // column blocks of 64 weight rows, every row block of the group over each (the block stays in L1 / L2)
+    for (std::size_t j0 = c0; j0 < c1; j0 += 64) {
+      const std::size_t j1 = std::min(c1, j0 + 64);
+      std::size_t r = 0;
+      std::uint16_t *o = p.out + s * p.n;
+      for (; r + 4 <= rows; r += 4) dot_rows<4, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+      if (r + 2 <= rows) {
+        dot_rows<2, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+        r += 2;
       }
+      if (r < rows) dot_rows<1, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
     }
   }
 }
@@ -422,8 +450,9 @@ ASCEND_MOE_VECTOR_CLONES void band_fp16(const Problem &p, std::size_t g0, std::s
 #endif
 // Blocking.  A group of many rows is compute-bound: its weight is read in blocks of DOT_KC rows by DOT_BAND
 // columns whose copy stays in L2 while every row of the group (up to DOT_ROWS at a time, so each weight block is
-// read from memory once per DOT_ROWS rows) uses it; up to DOT_MID_ROWS rows, blocks of half that each way.  A group of a few rows is memory-bound: its weight is read in
-// blocks of whole rows (DOT_KC_FEW rows, every column), a sequential stream.
+// read from memory once per DOT_ROWS rows) uses it; up to DOT_MID_ROWS rows, blocks of half that each way.  A
+// group of a few rows is memory-bound: its weight is read in blocks of whole rows (DOT_KC_FEW rows, every
+// column), a sequential stream.
 constexpr std::size_t DOT_KC = ASCEND_MOE_DOT_KC;      // weight rows per block (even)
 constexpr std::size_t DOT_BAND = ASCEND_MOE_DOT_BAND;  // output columns per pass
 constexpr std::size_t DOT_ROWS = 1024;                 // rows accumulated at a time
@@ -446,6 +475,9 @@ inline bool flush_safe(unsigned min_a, unsigned min_b) {
   return ea > 0 && eb > 0 && ea + eb >= 142;
 }
 
+// The first min(n, 32) lanes of a 32-lane mask.
+inline __mmask32 first_lanes(std::size_t n) { return n >= 32 ? ~__mmask32(0) : ((__mmask32(1) << n) - 1); }
+
 ASCEND_MOE_DOT_TARGET inline unsigned horizontal_min_u16(__m512i v) {
   alignas(64) std::uint16_t lanes[32];
   _mm512_store_si512(reinterpret_cast<__m512i *>(lanes), v);
@@ -459,11 +491,10 @@ ASCEND_MOE_DOT_TARGET inline unsigned copy_row(const std::uint16_t *src, std::ui
                                                std::size_t padded) {
   __m512i minv = _mm512_set1_epi16(-1);
   for (std::size_t i = 0; i < padded; i += 32) {
-    const std::size_t left = n > i ? n - i : 0;
-    const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
+    const __mmask32 m = first_lanes(n > i ? n - i : 0);
     const __m512i v = _mm512_maskz_loadu_epi16(m, src + i);
     minv = _mm512_min_epu16(minv, _mm512_mask_blend_epi16(m, _mm512_set1_epi16(-1), magnitude_minus_one(v)));
-    _mm512_mask_storeu_epi16(dst + i, padded - i >= 32 ? ~__mmask32(0) : ((__mmask32(1) << (padded - i)) - 1), v);
+    _mm512_mask_storeu_epi16(dst + i, first_lanes(padded - i), v);
   }
   return horizontal_min_u16(minv);
 }
@@ -523,6 +554,89 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::siz
   }
 }
 
+// R-row blocks of `rows` rows (8, then 4, 2, 1) over one packed strip: acc[r][0:32] += the strip's pairs.
+ASCEND_MOE_DOT_TARGET inline void dot_pair_rows(const std::uint16_t *a, std::size_t lda, std::size_t rows,
+                                                const std::uint16_t *bp, std::size_t pairs, float *acc,
+                                                std::size_t ldacc, Prefetcher &next) {
+  std::size_t r = 0;
+  for (; r + 8 <= rows; r += 8) dot_pair_tile<8>(a + r * lda, lda, bp, pairs, acc + r * ldacc, ldacc, next);
+  if (r + 4 <= rows) {
+    dot_pair_tile<4>(a + r * lda, lda, bp, pairs, acc + r * ldacc, ldacc, next);
+    r += 4;
+  }
+  if (r + 2 <= rows) {
+    dot_pair_tile<2>(a + r * lda, lda, bp, pairs, acc + r * ldacc, ldacc, next);
+    r += 2;
+  }
+  if (r < rows) dot_pair_tile<1>(a + r * lda, lda, bp, pairs, acc + r * ldacc, ldacc, next);
+}
+
+// A weight block of kc rows (k) by `width` columns (n), columns contiguous (element (k, n) at b[k * ldb + n]),
+// copied into `strips` strips of 32 columns, `pitch` elements apart, each strip's (k, k + 1) rows interleaved
+// into pairs (the last pair and the last strip zero-padded).  Returns the block's smallest magnitude - 1.
+ASCEND_MOE_DOT_TARGET inline unsigned pack_pairs(const std::uint16_t *b, std::ptrdiff_t ldb, std::size_t kc,
+                                                 std::size_t width, std::size_t strips, std::size_t pitch,
+                                                 std::uint16_t *packed) {
+  // index vectors interleaving two weight rows' 32 columns into (row k, row k + 1) pairs: columns 0-15, 16-31
+  alignas(64) std::uint16_t lo_idx[32], hi_idx[32];
+  for (int i = 0; i < 16; ++i) {
+    lo_idx[2 * i] = static_cast<std::uint16_t>(i);
+    lo_idx[2 * i + 1] = static_cast<std::uint16_t>(32 + i);
+    hi_idx[2 * i] = static_cast<std::uint16_t>(16 + i);
+    hi_idx[2 * i + 1] = static_cast<std::uint16_t>(48 + i);
+  }
+  const __m512i lo = _mm512_load_si512(reinterpret_cast<const __m512i *>(lo_idx));
+  const __m512i hi = _mm512_load_si512(reinterpret_cast<const __m512i *>(hi_idx));
+  __m512i minv = _mm512_set1_epi16(-1);
+  for (std::size_t q = 0; q < (kc + 1) / 2; ++q) {
+    const std::uint16_t *r0 = b + static_cast<std::ptrdiff_t>(2 * q) * ldb;
+    const std::uint16_t *r1 = r0 + ldb;
+    const bool second = 2 * q + 1 < kc;
+    for (std::size_t j = 0; j < strips; ++j) {
+      const __mmask32 m = first_lanes(width - j * STRIP);
+      const __m512i v0 = _mm512_maskz_loadu_epi16(m, r0 + j * STRIP);
+      const __m512i v1 = second ? _mm512_maskz_loadu_epi16(m, r1 + j * STRIP) : _mm512_setzero_si512();
+      // zeros (padding included) map to 0xFFFF: they never lower the minimum
+      minv = _mm512_min_epu16(minv, _mm512_min_epu16(magnitude_minus_one(v0), magnitude_minus_one(v1)));
+      std::uint16_t *dst = packed + j * pitch + q * 64;
+      _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(v0, lo, v1));
+      _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(v0, hi, v1));
+    }
+  }
+  return horizontal_min_u16(minv);
+}
+
+// The same copy of a transposed weight block (k contiguous: element (k, n) at bt[n * ldbt + k]): each column's
+// (k, k + 1) pair is one 32-bit word of its weight row, so 16 weight rows' 16 pairs are a 16 x 16 transpose of
+// 32-bit words.
+ASCEND_MOE_DOT_TARGET inline unsigned pack_pairs_transposed(const std::uint16_t *bt, std::ptrdiff_t ldbt,
+                                                            std::size_t kc, std::size_t width, std::size_t strips,
+                                                            std::size_t pitch, std::uint16_t *packed) {
+  __m512i minv = _mm512_set1_epi16(-1);
+  for (std::size_t j = 0; j < strips; ++j) {
+    const std::size_t cols = std::min(STRIP, width - j * STRIP);
+    for (std::size_t k = 0; k < kc; k += 32) {
+      const __mmask32 m = first_lanes(kc - k);
+      const std::size_t npairs = std::min<std::size_t>(16, (kc - k + 1) / 2);
+      for (std::size_t half = 0; half < 2; ++half) {
+        __m512i rows16[16];
+        for (std::size_t c = 0; c < 16; ++c) {
+          const std::size_t col = half * 16 + c;
+          rows16[c] = _mm512_setzero_si512();  // columns past the block: zero pairs
+          if (col < cols) {
+            rows16[c] = _mm512_maskz_loadu_epi16(m, bt + static_cast<std::ptrdiff_t>(j * STRIP + col) * ldbt + k);
+          }
+          minv = _mm512_min_epu16(minv, magnitude_minus_one(rows16[c]));
+        }
+        transpose16x16_u32(rows16);
+        std::uint16_t *dst = packed + j * pitch + (k / 2) * 64 + half * 32;
+        for (std::size_t q = 0; q < npairs; ++q) _mm512_storeu_si512(dst + q * 64, rows16[q]);
+      }
+    }
+  }
+  return horizontal_min_u16(minv);
+}
+
 // A few rows against a transposed weight (k contiguous), the memory-bound backward dy @ w^T: each output is a
 // dot product of a row of a and a weight row, both contiguous, so no copy of the weight is made.  out[r][j] for R
 // rows and C weight rows: 16 lanes of pairs in k order, added by _mm512_reduce_add_ps.  With MIN, the weight
@@ -540,8 +654,7 @@ ASCEND_MOE_DOT_TARGET inline void dot_nt_tile(const std::uint16_t *a, std::size_
   }
   __m512i mv = minv;
   for (std::size_t k0 = 0; k0 < k; k0 += 32) {
-    const std::size_t left = k - k0;
-    const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
+    const __mmask32 m = first_lanes(k - k0);
     __m512i wv[C];
 #pragma GCC unroll 4
     for (int j = 0; j < C; ++j) {
@@ -628,167 +741,100 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
                                     std::size_t c1) {
   IeeeSubnormals ieee;  // for the IEEE blocks
   const std::size_t kpad = (p.k + 31) / 32 * 32;  // rows of a padded with zeros to whole pairs (and vectors)
-  // index vectors interleaving two weight rows' 32 columns into (row k, row k + 1) pairs: columns 0-15, 16-31
-  alignas(64) std::uint16_t lo_idx[32], hi_idx[32];
-  for (int i = 0; i < 16; ++i) {
-    lo_idx[2 * i] = static_cast<std::uint16_t>(i);
-    lo_idx[2 * i + 1] = static_cast<std::uint16_t>(32 + i);
-    hi_idx[2 * i] = static_cast<std::uint16_t>(16 + i);
-    hi_idx[2 * i + 1] = static_cast<std::uint16_t>(48 + i);
-  }
-  const __m512i lo = _mm512_load_si512(reinterpret_cast<const __m512i *>(lo_idx));
-  const __m512i hi = _mm512_load_si512(reinterpret_cast<const __m512i *>(hi_idx));
   std::vector<std::uint16_t> apad, packed;
   std::vector<float> acc, a32;
-  for (std::size_t g = g0; g < g1; ++g) {
-    const std::int64_t *grp = p.groups + 3 * g;
-    const std::uint16_t *be = p.b + grp[0] * p.b_expert;
-    for (std::size_t s = static_cast<std::size_t>(grp[1]); s < static_cast<std::size_t>(grp[2]); s += DOT_ROWS) {
-      const std::size_t rows = std::min<std::size_t>(DOT_ROWS, static_cast<std::size_t>(grp[2]) - s);
-      apad.resize(rows * kpad);
-      unsigned min_a = 0xffffu;
-      for (std::size_t r = 0; r < rows; ++r) {
-        min_a = std::min(min_a, copy_row(p.a + (s + r) * p.k, &apad[r * kpad], p.k, kpad));
-      }
-      const bool few = rows <= DOT_FEW_ROWS;
-      if (few && p.k_contiguous) {
-        a32.clear();
-        dot_nt_few(p, be, s, rows, apad.data(), kpad, min_a, c0, c1, a32);
-        continue;
-      }
-      // up to DOT_MID_ROWS rows, half-size blocks: the group's rows of a, the accumulators, a block's copy and the
-      // next block being fetched then fit in L2 together
-      const bool mid = !few && rows <= DOT_MID_ROWS;
-      const std::size_t band = few ? c1 - c0 : (mid ? DOT_BAND / 2 : DOT_BAND);
-      const std::size_t block_rows = few ? DOT_KC_FEW : (mid ? DOT_KC / 2 : DOT_KC);
-      for (std::size_t b0 = c0; b0 < c1; b0 += band) {
-        const std::size_t width = std::min(band, c1 - b0);
-        const std::size_t strips = (width + STRIP - 1) / STRIP;  // the last one zero-padded
-        const std::size_t wpad = strips * STRIP + 16;            // rows of acc not 2^n floats apart
-        acc.assign(rows * wpad, 0.0f);
-        bool ieee_from_here = false;
-        for (std::size_t k0 = 0; k0 < p.k; k0 += block_rows) {
-          const std::size_t kc = std::min(block_rows, p.k - k0);
-          // element (k, n) of the block at bk[k * k_step + n * n_step]
-          const std::ptrdiff_t k_step = p.k_contiguous ? 1 : p.b_row, n_step = p.k_contiguous ? p.b_row : 1;
-          const std::uint16_t *bk =
-              be + static_cast<std::ptrdiff_t>(k0) * k_step + static_cast<std::ptrdiff_t>(b0) * n_step;
-          if (!ieee_from_here) {
-            const std::size_t pairs = (kc + 1) / 2;
-            const std::size_t pitch = (pairs + 1) * 64;  // one extra pair: strips do not share cache sets
-            packed.resize(strips * pitch);
-            __m512i minv = _mm512_set1_epi16(-1);
-            if (!p.k_contiguous) {
-              for (std::size_t q = 0; q < pairs; ++q) {
-                const std::uint16_t *r0 = bk + static_cast<std::ptrdiff_t>(2 * q) * p.b_row;
-                const std::uint16_t *r1 = r0 + p.b_row;
-                const bool second = 2 * q + 1 < kc;
-                for (std::size_t j = 0; j < strips; ++j) {
-                  const std::size_t cols = std::min(STRIP, width - j * STRIP);
-                  const __mmask32 m = cols == STRIP ? ~__mmask32(0) : ((__mmask32(1) << cols) - 1);
-                  const __m512i v0 = _mm512_maskz_loadu_epi16(m, r0 + j * STRIP);
-                  const __m512i v1 = second ? _mm512_maskz_loadu_epi16(m, r1 + j * STRIP) : _mm512_setzero_si512();
-                  // zeros (padding included) map to 0xFFFF: they never lower the minimum
-                  minv = _mm512_min_epu16(minv, _mm512_min_epu16(magnitude_minus_one(v0), magnitude_minus_one(v1)));
-                  std::uint16_t *dst = &packed[j * pitch + q * 64];
-                  _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(v0, lo, v1));
-                  _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(v0, hi, v1));
-                }
-              }
-            } else {
-              // a transposed weight: each column's (k, k + 1) pair is one 32-bit word of a weight row, so 16 weight
-              // rows' 16 pairs are a 16 x 16 transpose of 32-bit words
-              for (std::size_t j = 0; j < strips; ++j) {
-                const std::size_t cols = std::min(STRIP, width - j * STRIP);
-                for (std::size_t k = 0; k < kc; k += 32) {
-                  const std::size_t left = kc - k;
-                  const __mmask32 m = left >= 32 ? ~__mmask32(0) : ((__mmask32(1) << left) - 1);
-                  const std::size_t npairs = std::min<std::size_t>(16, (left + 1) / 2);
-                  for (std::size_t half = 0; half < 2; ++half) {
-                    __m512i rows16[16];
-                    for (std::size_t c = 0; c < 16; ++c) {
-                      const std::size_t col = half * 16 + c;
-                      rows16[c] = col < cols ? _mm512_maskz_loadu_epi16(
-                                                   m, bk + static_cast<std::ptrdiff_t>(j * STRIP + col) * p.b_row + k)
-                                             : _mm512_setzero_si512();
-                      minv = _mm512_min_epu16(minv, magnitude_minus_one(rows16[c]));
-                    }
-                    transpose16x16_u32(rows16);
-                    std::uint16_t *dst = &packed[j * pitch + (k / 2) * 64 + half * 32];
-                    for (std::size_t q = 0; q < npairs; ++q) _mm512_storeu_si512(dst + q * 64, rows16[q]);
-                  }
-                }
-              }
-            }
-            if (flush_safe(min_a, horizontal_min_u16(minv))) {
-              // the next block streams in from memory while this one is multiplied: the next one of this band, else
-              // the first of the next band, else the first of the next rows' (this group's next rows, else the next
-              // group's), with those rows of a
-              Prefetcher next;
-              auto add_block = [&](const std::uint16_t *expert, std::size_t kb0, std::size_t kbc, std::size_t nb0,
-                                   std::size_t nbw) {
-                const std::uint16_t *start = expert + static_cast<std::ptrdiff_t>(kb0) * k_step +
-                                             static_cast<std::ptrdiff_t>(nb0) * n_step;
-                if (p.k_contiguous) {
-                  next.add(start, p.b_row, kbc, nbw);  // each column's weight row, kbc elements of it
-                } else {
-                  next.add(start, p.b_row, nbw, kbc);
-                }
-              };
-              if (k0 + kc < p.k) {
-                add_block(be, k0 + kc, std::min(block_rows, p.k - k0 - kc), b0, width);
-              } else if (b0 + band < c1) {
-                add_block(be, 0, std::min(block_rows, p.k), b0 + band, std::min(band, c1 - b0 - band));
+  for (RowChunks chunk(p, g0, g1, DOT_ROWS); chunk.next();) {
+    const std::uint16_t *be = chunk.weight;
+    const std::size_t s = chunk.first, rows = chunk.rows;
+    const std::int64_t *grp = p.groups + 3 * chunk.group;
+    apad.resize(rows * kpad);
+    unsigned min_a = 0xffffu;
+    for (std::size_t r = 0; r < rows; ++r) {
+      min_a = std::min(min_a, copy_row(p.a + (s + r) * p.k, &apad[r * kpad], p.k, kpad));
+    }
+    const bool few = rows <= DOT_FEW_ROWS;
+    if (few && p.k_contiguous) {
+      a32.clear();
+      dot_nt_few(p, be, s, rows, apad.data(), kpad, min_a, c0, c1, a32);
+      continue;
+    }
+    // up to DOT_MID_ROWS rows, half-size blocks: the group's rows of a, the accumulators, a block's copy and the
+    // next block being fetched then fit in L2 together
+    const bool mid = !few && rows <= DOT_MID_ROWS;
+    const std::size_t band = few ? c1 - c0 : (mid ? DOT_BAND / 2 : DOT_BAND);
+    const std::size_t block_rows = few ? DOT_KC_FEW : (mid ? DOT_KC / 2 : DOT_KC);
+    for (std::size_t b0 = c0; b0 < c1; b0 += band) {
+      const std::size_t width = std::min(band, c1 - b0);
+      const std::size_t strips = (width + STRIP - 1) / STRIP;  // the last one zero-padded
+      const std::size_t wpad = strips * STRIP + 16;            // rows of acc not 2^n floats apart
+      acc.assign(rows * wpad, 0.0f);
+      bool ieee_from_here = false;
+      for (std::size_t k0 = 0; k0 < p.k; k0 += block_rows) {
+        const std::size_t kc = std::min(block_rows, p.k - k0);
+        // element (k, n) of the block at bk[k * k_step + n * n_step]
+        const std::ptrdiff_t k_step = p.k_contiguous ? 1 : p.b_row, n_step = p.k_contiguous ? p.b_row : 1;
+        const std::uint16_t *bk =
+            be + static_cast<std::ptrdiff_t>(k0) * k_step + static_cast<std::ptrdiff_t>(b0) * n_step;
+        if (!ieee_from_here) {
+          const std::size_t pairs = (kc + 1) / 2;
+          const std::size_t pitch = (pairs + 1) * 64;  // one extra pair: strips do not share cache sets
+          packed.resize(strips * pitch);
+          const unsigned min_b = p.k_contiguous
+                                     ? pack_pairs_transposed(bk, p.b_row, kc, width, strips, pitch, packed.data())
+                                     : pack_pairs(bk, p.b_row, kc, width, strips, pitch, packed.data());
+          if (flush_safe(min_a, min_b)) {
+            // the next block streams in from memory while this one is multiplied: the next one of this band, else
+            // the first of the next band, else the first of the next rows' (this group's next rows, else the next
+            // group's), with those rows of a
+            Prefetcher next;
+            auto add_block = [&](const std::uint16_t *expert, std::size_t kb0, std::size_t kbc, std::size_t nb0,
+                                 std::size_t nbw) {
+              const std::uint16_t *start = expert + static_cast<std::ptrdiff_t>(kb0) * k_step +
+                                           static_cast<std::ptrdiff_t>(nb0) * n_step;
+              if (p.k_contiguous) {
+                next.add(start, p.b_row, kbc, nbw);  // each column's weight row, kbc elements of it
               } else {
-                const std::size_t end = static_cast<std::size_t>(grp[2]);
-                const std::int64_t *ngrp = s + rows < end ? grp : (g + 1 < g1 ? grp + 3 : nullptr);
-                if (ngrp != nullptr) {
-                  const std::size_t ns = s + rows < end ? s + rows : static_cast<std::size_t>(ngrp[1]);
-                  const std::size_t nrows = std::min<std::size_t>(DOT_ROWS, static_cast<std::size_t>(ngrp[2]) - ns);
-                  add_block(p.b + ngrp[0] * p.b_expert, 0, std::min(block_rows, p.k), c0, std::min(band, c1 - c0));
-                  next.add(p.a + ns * p.k, static_cast<std::ptrdiff_t>(p.k), p.k, nrows);
-                }
+                next.add(start, p.b_row, nbw, kbc);
               }
-              for (std::size_t j = 0; j < strips; ++j) {
-                const std::uint16_t *bq = &packed[j * pitch];
-                float *aj = acc.data() + j * STRIP;
-                const std::uint16_t *ak = &apad[k0];
-                std::size_t r = 0;
-                for (; r + 8 <= rows; r += 8) {
-                  dot_pair_tile<8>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
-                }
-                if (r + 4 <= rows) {
-                  dot_pair_tile<4>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
-                  r += 4;
-                }
-                if (r + 2 <= rows) {
-                  dot_pair_tile<2>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
-                  r += 2;
-                }
-                if (r < rows) dot_pair_tile<1>(ak + r * kpad, kpad, bq, pairs, aj + r * wpad, wpad, next);
+            };
+            if (k0 + kc < p.k) {
+              add_block(be, k0 + kc, std::min(block_rows, p.k - k0 - kc), b0, width);
+            } else if (b0 + band < c1) {
+              add_block(be, 0, std::min(block_rows, p.k), b0 + band, std::min(band, c1 - b0 - band));
+            } else {
+              const std::size_t end = static_cast<std::size_t>(grp[2]);
+              const std::int64_t *ngrp = s + rows < end ? grp : (chunk.group + 1 < g1 ? grp + 3 : nullptr);
+              if (ngrp != nullptr) {
+                const std::size_t ns = s + rows < end ? s + rows : static_cast<std::size_t>(ngrp[1]);
+                const std::size_t nrows = std::min<std::size_t>(DOT_ROWS, static_cast<std::size_t>(ngrp[2]) - ns);
+                add_block(p.b + ngrp[0] * p.b_expert, 0, std::min(block_rows, p.k), c0, std::min(band, c1 - c0));
+                next.add(p.a + ns * p.k, static_cast<std::ptrdiff_t>(p.k), p.k, nrows);
               }
-              continue;
             }
-            ieee_from_here = true;
-          }
-          // not flush-safe: this block and the rest one IEEE multiply-add per product in k order
-          for (std::size_t r = 0; r < rows; ++r) {
-            const std::uint16_t *ar = p.a + (s + r) * p.k + k0;
-            for (std::size_t j = 0; j < width; ++j) {
-              float c = acc[r * wpad + j];
-              for (std::size_t k = 0; k < kc; ++k) {
-                c += widen1<false>(ar[k]) *
-                     widen1<false>(
-                         bk[static_cast<std::ptrdiff_t>(k) * k_step + static_cast<std::ptrdiff_t>(j) * n_step]);
-              }
-              acc[r * wpad + j] = c;
+            for (std::size_t j = 0; j < strips; ++j) {
+              dot_pair_rows(&apad[k0], kpad, rows, &packed[j * pitch], pairs, acc.data() + j * STRIP, wpad, next);
             }
+            continue;
           }
+          ieee_from_here = true;
         }
+        // not flush-safe: this block and the rest one IEEE multiply-add per product in k order
         for (std::size_t r = 0; r < rows; ++r) {
-          std::uint16_t *o = p.out + (s + r) * p.n + b0;
-          narrow_n<false>(&acc[r * wpad], o, width);
+          const std::uint16_t *ar = p.a + (s + r) * p.k + k0;
+          for (std::size_t j = 0; j < width; ++j) {
+            float c = acc[r * wpad + j];
+            for (std::size_t k = 0; k < kc; ++k) {
+              c += widen1<false>(ar[k]) *
+                   widen1<false>(
+                       bk[static_cast<std::ptrdiff_t>(k) * k_step + static_cast<std::ptrdiff_t>(j) * n_step]);
+            }
+            acc[r * wpad + j] = c;
+          }
         }
+      }
+      for (std::size_t r = 0; r < rows; ++r) {
+        std::uint16_t *o = p.out + (s + r) * p.n + b0;
+        narrow_n<false>(&acc[r * wpad], o, width);
       }
     }
   }
