@@ -74,7 +74,9 @@ _PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)),
                  "skinny": ((4, 2048, 1024), (8, 4096, 4096))}
 _PROBE_SHAPES_SMALL_WEIGHTS = {"wide": _PROBE_SHAPES["wide"], "narrow": ((24, 2048, 1024),),
                                "skinny": ((4, 2048, 1024),)}
-_SCHEMA = 6  # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4-6: compiled GEMMs, narrow, probes after torch
+# 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4-6: compiled GEMMs, narrow, probes
+# timed after a torch call
+_SCHEMA = 6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,13 +404,16 @@ def _make_float_gemms(widen, sources):
         name = _NP_NAME.get(a.dtype)
         if name is None:
             return False
-        by_shape: Dict[str, str] = {}  # one lookup per shape class per call, not per group
         fits = {"widen_fma": impls.widen_fma_fits(out, a, b, k_split),
                 "dot_bf16": impls.dot_bf16_fits(out, a, b, k_split)}
 
-        for cls in {_shape_class(name, a.shape[0] if k_split else t - s) for _, s, t in runs}:
+        def resolve(cls: str) -> str:
+            """The class's choice, or its stand-in when that is a compiled GEMM not taking these operands."""
             impl = choice(cls)
-            by_shape[cls] = _stand_in(cls, fits["widen_fma"]) if not fits.get(impl, True) else impl
+            return _stand_in(cls, fits["widen_fma"]) if not fits.get(impl, True) else impl
+        # one lookup per shape class per call, not per group
+        by_shape = {cls: resolve(cls) for cls in {_shape_class(name, a.shape[0] if k_split else t - s)
+                                                  for _, s, t in runs}}
         # NumPy's BLAS (the reference path) and torch's GEMMs in one call, group after group, run two thread
         # pools that each spin while the other works: a call mixing them was 10-20x slower.  fp32 groups
         # whose class chose the reference then take the same steps in torch (torch_sgemm) in such a call.
@@ -418,8 +423,7 @@ def _make_float_gemms(widen, sources):
         def impl_for_rows(rows: int) -> str:
             cls = _shape_class(name, rows)
             if cls not in by_shape:  # not a class of this call's groups (asked of a K-split's runs)
-                impl = choice(cls)
-                by_shape[cls] = _stand_in(cls, fits["widen_fma"]) if not fits.get(impl, True) else impl
+                by_shape[cls] = resolve(cls)
             return by_shape[cls]
         return impls.torch_grouped(out, a, b, runs, k_split, impl_for_rows, memo, pack if sources else None)
     return float_gemm, grouped_gemm

@@ -556,7 +556,8 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     tdt = _TORCH_FLOAT.get(a.dtype)
     if tdt is None or not out.flags.c_contiguous:
         return False
-    names = {impl_for_rows(a.shape[0] if k_split else t - s) for _, s, t in runs}
+    run_impls = [impl_for_rows(a.shape[0] if k_split else t - s) for _, s, t in runs]
+    names = set(run_impls)
     allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm"} if tdt == torch.float32 else set(COMPILED_GEMMS))
     if (not names <= allowed or ("torch_native" in names and tdt == torch.float32)
             or (tdt == torch.float32 and not torch_fp32_gemm_is_ieee())):
@@ -570,9 +571,9 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
         return False
     if names & set(COMPILED_GEMMS):  # (an M-split: the compiled GEMMs do not take the K-split product)
         for impl in sorted(names & set(COMPILED_GEMMS)):  # each compiled GEMM's groups in one call
-            mine = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) == impl]
+            mine = [run for run, used in zip(runs, run_impls) if used == impl]
             _run_compiled(impl, out, a, b, np.array(mine, dtype=np.int64).reshape(-1, 3))
-        runs = [(e, s, t) for e, s, t in runs if impl_for_rows(t - s) not in COMPILED_GEMMS]
+        runs = [run for run, used in zip(runs, run_impls) if used not in COMPILED_GEMMS]
         if not runs:  # nothing for torch: no torch views needed
             return True
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)
@@ -644,11 +645,18 @@ def _flush_denormal_on() -> bool:
     return float(torch.tensor([1e-40], dtype=torch.float32).mul(1.0)) == 0.0
 
 
-def to_numpy_view(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor of a float dtype NumPy lacks too (bf16 as ml_dtypes.bfloat16)."""
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_BF16)
-    return t.numpy()
+def _compiled_check_mm(fn: Callable[..., bool], dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor],
+                                                                                torch.Tensor]:
+    """``mm(a, b)`` of torch tensors by the compiled GEMM ``fn`` (``widen_fma`` / ``dot_bf16``), for its contract
+    check; a refusal of the check's own operands is an error (the check then fails)."""
+    from ..ops._common import to_numpy
+
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(a.shape[0], b.shape[1], dtype=dtype)
+        if not fn(to_numpy(out), to_numpy(a.contiguous()), to_numpy(b.contiguous()), None):
+            raise RuntimeError(f"{fn.__name__} refused its own check operands")
+        return out
+    return mm
 
 
 def dot_bf16_contract_holds() -> bool:
@@ -659,12 +667,7 @@ def dot_bf16_contract_holds() -> bool:
     order), also after a first block that was safe."""
     if _gemm is None or not _gemm.has_dot_bf16():
         return False
-
-    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(a.shape[0], b.shape[1], dtype=torch.bfloat16)
-        if not dot_bf16(to_numpy_view(out), to_numpy_view(a.contiguous()), to_numpy_view(b.contiguous()), None):
-            raise RuntimeError("dot_bf16 refused its own check operands")
-        return out
+    mm = _compiled_check_mm(dot_bf16, torch.bfloat16)
     try:
         if not (native_contract_holds(torch.bfloat16, mm)
                 and _within_fp32_bound_at_rows(mm, torch.bfloat16, 301, 40, (1, 7, 15, 40, 64), 79)):
@@ -696,12 +699,7 @@ def widen_fma_contract_holds(dtype: torch.dtype) -> bool:
     also while torch's flush-denormal mode is on."""
     if _gemm is None or dtype not in (torch.bfloat16, torch.float16):
         return False
-
-    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(a.shape[0], b.shape[1], dtype=dtype)
-        if not widen_fma(to_numpy_view(out), to_numpy_view(a.contiguous()), to_numpy_view(b.contiguous()), None):
-            raise RuntimeError("widen_fma refused its own check operands")
-        return out
+    mm = _compiled_check_mm(widen_fma, dtype)
     try:
         if not (native_contract_holds(dtype, mm)
                 and _within_fp32_bound_at_rows(mm, dtype, 256, 40, (1, 7, 15, 64), 78)):
