@@ -34,6 +34,7 @@ ext_modules = [
             # lets GCC vectorise loops that compare and select floats
             extra_compile_args=["-O3", "-Wall", "-Wextra", "-ffp-contract=off", "-fno-trapping-math"],
             extra_link_args=["-pthread"],
+            libraries=["dl"],  # dlopen / dlsym of torch's already loaded OpenMP runtime (helpers.h)
         )
         for name in ("scan", "select", "epilogue")
     ],
@@ -46,6 +47,7 @@ ext_modules = [
         cxx_std=17,
         extra_compile_args=["-O3", "-Wall", "-Wextra", "-ffp-contract=fast", "-fno-trapping-math"],
         extra_link_args=["-pthread"],
+        libraries=["dl"],
     ),
 ]
 

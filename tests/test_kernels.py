@@ -398,6 +398,88 @@ def test_compiled_widen_fma_is_fp32_accumulation_in_k_order_bit_for_bit(dtype, t
         assert np.array_equal(out[s:f].view(np.uint16), want.view(np.uint16)), (ex, s, f)
 
 
+def _widen_fma_case(seed: int = 11):
+    """Groups of 0-19 rows, one expert used twice, K = 600, N = 141: 3.6M multiply-adds, so threads run."""
+    g = np.random.default_rng(seed)
+    rows, experts = [3, 0, 19, 8, 1, 12], [2, 0, 1, 3, 2, 0]
+    a = (g.standard_normal((sum(rows), 600)) * 2).astype(ml_dtypes.bfloat16)
+    b = (g.standard_normal((4, 600, 141)) * 2).astype(ml_dtypes.bfloat16)
+    ends = np.cumsum(rows)
+    groups = np.array([(x, s - r, s) for x, s, r in zip(experts, ends, rows)], dtype=np.int64)
+    return a, b, groups
+
+
+@pytest.mark.skipif(impls.torch_openmp_library() is None, reason="torch's parallel backend here is not OpenMP")
+@pytest.mark.parametrize("shared", [True, False])
+def test_compiled_kernels_on_torch_openmp_threads_or_their_own_give_the_reference_bits(shared):
+    """The compiled helpers run their parallel work on torch's OpenMP team by default (bound at import), or on
+    threads of their own: each way, every row is computed, in the reference order."""
+    mod = _gemm_module()
+    assert all(m.openmp_bound() for m in impls.COMPILED_MODULES)  # the default
+    try:
+        assert impls.share_torch_threads(shared) is shared
+        assert all(m.openmp_bound() is shared for m in impls.COMPILED_MODULES)
+        a, b, groups = _widen_fma_case()
+        torch.mm(torch.ones(64, 64), torch.ones(64, 64))  # torch's workers spinning as the call starts
+        for threads in (2, 3, 8):
+            out = np.full((a.shape[0], b.shape[2]), np.nan, dtype=a.dtype)
+            mod.grouped_widen_fma(out.view(np.uint16), a.view(np.uint16), b.view(np.uint16), groups, False, threads)
+            for ex, s, f in groups:
+                assert np.array_equal(out[s:f].view(np.uint16), _fp32_in_k_order(a[s:f], b[ex]).view(np.uint16))
+    finally:
+        impls.share_torch_threads(True)
+
+
+_FORK_CHILD = """
+import os, sys
+import numpy as np
+from ascend_moe.kernels import impls
+sys.path.insert(0, {tests!r})
+from test_kernels import _widen_fma_case, _fp32_in_k_order
+a, b, groups = _widen_fma_case()
+
+def run():
+    out = np.zeros((a.shape[0], b.shape[2]), dtype=a.dtype)
+    impls._gemm.grouped_widen_fma(out.view(np.uint16), a.view(np.uint16), b.view(np.uint16), groups, False, 2)
+    return all(np.array_equal(out[s:f].view(np.uint16), _fp32_in_k_order(a[s:f], b[ex]).view(np.uint16))
+               for ex, s, f in groups)
+
+assert impls._gemm.openmp_bound() and run()  # the parent's team has run
+pid = os.fork()
+if pid == 0:  # the child: an OpenMP pool does not survive fork(), so threads of its own
+    os._exit(0 if (not impls._gemm.openmp_bound()) and run() else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), "parent again", run())
+"""
+
+
+@pytest.mark.skipif(impls.torch_openmp_library() is None or not hasattr(__import__("os"), "fork"),
+                    reason="needs fork() and torch's OpenMP backend")
+def test_compiled_kernels_in_a_forked_child_run_on_threads_of_their_own():
+    """After fork() the parent's OpenMP team does not exist in the child (a region there would wait for it
+    forever): the child's calls start threads of their own and still give the reference bits."""
+    import os
+    import subprocess
+    import sys
+    tests = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, "-c", _FORK_CHILD.format(tests=tests)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "child 0 parent again True", done.stdout + done.stderr
+
+
+def test_sharing_torch_threads_can_be_switched_off_by_the_environment():
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, ASCEND_MOE_SHARE_TORCH_THREADS="0")
+    code = ("from ascend_moe.kernels import impls; "
+            "print([m.openmp_bound() for m in impls.COMPILED_MODULES])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "True" not in done.stdout and "False" in done.stdout, done.stdout
+
+
 def _fp32_in_16_lanes_then_tree(a16, bt16):
     """The transposed-weight order: lane l sums the products of k = l, l + 16, ... (below K rounded down to
     16) in k order in fp32; lanes i and i + 8 are added, then i and i + 4, then (0 + 2) + (1 + 3); the

@@ -36,6 +36,7 @@ Exact integer GEMM ``a @ b`` (int8 values, int32 result):
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from types import ModuleType
 from typing import Callable, Dict, Optional, Tuple
@@ -59,6 +60,47 @@ _scan = _compiled("_scan")            # the bf16 subnormal guard's scan
 _select = _compiled("_select")        # the gate's top-k, row max and ReduceSum tree
 _epilogue = _compiled("_epilogue")    # the A8W4 fixpipe rounding, the A8W8 swiglu-quant epilogue
 _gemm = _compiled("_gemm")            # the grouped bf16 / fp16 GEMM on exactly widened operands
+COMPILED_MODULES = tuple(m for m in (_scan, _select, _epilogue, _gemm) if m is not None)
+
+SHARE_THREADS_ENV = "ASCEND_MOE_SHARE_TORCH_THREADS"
+
+
+def torch_openmp_library() -> Optional[str]:
+    """The file of the OpenMP runtime torch's parallel regions run on, when torch's parallel backend is
+    OpenMP and the library is loaded in this process (Linux: read off /proc/self/maps); else None."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+    except OSError:  # not Linux
+        return None
+    runtimes = sorted(p for p in paths if os.path.basename(p).startswith(("libgomp", "libiomp", "libomp")))
+    torch_dir = os.path.dirname(os.path.realpath(torch.__file__))
+    # torch's own copy first: another copy (a NumPy BLAS built with OpenMP) would be a separate pool
+    runtimes.sort(key=lambda p: not os.path.realpath(p).startswith(torch_dir))
+    return runtimes[0] if runtimes else None
+
+
+def share_torch_threads(enable: bool = True) -> bool:
+    """Run the compiled helpers' parallel work on torch's OpenMP worker threads (see
+    ``csrc/kernels/helpers.h``, ``bind_openmp``) or, with ``enable=False``, on threads of their own.
+    Returns whether they now share torch's threads.  At import it follows ``ASCEND_MOE_SHARE_TORCH_THREADS``
+    (default 1; 0 gives each call threads of its own)."""
+    path = torch_openmp_library() if enable else None
+    shared = path is not None
+    for module in COMPILED_MODULES:
+        if path is None:
+            module.unbind_openmp()
+        else:
+            shared = module.bind_openmp(path) and shared
+    if not shared:
+        for module in COMPILED_MODULES:
+            module.unbind_openmp()
+    return shared
+
+
+share_torch_threads(os.environ.get(SHARE_THREADS_ENV, "1") not in ("0", "false", "False", ""))
 
 _F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 _BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -384,6 +384,7 @@ void dequant_scatter(const DequantScatterArgs &a, std::size_t c0, std::size_t c1
 
 PYBIND11_MODULE(_epilogue, m) {
   m.doc() = "Compiled steps of the quantised epilogues (no torch, no CANN).";
+  ascend_moe_kernels::def_openmp(m);
   m.def(
       "fixpipe_fp16",
       [](const py::buffer &acc, const py::buffer &scale, const py::buffer &out, bool vectorized, int threads) {

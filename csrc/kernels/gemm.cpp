@@ -930,6 +930,7 @@ bool has_dot_bf16() {
 PYBIND11_MODULE(_gemm, m) {
   m.doc() = "A grouped bf16 / fp16 GEMM computing in fp32 from exactly widened operands, and its AVX512-BF16 "
             "dot-product form (no torch, no CANN).";
+  ascend_moe_kernels::def_openmp(m);
   m.def(
       "grouped_widen_fma",
       [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, bool fp16, int threads) {

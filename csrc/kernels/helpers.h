@@ -15,6 +15,11 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <dlfcn.h>
+#include <unistd.h>
+#endif
+
 namespace ascend_moe_kernels {
 
 namespace py = pybind11;
@@ -38,57 +43,107 @@ inline py::buffer_info c_contiguous(const py::buffer &buffer, const std::string 
   return info;
 }
 
-// fn(r0, r1) over row blocks of at least `min_rows` rows on up to `threads` threads (the calling thread takes the
-// first block).  Nothing escapes a worker (an exception there would terminate the process): the first error is
-// rethrown here after every started thread has been joined; if a thread cannot be started, its block runs on the
-// calling thread.  Call it with the GIL released.
-template <typename Fn>
-void over_rows(std::size_t rows, int threads, std::size_t min_rows, Fn fn) {
-  const std::size_t most = rows / std::max<std::size_t>(1, min_rows) + 1;
-  const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, most));
-  const std::size_t step = (rows + parts - 1) / parts;
-  std::exception_ptr error;
-  std::mutex error_lock;
-  auto guarded = [&](std::size_t r0, std::size_t r1) {
-    try {
-      fn(r0, r1);
-    } catch (...) {
-      std::lock_guard<std::mutex> hold(error_lock);
-      if (!error) error = std::current_exception();
-    }
-  };
-  std::vector<std::thread> pool;
-  std::vector<std::pair<std::size_t, std::size_t>> inline_blocks{{0, std::min(rows, step)}};
-  for (std::size_t r0 = step; r0 < rows; r0 += step) {
-    const std::size_t r1 = std::min(rows, r0 + step);
-    try {
-      pool.emplace_back(guarded, r0, r1);
-    } catch (...) {  // no thread to be had: run the block here
-      inline_blocks.emplace_back(r0, r1);
-    }
-  }
-  for (const auto &block : inline_blocks) guarded(block.first, block.second);
-  for (auto &t : pool) t.join();
-  if (error) std::rethrow_exception(error);
+// The OpenMP runtime torch runs its parallel regions on, once the Python side has named it (bind_openmp): the
+// workers below are then a team of that runtime, i.e. torch's own worker threads.  Why: after each torch op those
+// workers keep spinning for about a millisecond, and threads of our own started then share the cores with them
+// (a grouped GEMM right after a torch op ran 30 % slower on 2 cores); a region of the same runtime is taken up at
+// once by the spinning workers, and no thread is started per call.  Only libgomp's GOMP_parallel entry is used
+// (the ABI GCC's `#pragma omp parallel` compiles to, also exported by LLVM's and Intel's runtimes).  Not in a
+// forked child (an OpenMP pool does not survive fork()): there, and where none was named, threads of our own.
+using GompParallel = void (*)(void (*)(void *), void *, unsigned, unsigned);
+
+struct OpenMpRuntime {
+  GompParallel parallel = nullptr;
+  long pid = 0;  // the process that found it
+};
+
+inline OpenMpRuntime &openmp_runtime() {
+  static OpenMpRuntime runtime;
+  return runtime;
 }
 
-// fn(r0, r1) over blocks of `chunk` rows handed out one at a time to up to `threads` threads (the calling thread
-// among them), for work that runs beside other busy threads: a thread sharing its core (e.g. with torch's OpenMP
-// workers, which keep spinning for a while after a parallel region) takes fewer blocks instead of holding up the
-// call with an equal share.  Errors and failed thread starts as in over_rows.  Call it with the GIL released.
+// Use the OpenMP runtime of the already loaded library `path` (never loads one).  False when it is not loaded or
+// has no GOMP_parallel, or off Linux; then the runners start threads of their own.
+inline bool bind_openmp(const std::string &path) {
+#if defined(__linux__)
+  void *handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) return false;
+  auto parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
+  if (parallel == nullptr) return false;  // the handle stays open: the runtime is in use for the process's life
+  openmp_runtime() = OpenMpRuntime{parallel, static_cast<long>(getpid())};
+  return true;
+#else
+  (void)path;
+  return false;
+#endif
+}
+
+inline void unbind_openmp() { openmp_runtime() = OpenMpRuntime{}; }
+
+inline bool openmp_bound() {
+#if defined(__linux__)
+  const OpenMpRuntime &rt = openmp_runtime();
+  return rt.parallel != nullptr && rt.pid == static_cast<long>(getpid());
+#else
+  return false;
+#endif
+}
+
+// The three functions above as the module's bind_openmp / unbind_openmp / openmp_bound.
+inline void def_openmp(py::module_ &m) {
+  m.def("bind_openmp", &bind_openmp, py::arg("path"),
+        "Run this module's parallel work on the OpenMP runtime of the already loaded library `path` (torch's); "
+        "False when it is not loaded or has no GOMP_parallel.");
+  m.def("unbind_openmp", &unbind_openmp, "Start threads of this module's own for its parallel work.");
+  m.def("openmp_bound", &openmp_bound, "Whether this module's parallel work runs on a bound OpenMP runtime.");
+}
+
+template <typename Work>
+void call_work(void *work) {
+  (*static_cast<Work *>(work))();
+}
+
+// work() once on each of up to `workers` threads, the calling thread among them; work must not throw.  On the
+// bound OpenMP runtime's team when there is one (a team may have fewer threads than asked: work takes its share
+// from a shared counter, so any number of threads does all of it), else on threads started here (one that cannot
+// be started is left out: the others take its share).
+template <typename Work>
+void on_workers(std::size_t workers, Work &work) {
+  if (workers <= 1) {
+    work();
+    return;
+  }
+  if (openmp_bound()) {
+    openmp_runtime().parallel(&call_work<Work>, &work, static_cast<unsigned>(workers), 0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (std::size_t t = 1; t < workers; ++t) {
+    try {
+      pool.emplace_back([&work]() { work(); });
+    } catch (...) {  // no thread to be had
+      break;
+    }
+  }
+  work();
+  for (auto &t : pool) t.join();
+}
+
+// fn(i0, i1) over the `count` items [0, count) in blocks of `block` handed out one at a time to up to `workers`
+// threads.  Nothing escapes a worker (an exception there would terminate the process): the first error stops the
+// hand-out and is rethrown here after every worker is done.  Call it with the GIL released.
 template <typename Fn>
-void over_row_chunks(std::size_t rows, int threads, std::size_t chunk, Fn fn) {
-  chunk = std::max<std::size_t>(1, chunk);
-  const std::size_t chunks = (rows + chunk - 1) / chunk;
-  const std::size_t workers = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, chunks));
+void over_blocks(std::size_t count, std::size_t block, std::size_t workers, Fn &fn) {
+  block = std::max<std::size_t>(1, block);
+  const std::size_t blocks = (count + block - 1) / block;
   std::atomic<std::size_t> next{0};
   std::atomic<bool> failed{false};
   std::exception_ptr error;
   std::mutex error_lock;
-  auto work = [&]() {
+  auto work = [&]() noexcept {
     try {
-      for (std::size_t i = next.fetch_add(1); i < chunks && !failed.load(); i = next.fetch_add(1)) {
-        fn(i * chunk, std::min(rows, (i + 1) * chunk));
+      for (std::size_t i = next.fetch_add(1); i < blocks && !failed.load(); i = next.fetch_add(1)) {
+        fn(i * block, std::min(count, (i + 1) * block));
       }
     } catch (...) {
       std::lock_guard<std::mutex> hold(error_lock);
@@ -96,17 +151,30 @@ void over_row_chunks(std::size_t rows, int threads, std::size_t chunk, Fn fn) {
       failed.store(true);
     }
   };
-  std::vector<std::thread> pool;
-  for (std::size_t t = 1; t < workers; ++t) {
-    try {
-      pool.emplace_back(work);
-    } catch (...) {  // no thread to be had: the others take its blocks
-      break;
-    }
-  }
-  work();
-  for (auto &t : pool) t.join();
+  on_workers(std::max<std::size_t>(1, std::min(workers, blocks)), work);
   if (error) std::rethrow_exception(error);
+}
+
+// fn(r0, r1) over equal row blocks of at least `min_rows` rows, one per thread of up to `threads`.  Errors as in
+// over_blocks.  Call it with the GIL released.
+template <typename Fn>
+void over_rows(std::size_t rows, int threads, std::size_t min_rows, Fn fn) {
+  const std::size_t most = rows / std::max<std::size_t>(1, min_rows) + 1;
+  const std::size_t parts = std::max<std::size_t>(1, std::min<std::size_t>(threads > 0 ? threads : 1, most));
+  const std::size_t step = std::max<std::size_t>(1, (rows + parts - 1) / parts);
+  if (rows == 0) {
+    fn(0, 0);
+    return;
+  }
+  over_blocks(rows, step, parts, fn);
+}
+
+// fn(r0, r1) over blocks of `chunk` rows handed out one at a time to up to `threads` threads (the calling thread
+// among them), for work that runs beside other busy threads: a thread sharing its core takes fewer blocks instead
+// of holding up the call with an equal share.  Errors as in over_blocks.  Call it with the GIL released.
+template <typename Fn>
+void over_row_chunks(std::size_t rows, int threads, std::size_t chunk, Fn fn) {
+  over_blocks(rows, chunk, static_cast<std::size_t>(std::max(threads, 1)), fn);
 }
 
 }  // namespace ascend_moe_kernels

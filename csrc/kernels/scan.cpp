@@ -56,6 +56,7 @@ std::size_t widen_bf16_block(const std::uint16_t *src, std::uint32_t *dst, std::
 
 PYBIND11_MODULE(_scan, m) {
   m.doc() = "Compiled scans for the kernels' guards (no torch, no CANN).";
+  ascend_moe_kernels::def_openmp(m);
   m.def(
       "min_magnitude_minus_one",
       [](const py::buffer &buffer) {

@@ -202,6 +202,7 @@ bool top2_sum_block(const float *x, float *out, std::size_t r0, std::size_t r1, 
 
 PYBIND11_MODULE(_select, m) {
   m.doc() = "The gate's row selections, compiled (no torch, no CANN).";
+  ascend_moe_kernels::def_openmp(m);
   m.def(
       "top_k_rows",
       [](const py::buffer &values, std::size_t k, const py::object &excluded, const py::buffer &out, int threads) {
