@@ -82,6 +82,10 @@ def torch_openmp_library() -> Optional[str]:
     return runtimes[0] if runtimes else None
 
 
+def _shares_torch_threads() -> bool:
+    return bool(COMPILED_MODULES) and COMPILED_MODULES[0].openmp_bound()
+
+
 def share_torch_threads(enable: bool = True) -> bool:
     """Run the compiled helpers' parallel work on torch's OpenMP worker threads (see
     ``csrc/kernels/helpers.h``, ``bind_openmp``) or, with ``enable=False``, on threads of their own.
@@ -204,9 +208,8 @@ def compiled_dequant_scatter(y: np.ndarray, index: np.ndarray, acc: np.ndarray, 
     dequant: then an add meets at most one NaN (from ``y``), whose payload every implementation keeps, whatever
     the operand order.  False (NumPy) otherwise.
 
-    One thread: it runs on a group's accumulator right after torch's GEMM made it (still in cache), beside torch's
-    spinning OpenMP workers; a second thread made it no faster there (0.70 ms for a 256 x 7168 group on one thread,
-    0.90 on two, torch's three steps 0.6-0.8 ms)."""
+    Column tiles over torch's threads (:func:`_threads_after_torch`): it runs on a group's accumulator right after
+    torch's GEMM made it (still in cache)."""
     if (_epilogue is None or y.dtype != _F32 or acc.dtype != np.int32 or col.dtype != _F32 or row.dtype != _F32
             or y.ndim != 2 or acc.ndim != 2 or col.ndim != 2 or acc.shape[1] != y.shape[1]
             or col.shape[1] != acc.shape[1] or row.shape != (acc.shape[0],) or index.shape != (acc.shape[0],)
@@ -218,7 +221,7 @@ def compiled_dequant_scatter(y: np.ndarray, index: np.ndarray, acc: np.ndarray, 
         return False
     _epilogue.dequant_scatter(y, np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(acc),
                               np.ascontiguousarray(col), np.ascontiguousarray(group, dtype=np.int64),
-                              np.ascontiguousarray(row), 1)
+                              np.ascontiguousarray(row), _threads_after_torch(torch.get_num_threads()))
     return True
 
 
@@ -250,13 +253,10 @@ def _run_swiglu_quant(entry: Callable[..., None], inputs: Tuple[np.ndarray, ...]
                       out_scale: np.ndarray) -> np.ndarray:
     """Call a compiled swiglu-quant entry; the rows it hands back to NumPy.
 
-    Half of torch's threads: the epilogue runs right after torch's threaded GEMM, whose OpenMP workers keep
-    spinning on their cores for about a millisecond, so a thread of ours beside one runs at half speed (on 2
-    cores, in the op: 1.2-1.3 ms on one thread, 1.4-2.6 ms on two; blocks are handed out one at a time, so a
-    slowed thread takes fewer)."""
+    It runs right after torch's threaded GEMM: see :func:`_threads_after_torch`."""
     rows = out.shape[0]
     redo = np.empty(rows, dtype=np.uint8)
-    entry(*inputs, 1 if kernel == "v1" else 2, out, out_scale, redo, max(1, _threads_for(rows) // 2))
+    entry(*inputs, 1 if kernel == "v1" else 2, out, out_scale, redo, _threads_after_torch(_threads_for(rows)))
     return np.flatnonzero(redo)
 
 
@@ -284,6 +284,15 @@ def compiled_swiglu_quant_f32(values: np.ndarray, kernel: str, out: np.ndarray,
     if values.dtype != _F32 or values.ndim != 2 or not _swiglu_quant_outputs(*values.shape, kernel, out, out_scale):
         return None
     return _run_swiglu_quant(_epilogue.swiglu_quant_f32, (np.ascontiguousarray(values),), kernel, out, out_scale)
+
+
+def _threads_after_torch(threads: int) -> int:
+    """Threads for a compiled step that runs right after a torch op, whose OpenMP workers keep spinning for about a
+    millisecond: all of them on torch's own team (the spinning workers take the work up at once; 2 cores, right
+    after torch._int_mm: swiglu-quant epilogue of 2048 x 1024 1.2 ms on two against 3.0 on one, dequant-scatter
+    1.0 against 1.9), half on threads of our own, which would share the cores with the spinners (2.4 / 2.0 ms on
+    two against 2.3 / 1.3 on one)."""
+    return threads if _shares_torch_threads() else max(1, threads // 2)
 
 
 def _threads_for(rows: int) -> int:
