@@ -22,7 +22,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sys
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -620,9 +623,79 @@ def _check_argument_types(spec: "OpSpec", args: Dict[str, Any], target: Target,
                         + f" (signature: {spec.name}{spec.signature})")
 
 
+# ---- the verdicts of calls already checked ----
+# A model calls the same op with the same shapes again and again; the rules read only what a tensor's
+# TensorMeta holds (shape, dtype, format, strides, device, the values of small integer tensors) and the
+# scalar arguments, so a call whose key below equals an earlier one's has the same violations.  Keyed only
+# for plain CPU torch tensors (exact torch.Tensor / nn.Parameter: no subclass, fake or device tensor) and
+# plain scalars; anything else is checked every time.
+_VERDICTS_KEPT = 512
+_VERDICT_VALUE_BYTES = 1 << 16  # integer tensors' values in a key, at most (group lists, small index tensors)
+_verdicts: "OrderedDict[Tuple[Any, ...], Tuple[Violation, ...]]" = OrderedDict()
+_verdicts_lock = threading.Lock()
+
+
+def _plain_torch_tensor_types() -> Tuple[type, ...]:
+    torch = sys.modules.get("torch")
+    return () if torch is None else (torch.Tensor, torch.nn.Parameter)
+
+
+def _verdict_key_of(v: Any, tensor_types: Tuple[type, ...], budget: List[int]) -> Any:
+    """The part of a call's key for one argument value, or None when the value cannot be keyed."""
+    kind = type(v)
+    if v is None or kind in (bool, int, float, str):
+        return (kind.__name__, repr(v))  # repr: -0.0 and nan kept apart from 0.0 and each other's equality
+    if kind in (list, tuple):
+        items = tuple(_verdict_key_of(i, tensor_types, budget) for i in v)
+        return None if any(i is None for i in items) else (kind.__name__, items)
+    if kind not in tensor_types or v.device.type != "cpu":
+        return None
+    from ..formats import nz_storage_record
+    values = None
+    if v.numel() <= 1 << 20 and not v.dtype.is_floating_point and not v.dtype.is_complex:
+        # tensor_meta hands these values to the rules
+        budget[0] -= v.numel() * v.element_size()
+        if budget[0] < 0:
+            return None
+        values = v.detach().numpy().tobytes()
+    return ("tensor", str(v.dtype), tuple(v.shape), tuple(v.stride()), int(v.storage_offset()), get_format(v),
+            nz_storage_record(v), values)
+
+
+def _verdict_key(op: str, args: Dict[str, Any], target: Target) -> Optional[Tuple[Any, ...]]:
+    tensor_types = _plain_torch_tensor_types()
+    budget = [_VERDICT_VALUE_BYTES]
+    parts: List[Any] = [op, target.product, str(target.cann)]
+    for name, v in args.items():
+        part = _verdict_key_of(v, tensor_types, budget)
+        if part is None:
+            return None
+        parts.append((name, part))
+    return tuple(parts)
+
+
 def check_call(op: str, args: Dict[str, Any], target: Target) -> List[Violation]:
     """Every violation of a call whose arguments are already bound (see :func:`bind`).  Values no rule
-    can read (a float where an int belongs, a complex tensor, ...) raise TypeError naming the argument."""
+    can read (a float where an int belongs, a complex tensor, ...) raise TypeError naming the argument.
+    A call like one checked before (same op, target and argument key, see ``_verdict_key``) gets that
+    call's verdict without running the rules again."""
+    key = _verdict_key(op, args, target)
+    if key is not None:
+        with _verdicts_lock:
+            kept = _verdicts.get(key)
+            if kept is not None:
+                _verdicts.move_to_end(key)
+                return list(kept)
+    found = _check_call_uncached(op, args, target)
+    if key is not None:
+        with _verdicts_lock:
+            _verdicts[key] = tuple(found)
+            while len(_verdicts) > _VERDICTS_KEPT:
+                _verdicts.popitem(last=False)
+    return found
+
+
+def _check_call_uncached(op: str, args: Dict[str, Any], target: Target) -> List[Violation]:
     spec = get_op(op)
     if target.product not in spec.products:
         return [_product_violation(spec, target)]

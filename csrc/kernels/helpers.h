@@ -69,7 +69,11 @@ inline bool bind_openmp(const std::string &path) {
   void *handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
   if (handle == nullptr) return false;
   auto parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
-  if (parallel == nullptr) return false;  // the handle stays open: the runtime is in use for the process's life
+  if (parallel == nullptr) {
+    dlclose(handle);
+    return false;
+  }
+  // the handle stays open: the runtime is in use for the process's life
   openmp_runtime() = OpenMpRuntime{parallel, static_cast<long>(getpid())};
   return true;
 #else
