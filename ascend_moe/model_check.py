@@ -796,6 +796,7 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
         if S:
             ws13 = to_bf16(randn(H, 2 * S, scale=H ** -0.5))
             ws2 = to_bf16(randn(S, H, scale=S ** -0.5))
+        select_machine_kernels("bf16" if quant == "none" else "int8", T * k)
     target_kw = dict(product=rep.target.product, cann=str(rep.target.cann))
     from .products import target as _target
     from .rules import ConstraintWarning
@@ -882,6 +883,20 @@ def run_layer(rep: Report, *, seed: int = 0, progress: Optional[Progress] = None
         inputs.update(q13=q13, s13=s13, q2=q2, s2=s2)
     return {"output": out, "expert_idx": idx, "routing_weights": weights, "timings": timings,
             "inputs": inputs}
+
+
+def select_machine_kernels(dtype: str, max_rows: int) -> None:
+    """Make now the one-time per-machine choice of GEMM implementation (:func:`ascend_moe.kernels.choice`,
+    cached) for the shape classes of ``dtype`` ("bf16", "int8", ...) that calls of up to ``max_rows`` rows
+    use: on a machine that has not measured them yet it takes a second or two, which belongs to setting up,
+    not to the first grouped stage that needs it."""
+    try:
+        from . import kernels as machine
+    except ImportError:  # no torch: the NumPy reference kernels, nothing to choose
+        return
+    for rows in (1, machine.SKINNY_ROWS + 1, machine.NARROW_ROWS + 1):
+        if rows <= max_rows:
+            machine.choice(machine._shape_class(dtype, rows))
 
 
 def machine_gemm_kernels() -> Any:

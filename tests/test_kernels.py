@@ -1056,6 +1056,22 @@ def fresh_selection(monkeypatch, tmp_path):
     mk.reset()
 
 
+def test_check_run_makes_the_machine_choice_of_its_shape_classes_while_setting_up(monkeypatch, fresh_selection):
+    """``check --run`` makes the choices of the classes its grouped stages use (rows up to tokens x top-k) in its
+    setup, so a new machine's one-time measurement is not counted in the first grouped stage; no other class."""
+    from ascend_moe import model_check
+    monkeypatch.setattr(mk, "_measure", lambda cls, candidates: {c: float(c != "reference") for c in candidates})
+
+    def chosen():
+        return sorted(json.loads(mk.cache_path().read_text())["choices"])
+    model_check.select_machine_kernels("bf16", 4 * 8)
+    assert chosen() == ["bf16.narrow", "bf16.skinny"]
+    model_check.select_machine_kernels("int8", 4)
+    assert chosen() == ["bf16.narrow", "bf16.skinny", "int8.skinny"]
+    model_check.select_machine_kernels("bf16", 100)
+    assert chosen() == ["bf16.narrow", "bf16.skinny", "bf16.wide", "int8.skinny"]
+
+
 def test_choice_measured_once_and_cached_per_machine(monkeypatch, fresh_selection):
     calls = []
 
