@@ -621,6 +621,70 @@ def test_compiled_dot_bf16_gives_ieee_results_where_the_instruction_would_flush(
     assert np.array_equal(out.view(np.uint16), want.view(np.uint16))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compiled_dot_bf16_k_split_rounds_once_within_the_fp32_bound(threads):
+    """The K-split product (the weight gradient ``x[s:t]^T @ dy[s:t]``) per group: 0-300 tokens (more than one
+    256-token block, odd counts), M = 300 (more than one 256-row unit, a partial 32-row strip), N = 600 (more
+    than one 256-column band, a partial strip), groups writing outputs in any order; an empty group writes
+    zeros; an output no group names is left as it was."""
+    mod = _dot_module()
+    g = np.random.default_rng(17)
+    rows, outputs = [5, 0, 300, 1, 40, 257], [3, 0, 1, 6, 2, 4]
+    t, m, n = sum(rows), 300, 600
+    x = (g.standard_normal((t, m)) * 3).astype(ml_dtypes.bfloat16)
+    y = g.standard_normal((t, n)).astype(ml_dtypes.bfloat16)
+    ends = np.cumsum(rows)
+    groups = np.array([(e, s - r, s) for e, s, r in zip(outputs, ends, rows)], dtype=np.int64)
+    out = np.full((7, m, n), np.nan, dtype=ml_dtypes.bfloat16)
+    mod.grouped_dot_bf16_ksplit(out.view(np.uint16), x.view(np.uint16), y.view(np.uint16), groups, threads)
+    for e, s, f in groups:
+        if s == f:
+            assert not out[e].astype(np.float32).any() and not np.signbit(out[e].astype(np.float32)).any()
+        else:
+            _assert_round_once_within_bound_np(out[e], x[s:f].T, y[s:f])
+    assert np.isnan(out[5].astype(np.float32)).all()
+
+
+def test_compiled_dot_bf16_k_split_gives_ieee_results_where_the_instruction_would_flush():
+    """As for the M-split form: subnormal products and partial sums placed after 700 tokens of ordinary values
+    (two safe 256-token blocks) give the IEEE result, the same bits as fp32 accumulation in token order, also
+    with torch's flush-denormal mode on."""
+    mod = _dot_module()
+    lead = 700
+    k = lead + 3
+    a = np.zeros((2, k), dtype=np.float32)  # a = x^T: x is [k tokens, 2]
+    w = np.zeros((k, 35), dtype=np.float32)
+    a[:, :lead] = 1.0
+    w[:lead, :] = np.where(np.arange(lead) % 2 == 0, 1.0, -1.0)[:, None]
+    a[0, lead] = a[0, lead + 1] = 2.0 ** -63
+    a[1, lead] = 2.0 ** -130
+    w[lead, 0] = w[lead + 1, 0] = 2.0 ** -64
+    w[lead, 1] = 2.0 ** 10
+    a, w = a.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16)
+    want = _fp32_in_k_order(a, w)
+    assert float(want[0, 0]) == 2.0 ** -126 and float(want[1, 1]) == 2.0 ** -120
+    out = np.empty((1, 2, 35), dtype=ml_dtypes.bfloat16)
+    try:
+        torch.set_flush_denormal(True)
+        mod.grouped_dot_bf16_ksplit(out.view(np.uint16), np.ascontiguousarray(a.T).view(np.uint16),
+                                    w.view(np.uint16), np.array([[0, 0, k]], dtype=np.int64), 2)
+    finally:
+        torch.set_flush_denormal(False)
+    assert np.array_equal(out[0].view(np.uint16), want.view(np.uint16))
+
+
+def test_compiled_dot_bf16_k_split_refusals():
+    mod = _dot_module()
+    x = np.zeros((6, 4), dtype=np.uint16)
+    y = np.zeros((6, 5), dtype=np.uint16)
+    out = np.zeros((2, 4, 5), dtype=np.uint16)
+    for bad in ([[0, 0, 3], [0, 3, 6]], [[2, 0, 3]], [[0, 4, 3]], [[0, 0, 7]]):  # an output twice, out of range
+        with pytest.raises(ValueError, match="group"):
+            mod.grouped_dot_bf16_ksplit(out, x, y, np.array(bad, dtype=np.int64), 1)
+    with pytest.raises(ValueError, match="shapes"):
+        mod.grouped_dot_bf16_ksplit(np.zeros((2, 4, 6), dtype=np.uint16), x, y, np.array([[0, 0, 6]]), 1)
+
+
 def test_compiled_dot_bf16_nan_inf_and_refusals():
     mod = _dot_module()
     a = np.array([[np.inf, 1, 0], [-np.nan, 0, 0], [1, 2, 3]], dtype=ml_dtypes.bfloat16)

@@ -544,10 +544,17 @@ def widen_fma_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool)
 
 
 def dot_bf16_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) -> bool:
-    """Whether the compiled AVX512-BF16 GEMM takes these operands as they are: what
-    :func:`widen_fma_fits` takes (a weight with its columns or its k contiguous), bf16 only, on a CPU
-    with the instruction."""
-    return a.dtype == _BF16 and widen_fma_fits(out, a, b, k_split) and _gemm.has_dot_bf16()
+    """Whether the compiled AVX512-BF16 GEMM takes these operands as they are, bf16 only, on a CPU with the
+    instruction: what :func:`widen_fma_fits` takes (a weight with its columns or its k contiguous); and the
+    K-split product ``out[e] = a[:, s:t] @ b[s:t]`` (the weight gradient ``x^T @ dy``) with ``a`` the
+    transpose of a C-contiguous [T, M] array, ``b`` C-contiguous [T, N], ``out`` C-contiguous [E, M, N]."""
+    if a.dtype != _BF16 or _gemm is None or not _gemm.has_dot_bf16():
+        return False
+    if not k_split:
+        return widen_fma_fits(out, a, b, k_split)
+    return (b.dtype == out.dtype == _BF16 and a.ndim == 2 and b.ndim == 2 and out.ndim == 3
+            and a.T.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous
+            and a.shape[1] == b.shape[0] and out.shape[1:] == (a.shape[0], b.shape[1]))
 
 
 def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray, groups: np.ndarray) -> None:
@@ -620,7 +627,14 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     if (tdt == torch.bfloat16 and names - set(COMPILED_GEMMS)
             and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent)):
         return False
-    if names & set(COMPILED_GEMMS):  # (an M-split: the compiled GEMMs do not take the K-split product)
+    if k_split and names == {"dot_bf16"}:  # (one class: every run has a's rows)
+        groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
+        if len(set(groups[:, 0].tolist())) != len(groups):
+            return False  # two runs writing one output: the per-group path
+        _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
+                                      torch.get_num_threads())
+        return True
+    if names & set(COMPILED_GEMMS):  # an M-split (of the compiled GEMMs only dot_bf16 takes the K-split product)
         for impl in sorted(names & set(COMPILED_GEMMS)):  # each compiled GEMM's groups in one call
             mine = [run for run, used in zip(runs, run_impls) if used == impl]
             _run_compiled(impl, out, a, b, np.array(mine, dtype=np.int64).reshape(-1, 3))
@@ -710,34 +724,45 @@ def _compiled_check_mm(fn: Callable[..., bool], dtype: torch.dtype) -> Callable[
     return mm
 
 
+def _ksplit_check_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` by the compiled K-split product (one group: ``(a^T)^T @ b``), for its contract check."""
+    from ..ops._common import to_numpy
+    out = torch.empty(1, a.shape[0], b.shape[1], dtype=torch.bfloat16)
+    x = a.t().contiguous()  # [k, m]: the product runs over x's rows, as the weight gradient's over tokens
+    _gemm.grouped_dot_bf16_ksplit(to_numpy(out).view(np.uint16), to_numpy(x).view(np.uint16),
+                                  to_numpy(b.contiguous()).view(np.uint16),
+                                  np.array([[0, 0, a.shape[1]]], dtype=np.int64), 2)
+    return out[0]
+
+
 def dot_bf16_contract_holds() -> bool:
-    """The compiled AVX512-BF16 GEMM on this machine: the CPU has the instruction; the checks of
-    :func:`native_contract_holds` (fp32 accumulation, one rounding) at row counts covering its
-    8 / 4 / 2 / 1-row tiles and its few-row blocking, an odd K and columns past a 32-column strip;
-    subnormal products and inputs give the IEEE result (its guard hands such blocks to the IEEE
-    order), also after a first block that was safe."""
+    """The compiled AVX512-BF16 GEMM on this machine, its M-split and its K-split forms: the CPU has the
+    instruction; the checks of :func:`native_contract_holds` (fp32 accumulation, one rounding) at row
+    counts covering its 8 / 4 / 2 / 1-row tiles and its few-row blocking, an odd K over more than one
+    block and columns past a 32-column strip; subnormal products and inputs give the IEEE result (its
+    guard hands such blocks to the IEEE order), also after a first block that was safe."""
     if _gemm is None or not _gemm.has_dot_bf16():
         return False
-    mm = _compiled_check_mm(dot_bf16, torch.bfloat16)
     try:
-        if not (native_contract_holds(torch.bfloat16, mm)
-                and _within_fp32_bound_at_rows(mm, torch.bfloat16, 301, 40, (1, 7, 15, 40, 64), 79)):
-            return False
-        # 2**-63 * 2**-64 twice sums to 2**-126; a subnormal input 2**-130 times 2**10 is 2**-120; the same
-        # products placed after 300 rows of ordinary values (a first weight block that is safe)
-        for lead in (0, 300):
-            a = torch.zeros(2, lead + 3)
-            w = torch.zeros(lead + 3, 2)
-            if lead:
-                a[:, :lead] = 1.0
-                w[:lead, 0] = w[:lead, 1] = torch.tensor([(-1.0) ** i for i in range(lead)])
-            a[0, lead] = a[0, lead + 1] = 2.0 ** -63
-            a[1, lead] = 2.0 ** -130
-            w[lead, 0] = w[lead + 1, 0] = 2.0 ** -64
-            w[lead, 1] = 2.0 ** 10
-            y = mm(a.bfloat16(), w.bfloat16()).double()
-            if float(y[0, 0]) != 2.0 ** -126 or float(y[1, 1]) != 2.0 ** -120:
+        for mm in (_compiled_check_mm(dot_bf16, torch.bfloat16), _ksplit_check_mm):
+            if not (native_contract_holds(torch.bfloat16, mm)
+                    and _within_fp32_bound_at_rows(mm, torch.bfloat16, 301, 40, (1, 7, 15, 40, 64), 79)):
                 return False
+            # 2**-63 * 2**-64 twice sums to 2**-126; a subnormal input 2**-130 times 2**10 is 2**-120; the same
+            # products placed after 300 rows of ordinary values (a first weight block that is safe)
+            for lead in (0, 300):
+                a = torch.zeros(2, lead + 3)
+                w = torch.zeros(lead + 3, 2)
+                if lead:
+                    a[:, :lead] = 1.0
+                    w[:lead, 0] = w[:lead, 1] = torch.tensor([(-1.0) ** i for i in range(lead)])
+                a[0, lead] = a[0, lead + 1] = 2.0 ** -63
+                a[1, lead] = 2.0 ** -130
+                w[lead, 0] = w[lead + 1, 0] = 2.0 ** -64
+                w[lead, 1] = 2.0 ** 10
+                y = mm(a.bfloat16(), w.bfloat16()).double()
+                if float(y[0, 0]) != 2.0 ** -126 or float(y[1, 1]) != 2.0 ** -120:
+                    return False
         return True
     except (RuntimeError, ValueError):
         return False

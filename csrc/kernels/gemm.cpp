@@ -525,14 +525,18 @@ ASCEND_MOE_DOT_TARGET inline void transpose16x16_u32(__m512i *v) {
 }
 
 // acc[r][0:32] += pairs of a[r][2q, 2q+1] times packed pairs of weight rows (2q, 2q+1), for R rows.
+// Row r's pair q is the 32-bit word at a + r * lda + q * pair_step (pair_step 2: rows of a as they are; 64: rows
+// that are the columns of a strip copied by pack_pairs, the K-split product's x^T).  With from_zero the
+// accumulators start at zero instead of acc's values (a band's first block: acc needs no zero fill).
 template <int R>
-ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::size_t lda, const std::uint16_t *bp,
-                                                std::size_t pairs, float *acc, std::size_t ldacc, Prefetcher &next) {
+ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::size_t lda, std::size_t pair_step,
+                                                const std::uint16_t *bp, std::size_t pairs, float *acc,
+                                                std::size_t ldacc, bool from_zero, Prefetcher &next) {
   __m512 c[R][2];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    c[r][0] = _mm512_loadu_ps(acc + r * ldacc);
-    c[r][1] = _mm512_loadu_ps(acc + r * ldacc + 16);
+    c[r][0] = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * ldacc);
+    c[r][1] = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * ldacc + 16);
   }
   for (std::size_t q = 0; q < pairs; ++q) {
     next.step();
@@ -541,7 +545,7 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::siz
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       std::uint32_t pair;
-      std::memcpy(&pair, a + r * lda + 2 * q, sizeof pair);
+      std::memcpy(&pair, a + r * lda + q * pair_step, sizeof pair);
       const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
       c[r][0] = _mm512_dpbf16_ps(c[r][0], av, b0);
       c[r][1] = _mm512_dpbf16_ps(c[r][1], av, b1);
@@ -555,20 +559,22 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::siz
 }
 
 // R-row blocks of `rows` rows (8, then 4, 2, 1) over one packed strip: acc[r][0:32] += the strip's pairs.
-ASCEND_MOE_DOT_TARGET inline void dot_pair_rows(const std::uint16_t *a, std::size_t lda, std::size_t rows,
-                                                const std::uint16_t *bp, std::size_t pairs, float *acc,
-                                                std::size_t ldacc, Prefetcher &next) {
+ASCEND_MOE_DOT_TARGET inline void dot_pair_rows(const std::uint16_t *a, std::size_t lda, std::size_t pair_step,
+                                                std::size_t rows, const std::uint16_t *bp, std::size_t pairs,
+                                                float *acc, std::size_t ldacc, bool from_zero, Prefetcher &next) {
   std::size_t r = 0;
-  for (; r + 8 <= rows; r += 8) dot_pair_tile<8>(a + r * lda, lda, bp, pairs, acc + r * ldacc, ldacc, next);
+  for (; r + 8 <= rows; r += 8) {
+    dot_pair_tile<8>(a + r * lda, lda, pair_step, bp, pairs, acc + r * ldacc, ldacc, from_zero, next);
+  }
   if (r + 4 <= rows) {
-    dot_pair_tile<4>(a + r * lda, lda, bp, pairs, acc + r * ldacc, ldacc, next);
+    dot_pair_tile<4>(a + r * lda, lda, pair_step, bp, pairs, acc + r * ldacc, ldacc, from_zero, next);
     r += 4;
   }
   if (r + 2 <= rows) {
-    dot_pair_tile<2>(a + r * lda, lda, bp, pairs, acc + r * ldacc, ldacc, next);
+    dot_pair_tile<2>(a + r * lda, lda, pair_step, bp, pairs, acc + r * ldacc, ldacc, from_zero, next);
     r += 2;
   }
-  if (r < rows) dot_pair_tile<1>(a + r * lda, lda, bp, pairs, acc + r * ldacc, ldacc, next);
+  if (r < rows) dot_pair_tile<1>(a + r * lda, lda, pair_step, bp, pairs, acc + r * ldacc, ldacc, from_zero, next);
 }
 
 // A weight block of kc rows (k) by `width` columns (n), columns contiguous (element (k, n) at b[k * ldb + n]),
@@ -767,7 +773,8 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
       const std::size_t width = std::min(band, c1 - b0);
       const std::size_t strips = (width + STRIP - 1) / STRIP;  // the last one zero-padded
       const std::size_t wpad = strips * STRIP + 16;            // rows of acc not 2^n floats apart
-      acc.assign(rows * wpad, 0.0f);
+      acc.resize(rows * wpad);
+      bool acc_set = false;  // acc holds the sums so far (until the first block, nothing: no zero fill)
       bool ieee_from_here = false;
       for (std::size_t k0 = 0; k0 < p.k; k0 += block_rows) {
         const std::size_t kc = std::min(block_rows, p.k - k0);
@@ -812,13 +819,17 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
               }
             }
             for (std::size_t j = 0; j < strips; ++j) {
-              dot_pair_rows(&apad[k0], kpad, rows, &packed[j * pitch], pairs, acc.data() + j * STRIP, wpad, next);
+              dot_pair_rows(&apad[k0], kpad, 2, rows, &packed[j * pitch], pairs, acc.data() + j * STRIP, wpad,
+                            !acc_set, next);
             }
+            acc_set = true;
             continue;
           }
           ieee_from_here = true;
         }
         // not flush-safe: this block and the rest one IEEE multiply-add per product in k order
+        if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);
+        acc_set = true;
         for (std::size_t r = 0; r < rows; ++r) {
           const std::uint16_t *ar = p.a + (s + r) * p.k + k0;
           for (std::size_t j = 0; j < width; ++j) {
@@ -832,11 +843,82 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
           }
         }
       }
+      if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);  // K = 0: zeros
       for (std::size_t r = 0; r < rows; ++r) {
         std::uint16_t *o = p.out + (s + r) * p.n + b0;
         narrow_n<false>(&acc[r * wpad], o, width);
       }
     }
+  }
+}
+
+// The K-split product (the backward's weight gradient): out[e] = x[s:t]^T @ y[s:t] for each group (e, s, t), x
+// [T, M] and y [T, N] C-contiguous, out [E, M, N].  The reduction runs over a group's rows (tokens), so both
+// operands' (k, k + 1) pairs are two consecutive rows interleaved: pack_pairs copies blocks of both, and the
+// columns of x's copy are the rows of the tile (pair_step 64).  The same guard as dot_band per block of KS_KC
+// tokens, each (rows, band) tile going on in the IEEE order from the first block that could flush.
+struct KSplitProblem {
+  const std::uint16_t *x;  // [T, M]
+  const std::uint16_t *y;  // [T, N]
+  std::uint16_t *out;      // [E, M, N]
+  std::size_t m, n;
+  const std::int64_t *groups;  // rows of (output index, first token, end token)
+};
+constexpr std::size_t KS_ROWS = 256;  // output rows (columns of x) per unit of work
+constexpr std::size_t KS_BAND = 256;  // output columns per pass
+constexpr std::size_t KS_KC = 256;    // tokens per block
+
+ASCEND_MOE_DOT_TARGET void dot_ksplit_unit(const KSplitProblem &p, std::size_t g, std::size_t m0, std::size_t m1) {
+  IeeeSubnormals ieee;  // for the IEEE blocks
+  const std::int64_t *grp = p.groups + 3 * g;
+  const std::size_t s = static_cast<std::size_t>(grp[1]), t = static_cast<std::size_t>(grp[2]);
+  std::uint16_t *o = p.out + static_cast<std::size_t>(grp[0]) * p.m * p.n;
+  const std::size_t rows = m1 - m0, row_strips = (rows + STRIP - 1) / STRIP;
+  std::vector<std::uint16_t> packed_x, packed_y;
+  std::vector<float> acc;
+  Prefetcher none;
+  for (std::size_t b0 = 0; b0 < p.n; b0 += KS_BAND) {
+    const std::size_t width = std::min(KS_BAND, p.n - b0), strips = (width + STRIP - 1) / STRIP;
+    const std::size_t wpad = strips * STRIP + 16;  // rows of acc not 2^n floats apart
+    acc.resize(rows * wpad);
+    bool acc_set = false;  // as in dot_band
+    bool ieee_from_here = false;
+    for (std::size_t k0 = s; k0 < t; k0 += KS_KC) {
+      const std::size_t kc = std::min(KS_KC, t - k0);
+      const std::uint16_t *xk = p.x + k0 * p.m + m0, *yk = p.y + k0 * p.n + b0;
+      if (!ieee_from_here) {
+        const std::size_t pairs = (kc + 1) / 2, pitch = (pairs + 1) * 64;
+        packed_x.resize(row_strips * pitch);
+        packed_y.resize(strips * pitch);
+        const unsigned min_x = pack_pairs(xk, static_cast<std::ptrdiff_t>(p.m), kc, rows, row_strips, pitch,
+                                          packed_x.data());
+        const unsigned min_y = pack_pairs(yk, static_cast<std::ptrdiff_t>(p.n), kc, width, strips, pitch,
+                                          packed_y.data());
+        if (flush_safe(min_x, min_y)) {
+          for (std::size_t j = 0; j < strips; ++j) {
+            for (std::size_t i = 0; i < row_strips; ++i) {
+              dot_pair_rows(&packed_x[i * pitch], 2, 64, std::min(STRIP, rows - i * STRIP), &packed_y[j * pitch],
+                            pairs, acc.data() + i * STRIP * wpad + j * STRIP, wpad, !acc_set, none);
+            }
+          }
+          acc_set = true;
+          continue;
+        }
+        ieee_from_here = true;
+      }
+      // not flush-safe: this block and the rest one IEEE multiply-add per product in token order
+      if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);
+      acc_set = true;
+      for (std::size_t r = 0; r < rows; ++r) {
+        for (std::size_t j = 0; j < width; ++j) {
+          float c = acc[r * wpad + j];
+          for (std::size_t k = 0; k < kc; ++k) c += widen1<false>(xk[k * p.m + r]) * widen1<false>(yk[k * p.n + j]);
+          acc[r * wpad + j] = c;
+        }
+      }
+    }
+    if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);  // a group of no tokens: zeros
+    for (std::size_t r = 0; r < rows; ++r) narrow_n<false>(&acc[r * wpad], o + (m0 + r) * p.n + b0, width);
   }
 }
 #endif
@@ -915,6 +997,50 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
   }
 }
 
+void grouped_dot_bf16_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
+  py::buffer_info oi = c_contiguous(out, "out", 2, 3, true);
+  py::buffer_info xi = c_contiguous(x, "x", 2, 2, false);
+  py::buffer_info yi = c_contiguous(y, "y", 2, 2, false);
+  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
+  if (gi.shape[1] != 3) throw std::invalid_argument("groups must be [G, 3] int64 rows (output, start, end)");
+  const py::ssize_t t = xi.shape[0], m = xi.shape[1], n = yi.shape[1], e = oi.shape[0];
+  if (yi.shape[0] != t || oi.shape[1] != m || oi.shape[2] != n) {
+    throw std::invalid_argument("shapes do not match: x [T, M], y [T, N], out [E, M, N]");
+  }
+  const auto *grp = static_cast<const std::int64_t *>(gi.ptr);
+  std::vector<bool> written(static_cast<std::size_t>(e), false);
+  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) {
+    const std::int64_t ex = grp[3 * i], s = grp[3 * i + 1], f = grp[3 * i + 2];
+    if (ex < 0 || ex >= e || s < 0 || f < s || f > t || written[static_cast<std::size_t>(ex)]) {
+      throw std::invalid_argument("group " + std::to_string(i) + " (output " + std::to_string(ex) + ", rows " +
+                                  std::to_string(s) + ".." + std::to_string(f) +
+                                  ") is out of range or writes an output another group writes");
+    }
+    written[static_cast<std::size_t>(ex)] = true;
+  }
+#ifdef ASCEND_MOE_DOT_BF16
+  const KSplitProblem p{static_cast<const std::uint16_t *>(xi.ptr), static_cast<const std::uint16_t *>(yi.ptr),
+                        static_cast<std::uint16_t *>(oi.ptr), static_cast<std::size_t>(m),
+                        static_cast<std::size_t>(n), grp};
+  if (m == 0 || n == 0 || gi.shape[0] == 0) return;
+  std::size_t macs = 0;
+  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) macs += static_cast<std::size_t>(grp[3 * i + 2] - grp[3 * i + 1]);
+  macs *= static_cast<std::size_t>(m) * static_cast<std::size_t>(n);
+  if (macs < (std::size_t(1) << 21)) threads = 1;
+  // units of work: KS_ROWS output rows of one group, handed out one at a time
+  const std::size_t chunks = (static_cast<std::size_t>(m) + KS_ROWS - 1) / KS_ROWS;
+  py::gil_scoped_release release;
+  over_row_chunks(static_cast<std::size_t>(gi.shape[0]) * chunks, threads, 1, [&](std::size_t u0, std::size_t u1) {
+    for (std::size_t u = u0; u < u1; ++u) {
+      const std::size_t m0 = (u % chunks) * KS_ROWS;
+      dot_ksplit_unit(p, u / chunks, m0, std::min(p.m, m0 + KS_ROWS));
+    }
+  });
+#else
+  throw std::runtime_error("grouped_dot_bf16_ksplit: built without AVX512-BF16 support");
+#endif
+}
+
 bool has_dot_bf16() {
 #ifdef ASCEND_MOE_DOT_BF16
   __builtin_cpu_init();
@@ -942,6 +1068,18 @@ PYBIND11_MODULE(_gemm, m) {
       "fixed tree when b's k is contiguous, a transposed weight), one round-to-nearest-even to the output dtype; "
       "subnormals kept.");
   m.def("has_dot_bf16", &has_dot_bf16, "Whether this CPU has the AVX512-BF16 dot-product instruction.");
+  m.def(
+      "grouped_dot_bf16_ksplit",
+      [](py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
+        if (!has_dot_bf16()) {
+          throw std::runtime_error("grouped_dot_bf16_ksplit: this CPU has no AVX512-BF16 instructions");
+        }
+        grouped_dot_bf16_ksplit(out, x, y, groups, threads);
+      },
+      py::arg("out"), py::arg("x"), py::arg("y"), py::arg("groups"), py::arg("threads"),
+      "out[e] = x[s:t]^T @ y[s:t] for each (e, s, t) of groups (bf16, the K-split product; a group of no rows "
+      "writes zeros; each output written by one group) by vdpbf16ps with fp32 accumulators and one "
+      "round-to-nearest-even, with the same subnormal guard and IEEE fallback as grouped_dot_bf16.");
   m.def(
       "grouped_dot_bf16",
       [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, int threads) {
