@@ -106,6 +106,8 @@ class _TensorRecord:
         key = id(tensor)
         if key in self._by_object:
             return self._by_object[key]
+        if not self._by_storage:  # nothing recorded by storage: no view or fake lookup can find a record
+            return default
         view = _torch_view(tensor)
         if view is not None:
             storage, sig = view
