@@ -742,6 +742,23 @@ ASCEND_MOE_DOT_TARGET void dot_nt_few(const Problem &p, const std::uint16_t *be,
   }
 }
 
+// acc[r][j] += a(r, k) * b(k, j) over k in [0, kc) for `rows` x `width` outputs, one IEEE multiply-add per product
+// in k order (a block the dot-product instruction could have flushed); a and b give an element's bf16 bits.  acc
+// is zeroed first when it holds nothing yet (acc_set false), and holds the sums after.
+template <typename A, typename B>
+void ieee_block(std::vector<float> &acc, bool &acc_set, std::size_t wpad, std::size_t rows, std::size_t width,
+                std::size_t kc, A a, B b) {
+  if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);
+  acc_set = true;
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::size_t j = 0; j < width; ++j) {
+      float c = acc[r * wpad + j];
+      for (std::size_t k = 0; k < kc; ++k) c += widen1<false>(a(r, k)) * widen1<false>(b(k, j));
+      acc[r * wpad + j] = c;
+    }
+  }
+}
+
 // Output columns [c0, c1) of groups [g0, g1) (weight columns contiguous).
 ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                     std::size_t c1) {
@@ -828,20 +845,11 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
           ieee_from_here = true;
         }
         // not flush-safe: this block and the rest one IEEE multiply-add per product in k order
-        if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);
-        acc_set = true;
-        for (std::size_t r = 0; r < rows; ++r) {
-          const std::uint16_t *ar = p.a + (s + r) * p.k + k0;
-          for (std::size_t j = 0; j < width; ++j) {
-            float c = acc[r * wpad + j];
-            for (std::size_t k = 0; k < kc; ++k) {
-              c += widen1<false>(ar[k]) *
-                   widen1<false>(
-                       bk[static_cast<std::ptrdiff_t>(k) * k_step + static_cast<std::ptrdiff_t>(j) * n_step]);
-            }
-            acc[r * wpad + j] = c;
-          }
-        }
+        const std::uint16_t *ak = p.a + s * p.k + k0;
+        ieee_block(acc, acc_set, wpad, rows, width, kc, [&](std::size_t r, std::size_t k) { return ak[r * p.k + k]; },
+                   [&](std::size_t k, std::size_t j) {
+                     return bk[static_cast<std::ptrdiff_t>(k) * k_step + static_cast<std::ptrdiff_t>(j) * n_step];
+                   });
       }
       if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);  // K = 0: zeros
       for (std::size_t r = 0; r < rows; ++r) {
@@ -907,15 +915,8 @@ ASCEND_MOE_DOT_TARGET void dot_ksplit_unit(const KSplitProblem &p, std::size_t g
         ieee_from_here = true;
       }
       // not flush-safe: this block and the rest one IEEE multiply-add per product in token order
-      if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);
-      acc_set = true;
-      for (std::size_t r = 0; r < rows; ++r) {
-        for (std::size_t j = 0; j < width; ++j) {
-          float c = acc[r * wpad + j];
-          for (std::size_t k = 0; k < kc; ++k) c += widen1<false>(xk[k * p.m + r]) * widen1<false>(yk[k * p.n + j]);
-          acc[r * wpad + j] = c;
-        }
-      }
+      ieee_block(acc, acc_set, wpad, rows, width, kc, [&](std::size_t r, std::size_t k) { return xk[k * p.m + r]; },
+                 [&](std::size_t k, std::size_t j) { return yk[k * p.n + j]; });
     }
     if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);  // a group of no tokens: zeros
     for (std::size_t r = 0; r < rows; ++r) narrow_n<false>(&acc[r * wpad], o + (m0 + r) * p.n + b0, width);
