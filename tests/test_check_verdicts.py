@@ -64,8 +64,10 @@ def test_unkeyable_calls_are_checked_every_time():
     assert rules._verdict_key("npu_gmm", {"x": x.as_subclass(Sub), "weight": w, "group_list": gl}, target) is None
     assert rules._verdict_key("npu_gmm", {"x": x.float().numpy(), "weight": w, "group_list": gl}, target) is None
     assert rules._verdict_key("npu_gmm", {"x": x, "weight": w, "group_list": object()}, target) is None
-    big = torch.zeros(1 << 15, dtype=torch.int64)  # 256 KB of values: more than a key holds
+    big = torch.zeros(1 << 12, dtype=torch.int64)  # 32 KB of values: more than a key holds
     assert rules._verdict_key("npu_gmm", {"x": x, "weight": w, "group_list": big}, target) is None
+    quantized = torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.qint8)  # no NumPy counterpart
+    assert rules._verdict_key("npu_gmm", {"x": x, "weight": w, "group_list": quantized}, target) is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         calls = []

@@ -630,7 +630,7 @@ def _check_argument_types(spec: "OpSpec", args: Dict[str, Any], target: Target,
 # for plain CPU torch tensors (exact torch.Tensor / nn.Parameter: no subclass, fake or device tensor) and
 # plain scalars; anything else is checked every time.
 _VERDICTS_KEPT = 512
-_VERDICT_VALUE_BYTES = 1 << 16  # integer tensors' values in a key, at most (group lists, small index tensors)
+_VERDICT_VALUE_BYTES = 1 << 14  # integer tensors' values in a key, at most (group lists; 8 MB for all keys kept)
 _verdicts: "OrderedDict[Tuple[Any, ...], Tuple[Violation, ...]]" = OrderedDict()
 _verdicts_lock = threading.Lock()
 
@@ -657,7 +657,10 @@ def _verdict_key_of(v: Any, tensor_types: Tuple[type, ...], budget: List[int]) -
         budget[0] -= v.numel() * v.element_size()
         if budget[0] < 0:
             return None
-        values = v.detach().numpy().tobytes()
+        try:
+            values = v.detach().numpy().tobytes()
+        except (TypeError, RuntimeError):  # a dtype NumPy has no counterpart of: checked every time
+            return None
     return ("tensor", str(v.dtype), tuple(v.shape), tuple(v.stride()), int(v.storage_offset()), get_format(v),
             nz_storage_record(v), values)
 
