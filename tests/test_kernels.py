@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import ml_dtypes
 import numpy as np
@@ -1134,6 +1135,30 @@ def test_check_run_makes_the_machine_choice_of_its_shape_classes_while_setting_u
     assert chosen() == ["bf16.narrow", "bf16.skinny", "int8.skinny"]
     model_check.select_machine_kernels("bf16", 100)
     assert chosen() == ["bf16.narrow", "bf16.skinny", "bf16.wide", "int8.skinny"]
+
+
+def test_measurement_times_candidates_on_numpy_blas_after_the_others(monkeypatch):
+    """NumPy's BLAS threads keep spinning after a reference GEMM, slowing whatever runs next on the same cores.
+    Modelled here: for 0.2 s after the reference runs, the other candidate takes 20x longer.  Timed after it, the
+    faster candidate would look 5x slower than the reference and be cut; the reference is timed last instead."""
+    clock = {"spin_until": 0.0}
+    calls = []
+
+    def runner(cls, impl, shape):
+        def run():
+            calls.append(impl)
+            if impl == "reference":
+                time.sleep(0.004)
+                clock["spin_until"] = time.perf_counter() + 0.2
+            else:
+                time.sleep(0.02 if time.perf_counter() < clock["spin_until"] else 0.001)
+        return run
+    monkeypatch.setattr(mk, "_probe_runner", runner)
+    timings = mk._measure("int8.narrow", ["reference", "torch_int_mm"])
+    assert min(timings, key=timings.get) == "torch_int_mm", timings
+    assert timings["torch_int_mm"] < 0.005
+    # every call of the other candidate came before the reference's first call
+    assert "torch_int_mm" not in calls[calls.index("reference"):]
 
 
 def test_choice_measured_once_and_cached_per_machine(monkeypatch, fresh_selection):
