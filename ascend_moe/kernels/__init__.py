@@ -317,12 +317,14 @@ def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
     ta, tb = torch.ones(64, 256), torch.ones(256, 64)
     best: Dict[str, float] = {}
     for group in groups:  # the candidates on NumPy's BLAS after every call of the others
+        if not group:
+            continue
         for c in group:
             _probe_runner(cls, c, small)()  # warm-up: thread pools, first-call dispatch
         # the first call at a shape includes one-time work (oneDNN generates its kernels per shape, a packed
         # weight is made): a second call is the one timed, else a kernel without such work looks 4x faster
         first = {c: _best(runners[c], 2) for c in group}
-        floor = min(list(first.values()) + list(best.values()) or [float("inf")])
+        floor = min([*first.values(), *best.values()])
         keep = [c for c in group if first[c] <= 4 * floor]
         best.update({c: first[c] for c in keep})
         # each timed right after a small torch GEMM, as an op in a model runs: torch's OpenMP workers keep

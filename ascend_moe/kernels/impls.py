@@ -92,12 +92,8 @@ def share_torch_threads(enable: bool = True) -> bool:
     Returns whether they now share torch's threads.  At import it follows ``ASCEND_MOE_SHARE_TORCH_THREADS``
     (default 1; 0 gives each call threads of its own)."""
     path = torch_openmp_library() if enable else None
-    shared = path is not None
-    for module in COMPILED_MODULES:
-        if path is None:
-            module.unbind_openmp()
-        else:
-            shared = module.bind_openmp(path) and shared
+    # every module bound, or none (a list: each module is asked even after one refuses)
+    shared = path is not None and all([module.bind_openmp(path) for module in COMPILED_MODULES])
     if not shared:
         for module in COMPILED_MODULES:
             module.unbind_openmp()

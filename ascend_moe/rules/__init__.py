@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 import numpy as np
 
 from ..formats import is_torch_tensor as _is_torch_tensor_type
-from ..formats import get_format
+from ..formats import get_format, nz_storage_record
 from ..products import PRODUCTS, CannVersion, Target, resolve_target
 from ..sim.numerics import dtype_name
 
@@ -125,6 +125,12 @@ def _is_torch_tensor(x: Any) -> bool:
     return _is_torch_tensor_type(x)
 
 
+def _values_read(x: Any) -> bool:
+    """Whether the rules are given a torch tensor's values: only small integer tensors' (group lists, token
+    counts, indices): cheap.  The verdict key (``_verdict_key``) holds exactly these values too."""
+    return x.numel() <= 1 << 20 and not x.dtype.is_floating_point and not x.dtype.is_complex
+
+
 def tensor_meta(x: Any) -> Optional[TensorMeta]:
     """TensorMeta of a NumPy array, torch tensor or TensorSpec; None for anything else."""
     if isinstance(x, TensorMeta):
@@ -139,8 +145,7 @@ def tensor_meta(x: Any) -> Optional[TensorMeta]:
         values = None
         host = x if device == "cpu" else _simulated_host_view(x)
         concrete = host is not None and not _is_fake(x)
-        if concrete and x.numel() <= 1 << 20 and x.dtype.is_floating_point is False and x.dtype.is_complex is False:
-            # Only small integer tensors are read (group lists, token counts, indices): cheap.
+        if concrete and _values_read(x):
             values = host.detach().cpu().numpy()
         return TensorMeta(tuple(int(s) for s in x.shape), dtype_name(x.dtype), get_format(x),
                           tuple(int(s) for s in x.stride()), device, values)
@@ -650,10 +655,8 @@ def _verdict_key_of(v: Any, tensor_types: Tuple[type, ...], budget: List[int]) -
         return None if any(i is None for i in items) else (kind.__name__, items)
     if kind not in tensor_types or v.device.type != "cpu":
         return None
-    from ..formats import nz_storage_record
     values = None
-    if v.numel() <= 1 << 20 and not v.dtype.is_floating_point and not v.dtype.is_complex:
-        # tensor_meta hands these values to the rules
+    if _values_read(v):  # tensor_meta hands these values to the rules
         budget[0] -= v.numel() * v.element_size()
         if budget[0] < 0:
             return None

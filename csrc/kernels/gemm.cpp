@@ -930,6 +930,37 @@ namespace {
 
 enum class Kernel { widen_fma, dot_bf16 };
 
+// The rows of a [G, 3] int64 groups buffer (index, first row, end row); std::invalid_argument unless every group
+// has an index in [0, count) and rows in [0, rows], and with unique, unless no two groups share an index (each
+// writes its own output).
+const std::int64_t *checked_groups(const py::buffer_info &gi, py::ssize_t count, py::ssize_t rows,
+                                   const std::string &index_name, bool unique) {
+  if (gi.shape[1] != 3) {
+    throw std::invalid_argument("groups must be [G, 3] int64 rows (" + index_name + ", start, end)");
+  }
+  const auto *grp = static_cast<const std::int64_t *>(gi.ptr);
+  std::vector<bool> seen(unique ? static_cast<std::size_t>(count) : 0, false);
+  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) {
+    const std::int64_t ex = grp[3 * i], s = grp[3 * i + 1], f = grp[3 * i + 2];
+    const bool bad = ex < 0 || ex >= count || s < 0 || f < s || f > rows;
+    if (bad || (unique && seen[static_cast<std::size_t>(ex)])) {
+      throw std::invalid_argument("group " + std::to_string(i) + " (" + index_name + " " + std::to_string(ex) +
+                                  ", rows " + std::to_string(s) + ".." + std::to_string(f) + ") " +
+                                  (bad ? "is out of range" : "writes an output another group writes"));
+    }
+    if (unique) seen[static_cast<std::size_t>(ex)] = true;
+  }
+  return grp;
+}
+
+// `threads`, or 1 for a small product: starting a thread costs 20-70 us, as much as ~2M multiply-adds
+// (multiply-adds: each group's rows times macs_per_row).
+int threads_for_product(const std::int64_t *grp, py::ssize_t groups, std::size_t macs_per_row, int threads) {
+  std::size_t rows = 0;
+  for (py::ssize_t i = 0; i < groups; ++i) rows += static_cast<std::size_t>(grp[3 * i + 2] - grp[3 * i + 1]);
+  return rows * macs_per_row < (std::size_t(1) << 21) ? 1 : threads;
+}
+
 void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups, bool fp16, int threads,
                   Kernel kernel) {
   py::buffer_info oi = c_contiguous(out, "out", 2, 2, true);
@@ -943,19 +974,11 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
     throw std::invalid_argument("b must be a 3-D buffer of 2-byte elements [E, K, N] with N or K contiguous");
   }
   if (kernel == Kernel::dot_bf16 && fp16) throw std::invalid_argument("dot_bf16 takes bf16 operands");
-  if (gi.shape[1] != 3) throw std::invalid_argument("groups must be [G, 3] int64 rows (expert, start, end)");
   const py::ssize_t t = ai.shape[0], k = ai.shape[1], e = bi.shape[0], n = bi.shape[2];
   if (bi.shape[1] != k || oi.shape[0] != t || oi.shape[1] != n) {
     throw std::invalid_argument("shapes do not match: a [T, K], b [E, K, N], out [T, N]");
   }
-  const auto *grp = static_cast<const std::int64_t *>(gi.ptr);
-  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) {
-    const std::int64_t ex = grp[3 * i], s = grp[3 * i + 1], f = grp[3 * i + 2];
-    if (ex < 0 || ex >= e || s < 0 || f < s || f > t) {
-      throw std::invalid_argument("group " + std::to_string(i) + " (expert " + std::to_string(ex) + ", rows " +
-                                  std::to_string(s) + ".." + std::to_string(f) + ") is out of range");
-    }
-  }
+  const std::int64_t *grp = checked_groups(gi, e, t, "expert", false);
   Problem p{static_cast<const std::uint16_t *>(ai.ptr),
             static_cast<const std::uint16_t *>(bi.ptr),
             bi.strides[0] / 2,
@@ -967,11 +990,7 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
             static_cast<std::size_t>(gi.shape[0]),
             k_contiguous};
   if (n == 0 || gi.shape[0] == 0) return;
-  // a small product on one thread: starting a thread costs 20-70 us, as much as ~2M multiply-adds
-  std::size_t macs = 0;
-  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) macs += static_cast<std::size_t>(grp[3 * i + 2] - grp[3 * i + 1]);
-  macs *= static_cast<std::size_t>(k) * static_cast<std::size_t>(n);
-  if (macs < (std::size_t(1) << 21)) threads = 1;
+  threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(k) * static_cast<std::size_t>(n), threads);
   py::gil_scoped_release release;
   auto run = [&](std::size_t g0, std::size_t g1, std::size_t c0, std::size_t c1) {
 #ifdef ASCEND_MOE_DOT_BF16
@@ -1003,31 +1022,17 @@ void grouped_dot_bf16_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buf
   py::buffer_info xi = c_contiguous(x, "x", 2, 2, false);
   py::buffer_info yi = c_contiguous(y, "y", 2, 2, false);
   py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
-  if (gi.shape[1] != 3) throw std::invalid_argument("groups must be [G, 3] int64 rows (output, start, end)");
   const py::ssize_t t = xi.shape[0], m = xi.shape[1], n = yi.shape[1], e = oi.shape[0];
   if (yi.shape[0] != t || oi.shape[1] != m || oi.shape[2] != n) {
     throw std::invalid_argument("shapes do not match: x [T, M], y [T, N], out [E, M, N]");
   }
-  const auto *grp = static_cast<const std::int64_t *>(gi.ptr);
-  std::vector<bool> written(static_cast<std::size_t>(e), false);
-  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) {
-    const std::int64_t ex = grp[3 * i], s = grp[3 * i + 1], f = grp[3 * i + 2];
-    if (ex < 0 || ex >= e || s < 0 || f < s || f > t || written[static_cast<std::size_t>(ex)]) {
-      throw std::invalid_argument("group " + std::to_string(i) + " (output " + std::to_string(ex) + ", rows " +
-                                  std::to_string(s) + ".." + std::to_string(f) +
-                                  ") is out of range or writes an output another group writes");
-    }
-    written[static_cast<std::size_t>(ex)] = true;
-  }
+  const std::int64_t *grp = checked_groups(gi, e, t, "output", true);
 #ifdef ASCEND_MOE_DOT_BF16
   const KSplitProblem p{static_cast<const std::uint16_t *>(xi.ptr), static_cast<const std::uint16_t *>(yi.ptr),
                         static_cast<std::uint16_t *>(oi.ptr), static_cast<std::size_t>(m),
                         static_cast<std::size_t>(n), grp};
   if (m == 0 || n == 0 || gi.shape[0] == 0) return;
-  std::size_t macs = 0;
-  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) macs += static_cast<std::size_t>(grp[3 * i + 2] - grp[3 * i + 1]);
-  macs *= static_cast<std::size_t>(m) * static_cast<std::size_t>(n);
-  if (macs < (std::size_t(1) << 21)) threads = 1;
+  threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(m) * static_cast<std::size_t>(n), threads);
   // units of work: KS_ROWS output rows of one group, handed out one at a time
   const std::size_t chunks = (static_cast<std::size_t>(m) + KS_ROWS - 1) / KS_ROWS;
   py::gil_scoped_release release;
