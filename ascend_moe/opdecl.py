@@ -60,19 +60,19 @@ class SchemaArg:
         """The op writes into this argument (``Tensor(a!)``)."""
         return self.alias.endswith("!")
 
-    @property
-    def optional(self) -> bool:
-        return self.type.endswith("?")
+    # derived from the frozen fields once (every call's binding reads them; plain attributes, which
+    # torch.compile traces, unlike functools.cached_property's lock)
+    optional: bool = field(init=False, repr=False, compare=False)
+    base: str = field(init=False, repr=False, compare=False)
+    is_tensor: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def base(self) -> str:
-        """The type without ``?`` (and a fixed list size, ``int[2]`` -> ``int[]``): ``Tensor``,
-        ``Tensor[]``, ``int``, ``int[]``, ``float``, ..."""
-        return _unsized(self.type.rstrip("?"))
-
-    @property
-    def is_tensor(self) -> bool:
-        return self.base in ("Tensor", "Tensor[]")
+    def __post_init__(self) -> None:
+        # ``base``: the type without ``?`` (and a fixed list size, ``int[2]`` -> ``int[]``): ``Tensor``,
+        # ``Tensor[]``, ``int``, ``int[]``, ``float``, ...
+        base = _unsized(self.type.rstrip("?"))
+        object.__setattr__(self, "optional", self.type.endswith("?"))
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "is_tensor", base in ("Tensor", "Tensor[]"))
 
     def spelled(self) -> str:
         d = "" if self.default is NO_DEFAULT else "=" + _default_text(self.default)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,9 +32,10 @@ from ._common import from_numpy, to_numpy
 
 NAMESPACE = "ascend_moe"
 
-# op name -> its CustomOpDef / public function / PrivateUse1 kernel
+# op name -> its CustomOpDef / public function / CPU kernel / PrivateUse1 kernel
 OPDEFS: Dict[str, Any] = {}
 PUBLIC: Dict[str, Callable[..., Any]] = {}
+CPU_KERNELS: Dict[str, Callable[..., Any]] = {}
 NPU_KERNELS: Dict[str, Callable[..., Any]] = {}
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8,
@@ -284,41 +286,52 @@ def make_cpu_kernel(decl: OpDecl) -> Callable[..., Any]:
         a = kernel_bind(decl, args, kwargs)
         named = tensors_of(decl, a)
         check_one_device(decl, named)
-        if decl.collective and select_backend(decl.name, [t for _, t in named]) != "aclnn":
-            # the adapter checks, agreed across the ranks
-            return kernel_result(decl, a, run_sim(decl, a, _collective_target()))
-        target = _enforce(decl, a)
-        if select_backend(decl.name, [t for _, t in named]) == "aclnn":  # the fake-CANN test hook only
-            return kernel_result(decl, a, _aclnn(decl, a))
-        return kernel_result(decl, a, run_sim(decl, a, target))
+        return cpu_kernel_bound(decl, a, named)
     cpu_kernel.__name__ = f"{decl.name}_cpu_kernel"
     return cpu_kernel
+
+
+def cpu_kernel_bound(decl: OpDecl, a: Dict[str, Any], named: List[Tuple[str, torch.Tensor]]) -> Any:
+    """The CPU kernel after binding (``a``, the public argument dict) and the one-device check."""
+    tensors = [t for _, t in named]
+    if decl.collective and select_backend(decl.name, tensors) != "aclnn":
+        # the adapter checks, agreed across the ranks
+        return kernel_result(decl, a, run_sim(decl, a, _collective_target()))
+    target = _enforce(decl, a)
+    if select_backend(decl.name, tensors) == "aclnn":  # the fake-CANN test hook only
+        return kernel_result(decl, a, _aclnn(decl, a))
+    return kernel_result(decl, a, run_sim(decl, a, target))
 
 
 def make_npu_kernel(decl: OpDecl) -> Callable[..., Any]:
     def npu_kernel(*args: Any, **kwargs: Any) -> Any:
         a = kernel_bind(decl, args, kwargs)
         named = tensors_of(decl, a)
-        device = check_one_device(decl, named)
-        tensors = [t for _, t in named]
-        on_npu = device is not None and device.type in NPU_DEVICE_TYPES
-        if on_npu and _backends.privateuse1_is_simulated():
-            if requested_backend() == "aclnn":
-                raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
-                                   "simulated host-memory one; use backend 'auto' or 'sim'")
-            target = _collective_target() if decl.collective else _enforce(decl, a)
-            return kernel_result(decl, a, run_sim(decl, a, target, device))
-        if not on_npu and requested_backend() != "aclnn":
-            raise BackendError(
-                f"{decl.name}: the NPU (PrivateUse1) kernel was reached with tensors on "
-                f"{sorted({t.device.type for t in tensors})}; it only runs CANN's aclnn and never the "
-                "simulator. Call the op with CPU tensors for the simulator, or with NPU tensors for aclnn.")
-        if not (decl.collective and on_npu):  # a collective op's aclnn entry check agrees across the ranks
-            _enforce(decl, a)
-        select_backend(decl.name, tensors)  # refuses an explicit 'sim' and a missing aclnn, saying why
-        return kernel_result(decl, a, _aclnn(decl, a))
+        return npu_kernel_bound(decl, a, named, check_one_device(decl, named))
     npu_kernel.__name__ = f"{decl.name}_npu_kernel"
     return npu_kernel
+
+
+def npu_kernel_bound(decl: OpDecl, a: Dict[str, Any], named: List[Tuple[str, torch.Tensor]],
+                     device: Optional[torch.device]) -> Any:
+    """The PrivateUse1 kernel after binding and the one-device check (``device``: the tensors')."""
+    tensors = [t for _, t in named]
+    on_npu = device is not None and device.type in NPU_DEVICE_TYPES
+    if on_npu and _backends.privateuse1_is_simulated():
+        if requested_backend() == "aclnn":
+            raise BackendError(f"{decl.name}: backend 'aclnn' was requested but the NPU device is the "
+                               "simulated host-memory one; use backend 'auto' or 'sim'")
+        target = _collective_target() if decl.collective else _enforce(decl, a)
+        return kernel_result(decl, a, run_sim(decl, a, target, device))
+    if not on_npu and requested_backend() != "aclnn":
+        raise BackendError(
+            f"{decl.name}: the NPU (PrivateUse1) kernel was reached with tensors on "
+            f"{sorted({t.device.type for t in tensors})}; it only runs CANN's aclnn and never the "
+            "simulator. Call the op with CPU tensors for the simulator, or with NPU tensors for aclnn.")
+    if not (decl.collective and on_npu):  # a collective op's aclnn entry check agrees across the ranks
+        _enforce(decl, a)
+    select_backend(decl.name, tensors)  # refuses an explicit 'sim' and a missing aclnn, saying why
+    return kernel_result(decl, a, _aclnn(decl, a))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +384,136 @@ def _formatted_call_in_one_dispatch(op: Any, targs: Sequence[Any], named: List[T
     return _call_declared_op(op, targs, {})
 
 
+# ------------------------------------------------------------------------------------------------
+# the direct route: a plain eager call without the dispatcher's Python layers
+# ------------------------------------------------------------------------------------------------
+# A custom op's eager call on CPU tensors goes dispatcher -> torch's Python autograd layer -> its
+# redispatch -> the kernel's wrapper -> our kernel: about 0.2-0.3 ms per call right after a large GEMM has
+# evicted the interpreter's working set, as much as a small expert GEMM.  Where nothing could observe the
+# difference, the public function calls the same kernel itself (and, when a gradient is needed, through an
+# autograd.Function built from the same backward and setup_context torch's layer is given).  Everything
+# else - any tensor subclass, a dispatch or torch-function mode, torch.compile, jit tracing, functorch
+# transforms, the profiler, an op that writes an argument or is collective, tensor-list autograd - takes
+# the dispatcher as before.  ASCEND_MOE_DIRECT_CALLS=0 sends every call through the dispatcher.
+
+_DISPATCH = object()  # "go through the dispatcher"
+
+
+def direct_calls_enabled() -> bool:
+    return os.environ.get("ASCEND_MOE_DIRECT_CALLS", "1") != "0"
+
+
+def _direct_route_kinds(decl: OpDecl) -> Tuple[bool, bool]:
+    """(may the op's eager calls go direct, may its gradient-recording calls) - fixed per declaration."""
+    plain = not decl.mutates and decl.returns_written is None and decl.returns_clone_of is None \
+        and not decl.collective
+    lists = any(a.base == "Tensor[]" for a in decl.torch_parsed.args) or "Tensor[]" in decl.parsed.returns
+    return plain, plain and decl.backward is not None and not lists
+
+
+# read on every call: the C entry points themselves (no module attribute chains)
+_dispatch_modes = torch._C._len_torch_dispatch_stack         # user and infra (fake, proxy) modes
+_torch_function_mode = torch._C._is_torch_function_mode_enabled
+_functorch_interpreters = torch._C._functorch.peek_interpreter_stack
+_jit_tracing = torch._C._get_tracing_state
+_profiler = torch.autograd.profiler
+
+
+def _ambient_state_needs_dispatcher() -> bool:
+    return (torch.compiler.is_compiling() or _dispatch_modes() > 0 or _torch_function_mode()
+            or _functorch_interpreters() is not None or _jit_tracing() is not None
+            or _profiler._is_profiler_enabled)
+
+
+def _direct_function(decl: OpDecl) -> Any:
+    """The autograd.Function of a gradient-recording direct call, made as torch's custom-op layer makes its
+    own: forward runs the kernel then the registered setup_context on the torch schema's inputs (formats
+    included), backward is the registered backward.  forward's first argument is the call's kernel (the
+    bound arguments in it), not an input of the op: its gradient slot is dropped."""
+    backward, setup_context = _autograd_without_formats(decl)
+
+    def forward(ctx: Any, run: Callable[[], Any], *args: Any) -> Any:
+        output = run()
+        setup_context(ctx, args, output)
+        return output
+
+    def backward_of(ctx: Any, *grads: Any) -> Any:
+        whole = ctx.needs_input_grad  # restored after: a retained graph's backward runs again on this ctx
+        ctx.needs_input_grad = whole[1:]  # the schema's inputs, as torch's layer passes them
+        try:
+            result = backward(ctx, *grads)
+        finally:
+            ctx.needs_input_grad = whole
+        return (None,) + (tuple(result) if isinstance(result, (list, tuple)) else (result,))
+
+    return type(f"Direct_{decl.name}", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward_of)})
+
+
+_DIRECT_FUNCTIONS: Dict[str, Any] = {}
+_DIRECT_KINDS: Dict[str, Tuple[bool, bool]] = {}
+
+
+def _direct_kernel(decl: OpDecl, tensors: Sequence[torch.Tensor]) -> Optional[str]:
+    """``"cpu"`` / ``"npu"`` (the simulated device): the kernel a direct call of these tensors runs; None
+    where the dispatcher is needed."""
+    if not _DIRECT_KINDS[decl.name][0] or not tensors:
+        return None
+    device = tensors[0].device
+    for t in tensors:
+        kind = type(t)
+        if (kind is not torch.Tensor and kind is not torch.nn.Parameter) or t.device != device:
+            return None
+    if device.type == "cpu":
+        where = "cpu"
+    elif device.type in NPU_DEVICE_TYPES and _backends.privateuse1_is_simulated():
+        where = "npu"
+    else:
+        return None
+    if not direct_calls_enabled() or _ambient_state_needs_dispatcher():
+        return None
+    return where
+
+
+def _needs_grad(tensors: Sequence[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _direct_public_call(decl: OpDecl, a: Dict[str, Any], named: List[Tuple[str, torch.Tensor]],
+                        device: Optional[torch.device], targs: Tuple[Any, ...]) -> Any:
+    """A public call's kernel on its bound arguments (no second binding), or _DISPATCH."""
+    tensors = [t for _, t in named]
+    where = _direct_kernel(decl, tensors)
+    if where is None:
+        return _DISPATCH
+
+    def run() -> Any:
+        return cpu_kernel_bound(decl, a, named) if where == "cpu" else npu_kernel_bound(decl, a, named, device)
+    if not _needs_grad(tensors):
+        return run()
+    if not _DIRECT_KINDS[decl.name][1]:
+        return _DISPATCH
+    fn = _DIRECT_FUNCTIONS.get(decl.name)
+    if fn is None:
+        fn = _DIRECT_FUNCTIONS[decl.name] = _direct_function(decl)
+    return fn.apply(run, *targs, None)  # None: the trailing tensor_formats, as the torch schema has it
+
+
+def call_op(name: str, *args: Any, **kwargs: Any) -> Any:
+    """``torch.ops.ascend_moe.<name>(*args, **kwargs)`` (the torch schema's spelling), by the direct route
+    where it is open and no gradient is recorded: what the ops' own backward formulas call."""
+    decl = PUBLIC[name].__ascend_moe_decl__
+    tensors = [t for v in (*args, *kwargs.values())
+               for t in (v if isinstance(v, (list, tuple)) else (v,)) if isinstance(t, torch.Tensor)]
+    where = _direct_kernel(decl, tensors)
+    if where is not None and not _needs_grad(tensors):
+        return (CPU_KERNELS if where == "cpu" else NPU_KERNELS)[name](*args, **kwargs)
+    return getattr(torch.ops.ascend_moe, name)(*args, **kwargs)
+
+
 def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
+    _DIRECT_KINDS[decl.name] = _direct_route_kinds(decl)
+
     def public(*args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
         a = bind(decl, args, kwargs)
         named = tensors_of(decl, a)
@@ -380,9 +522,11 @@ def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
             result = _fake_cann_route(decl, a, [t for _, t in named])
         else:
             targs = decl.to_torch(a)
-            result = _formatted_call_in_one_dispatch(op, targs, named)
-            if result is None:
-                result = op(*targs)
+            result = _direct_public_call(decl, a, named, device, targs)
+            if result is _DISPATCH:
+                result = _formatted_call_in_one_dispatch(op, targs, named)
+                if result is None:
+                    result = op(*targs)
         # an op that returns the argument it wrote returns that very tensor (torch_npu's Tensor(a!))
         return a[decl.returns_written] if decl.returns_written is not None else result
 
@@ -471,7 +615,9 @@ def register(decl: OpDecl) -> Callable[..., Any]:
     """Define ``torch.ops.ascend_moe.<name>`` from ``decl``; returns the public function."""
     if decl.name in PUBLIC:
         return PUBLIC[decl.name]
-    opdef = torch.library.custom_op(f"{NAMESPACE}::{decl.name}", make_cpu_kernel(decl), mutates_args=decl.mutates,
+    cpu_kernel = make_cpu_kernel(decl)
+    CPU_KERNELS[decl.name] = cpu_kernel
+    opdef = torch.library.custom_op(f"{NAMESPACE}::{decl.name}", cpu_kernel, mutates_args=decl.mutates,
                                     device_types="cpu", schema=torch_schema(decl))
     opdef.register_fake(make_fake_kernel(decl))
     npu_kernel = make_npu_kernel(decl)

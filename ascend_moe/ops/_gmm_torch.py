@@ -6,6 +6,7 @@ whichever backend the forward used.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -150,7 +151,8 @@ def _make_gmm_backward(op_name: str, list_type: int):
     def backward(ctx, grad):
         x, weight, group_list = ctx.saved_tensors
         ints = ctx.group_list_ints
-        op = getattr(torch.ops.ascend_moe, op_name)
+        from ._generate import call_op
+        op = functools.partial(call_op, op_name)
         grad = grad.contiguous()
         dx = dw = None
         if ctx.needs_input_grad[0]:
