@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["SchemaArg", "Schema", "parse_schema", "AclnnEntry", "CParam", "Out", "SampleInput", "ErrorInput",
            "OpDecl", "declare", "get_decl", "all_decls", "BindError"]
@@ -390,6 +390,8 @@ class OpDecl:
         # (``-> Tensor(a!)``) returns nothing there, and its public function returns the argument
         returns = () if self.returns_written else self.parsed.returns
         self.torch_parsed = Schema(self.parsed.name, "", tuple(torch_args), returns)
+        self._torch_spec = self.torch_parsed.args[:-1]  # what the kernels bind (no tensor_formats)
+        self._bindings: Dict[Tuple[bool, bool], Tuple[Tuple[SchemaArg, ...], FrozenSet[str]]] = {}
         for e in self.aclnn:
             for p in e.c_params:
                 if p.ctype in ("O", "OL") and (p.name not in e.bind or not (
@@ -510,7 +512,7 @@ class OpDecl:
         args, kwargs, _ = self.split_formats(args, kwargs)
         if not self.alternatives:
             return self.bind(args, kwargs, tensor_check=tensor_check, keyword_split=False)
-        a = self._bind(self.torch_parsed.args[:-1], args, kwargs, tensor_check, " (torch schema)", False, False)
+        a = self._bind(self._torch_spec, args, kwargs, tensor_check, " (torch schema)", False, False)
         for name, (_, extra) in self.alternatives.items():
             ints = a.pop(extra)
             if ints is not None:
@@ -537,10 +539,7 @@ class OpDecl:
     def _bind(self, spec: Sequence[SchemaArg], args: Sequence[Any], kwargs: Mapping[str, Any], tensor_check: Any,
               where: str, keyword_split: bool, any_dtype: bool) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
-        if keyword_split:
-            positional = [a for a in spec if not a.kwarg_only] + [self.parsed.arg(n) for n in self.legacy_positional]
-        else:
-            positional = list(spec)
+        positional, names = self._binding_of(spec, keyword_split)
         if len(args) > len(positional):
             raise self._error(f"takes {len(positional)} positional argument(s) but {len(args)} were given "
                               f"(arguments after the '*' are keyword-only)", where)
@@ -549,7 +548,7 @@ class OpDecl:
         for k, v in kwargs.items():
             if k in out:
                 raise self._error(f"got multiple values for argument '{k}'", where)
-            if not any(a.name == k for a in spec):
+            if k not in names:
                 raise self._error(f"got an unexpected keyword argument '{k}'", where)
             out[k] = v
         for a in spec:
@@ -578,6 +577,23 @@ class OpDecl:
                                       f"{_expected(alt[0]).split(' (')[0]} (the .{_overload_of(self, a.name)} "
                                       f"overload), got {_type_name(v)}", where) from None
         return out
+
+    def _binding_of(self, spec: Tuple[SchemaArg, ...], keyword_split: bool
+                    ) -> Tuple[Tuple[SchemaArg, ...], FrozenSet[str]]:
+        """The arguments ``spec`` (the declared schema's or the kernels' :attr:`_torch_spec`) binds
+        positionally, and all its names: worked out once per form."""
+        if spec is not self.parsed.args and spec is not self._torch_spec:
+            raise ValueError(f"{self.name}: binding against an argument list of neither schema")
+        key = (spec is self.parsed.args, keyword_split)
+        known = self._bindings.get(key)
+        if known is None:
+            if keyword_split:
+                positional = tuple(a for a in spec if not a.kwarg_only) + tuple(
+                    self.parsed.arg(n) for n in self.legacy_positional)
+            else:
+                positional = spec
+            known = self._bindings[key] = (positional, frozenset(a.name for a in spec))
+        return known
 
     def _error(self, what: str, where: str) -> BindError:
         return BindError(f"{self.name}{where}: {what}; signature: {self.parsed.spelled(name=False)}")

@@ -142,6 +142,7 @@ KNOWN_RELEASES = tuple(CannVersion(v) for v in (
     "8.0.RC1", "8.0.RC2", "8.0.RC3", "8.0.0", "8.1.RC1", "8.2.RC1", "8.3.RC1", "8.5.0", "9.0.0", "9.0.1",
     "9.1.0"))
 LATEST_KNOWN = KNOWN_RELEASES[-1]
+_KNOWN_KEYS = frozenset(r._key for r in KNOWN_RELEASES)  # membership without a comparison per release
 
 
 class UnknownCannVersionWarning(UserWarning):
@@ -157,7 +158,7 @@ def known_release_for(version: "CannVersion") -> "CannVersion":
 
 def warn_if_unknown(version: "CannVersion", stacklevel: int = 3) -> None:
     """Warn once per version that is not a known release, naming the release it is treated as."""
-    if version in KNOWN_RELEASES or version.text in _warned_versions:
+    if version._key in _KNOWN_KEYS or version.text in _warned_versions:
         return
     _warned_versions.add(version.text)
     as_release = known_release_for(version)

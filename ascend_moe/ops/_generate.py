@@ -26,6 +26,10 @@ import numpy as np
 import torch
 
 from .. import backends as _backends
+from .. import kernels as machine_kernels
+from ..products import resolve_target
+from ..rules import enforce_call
+from ..sim import kernels as sim_kernels
 from ..backends import NPU_DEVICE_TYPES, BackendError, requested_backend, select_backend
 from ..opdecl import OpDecl
 from ._common import from_numpy, to_numpy
@@ -43,9 +47,15 @@ _DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch
            "bool": torch.bool, "float64": torch.float64}
 
 
+_DTYPE_OF_NUMPY = {np.dtype(name): dt for name, dt in _DTYPES.items() if name != "bfloat16"}
+
+
 def torch_dtype(d: Any) -> torch.dtype:
-    """A shape rule's dtype (a torch dtype or a dtype name) as a torch dtype."""
-    return d if isinstance(d, torch.dtype) else _DTYPES[str(d)]
+    """A shape rule's dtype (a torch dtype, a NumPy dtype or a dtype name) as a torch dtype."""
+    if isinstance(d, torch.dtype):
+        return d
+    known = _DTYPE_OF_NUMPY.get(d) if isinstance(d, np.dtype) else None
+    return known if known is not None else _DTYPES[str(d)]
 
 
 def _is_tensor(v: Any) -> bool:
@@ -174,8 +184,6 @@ def run_sim(decl: OpDecl, a: Dict[str, Any], target: Any, device: Optional[torch
     view = _backends.host_view if on_device else (lambda t: t)
     # this machine's fastest faithful GEMMs (ascend_moe.kernels); converted copies of the declared
     # weights of CPU tensors are kept while those tensors are unchanged
-    from .. import kernels as machine_kernels
-    from ..sim import kernels as sim_kernels
     weights = [] if on_device or decl.cached_weights is None else list(decl.cached_weights(a))
     with sim_kernels.use(machine_kernels.for_call(*weights)):
         result = (decl.sim_torch or decl.sim)(_np_args(decl, a, view), target)
@@ -200,12 +208,10 @@ def _aclnn(decl: OpDecl, a: Dict[str, Any]) -> Any:
 
 
 def _collective_target():
-    from ..products import resolve_target
     return resolve_target()
 
 
 def _enforce(decl: OpDecl, a: Dict[str, Any]):
-    from ..rules import enforce_call
     return enforce_call(decl.name, a)
 
 

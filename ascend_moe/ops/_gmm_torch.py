@@ -13,10 +13,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..opdecl import get_decl
 from ..rules import ConstraintWarning
 from ..sim import gmm as _sim
 from ..sim.numerics import get_undefined_policy
 from ._common import from_numpy, to_numpy
+from ._generate import call_op, torch_dtype
+from .gmm import gmm_shape
 
 Tensor = torch.Tensor
 _ERR_GROUP_TYPE = "group_type must be zero to compute gradients of x and weight!"
@@ -75,9 +78,9 @@ def _check_grad_request(x_needs: bool, w_needs: bool, bias: Optional[Tensor], gr
         raise ValueError(_ERR_GROUP_TYPE)
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_names(op: str) -> Tuple[str, ...]:
     """The torch.library schema's argument names (the positional ``inputs`` autograd sees)."""
-    from ..opdecl import get_decl
     return get_decl(op).torch_parsed.names
 
 
@@ -151,7 +154,6 @@ def _make_gmm_backward(op_name: str, list_type: int):
     def backward(ctx, grad):
         x, weight, group_list = ctx.saved_tensors
         ints = ctx.group_list_ints
-        from ._generate import call_op
         op = functools.partial(call_op, op_name)
         grad = grad.contiguous()
         dx = dw = None
@@ -228,8 +230,6 @@ def gmm_forward(op: str, group_list_type: int, a: Dict[str, Any]) -> Tensor:
     """npu_gmm / npu_gmm_v2 on the simulator (``a``: bound arguments, arrays as NumPy).  The output is a
     fresh torch.empty the simulator writes in place: the weight gradient (K split) is GB-sized, and the
     first-touch cost of torch's ordinary pages is steady where NumPy's huge-page allocations are not."""
-    from ._generate import torch_dtype
-    from .gmm import gmm_shape
     (shape, dtype), = gmm_shape(a)
     y = torch.empty(tuple(int(d) for d in shape), dtype=torch_dtype(dtype))
     _sim._gmm_forward(a["x"], a["weight"], a["bias"], a["group_list"], a["group_type"], group_list_type, None,
