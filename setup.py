@@ -38,8 +38,9 @@ ext_modules = [
         )
         for name in ("scan", "select", "epilogue")
     ],
-    # _gemm (the grouped bf16 / fp16 GEMM on exactly widened operands): its a * b + c may contract into one FMA,
-    # which changes no value there (every product of two bf16 or two fp16 values is exact in fp32)
+    # _gemm (the grouped bf16 / fp16 GEMM on exactly widened operands, and its fp32 form): its a * b + c may
+    # contract into one FMA, which changes no value for bf16 / fp16 (every product of two such values is exact in
+    # fp32); for fp32 operands either form is fp32 accumulation within the summation bound, the contract there
     Pybind11Extension(
         "ascend_moe.kernels._gemm",
         ["csrc/kernels/gemm.cpp"],

@@ -43,8 +43,6 @@ def _packed_ok(dtype_name):
 
 
 def _skip_unless_eligible(impl, dtype_name):
-    if impl == "widen_fma" and dtype_name == "fp32":
-        pytest.skip("widen_fma is the bf16 / fp16 kernel")
     if impl == "dot_bf16" and dtype_name != "bf16":
         pytest.skip("dot_bf16 is a bf16 kernel")
     if impl == "dot_bf16" and not mk._verified("bf16.wide", "dot_bf16"):
@@ -154,7 +152,7 @@ def test_bf16_subnormal_products_and_inputs_are_not_flushed(monkeypatch, impl):
         assert y[1, 0].item() == 0.0  # 2**-194 is below the bf16 range: zero in IEEE too
 
 
-@pytest.mark.parametrize("impl", ["torch_sgemm", "torch_packed"])
+@pytest.mark.parametrize("impl", ["torch_sgemm", "torch_packed", "widen_fma"])
 def test_fp32_subnormal_products_and_inputs_are_not_flushed(monkeypatch, impl):
     """fp32: 2**-70 * 2**-70 = 2**-140 (subnormal) twice sums to 2**-139; a subnormal input 1e-40
     times 1 stays 1e-40 (a flush-to-zero mode would give 0)."""
@@ -522,6 +520,71 @@ def test_compiled_widen_fma_of_a_transposed_weight_in_its_lane_order_bit_for_bit
     for ex, s, f in groups:
         want = _fp32_in_16_lanes_then_tree(a[s:f], w[ex])
         assert np.array_equal(out[s:f].view(np.uint16), want.view(np.uint16)), (ex, s, f)
+
+
+def _assert_fp32_accumulation_within_bound(out, a, b):
+    """Every output within the fp32 summation bound of the exact sum: |out - a @ b| <= (K + 4) u |a| @ |b|
+    (float64 products of fp32 values are exact; u = 2**-24)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    err = np.abs(out.astype(np.float64) - a64 @ b64)
+    assert np.all(err <= (a.shape[1] + 4) * U32 * (np.abs(a64) @ np.abs(b64))), float(err.max())
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_compiled_fma_fp32_is_fp32_accumulation_within_the_bound_and_thread_independent(transposed):
+    """fp32 operands in the widen-FMA loops: the 8 / 4 / 2 / 1-row tiles, 141 columns (strips and the 13
+    after them), K = 600 (blocks of 64 and a partial one; 37 16-lane steps and 8 after), an empty group, a
+    weight view with padded rows, groups in any order and one expert twice.  Each output is within the fp32
+    summation bound, and the bits do not depend on the number of threads (a fixed order per output)."""
+    g = np.random.default_rng(21)
+    rows = [3, 0, 19, 8, 1, 12]
+    experts = [2, 0, 1, 3, 2, 0]
+    t, k, n, e = sum(rows), 600, 141, 4
+    a = (g.standard_normal((t, k)) * 2).astype(np.float32)
+    if transposed:
+        w = (g.standard_normal((e, n, k + 4)) * 2).astype(np.float32)[:, :, 2:2 + k]
+        b = w.transpose(0, 2, 1)  # [E, K, N] with K contiguous
+    else:
+        b = (g.standard_normal((e, k, n + 9)) * 2).astype(np.float32)[:, :, 5:5 + n]
+    ends = np.cumsum(rows)
+    groups = np.array([(x, s - r, s) for x, s, r in zip(experts, ends, rows)], dtype=np.int64)
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.full((t, n), np.nan, dtype=np.float32)
+        _gemm_module().grouped_fma_fp32(out, a, b, groups, threads)
+        for ex, s, f in groups:
+            _assert_fp32_accumulation_within_bound(out[s:f], a[s:f], b[ex])
+        outs.append(out)
+    assert np.array_equal(outs[0].view(np.int32), outs[1].view(np.int32))
+    assert np.array_equal(outs[0].view(np.int32), outs[2].view(np.int32))
+
+
+def test_compiled_fma_fp32_keeps_subnormals_with_flush_mode_on():
+    """2**-70 * 2**-70 = 2**-140 (subnormal) twice sums to 2**-139; a subnormal input 1e-40 times 1 stays."""
+    a = np.zeros((2, 16), dtype=np.float32)
+    a[0, 0] = a[0, 1] = 2.0 ** -70
+    a[1, 2] = 1e-40
+    b = np.zeros((1, 16, 3), dtype=np.float32)
+    b[0, 0, 0] = b[0, 1, 0] = 2.0 ** -70
+    b[0, 2, 1] = 1.0
+    out = np.empty((2, 3), dtype=np.float32)
+    try:
+        torch.set_flush_denormal(True)
+        _gemm_module().grouped_fma_fp32(out, a, b, np.array([[0, 0, 2]], dtype=np.int64), 2)
+    finally:
+        torch.set_flush_denormal(False)
+    assert out[0, 0] == np.float32(2.0 ** -139) and out[1, 1] == np.float32(1e-40) != 0
+
+
+def test_compiled_fma_fp32_refuses_other_element_sizes():
+    mod = _gemm_module()
+    ok = np.array([[0, 0, 4]], dtype=np.int64)
+    with pytest.raises(ValueError, match="4-byte"):
+        mod.grouped_fma_fp32(np.zeros((4, 5), np.float32), np.zeros((4, 8), np.uint16),
+                             np.zeros((1, 8, 5), np.float32), ok, 1)
+    with pytest.raises(ValueError, match="4-byte"):
+        mod.grouped_fma_fp32(np.zeros((4, 5), np.float32), np.zeros((4, 8), np.float32),
+                             np.zeros((1, 8, 5), np.uint16), ok, 1)
 
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])

@@ -59,7 +59,7 @@ _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float
 CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "narrow", "skinny"))
 # which implementations exist for which operand dtype (each still has to pass its contract check)
 _FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"),
-                    "widen_fma": ("bf16", "fp16"), "dot_bf16": ("bf16",)}
+                    "widen_fma": ("bf16", "fp16", "fp32"), "dot_bf16": ("bf16",)}
 IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
                      (n for n in FLOAT_IMPLS if c.split(".")[0] in _FLOAT_DTYPES_OF.get(n, FLOAT_DTYPES)))
             for c in CLASSES}
@@ -75,8 +75,9 @@ _PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)),
 _PROBE_SHAPES_SMALL_WEIGHTS = {"wide": _PROBE_SHAPES["wide"], "narrow": ((24, 2048, 1024),),
                                "skinny": ((4, 2048, 1024),)}
 # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4-6: compiled GEMMs, narrow, probes
-# timed after a torch call; 7: the compiled kernels on torch's OpenMP team, NumPy-BLAS candidates timed last
-_SCHEMA = 7
+# timed after a torch call; 7: the compiled kernels on torch's OpenMP team, NumPy-BLAS candidates timed last;
+# 8: widen_fma joined the fp32 classes
+_SCHEMA = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def _verified(cls: str, impl: str) -> bool:
                 verified[name] = impls.native_contract_holds(FLOAT_DTYPES[dtype])
             elif impl == "dot_bf16" and dtype == "bf16":
                 verified[name] = impls.dot_bf16_contract_holds()
-            elif impl == "widen_fma" and dtype in ("bf16", "fp16"):
+            elif impl == "widen_fma" and dtype in ("bf16", "fp16", "fp32"):
                 verified[name] = impls.widen_fma_contract_holds(FLOAT_DTYPES[dtype])
             elif impl == "torch_packed" and dtype in ("bf16", "fp32"):
                 # its plain path (first use, changed weight) is torch_native for bf16
@@ -389,9 +390,11 @@ def _shape_class(dtype_name: str, rows: int) -> str:
 def _stand_in(cls: str, fma_fits: bool) -> str:
     """The implementation for operands a compiled GEMM does not take as they are (the K-split
     product, whose ``a`` is a transposed view): the widen-FMA GEMM where it takes them, else torch's
-    own GEMM where it meets the contract here."""
+    own GEMM where it meets the contract here (for fp32 its sgemm, which always does)."""
     if fma_fits and _verified(cls, "widen_fma"):
         return "widen_fma"
+    if cls.startswith("fp32."):
+        return "torch_sgemm"
     return "torch_native" if _verified(cls, "torch_native") else "reference"
 
 

@@ -530,10 +530,10 @@ def torch_packed(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Option
 
 
 def widen_fma_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) -> bool:
-    """Whether the compiled widen-FMA GEMM takes these operands as they are: bf16 / fp16 throughout,
+    """Whether the compiled widen-FMA GEMM takes these operands as they are: bf16 / fp16 / fp32 throughout,
     ``a`` and ``out`` C-contiguous, the weight's columns contiguous or its k contiguous (a transposed
     weight, as the backward's ``dy @ w^T``); not the K-split product, whose ``a`` is a transposed view."""
-    return (_gemm is not None and not k_split and a.dtype == b.dtype == out.dtype and a.dtype in (_BF16, _F16)
+    return (_gemm is not None and not k_split and a.dtype == b.dtype == out.dtype and a.dtype in (_BF16, _F16, _F32)
             and a.flags.c_contiguous and out.flags.c_contiguous and b.ndim in (2, 3)
             and (b.shape[-1] <= 1 or b.strides[-1] == b.itemsize or b.shape[-2] <= 1 or b.strides[-2] == b.itemsize)
             and all(st % b.itemsize == 0 for st in b.strides))
@@ -557,6 +557,8 @@ def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray, gro
     bits = np.uint16
     if impl == "dot_bf16":
         _gemm.grouped_dot_bf16(out.view(bits), a.view(bits), b3.view(bits), groups, torch.get_num_threads())
+    elif a.dtype == _F32:
+        _gemm.grouped_fma_fp32(out, a, b3, groups, torch.get_num_threads())
     else:
         _gemm.grouped_widen_fma(out.view(bits), a.view(bits), b3.view(bits), groups, a.dtype == _F16,
                                 torch.get_num_threads())
@@ -578,9 +580,11 @@ def widen_fma(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[
               pack: Optional["Pack"] = None) -> bool:
     """``out = round(a @ b)`` by the compiled GEMM (``ascend_moe.kernels._gemm``): bf16 / fp16 operands
     widened exactly to fp32, one fp32 multiply-add per product in k order (exact products, so the same
-    as a multiply then an add), one round-to-nearest-even; subnormals kept (flush-to-zero modes off
-    during the call), so no operand scan and nothing kept of the weight.  Reads the weight once, in
-    its own layout: made for memory-bound calls of a few rows."""
+    as a multiply then an add), one round-to-nearest-even; fp32 operands in the same loops (fp32
+    accumulation within the summation bound, no rounding after); subnormals kept (flush-to-zero modes
+    off during the call), so no operand scan and nothing kept of the weight (no digest proving a kept
+    form current either).  Reads the weight once, in its own layout: made for memory-bound calls of a
+    few rows."""
     return _compiled_gemm("widen_fma", widen_fma_fits, out, a, b, bias_row)
 
 
@@ -606,15 +610,17 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     one torch view of each operand, then per group a torch slice and the chosen implementation's
     GEMM written straight into the output (no per-group NumPy round trip).  Covers the
     implementations that compute in the operands' dtype (``torch_native``, ``torch_packed``;
-    ``torch_sgemm`` for fp32); anything else returns False before writing, for the per-group path."""
+    ``torch_sgemm`` for fp32) and the compiled GEMMs (``widen_fma``, ``dot_bf16``); anything else
+    returns False before writing, for the per-group path."""
     tdt = _TORCH_FLOAT.get(a.dtype)
     if tdt is None or not out.flags.c_contiguous:
         return False
     run_impls = [impl_for_rows(a.shape[0] if k_split else t - s) for _, s, t in runs]
     names = set(run_impls)
-    allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm"} if tdt == torch.float32 else set(COMPILED_GEMMS))
+    allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm", "widen_fma"} if tdt == torch.float32
+                                                  else set(COMPILED_GEMMS))
     if (not names <= allowed or ("torch_native" in names and tdt == torch.float32)
-            or (tdt == torch.float32 and not torch_fp32_gemm_is_ieee())):
+            or (tdt == torch.float32 and names - {"widen_fma"} and not torch_fp32_gemm_is_ieee())):
         return False
     if (("widen_fma" in names and not widen_fma_fits(out, a, b, k_split))
             or ("dot_bf16" in names and not dot_bf16_fits(out, a, b, k_split))):
@@ -769,7 +775,7 @@ def widen_fma_contract_holds(dtype: torch.dtype) -> bool:
     accumulation, one rounding), at row counts covering its 8 / 4 / 2 / 1-row tiles and a column count
     covering its 32-column strips and the columns after them, plus subnormal products and inputs kept,
     also while torch's flush-denormal mode is on."""
-    if _gemm is None or dtype not in (torch.bfloat16, torch.float16):
+    if _gemm is None or dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return False
     mm = _compiled_check_mm(widen_fma, dtype)
     try:
@@ -777,9 +783,10 @@ def widen_fma_contract_holds(dtype: torch.dtype) -> bool:
                 and _within_fp32_bound_at_rows(mm, dtype, 256, 40, (1, 7, 15, 64), 78)):
             return False
         # two products of the smallest normal's half sum to it; a subnormal input times a power of two
-        small, sub, up = (2.0 ** -63, 2.0 ** -130, 2.0 ** 10) if dtype == torch.bfloat16 else (2.0 ** -12, 2.0 ** -24,
-                                                                                            2.0 ** 4)
-        half_normal = 2.0 ** -127 if dtype == torch.bfloat16 else 2.0 ** -25
+        # (bf16 and fp32 share the exponent range: the same values)
+        small, sub, up = (2.0 ** -12, 2.0 ** -24, 2.0 ** 4) if dtype == torch.float16 else (2.0 ** -63, 2.0 ** -130,
+                                                                                            2.0 ** 10)
+        half_normal = 2.0 ** -25 if dtype == torch.float16 else 2.0 ** -127
         a = torch.tensor([[small, small, 0.0], [sub, 0.0, 0.0]], dtype=dtype)
         w = torch.tensor([[half_normal / small, up], [half_normal / small, 0.0], [0.0, 0.0]], dtype=dtype)
         flushing = _flush_denormal_on()

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -117,30 +118,36 @@ __attribute__((always_inline)) inline std::uint16_t narrow1(float f) {
 // current block is being multiplied.
 struct Prefetcher {
   struct Region {
-    const std::uint16_t *row;
-    std::ptrdiff_t stride;  // elements between rows
-    std::size_t width;      // elements per row to fetch
+    const char *row;
+    std::ptrdiff_t stride;  // bytes between rows
+    std::size_t width;      // bytes per row to fetch
     std::size_t rows;
   };
   Region regions[2] = {};
   int count = 0;
   int current = 0;
-  std::size_t col = 0;
+  std::size_t col = 0;  // bytes into the current row
 
   Prefetcher() = default;
-  Prefetcher(const std::uint16_t *row, std::ptrdiff_t stride, std::size_t width, std::size_t col0, std::size_t rows) {
+  // rows of `width` elements of T, `stride` elements apart, from element col0 of the first
+  template <typename T>
+  Prefetcher(const T *row, std::ptrdiff_t stride, std::size_t width, std::size_t col0, std::size_t rows) {
     add(row, stride, width, rows);
-    col = col0;
+    col = col0 * sizeof(T);
   }
-  void add(const std::uint16_t *row, std::ptrdiff_t stride, std::size_t width, std::size_t rows) {
-    if (count < 2 && row != nullptr && width > 0 && rows > 0) regions[count++] = Region{row, stride, width, rows};
+  template <typename T>
+  void add(const T *row, std::ptrdiff_t stride, std::size_t width, std::size_t rows) {
+    if (count < 2 && row != nullptr && width > 0 && rows > 0) {
+      regions[count++] = Region{reinterpret_cast<const char *>(row), stride * static_cast<std::ptrdiff_t>(sizeof(T)),
+                                width * sizeof(T), rows};
+    }
   }
 
   __attribute__((always_inline)) inline void step() {
     if (current >= count) return;
     Region &r = regions[current];
     __builtin_prefetch(r.row + col, 0, 2);
-    col += 32;  // one 64-byte line
+    col += 64;  // one line
     if (col >= r.width) {
       col = 0;
       r.row += r.stride;
@@ -181,9 +188,63 @@ __attribute__((always_inline)) inline void widen_n(const std::uint16_t *src, flo
   for (; j < n; ++j) dst[j] = widen1<FP16>(src[j]);
 }
 
+// The element kinds of the widen-FMA GEMM: bf16 and fp16 (2-byte bit patterns, widened exactly to fp32) and fp32
+// itself (read as it is; its products are rounded by each fused multiply-add, so the sums are fp32 accumulation
+// within the summation bound rather than exact products).
+enum class Elem { bf16, fp16, fp32 };
+template <Elem E>
+using Bits = typename std::conditional<E == Elem::fp32, float, std::uint16_t>::type;
+
+template <Elem E>
+__attribute__((always_inline)) inline v16f load16(const Bits<E> *p) {
+  if constexpr (E == Elem::fp32) {
+    v16f f;
+    std::memcpy(&f, p, sizeof f);
+    return f;
+  } else {
+    return widen16<E == Elem::fp16>(p);
+  }
+}
+
+template <Elem E>
+__attribute__((always_inline)) inline float load1(Bits<E> v) {
+  if constexpr (E == Elem::fp32) {
+    return v;
+  } else {
+    return widen1<E == Elem::fp16>(v);
+  }
+}
+
+template <Elem E>
+__attribute__((always_inline)) inline Bits<E> store1(float f) {
+  if constexpr (E == Elem::fp32) {
+    return f;
+  } else {
+    return narrow1<E == Elem::fp16>(f);
+  }
+}
+
+template <Elem E>
+__attribute__((always_inline)) inline void load_n(const Bits<E> *src, float *dst, std::size_t n) {
+  if constexpr (E == Elem::fp32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else {
+    widen_n<E == Elem::fp16>(src, dst, n);
+  }
+}
+
+template <Elem E>
+__attribute__((always_inline)) inline void store_n(const float *src, Bits<E> *dst, std::size_t n) {
+  if constexpr (E == Elem::fp32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else {
+    narrow_n<E == Elem::fp16>(src, dst, n);
+  }
+}
+
 // acc[r][0:32] += sum over kc rows of a[r][k] * b[k][0:32], for R rows: 2R accumulators in registers.
-template <int R, bool FP16>
-__attribute__((always_inline)) inline void tile(const float *a, std::size_t lda, const std::uint16_t *b,
+template <int R, Elem E>
+__attribute__((always_inline)) inline void tile(const float *a, std::size_t lda, const Bits<E> *b,
                                                 std::ptrdiff_t ldb, std::size_t kc, float *acc, std::size_t ldacc,
                                                 Prefetcher &next) {
   v16f c[R][2];
@@ -193,10 +254,10 @@ __attribute__((always_inline)) inline void tile(const float *a, std::size_t lda,
     std::memcpy(&c[r][1], acc + r * ldacc + 16, sizeof(v16f));
   }
   for (std::size_t k = 0; k < kc; ++k) {
-    const std::uint16_t *bk = b + static_cast<std::ptrdiff_t>(k) * ldb;
+    const Bits<E> *bk = b + static_cast<std::ptrdiff_t>(k) * ldb;
     next.step();
-    const v16f b0 = widen16<FP16>(bk);
-    const v16f b1 = widen16<FP16>(bk + 16);
+    const v16f b0 = load16<E>(bk);
+    const v16f b1 = load16<E>(bk + 16);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float av = a[r * lda + k];
@@ -211,24 +272,27 @@ __attribute__((always_inline)) inline void tile(const float *a, std::size_t lda,
   }
 }
 
-struct Problem {
-  const std::uint16_t *a;   // [T, K], C-contiguous
-  const std::uint16_t *b;   // [E, K, N] with n contiguous, or with k contiguous (a transposed weight); strides
+template <typename T>
+struct ProblemOf {
+  const T *a;   // [T, K], C-contiguous
+  const T *b;   // [E, K, N] with n contiguous, or with k contiguous (a transposed weight); strides
   std::ptrdiff_t b_expert;  // below in elements
   std::ptrdiff_t b_row;     // between k (n contiguous) or between n (k contiguous)
-  std::uint16_t *out;       // [T, N], C-contiguous
+  T *out;       // [T, N], C-contiguous
   std::size_t k;
   std::size_t n;
   const std::int64_t *groups;  // rows of (expert, first row, end row)
   std::size_t n_groups;
   bool k_contiguous;
 };
+using Problem = ProblemOf<std::uint16_t>;
 
 // The rows of groups [g0, g1), each group's at most `chunk` at a time, in order: `while (c.next())` visits each
 // chunk with its group index, its expert's weight, its first row and its row count.
-class RowChunks {
+template <typename T>
+class RowChunksOf {
  public:
-  RowChunks(const Problem &p, std::size_t g0, std::size_t g1, std::size_t chunk)
+  RowChunksOf(const ProblemOf<T> &p, std::size_t g0, std::size_t g1, std::size_t chunk)
       : p_(p), g1_(g1), chunk_(chunk), group(g0) {}
 
   bool next() {
@@ -248,43 +312,44 @@ class RowChunks {
   }
 
  private:
-  const Problem &p_;
+  const ProblemOf<T> &p_;
   std::size_t g1_, chunk_;
   bool started_ = false;
 
  public:
   std::size_t group;
-  const std::uint16_t *weight = nullptr;
+  const T *weight = nullptr;
   std::size_t first = 0, rows = 0;
 };
+using RowChunks = RowChunksOf<std::uint16_t>;
 
-template <bool FP16>
-__attribute__((always_inline)) inline void band(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
+template <Elem E>
+__attribute__((always_inline)) inline void band(const ProblemOf<Bits<E>> &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                                 std::size_t c1) {
   IeeeSubnormals ieee;
   const std::size_t width = c1 - c0;
   const std::size_t strips = width / STRIP;
   const std::size_t full = c0 + strips * STRIP;
   std::vector<float> a32, acc;
-  std::vector<std::uint16_t> packed;
-  for (RowChunks chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
-    const std::uint16_t *be = chunk.weight;
+  std::vector<Bits<E>> packed;
+  for (RowChunksOf<Bits<E>> chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
+    const Bits<E> *be = chunk.weight;
     const std::size_t s = chunk.first, rows = chunk.rows;
     a32.resize(rows * p.k);
-    widen_n<FP16>(p.a + s * p.k, a32.data(), rows * p.k);
+    load_n<E>(p.a + s * p.k, a32.data(), rows * p.k);
     acc.assign(rows * width, 0.0f);
     for (std::size_t k0 = 0; k0 < p.k; k0 += KC) {
       const std::size_t kc = std::min(KC, p.k - k0);
-      const std::uint16_t *bk = be + static_cast<std::ptrdiff_t>(k0) * p.b_row;
+      const Bits<E> *bk = be + static_cast<std::ptrdiff_t>(k0) * p.b_row;
       // the block's full strips copied strip after strip, read row after row (lines the previous block's
       // multiplications prefetched); a strip's copy is kc + 1 lines apart from the next one's, so the copies of
       // one weight row do not all fall into one cache set
       const std::size_t pitch = (kc + 1) * STRIP;
       packed.resize(strips * pitch);
       for (std::size_t k = 0; k < kc; ++k) {
-        const std::uint16_t *row = bk + static_cast<std::ptrdiff_t>(k) * p.b_row + c0;
+        const Bits<E> *row = bk + static_cast<std::ptrdiff_t>(k) * p.b_row + c0;
         for (std::size_t q = 0; q < strips; ++q) {
-          std::memcpy(&packed[q * pitch + k * STRIP], row + q * STRIP, STRIP * 2);
+          std::memcpy(&packed[q * pitch + k * STRIP], row + q * STRIP, STRIP * sizeof(Bits<E>));
         }
       }
       Prefetcher next;
@@ -293,35 +358,35 @@ __attribute__((always_inline)) inline void band(const Problem &p, std::size_t g0
                           std::min(KC, p.k - k0 - kc)};
       }
       for (std::size_t q = 0; q < strips; ++q) {
-        const std::uint16_t *bq = &packed[q * pitch];
+        const Bits<E> *bq = &packed[q * pitch];
         float *aj = acc.data() + q * STRIP;
         const float *ak = &a32[k0];
         std::size_t r = 0;
-        for (; r + 8 <= rows; r += 8) tile<8, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+        for (; r + 8 <= rows; r += 8) tile<8, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
         if (r + 4 <= rows) {
-          tile<4, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+          tile<4, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
           r += 4;
         }
         if (r + 2 <= rows) {
-          tile<2, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+          tile<2, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
           r += 2;
         }
-        if (r < rows) tile<1, FP16>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+        if (r < rows) tile<1, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
       }
       // the last columns (fewer than a strip): the same operations one element at a time
       for (std::size_t r = 0; r < rows; ++r) {
         for (std::size_t j = full; j < c1; ++j) {
           float c = acc[r * width + (j - c0)];
           for (std::size_t k = 0; k < kc; ++k) {
-            c += a32[r * p.k + k0 + k] * widen1<FP16>(bk[static_cast<std::ptrdiff_t>(k) * p.b_row + j]);
+            c += a32[r * p.k + k0 + k] * load1<E>(bk[static_cast<std::ptrdiff_t>(k) * p.b_row + j]);
           }
           acc[r * width + (j - c0)] = c;
         }
       }
     }
     for (std::size_t r = 0; r < rows; ++r) {
-      std::uint16_t *o = p.out + (s + r) * p.n;
-      narrow_n<FP16>(&acc[r * width], o + c0, c1 - c0);
+      Bits<E> *o = p.out + (s + r) * p.n;
+      store_n<E>(&acc[r * width], o + c0, c1 - c0);
     }
   }
 }
@@ -341,9 +406,9 @@ __attribute__((always_inline)) inline float lanes_sum(v16f v) {
 // A transposed weight (k contiguous): out[r][j] = sum_k a[r][k] * bt[j][k] for R rows and C weight rows, each sum
 // over 16 lanes (lane l adds the products of k = l mod 16 in k order), the lanes added by lanes_sum, then the last
 // K mod 16 products one at a time; every step one fp32 rounding of an exact product's sum.
-template <int R, int C, bool FP16>
-__attribute__((always_inline)) inline void dot_tile(const float *a, std::size_t lda, const std::uint16_t *bt,
-                                                    std::ptrdiff_t ldbt, std::size_t kdim, std::uint16_t *out,
+template <int R, int C, Elem E>
+__attribute__((always_inline)) inline void dot_tile(const float *a, std::size_t lda, const Bits<E> *bt,
+                                                    std::ptrdiff_t ldbt, std::size_t kdim, Bits<E> *out,
                                                     std::size_t ldo) {
   v16f c[R][C];
 #pragma GCC unroll 4
@@ -355,7 +420,7 @@ __attribute__((always_inline)) inline void dot_tile(const float *a, std::size_t 
   for (; k + 16 <= kdim; k += 16) {
     v16f bv[C];
 #pragma GCC unroll 4
-    for (int j = 0; j < C; ++j) bv[j] = widen16<FP16>(bt + j * ldbt + k);
+    for (int j = 0; j < C; ++j) bv[j] = load16<E>(bt + j * ldbt + k);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       v16f av;
@@ -367,63 +432,68 @@ __attribute__((always_inline)) inline void dot_tile(const float *a, std::size_t 
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < C; ++j) {
       float sum = lanes_sum(c[r][j]);
-      for (std::size_t kk = k; kk < kdim; ++kk) sum += a[r * lda + kk] * widen1<FP16>(bt[j * ldbt + kk]);
-      out[r * ldo + j] = narrow1<FP16>(sum);
+      for (std::size_t kk = k; kk < kdim; ++kk) sum += a[r * lda + kk] * load1<E>(bt[j * ldbt + kk]);
+      out[r * ldo + j] = store1<E>(sum);
     }
   }
 }
 
-template <int R, bool FP16>
-__attribute__((always_inline)) inline void dot_rows(const float *a, std::size_t lda, const std::uint16_t *bt,
-                                                    std::ptrdiff_t ldbt, std::size_t kdim, std::uint16_t *out,
+template <int R, Elem E>
+__attribute__((always_inline)) inline void dot_rows(const float *a, std::size_t lda, const Bits<E> *bt,
+                                                    std::ptrdiff_t ldbt, std::size_t kdim, Bits<E> *out,
                                                     std::size_t ldo, std::size_t c0, std::size_t c1) {
   std::size_t j = c0;
-  for (; j + 4 <= c1; j += 4) dot_tile<R, 4, FP16>(a, lda, bt + j * ldbt, ldbt, kdim, out + j, ldo);
-  for (; j < c1; ++j) dot_tile<R, 1, FP16>(a, lda, bt + j * ldbt, ldbt, kdim, out + j, ldo);
+  for (; j + 4 <= c1; j += 4) dot_tile<R, 4, E>(a, lda, bt + j * ldbt, ldbt, kdim, out + j, ldo);
+  for (; j < c1; ++j) dot_tile<R, 1, E>(a, lda, bt + j * ldbt, ldbt, kdim, out + j, ldo);
 }
 
 // Output columns [c0, c1) of groups [g0, g1) for a transposed weight: each weight row (an output column) is read
 // once per group, in order, and kept in L1 while every row block of the group uses it.
-template <bool FP16>
-__attribute__((always_inline)) inline void band_nt(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
+template <Elem E>
+__attribute__((always_inline)) inline void band_nt(const ProblemOf<Bits<E>> &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                                    std::size_t c1) {
   IeeeSubnormals ieee;
   std::vector<float> a32;
-  for (RowChunks chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
-    const std::uint16_t *be = chunk.weight;
+  for (RowChunksOf<Bits<E>> chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
+    const Bits<E> *be = chunk.weight;
     const std::size_t s = chunk.first, rows = chunk.rows;
     a32.resize(rows * p.k);
-    widen_n<FP16>(p.a + s * p.k, a32.data(), rows * p.k);
+    load_n<E>(p.a + s * p.k, a32.data(), rows * p.k);
     // column blocks of 64 weight rows, every row block of the group over each (the block stays in L1 / L2)
     for (std::size_t j0 = c0; j0 < c1; j0 += 64) {
       const std::size_t j1 = std::min(c1, j0 + 64);
       std::size_t r = 0;
-      std::uint16_t *o = p.out + s * p.n;
-      for (; r + 4 <= rows; r += 4) dot_rows<4, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+      Bits<E> *o = p.out + s * p.n;
+      for (; r + 4 <= rows; r += 4) dot_rows<4, E>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
       if (r + 2 <= rows) {
-        dot_rows<2, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+        dot_rows<2, E>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
         r += 2;
       }
-      if (r < rows) dot_rows<1, FP16>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+      if (r < rows) dot_rows<1, E>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
     }
   }
 }
 
+template <Elem E>
+__attribute__((always_inline)) inline void band_any(const ProblemOf<Bits<E>> &p, std::size_t g0, std::size_t g1,
+                                                    std::size_t c0, std::size_t c1) {
+  if (p.k_contiguous) {
+    band_nt<E>(p, g0, g1, c0, c1);
+  } else {
+    band<E>(p, g0, g1, c0, c1);
+  }
+}
 ASCEND_MOE_VECTOR_CLONES void band_bf16(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                         std::size_t c1) {
-  if (p.k_contiguous) {
-    band_nt<false>(p, g0, g1, c0, c1);
-  } else {
-    band<false>(p, g0, g1, c0, c1);
-  }
+  band_any<Elem::bf16>(p, g0, g1, c0, c1);
 }
 ASCEND_MOE_VECTOR_CLONES void band_fp16(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                         std::size_t c1) {
-  if (p.k_contiguous) {
-    band_nt<true>(p, g0, g1, c0, c1);
-  } else {
-    band<true>(p, g0, g1, c0, c1);
-  }
+  band_any<Elem::fp16>(p, g0, g1, c0, c1);
+}
+ASCEND_MOE_VECTOR_CLONES void band_fp32(const ProblemOf<float> &p, std::size_t g0, std::size_t g1, std::size_t c0,
+                                        std::size_t c1) {
+  band_any<Elem::fp32>(p, g0, g1, c0, c1);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -736,7 +806,7 @@ ASCEND_MOE_DOT_TARGET void dot_nt_few(const Problem &p, const std::uint16_t *be,
     }
     for (std::size_t c = 0; c < cols; ++c) {
       for (std::size_t r = 0; r < rows; ++r) {
-        dot_tile<1, 1, false>(&a32[r * p.k], p.k, w + c * p.b_row, p.b_row, p.k, o + r * p.n + j + c, p.n);
+        dot_tile<1, 1, Elem::bf16>(&a32[r * p.k], p.k, w + c * p.b_row, p.b_row, p.k, o + r * p.n + j + c, p.n);
       }
     }
   }
@@ -961,34 +1031,32 @@ int threads_for_product(const std::int64_t *grp, py::ssize_t groups, std::size_t
   return rows * macs_per_row < (std::size_t(1) << 21) ? 1 : threads;
 }
 
-void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups, bool fp16, int threads,
+void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups, Elem elem, int threads,
                   Kernel kernel) {
-  py::buffer_info oi = c_contiguous(out, "out", 2, 2, true);
-  py::buffer_info ai = c_contiguous(a, "a", 2, 2, false);
+  const py::ssize_t size = elem == Elem::fp32 ? 4 : 2;  // bytes per element
+  py::buffer_info oi = c_contiguous(out, "out", size, 2, true);
+  py::buffer_info ai = c_contiguous(a, "a", size, 2, false);
   py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
   py::buffer_info bi = b.request(false);
-  const bool n_contiguous = bi.ndim == 3 && (bi.shape[2] <= 1 || bi.strides[2] == 2);
-  const bool k_contiguous = !n_contiguous && bi.ndim == 3 && (bi.shape[1] <= 1 || bi.strides[1] == 2);
-  if (bi.itemsize != 2 || bi.ndim != 3 || !(n_contiguous || k_contiguous) || bi.strides[0] % 2 != 0 ||
-      bi.strides[1] % 2 != 0 || bi.strides[2] % 2 != 0) {
-    throw std::invalid_argument("b must be a 3-D buffer of 2-byte elements [E, K, N] with N or K contiguous");
+  const bool n_contiguous = bi.ndim == 3 && (bi.shape[2] <= 1 || bi.strides[2] == size);
+  const bool k_contiguous = !n_contiguous && bi.ndim == 3 && (bi.shape[1] <= 1 || bi.strides[1] == size);
+  if (bi.itemsize != size || bi.ndim != 3 || !(n_contiguous || k_contiguous) || bi.strides[0] % size != 0 ||
+      bi.strides[1] % size != 0 || bi.strides[2] % size != 0) {
+    throw std::invalid_argument("b must be a 3-D buffer of " + std::to_string(size) +
+                                "-byte elements [E, K, N] with N or K contiguous");
   }
-  if (kernel == Kernel::dot_bf16 && fp16) throw std::invalid_argument("dot_bf16 takes bf16 operands");
+  if (kernel == Kernel::dot_bf16 && elem != Elem::bf16) throw std::invalid_argument("dot_bf16 takes bf16 operands");
   const py::ssize_t t = ai.shape[0], k = ai.shape[1], e = bi.shape[0], n = bi.shape[2];
   if (bi.shape[1] != k || oi.shape[0] != t || oi.shape[1] != n) {
     throw std::invalid_argument("shapes do not match: a [T, K], b [E, K, N], out [T, N]");
   }
   const std::int64_t *grp = checked_groups(gi, e, t, "expert", false);
-  Problem p{static_cast<const std::uint16_t *>(ai.ptr),
-            static_cast<const std::uint16_t *>(bi.ptr),
-            bi.strides[0] / 2,
-            (k_contiguous ? bi.strides[2] : bi.strides[1]) / 2,
-            static_cast<std::uint16_t *>(oi.ptr),
-            static_cast<std::size_t>(k),
-            static_cast<std::size_t>(n),
-            grp,
-            static_cast<std::size_t>(gi.shape[0]),
-            k_contiguous};
+  const std::ptrdiff_t b_expert = bi.strides[0] / size, b_row = (k_contiguous ? bi.strides[2] : bi.strides[1]) / size;
+  Problem p{static_cast<const std::uint16_t *>(ai.ptr), static_cast<const std::uint16_t *>(bi.ptr), b_expert, b_row,
+            static_cast<std::uint16_t *>(oi.ptr), static_cast<std::size_t>(k), static_cast<std::size_t>(n), grp,
+            static_cast<std::size_t>(gi.shape[0]), k_contiguous};
+  const ProblemOf<float> p32{static_cast<const float *>(ai.ptr), static_cast<const float *>(bi.ptr), b_expert, b_row,
+                             static_cast<float *>(oi.ptr), p.k, p.n, grp, p.n_groups, k_contiguous};
   if (n == 0 || gi.shape[0] == 0) return;
   threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(k) * static_cast<std::size_t>(n), threads);
   py::gil_scoped_release release;
@@ -999,7 +1067,9 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
       return;
     }
 #endif
-    if (fp16) {
+    if (elem == Elem::fp32) {
+      band_fp32(p32, g0, g1, c0, c1);
+    } else if (elem == Elem::fp16) {
       band_fp16(p, g0, g1, c0, c1);
     } else {
       band_bf16(p, g0, g1, c0, c1);
@@ -1066,13 +1136,22 @@ PYBIND11_MODULE(_gemm, m) {
   m.def(
       "grouped_widen_fma",
       [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, bool fp16, int threads) {
-        grouped_gemm(out, a, b, groups, fp16, threads, Kernel::widen_fma);
+        grouped_gemm(out, a, b, groups, fp16 ? Elem::fp16 : Elem::bf16, threads, Kernel::widen_fma);
       },
       py::arg("out"), py::arg("a"), py::arg("b"), py::arg("groups"), py::arg("fp16"), py::arg("threads"),
       "out[s:t] = a[s:t] @ b[e] for each (e, s, t) of groups: bf16 / fp16 operands widened exactly to fp32, one "
       "fp32 multiply-add per product (in k order when b's columns are contiguous; in 16 lanes of k order added in a "
       "fixed tree when b's k is contiguous, a transposed weight), one round-to-nearest-even to the output dtype; "
       "subnormals kept.");
+  m.def(
+      "grouped_fma_fp32",
+      [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, int threads) {
+        grouped_gemm(out, a, b, groups, Elem::fp32, threads, Kernel::widen_fma);
+      },
+      py::arg("out"), py::arg("a"), py::arg("b"), py::arg("groups"), py::arg("threads"),
+      "out[s:t] = a[s:t] @ b[e] for each (e, s, t) of groups, fp32 operands and output: the widen-FMA GEMM's loops "
+      "(one fp32 multiply-add per product in k order when b's columns are contiguous; 16 lanes of k order added in "
+      "a fixed tree when b's k is contiguous); subnormals kept; the weight read once, in its own layout.");
   m.def("has_dot_bf16", &has_dot_bf16, "Whether this CPU has the AVX512-BF16 dot-product instruction.");
   m.def(
       "grouped_dot_bf16_ksplit",
@@ -1090,7 +1169,7 @@ PYBIND11_MODULE(_gemm, m) {
       "grouped_dot_bf16",
       [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, int threads) {
         if (!has_dot_bf16()) throw std::runtime_error("grouped_dot_bf16: this CPU has no AVX512-BF16 instructions");
-        grouped_gemm(out, a, b, groups, false, threads, Kernel::dot_bf16);
+        grouped_gemm(out, a, b, groups, Elem::bf16, threads, Kernel::dot_bf16);
       },
       py::arg("out"), py::arg("a"), py::arg("b"), py::arg("groups"), py::arg("threads"),
       "out[s:t] = a[s:t] @ b[e] (bf16, b's columns contiguous) by vdpbf16ps with fp32 accumulators and one "
