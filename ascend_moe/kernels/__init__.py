@@ -68,16 +68,19 @@ IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
 # for bf16 / fp16 the skinny and narrow classes also with a weight larger than a cache, as MoE experts'
 # are, where the compiled kernels (which read a weight once) compete with torch's (a scan or a digest
 # besides); fp32 and int8 keep weights of a few MB: NumPy's BLAS, which wins there alone, runs its own
-# threads beside torch's, and after a torch call it was seen 10x slower
-_PROBE_SHAPES = {"wide": ((128, 1024, 512), (512, 1024, 512)),
+# threads beside torch's, and after a torch call it was seen 10x slower.  An optional fourth entry: that many
+# experts, a group of m rows each with its own weight, run as a grouped call runs them (a lone 1 MB weight
+# multiplied GEMM by GEMM stays in the L2 cache and pays no per-group work, unlike a MoE layer's experts:
+# bf16 wide once chose torch's GEMM by 5 % there and ran the issue's grouped call 25 % slower)
+_PROBE_SHAPES = {"wide": ((128, 1024, 512, 8), (512, 1024, 512, 2)),
                  "narrow": ((24, 4096, 4096),),
                  "skinny": ((4, 2048, 1024), (8, 4096, 4096))}
-_PROBE_SHAPES_SMALL_WEIGHTS = {"wide": _PROBE_SHAPES["wide"], "narrow": ((24, 2048, 1024),),
+_PROBE_SHAPES_SMALL_WEIGHTS = {"wide": ((128, 1024, 512), (512, 1024, 512)), "narrow": ((24, 2048, 1024),),
                                "skinny": ((4, 2048, 1024),)}
 # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4-6: compiled GEMMs, narrow, probes
 # timed after a torch call; 7: the compiled kernels on torch's OpenMP team, NumPy-BLAS candidates timed last;
-# 8: widen_fma joined the fp32 classes
-_SCHEMA = 8
+# 8: widen_fma joined the fp32 classes; 9: bf16 / fp16 wide probes stream several experts' weights
+_SCHEMA = 9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,11 +249,12 @@ def _verified(cls: str, impl: str) -> bool:
         return bool(verified[name])
 
 
-def _probe_runner(cls: str, impl: str, shape: Tuple[int, int, int]) -> Callable[[], None]:
+def _probe_runner(cls: str, impl: str, shape: Tuple[int, ...]) -> Callable[[], None]:
     from ..sim import gmm as sim_gmm
     from ..sim import quant_gemm
     dtype, _ = cls.split(".")
-    m, k, n = shape
+    m, k, n = shape[:3]
+    experts = shape[3] if len(shape) > 3 else 1
     rng = np.random.default_rng(7)
     if dtype == "int8":
         a = rng.integers(-128, 128, (m, k), dtype=np.int8)
@@ -262,32 +266,39 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, int, int]) -> Callable[
                 quant_gemm.exact_int_matmul(a, b, max_abs_a=128, max_abs_b=128)
         return run
     tdt = FLOAT_DTYPES[dtype]
-    ta = torch.from_numpy(rng.standard_normal((m, k), dtype=np.float32)).to(tdt)
-    tb = torch.from_numpy(rng.standard_normal((k, n), dtype=np.float32)).to(tdt)
-    out = torch.empty((m, n), dtype=tdt)
+    # experts groups of m rows, each with its own weight
+    ta = torch.from_numpy(rng.standard_normal((m * experts, k), dtype=np.float32)).to(tdt)
+    tb = torch.from_numpy(rng.standard_normal((experts, k, n), dtype=np.float32)).to(tdt)
+    out = torch.empty((m * experts, n), dtype=tdt)
     from ..ops._common import to_numpy
-    a, b, o = to_numpy(ta), to_numpy(tb), to_numpy(out)
+    a, b3, o = to_numpy(ta), to_numpy(tb), to_numpy(out)
+    runs = [(e, e * m, (e + 1) * m) for e in range(experts)]
     fn = FLOAT_IMPLS[impl]
-    # the packed implementation's steady state: the probe weight packed once, as a weight reused
+    # the packed implementation's steady state: each probe weight packed once, as a weight reused
     # unchanged is (its first use runs torch_native / torch_sgemm, measured on their own), and under the
     # content check each call's digest of the weight, which proves a kept form current
-    packed = {}
+    packed: Dict[int, torch.Tensor] = {}
     content = check_content()
 
     def pack(b_: np.ndarray):
-        if "w" not in packed:
-            packed["w"] = impls.pack_weight(impls.as_torch(b_))
+        lo = b_.__array_interface__["data"][0]
+        if lo not in packed:
+            packed[lo] = impls.pack_weight(impls.as_torch(b_))
         if content:
-            lo = b_.__array_interface__["data"][0]
             content_digest(lo, lo + b_.nbytes)
-        return packed["w"]
+        return packed[lo]
     kern = sim_kernels.Kernels(float_gemm=None if fn is None else (lambda o_, a_, b_, r_: fn(o_, a_, b_, r_, None,
                                                                                             None, pack)),
                                copy_cast=fast_copy_cast, name=impl)
 
     def run() -> None:
         with sim_kernels.use(kern):
-            sim_gmm._gemm_into(o, a, b, None, sim_gmm._Workspace())
+            # several experts: the whole grouped product as a grouped call runs it, where the implementation
+            # has that form (one compiled call; torch's GEMM group after group), else GEMM after GEMM
+            if experts > 1 and impls.torch_grouped(o, a, b3, runs, False, lambda rows: impl, None, pack):
+                return
+            for e, s, t in runs:
+                sim_gmm._gemm_into(o[s:t], a[s:t], b3[e], None, sim_gmm._Workspace())
     return run
 
 
