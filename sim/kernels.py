@@ -71,10 +71,9 @@ unchanged.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -139,14 +138,23 @@ def current() -> Kernels:
     return _CURRENT.get()
 
 
-@contextlib.contextmanager
-def use(kernels: Optional[Kernels]) -> Iterator[Kernels]:
-    """Make ``kernels`` current for the calls inside (None keeps the current ones)."""
-    if kernels is None:
-        yield _CURRENT.get()
-        return
-    token = _CURRENT.set(kernels)
-    try:
-        yield kernels
-    finally:
-        _CURRENT.reset(token)
+class use:
+    """``with use(kernels):`` makes ``kernels`` current for the calls inside (None keeps the current ones).
+    A plain context manager class (every op call enters one: no generator frame per call)."""
+
+    __slots__ = ("_kernels", "_token")
+
+    def __init__(self, kernels: Optional[Kernels]) -> None:
+        self._kernels = kernels
+        self._token: Optional[contextvars.Token] = None
+
+    def __enter__(self) -> Kernels:
+        if self._kernels is None:
+            return _CURRENT.get()
+        self._token = _CURRENT.set(self._kernels)
+        return self._kernels
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+            self._token = None

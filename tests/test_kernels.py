@@ -375,15 +375,17 @@ def _gemm_module():
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_compiled_widen_fma_is_fp32_accumulation_in_k_order_bit_for_bit(dtype, threads):
+@pytest.mark.parametrize("n", [141, 300])
+def test_compiled_widen_fma_is_fp32_accumulation_in_k_order_bit_for_bit(dtype, threads, n):
     """Rows 0-19 per group (the 8 / 4 / 2 / 1-row tiles), 141 columns (four 32-column strips and 13
-    after them), K = 600 (blocks of 64 and a partial one), an empty group, a weight view whose rows are
-    longer than N, groups visited in any order and one expert used twice; large enough (3.6M
-    multiply-adds) that more than one thread runs."""
+    after them) or 300 (each group in two column halves when threads share the groups), K = 600 (blocks
+    of 64 and a partial one), an empty group, a weight view whose rows are longer than N, groups visited
+    in any order and one expert used twice; large enough (3.6M multiply-adds) that more than one thread
+    runs."""
     g = np.random.default_rng(11)
     rows = [3, 0, 19, 8, 1, 12]
     experts = [2, 0, 1, 3, 2, 0]
-    t, k, n, e = sum(rows), 600, 141, 4
+    t, k, e = sum(rows), 600, 4
     a = (g.standard_normal((t, k)) * 2).astype(dtype)
     full = (g.standard_normal((e, k, n + 9)) * 2).astype(dtype)
     b = full[:, :, 5:5 + n]  # rows of n + 9 elements, columns contiguous

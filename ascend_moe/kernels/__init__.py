@@ -394,8 +394,12 @@ def choices() -> Dict[str, str]:
 # the kernels handed to the simulator
 # ---------------------------------------------------------------------------------------------
 
+_CLASS_NAMES = {d: (f"{d}.skinny", f"{d}.narrow", f"{d}.wide") for d in (*FLOAT_DTYPES, "int8")}
+
+
 def _shape_class(dtype_name: str, rows: int) -> str:
-    return f"{dtype_name}.{'skinny' if rows <= SKINNY_ROWS else 'narrow' if rows <= NARROW_ROWS else 'wide'}"
+    names = _CLASS_NAMES[dtype_name]
+    return names[0] if rows <= SKINNY_ROWS else names[1] if rows <= NARROW_ROWS else names[2]
 
 
 def _stand_in(cls: str, fma_fits: bool) -> str:
@@ -463,6 +467,14 @@ def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) ->
     return None if fn is None else fn(a, b, out)
 
 
+# the steps handed to the simulator that keep nothing of a call's weights
+_STEPS = dict(copy_cast=fast_copy_cast, rows_add=impls.torch_rows_add, dequant=impls.torch_dequant,
+              dequant_scatter=impls.compiled_dequant_scatter, fixpipe_fp16=impls.compiled_fixpipe_fp16,
+              swiglu_quant_a8w8=impls.compiled_swiglu_quant_a8w8, swiglu_quant_f32=impls.compiled_swiglu_quant_f32,
+              top_k=impls.compiled_top_k, row_max=impls.compiled_row_max, tree_sum=impls.compiled_tree_sum,
+              top2_sum=impls.compiled_top2_sum)
+
+
 def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
     """The simulator kernels for one op call: the machine's chosen implementations, with converted
     copies of ``weights`` (widened fp16/bf16, logical values of NZ / int4 weights) kept in
@@ -478,12 +490,7 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
         return WEIGHT_CACHE.fact(sources, a, name, compute) if sources else compute()
 
     # the weight cache, conversions, epilogue steps and gate selections: the same in both modes
-    steps = dict(widen=widen, keep=keep, copy_cast=fast_copy_cast,
-                 rows_add=impls.torch_rows_add, dequant=impls.torch_dequant,
-                 dequant_scatter=impls.compiled_dequant_scatter, fixpipe_fp16=impls.compiled_fixpipe_fp16,
-                 swiglu_quant_a8w8=impls.compiled_swiglu_quant_a8w8, swiglu_quant_f32=impls.compiled_swiglu_quant_f32,
-                 top_k=impls.compiled_top_k, row_max=impls.compiled_row_max, tree_sum=impls.compiled_tree_sum,
-                 top2_sum=impls.compiled_top2_sum)
+    steps = dict(_STEPS, widen=widen, keep=keep)
     if os.environ.get(ENV, "").strip() == "reference":
         return sim_kernels.Kernels(**steps, name="reference")
     float_gemm, grouped_gemm = _make_float_gemms(widen, sources)

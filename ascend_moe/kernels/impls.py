@@ -601,6 +601,10 @@ def dot_bf16(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Optional[n
 
 
 COMPILED_GEMMS = ("widen_fma", "dot_bf16")
+_COMPILED = frozenset(COMPILED_GEMMS)
+# what torch_grouped runs, per operand dtype
+_GROUPED_FP32 = frozenset({"torch_native", "torch_packed", "torch_sgemm", "widen_fma"})
+_GROUPED_HALF = frozenset({"torch_native", "torch_packed"}) | _COMPILED
 
 
 def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: bool,
@@ -617,8 +621,7 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
         return False
     run_impls = [impl_for_rows(a.shape[0] if k_split else t - s) for _, s, t in runs]
     names = set(run_impls)
-    allowed = {"torch_native", "torch_packed"} | ({"torch_sgemm", "widen_fma"} if tdt == torch.float32
-                                                  else set(COMPILED_GEMMS))
+    allowed = _GROUPED_FP32 if tdt == torch.float32 else _GROUPED_HALF
     if (not names <= allowed or ("torch_native" in names and tdt == torch.float32)
             or (tdt == torch.float32 and names - {"widen_fma"} and not torch_fp32_gemm_is_ieee())):
         return False
@@ -626,7 +629,7 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
             or ("dot_bf16" in names and not dot_bf16_fits(out, a, b, k_split))):
         return False  # the caller maps a compiled GEMM to another implementation for such operands
     # the subnormal guard: torch's bf16 kernels flush subnormals (the compiled GEMMs guard themselves)
-    if (tdt == torch.bfloat16 and names - set(COMPILED_GEMMS)
+    if (tdt == torch.bfloat16 and names - _COMPILED
             and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent)):
         return False
     if k_split and names == {"dot_bf16"}:  # (one class: every run has a's rows)
@@ -636,11 +639,11 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
         _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
                                       torch.get_num_threads())
         return True
-    if names & set(COMPILED_GEMMS):  # an M-split (of the compiled GEMMs only dot_bf16 takes the K-split product)
-        for impl in sorted(names & set(COMPILED_GEMMS)):  # each compiled GEMM's groups in one call
+    if names & _COMPILED:  # an M-split (of the compiled GEMMs only dot_bf16 takes the K-split product)
+        for impl in sorted(names & _COMPILED):  # each compiled GEMM's groups in one call
             mine = [run for run, used in zip(runs, run_impls) if used == impl]
             _run_compiled(impl, out, a, b, np.array(mine, dtype=np.int64).reshape(-1, 3))
-        runs = [run for run, used in zip(runs, run_impls) if used not in COMPILED_GEMMS]
+        runs = [run for run, used in zip(runs, run_impls) if used not in _COMPILED]
         if not runs:  # nothing for torch: no torch views needed
             return True
     ta, tb, tout = as_torch(a), as_torch(b), as_torch(out)

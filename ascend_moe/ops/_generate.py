@@ -178,10 +178,14 @@ def _flat_outputs(result: Any) -> List[Any]:
     return [result]
 
 
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 def run_sim(decl: OpDecl, a: Dict[str, Any], target: Any, device: Optional[torch.device] = None) -> Any:
     """The simulator on the bound arguments; outputs on ``device`` (CPU when None)."""
     on_device = device is not None and device.type != "cpu"
-    view = _backends.host_view if on_device else (lambda t: t)
+    view = _backends.host_view if on_device else _same
     # this machine's fastest faithful GEMMs (ascend_moe.kernels); converted copies of the declared
     # weights of CPU tensors are kept while those tensors are unchanged
     weights = [] if on_device or decl.cached_weights is None else list(decl.cached_weights(a))

@@ -18,6 +18,7 @@
 // K mod 16 products; again one fp32 rounding per step, the same order on every machine and thread count.
 #include "helpers.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -1076,8 +1077,24 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
     }
   };
   if (p.n_groups >= 2 * static_cast<std::size_t>(std::max(threads, 1))) {
-    // whole groups to each thread, handed out one at a time: each thread streams whole experts' weights
-    over_row_chunks(p.n_groups, threads, 1, [&](std::size_t g0, std::size_t g1) { run(g0, g1, 0, p.n); });
+    // groups to the threads, handed out one at a time, the largest first, each in two column halves where it
+    // is wide: each thread streams whole experts' weights, and the last units handed out are small (whole
+    // groups in the given order left a thread idle for up to one group at the end; 1-2 % measured at the
+    // issue's 16 experts of ~128 rows)
+    std::vector<std::size_t> order(p.n_groups);
+    for (std::size_t g = 0; g < p.n_groups; ++g) order[g] = g;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) {
+      return grp[3 * x + 2] - grp[3 * x + 1] > grp[3 * y + 2] - grp[3 * y + 1];
+    });
+    const std::size_t halves = (threads > 1 && p.n >= 8 * STRIP) ? 2 : 1;
+    const std::size_t mid = halves == 2 ? (p.n / 2 + STRIP - 1) / STRIP * STRIP : p.n;
+    over_row_chunks(p.n_groups * halves, threads, 1, [&](std::size_t u0, std::size_t u1) {
+      for (std::size_t u = u0; u < u1; ++u) {
+        const std::size_t g = order[u / halves];
+        const bool second = halves == 2 && u % 2 == 1;
+        run(g, g + 1, second ? mid : 0, halves == 2 && !second ? mid : p.n);
+      }
+    });
   } else {
     // bands of whole strips, at least 4 strips (128 columns) each
     const std::size_t strips = (p.n + STRIP - 1) / STRIP;
