@@ -341,6 +341,9 @@ class OpDecl:
     # the CPU kernel's simulator entry when it allocates torch outputs itself (same numbers as ``sim``,
     # which stays the NumPy-only entry of the NumPy twin)
     sim_torch: Optional[Callable[[Dict[str, Any], Any], Any]] = None
+    # a shortcut of ``sim_torch`` for plain CPU calls (bound args of CPU torch tensors -> the same outputs,
+    # bit for bit, by a compiled kernel of the machine's choice), or None from it to take the general path
+    sim_shortcut: Optional[Callable[[Dict[str, Any]], Any]] = None
     # simulator-only keyword options of the NumPy twin, passed to ``sim(args, target, **options)``
     sim_options: Tuple[str, ...] = ()
     # the weights (bound args -> tensors) whose converted copies the CPU kernel may keep across calls

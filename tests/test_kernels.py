@@ -1457,3 +1457,81 @@ def test_content_digest_taken_only_for_reused_weights(monkeypatch):
         check()
         per_call.append(len(digests) - before)
     assert per_call[3:] == [1, 1, 1] and set(digests) == {w.numel() * 2}
+
+
+# ----------------------------------------------------------------------------------------------
+# npu_gmm's compiled shortcut: the same bits as the general simulator path
+# ----------------------------------------------------------------------------------------------
+
+_SHORTCUT_CASES = [("bf16", "dot_bf16"), ("bf16", "widen_fma"), ("fp16", "widen_fma"), ("fp32", "widen_fma")]
+
+
+def _gmm_both_ways(monkeypatch, call):
+    """``call()`` with npu_gmm's compiled shortcut, then with the general path; both results."""
+    taken = []
+    decl = am.npu_gmm.__ascend_moe_decl__
+    shortcut = decl.sim_shortcut
+
+    def counting(a):
+        result = shortcut(a)
+        taken.append(result is not None)
+        return result
+    monkeypatch.setattr(decl, "sim_shortcut", counting)
+    fast = call()
+    monkeypatch.setattr(decl, "sim_shortcut", None)
+    slow = call()
+    return fast, slow, taken
+
+
+def _same_bits(x, y):
+    return torch.equal(x.contiguous().view(-1).view(torch.uint8), y.contiguous().view(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype_name,impl", _SHORTCUT_CASES)
+def test_gmm_shortcut_gives_the_general_paths_bits_forward_and_backward(monkeypatch, dtype_name, impl):
+    """Groups with an empty one and rows past the group list's total (undefined: the policy's value in both), a
+    forward and its backward (the transposed-weight M split and, for dot_bf16, the K split with an empty group's
+    zero output)."""
+    _skip_unless_eligible(impl, dtype_name)
+    force(monkeypatch, f"{dtype_name}={impl}")
+    dt = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(50, 300, generator=g).to(dt)
+    w = torch.randn(4, 300, 70, generator=g).to(dt)
+    dy = torch.randn(50, 70, generator=g).to(dt)
+    gl = torch.tensor([7, 7, 30, 44])  # an empty group; rows 44-49 undefined
+
+    def run():
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = am.npu_gmm(xr, wr, group_list=gl)
+        y.backward(dy)
+        return y.detach(), xr.grad, wr.grad
+    fast, slow, taken = _gmm_both_ways(monkeypatch, run)
+    assert taken[0], "the forward took the shortcut"
+    for a, b in zip(fast, slow):
+        assert _same_bits(a, b)
+    ref, bound = ref_gmm(x, w, [7, 0, 23, 14])
+    assert_round_once_within_fp32_bound(fast[0][:44], ref[:44], bound[:44])
+    assert _same_bits(fast[2][1], torch.zeros(300, 70, dtype=dt))  # the empty group's weight gradient
+
+
+def test_gmm_shortcut_counts_form_and_what_it_leaves_to_the_general_path(monkeypatch):
+    """npu_gmm_v2's counts take it; a bias, a list group list, a shared stride-0 weight, a group list past the
+    rows do not (same results either way)."""
+    force(monkeypatch, "fp32=widen_fma")
+    g = torch.Generator().manual_seed(6)
+    x, w = torch.randn(20, 40, generator=g), torch.randn(3, 40, 8, generator=g)
+    decl2 = am.npu_gmm_v2.__ascend_moe_decl__
+    got = decl2.sim_shortcut({"x": x, "weight": w, "bias": None, "group_list": torch.tensor([5, 0, 15]),
+                              "group_type": 0})
+    ref, bound = ref_gmm(x, w, [5, 0, 15])
+    assert_round_once_within_fp32_bound(got, ref, bound)
+    shortcut = am.npu_gmm.__ascend_moe_decl__.sim_shortcut
+    base = {"x": x, "weight": w, "bias": None, "group_list": torch.tensor([5, 5, 20]), "group_type": 0}
+    assert shortcut(base) is not None
+    for change in ({"bias": torch.zeros(3, 8)}, {"group_list": [5, 5, 20]},
+                   {"weight": w[:1].expand(3, 40, 8)}, {"group_list": torch.tensor([5, 5, 21])},
+                   {"group_list": torch.tensor([5, 4, 20])}):
+        assert shortcut({**base, **change}) is None, change
+    monkeypatch.setenv("ASCEND_MOE_KERNELS", "reference")
+    assert shortcut(base) is None

@@ -460,6 +460,30 @@ def _make_float_gemms(widen, sources):
     return float_gemm, grouped_gemm
 
 
+def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, groups: np.ndarray, k_split: bool) -> bool:
+    """A whole grouped product by one call of a compiled GEMM, where the grouped kernel :func:`for_call` hands
+    the simulator would make exactly that call: the machine's choice for every group's shape class is the same
+    compiled GEMM and it takes these operands as they are.  ``groups``: rows of (group, first row, end row) of
+    the non-empty groups, as the simulator's runs (M split: ``out[s:t] = a[s:t] @ b[g]``; K split:
+    ``out[g] = a[:, s:t] @ b[s:t]``, each group once).  False, with nothing written, otherwise."""
+    name = _NP_NAME.get(a.dtype)
+    if name is None or os.environ.get(ENV, "").strip() == "reference" or not len(groups):
+        return False
+    rows = {a.shape[0]} if k_split else set((groups[:, 2] - groups[:, 1]).tolist())
+    chosen = {choice(c) for c in {_shape_class(name, r) for r in rows}}
+    impl = chosen.pop() if len(chosen) == 1 else None
+    if impl == "dot_bf16" and impls.dot_bf16_fits(out, a, b, k_split):
+        if k_split:
+            impls.run_compiled_ksplit(out, a, b, groups)
+        else:
+            impls._run_compiled(impl, out, a, b, groups)
+        return True
+    if impl == "widen_fma" and impls.widen_fma_fits(out, a, b, k_split):  # (never a K split)
+        impls._run_compiled(impl, out, a, b, groups)
+        return True
+    return False
+
+
 def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     if a.dtype != np.int8 or b.dtype != np.int8 or a.ndim != 2:
         return None

@@ -175,6 +175,13 @@ def _gmm_sim_torch(op: str, list_type: int):
     return sim
 
 
+def _gmm_compiled(list_type: int):
+    def shortcut(a: Dict[str, Any]):
+        from ._gmm_torch import gmm_compiled
+        return gmm_compiled(list_type, a)
+    return shortcut
+
+
 def _gmm_backward(op: str):
     def backward(ctx, grad):
         from ._gmm_torch import gmm_backward
@@ -232,6 +239,7 @@ def _declare_gmm(op: str, list_type: int) -> OpDecl:
         shape=gmm_shape,
         sim=_gmm_sim(list_type),
         sim_torch=_gmm_sim_torch(op, list_type),
+        sim_shortcut=_gmm_compiled(list_type),
         # K split's "weight" is the backward's grad_y: nothing worth keeping
         cached_weights=lambda a: [] if a["group_type"] == 2 else [a["weight"]],
         aclnn=_gmm_aclnn(list_type, int_list=op == "npu_gmm"),
