@@ -1226,6 +1226,18 @@ def test_measurement_times_candidates_on_numpy_blas_after_the_others(monkeypatch
     assert "torch_int_mm" not in calls[calls.index("reference"):]
 
 
+def test_numpy_blas_candidate_needs_a_margin_to_be_chosen(monkeypatch, fresh_selection):
+    """The reference's spinning BLAS threads slow the next torch op, which its own timing does not show: it is
+    chosen only when more than 10 % faster than every other candidate."""
+    timings = {"fp32.wide": {"reference": 1.00, "torch_packed": 1.06, "torch_sgemm": 1.08},
+               "fp32.narrow": {"reference": 1.00, "torch_sgemm": 1.25, "widen_fma": 1.15}}
+    monkeypatch.setattr(mk, "_measure", lambda cls, candidates: {c: timings[cls][c] for c in candidates
+                                                                  if c in timings[cls]})
+    monkeypatch.setattr(mk, "_verified", lambda cls, impl: impl in timings.get(cls, {}))
+    assert mk.choice("fp32.wide") == "torch_packed"
+    assert mk.choice("fp32.narrow") == "reference"
+
+
 def test_choice_measured_once_and_cached_per_machine(monkeypatch, fresh_selection):
     calls = []
 
