@@ -1530,6 +1530,7 @@ def test_gmm_shortcut_gives_the_general_paths_bits_forward_and_backward(monkeypa
 def test_gmm_shortcut_counts_form_and_what_it_leaves_to_the_general_path(monkeypatch):
     """npu_gmm_v2's counts take it; a bias, a list group list, a shared stride-0 weight, a group list past the
     rows do not (same results either way)."""
+    _skip_unless_eligible("widen_fma", "fp32")
     force(monkeypatch, "fp32=widen_fma")
     g = torch.Generator().manual_seed(6)
     x, w = torch.randn(20, 40, generator=g), torch.randn(3, 40, 8, generator=g)
