@@ -476,28 +476,21 @@ def _make_float_gemms(widen, sources):
     return float_gemm, grouped_gemm
 
 
-def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, groups: np.ndarray, k_split: bool) -> bool:
+def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: List[Tuple[int, int, int]],
+                          k_split: bool) -> bool:
     """A whole grouped product by one call of a compiled GEMM, where the grouped kernel :func:`for_call` hands
     the simulator would make exactly that call: the machine's choice for every group's shape class is the same
-    compiled GEMM and it takes these operands as they are.  ``groups``: rows of (group, first row, end row) of
-    the non-empty groups, as the simulator's runs (M split: ``out[s:t] = a[s:t] @ b[g]``; K split:
-    ``out[g] = a[:, s:t] @ b[s:t]``, each group once).  False, with nothing written, otherwise."""
+    compiled GEMM, and :func:`impls.torch_grouped` (the grouped kernel's own runner) takes the operands for it.
+    ``runs``: (group, first row, end row) of the non-empty groups, as the simulator's (M split:
+    ``out[s:t] = a[s:t] @ b[g]``; K split: ``out[g] = a[:, s:t] @ b[s:t]``, each group once).  False, with
+    nothing written, otherwise."""
     name = _NP_NAME.get(a.dtype)
-    if name is None or os.environ.get(ENV, "").strip() == "reference" or not len(groups):
+    if name is None or _reference_forced() or not runs:
         return False
-    rows = {a.shape[0]} if k_split else set((groups[:, 2] - groups[:, 1]).tolist())
+    rows = {a.shape[0]} if k_split else {t - s for _, s, t in runs}
     chosen = {choice(c) for c in {_shape_class(name, r) for r in rows}}
     impl = chosen.pop() if len(chosen) == 1 else None
-    if impl == "dot_bf16" and impls.dot_bf16_fits(out, a, b, k_split):
-        if k_split:
-            impls.run_compiled_ksplit(out, a, b, groups)
-        else:
-            impls._run_compiled(impl, out, a, b, groups)
-        return True
-    if impl == "widen_fma" and impls.widen_fma_fits(out, a, b, k_split):  # (never a K split)
-        impls._run_compiled(impl, out, a, b, groups)
-        return True
-    return False
+    return impl in impls.COMPILED_GEMMS and impls.torch_grouped(out, a, b, runs, k_split, lambda _: impl)
 
 
 def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
@@ -505,6 +498,11 @@ def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) ->
         return None
     fn = INT_IMPLS[choice(_shape_class("int8", a.shape[0]))]
     return None if fn is None else fn(a, b, out)
+
+
+def _reference_forced() -> bool:
+    """``ASCEND_MOE_KERNELS=reference``: the NumPy reference GEMMs everywhere."""
+    return os.environ.get(ENV, "").strip() == "reference"
 
 
 # the steps handed to the simulator that keep nothing of a call's weights
@@ -531,7 +529,7 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
 
     # the weight cache, conversions, epilogue steps and gate selections: the same in both modes
     steps = dict(_STEPS, widen=widen, keep=keep)
-    if os.environ.get(ENV, "").strip() == "reference":
+    if _reference_forced():
         return sim_kernels.Kernels(**steps, name="reference")
     float_gemm, grouped_gemm = _make_float_gemms(widen, sources)
     return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm, **steps,

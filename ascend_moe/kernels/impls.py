@@ -564,13 +564,6 @@ def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray, gro
                                 torch.get_num_threads())
 
 
-def run_compiled_ksplit(out: np.ndarray, a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> None:
-    """``out[g] = a[:, s:t] @ b[s:t]`` for each (g, s, t) of groups by the compiled AVX512-BF16 K-split
-    product (``a``: the transpose of a C-contiguous [T, M] array; each output written by one group)."""
-    _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
-                                  torch.get_num_threads())
-
-
 def _compiled_gemm(impl: str, fits: Callable[..., bool], out: np.ndarray, a: np.ndarray, b: np.ndarray,
                    bias_row: Optional[np.ndarray]) -> bool:
     """One GEMM by a compiled grouped kernel (one group), or False when it does not take the operands."""
@@ -643,7 +636,8 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
         groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
         if len(set(groups[:, 0].tolist())) != len(groups):
             return False  # two runs writing one output: the per-group path
-        run_compiled_ksplit(out, a, b, groups)
+        _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
+                                      torch.get_num_threads())
         return True
     if names & _COMPILED:  # an M-split (of the compiled GEMMs only dot_bf16 takes the K-split product)
         for impl in sorted(names & _COMPILED):  # each compiled GEMM's groups in one call

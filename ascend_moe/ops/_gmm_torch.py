@@ -238,9 +238,6 @@ def gmm_forward(op: str, group_list_type: int, a: Dict[str, Any]) -> Tensor:
     return y
 
 
-_COMPILED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
 def gmm_compiled(group_list_type: int, a: Dict[str, Any]) -> Optional[Tensor]:
     """npu_gmm / npu_gmm_v2 of CPU tensors (``a``: the bound call) by one call of the machine's compiled grouped
     GEMM, where :func:`gmm_forward` would end in that same call (the simulator's M / K split runs on the
@@ -251,20 +248,17 @@ def gmm_compiled(group_list_type: int, a: Dict[str, Any]) -> Optional[Tensor]:
     x, w, gl, gt = a["x"], a["weight"], a["group_list"], a["group_type"]
     if (a["bias"] is not None or gt not in (0, 2) or type(gl) is not Tensor or gl.dtype != torch.int64
             or gl.dim() != 1 or gl.numel() == 0 or x.dim() != 2 or w.dim() != (3 if gt == 0 else 2)
-            or x.dtype not in _COMPILED_DTYPES or w.dtype != x.dtype or (gt == 0 and w.stride(0) == 0)):
+            or (gt == 0 and w.stride(0) == 0)):
         return None
-    values = to_numpy(gl)
-    ends = values if group_list_type == 0 else np.cumsum(values)
-    starts = np.concatenate((np.zeros(1, np.int64), ends[:-1]))
+    starts, ends = _sim.group_bounds(to_numpy(gl), group_list_type)
     reach = x.shape[0] if gt == 0 else x.shape[1]  # the rows (tokens) the group list splits
     if bool((ends < starts).any()) or int(ends[-1]) > reach:  # (a negative or decreasing entry among them)
         return None
-    full = np.flatnonzero(ends > starts)
-    groups = np.stack((full, starts[full], ends[full]), axis=1).astype(np.int64)
+    runs = [(e, s, t) for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())) if t > s]
     shape = (x.shape[0], w.shape[-1]) if gt == 0 else (ends.size, x.shape[0], w.shape[-1])
     y = torch.empty(shape, dtype=x.dtype)
     out = to_numpy(y)
-    if not machine_kernels.compiled_grouped_gemm(out, to_numpy(x), to_numpy(w), groups, gt == 2):
+    if not machine_kernels.compiled_grouped_gemm(out, to_numpy(x), to_numpy(w), runs, gt == 2):
         return None
     if gt == 0:  # rows past the group list's total are undefined (gmm_m_split)
         if int(ends[-1]) < x.shape[0]:

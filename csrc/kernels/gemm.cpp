@@ -225,12 +225,17 @@ __attribute__((always_inline)) inline Bits<E> store1(float f) {
   }
 }
 
+// `rows` rows of a (K elements each, contiguous) from row `first` as fp32: bf16 / fp16 widened into `buffer`, fp32
+// read where it is (no copy)
 template <Elem E>
-__attribute__((always_inline)) inline void load_n(const Bits<E> *src, float *dst, std::size_t n) {
+__attribute__((always_inline)) inline const float *rows_as_fp32(const Bits<E> *a, std::size_t k, std::size_t first,
+                                                               std::size_t rows, std::vector<float> &buffer) {
   if constexpr (E == Elem::fp32) {
-    std::memcpy(dst, src, n * sizeof(float));
+    return a + first * k;
   } else {
-    widen_n<E == Elem::fp16>(src, dst, n);
+    buffer.resize(rows * k);
+    widen_n<E == Elem::fp16>(a + first * k, buffer.data(), rows * k);
+    return buffer.data();
   }
 }
 
@@ -331,13 +336,12 @@ __attribute__((always_inline)) inline void band(const ProblemOf<Bits<E>> &p, std
   const std::size_t width = c1 - c0;
   const std::size_t strips = width / STRIP;
   const std::size_t full = c0 + strips * STRIP;
-  std::vector<float> a32, acc;
+  std::vector<float> widened, acc;
   std::vector<Bits<E>> packed;
   for (RowChunksOf<Bits<E>> chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
     const Bits<E> *be = chunk.weight;
     const std::size_t s = chunk.first, rows = chunk.rows;
-    a32.resize(rows * p.k);
-    load_n<E>(p.a + s * p.k, a32.data(), rows * p.k);
+    const float *a32 = rows_as_fp32<E>(p.a, p.k, s, rows, widened);
     acc.assign(rows * width, 0.0f);
     for (std::size_t k0 = 0; k0 < p.k; k0 += KC) {
       const std::size_t kc = std::min(KC, p.k - k0);
@@ -361,7 +365,7 @@ __attribute__((always_inline)) inline void band(const ProblemOf<Bits<E>> &p, std
       for (std::size_t q = 0; q < strips; ++q) {
         const Bits<E> *bq = &packed[q * pitch];
         float *aj = acc.data() + q * STRIP;
-        const float *ak = &a32[k0];
+        const float *ak = a32 + k0;
         std::size_t r = 0;
         for (; r + 8 <= rows; r += 8) tile<8, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
         if (r + 4 <= rows) {
@@ -454,23 +458,22 @@ template <Elem E>
 __attribute__((always_inline)) inline void band_nt(const ProblemOf<Bits<E>> &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                                    std::size_t c1) {
   IeeeSubnormals ieee;
-  std::vector<float> a32;
+  std::vector<float> widened;
   for (RowChunksOf<Bits<E>> chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
     const Bits<E> *be = chunk.weight;
     const std::size_t s = chunk.first, rows = chunk.rows;
-    a32.resize(rows * p.k);
-    load_n<E>(p.a + s * p.k, a32.data(), rows * p.k);
+    const float *a32 = rows_as_fp32<E>(p.a, p.k, s, rows, widened);
     // column blocks of 64 weight rows, every row block of the group over each (the block stays in L1 / L2)
     for (std::size_t j0 = c0; j0 < c1; j0 += 64) {
       const std::size_t j1 = std::min(c1, j0 + 64);
       std::size_t r = 0;
       Bits<E> *o = p.out + s * p.n;
-      for (; r + 4 <= rows; r += 4) dot_rows<4, E>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+      for (; r + 4 <= rows; r += 4) dot_rows<4, E>(a32 + r * p.k, p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
       if (r + 2 <= rows) {
-        dot_rows<2, E>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+        dot_rows<2, E>(a32 + r * p.k, p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
         r += 2;
       }
-      if (r < rows) dot_rows<1, E>(&a32[r * p.k], p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
+      if (r < rows) dot_rows<1, E>(a32 + r * p.k, p.k, be, p.b_row, p.k, o + r * p.n, p.n, j0, j1);
     }
   }
 }
