@@ -114,7 +114,8 @@ def finalize_routing_compute(x: np.ndarray, w: np.ndarray, group_list: np.ndarra
     """
     x = np.asarray(x, dtype=np.int8)
     m = x.shape[0]
-    weights, kind = weight_values(np.asarray(w))          # logical int8 values [e, k, n]
+    # logical int8 values [e, k, n] (int8 NZ storage possibly as it is: only the grouped GEMM reads it)
+    weights, kind = weight_values(np.asarray(w), bands_ok=True)
     e_count, _, n = weights.shape
     batch = int(output_bs) if output_bs else m
     f32 = np.float32

@@ -98,7 +98,8 @@ def quant_grouped_matmul(x: np.ndarray, weight: np.ndarray, group_list: np.ndarr
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D [M, K], got shape {x.shape}")
     xdt = dtype_name(x)
-    w_vals, kind = weight_values(weight)
+    # int8 x: only the grouped int8 GEMM reads an int8 weight
+    w_vals, kind = weight_values(weight, bands_ok=xdt == "int8")
     E, K, N = w_vals.shape
     if K != x.shape[1]:
         raise ValueError(f"weight K={K} differs from x's K={x.shape[1]}")

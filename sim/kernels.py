@@ -26,6 +26,12 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
   written part of ``out``, which the per-group path overwrites);
 * ``int_gemm(a, b, out=None) -> Optional[ndarray]``: the exact int32 product (written into ``out``, a
   C-contiguous int32 [m, n] array, and returned when given), or None for the reference path;
+* ``grouped_int_gemm(out, x, bands, n, runs) -> bool``: the exact grouped int8 GEMM ``out[s:t] = x[s:t] @ w[e]``
+  (int32) for every ``(e, s, t)`` in ``runs`` in one call, the weight ``w`` [E, K, N] given as its 32-column
+  bands ``bands`` [E, ceil(N/32), K, 32] (``w[e, k, j] = bands[e, j // 32, k, j % 32]``: FRACTAL_NZ int8 storage
+  viewed so, read in place, or a strided view of an ND weight); ``x`` int8 [M, K] and ``out`` int32 [M, n]
+  C-contiguous.  False (nothing written) to let the per-group path (``int_gemm``, on the weight's logical
+  values) do it;
 * ``widen(a, dtype) -> Optional[ndarray]``: an exact widening of a weight view to ``dtype`` that
   the caller may keep across calls (a cache), or None to widen into the per-call scratch;
 * ``copy_cast(dst, src)``: ``dst[...] = src`` converted with NumPy's results (exact widening or the
@@ -83,6 +89,7 @@ CopyCast = Callable[[np.ndarray, np.ndarray], None]
 FloatGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]], bool]
 GroupedGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, Sequence[Tuple[int, int, int]], bool], bool]
 IntGemm = Callable[..., Optional[np.ndarray]]
+GroupedIntGemm = Callable[[np.ndarray, np.ndarray, np.ndarray, int, Sequence[Tuple[int, int, int]]], bool]
 Widen = Callable[[np.ndarray, type], Optional[np.ndarray]]
 Keep = Callable[[np.ndarray, str, Callable[[], object]], object]
 RowsAdd = Callable[[np.ndarray, np.ndarray, np.ndarray], bool]
@@ -112,6 +119,7 @@ class Kernels:
     float_gemm: Optional[FloatGemm] = None
     grouped_gemm: Optional[GroupedGemm] = None
     int_gemm: Optional[IntGemm] = None
+    grouped_int_gemm: Optional[GroupedIntGemm] = None
     widen: Optional[Widen] = None
     copy_cast: CopyCast = field(default=numpy_copy_cast)
     keep: Keep = field(default=compute_now)

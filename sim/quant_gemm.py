@@ -44,6 +44,7 @@ __all__ = [
     "group_bounds", "covered_rows", "exact_int_matmul", "grouped_int8_matmul", "msd_split_int8",
     "fixpipe_dequant_fp16", "decode_weight_scale", "grouped_msd_partials", "msd_combine",
     "fp19_scales", "fp19_enabled", "weight_values", "weight_logical_dims", "weight_to_nz_storage",
+    "BandedInt8Weight", "int8_bands",
 ]
 
 Bounds = List[Tuple[int, int]]
@@ -142,7 +143,8 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
                         out: Optional[np.ndarray] = None) -> np.ndarray:
     """Exact grouped integer GEMM: ``acc[s:t] = x[s:t] @ w[e]`` (int32) for each group ``e = (s, t)``.
 
-    ``x`` [M, K] and ``w`` [E, K, N] hold integers (int8, or int4 values in an int8 array); ``bounds``
+    ``x`` [M, K] and ``w`` [E, K, N] hold integers (int8, or int4 values in an int8 array; or a
+    :class:`BandedInt8Weight`, read in place where the kernels' grouped int8 GEMM takes it); ``bounds``
     comes from :func:`group_bounds` (len <= E).  Rows outside every group are left 0 (use
     :func:`covered_rows` for the mask).  Returns int32 [M, N] (``out`` if given, zero-filled first).
     """
@@ -154,6 +156,7 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
         raise ValueError(f"{len(bounds)} groups but only {E} experts in weight")
     if out is None:
         out = np.empty((M, N), dtype=np.int32)
+    banded = w if isinstance(w, BandedInt8Weight) else None
     rows = [(e, s, t) for e, (s, t) in enumerate(bounds) if t > s]
     # zero the rows no group covers; each group writes its own rows in place
     covered = np.zeros(M, dtype=bool)
@@ -166,6 +169,13 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
         # every expert shares one weight (a stride-0 view, as ``check --run`` builds): one exact GEMM
         # over all covered rows gives the same integers as one per group
         rows = [(rows[0][0], rows[0][1], rows[-1][2])]
+    grouped = _kernels.current().grouped_int_gemm
+    if grouped is not None and x.flags.c_contiguous:
+        bands = banded.bands if banded is not None else int8_bands(w)
+        if bands is not None and grouped(out, x, bands, N, rows):
+            return out
+    if banded is not None:
+        w = banded.values()
     # convert only the rows some group covers (once, shared by all groups)
     lo, hi = min(s for _, s, _ in rows), max(t for _, _, t in rows)
     xs = x[lo:hi]
@@ -352,15 +362,51 @@ def weight_logical_dims(shape: Sequence[int], dtype: str) -> Optional[Tuple[int,
     return None
 
 
-def weight_values(w: np.ndarray) -> Tuple[np.ndarray, str]:
+def int8_bands(w: np.ndarray) -> Optional[np.ndarray]:
+    """The 32-column bands ``[E, N/32, K, 32]`` of an int8 ``[E, K, N]`` (or ``[K, N]``: E = 1) weight as a view
+    (``bands[e, j, k, c] = w[e, k, 32 j + c]``), or None when it is not one (N not a multiple of 32, columns not
+    contiguous)."""
+    w3 = w[None] if w.ndim == 2 else w
+    if w3.ndim != 3 or w3.dtype != np.int8 or w3.shape[2] % 32 or (w3.shape[2] > 1 and w3.strides[2] != 1):
+        return None
+    e, k, n = w3.shape
+    return np.lib.stride_tricks.as_strided(w3, (e, n // 32, k, 32), (w3.strides[0], 32, w3.strides[1], 1),
+                                           writeable=False)
+
+
+class BandedInt8Weight:
+    """An int8 FRACTAL_NZ grouped weight held as it is: its storage ``[E, N/32, K/16, 16, 32]`` viewed as
+    32-column bands ``[E, N/32, K, 32]`` (``w[e, k, n] = bands[e, n // 32, k, n % 32]``), for kernels whose
+    grouped int8 GEMM reads it in place (no logical copy, so nothing kept or proven current).  ``shape`` is
+    the logical ``[E, K, N]``, ``strides[0]`` the storage's expert stride (0: one weight shared by every
+    expert); :meth:`values` gives the logical array, as :func:`weight_values` does."""
+
+    __slots__ = ("storage", "bands", "shape", "strides")
+
+    def __init__(self, storage: np.ndarray) -> None:
+        e, nb, kb, _, _ = storage.shape
+        self.storage = storage
+        self.bands = storage.reshape(e, nb, kb * 16, 32)
+        self.shape = (e, kb * 16, nb * 32)
+        self.strides = (storage.strides[0],)
+
+    def values(self) -> np.ndarray:
+        return weight_values(self.storage)[0]
+
+
+def weight_values(w: np.ndarray, bands_ok: bool = False) -> Tuple[np.ndarray, str]:
     """Logical integer values ``[E, K, N]`` (int8 array) and kind (``"int8"``/``"int4"``) of a weight
     in any form :func:`weight_logical_dims` accepts (NZ storage is converted back, int4 unpacked).
-    A conversion may be kept across calls while the weight is unchanged (:mod:`ascend_moe.sim.kernels`)."""
+    A conversion may be kept across calls while the weight is unchanged (:mod:`ascend_moe.sim.kernels`).
+    ``bands_ok``: the caller only hands the values to :func:`grouped_int8_matmul`, so int8 NZ storage may
+    come back as a :class:`BandedInt8Weight` (where the current kernels have a grouped int8 GEMM)."""
     w = np.asarray(w)
     dt = dtype_name(w)
     dims = weight_logical_dims(w.shape, dt)
     if dims is None:
         raise ValueError(f"weight of shape {w.shape} and dtype {dt} is not a grouped int8/int4 weight")
+    if bands_ok and dt == "int8" and dims[4] and _kernels.current().grouped_int_gemm is not None:
+        return BandedInt8Weight(w), "int8"
     if (dt != "int8" or dims[4]) and not (dims[0] > 1 and w.strides[0] == 0):
         return _kernels.current().keep(w, "weight_values", lambda: _weight_values(w, dt, dims))
     return _weight_values(w, dt, dims)

@@ -1122,11 +1122,29 @@ INT_CASES = [
 ]
 
 
+def _has_vnni_kernel() -> bool:
+    return impls._gemm is not None and impls._gemm.has_dot_int8()
+
+
+def _int_impl_runs_here(impl: str) -> bool:
+    """torch's int8 GEMM may be inexact on a CPU without VNNI (never chosen there); ours must be exact wherever the
+    CPU has its instructions, so a broken build fails these tests instead of skipping them."""
+    if impl == "torch_int_mm":
+        return mk._verified("int8.wide", impl)
+    return impl != "dot_int8" or _has_vnni_kernel()
+
+
+def test_dot_int8_contract_holds_where_the_cpu_has_its_instructions():
+    if not _has_vnni_kernel():
+        pytest.skip("no AVX512-VNNI / VBMI on this CPU")
+    assert impls.dot_int8_contract_holds()
+
+
 @pytest.mark.parametrize("impl", list(impls.INT_IMPLS))
 @pytest.mark.parametrize("case", [c[0] for c in INT_CASES])
 def test_exact_int_impl_bit_exact(impl, case):
-    if impl == "torch_int_mm" and not mk._verified("int8.wide", impl):
-        pytest.skip("torch._int_mm is not exact on this machine: never chosen")
+    if not _int_impl_runs_here(impl):
+        pytest.skip(f"{impl} cannot run exact on this machine: never chosen")
     a, b = dict(INT_CASES)[case](np.random.default_rng(3))
     want = a.astype(np.int64) @ b.astype(np.int64)
     with sim_kernels.use(sim_kernels.Kernels(int_gemm=impls.INT_IMPLS[impl])):
@@ -1138,6 +1156,8 @@ def test_exact_int_impl_bit_exact(impl, case):
 @pytest.mark.parametrize("impl", list(impls.INT_IMPLS))
 def test_a8w4_partials_exact_per_impl(impl):
     """MSD hi/lo partials through each integer kernel: fp16(exact int32 product * scale), RNE."""
+    if not _int_impl_runs_here(impl):
+        pytest.skip(f"{impl} cannot run exact on this machine: never chosen")
     rng = np.random.default_rng(11)
     x = rng.integers(-128, 128, (12, 64), dtype=np.int8)
     w = rng.integers(-8, 8, (2, 64, 16), dtype=np.int8)
@@ -1164,7 +1184,7 @@ def test_swiglu_quant_v2_a8w8_same_bits_with_every_int_impl(monkeypatch):
     gl = torch.tensor([20, 48])
     outs = {}
     for impl in impls.INT_IMPLS:
-        if impl == "torch_int_mm" and not mk._verified("int8.wide", impl):
+        if not _int_impl_runs_here(impl):
             continue
         force(monkeypatch, f"int8={impl}")
         outs[impl] = am.npu_grouped_matmul_swiglu_quant_v2(x, [w], [ws], xs, gl)
@@ -1259,6 +1279,7 @@ def test_choice_measured_once_and_cached_per_machine(monkeypatch, fresh_selectio
 
 def test_unverified_implementation_never_chosen_nor_forced(monkeypatch, fresh_selection):
     monkeypatch.setattr(impls, "int_mm_exact_on_this_machine", lambda: False)
+    monkeypatch.setattr(impls, "dot_int8_contract_holds", lambda: False)
     monkeypatch.setattr(mk, "_measure", lambda cls, cands: {c: (0.0 if c == "torch_int_mm" else 1.0) for c in cands})
     assert mk.choice("int8.wide") == "reference"
     force(monkeypatch, "int8=torch_int_mm")
@@ -1366,6 +1387,89 @@ def test_flush_guard_of_a_weight_follows_in_place_changes(monkeypatch):
     assert am.npu_gmm(x, w, group_list=[20]).float()[0, 0].item() == 2.0 ** -62
     w[0, :2] = 2.0 ** -64  # products 2**-127: subnormal in fp32
     assert am.npu_gmm(x, w, group_list=[20]).float()[0, 0].item() == 2.0 ** -126
+
+
+def _dot_int8_or_skip():
+    if not _has_vnni_kernel():
+        pytest.skip("no AVX512-VNNI / VBMI on this CPU: dot_int8 is never chosen")
+
+
+def _int32_wrap(v: np.ndarray) -> np.ndarray:
+    return ((v.astype(np.int64) + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)
+
+
+@pytest.mark.parametrize("k, n", [(64, 64), (7, 32), (300, 96), (1100, 40)])
+def test_grouped_dot_int8_over_nz_storage_matches_integer_math(k, n):
+    """The compiled VNNI GEMM reading FRACTAL_NZ int8 storage in place: groups out of order, an empty group, two
+    groups of one expert, rows no group covers left as they were, K not a multiple of 4 (padded rows of x), N not a
+    multiple of 32 (the storage's last band half padding), 1-9 rows (every tile height), more than 256 rows."""
+    _dot_int8_or_skip()
+    rng = np.random.default_rng(k * 1000 + n)
+    e, kp, npad = 3, (k + 15) // 16 * 16, (n + 31) // 32 * 32
+    w = rng.integers(-128, 128, (e, kp, npad), dtype=np.int8)
+    storage = np.ascontiguousarray(w.reshape(e, kp // 16, 16, npad // 32, 32).transpose(0, 3, 1, 2, 4))
+    bands = storage.reshape(e, npad // 32, kp, 32)
+    runs = [(2, 300, 309), (0, 0, 1), (1, 1, 1), (0, 1, 9), (1, 9, 300)]
+    x = rng.integers(-128, 128, (320, kp), dtype=np.int8)
+    out = np.full((320, n), 12345, dtype=np.int32)
+    assert impls.grouped_dot_int8(out, x, bands, n, runs)
+    want = np.full((320, n), 12345, dtype=np.int64)
+    for ex, s0, t in runs:
+        for r in range(s0, t):  # a plain loop over rows, int64 math
+            want[r] = x[r].astype(np.int64) @ w[ex, :, :n].astype(np.int64)
+    np.testing.assert_array_equal(out.astype(np.int64), want)
+
+
+def test_dot_int8_wraps_like_int32_and_takes_strided_weights():
+    """K = 140000 products of -128 * -128 sum past 2^31: the int32 result wraps as the device's int32
+    accumulation does; a weight view with N not a multiple of 32 and a column step (copied into bands first)."""
+    _dot_int8_or_skip()
+    k = 140000
+    a = np.full((2, k), -128, dtype=np.int8)
+    b = np.full((k, 32), -128, dtype=np.int8)
+    b[:, 1] = 127
+    got = impls.dot_int8(a, b)
+    col = np.array([k * 16384, -k * 128 * 127] + [k * 16384] * 30, dtype=np.int64)
+    np.testing.assert_array_equal(got, _int32_wrap(np.tile(col, (2, 1))))
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (5, 33), dtype=np.int8)
+    full = rng.integers(-128, 128, (33, 70), dtype=np.int8)
+    view = full[:, ::2]  # 35 columns, 2 bytes apart
+    np.testing.assert_array_equal(impls.dot_int8(a, view).astype(np.int64), a.astype(np.int64) @ view.astype(np.int64))
+
+
+def test_pick_prefers_the_in_place_int8_gemm_within_its_margin():
+    assert mk._pick({"torch_int_mm": 1.0, "dot_int8": 1.05, "reference": 3.0}) == "dot_int8"
+    assert mk._pick({"torch_int_mm": 1.0, "dot_int8": 1.2, "reference": 3.0}) == "torch_int_mm"
+    assert mk._pick({"torch_int_mm": 1.0, "reference": 0.5}) == "reference"
+
+
+def test_nz_weight_read_in_place_by_dot_int8(monkeypatch):
+    """Under dot_int8 a FRACTAL_NZ storage weight is not converted (no logical copy computed nor kept) and an
+    in-place write is seen by the next call (checked against int64 math)."""
+    _dot_int8_or_skip()
+    from ascend_moe.sim import numerics
+    force(monkeypatch, "int8=dot_int8")
+    mk.WEIGHT_CACHE.clear()
+    g = torch.Generator().manual_seed(19)
+    x = torch.randint(-128, 128, (40, 64), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (2, 64, 96), generator=g, dtype=torch.int8)
+    w_nz = torch.from_numpy(numerics.nd_to_nz(w.numpy()))  # 5-D NZ storage
+    scale = torch.full((2, 96), 2.0 ** -10)
+    gl = torch.tensor([17, 23])  # counts
+
+    def check(out, w_nd):
+        acc = torch.cat([x[:17].long() @ w_nd[0].long(), x[17:].long() @ w_nd[1].long()])
+        # |acc| < 2^21 and a power-of-two scale: fp32(acc) * scale is exact, bf16 rounds once
+        want = (acc.double() * 2.0 ** -10).to(torch.bfloat16)
+        assert torch.equal(out, want)
+    before = mk.WEIGHT_CACHE.facts_computed
+    kw = dict(group_list=gl, group_list_type=1, scale=[scale], output_dtype=torch.bfloat16)
+    check(am.npu_grouped_matmul([x], [w_nz], split_item=3, group_type=0, **kw)[0], w)
+    w2 = torch.randint(-128, 128, (2, 64, 96), generator=g, dtype=torch.int8)
+    w_nz.copy_(torch.from_numpy(numerics.nd_to_nz(w2.numpy())))
+    check(am.npu_grouped_matmul([x], [w_nz], split_item=3, group_type=0, **kw)[0], w2)
+    assert mk.WEIGHT_CACHE.facts_computed == before
 
 
 def test_nz_weight_values_kept_until_the_weight_changes(monkeypatch):

@@ -79,8 +79,9 @@ _PROBE_SHAPES_SMALL_WEIGHTS = {"wide": ((128, 1024, 512), (512, 1024, 512)), "na
                                "skinny": ((4, 2048, 1024),)}
 # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4-6: compiled GEMMs, narrow, probes
 # timed after a torch call; 7: the compiled kernels on torch's OpenMP team, NumPy-BLAS candidates timed last;
-# 8: widen_fma joined the fp32 classes; 9: bf16 / fp16 wide probes stream several experts' weights
-_SCHEMA = 9
+# 8: widen_fma joined the fp32 classes; 9: bf16 / fp16 wide probes stream several experts' weights; 10: dot_int8
+# joined the int8 classes
+_SCHEMA = 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +234,8 @@ def _verified(cls: str, impl: str) -> bool:
         if name not in verified:
             if impl == "torch_int_mm":
                 verified[name] = impls.int_mm_exact_on_this_machine()
+            elif impl == "dot_int8":
+                verified[name] = impls.dot_int8_contract_holds()
             elif impl == "torch_native" and dtype in ("bf16", "fp16"):
                 verified[name] = impls.native_contract_holds(FLOAT_DTYPES[dtype])
             elif impl == "dot_bf16" and dtype == "bf16":
@@ -357,13 +360,22 @@ def _measure(cls: str, candidates: Sequence[str]) -> Dict[str, float]:
 _NUMPY_BLAS_MARGIN = 1.10
 
 
+# how much faster than dot_int8 another int8 GEMM must time to be chosen: dot_int8 reads an int8 FRACTAL_NZ weight
+# in place, where any other needs its logical copy, kept while the weight is unchanged, proven current by a digest
+# of the weight per call (the finalize-routing benchmark's 117 MB weight: about 4 ms of a 60 ms call, 7 %) and
+# holding as much memory again; the probes time ND weights, which cost neither
+_IN_PLACE_MARGIN = 1.10
+
+
 def _pick(timings: Dict[str, float]) -> str:
     best = min(timings, key=timings.get)
     others = {c: t for c, t in timings.items() if c not in _ON_NUMPY_BLAS}
     if best in _ON_NUMPY_BLAS and others:
         runner_up = min(others, key=others.get)
         if others[runner_up] <= _NUMPY_BLAS_MARGIN * timings[best]:
-            return runner_up
+            best = runner_up
+    if "dot_int8" in timings and timings["dot_int8"] <= _IN_PLACE_MARGIN * timings[best]:
+        return "dot_int8"
     return best
 
 
@@ -500,6 +512,15 @@ def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) ->
     return None if fn is None else fn(a, b, out)
 
 
+def _grouped_int_gemm(out: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int,
+                      runs: Sequence[Tuple[int, int, int]]) -> bool:
+    """A whole grouped int8 GEMM by one call of dot_int8 where every group's shape class chose it (the simulator's
+    ``grouped_int_gemm``: the weight as 32-column bands, int8 FRACTAL_NZ storage read in place)."""
+    if any(choice(_shape_class("int8", t - s)) != "dot_int8" for _, s, t in runs):
+        return False
+    return impls.grouped_dot_int8(out, x, bands, n, runs)
+
+
 def _reference_forced() -> bool:
     """``ASCEND_MOE_KERNELS=reference``: the NumPy reference GEMMs everywhere."""
     return os.environ.get(ENV, "").strip() == "reference"
@@ -532,5 +553,5 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
     if _reference_forced():
         return sim_kernels.Kernels(**steps, name="reference")
     float_gemm, grouped_gemm = _make_float_gemms(widen, sources)
-    return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm, **steps,
-                               name="machine")
+    return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm,
+                               grouped_int_gemm=_grouped_int_gemm, **steps, name="machine")

@@ -31,7 +31,12 @@ Exact integer GEMM ``a @ b`` (int8 values, int32 result):
 * ``torch_int_mm``: ``torch._int_mm`` (oneDNN s8s8s32, VNNI ``vpdpbusd`` where the CPU has it),
   verified bit-exact on this machine against an integer reference with saturating patterns before
   it may be chosen (:func:`int_mm_exact_on_this_machine`: without VNNI some int8 kernels sum
-  products pairwise in saturating int16); used while ``K * 128 * 128 < 2**31`` (no int32 wrap).
+  products pairwise in saturating int16); used while ``K * 128 * 128 < 2**31`` (no int32 wrap);
+* ``dot_int8``: the compiled AVX512-VNNI GEMM (``ascend_moe.kernels._gemm``, :func:`grouped_dot_int8`): the
+  weight read as 32-column bands, so an int8 FRACTAL_NZ weight is read in place (no logical copy kept, no
+  digest proving it current); the weight's bytes offset by 128 for the instruction's unsigned operand and
+  128 times x's row sums taken back, in int32 arithmetic that wraps as the device's does.  Verified
+  bit-exact on the same patterns (:func:`dot_int8_contract_holds`) where the CPU has the instructions.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ import numpy as np
 import torch
 
 from ..sim import kernels as _simk
+from ..sim.quant_gemm import int8_bands
 
 def _compiled(name: str) -> Optional[ModuleType]:
     """A compiled helper of csrc/kernels/, built with the package (setup.py); None in a source tree without a
@@ -866,16 +872,88 @@ def torch_int_mm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None)
     return torch._int_mm(ta, tb).numpy()
 
 
+def grouped_dot_int8(out: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int, runs) -> bool:
+    """``out[s:t] = x[s:t] @ w[e]`` (exact int32) for each ``(e, s, t)`` of ``runs`` by the compiled AVX512-VNNI
+    GEMM, the weight given as its 32-column bands (FRACTAL_NZ storage viewed ``[E, N/32, K, 32]``, or
+    :func:`int8_bands` of an ND weight); False (nothing written) when the CPU or the operands do not suit it."""
+    if (_gemm is None or not _gemm.has_dot_int8() or x.dtype != np.int8 or out.dtype != np.int32
+            or not x.flags.c_contiguous or not out.flags.c_contiguous or bands.dtype != np.int8 or bands.ndim != 4
+            or bands.shape[3] != 32 or bands.strides[3] != 1 or out.shape != (x.shape[0], n)
+            or bands.shape[2] != x.shape[1]):
+        return False
+    groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
+    _gemm.grouped_dot_int8(out, x, bands, n, groups, torch.get_num_threads())
+    return True
+
+
+def dot_int8(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """``a @ b`` (int8, exact int32) by the compiled AVX512-VNNI GEMM; a weight that is not a band view as it is
+    (N not a multiple of 32, a strided view) is copied into zero-padded bands first."""
+    if a.dtype != np.int8 or b.dtype != np.int8 or a.ndim != 2 or b.ndim != 2 or _gemm is None:
+        return None
+    m, n = a.shape[0], b.shape[1]
+    bands = int8_bands(b)
+    if bands is None:
+        padded = np.zeros((b.shape[0], (n + 31) // 32 * 32), dtype=np.int8)
+        padded[:, :n] = b
+        bands = int8_bands(padded)
+    if out is None or out.dtype != np.int32 or not out.flags.c_contiguous or out.shape != (m, n):
+        out = np.empty((m, n), dtype=np.int32)
+    if not grouped_dot_int8(out, np.ascontiguousarray(a), bands, n, [(0, 0, m)]):
+        return None
+    return out
+
+
 INT_IMPLS: Dict[str, Optional[Callable[..., Optional[np.ndarray]]]] = {
-    "reference": None, "torch_int_mm": torch_int_mm,
+    "reference": None, "torch_int_mm": torch_int_mm, "dot_int8": dot_int8,
 }
 
 
 def int_mm_exact_on_this_machine() -> bool:
-    """``torch._int_mm`` bit-exact against int64 math on patterns that saturate an int16 pairwise sum
-    (-128 * -128 + -128 * -128 = 32768), mixed extremes, random values and odd shapes."""
+    """``torch._int_mm`` bit-exact against int64 math (:func:`_int8_gemm_exact`)."""
     if not hasattr(torch, "_int_mm"):
         return False
+    return _int8_gemm_exact(torch._int_mm)
+
+
+def dot_int8_contract_holds() -> bool:
+    """The compiled AVX512-VNNI GEMM on this machine bit-exact against int64 math (:func:`_int8_gemm_exact`), as
+    a single GEMM (its padded copy of a weight whose N is not a multiple of 32 among them) and grouped over
+    FRACTAL_NZ storage read in place (rows of two experts, given out of order)."""
+    if _gemm is None or not _gemm.has_dot_int8():
+        return False
+
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = dot_int8(a.numpy(), b.numpy())
+        if out is None:
+            raise RuntimeError("dot_int8 declined its operands")
+        return torch.from_numpy(out)
+
+    def grouped_nz(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # the weight as FRACTAL_NZ storage [E, N/32, K, 32] of two experts, the second all -128, whose rows
+        # (three rows of ones) come first in the group list
+        k, n = b.shape
+        kp, npad = (k + 15) // 16 * 16, (n + 31) // 32 * 32
+        w = np.full((2, kp, npad), -128, dtype=np.int8)
+        w[0] = 0
+        w[0, :k, :n] = b.numpy()
+        nz = np.ascontiguousarray(w.reshape(2, kp, npad // 32, 32).transpose(0, 2, 1, 3))
+        rows = a.shape[0]
+        x = np.zeros((rows + 3, kp), dtype=np.int8)
+        x[:rows, :k] = a.numpy()
+        x[rows:, :k] = 1
+        out = np.full((rows + 3, npad), 7, dtype=np.int32)
+        if not grouped_dot_int8(out, x, nz, npad, [(1, rows, rows + 3), (0, 0, rows)]):
+            raise RuntimeError("grouped_dot_int8 declined its operands")
+        if not (out[rows:] == -128 * k).all():
+            return torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32)  # wrong: fails the comparison
+        return torch.from_numpy(out[:rows, :n].copy())
+    return _int8_gemm_exact(mm) and _int8_gemm_exact(grouped_nz)
+
+
+def _int8_gemm_exact(mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """``mm`` (int8 x int8 -> int32) bit-exact against int64 math on patterns that saturate an int16 pairwise sum
+    (-128 * -128 + -128 * -128 = 32768), mixed extremes, random values and odd shapes."""
     try:
         g = torch.Generator().manual_seed(99)
         cases = [
@@ -885,11 +963,13 @@ def int_mm_exact_on_this_machine() -> bool:
              torch.randint(-128, 128, (2048, 40), generator=g, dtype=torch.int8)),
             (torch.randint(-128, 128, (1, 7), generator=g, dtype=torch.int8),
              torch.randint(-128, 128, (7, 3), generator=g, dtype=torch.int8)),
+            (torch.randint(-128, 128, (13, 1100), generator=g, dtype=torch.int8),
+             torch.randint(-128, 128, (1100, 96), generator=g, dtype=torch.int8)),
         ]
         alt = torch.tensor([-128, 127], dtype=torch.int8).repeat(256)
         cases.append((alt.repeat(5, 1), alt.flip(0).repeat(9, 1).t().contiguous()))
         for a, b in cases:
-            if not torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long()):
+            if not torch.equal(mm(a, b).long(), a.long() @ b.long()):
                 return False
         return True
     except RuntimeError:

@@ -998,6 +998,216 @@ ASCEND_MOE_DOT_TARGET void dot_ksplit_unit(const KSplitProblem &p, std::size_t g
 }
 #endif
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// dot_int8: the exact int8 GEMM with AVX512-VNNI (vpdpbusd: 16 lanes, each adding four u8 x s8 products to an int32,
+// wrapping), reading the weight in 32-column bands: element (k, n) of expert e at
+// b[e * b_expert + (n / 32) * b_band + k * b_row + n % 32].  That is FRACTAL_NZ int8 storage [E, N/32, K/16, 16, 32]
+// as it is (b_band = K * 32, b_row = 32: each band's K rows of 32 bytes contiguous), or an ND [E, K, N] weight
+// (b_band = 32, b_row = N), so an NZ weight needs no logical copy (nor a kept one, nor a digest of it).
+// The instruction takes one operand unsigned: the weight's bytes are copied with their sign bit flipped (w + 128 as
+// u8) and x stays signed, so each lane sums (w + 128) * x; the result less 128 * (x's row sum) is the exact product
+// modulo 2^32, i.e. the int32 the device's int32 accumulation gives (every step wraps the same way).
+// ---------------------------------------------------------------------------------------------------------------
+#if defined(__x86_64__)
+#define ASCEND_MOE_DOT_INT8 1
+#define ASCEND_MOE_I8_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
+
+struct Int8Problem {
+  const std::int8_t *a;   // [T, K] C-contiguous
+  const std::int8_t *b;   // the banded weight (above)
+  std::ptrdiff_t b_expert, b_band, b_row;  // bytes
+  std::int32_t *out;      // [T, N] C-contiguous
+  std::size_t k, n;
+  const std::int64_t *groups;  // rows of (expert, first row, end row)
+  std::size_t n_groups;
+};
+constexpr std::size_t I8_KC = 512;        // weight rows per block (a block's copy, 512 x 512 bytes, stays in L2)
+constexpr std::size_t I8_BAND = 512;      // output columns per pass
+constexpr std::size_t I8_ROWS = 512;      // rows accumulated at a time
+constexpr std::size_t I8_MID_ROWS = 256;  // up to this many rows: blocks of half that each way (as dot_band)
+
+// acc[r][0:32 S] (+)= the quads of S strips (`pitch` bytes apart) times rows r of a (int8, quad q at
+// a + r * lda + 4 q), R rows: 2 R S accumulators, each broadcast quad of a used 2 S times.
+template <int R, int S>
+ASCEND_MOE_I8_TARGET inline void int8_quad_tile(const std::int8_t *a, std::size_t lda, const std::uint8_t *bp,
+                                                std::size_t pitch, std::size_t quads, std::int32_t *acc,
+                                                std::size_t ldacc, bool from_zero, Prefetcher &next) {
+  __m512i c[R][2 * S];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * S; ++v) {
+      c[r][v] = from_zero ? _mm512_setzero_si512() : _mm512_loadu_si512(acc + r * ldacc + 16 * v);
+    }
+  }
+  for (std::size_t q = 0; q < quads; ++q) {
+    next.step();
+    __m512i b[2 * S];
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * S; ++v) b[v] = _mm512_loadu_si512(bp + (v / 2) * pitch + q * 128 + (v % 2) * 64);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      std::int32_t quad;
+      std::memcpy(&quad, a + r * lda + 4 * q, sizeof quad);
+      const __m512i av = _mm512_set1_epi32(quad);
+#pragma GCC unroll 4
+      for (int v = 0; v < 2 * S; ++v) c[r][v] = _mm512_dpbusd_epi32(c[r][v], b[v], av);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * S; ++v) _mm512_storeu_si512(acc + r * ldacc + 16 * v, c[r][v]);
+  }
+}
+
+// Tiles of R rows (then fewer) over S strips (S = 2: two strips at once, 6-row tiles; S = 1: 8-row tiles).
+template <int S>
+ASCEND_MOE_I8_TARGET inline void int8_quad_rows(const std::int8_t *a, std::size_t lda, std::size_t rows,
+                                                const std::uint8_t *bp, std::size_t pitch, std::size_t quads,
+                                                std::int32_t *acc, std::size_t ldacc, bool from_zero,
+                                                Prefetcher &next) {
+  constexpr int TOP = S == 2 ? 6 : 8;
+  std::size_t r = 0;
+  for (; r + TOP <= rows; r += TOP) {
+    int8_quad_tile<TOP, S>(a + r * lda, lda, bp, pitch, quads, acc + r * ldacc, ldacc, from_zero, next);
+  }
+  if (r + 4 <= rows) {
+    int8_quad_tile<4, S>(a + r * lda, lda, bp, pitch, quads, acc + r * ldacc, ldacc, from_zero, next);
+    r += 4;
+  }
+  if (r + 2 <= rows) {
+    int8_quad_tile<2, S>(a + r * lda, lda, bp, pitch, quads, acc + r * ldacc, ldacc, from_zero, next);
+    r += 2;
+  }
+  if (r < rows) int8_quad_tile<1, S>(a + r * lda, lda, bp, pitch, quads, acc + r * ldacc, ldacc, from_zero, next);
+}
+
+// Weight rows [k0, k0 + kc) of `strips` bands (band j's row k at bk + j * b_band + k * b_row, 32 bytes) copied into
+// strips `pitch` bytes apart: quad q of a strip is two vectors, columns 0-15 then 16-31, each column's bytes
+// (k0 + 4q .. k0 + 4q + 3) + 128 (rows past kc: 0x80, i.e. 0 - they meet x's zero padding anyway).
+ASCEND_MOE_I8_TARGET inline void pack_quads(const std::int8_t *bk, std::ptrdiff_t b_band, std::ptrdiff_t b_row,
+                                            std::size_t kc, std::size_t strips, std::size_t pitch,
+                                            std::uint8_t *packed) {
+  // byte c of rows 0-3 (z01 = rows 0 | 1, z23 = rows 2 | 3) to lanes 4c .. 4c + 3: columns 0-15, then 16-31
+  alignas(64) std::uint8_t lo_idx[64], hi_idx[64];
+  for (int c = 0; c < 16; ++c) {
+    for (int r = 0; r < 4; ++r) {
+      lo_idx[4 * c + r] = static_cast<std::uint8_t>(32 * r + c);
+      hi_idx[4 * c + r] = static_cast<std::uint8_t>(32 * r + 16 + c);
+    }
+  }
+  const __m512i lo = _mm512_load_si512(reinterpret_cast<const __m512i *>(lo_idx));
+  const __m512i hi = _mm512_load_si512(reinterpret_cast<const __m512i *>(hi_idx));
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const std::size_t quads = (kc + 3) / 4;
+  for (std::size_t j = 0; j < strips; ++j) {
+    const std::int8_t *band = bk + static_cast<std::ptrdiff_t>(j) * b_band;
+    std::uint8_t *dst = packed + j * pitch;
+    for (std::size_t q = 0; q < quads; ++q) {
+      __m256i rows4[4];
+      for (std::size_t r = 0; r < 4; ++r) {
+        const std::size_t k = 4 * q + r;
+        rows4[r] = k < kc ? _mm256_loadu_si256(reinterpret_cast<const __m256i *>(band + static_cast<std::ptrdiff_t>(k) * b_row))
+                          : _mm256_setzero_si256();
+      }
+      const __m512i z01 = _mm512_inserti64x4(_mm512_castsi256_si512(rows4[0]), rows4[1], 1);
+      const __m512i z23 = _mm512_inserti64x4(_mm512_castsi256_si512(rows4[2]), rows4[3], 1);
+      _mm512_storeu_si512(dst + q * 128, _mm512_xor_si512(_mm512_permutex2var_epi8(z01, lo, z23), flip));
+      _mm512_storeu_si512(dst + q * 128 + 64, _mm512_xor_si512(_mm512_permutex2var_epi8(z01, hi, z23), flip));
+    }
+  }
+}
+
+// 128 * (the sum of a row's n int8 values) modulo 2^32, the weight's +128 to take back: the row's quads summed by
+// vpdpbusd against bytes of 1 (exact: |sum| <= 128 n, below 2^31 for n < 2^24).
+ASCEND_MOE_I8_TARGET inline std::int32_t times_128_row_sum(const std::int8_t *row, std::size_t n) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i sum = _mm512_setzero_si512();
+  for (std::size_t i = 0; i < n; i += 64) {
+    const __mmask64 m = n - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - i)) - 1;
+    sum = _mm512_dpbusd_epi32(sum, ones, _mm512_maskz_loadu_epi8(m, row + i));
+  }
+  return static_cast<std::int32_t>(static_cast<std::uint32_t>(_mm512_reduce_add_epi32(sum)) * 128u);
+}
+
+// Output columns [c0, c1) (multiples of 32, or c1 = n) of groups [g0, g1).
+ASCEND_MOE_I8_TARGET void int8_band(const Int8Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
+                                    std::size_t c1) {
+  const std::size_t kpad = (p.k + 63) / 64 * 64;  // padded rows of a (K not a multiple of 4): whole lines
+  std::vector<std::int8_t> apad;
+  std::vector<std::uint8_t> packed;
+  std::vector<std::int32_t> acc, shift;
+  for (std::size_t gi = g0; gi < g1; ++gi) {
+    const std::int64_t *grp = p.groups + 3 * gi;
+    const std::int8_t *be = p.b + grp[0] * p.b_expert;
+    const std::size_t end = static_cast<std::size_t>(grp[2]);
+    for (std::size_t s = static_cast<std::size_t>(grp[1]); s < end; s += I8_ROWS) {
+      const std::size_t rows = std::min(I8_ROWS, end - s);
+      // the tiles read whole quads of each row: rows of a as they are when K is a multiple of 4, else copies
+      // padded with zeros
+      const bool whole_quads = p.k % 4 == 0;
+      const std::int8_t *arows = p.a + s * p.k;
+      std::size_t lda = p.k;
+      if (!whole_quads) {
+        apad.assign(rows * kpad, 0);
+        for (std::size_t r = 0; r < rows; ++r) std::memcpy(&apad[r * kpad], arows + r * p.k, p.k);
+        arows = apad.data();
+        lda = kpad;
+      }
+      shift.resize(rows);
+      for (std::size_t r = 0; r < rows; ++r) shift[r] = times_128_row_sum(p.a + (s + r) * p.k, p.k);
+      const bool mid = rows <= I8_MID_ROWS;
+      const std::size_t band = mid ? I8_BAND / 2 : I8_BAND, block_rows = mid ? I8_KC / 2 : I8_KC;
+      for (std::size_t b0 = c0; b0 < c1; b0 += band) {
+        const std::size_t width = std::min(band, c1 - b0), strips = (width + STRIP - 1) / STRIP;
+        const std::size_t wpad = strips * STRIP + 16;  // rows of acc not 2^n words apart
+        acc.resize(rows * wpad);
+        for (std::size_t k0 = 0; k0 < p.k; k0 += block_rows) {
+          const std::size_t kc = std::min(block_rows, p.k - k0), quads = (kc + 3) / 4;
+          const std::size_t pitch = (quads + 1) * 128;  // one extra quad: strips do not share cache sets
+          packed.resize(strips * pitch);
+          const std::int8_t *bk = be + static_cast<std::ptrdiff_t>(b0 / STRIP) * p.b_band +
+                                  static_cast<std::ptrdiff_t>(k0) * p.b_row;
+          pack_quads(bk, p.b_band, p.b_row, kc, strips, pitch, packed.data());
+          // the next block of this band streams in while this one is multiplied
+          Prefetcher next;
+          if (k0 + kc < p.k) {
+            const std::size_t nkc = std::min(block_rows, p.k - k0 - kc);
+            const std::int8_t *nb = bk + static_cast<std::ptrdiff_t>(kc) * p.b_row;
+            if (p.b_row == static_cast<std::ptrdiff_t>(STRIP)) {
+              next.add(nb, p.b_band, nkc * STRIP, strips);  // NZ: each band's rows are contiguous
+            } else if (p.b_band == static_cast<std::ptrdiff_t>(STRIP)) {
+              next.add(nb, p.b_row, width, nkc);  // ND: each row's bands are contiguous
+            }
+          }
+          std::size_t j = 0;
+          for (; j + 2 <= strips; j += 2) {
+            int8_quad_rows<2>(arows + k0, lda, rows, &packed[j * pitch], pitch, quads, acc.data() + j * STRIP, wpad,
+                              k0 == 0, next);
+          }
+          if (j < strips) {
+            int8_quad_rows<1>(arows + k0, lda, rows, &packed[j * pitch], pitch, quads, acc.data() + j * STRIP, wpad,
+                              k0 == 0, next);
+          }
+        }
+        for (std::size_t r = 0; r < rows; ++r) {
+          std::int32_t *o = p.out + (s + r) * p.n + b0;
+          const std::int32_t *c = &acc[r * wpad];
+          const __m512i sh = _mm512_set1_epi32(p.k == 0 ? 0 : shift[r]);
+          for (std::size_t j = 0; j < width; j += 16) {
+            const __mmask16 m = width - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (width - j)) - 1);
+            const __m512i v = p.k == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(c + j);
+            _mm512_mask_storeu_epi32(o + j, m, _mm512_sub_epi32(v, sh));
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 namespace {
@@ -1033,6 +1243,38 @@ int threads_for_product(const std::int64_t *grp, py::ssize_t groups, std::size_t
   std::size_t rows = 0;
   for (py::ssize_t i = 0; i < groups; ++i) rows += static_cast<std::size_t>(grp[3 * i + 2] - grp[3 * i + 1]);
   return rows * macs_per_row < (std::size_t(1) << 21) ? 1 : threads;
+}
+
+// run(g0, g1, c0, c1) over the groups and output columns of a grouped product, on up to `threads` threads (call it
+// with the GIL released)
+template <typename Run>
+void over_groups_and_bands(const std::int64_t *grp, std::size_t n_groups, std::size_t n, int threads, Run run) {
+  if (n_groups >= 2 * static_cast<std::size_t>(std::max(threads, 1))) {
+    // groups to the threads, handed out one at a time, the largest first, each in two column halves where it
+    // is wide: each thread streams whole experts' weights, and the last units handed out are small (whole
+    // groups in the given order left a thread idle for up to one group at the end; 1-2 % measured at the
+    // issue's 16 experts of ~128 rows)
+    std::vector<std::size_t> order(n_groups);
+    for (std::size_t g = 0; g < n_groups; ++g) order[g] = g;
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) {
+      return grp[3 * x + 2] - grp[3 * x + 1] > grp[3 * y + 2] - grp[3 * y + 1];
+    });
+    const std::size_t halves = (threads > 1 && n >= 8 * STRIP) ? 2 : 1;
+    const std::size_t mid = halves == 2 ? (n / 2 + STRIP - 1) / STRIP * STRIP : n;
+    over_row_chunks(n_groups * halves, threads, 1, [&](std::size_t u0, std::size_t u1) {
+      for (std::size_t u = u0; u < u1; ++u) {
+        const std::size_t g = order[u / halves];
+        const bool second = halves == 2 && u % 2 == 1;
+        run(g, g + 1, second ? mid : 0, halves == 2 && !second ? mid : n);
+      }
+    });
+  } else {
+    // bands of whole strips, at least 4 strips (128 columns) each
+    const std::size_t strips = (n + STRIP - 1) / STRIP;
+    over_rows(strips, threads, 4, [&](std::size_t s0, std::size_t s1) {
+      run(0, n_groups, s0 * STRIP, std::min(n, s1 * STRIP));
+    });
+  }
 }
 
 void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups, Elem elem, int threads,
@@ -1079,32 +1321,7 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
       band_bf16(p, g0, g1, c0, c1);
     }
   };
-  if (p.n_groups >= 2 * static_cast<std::size_t>(std::max(threads, 1))) {
-    // groups to the threads, handed out one at a time, the largest first, each in two column halves where it
-    // is wide: each thread streams whole experts' weights, and the last units handed out are small (whole
-    // groups in the given order left a thread idle for up to one group at the end; 1-2 % measured at the
-    // issue's 16 experts of ~128 rows)
-    std::vector<std::size_t> order(p.n_groups);
-    for (std::size_t g = 0; g < p.n_groups; ++g) order[g] = g;
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) {
-      return grp[3 * x + 2] - grp[3 * x + 1] > grp[3 * y + 2] - grp[3 * y + 1];
-    });
-    const std::size_t halves = (threads > 1 && p.n >= 8 * STRIP) ? 2 : 1;
-    const std::size_t mid = halves == 2 ? (p.n / 2 + STRIP - 1) / STRIP * STRIP : p.n;
-    over_row_chunks(p.n_groups * halves, threads, 1, [&](std::size_t u0, std::size_t u1) {
-      for (std::size_t u = u0; u < u1; ++u) {
-        const std::size_t g = order[u / halves];
-        const bool second = halves == 2 && u % 2 == 1;
-        run(g, g + 1, second ? mid : 0, halves == 2 && !second ? mid : p.n);
-      }
-    });
-  } else {
-    // bands of whole strips, at least 4 strips (128 columns) each
-    const std::size_t strips = (p.n + STRIP - 1) / STRIP;
-    over_rows(strips, threads, 4, [&](std::size_t s0, std::size_t s1) {
-      run(0, p.n_groups, s0 * STRIP, std::min(p.n, s1 * STRIP));
-    });
-  }
+  over_groups_and_bands(grp, p.n_groups, p.n, threads, run);
 }
 
 void grouped_dot_bf16_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
@@ -1144,6 +1361,66 @@ bool has_dot_bf16() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 #else
   return false;
+#endif
+}
+
+
+bool has_dot_int8() {
+#ifdef ASCEND_MOE_DOT_INT8
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+         __builtin_cpu_supports("avx512vbmi");
+#else
+  return false;
+#endif
+}
+
+void grouped_dot_int8(py::buffer out, py::buffer a, py::buffer b, py::ssize_t n, py::buffer groups, int threads) {
+  if (!has_dot_int8()) throw std::runtime_error("grouped_dot_int8: this CPU has no AVX512-VNNI / VBMI instructions");
+  py::buffer_info oi = c_contiguous(out, "out", 4, 2, true);
+  py::buffer_info ai = c_contiguous(a, "a", 1, 2, false);
+  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
+  py::buffer_info bi = b.request(false);
+  if (bi.itemsize != 1 || bi.ndim != 4 || bi.shape[3] != 32 || bi.strides[3] != 1) {
+    throw std::invalid_argument("b must be an int8 buffer [E, bands, K, 32] with its last dimension contiguous (the "
+                                "weight's 32-column bands)");
+  }
+  const py::ssize_t t = ai.shape[0], k = ai.shape[1], e = bi.shape[0], bands = bi.shape[1];
+  if (bi.shape[2] != k || oi.shape[0] != t || oi.shape[1] != n || n > 32 * bands || n <= 32 * (bands - 1)) {
+    throw std::invalid_argument("shapes do not match: a [T, K], b [E, ceil(N / 32), K, 32], out [T, N]");
+  }
+  if (k >= (py::ssize_t(1) << 24)) throw std::invalid_argument("grouped_dot_int8: K must be below 2^24");
+  const std::int64_t *grp = checked_groups(gi, e, t, "expert", false);
+#ifdef ASCEND_MOE_DOT_INT8
+  const Int8Problem p{static_cast<const std::int8_t *>(ai.ptr), static_cast<const std::int8_t *>(bi.ptr),
+                      bi.strides[0], bi.strides[1], bi.strides[2], static_cast<std::int32_t *>(oi.ptr),
+                      static_cast<std::size_t>(k), static_cast<std::size_t>(n), grp,
+                      static_cast<std::size_t>(gi.shape[0])};
+  if (n == 0 || gi.shape[0] == 0) return;
+  threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(k) * static_cast<std::size_t>(n) / 4,
+                                threads);
+  // fewer groups than units for the threads: groups of many rows cut into pieces of at least I8_MID_ROWS rows (each
+  // thread then multiplies whole rows by the whole weight: its copy of the rows' panel of a stays its own)
+  std::vector<std::int64_t> pieces;
+  Int8Problem q = p;
+  const std::size_t want = 2 * static_cast<std::size_t>(std::max(threads, 1));
+  if (p.n_groups < want) {
+    for (std::size_t g = 0; g < p.n_groups; ++g) {
+      const std::int64_t s = grp[3 * g + 1], f = grp[3 * g + 2];
+      const std::size_t cuts = std::max<std::size_t>(1, std::min<std::size_t>(
+          (want + p.n_groups - 1) / p.n_groups, static_cast<std::size_t>(f - s) / I8_MID_ROWS));
+      for (std::size_t c = 0; c < cuts; ++c) {
+        pieces.insert(pieces.end(), {grp[3 * g], s + (f - s) * static_cast<std::int64_t>(c) / static_cast<std::int64_t>(cuts),
+                                     s + (f - s) * static_cast<std::int64_t>(c + 1) / static_cast<std::int64_t>(cuts)});
+      }
+    }
+    q.groups = pieces.data();
+    q.n_groups = pieces.size() / 3;
+  }
+  py::gil_scoped_release release;
+  over_groups_and_bands(q.groups, q.n_groups, q.n, threads, [&](std::size_t g0, std::size_t g1, std::size_t c0,
+                                                                std::size_t c1) { int8_band(q, g0, g1, c0, c1); });
 #endif
 }
 
@@ -1195,4 +1472,11 @@ PYBIND11_MODULE(_gemm, m) {
       "out[s:t] = a[s:t] @ b[e] (bf16, b's columns contiguous) by vdpbf16ps with fp32 accumulators and one "
       "round-to-nearest-even, where no product or partial sum can be subnormal (checked on the operands as they "
       "are copied); from the first weight block where one could, one IEEE multiply-add per product in k order.");
+  m.def("has_dot_int8", &has_dot_int8, "Whether this CPU has the AVX512-VNNI (and VBMI) instructions dot_int8 uses.");
+  m.def("grouped_dot_int8", &grouped_dot_int8, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("n"),
+        py::arg("groups"), py::arg("threads"),
+        "out[s:t] = a[s:t] @ w[e] (int8 operands, int32 result wrapping like int32: exact) for each (e, s, t) of "
+        "groups, by vpdpbusd; the weight given as its 32-column bands b [E, ceil(N / 32), K, 32] (w[e, k, n] = "
+        "b[e, n // 32, k, n % 32]): FRACTAL_NZ int8 storage viewed [E, N/32, K, 32], or an ND weight's strided view; "
+        "rows no group covers are not written.");
 }
