@@ -32,6 +32,12 @@ plugged in through a :class:`Kernels` object made current with :func:`use`:
   viewed so, read in place, or a strided view of an ND weight); ``x`` int8 [M, K] and ``out`` int32 [M, n]
   C-contiguous.  False (nothing written) to let the per-group path (``int_gemm``, on the weight's logical
   values) do it;
+* ``grouped_int_gemm_scatter(y, x, bands, n, runs, index, col, row) -> bool``: the finalize-routing A8W8 GEMM and
+  its epilogue at once: for each ``(e, s, t)`` of ``runs`` (in row order) and each row r in s..t-1 in order,
+  ``y[index[r]] += (fp32(acc[r]) * col[e]) * row[r]`` with ``acc[r] = x[r] @ w[e]`` exact in int32 (the weight as
+  ``grouped_int_gemm`` takes it; ``col`` fp32 [E, n], ``row`` fp32 [M], ``y`` fp32 [batch, n]): each fp32 step
+  one IEEE operation rounded to nearest even, each y element's adds in row order, exactly what ``int_gemm`` then
+  ``dequant_scatter`` give.  False (nothing written) to let those do it;
 * ``widen(a, dtype) -> Optional[ndarray]``: an exact widening of a weight view to ``dtype`` that
   the caller may keep across calls (a cache), or None to widen into the per-call scratch;
 * ``copy_cast(dst, src)``: ``dst[...] = src`` converted with NumPy's results (exact widening or the
@@ -120,6 +126,7 @@ class Kernels:
     grouped_gemm: Optional[GroupedGemm] = None
     int_gemm: Optional[IntGemm] = None
     grouped_int_gemm: Optional[GroupedIntGemm] = None
+    grouped_int_gemm_scatter: Optional[Callable[..., bool]] = None
     widen: Optional[Widen] = None
     copy_cast: CopyCast = field(default=numpy_copy_cast)
     keep: Keep = field(default=compute_now)

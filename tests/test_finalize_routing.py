@@ -496,3 +496,55 @@ def test_a8w8_compiled_dequant_scatter_gives_the_reference_bits(monkeypatch, see
         taken.clear()
         got = sim.npu_grouped_matmul_finalize_routing(x, tagged(w), gl, **args)
         assert bits_equal(got, ref_a8w8(x, w, gl, args)) and not any(taken)
+
+
+@pytest.mark.parametrize("flush_denormal", [False, True])
+@pytest.mark.parametrize("storage", ["nz", "tagged"])
+def test_a8w8_gemm_and_epilogue_in_one_compiled_pass(monkeypatch, storage, flush_denormal):
+    """The machine's kernels with int8 forced to dot_int8: the GEMM and the dequant-scatter in one compiled pass
+    over FRACTAL_NZ storage read in place (and the bands of logical values tagged NZ): repeated target rows within and across groups,
+    an empty group, a shared-expert input with a NaN and infinities, scales that make subnormal fp32 values (kept,
+    also while torch's flush-denormal mode is on).  Bits equal the per-token reference of this file; a NaN scale
+    leaves the work to the separate steps, with the same bits."""
+    from ascend_moe import kernels as mk
+    from ascend_moe.kernels import impls
+    from ascend_moe.sim import kernels as sim_kernels
+    from ascend_moe.sim import numerics as nm
+    if impls._gemm is None or not impls._gemm.has_dot_int8():
+        pytest.skip("no AVX512-VNNI / VBMI on this CPU: dot_int8 is never chosen")
+    monkeypatch.setenv("ASCEND_MOE_KERNELS", "int8=dot_int8")
+    taken = []
+    fused = impls.grouped_dot_int8_scatter
+
+    def spy(*a):
+        ok = fused(*a)
+        taken.append(ok)
+        return ok
+    monkeypatch.setattr(impls, "grouped_dot_int8_scatter", spy)
+    rng = np.random.default_rng(77)
+    gl = np.array([12, 0, 15, 11, 10], np.int64)
+    x, w, gl, args = a8w8_case(rng, m=48, k=128, n=256, gl=gl, batch=20, bias=False, shared_rows=8, shared_offset=3)
+    args["row_index"][12:15] = 7
+    # group 4 alone adds into row 19, its first 16 columns with a subnormal scale: subnormal values throughout
+    rows = args["row_index"]
+    rows[:38][rows[:38] == 19] = 18
+    rows[38:48] = 19
+    args["scale"][4, :16] = np.float32(2.0 ** -149)
+    shared = args["shared_input"].astype(F32)
+    shared[1, 2], shared[2, 3], shared[3, 4] = np.nan, np.inf, -np.inf
+    args["shared_input"] = shared.astype(ml_dtypes.bfloat16)
+    weight = nm.nd_to_nz(w) if storage == "nz" else tagged(w.copy())  # 5-D storage, or logical values tagged NZ
+    want = ref_a8w8(x, w, gl, args)  # computed with IEEE subnormals (the flush mode is this thread's)
+    assert np.all((want[19, :16] != 0) & (np.abs(want[19, :16]) < np.finfo(F32).tiny))
+    with sim_kernels.use(mk.for_call()):
+        torch.set_flush_denormal(flush_denormal)
+        try:
+            got = sim.npu_grouped_matmul_finalize_routing(x, weight, gl, **args)
+        finally:
+            torch.set_flush_denormal(False)
+        assert bits_equal(got, want) and taken == [True]
+        args["scale"] = args["scale"].copy()
+        args["scale"][3, 5] = np.nan
+        taken.clear()
+        got = sim.npu_grouped_matmul_finalize_routing(x, weight, gl, **args)
+        assert bits_equal(got, ref_a8w8(x, w, gl, args)) and taken == [False]

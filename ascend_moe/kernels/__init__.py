@@ -521,6 +521,16 @@ def _grouped_int_gemm(out: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int,
     return impls.grouped_dot_int8(out, x, bands, n, runs)
 
 
+def _grouped_int_gemm_scatter(y: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int,
+                              runs: Sequence[Tuple[int, int, int]], index: np.ndarray, col: np.ndarray,
+                              row: np.ndarray) -> bool:
+    """The finalize-routing A8W8 GEMM and epilogue in one compiled pass, where every group's shape class chose
+    dot_int8 (the simulator's ``grouped_int_gemm_scatter``)."""
+    if any(choice(_shape_class("int8", t - s)) != "dot_int8" for _, s, t in runs):
+        return False
+    return impls.grouped_dot_int8_scatter(y, x, bands, n, runs, index, col, row)
+
+
 def _reference_forced() -> bool:
     """``ASCEND_MOE_KERNELS=reference``: the NumPy reference GEMMs everywhere."""
     return os.environ.get(ENV, "").strip() == "reference"
@@ -554,4 +564,5 @@ def for_call(*weights: Optional[torch.Tensor]) -> sim_kernels.Kernels:
         return sim_kernels.Kernels(**steps, name="reference")
     float_gemm, grouped_gemm = _make_float_gemms(widen, sources)
     return sim_kernels.Kernels(float_gemm=float_gemm, grouped_gemm=grouped_gemm, int_gemm=_int_gemm,
-                               grouped_int_gemm=_grouped_int_gemm, **steps, name="machine")
+                               grouped_int_gemm=_grouped_int_gemm, grouped_int_gemm_scatter=_grouped_int_gemm_scatter,
+                               **steps, name="machine")

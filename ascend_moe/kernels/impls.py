@@ -886,6 +886,30 @@ def grouped_dot_int8(out: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int, 
     return True
 
 
+def grouped_dot_int8_scatter(y: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int, runs, index: np.ndarray,
+                             col: np.ndarray, row: np.ndarray) -> bool:
+    """The finalize-routing A8W8 GEMM and epilogue in one compiled pass: for each ``(e, s, t)`` of ``runs`` (in row
+    order) ``y[index[r]] += (fp32(x[r] @ w[e]) * col[e]) * row[r]`` for r in s..t-1 in order, the exact int32 product
+    as :func:`grouped_dot_int8` makes it, never written out (each fp32 step as :func:`compiled_dequant_scatter`
+    takes it).  Under the same condition: finite scales and no product that could overflow, so no NaN is made
+    whose payload would depend on operand order.  False (nothing written) otherwise."""
+    if (_gemm is None or not _gemm.has_dot_int8() or y.dtype != _F32 or not y.flags.c_contiguous
+            or not y.flags.writeable or x.dtype != np.int8 or not x.flags.c_contiguous or col.dtype != _F32
+            or row.dtype != _F32 or bands.dtype != np.int8 or bands.ndim != 4 or bands.shape[3] != 32
+            or bands.strides[3] != 1 or y.ndim != 2 or y.shape[1] != n or col.shape != (bands.shape[0], n)
+            or row.shape != (x.shape[0],) or index.shape != (x.shape[0],) or bands.shape[2] != x.shape[1]):
+        return False
+    if not runs:
+        return True
+    col_max, row_max = float(np.max(np.abs(col))), float(np.max(np.abs(row)))
+    if not (col_max * 2.0 ** 31 * row_max < 3.0e38):  # see compiled_dequant_scatter
+        return False
+    _gemm.grouped_dot_int8_scatter(y, x, bands, n, np.array(runs, dtype=np.int64).reshape(-1, 3),
+                                   np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(col),
+                                   np.ascontiguousarray(row), torch.get_num_threads())
+    return True
+
+
 def dot_int8(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     """``a @ b`` (int8, exact int32) by the compiled AVX512-VNNI GEMM; a weight that is not a band view as it is
     (N not a multiple of 32, a strided view) is copied into zero-padded bands first."""

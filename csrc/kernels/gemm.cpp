@@ -1021,11 +1021,17 @@ struct Int8Problem {
   std::size_t k, n;
   const std::int64_t *groups;  // rows of (expert, first row, end row)
   std::size_t n_groups;
+  // the finalize-routing epilogue instead of `out` where y is set: y[index[t], j] += (fp32(acc[t, j]) *
+  // col[expert, j]) * row[t], each y element's adds in row order (a thread owns its columns for every group)
+  float *y = nullptr;            // [batch, N]
+  const std::int64_t *index = nullptr;  // [T]
+  const float *col = nullptr;    // [E, N]
+  const float *row = nullptr;    // [T]
 };
 constexpr std::size_t I8_KC = 512;        // weight rows per block (a block's copy, 512 x 512 bytes, stays in L2)
 constexpr std::size_t I8_BAND = 512;      // output columns per pass
 constexpr std::size_t I8_ROWS = 512;      // rows accumulated at a time
-constexpr std::size_t I8_MID_ROWS = 256;  // up to this many rows: blocks of half that each way (as dot_band)
+constexpr std::size_t I8_MID_ROWS = 256;  // up to this many rows: bands of half that (the rows and a block fit in L2)
 
 // acc[r][0:32 S] (+)= the quads of S strips (`pitch` bytes apart) times rows r of a (int8, quad q at
 // a + r * lda + 4 q), R rows: 2 R S accumulators, each broadcast quad of a used 2 S times.
@@ -1135,6 +1141,7 @@ ASCEND_MOE_I8_TARGET inline std::int32_t times_128_row_sum(const std::int8_t *ro
 // Output columns [c0, c1) (multiples of 32, or c1 = n) of groups [g0, g1).
 ASCEND_MOE_I8_TARGET void int8_band(const Int8Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                     std::size_t c1) {
+  IeeeSubnormals ieee;  // for the epilogue's fp32 steps
   const std::size_t kpad = (p.k + 63) / 64 * 64;  // padded rows of a (K not a multiple of 4): whole lines
   std::vector<std::int8_t> apad;
   std::vector<std::uint8_t> packed;
@@ -1159,7 +1166,7 @@ ASCEND_MOE_I8_TARGET void int8_band(const Int8Problem &p, std::size_t g0, std::s
       shift.resize(rows);
       for (std::size_t r = 0; r < rows; ++r) shift[r] = times_128_row_sum(p.a + (s + r) * p.k, p.k);
       const bool mid = rows <= I8_MID_ROWS;
-      const std::size_t band = mid ? I8_BAND / 2 : I8_BAND, block_rows = mid ? I8_KC / 2 : I8_KC;
+      const std::size_t band = mid ? I8_BAND / 2 : I8_BAND, block_rows = I8_KC;
       for (std::size_t b0 = c0; b0 < c1; b0 += band) {
         const std::size_t width = std::min(band, c1 - b0), strips = (width + STRIP - 1) / STRIP;
         const std::size_t wpad = strips * STRIP + 16;  // rows of acc not 2^n words apart
@@ -1193,9 +1200,26 @@ ASCEND_MOE_I8_TARGET void int8_band(const Int8Problem &p, std::size_t g0, std::s
           }
         }
         for (std::size_t r = 0; r < rows; ++r) {
-          std::int32_t *o = p.out + (s + r) * p.n + b0;
           const std::int32_t *c = &acc[r * wpad];
           const __m512i sh = _mm512_set1_epi32(p.k == 0 ? 0 : shift[r]);
+          if (p.y != nullptr) {
+            // each step one IEEE fp32 operation rounded to nearest even (explicit rounding: never fused into an
+            // FMA), as the reference's dequant then its row add
+            float *yr = p.y + static_cast<std::size_t>(p.index[s + r]) * p.n + b0;
+            const float *cr = p.col + static_cast<std::size_t>(grp[0]) * p.n + b0;
+            const __m512 rv = _mm512_set1_ps(p.row[s + r]);
+            for (std::size_t j = 0; j < width; j += 16) {
+              const __mmask16 m = width - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (width - j)) - 1);
+              const __m512i v = p.k == 0 ? _mm512_setzero_si512() : _mm512_sub_epi32(_mm512_loadu_si512(c + j), sh);
+              constexpr int RNE = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+              __m512 d = _mm512_cvt_roundepi32_ps(v, RNE);
+              d = _mm512_mul_round_ps(d, _mm512_maskz_loadu_ps(m, cr + j), RNE);
+              d = _mm512_mul_round_ps(d, rv, RNE);
+              _mm512_mask_storeu_ps(yr + j, m, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m, yr + j), d, RNE));
+            }
+            continue;
+          }
+          std::int32_t *o = p.out + (s + r) * p.n + b0;
           for (std::size_t j = 0; j < width; j += 16) {
             const __mmask16 m = width - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (width - j)) - 1);
             const __m512i v = p.k == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(c + j);
@@ -1376,53 +1400,116 @@ bool has_dot_int8() {
 #endif
 }
 
+#ifdef ASCEND_MOE_DOT_INT8
+// The problem of a grouped int8 GEMM call: a [T, K], b's bands [E, ceil(N / 32), K, 32], groups; std::invalid_argument
+// naming what does not fit.
+Int8Problem int8_problem(const py::buffer_info &ai, const py::buffer_info &bi, py::ssize_t n, const py::buffer_info &gi,
+                         py::ssize_t out_rows, py::ssize_t out_cols) {
+  if (bi.itemsize != 1 || bi.ndim != 4 || bi.shape[3] != 32 || bi.strides[3] != 1) {
+    throw std::invalid_argument("b must be an int8 buffer [E, bands, K, 32] with its last dimension contiguous (the "
+                                "weight's 32-column bands)");
+  }
+  const py::ssize_t t = ai.shape[0], k = ai.shape[1], e = bi.shape[0], bands = bi.shape[1];
+  if (bi.shape[2] != k || out_rows != t || out_cols != n || n > 32 * bands || n <= 32 * (bands - 1)) {
+    throw std::invalid_argument("shapes do not match: a [T, K], b [E, ceil(N / 32), K, 32], out [T, N]");
+  }
+  if (k >= (py::ssize_t(1) << 24)) throw std::invalid_argument("grouped_dot_int8: K must be below 2^24");
+  const std::int64_t *grp = checked_groups(gi, e, t, "expert", false);
+  Int8Problem p;
+  p.a = static_cast<const std::int8_t *>(ai.ptr);
+  p.b = static_cast<const std::int8_t *>(bi.ptr);
+  p.b_expert = bi.strides[0];
+  p.b_band = bi.strides[1];
+  p.b_row = bi.strides[2];
+  p.out = nullptr;
+  p.k = static_cast<std::size_t>(k);
+  p.n = static_cast<std::size_t>(n);
+  p.groups = grp;
+  p.n_groups = static_cast<std::size_t>(gi.shape[0]);
+  return p;
+}
+
 void grouped_dot_int8(py::buffer out, py::buffer a, py::buffer b, py::ssize_t n, py::buffer groups, int threads) {
   if (!has_dot_int8()) throw std::runtime_error("grouped_dot_int8: this CPU has no AVX512-VNNI / VBMI instructions");
   py::buffer_info oi = c_contiguous(out, "out", 4, 2, true);
   py::buffer_info ai = c_contiguous(a, "a", 1, 2, false);
   py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
   py::buffer_info bi = b.request(false);
-  if (bi.itemsize != 1 || bi.ndim != 4 || bi.shape[3] != 32 || bi.strides[3] != 1) {
-    throw std::invalid_argument("b must be an int8 buffer [E, bands, K, 32] with its last dimension contiguous (the "
-                                "weight's 32-column bands)");
-  }
-  const py::ssize_t t = ai.shape[0], k = ai.shape[1], e = bi.shape[0], bands = bi.shape[1];
-  if (bi.shape[2] != k || oi.shape[0] != t || oi.shape[1] != n || n > 32 * bands || n <= 32 * (bands - 1)) {
-    throw std::invalid_argument("shapes do not match: a [T, K], b [E, ceil(N / 32), K, 32], out [T, N]");
-  }
-  if (k >= (py::ssize_t(1) << 24)) throw std::invalid_argument("grouped_dot_int8: K must be below 2^24");
-  const std::int64_t *grp = checked_groups(gi, e, t, "expert", false);
-#ifdef ASCEND_MOE_DOT_INT8
-  const Int8Problem p{static_cast<const std::int8_t *>(ai.ptr), static_cast<const std::int8_t *>(bi.ptr),
-                      bi.strides[0], bi.strides[1], bi.strides[2], static_cast<std::int32_t *>(oi.ptr),
-                      static_cast<std::size_t>(k), static_cast<std::size_t>(n), grp,
-                      static_cast<std::size_t>(gi.shape[0])};
-  if (n == 0 || gi.shape[0] == 0) return;
-  threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(k) * static_cast<std::size_t>(n) / 4,
-                                threads);
+  Int8Problem p = int8_problem(ai, bi, n, gi, oi.shape[0], oi.shape[1]);
+  p.out = static_cast<std::int32_t *>(oi.ptr);
+  if (n == 0 || p.n_groups == 0) return;
+  threads = threads_for_product(p.groups, gi.shape[0], p.k * p.n / 4, threads);
   // fewer groups than units for the threads: groups of many rows cut into pieces of at least I8_MID_ROWS rows (each
-  // thread then multiplies whole rows by the whole weight: its copy of the rows' panel of a stays its own)
+  // thread then multiplies whole rows by the whole weight: its rows' panel of a stays its own)
   std::vector<std::int64_t> pieces;
-  Int8Problem q = p;
   const std::size_t want = 2 * static_cast<std::size_t>(std::max(threads, 1));
   if (p.n_groups < want) {
     for (std::size_t g = 0; g < p.n_groups; ++g) {
-      const std::int64_t s = grp[3 * g + 1], f = grp[3 * g + 2];
-      const std::size_t cuts = std::max<std::size_t>(1, std::min<std::size_t>(
-          (want + p.n_groups - 1) / p.n_groups, static_cast<std::size_t>(f - s) / I8_MID_ROWS));
-      for (std::size_t c = 0; c < cuts; ++c) {
-        pieces.insert(pieces.end(), {grp[3 * g], s + (f - s) * static_cast<std::int64_t>(c) / static_cast<std::int64_t>(cuts),
-                                     s + (f - s) * static_cast<std::int64_t>(c + 1) / static_cast<std::int64_t>(cuts)});
-      }
+      const std::int64_t *grp = p.groups + 3 * g;
+      const std::int64_t s = grp[1], f = grp[2];
+      const auto cuts = static_cast<std::int64_t>(std::max<std::size_t>(
+          1, std::min<std::size_t>((want + p.n_groups - 1) / p.n_groups, static_cast<std::size_t>(f - s) / I8_MID_ROWS)));
+      for (std::int64_t c = 0; c < cuts; ++c) pieces.insert(pieces.end(), {grp[0], s + (f - s) * c / cuts, s + (f - s) * (c + 1) / cuts});
     }
-    q.groups = pieces.data();
-    q.n_groups = pieces.size() / 3;
+    p.groups = pieces.data();
+    p.n_groups = pieces.size() / 3;
   }
   py::gil_scoped_release release;
-  over_groups_and_bands(q.groups, q.n_groups, q.n, threads, [&](std::size_t g0, std::size_t g1, std::size_t c0,
-                                                                std::size_t c1) { int8_band(q, g0, g1, c0, c1); });
-#endif
+  over_groups_and_bands(p.groups, p.n_groups, p.n, threads, [&](std::size_t g0, std::size_t g1, std::size_t c0,
+                                                                std::size_t c1) { int8_band(p, g0, g1, c0, c1); });
 }
+
+void grouped_dot_int8_scatter(py::buffer y, py::buffer a, py::buffer b, py::ssize_t n, py::buffer groups,
+                              py::buffer index, py::buffer col, py::buffer row, int threads) {
+  if (!has_dot_int8()) throw std::runtime_error("grouped_dot_int8: this CPU has no AVX512-VNNI / VBMI instructions");
+  py::buffer_info yi = c_contiguous(y, "y (float32)", 4, 2, true);
+  py::buffer_info ai = c_contiguous(a, "a", 1, 2, false);
+  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
+  py::buffer_info ii = c_contiguous(index, "index (int64)", 8, 1, false);
+  py::buffer_info ci = c_contiguous(col, "col (float32)", 4, 2, false);
+  py::buffer_info ri = c_contiguous(row, "row (float32)", 4, 1, false);
+  py::buffer_info bi = b.request(false);
+  Int8Problem p = int8_problem(ai, bi, n, gi, ai.shape[0], yi.shape[1]);
+  if (ii.shape[0] != ai.shape[0] || ri.shape[0] != ai.shape[0] || ci.shape[0] != bi.shape[0] || ci.shape[1] != n) {
+    throw std::invalid_argument("shapes do not match: a [T, K], y [batch, N], index and row [T], col [E, N]");
+  }
+  const auto *idx = static_cast<const std::int64_t *>(ii.ptr);
+  std::int64_t last_end = 0;
+  for (std::size_t g = 0; g < p.n_groups; ++g) {
+    const std::int64_t *grp = p.groups + 3 * g;
+    if (grp[1] < last_end) {
+      throw std::invalid_argument("groups must cover rows in order (each y element's adds go in row order)");
+    }
+    last_end = grp[2];
+    for (std::int64_t t = grp[1]; t < grp[2]; ++t) {
+      if (idx[t] < 0 || idx[t] >= yi.shape[0]) {
+        throw std::invalid_argument("index[" + std::to_string(t) + "] = " + std::to_string(idx[t]) +
+                                    " is not a row of y");
+      }
+    }
+  }
+  p.y = static_cast<float *>(yi.ptr);
+  p.index = idx;
+  p.col = static_cast<const float *>(ci.ptr);
+  p.row = static_cast<const float *>(ri.ptr);
+  if (n == 0 || p.n_groups == 0) return;
+  threads = threads_for_product(p.groups, gi.shape[0], p.k * p.n / 4, threads);
+  py::gil_scoped_release release;
+  // bands of whole strips per thread, every group in order in each: y's columns are the threads' own
+  const std::size_t strips = (p.n + STRIP - 1) / STRIP;
+  over_rows(strips, threads, 4, [&](std::size_t s0, std::size_t s1) {
+    int8_band(p, 0, p.n_groups, s0 * STRIP, std::min(p.n, s1 * STRIP));
+  });
+}
+#else
+void grouped_dot_int8(py::buffer, py::buffer, py::buffer, py::ssize_t, py::buffer, int) {
+  throw std::runtime_error("grouped_dot_int8: built without AVX512-VNNI support");
+}
+void grouped_dot_int8_scatter(py::buffer, py::buffer, py::buffer, py::ssize_t, py::buffer, py::buffer, py::buffer,
+                              py::buffer, int) {
+  throw std::runtime_error("grouped_dot_int8_scatter: built without AVX512-VNNI support");
+}
+#endif
 
 }  // namespace
 
@@ -1473,6 +1560,12 @@ PYBIND11_MODULE(_gemm, m) {
       "round-to-nearest-even, where no product or partial sum can be subnormal (checked on the operands as they "
       "are copied); from the first weight block where one could, one IEEE multiply-add per product in k order.");
   m.def("has_dot_int8", &has_dot_int8, "Whether this CPU has the AVX512-VNNI (and VBMI) instructions dot_int8 uses.");
+  m.def("grouped_dot_int8_scatter", &grouped_dot_int8_scatter, py::arg("y"), py::arg("a"), py::arg("b"), py::arg("n"),
+        py::arg("groups"), py::arg("index"), py::arg("col"), py::arg("row"), py::arg("threads"),
+        "The finalize-routing A8W8 GEMM and epilogue in one pass: for each (e, s, t) of groups (in row order) and "
+        "each row r of it, y[index[r], j] += (fp32(acc[r, j]) * col[e, j]) * row[r] with acc = a @ w[e] exact in "
+        "int32 as grouped_dot_int8 makes it; each fp32 step rounded to nearest even, subnormals kept, each y "
+        "element's adds in row order.");
   m.def("grouped_dot_int8", &grouped_dot_int8, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("n"),
         py::arg("groups"), py::arg("threads"),
         "out[s:t] = a[s:t] @ w[e] (int8 operands, int32 result wrapping like int32: exact) for each (e, s, t) of "
