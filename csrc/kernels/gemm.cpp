@@ -598,57 +598,77 @@ ASCEND_MOE_DOT_TARGET inline void transpose16x16_u32(__m512i *v) {
   }
 }
 
-// acc[r][0:32] += pairs of a[r][2q, 2q+1] times packed pairs of weight rows (2q, 2q+1), for R rows.
+// acc[r][0:32 S] += pairs of a[r][2q, 2q+1] times packed pairs of weight rows (2q, 2q+1) of S strips (`pitch`
+// elements apart), for R rows: 2 R S accumulators, each broadcast pair of a used 2 S times.
 // Row r's pair q is the 32-bit word at a + r * lda + q * pair_step (pair_step 2: rows of a as they are; 64: rows
 // that are the columns of a strip copied by pack_pairs, the K-split product's x^T).  With from_zero the
-// accumulators start at zero instead of acc's values (a band's first block: acc needs no zero fill).
-template <int R>
+// accumulators start at zero instead of acc's values (a band's first block: acc needs no zero fill).  The tile's
+// shape does not change any output's sequence of adds (its pairs in q order).
+template <int R, int S>
 ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::size_t lda, std::size_t pair_step,
-                                                const std::uint16_t *bp, std::size_t pairs, float *acc,
-                                                std::size_t ldacc, bool from_zero, Prefetcher &next) {
-  __m512 c[R][2];
+                                                const std::uint16_t *bp, std::size_t pitch, std::size_t pairs,
+                                                float *acc, std::size_t ldacc, bool from_zero, Prefetcher &next) {
+  __m512 c[R][2 * S];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    c[r][0] = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * ldacc);
-    c[r][1] = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * ldacc + 16);
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * S; ++v) c[r][v] = from_zero ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * ldacc + 16 * v);
   }
   for (std::size_t q = 0; q < pairs; ++q) {
     next.step();
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * 64);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * 64 + 32);
+    __m512bh b[2 * S];
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * S; ++v) b[v] = (__m512bh)_mm512_loadu_si512(bp + (v / 2) * pitch + q * 64 + (v % 2) * 32);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       std::uint32_t pair;
       std::memcpy(&pair, a + r * lda + q * pair_step, sizeof pair);
       const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-      c[r][0] = _mm512_dpbf16_ps(c[r][0], av, b0);
-      c[r][1] = _mm512_dpbf16_ps(c[r][1], av, b1);
+#pragma GCC unroll 4
+      for (int v = 0; v < 2 * S; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], av, b[v]);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    _mm512_storeu_ps(acc + r * ldacc, c[r][0]);
-    _mm512_storeu_ps(acc + r * ldacc + 16, c[r][1]);
+#pragma GCC unroll 4
+    for (int v = 0; v < 2 * S; ++v) _mm512_storeu_ps(acc + r * ldacc + 16 * v, c[r][v]);
   }
 }
 
-// R-row blocks of `rows` rows (8, then 4, 2, 1) over one packed strip: acc[r][0:32] += the strip's pairs.
+// Tiles of R rows (6 over two strips, 8 over one; then 4, 2, 1) over S strips: acc[r][0:32 S] += the strips' pairs.
+template <int S>
 ASCEND_MOE_DOT_TARGET inline void dot_pair_rows(const std::uint16_t *a, std::size_t lda, std::size_t pair_step,
-                                                std::size_t rows, const std::uint16_t *bp, std::size_t pairs,
-                                                float *acc, std::size_t ldacc, bool from_zero, Prefetcher &next) {
+                                                std::size_t rows, const std::uint16_t *bp, std::size_t pitch,
+                                                std::size_t pairs, float *acc, std::size_t ldacc, bool from_zero,
+                                                Prefetcher &next) {
+  constexpr int TOP = S == 2 ? 6 : 8;
   std::size_t r = 0;
-  for (; r + 8 <= rows; r += 8) {
-    dot_pair_tile<8>(a + r * lda, lda, pair_step, bp, pairs, acc + r * ldacc, ldacc, from_zero, next);
+  for (; r + TOP <= rows; r += TOP) {
+    dot_pair_tile<TOP, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next);
   }
   if (r + 4 <= rows) {
-    dot_pair_tile<4>(a + r * lda, lda, pair_step, bp, pairs, acc + r * ldacc, ldacc, from_zero, next);
+    dot_pair_tile<4, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next);
     r += 4;
   }
   if (r + 2 <= rows) {
-    dot_pair_tile<2>(a + r * lda, lda, pair_step, bp, pairs, acc + r * ldacc, ldacc, from_zero, next);
+    dot_pair_tile<2, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next);
     r += 2;
   }
-  if (r < rows) dot_pair_tile<1>(a + r * lda, lda, pair_step, bp, pairs, acc + r * ldacc, ldacc, from_zero, next);
+  if (r < rows) dot_pair_tile<1, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next);
+}
+
+// dot_pair_rows over `strips` strips of a packed block, two at a time.
+ASCEND_MOE_DOT_TARGET inline void dot_pair_strips(const std::uint16_t *a, std::size_t lda, std::size_t pair_step,
+                                                  std::size_t rows, const std::uint16_t *packed, std::size_t strips,
+                                                  std::size_t pitch, std::size_t pairs, float *acc, std::size_t ldacc,
+                                                  bool from_zero, Prefetcher &next) {
+  std::size_t j = 0;
+  for (; j + 2 <= strips; j += 2) {
+    dot_pair_rows<2>(a, lda, pair_step, rows, packed + j * pitch, pitch, pairs, acc + j * STRIP, ldacc, from_zero, next);
+  }
+  if (j < strips) {
+    dot_pair_rows<1>(a, lda, pair_step, rows, packed + j * pitch, pitch, pairs, acc + j * STRIP, ldacc, from_zero, next);
+  }
 }
 
 // A weight block of kc rows (k) by `width` columns (n), columns contiguous (element (k, n) at b[k * ldb + n]),
@@ -909,10 +929,8 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
                 next.add(p.a + ns * p.k, static_cast<std::ptrdiff_t>(p.k), p.k, nrows);
               }
             }
-            for (std::size_t j = 0; j < strips; ++j) {
-              dot_pair_rows(&apad[k0], kpad, 2, rows, &packed[j * pitch], pairs, acc.data() + j * STRIP, wpad,
-                            !acc_set, next);
-            }
+            dot_pair_strips(&apad[k0], kpad, 2, rows, packed.data(), strips, pitch, pairs, acc.data(), wpad, !acc_set,
+                            next);
             acc_set = true;
             continue;
           }
@@ -977,10 +995,12 @@ ASCEND_MOE_DOT_TARGET void dot_ksplit_unit(const KSplitProblem &p, std::size_t g
         const unsigned min_y = pack_pairs(yk, static_cast<std::ptrdiff_t>(p.n), kc, width, strips, pitch,
                                           packed_y.data());
         if (flush_safe(min_x, min_y)) {
+          // one strip at a time: a tile's rows are 32 columns of x, which 8-row tiles divide (6-row tiles over two
+          // strips, as dot_band's, were 3-5 % slower here)
           for (std::size_t j = 0; j < strips; ++j) {
             for (std::size_t i = 0; i < row_strips; ++i) {
-              dot_pair_rows(&packed_x[i * pitch], 2, 64, std::min(STRIP, rows - i * STRIP), &packed_y[j * pitch],
-                            pairs, acc.data() + i * STRIP * wpad + j * STRIP, wpad, !acc_set, none);
+              dot_pair_rows<1>(&packed_x[i * pitch], 2, 64, std::min(STRIP, rows - i * STRIP), &packed_y[j * pitch],
+                               pitch, pairs, acc.data() + i * STRIP * wpad + j * STRIP, wpad, !acc_set, none);
             }
           }
           acc_set = true;
