@@ -51,8 +51,8 @@ import numpy as np
 
 from . import kernels as _kernels
 from .numerics import decode_int64_scale, twin_arguments
-from .quant_gemm import (BandedInt8Weight, fp19_enabled, group_bounds, grouped_int8_matmul, grouped_msd_partials,
-                         int8_bands, msd_combine, weight_logical_dims, weight_values)
+from .quant_gemm import (fp19_enabled, group_bounds, grouped_int8_matmul, grouped_msd_partials, int8_bands,
+                         msd_combine, weight_logical_dims, weight_values)
 
 __all__ = ["finalize_routing_compute", "weight_layout", "WeightLayout"]
 
@@ -190,7 +190,7 @@ def _a8w8_epilogue(y: np.ndarray, x: np.ndarray, weights: np.ndarray, bounds, s:
     whole = _kernels.current().grouped_int_gemm_scatter if bias32 is None else None
     if whole is not None:
         # the GEMM and this epilogue in one pass, where the kernels have it (no int32 accumulator written)
-        bands = weights.bands if isinstance(weights, BandedInt8Weight) else int8_bands(weights)
+        bands = int8_bands(weights)
         runs = [(e, s0, t) for e, (s0, t) in enumerate(bounds) if t > s0]
         if (bands is not None and x.flags.c_contiguous
                 and whole(y, x[:total], bands, n, runs, rows[:total], s, row_scale)):

@@ -156,7 +156,6 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
         raise ValueError(f"{len(bounds)} groups but only {E} experts in weight")
     if out is None:
         out = np.empty((M, N), dtype=np.int32)
-    banded = w if isinstance(w, BandedInt8Weight) else None
     rows = [(e, s, t) for e, (s, t) in enumerate(bounds) if t > s]
     # zero the rows no group covers; each group writes its own rows in place
     covered = np.zeros(M, dtype=bool)
@@ -171,11 +170,11 @@ def grouped_int8_matmul(x: np.ndarray, w: np.ndarray, bounds: Bounds,
         rows = [(rows[0][0], rows[0][1], rows[-1][2])]
     grouped = _kernels.current().grouped_int_gemm
     if grouped is not None and x.flags.c_contiguous:
-        bands = banded.bands if banded is not None else int8_bands(w)
+        bands = int8_bands(w)
         if bands is not None and grouped(out, x, bands, N, rows):
             return out
-    if banded is not None:
-        w = banded.values()
+    if isinstance(w, BandedInt8Weight):
+        w = w.values()
     # convert only the rows some group covers (once, shared by all groups)
     lo, hi = min(s for _, s, _ in rows), max(t for _, _, t in rows)
     xs = x[lo:hi]
@@ -362,10 +361,12 @@ def weight_logical_dims(shape: Sequence[int], dtype: str) -> Optional[Tuple[int,
     return None
 
 
-def int8_bands(w: np.ndarray) -> Optional[np.ndarray]:
+def int8_bands(w: "np.ndarray | BandedInt8Weight") -> Optional[np.ndarray]:
     """The 32-column bands ``[E, N/32, K, 32]`` of an int8 ``[E, K, N]`` (or ``[K, N]``: E = 1) weight as a view
     (``bands[e, j, k, c] = w[e, k, 32 j + c]``), or None when it is not one (N not a multiple of 32, columns not
-    contiguous)."""
+    contiguous); a :class:`BandedInt8Weight`'s own bands."""
+    if isinstance(w, BandedInt8Weight):
+        return w.bands
     w3 = w[None] if w.ndim == 2 else w
     if w3.ndim != 3 or w3.dtype != np.int8 or w3.shape[2] % 32 or (w3.shape[2] > 1 and w3.strides[2] != 1):
         return None

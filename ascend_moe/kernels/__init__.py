@@ -512,13 +512,16 @@ def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) ->
     return None if fn is None else fn(a, b, out)
 
 
+def _dot_int8_chosen(runs: Sequence[Tuple[int, int, int]]) -> bool:
+    """Whether every group's shape class chose dot_int8 (then one call of it serves the whole grouped product)."""
+    return all(choice(_shape_class("int8", t - s)) == "dot_int8" for _, s, t in runs)
+
+
 def _grouped_int_gemm(out: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int,
                       runs: Sequence[Tuple[int, int, int]]) -> bool:
     """A whole grouped int8 GEMM by one call of dot_int8 where every group's shape class chose it (the simulator's
     ``grouped_int_gemm``: the weight as 32-column bands, int8 FRACTAL_NZ storage read in place)."""
-    if any(choice(_shape_class("int8", t - s)) != "dot_int8" for _, s, t in runs):
-        return False
-    return impls.grouped_dot_int8(out, x, bands, n, runs)
+    return _dot_int8_chosen(runs) and impls.grouped_dot_int8(out, x, bands, n, runs)
 
 
 def _grouped_int_gemm_scatter(y: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int,
@@ -526,9 +529,7 @@ def _grouped_int_gemm_scatter(y: np.ndarray, x: np.ndarray, bands: np.ndarray, n
                               row: np.ndarray) -> bool:
     """The finalize-routing A8W8 GEMM and epilogue in one compiled pass, where every group's shape class chose
     dot_int8 (the simulator's ``grouped_int_gemm_scatter``)."""
-    if any(choice(_shape_class("int8", t - s)) != "dot_int8" for _, s, t in runs):
-        return False
-    return impls.grouped_dot_int8_scatter(y, x, bands, n, runs, index, col, row)
+    return _dot_int8_chosen(runs) and impls.grouped_dot_int8_scatter(y, x, bands, n, runs, index, col, row)
 
 
 def _reference_forced() -> bool:

@@ -202,6 +202,14 @@ def torch_dequant(acc: np.ndarray, col: np.ndarray, row: np.ndarray) -> Optional
     return v.numpy()
 
 
+def _dequant_cannot_overflow(col: np.ndarray, row: np.ndarray) -> bool:
+    """Finite scales (a NaN fails the comparison) and |fp32(acc) * col * row| <= 2^31 * max|col| * max|row| below
+    fp32's largest value for any int32 ``acc``: the dequant makes no NaN (whose payload would depend on operand
+    order), so a compiled pass may take it."""
+    col_max, row_max = float(np.max(np.abs(col))), float(np.max(np.abs(row)))
+    return col_max * 2.0 ** 31 * row_max < 3.0e38
+
+
 def compiled_dequant_scatter(y: np.ndarray, index: np.ndarray, acc: np.ndarray, col: np.ndarray, group: np.ndarray,
                              row: np.ndarray) -> bool:
     """``y[index[t]] += (fp32(acc[t]) * col[group[t]]) * row[t]`` for t in order by the compiled helper: one pass
@@ -217,9 +225,7 @@ def compiled_dequant_scatter(y: np.ndarray, index: np.ndarray, acc: np.ndarray, 
             or col.shape[1] != acc.shape[1] or row.shape != (acc.shape[0],) or index.shape != (acc.shape[0],)
             or group.shape != (acc.shape[0],) or not y.flags.c_contiguous or not y.flags.writeable or not acc.size):
         return False
-    col_max, row_max = float(np.max(np.abs(col))), float(np.max(np.abs(row)))
-    # finite scales (a NaN fails the comparison) and |fp32(acc) * col * row| <= 2^31 * max|col| * max|row| < fp32 max
-    if not (col_max * 2.0 ** 31 * row_max < 3.0e38):
+    if not _dequant_cannot_overflow(col, row):
         return False
     _epilogue.dequant_scatter(y, np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(acc),
                               np.ascontiguousarray(col), np.ascontiguousarray(group, dtype=np.int64),
@@ -872,14 +878,20 @@ def torch_int_mm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None)
     return torch._int_mm(ta, tb).numpy()
 
 
+def _dot_int8_takes(x: np.ndarray, bands: np.ndarray) -> bool:
+    """Whether the compiled VNNI GEMM runs here and takes these operands: x int8 [M, K] C-contiguous, the weight's
+    bands int8 [E, ceil(N/32), K, 32] with the last dimension contiguous."""
+    return (_gemm is not None and _gemm.has_dot_int8() and x.dtype == np.int8 and x.flags.c_contiguous
+            and bands.dtype == np.int8 and bands.ndim == 4 and bands.shape[3] == 32 and bands.strides[3] == 1
+            and bands.shape[2] == x.shape[1])
+
+
 def grouped_dot_int8(out: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int, runs) -> bool:
     """``out[s:t] = x[s:t] @ w[e]`` (exact int32) for each ``(e, s, t)`` of ``runs`` by the compiled AVX512-VNNI
     GEMM, the weight given as its 32-column bands (FRACTAL_NZ storage viewed ``[E, N/32, K, 32]``, or
     :func:`int8_bands` of an ND weight); False (nothing written) when the CPU or the operands do not suit it."""
-    if (_gemm is None or not _gemm.has_dot_int8() or x.dtype != np.int8 or out.dtype != np.int32
-            or not x.flags.c_contiguous or not out.flags.c_contiguous or bands.dtype != np.int8 or bands.ndim != 4
-            or bands.shape[3] != 32 or bands.strides[3] != 1 or out.shape != (x.shape[0], n)
-            or bands.shape[2] != x.shape[1]):
+    if (not _dot_int8_takes(x, bands) or out.dtype != np.int32 or not out.flags.c_contiguous
+            or out.shape != (x.shape[0], n)):
         return False
     groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
     _gemm.grouped_dot_int8(out, x, bands, n, groups, torch.get_num_threads())
@@ -893,16 +905,13 @@ def grouped_dot_int8_scatter(y: np.ndarray, x: np.ndarray, bands: np.ndarray, n:
     as :func:`grouped_dot_int8` makes it, never written out (each fp32 step as :func:`compiled_dequant_scatter`
     takes it).  Under the same condition: finite scales and no product that could overflow, so no NaN is made
     whose payload would depend on operand order.  False (nothing written) otherwise."""
-    if (_gemm is None or not _gemm.has_dot_int8() or y.dtype != _F32 or not y.flags.c_contiguous
-            or not y.flags.writeable or x.dtype != np.int8 or not x.flags.c_contiguous or col.dtype != _F32
-            or row.dtype != _F32 or bands.dtype != np.int8 or bands.ndim != 4 or bands.shape[3] != 32
-            or bands.strides[3] != 1 or y.ndim != 2 or y.shape[1] != n or col.shape != (bands.shape[0], n)
-            or row.shape != (x.shape[0],) or index.shape != (x.shape[0],) or bands.shape[2] != x.shape[1]):
+    if (not _dot_int8_takes(x, bands) or y.dtype != _F32 or not y.flags.c_contiguous or not y.flags.writeable
+            or col.dtype != _F32 or row.dtype != _F32 or y.ndim != 2 or y.shape[1] != n
+            or col.shape != (bands.shape[0], n) or row.shape != (x.shape[0],) or index.shape != (x.shape[0],)):
         return False
     if not runs:
         return True
-    col_max, row_max = float(np.max(np.abs(col))), float(np.max(np.abs(row)))
-    if not (col_max * 2.0 ** 31 * row_max < 3.0e38):  # see compiled_dequant_scatter
+    if not _dequant_cannot_overflow(col, row):
         return False
     _gemm.grouped_dot_int8_scatter(y, x, bands, n, np.array(runs, dtype=np.int64).reshape(-1, 3),
                                    np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(col),

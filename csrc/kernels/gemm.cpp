@@ -1222,28 +1222,24 @@ ASCEND_MOE_I8_TARGET void int8_band(const Int8Problem &p, std::size_t g0, std::s
         for (std::size_t r = 0; r < rows; ++r) {
           const std::int32_t *c = &acc[r * wpad];
           const __m512i sh = _mm512_set1_epi32(p.k == 0 ? 0 : shift[r]);
-          if (p.y != nullptr) {
-            // each step one IEEE fp32 operation rounded to nearest even (explicit rounding: never fused into an
-            // FMA), as the reference's dequant then its row add
-            float *yr = p.y + static_cast<std::size_t>(p.index[s + r]) * p.n + b0;
-            const float *cr = p.col + static_cast<std::size_t>(grp[0]) * p.n + b0;
-            const __m512 rv = _mm512_set1_ps(p.row[s + r]);
-            for (std::size_t j = 0; j < width; j += 16) {
-              const __mmask16 m = width - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (width - j)) - 1);
-              const __m512i v = p.k == 0 ? _mm512_setzero_si512() : _mm512_sub_epi32(_mm512_loadu_si512(c + j), sh);
-              constexpr int RNE = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-              __m512 d = _mm512_cvt_roundepi32_ps(v, RNE);
-              d = _mm512_mul_round_ps(d, _mm512_maskz_loadu_ps(m, cr + j), RNE);
-              d = _mm512_mul_round_ps(d, rv, RNE);
-              _mm512_mask_storeu_ps(yr + j, m, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m, yr + j), d, RNE));
-            }
-            continue;
-          }
-          std::int32_t *o = p.out + (s + r) * p.n + b0;
+          // the finalize-routing epilogue: each step one IEEE fp32 operation rounded to nearest even (explicit
+          // rounding: never fused into an FMA), as the reference's dequant then its row add
+          float *yr = p.y == nullptr ? nullptr : p.y + static_cast<std::size_t>(p.index[s + r]) * p.n + b0;
+          const float *cr = p.y == nullptr ? nullptr : p.col + static_cast<std::size_t>(grp[0]) * p.n + b0;
+          const __m512 rv = _mm512_set1_ps(p.y == nullptr ? 0.0f : p.row[s + r]);
+          std::int32_t *o = p.y == nullptr ? p.out + (s + r) * p.n + b0 : nullptr;
           for (std::size_t j = 0; j < width; j += 16) {
             const __mmask16 m = width - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (width - j)) - 1);
-            const __m512i v = p.k == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(c + j);
-            _mm512_mask_storeu_epi32(o + j, m, _mm512_sub_epi32(v, sh));
+            const __m512i v = p.k == 0 ? _mm512_setzero_si512() : _mm512_sub_epi32(_mm512_loadu_si512(c + j), sh);
+            if (yr == nullptr) {
+              _mm512_mask_storeu_epi32(o + j, m, v);
+              continue;
+            }
+            constexpr int RNE = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            __m512 d = _mm512_cvt_roundepi32_ps(v, RNE);
+            d = _mm512_mul_round_ps(d, _mm512_maskz_loadu_ps(m, cr + j), RNE);
+            d = _mm512_mul_round_ps(d, rv, RNE);
+            _mm512_mask_storeu_ps(yr + j, m, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m, yr + j), d, RNE));
           }
         }
       }
