@@ -1444,6 +1444,15 @@ def test_pick_prefers_the_in_place_int8_gemm_within_its_margin():
     assert mk._pick({"torch_int_mm": 1.0, "reference": 0.5}) == "reference"
 
 
+def test_pick_prefers_a_compiled_gemm_to_a_kept_packed_weight_within_its_margin():
+    """torch_packed's probe time assumes its packed copy reused; within 10 % a compiled GEMM (nothing kept) wins."""
+    assert mk._pick({"torch_packed": 1.0, "widen_fma": 1.08, "torch_sgemm": 1.2}) == "widen_fma"
+    assert mk._pick({"torch_packed": 1.0, "widen_fma": 1.15, "dot_bf16": 1.09, "torch_native": 1.3}) == "dot_bf16"
+    assert mk._pick({"torch_packed": 1.0, "widen_fma": 1.2, "torch_sgemm": 1.1}) == "torch_packed"
+    assert mk._pick({"torch_packed": 1.0, "torch_sgemm": 1.05}) == "torch_packed"
+    assert mk._pick({"torch_sgemm": 1.0, "widen_fma": 1.05}) == "torch_sgemm"  # only a kept form pays the margin
+
+
 def test_nz_weight_read_in_place_by_dot_int8(monkeypatch):
     """Under dot_int8 a FRACTAL_NZ storage weight is not converted (no logical copy computed nor kept) and an
     in-place write is seen by the next call (checked against int64 math)."""
