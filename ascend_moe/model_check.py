@@ -894,7 +894,7 @@ def select_machine_kernels(dtype: str, max_rows: int) -> None:
         from . import kernels as machine
     except ImportError:  # no torch: the NumPy reference kernels, nothing to choose
         return
-    for rows in (1, machine.SKINNY_ROWS + 1, machine.NARROW_ROWS + 1):
+    for rows in (1, machine.SKINNY_ROWS + 1, machine.NARROW_ROWS + 1, machine.WIDE_ROWS + 1):
         if rows <= max_rows:
             machine.choice(machine._shape_class(dtype, rows))
 

@@ -1220,6 +1220,8 @@ def test_check_run_makes_the_machine_choice_of_its_shape_classes_while_setting_u
     assert chosen() == ["bf16.narrow", "bf16.skinny", "int8.skinny"]
     model_check.select_machine_kernels("bf16", 100)
     assert chosen() == ["bf16.narrow", "bf16.skinny", "bf16.wide", "int8.skinny"]
+    model_check.select_machine_kernels("bf16", 257)
+    assert chosen() == ["bf16.narrow", "bf16.skinny", "bf16.tall", "bf16.wide", "int8.skinny"]
 
 
 def test_measurement_times_candidates_on_numpy_blas_after_the_others(monkeypatch):
@@ -1442,6 +1444,15 @@ def test_pick_prefers_the_in_place_int8_gemm_within_its_margin():
     assert mk._pick({"torch_int_mm": 1.0, "dot_int8": 1.05, "reference": 3.0}) == "dot_int8"
     assert mk._pick({"torch_int_mm": 1.0, "dot_int8": 1.2, "reference": 3.0}) == "torch_int_mm"
     assert mk._pick({"torch_int_mm": 1.0, "reference": 0.5}) == "reference"
+
+
+def test_shape_classes_by_rows():
+    expected = {1: "skinny", 16: "skinny", 17: "narrow", 32: "narrow", 33: "wide", 128: "wide", 256: "wide",
+                257: "tall", 4096: "tall"}
+    for rows, shape in expected.items():
+        for dtype in ("fp32", "bf16", "fp16", "int8"):
+            assert mk._shape_class(dtype, rows) == f"{dtype}.{shape}"
+            assert f"{dtype}.{shape}" in mk.CLASSES
 
 
 def test_pick_prefers_a_compiled_gemm_to_a_kept_packed_weight_within_its_margin():

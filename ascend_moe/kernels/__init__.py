@@ -7,7 +7,9 @@ runs is decided per machine and per shape class:
 
 * shape classes: ``<dtype>.<shape>`` with dtype ``fp32`` / ``bf16`` / ``fp16`` (float GEMM) or
   ``int8`` (exact integer GEMM), and shape ``skinny`` (at most 16 rows: decode-like calls, memory-bound),
-  ``narrow`` (17-32 rows: MoE groups of many experts, near the memory bound) or ``wide`` (more);
+  ``narrow`` (17-32 rows: MoE groups of many experts, near the memory bound), ``wide`` (33-256 rows) or
+  ``tall`` (more: prefill and training groups of a few experts, where GEMM libraries' large-matrix kernels
+  pay off; fp32 here: the compiled GEMM 10-20 % ahead of torch's at 128 rows, 20 % behind at 512);
 * the first time a class is needed, each eligible implementation is timed on a representative
   shapes (interleaved, best of several) and the fastest is kept; implementations whose contract
   cannot be verified on this machine (torch's half-precision matmul and oneDNN's packed inner
@@ -54,9 +56,10 @@ __all__ = ["for_call", "choice", "choices", "cpu_description", "cache_path", "re
 ENV = "ASCEND_MOE_KERNELS"
 SKINNY_ROWS = 16
 NARROW_ROWS = 32
+WIDE_ROWS = 256
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
-CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("wide", "narrow", "skinny"))
+CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("tall", "wide", "narrow", "skinny"))
 # which implementations exist for which operand dtype (each still has to pass its contract check)
 _FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"),
                     "widen_fma": ("bf16", "fp16", "fp32"), "dot_bf16": ("bf16",)}
@@ -72,16 +75,16 @@ IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
 # experts, a group of m rows each with its own weight, run as a grouped call runs them (a lone 1 MB weight
 # multiplied GEMM by GEMM stays in the L2 cache and pays no per-group work, unlike a MoE layer's experts:
 # bf16 wide once chose torch's GEMM by 5 % there and ran the issue's grouped call 25 % slower)
-_PROBE_SHAPES = {"wide": ((128, 1024, 512, 8), (512, 1024, 512, 2)),
+_PROBE_SHAPES = {"tall": ((512, 1024, 512, 2),), "wide": ((128, 1024, 512, 8),),
                  "narrow": ((24, 4096, 4096),),
                  "skinny": ((4, 2048, 1024), (8, 4096, 4096))}
-_PROBE_SHAPES_SMALL_WEIGHTS = {"wide": ((128, 1024, 512), (512, 1024, 512)), "narrow": ((24, 2048, 1024),),
+_PROBE_SHAPES_SMALL_WEIGHTS = {"tall": ((512, 2048, 1024),), "wide": ((128, 1024, 512),), "narrow": ((24, 2048, 1024),),
                                "skinny": ((4, 2048, 1024),)}
 # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4-6: compiled GEMMs, narrow, probes
 # timed after a torch call; 7: the compiled kernels on torch's OpenMP team, NumPy-BLAS candidates timed last;
 # 8: widen_fma joined the fp32 classes; 9: bf16 / fp16 wide probes stream several experts' weights; 10: dot_int8
-# joined the int8 classes; 11: torch_packed chosen over a compiled GEMM only by a margin
-_SCHEMA = 11
+# joined the int8 classes; 11: torch_packed chosen over a compiled GEMM only by a margin; 12: the tall classes
+_SCHEMA = 12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,8 +373,9 @@ _IN_PLACE_MARGIN = 1.10
 # how much faster than the fastest compiled GEMM torch_packed must time to be chosen: its probe time is its steady
 # state (each weight packed once, reused, a digest per call proving the packed copy current), but a weight changed
 # before every call (a training step) runs its plain path, torch's own GEMM, and a kept packed copy holds as much
-# memory as the weight again; the compiled GEMMs keep nothing.  fp32 wide here: the two within 1-4 % on the probes,
-# while in the issue's grouped call (16 experts of 128 rows) the compiled GEMM ran 20 % faster than torch's sgemm
+# memory as the weight again; the compiled GEMMs keep nothing.  fp32 wide here: within 1-4 % on probes of 128 and 512
+# rows together, while in the issue's grouped call (16 experts of 128 rows) the compiled GEMM ran 20 % faster than
+# torch's sgemm; at 512 rows (tall) the packed weight leads by 20 %, so there it is still chosen
 _KEPT_FORM_MARGIN = 1.10
 
 
@@ -435,12 +439,13 @@ def choices() -> Dict[str, str]:
 # the kernels handed to the simulator
 # ---------------------------------------------------------------------------------------------
 
-_CLASS_NAMES = {d: (f"{d}.skinny", f"{d}.narrow", f"{d}.wide") for d in (*FLOAT_DTYPES, "int8")}
+_CLASS_NAMES = {d: (f"{d}.skinny", f"{d}.narrow", f"{d}.wide", f"{d}.tall") for d in (*FLOAT_DTYPES, "int8")}
 
 
 def _shape_class(dtype_name: str, rows: int) -> str:
     names = _CLASS_NAMES[dtype_name]
-    return names[0] if rows <= SKINNY_ROWS else names[1] if rows <= NARROW_ROWS else names[2]
+    return (names[0] if rows <= SKINNY_ROWS else names[1] if rows <= NARROW_ROWS else names[2] if rows <= WIDE_ROWS
+            else names[3])
 
 
 def _stand_in(cls: str, fma_fits: bool) -> str:
