@@ -909,6 +909,34 @@ def test_compiled_fixpipe_rounds_the_double_product_once_to_fp16(vectorized):
                 assert got[i, j] == _half_bits_reference(p), (int(acc2[i, j]), float(sc[j]), p)
 
 
+def test_compiled_helpers_keep_subnormals_in_every_thread_with_flush_mode_on():
+    """torch.set_flush_denormal(True) sets the calling thread's FTZ / DAZ only; the compiled helpers compute IEEE
+    values (as Atlas A2/A3 keep subnormals) on the caller and on every worker: the dequant-scatter over 1,024
+    columns (several tiles, two threads) with subnormal products and a subnormal y, and the row maximum of rows of
+    subnormals, against Python's float arithmetic (doubles: each fp32 step below is exact or rounded once)."""
+    rows, n = 6, 1024
+    acc = np.ones((rows, n), dtype=np.int32) * np.arange(1, n + 1, dtype=np.int32)
+    col = np.full((1, n), 2.0 ** -70, dtype=np.float32)
+    row = np.full(rows, 2.0 ** -70, dtype=np.float32)  # products (j + 1) * 2^-140: subnormal fp32
+    index = np.arange(rows, dtype=np.int64) % 3       # two adds into each target row
+    group = np.zeros(rows, dtype=np.int64)
+    y0 = np.full((3, n), 2.0 ** -149, dtype=np.float32)  # the smallest subnormal
+    m = np.tile(np.arange(1, 3001, dtype=np.int64), (16, 1)) * 2 ** 3  # multiples of 2^-146: exact sums below
+    small = (m * 2.0 ** -149).astype(np.float32)
+    want = np.array([[(2 * (j + 1) * 2 ** 9 + 1) * 2.0 ** -149 for j in range(n)]] * 3, dtype=np.float64)
+    flushing = torch.set_flush_denormal(True)
+    try:
+        if not flushing:
+            pytest.skip("no flush-denormal mode on this CPU")
+        y = y0.copy()
+        assert impls.compiled_dequant_scatter(y, index, acc, col, group, row)
+        got_max = impls.compiled_row_max(small)
+    finally:
+        torch.set_flush_denormal(False)
+    assert np.array_equal(y.astype(np.float64), want)
+    assert got_max is not None and np.array_equal(got_max.reshape(-1).astype(np.float64), np.full(16, 3000 * 2.0 ** -146))
+
+
 def test_compiled_dequant_scatter_matches_scalar_fp32_in_row_order():
     """for t in order: y[index[t]] += (fp32(acc[t]) * col[group[t]]) * row[t] by the compiled helper, element by
     element against np.float32 scalar arithmetic in the same order: repeated targets, int32 extremes and ties of

@@ -51,27 +51,6 @@ constexpr std::size_t STRIP = 32;     // output columns per register tile (two v
 constexpr std::size_t KC = ASCEND_MOE_GEMM_KC;  // weight rows per block (a block and its copy stay in L2)
 constexpr std::size_t ROW_CHUNK = 64; // rows widened and accumulated at a time (bounds the per-thread buffers)
 
-// The x86 flush-to-zero and denormals-are-zero modes off while an object lives (restored after).
-class IeeeSubnormals {
- public:
-  IeeeSubnormals() {
-#if defined(__x86_64__) || defined(__i386__)
-    saved_ = _mm_getcsr();
-    _mm_setcsr(saved_ & ~0x8040u);  // FTZ (bit 15), DAZ (bit 6)
-#endif
-  }
-  ~IeeeSubnormals() {
-#if defined(__x86_64__) || defined(__i386__)
-    _mm_setcsr(saved_);
-#endif
-  }
-  IeeeSubnormals(const IeeeSubnormals &) = delete;
-  IeeeSubnormals &operator=(const IeeeSubnormals &) = delete;
-
- private:
-  unsigned saved_ = 0;
-};
-
 template <bool FP16>
 __attribute__((always_inline)) inline v16f widen16(const std::uint16_t *p) {
   if constexpr (FP16) {

@@ -19,10 +19,37 @@
 #include <dlfcn.h>
 #include <unistd.h>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 namespace ascend_moe_kernels {
 
 namespace py = pybind11;
+
+// The x86 flush-to-zero and denormals-are-zero modes off in this thread while an object lives (restored after):
+// Atlas A2/A3 keep subnormals, so every compiled helper computes IEEE values whatever torch.set_flush_denormal
+// set in the calling thread (a mode of that thread only: with it on, the caller's share of a parallel pass
+// flushed and the workers' shares did not).
+class IeeeSubnormals {
+ public:
+  IeeeSubnormals() {
+#if defined(__x86_64__) || defined(__i386__)
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ & ~0x8040u);  // FTZ (bit 15), DAZ (bit 6)
+#endif
+  }
+  ~IeeeSubnormals() {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_setcsr(saved_);
+#endif
+  }
+  IeeeSubnormals(const IeeeSubnormals &) = delete;
+  IeeeSubnormals &operator=(const IeeeSubnormals &) = delete;
+
+ private:
+  unsigned saved_ = 0;
+};
 
 // The buffer's info when it is a C-contiguous `ndim`-D buffer of `itemsize`-byte elements, else
 // std::invalid_argument (Python's ValueError) naming `what`.
@@ -134,7 +161,7 @@ void on_workers(std::size_t workers, Work &work) {
 }
 
 // fn(i0, i1) over the `count` items [0, count) in blocks of `block` handed out one at a time to up to `workers`
-// threads.  Nothing escapes a worker (an exception there would terminate the process): the first error stops the
+// threads, each with FTZ / DAZ off (IeeeSubnormals).  Nothing escapes a worker (an exception there would terminate the process): the first error stops the
 // hand-out and is rethrown here after every worker is done.  Call it with the GIL released.
 template <typename Fn>
 void over_blocks(std::size_t count, std::size_t block, std::size_t workers, Fn &fn) {
@@ -145,6 +172,7 @@ void over_blocks(std::size_t count, std::size_t block, std::size_t workers, Fn &
   std::exception_ptr error;
   std::mutex error_lock;
   auto work = [&]() noexcept {
+    IeeeSubnormals ieee;  // in every thread of the pass
     try {
       for (std::size_t i = next.fetch_add(1); i < blocks && !failed.load(); i = next.fetch_add(1)) {
         fn(i * block, std::min(count, (i + 1) * block));
