@@ -937,6 +937,28 @@ def test_compiled_helpers_keep_subnormals_in_every_thread_with_flush_mode_on():
     assert got_max is not None and np.array_equal(got_max.reshape(-1).astype(np.float64), np.full(16, 3000 * 2.0 ** -146))
 
 
+@pytest.mark.parametrize("compiled_switch", [True, False])
+def test_simulator_keeps_subnormals_with_flush_mode_on_and_restores_the_mode(monkeypatch, compiled_switch):
+    """The NumPy reference path of a public op (ASCEND_MOE_KERNELS=reference: NumPy's sgemm) under
+    torch.set_flush_denormal(True): 2^-70 * 2^-70 summed twice is 2^-139 (subnormal fp32) and a subnormal input
+    times 1 stays, as on the device; the caller's flush mode is on again after the call.  Also by torch's switch,
+    as a build without the compiled helpers does it."""
+    force(monkeypatch, "reference")
+    if not compiled_switch:
+        monkeypatch.setattr(impls, "_scan", None)
+    x = torch.tensor([[2.0 ** -70, 2.0 ** -70, 0.0], [0.0, 0.0, 1e-40]], dtype=torch.float32)
+    w = torch.tensor([[[2.0 ** -70, 0.0], [2.0 ** -70, 0.0], [0.0, 1.0]]], dtype=torch.float32)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("no flush-denormal mode on this CPU")
+    try:
+        y = am.npu_gmm(x, w, group_list=torch.tensor([2]))
+        still_flushing = impls._flush_denormal_on()
+    finally:
+        torch.set_flush_denormal(False)
+    assert float(y[0, 0]) == 2.0 ** -139 and float(y[1, 1]) == float(torch.tensor(1e-40)) != 0.0
+    assert still_flushing
+
+
 def test_compiled_dequant_scatter_matches_scalar_fp32_in_row_order():
     """for t in order: y[index[t]] += (fp32(acc[t]) * col[group[t]]) * row[t] by the compiled helper, element by
     element against np.float32 scalar arithmetic in the same order: repeated targets, int32 extremes and ties of

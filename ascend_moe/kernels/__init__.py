@@ -47,11 +47,11 @@ import torch
 
 from ..sim import kernels as sim_kernels
 from . import impls
-from .impls import FLOAT_IMPLS, INT_IMPLS, fast_copy_cast
+from .impls import FLOAT_IMPLS, INT_IMPLS, fast_copy_cast, ieee_subnormals
 from .weight_cache import CACHE as WEIGHT_CACHE, check_content, content_digest, source_ranges
 
 __all__ = ["for_call", "choice", "choices", "cpu_description", "cache_path", "reset", "WEIGHT_CACHE",
-           "fast_copy_cast", "CLASSES", "IMPLS_OF"]
+           "fast_copy_cast", "ieee_subnormals", "CLASSES", "IMPLS_OF"]
 
 ENV = "ASCEND_MOE_KERNELS"
 SKINNY_ROWS = 16

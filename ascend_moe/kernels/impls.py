@@ -721,6 +721,32 @@ def packed_contract_holds(dtype: torch.dtype) -> bool:
         return False
 
 
+class ieee_subnormals:
+    """``with ieee_subnormals():`` the x86 flush-to-zero and denormals-are-zero modes off in this thread, restored
+    after: the simulator's NumPy and torch arithmetic then keeps subnormals, as Atlas A2/A3 do, whatever
+    ``torch.set_flush_denormal`` set (that mode is the calling thread's; the compiled helpers switch it off in
+    each of their threads themselves)."""
+
+    __slots__ = ("_bits", "_torch")
+
+    def __enter__(self) -> "ieee_subnormals":
+        self._torch = False
+        if _scan is not None:
+            self._bits = _scan.subnormal_modes_off()
+        else:  # a build without the compiled helpers: torch's switch (no getter: a probe multiply)
+            self._bits = 0
+            self._torch = _flush_denormal_on()
+            if self._torch:
+                torch.set_flush_denormal(False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bits:
+            _scan.subnormal_modes_restore(self._bits)
+        elif self._torch:
+            torch.set_flush_denormal(True)
+
+
 def _flush_denormal_on() -> bool:
     """Whether torch's flush-denormal mode is on in this thread (torch has no getter: a subnormal
     operand of a multiply reads as zero then)."""

@@ -189,7 +189,8 @@ def run_sim(decl: OpDecl, a: Dict[str, Any], target: Any, device: Optional[torch
     # this machine's fastest faithful GEMMs (ascend_moe.kernels); converted copies of the declared
     # weights of CPU tensors are kept while those tensors are unchanged
     weights = [] if on_device or decl.cached_weights is None else list(decl.cached_weights(a))
-    with sim_kernels.use(machine_kernels.for_call(*weights)):
+    # IEEE subnormals on this thread too (the device keeps them; torch.set_flush_denormal may have switched them off)
+    with sim_kernels.use(machine_kernels.for_call(*weights)), machine_kernels.ieee_subnormals():
         result = (decl.sim_torch or decl.sim)(_np_args(decl, a, view), target)
     # the adapter may return torch tensors it allocated itself (e.g. grouped matmul's output memory)
     outs = [r if isinstance(r, torch.Tensor) else from_numpy(np.asarray(r)) for r in _flat_outputs(result)]
