@@ -311,7 +311,6 @@ using RowChunks = RowChunksOf<std::uint16_t>;
 template <Elem E>
 __attribute__((always_inline)) inline void band(const ProblemOf<Bits<E>> &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                                 std::size_t c1) {
-  IeeeSubnormals ieee;
   const std::size_t width = c1 - c0;
   const std::size_t strips = width / STRIP;
   const std::size_t full = c0 + strips * STRIP;
@@ -436,7 +435,6 @@ __attribute__((always_inline)) inline void dot_rows(const float *a, std::size_t 
 template <Elem E>
 __attribute__((always_inline)) inline void band_nt(const ProblemOf<Bits<E>> &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                                    std::size_t c1) {
-  IeeeSubnormals ieee;
   std::vector<float> widened;
   for (RowChunksOf<Bits<E>> chunk(p, g0, g1, ROW_CHUNK); chunk.next();) {
     const Bits<E> *be = chunk.weight;
@@ -835,7 +833,6 @@ void ieee_block(std::vector<float> &acc, bool &acc_set, std::size_t wpad, std::s
 // Output columns [c0, c1) of groups [g0, g1) (weight columns contiguous).
 ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                     std::size_t c1) {
-  IeeeSubnormals ieee;  // for the IEEE blocks
   const std::size_t kpad = (p.k + 31) / 32 * 32;  // rows of a padded with zeros to whole pairs (and vectors)
   std::vector<std::uint16_t> apad, packed;
   std::vector<float> acc, a32;
@@ -948,7 +945,6 @@ constexpr std::size_t KS_BAND = 256;  // output columns per pass
 constexpr std::size_t KS_KC = 256;    // tokens per block
 
 ASCEND_MOE_DOT_TARGET void dot_ksplit_unit(const KSplitProblem &p, std::size_t g, std::size_t m0, std::size_t m1) {
-  IeeeSubnormals ieee;  // for the IEEE blocks
   const std::int64_t *grp = p.groups + 3 * g;
   const std::size_t s = static_cast<std::size_t>(grp[1]), t = static_cast<std::size_t>(grp[2]);
   std::uint16_t *o = p.out + static_cast<std::size_t>(grp[0]) * p.m * p.n;
@@ -1140,7 +1136,6 @@ ASCEND_MOE_I8_TARGET inline std::int32_t times_128_row_sum(const std::int8_t *ro
 // Output columns [c0, c1) (multiples of 32, or c1 = n) of groups [g0, g1).
 ASCEND_MOE_I8_TARGET void int8_band(const Int8Problem &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                     std::size_t c1) {
-  IeeeSubnormals ieee;  // for the epilogue's fp32 steps
   const std::size_t kpad = (p.k + 63) / 64 * 64;  // padded rows of a (K not a multiple of 4): whole lines
   std::vector<std::int8_t> apad;
   std::vector<std::uint8_t> packed;

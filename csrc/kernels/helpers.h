@@ -1,5 +1,5 @@
 // Shared by the compiled kernel helpers (csrc/kernels/*.cpp, one Python module each): the buffer check every
-// entry point starts with, and the row-parallel runner.
+// entry point starts with, the row-parallel runner, and the x86 subnormal modes every pass runs without.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -27,28 +27,43 @@ namespace ascend_moe_kernels {
 
 namespace py = pybind11;
 
-// The x86 flush-to-zero and denormals-are-zero modes off in this thread while an object lives (restored after):
-// Atlas A2/A3 keep subnormals, so every compiled helper computes IEEE values whatever torch.set_flush_denormal
-// set in the calling thread (a mode of that thread only: with it on, the caller's share of a parallel pass
-// flushed and the workers' shares did not).
+// The calling thread's x86 flush-to-zero (MXCSR bit 15) and denormals-are-zero (bit 6) modes, which
+// torch.set_flush_denormal sets in that thread only.  Atlas A2/A3 keep subnormals, so every compiled helper runs
+// with both off (IeeeSubnormals, held by each worker of over_blocks), and the simulator's NumPy and torch
+// arithmetic on the calling thread too (_scan's subnormal_modes_off / _restore).
+constexpr unsigned FLUSH_MODES = 0x8040u;
+
+// Switch both off in this thread; returns the bits that were on (0: none).
+inline unsigned subnormal_modes_off() {
+#if defined(__x86_64__) || defined(__i386__)
+  const unsigned on = _mm_getcsr() & FLUSH_MODES;
+  if (on) _mm_setcsr(_mm_getcsr() & ~FLUSH_MODES);
+  return on;
+#else
+  return 0u;
+#endif
+}
+
+// Switch back on in this thread the bits subnormal_modes_off returned.
+inline void subnormal_modes_restore(unsigned bits) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (bits & FLUSH_MODES) _mm_setcsr(_mm_getcsr() | (bits & FLUSH_MODES));
+#else
+  (void)bits;
+#endif
+}
+
+// Both modes off while an object lives, restored after.  (With either on, the caller's share of a parallel pass
+// flushed subnormals and the workers' shares did not.)
 class IeeeSubnormals {
  public:
-  IeeeSubnormals() {
-#if defined(__x86_64__) || defined(__i386__)
-    saved_ = _mm_getcsr();
-    _mm_setcsr(saved_ & ~0x8040u);  // FTZ (bit 15), DAZ (bit 6)
-#endif
-  }
-  ~IeeeSubnormals() {
-#if defined(__x86_64__) || defined(__i386__)
-    _mm_setcsr(saved_);
-#endif
-  }
+  IeeeSubnormals() : saved_(subnormal_modes_off()) {}
+  ~IeeeSubnormals() { subnormal_modes_restore(saved_); }
   IeeeSubnormals(const IeeeSubnormals &) = delete;
   IeeeSubnormals &operator=(const IeeeSubnormals &) = delete;
 
  private:
-  unsigned saved_ = 0;
+  unsigned saved_;
 };
 
 // The buffer's info when it is a C-contiguous `ndim`-D buffer of `itemsize`-byte elements, else
@@ -161,8 +176,9 @@ void on_workers(std::size_t workers, Work &work) {
 }
 
 // fn(i0, i1) over the `count` items [0, count) in blocks of `block` handed out one at a time to up to `workers`
-// threads, each with FTZ / DAZ off (IeeeSubnormals).  Nothing escapes a worker (an exception there would terminate the process): the first error stops the
-// hand-out and is rethrown here after every worker is done.  Call it with the GIL released.
+// threads, each with FTZ / DAZ off (IeeeSubnormals).  Nothing escapes a worker (an exception there would terminate
+// the process): the first error stops the hand-out and is rethrown here after every worker is done.  Call it with
+// the GIL released.
 template <typename Fn>
 void over_blocks(std::size_t count, std::size_t block, std::size_t workers, Fn &fn) {
   block = std::max<std::size_t>(1, block);

@@ -70,30 +70,11 @@ PYBIND11_MODULE(_scan, m) {
       py::arg("bits"),
       "min over the elements of uint16((x & 0x7FFF) - 1) of a contiguous uint16 view of bf16 values: 0xFFFF "
       "when every element is zero, else (result + 1) >> 7 is the smallest biased exponent of a nonzero element.");
-  // The calling thread's x86 FTZ / DAZ modes (MXCSR bits 15 and 6; torch.set_flush_denormal sets them there), for
-  // the simulator's NumPy and torch arithmetic on that thread: Atlas A2/A3 keep subnormals.
-  m.def(
-      "subnormal_modes_off",
-      []() -> unsigned {
-#if defined(__x86_64__) || defined(__i386__)
-        const unsigned csr = _mm_getcsr();
-        if (csr & 0x8040u) _mm_setcsr(csr & ~0x8040u);
-        return csr & 0x8040u;
-#else
-        return 0u;
-#endif
-      },
-      "Switch FTZ and DAZ off in this thread; returns the bits that were on (0: none), for subnormal_modes_restore.");
-  m.def(
-      "subnormal_modes_restore",
-      [](unsigned bits) {
-#if defined(__x86_64__) || defined(__i386__)
-        _mm_setcsr(_mm_getcsr() | (bits & 0x8040u));
-#else
-        (void)bits;
-#endif
-      },
-      py::arg("bits"), "Switch back on in this thread the FTZ / DAZ bits subnormal_modes_off returned.");
+  // the calling thread's FTZ / DAZ modes (helpers.h), for the simulator's NumPy and torch arithmetic there
+  m.def("subnormal_modes_off", &ascend_moe_kernels::subnormal_modes_off,
+        "Switch FTZ and DAZ off in this thread; returns the bits that were on (0: none), for subnormal_modes_restore.");
+  m.def("subnormal_modes_restore", &ascend_moe_kernels::subnormal_modes_restore, py::arg("bits"),
+        "Switch back on in this thread the FTZ / DAZ bits subnormal_modes_off returned.");
   m.def(
       "widen_bf16",
       [](const py::buffer &src, const py::buffer &dst, int threads) {
