@@ -1702,8 +1702,8 @@ def test_gmm_shortcut_gives_the_general_paths_bits_forward_and_backward(monkeypa
 
 
 def test_gmm_shortcut_counts_form_and_what_it_leaves_to_the_general_path(monkeypatch):
-    """npu_gmm_v2's counts take it; a bias, a list group list, a shared stride-0 weight, a group list past the
-    rows do not (same results either way)."""
+    """npu_gmm_v2's counts take it (not a negative count or a total past the rows); a bias, a list group list, a
+    shared stride-0 weight, a group list past the rows do not (same results either way)."""
     _skip_unless_eligible("widen_fma", "fp32")
     force(monkeypatch, "fp32=widen_fma")
     g = torch.Generator().manual_seed(6)
@@ -1713,6 +1713,9 @@ def test_gmm_shortcut_counts_form_and_what_it_leaves_to_the_general_path(monkeyp
                               "group_type": 0})
     ref, bound = ref_gmm(x, w, [5, 0, 15])
     assert_round_once_within_fp32_bound(got, ref, bound)
+    counts = {"x": x, "weight": w, "bias": None, "group_type": 0}
+    for bad in ([5, -1, 16], [5, 0, 16]):  # a negative count; a total past the 20 rows
+        assert decl2.sim_shortcut({**counts, "group_list": torch.tensor(bad)}) is None, bad
     shortcut = am.npu_gmm.__ascend_moe_decl__.sim_shortcut
     base = {"x": x, "weight": w, "bias": None, "group_list": torch.tensor([5, 5, 20]), "group_type": 0}
     assert shortcut(base) is not None

@@ -510,7 +510,7 @@ def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: L
                           k_split: bool) -> bool:
     """A whole grouped product by one call of a compiled GEMM, where the grouped kernel :func:`for_call` hands
     the simulator would make exactly that call: the machine's choice for every group's shape class is the same
-    compiled GEMM, and :func:`impls.torch_grouped` (the grouped kernel's own runner) takes the operands for it.
+    compiled GEMM, and it takes the operands as they are (:func:`impls.compiled_grouped`).
     ``runs``: (group, first row, end row) of the non-empty groups, as the simulator's (M split:
     ``out[s:t] = a[s:t] @ b[g]``; K split: ``out[g] = a[:, s:t] @ b[s:t]``, each group once).  False, with
     nothing written, otherwise."""
@@ -520,7 +520,7 @@ def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: L
     rows = {a.shape[0]} if k_split else {t - s for _, s, t in runs}
     chosen = {choice(c) for c in {_shape_class(name, r) for r in rows}}
     impl = chosen.pop() if len(chosen) == 1 else None
-    return impl in impls.COMPILED_GEMMS and impls.torch_grouped(out, a, b, runs, k_split, lambda _: impl)
+    return impl in impls.COMPILED_GEMMS and impls.compiled_grouped(impl, out, a, b, runs, k_split)
 
 
 def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:

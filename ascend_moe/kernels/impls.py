@@ -44,7 +44,7 @@ import importlib
 import os
 import warnings
 from types import ModuleType
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import ml_dtypes
 import numpy as np
@@ -619,6 +619,25 @@ _GROUPED_FP32 = frozenset({"torch_native", "torch_packed", "torch_sgemm", "widen
 _GROUPED_HALF = frozenset({"torch_native", "torch_packed"}) | _COMPILED
 
 
+def compiled_grouped(impl: str, out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: Sequence[Tuple[int, int, int]],
+                     k_split: bool) -> bool:
+    """Every run of a grouped product (see :func:`torch_grouped`) by one call of the compiled GEMM ``impl``
+    (``widen_fma`` / ``dot_bf16``); False, with nothing written, where it does not take the operands as they
+    are or (K split) two runs would write one output."""
+    if (_TORCH_FLOAT.get(a.dtype) is None or not out.flags.c_contiguous
+            or not (dot_bf16_fits if impl == "dot_bf16" else widen_fma_fits)(out, a, b, k_split)):
+        return False
+    groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
+    if not k_split:
+        _run_compiled(impl, out, a, b, groups)
+        return True
+    if len({run[0] for run in runs}) != len(runs):
+        return False  # two runs writing one output: the per-group path
+    _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
+                                  torch.get_num_threads())
+    return True
+
+
 def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: bool,
                   impl_for_rows: Callable[[int], str], memo: Optional[ExponentMemo] = None,
                   pack: Optional[Pack] = None) -> bool:
@@ -645,12 +664,7 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
             and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent)):
         return False
     if k_split and names == {"dot_bf16"}:  # (one class: every run has a's rows)
-        groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
-        if len(set(groups[:, 0].tolist())) != len(groups):
-            return False  # two runs writing one output: the per-group path
-        _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
-                                      torch.get_num_threads())
-        return True
+        return compiled_grouped("dot_bf16", out, a, b, runs, True)
     if names & _COMPILED:  # an M-split (of the compiled GEMMs only dot_bf16 takes the K-split product)
         for impl in sorted(names & _COMPILED):  # each compiled GEMM's groups in one call
             mine = [run for run, used in zip(runs, run_impls) if used == impl]

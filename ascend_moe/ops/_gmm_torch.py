@@ -238,33 +238,54 @@ def gmm_forward(op: str, group_list_type: int, a: Dict[str, Any]) -> Tensor:
     return y
 
 
+def _runs_of(values: List[int], group_list_type: int, reach: int) -> Optional[Tuple[List[Tuple[int, int, int]],
+                                                                                      List[int], int]]:
+    """(the non-empty groups as (group, start, end), the empty groups, the total) of a group list's values, as
+    :func:`ascend_moe.sim.gmm.group_bounds` bounds them; None where a group would end before it starts (a
+    negative count, a decreasing cumsum) or the total passes ``reach``.  Plain Python on a few ints: right after
+    a large GEMM has left the caches, NumPy's calls on small arrays cost tens of microseconds each."""
+    runs: List[Tuple[int, int, int]] = []
+    empty: List[int] = []
+    start = 0
+    for group, value in enumerate(values):
+        end = start + value if group_list_type == 1 else value
+        if end < start:
+            return None
+        if end > start:
+            runs.append((group, start, end))
+        else:
+            empty.append(group)
+        start = end
+    return (runs, empty, start) if start <= reach else None
+
+
 def gmm_compiled(group_list_type: int, a: Dict[str, Any]) -> Optional[Tensor]:
     """npu_gmm / npu_gmm_v2 of CPU tensors (``a``: the bound call) by one call of the machine's compiled grouped
     GEMM, where :func:`gmm_forward` would end in that same call (the simulator's M / K split runs on the
-    kernels of :func:`ascend_moe.kernels.for_call`): the same bits without the simulator's plumbing, about
-    0.2 ms a call.  Only the plain form: no bias, a Tensor group list of int64 whose groups lie in order within
-    the rows, an M split's weight not shared by its experts (a stride-0 expert dimension, whose groups the
-    simulator merges into one run).  None for anything else: the general path."""
+    kernels of :func:`ascend_moe.kernels.for_call`): the same bits without the simulator's plumbing.  Only the
+    plain form: no bias, a Tensor group list of int64 whose groups lie in order within the rows, an M split's
+    weight not shared by its experts (a stride-0 expert dimension, whose groups the simulator merges into one
+    run).  None for anything else: the general path."""
     x, w, gl, gt = a["x"], a["weight"], a["group_list"], a["group_type"]
     if (a["bias"] is not None or gt not in (0, 2) or type(gl) is not Tensor or gl.dtype != torch.int64
             or gl.dim() != 1 or gl.numel() == 0 or x.dim() != 2 or w.dim() != (3 if gt == 0 else 2)
             or (gt == 0 and w.stride(0) == 0)):
         return None
-    starts, ends = _sim.group_bounds(to_numpy(gl), group_list_type)
-    reach = x.shape[0] if gt == 0 else x.shape[1]  # the rows (tokens) the group list splits
-    if bool((ends < starts).any()) or int(ends[-1]) > reach:  # (a negative or decreasing entry among them)
+    found = _runs_of(gl.tolist(), group_list_type, x.shape[0] if gt == 0 else x.shape[1])  # the rows split
+    if found is None:
         return None
-    runs = [(e, s, t) for e, (s, t) in enumerate(zip(starts.tolist(), ends.tolist())) if t > s]
-    shape = (x.shape[0], w.shape[-1]) if gt == 0 else (ends.size, x.shape[0], w.shape[-1])
+    runs, empty, total = found
+    shape = (x.shape[0], w.shape[-1]) if gt == 0 else (gl.shape[0], x.shape[0], w.shape[-1])
     y = torch.empty(shape, dtype=x.dtype)
     out = to_numpy(y)
     if not machine_kernels.compiled_grouped_gemm(out, to_numpy(x), to_numpy(w), runs, gt == 2):
         return None
     if gt == 0:  # rows past the group list's total are undefined (gmm_m_split)
-        if int(ends[-1]) < x.shape[0]:
-            fill_undefined(out, slice(int(ends[-1]), None))
+        if total < x.shape[0]:
+            fill_undefined(out, slice(total, None))
     else:  # an empty group's output is zero (gmm_k_split)
-        out[np.flatnonzero(ends <= starts)] = 0
+        for group in empty:
+            out[group] = 0
     return y
 
 
