@@ -751,6 +751,31 @@ def test_compiled_dot_bf16_k_split_refusals():
         mod.grouped_dot_bf16_ksplit(np.zeros((2, 4, 6), dtype=np.uint16), x, y, np.array([[0, 0, 6]]), 1)
 
 
+@pytest.mark.parametrize("rows", [3, 40, 300])
+def test_compiled_dot_bf16_rounds_exact_sums_to_nearest_even(rows):
+    """Sums exact in fp32 (1 + j 2^-9, their negatives, the largest bf16 plus half its ulp) rounded once to bf16:
+    ties to even, the top tie to inf, in every column of a 35-column output (a partial strip) and whatever block
+    path the group's rows take; the reference is ml_dtypes' rounding of the exact sums."""
+    mod = _dot_module()
+    top = float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
+    firsts = [1.0, -1.0, top] * ((rows + 2) // 3)
+    a = np.zeros((rows, 2), dtype=np.float64)
+    for r in range(rows):
+        a[r, 0] = firsts[r]
+        a[r, 1] = 2.0 ** 119 if firsts[r] == top else np.sign(firsts[r]) * (r % 7) * 2.0 ** -9
+    b = np.ones((1, 2, 35), dtype=ml_dtypes.bfloat16)
+    a16 = a.astype(ml_dtypes.bfloat16)
+    assert np.array_equal(a16.astype(np.float64), a)  # every input exact in bf16
+    want = (a[:, 0] + a[:, 1]).astype(np.float32)  # exact: at most 9 significant bits
+    assert np.array_equal(want.astype(np.float64), a[:, 0] + a[:, 1])
+    want16 = np.repeat(want.astype(ml_dtypes.bfloat16)[:, None], 35, axis=1)
+    assert np.isinf(float(want16[2, 0]))  # the top tie
+    out = np.empty((rows, 35), dtype=ml_dtypes.bfloat16)
+    mod.grouped_dot_bf16(out.view(np.uint16), a16.view(np.uint16), b.view(np.uint16),
+                         np.array([[0, 0, rows]], dtype=np.int64), 2)
+    assert np.array_equal(out.view(np.uint16), want16.view(np.uint16))
+
+
 def test_compiled_dot_bf16_nan_inf_and_refusals():
     mod = _dot_module()
     a = np.array([[np.inf, 1, 0], [-np.nan, 0, 0], [1, 2, 3]], dtype=ml_dtypes.bfloat16)

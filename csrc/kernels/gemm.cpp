@@ -575,16 +575,36 @@ ASCEND_MOE_DOT_TARGET inline void transpose16x16_u32(__m512i *v) {
   }
 }
 
+// narrow1<false> of 16 lanes (the same bits as narrow_n: round to nearest even, a NaN the quiet NaN of its sign),
+// each in the low half of its 32-bit lane.  Not vcvtneps2bf16, which treats subnormal inputs as zero.
+ASCEND_MOE_DOT_TARGET inline __m512i narrow16_bf16(__m512 f) {
+  const __m512i u = _mm512_castps_si512(f);
+  const __m512i high = _mm512_srli_epi32(u, 16);
+  const __m512i rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                             _mm512_and_si512(high, _mm512_set1_epi32(1)))), 16);
+  const __m512i quiet_nan =
+      _mm512_or_si512(_mm512_and_si512(high, _mm512_set1_epi32(0x8000)), _mm512_set1_epi32(0x7fc0));
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  return _mm512_mask_blend_epi32(nan, rounded, quiet_nan);
+}
+
+// The first min(n, 16) lanes of a 16-lane mask.
+inline __mmask16 first_lanes16(std::size_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+
 // acc[r][0:32 S] += pairs of a[r][2q, 2q+1] times packed pairs of weight rows (2q, 2q+1) of S strips (`pitch`
 // elements apart), for R rows: 2 R S accumulators, each broadcast pair of a used 2 S times.
 // Row r's pair q is the 32-bit word at a + r * lda + q * pair_step (pair_step 2: rows of a as they are; 64: rows
 // that are the columns of a strip copied by pack_pairs, the K-split product's x^T).  With from_zero the
-// accumulators start at zero instead of acc's values (a band's first block: acc needs no zero fill).  The tile's
-// shape does not change any output's sequence of adds (its pairs in q order).
+// accumulators start at zero instead of acc's values (a band's first block: acc needs no zero fill); with `out` (the
+// last block) the sums go rounded to bf16 straight into the output instead of acc (no fp32 store and reload, no
+// separate rounding pass).  The tile's shape does not change any output's sequence of adds (its pairs in q order).
 template <int R, int S>
 ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::size_t lda, std::size_t pair_step,
                                                 const std::uint16_t *bp, std::size_t pitch, std::size_t pairs,
-                                                float *acc, std::size_t ldacc, bool from_zero, Prefetcher &next) {
+                                                float *acc, std::size_t ldacc, bool from_zero, Prefetcher &next,
+                                                std::uint16_t *out, std::size_t ldo, std::size_t cols) {
   __m512 c[R][2 * S];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -605,6 +625,19 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::siz
       for (int v = 0; v < 2 * S; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], av, b[v]);
     }
   }
+  if (out != nullptr) {  // the product's last block: the sums rounded to bf16 into the output's first `cols` columns
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+      for (int v = 0; v < 2 * S; ++v) {
+        const std::size_t c0 = 16 * static_cast<std::size_t>(v);
+        if (c0 < cols) {
+          _mm512_mask_cvtepi32_storeu_epi16(out + r * ldo + c0, first_lanes16(cols - c0), narrow16_bf16(c[r][v]));
+        }
+      }
+    }
+    return;
+  }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
@@ -612,39 +645,50 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::siz
   }
 }
 
-// Tiles of R rows (6 over two strips, 8 over one; then 4, 2, 1) over S strips: acc[r][0:32 S] += the strips' pairs.
+// Tiles of R rows (6 over two strips, 8 over one; then 4, 2, 1) over S strips: acc[r][0:32 S] += the strips' pairs
+// (or, with `out`, the sums rounded into it: see dot_pair_tile).
 template <int S>
 ASCEND_MOE_DOT_TARGET inline void dot_pair_rows(const std::uint16_t *a, std::size_t lda, std::size_t pair_step,
                                                 std::size_t rows, const std::uint16_t *bp, std::size_t pitch,
                                                 std::size_t pairs, float *acc, std::size_t ldacc, bool from_zero,
-                                                Prefetcher &next) {
+                                                Prefetcher &next, std::uint16_t *out = nullptr, std::size_t ldo = 0,
+                                                std::size_t cols = 0) {
   constexpr int TOP = S == 2 ? 6 : 8;
   std::size_t r = 0;
   for (; r + TOP <= rows; r += TOP) {
-    dot_pair_tile<TOP, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next);
+    dot_pair_tile<TOP, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next,
+                          out == nullptr ? nullptr : out + r * ldo, ldo, cols);
   }
   if (r + 4 <= rows) {
-    dot_pair_tile<4, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next);
+    dot_pair_tile<4, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next,
+                        out == nullptr ? nullptr : out + r * ldo, ldo, cols);
     r += 4;
   }
   if (r + 2 <= rows) {
-    dot_pair_tile<2, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next);
+    dot_pair_tile<2, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next,
+                        out == nullptr ? nullptr : out + r * ldo, ldo, cols);
     r += 2;
   }
-  if (r < rows) dot_pair_tile<1, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next);
+  if (r < rows) {
+    dot_pair_tile<1, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next,
+                        out == nullptr ? nullptr : out + r * ldo, ldo, cols);
+  }
 }
 
-// dot_pair_rows over `strips` strips of a packed block, two at a time.
+// dot_pair_rows over `strips` strips of a packed block, two at a time (`out`, if not null: `cols` columns in all).
 ASCEND_MOE_DOT_TARGET inline void dot_pair_strips(const std::uint16_t *a, std::size_t lda, std::size_t pair_step,
                                                   std::size_t rows, const std::uint16_t *packed, std::size_t strips,
                                                   std::size_t pitch, std::size_t pairs, float *acc, std::size_t ldacc,
-                                                  bool from_zero, Prefetcher &next) {
+                                                  bool from_zero, Prefetcher &next, std::uint16_t *out,
+                                                  std::size_t ldo, std::size_t cols) {
   std::size_t j = 0;
   for (; j + 2 <= strips; j += 2) {
-    dot_pair_rows<2>(a, lda, pair_step, rows, packed + j * pitch, pitch, pairs, acc + j * STRIP, ldacc, from_zero, next);
+    dot_pair_rows<2>(a, lda, pair_step, rows, packed + j * pitch, pitch, pairs, acc + j * STRIP, ldacc, from_zero, next,
+                     out == nullptr ? nullptr : out + j * STRIP, ldo, cols - j * STRIP);
   }
   if (j < strips) {
-    dot_pair_rows<1>(a, lda, pair_step, rows, packed + j * pitch, pitch, pairs, acc + j * STRIP, ldacc, from_zero, next);
+    dot_pair_rows<1>(a, lda, pair_step, rows, packed + j * pitch, pitch, pairs, acc + j * STRIP, ldacc, from_zero, next,
+                     out == nullptr ? nullptr : out + j * STRIP, ldo, cols - j * STRIP);
   }
 }
 
@@ -863,6 +907,7 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
       acc.resize(rows * wpad);
       bool acc_set = false;  // acc holds the sums so far (until the first block, nothing: no zero fill)
       bool ieee_from_here = false;
+      bool written = false;  // the last block wrote the output itself
       for (std::size_t k0 = 0; k0 < p.k; k0 += block_rows) {
         const std::size_t kc = std::min(block_rows, p.k - k0);
         // element (k, n) of the block at bk[k * k_step + n * n_step]
@@ -905,9 +950,11 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
                 next.add(p.a + ns * p.k, static_cast<std::ptrdiff_t>(p.k), p.k, nrows);
               }
             }
+            const bool last = k0 + kc >= p.k;  // then straight into the output, rounded
             dot_pair_strips(&apad[k0], kpad, 2, rows, packed.data(), strips, pitch, pairs, acc.data(), wpad, !acc_set,
-                            next);
+                            next, last ? p.out + s * p.n + b0 : nullptr, p.n, width);
             acc_set = true;
+            written = last;
             continue;
           }
           ieee_from_here = true;
@@ -919,6 +966,7 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
                      return bk[static_cast<std::ptrdiff_t>(k) * k_step + static_cast<std::ptrdiff_t>(j) * n_step];
                    });
       }
+      if (written) continue;
       if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);  // K = 0: zeros
       for (std::size_t r = 0; r < rows; ++r) {
         std::uint16_t *o = p.out + (s + r) * p.n + b0;
