@@ -751,11 +751,13 @@ def test_compiled_dot_bf16_k_split_refusals():
         mod.grouped_dot_bf16_ksplit(np.zeros((2, 4, 6), dtype=np.uint16), x, y, np.array([[0, 0, 6]]), 1)
 
 
+@pytest.mark.parametrize("k_split", [False, True])
 @pytest.mark.parametrize("rows", [3, 40, 300])
-def test_compiled_dot_bf16_rounds_exact_sums_to_nearest_even(rows):
+def test_compiled_dot_bf16_rounds_exact_sums_to_nearest_even(rows, k_split):
     """Sums exact in fp32 (1 + j 2^-9, their negatives, the largest bf16 plus half its ulp) rounded once to bf16:
     ties to even, the top tie to inf, in every column of a 35-column output (a partial strip) and whatever block
-    path the group's rows take; the reference is ml_dtypes' rounding of the exact sums."""
+    path the group's rows take (``k_split``: the same sums as the weight gradient x^T @ y of two tokens, ``rows``
+    output rows); the reference is ml_dtypes' rounding of the exact sums."""
     mod = _dot_module()
     top = float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
     firsts = [1.0, -1.0, top] * ((rows + 2) // 3)
@@ -771,8 +773,13 @@ def test_compiled_dot_bf16_rounds_exact_sums_to_nearest_even(rows):
     want16 = np.repeat(want.astype(ml_dtypes.bfloat16)[:, None], 35, axis=1)
     assert np.isinf(float(want16[2, 0]))  # the top tie
     out = np.empty((rows, 35), dtype=ml_dtypes.bfloat16)
-    mod.grouped_dot_bf16(out.view(np.uint16), a16.view(np.uint16), b.view(np.uint16),
-                         np.array([[0, 0, rows]], dtype=np.int64), 2)
+    if k_split:  # out[0] = x^T @ y over the two tokens: x = a^T [2, rows], y = b[0] [2, 35]
+        mod.grouped_dot_bf16_ksplit(out[None].view(np.uint16), np.ascontiguousarray(a16.T).view(np.uint16),
+                                    np.ascontiguousarray(b[0]).view(np.uint16), np.array([[0, 0, 2]], dtype=np.int64),
+                                    2)
+    else:
+        mod.grouped_dot_bf16(out.view(np.uint16), a16.view(np.uint16), b.view(np.uint16),
+                             np.array([[0, 0, rows]], dtype=np.int64), 2)
     assert np.array_equal(out.view(np.uint16), want16.view(np.uint16))
 
 

@@ -1006,6 +1006,7 @@ ASCEND_MOE_DOT_TARGET void dot_ksplit_unit(const KSplitProblem &p, std::size_t g
     acc.resize(rows * wpad);
     bool acc_set = false;  // as in dot_band
     bool ieee_from_here = false;
+    bool written = false;
     for (std::size_t k0 = s; k0 < t; k0 += KS_KC) {
       const std::size_t kc = std::min(KS_KC, t - k0);
       const std::uint16_t *xk = p.x + k0 * p.m + m0, *yk = p.y + k0 * p.n + b0;
@@ -1019,14 +1020,18 @@ ASCEND_MOE_DOT_TARGET void dot_ksplit_unit(const KSplitProblem &p, std::size_t g
                                           packed_y.data());
         if (flush_safe(min_x, min_y)) {
           // one strip at a time: a tile's rows are 32 columns of x, which 8-row tiles divide (6-row tiles over two
-          // strips, as dot_band's, were 3-5 % slower here)
+          // strips, as dot_band's, were 3-5 % slower here); the last block's tiles round into the output
+          const bool last = k0 + kc >= t;
           for (std::size_t j = 0; j < strips; ++j) {
             for (std::size_t i = 0; i < row_strips; ++i) {
               dot_pair_rows<1>(&packed_x[i * pitch], 2, 64, std::min(STRIP, rows - i * STRIP), &packed_y[j * pitch],
-                               pitch, pairs, acc.data() + i * STRIP * wpad + j * STRIP, wpad, !acc_set, none);
+                               pitch, pairs, acc.data() + i * STRIP * wpad + j * STRIP, wpad, !acc_set, none,
+                               last ? o + (m0 + i * STRIP) * p.n + b0 + j * STRIP : nullptr, p.n,
+                               std::min(STRIP, width - j * STRIP));
             }
           }
           acc_set = true;
+          written = last;
           continue;
         }
         ieee_from_here = true;
@@ -1035,6 +1040,7 @@ ASCEND_MOE_DOT_TARGET void dot_ksplit_unit(const KSplitProblem &p, std::size_t g
       ieee_block(acc, acc_set, wpad, rows, width, kc, [&](std::size_t r, std::size_t k) { return xk[k * p.m + r]; },
                  [&](std::size_t k, std::size_t j) { return yk[k * p.n + j]; });
     }
+    if (written) continue;
     if (!acc_set) std::fill(acc.begin(), acc.end(), 0.0f);  // a group of no tokens: zeros
     for (std::size_t r = 0; r < rows; ++r) narrow_n<false>(&acc[r * wpad], o + (m0 + r) * p.n + b0, width);
   }
