@@ -432,6 +432,7 @@ def _direct_route_kinds(decl: OpDecl) -> Tuple[bool, bool]:
 _dispatch_modes = torch._C._len_torch_dispatch_stack         # user and infra (fake, proxy) modes
 _torch_function_mode = torch._C._is_torch_function_mode_enabled
 _functorch_interpreters = torch._C._functorch.peek_interpreter_stack
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 _jit_tracing = torch._C._get_tracing_state
 _profiler = torch.autograd.profiler
 
@@ -516,7 +517,11 @@ def _direct_public_call(decl: OpDecl, a: Dict[str, Any], named: List[Tuple[str, 
     fn = _DIRECT_FUNCTIONS.get(decl.name)
     if fn is None:
         fn = _DIRECT_FUNCTIONS[decl.name] = _direct_function(decl)
-    return fn.apply(run, *targs, None)  # None: the trailing tensor_formats, as the torch schema has it
+    # torch's C apply itself: Function.apply's Python layer adds ~10 us a call, for setup_context binding and
+    # functorch transforms that a direct call never has (_direct_kernel refuses any transform); its unwrapping of
+    # dead functorch wrappers among the tensor arguments is kept
+    args = tuple(_unwrap_if_dead(t) if isinstance(t, torch.Tensor) else t for t in targs)
+    return super(torch.autograd.Function, fn).apply(run, *args, None)  # None: the trailing tensor_formats
 
 
 def call_op(name: str, *args: Any, **kwargs: Any) -> Any:
