@@ -624,8 +624,7 @@ def compiled_grouped(impl: str, out: np.ndarray, a: np.ndarray, b: np.ndarray, r
     """Every run of a grouped product (see :func:`torch_grouped`) by one call of the compiled GEMM ``impl``
     (``widen_fma`` / ``dot_bf16``); False, with nothing written, where it does not take the operands as they
     are or (K split) two runs would write one output."""
-    if (_TORCH_FLOAT.get(a.dtype) is None or not out.flags.c_contiguous
-            or not (dot_bf16_fits if impl == "dot_bf16" else widen_fma_fits)(out, a, b, k_split)):
+    if not (dot_bf16_fits if impl == "dot_bf16" else widen_fma_fits)(out, a, b, k_split):  # (dtypes, layouts)
         return False
     groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
     if not k_split:

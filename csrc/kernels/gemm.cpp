@@ -136,6 +136,14 @@ struct Prefetcher {
   }
 };
 
+// narrow1<false> of 16 lanes, each result's bf16 bits in the low half of its 32-bit lane
+__attribute__((always_inline)) inline v16u narrow16_bf16(v16f f) {
+  const v16u u = (v16u)f;
+  const v16u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const v16u quiet_nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+  return (u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+}
+
 // narrow1 / widen1 over n elements, 16 at a time (the same bits)
 template <bool FP16>
 __attribute__((always_inline)) inline void narrow_n(const float *src, std::uint16_t *dst, std::size_t n) {
@@ -147,11 +155,7 @@ __attribute__((always_inline)) inline void narrow_n(const float *src, std::uint1
       const v16hf h = __builtin_convertvector(f, v16hf);
       std::memcpy(dst + j, &h, sizeof h);
     } else {
-      const v16u u = (v16u)f;
-      const v16u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-      const v16u quiet_nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
-      const v16u r = (u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
-      const v16h h = __builtin_convertvector(r, v16h);
+      const v16h h = __builtin_convertvector(narrow16_bf16(f), v16h);
       std::memcpy(dst + j, &h, sizeof h);
     }
   }
@@ -575,21 +579,6 @@ ASCEND_MOE_DOT_TARGET inline void transpose16x16_u32(__m512i *v) {
   }
 }
 
-// narrow1<false> of 16 lanes (the same bits as narrow_n: round to nearest even, a NaN the quiet NaN of its sign),
-// each in the low half of its 32-bit lane.  Not vcvtneps2bf16, which treats subnormal inputs as zero.
-ASCEND_MOE_DOT_TARGET inline __m512i narrow16_bf16(__m512 f) {
-  const __m512i u = _mm512_castps_si512(f);
-  const __m512i high = _mm512_srli_epi32(u, 16);
-  const __m512i rounded =
-      _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
-                                                             _mm512_and_si512(high, _mm512_set1_epi32(1)))), 16);
-  const __m512i quiet_nan =
-      _mm512_or_si512(_mm512_and_si512(high, _mm512_set1_epi32(0x8000)), _mm512_set1_epi32(0x7fc0));
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                _mm512_set1_epi32(0x7f800000));
-  return _mm512_mask_blend_epi32(nan, rounded, quiet_nan);
-}
-
 // The first min(n, 16) lanes of a 16-lane mask.
 inline __mmask16 first_lanes16(std::size_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
 
@@ -632,7 +621,9 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_tile(const std::uint16_t *a, std::siz
       for (int v = 0; v < 2 * S; ++v) {
         const std::size_t c0 = 16 * static_cast<std::size_t>(v);
         if (c0 < cols) {
-          _mm512_mask_cvtepi32_storeu_epi16(out + r * ldo + c0, first_lanes16(cols - c0), narrow16_bf16(c[r][v]));
+          // narrow16_bf16: narrow_n's rounding (not vcvtneps2bf16, which treats subnormal inputs as zero)
+          _mm512_mask_cvtepi32_storeu_epi16(out + r * ldo + c0, first_lanes16(cols - c0),
+                                            (__m512i)narrow16_bf16((v16f)c[r][v]));
         }
       }
     }
