@@ -589,6 +589,91 @@ def test_compiled_fma_fp32_refuses_other_element_sizes():
                              np.zeros((1, 8, 5), np.uint16), ok, 1)
 
 
+def _ksplit_groups(rows, outputs):
+    ends = np.cumsum(rows)
+    return np.array([(e, s - r, s) for e, s, r in zip(outputs, ends, rows)], dtype=np.int64)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compiled_fma_fp32_k_split_sums_exactly_what_integer_math_sums(threads):
+    """The fp32 K-split product (the weight gradient ``x[s:t]^T @ dy[s:t]``) on small integers, whose every partial
+    sum is exact in fp32, so each output must equal the integer sum: 0-600 tokens per group (more than one
+    128-token block and one 512-token panel copy, odd counts), M = 263 (three 128-row units, the last panel's 7
+    rows in 4 / 2 / 1-row tiles), N = 300 (a second 256-column band with a full strip and 12 columns after it),
+    outputs written in any order; an empty group writes +0; an output no group names is left as it was."""
+    mod = _gemm_module()
+    g = np.random.default_rng(31)
+    rows, outputs = [5, 0, 600, 1, 40, 129], [3, 0, 1, 6, 2, 4]
+    t, m, n = sum(rows), 263, 300
+    x = g.integers(-7, 8, (t, m))
+    y = g.integers(-7, 8, (t, n))
+    groups = _ksplit_groups(rows, outputs)
+    out = np.full((7, m, n), np.nan, dtype=np.float32)
+    mod.grouped_fma_fp32_ksplit(out, x.astype(np.float32), y.astype(np.float32), groups, threads)
+    for e, s, f in groups:
+        want = np.zeros((m, n), dtype=np.int64)
+        for tok in range(s, f):  # the sum over the group's tokens, one outer product at a time
+            want += np.outer(x[tok], y[tok])
+        assert np.array_equal(out[e], want.astype(np.float32)), e
+        if s == f:
+            assert not np.signbit(out[e]).any()
+    assert np.isnan(out[5]).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_fma_fp32_k_split_is_fp32_accumulation_within_the_bound_and_thread_independent(threads):
+    """Random fp32 operands, including a group of one token, M = 1030 (eight full 128-row units and a partial
+    one), N = 520: every output within the fp32 summation bound of the exact sum, and the same bits on 1, 2 and
+    3 threads (each output's sum in token order whatever the units' order)."""
+    mod = _gemm_module()
+    g = np.random.default_rng(32)
+    rows, outputs = [70, 1, 300], [1, 0, 2]
+    t, m, n = sum(rows), 1030, 520
+    x = (g.standard_normal((t, m)) * 2).astype(np.float32)
+    y = g.standard_normal((t, n)).astype(np.float32)
+    groups = _ksplit_groups(rows, outputs)
+    out = np.full((3, m, n), np.nan, dtype=np.float32)
+    mod.grouped_fma_fp32_ksplit(out, x, y, groups, threads)
+    for e, s, f in groups:
+        _assert_fp32_accumulation_within_bound(out[e], x[s:f].T, y[s:f])
+    again = np.full_like(out, np.nan)
+    mod.grouped_fma_fp32_ksplit(again, x, y, groups, 3)
+    assert np.array_equal(out.view(np.int32), again.view(np.int32))
+
+
+def test_compiled_fma_fp32_k_split_keeps_subnormals_with_flush_mode_on():
+    """2**-70 * 2**-70 = 2**-140 (subnormal) twice sums to 2**-139; a subnormal input 1e-40 times 1 stays."""
+    x = np.zeros((3, 2), dtype=np.float32)  # tokens x columns: x^T = [[2^-70, 2^-70, 0], [0, 0, 1e-40]]
+    x[0, 0] = x[1, 0] = 2.0 ** -70
+    x[2, 1] = 1e-40
+    y = np.zeros((3, 33), dtype=np.float32)
+    y[0, 0] = y[1, 0] = 2.0 ** -70
+    y[2, 32] = 1.0  # in the columns after the first strip
+    out = np.empty((1, 2, 33), dtype=np.float32)
+    try:
+        torch.set_flush_denormal(True)
+        _gemm_module().grouped_fma_fp32_ksplit(out, x, y, np.array([[0, 0, 3]], dtype=np.int64), 2)
+    finally:
+        torch.set_flush_denormal(False)
+    assert out[0, 0, 0] == np.float32(2.0 ** -139) and out[0, 1, 32] == np.float32(1e-40) != 0
+
+
+def test_compiled_fma_fp32_k_split_refusals():
+    mod = _gemm_module()
+    x = np.zeros((6, 4), dtype=np.float32)
+    y = np.zeros((6, 5), dtype=np.float32)
+    out = np.zeros((2, 4, 5), dtype=np.float32)
+    for bad in ([[0, 0, 3], [0, 3, 6]], [[2, 0, 3]], [[0, 4, 3]], [[0, 0, 7]]):  # an output twice, out of range
+        with pytest.raises(ValueError, match="group"):
+            mod.grouped_fma_fp32_ksplit(out, x, y, np.array(bad, dtype=np.int64), 1)
+    with pytest.raises(ValueError, match="shapes"):
+        mod.grouped_fma_fp32_ksplit(np.zeros((2, 4, 6), dtype=np.float32), x, y, np.array([[0, 0, 6]]), 1)
+    with pytest.raises(ValueError, match="4-byte"):
+        mod.grouped_fma_fp32_ksplit(out, x.astype(np.float64), y, np.array([[0, 0, 6]]), 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mod.grouped_fma_fp32_ksplit(out, np.zeros((4, 6), dtype=np.float32).T, y, np.array([[0, 0, 6]]), 1)
+
+
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
 def test_compiled_widen_fma_keeps_subnormals_with_flush_mode_on_and_rounds_nan_inf(dtype):
     bf16 = dtype == ml_dtypes.bfloat16
@@ -1535,6 +1620,37 @@ def test_shape_classes_by_rows():
         for dtype in ("fp32", "bf16", "fp16", "int8"):
             assert mk._shape_class(dtype, rows) == f"{dtype}.{shape}"
             assert f"{dtype}.{shape}" in mk.CLASSES
+            # the K-split product: fp32's has a class of its own, the others go by x's columns
+            assert mk._shape_class(dtype, rows, k_split=True) == ("fp32.ksplit" if dtype == "fp32" else
+                                                                  f"{dtype}.{shape}")
+    assert "fp32.ksplit" in mk.CLASSES and "torch_packed" not in mk.IMPLS_OF["fp32.ksplit"]
+
+
+def test_forcing_a_dtype_gives_the_k_split_class_the_same_gemm(monkeypatch, fresh_selection):
+    """``fp32=torch_packed``: the K-split product's operands are activations, so its class gets torch's own GEMM
+    (torch_sgemm); naming that class with torch_packed is refused."""
+    monkeypatch.setattr(mk, "_measure", lambda cls, c: pytest.fail("a forced class is not measured"))
+    force(monkeypatch, "fp32=torch_packed")
+    assert mk.choice("fp32.wide") == "torch_packed" and mk.choice("fp32.ksplit") == "torch_sgemm"
+    force(monkeypatch, "fp32=torch_sgemm")
+    assert mk.choice("fp32.ksplit") == "torch_sgemm"
+    force(monkeypatch, "fp32.ksplit=torch_packed")
+    with pytest.raises(ValueError, match="not an implementation of fp32.ksplit"):
+        mk.choice("fp32.ksplit")
+
+
+def test_k_split_class_probe_runs_each_candidate_on_the_weight_gradient(monkeypatch, fresh_selection):
+    """The fp32.ksplit probe times x^T @ dy per group for every candidate (the compiled one in one call)."""
+    calls = []
+    if impls._gemm is not None:
+        real = impls._gemm.grouped_fma_fp32_ksplit
+        monkeypatch.setattr(impls._gemm, "grouped_fma_fp32_ksplit", lambda *a: calls.append(a) or real(*a))
+    candidates = [c for c in mk.IMPLS_OF["fp32.ksplit"] if mk._verified("fp32.ksplit", c)]
+    assert "torch_sgemm" in candidates and "reference" in candidates
+    timings = mk._measure("fp32.ksplit", candidates)
+    assert set(timings) == set(candidates) and all(0 < v < float("inf") for v in timings.values())
+    if "widen_fma" in candidates:
+        assert calls and calls[-1][0].shape == (8, 1024, 512)
 
 
 def test_pick_prefers_a_compiled_gemm_to_a_kept_packed_weight_within_its_margin():
@@ -1684,6 +1800,32 @@ def test_content_digest_taken_only_for_reused_weights(monkeypatch):
 _SHORTCUT_CASES = [("bf16", "dot_bf16"), ("bf16", "widen_fma"), ("fp16", "widen_fma"), ("fp32", "widen_fma")]
 
 
+@pytest.mark.parametrize("impl", ["widen_fma", "torch_sgemm"])
+def test_fp32_weight_gradient_by_the_chosen_k_split_gemm(monkeypatch, impl):
+    """npu_gmm's K split (group_type 2: the weight gradient x^T @ dy) in fp32 with fp32.ksplit's choice: the
+    compiled K-split product in one call where widen_fma is chosen, torch's GEMM otherwise; on small integers
+    (every partial sum exact) both give the integer sums, an empty group zeros."""
+    _skip_unless_eligible(impl, "fp32")
+    force(monkeypatch, f"fp32={impl}")
+    calls = []
+    if impls._gemm is not None:
+        real = impls._gemm.grouped_fma_fp32_ksplit
+        monkeypatch.setattr(impls._gemm, "grouped_fma_fp32_ksplit", lambda *a: calls.append(a) or real(*a))
+    g = torch.Generator().manual_seed(8)
+    x = torch.randint(-7, 8, (90, 70), generator=g).float()
+    dy = torch.randint(-7, 8, (90, 45), generator=g).float()
+    counts = [30, 0, 60]
+    got = am.npu_gmm(x.t(), dy, group_list=torch.tensor(counts).cumsum(0), group_type=2)
+    assert bool(calls) == (impl == "widen_fma")
+    s = 0
+    for e, c in enumerate(counts):
+        want = torch.zeros(70, 45, dtype=torch.int64)
+        for tok in range(s, s + c):
+            want += torch.outer(x[tok].long(), dy[tok].long())
+        assert torch.equal(got[e], want.float()), e
+        s += c
+
+
 def _gmm_both_ways(monkeypatch, call):
     """``call()`` with npu_gmm's compiled shortcut, then with the general path; both results."""
     taken = []
@@ -1708,8 +1850,8 @@ def _same_bits(x, y):
 @pytest.mark.parametrize("dtype_name,impl", _SHORTCUT_CASES)
 def test_gmm_shortcut_gives_the_general_paths_bits_forward_and_backward(monkeypatch, dtype_name, impl):
     """Groups with an empty one and rows past the group list's total (undefined: the policy's value in both), a
-    forward and its backward (the transposed-weight M split and, for dot_bf16, the K split with an empty group's
-    zero output)."""
+    forward and its backward (the transposed-weight M split and, for dot_bf16 and fp32's widen_fma, the K split
+    with an empty group's zero output)."""
     _skip_unless_eligible(impl, dtype_name)
     force(monkeypatch, f"{dtype_name}={impl}")
     dt = DTYPES[dtype_name]

@@ -9,7 +9,10 @@ runs is decided per machine and per shape class:
   ``int8`` (exact integer GEMM), and shape ``skinny`` (at most 16 rows: decode-like calls, memory-bound),
   ``narrow`` (17-32 rows: MoE groups of many experts, near the memory bound), ``wide`` (33-256 rows) or
   ``tall`` (more: prefill and training groups of a few experts, where GEMM libraries' large-matrix kernels
-  pay off; fp32 here: the compiled GEMM 10-20 % ahead of torch's at 128 rows, 20 % behind at 512);
+  pay off; fp32 here: the compiled GEMM 10-20 % ahead of torch's at 128 rows, 20 % behind at 512); and
+  ``fp32.ksplit``, the fp32 K-split product (the backward's weight gradient ``x^T @ dy``, a sum over each
+  group's tokens), classed on its own: its operands and blocking are not those of any M-split class (the
+  other dtypes' K-split products go by the class of ``x``'s columns);
 * the first time a class is needed, each eligible implementation is timed on a representative
   shapes (interleaved, best of several) and the fastest is kept; implementations whose contract
   cannot be verified on this machine (torch's half-precision matmul and oneDNN's packed inner
@@ -59,13 +62,19 @@ NARROW_ROWS = 32
 WIDE_ROWS = 256
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
-CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8") for s in ("tall", "wide", "narrow", "skinny"))
+KSPLIT_FP32 = "fp32.ksplit"
+CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8")
+                for s in ("tall", "wide", "narrow", "skinny")) + (KSPLIT_FP32,)
 # which implementations exist for which operand dtype (each still has to pass its contract check)
 _FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"),
                     "widen_fma": ("bf16", "fp16", "fp32"), "dot_bf16": ("bf16",)}
 IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
                      (n for n in FLOAT_IMPLS if c.split(".")[0] in _FLOAT_DTYPES_OF.get(n, FLOAT_DTYPES)))
             for c in CLASSES}
+# the K-split product's operands are activations (nothing to pack): torch_packed there would be torch's own GEMM,
+# torch_sgemm, which a dtype-wide force of torch_packed gives that class
+IMPLS_OF[KSPLIT_FP32] = tuple(n for n in IMPLS_OF[KSPLIT_FP32] if n != "torch_packed")
+_SAME_IMPL = {(KSPLIT_FP32, "torch_packed"): "torch_sgemm"}
 # representative (m, k, n) GEMMs per shape class for the one-time measurement, timed together: MoE
 # groups of a few hundred rows (GEMM libraries switch algorithms with m, so more than one m is timed);
 # for bf16 / fp16 the skinny and narrow classes also with a weight larger than a cache, as MoE experts'
@@ -74,17 +83,19 @@ IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
 # threads beside torch's, and after a torch call it was seen 10x slower.  An optional fourth entry: that many
 # experts, a group of m rows each with its own weight, run as a grouped call runs them (a lone 1 MB weight
 # multiplied GEMM by GEMM stays in the L2 cache and pays no per-group work, unlike a MoE layer's experts:
-# bf16 wide once chose torch's GEMM by 5 % there and ran the issue's grouped call 25 % slower)
+# bf16 wide once chose torch's GEMM by 5 % there and ran the issue's grouped call 25 % slower).  The K-split
+# class: (tokens per group, x's columns, dy's columns, groups), the weight gradient of the issue's layer shape.
 _PROBE_SHAPES = {"tall": ((512, 1024, 512, 2),), "wide": ((128, 1024, 512, 8),),
                  "narrow": ((24, 4096, 4096),),
                  "skinny": ((4, 2048, 1024), (8, 4096, 4096))}
 _PROBE_SHAPES_SMALL_WEIGHTS = {"tall": ((512, 2048, 1024),), "wide": ((128, 1024, 512),), "narrow": ((24, 2048, 1024),),
-                               "skinny": ((4, 2048, 1024),)}
+                               "skinny": ((4, 2048, 1024),), "ksplit": ((128, 1024, 512, 8),)}
 # 2: torch_packed joined the float classes; 3: two probe shapes for wide; 4-6: compiled GEMMs, narrow, probes
 # timed after a torch call; 7: the compiled kernels on torch's OpenMP team, NumPy-BLAS candidates timed last;
 # 8: widen_fma joined the fp32 classes; 9: bf16 / fp16 wide probes stream several experts' weights; 10: dot_int8
-# joined the int8 classes; 11: torch_packed chosen over a compiled GEMM only by a margin; 12: the tall classes
-_SCHEMA = 12
+# joined the int8 classes; 11: torch_packed chosen over a compiled GEMM only by a margin; 12: the tall classes;
+# 13: the fp32 K-split class
+_SCHEMA = 13
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,13 +222,15 @@ def _forced() -> Dict[str, str]:
             raise ValueError(f"{ENV}: {item!r} is not 'class=impl'; classes are {', '.join(CLASSES)}, a dtype "
                              f"(fp32, bf16, fp16, int8) or 'float'; or set {ENV}=reference / auto")
         for c in targets:
-            if impl not in IMPLS_OF[c]:
-                raise ValueError(f"{ENV}: {impl!r} is not an implementation of {c}; choose one of "
+            # a dtype-wide force of an implementation a class lacks: its equivalent there (_SAME_IMPL)
+            use = _SAME_IMPL.get((c, impl), impl) if c != cls else impl
+            if use not in IMPLS_OF[c]:
+                raise ValueError(f"{ENV}: {use!r} is not an implementation of {c}; choose one of "
                                  f"{', '.join(IMPLS_OF[c])}")
-            if not _verified(c, impl):
-                raise ValueError(f"{ENV}: {impl!r} does not meet the {c} faithfulness contract on this machine "
+            if not _verified(c, use):
+                raise ValueError(f"{ENV}: {use!r} does not meet the {c} faithfulness contract on this machine "
                                  f"({cpu_description()['cpu']}), so it cannot be forced; use 'reference'")
-            forced[c] = impl
+            forced[c] = use
     return forced
 
 
@@ -272,6 +285,8 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, ...]) -> Callable[[], N
                 quant_gemm.exact_int_matmul(a, b, max_abs_a=128, max_abs_b=128)
         return run
     tdt = FLOAT_DTYPES[dtype]
+    if cls == KSPLIT_FP32:
+        return _ksplit_probe_runner(impl, m, k, n, experts, rng)
     # experts groups of m rows, each with its own weight
     ta = torch.from_numpy(rng.standard_normal((m * experts, k), dtype=np.float32)).to(tdt)
     tb = torch.from_numpy(rng.standard_normal((experts, k, n), dtype=np.float32)).to(tdt)
@@ -305,6 +320,30 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, ...]) -> Callable[[], N
                 return
             for e, s, t in runs:
                 sim_gmm._gemm_into(o[s:t], a[s:t], b3[e], None, sim_gmm._Workspace())
+    return run
+
+
+def _ksplit_probe_runner(impl: str, m: int, k: int, n: int, experts: int,
+                         rng: np.random.Generator) -> Callable[[], None]:
+    """The fp32 K-split product as the backward's weight gradient runs it: ``out[e] = x[s:t]^T @ dy[s:t]`` for
+    ``experts`` groups of m tokens, x [tokens, k], dy [tokens, n]; one grouped call where the implementation has
+    that form, else group after group (the reference)."""
+    from ..sim import gmm as sim_gmm
+    x = rng.standard_normal((m * experts, k), dtype=np.float32)
+    dy = rng.standard_normal((m * experts, n), dtype=np.float32)
+    out = np.empty((experts, k, n), dtype=np.float32)
+    runs = [(e, e * m, (e + 1) * m) for e in range(experts)]
+    xt = x.T  # the transposed view the backward passes
+    kern = sim_kernels.Kernels(float_gemm=None if FLOAT_IMPLS[impl] is None else
+                               (lambda o_, a_, b_, r_: FLOAT_IMPLS[impl](o_, a_, b_, r_, None, None, None)),
+                               copy_cast=fast_copy_cast, name=impl)
+
+    def run() -> None:
+        with sim_kernels.use(kern):
+            if impls.torch_grouped(out, xt, dy, runs, True, lambda rows: impl, None, None):
+                return
+            for e, s, t in runs:
+                sim_gmm._gemm_into(out[e], xt[:, s:t], dy[s:t], None, sim_gmm._Workspace())
     return run
 
 
@@ -442,7 +481,10 @@ def choices() -> Dict[str, str]:
 _CLASS_NAMES = {d: (f"{d}.skinny", f"{d}.narrow", f"{d}.wide", f"{d}.tall") for d in (*FLOAT_DTYPES, "int8")}
 
 
-def _shape_class(dtype_name: str, rows: int) -> str:
+def _shape_class(dtype_name: str, rows: int, k_split: bool = False) -> str:
+    """The class of a GEMM of ``rows`` rows of ``a`` (of the K-split product: x's columns) in ``dtype_name``."""
+    if k_split and dtype_name == "fp32":
+        return KSPLIT_FP32
     names = _CLASS_NAMES[dtype_name]
     return (names[0] if rows <= SKINNY_ROWS else names[1] if rows <= NARROW_ROWS else names[2] if rows <= WIDE_ROWS
             else names[3])
@@ -489,7 +531,7 @@ def _make_float_gemms(widen, sources):
             impl = choice(cls)
             return _stand_in(cls, fits["widen_fma"]) if not fits.get(impl, True) else impl
         # one lookup per shape class per call, not per group
-        by_shape = {cls: resolve(cls) for cls in {_shape_class(name, a.shape[0] if k_split else t - s)
+        by_shape = {cls: resolve(cls) for cls in {_shape_class(name, a.shape[0] if k_split else t - s, k_split)
                                                   for _, s, t in runs}}
         # NumPy's BLAS (the reference path) and torch's GEMMs in one call, group after group, run two thread
         # pools that each spin while the other works: a call mixing them was 10-20x slower.  fp32 groups
@@ -498,7 +540,7 @@ def _make_float_gemms(widen, sources):
             by_shape = {cls: "torch_sgemm" if impl == "reference" else impl for cls, impl in by_shape.items()}
 
         def impl_for_rows(rows: int) -> str:
-            cls = _shape_class(name, rows)
+            cls = _shape_class(name, rows, k_split)
             if cls not in by_shape:  # not a class of this call's groups (asked of a K-split's runs)
                 by_shape[cls] = resolve(cls)
             return by_shape[cls]
@@ -518,7 +560,7 @@ def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: L
     if name is None or _reference_forced() or not runs:
         return False
     rows = {a.shape[0]} if k_split else {t - s for _, s, t in runs}
-    chosen = {choice(c) for c in {_shape_class(name, r) for r in rows}}
+    chosen = {choice(c) for c in {_shape_class(name, r, k_split) for r in rows}}
     impl = chosen.pop() if len(chosen) == 1 else None
     return impl in impls.COMPILED_GEMMS and impls.compiled_grouped(impl, out, a, b, runs, k_split)
 

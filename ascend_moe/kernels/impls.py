@@ -544,25 +544,35 @@ def torch_packed(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias_row: Option
 def widen_fma_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) -> bool:
     """Whether the compiled widen-FMA GEMM takes these operands as they are: bf16 / fp16 / fp32 throughout,
     ``a`` and ``out`` C-contiguous, the weight's columns contiguous or its k contiguous (a transposed
-    weight, as the backward's ``dy @ w^T``); not the K-split product, whose ``a`` is a transposed view."""
-    return (_gemm is not None and not k_split and a.dtype == b.dtype == out.dtype and a.dtype in (_BF16, _F16, _F32)
-            and a.flags.c_contiguous and out.flags.c_contiguous and b.ndim in (2, 3)
+    weight, as the backward's ``dy @ w^T``); and for fp32 the K-split product (the weight gradient
+    ``x^T @ dy``) in the layout :func:`ksplit_layout` names."""
+    if _gemm is None or not (a.dtype == b.dtype == out.dtype):
+        return False
+    if k_split:
+        return a.dtype == _F32 and ksplit_layout(out, a, b)
+    return (a.dtype in (_BF16, _F16, _F32) and a.flags.c_contiguous and out.flags.c_contiguous and b.ndim in (2, 3)
             and (b.shape[-1] <= 1 or b.strides[-1] == b.itemsize or b.shape[-2] <= 1 or b.strides[-2] == b.itemsize)
             and all(st % b.itemsize == 0 for st in b.strides))
+
+
+def ksplit_layout(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """The layout the compiled K-split products take (``out[e] = a[:, s:t] @ b[s:t]``): ``a`` the
+    transpose of a C-contiguous [T, M] array (``x.t()``, as the backward passes it), ``b`` C-contiguous
+    [T, N], ``out`` C-contiguous [E, M, N]."""
+    return (a.ndim == 2 and b.ndim == 2 and out.ndim == 3 and a.T.flags.c_contiguous and b.flags.c_contiguous
+            and out.flags.c_contiguous and a.shape[1] == b.shape[0] and out.shape[1:] == (a.shape[0], b.shape[1]))
 
 
 def dot_bf16_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) -> bool:
     """Whether the compiled AVX512-BF16 GEMM takes these operands as they are, bf16 only, on a CPU with the
     instruction: what :func:`widen_fma_fits` takes (a weight with its columns or its k contiguous); and the
-    K-split product ``out[e] = a[:, s:t] @ b[s:t]`` (the weight gradient ``x^T @ dy``) with ``a`` the
-    transpose of a C-contiguous [T, M] array, ``b`` C-contiguous [T, N], ``out`` C-contiguous [E, M, N]."""
+    K-split product ``out[e] = a[:, s:t] @ b[s:t]`` (the weight gradient ``x^T @ dy``) in the layout
+    :func:`ksplit_layout` names."""
     if a.dtype != _BF16 or _gemm is None or not _gemm.has_dot_bf16():
         return False
     if not k_split:
         return widen_fma_fits(out, a, b, k_split)
-    return (b.dtype == out.dtype == _BF16 and a.ndim == 2 and b.ndim == 2 and out.ndim == 3
-            and a.T.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous
-            and a.shape[1] == b.shape[0] and out.shape[1:] == (a.shape[0], b.shape[1]))
+    return b.dtype == out.dtype == _BF16 and ksplit_layout(out, a, b)
 
 
 def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray, groups: np.ndarray) -> None:
@@ -632,8 +642,11 @@ def compiled_grouped(impl: str, out: np.ndarray, a: np.ndarray, b: np.ndarray, r
         return True
     if len({run[0] for run in runs}) != len(runs):
         return False  # two runs writing one output: the per-group path
-    _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
-                                  torch.get_num_threads())
+    if impl == "dot_bf16":
+        _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
+                                      torch.get_num_threads())
+    else:  # widen_fma takes the K-split product in fp32 only (its fits)
+        _gemm.grouped_fma_fp32_ksplit(out, a.T, b, groups, torch.get_num_threads())
     return True
 
 
@@ -662,9 +675,9 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     if (tdt == torch.bfloat16 and names - _COMPILED
             and not bf16_flush_safe(a, b, memo or min_nonzero_bf16_exponent)):
         return False
-    if k_split and names == {"dot_bf16"}:  # (one class: every run has a's rows)
-        return compiled_grouped("dot_bf16", out, a, b, runs, True)
-    if names & _COMPILED:  # an M-split (of the compiled GEMMs only dot_bf16 takes the K-split product)
+    if k_split and names and names <= _COMPILED:  # (one class: every run has a's rows)
+        return compiled_grouped(names.pop(), out, a, b, runs, True)
+    if names & _COMPILED:  # an M-split
         for impl in sorted(names & _COMPILED):  # each compiled GEMM's groups in one call
             mine = [run for run, used in zip(runs, run_impls) if used == impl]
             _run_compiled(impl, out, a, b, np.array(mine, dtype=np.int64).reshape(-1, 3))
@@ -781,13 +794,17 @@ def _compiled_check_mm(fn: Callable[..., bool], dtype: torch.dtype) -> Callable[
 
 
 def _ksplit_check_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` by the compiled K-split product (one group: ``(a^T)^T @ b``), for its contract check."""
+    """``a @ b`` by the compiled K-split product of a's dtype (bf16: dot_bf16's, fp32: widen_fma's; one group,
+    ``(a^T)^T @ b``), for its contract check."""
     from ..ops._common import to_numpy
-    out = torch.empty(1, a.shape[0], b.shape[1], dtype=torch.bfloat16)
+    out = torch.empty(1, a.shape[0], b.shape[1], dtype=a.dtype)
     x = a.t().contiguous()  # [k, m]: the product runs over x's rows, as the weight gradient's over tokens
-    _gemm.grouped_dot_bf16_ksplit(to_numpy(out).view(np.uint16), to_numpy(x).view(np.uint16),
-                                  to_numpy(b.contiguous()).view(np.uint16),
-                                  np.array([[0, 0, a.shape[1]]], dtype=np.int64), 2)
+    groups = np.array([[0, 0, a.shape[1]]], dtype=np.int64)
+    if a.dtype == torch.float32:
+        _gemm.grouped_fma_fp32_ksplit(to_numpy(out), to_numpy(x), to_numpy(b.contiguous()), groups, 2)
+    else:
+        _gemm.grouped_dot_bf16_ksplit(to_numpy(out).view(np.uint16), to_numpy(x).view(np.uint16),
+                                      to_numpy(b.contiguous()).view(np.uint16), groups, 2)
     return out[0]
 
 
@@ -825,37 +842,42 @@ def dot_bf16_contract_holds() -> bool:
 
 
 def widen_fma_contract_holds(dtype: torch.dtype) -> bool:
-    """The compiled widen-FMA GEMM on this machine: the checks of :func:`native_contract_holds` (fp32
-    accumulation, one rounding), at row counts covering its 8 / 4 / 2 / 1-row tiles and a column count
-    covering its 32-column strips and the columns after them, plus subnormal products and inputs kept,
-    also while torch's flush-denormal mode is on."""
+    """The compiled widen-FMA GEMM on this machine (for fp32 its M-split and its K-split forms): the checks
+    of :func:`native_contract_holds` (fp32 accumulation, one rounding), at row counts covering its 8 / 4 /
+    2 / 1-row tiles and a column count covering its 32-column strips and the columns after them, plus
+    subnormal products and inputs kept, also while torch's flush-denormal mode is on."""
     if _gemm is None or dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return False
-    mm = _compiled_check_mm(widen_fma, dtype)
+    forms = (_compiled_check_mm(widen_fma, dtype),) + ((_ksplit_check_mm,) if dtype == torch.float32 else ())
     try:
-        if not (native_contract_holds(dtype, mm)
-                and _within_fp32_bound_at_rows(mm, dtype, 256, 40, (1, 7, 15, 64), 78)):
-            return False
-        # two products of the smallest normal's half sum to it; a subnormal input times a power of two
-        # (bf16 and fp32 share the exponent range: the same values)
-        small, sub, up = (2.0 ** -12, 2.0 ** -24, 2.0 ** 4) if dtype == torch.float16 else (2.0 ** -63, 2.0 ** -130,
-                                                                                            2.0 ** 10)
-        half_normal = 2.0 ** -25 if dtype == torch.float16 else 2.0 ** -127
-        a = torch.tensor([[small, small, 0.0], [sub, 0.0, 0.0]], dtype=dtype)
-        w = torch.tensor([[half_normal / small, up], [half_normal / small, 0.0], [0.0, 0.0]], dtype=dtype)
-        flushing = _flush_denormal_on()
-        try:
-            for flush in (False, True):
-                if not torch.set_flush_denormal(flush) and flush:
-                    continue  # no flush mode on this CPU
-                y = mm(a, w).double()
-                if float(y[0, 0]) != 2 * half_normal or float(y[1, 1]) != float(torch.tensor(sub * up, dtype=dtype)):
-                    return False
-        finally:
-            torch.set_flush_denormal(flushing)
-        return True
+        return all(_widen_fma_form_holds(mm, dtype) for mm in forms)
     except (RuntimeError, ValueError):
         return False
+
+
+def _widen_fma_form_holds(mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dtype: torch.dtype) -> bool:
+    """:func:`widen_fma_contract_holds` for one form of the GEMM (``mm``)."""
+    if not (native_contract_holds(dtype, mm)
+            and _within_fp32_bound_at_rows(mm, dtype, 256, 40, (1, 7, 15, 64), 78)):
+        return False
+    # two products of the smallest normal's half sum to it; a subnormal input times a power of two
+    # (bf16 and fp32 share the exponent range: the same values)
+    small, sub, up = (2.0 ** -12, 2.0 ** -24, 2.0 ** 4) if dtype == torch.float16 else (2.0 ** -63, 2.0 ** -130,
+                                                                                        2.0 ** 10)
+    half_normal = 2.0 ** -25 if dtype == torch.float16 else 2.0 ** -127
+    a = torch.tensor([[small, small, 0.0], [sub, 0.0, 0.0]], dtype=dtype)
+    w = torch.tensor([[half_normal / small, up], [half_normal / small, 0.0], [0.0, 0.0]], dtype=dtype)
+    flushing = _flush_denormal_on()
+    try:
+        for flush in (False, True):
+            if not torch.set_flush_denormal(flush) and flush:
+                continue  # no flush mode on this CPU
+            y = mm(a, w).double()
+            if float(y[0, 0]) != 2 * half_normal or float(y[1, 1]) != float(torch.tensor(sub * up, dtype=dtype)):
+                return False
+    finally:
+        torch.set_flush_denormal(flushing)
+    return True
 
 
 FLOAT_IMPLS: Dict[str, Optional[Callable[..., bool]]] = {

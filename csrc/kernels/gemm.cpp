@@ -231,16 +231,22 @@ __attribute__((always_inline)) inline void store_n(const float *src, Bits<E> *ds
   }
 }
 
-// acc[r][0:32] += sum over kc rows of a[r][k] * b[k][0:32], for R rows: 2R accumulators in registers.
-template <int R, Elem E>
+// acc[r][0:32] += sum over kc rows of a[r][k] * b[k][0:32], for R rows: 2R accumulators in registers (from zero
+// instead of acc's values where `fresh`).  a's element (r, k) at a[r * lda + k], or with A_PANEL at a[k * lda + r]
+// (rows interleaved: a packed panel, each k's R values consecutive).
+template <int R, Elem E, bool A_PANEL = false>
 __attribute__((always_inline)) inline void tile(const float *a, std::size_t lda, const Bits<E> *b,
                                                 std::ptrdiff_t ldb, std::size_t kc, float *acc, std::size_t ldacc,
-                                                Prefetcher &next) {
+                                                Prefetcher &next, bool fresh = false) {
   v16f c[R][2];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    std::memcpy(&c[r][0], acc + r * ldacc, sizeof(v16f));
-    std::memcpy(&c[r][1], acc + r * ldacc + 16, sizeof(v16f));
+    if (fresh) {
+      c[r][0] = c[r][1] = v16f{};
+    } else {
+      std::memcpy(&c[r][0], acc + r * ldacc, sizeof(v16f));
+      std::memcpy(&c[r][1], acc + r * ldacc + 16, sizeof(v16f));
+    }
   }
   for (std::size_t k = 0; k < kc; ++k) {
     const Bits<E> *bk = b + static_cast<std::ptrdiff_t>(k) * ldb;
@@ -249,7 +255,7 @@ __attribute__((always_inline)) inline void tile(const float *a, std::size_t lda,
     const v16f b1 = load16<E>(bk + 16);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const float av = a[r * lda + k];
+      const float av = A_PANEL ? a[k * lda + r] : a[r * lda + k];
       c[r][0] += av * b0;
       c[r][1] += av * b1;
     }
@@ -479,6 +485,124 @@ ASCEND_MOE_VECTOR_CLONES void band_fp16(const Problem &p, std::size_t g0, std::s
 ASCEND_MOE_VECTOR_CLONES void band_fp32(const ProblemOf<float> &p, std::size_t g0, std::size_t g1, std::size_t c0,
                                         std::size_t c1) {
   band_any<Elem::fp32>(p, g0, g1, c0, c1);
+}
+
+// The K-split product in fp32 (the backward's weight gradient x^T @ dy) by the same tile: out[e] = x[s:t]^T @
+// y[s:t] for each group (e, s, t), x [T, M], y [T, N], out [E, M, N] C-contiguous; each output the fp32 sum of its
+// products in token order, one multiply-add each (an empty group writes zeros).  x^T's rows are x's columns, M
+// elements apart: read in place, a tile's every token step would load a new line, all of them in one L1 set when M
+// is a multiple of 1024.  So each block of tokens copies its x columns into panels of 8 (the tile's 8 rows, a
+// token's 8 values consecutive: GotoBLAS's packed A) and y's columns into strips of 32, as band copies a weight;
+// the output is the accumulator (fp32 already), the first block's tiles starting from zero.
+struct KSplit32 {
+  const float *x;  // [T, M]
+  const float *y;  // [T, N]
+  float *out;      // [E, M, N]
+  std::size_t m, n;
+  const std::int64_t *groups;  // rows of (output index, first token, end token)
+};
+#ifndef ASCEND_MOE_KS32_ROWS
+#define ASCEND_MOE_KS32_ROWS 128
+#endif
+#ifndef ASCEND_MOE_KS32_TOKENS
+#define ASCEND_MOE_KS32_TOKENS 512
+#endif
+#ifndef ASCEND_MOE_KS32_KC
+#define ASCEND_MOE_KS32_KC 128
+#endif
+#ifndef ASCEND_MOE_KS32_BAND
+#define ASCEND_MOE_KS32_BAND 256
+#endif
+constexpr std::size_t KS32_ROWS = ASCEND_MOE_KS32_ROWS;      // output rows (columns of x) per unit of work
+constexpr std::size_t KS32_TOKENS = ASCEND_MOE_KS32_TOKENS;  // tokens whose x panels are copied at once (L2)
+constexpr std::size_t KS32_KC = ASCEND_MOE_KS32_KC;          // tokens per block of y (a panel's block and a
+                                                             // strip's copy fit L1)
+constexpr std::size_t KS32_BAND = ASCEND_MOE_KS32_BAND;      // output columns per pass (their rows stay in L2
+                                                             // over the tokens)
+constexpr std::size_t PANEL = 8;           // columns of x per panel: the rows of the widest tile
+
+// The tiles of every row of a unit over one strip (its copy `bq`) for kc tokens from token `kt` of the panels `xp`
+// (each ksb tokens long), into acc (ldacc apart), from zero where `fresh`.
+__attribute__((always_inline)) inline void strip_tiles(const float *xp, std::size_t rows, std::size_t ksb,
+                                                       std::size_t kt, std::size_t kc, const float *bq, float *acc,
+                                                       std::size_t ldacc, bool fresh) {
+  Prefetcher none;
+  std::size_t r = 0;
+  for (; r + PANEL <= rows; r += PANEL) {
+    tile<8, Elem::fp32, true>(xp + r * ksb + kt * PANEL, PANEL, bq, STRIP, kc, acc + r * ldacc, ldacc, none, fresh);
+  }
+  // the last panel's rows (fewer than 8), at their offsets within it
+  const float *last = xp + r * ksb + kt * PANEL;
+  if (r + 4 <= rows) {
+    tile<4, Elem::fp32, true>(last, PANEL, bq, STRIP, kc, acc + r * ldacc, ldacc, none, fresh);
+    r += 4;
+  }
+  if (r + 2 <= rows) {
+    tile<2, Elem::fp32, true>(last + r % PANEL, PANEL, bq, STRIP, kc, acc + r * ldacc, ldacc, none, fresh);
+    r += 2;
+  }
+  if (r < rows) tile<1, Elem::fp32, true>(last + r % PANEL, PANEL, bq, STRIP, kc, acc + r * ldacc, ldacc, none, fresh);
+}
+
+ASCEND_MOE_VECTOR_CLONES void fma_ksplit_unit_fp32(const KSplit32 &p, std::size_t g, std::size_t m0, std::size_t m1) {
+  const std::int64_t *grp = p.groups + 3 * g;
+  const std::size_t s = static_cast<std::size_t>(grp[1]), t = static_cast<std::size_t>(grp[2]);
+  float *o = p.out + static_cast<std::size_t>(grp[0]) * p.m * p.n + m0 * p.n;
+  const std::size_t rows = m1 - m0, panels = (rows + PANEL - 1) / PANEL;
+  if (s == t) {
+    std::fill(o, o + rows * p.n, 0.0f);
+    return;
+  }
+  std::vector<float> xp, yp, edge;
+  for (std::size_t ks = s; ks < t; ks += KS32_TOKENS) {
+    const std::size_t ksb = std::min(KS32_TOKENS, t - ks);
+    // panel q: columns m0 + 8 q .. + 8 of each token, token after token (a last panel's missing columns unused)
+    xp.resize(panels * ksb * PANEL);
+    for (std::size_t k = 0; k < ksb; ++k) {
+      const float *row = p.x + (ks + k) * p.m + m0;
+      for (std::size_t q = 0; q < panels; ++q) {
+        std::memcpy(&xp[(q * ksb + k) * PANEL], row + q * PANEL, std::min(PANEL, rows - q * PANEL) * sizeof(float));
+      }
+    }
+    for (std::size_t b0 = 0; b0 < p.n; b0 += KS32_BAND) {
+      const std::size_t width = std::min(KS32_BAND, p.n - b0), full = width / STRIP;
+      const std::size_t strips = (width + STRIP - 1) / STRIP, tail = width - full * STRIP;
+      for (std::size_t k0 = ks; k0 < ks + ksb; k0 += KS32_KC) {
+        const std::size_t kc = std::min(KS32_KC, ks + ksb - k0);
+        const bool fresh = k0 == s;
+        // y's block as strips of 32 columns (a last partial strip zero-padded), as band copies a weight block
+        const std::size_t pitch = (kc + 1) * STRIP;
+        yp.resize(strips * pitch);
+        for (std::size_t k = 0; k < kc; ++k) {
+          const float *row = p.y + (k0 + k) * p.n + b0;
+          for (std::size_t q = 0; q < full; ++q) {
+            std::memcpy(&yp[q * pitch + k * STRIP], row + q * STRIP, STRIP * sizeof(float));
+          }
+          if (tail) {
+            float *dst = &yp[full * pitch + k * STRIP];
+            std::memcpy(dst, row + full * STRIP, tail * sizeof(float));
+            std::fill(dst + tail, dst + STRIP, 0.0f);
+          }
+        }
+        for (std::size_t q = 0; q < full; ++q) {
+          strip_tiles(xp.data(), rows, ksb, k0 - ks, kc, &yp[q * pitch], o + b0 + q * STRIP, p.n, fresh);
+        }
+        if (tail) {  // the partial strip's tiles in a 32-column buffer, its first `tail` columns the output's
+          edge.resize(rows * STRIP);
+          float *out_cols = o + b0 + full * STRIP;
+          if (!fresh) {
+            for (std::size_t r = 0; r < rows; ++r) {
+              std::memcpy(&edge[r * STRIP], out_cols + r * p.n, tail * sizeof(float));
+            }
+          }
+          strip_tiles(xp.data(), rows, ksb, k0 - ks, kc, &yp[full * pitch], edge.data(), STRIP, fresh);
+          for (std::size_t r = 0; r < rows; ++r) {
+            std::memcpy(out_cols + r * p.n, &edge[r * STRIP], tail * sizeof(float));
+          }
+        }
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1383,6 +1507,31 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
   over_groups_and_bands(grp, p.n_groups, p.n, threads, run);
 }
 
+void grouped_fma_fp32_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
+  py::buffer_info oi = c_contiguous(out, "out", 4, 3, true);
+  py::buffer_info xi = c_contiguous(x, "x", 4, 2, false);
+  py::buffer_info yi = c_contiguous(y, "y", 4, 2, false);
+  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
+  const py::ssize_t t = xi.shape[0], m = xi.shape[1], n = yi.shape[1], e = oi.shape[0];
+  if (yi.shape[0] != t || oi.shape[1] != m || oi.shape[2] != n) {
+    throw std::invalid_argument("shapes do not match: x [T, M], y [T, N], out [E, M, N]");
+  }
+  const std::int64_t *grp = checked_groups(gi, e, t, "output", true);
+  const KSplit32 p{static_cast<const float *>(xi.ptr), static_cast<const float *>(yi.ptr),
+                   static_cast<float *>(oi.ptr), static_cast<std::size_t>(m), static_cast<std::size_t>(n), grp};
+  if (m == 0 || n == 0 || gi.shape[0] == 0) return;
+  threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(m) * static_cast<std::size_t>(n), threads);
+  // units of work: KS32_ROWS output rows of one group, handed out one at a time
+  const std::size_t chunks = (static_cast<std::size_t>(m) + KS32_ROWS - 1) / KS32_ROWS;
+  py::gil_scoped_release release;
+  over_row_chunks(static_cast<std::size_t>(gi.shape[0]) * chunks, threads, 1, [&](std::size_t u0, std::size_t u1) {
+    for (std::size_t u = u0; u < u1; ++u) {
+      const std::size_t m0 = (u % chunks) * KS32_ROWS;
+      fma_ksplit_unit_fp32(p, u / chunks, m0, std::min(p.m, m0 + KS32_ROWS));
+    }
+  });
+}
+
 void grouped_dot_bf16_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
   py::buffer_info oi = c_contiguous(out, "out", 2, 3, true);
   py::buffer_info xi = c_contiguous(x, "x", 2, 2, false);
@@ -1572,6 +1721,11 @@ PYBIND11_MODULE(_gemm, m) {
       "out[s:t] = a[s:t] @ b[e] for each (e, s, t) of groups, fp32 operands and output: the widen-FMA GEMM's loops "
       "(one fp32 multiply-add per product in k order when b's columns are contiguous; 16 lanes of k order added in "
       "a fixed tree when b's k is contiguous); subnormals kept; the weight read once, in its own layout.");
+  m.def("grouped_fma_fp32_ksplit", &grouped_fma_fp32_ksplit, py::arg("out"), py::arg("x"), py::arg("y"),
+        py::arg("groups"), py::arg("threads"),
+        "out[e] = x[s:t]^T @ y[s:t] for each (e, s, t) of groups (fp32, the K-split product; a group of no rows "
+        "writes zeros; each output written by one group): one fp32 multiply-add per product in token order, "
+        "subnormals kept.");
   m.def("has_dot_bf16", &has_dot_bf16, "Whether this CPU has the AVX512-BF16 dot-product instruction.");
   m.def(
       "grouped_dot_bf16_ksplit",
