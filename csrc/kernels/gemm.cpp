@@ -1507,56 +1507,59 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
   over_groups_and_bands(grp, p.n_groups, p.n, threads, run);
 }
 
-void grouped_fma_fp32_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
-  py::buffer_info oi = c_contiguous(out, "out", 4, 3, true);
-  py::buffer_info xi = c_contiguous(x, "x", 4, 2, false);
-  py::buffer_info yi = c_contiguous(y, "y", 4, 2, false);
-  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
-  const py::ssize_t t = xi.shape[0], m = xi.shape[1], n = yi.shape[1], e = oi.shape[0];
-  if (yi.shape[0] != t || oi.shape[1] != m || oi.shape[2] != n) {
+// The K-split entry points' checked operands: x [T, M], y [T, N], out [E, M, N] C-contiguous of `size`-byte
+// elements, each output named by at most one group; std::invalid_argument naming what does not fit.
+struct KSplitCall {
+  py::buffer_info out, x, y, group_rows;
+  const std::int64_t *groups;  // group_rows' (output index, first token, end token) rows
+  std::size_t n_groups, m, n;
+};
+
+KSplitCall ksplit_call(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, py::ssize_t size) {
+  KSplitCall c{c_contiguous(out, "out", size, 3, true), c_contiguous(x, "x", size, 2, false),
+               c_contiguous(y, "y", size, 2, false), c_contiguous(groups, "groups", 8, 2, false), nullptr, 0, 0, 0};
+  const py::ssize_t t = c.x.shape[0], m = c.x.shape[1], n = c.y.shape[1], e = c.out.shape[0];
+  if (c.y.shape[0] != t || c.out.shape[1] != m || c.out.shape[2] != n) {
     throw std::invalid_argument("shapes do not match: x [T, M], y [T, N], out [E, M, N]");
   }
-  const std::int64_t *grp = checked_groups(gi, e, t, "output", true);
-  const KSplit32 p{static_cast<const float *>(xi.ptr), static_cast<const float *>(yi.ptr),
-                   static_cast<float *>(oi.ptr), static_cast<std::size_t>(m), static_cast<std::size_t>(n), grp};
-  if (m == 0 || n == 0 || gi.shape[0] == 0) return;
-  threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(m) * static_cast<std::size_t>(n), threads);
-  // units of work: KS32_ROWS output rows of one group, handed out one at a time
-  const std::size_t chunks = (static_cast<std::size_t>(m) + KS32_ROWS - 1) / KS32_ROWS;
+  c.groups = checked_groups(c.group_rows, e, t, "output", true);
+  c.n_groups = static_cast<std::size_t>(c.group_rows.shape[0]);
+  c.m = static_cast<std::size_t>(m);
+  c.n = static_cast<std::size_t>(n);
+  return c;
+}
+
+// unit(g, m0, m1) for output rows [m0, m1) of group g, in units of `rows` rows handed out one at a time to up to
+// `threads` threads (one for a small product); call it with the GIL held (it releases it).
+template <typename Unit>
+void over_ksplit_units(const KSplitCall &c, std::size_t rows, int threads, Unit unit) {
+  if (c.m == 0 || c.n == 0 || c.n_groups == 0) return;
+  threads = threads_for_product(c.groups, static_cast<py::ssize_t>(c.n_groups), c.m * c.n, threads);
+  const std::size_t chunks = (c.m + rows - 1) / rows;
   py::gil_scoped_release release;
-  over_row_chunks(static_cast<std::size_t>(gi.shape[0]) * chunks, threads, 1, [&](std::size_t u0, std::size_t u1) {
+  over_row_chunks(c.n_groups * chunks, threads, 1, [&](std::size_t u0, std::size_t u1) {
     for (std::size_t u = u0; u < u1; ++u) {
-      const std::size_t m0 = (u % chunks) * KS32_ROWS;
-      fma_ksplit_unit_fp32(p, u / chunks, m0, std::min(p.m, m0 + KS32_ROWS));
+      const std::size_t m0 = (u % chunks) * rows;
+      unit(u / chunks, m0, std::min(c.m, m0 + rows));
     }
   });
 }
 
+void grouped_fma_fp32_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
+  const KSplitCall c = ksplit_call(out, x, y, groups, 4);
+  const KSplit32 p{static_cast<const float *>(c.x.ptr), static_cast<const float *>(c.y.ptr),
+                   static_cast<float *>(c.out.ptr), c.m, c.n, c.groups};
+  over_ksplit_units(c, KS32_ROWS, threads,
+                    [&](std::size_t g, std::size_t m0, std::size_t m1) { fma_ksplit_unit_fp32(p, g, m0, m1); });
+}
+
 void grouped_dot_bf16_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
-  py::buffer_info oi = c_contiguous(out, "out", 2, 3, true);
-  py::buffer_info xi = c_contiguous(x, "x", 2, 2, false);
-  py::buffer_info yi = c_contiguous(y, "y", 2, 2, false);
-  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
-  const py::ssize_t t = xi.shape[0], m = xi.shape[1], n = yi.shape[1], e = oi.shape[0];
-  if (yi.shape[0] != t || oi.shape[1] != m || oi.shape[2] != n) {
-    throw std::invalid_argument("shapes do not match: x [T, M], y [T, N], out [E, M, N]");
-  }
-  const std::int64_t *grp = checked_groups(gi, e, t, "output", true);
+  const KSplitCall c = ksplit_call(out, x, y, groups, 2);
 #ifdef ASCEND_MOE_DOT_BF16
-  const KSplitProblem p{static_cast<const std::uint16_t *>(xi.ptr), static_cast<const std::uint16_t *>(yi.ptr),
-                        static_cast<std::uint16_t *>(oi.ptr), static_cast<std::size_t>(m),
-                        static_cast<std::size_t>(n), grp};
-  if (m == 0 || n == 0 || gi.shape[0] == 0) return;
-  threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(m) * static_cast<std::size_t>(n), threads);
-  // units of work: KS_ROWS output rows of one group, handed out one at a time
-  const std::size_t chunks = (static_cast<std::size_t>(m) + KS_ROWS - 1) / KS_ROWS;
-  py::gil_scoped_release release;
-  over_row_chunks(static_cast<std::size_t>(gi.shape[0]) * chunks, threads, 1, [&](std::size_t u0, std::size_t u1) {
-    for (std::size_t u = u0; u < u1; ++u) {
-      const std::size_t m0 = (u % chunks) * KS_ROWS;
-      dot_ksplit_unit(p, u / chunks, m0, std::min(p.m, m0 + KS_ROWS));
-    }
-  });
+  const KSplitProblem p{static_cast<const std::uint16_t *>(c.x.ptr), static_cast<const std::uint16_t *>(c.y.ptr),
+                        static_cast<std::uint16_t *>(c.out.ptr), c.m, c.n, c.groups};
+  over_ksplit_units(c, KS_ROWS, threads,
+                    [&](std::size_t g, std::size_t m0, std::size_t m1) { dot_ksplit_unit(p, g, m0, m1); });
 #else
   throw std::runtime_error("grouped_dot_bf16_ksplit: built without AVX512-BF16 support");
 #endif
