@@ -658,22 +658,6 @@ def test_compiled_fma_fp32_k_split_keeps_subnormals_with_flush_mode_on():
     assert out[0, 0, 0] == np.float32(2.0 ** -139) and out[0, 1, 32] == np.float32(1e-40) != 0
 
 
-def test_compiled_fma_fp32_k_split_refusals():
-    mod = _gemm_module()
-    x = np.zeros((6, 4), dtype=np.float32)
-    y = np.zeros((6, 5), dtype=np.float32)
-    out = np.zeros((2, 4, 5), dtype=np.float32)
-    for bad in ([[0, 0, 3], [0, 3, 6]], [[2, 0, 3]], [[0, 4, 3]], [[0, 0, 7]]):  # an output twice, out of range
-        with pytest.raises(ValueError, match="group"):
-            mod.grouped_fma_fp32_ksplit(out, x, y, np.array(bad, dtype=np.int64), 1)
-    with pytest.raises(ValueError, match="shapes"):
-        mod.grouped_fma_fp32_ksplit(np.zeros((2, 4, 6), dtype=np.float32), x, y, np.array([[0, 0, 6]]), 1)
-    with pytest.raises(ValueError, match="4-byte"):
-        mod.grouped_fma_fp32_ksplit(out, x.astype(np.float64), y, np.array([[0, 0, 6]]), 1)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        mod.grouped_fma_fp32_ksplit(out, np.zeros((4, 6), dtype=np.float32).T, y, np.array([[0, 0, 6]]), 1)
-
-
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
 def test_compiled_widen_fma_keeps_subnormals_with_flush_mode_on_and_rounds_nan_inf(dtype):
     bf16 = dtype == ml_dtypes.bfloat16
@@ -824,16 +808,26 @@ def test_compiled_dot_bf16_k_split_gives_ieee_results_where_the_instruction_woul
     assert np.array_equal(out[0].view(np.uint16), want.view(np.uint16))
 
 
-def test_compiled_dot_bf16_k_split_refusals():
-    mod = _dot_module()
-    x = np.zeros((6, 4), dtype=np.uint16)
-    y = np.zeros((6, 5), dtype=np.uint16)
-    out = np.zeros((2, 4, 5), dtype=np.uint16)
+@pytest.mark.parametrize("kernel", ["dot_bf16", "fma_fp32"])
+def test_compiled_k_split_refusals(kernel):
+    """Both K-split products refuse an output named twice, a group out of range, mismatched shapes, other element
+    sizes and a non-contiguous operand, each naming what is wrong."""
+    mod, dtype, fn = ((_dot_module(), np.uint16, "grouped_dot_bf16_ksplit") if kernel == "dot_bf16" else
+                      (_gemm_module(), np.float32, "grouped_fma_fp32_ksplit"))
+    run = getattr(mod, fn)
+    x = np.zeros((6, 4), dtype=dtype)
+    y = np.zeros((6, 5), dtype=dtype)
+    out = np.zeros((2, 4, 5), dtype=dtype)
+    whole = np.array([[0, 0, 6]], dtype=np.int64)
     for bad in ([[0, 0, 3], [0, 3, 6]], [[2, 0, 3]], [[0, 4, 3]], [[0, 0, 7]]):  # an output twice, out of range
         with pytest.raises(ValueError, match="group"):
-            mod.grouped_dot_bf16_ksplit(out, x, y, np.array(bad, dtype=np.int64), 1)
+            run(out, x, y, np.array(bad, dtype=np.int64), 1)
     with pytest.raises(ValueError, match="shapes"):
-        mod.grouped_dot_bf16_ksplit(np.zeros((2, 4, 6), dtype=np.uint16), x, y, np.array([[0, 0, 6]]), 1)
+        run(np.zeros((2, 4, 6), dtype=dtype), x, y, whole, 1)
+    with pytest.raises(ValueError, match=f"{dtype().itemsize}-byte"):
+        run(out, x.astype(np.float64), y, whole, 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        run(out, np.zeros((4, 6), dtype=dtype).T, y, whole, 1)
 
 
 @pytest.mark.parametrize("k_split", [False, True])
