@@ -45,6 +45,7 @@ typedef std::uint16_t v16h __attribute__((vector_size(32), aligned(2)));  // 16 
 typedef _Float16 v16hf __attribute__((vector_size(32), aligned(2)));
 
 constexpr std::size_t STRIP = 32;     // output columns per register tile (two vectors of 16)
+constexpr std::size_t PANEL = 8;      // rows of a packed panel of a (the K-split's x^T): the widest tile's rows
 #ifndef ASCEND_MOE_GEMM_KC
 #define ASCEND_MOE_GEMM_KC 64
 #endif
@@ -267,6 +268,46 @@ __attribute__((always_inline)) inline void tile(const float *a, std::size_t lda,
   }
 }
 
+// Rows [0, kc) of `width` columns from `src` (rows `ld` elements apart) copied as strips of 32 columns: strip q at
+// dst + q * pitch, row after row, a last partial strip zero-padded.  Read row after row (lines a previous block's
+// multiplications prefetched); with pitch (kc + 1) * 32 a strip's copy is kc + 1 lines from the next one's, so the
+// copies of one source row do not all fall into one cache set.
+template <typename T>
+__attribute__((always_inline)) inline void copy_strips(const T *src, std::ptrdiff_t ld, std::size_t kc,
+                                                       std::size_t width, std::size_t pitch, T *dst) {
+  const std::size_t full = width / STRIP, tail = width - full * STRIP;
+  for (std::size_t k = 0; k < kc; ++k) {
+    const T *row = src + static_cast<std::ptrdiff_t>(k) * ld;
+    for (std::size_t q = 0; q < full; ++q) std::memcpy(dst + q * pitch + k * STRIP, row + q * STRIP, STRIP * sizeof(T));
+    if (tail) {
+      T *last = dst + full * pitch + k * STRIP;
+      std::memcpy(last, row + full * STRIP, tail * sizeof(T));
+      std::fill(last + tail, last + STRIP, T{});
+    }
+  }
+}
+
+// The tiles of `rows` rows over one strip's copy `bq` (kc of its rows), 8 rows at a time, then 4, 2, 1, into acc
+// (rows ldacc apart; from zero where `fresh`).  Row r of a at a + r * lda (k contiguous), or with A_PANEL in panels
+// of 8 rows `panel_stride` apart (each k's 8 values consecutive, k stride lda): a + (r / 8) * panel_stride + r % 8.
+template <Elem E, bool A_PANEL>
+__attribute__((always_inline)) inline void row_tiles(const float *a, std::size_t lda, std::size_t panel_stride,
+                                                     std::size_t rows, const Bits<E> *bq, std::size_t kc, float *acc,
+                                                     std::size_t ldacc, Prefetcher &next, bool fresh) {
+  const auto row = [=](std::size_t r) { return A_PANEL ? a + (r / PANEL) * panel_stride + r % PANEL : a + r * lda; };
+  std::size_t r = 0;
+  for (; r + 8 <= rows; r += 8) tile<8, E, A_PANEL>(row(r), lda, bq, STRIP, kc, acc + r * ldacc, ldacc, next, fresh);
+  if (r + 4 <= rows) {
+    tile<4, E, A_PANEL>(row(r), lda, bq, STRIP, kc, acc + r * ldacc, ldacc, next, fresh);
+    r += 4;
+  }
+  if (r + 2 <= rows) {
+    tile<2, E, A_PANEL>(row(r), lda, bq, STRIP, kc, acc + r * ldacc, ldacc, next, fresh);
+    r += 2;
+  }
+  if (r < rows) tile<1, E, A_PANEL>(row(r), lda, bq, STRIP, kc, acc + r * ldacc, ldacc, next, fresh);
+}
+
 template <typename T>
 struct ProblemOf {
   const T *a;   // [T, K], C-contiguous
@@ -334,37 +375,16 @@ __attribute__((always_inline)) inline void band(const ProblemOf<Bits<E>> &p, std
     for (std::size_t k0 = 0; k0 < p.k; k0 += KC) {
       const std::size_t kc = std::min(KC, p.k - k0);
       const Bits<E> *bk = be + static_cast<std::ptrdiff_t>(k0) * p.b_row;
-      // the block's full strips copied strip after strip, read row after row (lines the previous block's
-      // multiplications prefetched); a strip's copy is kc + 1 lines apart from the next one's, so the copies of
-      // one weight row do not all fall into one cache set
-      const std::size_t pitch = (kc + 1) * STRIP;
+      const std::size_t pitch = (kc + 1) * STRIP;  // the block's full strips copied (the last columns below)
       packed.resize(strips * pitch);
-      for (std::size_t k = 0; k < kc; ++k) {
-        const Bits<E> *row = bk + static_cast<std::ptrdiff_t>(k) * p.b_row + c0;
-        for (std::size_t q = 0; q < strips; ++q) {
-          std::memcpy(&packed[q * pitch + k * STRIP], row + q * STRIP, STRIP * sizeof(Bits<E>));
-        }
-      }
+      copy_strips(bk + c0, p.b_row, kc, strips * STRIP, pitch, packed.data());
       Prefetcher next;
       if (k0 + kc < p.k) {
         next = Prefetcher{bk + static_cast<std::ptrdiff_t>(kc) * p.b_row + c0, p.b_row, width, 0,
                           std::min(KC, p.k - k0 - kc)};
       }
       for (std::size_t q = 0; q < strips; ++q) {
-        const Bits<E> *bq = &packed[q * pitch];
-        float *aj = acc.data() + q * STRIP;
-        const float *ak = a32 + k0;
-        std::size_t r = 0;
-        for (; r + 8 <= rows; r += 8) tile<8, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
-        if (r + 4 <= rows) {
-          tile<4, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
-          r += 4;
-        }
-        if (r + 2 <= rows) {
-          tile<2, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
-          r += 2;
-        }
-        if (r < rows) tile<1, E>(ak + r * p.k, p.k, bq, STRIP, kc, aj + r * width, width, next);
+        row_tiles<E, false>(a32 + k0, p.k, 0, rows, &packed[q * pitch], kc, acc.data() + q * STRIP, width, next, false);
       }
       // the last columns (fewer than a strip): the same operations one element at a time
       for (std::size_t r = 0; r < rows; ++r) {
@@ -519,30 +539,6 @@ constexpr std::size_t KS32_KC = ASCEND_MOE_KS32_KC;          // tokens per block
                                                              // strip's copy fit L1)
 constexpr std::size_t KS32_BAND = ASCEND_MOE_KS32_BAND;      // output columns per pass (their rows stay in L2
                                                              // over the tokens)
-constexpr std::size_t PANEL = 8;           // columns of x per panel: the rows of the widest tile
-
-// The tiles of every row of a unit over one strip (its copy `bq`) for kc tokens from token `kt` of the panels `xp`
-// (each ksb tokens long), into acc (ldacc apart), from zero where `fresh`.
-__attribute__((always_inline)) inline void strip_tiles(const float *xp, std::size_t rows, std::size_t ksb,
-                                                       std::size_t kt, std::size_t kc, const float *bq, float *acc,
-                                                       std::size_t ldacc, bool fresh) {
-  Prefetcher none;
-  std::size_t r = 0;
-  for (; r + PANEL <= rows; r += PANEL) {
-    tile<8, Elem::fp32, true>(xp + r * ksb + kt * PANEL, PANEL, bq, STRIP, kc, acc + r * ldacc, ldacc, none, fresh);
-  }
-  // the last panel's rows (fewer than 8), at their offsets within it
-  const float *last = xp + r * ksb + kt * PANEL;
-  if (r + 4 <= rows) {
-    tile<4, Elem::fp32, true>(last, PANEL, bq, STRIP, kc, acc + r * ldacc, ldacc, none, fresh);
-    r += 4;
-  }
-  if (r + 2 <= rows) {
-    tile<2, Elem::fp32, true>(last + r % PANEL, PANEL, bq, STRIP, kc, acc + r * ldacc, ldacc, none, fresh);
-    r += 2;
-  }
-  if (r < rows) tile<1, Elem::fp32, true>(last + r % PANEL, PANEL, bq, STRIP, kc, acc + r * ldacc, ldacc, none, fresh);
-}
 
 ASCEND_MOE_VECTOR_CLONES void fma_ksplit_unit_fp32(const KSplit32 &p, std::size_t g, std::size_t m0, std::size_t m1) {
   const std::int64_t *grp = p.groups + 3 * g;
@@ -554,6 +550,7 @@ ASCEND_MOE_VECTOR_CLONES void fma_ksplit_unit_fp32(const KSplit32 &p, std::size_
     return;
   }
   std::vector<float> xp, yp, edge;
+  Prefetcher none;
   for (std::size_t ks = s; ks < t; ks += KS32_TOKENS) {
     const std::size_t ksb = std::min(KS32_TOKENS, t - ks);
     // panel q: columns m0 + 8 q .. + 8 of each token, token after token (a last panel's missing columns unused)
@@ -573,19 +570,12 @@ ASCEND_MOE_VECTOR_CLONES void fma_ksplit_unit_fp32(const KSplit32 &p, std::size_
         // y's block as strips of 32 columns (a last partial strip zero-padded), as band copies a weight block
         const std::size_t pitch = (kc + 1) * STRIP;
         yp.resize(strips * pitch);
-        for (std::size_t k = 0; k < kc; ++k) {
-          const float *row = p.y + (k0 + k) * p.n + b0;
-          for (std::size_t q = 0; q < full; ++q) {
-            std::memcpy(&yp[q * pitch + k * STRIP], row + q * STRIP, STRIP * sizeof(float));
-          }
-          if (tail) {
-            float *dst = &yp[full * pitch + k * STRIP];
-            std::memcpy(dst, row + full * STRIP, tail * sizeof(float));
-            std::fill(dst + tail, dst + STRIP, 0.0f);
-          }
-        }
+        copy_strips(p.y + k0 * p.n + b0, static_cast<std::ptrdiff_t>(p.n), kc, width, pitch, yp.data());
+        // the panels from this block's first token on: panel q at a + q * ksb * 8
+        const float *a = xp.data() + (k0 - ks) * PANEL;
         for (std::size_t q = 0; q < full; ++q) {
-          strip_tiles(xp.data(), rows, ksb, k0 - ks, kc, &yp[q * pitch], o + b0 + q * STRIP, p.n, fresh);
+          row_tiles<Elem::fp32, true>(a, PANEL, ksb * PANEL, rows, &yp[q * pitch], kc, o + b0 + q * STRIP, p.n, none,
+                                      fresh);
         }
         if (tail) {  // the partial strip's tiles in a 32-column buffer, its first `tail` columns the output's
           edge.resize(rows * STRIP);
@@ -595,7 +585,8 @@ ASCEND_MOE_VECTOR_CLONES void fma_ksplit_unit_fp32(const KSplit32 &p, std::size_
               std::memcpy(&edge[r * STRIP], out_cols + r * p.n, tail * sizeof(float));
             }
           }
-          strip_tiles(xp.data(), rows, ksb, k0 - ks, kc, &yp[full * pitch], edge.data(), STRIP, fresh);
+          row_tiles<Elem::fp32, true>(a, PANEL, ksb * PANEL, rows, &yp[full * pitch], kc, edge.data(), STRIP, none,
+                                      fresh);
           for (std::size_t r = 0; r < rows; ++r) {
             std::memcpy(out_cols + r * p.n, &edge[r * STRIP], tail * sizeof(float));
           }
@@ -706,6 +697,11 @@ ASCEND_MOE_DOT_TARGET inline void transpose16x16_u32(__m512i *v) {
 // The first min(n, 16) lanes of a 16-lane mask.
 inline __mmask16 first_lanes16(std::size_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
 
+// out + offset, or null where out is (the dot tiles' optional output)
+inline std::uint16_t *offset_or_null(std::uint16_t *out, std::size_t offset) {
+  return out == nullptr ? nullptr : out + offset;
+}
+
 // acc[r][0:32 S] += pairs of a[r][2q, 2q+1] times packed pairs of weight rows (2q, 2q+1) of S strips (`pitch`
 // elements apart), for R rows: 2 R S accumulators, each broadcast pair of a used 2 S times.
 // Row r's pair q is the 32-bit word at a + r * lda + q * pair_step (pair_step 2: rows of a as they are; 64: rows
@@ -772,21 +768,21 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_rows(const std::uint16_t *a, std::siz
   std::size_t r = 0;
   for (; r + TOP <= rows; r += TOP) {
     dot_pair_tile<TOP, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next,
-                          out == nullptr ? nullptr : out + r * ldo, ldo, cols);
+                          offset_or_null(out, r * ldo), ldo, cols);
   }
   if (r + 4 <= rows) {
     dot_pair_tile<4, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next,
-                        out == nullptr ? nullptr : out + r * ldo, ldo, cols);
+                        offset_or_null(out, r * ldo), ldo, cols);
     r += 4;
   }
   if (r + 2 <= rows) {
     dot_pair_tile<2, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next,
-                        out == nullptr ? nullptr : out + r * ldo, ldo, cols);
+                        offset_or_null(out, r * ldo), ldo, cols);
     r += 2;
   }
   if (r < rows) {
     dot_pair_tile<1, S>(a + r * lda, lda, pair_step, bp, pitch, pairs, acc + r * ldacc, ldacc, from_zero, next,
-                        out == nullptr ? nullptr : out + r * ldo, ldo, cols);
+                        offset_or_null(out, r * ldo), ldo, cols);
   }
 }
 
@@ -799,11 +795,11 @@ ASCEND_MOE_DOT_TARGET inline void dot_pair_strips(const std::uint16_t *a, std::s
   std::size_t j = 0;
   for (; j + 2 <= strips; j += 2) {
     dot_pair_rows<2>(a, lda, pair_step, rows, packed + j * pitch, pitch, pairs, acc + j * STRIP, ldacc, from_zero, next,
-                     out == nullptr ? nullptr : out + j * STRIP, ldo, cols - j * STRIP);
+                     offset_or_null(out, j * STRIP), ldo, cols - j * STRIP);
   }
   if (j < strips) {
     dot_pair_rows<1>(a, lda, pair_step, rows, packed + j * pitch, pitch, pairs, acc + j * STRIP, ldacc, from_zero, next,
-                     out == nullptr ? nullptr : out + j * STRIP, ldo, cols - j * STRIP);
+                     offset_or_null(out, j * STRIP), ldo, cols - j * STRIP);
   }
 }
 
