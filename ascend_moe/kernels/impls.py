@@ -795,16 +795,15 @@ def _compiled_check_mm(fn: Callable[..., bool], dtype: torch.dtype) -> Callable[
 
 def _ksplit_check_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` by the compiled K-split product of a's dtype (bf16: dot_bf16's, fp32: widen_fma's; one group,
-    ``(a^T)^T @ b``), for its contract check."""
+    ``(a^T)^T @ b``, as :func:`compiled_grouped` runs the weight gradient), for its contract check; a refusal of
+    the check's own operands is an error (the check then fails)."""
     from ..ops._common import to_numpy
+    impl = "widen_fma" if a.dtype == torch.float32 else "dot_bf16"
     out = torch.empty(1, a.shape[0], b.shape[1], dtype=a.dtype)
     x = a.t().contiguous()  # [k, m]: the product runs over x's rows, as the weight gradient's over tokens
-    groups = np.array([[0, 0, a.shape[1]]], dtype=np.int64)
-    if a.dtype == torch.float32:
-        _gemm.grouped_fma_fp32_ksplit(to_numpy(out), to_numpy(x), to_numpy(b.contiguous()), groups, 2)
-    else:
-        _gemm.grouped_dot_bf16_ksplit(to_numpy(out).view(np.uint16), to_numpy(x).view(np.uint16),
-                                      to_numpy(b.contiguous()).view(np.uint16), groups, 2)
+    if not compiled_grouped(impl, to_numpy(out), to_numpy(x).T, to_numpy(b.contiguous()), [(0, 0, a.shape[1])],
+                            True):
+        raise RuntimeError(f"{impl}'s K-split product refused its own check operands")
     return out[0]
 
 
