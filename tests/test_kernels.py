@@ -830,6 +830,53 @@ def test_compiled_k_split_refusals(kernel):
         run(out, np.zeros((4, 6), dtype=dtype).T, y, whole, 1)
 
 
+@pytest.mark.parametrize("entry", ["widen_bf16", "fma_fp32", "dot_bf16", "ksplit_fp32", "ksplit_bf16"])
+def test_compiled_entries_take_groups_as_a_list(entry):
+    """The grouped entries read their groups from a list of (group, start, end) tuples (what the Python side
+    passes: no NumPy array made per call) as from a [G, 3] int64 array: small integer operands, so every sum is
+    exact, against integer math; rows / outputs no group names are left alone; a malformed row is refused."""
+    mod = _dot_module() if entry in ("dot_bf16", "ksplit_bf16") else _gemm_module()
+    dtype = np.float32 if entry in ("fma_fp32", "ksplit_fp32") else ml_dtypes.bfloat16
+    bits = (lambda v: v) if dtype == np.float32 else (lambda v: v.view(np.uint16))
+    rng = np.random.default_rng(5)
+    t, k, n, e = 11, 6, 35, 3
+    ks = entry.startswith("ksplit")
+    x = rng.integers(-3, 4, size=(t, k)).astype(dtype)
+    w = rng.integers(-3, 4, size=(e, k, n)).astype(dtype)
+    y = rng.integers(-3, 4, size=(t, n)).astype(dtype)
+    groups = [(1, 0, 4), (0, 4, 10)]  # M split: row 10 unnamed; K split: output 2 unnamed
+    xi, wi, yi = x.astype(np.int64), w.astype(np.int64), y.astype(np.int64)
+    want = np.full((e, k, n) if ks else (t, n), 7, dtype=np.int64)  # 7: the sentinel left where nothing is named
+    for g, s, f in groups:
+        if ks:
+            want[g] = xi[s:f].T @ yi[s:f]
+        else:
+            want[s:f] = xi[s:f] @ wi[g]
+
+    def run(table):
+        out = np.full(want.shape, 7, dtype=dtype)
+        if entry == "widen_bf16":
+            mod.grouped_widen_fma(bits(out), bits(x), bits(w), table, False, 2)
+        elif entry == "fma_fp32":
+            mod.grouped_fma_fp32(out, x, w, table, 2)
+        elif entry == "dot_bf16":
+            mod.grouped_dot_bf16(bits(out), bits(x), bits(w), table, 2)
+        elif entry == "ksplit_fp32":
+            mod.grouped_fma_fp32_ksplit(out, x, y, table, 2)
+        else:
+            mod.grouped_dot_bf16_ksplit(bits(out), bits(x), bits(y), table, 2)
+        return out
+
+    for table in (groups, [list(g) for g in groups], [tuple(np.int64(v) for v in g) for g in groups],
+                  np.array(groups, dtype=np.int64)):
+        assert np.array_equal(run(table).astype(np.int64), want)
+    for bad in ([(0, 0)], [(0, 0, 4, 1)], [3], [(0, 0.5, 4)], "abc", 5):
+        with pytest.raises(ValueError, match="group"):
+            run(bad)
+    with pytest.raises(ValueError, match="out of range"):
+        run([(0, 0, t + 1)])
+
+
 @pytest.mark.parametrize("k_split", [False, True])
 @pytest.mark.parametrize("rows", [3, 40, 300])
 def test_compiled_dot_bf16_rounds_exact_sums_to_nearest_even(rows, k_split):

@@ -44,7 +44,7 @@ import importlib
 import os
 import warnings
 from types import ModuleType
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import ml_dtypes
 import numpy as np
@@ -575,7 +575,8 @@ def dot_bf16_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) 
     return b.dtype == out.dtype == _BF16 and ksplit_layout(out, a, b)
 
 
-def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray, groups: np.ndarray) -> None:
+def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray,
+                  groups: Union[np.ndarray, Sequence[Tuple[int, int, int]]]) -> None:
     bits = np.uint16
     if impl == "dot_bf16":
         _gemm.grouped_dot_bf16(out.view(bits), a.view(bits), b3.view(bits), groups, torch.get_num_threads())
@@ -636,17 +637,17 @@ def compiled_grouped(impl: str, out: np.ndarray, a: np.ndarray, b: np.ndarray, r
     are or (K split) two runs would write one output."""
     if not (dot_bf16_fits if impl == "dot_bf16" else widen_fma_fits)(out, a, b, k_split):  # (dtypes, layouts)
         return False
-    groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
+    # the compiled entries read the (group, start, end) rows from the list itself (no NumPy array made per call)
     if not k_split:
-        _run_compiled(impl, out, a, b, groups)
+        _run_compiled(impl, out, a, b, runs)
         return True
     if len({run[0] for run in runs}) != len(runs):
         return False  # two runs writing one output: the per-group path
     if impl == "dot_bf16":
-        _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), groups,
+        _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), runs,
                                       torch.get_num_threads())
     else:  # widen_fma takes the K-split product in fp32 only (its fits)
-        _gemm.grouped_fma_fp32_ksplit(out, a.T, b, groups, torch.get_num_threads())
+        _gemm.grouped_fma_fp32_ksplit(out, a.T, b, runs, torch.get_num_threads())
     return True
 
 

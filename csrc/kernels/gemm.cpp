@@ -1393,17 +1393,13 @@ namespace {
 
 enum class Kernel { widen_fma, dot_bf16 };
 
-// The rows of a [G, 3] int64 groups buffer (index, first row, end row); std::invalid_argument unless every group
+// The rows of a [G, 3] int64 groups table (index, first row, end row); std::invalid_argument unless every group
 // has an index in [0, count) and rows in [0, rows], and with unique, unless no two groups share an index (each
 // writes its own output).
-const std::int64_t *checked_groups(const py::buffer_info &gi, py::ssize_t count, py::ssize_t rows,
+const std::int64_t *checked_groups(const std::int64_t *grp, py::ssize_t n_groups, py::ssize_t count, py::ssize_t rows,
                                    const std::string &index_name, bool unique) {
-  if (gi.shape[1] != 3) {
-    throw std::invalid_argument("groups must be [G, 3] int64 rows (" + index_name + ", start, end)");
-  }
-  const auto *grp = static_cast<const std::int64_t *>(gi.ptr);
   std::vector<bool> seen(unique ? static_cast<std::size_t>(count) : 0, false);
-  for (py::ssize_t i = 0; i < gi.shape[0]; ++i) {
+  for (py::ssize_t i = 0; i < n_groups; ++i) {
     const std::int64_t ex = grp[3 * i], s = grp[3 * i + 1], f = grp[3 * i + 2];
     const bool bad = ex < 0 || ex >= count || s < 0 || f < s || f > rows;
     if (bad || (unique && seen[static_cast<std::size_t>(ex)])) {
@@ -1414,6 +1410,61 @@ const std::int64_t *checked_groups(const py::buffer_info &gi, py::ssize_t count,
     if (unique) seen[static_cast<std::size_t>(ex)] = true;
   }
   return grp;
+}
+
+const std::int64_t *checked_groups(const py::buffer_info &gi, py::ssize_t count, py::ssize_t rows,
+                                   const std::string &index_name, bool unique) {
+  if (gi.shape[1] != 3) {
+    throw std::invalid_argument("groups must be [G, 3] int64 rows (" + index_name + ", start, end)");
+  }
+  return checked_groups(static_cast<const std::int64_t *>(gi.ptr), gi.shape[0], count, rows, index_name, unique);
+}
+
+// The groups of a grouped float GEMM: a [G, 3] int64 buffer, or a sequence of (index, start, end) read here (the
+// Python side's list of runs: making a NumPy array of it took ~50 us a call after a large GEMM had left the
+// caches).
+struct GroupTable {
+  py::buffer_info buffer;            // the buffer's, if given one
+  std::vector<std::int64_t> copied;  // else the sequence's rows
+  py::ssize_t n_groups = 0;
+  const std::int64_t *rows() const {
+    return copied.empty() ? static_cast<const std::int64_t *>(buffer.ptr) : copied.data();
+  }
+};
+
+GroupTable group_table(const py::object &groups, const std::string &index_name) {
+  GroupTable t;
+  if (py::isinstance<py::buffer>(groups)) {
+    t.buffer = c_contiguous(groups.cast<py::buffer>(), "groups", 8, 2, false);
+    if (t.buffer.shape[1] != 3) {
+      throw std::invalid_argument("groups must be [G, 3] int64 rows (" + index_name + ", start, end)");
+    }
+    t.n_groups = t.buffer.shape[0];
+    return t;
+  }
+  if (!py::isinstance<py::sequence>(groups)) {
+    throw std::invalid_argument("groups must be a [G, 3] int64 buffer or a sequence of (" + index_name +
+                                ", start, end)");
+  }
+  const auto seq = py::reinterpret_borrow<py::sequence>(groups);
+  t.copied.reserve(3 * seq.size());
+  for (const py::handle item : seq) {
+    if (!py::isinstance<py::sequence>(item) || py::len(item) != 3) {
+      throw std::invalid_argument("each group must be (" + index_name + ", start, end)");
+    }
+    for (const py::handle v : py::reinterpret_borrow<py::sequence>(item)) {
+      // any integer (a Python int, a NumPy integer: __index__), nothing else
+      const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+      const long long value = index ? PyLong_AsLongLong(index.ptr()) : -1;
+      if (!index || (value == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        throw std::invalid_argument("each group must be (" + index_name + ", start, end), int64 integers");
+      }
+      t.copied.push_back(static_cast<std::int64_t>(value));
+    }
+  }
+  t.n_groups = static_cast<py::ssize_t>(seq.size());
+  return t;
 }
 
 // `threads`, or 1 for a small product: starting a thread costs 20-70 us, as much as ~2M multiply-adds
@@ -1456,12 +1507,12 @@ void over_groups_and_bands(const std::int64_t *grp, std::size_t n_groups, std::s
   }
 }
 
-void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups, Elem elem, int threads,
+void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, const py::object &groups, Elem elem, int threads,
                   Kernel kernel) {
   const py::ssize_t size = elem == Elem::fp32 ? 4 : 2;  // bytes per element
   py::buffer_info oi = c_contiguous(out, "out", size, 2, true);
   py::buffer_info ai = c_contiguous(a, "a", size, 2, false);
-  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
+  const GroupTable gt = group_table(groups, "expert");
   py::buffer_info bi = b.request(false);
   const bool n_contiguous = bi.ndim == 3 && (bi.shape[2] <= 1 || bi.strides[2] == size);
   const bool k_contiguous = !n_contiguous && bi.ndim == 3 && (bi.shape[1] <= 1 || bi.strides[1] == size);
@@ -1475,15 +1526,15 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
   if (bi.shape[1] != k || oi.shape[0] != t || oi.shape[1] != n) {
     throw std::invalid_argument("shapes do not match: a [T, K], b [E, K, N], out [T, N]");
   }
-  const std::int64_t *grp = checked_groups(gi, e, t, "expert", false);
+  const std::int64_t *grp = checked_groups(gt.rows(), gt.n_groups, e, t, "expert", false);
   const std::ptrdiff_t b_expert = bi.strides[0] / size, b_row = (k_contiguous ? bi.strides[2] : bi.strides[1]) / size;
   Problem p{static_cast<const std::uint16_t *>(ai.ptr), static_cast<const std::uint16_t *>(bi.ptr), b_expert, b_row,
             static_cast<std::uint16_t *>(oi.ptr), static_cast<std::size_t>(k), static_cast<std::size_t>(n), grp,
-            static_cast<std::size_t>(gi.shape[0]), k_contiguous};
+            static_cast<std::size_t>(gt.n_groups), k_contiguous};
   const ProblemOf<float> p32{static_cast<const float *>(ai.ptr), static_cast<const float *>(bi.ptr), b_expert, b_row,
                              static_cast<float *>(oi.ptr), p.k, p.n, grp, p.n_groups, k_contiguous};
-  if (n == 0 || gi.shape[0] == 0) return;
-  threads = threads_for_product(grp, gi.shape[0], static_cast<std::size_t>(k) * static_cast<std::size_t>(n), threads);
+  if (n == 0 || gt.n_groups == 0) return;
+  threads = threads_for_product(grp, gt.n_groups, static_cast<std::size_t>(k) * static_cast<std::size_t>(n), threads);
   py::gil_scoped_release release;
   auto run = [&](std::size_t g0, std::size_t g1, std::size_t c0, std::size_t c1) {
 #ifdef ASCEND_MOE_DOT_BF16
@@ -1506,20 +1557,21 @@ void grouped_gemm(py::buffer out, py::buffer a, py::buffer b, py::buffer groups,
 // The K-split entry points' checked operands: x [T, M], y [T, N], out [E, M, N] C-contiguous of `size`-byte
 // elements, each output named by at most one group; std::invalid_argument naming what does not fit.
 struct KSplitCall {
-  py::buffer_info out, x, y, group_rows;
+  py::buffer_info out, x, y;
+  GroupTable group_rows;
   const std::int64_t *groups;  // group_rows' (output index, first token, end token) rows
   std::size_t n_groups, m, n;
 };
 
-KSplitCall ksplit_call(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, py::ssize_t size) {
+KSplitCall ksplit_call(py::buffer out, py::buffer x, py::buffer y, const py::object &groups, py::ssize_t size) {
   KSplitCall c{c_contiguous(out, "out", size, 3, true), c_contiguous(x, "x", size, 2, false),
-               c_contiguous(y, "y", size, 2, false), c_contiguous(groups, "groups", 8, 2, false), nullptr, 0, 0, 0};
+               c_contiguous(y, "y", size, 2, false), group_table(groups, "output"), nullptr, 0, 0, 0};
   const py::ssize_t t = c.x.shape[0], m = c.x.shape[1], n = c.y.shape[1], e = c.out.shape[0];
   if (c.y.shape[0] != t || c.out.shape[1] != m || c.out.shape[2] != n) {
     throw std::invalid_argument("shapes do not match: x [T, M], y [T, N], out [E, M, N]");
   }
-  c.groups = checked_groups(c.group_rows, e, t, "output", true);
-  c.n_groups = static_cast<std::size_t>(c.group_rows.shape[0]);
+  c.groups = checked_groups(c.group_rows.rows(), c.group_rows.n_groups, e, t, "output", true);
+  c.n_groups = static_cast<std::size_t>(c.group_rows.n_groups);
   c.m = static_cast<std::size_t>(m);
   c.n = static_cast<std::size_t>(n);
   return c;
@@ -1541,7 +1593,7 @@ void over_ksplit_units(const KSplitCall &c, std::size_t rows, int threads, Unit 
   });
 }
 
-void grouped_fma_fp32_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
+void grouped_fma_fp32_ksplit(py::buffer out, py::buffer x, py::buffer y, const py::object &groups, int threads) {
   const KSplitCall c = ksplit_call(out, x, y, groups, 4);
   const KSplit32 p{static_cast<const float *>(c.x.ptr), static_cast<const float *>(c.y.ptr),
                    static_cast<float *>(c.out.ptr), c.m, c.n, c.groups};
@@ -1549,7 +1601,7 @@ void grouped_fma_fp32_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buf
                     [&](std::size_t g, std::size_t m0, std::size_t m1) { fma_ksplit_unit_fp32(p, g, m0, m1); });
 }
 
-void grouped_dot_bf16_ksplit(py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
+void grouped_dot_bf16_ksplit(py::buffer out, py::buffer x, py::buffer y, const py::object &groups, int threads) {
   const KSplitCall c = ksplit_call(out, x, y, groups, 2);
 #ifdef ASCEND_MOE_DOT_BF16
   const KSplitProblem p{static_cast<const std::uint16_t *>(c.x.ptr), static_cast<const std::uint16_t *>(c.y.ptr),
@@ -1703,7 +1755,7 @@ PYBIND11_MODULE(_gemm, m) {
   ascend_moe_kernels::def_openmp(m);
   m.def(
       "grouped_widen_fma",
-      [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, bool fp16, int threads) {
+      [](py::buffer out, py::buffer a, py::buffer b, const py::object &groups, bool fp16, int threads) {
         grouped_gemm(out, a, b, groups, fp16 ? Elem::fp16 : Elem::bf16, threads, Kernel::widen_fma);
       },
       py::arg("out"), py::arg("a"), py::arg("b"), py::arg("groups"), py::arg("fp16"), py::arg("threads"),
@@ -1713,7 +1765,7 @@ PYBIND11_MODULE(_gemm, m) {
       "subnormals kept.");
   m.def(
       "grouped_fma_fp32",
-      [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, int threads) {
+      [](py::buffer out, py::buffer a, py::buffer b, const py::object &groups, int threads) {
         grouped_gemm(out, a, b, groups, Elem::fp32, threads, Kernel::widen_fma);
       },
       py::arg("out"), py::arg("a"), py::arg("b"), py::arg("groups"), py::arg("threads"),
@@ -1728,7 +1780,7 @@ PYBIND11_MODULE(_gemm, m) {
   m.def("has_dot_bf16", &has_dot_bf16, "Whether this CPU has the AVX512-BF16 dot-product instruction.");
   m.def(
       "grouped_dot_bf16_ksplit",
-      [](py::buffer out, py::buffer x, py::buffer y, py::buffer groups, int threads) {
+      [](py::buffer out, py::buffer x, py::buffer y, const py::object &groups, int threads) {
         if (!has_dot_bf16()) {
           throw std::runtime_error("grouped_dot_bf16_ksplit: this CPU has no AVX512-BF16 instructions");
         }
@@ -1740,7 +1792,7 @@ PYBIND11_MODULE(_gemm, m) {
       "round-to-nearest-even, with the same subnormal guard and IEEE fallback as grouped_dot_bf16.");
   m.def(
       "grouped_dot_bf16",
-      [](py::buffer out, py::buffer a, py::buffer b, py::buffer groups, int threads) {
+      [](py::buffer out, py::buffer a, py::buffer b, const py::object &groups, int threads) {
         if (!has_dot_bf16()) throw std::runtime_error("grouped_dot_bf16: this CPU has no AVX512-BF16 instructions");
         grouped_gemm(out, a, b, groups, Elem::bf16, threads, Kernel::dot_bf16);
       },
