@@ -25,6 +25,7 @@ it with ``torch._C.parse_schema``.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -411,7 +412,8 @@ class OpDecl:
                 if r not in names:
                     raise ValueError(f"{self.name}: {e.name}: required input {r!r} is not an argument")
 
-    @property
+    # cached: read on every call of the op (a plain attribute after the first read, no Python frame)
+    @functools.cached_property
     def name(self) -> str:
         return self.parsed.name
 
@@ -421,7 +423,7 @@ class OpDecl:
         torch.library's ``mutates_args``."""
         return tuple(a.name for a in self.args if a.mutable or a.name in self.writes)
 
-    @property
+    @functools.cached_property
     def returns_written(self) -> Optional[str]:
         """The argument the op returns itself (``-> Tensor(a!)`` of ``Tensor(a!) self``), or None."""
         if len(self.parsed.returns) != 1:

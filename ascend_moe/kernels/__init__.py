@@ -559,8 +559,14 @@ def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: L
     name = _NP_NAME.get(a.dtype)
     if name is None or _reference_forced() or not runs:
         return False
-    rows = {a.shape[0]} if k_split else {t - s for _, s, t in runs}
-    chosen = {choice(c) for c in {_shape_class(name, r, k_split) for r in rows}}
+    if k_split:
+        classes = {_shape_class(name, a.shape[0], True)}
+    else:  # a class is a range of row counts: all groups are in one when the fewest and the most rows are
+        sizes = [t - s for _, s, t in runs]
+        classes = {_shape_class(name, min(sizes)), _shape_class(name, max(sizes))}
+        if len(classes) > 1:
+            classes = {_shape_class(name, r) for r in set(sizes)}
+    chosen = {choice(c) for c in classes}
     impl = chosen.pop() if len(chosen) == 1 else None
     return impl in impls.COMPILED_GEMMS and impls.compiled_grouped(impl, out, a, b, runs, k_split)
 
