@@ -1,4 +1,5 @@
 """Timing shared by the benchmarks (run as ``python benchmarks/<file>.py``, so this imports as ``_timing``)."""
+import atexit
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -66,6 +67,25 @@ def peak_rss_increase(fn: Callable[[], Any]) -> Optional[int]:
     return None if base is None or peak is None else max(0, peak - base)
 
 
+def _cpu_jiffies() -> Optional[Tuple[int, int]]:
+    """(time stolen by the hypervisor, all time) of every CPU so far, in jiffies (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+
+def _report_steal(start: Tuple[int, int]) -> None:
+    end = _cpu_jiffies()
+    if end is None or end[1] <= start[1]:
+        return
+    share = (end[0] - start[0]) / (end[1] - start[1])
+    print(f"CPU time stolen by the hypervisor during the run: {100 * share:.1f} % (cycles other guests took: above "
+          "a few %, this run's times are not comparable with another's)")
+
+
 def machine_header() -> str:
     """The CPU, the flags that decide kernels, torch's build, and the GEMM implementation chosen per
     shape class on this machine (measured once, cached; ASCEND_MOE_KERNELS overrides)."""
@@ -88,5 +108,8 @@ def machine_header() -> str:
                          "ratios come from interleaved rounds, best of each)")
     except OSError:
         pass
+    start = _cpu_jiffies()
+    if start is not None:  # said once the benchmark has run
+        atexit.register(_report_steal, start)
     del torch
     return "\n".join(lines)
