@@ -881,16 +881,18 @@ def test_compiled_entries_take_groups_as_a_list(entry):
 def test_compiled_dot_bf16_reads_nothing_a_previous_call_left(transposed):
     """dot_bf16 keeps a worker's scratch buffers from one unit of work to the next: a call right after one that
     filled them with NaN (a larger K and N, every operand NaN) reads none of that - its padding (an odd K: a
-    half-filled last pair; 35 columns: a partial strip) is written afresh.  Small integers, exact sums, against
-    integer math, on the calling thread alone (threads=1: the same thread's buffers)."""
+    half-filled last pair; 35 columns: a partial strip) is written afresh, and rows of whole vectors (K = 64) are
+    read in place.  Small integers, exact sums, against integer math, on the calling thread alone (threads=1: the
+    same thread's buffers)."""
     mod = _dot_module()
     nan = np.full((300, 100), np.nan, dtype=ml_dtypes.bfloat16)
     wnan = np.full((1, 100, 70), np.nan, dtype=ml_dtypes.bfloat16)
     rng = np.random.default_rng(11)
-    for rows, k, n in ((40, 37, 35), (300, 37, 35), (5, 33, 3)):  # a few, a mid-size and a many-row group
+    # a few, a mid-size and a many-row group; K = 64: rows of a read in place (whole vectors), no padding
+    for rows, k, n in ((40, 37, 35), (300, 37, 35), (5, 33, 3), (300, 64, 35), (5, 64, 35)):
         mod.grouped_dot_bf16(np.empty((300, 70), np.uint16), nan.view(np.uint16), wnan.view(np.uint16),
                              [(0, 0, 300)], 1)
-        a = rng.integers(-2, 3, size=(rows, k))  # |sums| <= 37 * 4: integers bf16 holds exactly
+        a = rng.integers(-2, 3, size=(rows, k))  # |sums| <= 64 * 4: integers bf16 holds exactly
         w = rng.integers(-2, 3, size=(1, k, n))
         b = np.ascontiguousarray(w.transpose(0, 2, 1)).astype(ml_dtypes.bfloat16).transpose(0, 2, 1) \
             if transposed else w.astype(ml_dtypes.bfloat16)

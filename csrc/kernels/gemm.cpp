@@ -626,7 +626,8 @@ ASCEND_MOE_VECTOR_CLONES void fma_ksplit_unit_fp32(const KSplit32 &p, std::size_
 // its biased exponent), so every product and every partial sum is a multiple of q = quantum_min(a) *
 // quantum_min(b), and when nonzero at least q; safe iff neither operand holds a subnormal and the smallest biased
 // exponents add to at least 142 (q >= 2^-126).  The smallest magnitudes are taken while the operands are copied
-// for the instruction (no separate pass): each weight block as it is copied, a group's rows once.  From the first
+// for the instruction (no separate pass): each weight block as it is copied, a group's rows once (copied with
+// their k padded to whole vectors, or where K is a multiple of 32 scanned and then read in place).  From the first
 // block that is not safe on, a group's columns go on one IEEE multiply-add per product in k order; the blocks
 // before it were safe, so the partial sums they leave are multiples of quanta >= 2^-126: normal.
 // ---------------------------------------------------------------------------------------------------------------
@@ -687,6 +688,15 @@ ASCEND_MOE_DOT_TARGET inline unsigned copy_row(const std::uint16_t *src, std::ui
     const __m512i v = _mm512_maskz_loadu_epi16(m, src + i);
     minv = _mm512_min_epu16(minv, _mm512_mask_blend_epi16(m, _mm512_set1_epi16(-1), magnitude_minus_one(v)));
     _mm512_mask_storeu_epi16(dst + i, first_lanes(padded - i), v);
+  }
+  return horizontal_min_u16(minv);
+}
+
+// the smallest magnitude - 1 of n elements (n a multiple of 32), as copy_row takes it
+ASCEND_MOE_DOT_TARGET inline unsigned min_magnitude_row(const std::uint16_t *src, std::size_t n) {
+  __m512i minv = _mm512_set1_epi16(-1);
+  for (std::size_t i = 0; i < n; i += 32) {
+    minv = _mm512_min_epu16(minv, magnitude_minus_one(_mm512_loadu_si512(src + i)));
   }
   return horizontal_min_u16(minv);
 }
@@ -1020,15 +1030,21 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
     const std::uint16_t *be = chunk.weight;
     const std::size_t s = chunk.first, rows = chunk.rows;
     const std::int64_t *grp = p.groups + 3 * chunk.group;
-    apad.resize(rows * kpad);
     unsigned min_a = 0xffffu;
-    for (std::size_t r = 0; r < rows; ++r) {
-      min_a = std::min(min_a, copy_row(p.a + (s + r) * p.k, &apad[r * kpad], p.k, kpad));
+    const std::uint16_t *arows = p.a + s * p.k;
+    if (kpad == p.k) {  // rows of whole vectors: read in place, only their smallest magnitude taken
+      for (std::size_t r = 0; r < rows; ++r) min_a = std::min(min_a, min_magnitude_row(arows + r * p.k, p.k));
+    } else {
+      apad.resize(rows * kpad);
+      for (std::size_t r = 0; r < rows; ++r) {
+        min_a = std::min(min_a, copy_row(p.a + (s + r) * p.k, &apad[r * kpad], p.k, kpad));
+      }
+      arows = apad.data();
     }
     const bool few = rows <= DOT_FEW_ROWS;
     if (few && p.k_contiguous) {
       a32.clear();
-      dot_nt_few(p, be, s, rows, apad.data(), kpad, min_a, c0, c1, a32);
+      dot_nt_few(p, be, s, rows, arows, kpad, min_a, c0, c1, a32);
       continue;
     }
     // up to DOT_MID_ROWS rows, half-size blocks: the group's rows of a, the accumulators, a block's copy and the
@@ -1087,7 +1103,7 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
               }
             }
             const bool last = k0 + kc >= p.k;  // then straight into the output, rounded
-            dot_pair_strips(&apad[k0], kpad, 2, rows, packed.data(), strips, pitch, pairs, acc.data(), wpad, !acc_set,
+            dot_pair_strips(arows + k0, kpad, 2, rows, packed.data(), strips, pitch, pairs, acc.data(), wpad, !acc_set,
                             next, last ? p.out + s * p.n + b0 : nullptr, p.n, width);
             acc_set = true;
             written = last;
