@@ -681,7 +681,7 @@ def torch_grouped(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: 
     if names & _COMPILED:  # an M-split
         for impl in sorted(names & _COMPILED):  # each compiled GEMM's groups in one call
             mine = [run for run, used in zip(runs, run_impls) if used == impl]
-            _run_compiled(impl, out, a, b, np.array(mine, dtype=np.int64).reshape(-1, 3))
+            _run_compiled(impl, out, a, b, mine)
         runs = [run for run, used in zip(runs, run_impls) if used not in _COMPILED]
         if not runs:  # nothing for torch: no torch views needed
             return True
@@ -954,8 +954,7 @@ def grouped_dot_int8(out: np.ndarray, x: np.ndarray, bands: np.ndarray, n: int, 
     if (not _dot_int8_takes(x, bands) or out.dtype != np.int32 or not out.flags.c_contiguous
             or out.shape != (x.shape[0], n)):
         return False
-    groups = np.array(runs, dtype=np.int64).reshape(-1, 3)
-    _gemm.grouped_dot_int8(out, x, bands, n, groups, torch.get_num_threads())
+    _gemm.grouped_dot_int8(out, x, bands, n, runs, torch.get_num_threads())  # the runs as they are (no NumPy array)
     return True
 
 
@@ -974,7 +973,7 @@ def grouped_dot_int8_scatter(y: np.ndarray, x: np.ndarray, bands: np.ndarray, n:
         return True
     if not _dequant_cannot_overflow(col, row):
         return False
-    _gemm.grouped_dot_int8_scatter(y, x, bands, n, np.array(runs, dtype=np.int64).reshape(-1, 3),
+    _gemm.grouped_dot_int8_scatter(y, x, bands, n, runs,
                                    np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(col),
                                    np.ascontiguousarray(row), torch.get_num_threads())
     return True

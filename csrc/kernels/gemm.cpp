@@ -1037,7 +1037,7 @@ ASCEND_MOE_DOT_TARGET void dot_band(const Problem &p, std::size_t g0, std::size_
     } else {
       apad.resize(rows * kpad);
       for (std::size_t r = 0; r < rows; ++r) {
-        min_a = std::min(min_a, copy_row(p.a + (s + r) * p.k, &apad[r * kpad], p.k, kpad));
+        min_a = std::min(min_a, copy_row(arows + r * p.k, &apad[r * kpad], p.k, kpad));
       }
       arows = apad.data();
     }
@@ -1453,15 +1453,7 @@ const std::int64_t *checked_groups(const std::int64_t *grp, py::ssize_t n_groups
   return grp;
 }
 
-const std::int64_t *checked_groups(const py::buffer_info &gi, py::ssize_t count, py::ssize_t rows,
-                                   const std::string &index_name, bool unique) {
-  if (gi.shape[1] != 3) {
-    throw std::invalid_argument("groups must be [G, 3] int64 rows (" + index_name + ", start, end)");
-  }
-  return checked_groups(static_cast<const std::int64_t *>(gi.ptr), gi.shape[0], count, rows, index_name, unique);
-}
-
-// The groups of a grouped float GEMM: a [G, 3] int64 buffer, or a sequence of (index, start, end) read here (the
+// The groups of a grouped GEMM: a [G, 3] int64 buffer, or a sequence of (index, start, end) read here (the
 // Python side's list of runs: making a NumPy array of it took ~50 us a call after a large GEMM had left the
 // caches).
 struct GroupTable {
@@ -1679,7 +1671,7 @@ bool has_dot_int8() {
 #ifdef ASCEND_MOE_DOT_INT8
 // The problem of a grouped int8 GEMM call: a [T, K], b's bands [E, ceil(N / 32), K, 32], groups; std::invalid_argument
 // naming what does not fit.
-Int8Problem int8_problem(const py::buffer_info &ai, const py::buffer_info &bi, py::ssize_t n, const py::buffer_info &gi,
+Int8Problem int8_problem(const py::buffer_info &ai, const py::buffer_info &bi, py::ssize_t n, const GroupTable &gt,
                          py::ssize_t out_rows, py::ssize_t out_cols) {
   if (bi.itemsize != 1 || bi.ndim != 4 || bi.shape[3] != 32 || bi.strides[3] != 1) {
     throw std::invalid_argument("b must be an int8 buffer [E, bands, K, 32] with its last dimension contiguous (the "
@@ -1690,7 +1682,7 @@ Int8Problem int8_problem(const py::buffer_info &ai, const py::buffer_info &bi, p
     throw std::invalid_argument("shapes do not match: a [T, K], b [E, ceil(N / 32), K, 32], out [T, N]");
   }
   if (k >= (py::ssize_t(1) << 24)) throw std::invalid_argument("grouped_dot_int8: K must be below 2^24");
-  const std::int64_t *grp = checked_groups(gi, e, t, "expert", false);
+  const std::int64_t *grp = checked_groups(gt.rows(), gt.n_groups, e, t, "expert", false);
   Int8Problem p;
   p.a = static_cast<const std::int8_t *>(ai.ptr);
   p.b = static_cast<const std::int8_t *>(bi.ptr);
@@ -1701,20 +1693,21 @@ Int8Problem int8_problem(const py::buffer_info &ai, const py::buffer_info &bi, p
   p.k = static_cast<std::size_t>(k);
   p.n = static_cast<std::size_t>(n);
   p.groups = grp;
-  p.n_groups = static_cast<std::size_t>(gi.shape[0]);
+  p.n_groups = static_cast<std::size_t>(gt.n_groups);
   return p;
 }
 
-void grouped_dot_int8(py::buffer out, py::buffer a, py::buffer b, py::ssize_t n, py::buffer groups, int threads) {
+void grouped_dot_int8(py::buffer out, py::buffer a, py::buffer b, py::ssize_t n, const py::object &groups,
+                      int threads) {
   if (!has_dot_int8()) throw std::runtime_error("grouped_dot_int8: this CPU has no AVX512-VNNI / VBMI instructions");
   py::buffer_info oi = c_contiguous(out, "out", 4, 2, true);
   py::buffer_info ai = c_contiguous(a, "a", 1, 2, false);
-  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
+  const GroupTable gt = group_table(groups, "expert");
   py::buffer_info bi = b.request(false);
-  Int8Problem p = int8_problem(ai, bi, n, gi, oi.shape[0], oi.shape[1]);
+  Int8Problem p = int8_problem(ai, bi, n, gt, oi.shape[0], oi.shape[1]);
   p.out = static_cast<std::int32_t *>(oi.ptr);
   if (n == 0 || p.n_groups == 0) return;
-  threads = threads_for_product(p.groups, gi.shape[0], p.k * p.n / 4, threads);
+  threads = threads_for_product(p.groups, gt.n_groups, p.k * p.n / 4, threads);
   // fewer groups than units for the threads: groups of many rows cut into pieces of at least I8_MID_ROWS rows, whose
   // blocks are sized for L2 (int8_band's `mid`; a single 512-row group on 2 threads ran 25 % faster so), and where
   // that makes enough pieces the threads take whole pieces
@@ -1736,17 +1729,17 @@ void grouped_dot_int8(py::buffer out, py::buffer a, py::buffer b, py::ssize_t n,
                                                                 std::size_t c1) { int8_band(p, g0, g1, c0, c1); });
 }
 
-void grouped_dot_int8_scatter(py::buffer y, py::buffer a, py::buffer b, py::ssize_t n, py::buffer groups,
+void grouped_dot_int8_scatter(py::buffer y, py::buffer a, py::buffer b, py::ssize_t n, const py::object &groups,
                               py::buffer index, py::buffer col, py::buffer row, int threads) {
   if (!has_dot_int8()) throw std::runtime_error("grouped_dot_int8: this CPU has no AVX512-VNNI / VBMI instructions");
   py::buffer_info yi = c_contiguous(y, "y (float32)", 4, 2, true);
   py::buffer_info ai = c_contiguous(a, "a", 1, 2, false);
-  py::buffer_info gi = c_contiguous(groups, "groups", 8, 2, false);
+  const GroupTable gt = group_table(groups, "expert");
   py::buffer_info ii = c_contiguous(index, "index (int64)", 8, 1, false);
   py::buffer_info ci = c_contiguous(col, "col (float32)", 4, 2, false);
   py::buffer_info ri = c_contiguous(row, "row (float32)", 4, 1, false);
   py::buffer_info bi = b.request(false);
-  Int8Problem p = int8_problem(ai, bi, n, gi, ai.shape[0], yi.shape[1]);
+  Int8Problem p = int8_problem(ai, bi, n, gt, ai.shape[0], yi.shape[1]);
   if (ii.shape[0] != ai.shape[0] || ri.shape[0] != ai.shape[0] || ci.shape[0] != bi.shape[0] || ci.shape[1] != n) {
     throw std::invalid_argument("shapes do not match: a [T, K], y [batch, N], index and row [T], col [E, N]");
   }
@@ -1770,7 +1763,7 @@ void grouped_dot_int8_scatter(py::buffer y, py::buffer a, py::buffer b, py::ssiz
   p.col = static_cast<const float *>(ci.ptr);
   p.row = static_cast<const float *>(ri.ptr);
   if (n == 0 || p.n_groups == 0) return;
-  threads = threads_for_product(p.groups, gi.shape[0], p.k * p.n / 4, threads);
+  threads = threads_for_product(p.groups, gt.n_groups, p.k * p.n / 4, threads);
   py::gil_scoped_release release;
   // bands of whole strips per thread, every group in order in each: y's columns are the threads' own
   const std::size_t strips = (p.n + STRIP - 1) / STRIP;
