@@ -44,7 +44,7 @@ import importlib
 import os
 import warnings
 from types import ModuleType
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import ml_dtypes
 import numpy as np
@@ -576,7 +576,7 @@ def dot_bf16_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) 
 
 
 def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray,
-                  groups: Union[np.ndarray, Sequence[Tuple[int, int, int]]]) -> None:
+                  groups: Sequence[Tuple[int, int, int]]) -> None:
     bits = np.uint16
     if impl == "dot_bf16":
         _gemm.grouped_dot_bf16(out.view(bits), a.view(bits), b3.view(bits), groups, torch.get_num_threads())
@@ -594,7 +594,7 @@ def _compiled_gemm(impl: str, fits: Callable[..., bool], out: np.ndarray, a: np.
         return False
     if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
         return False
-    _run_compiled(impl, out, a, b[None], np.array([[0, 0, a.shape[0]]], dtype=np.int64))
+    _run_compiled(impl, out, a, b[None], [(0, 0, a.shape[0])])
     return True
 
 
