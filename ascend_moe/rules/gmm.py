@@ -89,7 +89,8 @@ class _GmmCall:
     """A normalised view of any of the three ops' calls."""
 
     def __init__(self, call):
-        self.call = call
+        # (no reference back to the call: the call keeps this view, and a cycle would keep the call's tensors -
+        # a weight whose .grad is a large gradient among them - alive until the garbage collector runs)
         self.op = call.op
         self.xs = call.metas("x")
         self.ws = call.metas("weight")
