@@ -49,8 +49,11 @@ def _status(field: str) -> Optional[int]:
 def peak_rss_increase(fn: Callable[[], Any]) -> Optional[int]:
     """Bytes the process's peak resident memory rose above its current size while ``fn`` ran
     (Linux: the high-water mark is reset through /proc/self/clear_refs); None where unsupported.
-    Freed heap memory is first handed back to the system (glibc ``malloc_trim``), so what ``fn``
-    allocates shows even where an earlier call's freed memory would have been reused."""
+    Freed heap memory is first handed back to the system (glibc ``malloc_trim``), and so is what the output
+    pool keeps idle (:mod:`ascend_moe.kernels.output_pool`), so what ``fn`` allocates shows even where an
+    earlier call's freed memory would have been reused."""
+    from ascend_moe.kernels import output_pool
+    output_pool.release()
     try:
         import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)

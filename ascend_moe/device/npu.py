@@ -211,7 +211,10 @@ def stream(stream: Optional[Stream]) -> Iterator[Optional[Stream]]:
 
 
 def empty_cache() -> None:
-    """Freed npu memory goes straight back to the host allocator: no cache to empty."""
+    """Freed npu memory goes straight back to the host allocator: no cache of its own to empty.  What the
+    simulator keeps of its large outputs for reuse (:mod:`ascend_moe.kernels.output_pool`) is given back."""
+    from ..kernels import output_pool  # (the simulator's package: imported when asked, not with the device)
+    output_pool.release()
 
 
 def memory_allocated(device: DeviceLike = None) -> int:

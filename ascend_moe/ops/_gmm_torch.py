@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import kernels as machine_kernels
+from ..kernels import output_pool
 from ..opdecl import get_decl
 from ..rules import ConstraintWarning
 from ..sim import gmm as _sim
@@ -229,10 +230,11 @@ def _gm_backward(ctx, grads):
 
 def gmm_forward(op: str, group_list_type: int, a: Dict[str, Any]) -> Tensor:
     """npu_gmm / npu_gmm_v2 on the simulator (``a``: bound arguments, arrays as NumPy).  The output is a
-    fresh torch.empty the simulator writes in place: the weight gradient (K split) is GB-sized, and the
-    first-touch cost of torch's ordinary pages is steady where NumPy's huge-page allocations are not."""
+    torch tensor the simulator writes in place, from :mod:`ascend_moe.kernels.output_pool`: the weight gradient
+    (K split) is GB-sized, and fresh pages of that size cost more than its product (NumPy's huge-page allocations
+    cost less on average but their first-touch time varied 20-fold)."""
     (shape, dtype), = gmm_shape(a)
-    y = torch.empty(tuple(int(d) for d in shape), dtype=torch_dtype(dtype))
+    y = output_pool.empty(shape, torch_dtype(dtype))
     _sim._gmm_forward(a["x"], a["weight"], a["bias"], a["group_list"], a["group_type"], group_list_type, None,
                       out=to_numpy(y), copy_cast=_fast_copy_cast)
     return y
@@ -276,7 +278,7 @@ def gmm_compiled(group_list_type: int, a: Dict[str, Any]) -> Optional[Tensor]:
         return None
     runs, empty, total = found
     shape = (x.shape[0], w.shape[-1]) if gt == 0 else (gl.shape[0], x.shape[0], w.shape[-1])
-    y = torch.empty(shape, dtype=x.dtype)
+    y = output_pool.empty(shape, x.dtype)
     out = to_numpy(y)
     if not machine_kernels.compiled_grouped_gemm(out, to_numpy(x), to_numpy(w), runs, gt == 2):
         return None

@@ -1,0 +1,126 @@
+"""Large op outputs made from memory a previous output of the same size gave back, within a budget.
+
+A fresh buffer of tens of megabytes or more comes from the kernel as new pages, and every page is zeroed on its
+first write: the weight gradient of a MoE layer (``x^T @ dy``, [E, K, N]) is such an output, made anew on every
+backward, and at E = 32, K = 7168, N = 2048 in bf16 (940 MB) those page faults took 170-250 ms of a ~75 ms
+product (2 cores).  Torch's CPU allocator keeps nothing; torch_npu's caching allocator keeps freed device memory
+for the next allocation of its size, and this pool does the same for the simulator's large CPU outputs.
+
+An entry is a storage the pool made and holds.  It is handed out again only while nothing else refers to it: its
+storage's reference count is the pool's one (a tensor, a view, a NumPy array or a DLPack capsule of it each hold
+one more), so an output in use - a gradient kept in ``.grad``, an activation saved for the backward - is never
+given to a second call.  What a handed-out buffer holds before the op writes it is unspecified, as with
+``torch.empty``: the ops write every element of their outputs (the "undefined" regions with their fill).
+
+Budget: ``ASCEND_MOE_OUTPUT_POOL_MB`` (default 1024; 0 disables) bounds the bytes of all entries, in use or
+not; a new output that would pass it first drops the least recently used idle entries, and is not kept when that
+is not enough.  Outputs under :data:`MIN_BYTES` are not pooled (the C allocator reuses such blocks itself).  The
+idle entries are memory the process keeps between calls: :func:`release` (and ``torch.npu.empty_cache()`` on the
+simulated device) gives them back.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Dict, Sequence
+
+import torch
+
+DEFAULT_BUDGET_MB = 1024
+MIN_BYTES = 4 << 20
+
+_use_count = torch._C._storage_Use_Count
+
+
+def budget_bytes() -> int:
+    raw = os.environ.get("ASCEND_MOE_OUTPUT_POOL_MB", "").strip()
+    if not raw:
+        return DEFAULT_BUDGET_MB << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"ASCEND_MOE_OUTPUT_POOL_MB must be a number of megabytes (0 disables the output pool), "
+                         f"got {raw!r}") from None
+    if not mb >= 0:
+        raise ValueError(f"ASCEND_MOE_OUTPUT_POOL_MB must be >= 0, got {raw!r}")
+    return int(mb * (1 << 20))
+
+
+class OutputPool:
+    """Storages of large outputs, reused once idle (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # id -> storage, least recently handed out first
+        self._entries: "OrderedDict[int, torch.UntypedStorage]" = OrderedDict()
+        self._next_id = 0
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """A contiguous CPU tensor of ``shape`` and ``dtype``, its contents unspecified (``torch.empty``)."""
+        shape = tuple(int(d) for d in shape)
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * dtype.itemsize
+        if nbytes < MIN_BYTES:
+            return torch.empty(shape, dtype=dtype)
+        budget = budget_bytes()
+        with self._lock:
+            storage = self._take_idle(nbytes)
+            if storage is None:
+                storage = self._make(nbytes, budget)
+            # the tensor's reference is taken before the lock is let go: no other call can see this entry idle
+            return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+    def _take_idle(self, nbytes: int):
+        for key, storage in self._entries.items():
+            if storage.nbytes() == nbytes and _use_count(storage._cdata) == 1:
+                self._entries.move_to_end(key)
+                return storage
+        return None
+
+    def _make(self, nbytes: int, budget: int) -> torch.UntypedStorage:
+        storage = torch.UntypedStorage(nbytes)
+        if nbytes > budget:
+            return storage
+        held = self._held()
+        for key in [k for k, s in self._entries.items() if _use_count(s._cdata) == 1]:
+            if held + nbytes <= budget:
+                break
+            held -= self._entries.pop(key).nbytes()
+        if held + nbytes <= budget:
+            self._entries[self._next_id] = storage
+            self._next_id += 1
+        return storage
+
+    def _held(self) -> int:
+        return sum(s.nbytes() for s in self._entries.values())
+
+    def release(self) -> int:
+        """Drop the idle entries (their memory goes back to the system); returns the bytes dropped."""
+        with self._lock:
+            idle = [k for k, s in self._entries.items() if _use_count(s._cdata) == 1]
+            freed = sum(self._entries[k].nbytes() for k in idle)
+            for k in idle:
+                del self._entries[k]
+        return freed
+
+    def stats(self) -> Dict[str, int]:
+        """``held``: bytes of all entries; ``idle``: of those no tensor refers to; ``entries``: their number."""
+        with self._lock:
+            idle = sum(s.nbytes() for s in self._entries.values() if _use_count(s._cdata) == 1)
+            return {"held": self._held(), "idle": idle, "entries": len(self._entries)}
+
+
+POOL = OutputPool()
+
+
+def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """:meth:`OutputPool.empty` of the process's pool."""
+    return POOL.empty(shape, dtype)
+
+
+def release() -> int:
+    """Give the pool's idle memory back (:meth:`OutputPool.release`)."""
+    return POOL.release()
