@@ -140,3 +140,9 @@ def test_a_bad_budget_is_refused_naming_the_variable(monkeypatch, raw):
     monkeypatch.setenv("ASCEND_MOE_OUTPUT_POOL_MB", raw)
     with pytest.raises(ValueError, match="ASCEND_MOE_OUTPUT_POOL_MB"):
         train_step(6)
+
+
+def test_the_default_budget_is_a_quarter_of_physical_memory():
+    import os
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert output_pool.budget_bytes() == physical // 4

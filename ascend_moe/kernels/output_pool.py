@@ -12,8 +12,8 @@ one more), so an output in use - a gradient kept in ``.grad``, an activation sav
 given to a second call.  What a handed-out buffer holds before the op writes it is unspecified, as with
 ``torch.empty``: the ops write every element of their outputs (the "undefined" regions with their fill).
 
-Budget: ``ASCEND_MOE_OUTPUT_POOL_MB`` (default 1024; 0 disables) bounds the bytes of all entries, in use or
-not; a new output that would pass it first drops the least recently used idle entries, and is not kept when that
+Budget: ``ASCEND_MOE_OUTPUT_POOL_MB`` (default: a quarter of the machine's physical memory, 1024 MB where that
+is unknown; 0 disables) bounds the bytes of all entries, in use or not; a new output that would pass it first drops the least recently used idle entries, and is not kept when that
 is not enough.  Outputs under :data:`MIN_BYTES` are not pooled (the C allocator reuses such blocks itself).  The
 idle entries are memory the process keeps between calls: :func:`release` (and ``torch.npu.empty_cache()`` on the
 simulated device) gives them back.
@@ -27,16 +27,27 @@ from typing import Dict, Sequence
 
 import torch
 
-DEFAULT_BUDGET_MB = 1024
+FALLBACK_BUDGET_MB = 1024
 MIN_BYTES = 4 << 20
 
 _use_count = torch._C._storage_Use_Count
 
 
+def _default_budget() -> int:
+    """A quarter of physical memory: the fp32 weight gradient at E = 32, K = 7168, N = 2048 is 1.9 GB."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (AttributeError, ValueError, OSError):
+        return FALLBACK_BUDGET_MB << 20
+
+
+_DEFAULT_BUDGET = _default_budget()
+
+
 def budget_bytes() -> int:
     raw = os.environ.get("ASCEND_MOE_OUTPUT_POOL_MB", "").strip()
     if not raw:
-        return DEFAULT_BUDGET_MB << 20
+        return _DEFAULT_BUDGET
     try:
         mb = float(raw)
     except ValueError:
