@@ -266,3 +266,23 @@ def test_a_call_keeps_none_of_its_tensors_alive_without_the_garbage_collector():
         assert [r() is None for r in refs] == [True] * len(refs)
     finally:
         gc.enable()
+
+
+def test_a_doc_warning_is_given_by_the_forward_and_not_repeated_by_the_backward():
+    """The backward's own gmm calls meet the same group list: the forward's warning is not given again, and the
+    next forward (on this thread) gives it again."""
+    import warnings
+    x = torch.ones(10, 16, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.ones(3, 16, 8, dtype=torch.bfloat16, requires_grad=True)
+    gl = torch.tensor([2, 5, 7])  # total 7 < 10 rows: a doc-only rule
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        y = am.npu_gmm(x, w, group_list=gl)
+        forward_warnings = len(seen)
+        y.backward(torch.ones_like(y))
+        after_backward = len(seen)
+        am.npu_gmm(x.detach(), w.detach(), group_list=gl)
+    assert forward_warnings >= 1
+    assert after_backward == forward_warnings
+    assert len(seen) == 2 * forward_warnings
+    assert all(issubclass(s.category, am.ConstraintWarning) for s in seen)

@@ -7,7 +7,6 @@ whichever backend the forward used.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from .. import kernels as machine_kernels
 from ..kernels import output_pool
 from ..opdecl import get_decl
-from ..rules import ConstraintWarning
+from ..rules import quiet_doc_warnings
 from ..sim import gmm as _sim
 from ..sim.numerics import fill_undefined, get_undefined_policy
 from ._common import from_numpy, to_numpy
@@ -145,9 +144,11 @@ def _quiet_doc_warnings(fn):
     """The backward re-runs the checker on its own gmm calls; a doc-only warning was already
     reported by the forward call with the same group list, so it is not repeated."""
     def wrapped(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConstraintWarning)
+        before = quiet_doc_warnings(True)
+        try:
             return fn(*args, **kwargs)
+        finally:
+            quiet_doc_warnings(before)
     return wrapped
 
 

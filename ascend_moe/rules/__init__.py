@@ -750,6 +750,19 @@ def strict_docs() -> bool:
     return os.environ.get("ASCEND_MOE_STRICT_DOCS", "0") not in ("", "0", "false", "False")
 
 
+_doc_warnings = threading.local()
+
+
+def quiet_doc_warnings(quiet: bool) -> bool:
+    """Whether :func:`enforce_call` keeps its doc-only warnings to itself on this thread (for calls whose
+    warnings an earlier call already gave: the backward's own gmm calls); returns the previous setting.  A
+    thread-local flag, where ``warnings.catch_warnings`` edits the process's filters (not thread-safe) and cost
+    ~60 us a call with cold caches."""
+    before = getattr(_doc_warnings, "quiet", False)
+    _doc_warnings.quiet = quiet
+    return before
+
+
 def enforce_call(op: str, args: Dict[str, Any], target: Optional[Target] = None) -> Target:
     """Raise :class:`ConstraintError` with every error of the call, or :class:`NotSimulatedError` when
     the only obstacles are forms the simulator does not model; warn for doc-only rules."""
@@ -759,7 +772,7 @@ def enforce_call(op: str, args: Dict[str, Any], target: Optional[Target] = None)
     errors = [v for v in violations if v.severity == "error" or (strict and v.severity == "warning")]
     unsimulated = [v for v in violations if v.severity == "not-simulated"]
     for v in violations:
-        if v.severity == "warning" and v not in errors:
+        if v.severity == "warning" and v not in errors and not getattr(_doc_warnings, "quiet", False):
             warnings.warn(str(v), ConstraintWarning, stacklevel=3)
     if errors:
         raise ConstraintError(op, errors + unsimulated, target)
