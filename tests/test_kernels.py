@@ -1587,9 +1587,10 @@ def test_weight_cache_budget(monkeypatch):
     monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", "0")
     am.npu_gmm(torch.randn(4, 8).half(), torch.randn(1, 8, 4).half(), group_list=[4])
     assert len(mk.WEIGHT_CACHE) == 0
-    monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", "lots")
-    with pytest.raises(ValueError, match="ASCEND_MOE_WEIGHT_CACHE_MB"):
-        am.npu_gmm(torch.randn(4, 8).half(), torch.randn(1, 8, 4).half(), group_list=[4])
+    for raw in ("lots", "-1", "nan", "inf"):
+        monkeypatch.setenv("ASCEND_MOE_WEIGHT_CACHE_MB", raw)
+        with pytest.raises(ValueError, match="ASCEND_MOE_WEIGHT_CACHE_MB"):
+            am.npu_gmm(torch.randn(4, 8).half(), torch.randn(1, 8, 4).half(), group_list=[4])
 
 
 def test_shared_stride0_int_weights_exact():

@@ -135,7 +135,7 @@ def test_release_and_the_simulated_device_empty_cache_give_idle_memory_back():
     assert output_pool.POOL.stats()["held"] == 0
 
 
-@pytest.mark.parametrize("raw", ["lots", "-1", "nan"])
+@pytest.mark.parametrize("raw", ["lots", "-1", "nan", "inf"])
 def test_a_bad_budget_is_refused_naming_the_variable(monkeypatch, raw):
     monkeypatch.setenv("ASCEND_MOE_OUTPUT_POOL_MB", raw)
     with pytest.raises(ValueError, match="ASCEND_MOE_OUTPUT_POOL_MB"):

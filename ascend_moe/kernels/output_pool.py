@@ -20,6 +20,7 @@ simulated device) gives them back.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -27,10 +28,17 @@ from typing import Dict, Sequence
 
 import torch
 
+from .weight_cache import megabytes_from_env
+
 FALLBACK_BUDGET_MB = 1024
 MIN_BYTES = 4 << 20
 
 _use_count = torch._C._storage_Use_Count
+
+
+def _idle(storage: torch.UntypedStorage) -> bool:
+    """Nothing but the pool refers to ``storage`` (a tensor, view, NumPy array or capsule of it would add one)."""
+    return _use_count(storage._cdata) == 1
 
 
 def _default_budget() -> int:
@@ -45,17 +53,7 @@ _DEFAULT_BUDGET = _default_budget()
 
 
 def budget_bytes() -> int:
-    raw = os.environ.get("ASCEND_MOE_OUTPUT_POOL_MB", "").strip()
-    if not raw:
-        return _DEFAULT_BUDGET
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(f"ASCEND_MOE_OUTPUT_POOL_MB must be a number of megabytes (0 disables the output pool), "
-                         f"got {raw!r}") from None
-    if not mb >= 0:
-        raise ValueError(f"ASCEND_MOE_OUTPUT_POOL_MB must be >= 0, got {raw!r}")
-    return int(mb * (1 << 20))
+    return megabytes_from_env("ASCEND_MOE_OUTPUT_POOL_MB", _DEFAULT_BUDGET, "the output pool")
 
 
 class OutputPool:
@@ -63,17 +61,13 @@ class OutputPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # id -> storage, least recently handed out first
+        # id(storage) -> storage (held, so its id stays its own), least recently handed out first
         self._entries: "OrderedDict[int, torch.UntypedStorage]" = OrderedDict()
-        self._next_id = 0
 
     def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """A contiguous CPU tensor of ``shape`` and ``dtype``, its contents unspecified (``torch.empty``)."""
         shape = tuple(int(d) for d in shape)
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES:
             return torch.empty(shape, dtype=dtype)
         budget = budget_bytes()
@@ -86,7 +80,7 @@ class OutputPool:
 
     def _take_idle(self, nbytes: int):
         for key, storage in self._entries.items():
-            if storage.nbytes() == nbytes and _use_count(storage._cdata) == 1:
+            if storage.nbytes() == nbytes and _idle(storage):
                 self._entries.move_to_end(key)
                 return storage
         return None
@@ -96,13 +90,12 @@ class OutputPool:
         if nbytes > budget:
             return storage
         held = self._held()
-        for key in [k for k, s in self._entries.items() if _use_count(s._cdata) == 1]:
+        for key in [k for k, s in self._entries.items() if _idle(s)]:
             if held + nbytes <= budget:
                 break
             held -= self._entries.pop(key).nbytes()
         if held + nbytes <= budget:
-            self._entries[self._next_id] = storage
-            self._next_id += 1
+            self._entries[id(storage)] = storage
         return storage
 
     def _held(self) -> int:
@@ -111,7 +104,7 @@ class OutputPool:
     def release(self) -> int:
         """Drop the idle entries (their memory goes back to the system); returns the bytes dropped."""
         with self._lock:
-            idle = [k for k, s in self._entries.items() if _use_count(s._cdata) == 1]
+            idle = [k for k, s in self._entries.items() if _idle(s)]
             freed = sum(self._entries[k].nbytes() for k in idle)
             for k in idle:
                 del self._entries[k]
@@ -120,7 +113,7 @@ class OutputPool:
     def stats(self) -> Dict[str, int]:
         """``held``: bytes of all entries; ``idle``: of those no tensor refers to; ``entries``: their number."""
         with self._lock:
-            idle = sum(s.nbytes() for s in self._entries.values() if _use_count(s._cdata) == 1)
+            idle = sum(s.nbytes() for s in self._entries.values() if _idle(s))
             return {"held": self._held(), "idle": idle, "entries": len(self._entries)}
 
 

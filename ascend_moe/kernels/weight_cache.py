@@ -26,6 +26,7 @@ weights only through torch in-place ops on them.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import threading
 import weakref
@@ -39,18 +40,23 @@ import xxhash
 DEFAULT_BUDGET_MB = 512
 
 
-def budget_bytes() -> int:
-    raw = os.environ.get("ASCEND_MOE_WEIGHT_CACHE_MB", "").strip()
+def megabytes_from_env(name: str, default_bytes: int, what: str) -> int:
+    """Bytes of a budget set in megabytes by environment variable ``name`` (``default_bytes`` when unset; 0
+    disables ``what``); ValueError naming the variable for anything but a finite number >= 0."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_BUDGET_MB << 20
+        return default_bytes
     try:
         mb = float(raw)
     except ValueError:
-        raise ValueError(f"ASCEND_MOE_WEIGHT_CACHE_MB must be a number of megabytes (0 disables the weight "
-                         f"cache), got {raw!r}") from None
-    if mb < 0:
-        raise ValueError(f"ASCEND_MOE_WEIGHT_CACHE_MB must be >= 0, got {raw!r}")
+        raise ValueError(f"{name} must be a number of megabytes (0 disables {what}), got {raw!r}") from None
+    if not (math.isfinite(mb) and mb >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 (0 disables {what}), got {raw!r}")
     return int(mb * (1 << 20))
+
+
+def budget_bytes() -> int:
+    return megabytes_from_env("ASCEND_MOE_WEIGHT_CACHE_MB", DEFAULT_BUDGET_MB << 20, "the weight cache")
 
 
 def check_content() -> bool:
