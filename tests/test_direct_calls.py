@@ -102,6 +102,50 @@ def test_retained_graph_backward_runs_twice_with_the_same_gradients():
         start = end
 
 
+@pytest.mark.parametrize("kernels", ["reference", "fp32=widen_fma"])
+def test_backward_checks_and_sets_up_both_products_before_running_either(monkeypatch, kernels):
+    """The gmm backward checks its two calls (dy @ w^T, then x^T @ dy) and sets both up before it runs either;
+    the gradients are those of plain loops, on the simulator's path and on the compiled one."""
+    import ascend_moe.ops._gmm_torch as gmm_torch
+    from ascend_moe import kernels as machine_kernels
+    if kernels != "reference" and (machine_kernels.impls._gemm is None
+                                   or not machine_kernels.impls.widen_fma_contract_holds(torch.float32)):
+        pytest.skip("no compiled widen-FMA GEMM on this machine")
+    monkeypatch.setenv("ASCEND_MOE_KERNELS", kernels)
+    x, w, gl = _gmm_inputs(4, torch.float32)
+    dy = torch.randn(24, 16, generator=torch.Generator().manual_seed(5))
+    events = []
+    real_enforce, real_run_sim, real_plan = generate._enforce, gmm_torch.run_sim, gmm_torch.gmm_compiled_plan
+
+    def enforce(decl, a):
+        events.append(("check", a["group_type"]))
+        return real_enforce(decl, a)
+
+    def run_sim(decl, a, target):
+        events.append(("simulate", a["group_type"]))
+        return real_run_sim(decl, a, target)
+
+    def plan(list_type, a):
+        run = real_plan(list_type, a)
+        return None if run is None else (lambda: events.append(("compiled", a["group_type"])) or run())
+    monkeypatch.setattr(generate, "_enforce", enforce)
+    monkeypatch.setattr(gmm_torch, "run_sim", run_sim)
+    monkeypatch.setattr(gmm_torch, "gmm_compiled_plan", plan)
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = am.npu_gmm(xr, wr, group_list=gl)
+    events.clear()
+    y.backward(dy)
+    how = "simulate" if kernels == "reference" else "compiled"
+    assert events == [("check", 0), ("check", 2), (how, 0), (how, 2)]
+    start = 0
+    for e, end in enumerate(gl.tolist()):
+        want_dx = dy[start:end].double() @ w[e].double().T
+        want_dw = x[start:end].double().T @ dy[start:end].double()
+        assert torch.allclose(xr.grad[start:end].double(), want_dx, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(wr.grad[e].double(), want_dw, rtol=1e-5, atol=1e-5)
+        start = end
+
+
 class _OpLog(TorchDispatchMode):
     def __init__(self):
         super().__init__()

@@ -548,17 +548,16 @@ def _make_float_gemms(widen, sources):
     return float_gemm, grouped_gemm
 
 
-def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: List[Tuple[int, int, int]],
-                          k_split: bool) -> bool:
+def compiled_grouped_gemm_plan(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: List[Tuple[int, int, int]],
+                               k_split: bool) -> Optional[Callable[[], None]]:
     """A whole grouped product by one call of a compiled GEMM, where the grouped kernel :func:`for_call` hands
     the simulator would make exactly that call: the machine's choice for every group's shape class is the same
-    compiled GEMM, and it takes the operands as they are (:func:`impls.compiled_grouped`).
-    ``runs``: (group, first row, end row) of the non-empty groups, as the simulator's (M split:
-    ``out[s:t] = a[s:t] @ b[g]``; K split: ``out[g] = a[:, s:t] @ b[s:t]``, each group once).  False, with
-    nothing written, otherwise."""
+    compiled GEMM, and it takes the operands as they are (:func:`impls.compiled_grouped_plan`): that call made
+    ready, not run.  ``runs``: (group, first row, end row) of the non-empty groups, as the simulator's (M split:
+    ``out[s:t] = a[s:t] @ b[g]``; K split: ``out[g] = a[:, s:t] @ b[s:t]``, each group once).  None otherwise."""
     name = _NP_NAME.get(a.dtype)
     if name is None or _reference_forced() or not runs:
-        return False
+        return None
     if k_split:
         classes = {_shape_class(name, a.shape[0], True)}
     else:  # a class is a range of row counts: all groups are in one when the fewest and the most rows are
@@ -568,7 +567,19 @@ def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: L
             classes = {_shape_class(name, r) for r in set(sizes)}
     chosen = {choice(c) for c in classes}
     impl = chosen.pop() if len(chosen) == 1 else None
-    return impl in impls.COMPILED_GEMMS and impls.compiled_grouped(impl, out, a, b, runs, k_split)
+    if impl not in impls.COMPILED_GEMMS:
+        return None
+    return impls.compiled_grouped_plan(impl, out, a, b, runs, k_split)
+
+
+def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: List[Tuple[int, int, int]],
+                          k_split: bool) -> bool:
+    """:func:`compiled_grouped_gemm_plan`, run at once; False, with nothing written, where there is no such call."""
+    run = compiled_grouped_gemm_plan(out, a, b, runs, k_split)
+    if run is None:
+        return False
+    run()
+    return True
 
 
 def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:

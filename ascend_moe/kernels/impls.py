@@ -40,6 +40,7 @@ Exact integer GEMM ``a @ b`` (int8 values, int32 result):
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -575,16 +576,23 @@ def dot_bf16_fits(out: np.ndarray, a: np.ndarray, b: np.ndarray, k_split: bool) 
     return b.dtype == out.dtype == _BF16 and ksplit_layout(out, a, b)
 
 
+def _compiled_call(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray,
+                   groups: Sequence[Tuple[int, int, int]]) -> Callable[[], None]:
+    """The compiled M-split entry of ``impl`` bound to its operands (views and thread count taken now)."""
+    bits = np.uint16
+    threads = torch.get_num_threads()
+    if impl == "dot_bf16":
+        return functools.partial(_gemm.grouped_dot_bf16, out.view(bits), a.view(bits), b3.view(bits), groups,
+                                 threads)
+    if a.dtype == _F32:
+        return functools.partial(_gemm.grouped_fma_fp32, out, a, b3, groups, threads)
+    return functools.partial(_gemm.grouped_widen_fma, out.view(bits), a.view(bits), b3.view(bits), groups,
+                             a.dtype == _F16, threads)
+
+
 def _run_compiled(impl: str, out: np.ndarray, a: np.ndarray, b3: np.ndarray,
                   groups: Sequence[Tuple[int, int, int]]) -> None:
-    bits = np.uint16
-    if impl == "dot_bf16":
-        _gemm.grouped_dot_bf16(out.view(bits), a.view(bits), b3.view(bits), groups, torch.get_num_threads())
-    elif a.dtype == _F32:
-        _gemm.grouped_fma_fp32(out, a, b3, groups, torch.get_num_threads())
-    else:
-        _gemm.grouped_widen_fma(out.view(bits), a.view(bits), b3.view(bits), groups, a.dtype == _F16,
-                                torch.get_num_threads())
+    _compiled_call(impl, out, a, b3, groups)()
 
 
 def _compiled_gemm(impl: str, fits: Callable[..., bool], out: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -630,24 +638,35 @@ _GROUPED_FP32 = frozenset({"torch_native", "torch_packed", "torch_sgemm", "widen
 _GROUPED_HALF = frozenset({"torch_native", "torch_packed"}) | _COMPILED
 
 
-def compiled_grouped(impl: str, out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: Sequence[Tuple[int, int, int]],
-                     k_split: bool) -> bool:
-    """Every run of a grouped product (see :func:`torch_grouped`) by one call of the compiled GEMM ``impl``
-    (``widen_fma`` / ``dot_bf16``); False, with nothing written, where it does not take the operands as they
-    are or (K split) two runs would write one output."""
+def compiled_grouped_plan(impl: str, out: np.ndarray, a: np.ndarray, b: np.ndarray,
+                          runs: Sequence[Tuple[int, int, int]], k_split: bool) -> Optional[Callable[[], None]]:
+    """The call of the compiled GEMM ``impl`` (``widen_fma`` / ``dot_bf16``) that computes every run of a grouped
+    product (see :func:`torch_grouped`), made ready but not run; None where it does not take the operands as they
+    are or (K split) two runs would write one output.  Ready first so that a caller with two products (the gmm
+    backward) can set both up while the interpreter's state is still in the caches, then run them back to back."""
     if not (dot_bf16_fits if impl == "dot_bf16" else widen_fma_fits)(out, a, b, k_split):  # (dtypes, layouts)
-        return False
+        return None
     # the compiled entries read the (group, start, end) rows from the list itself (no NumPy array made per call)
     if not k_split:
-        _run_compiled(impl, out, a, b, runs)
-        return True
+        return _compiled_call(impl, out, a, b, runs)
     if len({run[0] for run in runs}) != len(runs):
-        return False  # two runs writing one output: the per-group path
+        return None  # two runs writing one output: the per-group path
     if impl == "dot_bf16":
-        _gemm.grouped_dot_bf16_ksplit(out.view(np.uint16), a.T.view(np.uint16), b.view(np.uint16), runs,
-                                      torch.get_num_threads())
-    else:  # widen_fma takes the K-split product in fp32 only (its fits)
-        _gemm.grouped_fma_fp32_ksplit(out, a.T, b, runs, torch.get_num_threads())
+        bits = np.uint16
+        return functools.partial(_gemm.grouped_dot_bf16_ksplit, out.view(bits), a.T.view(bits), b.view(bits), runs,
+                                 torch.get_num_threads())
+    # widen_fma takes the K-split product in fp32 only (its fits)
+    return functools.partial(_gemm.grouped_fma_fp32_ksplit, out, a.T, b, runs, torch.get_num_threads())
+
+
+def compiled_grouped(impl: str, out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: Sequence[Tuple[int, int, int]],
+                     k_split: bool) -> bool:
+    """Every run of a grouped product by one call of the compiled GEMM ``impl`` (:func:`compiled_grouped_plan`,
+    run at once); False, with nothing written, where it does not take the operands."""
+    run = compiled_grouped_plan(impl, out, a, b, runs, k_split)
+    if run is None:
+        return False
+    run()
     return True
 
 

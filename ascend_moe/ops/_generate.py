@@ -536,6 +536,24 @@ def call_op(name: str, *args: Any, **kwargs: Any) -> Any:
     return getattr(torch.ops.ascend_moe, name)(*args, **kwargs)
 
 
+def checked_direct_cpu_call(name: str, *args: Any, **kwargs: Any) -> Optional[Tuple[OpDecl, Dict[str, Any], Any]]:
+    """:func:`call_op` up to its kernel, where it would run the CPU kernel directly: (the declaration, the bound
+    arguments, the checker's target), the checker having run (a ConstraintError raised as the kernel would).  None
+    where call_op would take another route (the dispatcher, the simulated npu, a gradient recorded, the fake-CANN
+    aclnn hook): call call_op then.  For a backward formula with two products, which checks and sets up both
+    before running either: right after a large GEMM the interpreter's state has left the caches, and the second
+    set-up costs a fraction of the first when it follows it at once."""
+    decl = PUBLIC[name].__ascend_moe_decl__
+    tensors = [t for v in (*args, *kwargs.values())
+               for t in (v if isinstance(v, (list, tuple)) else (v,)) if isinstance(t, torch.Tensor)]
+    if (decl.collective or _direct_kernel(decl, tensors) != "cpu" or _needs_grad(tensors)
+            or requested_backend() == "aclnn"):
+        return None
+    a = kernel_bind(decl, args, kwargs)
+    check_one_device(decl, tensors_of(decl, a))
+    return decl, a, _enforce(decl, a)
+
+
 def make_public(decl: OpDecl, op: Any) -> Callable[..., Any]:
     _DIRECT_KINDS[decl.name] = _direct_route_kinds(decl)
 
