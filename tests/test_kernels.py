@@ -250,6 +250,22 @@ def test_native_contract_check_rejects_a_half_precision_accumulator(monkeypatch)
     assert not impls.native_contract_holds(torch.bfloat16)
 
 
+def test_k_contiguous_native_contract_check_rejects_a_half_precision_accumulator(monkeypatch):
+    """The check of torch's bf16 matmul on a k-contiguous weight (bf16.tall_t) fails for a matmul that accumulates
+    in bf16, and holds for an fp32 accumulation rounded once (an independent float64 product rounded to fp32)."""
+    def bf16_accumulating_mm(a, b, **kw):
+        acc = torch.zeros(a.shape[0], b.shape[1], dtype=a.dtype)
+        for i in range(0, a.shape[1], 64):
+            acc = (acc.float() + a[:, i:i + 64].float() @ b[i:i + 64].float()).to(a.dtype)
+        return acc
+    real_mm = torch.mm
+    monkeypatch.setattr(impls.torch, "mm", bf16_accumulating_mm)
+    assert not impls.native_contract_holds_k_contiguous()
+    monkeypatch.setattr(impls.torch, "mm", lambda a, b, **kw: (a.double() @ b.double()).float().to(a.dtype))
+    assert impls.native_contract_holds_k_contiguous()
+    monkeypatch.setattr(impls.torch, "mm", real_mm)
+
+
 @pytest.mark.parametrize("impl", ["torch_sgemm", "torch_packed"])
 def test_fp32_stays_fp32_when_torch_is_set_to_reduced_precision(monkeypatch, impl):
     """torch.set_float32_matmul_precision("medium") lets oneDNN compute fp32 GEMMs in bf16: the fp32
@@ -1693,6 +1709,48 @@ def test_shape_classes_by_rows():
     assert "fp32.ksplit" in mk.CLASSES and "torch_packed" not in mk.IMPLS_OF["fp32.ksplit"]
 
 
+def test_a_tall_bf16_product_of_a_k_contiguous_weight_has_a_class_of_its_own():
+    """bf16 groups of more than 256 rows times a weight whose k is contiguous (the backward's w^T): bf16.tall_t;
+    any other dtype, size, layout or the K split: the class by rows."""
+    w = np.zeros((3, 40, 24), dtype=np.float32)
+    wt = np.zeros((3, 24, 40), dtype=np.float32).transpose(0, 2, 1)
+    assert not mk._k_contiguous(w) and mk._k_contiguous(wt) and mk._k_contiguous(wt[1])
+    assert not mk._k_contiguous(np.zeros((40, 1), dtype=np.float32))  # one column: both layouts
+    assert mk._shape_class("bf16", 257, k_contiguous=True) == "bf16.tall_t" in mk.CLASSES
+    assert mk._shape_class("bf16", 256, k_contiguous=True) == "bf16.wide"
+    assert mk._shape_class("bf16", 257, k_split=True, k_contiguous=True) == "bf16.tall"
+    for dtype in ("fp32", "fp16", "int8"):
+        assert mk._shape_class(dtype, 4096, k_contiguous=True) == f"{dtype}.tall"
+    assert "torch_packed" not in mk.IMPLS_OF["bf16.tall_t"]
+
+
+def test_tall_k_contiguous_class_measured_between_the_dot_product_gemm_and_torch(monkeypatch, fresh_selection):
+    """Where dot_bf16 and torch_native both meet the contract, only they are timed for bf16.tall_t, on a weight
+    whose k is contiguous; where one is missing, every verified candidate is."""
+    seen = {}
+
+    def measure(cls, candidates):
+        seen[cls] = list(candidates)
+        return {c: (1.0 if c == "torch_native" else 2.0) for c in candidates}
+    monkeypatch.setattr(mk, "_measure", measure)
+    monkeypatch.setattr(mk, "_verified", lambda cls, impl: True)
+    assert mk.choice("bf16.tall_t") == "torch_native" and sorted(seen["bf16.tall_t"]) == ["dot_bf16", "torch_native"]
+    mk.reset()
+    fresh = fresh_selection / "second"
+    monkeypatch.setenv("ASCEND_MOE_CACHE_DIR", str(fresh))
+    monkeypatch.setattr(mk, "_verified", lambda cls, impl: impl != "dot_bf16")
+    mk.choice("bf16.tall_t")
+    assert sorted(seen["bf16.tall_t"]) == ["reference", "torch_native", "torch_sgemm", "widen_fma"]
+    # the probe's weight is a transposed view
+    layouts = []
+    real = impls.torch_grouped
+    monkeypatch.setattr(impls, "torch_grouped", lambda out, a, b, *rest: layouts.append(mk._k_contiguous(b))
+                        or real(out, a, b, *rest))
+    mk._probe_runner("bf16.tall_t", "torch_native", (300, 64, 32, 2))()
+    mk._probe_runner("bf16.tall", "torch_native", (300, 64, 32, 2))()
+    assert layouts == [True, False]
+
+
 def test_forcing_a_dtype_gives_the_k_split_class_the_same_gemm(monkeypatch, fresh_selection):
     """``fp32=torch_packed``: the K-split product's operands are activations, so its class gets torch's own GEMM
     (torch_sgemm); naming that class with torch_packed is refused."""
@@ -1912,6 +1970,40 @@ def _gmm_both_ways(monkeypatch, call):
 
 def _same_bits(x, y):
     return torch.equal(x.contiguous().view(-1).view(torch.uint8), y.contiguous().view(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("impl", ["torch_native", "dot_bf16", "widen_fma"])
+def test_tall_bf16_backward_by_the_k_contiguous_class_choice(monkeypatch, impl):
+    """bf16 groups of more than 256 rows: the backward's dy @ w^T (a k-contiguous weight) runs bf16.tall_t's
+    choice, torch's matmul where that is torch_native, while the forward keeps bf16.tall's (widen_fma; the weight
+    gradient, which widen_fma does not take in bf16, its stand-in); every gradient rounds
+    once within the fp32 summation bound of a float64 loop."""
+    _skip_unless_eligible(impl, "bf16")
+    if impl == "torch_native" and not mk._verified("bf16.tall_t", "torch_native"):
+        pytest.skip("torch's bf16 matmul of a k-contiguous weight does not meet the contract here")
+    _skip_unless_eligible("widen_fma", "bf16")
+    force(monkeypatch, f"bf16=widen_fma,bf16.tall_t={impl}")
+    mms = []  # torch GEMMs of a k-contiguous weight
+    real_mm = torch.mm
+    monkeypatch.setattr(impls.torch, "mm", lambda a, b, **kw: (b.stride(0) == 1 and mms.append(b.stride()))
+                        or real_mm(a, b, **kw))
+    g = torch.Generator().manual_seed(12)
+    counts = [300, 0, 280]
+    x = torch.randn(580, 96, generator=g).to(torch.bfloat16).requires_grad_()
+    w = torch.randn(3, 96, 40, generator=g).to(torch.bfloat16).requires_grad_()
+    dy = torch.randn(580, 40, generator=g).to(torch.bfloat16)
+    y = am.npu_gmm(x, w, group_list=list(np.cumsum(counts)))
+    assert mms == []  # the forward: bf16.tall's compiled GEMM
+    y.backward(dy)
+    # torch's GEMM ran exactly for dy @ w^T's two groups (w[e]^T: [40, 96] with k contiguous) where it is chosen
+    assert mms == ([(1, 40)] * 2 if impl == "torch_native" else [])
+    assert_round_once_within_fp32_bound(y, *ref_gmm(x.detach(), w.detach(), counts))
+    assert_round_once_within_fp32_bound(x.grad, *ref_gmm(dy, w.detach().transpose(-1, -2), counts))
+    s = 0
+    for i, c in enumerate(counts):
+        xs, ds = x.detach()[s:s + c].double(), dy[s:s + c].double()
+        assert_round_once_within_fp32_bound(w.grad[i], xs.t() @ ds, (c + 4) * U32 * (xs.abs().t() @ ds.abs()))
+        s += c
 
 
 @pytest.mark.parametrize("dtype_name,impl", _SHORTCUT_CASES)

@@ -63,8 +63,12 @@ WIDE_ROWS = 256
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NP_NAME = {np.dtype(np.float32): "fp32", impls._BF16: "bf16", np.dtype(np.float16): "fp16"}
 KSPLIT_FP32 = "fp32.ksplit"
+# the bf16 M split of more than WIDE_ROWS rows times a weight whose k is contiguous (the backward's dy @ w^T): oneDNN
+# runs that layout faster than the forward's (dy @ w^T at 512 rows ~7 % ahead of dot_bf16, scans included, against
+# level in the forward), so it is measured on its own
+TALL_T_BF16 = "bf16.tall_t"
 CLASSES = tuple(f"{d}.{s}" for d in ("fp32", "bf16", "fp16", "int8")
-                for s in ("tall", "wide", "narrow", "skinny")) + (KSPLIT_FP32,)
+                for s in ("tall", "wide", "narrow", "skinny")) + (KSPLIT_FP32, TALL_T_BF16)
 # which implementations exist for which operand dtype (each still has to pass its contract check)
 _FLOAT_DTYPES_OF = {"torch_native": ("bf16", "fp16"), "torch_packed": ("bf16", "fp32"),
                     "widen_fma": ("bf16", "fp16", "fp32"), "dot_bf16": ("bf16",)}
@@ -74,7 +78,10 @@ IMPLS_OF = {c: tuple(INT_IMPLS if c.startswith("int8") else
 # the K-split product's operands are activations (nothing to pack): torch_packed there would be torch's own GEMM,
 # torch_sgemm, which a dtype-wide force of torch_packed gives that class
 IMPLS_OF[KSPLIT_FP32] = tuple(n for n in IMPLS_OF[KSPLIT_FP32] if n != "torch_packed")
-_SAME_IMPL = {(KSPLIT_FP32, "torch_packed"): "torch_sgemm"}
+# a k-contiguous weight is, in a MoE layer, the backward's w^T, changed by every training step: a kept packed copy
+# would be made for nothing (a dtype-wide force of torch_packed gives it torch_native, the same GEMM unpacked)
+IMPLS_OF[TALL_T_BF16] = tuple(n for n in IMPLS_OF[TALL_T_BF16] if n != "torch_packed")
+_SAME_IMPL = {(KSPLIT_FP32, "torch_packed"): "torch_sgemm", (TALL_T_BF16, "torch_packed"): "torch_native"}
 # representative (m, k, n) GEMMs per shape class for the one-time measurement, timed together: MoE
 # groups of a few hundred rows (GEMM libraries switch algorithms with m, so more than one m is timed);
 # for bf16 / fp16 the skinny and narrow classes also with a weight larger than a cache, as MoE experts'
@@ -85,7 +92,7 @@ _SAME_IMPL = {(KSPLIT_FP32, "torch_packed"): "torch_sgemm"}
 # multiplied GEMM by GEMM stays in the L2 cache and pays no per-group work, unlike a MoE layer's experts:
 # bf16 wide once chose torch's GEMM by 5 % there and ran the issue's grouped call 25 % slower).  The K-split
 # class: (tokens per group, x's columns, dy's columns, groups), the weight gradient of the issue's layer shape.
-_PROBE_SHAPES = {"tall": ((512, 1024, 512, 2),), "wide": ((128, 1024, 512, 8),),
+_PROBE_SHAPES = {"tall": ((512, 1024, 512, 2),), "tall_t": ((512, 2048, 4096, 2),), "wide": ((128, 1024, 512, 8),),
                  "narrow": ((24, 4096, 4096),),
                  "skinny": ((4, 2048, 1024), (8, 4096, 4096))}
 _PROBE_SHAPES_SMALL_WEIGHTS = {"tall": ((512, 2048, 1024),), "wide": ((128, 1024, 512),), "narrow": ((24, 2048, 1024),),
@@ -94,7 +101,7 @@ _PROBE_SHAPES_SMALL_WEIGHTS = {"tall": ((512, 2048, 1024),), "wide": ((128, 1024
 # timed after a torch call; 7: the compiled kernels on torch's OpenMP team, NumPy-BLAS candidates timed last;
 # 8: widen_fma joined the fp32 classes; 9: bf16 / fp16 wide probes stream several experts' weights; 10: dot_int8
 # joined the int8 classes; 11: torch_packed chosen over a compiled GEMM only by a margin; 12: the tall classes;
-# 13: the fp32 K-split class
+# 13: the fp32 K-split class (bf16.tall_t, added later, is measured when first needed)
 _SCHEMA = 13
 
 
@@ -247,8 +254,12 @@ def _verified(cls: str, impl: str) -> bool:
         data = _load()
         verified = data["verified"]  # type: ignore[index]
         name = f"{impl}:{dtype}"
+        if cls == TALL_T_BF16 and impl == "torch_native":
+            name = f"{impl}:{dtype}:k_contiguous"  # oneDNN may run another kernel for that layout: checked on it
         if name not in verified:
-            if impl == "torch_int_mm":
+            if name == "torch_native:bf16:k_contiguous":
+                verified[name] = _verified("bf16.tall", "torch_native") and impls.native_contract_holds_k_contiguous()
+            elif impl == "torch_int_mm":
                 verified[name] = impls.int_mm_exact_on_this_machine()
             elif impl == "dot_int8":
                 verified[name] = impls.dot_int8_contract_holds()
@@ -287,9 +298,12 @@ def _probe_runner(cls: str, impl: str, shape: Tuple[int, ...]) -> Callable[[], N
     tdt = FLOAT_DTYPES[dtype]
     if cls == KSPLIT_FP32:
         return _ksplit_probe_runner(impl, m, k, n, experts, rng)
-    # experts groups of m rows, each with its own weight
+    # experts groups of m rows, each with its own weight (k contiguous for the tall_t class: [E, N, K] transposed)
     ta = torch.from_numpy(rng.standard_normal((m * experts, k), dtype=np.float32)).to(tdt)
-    tb = torch.from_numpy(rng.standard_normal((experts, k, n), dtype=np.float32)).to(tdt)
+    if cls == TALL_T_BF16:
+        tb = torch.from_numpy(rng.standard_normal((experts, n, k), dtype=np.float32)).to(tdt).transpose(-1, -2)
+    else:
+        tb = torch.from_numpy(rng.standard_normal((experts, k, n), dtype=np.float32)).to(tdt)
     out = torch.empty((m * experts, n), dtype=tdt)
     from ..ops._common import to_numpy
     a, b3, o = to_numpy(ta), to_numpy(tb), to_numpy(out)
@@ -418,6 +432,12 @@ _IN_PLACE_MARGIN = 1.10
 _KEPT_FORM_MARGIN = 1.10
 
 
+# classes measured between two candidates where both meet the contract here: bf16.tall_t exists because oneDNN runs
+# a k-contiguous weight faster than the forward's layout, and its probe streams 32 MB of weights (50 ms a call), so
+# the others, 3x slower at the bf16 tall shapes, are not timed 10 times each (they are where either is missing)
+_MEASURED_BETWEEN = {TALL_T_BF16: ("dot_bf16", "torch_native")}
+
+
 def _pick(timings: Dict[str, float]) -> str:
     best = min(timings, key=timings.get)
     others = {c: t for c, t in timings.items() if c not in _ON_NUMPY_BLAS}
@@ -460,6 +480,9 @@ def choice(cls: str) -> str:
         chosen = data["choices"]  # type: ignore[index]
         if cls not in chosen:
             candidates = [i for i in IMPLS_OF[cls] if _verified(cls, i)]
+            between = _MEASURED_BETWEEN.get(cls, ())
+            if between and all(i in candidates for i in between):
+                candidates = list(between)
             timings = _measure(cls, candidates) if len(candidates) > 1 else {candidates[0]: 0.0}
             chosen[cls] = _pick(timings)
             data["timings"][cls] = {k: (None if v == float("inf") else round(v, 6))  # type: ignore[index]
@@ -481,13 +504,21 @@ def choices() -> Dict[str, str]:
 _CLASS_NAMES = {d: (f"{d}.skinny", f"{d}.narrow", f"{d}.wide", f"{d}.tall") for d in (*FLOAT_DTYPES, "int8")}
 
 
-def _shape_class(dtype_name: str, rows: int, k_split: bool = False) -> str:
-    """The class of a GEMM of ``rows`` rows of ``a`` (of the K-split product: x's columns) in ``dtype_name``."""
+def _shape_class(dtype_name: str, rows: int, k_split: bool = False, k_contiguous: bool = False) -> str:
+    """The class of a GEMM of ``rows`` rows of ``a`` (of the K-split product: x's columns) in ``dtype_name``;
+    ``k_contiguous``: an M split's weight has its k contiguous (:func:`_k_contiguous`)."""
     if k_split and dtype_name == "fp32":
         return KSPLIT_FP32
     names = _CLASS_NAMES[dtype_name]
-    return (names[0] if rows <= SKINNY_ROWS else names[1] if rows <= NARROW_ROWS else names[2] if rows <= WIDE_ROWS
-            else names[3])
+    if rows > WIDE_ROWS:
+        return TALL_T_BF16 if k_contiguous and not k_split and dtype_name == "bf16" else names[3]
+    return names[0] if rows <= SKINNY_ROWS else names[1] if rows <= NARROW_ROWS else names[2]
+
+
+def _k_contiguous(b: np.ndarray) -> bool:
+    """Whether weight ``b`` ([K, N] or [E, K, N]) has its k contiguous and not its n (a transposed view)."""
+    return (b.ndim >= 2 and b.shape[-2] > 1 and b.shape[-1] > 1 and b.strides[-2] == b.itemsize
+            and b.strides[-1] != b.itemsize)
 
 
 def _stand_in(cls: str, fma_fits: bool) -> str:
@@ -516,7 +547,7 @@ def _make_float_gemms(widen, sources):
         name = _NP_NAME.get(a.dtype)
         if name is None or a.ndim != 2:
             return False
-        fn = FLOAT_IMPLS[choice(_shape_class(name, a.shape[0]))]
+        fn = FLOAT_IMPLS[choice(_shape_class(name, a.shape[0], k_contiguous=_k_contiguous(b)))]
         return fn is not None and fn(out, a, b, bias_row, widen, memo, pack)
 
     def grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs, k_split: bool) -> bool:
@@ -531,8 +562,9 @@ def _make_float_gemms(widen, sources):
             impl = choice(cls)
             return _stand_in(cls, fits["widen_fma"]) if not fits.get(impl, True) else impl
         # one lookup per shape class per call, not per group
-        by_shape = {cls: resolve(cls) for cls in {_shape_class(name, a.shape[0] if k_split else t - s, k_split)
-                                                  for _, s, t in runs}}
+        k_contiguous = not k_split and _k_contiguous(b)
+        by_shape = {cls: resolve(cls) for cls in {_shape_class(name, a.shape[0] if k_split else t - s, k_split,
+                                                               k_contiguous) for _, s, t in runs}}
         # NumPy's BLAS (the reference path) and torch's GEMMs in one call, group after group, run two thread
         # pools that each spin while the other works: a call mixing them was 10-20x slower.  fp32 groups
         # whose class chose the reference then take the same steps in torch (torch_sgemm) in such a call.
@@ -540,7 +572,7 @@ def _make_float_gemms(widen, sources):
             by_shape = {cls: "torch_sgemm" if impl == "reference" else impl for cls, impl in by_shape.items()}
 
         def impl_for_rows(rows: int) -> str:
-            cls = _shape_class(name, rows, k_split)
+            cls = _shape_class(name, rows, k_split, k_contiguous)
             if cls not in by_shape:  # not a class of this call's groups (asked of a K-split's runs)
                 by_shape[cls] = resolve(cls)
             return by_shape[cls]
@@ -562,9 +594,11 @@ def compiled_grouped_gemm_plan(out: np.ndarray, a: np.ndarray, b: np.ndarray, ru
         classes = {_shape_class(name, a.shape[0], True)}
     else:  # a class is a range of row counts: all groups are in one when the fewest and the most rows are
         sizes = [t - s for _, s, t in runs]
-        classes = {_shape_class(name, min(sizes)), _shape_class(name, max(sizes))}
+        k_contiguous = _k_contiguous(b)
+        classes = {_shape_class(name, min(sizes), k_contiguous=k_contiguous),
+                   _shape_class(name, max(sizes), k_contiguous=k_contiguous)}
         if len(classes) > 1:
-            classes = {_shape_class(name, r) for r in set(sizes)}
+            classes = {_shape_class(name, r, k_contiguous=k_contiguous) for r in set(sizes)}
     chosen = {choice(c) for c in classes}
     impl = chosen.pop() if len(chosen) == 1 else None
     if impl not in impls.COMPILED_GEMMS:

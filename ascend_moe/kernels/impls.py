@@ -935,6 +935,17 @@ def native_contract_holds(dtype: torch.dtype,
         return False
 
 
+def native_contract_holds_k_contiguous() -> bool:
+    """:func:`native_contract_holds`' bound check for torch's bf16 matmul of a weight whose k is contiguous (the
+    backward's ``dy @ w^T``, a transposed view; oneDNN may run another kernel for it), at 300 and 512 rows,
+    K = 2048: every output the RNE rounding of a value within the fp32 summation bound."""
+    try:
+        return _within_fp32_bound_at_rows(lambda a, b: torch.mm(a, b.t().contiguous().t()), torch.bfloat16,
+                                          2048, 64, (300, 512), 4321)
+    except RuntimeError:
+        return False
+
+
 # ---------------------------------------------------------------------------------------------
 # exact integer GEMM implementations: fn(a, b) -> int32 ndarray or None
 # ---------------------------------------------------------------------------------------------
