@@ -152,6 +152,27 @@ def test_bf16_subnormal_products_and_inputs_are_not_flushed(monkeypatch, impl):
         assert y[1, 0].item() == 0.0  # 2**-194 is below the bf16 range: zero in IEEE too
 
 
+@pytest.mark.parametrize("impl", ["torch_native", "dot_bf16"])
+def test_bf16_subnormals_kept_in_the_tall_backward_of_a_k_contiguous_weight(monkeypatch, impl):
+    """bf16.tall_t's choice (the backward's dy @ w^T at 300 rows): dy's 2**-63 times w's 2**-64, twice, sums to the
+    fp32 subnormal 2**-126, which a flushing instruction would give as 0; the other rows' zeros stay zeros."""
+    _skip_unless_eligible(impl, "bf16")
+    if impl == "torch_native" and not mk._verified("bf16.tall_t", "torch_native"):
+        pytest.skip("torch's bf16 matmul of a k-contiguous weight does not meet the contract here")
+    force(monkeypatch, f"bf16=widen_fma,bf16.tall_t={impl}" if mk._verified("bf16.wide", "widen_fma")
+          else f"bf16.tall_t={impl}")
+    x = torch.zeros(300, 4, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.zeros(2, 4, 32)
+    w[0, 1, 0] = w[0, 1, 1] = 2.0 ** -64
+    w = w.bfloat16().requires_grad_()
+    dy = torch.zeros(300, 32)
+    dy[7, 0] = dy[7, 1] = 2.0 ** -63
+    am.npu_gmm(x, w, group_list=[300, 300]).backward(dy.bfloat16())  # the second expert: no rows
+    want = torch.zeros(300, 4)
+    want[7, 1] = 2.0 ** -126
+    assert torch.equal(x.grad.float(), want)
+
+
 @pytest.mark.parametrize("impl", ["torch_sgemm", "torch_packed", "widen_fma"])
 def test_fp32_subnormal_products_and_inputs_are_not_flushed(monkeypatch, impl):
     """fp32: 2**-70 * 2**-70 = 2**-140 (subnormal) twice sums to 2**-139; a subnormal input 1e-40
