@@ -70,10 +70,11 @@ class OutputPool:
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES:
             return torch.empty(shape, dtype=dtype)
+        budget = budget_bytes()
         with self._lock:
             storage = self._take_idle(nbytes)
-            if storage is None:  # (the budget read only here: an environment read is ~15 us with cold caches)
-                storage = self._make(nbytes, budget_bytes())
+            if storage is None:
+                storage = self._make(nbytes, budget)
             # the tensor's reference is taken before the lock is let go: no other call can see this entry idle
             return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
