@@ -606,16 +606,6 @@ def compiled_grouped_gemm_plan(out: np.ndarray, a: np.ndarray, b: np.ndarray, ru
     return impls.compiled_grouped_plan(impl, out, a, b, runs, k_split)
 
 
-def compiled_grouped_gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, runs: List[Tuple[int, int, int]],
-                          k_split: bool) -> bool:
-    """:func:`compiled_grouped_gemm_plan`, run at once; False, with nothing written, where there is no such call."""
-    run = compiled_grouped_gemm_plan(out, a, b, runs, k_split)
-    if run is None:
-        return False
-    run()
-    return True
-
-
 def _int_gemm(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     if a.dtype != np.int8 or b.dtype != np.int8 or a.ndim != 2:
         return None

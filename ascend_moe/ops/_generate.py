@@ -524,12 +524,17 @@ def _direct_public_call(decl: OpDecl, a: Dict[str, Any], named: List[Tuple[str, 
     return super(torch.autograd.Function, fn).apply(run, *args, None)  # None: the trailing tensor_formats
 
 
+def _tensors_in(args: Sequence[Any], kwargs: Dict[str, Any]) -> List[torch.Tensor]:
+    """The tensors of a torch-schema call, in tensor lists too."""
+    return [t for v in (*args, *kwargs.values())
+            for t in (v if isinstance(v, (list, tuple)) else (v,)) if isinstance(t, torch.Tensor)]
+
+
 def call_op(name: str, *args: Any, **kwargs: Any) -> Any:
     """``torch.ops.ascend_moe.<name>(*args, **kwargs)`` (the torch schema's spelling), by the direct route
     where it is open and no gradient is recorded: what the ops' own backward formulas call."""
     decl = PUBLIC[name].__ascend_moe_decl__
-    tensors = [t for v in (*args, *kwargs.values())
-               for t in (v if isinstance(v, (list, tuple)) else (v,)) if isinstance(t, torch.Tensor)]
+    tensors = _tensors_in(args, kwargs)
     where = _direct_kernel(decl, tensors)
     if where is not None and not _needs_grad(tensors):
         return (CPU_KERNELS if where == "cpu" else NPU_KERNELS)[name](*args, **kwargs)
@@ -544,10 +549,9 @@ def checked_direct_cpu_call(name: str, *args: Any, **kwargs: Any) -> Optional[Tu
     before running either: right after a large GEMM the interpreter's state has left the caches, and the second
     set-up costs a fraction of the first when it follows it at once."""
     decl = PUBLIC[name].__ascend_moe_decl__
-    tensors = [t for v in (*args, *kwargs.values())
-               for t in (v if isinstance(v, (list, tuple)) else (v,)) if isinstance(t, torch.Tensor)]
-    if (decl.collective or _direct_kernel(decl, tensors) != "cpu" or _needs_grad(tensors)
-            or requested_backend() == "aclnn"):
+    tensors = _tensors_in(args, kwargs)
+    # (a collective op never goes direct: _direct_kernel says None)
+    if _direct_kernel(decl, tensors) != "cpu" or _needs_grad(tensors) or requested_backend() == "aclnn":
         return None
     a = kernel_bind(decl, args, kwargs)
     check_one_device(decl, tensors_of(decl, a))
